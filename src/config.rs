@@ -1,0 +1,658 @@
+//! The gateway file (`callgate.toml`): raw serde structs that mirror the
+//! TOML exactly (`deny_unknown_fields` everywhere), then [`Config`], the
+//! compiled settings with parsed addresses, CIDRs, durations and a loaded
+//! TLS configuration.
+//!
+//! [`load`] is the one loader behind `callgate check`, start-up and reload:
+//! it reads the gateway file and every rule file, and returns either the
+//! whole compiled configuration or every problem it found, each as
+//! `PATH:LINE: message`. It never prints file contents.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use crate::rules::{RuleError, RuleSet};
+
+// === problems ===
+
+/// A problem and where it is: `PATH:LINE: message`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Located<E> {
+    pub file: PathBuf,
+    /// 1-based line, when the problem has one.
+    pub line: Option<usize>,
+    pub error: E,
+}
+
+impl<E: fmt::Display> fmt::Display for Located<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, self.error),
+            None => write!(f, "{}: {}", self.file.display(), self.error),
+        }
+    }
+}
+
+/// 1-based line of a byte offset in `src`.
+pub fn line_of(src: &str, offset: usize) -> usize {
+    let end = offset.min(src.len());
+    src.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// Every problem found by [`load`], gateway file first, then rule files in
+/// name order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Problem {
+    Config(Located<ConfigError>),
+    Rule(Located<RuleError>),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Config(p) => p.fmt(f),
+            Problem::Rule(p) => p.fmt(f),
+        }
+    }
+}
+
+/// The problems of a failed load, one per line when displayed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadErrors(pub Vec<Problem>);
+
+impl fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadErrors {}
+
+/// What is wrong in the gateway file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the gateway file: {reason}")]
+    Read { reason: String },
+    #[error("{message}")]
+    Syntax { message: String },
+    #[error("{field} `{value}` is not a socket address like 127.0.0.1:8443")]
+    Addr { field: &'static str, value: String },
+    #[error("trusted_proxies entry `{value}` is not a CIDR like 10.0.0.0/8 or an address: {reason}")]
+    TrustedProxy { value: String, reason: String },
+    #[error("listen.{set} is set but listen.{missing} is not: set both for TLS, or neither for plain HTTP")]
+    TlsHalf {
+        set: &'static str,
+        missing: &'static str,
+    },
+    #[error("listen.{field} `{file}`: {reason}")]
+    Tls {
+        field: &'static str,
+        file: String,
+        reason: String,
+    },
+    #[error("rules_dir `{dir}`: {reason}")]
+    RulesDir { dir: String, reason: String },
+    #[error(
+        "replay.store `{value}` is neither \"memory\" nor a redis://host:port/db URL"
+    )]
+    Store { value: String },
+    #[error("replay.store `{value}`: the Redis store is not built into this version; use \"memory\"")]
+    StoreUnsupported { value: String },
+    #[error("{field} must be greater than zero")]
+    Zero { field: &'static str },
+}
+
+// === durations ===
+
+/// A duration written `300ms`, `5s`, `10m`, `25h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `300ms`, `5s`, `10m`, `25h` (and compounds like `1h30m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration `{s}`: write a number and a unit, like 300ms, 5s, 10m or 25h");
+    let t = s.trim();
+    if t.is_empty() || !t.as_bytes()[0].is_ascii_digit() || t.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    humantime::parse_duration(t).map_err(|_| bad())
+}
+
+// === raw file ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayFile {
+    rules_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
+    listen: ListenFile,
+    admin: Option<AdminFile>,
+    #[serde(default)]
+    replay: ReplayFile,
+    #[serde(default)]
+    limits: LimitsFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenFile {
+    addr: Spanned<String>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminFile {
+    addr: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayFile {
+    #[serde(default = "default_store")]
+    store: Spanned<String>,
+    #[serde(default = "default_ttl")]
+    ttl: Spanned<Dur>,
+    #[serde(default = "default_max_entries")]
+    max_entries: Spanned<u64>,
+}
+
+impl Default for ReplayFile {
+    fn default() -> Self {
+        ReplayFile {
+            store: default_store(),
+            ttl: default_ttl(),
+            max_entries: default_max_entries(),
+        }
+    }
+}
+
+fn default_store() -> Spanned<String> {
+    Spanned::new(0..0, "memory".to_owned())
+}
+fn default_ttl() -> Spanned<Dur> {
+    Spanned::new(0..0, Dur(Duration::from_secs(48 * 3600)))
+}
+fn default_max_entries() -> Spanned<u64> {
+    Spanned::new(0..0, 1_000_000)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    #[serde(default = "default_max_body")]
+    max_body_bytes: Spanned<u64>,
+    #[serde(default = "default_header_timeout")]
+    header_timeout: Spanned<Dur>,
+    #[serde(default = "default_upstream_timeout")]
+    upstream_timeout: Spanned<Dur>,
+    #[serde(default = "default_body_timeout")]
+    body_timeout: Spanned<Dur>,
+    #[serde(default = "default_tls_handshake_timeout")]
+    tls_handshake_timeout: Spanned<Dur>,
+    #[serde(default = "default_drain_timeout")]
+    drain_timeout: Spanned<Dur>,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        LimitsFile {
+            max_body_bytes: default_max_body(),
+            header_timeout: default_header_timeout(),
+            upstream_timeout: default_upstream_timeout(),
+            body_timeout: default_body_timeout(),
+            tls_handshake_timeout: default_tls_handshake_timeout(),
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+}
+
+fn default_max_body() -> Spanned<u64> {
+    Spanned::new(0..0, 65536)
+}
+fn secs(n: u64) -> Spanned<Dur> {
+    Spanned::new(0..0, Dur(Duration::from_secs(n)))
+}
+fn default_header_timeout() -> Spanned<Dur> {
+    secs(5)
+}
+fn default_upstream_timeout() -> Spanned<Dur> {
+    secs(10)
+}
+fn default_body_timeout() -> Spanned<Dur> {
+    secs(10)
+}
+fn default_tls_handshake_timeout() -> Spanned<Dur> {
+    secs(5)
+}
+fn default_drain_timeout() -> Spanned<Dur> {
+    secs(30)
+}
+
+// === compiled ===
+
+/// The compiled gateway file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The gateway file this came from.
+    pub file: PathBuf,
+    /// Directory whose `*.toml` files are rule files.
+    pub rules_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// TLS for the notification listener; `None` is plain HTTP.
+    pub tls: Option<Tls>,
+    /// Admin listener (`/metrics`, `/healthz`, `/readyz`); `None` disables it.
+    pub admin: Option<SocketAddr>,
+    pub replay: ReplayConfig,
+    pub limits: Limits,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<[IpNet]>,
+}
+
+/// TLS files and the server configuration built from them at load time.
+#[derive(Clone)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayConfig {
+    pub store: StoreKind,
+    /// How long a delivered event id is remembered.
+    pub ttl: Duration,
+    /// Bound on remembered entries in the memory store.
+    pub max_entries: u64,
+}
+
+/// Limits applied per connection and per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_body_bytes: u64,
+    pub header_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub body_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+/// A whole configuration: listener settings and the swappable rule set.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub rules: RuleSet,
+}
+
+/// Loads and validates the gateway file and every rule file it points to.
+pub fn load(gateway_file: &Path) -> Result<Loaded, LoadErrors> {
+    let mut problems = Vec::new();
+    let config = compile_gateway(gateway_file, &mut problems);
+    let Some(config) = config else {
+        return Err(LoadErrors(problems));
+    };
+    let rules = crate::rules::load_dir(&config, &mut problems);
+    if problems.is_empty() {
+        Ok(Loaded { config, rules })
+    } else {
+        Err(LoadErrors(problems))
+    }
+}
+
+/// Resolves `p` against `base`'s directory unless it is absolute.
+pub fn resolve(base_dir: &Path, p: &str) -> PathBuf {
+    let path = Path::new(p);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base_dir.join(path)
+    }
+}
+
+fn compile_gateway(file: &Path, problems: &mut Vec<Problem>) -> Option<Config> {
+    let at = |line: Option<usize>, error: ConfigError| {
+        Problem::Config(Located {
+            file: file.to_path_buf(),
+            line,
+            error,
+        })
+    };
+    let src = match std::fs::read_to_string(file) {
+        Ok(s) => s,
+        Err(e) => {
+            problems.push(at(
+                None,
+                ConfigError::Read {
+                    reason: e.kind().to_string(),
+                },
+            ));
+            return None;
+        }
+    };
+    let raw: GatewayFile = match toml::from_str(&src) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let line = e.span().map(|s| line_of(&src, s.start));
+            problems.push(at(
+                line,
+                ConfigError::Syntax {
+                    message: e.message().trim().to_owned(),
+                },
+            ));
+            return None;
+        }
+    };
+    let line = |span: std::ops::Range<usize>| {
+        if span.is_empty() && span.start == 0 {
+            None
+        } else {
+            Some(line_of(&src, span.start))
+        }
+    };
+    let before = problems.len();
+    let dir = file.parent().unwrap_or(Path::new("")).to_path_buf();
+
+    let listen = parse_addr("listen.addr", &raw.listen.addr)
+        .map_err(|e| problems.push(at(line(raw.listen.addr.span()), e)))
+        .ok();
+    let admin = match &raw.admin {
+        None => None,
+        Some(a) => parse_addr("admin.addr", &a.addr)
+            .map_err(|e| problems.push(at(line(a.addr.span()), e)))
+            .ok(),
+    };
+
+    let mut trusted = Vec::new();
+    for entry in &raw.trusted_proxies {
+        match parse_net(entry.get_ref()) {
+            Ok(net) => trusted.push(net),
+            Err(reason) => problems.push(at(
+                line(entry.span()),
+                ConfigError::TrustedProxy {
+                    value: entry.get_ref().clone(),
+                    reason,
+                },
+            )),
+        }
+    }
+
+    let tls = match (&raw.listen.tls_cert, &raw.listen.tls_key) {
+        (None, None) => None,
+        (Some(c), None) => {
+            problems.push(at(
+                line(c.span()),
+                ConfigError::TlsHalf {
+                    set: "tls_cert",
+                    missing: "tls_key",
+                },
+            ));
+            None
+        }
+        (None, Some(k)) => {
+            problems.push(at(
+                line(k.span()),
+                ConfigError::TlsHalf {
+                    set: "tls_key",
+                    missing: "tls_cert",
+                },
+            ));
+            None
+        }
+        (Some(c), Some(k)) => {
+            let cert = resolve(&dir, c.get_ref());
+            let key = resolve(&dir, k.get_ref());
+            match server_tls(&cert, &key) {
+                Ok(server) => Some(Tls { cert, key, server }),
+                Err((field, reason)) => {
+                    let (span, value) = if field == "tls_cert" {
+                        (c.span(), c.get_ref())
+                    } else {
+                        (k.span(), k.get_ref())
+                    };
+                    problems.push(at(
+                        line(span),
+                        ConfigError::Tls {
+                            field,
+                            file: value.clone(),
+                            reason,
+                        },
+                    ));
+                    None
+                }
+            }
+        }
+    };
+
+    let rules_dir_raw = raw
+        .rules_dir
+        .clone()
+        .unwrap_or_else(|| Spanned::new(0..0, "rules".to_owned()));
+    let rules_dir = resolve(&dir, rules_dir_raw.get_ref());
+    if let Err(e) = std::fs::read_dir(&rules_dir) {
+        problems.push(at(
+            line(rules_dir_raw.span()),
+            ConfigError::RulesDir {
+                dir: rules_dir_raw.get_ref().clone(),
+                reason: e.kind().to_string(),
+            },
+        ));
+    }
+
+    let store_value = raw.replay.store.get_ref();
+    let store = if store_value == "memory" {
+        Some(StoreKind::Memory)
+    } else if store_value.starts_with("redis://") || store_value.starts_with("rediss://") {
+        problems.push(at(
+            line(raw.replay.store.span()),
+            ConfigError::StoreUnsupported {
+                value: store_value.clone(),
+            },
+        ));
+        None
+    } else {
+        problems.push(at(
+            line(raw.replay.store.span()),
+            ConfigError::Store {
+                value: store_value.clone(),
+            },
+        ));
+        None
+    };
+
+    let mut positive = |field: &'static str, zero: bool, span: std::ops::Range<usize>| {
+        if zero {
+            problems.push(at(line(span), ConfigError::Zero { field }));
+        }
+    };
+    let r = &raw.replay;
+    let l = &raw.limits;
+    positive("replay.ttl", r.ttl.get_ref().0.is_zero(), r.ttl.span());
+    positive("replay.max_entries", *r.max_entries.get_ref() == 0, r.max_entries.span());
+    positive("limits.max_body_bytes", *l.max_body_bytes.get_ref() == 0, l.max_body_bytes.span());
+    for (field, d) in [
+        ("limits.header_timeout", &l.header_timeout),
+        ("limits.upstream_timeout", &l.upstream_timeout),
+        ("limits.body_timeout", &l.body_timeout),
+        ("limits.tls_handshake_timeout", &l.tls_handshake_timeout),
+        ("limits.drain_timeout", &l.drain_timeout),
+    ] {
+        positive(field, d.get_ref().0.is_zero(), d.span());
+    }
+
+    if problems.len() != before {
+        return None;
+    }
+    Some(Config {
+        file: file.to_path_buf(),
+        rules_dir,
+        listen: listen?,
+        tls,
+        admin,
+        replay: ReplayConfig {
+            store: store?,
+            ttl: r.ttl.get_ref().0,
+            max_entries: *r.max_entries.get_ref(),
+        },
+        limits: Limits {
+            max_body_bytes: *l.max_body_bytes.get_ref(),
+            header_timeout: l.header_timeout.get_ref().0,
+            upstream_timeout: l.upstream_timeout.get_ref().0,
+            body_timeout: l.body_timeout.get_ref().0,
+            tls_handshake_timeout: l.tls_handshake_timeout.get_ref().0,
+            drain_timeout: l.drain_timeout.get_ref().0,
+        },
+        trusted_proxies: trusted.into(),
+    })
+}
+
+fn parse_addr(field: &'static str, value: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
+    value.get_ref().parse().map_err(|_| ConfigError::Addr {
+        field,
+        value: value.get_ref().clone(),
+    })
+}
+
+/// Parses a CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare address (a /32 or
+/// /128). Host bits must be zero. IPv4-mapped IPv6 networks are turned into
+/// their IPv4 form, so that they match the IPv4 addresses clients are
+/// normalised to.
+pub fn parse_net(value: &str) -> Result<IpNet, String> {
+    let v = value.trim();
+    let net: IpNet = if v.contains('/') {
+        v.parse::<IpNet>().map_err(|e| e.to_string())?
+    } else {
+        let ip: std::net::IpAddr = v.parse().map_err(|e: std::net::AddrParseError| e.to_string())?;
+        IpNet::from(ip)
+    };
+    if net.trunc() != net {
+        return Err(format!(
+            "host bits are set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    if let IpNet::V6(v6) = net
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && v6.prefix_len() >= 96
+    {
+        return ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+            .map(IpNet::V4)
+            .map_err(|e| e.to_string());
+    }
+    Ok(net)
+}
+
+/// Builds the rustls server configuration from PEM files. The error names
+/// the field at fault and why.
+fn server_tls(
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::ServerConfig>, (&'static str, String)> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| ("tls_cert", pem_reason(&e)))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| ("tls_cert", pem_reason(&e)))?;
+    if certs.is_empty() {
+        return Err((
+            "tls_cert",
+            "no -----BEGIN CERTIFICATE----- block in the file".to_owned(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| ("tls_key", pem_reason(&e)))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ("tls_cert", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ("tls_key", format!("does not fit the certificate: {e}")))?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(server))
+}
+
+/// An operator-facing reason for a PEM read failure.
+pub fn pem_reason(e: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
+    match e {
+        Error::Io(io) => format!("cannot read: {}", io.kind()),
+        Error::NoItemsFound => "not a PEM file with the expected block".to_owned(),
+        other => format!("not valid PEM: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("300ms").unwrap(), Duration::from_millis(300));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("25h").unwrap(), Duration::from_secs(90_000));
+        for bad in ["", "5", "h", "5 parsecs", "-5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nets() {
+        assert_eq!(parse_net("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(parse_net("127.0.0.1").unwrap().to_string(), "127.0.0.1/32");
+        assert_eq!(parse_net("::1").unwrap().to_string(), "::1/128");
+        assert_eq!(
+            parse_net("::ffff:10.1.0.0/112").unwrap().to_string(),
+            "10.1.0.0/16"
+        );
+        assert!(parse_net("10.0.0.1/8").unwrap_err().contains("10.0.0.0/8"));
+        assert!(parse_net("10.0.0.0/33").is_err());
+        assert!(parse_net("example.com").is_err());
+    }
+
+    #[test]
+    fn lines() {
+        let src = "a\nb\nc";
+        assert_eq!(line_of(src, 0), 1);
+        assert_eq!(line_of(src, 2), 2);
+        assert_eq!(line_of(src, 4), 3);
+        assert_eq!(line_of(src, 100), 3);
+    }
+}

@@ -1,0 +1,448 @@
+//! Forwarding: the eighth step of the flow.
+//!
+//! Sends a verified notification to the route's upstream with a pooled
+//! hyper-util client (http and https), and decides whether the upstream
+//! confirmed it: a 2xx status, and, when the route sets `success_body`, a
+//! body containing those bytes. Only then is the event remembered as
+//! delivered.
+//!
+//! What the upstream receives:
+//! * `original` mode: the body byte for byte with its Content-Type (and the
+//!   platform's other end-to-end headers, so a shop that checks the
+//!   signature itself keeps working); `normalized` mode: the JSON of
+//!   `normalize`, as `application/json`.
+//! * Headers the gateway always sets, after stripping any incoming copy:
+//!   `X-Callgate-Provider`, `X-Callgate-Route`, `X-Callgate-Event-Id`,
+//!   `X-Forwarded-For` (the source address callgate decided on) and
+//!   `X-Callgate-Signature: t=UNIX,v1=HEX`, HEX = HMAC-SHA256(upstream
+//!   secret, `t + "." + body`). Every incoming `X-Callgate-*` header is
+//!   dropped, as are `Forwarded` and `X-Real-IP`, which a shop might trust.
+//! * Never: hop-by-hop headers (`Connection` and what it names,
+//!   `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`,
+//!   `Upgrade`), `Host` (set from the upstream URL), `Content-Length`
+//!   (recomputed), `Expect`.
+//!
+//! The incoming query string is never forwarded: it is not signed. The whole
+//! exchange (connect, send, read the reply) runs under `upstream_timeout`.
+//!
+//! Outcomes: `UpstreamTimeout` (504), `UpstreamError` (502).
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::Deserialize;
+
+use crate::ack::Outcome;
+use crate::secret::Secret;
+
+/// How a route forwards: the platform's bytes, or callgate's JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardMode {
+    #[default]
+    Original,
+    Normalized,
+}
+
+/// The pooled upstream client.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Largest upstream reply read to look for `success_body`.
+const MAX_REPLY: usize = 1 << 20;
+
+/// A route's upstream: URL, secret and the checks its reply must pass.
+pub struct Upstream {
+    uri: Uri,
+    secret: Secret,
+    /// A client of its own when the route trusts a private CA.
+    client: Option<HttpClient>,
+    success_body: Option<Box<[u8]>>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("uri", &self.uri)
+            .field("secret", &self.secret)
+            .field("own_client", &self.client.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an upstream could not be configured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{0}")]
+    Uri(String),
+    #[error("{0}")]
+    Ca(String),
+}
+
+/// Parses and checks an upstream URL: absolute http:// or https:// with a host.
+pub fn parse_upstream_uri(value: &str) -> Result<Uri, UpstreamError> {
+    let uri: Uri = value
+        .parse()
+        .map_err(|e| UpstreamError::Uri(format!("not a URL: {e}")))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => {
+            return Err(UpstreamError::Uri(
+                "must start with http:// or https://".to_owned(),
+            ));
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(UpstreamError::Uri("has no host".to_owned()));
+    }
+    Ok(uri)
+}
+
+impl Upstream {
+    pub fn new(
+        url: &str,
+        secret: Secret,
+        ca: Option<&Path>,
+        success_body: Option<Box<[u8]>>,
+        timeout: Duration,
+    ) -> Result<Upstream, UpstreamError> {
+        let uri = parse_upstream_uri(url)?;
+        let client = match ca {
+            Some(path) => Some(client_with_roots(load_roots(path).map_err(UpstreamError::Ca)?)),
+            None => None,
+        };
+        Ok(Upstream {
+            uri,
+            secret,
+            client,
+            success_body,
+            timeout,
+        })
+    }
+
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+}
+
+/// Reads a PEM CA bundle into a root store.
+fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path).map_err(|e| crate::config::pem_reason(&e))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| crate::config::pem_reason(&e))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no -----BEGIN CERTIFICATE----- block in the file".to_owned());
+    }
+    Ok(roots)
+}
+
+/// The shared client, trusting the system's root certificates.
+pub fn default_client() -> HttpClient {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        tracing::warn!("no system root certificates found; https upstreams need upstream_ca");
+    }
+    client_with_roots(roots)
+}
+
+fn client_with_roots(roots: rustls::RootCertStore) -> HttpClient {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = match rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
+        Ok(b) => b.with_root_certificates(roots).with_no_client_auth(),
+        // The default provider always supports the default versions.
+        Err(_) => rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    };
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .build(https)
+}
+
+/// Why a forward did not end in a confirmed delivery.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("upstream request failed: {0}")]
+    Request(String),
+    #[error("upstream answered {0}")]
+    Status(u16),
+    #[error("upstream answered {status} without the route's success_body")]
+    NotConfirmed { status: u16 },
+    #[error("upstream reply could not be read: {0}")]
+    Reply(String),
+    #[error("cannot build the upstream request: {0}")]
+    Build(String),
+}
+
+impl ForwardError {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ForwardError::Timeout(_) => Outcome::UpstreamTimeout,
+            _ => Outcome::UpstreamError,
+        }
+    }
+}
+
+/// What is being forwarded, beyond the body.
+pub struct Delivery<'a> {
+    pub provider: &'static str,
+    pub route: &'a str,
+    pub event_id: &'a str,
+    pub client_ip: IpAddr,
+    /// The platform's request headers (used in `original` mode).
+    pub incoming: &'a HeaderMap,
+    /// `None` keeps the incoming Content-Type (original mode).
+    pub content_type: Option<&'static str>,
+    pub body: Bytes,
+    pub now: i64,
+}
+
+/// Sends `delivery` to `upstream` and waits for its confirmation.
+pub async fn forward(shared: &HttpClient, upstream: &Upstream, delivery: Delivery<'_>) -> Result<u16, ForwardError> {
+    let client = upstream.client.as_ref().unwrap_or(shared);
+    let request = build_request(upstream, delivery)?;
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| ForwardError::Request(error_chain(&e)))?;
+        let status = response.status();
+        let reply = Limited::new(response.into_body(), MAX_REPLY)
+            .collect()
+            .await
+            .map_err(|e| ForwardError::Reply(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(ForwardError::Status(status.as_u16()));
+        }
+        if let Some(want) = &upstream.success_body
+            && !contains(&reply, want)
+        {
+            return Err(ForwardError::NotConfirmed {
+                status: status.as_u16(),
+            });
+        }
+        Ok(status.as_u16())
+    };
+    tokio::time::timeout(upstream.timeout, exchange)
+        .await
+        .map_err(|_| ForwardError::Timeout(upstream.timeout))?
+}
+
+fn build_request(upstream: &Upstream, d: Delivery<'_>) -> Result<Request<Full<Bytes>>, ForwardError> {
+    let mut headers = HeaderMap::with_capacity(d.incoming.len() + 6);
+    let connection_named: Vec<HeaderName> = d
+        .incoming
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for (name, value) in d.incoming {
+        if is_dropped(name) || connection_named.contains(name) {
+            continue;
+        }
+        if d.content_type.is_some() && *name == CONTENT_TYPE {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    if let Some(ct) = d.content_type {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+    }
+    headers.insert("x-callgate-provider", HeaderValue::from_static(d.provider));
+    headers.insert("x-callgate-route", header_value(d.route));
+    headers.insert("x-callgate-event-id", header_value(d.event_id));
+    headers.insert("x-forwarded-for", header_value(&d.client_ip.to_string()));
+    headers.insert(
+        "x-callgate-signature",
+        header_value(&signature(&upstream.secret, d.now, &d.body)),
+    );
+
+    let mut request = Request::new(Full::new(d.body));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = upstream.uri.clone();
+    *request.headers_mut() = headers;
+    Ok(request)
+}
+
+/// `t=UNIX,v1=HEX(HMAC-SHA256(secret, t + "." + body))`.
+pub fn signature(secret: &Secret, t: i64, body: &[u8]) -> String {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.expose());
+    let mut ctx = aws_lc_rs::hmac::Context::with_key(&key);
+    ctx.update(t.to_string().as_bytes());
+    ctx.update(b".");
+    ctx.update(body);
+    format!("t={t},v1={}", hex::encode(ctx.sign().as_ref()))
+}
+
+/// Headers never copied from the platform's request.
+fn is_dropped(name: &HeaderName) -> bool {
+    const DROPPED: [&str; 14] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "expect",
+        "forwarded",
+        "x-real-ip",
+    ];
+    let n = name.as_str();
+    DROPPED.contains(&n) || n == "x-forwarded-for" || n.starts_with("x-callgate-")
+}
+
+/// A header value for text that came from a notification: kept as is when
+/// it is a valid header value, percent-encoded otherwise.
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| {
+        let encoded = percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string();
+        HeaderValue::from_str(&encoded).unwrap_or(HeaderValue::from_static("-"))
+    })
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The error and its sources, for the log line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_openssl() {
+        // printf '1700000000.a=1' | openssl dgst -sha256 -hmac 'topsecret'
+        let s = signature(&Secret::new(b"topsecret".to_vec()), 1_700_000_000, b"a=1");
+        let out = std::process::Command::new("openssl")
+            .args(["dgst", "-sha256", "-hmac", "topsecret", "-r"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(b"1700000000.a=1")?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        let hex = String::from_utf8(out.stdout).unwrap();
+        let hex = hex.split_whitespace().next().unwrap();
+        assert_eq!(s, format!("t=1700000000,v1={hex}"));
+    }
+
+    #[test]
+    fn upstream_urls() {
+        assert!(parse_upstream_uri("http://127.0.0.1:8080/plus/notify.php").is_ok());
+        assert!(parse_upstream_uri("https://shop.example/notify?code=alipay").is_ok());
+        assert!(parse_upstream_uri("ftp://x/").is_err());
+        assert!(parse_upstream_uri("/relative").is_err());
+        assert!(parse_upstream_uri("not a url").is_err());
+    }
+
+    #[test]
+    fn headers_are_filtered_and_set() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert("content-type", "application/x-www-form-urlencoded; charset=utf-8".parse().unwrap());
+        incoming.insert("connection", "keep-alive, x-secret-hop".parse().unwrap());
+        incoming.insert("x-secret-hop", "1".parse().unwrap());
+        incoming.insert("x-callgate-event-id", "forged".parse().unwrap());
+        incoming.insert("X-Callgate-Anything", "forged".parse().unwrap());
+        incoming.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        incoming.insert("transfer-encoding", "chunked".parse().unwrap());
+        incoming.insert("user-agent", "Mozilla/4.0".parse().unwrap());
+        incoming.insert("host", "gateway".parse().unwrap());
+        let up = Upstream::new(
+            "http://127.0.0.1:1/n",
+            Secret::new(b"k".to_vec()),
+            None,
+            None,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let req = build_request(
+            &up,
+            Delivery {
+                provider: "alipay",
+                route: "r",
+                event_id: "id-1",
+                client_ip: "110.75.1.1".parse().unwrap(),
+                incoming: &incoming,
+                content_type: None,
+                body: Bytes::from_static(b"a=1"),
+                now: 5,
+            },
+        )
+        .unwrap();
+        let h = req.headers();
+        assert_eq!(h["content-type"], "application/x-www-form-urlencoded; charset=utf-8");
+        assert_eq!(h["user-agent"], "Mozilla/4.0");
+        assert_eq!(h["x-callgate-event-id"], "id-1");
+        assert_eq!(h["x-forwarded-for"], "110.75.1.1");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert!(h.get("x-callgate-anything").is_none());
+        assert!(h.get("x-secret-hop").is_none());
+        assert!(h.get("connection").is_none());
+        assert!(h.get("transfer-encoding").is_none());
+        assert!(h.get("host").is_none());
+        assert!(h["x-callgate-signature"].to_str().unwrap().starts_with("t=5,v1="));
+    }
+
+    #[test]
+    fn odd_event_ids_become_valid_headers() {
+        assert_eq!(header_value("abc-123"), "abc-123");
+        assert_eq!(header_value("a\nb"), "a%0Ab");
+    }
+}

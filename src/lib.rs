@@ -1,0 +1,61 @@
+//! callgate: a payment-callback security gateway.
+//!
+//! Payment platforms POST asynchronous notifications to merchant shops;
+//! callgate stands in front of the shop and lets through only the ones that
+//! come from an allowed address, carry a valid signature, are fresh and have
+//! not been delivered before. It answers the platform with the exact
+//! acknowledgement the platform expects, whatever the shop prints.
+//!
+//! One request, in contract order (`pipeline::handle`); every arrow can end
+//! the request early with an [`ack::Outcome`]:
+//!
+//! ```text
+//! server   TcpStream ─tls?─▶ Request + peer
+//! rules    RuleSet::route(path) ─▶ Arc<Route>               NotFound 404, MethodNotAllowed 405
+//! allow    client_ip(peer, X-Forwarded-For) ∈ route.allow   IpDenied 403
+//! body     read (Content-Length, then Limited) ─▶ Bytes      TooLarge 413
+//!          parse(format) ─▶ Payload                          Malformed 400
+//! provider verify(headers, payload) ─▶ Verified              BadSignature 401
+//! replay   check_fresh(verified) ; store.claim(event)        Stale/Replay 401, InFlight 409,
+//!                                                            Duplicate 200, StoreUnavailable 503
+//! forward  forward(route, verified, body) ─▶ confirm()       UpstreamError 502/504 (claim released)
+//! ack      Outcome × Provider ─▶ Response ; finish() logs one line and counts it
+//! ```
+//!
+//! `Verified` can only be built inside `provider/`, and both `replay` and
+//! `forward` take it by reference: a notification cannot reach the upstream
+//! without passing a verifier.
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod ack;
+pub mod admin;
+pub mod allow;
+pub mod body;
+pub mod config;
+pub mod forward;
+pub mod metrics;
+pub mod normalize;
+pub mod pipeline;
+pub mod provider;
+pub mod replay;
+pub mod rules;
+pub mod secret;
+pub mod server;
+pub mod sign;
+
+/// Version line printed by `callgate version`.
+pub fn version_line() -> String {
+    format!(
+        "callgate {} (commit {}, {} {}, built for {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("CALLGATE_GIT_COMMIT"),
+        env!("CALLGATE_PROFILE"),
+        if cfg!(debug_assertions) {
+            "with debug assertions"
+        } else {
+            "optimised"
+        },
+        env!("CALLGATE_TARGET"),
+    )
+}

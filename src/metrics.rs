@@ -1,0 +1,139 @@
+//! Metrics: one owned Prometheus registry (never the global one, so every
+//! gateway in a test process has clean counters), served on the admin
+//! listener only.
+//!
+//! Labels come from bounded sets: `route` (configured names, `-` when no
+//! route matched), `provider` (the enum, `-` when unmatched) and `outcome`
+//! (the enum). Every request is recorded together with its log line, before
+//! its response is written, so a scrape right after a response sees it.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+use crate::ack::Outcome;
+use crate::rules::RuleSet;
+
+/// Every `callgate_*` family.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    reloads: IntCounterVec,
+    loaded_routes: IntGauge,
+    store_entries: IntGauge,
+    last_reload: IntGauge,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    /// Builds and registers every family. Registration of fresh families in
+    /// a fresh registry cannot collide, so failures here are bugs.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("callgate_requests_total", "Notifications by route, provider and outcome."),
+            &["route", "provider", "outcome"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "callgate_request_duration_seconds",
+                "Time from request received to response, per route.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "callgate_upstream_duration_seconds",
+                "Time spent forwarding to the upstream, per route.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new("callgate_rules_reload_total", "Rule reloads by result."),
+            &["result"],
+        )?;
+        let loaded_routes = IntGauge::new("callgate_rules_loaded_routes", "Routes in the live rule set.")?;
+        let store_entries = IntGauge::new(
+            "callgate_replay_store_entries",
+            "Event ids and nonces remembered by the replay store.",
+        )?;
+        let last_reload = IntGauge::new(
+            "callgate_rules_last_reload_success_timestamp_seconds",
+            "Unix time the live rule set was loaded.",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(reloads.clone()))?;
+        registry.register(Box::new(loaded_routes.clone()))?;
+        registry.register(Box::new(store_entries.clone()))?;
+        registry.register(Box::new(last_reload.clone()))?;
+        for result in ["ok", "error"] {
+            reloads.with_label_values(&[result]);
+        }
+        Ok(Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            reloads,
+            loaded_routes,
+            store_entries,
+            last_reload,
+        })
+    }
+
+    /// Creates every route × outcome series at zero, so dashboards and
+    /// alerts see them before the first notification.
+    pub fn rules_loaded(&self, rules: &RuleSet, now: i64) {
+        self.loaded_routes.set(rules.len() as i64);
+        self.last_reload.set(now);
+        for route in rules.routes() {
+            for outcome in Outcome::ALL {
+                self.requests
+                    .with_label_values(&[&route.name, route.kind().as_str(), outcome.as_str()]);
+            }
+            self.request_duration.with_label_values(&[&route.name]);
+            self.upstream_duration.with_label_values(&[&route.name]);
+        }
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.reloads.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+    }
+
+    /// Records one finished request.
+    pub fn request(&self, route: &str, provider: &str, outcome: Outcome, took: Duration) {
+        self.requests.with_label_values(&[route, provider, outcome.as_str()]).inc();
+        self.request_duration
+            .with_label_values(&[route])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn upstream(&self, route: &str, took: Duration) {
+        self.upstream_duration
+            .with_label_values(&[route])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn set_store_entries(&self, n: u64) {
+        self.store_entries.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}

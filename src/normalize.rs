@@ -1,0 +1,130 @@
+//! Normalization: for routes with `forward = "normalized"`, turns a
+//! [`Verified`] notification into one JSON shape whatever the platform:
+//!
+//! ```json
+//! {"provider": "alipay", "event_id": "...", "out_trade_no": "...",
+//!  "provider_trade_no": "...", "amount_fen": 8888, "currency": "CNY",
+//!  "status": "paid", "occurred_at": "2026-11-22T10:00:00+08:00",
+//!  "fields": {"every verified field": "decoded to UTF-8"}}
+//! ```
+//!
+//! `status` is one of `paid`, `refunded`, `closed`, `pending`.
+//! `amount_fen` is the paid amount in fen, or the refunded amount for a
+//! refund; `null` when the platform's amount field is missing or is not a
+//! decimal. `occurred_at` is the time of the event itself (payment, refund,
+//! close), falling back to the notification time. Only verified fields
+//! appear; the signature itself is left out.
+
+use chrono::{FixedOffset, NaiveDateTime, TimeZone};
+use serde_json::{Map, Value, json};
+
+use crate::provider::{Fields, ProviderKind, Verified};
+
+/// The normalized JSON body for `verified`.
+pub fn normalize(verified: &Verified) -> Vec<u8> {
+    let value = match (verified.kind(), verified.fields()) {
+        (ProviderKind::Alipay, Fields::Form { form, encoding }) => {
+            let mut fields = Map::new();
+            for (k, v) in form.iter() {
+                if k == "sign" {
+                    continue;
+                }
+                let (text, _) = encoding.decode_without_bom_handling(v);
+                fields.insert(k.to_owned(), Value::String(text.into_owned()));
+            }
+            alipay(verified, fields)
+        }
+        (kind, _) => json!({
+            "provider": kind.as_str(),
+            "event_id": verified.event_id(),
+        }),
+    };
+    serde_json::to_vec(&value).unwrap_or_default()
+}
+
+fn alipay(verified: &Verified, fields: Map<String, Value>) -> Value {
+    let get = |k: &str| fields.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let refunded = get("refund_fee").and_then(yuan_to_fen).is_some_and(|f| f > 0) || get("gmt_refund").is_some();
+    let status = match get("trade_status") {
+        _ if refunded => "refunded",
+        Some("TRADE_SUCCESS") | Some("TRADE_FINISHED") => "paid",
+        Some("TRADE_CLOSED") => "closed",
+        _ => "pending",
+    };
+    let amount = if status == "refunded" {
+        get("refund_fee")
+    } else {
+        get("total_amount")
+    }
+    .and_then(yuan_to_fen);
+    let when = match status {
+        "refunded" => get("gmt_refund"),
+        "paid" => get("gmt_payment"),
+        "closed" => get("gmt_close"),
+        _ => None,
+    }
+    .or_else(|| get("notify_time"))
+    .and_then(beijing_rfc3339);
+    json!({
+        "provider": "alipay",
+        "event_id": verified.event_id(),
+        "out_trade_no": get("out_trade_no"),
+        "provider_trade_no": get("trade_no"),
+        "amount_fen": amount,
+        "currency": "CNY",
+        "status": status,
+        "occurred_at": when,
+        "fields": fields,
+    })
+}
+
+/// `"88.88"` → 8888. At most two decimals; anything else is `None`.
+pub fn yuan_to_fen(s: &str) -> Option<i64> {
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    if whole.is_empty() || frac.len() > 2 || !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let whole: i64 = whole.parse().ok()?;
+    let frac: i64 = match frac.len() {
+        0 => 0,
+        1 => frac.parse::<i64>().ok()? * 10,
+        _ => frac.parse().ok()?,
+    };
+    whole.checked_mul(100)?.checked_add(frac)
+}
+
+/// `yyyy-MM-dd HH:mm:ss[.SSS]` Beijing time → RFC 3339 with `+08:00`.
+pub fn beijing_rfc3339(s: &str) -> Option<String> {
+    let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").ok()?;
+    let tz = FixedOffset::east_opt(8 * 3600)?;
+    Some(tz.from_local_datetime(&naive).single()?.to_rfc3339())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yuan() {
+        assert_eq!(yuan_to_fen("88.88"), Some(8888));
+        assert_eq!(yuan_to_fen("0.1"), Some(10));
+        assert_eq!(yuan_to_fen("12"), Some(1200));
+        assert_eq!(yuan_to_fen("0.01"), Some(1));
+        for bad in ["", ".5", "1.234", "-1.00", "1,00", "abc", "1.2.3"] {
+            assert_eq!(yuan_to_fen(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(
+            beijing_rfc3339("2026-11-22 10:00:00").as_deref(),
+            Some("2026-11-22T10:00:00+08:00")
+        );
+        assert_eq!(
+            beijing_rfc3339("2015-04-28 15:45:57.320").as_deref(),
+            Some("2015-04-28T15:45:57.320+08:00")
+        );
+        assert_eq!(beijing_rfc3339("yesterday"), None);
+    }
+}

@@ -1,0 +1,383 @@
+//! `alipay`: Alipay open-platform asynchronous notifications, RSA2
+//! (SHA256withRSA) and RSA (SHA1withRSA), public-key mode.
+//!
+//! Verified as the official Java SDK's `AlipaySignature.rsaCheckV1` does:
+//! 1. the form is decoded once (done by `body::Form`), values kept as the
+//!    raw bytes of the notification's `charset`;
+//! 2. `sign` and `sign_type` are removed;
+//! 3. keys are sorted by byte order;
+//! 4. entries whose value is empty or made only of Java whitespace
+//!    (`Character.isWhitespace`) are skipped; other values are used as they
+//!    are, never trimmed;
+//! 5. `key=value` pairs are joined with `&`, and the signature (standard
+//!    Base64) is checked over those bytes.
+//!
+//! The PHP `AopClient` and node SDKs keep empty values as `key=`; Alipay
+//! itself is not known to send empty values, so when the Java form fails and
+//! the notification did hold an empty value, the string with empties kept is
+//! tried once (PROVIDERS.md §1.2).
+//!
+//! `sign_type` must be `RSA2` or `RSA`; anything else is refused rather than
+//! guessed. `app_id` must be the route's. `charset` (default UTF-8) must be
+//! one we can decode, and every value must be valid in it. Event id:
+//! `notify_id`. Signed time: `notify_time`, Beijing time.
+
+use base64::Engine as _;
+use encoding_rs::Encoding;
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::DeValue;
+
+use super::{Fields, ProviderKind, RsaDigest, RsaKey, Verified, VerifyError, beijing_time, java_whitespace, shown};
+use crate::body::Form;
+use crate::rules::{FileCtx, RuleError};
+
+/// `[route.keys]` for `alipay`, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    /// The app's id on the open platform; notifications must carry it.
+    app_id: Spanned<String>,
+    /// Alipay's public key (PEM, or the bare Base64 from the console).
+    public_key: Option<Spanned<String>>,
+    /// Certificate mode: Alipay's public-key certificate.
+    alipay_cert: Option<Spanned<String>>,
+    /// Certificate mode: Alipay's root certificate chain.
+    alipay_root_cert: Option<Spanned<String>>,
+    /// Certificate mode: the app's certificate.
+    app_cert: Option<Spanned<String>>,
+}
+
+/// Compiled keys of an `alipay` route.
+#[derive(Debug)]
+pub struct Keys {
+    app_id: Box<str>,
+    key: RsaKey,
+}
+
+/// Notification time format (`yyyy-MM-dd HH:mm:ss`, Beijing time).
+const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
+
+impl Keys {
+    pub(super) fn compile(value: Spanned<DeValue<'_>>, ctx: &mut FileCtx<'_>) -> Option<Keys> {
+        let span = value.span();
+        let raw: KeysFile = ctx.deserialize(value)?;
+        if raw.app_id.get_ref().trim().is_empty() {
+            ctx.error(
+                raw.app_id.span(),
+                RuleError::KeyValue {
+                    field: "app_id".to_owned(),
+                    reason: "must not be empty".to_owned(),
+                },
+            );
+        }
+        let cert_mode = raw.alipay_cert.is_some() || raw.alipay_root_cert.is_some() || raw.app_cert.is_some();
+        let key = match (&raw.public_key, cert_mode) {
+            (Some(pk), false) => super::load_rsa_key(ctx, "public_key", pk),
+            (Some(pk), true) => {
+                ctx.error(
+                    pk.span(),
+                    RuleError::KeyValue {
+                        field: "public_key".to_owned(),
+                        reason: "give either public_key or the certificate-mode keys (alipay_cert, alipay_root_cert, app_cert), not both".to_owned(),
+                    },
+                );
+                None
+            }
+            (None, true) => {
+                ctx.error(
+                    span,
+                    RuleError::KeyValue {
+                        field: "alipay_cert".to_owned(),
+                        reason: "certificate mode is not available in this version; give public_key (extract it with `openssl x509 -pubkey -noout -in alipayCertPublicKey_RSA2.crt`)".to_owned(),
+                    },
+                );
+                None
+            }
+            (None, false) => {
+                ctx.error(
+                    span,
+                    RuleError::KeyValue {
+                        field: "public_key".to_owned(),
+                        reason: "missing: give Alipay's public key file".to_owned(),
+                    },
+                );
+                None
+            }
+        }?;
+        Some(Keys {
+            app_id: raw.app_id.into_inner().into_boxed_str(),
+            key,
+        })
+    }
+
+    /// Verifies a decoded notification form.
+    pub fn verify(&self, form: &Form) -> Result<Verified, VerifyError> {
+        let sign = form.get("sign").filter(|s| !s.is_empty()).ok_or(VerifyError::MissingSignature)?;
+        let digest = match form.get("sign_type") {
+            Some(b"RSA2") => RsaDigest::Sha256,
+            Some(b"RSA") => RsaDigest::Sha1,
+            Some(other) => return Err(VerifyError::UnsupportedSignType(shown(other))),
+            None => return Err(VerifyError::UnsupportedSignType(String::new())),
+        };
+        let encoding = charset(form.get("charset"))?;
+        check_encoding(form, encoding)?;
+        match form.get("app_id") {
+            Some(id) if id == self.app_id.as_bytes() => {}
+            Some(id) => {
+                return Err(VerifyError::MerchantMismatch {
+                    field: "app_id",
+                    got: shown(id),
+                });
+            }
+            None => return Err(VerifyError::MissingField("app_id")),
+        }
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(sign)
+            .map_err(|_| VerifyError::SignatureEncoding)?;
+
+        let (content, had_empty) = canonical(form, encoding, false);
+        let good = self.key.verify(digest, &content, &signature)
+            || (had_empty && self.key.verify(digest, &canonical(form, encoding, true).0, &signature));
+        if !good {
+            return Err(VerifyError::SignatureMismatch);
+        }
+
+        let notify_id = form
+            .get_str("notify_id")
+            .filter(|s| !s.is_empty())
+            .ok_or(VerifyError::MissingField("notify_id"))?;
+        let notify_time = form
+            .get("notify_time")
+            .filter(|s| !s.is_empty())
+            .ok_or(VerifyError::MissingField("notify_time"))?;
+        let signed_at = beijing_time("notify_time", notify_time, TIME_FORMAT)?;
+        Ok(Verified::new(
+            ProviderKind::Alipay,
+            notify_id.to_owned(),
+            signed_at,
+            Fields::Form {
+                form: form.clone(),
+                encoding,
+            },
+        ))
+    }
+}
+
+/// Maps the notification's `charset` to an encoding. Absent or empty means
+/// UTF-8, as in the SDK.
+pub(crate) fn charset(value: Option<&[u8]>) -> Result<&'static Encoding, VerifyError> {
+    let Some(label) = value.filter(|v| !v.is_empty()) else {
+        return Ok(encoding_rs::UTF_8);
+    };
+    let lower = label.to_ascii_lowercase();
+    match lower.as_slice() {
+        b"utf-8" | b"utf8" => Ok(encoding_rs::UTF_8),
+        b"gbk" | b"gb2312" | b"gb18030" => Ok(encoding_rs::GB18030),
+        _ => Err(VerifyError::Charset(shown(label))),
+    }
+}
+
+/// Every value must decode in the notification's charset.
+pub(crate) fn check_encoding(form: &Form, encoding: &'static Encoding) -> Result<(), VerifyError> {
+    for (key, value) in form.iter() {
+        if value.is_ascii() {
+            continue;
+        }
+        let ok = if encoding == encoding_rs::UTF_8 {
+            std::str::from_utf8(value).is_ok()
+        } else {
+            encoding.decode_without_bom_handling_and_without_replacement(value).is_some()
+        };
+        if !ok {
+            return Err(VerifyError::FieldEncoding {
+                field: key.to_owned(),
+                charset: if encoding == encoding_rs::UTF_8 { "UTF-8" } else { "GBK" },
+            });
+        }
+    }
+    Ok(())
+}
+
+/// True when a value is empty or only Java whitespace.
+fn is_blank(value: &[u8], encoding: &'static Encoding) -> bool {
+    if value.is_empty() {
+        return true;
+    }
+    // Fast path: any printable ASCII byte means not blank.
+    if value.iter().any(|&b| b > b' ' && b < 0x7F) {
+        return false;
+    }
+    let (text, _) = encoding.decode_without_bom_handling(value);
+    text.chars().all(java_whitespace)
+}
+
+/// Builds the string the signature covers. Returns it and whether any value
+/// was blank (and so left out, unless `keep_blank`).
+fn canonical(form: &Form, encoding: &'static Encoding, keep_blank: bool) -> (Vec<u8>, bool) {
+    let mut out = Vec::with_capacity(1024);
+    let mut had_blank = false;
+    for (key, value) in form.iter() {
+        if key == "sign" || key == "sign_type" {
+            continue;
+        }
+        if is_blank(value, encoding) {
+            had_blank = true;
+            if !keep_blank {
+                continue;
+            }
+        }
+        if !out.is_empty() {
+            out.push(b'&');
+        }
+        out.extend_from_slice(key.as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(value);
+    }
+    (out, had_blank)
+}
+
+/// The canonical string for signing a sample notification (`callgate sign`).
+pub(crate) fn sign_content(form: &Form) -> Vec<u8> {
+    let encoding = charset(form.get("charset")).unwrap_or(encoding_rs::UTF_8);
+    canonical(form, encoding, false).0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/alipay")
+    }
+
+    fn keys(app_id: &str, key: &str) -> Keys {
+        Keys {
+            app_id: app_id.into(),
+            key: RsaKey::from_file(&fixtures().join(key)).unwrap(),
+        }
+    }
+
+    fn form(name: &str) -> Form {
+        Form::parse(&std::fs::read(fixtures().join(name)).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn every_fixture_matches_expected_json() {
+        let expected: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixtures().join("expected.json")).unwrap()).unwrap();
+        let mut checked = 0;
+        for (name, e) in expected.as_object().unwrap() {
+            let body = std::fs::read(fixtures().join(name)).unwrap();
+            let Ok(form) = Form::parse(&body) else {
+                assert!(!e["verifies"].as_bool().unwrap(), "{name} should parse");
+                checked += 1;
+                continue;
+            };
+            let k = keys(e["app_id"].as_str().unwrap_or("2021000000000001"), e["key"].as_str().unwrap());
+            let got = k.verify(&form);
+            let want = e["verifies"].as_bool().unwrap() || e["verifies_with_empty_included"].as_bool() == Some(true);
+            assert_eq!(got.is_ok(), want, "{name}: {got:?}");
+            if let Ok(v) = got {
+                assert_eq!(v.event_id(), e["notify_id"].as_str().unwrap(), "{name}");
+            }
+            checked += 1;
+        }
+        assert!(checked >= 19, "only {checked} fixtures");
+    }
+
+    #[test]
+    fn real_production_vector_verifies_and_tamper_fails() {
+        let e: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixtures().join("expected.json")).unwrap()).unwrap();
+        let app = e["nodejs_sdk_real_notify.form"]["app_id"].as_str().unwrap();
+        let k = keys(app, "nodejs_sdk_real_public.pem");
+        assert!(k.verify(&form("nodejs_sdk_real_notify.form")).is_ok());
+        assert_eq!(
+            k.verify(&form("nodejs_sdk_real_notify_tampered.form")).unwrap_err(),
+            VerifyError::SignatureMismatch
+        );
+    }
+
+    #[test]
+    fn literal_plus_must_not_become_a_space() {
+        let e: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixtures().join("expected.json")).unwrap()).unwrap();
+        let app = e["yansongda_sandbox_plus.form"]["app_id"].as_str().unwrap();
+        let k = keys(app, "yansongda_sandbox_public.pem");
+        assert!(k.verify(&form("yansongda_sandbox_plus.form")).is_ok());
+        assert!(k.verify(&form("yansongda_sandbox_plus_as_space.form")).is_err());
+    }
+
+    #[test]
+    fn refusals_name_their_reason() {
+        let k = keys("2021000000000001", "alipay_public.pem");
+        assert_eq!(
+            k.verify(&form("rsa2_missing_sign.form")).unwrap_err(),
+            VerifyError::MissingSignature
+        );
+        assert_eq!(
+            k.verify(&form("rsa2_sign_type_unknown.form")).unwrap_err(),
+            VerifyError::UnsupportedSignType("RSA3".into())
+        );
+        assert!(matches!(
+            k.verify(&form("rsa2_other_app.form")).unwrap_err(),
+            VerifyError::MerchantMismatch { field: "app_id", .. }
+        ));
+        assert_eq!(
+            k.verify(&form("rsa2_wrong_key.form")).unwrap_err(),
+            VerifyError::SignatureMismatch
+        );
+        assert_eq!(
+            k.verify(&form("rsa2_tampered_amount.form")).unwrap_err(),
+            VerifyError::SignatureMismatch
+        );
+        let other = keys("2021000000000001", "other_public.pem");
+        assert_eq!(
+            other.verify(&form("rsa2_trade_success.form")).unwrap_err(),
+            VerifyError::SignatureMismatch
+        );
+    }
+
+    #[test]
+    fn gbk_and_sha1_verify() {
+        let k = keys("2021000000000001", "alipay_public.pem");
+        let v = k.verify(&form("rsa2_gbk.form")).unwrap();
+        let Fields::Form { encoding, .. } = v.fields();
+        assert_eq!(*encoding, encoding_rs::GB18030);
+        assert!(k.verify(&form("rsa_sha1_trade_success.form")).is_ok());
+    }
+
+    #[test]
+    fn sign_type_must_match_the_digest() {
+        // An RSA2 signature presented as RSA (SHA-1) must not verify.
+        let body = std::fs::read(fixtures().join("rsa2_trade_success.form")).unwrap();
+        let swapped = String::from_utf8(body).unwrap().replace("sign_type=RSA2", "sign_type=RSA");
+        let k = keys("2021000000000001", "alipay_public.pem");
+        assert_eq!(
+            k.verify(&Form::parse(swapped.as_bytes()).unwrap()).unwrap_err(),
+            VerifyError::SignatureMismatch
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_utf8_notification_is_malformed() {
+        let body = std::fs::read(fixtures().join("rsa2_trade_success.form")).unwrap();
+        let bad = [body.as_slice(), b"&extra=%FF%FE"].concat();
+        let k = keys("2021000000000001", "alipay_public.pem");
+        let err = k.verify(&Form::parse(&bad).unwrap()).unwrap_err();
+        assert!(matches!(err, VerifyError::FieldEncoding { .. }), "{err:?}");
+        assert_eq!(err.outcome(), crate::ack::Outcome::Malformed);
+    }
+
+    #[test]
+    fn blank_detection_follows_java() {
+        let u = encoding_rs::UTF_8;
+        assert!(is_blank(b"", u));
+        assert!(is_blank(b"  \t", u));
+        assert!(is_blank("\u{3000}".as_bytes(), u));
+        assert!(!is_blank("\u{A0}".as_bytes(), u));
+        assert!(!is_blank(b" a ", u));
+    }
+}

@@ -1,0 +1,431 @@
+//! Providers: the sixth step of the flow, signature verification.
+//!
+//! [`Provider`] is a closed enum (the contract names every platform); each
+//! variant holds the route's compiled keys, and [`Provider::verify`] is the
+//! one dispatch point. A successful verification yields [`Verified`], whose
+//! constructor is private to this module tree: `replay` and `forward` take
+//! `&Verified`, so nothing unverified can be forwarded, and grepping
+//! `Verified::new` lists every place a signature is declared good.
+//!
+//! Failures are [`VerifyError`]s: the detail goes to the request's log line,
+//! the platform only sees the outcome (`BadSignature` 401 or `Malformed` 400).
+//!
+//! Also here: RSA public-key loading shared by the RSA providers (PEM, or
+//! the bare Base64 key Alipay's console shows; parsed once, at load).
+
+pub mod alipay;
+
+use std::path::Path;
+use std::time::Duration;
+
+use aws_lc_rs::signature::{
+    ParsedPublicKey, RSA_PKCS1_1024_8192_SHA1_FOR_LEGACY_USE_ONLY,
+    RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY,
+};
+use http::HeaderMap;
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::DeValue;
+
+use crate::ack::Outcome;
+use crate::body::{Format, Payload};
+use crate::rules::{FileCtx, RuleError};
+
+/// The `provider` names of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Alipay,
+    AlipayMd5,
+    WechatV2,
+    WechatV3,
+    Unionpay,
+    Jdpay,
+}
+
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 6] = [
+        ProviderKind::Alipay,
+        ProviderKind::AlipayMd5,
+        ProviderKind::WechatV2,
+        ProviderKind::WechatV3,
+        ProviderKind::Unionpay,
+        ProviderKind::Jdpay,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Alipay => "alipay",
+            ProviderKind::AlipayMd5 => "alipay_md5",
+            ProviderKind::WechatV2 => "wechat_v2",
+            ProviderKind::WechatV3 => "wechat_v3",
+            ProviderKind::Unionpay => "unionpay",
+            ProviderKind::Jdpay => "jdpay",
+        }
+    }
+
+    /// `max_age` when a route leaves it out: 25h (the platforms retry for
+    /// about a day), 5m for wechat_v3.
+    pub fn default_max_age(self) -> Duration {
+        match self {
+            ProviderKind::WechatV3 => Duration::from_secs(5 * 60),
+            _ => Duration::from_secs(25 * 3600),
+        }
+    }
+
+    /// How far in the future a signed time may be: `max_age` for wechat_v3
+    /// (a symmetric window), 5 minutes of clock skew for the others.
+    pub fn max_future(self, max_age: Duration) -> Duration {
+        match self {
+            ProviderKind::WechatV3 => max_age,
+            _ => Duration::from_secs(5 * 60),
+        }
+    }
+
+    /// What `[route.keys]` must hold, for error messages.
+    pub fn keys_hint(self) -> &'static str {
+        match self {
+            ProviderKind::Alipay => "app_id and public_key",
+            ProviderKind::AlipayMd5 => "partner and key_file",
+            ProviderKind::WechatV2 => "mch_id and api_key_file",
+            ProviderKind::WechatV3 => "mch_id, api_v3_key_file and platform_keys",
+            ProviderKind::Unionpay => "root_cert and middle_cert, or verify_certs",
+            ProviderKind::Jdpay => "merchant, des_key_file and jd_public_key",
+        }
+    }
+}
+
+/// A route's provider with its compiled keys.
+#[derive(Debug)]
+pub enum Provider {
+    Alipay(alipay::Keys),
+}
+
+impl Provider {
+    pub fn kind(&self) -> ProviderKind {
+        match self {
+            Provider::Alipay(_) => ProviderKind::Alipay,
+        }
+    }
+
+    /// The body format this provider's notifications use.
+    pub fn format(&self) -> Format {
+        match self {
+            Provider::Alipay(_) => Format::Form,
+        }
+    }
+
+    /// Compiles `[route.keys]` for `kind`, recording problems in `ctx`.
+    pub fn compile(kind: ProviderKind, keys: Spanned<DeValue<'_>>, ctx: &mut FileCtx<'_>) -> Option<Provider> {
+        match kind {
+            ProviderKind::Alipay => alipay::Keys::compile(keys, ctx).map(Provider::Alipay),
+            other => {
+                ctx.error(
+                    keys.span(),
+                    RuleError::KeyValue {
+                        field: "provider".to_owned(),
+                        reason: format!("provider `{}` is not available in this version", other.as_str()),
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    /// Verifies a parsed notification.
+    pub fn verify(&self, _headers: &HeaderMap, payload: &Payload) -> Result<Verified, VerifyError> {
+        match (self, payload) {
+            (Provider::Alipay(keys), Payload::Form(form)) => keys.verify(form),
+        }
+    }
+}
+
+// === Verified ===
+
+/// A notification whose signature checked out. Only `provider/` builds one.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    kind: ProviderKind,
+    event_id: String,
+    signed_at: i64,
+    fields: Fields,
+}
+
+/// The verified content, in the provider's own shape, for `normalize`.
+#[derive(Debug, Clone)]
+pub enum Fields {
+    /// A form, with the charset its values are encoded in.
+    Form {
+        form: crate::body::Form,
+        encoding: &'static encoding_rs::Encoding,
+    },
+}
+
+impl Verified {
+    fn new(kind: ProviderKind, event_id: String, signed_at: i64, fields: Fields) -> Self {
+        Verified {
+            kind,
+            event_id,
+            signed_at,
+            fields,
+        }
+    }
+
+    pub fn kind(&self) -> ProviderKind {
+        self.kind
+    }
+
+    /// The id the replay store dedupes on.
+    pub fn event_id(&self) -> &str {
+        &self.event_id
+    }
+
+    /// The notification's own signed time, Unix seconds.
+    pub fn signed_at(&self) -> i64 {
+        self.signed_at
+    }
+
+    pub fn fields(&self) -> &Fields {
+        &self.fields
+    }
+}
+
+/// Why a notification did not verify. Never carries key material or a full
+/// signature.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("no signature")]
+    MissingSignature,
+    #[error("signature is not valid Base64")]
+    SignatureEncoding,
+    #[error("signature does not verify with the route's key")]
+    SignatureMismatch,
+    #[error("sign_type `{0}` is not supported")]
+    UnsupportedSignType(String),
+    #[error("{field} `{got}` is not this route's")]
+    MerchantMismatch { field: &'static str, got: String },
+    #[error("required field `{0}` is missing or empty")]
+    MissingField(&'static str),
+    #[error("charset `{0}` is not supported")]
+    Charset(String),
+    #[error("field `{field}` is not valid {charset}")]
+    FieldEncoding { field: String, charset: &'static str },
+    #[error("{field} `{value}` is not a time like {format}")]
+    BadTime {
+        field: &'static str,
+        value: String,
+        format: &'static str,
+    },
+}
+
+impl VerifyError {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            VerifyError::MissingSignature
+            | VerifyError::SignatureEncoding
+            | VerifyError::SignatureMismatch
+            | VerifyError::UnsupportedSignType(_)
+            | VerifyError::MerchantMismatch { .. } => Outcome::BadSignature,
+            VerifyError::MissingField(_)
+            | VerifyError::Charset(_)
+            | VerifyError::FieldEncoding { .. }
+            | VerifyError::BadTime { .. } => Outcome::Malformed,
+        }
+    }
+}
+
+/// Text of an untrusted value for an error message: lossy, at most 64 chars.
+fn shown(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).chars().take(64).collect()
+}
+
+// === RSA public keys ===
+
+/// An RSA public key parsed once, ready for SHA-1 and SHA-256 PKCS#1 v1.5
+/// verification.
+pub struct RsaKey {
+    sha1: ParsedPublicKey,
+    sha256: ParsedPublicKey,
+    bits: usize,
+}
+
+impl std::fmt::Debug for RsaKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RsaKey({} bits)", self.bits)
+    }
+}
+
+/// PKCS#1 v1.5 digest choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RsaDigest {
+    Sha1,
+    Sha256,
+}
+
+impl RsaKey {
+    /// Parses DER (SubjectPublicKeyInfo or PKCS#1 RSAPublicKey).
+    pub fn from_der(der: &[u8]) -> Result<RsaKey, String> {
+        let probe = aws_lc_rs::rsa::PublicEncryptingKey::from_der(der)
+            .or_else(|_| {
+                // PKCS#1 RSAPublicKey: let the verifier parse it, then ask its size.
+                ParsedPublicKey::new(&RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY, der)
+                    .map_err(|_| ())
+                    .and_then(|k| aws_lc_rs::rsa::PublicEncryptingKey::from_der(k.as_ref()).map_err(|_| ()))
+            })
+            .map_err(|_| "not an RSA public key".to_owned())?;
+        let bits = probe.key_size_bits();
+        if !(1024..=8192).contains(&bits) {
+            return Err(format!("RSA key of {bits} bits; 1024 to 8192 are supported"));
+        }
+        let sha1 = ParsedPublicKey::new(&RSA_PKCS1_1024_8192_SHA1_FOR_LEGACY_USE_ONLY, der)
+            .map_err(|e| format!("not an RSA public key: {e}"))?;
+        let sha256 = ParsedPublicKey::new(&RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY, der)
+            .map_err(|e| format!("not an RSA public key: {e}"))?;
+        Ok(RsaKey { sha1, sha256, bits })
+    }
+
+    /// Reads a public key file: PEM `PUBLIC KEY`, or the bare Base64 of the
+    /// DER key on one or more lines (how Alipay's console shows it).
+    pub fn from_file(path: &Path) -> Result<RsaKey, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {}", e.kind()))?;
+        Self::from_der(&public_key_der(&bytes)?)
+    }
+
+    pub fn bits(&self) -> usize {
+        self.bits
+    }
+
+    /// PKCS#1 v1.5 verification of `signature` over `message`.
+    pub fn verify(&self, digest: RsaDigest, message: &[u8], signature: &[u8]) -> bool {
+        let key = match digest {
+            RsaDigest::Sha1 => &self.sha1,
+            RsaDigest::Sha256 => &self.sha256,
+        };
+        key.verify_sig(message, signature).is_ok()
+    }
+}
+
+/// Extracts public-key DER from a PEM file or bare Base64 text.
+fn public_key_der(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    use rustls_pki_types::pem::{PemObject, SectionKind};
+
+    let text = std::str::from_utf8(bytes).map_err(|_| "not a PEM public key (the file is binary)".to_owned())?;
+    if text.contains("-----BEGIN") {
+        if text.contains("-----BEGIN RSA PUBLIC KEY-----") {
+            return Err("a PKCS#1 `RSA PUBLIC KEY` block; convert it with \
+                 `openssl rsa -RSAPublicKey_in -in FILE -pubout`"
+                .to_owned());
+        }
+        if text.contains("PRIVATE KEY-----") {
+            return Err("this is a private key; give the public key here".to_owned());
+        }
+        for item in <(SectionKind, Vec<u8>)>::pem_slice_iter(bytes) {
+            match item {
+                Ok((SectionKind::PublicKey, der)) => return Ok(der),
+                Ok(_) => continue,
+                Err(e) => return Err(crate::config::pem_reason(&e)),
+            }
+        }
+        return Err("no -----BEGIN PUBLIC KEY----- block in the file".to_owned());
+    }
+    let compact: String = text.split_whitespace().collect();
+    if compact.is_empty() {
+        return Err("the file is empty".to_owned());
+    }
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .map_err(|_| "not a PEM public key (expected -----BEGIN PUBLIC KEY-----, or the bare Base64 key Alipay's console shows)".to_owned())
+}
+
+/// Loads an RSA public key named by a keys field, recording a problem at the
+/// field's line on failure.
+pub(crate) fn load_rsa_key(ctx: &mut FileCtx<'_>, field: &str, value: &Spanned<String>) -> Option<RsaKey> {
+    match RsaKey::from_file(&ctx.resolve(value.get_ref())) {
+        Ok(k) => Some(k),
+        Err(reason) => {
+            ctx.error(
+                value.span(),
+                RuleError::KeyFile {
+                    field: field.to_owned(),
+                    file: value.get_ref().clone(),
+                    reason,
+                },
+            );
+            None
+        }
+    }
+}
+
+// === time ===
+
+/// Parses a Beijing-time (UTC+8) timestamp with a chrono format into Unix
+/// seconds.
+pub(crate) fn beijing_time(field: &'static str, value: &[u8], format: &'static str) -> Result<i64, VerifyError> {
+    let bad = || VerifyError::BadTime {
+        field,
+        value: shown(value),
+        format,
+    };
+    let text = std::str::from_utf8(value).map_err(|_| bad())?;
+    let naive = chrono::NaiveDateTime::parse_from_str(text, format).map_err(|_| bad())?;
+    Ok(naive.and_utc().timestamp() - 8 * 3600)
+}
+
+// === Java whitespace ===
+
+/// `java.lang.Character.isWhitespace`, which the Alipay Java SDK's
+/// `StringUtils.isEmpty` applies to every char of a value.
+pub(crate) fn java_whitespace(c: char) -> bool {
+    matches!(
+        c,
+        '\t' | '\n' | '\u{0B}' | '\u{0C}' | '\r' | '\u{1C}'..='\u{1F}' | ' '
+            | '\u{1680}'
+            | '\u{2000}'..='\u{2006}'
+            | '\u{2008}'..='\u{200A}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{205F}'
+            | '\u{3000}'
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn java_whitespace_set() {
+        for c in ['\t', '\n', '\r', ' ', '\u{1F}', '\u{3000}', '\u{2028}', '\u{2000}'] {
+            assert!(java_whitespace(c), "{c:?}");
+        }
+        // Non-breaking spaces and NEL are not whitespace in Java.
+        for c in ['\u{A0}', '\u{2007}', '\u{202F}', '\u{85}', 'a', '0'] {
+            assert!(!java_whitespace(c), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn beijing_is_utc_plus_8() {
+        let t = beijing_time("notify_time", b"2026-11-22 10:00:00", "%Y-%m-%d %H:%M:%S").unwrap();
+        assert_eq!(t, 1_795_312_800); // 2026-11-22T02:00:00Z
+        assert!(beijing_time("notify_time", b"2026-13-01 00:00:00", "%Y-%m-%d %H:%M:%S").is_err());
+        assert!(beijing_time("notify_time", b"\xff", "%Y-%m-%d %H:%M:%S").is_err());
+    }
+
+    #[test]
+    fn key_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/alipay");
+        let pem = RsaKey::from_file(&fixtures.join("alipay_public.pem")).unwrap();
+        assert_eq!(pem.bits(), 2048);
+        let bare = RsaKey::from_file(&fixtures.join("alipay_public.b64")).unwrap();
+        assert_eq!(bare.bits(), 2048);
+        let err = RsaKey::from_file(&fixtures.join("alipay_private.pem")).unwrap_err();
+        assert!(err.contains("private key"), "{err}");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "hello world").unwrap();
+        assert!(RsaKey::from_file(&junk).unwrap_err().contains("not a PEM public key"));
+        assert!(RsaKey::from_file(&dir.path().join("nope")).unwrap_err().contains("cannot read"));
+    }
+}

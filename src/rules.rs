@@ -1,0 +1,480 @@
+//! Rule files: every `*.toml` in `rules_dir`, each holding `[[route]]`
+//! tables. [`RouteFile`] mirrors one table (unknown keys are errors); it
+//! compiles into [`Route`], which holds everything the request path needs
+//! already parsed: CIDRs, the upstream URI and its secret, the provider's
+//! keys, durations.
+//!
+//! Each route is deserialised on its own, so one bad route does not hide the
+//! problems of the next; every problem keeps its file and line. The compiled
+//! routes form a [`RuleSet`], the immutable snapshot that `server` swaps in
+//! whole on reload.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use crate::allow::AllowList;
+use crate::config::{Config, Dur, Limits, Located, Problem, line_of, parse_net, resolve};
+use crate::forward::{ForwardMode, Upstream, UpstreamError};
+use crate::provider::{Provider, ProviderKind};
+use crate::secret::{Secret, SecretFileError};
+
+/// What is wrong in a rule file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("cannot read the rule file: {reason}")]
+    Read { reason: String },
+    #[error("{message}")]
+    Syntax { message: String },
+    #[error("unknown top-level key `{key}`: a rule file holds only [[route]] tables")]
+    TopLevel { key: String },
+    #[error("`route` must be an array of tables, written [[route]]")]
+    RouteShape,
+    #[error("route name `{name}` is used twice (first at {first}); names label metrics and namespace replay state, so they must be unique")]
+    DuplicateName { name: String, first: String },
+    #[error("route name `{name}` must be 1-64 characters of letters, digits, `.`, `_` or `-`")]
+    BadName { name: String },
+    #[error("path `{path}` is already routed by route `{other}` at {first}")]
+    DuplicatePath {
+        path: String,
+        other: String,
+        first: String,
+    },
+    #[error("path `{path}` must start with `/` and hold no query, fragment or spaces")]
+    BadPath { path: String },
+    #[error("allow entry `{value}` is not a CIDR like 110.75.0.0/16 or an address: {reason}")]
+    Cidr { value: String, reason: String },
+    #[error("upstream `{value}`: {reason}")]
+    Upstream { value: String, reason: String },
+    #[error("upstream_secret_file `{file}`: {reason}")]
+    SecretFile { file: String, reason: SecretFileError },
+    #[error("upstream_ca `{file}`: {reason}")]
+    UpstreamCa { file: String, reason: String },
+    #[error("{field} must be greater than zero")]
+    Zero { field: &'static str },
+    #[error("success_body must not be empty; leave it out to accept any 2xx")]
+    EmptySuccessBody,
+    #[error("provider `{provider}` needs a [route.keys] table ({needs})")]
+    MissingKeys {
+        provider: &'static str,
+        needs: &'static str,
+    },
+    #[error("keys.{field} `{file}`: {reason}")]
+    KeyFile {
+        field: String,
+        file: String,
+        reason: String,
+    },
+    #[error("keys.{field}: {reason}")]
+    KeyValue { field: String, reason: String },
+}
+
+// === raw ===
+
+/// One `[[route]]` table as written. `keys` is taken out before this is
+/// deserialised and handed to the provider, which knows its shape.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// Route name: metric label, log field and replay namespace.
+    pub name: Spanned<String>,
+    /// Exact request path, POST only.
+    pub path: Spanned<String>,
+    /// One of the contract's providers.
+    pub provider: Spanned<ProviderKind>,
+    /// CIDRs (or bare addresses) allowed to call; empty admits nobody.
+    pub allow: Vec<Spanned<String>>,
+    /// Where verified notifications go: http:// or https:// URL.
+    pub upstream: Spanned<String>,
+    /// File holding the HMAC key for `X-Callgate-Signature`.
+    pub upstream_secret_file: Spanned<String>,
+    /// PEM CA bundle trusted for an https upstream instead of the system roots.
+    pub upstream_ca: Option<Spanned<String>>,
+    /// `original` (default) or `normalized`.
+    #[serde(default)]
+    pub forward: ForwardMode,
+    /// Freshness bound on the notification's own signed time.
+    pub max_age: Option<Spanned<Dur>>,
+    /// When set, an upstream 2xx must also contain these bytes.
+    pub success_body: Option<Spanned<String>>,
+}
+
+// === compiled ===
+
+/// A compiled route: everything the request path needs, already parsed.
+#[derive(Debug)]
+pub struct Route {
+    pub name: Box<str>,
+    pub path: Box<str>,
+    pub provider: Provider,
+    pub allow: AllowList,
+    pub upstream: Upstream,
+    pub forward: ForwardMode,
+    /// How old the signed time may be.
+    pub max_age: Duration,
+    /// How far in the future the signed time may be.
+    pub max_future: Duration,
+    /// Where the route is defined, for messages.
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl Route {
+    pub fn kind(&self) -> ProviderKind {
+        self.provider.kind()
+    }
+}
+
+/// The immutable snapshot a request works with from start to end.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    routes: HashMap<Box<str>, Arc<Route>>,
+    pub trusted_proxies: Arc<[IpNet]>,
+    pub limits: Limits,
+}
+
+impl RuleSet {
+    pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
+        self.routes.get(path)
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.values()
+    }
+}
+
+// === loading ===
+
+/// Where problems go while one file is compiled, with its text for line
+/// numbers.
+pub struct FileCtx<'a> {
+    pub file: &'a Path,
+    pub dir: &'a Path,
+    pub src: &'a str,
+    problems: &'a mut Vec<Problem>,
+    failed: bool,
+}
+
+impl<'a> FileCtx<'a> {
+    /// Records a problem at a span of this file.
+    pub fn error(&mut self, span: Range<usize>, error: RuleError) {
+        self.failed = true;
+        self.problems.push(Problem::Rule(Located {
+            file: self.file.to_path_buf(),
+            line: Some(line_of(self.src, span.start)),
+            error,
+        }));
+    }
+
+    /// Records a serde/TOML error, converting its span to a line.
+    pub fn toml_error(&mut self, fallback: Range<usize>, e: &toml::de::Error) {
+        let span = e.span().unwrap_or(fallback);
+        self.error(
+            span,
+            RuleError::Syntax {
+                message: e.message().trim().to_owned(),
+            },
+        );
+    }
+
+    /// Deserialises a spanned TOML value, recording the error if it fails.
+    pub fn deserialize<T: for<'de> Deserialize<'de>>(&mut self, value: Spanned<DeValue<'_>>) -> Option<T> {
+        let span = value.span();
+        match T::deserialize(ValueDeserializer::from(value)) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.toml_error(span, &e);
+                None
+            }
+        }
+    }
+
+    /// Resolves a path named in this file against the file's directory.
+    pub fn resolve(&self, p: &str) -> PathBuf {
+        resolve(self.dir, p)
+    }
+
+    /// `file:line` of a span, for messages that point back at a definition.
+    fn here(&self, span: Range<usize>) -> String {
+        format!("{}:{}", self.file.display(), line_of(self.src, span.start))
+    }
+}
+
+/// Loads every `*.toml` in the configured rules directory, in name order.
+pub fn load_dir(config: &Config, problems: &mut Vec<Problem>) -> RuleSet {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&config.rules_dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .collect(),
+        Err(_) => Vec::new(), // reported by the gateway file's check
+    };
+    files.sort();
+
+    let mut routes: HashMap<Box<str>, Arc<Route>> = HashMap::new();
+    let mut names: HashMap<String, String> = HashMap::new();
+    for file in &files {
+        load_file(config, file, problems, &mut routes, &mut names);
+    }
+    RuleSet {
+        routes,
+        trusted_proxies: config.trusted_proxies.clone(),
+        limits: config.limits,
+    }
+}
+
+fn load_file(
+    config: &Config,
+    file: &Path,
+    problems: &mut Vec<Problem>,
+    routes: &mut HashMap<Box<str>, Arc<Route>>,
+    names: &mut HashMap<String, String>,
+) {
+    let src = match std::fs::read_to_string(file) {
+        Ok(s) => s,
+        Err(e) => {
+            problems.push(Problem::Rule(Located {
+                file: file.to_path_buf(),
+                line: None,
+                error: RuleError::Read {
+                    reason: e.kind().to_string(),
+                },
+            }));
+            return;
+        }
+    };
+    let dir = file.parent().unwrap_or(Path::new("")).to_path_buf();
+    let mut ctx = FileCtx {
+        file,
+        dir: &dir,
+        src: &src,
+        problems,
+        failed: false,
+    };
+    let (doc, errors) = DeTable::parse_recoverable(&src);
+    if !errors.is_empty() {
+        for e in &errors {
+            ctx.toml_error(0..0, e);
+        }
+        return;
+    }
+    for (key, value) in doc.into_inner() {
+        if key.get_ref() != "route" {
+            ctx.error(
+                key.span(),
+                RuleError::TopLevel {
+                    key: key.get_ref().to_string(),
+                },
+            );
+            continue;
+        }
+        let span = value.span();
+        let DeValue::Array(items) = value.into_inner() else {
+            ctx.error(span, RuleError::RouteShape);
+            continue;
+        };
+        for item in items {
+            if let Some(route) = compile_route(config, item, &mut ctx, names) {
+                let route = Arc::new(route);
+                match routes.get(&route.path) {
+                    Some(other) => {
+                        let (span_line, path) = (route.line, route.path.to_string());
+                        ctx.problems.push(Problem::Rule(Located {
+                            file: file.to_path_buf(),
+                            line: Some(span_line),
+                            error: RuleError::DuplicatePath {
+                                path,
+                                other: other.name.to_string(),
+                                first: format!("{}:{}", other.file.display(), other.line),
+                            },
+                        }));
+                    }
+                    None => {
+                        routes.insert(route.path.clone(), route);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn compile_route(
+    config: &Config,
+    item: Spanned<DeValue<'_>>,
+    ctx: &mut FileCtx<'_>,
+    names: &mut HashMap<String, String>,
+) -> Option<Route> {
+    ctx.failed = false;
+    let span = item.span();
+    let DeValue::Table(mut table) = item.into_inner() else {
+        ctx.error(span, RuleError::RouteShape);
+        return None;
+    };
+    let keys = table.remove("keys");
+    let raw: RouteFile = ctx.deserialize(Spanned::new(span.clone(), DeValue::Table(table)))?;
+
+    let name = raw.name.get_ref();
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !name_ok {
+        ctx.error(raw.name.span(), RuleError::BadName { name: name.clone() });
+    } else if let Some(first) = names.get(name) {
+        ctx.error(
+            raw.name.span(),
+            RuleError::DuplicateName {
+                name: name.clone(),
+                first: first.clone(),
+            },
+        );
+    } else {
+        names.insert(name.clone(), ctx.here(raw.name.span()));
+    }
+
+    let path = raw.path.get_ref();
+    if !path.starts_with('/') || path.contains(['?', '#']) || path.contains(char::is_whitespace) {
+        ctx.error(raw.path.span(), RuleError::BadPath { path: path.clone() });
+    }
+
+    let mut nets = Vec::with_capacity(raw.allow.len());
+    for entry in &raw.allow {
+        match parse_net(entry.get_ref()) {
+            Ok(n) => nets.push(n),
+            Err(reason) => ctx.error(
+                entry.span(),
+                RuleError::Cidr {
+                    value: entry.get_ref().clone(),
+                    reason,
+                },
+            ),
+        }
+    }
+
+    let secret_file = raw.upstream_secret_file.get_ref();
+    let secret = match Secret::from_file(&ctx.resolve(secret_file)) {
+        Ok(s) => Some(s),
+        Err(reason) => {
+            ctx.error(
+                raw.upstream_secret_file.span(),
+                RuleError::SecretFile {
+                    file: secret_file.clone(),
+                    reason,
+                },
+            );
+            None
+        }
+    };
+    let ca = raw.upstream_ca.as_ref().map(|c| (ctx.resolve(c.get_ref()), c));
+    let success_body = match &raw.success_body {
+        Some(s) if s.get_ref().is_empty() => {
+            ctx.error(s.span(), RuleError::EmptySuccessBody);
+            None
+        }
+        Some(s) => Some(s.get_ref().as_bytes().to_vec().into_boxed_slice()),
+        None => None,
+    };
+    let upstream = match secret {
+        Some(secret) => match Upstream::new(
+            raw.upstream.get_ref(),
+            secret,
+            ca.as_ref().map(|(p, _)| p.as_path()),
+            success_body,
+            config.limits.upstream_timeout,
+        ) {
+            Ok(u) => Some(u),
+            Err(UpstreamError::Ca(reason)) => {
+                if let Some((_, c)) = &ca {
+                    ctx.error(
+                        c.span(),
+                        RuleError::UpstreamCa {
+                            file: c.get_ref().clone(),
+                            reason,
+                        },
+                    );
+                }
+                None
+            }
+            Err(UpstreamError::Uri(reason)) => {
+                ctx.error(
+                    raw.upstream.span(),
+                    RuleError::Upstream {
+                        value: raw.upstream.get_ref().clone(),
+                        reason,
+                    },
+                );
+                None
+            }
+        },
+        None => {
+            // Still report a bad URL alongside the secret problem.
+            if let Err(UpstreamError::Uri(reason)) = crate::forward::parse_upstream_uri(raw.upstream.get_ref()) {
+                ctx.error(
+                    raw.upstream.span(),
+                    RuleError::Upstream {
+                        value: raw.upstream.get_ref().clone(),
+                        reason,
+                    },
+                );
+            }
+            None
+        }
+    };
+
+    let kind = *raw.provider.get_ref();
+    let max_age = match &raw.max_age {
+        Some(d) if d.get_ref().0.is_zero() => {
+            ctx.error(d.span(), RuleError::Zero { field: "max_age" });
+            kind.default_max_age()
+        }
+        Some(d) => d.get_ref().0,
+        None => kind.default_max_age(),
+    };
+    let max_future = kind.max_future(max_age);
+
+    let provider = match keys {
+        Some(value) => Provider::compile(kind, value, ctx),
+        None => {
+            ctx.error(
+                span.clone(),
+                RuleError::MissingKeys {
+                    provider: kind.as_str(),
+                    needs: kind.keys_hint(),
+                },
+            );
+            None
+        }
+    };
+
+    if ctx.failed {
+        return None;
+    }
+    Some(Route {
+        name: name.as_str().into(),
+        path: path.as_str().into(),
+        provider: provider?,
+        allow: AllowList::new(nets),
+        upstream: upstream?,
+        forward: raw.forward,
+        max_age,
+        max_future,
+        file: ctx.file.to_path_buf(),
+        line: line_of(ctx.src, span.start),
+    })
+}

@@ -1,0 +1,127 @@
+//! Secrets and the helpers that keep them out of logs.
+//!
+//! A [`Secret`] holds key material (the upstream HMAC key, MD5 partner keys,
+//! API keys). Its `Debug` and `Display` never show the bytes, and its memory
+//! is wiped on drop. MAC and signature strings are compared with
+//! [`ct_eq`], never `==`. [`mask`] shortens a signature or account id to
+//! something an operator can correlate but nobody can reuse.
+
+use std::fmt;
+use std::path::Path;
+
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+/// Raw secret bytes, redacted when printed.
+#[derive(Clone)]
+pub struct Secret(Zeroizing<Vec<u8>>);
+
+impl Secret {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Secret(Zeroizing::new(bytes.into()))
+    }
+
+    /// Reads a secret file: the file holds the raw bytes, one trailing
+    /// newline (`\n` or `\r\n`) is ignored, and an empty secret is an error.
+    pub fn from_file(path: &Path) -> Result<Self, SecretFileError> {
+        let mut bytes = Zeroizing::new(std::fs::read(path).map_err(|e| SecretFileError::Read {
+            reason: e.kind().to_string(),
+        })?);
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
+            }
+        }
+        if bytes.is_empty() {
+            return Err(SecretFileError::Empty);
+        }
+        Ok(Secret(bytes))
+    }
+
+    /// The secret bytes, for the one place that feeds them to a MAC.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Why a secret file could not be used. Never carries the file's content.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretFileError {
+    #[error("cannot read the secret file: {reason}")]
+    Read { reason: String },
+    #[error("the secret file is empty")]
+    Empty,
+}
+
+/// Constant-time equality for MACs, digests and signature strings.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.ct_eq(b).into()
+}
+
+/// Keeps the first four and last two characters of a value that must not
+/// appear in full in a log line (a signature, a buyer's account id).
+pub fn mask(value: &str) -> String {
+    let chars: Vec<char> = value.chars().collect();
+    if chars.len() <= 8 {
+        return "*".repeat(chars.len());
+    }
+    let head: String = chars[..4].iter().collect();
+    let tail: String = chars[chars.len() - 2..].iter().collect();
+    format!("{head}…{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_display_redact() {
+        let s = Secret::new(b"hunter2-very-secret".to_vec());
+        assert_eq!(format!("{s:?}"), "Secret([redacted])");
+        assert_eq!(format!("{s}"), "[redacted]");
+        assert!(!format!("{s:?}{s}").contains("hunter2"));
+    }
+
+    #[test]
+    fn file_strips_one_newline_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s");
+        std::fs::write(&p, b"abc\n\n").unwrap();
+        assert_eq!(Secret::from_file(&p).unwrap().expose(), b"abc\n");
+        std::fs::write(&p, b"abc\r\n").unwrap();
+        assert_eq!(Secret::from_file(&p).unwrap().expose(), b"abc");
+        std::fs::write(&p, b"\n").unwrap();
+        assert_eq!(Secret::from_file(&p).unwrap_err(), SecretFileError::Empty);
+        assert!(matches!(
+            Secret::from_file(&dir.path().join("missing")),
+            Err(SecretFileError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn ct_eq_compares_content_and_length() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"abcd"));
+    }
+
+    #[test]
+    fn mask_hides_the_middle() {
+        assert_eq!(mask("QfTb8tqEabcdefghlrmOQ=="), "QfTb…==");
+        assert_eq!(mask("short"), "*****");
+        assert_eq!(mask("支付宝账户一二三四五"), "支付宝账…四五");
+    }
+}
