@@ -359,7 +359,7 @@ fn compile_gateway(file: &Path, problems: &mut Vec<Problem>) -> Option<Config> {
             problems.push(at(
                 None,
                 ConfigError::Read {
-                    reason: e.kind().to_string(),
+                    reason: io_reason(&e),
                 },
             ));
             return None;
@@ -385,7 +385,6 @@ fn compile_gateway(file: &Path, problems: &mut Vec<Problem>) -> Option<Config> {
             Some(line_of(&src, span.start))
         }
     };
-    let before = problems.len();
     let dir = file.parent().unwrap_or(Path::new("")).to_path_buf();
 
     let listen = parse_addr("listen.addr", &raw.listen.addr)
@@ -469,7 +468,7 @@ fn compile_gateway(file: &Path, problems: &mut Vec<Problem>) -> Option<Config> {
             line(rules_dir_raw.span()),
             ConfigError::RulesDir {
                 dir: rules_dir_raw.get_ref().clone(),
-                reason: e.kind().to_string(),
+                reason: io_reason(&e),
             },
         ));
     }
@@ -515,17 +514,16 @@ fn compile_gateway(file: &Path, problems: &mut Vec<Problem>) -> Option<Config> {
         positive(field, d.get_ref().0.is_zero(), d.span());
     }
 
-    if problems.len() != before {
-        return None;
-    }
+    // Problems above are reported, but the rule files are still checked:
+    // placeholders stand in for the values that failed.
     Some(Config {
         file: file.to_path_buf(),
         rules_dir,
-        listen: listen?,
+        listen: listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
         tls,
         admin,
         replay: ReplayConfig {
-            store: store?,
+            store: store.unwrap_or(StoreKind::Memory),
             ttl: r.ttl.get_ref().0,
             max_entries: *r.max_entries.get_ref(),
         },
@@ -608,11 +606,21 @@ fn server_tls(
     Ok(Arc::new(server))
 }
 
+/// An operator-facing reason for an I/O failure.
+pub fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_owned(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        std::io::ErrorKind::IsADirectory => "is a directory".to_owned(),
+        k => k.to_string(),
+    }
+}
+
 /// An operator-facing reason for a PEM read failure.
 pub fn pem_reason(e: &rustls_pki_types::pem::Error) -> String {
     use rustls_pki_types::pem::Error;
     match e {
-        Error::Io(io) => format!("cannot read: {}", io.kind()),
+        Error::Io(io) => format!("cannot read: {}", io_reason(io)),
         Error::NoItemsFound => "not a PEM file with the expected block".to_owned(),
         other => format!("not valid PEM: {other}"),
     }

@@ -227,9 +227,9 @@ pub fn load_dir(config: &Config, problems: &mut Vec<Problem>) -> RuleSet {
     files.sort();
 
     let mut routes: HashMap<Box<str>, Arc<Route>> = HashMap::new();
-    let mut names: HashMap<String, String> = HashMap::new();
+    let mut seen = Seen::default();
     for file in &files {
-        load_file(config, file, problems, &mut routes, &mut names);
+        load_file(config, file, problems, &mut routes, &mut seen);
     }
     RuleSet {
         routes,
@@ -243,7 +243,7 @@ fn load_file(
     file: &Path,
     problems: &mut Vec<Problem>,
     routes: &mut HashMap<Box<str>, Arc<Route>>,
-    names: &mut HashMap<String, String>,
+    seen: &mut Seen,
 ) {
     let src = match std::fs::read_to_string(file) {
         Ok(s) => s,
@@ -252,7 +252,7 @@ fn load_file(
                 file: file.to_path_buf(),
                 line: None,
                 error: RuleError::Read {
-                    reason: e.kind().to_string(),
+                    reason: crate::config::io_reason(&e),
                 },
             }));
             return;
@@ -289,35 +289,25 @@ fn load_file(
             continue;
         };
         for item in items {
-            if let Some(route) = compile_route(config, item, &mut ctx, names) {
-                let route = Arc::new(route);
-                match routes.get(&route.path) {
-                    Some(other) => {
-                        let (span_line, path) = (route.line, route.path.to_string());
-                        ctx.problems.push(Problem::Rule(Located {
-                            file: file.to_path_buf(),
-                            line: Some(span_line),
-                            error: RuleError::DuplicatePath {
-                                path,
-                                other: other.name.to_string(),
-                                first: format!("{}:{}", other.file.display(), other.line),
-                            },
-                        }));
-                    }
-                    None => {
-                        routes.insert(route.path.clone(), route);
-                    }
-                }
+            if let Some(route) = compile_route(config, item, &mut ctx, seen) {
+                routes.insert(route.path.clone(), Arc::new(route));
             }
         }
     }
+}
+
+/// Names and paths already taken, with where (`file:line`) and by whom.
+#[derive(Default)]
+struct Seen {
+    names: HashMap<String, String>,
+    paths: HashMap<String, (String, String)>,
 }
 
 fn compile_route(
     config: &Config,
     item: Spanned<DeValue<'_>>,
     ctx: &mut FileCtx<'_>,
-    names: &mut HashMap<String, String>,
+    seen: &mut Seen,
 ) -> Option<Route> {
     ctx.failed = false;
     let span = item.span();
@@ -336,7 +326,7 @@ fn compile_route(
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if !name_ok {
         ctx.error(raw.name.span(), RuleError::BadName { name: name.clone() });
-    } else if let Some(first) = names.get(name) {
+    } else if let Some(first) = seen.names.get(name) {
         ctx.error(
             raw.name.span(),
             RuleError::DuplicateName {
@@ -345,12 +335,23 @@ fn compile_route(
             },
         );
     } else {
-        names.insert(name.clone(), ctx.here(raw.name.span()));
+        seen.names.insert(name.clone(), ctx.here(raw.name.span()));
     }
 
     let path = raw.path.get_ref();
     if !path.starts_with('/') || path.contains(['?', '#']) || path.contains(char::is_whitespace) {
         ctx.error(raw.path.span(), RuleError::BadPath { path: path.clone() });
+    } else if let Some((other, first)) = seen.paths.get(path) {
+        ctx.error(
+            raw.path.span(),
+            RuleError::DuplicatePath {
+                path: path.clone(),
+                other: other.clone(),
+                first: first.clone(),
+            },
+        );
+    } else {
+        seen.paths.insert(path.clone(), (name.clone(), ctx.here(raw.path.span())));
     }
 
     let mut nets = Vec::with_capacity(raw.allow.len());

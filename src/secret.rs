@@ -25,7 +25,7 @@ impl Secret {
     /// newline (`\n` or `\r\n`) is ignored, and an empty secret is an error.
     pub fn from_file(path: &Path) -> Result<Self, SecretFileError> {
         let mut bytes = Zeroizing::new(std::fs::read(path).map_err(|e| SecretFileError::Read {
-            reason: e.kind().to_string(),
+            reason: crate::config::io_reason(&e),
         })?);
         if bytes.last() == Some(&b'\n') {
             bytes.pop();

@@ -131,7 +131,7 @@ pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gat
     tracing::info!(
         listen = %addr,
         tls = config.tls.is_some(),
-        admin = ?admin_addr,
+        admin = %admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         routes = state.rules.load().len(),
         "callgate serving"
     );
@@ -181,7 +181,16 @@ impl Gateway {
             }
             Err(e) => {
                 self.state.metrics.reload(false);
-                tracing::error!(error = %e, "reload refused; the running rules stay");
+                match &e {
+                    ReloadError::Invalid(errors) => {
+                        for problem in &errors.0 {
+                            tracing::error!(problem = %problem, "reload refused; the running rules stay");
+                        }
+                    }
+                    ReloadError::Fixed { .. } => {
+                        tracing::error!(problem = %e, "reload refused; the running rules stay");
+                    }
+                }
                 Err(e)
             }
         }

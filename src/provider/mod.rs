@@ -287,7 +287,7 @@ impl RsaKey {
     /// Reads a public key file: PEM `PUBLIC KEY`, or the bare Base64 of the
     /// DER key on one or more lines (how Alipay's console shows it).
     pub fn from_file(path: &Path) -> Result<RsaKey, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {}", e.kind()))?;
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {}", crate::config::io_reason(&e)))?;
         Self::from_der(&public_key_der(&bytes)?)
     }
 
