@@ -18,8 +18,15 @@ use hyper_util::rt::TokioIo;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let addr: SocketAddr = args.get(1).map(String::as_str).unwrap_or("127.0.0.1:8080").parse()?;
-    let secret_file = args.get(2).cloned().unwrap_or_else(|| "certs/dev/upstream.secret".to_owned());
+    let addr: SocketAddr = args
+        .get(1)
+        .map(String::as_str)
+        .unwrap_or("127.0.0.1:8080")
+        .parse()?;
+    let secret_file = args
+        .get(2)
+        .cloned()
+        .unwrap_or_else(|| "certs/dev/upstream.secret".to_owned());
     let secret = callgate::secret::Secret::from_file(std::path::Path::new(&secret_file))
         .map_err(|e| format!("{secret_file}: {e}"))?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -32,13 +39,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let secret = secret.clone();
                 async move {
                     let (parts, body) = req.into_parts();
-                    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|c| c.to_bytes())
+                        .unwrap_or_default();
                     println!("\n--> {} {}", parts.method, parts.uri);
                     for (k, v) in &parts.headers {
                         println!("    {k}: {}", v.to_str().unwrap_or("<binary>"));
                     }
-                    println!("    body ({} bytes): {}", body.len(), String::from_utf8_lossy(&body));
-                    let verdict = match parts.headers.get("x-callgate-signature").and_then(|v| v.to_str().ok()) {
+                    println!(
+                        "    body ({} bytes): {}",
+                        body.len(),
+                        String::from_utf8_lossy(&body)
+                    );
+                    let verdict = match parts
+                        .headers
+                        .get("x-callgate-signature")
+                        .and_then(|v| v.to_str().ok())
+                    {
                         Some(header) => {
                             let t = header
                                 .split(',')
@@ -58,7 +77,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"success"))))
                 }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
         });
     }
 }

@@ -142,7 +142,10 @@ const JSON: &str = "application/json";
 /// route matched, so nobody's ack format applies.
 pub fn respond(outcome: Outcome, provider: Option<ProviderKind>) -> Response<Full<Bytes>> {
     let (content_type, body): (&str, Bytes) = match provider {
-        None => (TEXT, Bytes::from_static(outcome.public_message().as_bytes())),
+        None => (
+            TEXT,
+            Bytes::from_static(outcome.public_message().as_bytes()),
+        ),
         Some(kind) => ack_body(kind, outcome),
     };
     let mut response = Response::new(Full::new(body));
@@ -161,9 +164,10 @@ pub fn respond(outcome: Outcome, provider: Option<ProviderKind>) -> Response<Ful
 fn ack_body(kind: ProviderKind, outcome: Outcome) -> (&'static str, Bytes) {
     let ok = outcome.is_success();
     match kind {
-        ProviderKind::Alipay | ProviderKind::AlipayMd5 | ProviderKind::Jdpay => {
-            (TEXT, Bytes::from_static(if ok { b"success" } else { b"fail" }))
-        }
+        ProviderKind::Alipay | ProviderKind::AlipayMd5 | ProviderKind::Jdpay => (
+            TEXT,
+            Bytes::from_static(if ok { b"success" } else { b"fail" }),
+        ),
         ProviderKind::Unionpay => (TEXT, Bytes::from_static(if ok { b"ok" } else { b"fail" })),
         ProviderKind::WechatV2 => {
             let (code, msg) = if ok {
@@ -195,7 +199,10 @@ mod tests {
 
     async fn body_of(r: Response<Full<Bytes>>) -> (StatusCode, Vec<u8>) {
         let status = r.status();
-        (status, r.into_body().collect().await.unwrap().to_bytes().to_vec())
+        (
+            status,
+            r.into_body().collect().await.unwrap().to_bytes().to_vec(),
+        )
     }
 
     #[tokio::test]
@@ -217,7 +224,11 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["code"], "FAIL");
         let (_, b) = body_of(respond(Outcome::Forwarded, Some(ProviderKind::WechatV2))).await;
-        assert!(String::from_utf8(b).unwrap().contains("<![CDATA[SUCCESS]]>"));
+        assert!(
+            String::from_utf8(b)
+                .unwrap()
+                .contains("<![CDATA[SUCCESS]]>")
+        );
     }
 
     #[test]

@@ -19,7 +19,8 @@ pub async fn handle<B>(state: Arc<State>, req: Request<B>) -> Response<Full<Byte
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
     match path {
@@ -42,7 +43,10 @@ pub async fn handle<B>(state: Arc<State>, req: Request<B>) -> Response<Full<Byte
             }
             match state.store.ping().await {
                 Ok(()) => text(StatusCode::OK, "ready\n"),
-                Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "replay store unavailable\n"),
+                Err(_) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "replay store unavailable\n",
+                ),
             }
         }
     }
@@ -51,7 +55,9 @@ pub async fn handle<B>(state: Arc<State>, req: Request<B>) -> Response<Full<Byte
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }

@@ -55,7 +55,11 @@ fn contains(nets: &[IpNet], ip: IpAddr) -> bool {
 }
 
 /// The address a notification came from (see the module docs).
-pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Result<IpAddr, Denied> {
+pub fn client_ip(
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+) -> Result<IpAddr, Denied> {
     let mut ip = peer.ip().to_canonical();
     if !contains(trusted, ip) {
         return Ok(ip);
@@ -72,7 +76,8 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Re
             if entry.is_empty() {
                 continue;
             }
-            let hop = parse_hop(entry).ok_or_else(|| Denied::BadForwardedFor(entry.chars().take(64).collect()))?;
+            let hop = parse_hop(entry)
+                .ok_or_else(|| Denied::BadForwardedFor(entry.chars().take(64).collect()))?;
             if !contains(trusted, hop) {
                 return Ok(hop);
             }
@@ -119,7 +124,12 @@ mod tests {
 
     #[test]
     fn untrusted_peer_is_the_source_and_xff_is_ignored() {
-        let ip = client_ip(peer("203.0.113.9"), &xff(&["110.75.1.1"]), &nets(&["10.0.0.0/8"])).unwrap();
+        let ip = client_ip(
+            peer("203.0.113.9"),
+            &xff(&["110.75.1.1"]),
+            &nets(&["10.0.0.0/8"]),
+        )
+        .unwrap();
         assert_eq!(ip, "203.0.113.9".parse::<IpAddr>().unwrap());
     }
 

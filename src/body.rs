@@ -52,7 +52,12 @@ impl BodyError {
 }
 
 /// Reads the whole body, bounded by `limit` bytes and `timeout`.
-pub async fn read(headers: &HeaderMap, body: Incoming, limit: u64, timeout: Duration) -> Result<Bytes, BodyError> {
+pub async fn read(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: u64,
+    timeout: Duration,
+) -> Result<Bytes, BodyError> {
     if let Some(v) = headers.get(CONTENT_LENGTH) {
         let declared: u64 = v
             .to_str()
@@ -117,7 +122,10 @@ pub fn parse(format: Format, headers: &HeaderMap, body: &[u8]) -> Result<Payload
 
 /// Compares the media type (case-insensitive, parameters ignored).
 fn expect_content_type(headers: &HeaderMap, want: &'static str) -> Result<(), ParseError> {
-    let got = headers.get(CONTENT_TYPE).map(|v| v.as_bytes()).unwrap_or_default();
+    let got = headers
+        .get(CONTENT_TYPE)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
     let media = got.split(|&b| b == b';').next().unwrap_or_default();
     if media.trim_ascii().eq_ignore_ascii_case(want.as_bytes()) {
         Ok(())
@@ -164,7 +172,10 @@ impl Form {
                 return Err(ParseError::KeyEncoding);
             }
             let value = decode_into(&mut buf, v).ok_or_else(|| ParseError::PercentEscape {
-                key: String::from_utf8_lossy(&buf[range(&key)]).chars().take(64).collect(),
+                key: String::from_utf8_lossy(&buf[range(&key)])
+                    .chars()
+                    .take(64)
+                    .collect(),
             })?;
             sorted.push((key, value));
         }
@@ -172,9 +183,15 @@ impl Form {
             return Err(ParseError::Empty);
         }
         sorted.sort_unstable_by(|a, b| buf[range(&a.0)].cmp(&buf[range(&b.0)]));
-        if let Some(w) = sorted.windows(2).find(|w| buf[range(&w[0].0)] == buf[range(&w[1].0)]) {
+        if let Some(w) = sorted
+            .windows(2)
+            .find(|w| buf[range(&w[0].0)] == buf[range(&w[1].0)])
+        {
             return Err(ParseError::DuplicateKey {
-                key: String::from_utf8_lossy(&buf[range(&w[0].0)]).chars().take(64).collect(),
+                key: String::from_utf8_lossy(&buf[range(&w[0].0)])
+                    .chars()
+                    .take(64)
+                    .collect(),
             });
         }
         Ok(Form { buf, sorted })
@@ -281,8 +298,14 @@ mod tests {
             ParseError::DuplicateKey { key: "a".into() }
         );
         assert_eq!(Form::parse(b"=1").unwrap_err(), ParseError::EmptyKey);
-        assert!(matches!(Form::parse(b"a=%zz"), Err(ParseError::PercentEscape { .. })));
-        assert!(matches!(Form::parse(b"a=%4"), Err(ParseError::PercentEscape { .. })));
+        assert!(matches!(
+            Form::parse(b"a=%zz"),
+            Err(ParseError::PercentEscape { .. })
+        ));
+        assert!(matches!(
+            Form::parse(b"a=%4"),
+            Err(ParseError::PercentEscape { .. })
+        ));
         assert_eq!(Form::parse(b"%FF=1").unwrap_err(), ParseError::KeyEncoding);
         assert_eq!(Form::parse(b"").unwrap_err(), ParseError::Empty);
         assert_eq!(Form::parse(b"&&").unwrap_err(), ParseError::Empty);
@@ -292,7 +315,12 @@ mod tests {
     fn content_type_is_checked() {
         let mut h = HeaderMap::new();
         assert!(parse(Format::Form, &h, b"a=1").is_err());
-        h.insert(CONTENT_TYPE, "Application/X-WWW-Form-Urlencoded; charset=GBK".parse().unwrap());
+        h.insert(
+            CONTENT_TYPE,
+            "Application/X-WWW-Form-Urlencoded; charset=GBK"
+                .parse()
+                .unwrap(),
+        );
         assert!(parse(Format::Form, &h, b"a=1").is_ok());
         h.insert(CONTENT_TYPE, "application/json".parse().unwrap());
         assert!(matches!(

@@ -43,7 +43,11 @@ impl<E: fmt::Display> fmt::Display for Located<E> {
 /// 1-based line of a byte offset in `src`.
 pub fn line_of(src: &str, offset: usize) -> usize {
     let end = offset.min(src.len());
-    src.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    src.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Every problem found by [`load`], gateway file first, then rule files in
@@ -90,9 +94,13 @@ pub enum ConfigError {
     Syntax { message: String },
     #[error("{field} `{value}` is not a socket address like 127.0.0.1:8443")]
     Addr { field: &'static str, value: String },
-    #[error("trusted_proxies entry `{value}` is not a CIDR like 10.0.0.0/8 or an address: {reason}")]
+    #[error(
+        "trusted_proxies entry `{value}` is not a CIDR like 10.0.0.0/8 or an address: {reason}"
+    )]
     TrustedProxy { value: String, reason: String },
-    #[error("listen.{set} is set but listen.{missing} is not: set both for TLS, or neither for plain HTTP")]
+    #[error(
+        "listen.{set} is set but listen.{missing} is not: set both for TLS, or neither for plain HTTP"
+    )]
     TlsHalf {
         set: &'static str,
         missing: &'static str,
@@ -105,11 +113,11 @@ pub enum ConfigError {
     },
     #[error("rules_dir `{dir}`: {reason}")]
     RulesDir { dir: String, reason: String },
-    #[error(
-        "replay.store `{value}` is neither \"memory\" nor a redis://host:port/db URL"
-    )]
+    #[error("replay.store `{value}` is neither \"memory\" nor a redis://host:port/db URL")]
     Store { value: String },
-    #[error("replay.store `{value}`: the Redis store is not built into this version; use \"memory\"")]
+    #[error(
+        "replay.store `{value}`: the Redis store is not built into this version; use \"memory\""
+    )]
     StoreUnsupported { value: String },
     #[error("{field} must be greater than zero")]
     Zero { field: &'static str },
@@ -124,13 +132,16 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+        parse_duration(&s)
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
     }
 }
 
 /// Parses `300ms`, `5s`, `10m`, `25h` (and compounds like `1h30m`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration `{s}`: write a number and a unit, like 300ms, 5s, 10m or 25h");
+    let bad =
+        || format!("invalid duration `{s}`: write a number and a unit, like 300ms, 5s, 10m or 25h");
     let t = s.trim();
     if t.is_empty() || !t.as_bytes()[0].is_ascii_digit() || t.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
@@ -502,8 +513,16 @@ fn compile_gateway(file: &Path, problems: &mut Vec<Problem>) -> Option<Config> {
     let r = &raw.replay;
     let l = &raw.limits;
     positive("replay.ttl", r.ttl.get_ref().0.is_zero(), r.ttl.span());
-    positive("replay.max_entries", *r.max_entries.get_ref() == 0, r.max_entries.span());
-    positive("limits.max_body_bytes", *l.max_body_bytes.get_ref() == 0, l.max_body_bytes.span());
+    positive(
+        "replay.max_entries",
+        *r.max_entries.get_ref() == 0,
+        r.max_entries.span(),
+    );
+    positive(
+        "limits.max_body_bytes",
+        *l.max_body_bytes.get_ref() == 0,
+        l.max_body_bytes.span(),
+    );
     for (field, d) in [
         ("limits.header_timeout", &l.header_timeout),
         ("limits.upstream_timeout", &l.upstream_timeout),
@@ -555,14 +574,13 @@ pub fn parse_net(value: &str) -> Result<IpNet, String> {
     let net: IpNet = if v.contains('/') {
         v.parse::<IpNet>().map_err(|e| e.to_string())?
     } else {
-        let ip: std::net::IpAddr = v.parse().map_err(|e: std::net::AddrParseError| e.to_string())?;
+        let ip: std::net::IpAddr = v
+            .parse()
+            .map_err(|e: std::net::AddrParseError| e.to_string())?;
         IpNet::from(ip)
     };
     if net.trunc() != net {
-        return Err(format!(
-            "host bits are set; did you mean {}?",
-            net.trunc()
-        ));
+        return Err(format!("host bits are set; did you mean {}?", net.trunc()));
     }
     if let IpNet::V6(v6) = net
         && let Some(v4) = v6.addr().to_ipv4_mapped()

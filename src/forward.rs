@@ -118,7 +118,9 @@ impl Upstream {
     ) -> Result<Upstream, UpstreamError> {
         let uri = parse_upstream_uri(url)?;
         let client = match ca {
-            Some(path) => Some(client_with_roots(load_roots(path).map_err(UpstreamError::Ca)?)),
+            Some(path) => Some(client_with_roots(
+                load_roots(path).map_err(UpstreamError::Ca)?,
+            )),
             None => None,
         };
         Ok(Upstream {
@@ -168,7 +170,9 @@ pub fn default_client() -> HttpClient {
 
 fn client_with_roots(roots: rustls::RootCertStore) -> HttpClient {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = match rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
+    let tls = match rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+    {
         Ok(b) => b.with_root_certificates(roots).with_no_client_auth(),
         // The default provider always supports the default versions.
         Err(_) => rustls::ClientConfig::builder()
@@ -233,7 +237,11 @@ pub struct Delivery<'a> {
 }
 
 /// Sends `delivery` to `upstream` and waits for its confirmation.
-pub async fn forward(shared: &HttpClient, upstream: &Upstream, delivery: Delivery<'_>) -> Result<u16, ForwardError> {
+pub async fn forward(
+    shared: &HttpClient,
+    upstream: &Upstream,
+    delivery: Delivery<'_>,
+) -> Result<u16, ForwardError> {
     let client = upstream.client.as_ref().unwrap_or(shared);
     let request = build_request(upstream, delivery)?;
     let exchange = async {
@@ -264,7 +272,10 @@ pub async fn forward(shared: &HttpClient, upstream: &Upstream, delivery: Deliver
         .map_err(|_| ForwardError::Timeout(upstream.timeout))?
 }
 
-fn build_request(upstream: &Upstream, d: Delivery<'_>) -> Result<Request<Full<Bytes>>, ForwardError> {
+fn build_request(
+    upstream: &Upstream,
+    d: Delivery<'_>,
+) -> Result<Request<Full<Bytes>>, ForwardError> {
     let mut headers = HeaderMap::with_capacity(d.incoming.len() + 6);
     let connection_named: Vec<HeaderName> = d
         .incoming
@@ -338,7 +349,9 @@ fn is_dropped(name: &HeaderName) -> bool {
 /// it is a valid header value, percent-encoded otherwise.
 fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| {
-        let encoded = percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let encoded =
+            percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
         HeaderValue::from_str(&encoded).unwrap_or(HeaderValue::from_static("-"))
     })
 }
@@ -395,7 +408,12 @@ mod tests {
     #[test]
     fn headers_are_filtered_and_set() {
         let mut incoming = HeaderMap::new();
-        incoming.insert("content-type", "application/x-www-form-urlencoded; charset=utf-8".parse().unwrap());
+        incoming.insert(
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf-8"
+                .parse()
+                .unwrap(),
+        );
         incoming.insert("connection", "keep-alive, x-secret-hop".parse().unwrap());
         incoming.insert("x-secret-hop", "1".parse().unwrap());
         incoming.insert("x-callgate-event-id", "forged".parse().unwrap());
@@ -427,7 +445,10 @@ mod tests {
         )
         .unwrap();
         let h = req.headers();
-        assert_eq!(h["content-type"], "application/x-www-form-urlencoded; charset=utf-8");
+        assert_eq!(
+            h["content-type"],
+            "application/x-www-form-urlencoded; charset=utf-8"
+        );
         assert_eq!(h["user-agent"], "Mozilla/4.0");
         assert_eq!(h["x-callgate-event-id"], "id-1");
         assert_eq!(h["x-forwarded-for"], "110.75.1.1");
@@ -437,7 +458,12 @@ mod tests {
         assert!(h.get("connection").is_none());
         assert!(h.get("transfer-encoding").is_none());
         assert!(h.get("host").is_none());
-        assert!(h["x-callgate-signature"].to_str().unwrap().starts_with("t=5,v1="));
+        assert!(
+            h["x-callgate-signature"]
+                .to_str()
+                .unwrap()
+                .starts_with("t=5,v1=")
+        );
     }
 
     #[test]

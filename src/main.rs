@@ -8,12 +8,22 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "callgate", version, about = "Payment-callback security gateway")]
+#[command(
+    name = "callgate",
+    version,
+    about = "Payment-callback security gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Log format for `run`: text, or json (one JSON object per line).
-    #[arg(long, global = true, value_enum, env = "CALLGATE_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "CALLGATE_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: LogFormat,
 }
 
@@ -100,7 +110,10 @@ fn run(config: &std::path::Path, format: LogFormat) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("callgate: cannot start the runtime: {e}");
@@ -156,7 +169,11 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .with_ansi(std::io::stdout().is_terminal())
         .with_writer(writer);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
         LogFormat::Text => builder.init(),
     }
     guard

@@ -39,7 +39,10 @@ impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("callgate_requests_total", "Notifications by route, provider and outcome."),
+            Opts::new(
+                "callgate_requests_total",
+                "Notifications by route, provider and outcome.",
+            ),
             &["route", "provider", "outcome"],
         )?;
         let request_duration = HistogramVec::new(
@@ -62,7 +65,10 @@ impl Metrics {
             Opts::new("callgate_rules_reload_total", "Rule reloads by result."),
             &["result"],
         )?;
-        let loaded_routes = IntGauge::new("callgate_rules_loaded_routes", "Routes in the live rule set.")?;
+        let loaded_routes = IntGauge::new(
+            "callgate_rules_loaded_routes",
+            "Routes in the live rule set.",
+        )?;
         let store_entries = IntGauge::new(
             "callgate_replay_store_entries",
             "Event ids and nonces remembered by the replay store.",
@@ -100,8 +106,11 @@ impl Metrics {
         self.last_reload.set(now);
         for route in rules.routes() {
             for outcome in Outcome::ALL {
-                self.requests
-                    .with_label_values(&[&route.name, route.kind().as_str(), outcome.as_str()]);
+                self.requests.with_label_values(&[
+                    &route.name,
+                    route.kind().as_str(),
+                    outcome.as_str(),
+                ]);
             }
             self.request_duration.with_label_values(&[&route.name]);
             self.upstream_duration.with_label_values(&[&route.name]);
@@ -109,12 +118,16 @@ impl Metrics {
     }
 
     pub fn reload(&self, ok: bool) {
-        self.reloads.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+        self.reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
     }
 
     /// Records one finished request.
     pub fn request(&self, route: &str, provider: &str, outcome: Outcome, took: Duration) {
-        self.requests.with_label_values(&[route, provider, outcome.as_str()]).inc();
+        self.requests
+            .with_label_values(&[route, provider, outcome.as_str()])
+            .inc();
         self.request_duration
             .with_label_values(&[route])
             .observe(took.as_secs_f64());

@@ -43,8 +43,16 @@ pub fn normalize(verified: &Verified) -> Vec<u8> {
 }
 
 fn alipay(verified: &Verified, fields: Map<String, Value>) -> Value {
-    let get = |k: &str| fields.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
-    let refunded = get("refund_fee").and_then(yuan_to_fen).is_some_and(|f| f > 0) || get("gmt_refund").is_some();
+    let get = |k: &str| {
+        fields
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let refunded = get("refund_fee")
+        .and_then(yuan_to_fen)
+        .is_some_and(|f| f > 0)
+        || get("gmt_refund").is_some();
     let status = match get("trade_status") {
         _ if refunded => "refunded",
         Some("TRADE_SUCCESS") | Some("TRADE_FINISHED") => "paid",
@@ -81,7 +89,11 @@ fn alipay(verified: &Verified, fields: Map<String, Value>) -> Value {
 /// `"88.88"` → 8888. At most two decimals; anything else is `None`.
 pub fn yuan_to_fen(s: &str) -> Option<i64> {
     let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
-    if whole.is_empty() || frac.len() > 2 || !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if whole.is_empty()
+        || frac.len() > 2
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let whole: i64 = whole.parse().ok()?;

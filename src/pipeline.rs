@@ -40,7 +40,13 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(rules: RuleSet, store: ReplayStore, client: HttpClient, metrics: Metrics, replay_ttl: Duration) -> State {
+    pub fn new(
+        rules: RuleSet,
+        store: ReplayStore,
+        client: HttpClient,
+        metrics: Metrics,
+        replay_ttl: Duration,
+    ) -> State {
         metrics.rules_loaded(&rules, replay::unix_now());
         State {
             rules: ArcSwap::from_pointee(rules),
@@ -76,7 +82,11 @@ impl Ctx {
 
 /// Handles one notification request. Never fails: every failure is an
 /// answer.
-pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle(
+    state: Arc<State>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let rules = state.rules.load_full();
     let mut ctx = Ctx {
@@ -94,8 +104,16 @@ pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>)
     response
 }
 
-async fn flow(state: &State, rules: &RuleSet, ctx: &mut Ctx, req: Request<Incoming>) -> Result<Outcome, Outcome> {
-    let route = rules.route(req.uri().path()).cloned().ok_or(Outcome::NotFound)?;
+async fn flow(
+    state: &State,
+    rules: &RuleSet,
+    ctx: &mut Ctx,
+    req: Request<Incoming>,
+) -> Result<Outcome, Outcome> {
+    let route = rules
+        .route(req.uri().path())
+        .cloned()
+        .ok_or(Outcome::NotFound)?;
     ctx.route = Some(route.clone());
     if req.method() != Method::POST {
         return Err(ctx.reject(Outcome::MethodNotAllowed, req.method()));
@@ -104,13 +122,21 @@ async fn flow(state: &State, rules: &RuleSet, ctx: &mut Ctx, req: Request<Incomi
     let client = allow::client_ip(ctx.peer, req.headers(), &rules.trusted_proxies)
         .map_err(|e| ctx.reject(Outcome::IpDenied, e))?;
     ctx.client = Some(client);
-    route.allow.check(client).map_err(|e| ctx.reject(Outcome::IpDenied, e))?;
+    route
+        .allow
+        .check(client)
+        .map_err(|e| ctx.reject(Outcome::IpDenied, e))?;
 
     let limits = rules.limits;
     let (parts, incoming) = req.into_parts();
-    let bytes = body::read(&parts.headers, incoming, limits.max_body_bytes, limits.body_timeout)
-        .await
-        .map_err(|e| ctx.reject(e.outcome(), e))?;
+    let bytes = body::read(
+        &parts.headers,
+        incoming,
+        limits.max_body_bytes,
+        limits.body_timeout,
+    )
+    .await
+    .map_err(|e| ctx.reject(e.outcome(), e))?;
     let payload = body::parse(route.provider.format(), &parts.headers, &bytes)
         .map_err(|e| ctx.reject(Outcome::Malformed, e))?;
 
@@ -139,7 +165,10 @@ async fn flow(state: &State, rules: &RuleSet, ctx: &mut Ctx, req: Request<Incomi
 
     let (body, content_type) = match route.forward {
         ForwardMode::Original => (bytes, None),
-        ForwardMode::Normalized => (Bytes::from(normalize::normalize(&verified)), Some("application/json")),
+        ForwardMode::Normalized => (
+            Bytes::from(normalize::normalize(&verified)),
+            Some("application/json"),
+        ),
     };
     let delivery = Delivery {
         provider: route.kind().as_str(),
@@ -200,7 +229,9 @@ fn finish(state: &State, ctx: &Ctx, outcome: Outcome, took: Duration) {
     }
     match outcome {
         Outcome::Forwarded | Outcome::Duplicate => line!(info),
-        Outcome::UpstreamError | Outcome::UpstreamTimeout | Outcome::StoreUnavailable => line!(error),
+        Outcome::UpstreamError | Outcome::UpstreamTimeout | Outcome::StoreUnavailable => {
+            line!(error)
+        }
         _ => line!(warn),
     }
 }

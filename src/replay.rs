@@ -38,7 +38,12 @@ pub enum FreshError {
 }
 
 /// Checks `verified`'s signed time against `now` (Unix seconds).
-pub fn check_fresh(verified: &Verified, max_age: Duration, max_future: Duration, now: i64) -> Result<(), FreshError> {
+pub fn check_fresh(
+    verified: &Verified,
+    max_age: Duration,
+    max_future: Duration,
+    now: i64,
+) -> Result<(), FreshError> {
     let age = now.saturating_sub(verified.signed_at());
     if age > secs(max_age) {
         return Err(FreshError::TooOld {
@@ -63,7 +68,7 @@ fn secs(d: Duration) -> i64 {
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| secs(d))
+        .map(secs)
         .unwrap_or(0)
 }
 
@@ -208,7 +213,13 @@ impl moka::Expiry<Key, Entry> for PerEntryTtl {
         Some(value.ttl())
     }
 
-    fn expire_after_update(&self, _: &Key, value: &Entry, _: Instant, _: Option<Duration>) -> Option<Duration> {
+    fn expire_after_update(
+        &self,
+        _: &Key,
+        value: &Entry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
         Some(value.ttl())
     }
 }
@@ -234,42 +245,53 @@ impl MemoryStore {
     fn claim(&self, key: Key, in_flight_ttl: Duration) -> Claim {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let mut answer = Claim::New(Token(token));
-        self.cache.entry(key).and_compute_with(|current| match current.map(|e| e.into_value()) {
-            None | Some(Entry::Nonce { .. }) => Op::Put(Entry::InFlight {
-                token,
-                ttl: in_flight_ttl,
-            }),
-            Some(Entry::InFlight { .. }) => {
-                answer = Claim::InFlight;
-                Op::Nop
-            }
-            Some(Entry::Delivered { .. }) => {
-                answer = Claim::Delivered;
-                Op::Nop
-            }
-        });
+        self.cache
+            .entry(key)
+            .and_compute_with(|current| match current.map(|e| e.into_value()) {
+                None | Some(Entry::Nonce { .. }) => Op::Put(Entry::InFlight {
+                    token,
+                    ttl: in_flight_ttl,
+                }),
+                Some(Entry::InFlight { .. }) => {
+                    answer = Claim::InFlight;
+                    Op::Nop
+                }
+                Some(Entry::Delivered { .. }) => {
+                    answer = Claim::Delivered;
+                    Op::Nop
+                }
+            });
         answer
     }
 
     fn confirm(&self, key: Key, token: Token, ttl: Duration) {
-        self.cache.entry(key).and_compute_with(|current| match current.map(|e| e.into_value()) {
-            // Ours, or lapsed and not re-claimed: either way it was delivered.
-            Some(Entry::InFlight { token: t, .. }) if t == token.0 => Op::Put(Entry::Delivered { ttl }),
-            None => Op::Put(Entry::Delivered { ttl }),
-            // Someone else re-claimed after ours lapsed; they will confirm.
-            _ => Op::Nop,
-        });
+        self.cache
+            .entry(key)
+            .and_compute_with(|current| match current.map(|e| e.into_value()) {
+                // Ours, or lapsed and not re-claimed: either way it was delivered.
+                Some(Entry::InFlight { token: t, .. }) if t == token.0 => {
+                    Op::Put(Entry::Delivered { ttl })
+                }
+                None => Op::Put(Entry::Delivered { ttl }),
+                // Someone else re-claimed after ours lapsed; they will confirm.
+                _ => Op::Nop,
+            });
     }
 
     fn release(&self, key: Key, token: Token) {
-        self.cache.entry(key).and_compute_with(|current| match current.map(|e| e.into_value()) {
-            Some(Entry::InFlight { token: t, .. }) if t == token.0 => Op::Remove,
-            _ => Op::Nop,
-        });
+        self.cache
+            .entry(key)
+            .and_compute_with(|current| match current.map(|e| e.into_value()) {
+                Some(Entry::InFlight { token: t, .. }) if t == token.0 => Op::Remove,
+                _ => Op::Nop,
+            });
     }
 
     fn remember(&self, key: Key, ttl: Duration) -> bool {
-        let entry = self.cache.entry(key).or_insert_with(|| Entry::Nonce { ttl });
+        let entry = self
+            .cache
+            .entry(key)
+            .or_insert_with(|| Entry::Nonce { ttl });
         entry.is_fresh()
     }
 
@@ -298,11 +320,20 @@ mod tests {
         };
         assert_eq!(s.claim(key("a"), IN_FLIGHT).await.unwrap(), Claim::InFlight);
         s.confirm(key("a"), t, TTL).await.unwrap();
-        assert_eq!(s.claim(key("a"), IN_FLIGHT).await.unwrap(), Claim::Delivered);
+        assert_eq!(
+            s.claim(key("a"), IN_FLIGHT).await.unwrap(),
+            Claim::Delivered
+        );
         // Other ids and other routes are independent.
-        assert!(matches!(s.claim(key("b"), IN_FLIGHT).await.unwrap(), Claim::New(_)));
+        assert!(matches!(
+            s.claim(key("b"), IN_FLIGHT).await.unwrap(),
+            Claim::New(_)
+        ));
         let other_route = Key::new("other", KeyKind::Event, "a");
-        assert!(matches!(s.claim(other_route, IN_FLIGHT).await.unwrap(), Claim::New(_)));
+        assert!(matches!(
+            s.claim(other_route, IN_FLIGHT).await.unwrap(),
+            Claim::New(_)
+        ));
     }
 
     #[tokio::test]
@@ -312,7 +343,10 @@ mod tests {
             panic!()
         };
         s.release(key("a"), t).await.unwrap();
-        assert!(matches!(s.claim(key("a"), IN_FLIGHT).await.unwrap(), Claim::New(_)));
+        assert!(matches!(
+            s.claim(key("a"), IN_FLIGHT).await.unwrap(),
+            Claim::New(_)
+        ));
     }
 
     #[tokio::test]
@@ -335,7 +369,9 @@ mod tests {
         let mut handles = Vec::new();
         for _ in 0..32 {
             let s = s.clone();
-            handles.push(tokio::spawn(async move { s.claim(key("x"), IN_FLIGHT).await.unwrap() }));
+            handles.push(tokio::spawn(async move {
+                s.claim(key("x"), IN_FLIGHT).await.unwrap()
+            }));
         }
         let mut new = 0;
         for h in handles {
@@ -365,8 +401,17 @@ mod tests {
 
     #[test]
     fn keys_are_namespaced() {
-        assert_ne!(Key::new("a", KeyKind::Event, "1"), Key::new("a", KeyKind::Nonce, "1"));
-        assert_ne!(Key::new("a", KeyKind::Event, "1"), Key::new("b", KeyKind::Event, "1"));
-        assert_ne!(Key::new("ab", KeyKind::Event, "c"), Key::new("a", KeyKind::Event, "bc"));
+        assert_ne!(
+            Key::new("a", KeyKind::Event, "1"),
+            Key::new("a", KeyKind::Nonce, "1")
+        );
+        assert_ne!(
+            Key::new("a", KeyKind::Event, "1"),
+            Key::new("b", KeyKind::Event, "1")
+        );
+        assert_ne!(
+            Key::new("ab", KeyKind::Event, "c"),
+            Key::new("a", KeyKind::Event, "bc")
+        );
     }
 }

@@ -37,7 +37,9 @@ pub enum RuleError {
     TopLevel { key: String },
     #[error("`route` must be an array of tables, written [[route]]")]
     RouteShape,
-    #[error("route name `{name}` is used twice (first at {first}); names label metrics and namespace replay state, so they must be unique")]
+    #[error(
+        "route name `{name}` is used twice (first at {first}); names label metrics and namespace replay state, so they must be unique"
+    )]
     DuplicateName { name: String, first: String },
     #[error("route name `{name}` must be 1-64 characters of letters, digits, `.`, `_` or `-`")]
     BadName { name: String },
@@ -54,7 +56,10 @@ pub enum RuleError {
     #[error("upstream `{value}`: {reason}")]
     Upstream { value: String, reason: String },
     #[error("upstream_secret_file `{file}`: {reason}")]
-    SecretFile { file: String, reason: SecretFileError },
+    SecretFile {
+        file: String,
+        reason: SecretFileError,
+    },
     #[error("upstream_ca `{file}`: {reason}")]
     UpstreamCa { file: String, reason: String },
     #[error("{field} must be greater than zero")]
@@ -193,7 +198,10 @@ impl<'a> FileCtx<'a> {
     }
 
     /// Deserialises a spanned TOML value, recording the error if it fails.
-    pub fn deserialize<T: for<'de> Deserialize<'de>>(&mut self, value: Spanned<DeValue<'_>>) -> Option<T> {
+    pub fn deserialize<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        value: Spanned<DeValue<'_>>,
+    ) -> Option<T> {
         let span = value.span();
         match T::deserialize(ValueDeserializer::from(value)) {
             Ok(v) => Some(v),
@@ -351,7 +359,8 @@ fn compile_route(
             },
         );
     } else {
-        seen.paths.insert(path.clone(), (name.clone(), ctx.here(raw.path.span())));
+        seen.paths
+            .insert(path.clone(), (name.clone(), ctx.here(raw.path.span())));
     }
 
     let mut nets = Vec::with_capacity(raw.allow.len());
@@ -382,7 +391,10 @@ fn compile_route(
             None
         }
     };
-    let ca = raw.upstream_ca.as_ref().map(|c| (ctx.resolve(c.get_ref()), c));
+    let ca = raw
+        .upstream_ca
+        .as_ref()
+        .map(|c| (ctx.resolve(c.get_ref()), c));
     let success_body = match &raw.success_body {
         Some(s) if s.get_ref().is_empty() => {
             ctx.error(s.span(), RuleError::EmptySuccessBody);
@@ -425,7 +437,9 @@ fn compile_route(
         },
         None => {
             // Still report a bad URL alongside the secret problem.
-            if let Err(UpstreamError::Uri(reason)) = crate::forward::parse_upstream_uri(raw.upstream.get_ref()) {
+            if let Err(UpstreamError::Uri(reason)) =
+                crate::forward::parse_upstream_uri(raw.upstream.get_ref())
+            {
                 ctx.error(
                     raw.upstream.span(),
                     RuleError::Upstream {

@@ -104,7 +104,9 @@ pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gat
     })?;
     let admin_listener = match config.admin {
         Some(a) => {
-            let l = TcpListener::bind(a).await.map_err(|source| StartError::Bind { addr: a, source })?;
+            let l = TcpListener::bind(a)
+                .await
+                .map_err(|source| StartError::Bind { addr: a, source })?;
             Some(l)
         }
         None => None,
@@ -125,8 +127,17 @@ pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gat
 
     let (stop_main, main_rx) = watch::channel(false);
     let (stop_admin, admin_rx) = watch::channel(false);
-    let tls = config.tls.as_ref().map(|t| TlsAcceptor::from(t.server.clone()));
-    let main_task = tokio::spawn(serve_notifications(listener, tls, state.clone(), config.limits, main_rx));
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|t| TlsAcceptor::from(t.server.clone()));
+    let main_task = tokio::spawn(serve_notifications(
+        listener,
+        tls,
+        state.clone(),
+        config.limits,
+        main_rx,
+    ));
     let admin_task = admin_listener.map(|l| tokio::spawn(serve_admin(l, state.clone(), admin_rx)));
     tracing::info!(
         listen = %addr,
@@ -173,7 +184,9 @@ impl Gateway {
         match result {
             Ok(loaded) => {
                 let n = loaded.rules.len();
-                self.state.metrics.rules_loaded(&loaded.rules, replay::unix_now());
+                self.state
+                    .metrics
+                    .rules_loaded(&loaded.rules, replay::unix_now());
                 self.state.rules.store(Arc::new(loaded.rules));
                 self.state.metrics.reload(true);
                 tracing::info!(routes = n, "rules reloaded");
@@ -216,17 +229,29 @@ fn fixed_changes(running: &Config, new: &Config) -> Vec<&'static str> {
     let tls_paths = |c: &Config| c.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone()));
     let checks: [(&'static str, bool); 9] = [
         ("listen.addr", running.listen != new.listen),
-        ("listen.tls_cert/tls_key", tls_paths(running) != tls_paths(new)),
+        (
+            "listen.tls_cert/tls_key",
+            tls_paths(running) != tls_paths(new),
+        ),
         ("admin.addr", running.admin != new.admin),
         ("replay.store", running.replay.store != new.replay.store),
         ("replay.ttl", running.replay.ttl != new.replay.ttl),
-        ("replay.max_entries", running.replay.max_entries != new.replay.max_entries),
-        ("limits.header_timeout", running.limits.header_timeout != new.limits.header_timeout),
+        (
+            "replay.max_entries",
+            running.replay.max_entries != new.replay.max_entries,
+        ),
+        (
+            "limits.header_timeout",
+            running.limits.header_timeout != new.limits.header_timeout,
+        ),
         (
             "limits.tls_handshake_timeout",
             running.limits.tls_handshake_timeout != new.limits.tls_handshake_timeout,
         ),
-        ("limits.drain_timeout", running.limits.drain_timeout != new.limits.drain_timeout),
+        (
+            "limits.drain_timeout",
+            running.limits.drain_timeout != new.limits.drain_timeout,
+        ),
     ];
     for (field, differs) in checks {
         if differs {
@@ -285,13 +310,21 @@ async fn serve_notifications(
     drop(listener);
     let open = graceful.count();
     tracing::info!(connections = open, "draining");
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(timeout = ?limits.drain_timeout, "drain timed out; closing the remaining connections");
     }
 }
 
-async fn connection<S>(stream: S, peer: SocketAddr, state: Arc<State>, builder: Arc<http1::Builder>, watcher: Watcher)
-where
+async fn connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    state: Arc<State>,
+    builder: Arc<http1::Builder>,
+    watcher: Watcher,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req| {
@@ -347,7 +380,10 @@ async fn serve_admin(listener: TcpListener, state: Arc<State>, mut stop: watch::
 /// spin, returns at once on errors about a single connection.
 async fn accept_error(e: std::io::Error) {
     use std::io::ErrorKind::*;
-    if matches!(e.kind(), ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted) {
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted
+    ) {
         tracing::debug!(error = %e, "accept failed for one connection");
         return;
     }

@@ -71,7 +71,9 @@ pub fn run(args: &SignArgs) -> Result<String, SignError> {
 fn alipay(args: &AlipayArgs) -> Result<String, SignError> {
     let mut params: BTreeMap<String, String> = BTreeMap::new();
     for p in &args.params {
-        let (k, v) = p.split_once('=').ok_or_else(|| SignError::Param(p.clone()))?;
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| SignError::Param(p.clone()))?;
         if k.is_empty() {
             return Err(SignError::Param(p.clone()));
         }
@@ -135,7 +137,11 @@ fn alipay(args: &AlipayArgs) -> Result<String, SignError> {
         None => body,
         Some(url) => format!(
             "curl -sS -k -X POST -H 'Content-Type: application/x-www-form-urlencoded; charset={}' --data-binary '{}' '{}'",
-            if encoding == encoding_rs::UTF_8 { "utf-8" } else { "GBK" },
+            if encoding == encoding_rs::UTF_8 {
+                "utf-8"
+            } else {
+                "GBK"
+            },
             body,
             url.replace('\'', "%27")
         ),
@@ -145,11 +151,19 @@ fn alipay(args: &AlipayArgs) -> Result<String, SignError> {
 /// Appends `k=v` form-encoded the way Java's URLEncoder does (space as `+`).
 fn append(body: &mut String, k: &str, v: &[u8]) {
     use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
-    const SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'*').remove(b'-').remove(b'.').remove(b'_');
+    const SET: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'*')
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_');
     if !body.is_empty() {
         body.push('&');
     }
-    body.push_str(&percent_encode(k.as_bytes(), SET).to_string().replace("%20", "+"));
+    body.push_str(
+        &percent_encode(k.as_bytes(), SET)
+            .to_string()
+            .replace("%20", "+"),
+    );
     body.push('=');
     body.push_str(&percent_encode(v, SET).to_string().replace("%20", "+"));
 }
@@ -168,18 +182,26 @@ fn rsa_sign(path: &std::path::Path, sha1: bool, content: &[u8]) -> Result<Vec<u8
         use rsa::pkcs1::DecodeRsaPrivateKey;
         use rsa::pkcs8::DecodePrivateKey;
         use sha1::Digest;
-        let key = match &der {
-            PrivateKeyDer::Pkcs8(k) => rsa::RsaPrivateKey::from_pkcs8_der(k.secret_pkcs8_der()).map_err(|e| e.to_string()),
-            PrivateKeyDer::Pkcs1(k) => rsa::RsaPrivateKey::from_pkcs1_der(k.secret_pkcs1_der()).map_err(|e| e.to_string()),
-            _ => Err("not an RSA private key".to_owned()),
-        }
-        .map_err(|e| err(format!("not a usable RSA private key: {e}")))?;
+        let key =
+            match &der {
+                PrivateKeyDer::Pkcs8(k) => rsa::RsaPrivateKey::from_pkcs8_der(k.secret_pkcs8_der())
+                    .map_err(|e| e.to_string()),
+                PrivateKeyDer::Pkcs1(k) => rsa::RsaPrivateKey::from_pkcs1_der(k.secret_pkcs1_der())
+                    .map_err(|e| e.to_string()),
+                _ => Err("not an RSA private key".to_owned()),
+            }
+            .map_err(|e| err(format!("not a usable RSA private key: {e}")))?;
         return key
-            .sign(rsa::Pkcs1v15Sign::new::<sha1::Sha1>(), &sha1::Sha1::digest(content))
+            .sign(
+                rsa::Pkcs1v15Sign::new::<sha1::Sha1>(),
+                &sha1::Sha1::digest(content),
+            )
             .map_err(|_| SignError::Sign);
     }
     let key = match &der {
-        PrivateKeyDer::Pkcs8(k) => aws_lc_rs::signature::RsaKeyPair::from_pkcs8(k.secret_pkcs8_der()),
+        PrivateKeyDer::Pkcs8(k) => {
+            aws_lc_rs::signature::RsaKeyPair::from_pkcs8(k.secret_pkcs8_der())
+        }
         PrivateKeyDer::Pkcs1(k) => aws_lc_rs::signature::RsaKeyPair::from_der(k.secret_pkcs1_der()),
         _ => return Err(err("not an RSA private key".to_owned())),
     }
@@ -203,7 +225,10 @@ fn random_digits(n: usize) -> String {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        bytes.iter_mut().enumerate().for_each(|(i, b)| *b = (nanos >> (i % 4 * 8)) as u8);
+        bytes
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (nanos >> (i % 4 * 8)) as u8);
     }
     bytes.iter().map(|b| char::from(b'0' + b % 10)).collect()
 }

@@ -28,7 +28,10 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
-use super::{Fields, ProviderKind, RsaDigest, RsaKey, Verified, VerifyError, beijing_time, java_whitespace, shown};
+use super::{
+    Fields, ProviderKind, RsaDigest, RsaKey, Verified, VerifyError, beijing_time, java_whitespace,
+    shown,
+};
 use crate::body::Form;
 use crate::rules::{FileCtx, RuleError};
 
@@ -71,7 +74,8 @@ impl Keys {
                 },
             );
         }
-        let cert_mode = raw.alipay_cert.is_some() || raw.alipay_root_cert.is_some() || raw.app_cert.is_some();
+        let cert_mode =
+            raw.alipay_cert.is_some() || raw.alipay_root_cert.is_some() || raw.app_cert.is_some();
         let key = match (&raw.public_key, cert_mode) {
             (Some(pk), false) => super::load_rsa_key(ctx, "public_key", pk),
             (Some(pk), true) => {
@@ -113,7 +117,10 @@ impl Keys {
 
     /// Verifies a decoded notification form.
     pub fn verify(&self, form: &Form) -> Result<Verified, VerifyError> {
-        let sign = form.get("sign").filter(|s| !s.is_empty()).ok_or(VerifyError::MissingSignature)?;
+        let sign = form
+            .get("sign")
+            .filter(|s| !s.is_empty())
+            .ok_or(VerifyError::MissingSignature)?;
         let digest = match form.get("sign_type") {
             Some(b"RSA2") => RsaDigest::Sha256,
             Some(b"RSA") => RsaDigest::Sha1,
@@ -138,7 +145,10 @@ impl Keys {
 
         let (content, had_empty) = canonical(form, encoding, false);
         let good = self.key.verify(digest, &content, &signature)
-            || (had_empty && self.key.verify(digest, &canonical(form, encoding, true).0, &signature));
+            || (had_empty
+                && self
+                    .key
+                    .verify(digest, &canonical(form, encoding, true).0, &signature));
         if !good {
             return Err(VerifyError::SignatureMismatch);
         }
@@ -187,12 +197,18 @@ pub(crate) fn check_encoding(form: &Form, encoding: &'static Encoding) -> Result
         let ok = if encoding == encoding_rs::UTF_8 {
             std::str::from_utf8(value).is_ok()
         } else {
-            encoding.decode_without_bom_handling_and_without_replacement(value).is_some()
+            encoding
+                .decode_without_bom_handling_and_without_replacement(value)
+                .is_some()
         };
         if !ok {
             return Err(VerifyError::FieldEncoding {
                 field: key.to_owned(),
-                charset: if encoding == encoding_rs::UTF_8 { "UTF-8" } else { "GBK" },
+                charset: if encoding == encoding_rs::UTF_8 {
+                    "UTF-8"
+                } else {
+                    "GBK"
+                },
             });
         }
     }
@@ -266,7 +282,8 @@ mod tests {
     #[test]
     fn every_fixture_matches_expected_json() {
         let expected: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(fixtures().join("expected.json")).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(fixtures().join("expected.json")).unwrap())
+                .unwrap();
         let mut checked = 0;
         for (name, e) in expected.as_object().unwrap() {
             let body = std::fs::read(fixtures().join(name)).unwrap();
@@ -275,9 +292,13 @@ mod tests {
                 checked += 1;
                 continue;
             };
-            let k = keys(e["app_id"].as_str().unwrap_or("2021000000000001"), e["key"].as_str().unwrap());
+            let k = keys(
+                e["app_id"].as_str().unwrap_or("2021000000000001"),
+                e["key"].as_str().unwrap(),
+            );
             let got = k.verify(&form);
-            let want = e["verifies"].as_bool().unwrap() || e["verifies_with_empty_included"].as_bool() == Some(true);
+            let want = e["verifies"].as_bool().unwrap()
+                || e["verifies_with_empty_included"].as_bool() == Some(true);
             assert_eq!(got.is_ok(), want, "{name}: {got:?}");
             if let Ok(v) = got {
                 assert_eq!(v.event_id(), e["notify_id"].as_str().unwrap(), "{name}");
@@ -290,12 +311,14 @@ mod tests {
     #[test]
     fn real_production_vector_verifies_and_tamper_fails() {
         let e: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(fixtures().join("expected.json")).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(fixtures().join("expected.json")).unwrap())
+                .unwrap();
         let app = e["nodejs_sdk_real_notify.form"]["app_id"].as_str().unwrap();
         let k = keys(app, "nodejs_sdk_real_public.pem");
         assert!(k.verify(&form("nodejs_sdk_real_notify.form")).is_ok());
         assert_eq!(
-            k.verify(&form("nodejs_sdk_real_notify_tampered.form")).unwrap_err(),
+            k.verify(&form("nodejs_sdk_real_notify_tampered.form"))
+                .unwrap_err(),
             VerifyError::SignatureMismatch
         );
     }
@@ -303,11 +326,15 @@ mod tests {
     #[test]
     fn literal_plus_must_not_become_a_space() {
         let e: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(fixtures().join("expected.json")).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(fixtures().join("expected.json")).unwrap())
+                .unwrap();
         let app = e["yansongda_sandbox_plus.form"]["app_id"].as_str().unwrap();
         let k = keys(app, "yansongda_sandbox_public.pem");
         assert!(k.verify(&form("yansongda_sandbox_plus.form")).is_ok());
-        assert!(k.verify(&form("yansongda_sandbox_plus_as_space.form")).is_err());
+        assert!(
+            k.verify(&form("yansongda_sandbox_plus_as_space.form"))
+                .is_err()
+        );
     }
 
     #[test]
@@ -323,7 +350,10 @@ mod tests {
         );
         assert!(matches!(
             k.verify(&form("rsa2_other_app.form")).unwrap_err(),
-            VerifyError::MerchantMismatch { field: "app_id", .. }
+            VerifyError::MerchantMismatch {
+                field: "app_id",
+                ..
+            }
         ));
         assert_eq!(
             k.verify(&form("rsa2_wrong_key.form")).unwrap_err(),
@@ -353,10 +383,13 @@ mod tests {
     fn sign_type_must_match_the_digest() {
         // An RSA2 signature presented as RSA (SHA-1) must not verify.
         let body = std::fs::read(fixtures().join("rsa2_trade_success.form")).unwrap();
-        let swapped = String::from_utf8(body).unwrap().replace("sign_type=RSA2", "sign_type=RSA");
+        let swapped = String::from_utf8(body)
+            .unwrap()
+            .replace("sign_type=RSA2", "sign_type=RSA");
         let k = keys("2021000000000001", "alipay_public.pem");
         assert_eq!(
-            k.verify(&Form::parse(swapped.as_bytes()).unwrap()).unwrap_err(),
+            k.verify(&Form::parse(swapped.as_bytes()).unwrap())
+                .unwrap_err(),
             VerifyError::SignatureMismatch
         );
     }

@@ -116,7 +116,11 @@ impl Provider {
     }
 
     /// Compiles `[route.keys]` for `kind`, recording problems in `ctx`.
-    pub fn compile(kind: ProviderKind, keys: Spanned<DeValue<'_>>, ctx: &mut FileCtx<'_>) -> Option<Provider> {
+    pub fn compile(
+        kind: ProviderKind,
+        keys: Spanned<DeValue<'_>>,
+        ctx: &mut FileCtx<'_>,
+    ) -> Option<Provider> {
         match kind {
             ProviderKind::Alipay => alipay::Keys::compile(keys, ctx).map(Provider::Alipay),
             other => {
@@ -124,7 +128,10 @@ impl Provider {
                     keys.span(),
                     RuleError::KeyValue {
                         field: "provider".to_owned(),
-                        reason: format!("provider `{}` is not available in this version", other.as_str()),
+                        reason: format!(
+                            "provider `{}` is not available in this version",
+                            other.as_str()
+                        ),
                     },
                 );
                 None
@@ -209,7 +216,10 @@ pub enum VerifyError {
     #[error("charset `{0}` is not supported")]
     Charset(String),
     #[error("field `{field}` is not valid {charset}")]
-    FieldEncoding { field: String, charset: &'static str },
+    FieldEncoding {
+        field: String,
+        charset: &'static str,
+    },
     #[error("{field} `{value}` is not a time like {format}")]
     BadTime {
         field: &'static str,
@@ -270,12 +280,16 @@ impl RsaKey {
                 // PKCS#1 RSAPublicKey: let the verifier parse it, then ask its size.
                 ParsedPublicKey::new(&RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY, der)
                     .map_err(|_| ())
-                    .and_then(|k| aws_lc_rs::rsa::PublicEncryptingKey::from_der(k.as_ref()).map_err(|_| ()))
+                    .and_then(|k| {
+                        aws_lc_rs::rsa::PublicEncryptingKey::from_der(k.as_ref()).map_err(|_| ())
+                    })
             })
             .map_err(|_| "not an RSA public key".to_owned())?;
         let bits = probe.key_size_bits();
         if !(1024..=8192).contains(&bits) {
-            return Err(format!("RSA key of {bits} bits; 1024 to 8192 are supported"));
+            return Err(format!(
+                "RSA key of {bits} bits; 1024 to 8192 are supported"
+            ));
         }
         let sha1 = ParsedPublicKey::new(&RSA_PKCS1_1024_8192_SHA1_FOR_LEGACY_USE_ONLY, der)
             .map_err(|e| format!("not an RSA public key: {e}"))?;
@@ -287,7 +301,8 @@ impl RsaKey {
     /// Reads a public key file: PEM `PUBLIC KEY`, or the bare Base64 of the
     /// DER key on one or more lines (how Alipay's console shows it).
     pub fn from_file(path: &Path) -> Result<RsaKey, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {}", crate::config::io_reason(&e)))?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("cannot read: {}", crate::config::io_reason(&e)))?;
         Self::from_der(&public_key_der(&bytes)?)
     }
 
@@ -309,7 +324,8 @@ impl RsaKey {
 fn public_key_der(bytes: &[u8]) -> Result<Vec<u8>, String> {
     use rustls_pki_types::pem::{PemObject, SectionKind};
 
-    let text = std::str::from_utf8(bytes).map_err(|_| "not a PEM public key (the file is binary)".to_owned())?;
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| "not a PEM public key (the file is binary)".to_owned())?;
     if text.contains("-----BEGIN") {
         if text.contains("-----BEGIN RSA PUBLIC KEY-----") {
             return Err("a PKCS#1 `RSA PUBLIC KEY` block; convert it with \
@@ -340,7 +356,11 @@ fn public_key_der(bytes: &[u8]) -> Result<Vec<u8>, String> {
 
 /// Loads an RSA public key named by a keys field, recording a problem at the
 /// field's line on failure.
-pub(crate) fn load_rsa_key(ctx: &mut FileCtx<'_>, field: &str, value: &Spanned<String>) -> Option<RsaKey> {
+pub(crate) fn load_rsa_key(
+    ctx: &mut FileCtx<'_>,
+    field: &str,
+    value: &Spanned<String>,
+) -> Option<RsaKey> {
     match RsaKey::from_file(&ctx.resolve(value.get_ref())) {
         Ok(k) => Some(k),
         Err(reason) => {
@@ -361,7 +381,11 @@ pub(crate) fn load_rsa_key(ctx: &mut FileCtx<'_>, field: &str, value: &Spanned<S
 
 /// Parses a Beijing-time (UTC+8) timestamp with a chrono format into Unix
 /// seconds.
-pub(crate) fn beijing_time(field: &'static str, value: &[u8], format: &'static str) -> Result<i64, VerifyError> {
+pub(crate) fn beijing_time(
+    field: &'static str,
+    value: &[u8],
+    format: &'static str,
+) -> Result<i64, VerifyError> {
     let bad = || VerifyError::BadTime {
         field,
         value: shown(value),
@@ -396,7 +420,9 @@ mod tests {
 
     #[test]
     fn java_whitespace_set() {
-        for c in ['\t', '\n', '\r', ' ', '\u{1F}', '\u{3000}', '\u{2028}', '\u{2000}'] {
+        for c in [
+            '\t', '\n', '\r', ' ', '\u{1F}', '\u{3000}', '\u{2028}', '\u{2000}',
+        ] {
             assert!(java_whitespace(c), "{c:?}");
         }
         // Non-breaking spaces and NEL are not whitespace in Java.
@@ -425,7 +451,15 @@ mod tests {
         assert!(err.contains("private key"), "{err}");
         let junk = dir.path().join("junk.pem");
         std::fs::write(&junk, "hello world").unwrap();
-        assert!(RsaKey::from_file(&junk).unwrap_err().contains("not a PEM public key"));
-        assert!(RsaKey::from_file(&dir.path().join("nope")).unwrap_err().contains("cannot read"));
+        assert!(
+            RsaKey::from_file(&junk)
+                .unwrap_err()
+                .contains("not a PEM public key")
+        );
+        assert!(
+            RsaKey::from_file(&dir.path().join("nope"))
+                .unwrap_err()
+                .contains("cannot read")
+        );
     }
 }

@@ -1,0 +1,653 @@
+//! The `callgate` binary as an operator uses it: `version`, `check` (one
+//! clear `PATH:LINE: message` per problem, all at once), `sign` (checked by
+//! openssl, not by callgate), and `run` with JSON logs, SIGHUP reload and
+//! SIGTERM drain.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use support::*;
+use tokio::sync::Notify;
+
+fn callgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_callgate"))
+}
+
+fn output(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn version_prints_build_info() {
+    let (code, out, _) = output(callgate().arg("version"));
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with(&format!("callgate {}", env!("CARGO_PKG_VERSION"))),
+        "{out}"
+    );
+    assert!(out.contains("commit"), "{out}");
+}
+
+#[test]
+fn check_accepts_the_shipped_demo() {
+    let (code, out, err) = output(
+        callgate()
+            .args(["check", "-c"])
+            .arg(root().join("callgate.toml")),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "ok: 1 routes");
+}
+
+/// Writes a gateway file plus `rules/r.toml` with `rules`, returns the dir.
+fn config_with_rules(rules: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = GatewaySpec::new(vec![]);
+    spec.write(dir.path());
+    std::fs::write(dir.path().join("rules/r.toml"), rules).unwrap();
+    dir
+}
+
+fn check(dir: &Path) -> (i32, String) {
+    let (code, out, err) = output(
+        callgate()
+            .args(["check", "-c"])
+            .arg(dir.join("callgate.toml")),
+    );
+    (code, format!("{out}{err}"))
+}
+
+fn good_route(name: &str, path: &str) -> String {
+    format!(
+        r#"[[route]]
+name = "{name}"
+path = "{path}"
+provider = "alipay"
+allow = ["110.75.0.0/16"]
+upstream = "http://127.0.0.1:8080/notify.php"
+upstream_secret_file = "../upstream.secret"
+
+[route.keys]
+public_key = {key:?}
+app_id = "2021000000000001"
+"#,
+        key = alipay_key("alipay_public.pem")
+    )
+}
+
+#[test]
+fn check_counts_routes() {
+    let dir = config_with_rules(&format!(
+        "{}\n{}",
+        good_route("a", "/a"),
+        good_route("b", "/b")
+    ));
+    let (code, out) = check(dir.path());
+    assert_eq!((code, out.trim()), (0, "ok: 2 routes"));
+}
+
+#[test]
+fn check_names_each_problem_with_file_and_line() {
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "duplicate path",
+            format!("{}\n{}", good_route("a", "/same"), good_route("b", "/same")),
+            "r.toml:15: path `/same` is already routed by route `a` at",
+        ),
+        (
+            "bad CIDR",
+            good_route("a", "/a").replace("110.75.0.0/16", "110.75.0.0/99"),
+            "r.toml:5: allow entry `110.75.0.0/99` is not a CIDR",
+        ),
+        (
+            "unreadable key",
+            good_route("a", "/a").replace("alipay_public.pem", "no_such_key.pem"),
+            "r.toml:10: keys.public_key",
+        ),
+        (
+            "non-PEM key",
+            good_route("a", "/a").replace(
+                &format!("{:?}", alipay_key("alipay_public.pem")),
+                "\"../not-a-key.txt\"",
+            ),
+            "r.toml:10: keys.public_key `../not-a-key.txt`: not a PEM public key",
+        ),
+        (
+            "missing upstream secret file",
+            good_route("a", "/a").replace("../upstream.secret", "../nope.secret"),
+            "r.toml:7: upstream_secret_file `../nope.secret`: cannot read the secret file: no such file",
+        ),
+        (
+            "no upstream secret at all",
+            good_route("a", "/a").replace("upstream_secret_file = \"../upstream.secret\"\n", ""),
+            "missing field `upstream_secret_file`",
+        ),
+        (
+            "unknown key",
+            good_route("a", "/a").replace(
+                "provider = \"alipay\"",
+                "provider = \"alipay\"\ncolour = \"blue\"",
+            ),
+            "r.toml:5: unknown field `colour`",
+        ),
+        (
+            "bad duration",
+            good_route("a", "/a").replace(
+                "provider = \"alipay\"",
+                "provider = \"alipay\"\nmax_age = \"soon\"",
+            ),
+            "r.toml:5: invalid duration `soon`",
+        ),
+        (
+            "bad upstream",
+            good_route("a", "/a").replace("http://127.0.0.1:8080/notify.php", "ftp://x/y"),
+            "r.toml:6: upstream `ftp://x/y`: must start with http:// or https://",
+        ),
+        (
+            "unknown provider",
+            good_route("a", "/a").replace("\"alipay\"", "\"paypal\""),
+            "r.toml:4: unknown variant `paypal`",
+        ),
+        (
+            "no keys table",
+            good_route("a", "/a")
+                .split("[route.keys]")
+                .next()
+                .unwrap()
+                .to_owned(),
+            "r.toml:1: provider `alipay` needs a [route.keys] table",
+        ),
+    ];
+    for (what, rules, want) in cases {
+        let dir = config_with_rules(&rules);
+        std::fs::write(
+            dir.path().join("not-a-key.txt"),
+            "callgate-marker-line\nhello\n",
+        )
+        .unwrap();
+        let (code, out) = check(dir.path());
+        assert_eq!(code, 1, "{what}: {out}");
+        assert!(out.contains(want), "{what}: expected `{want}` in:\n{out}");
+        assert!(
+            !out.contains("callgate-marker-line"),
+            "{what}: a message must not print file contents"
+        );
+    }
+}
+
+#[test]
+fn check_reports_every_problem_at_once() {
+    let rules = format!(
+        "{}\n{}\n{}",
+        good_route("a", "/a").replace("110.75.0.0/16", "bogus"),
+        good_route("b", "/b").replace("alipay_public.pem", "missing.pem"),
+        good_route("c", "/a"),
+    );
+    let dir = config_with_rules(&rules);
+    std::fs::write(
+        dir.path().join("rules/second.toml"),
+        "[[route]]\nname = 1\n",
+    )
+    .unwrap();
+    let gateway = std::fs::read_to_string(dir.path().join("callgate.toml"))
+        .unwrap()
+        .replace(
+            "trusted_proxies = []",
+            "trusted_proxies = [\"10.0.0.0/99\"]",
+        );
+    std::fs::write(dir.path().join("callgate.toml"), gateway).unwrap();
+    let (code, out) = check(dir.path());
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    assert!(
+        lines[0].contains("callgate.toml:2: trusted_proxies entry `10.0.0.0/99`"),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("r.toml:5: allow entry `bogus`")),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("r.toml:22: keys.public_key `")),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("path `/a` is already routed by route `a`")),
+        "{out}"
+    );
+    assert!(lines.iter().any(|l| l.contains("second.toml:2:")), "{out}");
+}
+
+#[test]
+fn check_flags_gateway_file_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    GatewaySpec::new(vec![]).write(dir.path());
+    let path = dir.path().join("callgate.toml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    for (what, from, to, want) in [
+        (
+            "unknown key",
+            "[admin]",
+            "[admin]\nport = 1",
+            "unknown field `port`",
+        ),
+        (
+            "bad address",
+            "addr = \"127.0.0.1:0\"\n\n[admin]",
+            "addr = \"localhost\"\n\n[admin]",
+            "listen.addr `localhost` is not a socket address",
+        ),
+        (
+            "half TLS",
+            "[admin]",
+            "tls_cert = \"x.crt\"\n[admin]",
+            "listen.tls_cert is set but listen.tls_key is not",
+        ),
+        (
+            "bad store",
+            "store = \"memory\"",
+            "store = \"mongodb://x\"",
+            "replay.store `mongodb://x`",
+        ),
+        (
+            "zero limit",
+            "max_body_bytes = 65536",
+            "max_body_bytes = 0",
+            "limits.max_body_bytes must be greater than zero",
+        ),
+        (
+            "missing rules dir",
+            "rules_dir = \"rules\"",
+            "rules_dir = \"nowhere\"",
+            "rules_dir `nowhere`: no such file",
+        ),
+    ] {
+        assert!(original.contains(from), "{what}");
+        std::fs::write(&path, original.replacen(from, to, 1)).unwrap();
+        let (code, out) = check(dir.path());
+        assert_eq!(code, 1, "{what}: {out}");
+        assert!(out.contains("callgate.toml:"), "{what}: {out}");
+        assert!(out.contains(want), "{what}: expected `{want}` in {out}");
+    }
+}
+
+/// Recovers raw decoded params from a form body without callgate's parser.
+fn decode_form(body: &str) -> Vec<(String, Vec<u8>)> {
+    body.split('&')
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap();
+            let decode = |s: &str| {
+                let s = s.replace('+', " ");
+                let b = s.as_bytes();
+                let mut out = Vec::new();
+                let mut i = 0;
+                while i < b.len() {
+                    if b[i] == b'%' {
+                        out.push(
+                            u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap(), 16)
+                                .unwrap(),
+                        );
+                        i += 3;
+                    } else {
+                        out.push(b[i]);
+                        i += 1;
+                    }
+                }
+                out
+            };
+            (String::from_utf8(decode(k)).unwrap(), decode(v))
+        })
+        .collect()
+}
+
+#[test]
+fn sign_output_verifies_with_openssl() {
+    for (sign_type, dgst) in [("RSA2", "-sha256"), ("RSA", "-sha1")] {
+        let (code, out, err) = output(callgate().args([
+            "sign",
+            "alipay",
+            "--private-key",
+            alipay_key("alipay_private.pem").to_str().unwrap(),
+            "--param",
+            "app_id=2021000000000001",
+            "--param",
+            "subject=测试 商品+1",
+            "--param",
+            "total_amount=12.34",
+            "--sign-type",
+            sign_type,
+        ]));
+        assert_eq!(code, 0, "{err}");
+        assert!(!out.ends_with('\n'), "a piped body must be exact");
+        let mut params = decode_form(&out);
+        let sign = params.iter().find(|(k, _)| k == "sign").unwrap().1.clone();
+        assert!(
+            params
+                .iter()
+                .any(|(k, v)| k == "subject" && v == "测试 商品+1".as_bytes())
+        );
+        assert!(
+            params
+                .iter()
+                .any(|(k, v)| k == "sign_type" && v == sign_type.as_bytes())
+        );
+        params.retain(|(k, v)| k != "sign" && k != "sign_type" && !v.is_empty());
+        params.sort();
+        let content: Vec<u8> = params
+            .iter()
+            .map(|(k, v)| [k.as_bytes(), b"=", v].concat())
+            .collect::<Vec<_>>()
+            .join(&b'&');
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("content"), &content).unwrap();
+        use base64::Engine as _;
+        std::fs::write(
+            dir.path().join("sig"),
+            base64::engine::general_purpose::STANDARD
+                .decode(&sign)
+                .unwrap(),
+        )
+        .unwrap();
+        let verify = Command::new("openssl")
+            .args(["dgst", dgst, "-verify"])
+            .arg(alipay_key("alipay_public.pem"))
+            .arg("-signature")
+            .arg(dir.path().join("sig"))
+            .arg(dir.path().join("content"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&verify.stdout).trim(),
+            "Verified OK",
+            "{sign_type}"
+        );
+    }
+}
+
+#[test]
+fn sign_refuses_bad_input_clearly() {
+    let key = alipay_key("alipay_private.pem");
+    let key = key.to_str().unwrap();
+    let (code, _, err) = output(callgate().args(["sign", "alipay", "--private-key", key]));
+    assert_eq!(code, 1);
+    assert!(err.contains("app_id"), "{err}");
+    let (code, _, err) = output(callgate().args([
+        "sign",
+        "alipay",
+        "--private-key",
+        "/nope",
+        "--param",
+        "app_id=1",
+    ]));
+    assert_eq!(code, 1);
+    assert!(err.contains("/nope"), "{err}");
+    let (code, _, err) = output(callgate().args([
+        "sign",
+        "alipay",
+        "--private-key",
+        key,
+        "--param",
+        "app_id=1",
+        "--sign-type",
+        "MD5",
+    ]));
+    assert_eq!(code, 1);
+    assert!(err.contains("MD5"), "{err}");
+}
+
+// === run ===
+
+/// A running `callgate run` with its stdout lines on a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    addr: String,
+    admin: String,
+}
+
+impl Running {
+    fn start(config: &Path) -> Running {
+        let mut child = callgate()
+            .args(["run", "--log-format", "json", "-c"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut r = Running {
+            child,
+            lines,
+            seen: vec![],
+            addr: String::new(),
+            admin: String::new(),
+        };
+        let serving = r.wait_for(|v| v["message"] == "callgate serving");
+        r.addr = serving["listen"].as_str().unwrap().to_owned();
+        r.admin = serving["admin"].as_str().unwrap().to_owned();
+        r
+    }
+
+    /// Waits (bounded) for a JSON log line matching `pred`.
+    fn wait_for(&mut self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("log line not seen; got:\n{}", self.seen.join("\n")));
+            self.seen.push(line.clone());
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_logs_one_json_line_per_notification_and_never_secrets() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = GatewaySpec::new(vec![RouteSpec::alipay(&up)]).write(dir.path());
+    let mut run = Running::start(&config);
+    let client = TestClient::new();
+    let url = format!("http://{}/notify/alipay", run.addr);
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let body = alipay_fixture("rsa2_trade_success.form");
+    assert_eq!(
+        client.send("POST", &url, &form, body.clone()).await.status,
+        200
+    );
+    assert_eq!(
+        client
+            .send("POST", &url, &form, alipay_fixture("rsa2_wrong_key.form"))
+            .await
+            .status,
+        401
+    );
+
+    let line = run.wait_for(|v| v["message"] == "notification");
+    assert_eq!(line["route"], "shop-alipay");
+    assert_eq!(line["provider"], "alipay");
+    assert_eq!(line["outcome"], "forwarded");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["event_id"], "2026112200222000000000000000000001");
+    assert!(line["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(line["duration_ms"].as_f64().unwrap() >= 0.0);
+    let bad = run.wait_for(|v| v["message"] == "notification");
+    assert_eq!(bad["outcome"], "bad_signature");
+    assert_eq!(bad["level"], "WARN");
+    assert!(bad["reason"].as_str().unwrap().contains("signature"));
+
+    let all = run.seen.join("\n");
+    let text = String::from_utf8(body).unwrap();
+    let sign = text
+        .split('&')
+        .find_map(|p| p.strip_prefix("sign="))
+        .unwrap();
+    assert!(!all.contains(&sign[..40]), "a signature reached the log");
+    assert!(
+        !all.contains(SECRET.trim()),
+        "the upstream secret reached the log"
+    );
+    assert!(
+        !all.contains("2088102177846880"),
+        "a buyer id reached the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_and_a_broken_file_keeps_the_running_rules() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = GatewaySpec::new(vec![RouteSpec::alipay(&up)]).write(dir.path());
+    let mut run = Running::start(&config);
+    let client = TestClient::new();
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let metrics = format!("http://{}/metrics", run.admin);
+
+    // Broken: the old route keeps working.
+    let rules = dir.path().join("rules/routes.toml");
+    let good = std::fs::read_to_string(&rules).unwrap();
+    std::fs::write(
+        &rules,
+        good.replace("provider = \"alipay\"", "provider = \"alipay\"\nbogus = 1"),
+    )
+    .unwrap();
+    run.signal("-HUP");
+    let refused = run.wait_for(|v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("reload refused"))
+    });
+    assert!(
+        refused["problem"]
+            .as_str()
+            .unwrap()
+            .contains("routes.toml:5: unknown field `bogus`"),
+        "{refused}"
+    );
+    let m = client.send("GET", &metrics, &[], vec![]).await.text();
+    assert_eq!(
+        find_metric(&m, "callgate_rules_reload_total", &[("result", "error")]),
+        Some(1.0)
+    );
+    let r = client
+        .send(
+            "POST",
+            &format!("http://{}/notify/alipay", run.addr),
+            &form,
+            alipay_fixture("rsa2_trade_success.form"),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+
+    // Fixed, with the route moved: the new path answers, the old one is gone.
+    std::fs::write(&rules, good.replace("/notify/alipay", "/notify/v2/alipay")).unwrap();
+    run.signal("-HUP");
+    run.wait_for(|v| v["message"] == "rules reloaded");
+    let m = client.send("GET", &metrics, &[], vec![]).await.text();
+    assert_eq!(
+        find_metric(&m, "callgate_rules_reload_total", &[("result", "ok")]),
+        Some(1.0)
+    );
+    let old = client
+        .send(
+            "POST",
+            &format!("http://{}/notify/alipay", run.addr),
+            &form,
+            alipay_fixture("rsa2_trade_success_2.form"),
+        )
+        .await;
+    assert_eq!(old.status, 404);
+    let new = client
+        .send(
+            "POST",
+            &format!("http://{}/notify/v2/alipay", run.addr),
+            &form,
+            alipay_fixture("rsa2_trade_success_2.form"),
+        )
+        .await;
+    assert_eq!(new.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_in_flight_notifications_then_exits_0() {
+    let gate = Arc::new(Notify::new());
+    let up = Upstream::start(Behaviour::Hold(gate.clone())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = GatewaySpec::new(vec![RouteSpec::alipay(&up)]).write(dir.path());
+    let mut run = Running::start(&config);
+    let url = format!("http://{}/notify/alipay", run.addr);
+    let admin = format!("http://{}/readyz", run.admin);
+    let pending = tokio::spawn(async move {
+        TestClient::new()
+            .send(
+                "POST",
+                &url,
+                &[("content-type", "application/x-www-form-urlencoded")],
+                alipay_fixture("rsa2_trade_success.form"),
+            )
+            .await
+    });
+    up.next().await; // in flight at the upstream
+    run.signal("-TERM");
+    run.wait_for(|v| v["message"] == "draining");
+    assert_eq!(
+        TestClient::new()
+            .send("GET", &admin, &[], vec![])
+            .await
+            .status,
+        503,
+        "readyz while draining"
+    );
+    gate.notify_one();
+    let reply = pending.await.unwrap();
+    assert_eq!((reply.status, reply.text().as_str()), (200, "success"));
+    run.wait_for(|v| v["message"] == "callgate stopped");
+    let status = run.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -1,0 +1,689 @@
+//! The gateway end to end for `alipay`, over real sockets: every row of the
+//! contract's outcome table that applies, asserting status, ack body, what
+//! the upstream received, and the metrics line. Fixtures are signed by the
+//! openssl CLI or are real public vectors (tests/fixtures/alipay/README.md).
+
+mod support;
+
+use std::sync::Arc;
+
+use support::*;
+use tokio::sync::Notify;
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+async fn gateway_with(upstream: &Upstream, f: impl FnOnce(&mut GatewaySpec)) -> TestGateway {
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(upstream)]);
+    f(&mut spec);
+    TestGateway::start(spec).await
+}
+
+#[tokio::test]
+async fn forwards_original_bytes_with_trusted_headers() {
+    let up = Upstream::start(Behaviour::Reply(200, "<html>success</html>")).await;
+    let gw = gateway_with(&up, |_| {}).await;
+    let body = alipay_fixture("rsa2_trade_success.form");
+
+    let reply = gw
+        .send(
+            "POST",
+            "/notify/alipay?code=alipay",
+            &[
+                (
+                    "content-type",
+                    "application/x-www-form-urlencoded; charset=utf-8",
+                ),
+                ("x-callgate-event-id", "forged"),
+                ("x-callgate-signature", "t=1,v1=forged"),
+                ("x-callgate-verified", "yes"),
+                ("x-forwarded-for", "6.6.6.6"),
+                ("connection", "keep-alive, x-hop"),
+                ("x-hop", "secret hop"),
+                ("user-agent", "Mozilla/4.0"),
+            ],
+            body.clone(),
+        )
+        .await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "success"));
+
+    let got = up.received();
+    assert_eq!(got.len(), 1);
+    let r = &got[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(
+        r.uri, "/plus/notify.php",
+        "incoming query must not be forwarded"
+    );
+    assert_eq!(
+        r.body.as_ref(),
+        body.as_slice(),
+        "body must be byte for byte"
+    );
+    let h = &r.headers;
+    assert_eq!(
+        h["content-type"],
+        "application/x-www-form-urlencoded; charset=utf-8"
+    );
+    assert_eq!(h["x-callgate-provider"], "alipay");
+    assert_eq!(h["x-callgate-route"], "shop-alipay");
+    assert_eq!(
+        h["x-callgate-event-id"],
+        "2026112200222000000000000000000001"
+    );
+    assert_eq!(h.get_all("x-callgate-event-id").iter().count(), 1);
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    assert_eq!(h["user-agent"], "Mozilla/4.0");
+    assert!(
+        h.get("x-hop").is_none(),
+        "a header named by Connection is hop-by-hop"
+    );
+    assert!(h.get("connection").is_none_or(|v| v != "keep-alive, x-hop"));
+
+    // X-Callgate-Signature checked with openssl, not with callgate's code.
+    let sig = h["x-callgate-signature"].to_str().unwrap();
+    let (t, v1) = sig.split_once(",v1=").unwrap();
+    let t = t.strip_prefix("t=").unwrap();
+    let signed = [t.as_bytes(), b".", &body].concat();
+    assert_eq!(v1, openssl_hmac_hex(SECRET.trim_end(), &signed));
+
+    assert_eq!(gw.requests("forwarded").await, 1.0);
+    let hist = gw
+        .metric(
+            "callgate_upstream_duration_seconds_count",
+            &[("route", "shop-alipay")],
+        )
+        .await;
+    assert_eq!(hist, Some(1.0));
+    let hist = gw
+        .metric(
+            "callgate_request_duration_seconds_count",
+            &[("route", "shop-alipay")],
+        )
+        .await;
+    assert_eq!(hist, Some(1.0));
+}
+
+#[tokio::test]
+async fn over_tls_too() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = gateway_with(&up, |s| s.tls = true).await;
+    assert!(gw.base.starts_with("https://"));
+    let reply = gw
+        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn https_upstream_with_its_own_ca() {
+    let up = Upstream::start_tls(Behaviour::Reply(200, "success")).await;
+    assert!(up.url.starts_with("https://"));
+    let route =
+        RouteSpec::alipay(&up).with(|r| r.upstream_ca = Some(root().join("certs/dev/server.crt")));
+    let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
+    let reply = gw
+        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn https_upstream_not_trusted_is_an_upstream_error() {
+    let up = Upstream::start_tls(Behaviour::Reply(200, "success")).await;
+    let other_ca = tempfile::NamedTempFile::new().unwrap();
+    // A valid CA file that did not sign the upstream's certificate.
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other",
+            "-keyout",
+            "/dev/null",
+            "-out",
+        ])
+        .arg(other_ca.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let route =
+        RouteSpec::alipay(&up).with(|r| r.upstream_ca = Some(other_ca.path().to_path_buf()));
+    let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
+    let reply = gw
+        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .await;
+    assert_eq!((reply.status, reply.text().as_str()), (502, "fail"));
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn duplicate_after_delivery_is_acked_not_forwarded() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = gateway_with(&up, |_| {}).await;
+    let body = alipay_fixture("rsa2_trade_success.form");
+    assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 200);
+    let again = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!((again.status, again.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 1);
+    assert_eq!(gw.requests("forwarded").await, 1.0);
+    assert_eq!(gw.requests("duplicate").await, 1.0);
+    // A different notification is forwarded.
+    let other = gw
+        .post_form(
+            "/notify/alipay",
+            &alipay_fixture("rsa2_trade_success_2.form"),
+        )
+        .await;
+    assert_eq!(other.status, 200);
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn same_event_in_flight_gets_409_and_is_not_forwarded() {
+    let gate = Arc::new(Notify::new());
+    let up = Upstream::start(Behaviour::Hold(gate.clone())).await;
+    let gw = Arc::new(gateway_with(&up, |_| {}).await);
+    let body = alipay_fixture("rsa2_trade_success.form");
+
+    let first = {
+        let (gw, body) = (gw.clone(), body.clone());
+        tokio::spawn(async move { gw.post_form("/notify/alipay", &body).await })
+    };
+    up.next().await; // the first one is now being forwarded
+    let second = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!((second.status, second.text().as_str()), (409, "fail"));
+    gate.notify_one();
+    let first = first.await.unwrap();
+    assert_eq!((first.status, first.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 1);
+    assert_eq!(gw.requests("in_flight").await, 1.0);
+}
+
+#[tokio::test]
+async fn twenty_concurrent_copies_reach_the_upstream_once() {
+    let gate = Arc::new(Notify::new());
+    let up = Upstream::start(Behaviour::Hold(gate.clone())).await;
+    let gw = Arc::new(gateway_with(&up, |_| {}).await);
+    let body = alipay_fixture("rsa2_trade_success.form");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..20 {
+        let (gw, body, tx) = (gw.clone(), body.clone(), tx.clone());
+        tokio::spawn(async move {
+            let r = gw.post_form("/notify/alipay", &body).await;
+            let _ = tx.send((r.status, r.text()));
+        });
+    }
+    // One is held at the upstream; the other nineteen must be answered 409.
+    up.next().await;
+    let mut statuses = Vec::new();
+    for _ in 0..19 {
+        statuses.push(rx.recv().await.unwrap());
+    }
+    assert!(
+        statuses.iter().all(|(s, b)| *s == 409 && b == "fail"),
+        "{statuses:?}"
+    );
+    gate.notify_one();
+    assert_eq!(rx.recv().await.unwrap(), (200, "success".to_owned()));
+    assert_eq!(up.count(), 1);
+    assert_eq!(gw.requests("forwarded").await, 1.0);
+    assert_eq!(gw.requests("in_flight").await, 19.0);
+}
+
+#[tokio::test]
+async fn twenty_concurrent_copies_racing_a_fast_upstream_reach_it_once() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = Arc::new(gateway_with(&up, |_| {}).await);
+    let body = alipay_fixture("rsa2_trade_success_3.form");
+    let mut handles = Vec::new();
+    for _ in 0..20 {
+        let (gw, body) = (gw.clone(), body.clone());
+        handles.push(tokio::spawn(async move {
+            gw.post_form("/notify/alipay", &body).await.status
+        }));
+    }
+    let mut ok = 0;
+    for h in handles {
+        let s = h.await.unwrap();
+        assert!(s == 200 || s == 409, "status {s}");
+        ok += usize::from(s == 200);
+    }
+    assert!(ok >= 1);
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn failed_delivery_is_retried_and_then_remembered() {
+    let up = Upstream::start(Behaviour::Reply(500, "oops")).await;
+    let gw = gateway_with(&up, |_| {}).await;
+    let body = alipay_fixture("rsa2_trade_success.form");
+
+    let r = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!((r.status, r.text().as_str()), (502, "fail"));
+    assert_eq!(gw.requests("upstream_error").await, 1.0);
+
+    // The platform retries: forwarded again, now successfully.
+    up.set(Behaviour::Reply(200, "success"));
+    let r = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 2);
+
+    // And a retry after success is answered without the upstream.
+    let r = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn a_2xx_without_the_success_body_is_not_a_delivery() {
+    let up = Upstream::start(Behaviour::Reply(200, "<html>Thank you!</html>")).await;
+    let gw = gateway_with(&up, |_| {}).await;
+    let body = alipay_fixture("rsa2_trade_success.form");
+    let r = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!((r.status, r.text().as_str()), (502, "fail"));
+    // Not remembered: the retry is forwarded again.
+    up.set(Behaviour::Reply(200, "<html>success</html>"));
+    assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 200);
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn without_success_body_any_2xx_confirms() {
+    let up = Upstream::start(Behaviour::Reply(204, "")).await;
+    let route = RouteSpec::alipay(&up).with(|r| r.success_body = None);
+    let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
+    let r = gw
+        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+}
+
+#[tokio::test]
+async fn upstream_timeout_is_504_and_the_retry_goes_through() {
+    let up = Upstream::start(Behaviour::Hang).await;
+    let gw = gateway_with(&up, |s| s.upstream_timeout = "300ms".into()).await;
+    let body = alipay_fixture("rsa2_trade_success.form");
+    let r = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!((r.status, r.text().as_str()), (504, "fail"));
+    assert_eq!(gw.requests("upstream_error").await, 1.0);
+    up.set(Behaviour::Reply(200, "success"));
+    assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 200);
+}
+
+#[tokio::test]
+async fn upstream_down_is_502() {
+    // Bind then drop: nothing listens on that port any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let route = RouteSpec::alipay(&up).with(|r| r.upstream = format!("http://127.0.0.1:{port}/n"));
+    let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
+    let r = gw
+        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (502, "fail"));
+}
+
+#[tokio::test]
+async fn bad_and_missing_signatures_are_401_and_never_forwarded() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = gateway_with(&up, |_| {}).await;
+    for fixture in [
+        "rsa2_tampered_amount.form",
+        "rsa2_wrong_key.form",
+        "rsa2_missing_sign.form",
+        "rsa2_sign_type_unknown.form",
+        "rsa2_other_app.form",
+    ] {
+        let r = gw
+            .post_form("/notify/alipay", &alipay_fixture(fixture))
+            .await;
+        assert_eq!((r.status, r.text().as_str()), (401, "fail"), "{fixture}");
+    }
+    assert_eq!(up.count(), 0);
+    assert_eq!(gw.requests("bad_signature").await, 5.0);
+}
+
+#[tokio::test]
+async fn real_alipay_production_notification_passes() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let route = RouteSpec::alipay(&up).with(|r| {
+        r.max_age = Some("200000h".into()); // signed in 2019
+        r.keys = format!(
+            "public_key = {:?}\napp_id = \"2019073166072302\"\n",
+            alipay_key("nodejs_sdk_real_public.pem")
+        );
+    });
+    let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
+    let r = gw
+        .post_form(
+            "/notify/alipay",
+            &alipay_fixture("nodejs_sdk_real_notify.form"),
+        )
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    let r = gw
+        .post_form(
+            "/notify/alipay",
+            &alipay_fixture("nodejs_sdk_real_notify_tampered.form"),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn real_world_shapes_verify_and_arrive_intact() {
+    // GBK charset, SHA1 "RSA", an empty value (both SDK conventions), a
+    // value holding & and = — each verifies and reaches the shop unchanged.
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = gateway_with(&up, |_| {}).await;
+    let fixtures = [
+        "rsa2_gbk.form",
+        "rsa_sha1_trade_success.form",
+        "rsa2_empty_value_skipped.form",
+        "rsa2_empty_value_included.form",
+        "rsa2_unsorted_decoding.form",
+    ];
+    for (i, f) in fixtures.iter().enumerate() {
+        let body = alipay_fixture(f);
+        let r = gw.post_form("/notify/alipay", &body).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "success"), "{f}");
+        assert_eq!(up.received()[i].body.as_ref(), body.as_slice(), "{f}");
+    }
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_400() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = gateway_with(&up, |_| {}).await;
+    let good = alipay_fixture("rsa2_trade_success.form");
+
+    let r = gw
+        .post_form("/notify/alipay", &alipay_fixture("rsa2_duplicate_key.form"))
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (400, "fail"), "repeated key");
+
+    let r = gw
+        .send(
+            "POST",
+            "/notify/alipay",
+            &[("content-type", "application/json")],
+            good.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 400, "wrong content type");
+    let r = gw.send("POST", "/notify/alipay", &[], good.clone()).await;
+    assert_eq!(r.status, 400, "no content type");
+
+    let broken = [good.as_slice(), b"&x=%G1"].concat();
+    assert_eq!(
+        gw.post_form("/notify/alipay", &broken).await.status,
+        400,
+        "broken escape"
+    );
+    assert_eq!(
+        gw.post_form("/notify/alipay", b"").await.status,
+        400,
+        "empty"
+    );
+
+    let bad_utf8 = [good.as_slice(), b"&x=%FF%FE"].concat();
+    assert_eq!(
+        gw.post_form("/notify/alipay", &bad_utf8).await.status,
+        400,
+        "invalid UTF-8"
+    );
+
+    let no_time = String::from_utf8(good.clone()).unwrap();
+    let no_time: String = no_time
+        .split('&')
+        .filter(|p| !p.starts_with("notify_time="))
+        .collect::<Vec<_>>()
+        .join("&");
+    // Removing a signed field breaks the signature first: 401, not 400.
+    assert_eq!(
+        gw.post_form("/notify/alipay", no_time.as_bytes())
+            .await
+            .status,
+        401
+    );
+
+    assert_eq!(up.count(), 0);
+    assert_eq!(gw.requests("malformed").await, 6.0);
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413_on_content_length_and_on_read() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = gateway_with(&up, |s| s.max_body_bytes = 1024).await;
+    let big = vec![b'a'; 4096];
+    let r = gw.post_form("/notify/alipay", &big).await;
+    assert_eq!((r.status, r.text().as_str()), (413, "fail"));
+
+    // Chunked (no Content-Length): cut off while reading.
+    let raw = format!(
+        "POST /notify/alipay HTTP/1.1\r\nHost: x\r\nContent-Type: {FORM}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+        big.len(),
+        String::from_utf8(big.clone()).unwrap()
+    );
+    let resp = raw_exchange(gw.gateway.addr, raw.as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+
+    assert_eq!(up.count(), 0);
+    assert_eq!(gw.requests("too_large").await, 2.0);
+}
+
+#[tokio::test]
+async fn method_path_and_address_checks() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let denied = RouteSpec::alipay(&up).with(|r| {
+        r.name = "denied".into();
+        r.path = "/notify/denied".into();
+        r.allow = vec!["110.75.0.0/16".into()];
+    });
+    let nobody = RouteSpec::alipay(&up).with(|r| {
+        r.name = "nobody".into();
+        r.path = "/notify/nobody".into();
+        r.allow = vec![];
+    });
+    let gw = TestGateway::start(GatewaySpec::new(vec![
+        RouteSpec::alipay(&up),
+        denied,
+        nobody,
+    ]))
+    .await;
+    let body = alipay_fixture("rsa2_trade_success.form");
+
+    let r = gw.send("GET", "/notify/alipay", &[], vec![]).await;
+    assert_eq!((r.status, r.text().as_str()), (405, "fail"));
+    assert_eq!(r.headers["allow"], "POST");
+
+    let r = gw.post_form("/notify/elsewhere", &body).await;
+    assert_eq!(r.status, 404);
+    let r = gw.post_form("/notify/alipay/", &body).await;
+    assert_eq!(r.status, 404, "paths match exactly");
+
+    for path in ["/notify/denied", "/notify/nobody"] {
+        let r = gw.post_form(path, &body).await;
+        assert_eq!((r.status, r.text().as_str()), (403, "fail"), "{path}");
+    }
+    assert_eq!(up.count(), 0);
+    assert_eq!(gw.requests("method_not_allowed").await, 1.0);
+    assert_eq!(
+        gw.metric(
+            "callgate_requests_total",
+            &[("route", "-"), ("provider", "-"), ("outcome", "not_found")]
+        )
+        .await,
+        Some(2.0)
+    );
+    assert_eq!(
+        gw.metric(
+            "callgate_requests_total",
+            &[
+                ("route", "nobody"),
+                ("provider", "alipay"),
+                ("outcome", "ip_denied")
+            ]
+        )
+        .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let route = RouteSpec::alipay(&up).with(|r| r.allow = vec!["110.75.0.0/16".into()]);
+    let body = alipay_fixture("rsa2_trade_success.form");
+    let xff = [
+        ("content-type", FORM),
+        ("x-forwarded-for", "6.6.6.6, 110.75.3.4"),
+    ];
+
+    // Not trusted: the header is ignored, 127.0.0.1 is not allowed.
+    let gw = TestGateway::start(GatewaySpec::new(vec![route.clone()])).await;
+    assert_eq!(
+        gw.send("POST", "/notify/alipay", &xff, body.clone())
+            .await
+            .status,
+        403
+    );
+
+    // Trusted: the right-most untrusted hop is the source.
+    let mut spec = GatewaySpec::new(vec![route]);
+    spec.trusted_proxies = vec!["127.0.0.1/32".into()];
+    let gw = TestGateway::start(spec).await;
+    let r = gw.send("POST", "/notify/alipay", &xff, body.clone()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.received()[0].headers["x-forwarded-for"], "110.75.3.4");
+
+    // A chain of trusted proxies is walked past, right to left.
+    let chain = [
+        ("content-type", FORM),
+        ("x-forwarded-for", "110.75.9.9, 127.0.0.1"),
+    ];
+    let body3 = alipay_fixture("rsa2_trade_success_3.form");
+    assert_eq!(
+        gw.send("POST", "/notify/alipay", &chain, body3)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(up.received()[1].headers["x-forwarded-for"], "110.75.9.9");
+
+    // A spoofed left-most entry does not help an attacker behind the proxy.
+    let spoof = [
+        ("content-type", FORM),
+        ("x-forwarded-for", "110.75.3.4, 6.6.6.6"),
+    ];
+    let body2 = alipay_fixture("rsa2_trade_success_2.form");
+    assert_eq!(
+        gw.send("POST", "/notify/alipay", &spoof, body2)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn stale_and_future_notifications_are_401() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let route = RouteSpec::alipay(&up).with(|r| r.max_age = Some("1s".into()));
+    let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
+    let r = gw
+        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (401, "fail"),
+        "signed 2026-11-22, max_age 1s"
+    );
+    let r = gw
+        .post_form("/notify/alipay", &alipay_fixture("rsa2_future.form"))
+        .await;
+    assert_eq!(r.status, 401, "signed for 2099");
+    assert_eq!(up.count(), 0);
+    assert_eq!(gw.requests("stale").await, 2.0);
+
+    let gw = gateway_with(&up, |_| {}).await;
+    let r = gw
+        .post_form("/notify/alipay", &alipay_fixture("rsa2_future.form"))
+        .await;
+    assert_eq!(r.status, 401, "the future stays refused whatever max_age");
+}
+
+#[tokio::test]
+async fn normalized_mode_sends_the_contract_json() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let route = RouteSpec::alipay(&up).with(|r| r.forward = "normalized".into());
+    let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
+    let r = gw
+        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .await;
+    assert_eq!(r.status, 200);
+    let got = &up.received()[0];
+    assert_eq!(got.headers["content-type"], "application/json");
+    let v: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(v["provider"], "alipay");
+    assert_eq!(v["event_id"], "2026112200222000000000000000000001");
+    assert_eq!(v["out_trade_no"], "CG20261122000001");
+    assert_eq!(v["amount_fen"], 8888);
+    assert_eq!(v["currency"], "CNY");
+    assert_eq!(v["status"], "paid");
+    assert!(v["occurred_at"].as_str().unwrap().ends_with("+08:00"));
+    assert!(v["provider_trade_no"].is_string());
+    assert_eq!(
+        v["fields"]["passback_params"],
+        "merchantBizType%3DpeerPay%26orderId%3D42"
+    );
+    assert!(v["fields"].get("sign").is_none());
+    // The signature header covers the JSON body.
+    let sig = got.headers["x-callgate-signature"].to_str().unwrap();
+    let (t, v1) = sig.split_once(",v1=").unwrap();
+    let signed = [t.trim_start_matches("t=").as_bytes(), b".", &got.body].concat();
+    assert_eq!(v1, openssl_hmac_hex(SECRET.trim_end(), &signed));
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = gateway_with(&up, |_| {}).await;
+    assert_eq!(gw.get_admin("/healthz").await.status, 200);
+    assert_eq!(gw.get_admin("/readyz").await.status, 200);
+    assert_eq!(gw.get_admin("/nope").await.status, 404);
+    assert_eq!(
+        gw.metric("callgate_rules_loaded_routes", &[]).await,
+        Some(1.0)
+    );
+    // Series exist at zero before the first notification.
+    assert_eq!(gw.requests("bad_signature").await, 0.0);
+    assert!(
+        gw.metric("callgate_replay_store_entries", &[])
+            .await
+            .is_some()
+    );
+}
+
+/// Writes raw bytes to the gateway and reads until it closes.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}

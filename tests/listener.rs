@@ -1,0 +1,153 @@
+//! A slow or broken client never takes the listener down: stalled headers,
+//! stalled TLS handshakes and trickled bodies are cut off by their timeouts
+//! while other notifications keep succeeding.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until the server closes the connection; returns what it sent.
+/// The 30 s bound only stops a broken test; the timeouts under test are
+/// a few hundred milliseconds.
+async fn until_closed(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
+        .await
+        .expect("the server did not close the connection")
+        .ok();
+    out
+}
+
+async fn gateway(tls: bool, up: &Upstream) -> TestGateway {
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(up)]);
+    spec.tls = tls;
+    spec.header_timeout = "300ms".into();
+    spec.body_timeout = "300ms".into();
+    TestGateway::start(spec).await
+}
+
+#[tokio::test]
+async fn stalled_headers_are_cut_off_while_others_are_served() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = gateway(false, &up).await;
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(gw.gateway.addr).await.unwrap();
+        s.write_all(b"POST /notify/alipay HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    let r = gw
+        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    for mut s in slow {
+        let got = until_closed(&mut s).await;
+        // hyper may answer 408 before closing; it never forwards.
+        assert!(
+            got.is_empty() || got.starts_with(b"HTTP/1.1 408"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn silent_connections_do_not_stay_open() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = gateway(false, &up).await;
+    let mut s = TcpStream::connect(gw.gateway.addr).await.unwrap();
+    until_closed(&mut s).await;
+}
+
+#[tokio::test]
+async fn stalled_tls_handshakes_are_cut_off_while_others_are_served() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = gateway(true, &up).await;
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        stalled.push(TcpStream::connect(gw.gateway.addr).await.unwrap());
+    }
+    // Garbage instead of a ClientHello.
+    let mut junk = TcpStream::connect(gw.gateway.addr).await.unwrap();
+    junk.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let r = gw
+        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .await;
+    assert_eq!(r.status, 200);
+    until_closed(&mut junk).await;
+    for mut s in stalled {
+        until_closed(&mut s).await;
+    }
+}
+
+#[tokio::test]
+async fn a_trickled_body_times_out_and_is_not_forwarded() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = gateway(false, &up).await;
+    let body = alipay_fixture("rsa2_trade_success.form");
+    let mut s = TcpStream::connect(gw.gateway.addr).await.unwrap();
+    let head = format!(
+        "POST /notify/alipay HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body[..10]).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf))
+        .await
+        .expect("no answer to a trickled body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.ends_with("fail"), "{text}");
+    assert_eq!(up.count(), 0);
+    assert_eq!(gw.requests("malformed").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_client_that_resets_mid_request_does_no_harm() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = gateway(false, &up).await;
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(gw.gateway.addr).await.unwrap();
+        s.write_all(b"POST /notify/alipay HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\nabc")
+            .await
+            .unwrap();
+        s.set_zero_linger().unwrap();
+        drop(s);
+    }
+    let r = gw
+        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn an_oversized_content_length_is_refused_before_the_body_arrives() {
+    // Only the header is sent: a gateway that waited for the body would
+    // answer 400 after body_timeout instead of 413.
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = gateway(false, &up).await;
+    let mut s = TcpStream::connect(gw.gateway.addr).await.unwrap();
+    s.write_all(
+        b"POST /notify/alipay HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf))
+        .await
+        .expect("no answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert_eq!(gw.requests("too_large").await, 1.0);
+}

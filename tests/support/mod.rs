@@ -1,0 +1,531 @@
+//! Test support: a recording upstream, a gateway started on 127.0.0.1:0
+//! from a temporary configuration, an HTTP(S) client and a metrics matcher.
+//! Everything binds ephemeral loopback ports and keeps the bound listener,
+//! so tests can run in parallel without port races. Nothing sleeps: tests
+//! wait on channels.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn alipay_fixture(name: &str) -> Vec<u8> {
+    std::fs::read(root().join("tests/fixtures/alipay").join(name)).expect("fixture")
+}
+
+pub fn alipay_key(name: &str) -> PathBuf {
+    root().join("tests/fixtures/alipay").join(name)
+}
+
+// === upstream ===
+
+/// What the recording upstream does with a request.
+#[derive(Clone)]
+pub enum Behaviour {
+    /// Answer at once.
+    Reply(u16, &'static str),
+    /// Wait until `release` is notified, then answer 200 `success`.
+    Hold(Arc<Notify>),
+    /// Never answer.
+    Hang,
+}
+
+/// A request the upstream received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub url: String,
+    behaviour: Arc<Mutex<Behaviour>>,
+    received: Arc<Mutex<Vec<Received>>>,
+    arrivals: tokio::sync::Mutex<mpsc::UnboundedReceiver<Received>>,
+}
+
+impl Upstream {
+    pub async fn start(behaviour: Behaviour) -> Upstream {
+        Self::start_inner(behaviour, None).await
+    }
+
+    /// An https upstream with the demo TLS pair (SAN 127.0.0.1).
+    pub async fn start_tls(behaviour: Behaviour) -> Upstream {
+        Self::start_inner(behaviour, Some(tls_acceptor())).await
+    }
+
+    async fn start_inner(behaviour: Behaviour, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let behaviour = Arc::new(Mutex::new(behaviour));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (b, r) = (behaviour.clone(), received.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (b, r, tx, tls) = (b.clone(), r.clone(), tx.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (b, r, tx) = (b.clone(), r.clone(), tx.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            let rec = Received {
+                                method: parts.method.to_string(),
+                                uri: parts.uri.to_string(),
+                                headers: parts.headers,
+                                body,
+                            };
+                            r.lock().unwrap().push(rec.clone());
+                            let _ = tx.send(rec);
+                            let behaviour = b.lock().unwrap().clone();
+                            let (status, body) = match behaviour {
+                                Behaviour::Reply(s, body) => (s, body),
+                                Behaviour::Hold(gate) => {
+                                    gate.notified().await;
+                                    (200, "success")
+                                }
+                                Behaviour::Hang => std::future::pending().await,
+                            };
+                            let mut resp =
+                                Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                            *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    match tls {
+                        None => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(tcp), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(tcp).await {
+                                let _ = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Upstream {
+            addr,
+            url: format!("{scheme}://127.0.0.1:{}/plus/notify.php", addr.port()),
+            behaviour,
+            received,
+            arrivals: tokio::sync::Mutex::new(rx),
+        }
+    }
+
+    pub fn set(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().unwrap() = behaviour;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    /// Waits for the next request to arrive (bounded, so a broken test ends).
+    pub async fn next(&self) -> Received {
+        tokio::time::timeout(Duration::from_secs(30), self.arrivals.lock().await.recv())
+            .await
+            .expect("no request reached the upstream within 30s")
+            .expect("upstream stopped")
+    }
+}
+
+fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let dev = root().join("certs/dev");
+    let certs: Vec<_> = CertificateDer::pem_file_iter(dev.join("server.crt"))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dev.join("server.key")).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+// === gateway ===
+
+/// One `[[route]]`, with the fields tests vary.
+#[derive(Clone)]
+pub struct RouteSpec {
+    pub name: String,
+    pub path: String,
+    pub provider: String,
+    pub allow: Vec<String>,
+    pub upstream: String,
+    pub forward: String,
+    pub max_age: Option<String>,
+    pub success_body: Option<String>,
+    pub upstream_ca: Option<PathBuf>,
+    /// The `[route.keys]` table body.
+    pub keys: String,
+}
+
+impl RouteSpec {
+    /// An alipay route on `/notify/alipay` using the fixture key, for
+    /// fixtures signed at 2026-11-22 (`max_age` generous enough for years).
+    pub fn alipay(upstream: &Upstream) -> RouteSpec {
+        RouteSpec {
+            name: "shop-alipay".into(),
+            path: "/notify/alipay".into(),
+            provider: "alipay".into(),
+            allow: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            upstream: upstream.url.clone(),
+            forward: "original".into(),
+            max_age: Some("87600h".into()),
+            success_body: Some("success".into()),
+            upstream_ca: None,
+            keys: format!(
+                "public_key = {:?}\napp_id = \"2021000000000001\"\n",
+                alipay_key("alipay_public.pem")
+            ),
+        }
+    }
+
+    pub fn with(mut self, f: impl FnOnce(&mut RouteSpec)) -> RouteSpec {
+        f(&mut self);
+        self
+    }
+}
+
+#[derive(Clone)]
+pub struct GatewaySpec {
+    pub routes: Vec<RouteSpec>,
+    pub tls: bool,
+    pub trusted_proxies: Vec<String>,
+    pub max_body_bytes: u64,
+    pub header_timeout: String,
+    pub body_timeout: String,
+    pub upstream_timeout: String,
+}
+
+impl GatewaySpec {
+    pub fn new(routes: Vec<RouteSpec>) -> GatewaySpec {
+        GatewaySpec {
+            routes,
+            tls: false,
+            trusted_proxies: vec![],
+            max_body_bytes: 65536,
+            header_timeout: "5s".into(),
+            body_timeout: "10s".into(),
+            upstream_timeout: "10s".into(),
+        }
+    }
+
+    /// Writes the gateway file, rules and secret into `dir`; returns the
+    /// gateway file's path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        std::fs::create_dir_all(dir.join("rules")).unwrap();
+        std::fs::write(dir.join("upstream.secret"), SECRET).unwrap();
+        let dev = root().join("certs/dev");
+        let tls = if self.tls {
+            format!(
+                "tls_cert = {:?}\ntls_key = {:?}\n",
+                dev.join("server.crt"),
+                dev.join("server.key")
+            )
+        } else {
+            String::new()
+        };
+        let gateway = format!(
+            r#"rules_dir = "rules"
+trusted_proxies = {trusted:?}
+
+[listen]
+addr = "127.0.0.1:0"
+{tls}
+[admin]
+addr = "127.0.0.1:0"
+
+[replay]
+store = "memory"
+ttl = "48h"
+max_entries = 100000
+
+[limits]
+max_body_bytes = {max_body}
+header_timeout = "{header}"
+upstream_timeout = "{upstream}"
+body_timeout = "{body}"
+tls_handshake_timeout = "{header}"
+drain_timeout = "10s"
+"#,
+            trusted = self.trusted_proxies,
+            max_body = self.max_body_bytes,
+            header = self.header_timeout,
+            upstream = self.upstream_timeout,
+            body = self.body_timeout,
+        );
+        let path = dir.join("callgate.toml");
+        std::fs::write(&path, gateway).unwrap();
+        let mut rules = String::new();
+        for r in &self.routes {
+            rules.push_str(&route_toml(r));
+        }
+        std::fs::write(dir.join("rules/routes.toml"), rules).unwrap();
+        path
+    }
+}
+
+pub fn route_toml(r: &RouteSpec) -> String {
+    let mut s = format!(
+        "[[route]]\nname = {:?}\npath = {:?}\nprovider = {:?}\nallow = {:?}\nupstream = {:?}\nupstream_secret_file = \"../upstream.secret\"\nforward = {:?}\n",
+        r.name, r.path, r.provider, r.allow, r.upstream, r.forward
+    );
+    if let Some(m) = &r.max_age {
+        s.push_str(&format!("max_age = {m:?}\n"));
+    }
+    if let Some(b) = &r.success_body {
+        s.push_str(&format!("success_body = {b:?}\n"));
+    }
+    if let Some(ca) = &r.upstream_ca {
+        s.push_str(&format!("upstream_ca = {ca:?}\n"));
+    }
+    s.push_str("\n[route.keys]\n");
+    s.push_str(&r.keys);
+    s.push('\n');
+    s
+}
+
+/// The upstream HMAC secret every test gateway uses.
+pub const SECRET: &str = "test-upstream-secret-0123456789\n";
+
+pub struct TestGateway {
+    pub dir: tempfile::TempDir,
+    pub gateway: callgate::server::Gateway,
+    pub base: String,
+    pub admin: String,
+    client: TestClient,
+}
+
+impl TestGateway {
+    pub async fn start(spec: GatewaySpec) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let file = spec.write(dir.path());
+        let loaded =
+            callgate::config::load(&file).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let gateway = callgate::server::start(loaded).await.unwrap();
+        let scheme = if spec.tls { "https" } else { "http" };
+        let base = format!("{scheme}://127.0.0.1:{}", gateway.addr.port());
+        let admin = format!("http://127.0.0.1:{}", gateway.admin_addr.unwrap().port());
+        TestGateway {
+            dir,
+            gateway,
+            base,
+            admin,
+            client: TestClient::new(),
+        }
+    }
+
+    /// POSTs a form body to `path`.
+    pub async fn post_form(&self, path: &str, body: &[u8]) -> Reply {
+        self.send(
+            "POST",
+            path,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            body.to_vec(),
+        )
+        .await
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Reply {
+        self.client
+            .send(method, &format!("{}{}", self.base, path), headers, body)
+            .await
+    }
+
+    pub async fn get_admin(&self, path: &str) -> Reply {
+        self.client
+            .send("GET", &format!("{}{}", self.admin, path), &[], vec![])
+            .await
+    }
+
+    /// The current value of one series, `None` when absent.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let text = self.get_admin("/metrics").await.text();
+        find_metric(&text, name, labels)
+    }
+
+    pub async fn requests(&self, outcome: &str) -> f64 {
+        self.metric(
+            "callgate_requests_total",
+            &[
+                ("route", "shop-alipay"),
+                ("provider", "alipay"),
+                ("outcome", outcome),
+            ],
+        )
+        .await
+        .unwrap_or(0.0)
+    }
+}
+
+/// Parses Prometheus text and returns the sample for `name` whose labels are
+/// exactly `labels`.
+pub fn find_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let want: BTreeMap<&str, &str> = labels.iter().copied().collect();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ')?;
+        let (n, l) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.strip_suffix('}')?),
+            None => (series, ""),
+        };
+        if n != name {
+            continue;
+        }
+        let got: BTreeMap<&str, &str> = l
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                Some((k, v.trim_matches('"')))
+            })
+            .collect();
+        if got == want {
+            return value.parse().ok();
+        }
+    }
+    None
+}
+
+// === client ===
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+type Https = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
+/// A client that trusts the demo TLS certificate.
+pub struct TestClient(Client<Https, Full<Bytes>>);
+
+impl TestClient {
+    pub fn new() -> TestClient {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(root().join("certs/dev/server.crt")).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        TestClient(Client::builder(TokioExecutor::new()).build(https))
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Reply {
+        let mut req = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(60), self.0.request(req))
+            .await
+            .expect("gateway did not answer within 60s")
+            .expect("request failed");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+/// HMAC-SHA256 hex by the openssl CLI, to check X-Callgate-Signature
+/// independently of callgate's own code.
+pub fn openssl_hmac_hex(key: &str, data: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", key, "-r"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
