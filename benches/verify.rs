@@ -1,18 +1,16 @@
 //! Criterion benches for the per-notification work that is not I/O:
-//! form parsing, Alipay RSA2 verification (canonical string + RSA-2048),
-//! the replay store claim, and the upstream HMAC.
+//! form parsing, Alipay RSA2 verification (canonical string + RSA-2048)
+//! and the upstream HMAC. The replay store is in `benches/store.rs`.
 //!
 //!     cargo bench --bench verify
 
 use std::hint::black_box;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
 use callgate::body::Form;
 use callgate::provider::alipay::Keys;
-use callgate::replay::{Claim, Key, KeyKind, ReplayStore};
 use callgate::secret::Secret;
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -44,43 +42,6 @@ fn alipay(c: &mut Criterion) {
     });
 }
 
-fn replay(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let store = ReplayStore::memory(1_000_000);
-    let mut i = 0u64;
-    c.bench_function("replay/claim_confirm_new_event", |b| {
-        b.iter(|| {
-            i += 1;
-            let key = Key::new("shop-alipay", KeyKind::Event, &i.to_string());
-            rt.block_on(async {
-                if let Claim::New(t) = store.claim(key, Duration::from_secs(40)).await.unwrap() {
-                    store
-                        .confirm(key, t, Duration::from_secs(3600))
-                        .await
-                        .unwrap();
-                }
-            })
-        })
-    });
-    let dup = Key::new("shop-alipay", KeyKind::Event, "dup");
-    rt.block_on(async {
-        if let Claim::New(t) = store.claim(dup, Duration::from_secs(40)).await.unwrap() {
-            store
-                .confirm(dup, t, Duration::from_secs(3600))
-                .await
-                .unwrap();
-        }
-    });
-    c.bench_function("replay/claim_duplicate", |b| {
-        b.iter(|| {
-            rt.block_on(store.claim(black_box(dup), Duration::from_secs(40)))
-                .unwrap()
-        })
-    });
-}
-
 fn upstream_hmac(c: &mut Criterion) {
     let secret = Secret::new(b"0123456789abcdef0123456789abcdef".to_vec());
     let body = fixture("rsa2_trade_success.form");
@@ -89,5 +50,5 @@ fn upstream_hmac(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, alipay, replay, upstream_hmac);
+criterion_group!(benches, alipay, upstream_hmac);
 criterion_main!(benches);

@@ -25,7 +25,10 @@ pub async fn handle<B>(state: Arc<State>, req: Request<B>) -> Response<Full<Byte
     }
     match path {
         "/metrics" => {
-            state.metrics.set_store_entries(state.store.entries());
+            match state.store.entries().await {
+                Ok(n) => state.metrics.set_store_entries(n),
+                Err(_) => state.metrics.store_error("entries"),
+            }
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.render())));
             r.headers_mut().insert(
                 CONTENT_TYPE,

@@ -115,10 +115,12 @@ pub enum ConfigError {
     RulesDir { dir: String, reason: String },
     #[error("replay.store `{value}` is neither \"memory\" nor a redis://host:port/db URL")]
     Store { value: String },
-    #[error(
-        "replay.store `{value}`: the Redis store is not built into this version; use \"memory\""
-    )]
-    StoreUnsupported { value: String },
+    #[error("replay.store `{value}`: {reason}")]
+    StoreUrl { value: String, reason: String },
+    #[error("replay.tls_ca `{file}`: {reason}")]
+    StoreCa { file: String, reason: String },
+    #[error("journal.dir `{dir}`: {reason}")]
+    JournalDir { dir: String, reason: String },
     #[error("{field} must be greater than zero")]
     Zero { field: &'static str },
 }
@@ -163,6 +165,8 @@ struct GatewayFile {
     replay: ReplayFile,
     #[serde(default)]
     limits: LimitsFile,
+    #[serde(default)]
+    journal: JournalFile,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,6 +192,9 @@ struct ReplayFile {
     ttl: Spanned<Dur>,
     #[serde(default = "default_max_entries")]
     max_entries: Spanned<u64>,
+    #[serde(default = "default_store_timeout")]
+    timeout: Spanned<Dur>,
+    tls_ca: Option<Spanned<String>>,
 }
 
 impl Default for ReplayFile {
@@ -196,8 +203,60 @@ impl Default for ReplayFile {
             store: default_store(),
             ttl: default_ttl(),
             max_entries: default_max_entries(),
+            timeout: default_store_timeout(),
+            tls_ca: None,
         }
     }
+}
+
+fn default_store_timeout() -> Spanned<Dur> {
+    Spanned::new(0..0, Dur(Duration::from_secs(1)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JournalFile {
+    #[serde(default = "default_true")]
+    enabled: bool,
+    #[serde(default = "default_journal_dir")]
+    dir: Spanned<String>,
+    #[serde(default)]
+    fsync: crate::journal::Fsync,
+    #[serde(default = "default_journal_file_bytes")]
+    max_file_bytes: Spanned<u64>,
+    #[serde(default = "default_journal_files")]
+    max_files: Spanned<u64>,
+    #[serde(default = "default_journal_file_age")]
+    max_file_age: Spanned<Dur>,
+}
+
+impl Default for JournalFile {
+    fn default() -> Self {
+        JournalFile {
+            enabled: true,
+            dir: default_journal_dir(),
+            fsync: crate::journal::Fsync::default(),
+            max_file_bytes: default_journal_file_bytes(),
+            max_files: default_journal_files(),
+            max_file_age: default_journal_file_age(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_journal_dir() -> Spanned<String> {
+    Spanned::new(0..0, "journal".to_owned())
+}
+fn default_journal_file_bytes() -> Spanned<u64> {
+    Spanned::new(0..0, 64 << 20)
+}
+fn default_journal_files() -> Spanned<u64> {
+    Spanned::new(0..0, 16)
+}
+fn default_journal_file_age() -> Spanned<Dur> {
+    Spanned::new(0..0, Dur(Duration::from_secs(24 * 3600)))
 }
 
 fn default_store() -> Spanned<String> {
@@ -278,6 +337,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     pub replay: ReplayConfig,
     pub limits: Limits,
+    /// The delivery journal; `None` when disabled.
+    pub journal: Option<crate::journal::JournalConfig>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Arc<[IpNet]>,
 }
@@ -299,9 +360,20 @@ impl fmt::Debug for Tls {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreKind {
     Memory,
+    /// `redis://` or `rediss://` URL (may hold a password: never printed).
+    Redis(String),
+}
+
+impl fmt::Debug for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreKind::Memory => f.write_str("Memory"),
+            StoreKind::Redis(url) => write!(f, "Redis({})", crate::replay::redact_url(url)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,6 +383,10 @@ pub struct ReplayConfig {
     pub ttl: Duration,
     /// Bound on remembered entries in the memory store.
     pub max_entries: u64,
+    /// Bound on each Redis command (and connection attempt).
+    pub timeout: Duration,
+    /// PEM CA bundle trusted for `rediss://` instead of the system roots.
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 /// Limits applied per connection and per request.
@@ -329,6 +405,9 @@ pub struct Limits {
 pub struct Loaded {
     pub config: Config,
     pub rules: RuleSet,
+    /// Valid but risky settings, printed by `check` and logged at start, as
+    /// `PATH:LINE: warning: message`.
+    pub warnings: Vec<String>,
 }
 
 /// Loads and validates the gateway file and every rule file it points to.
@@ -338,9 +417,14 @@ pub fn load(gateway_file: &Path) -> Result<Loaded, LoadErrors> {
     let Some(config) = config else {
         return Err(LoadErrors(problems));
     };
-    let rules = crate::rules::load_dir(&config, &mut problems);
+    let mut warnings = Vec::new();
+    let rules = crate::rules::load_dir(&config, &mut problems, &mut warnings);
     if problems.is_empty() {
-        Ok(Loaded { config, rules })
+        Ok(Loaded {
+            config,
+            rules,
+            warnings,
+        })
     } else {
         Err(LoadErrors(problems))
     }
@@ -488,20 +572,85 @@ fn compile_gateway(file: &Path, problems: &mut Vec<Problem>) -> Option<Config> {
     let store = if store_value == "memory" {
         Some(StoreKind::Memory)
     } else if store_value.starts_with("redis://") || store_value.starts_with("rediss://") {
-        problems.push(at(
-            line(raw.replay.store.span()),
-            ConfigError::StoreUnsupported {
-                value: store_value.clone(),
-            },
-        ));
-        None
+        match redis::Client::open(store_value.as_str()) {
+            Ok(_) => Some(StoreKind::Redis(store_value.clone())),
+            Err(e) => {
+                problems.push(at(
+                    line(raw.replay.store.span()),
+                    ConfigError::StoreUrl {
+                        value: crate::replay::redact_url(store_value),
+                        reason: e.to_string(),
+                    },
+                ));
+                None
+            }
+        }
     } else {
         problems.push(at(
             line(raw.replay.store.span()),
             ConfigError::Store {
-                value: store_value.clone(),
+                value: crate::replay::redact_url(store_value),
             },
         ));
+        None
+    };
+
+    let tls_ca = match &raw.replay.tls_ca {
+        None => None,
+        Some(ca) => {
+            let path = resolve(&dir, ca.get_ref());
+            let err = |reason: String| {
+                at(
+                    line(ca.span()),
+                    ConfigError::StoreCa {
+                        file: ca.get_ref().clone(),
+                        reason,
+                    },
+                )
+            };
+            match std::fs::read(&path) {
+                Ok(pem) if !store_value.starts_with("rediss://") => {
+                    let _ = pem;
+                    problems.push(err("only used with a rediss:// store".to_owned()));
+                    None
+                }
+                Ok(pem)
+                    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") =>
+                {
+                    problems.push(err(
+                        "no -----BEGIN CERTIFICATE----- block in the file".to_owned()
+                    ));
+                    None
+                }
+                Ok(pem) => Some(pem),
+                Err(e) => {
+                    problems.push(err(format!("cannot read: {}", io_reason(&e))));
+                    None
+                }
+            }
+        }
+    };
+
+    let j = &raw.journal;
+    let journal = if j.enabled {
+        let dir = resolve(&dir, j.dir.get_ref());
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            problems.push(at(
+                line(j.dir.span()),
+                ConfigError::JournalDir {
+                    dir: j.dir.get_ref().clone(),
+                    reason: io_reason(&e),
+                },
+            ));
+        }
+        Some(crate::journal::JournalConfig {
+            dir,
+            fsync: j.fsync,
+            max_file_bytes: *j.max_file_bytes.get_ref(),
+            max_files: usize::try_from(*j.max_files.get_ref()).unwrap_or(usize::MAX),
+            max_file_age: j.max_file_age.get_ref().0,
+        })
+    } else {
         None
     };
 
@@ -545,7 +694,10 @@ fn compile_gateway(file: &Path, problems: &mut Vec<Problem>) -> Option<Config> {
             store: store.unwrap_or(StoreKind::Memory),
             ttl: r.ttl.get_ref().0,
             max_entries: *r.max_entries.get_ref(),
+            timeout: r.timeout.get_ref().0,
+            tls_ca,
         },
+        journal,
         limits: Limits {
             max_body_bytes: *l.max_body_bytes.get_ref(),
             header_timeout: l.header_timeout.get_ref().0,

@@ -323,6 +323,11 @@ pub fn signature(secret: &Secret, t: i64, body: &[u8]) -> String {
     format!("t={t},v1={}", hex::encode(ctx.sign().as_ref()))
 }
 
+/// Whether a platform request header is passed on to the upstream.
+pub fn passes(name: &HeaderName) -> bool {
+    !is_dropped(name)
+}
+
 /// Headers never copied from the platform's request.
 fn is_dropped(name: &HeaderName) -> bool {
     const DROPPED: [&str; 14] = [

@@ -34,6 +34,7 @@ pub mod allow;
 pub mod body;
 pub mod config;
 pub mod forward;
+pub mod journal;
 pub mod metrics;
 pub mod normalize;
 pub mod pipeline;

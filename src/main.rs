@@ -33,6 +33,47 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Debug, clap::Args)]
+struct JournalFilter {
+    /// Gateway file (its [journal] dir and rules are used).
+    #[arg(short = 'c', long = "config", default_value = "callgate.toml")]
+    config: PathBuf,
+    /// Only this route.
+    #[arg(long)]
+    route: Option<String>,
+    /// Only arrivals that ended with this outcome (`forwarded`,
+    /// `upstream_error`, ..., or `unfinished` for no recorded outcome).
+    #[arg(long)]
+    outcome: Option<String>,
+    /// Only arrivals since this RFC 3339 time, or this long ago (`24h`).
+    #[arg(long)]
+    since: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum JournalCommand {
+    /// Show what arrived and how each delivery ended, oldest first.
+    List {
+        #[command(flatten)]
+        filter: JournalFilter,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send journaled events that were never delivered to their upstream
+    /// again (verified again first; events already delivered are skipped).
+    Redeliver {
+        #[command(flatten)]
+        filter: JournalFilter,
+        /// Only this event id.
+        #[arg(long)]
+        event_id: Option<String>,
+        /// Show what would be sent, send nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve with a gateway file (the default command).
@@ -49,12 +90,20 @@ enum Command {
     },
     /// Print a signed sample notification for testing a deployment.
     Sign(callgate::sign::SignArgs),
+    /// Inspect the delivery journal, or redeliver from it.
+    Journal {
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
     /// Print version and build information.
     Version,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The one TLS provider for every rustls user in the process (Redis over
+    // rediss:// included): aws-lc-rs.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command.unwrap_or(Command::Run {
         config: PathBuf::from("callgate.toml"),
     }) {
@@ -64,6 +113,9 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => match callgate::config::load(&config) {
             Ok(loaded) => {
+                for w in &loaded.warnings {
+                    eprintln!("{w}");
+                }
                 println!("ok: {} routes", loaded.rules.len());
                 ExitCode::SUCCESS
             }
@@ -89,7 +141,198 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(&config, cli.log_format),
+        Command::Journal { command } => journal(command),
     }
+}
+
+fn journal(command: JournalCommand) -> ExitCode {
+    let filter = match &command {
+        JournalCommand::List { filter, .. } | JournalCommand::Redeliver { filter, .. } => filter,
+    };
+    let loaded = match callgate::config::load(&filter.config) {
+        Ok(l) => l,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(jc) = loaded.config.journal.clone() else {
+        eprintln!(
+            "callgate journal: the journal is disabled in {}",
+            filter.config.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let now = callgate::replay::unix_now();
+    let since = match filter
+        .since
+        .as_deref()
+        .map(|s| callgate::journal::parse_since(s, now))
+    {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            eprintln!("callgate journal: --since {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (arrivals, redeliveries) = match callgate::journal::arrivals(&jc.dir) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("callgate journal: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome_of = |a: &callgate::journal::Arrival| {
+        a.outcome
+            .as_ref()
+            .map_or("unfinished".to_owned(), |o| o.outcome.clone())
+    };
+    let selected: Vec<&callgate::journal::Arrival> = arrivals
+        .iter()
+        .filter(|a| {
+            filter
+                .route
+                .as_deref()
+                .is_none_or(|r| a.received.route == r)
+        })
+        .filter(|a| filter.outcome.as_deref().is_none_or(|o| outcome_of(a) == o))
+        .filter(|a| since.is_none_or(|t| a.received.unix >= t))
+        .collect();
+    match command {
+        JournalCommand::List { json, .. } => {
+            if !json {
+                println!(
+                    "{:<20} {:<16} {:<10} {:<36} {:<14} CLIENT",
+                    "TIME (UTC)", "ROUTE", "PROVIDER", "EVENT ID", "OUTCOME"
+                );
+            }
+            for a in selected {
+                let r = &a.received;
+                if json {
+                    let v = serde_json::json!({
+                        "unix": r.unix, "route": r.route, "provider": r.provider, "event_id": r.event_id,
+                        "client": r.client, "outcome": outcome_of(a),
+                        "status": a.outcome.as_ref().map(|o| o.status),
+                    });
+                    println!("{v}");
+                } else {
+                    let t = chrono::DateTime::from_timestamp(r.unix, 0)
+                        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                        .unwrap_or_default();
+                    println!(
+                        "{t:<20} {:<16} {:<10} {:<36} {:<14} {}",
+                        r.route,
+                        r.provider,
+                        r.event_id,
+                        outcome_of(a),
+                        r.client
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        JournalCommand::Redeliver {
+            event_id,
+            dry_run,
+            filter,
+        } => {
+            if event_id.is_none()
+                && filter.route.is_none()
+                && filter.outcome.is_none()
+                && filter.since.is_none()
+            {
+                eprintln!(
+                    "callgate journal redeliver: give --event-id, or at least one of --route, --outcome, --since"
+                );
+                return ExitCode::FAILURE;
+            }
+            let delivered = callgate::journal::delivered_events(&arrivals, &redeliveries);
+            // The latest arrival of each selected event.
+            let mut latest: Vec<&callgate::journal::Received> = Vec::new();
+            for a in selected.iter().rev() {
+                let r = &a.received;
+                if event_id.as_deref().is_some_and(|id| r.event_id != id) {
+                    continue;
+                }
+                if !latest
+                    .iter()
+                    .any(|l| l.route == r.route && l.event_id == r.event_id)
+                {
+                    latest.push(r);
+                }
+            }
+            latest.reverse();
+            if latest.is_empty() {
+                eprintln!("callgate journal redeliver: no journaled arrival matches");
+                return ExitCode::FAILURE;
+            }
+            redeliver(&loaded, latest, &delivered, dry_run)
+        }
+    }
+}
+
+fn redeliver(
+    loaded: &callgate::config::Loaded,
+    events: Vec<&callgate::journal::Received>,
+    delivered: &std::collections::HashSet<(String, String)>,
+    dry_run: bool,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("callgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let state = match callgate::server::build_state(
+            &loaded.config,
+            loaded.rules.clone(),
+            callgate::forward::default_client(),
+            "redeliver",
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("callgate journal redeliver: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut failed = 0;
+        for r in events {
+            let label = format!("{} {}", r.route, r.event_id);
+            if delivered.contains(&(r.route.clone(), r.event_id.clone())) {
+                println!("{label}: already delivered, skipped");
+                continue;
+            }
+            if dry_run {
+                println!("{label}: would redeliver");
+                continue;
+            }
+            match callgate::pipeline::redeliver(&state, r).await {
+                Ok(outcome) if outcome.is_success() => println!("{label}: {}", outcome.as_str()),
+                Ok(outcome) => {
+                    failed += 1;
+                    println!("{label}: {} (not delivered)", outcome.as_str());
+                }
+                Err(e) => {
+                    failed += 1;
+                    println!("{label}: {e}");
+                }
+            }
+        }
+        if let Some(j) = &state.journal {
+            j.flush().await;
+        }
+        if failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
 }
 
 fn args_is_curl(args: &callgate::sign::SignArgs) -> bool {

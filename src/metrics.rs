@@ -26,6 +26,8 @@ pub struct Metrics {
     reloads: IntCounterVec,
     loaded_routes: IntGauge,
     store_entries: IntGauge,
+    store_errors: IntCounterVec,
+    journal_errors: prometheus::IntCounter,
     last_reload: IntGauge,
 }
 
@@ -73,6 +75,17 @@ impl Metrics {
             "callgate_replay_store_entries",
             "Event ids and nonces remembered by the replay store.",
         )?;
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "callgate_replay_store_errors_total",
+                "Replay store operations that failed, by operation.",
+            ),
+            &["op"],
+        )?;
+        let journal_errors = prometheus::IntCounter::new(
+            "callgate_journal_write_errors_total",
+            "Journal writes that failed (the notification was refused with 503).",
+        )?;
         let last_reload = IntGauge::new(
             "callgate_rules_last_reload_success_timestamp_seconds",
             "Unix time the live rule set was loaded.",
@@ -84,6 +97,13 @@ impl Metrics {
         registry.register(Box::new(loaded_routes.clone()))?;
         registry.register(Box::new(store_entries.clone()))?;
         registry.register(Box::new(last_reload.clone()))?;
+        registry.register(Box::new(store_errors.clone()))?;
+        registry.register(Box::new(journal_errors.clone()))?;
+        for op in [
+            "claim", "confirm", "release", "remember", "forget", "ping", "entries",
+        ] {
+            store_errors.with_label_values(&[op]);
+        }
         for result in ["ok", "error"] {
             reloads.with_label_values(&[result]);
         }
@@ -95,6 +115,8 @@ impl Metrics {
             reloads,
             loaded_routes,
             store_entries,
+            store_errors,
+            journal_errors,
             last_reload,
         })
     }
@@ -137,6 +159,15 @@ impl Metrics {
         self.upstream_duration
             .with_label_values(&[route])
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts a failed replay store operation (`op` from a fixed set).
+    pub fn store_error(&self, op: &'static str) {
+        self.store_errors.with_label_values(&[op]).inc();
+    }
+
+    pub fn journal_error(&self) {
+        self.journal_errors.inc();
     }
 
     pub fn set_store_entries(&self, n: u64) {

@@ -19,9 +19,11 @@ use hyper::body::Incoming;
 
 use crate::ack::{self, Outcome};
 use crate::forward::{self, Delivery, ForwardMode, HttpClient};
+use crate::journal::{self, Journal, OutcomeRecord, Record};
 use crate::metrics::Metrics;
-use crate::replay::{self, Claim, Key, ReplayStore};
-use crate::rules::{Route, RuleSet};
+use crate::provider::Verified;
+use crate::replay::{self, Claim, Key, ReplayStore, Token};
+use crate::rules::{OnStoreError, Route, RuleSet};
 use crate::{allow, body, normalize};
 
 /// Everything a request needs, shared by all connections. Built in `main`
@@ -35,6 +37,8 @@ pub struct State {
     pub metrics: Metrics,
     /// How long a delivered event is remembered (`replay.ttl`).
     pub replay_ttl: Duration,
+    /// The delivery journal, when enabled.
+    pub journal: Option<Journal>,
     /// Set once SIGTERM starts the drain; `/readyz` turns 503.
     pub draining: AtomicBool,
 }
@@ -46,6 +50,7 @@ impl State {
         client: HttpClient,
         metrics: Metrics,
         replay_ttl: Duration,
+        journal: Option<Journal>,
     ) -> State {
         metrics.rules_loaded(&rules, replay::unix_now());
         State {
@@ -54,6 +59,7 @@ impl State {
             client,
             metrics,
             replay_ttl,
+            journal,
             draining: AtomicBool::new(false),
         }
     }
@@ -152,21 +158,70 @@ async fn flow(
 
     let key = Key::event(&route.name, &verified);
     let in_flight_ttl = limits.upstream_timeout + Duration::from_secs(30);
-    let token = match state
-        .store
-        .claim(key, in_flight_ttl)
-        .await
-        .map_err(|e| ctx.reject(Outcome::StoreUnavailable, e))?
-    {
-        Claim::New(token) => token,
-        Claim::InFlight => return Err(Outcome::InFlight),
-        Claim::Delivered => return Err(Outcome::Duplicate),
+    let token = match state.store.claim(&key, in_flight_ttl).await {
+        Ok(Claim::New(token)) => Some(token),
+        Ok(Claim::InFlight) => return Err(Outcome::InFlight),
+        Ok(Claim::Delivered) => return Err(Outcome::Duplicate),
+        Err(e) => {
+            state.metrics.store_error("claim");
+            if route.on_store_error == OnStoreError::Closed {
+                return Err(ctx.reject(Outcome::StoreUnavailable, e));
+            }
+            tracing::warn!(route = %route.name, event_id = verified.event_id(), error = %e,
+                "replay store down: forwarding WITHOUT replay protection (on_store_error = \"open\")");
+            None
+        }
     };
 
+    let rid = journal::new_rid();
+    if let Some(j) = &state.journal {
+        let record = Record::Received(received_record(
+            &rid,
+            now,
+            &route,
+            &verified,
+            client,
+            &parts.headers,
+            &bytes,
+        ));
+        if let Err(e) = j.append(&record, true).await {
+            state.metrics.journal_error();
+            release(state, &route, &key, token).await;
+            return Err(ctx.reject(Outcome::StoreUnavailable, e));
+        }
+    }
+
+    let result = deliver(state, &route, &verified, client, &parts.headers, bytes, now).await;
+    let outcome = match &result {
+        Ok(()) => {
+            confirm(state, &route, &key, token).await;
+            Outcome::Forwarded
+        }
+        Err(e) => {
+            release(state, &route, &key, token).await;
+            e.outcome()
+        }
+    };
+    record_outcome(state, rid, &route, &verified, outcome, false).await;
+    result
+        .map(|()| Outcome::Forwarded)
+        .map_err(|e| ctx.reject(e.outcome(), e))
+}
+
+/// Forwards a verified notification and times the upstream.
+async fn deliver(
+    state: &State,
+    route: &Route,
+    verified: &Verified,
+    client: IpAddr,
+    incoming: &http::HeaderMap,
+    bytes: Bytes,
+    now: i64,
+) -> Result<(), forward::ForwardError> {
     let (body, content_type) = match route.forward {
         ForwardMode::Original => (bytes, None),
         ForwardMode::Normalized => (
-            Bytes::from(normalize::normalize(&verified)),
+            Bytes::from(normalize::normalize(verified)),
             Some("application/json"),
         ),
     };
@@ -175,7 +230,7 @@ async fn flow(
         route: &route.name,
         event_id: verified.event_id(),
         client_ip: client,
-        incoming: &parts.headers,
+        incoming,
         content_type,
         body,
         now,
@@ -183,23 +238,175 @@ async fn flow(
     let sent = Instant::now();
     let result = forward::forward(&state.client, &route.upstream, delivery).await;
     state.metrics.upstream(&route.name, sent.elapsed());
-    match result {
-        Ok(_) => {
-            if let Err(e) = state.store.confirm(key, token, state.replay_ttl).await {
-                // Delivered, but a platform retry may be forwarded again.
-                tracing::error!(route = %route.name, event_id = verified.event_id(), error = %e,
-                    "delivered, but the replay store did not record it");
-            }
-            Ok(Outcome::Forwarded)
+    result.map(|_| ())
+}
+
+async fn confirm(state: &State, route: &Route, key: &Key, token: Option<Token>) {
+    let Some(token) = token else { return };
+    if let Err(e) = state.store.confirm(key, token, state.replay_ttl).await {
+        state.metrics.store_error("confirm");
+        // Delivered, but a platform retry may be forwarded again.
+        tracing::error!(route = %route.name, error = %e, "delivered, but the replay store did not record it");
+    }
+}
+
+async fn release(state: &State, route: &Route, key: &Key, token: Option<Token>) {
+    let Some(token) = token else { return };
+    if let Err(e) = state.store.release(key, token).await {
+        state.metrics.store_error("release");
+        tracing::error!(route = %route.name, error = %e, "could not release the claim; the retry waits for it to lapse");
+    }
+}
+
+/// Journals how a delivery ended (waits only under `fsync = "always"`).
+async fn record_outcome(
+    state: &State,
+    rid: String,
+    route: &Route,
+    verified: &Verified,
+    outcome: Outcome,
+    redelivery: bool,
+) {
+    let Some(j) = &state.journal else { return };
+    let record = Record::Outcome(OutcomeRecord {
+        rid,
+        unix: replay::unix_now(),
+        route: route.name.to_string(),
+        event_id: verified.event_id().to_owned(),
+        outcome: outcome.as_str().to_owned(),
+        status: outcome.status().as_u16(),
+        redelivery,
+    });
+    // A redelivery's outcome is what keeps the next redelivery idempotent.
+    if let Err(e) = j.append(&record, redelivery || j.outcomes_durable()).await {
+        state.metrics.journal_error();
+        tracing::error!(route = %route.name, event_id = verified.event_id(), error = %e, "could not journal the outcome");
+    }
+}
+
+fn received_record(
+    rid: &str,
+    now: i64,
+    route: &Route,
+    verified: &Verified,
+    client: IpAddr,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> journal::Received {
+    use base64::Engine as _;
+    journal::Received {
+        rid: rid.to_owned(),
+        unix: now,
+        route: route.name.to_string(),
+        provider: route.kind().as_str().to_owned(),
+        event_id: verified.event_id().to_owned(),
+        client: client.to_string(),
+        headers: headers
+            .iter()
+            .filter(|(name, _)| {
+                forward::passes(name)
+                    && *name != http::header::COOKIE
+                    && *name != http::header::AUTHORIZATION
+            })
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            })
+            .collect(),
+        body: base64::engine::general_purpose::STANDARD.encode(body),
+    }
+}
+
+// === redelivery ===
+
+/// Why a journaled notification could not be redelivered.
+#[derive(Debug, thiserror::Error)]
+pub enum RedeliverError {
+    #[error("route `{0}` is no longer configured")]
+    NoRoute(String),
+    #[error("the journal record is damaged: {0}")]
+    Damaged(String),
+    #[error("the journal record no longer verifies with the route's keys: {0}")]
+    Verify(String),
+}
+
+/// Sends a journaled notification to its route's upstream again. The
+/// signature is verified again with the current keys (a journal file is not
+/// trusted on its own); freshness is not checked, since redelivery happens
+/// after the platform gave up. The replay store is claimed as usual, so an
+/// event already delivered is not sent twice.
+pub async fn redeliver(state: &State, rec: &journal::Received) -> Result<Outcome, RedeliverError> {
+    use base64::Engine as _;
+    let rules = state.rules.load_full();
+    let route = rules
+        .routes()
+        .find(|r| *r.name == *rec.route)
+        .cloned()
+        .ok_or_else(|| RedeliverError::NoRoute(rec.route.clone()))?;
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in &rec.headers {
+        let name = http::header::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|e| RedeliverError::Damaged(e.to_string()))?;
+        let value =
+            http::HeaderValue::from_str(v).map_err(|e| RedeliverError::Damaged(e.to_string()))?;
+        headers.append(name, value);
+    }
+    let body = Bytes::from(
+        base64::engine::general_purpose::STANDARD
+            .decode(&rec.body)
+            .map_err(|e| RedeliverError::Damaged(e.to_string()))?,
+    );
+    let client: IpAddr = rec
+        .client
+        .parse()
+        .map_err(|_| RedeliverError::Damaged("client address".into()))?;
+    let payload = body::parse(route.provider.format(), &headers, &body)
+        .map_err(|e| RedeliverError::Verify(e.to_string()))?;
+    let verified = route
+        .provider
+        .verify(&headers, &payload)
+        .map_err(|e| RedeliverError::Verify(e.to_string()))?;
+    if verified.event_id() != rec.event_id {
+        return Err(RedeliverError::Damaged(
+            "event id does not match the body".into(),
+        ));
+    }
+    let key = Key::event(&route.name, &verified);
+    let token = match state
+        .store
+        .claim(
+            &key,
+            rules.limits.upstream_timeout + Duration::from_secs(30),
+        )
+        .await
+    {
+        Ok(Claim::New(t)) => t,
+        Ok(Claim::InFlight) => return Ok(Outcome::InFlight),
+        Ok(Claim::Delivered) => return Ok(Outcome::Duplicate),
+        Err(_) => return Ok(Outcome::StoreUnavailable),
+    };
+    let result = deliver(
+        state,
+        &route,
+        &verified,
+        client,
+        &headers,
+        body,
+        replay::unix_now(),
+    )
+    .await;
+    let outcome = match &result {
+        Ok(()) => {
+            confirm(state, &route, &key, Some(token)).await;
+            Outcome::Forwarded
         }
         Err(e) => {
-            if let Err(se) = state.store.release(key, token).await {
-                tracing::error!(route = %route.name, event_id = verified.event_id(), error = %se,
-                    "could not release the claim; the retry waits for it to lapse");
-            }
-            Err(ctx.reject(e.outcome(), e))
+            release(state, &route, &key, Some(token)).await;
+            tracing::warn!(route = %route.name, event_id = %rec.event_id, error = %e, "redelivery failed");
+            e.outcome()
         }
-    }
+    };
+    record_outcome(state, journal::new_rid(), &route, &verified, outcome, true).await;
+    Ok(outcome)
 }
 
 /// Writes the request's one log line and records its metrics.

@@ -81,29 +81,52 @@ pub enum KeyKind {
     Nonce,
 }
 
-/// A fixed-size, route-namespaced key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Key([u8; 16]);
+impl KeyKind {
+    fn tag(self) -> &'static str {
+        match self {
+            KeyKind::Event => "ev",
+            KeyKind::Nonce => "nc",
+        }
+    }
+}
+
+/// A route-namespaced key. The digest (first 16 bytes of SHA-256 over
+/// route, kind and id) has a fixed size whatever the id; the memory store
+/// keys on it alone, Redis on `callgate:<route>:<kind>:<digest>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    route: Arc<str>,
+    kind: KeyKind,
+    digest: [u8; 16],
+}
 
 impl Key {
-    pub fn new(route: &str, kind: KeyKind, id: &str) -> Key {
+    pub fn new(route: &Arc<str>, kind: KeyKind, id: &str) -> Key {
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         ctx.update(route.as_bytes());
         ctx.update(&[0, kind as u8 + 1, 0]);
         ctx.update(id.as_bytes());
-        let digest = ctx.finish();
-        let mut k = [0u8; 16];
-        k.copy_from_slice(&digest.as_ref()[..16]);
-        Key(k)
+        let d = ctx.finish();
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&d.as_ref()[..16]);
+        Key {
+            route: route.clone(),
+            kind,
+            digest,
+        }
     }
 
     /// The key of a verified event on a route.
-    pub fn event(route: &str, verified: &Verified) -> Key {
+    pub fn event(route: &Arc<str>, verified: &Verified) -> Key {
         Key::new(route, KeyKind::Event, verified.event_id())
     }
 
     pub fn hex(&self) -> String {
-        hex::encode(self.0)
+        hex::encode(self.digest)
+    }
+
+    fn redis(&self) -> String {
+        format!("callgate:{}:{}:{}", self.route, self.kind.tag(), self.hex())
     }
 }
 
@@ -133,6 +156,7 @@ pub struct StoreError(pub String);
 #[derive(Clone)]
 pub enum ReplayStore {
     Memory(MemoryStore),
+    Redis(RedisStore),
 }
 
 impl ReplayStore {
@@ -142,36 +166,51 @@ impl ReplayStore {
 
     /// Claims `key` for forwarding; an unconfirmed claim lapses after
     /// `in_flight_ttl`.
-    pub async fn claim(&self, key: Key, in_flight_ttl: Duration) -> Result<Claim, StoreError> {
+    pub async fn claim(&self, key: &Key, in_flight_ttl: Duration) -> Result<Claim, StoreError> {
         match self {
             ReplayStore::Memory(m) => Ok(m.claim(key, in_flight_ttl)),
+            ReplayStore::Redis(r) => r.claim(key, in_flight_ttl).await,
         }
     }
 
     /// Records a successful delivery, remembered for `ttl`.
-    pub async fn confirm(&self, key: Key, token: Token, ttl: Duration) -> Result<(), StoreError> {
+    pub async fn confirm(&self, key: &Key, token: Token, ttl: Duration) -> Result<(), StoreError> {
         match self {
             ReplayStore::Memory(m) => {
                 m.confirm(key, token, ttl);
                 Ok(())
             }
+            ReplayStore::Redis(r) => r.confirm(key, token, ttl).await,
         }
     }
 
     /// Gives an unsuccessful claim back, so the next delivery is forwarded.
-    pub async fn release(&self, key: Key, token: Token) -> Result<(), StoreError> {
+    pub async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
         match self {
             ReplayStore::Memory(m) => {
                 m.release(key, token);
                 Ok(())
             }
+            ReplayStore::Redis(r) => r.release(key, token).await,
         }
     }
 
     /// Remembers a nonce for `ttl`; `false` if it was already there.
-    pub async fn remember(&self, key: Key, ttl: Duration) -> Result<bool, StoreError> {
+    pub async fn remember(&self, key: &Key, ttl: Duration) -> Result<bool, StoreError> {
         match self {
             ReplayStore::Memory(m) => Ok(m.remember(key, ttl)),
+            ReplayStore::Redis(r) => r.remember(key, ttl).await,
+        }
+    }
+
+    /// Forgets a key (a nonce whose delivery failed).
+    pub async fn forget(&self, key: &Key) -> Result<(), StoreError> {
+        match self {
+            ReplayStore::Memory(m) => {
+                m.cache.invalidate(&key.digest);
+                Ok(())
+            }
+            ReplayStore::Redis(r) => r.forget(key).await,
         }
     }
 
@@ -179,13 +218,30 @@ impl ReplayStore {
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             ReplayStore::Memory(_) => Ok(()),
+            ReplayStore::Redis(r) => r.ping().await,
         }
     }
 
-    /// Approximate number of remembered entries.
-    pub fn entries(&self) -> u64 {
+    /// Number of remembered entries (Redis: the size of its database).
+    pub async fn entries(&self) -> Result<u64, StoreError> {
         match self {
-            ReplayStore::Memory(m) => m.entries(),
+            ReplayStore::Memory(m) => Ok(m.entries()),
+            ReplayStore::Redis(r) => r.entries().await,
+        }
+    }
+
+    /// Remembers an event as delivered for `ttl` without a claim (journal
+    /// warm-up at start).
+    pub fn warm(&self, key: &Key, ttl: Duration) {
+        if let ReplayStore::Memory(m) = self {
+            m.cache.insert(key.digest, Entry::Delivered { ttl });
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReplayStore::Memory(_) => "memory",
+            ReplayStore::Redis(_) => "redis",
         }
     }
 }
@@ -208,14 +264,14 @@ impl Entry {
 
 struct PerEntryTtl;
 
-impl moka::Expiry<Key, Entry> for PerEntryTtl {
-    fn expire_after_create(&self, _: &Key, value: &Entry, _: Instant) -> Option<Duration> {
+impl moka::Expiry<[u8; 16], Entry> for PerEntryTtl {
+    fn expire_after_create(&self, _: &[u8; 16], value: &Entry, _: Instant) -> Option<Duration> {
         Some(value.ttl())
     }
 
     fn expire_after_update(
         &self,
-        _: &Key,
+        _: &[u8; 16],
         value: &Entry,
         _: Instant,
         _: Option<Duration>,
@@ -227,7 +283,7 @@ impl moka::Expiry<Key, Entry> for PerEntryTtl {
 /// The in-process store: a bounded moka cache with per-entry expiry.
 #[derive(Clone)]
 pub struct MemoryStore {
-    cache: Cache<Key, Entry>,
+    cache: Cache<[u8; 16], Entry>,
     next_token: Arc<AtomicU64>,
 }
 
@@ -242,12 +298,11 @@ impl MemoryStore {
         }
     }
 
-    fn claim(&self, key: Key, in_flight_ttl: Duration) -> Claim {
+    fn claim(&self, key: &Key, in_flight_ttl: Duration) -> Claim {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let mut answer = Claim::New(Token(token));
-        self.cache
-            .entry(key)
-            .and_compute_with(|current| match current.map(|e| e.into_value()) {
+        self.cache.entry(key.digest).and_compute_with(|current| {
+            match current.map(|e| e.into_value()) {
                 None | Some(Entry::Nonce { .. }) => Op::Put(Entry::InFlight {
                     token,
                     ttl: in_flight_ttl,
@@ -260,14 +315,14 @@ impl MemoryStore {
                     answer = Claim::Delivered;
                     Op::Nop
                 }
-            });
+            }
+        });
         answer
     }
 
-    fn confirm(&self, key: Key, token: Token, ttl: Duration) {
-        self.cache
-            .entry(key)
-            .and_compute_with(|current| match current.map(|e| e.into_value()) {
+    fn confirm(&self, key: &Key, token: Token, ttl: Duration) {
+        self.cache.entry(key.digest).and_compute_with(|current| {
+            match current.map(|e| e.into_value()) {
                 // Ours, or lapsed and not re-claimed: either way it was delivered.
                 Some(Entry::InFlight { token: t, .. }) if t == token.0 => {
                     Op::Put(Entry::Delivered { ttl })
@@ -275,22 +330,23 @@ impl MemoryStore {
                 None => Op::Put(Entry::Delivered { ttl }),
                 // Someone else re-claimed after ours lapsed; they will confirm.
                 _ => Op::Nop,
-            });
+            }
+        });
     }
 
-    fn release(&self, key: Key, token: Token) {
-        self.cache
-            .entry(key)
-            .and_compute_with(|current| match current.map(|e| e.into_value()) {
+    fn release(&self, key: &Key, token: Token) {
+        self.cache.entry(key.digest).and_compute_with(|current| {
+            match current.map(|e| e.into_value()) {
                 Some(Entry::InFlight { token: t, .. }) if t == token.0 => Op::Remove,
                 _ => Op::Nop,
-            });
+            }
+        });
     }
 
-    fn remember(&self, key: Key, ttl: Duration) -> bool {
+    fn remember(&self, key: &Key, ttl: Duration) -> bool {
         let entry = self
             .cache
-            .entry(key)
+            .entry(key.digest)
             .or_insert_with(|| Entry::Nonce { ttl });
         entry.is_fresh()
     }
@@ -301,6 +357,202 @@ impl MemoryStore {
     }
 }
 
+// === Redis ===
+
+/// Claim: returns the current value, or nil after taking the key.
+const CLAIM: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+";
+
+/// Confirm: our in-flight value, or a lapsed one, becomes delivered.
+const CONFIRM: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v == false or v == ARGV[1] then
+  redis.call('SET', KEYS[1], 'd', 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Release: delete only our own in-flight value.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// A Redis (or Redis-compatible) store shared by several gateways. One
+/// multiplexed connection per gateway, reconnected in the background after
+/// a failure; every command is bounded by the configured timeout. Values:
+/// `f:<instance>:<token>` while in flight, `d` once delivered, `n` for a
+/// nonce.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: redis::aio::ConnectionManager,
+    claim: Arc<redis::Script>,
+    confirm: Arc<redis::Script>,
+    release: Arc<redis::Script>,
+    instance: Arc<str>,
+    next_token: Arc<AtomicU64>,
+    /// The URL without its password, for messages.
+    shown: Arc<str>,
+}
+
+impl RedisStore {
+    /// Prepares the store without connecting: a gateway starts (and fails
+    /// closed) while Redis is down, and recovers when it returns.
+    pub fn new(
+        url: &str,
+        timeout: Duration,
+        tls_ca: Option<&[u8]>,
+    ) -> Result<RedisStore, StoreError> {
+        let client = match tls_ca {
+            None => redis::Client::open(url),
+            Some(pem) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.to_vec()),
+                },
+            ),
+        }
+        .map_err(|e| StoreError(format!("{}: {e}", redact_url(url))))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| StoreError(e.to_string()))?;
+        let mut id = [0u8; 6];
+        let _ = aws_lc_rs::rand::fill(&mut id);
+        Ok(RedisStore {
+            conn,
+            claim: Arc::new(redis::Script::new(CLAIM)),
+            confirm: Arc::new(redis::Script::new(CONFIRM)),
+            release: Arc::new(redis::Script::new(RELEASE)),
+            instance: hex::encode(id).into(),
+            next_token: Arc::new(AtomicU64::new(1)),
+            shown: redact_url(url).into(),
+        })
+    }
+
+    fn err(&self, e: redis::RedisError) -> StoreError {
+        StoreError(format!("{}: {}", self.shown, e))
+    }
+
+    fn value(&self, token: Token) -> String {
+        format!("f:{}:{}", self.instance, token.0)
+    }
+
+    async fn claim(&self, key: &Key, in_flight_ttl: Duration) -> Result<Claim, StoreError> {
+        let token = Token(self.next_token.fetch_add(1, Ordering::Relaxed));
+        let mut conn = self.conn.clone();
+        let current: Option<String> = self
+            .claim
+            .key(key.redis())
+            .arg(self.value(token))
+            .arg(millis(in_flight_ttl))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(match current.as_deref() {
+            None => Claim::New(token),
+            Some("d") => Claim::Delivered,
+            // In flight, or a nonce that happens to share the key: not ours.
+            Some(_) => Claim::InFlight,
+        })
+    }
+
+    async fn confirm(&self, key: &Key, token: Token, ttl: Duration) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .confirm
+            .key(key.redis())
+            .arg(self.value(token))
+            .arg(millis(ttl))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .release
+            .key(key.redis())
+            .arg(self.value(token))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn remember(&self, key: &Key, ttl: Duration) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(key.redis())
+            .arg("n")
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(set.is_some())
+    }
+
+    async fn forget(&self, key: &Key) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("DEL")
+            .arg(key.redis())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn entries(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("DBSIZE")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// `redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,30 +560,37 @@ mod tests {
     const IN_FLIGHT: Duration = Duration::from_secs(60);
     const TTL: Duration = Duration::from_secs(3600);
 
+    fn route(name: &str) -> Arc<str> {
+        Arc::from(name)
+    }
+
     fn key(id: &str) -> Key {
-        Key::new("route", KeyKind::Event, id)
+        Key::new(&route("route"), KeyKind::Event, id)
     }
 
     #[tokio::test]
     async fn claim_confirm_and_duplicate() {
         let s = ReplayStore::memory(100);
-        let Claim::New(t) = s.claim(key("a"), IN_FLIGHT).await.unwrap() else {
+        let Claim::New(t) = s.claim(&key("a"), IN_FLIGHT).await.unwrap() else {
             panic!("first claim must be new")
         };
-        assert_eq!(s.claim(key("a"), IN_FLIGHT).await.unwrap(), Claim::InFlight);
-        s.confirm(key("a"), t, TTL).await.unwrap();
         assert_eq!(
-            s.claim(key("a"), IN_FLIGHT).await.unwrap(),
+            s.claim(&key("a"), IN_FLIGHT).await.unwrap(),
+            Claim::InFlight
+        );
+        s.confirm(&key("a"), t, TTL).await.unwrap();
+        assert_eq!(
+            s.claim(&key("a"), IN_FLIGHT).await.unwrap(),
             Claim::Delivered
         );
         // Other ids and other routes are independent.
         assert!(matches!(
-            s.claim(key("b"), IN_FLIGHT).await.unwrap(),
+            s.claim(&key("b"), IN_FLIGHT).await.unwrap(),
             Claim::New(_)
         ));
-        let other_route = Key::new("other", KeyKind::Event, "a");
+        let other_route = Key::new(&route("other"), KeyKind::Event, "a");
         assert!(matches!(
-            s.claim(other_route, IN_FLIGHT).await.unwrap(),
+            s.claim(&other_route, IN_FLIGHT).await.unwrap(),
             Claim::New(_)
         ));
     }
@@ -339,12 +598,12 @@ mod tests {
     #[tokio::test]
     async fn release_lets_the_retry_through() {
         let s = ReplayStore::memory(100);
-        let Claim::New(t) = s.claim(key("a"), IN_FLIGHT).await.unwrap() else {
+        let Claim::New(t) = s.claim(&key("a"), IN_FLIGHT).await.unwrap() else {
             panic!()
         };
-        s.release(key("a"), t).await.unwrap();
+        s.release(&key("a"), t).await.unwrap();
         assert!(matches!(
-            s.claim(key("a"), IN_FLIGHT).await.unwrap(),
+            s.claim(&key("a"), IN_FLIGHT).await.unwrap(),
             Claim::New(_)
         ));
     }
@@ -352,15 +611,18 @@ mod tests {
     #[tokio::test]
     async fn a_stale_token_cannot_release_someone_elses_claim() {
         let s = ReplayStore::memory(100);
-        let Claim::New(old) = s.claim(key("a"), IN_FLIGHT).await.unwrap() else {
+        let Claim::New(old) = s.claim(&key("a"), IN_FLIGHT).await.unwrap() else {
             panic!()
         };
-        s.release(key("a"), old).await.unwrap();
-        let Claim::New(_new) = s.claim(key("a"), IN_FLIGHT).await.unwrap() else {
+        s.release(&key("a"), old).await.unwrap();
+        let Claim::New(_new) = s.claim(&key("a"), IN_FLIGHT).await.unwrap() else {
             panic!()
         };
-        s.release(key("a"), old).await.unwrap();
-        assert_eq!(s.claim(key("a"), IN_FLIGHT).await.unwrap(), Claim::InFlight);
+        s.release(&key("a"), old).await.unwrap();
+        assert_eq!(
+            s.claim(&key("a"), IN_FLIGHT).await.unwrap(),
+            Claim::InFlight
+        );
     }
 
     #[tokio::test]
@@ -370,7 +632,7 @@ mod tests {
         for _ in 0..32 {
             let s = s.clone();
             handles.push(tokio::spawn(async move {
-                s.claim(key("x"), IN_FLIGHT).await.unwrap()
+                s.claim(&key("x"), IN_FLIGHT).await.unwrap()
             }));
         }
         let mut new = 0;
@@ -383,35 +645,55 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn nonces_are_remembered_once() {
+    async fn nonces_are_remembered_once_until_forgotten() {
         let s = ReplayStore::memory(100);
-        let n = Key::new("route", KeyKind::Nonce, "abc");
-        assert!(s.remember(n, TTL).await.unwrap());
-        assert!(!s.remember(n, TTL).await.unwrap());
+        let n = Key::new(&route("route"), KeyKind::Nonce, "abc");
+        assert!(s.remember(&n, TTL).await.unwrap());
+        assert!(!s.remember(&n, TTL).await.unwrap());
+        s.forget(&n).await.unwrap();
+        assert!(s.remember(&n, TTL).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn warmed_events_are_duplicates() {
+        let s = ReplayStore::memory(100);
+        s.warm(&key("w"), TTL);
+        assert_eq!(
+            s.claim(&key("w"), IN_FLIGHT).await.unwrap(),
+            Claim::Delivered
+        );
     }
 
     #[test]
     fn store_is_bounded() {
         let m = MemoryStore::new(1000);
         for i in 0..20_000 {
-            m.remember(Key::new("r", KeyKind::Nonce, &i.to_string()), TTL);
+            m.remember(&Key::new(&route("r"), KeyKind::Nonce, &i.to_string()), TTL);
         }
         assert!(m.entries() <= 1000, "{}", m.entries());
     }
 
     #[test]
     fn keys_are_namespaced() {
-        assert_ne!(
-            Key::new("a", KeyKind::Event, "1"),
-            Key::new("a", KeyKind::Nonce, "1")
+        let (a, b, ab) = (route("a"), route("b"), route("ab"));
+        let d = |r: &Arc<str>, k, id| Key::new(r, k, id).digest;
+        assert_ne!(d(&a, KeyKind::Event, "1"), d(&a, KeyKind::Nonce, "1"));
+        assert_ne!(d(&a, KeyKind::Event, "1"), d(&b, KeyKind::Event, "1"));
+        assert_ne!(d(&ab, KeyKind::Event, "c"), d(&a, KeyKind::Event, "bc"));
+        let k = Key::new(&a, KeyKind::Event, "1");
+        assert_eq!(k.redis(), format!("callgate:a:ev:{}", k.hex()));
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("redis://:hunter2@127.0.0.1:6379/0"),
+            "redis://:***@127.0.0.1:6379/0"
         );
-        assert_ne!(
-            Key::new("a", KeyKind::Event, "1"),
-            Key::new("b", KeyKind::Event, "1")
-        );
-        assert_ne!(
-            Key::new("ab", KeyKind::Event, "c"),
-            Key::new("a", KeyKind::Event, "bc")
+        assert_eq!(redact_url("rediss://u:p@h:1/2"), "rediss://u:***@h:1/2");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
         );
     }
 }

@@ -109,6 +109,21 @@ pub struct RouteFile {
     pub max_age: Option<Spanned<Dur>>,
     /// When set, an upstream 2xx must also contain these bytes.
     pub success_body: Option<Spanned<String>>,
+    /// `closed` (default): store down → 503; `open`: forward without replay
+    /// protection while the store is down.
+    #[serde(default)]
+    pub on_store_error: OnStoreError,
+}
+
+/// What a route does when the replay store cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Refuse with 503 and the provider's failure ack; the platform retries.
+    #[default]
+    Closed,
+    /// Forward anyway, without dedupe: duplicates may reach the shop.
+    Open,
 }
 
 // === compiled ===
@@ -116,7 +131,7 @@ pub struct RouteFile {
 /// A compiled route: everything the request path needs, already parsed.
 #[derive(Debug)]
 pub struct Route {
-    pub name: Box<str>,
+    pub name: Arc<str>,
     pub path: Box<str>,
     pub provider: Provider,
     pub allow: AllowList,
@@ -126,6 +141,7 @@ pub struct Route {
     pub max_age: Duration,
     /// How far in the future the signed time may be.
     pub max_future: Duration,
+    pub on_store_error: OnStoreError,
     /// Where the route is defined, for messages.
     pub file: PathBuf,
     pub line: usize,
@@ -172,6 +188,7 @@ pub struct FileCtx<'a> {
     pub dir: &'a Path,
     pub src: &'a str,
     problems: &'a mut Vec<Problem>,
+    warnings: &'a mut Vec<String>,
     failed: bool,
 }
 
@@ -184,6 +201,15 @@ impl<'a> FileCtx<'a> {
             line: Some(line_of(self.src, span.start)),
             error,
         }));
+    }
+
+    /// Records a warning: valid, but an operator should know.
+    pub fn warn(&mut self, span: Range<usize>, message: impl std::fmt::Display) {
+        self.warnings.push(format!(
+            "{}:{}: warning: {message}",
+            self.file.display(),
+            line_of(self.src, span.start)
+        ));
     }
 
     /// Records a serde/TOML error, converting its span to a line.
@@ -224,7 +250,11 @@ impl<'a> FileCtx<'a> {
 }
 
 /// Loads every `*.toml` in the configured rules directory, in name order.
-pub fn load_dir(config: &Config, problems: &mut Vec<Problem>) -> RuleSet {
+pub fn load_dir(
+    config: &Config,
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<String>,
+) -> RuleSet {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(&config.rules_dir) {
         Ok(rd) => rd
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -237,7 +267,7 @@ pub fn load_dir(config: &Config, problems: &mut Vec<Problem>) -> RuleSet {
     let mut routes: HashMap<Box<str>, Arc<Route>> = HashMap::new();
     let mut seen = Seen::default();
     for file in &files {
-        load_file(config, file, problems, &mut routes, &mut seen);
+        load_file(config, file, problems, warnings, &mut routes, &mut seen);
     }
     RuleSet {
         routes,
@@ -250,6 +280,7 @@ fn load_file(
     config: &Config,
     file: &Path,
     problems: &mut Vec<Problem>,
+    warnings: &mut Vec<String>,
     routes: &mut HashMap<Box<str>, Arc<Route>>,
     seen: &mut Seen,
 ) {
@@ -272,6 +303,7 @@ fn load_file(
         dir: &dir,
         src: &src,
         problems,
+        warnings,
         failed: false,
     };
     let (doc, errors) = DeTable::parse_recoverable(&src);
@@ -462,6 +494,15 @@ fn compile_route(
         None => kind.default_max_age(),
     };
     let max_future = kind.max_future(max_age);
+    if raw.on_store_error == OnStoreError::Open {
+        ctx.warn(
+            span.clone(),
+            format_args!(
+                "route `{name}` has on_store_error = \"open\": while the replay store is down it forwards \
+                 WITHOUT replay protection, so the shop may receive duplicates and replays"
+            ),
+        );
+    }
 
     let provider = match keys {
         Some(value) => Provider::compile(kind, value, ctx),
@@ -487,6 +528,7 @@ fn compile_route(
         allow: AllowList::new(nets),
         upstream: upstream?,
         forward: raw.forward,
+        on_store_error: raw.on_store_error,
         max_age,
         max_future,
         file: ctx.file.to_path_buf(),

@@ -56,6 +56,10 @@ pub enum StartError {
     },
     #[error("cannot build metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("{0}")]
+    Store(#[from] crate::replay::StoreError),
+    #[error("{0}")]
+    Journal(#[from] crate::journal::JournalError),
 }
 
 /// Why a reload was refused; the running rules stay.
@@ -91,7 +95,14 @@ pub async fn start(loaded: Loaded) -> Result<Gateway, StartError> {
 
 /// Like [`start`], with a given shared upstream client.
 pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gateway, StartError> {
-    let Loaded { config, rules } = loaded;
+    let Loaded {
+        config,
+        rules,
+        warnings,
+    } = loaded;
+    for w in &warnings {
+        tracing::warn!(warning = %w, "configuration");
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -119,11 +130,7 @@ pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gat
         None => None,
     };
 
-    let store = match config.replay.store {
-        config::StoreKind::Memory => ReplayStore::memory(config.replay.max_entries),
-    };
-    let metrics = Metrics::new()?;
-    let state = Arc::new(State::new(rules, store, client, metrics, config.replay.ttl));
+    let state = build_state(&config, rules, client, "gateway")?;
 
     let (stop_main, main_rx) = watch::channel(false);
     let (stop_admin, admin_rx) = watch::channel(false);
@@ -144,6 +151,7 @@ pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gat
         tls = config.tls.is_some(),
         admin = %admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         routes = state.rules.load().len(),
+        store = state.store.kind(),
         "callgate serving"
     );
     Ok(Gateway {
@@ -156,6 +164,53 @@ pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gat
         main_task,
         admin_task,
     })
+}
+
+/// Builds the shared state: the replay store (the memory store warmed from
+/// the journal, so a restart remembers what was delivered within
+/// `replay.ttl`), the journal writer and the metrics. `journal_kind` names
+/// the journal file this process writes (`gateway`, `redeliver`).
+pub fn build_state(
+    config: &Config,
+    rules: crate::rules::RuleSet,
+    client: HttpClient,
+    journal_kind: &str,
+) -> Result<Arc<State>, StartError> {
+    let store = match &config.replay.store {
+        config::StoreKind::Memory => ReplayStore::memory(config.replay.max_entries),
+        config::StoreKind::Redis(url) => ReplayStore::Redis(crate::replay::RedisStore::new(
+            url,
+            config.replay.timeout,
+            config.replay.tls_ca.as_deref(),
+        )?),
+    };
+    let journal = match &config.journal {
+        None => None,
+        Some(jc) => {
+            if matches!(store, ReplayStore::Memory(_)) {
+                let now = replay::unix_now();
+                let delivered = crate::journal::delivered_within(&jc.dir, config.replay.ttl, now)?;
+                for (route, event_id, left) in &delivered {
+                    let route: Arc<str> = Arc::from(route.as_str());
+                    store.warm(
+                        &crate::replay::Key::new(&route, crate::replay::KeyKind::Event, event_id),
+                        *left,
+                    );
+                }
+                tracing::info!(events = delivered.len(), dir = %jc.dir.display(), "replay store warmed from the journal");
+            }
+            Some(crate::journal::Journal::open(jc, journal_kind)?)
+        }
+    };
+    let metrics = Metrics::new()?;
+    Ok(Arc::new(State::new(
+        rules,
+        store,
+        client,
+        metrics,
+        config.replay.ttl,
+        journal,
+    )))
 }
 
 impl Gateway {
@@ -218,6 +273,9 @@ impl Gateway {
         let _ = self.stop_admin.send(true);
         if let Some(t) = self.admin_task {
             let _ = t.await;
+        }
+        if let Some(j) = &self.state.journal {
+            j.flush().await;
         }
         tracing::info!("callgate stopped");
     }

@@ -69,7 +69,7 @@ pub fn run(args: &SignArgs) -> Result<String, SignError> {
 }
 
 fn alipay(args: &AlipayArgs) -> Result<String, SignError> {
-    let mut params: BTreeMap<String, String> = BTreeMap::new();
+    let mut params = Vec::with_capacity(args.params.len());
     for p in &args.params {
         let (k, v) = p
             .split_once('=')
@@ -77,12 +77,38 @@ fn alipay(args: &AlipayArgs) -> Result<String, SignError> {
         if k.is_empty() {
             return Err(SignError::Param(p.clone()));
         }
-        params.insert(k.to_owned(), v.to_owned());
+        params.push((k.to_owned(), v.to_owned()));
     }
+    let body = alipay_form(&args.private_key, &params, &args.sign_type)?;
+    Ok(match &args.curl {
+        None => body,
+        Some(url) => {
+            let charset = params
+                .iter()
+                .find(|(k, _)| k == "charset")
+                .map_or("utf-8", |(_, v)| v.as_str());
+            format!(
+                "curl -sS -k -X POST -H 'Content-Type: application/x-www-form-urlencoded; charset={}' --data-binary '{}' '{}'",
+                charset.replace('\'', ""),
+                body,
+                url.replace('\'', "%27")
+            )
+        }
+    })
+}
+
+/// A signed Alipay notification form body: `params` (later ones win) over
+/// realistic defaults, signed with the PEM private key at `private_key`.
+pub fn alipay_form(
+    private_key: &std::path::Path,
+    given: &[(String, String)],
+    sign_type: &str,
+) -> Result<String, SignError> {
+    let mut params: BTreeMap<String, String> = given.iter().cloned().collect();
     if !params.contains_key("app_id") {
         return Err(SignError::NoAppId);
     }
-    let sha1 = match args.sign_type.as_str() {
+    let sha1 = match sign_type {
         "RSA2" => false,
         "RSA" => true,
         other => return Err(SignError::SignType(other.to_owned())),
@@ -113,7 +139,7 @@ fn alipay(args: &AlipayArgs) -> Result<String, SignError> {
     for (k, v) in defaults {
         params.entry(k.to_owned()).or_insert(v);
     }
-    params.insert("sign_type".to_owned(), args.sign_type.clone());
+    params.insert("sign_type".to_owned(), sign_type.to_owned());
     params.remove("sign");
 
     let charset = params.get("charset").cloned().unwrap_or_default();
@@ -129,23 +155,10 @@ fn alipay(args: &AlipayArgs) -> Result<String, SignError> {
     // Build the signed string from the body exactly as the gateway will parse it.
     let form = Form::parse(body.as_bytes()).map_err(|_| SignError::Sign)?;
     let content = crate::provider::alipay::sign_content(&form);
-    let sig = rsa_sign(&args.private_key, sha1, &content)?;
+    let sig = rsa_sign(private_key, sha1, &content)?;
     let sign = base64::engine::general_purpose::STANDARD.encode(&sig);
     append(&mut body, "sign", sign.as_bytes());
-
-    Ok(match &args.curl {
-        None => body,
-        Some(url) => format!(
-            "curl -sS -k -X POST -H 'Content-Type: application/x-www-form-urlencoded; charset={}' --data-binary '{}' '{}'",
-            if encoding == encoding_rs::UTF_8 {
-                "utf-8"
-            } else {
-                "GBK"
-            },
-            body,
-            url.replace('\'', "%27")
-        ),
-    })
+    Ok(body)
 }
 
 /// Appends `k=v` form-encoded the way Java's URLEncoder does (space as `+`).

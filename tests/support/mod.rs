@@ -202,6 +202,8 @@ pub struct RouteSpec {
     pub max_age: Option<String>,
     pub success_body: Option<String>,
     pub upstream_ca: Option<PathBuf>,
+    /// Extra `key = value` lines for the route table.
+    pub extra: String,
     /// The `[route.keys]` table body.
     pub keys: String,
 }
@@ -220,6 +222,7 @@ impl RouteSpec {
             max_age: Some("87600h".into()),
             success_body: Some("success".into()),
             upstream_ca: None,
+            extra: String::new(),
             keys: format!(
                 "public_key = {:?}\napp_id = \"2021000000000001\"\n",
                 alipay_key("alipay_public.pem")
@@ -242,6 +245,12 @@ pub struct GatewaySpec {
     pub header_timeout: String,
     pub body_timeout: String,
     pub upstream_timeout: String,
+    /// `replay.store`.
+    pub store: String,
+    /// Extra lines for `[replay]`.
+    pub replay_extra: String,
+    /// The `[journal]` table body (`enabled = false` turns it off).
+    pub journal: String,
 }
 
 impl GatewaySpec {
@@ -254,6 +263,9 @@ impl GatewaySpec {
             header_timeout: "5s".into(),
             body_timeout: "10s".into(),
             upstream_timeout: "10s".into(),
+            store: "memory".into(),
+            replay_extra: String::new(),
+            journal: "dir = \"journal\"\n".into(),
         }
     }
 
@@ -283,9 +295,13 @@ addr = "127.0.0.1:0"
 addr = "127.0.0.1:0"
 
 [replay]
-store = "memory"
+store = "{store}"
 ttl = "48h"
 max_entries = 100000
+timeout = "500ms"
+{replay_extra}
+[journal]
+{journal}
 
 [limits]
 max_body_bytes = {max_body}
@@ -300,6 +316,9 @@ drain_timeout = "10s"
             header = self.header_timeout,
             upstream = self.upstream_timeout,
             body = self.body_timeout,
+            store = self.store,
+            replay_extra = self.replay_extra,
+            journal = self.journal,
         );
         let path = dir.join("callgate.toml");
         std::fs::write(&path, gateway).unwrap();
@@ -326,6 +345,7 @@ pub fn route_toml(r: &RouteSpec) -> String {
     if let Some(ca) = &r.upstream_ca {
         s.push_str(&format!("upstream_ca = {ca:?}\n"));
     }
+    s.push_str(&r.extra);
     s.push_str("\n[route.keys]\n");
     s.push_str(&r.keys);
     s.push('\n');
@@ -345,7 +365,11 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(spec: GatewaySpec) -> TestGateway {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), spec).await
+    }
+
+    /// Starts a gateway in an existing directory (a restart keeps its journal).
+    pub async fn start_in(dir: tempfile::TempDir, spec: GatewaySpec) -> TestGateway {
         let file = spec.write(dir.path());
         let loaded =
             callgate::config::load(&file).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
@@ -528,4 +552,136 @@ pub fn openssl_hmac_hex(key: &str, data: &[u8]) -> String {
         .next()
         .unwrap()
         .to_owned()
+}
+
+// === redis ===
+
+/// A real `redis-server` on a free loopback port, in its own directory,
+/// without persistence. Killed on drop.
+pub struct RedisServer {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    args: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra `redis-server` arguments (`--requirepass x`, TLS).
+    /// `{port}` in an argument is replaced by the chosen port.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut server = RedisServer {
+                child: None,
+                port,
+                args: extra
+                    .iter()
+                    .map(|a| a.replace("{port}", &port.to_string()))
+                    .collect(),
+                dir: tempfile::tempdir().unwrap(),
+            };
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("could not start redis-server on a free port");
+    }
+
+    fn spawn(&mut self) -> bool {
+        use std::io::BufRead;
+        let tls = self.args.iter().any(|a| a == "--tls-port");
+        let mut cmd = std::process::Command::new("redis-server");
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(self.dir.path());
+        if !tls {
+            cmd.args(["--port", &self.port.to_string()]);
+        }
+        cmd.args(&self.args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("Ready to accept connections") {
+                    let _ = tx.send(true);
+                }
+                if line.contains("Address already in use")
+                    || line.contains("Could not create server")
+                {
+                    let _ = tx.send(false);
+                }
+            }
+        });
+        let ready = rx.recv_timeout(Duration::from_secs(30)).unwrap_or(false);
+        self.child = Some(child);
+        if !ready {
+            self.kill();
+        }
+        ready
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Stops the server at once (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        assert!(
+            self.spawn(),
+            "redis-server did not come back on port {}",
+            self.port
+        );
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `/readyz` until it answers `want` (bounded: 30 s). Waiting on the
+/// gateway's own readiness signal, not on a fixed delay.
+pub async fn wait_ready(gw: &TestGateway, want: u16) {
+    for _ in 0..600 {
+        if gw.get_admin("/readyz").await.status == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("/readyz never answered {want}");
 }

@@ -1,0 +1,661 @@
+//! The delivery journal: every notification about to be forwarded is
+//! appended to a local file before the upstream sees it, and its outcome
+//! after. It serves three purposes:
+//! * at start, the memory replay store is warmed from it, so a restart does
+//!   not forget which events were delivered within `replay.ttl`;
+//! * `callgate journal list` shows what arrived and how it ended;
+//! * `callgate journal redeliver` re-sends verified events to the shop, for
+//!   the day the shop was down longer than the platform kept retrying.
+//!
+//! Format: JSON lines in `journal.dir`, one file at a time, named
+//! `<UTC time>-<kind>-<pid>-<n>.jsonl` so names sort by age. A `received`
+//! record holds the route, provider, event id, source address, the request's
+//! end-to-end headers (never `Authorization`/`Cookie`, never `X-Callgate-*`)
+//! and the body in Base64: exactly what is needed to verify the signature
+//! again and forward. An `outcome` record says how the delivery ended. No
+//! key, secret or MAC is ever written; the files are created mode 0600.
+//!
+//! Writes go through one writer thread that group-commits: whatever is
+//! queued is written in one `write`, then synced per `journal.fsync`:
+//! * `always`: synced before the notification is forwarded (a crash cannot
+//!   lose an accepted record; costs one fdatasync per batch);
+//! * `interval` (default): synced at least once a second (a power cut can
+//!   lose up to a second of records, which the platform's retries cover,
+//!   since nothing unconfirmed was acknowledged);
+//! * `never`: left to the OS.
+//!
+//! A failed write (disk full) fails the request closed: the claim is
+//! released, the platform gets 503 and its failure ack, and retries.
+//!
+//! Rotation: a new file when the current one reaches `max_file_bytes` or
+//! `max_file_age`; only the newest `max_files` files are kept, so the journal
+//! never exceeds about `max_files × max_file_bytes`.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+/// When the journal is synced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fsync {
+    Always,
+    #[default]
+    Interval,
+    Never,
+}
+
+/// The compiled `[journal]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalConfig {
+    pub dir: PathBuf,
+    pub fsync: Fsync,
+    pub max_file_bytes: u64,
+    pub max_files: usize,
+    pub max_file_age: Duration,
+}
+
+/// One line of the journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    Received(Received),
+    Outcome(OutcomeRecord),
+}
+
+/// A notification about to be forwarded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Received {
+    /// Id of this arrival, shared with its outcome record.
+    pub rid: String,
+    /// Unix seconds.
+    pub unix: i64,
+    pub route: String,
+    pub provider: String,
+    pub event_id: String,
+    pub client: String,
+    /// End-to-end request headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// The request body, standard Base64.
+    pub body: String,
+}
+
+/// How a delivery ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeRecord {
+    pub rid: String,
+    pub unix: i64,
+    pub route: String,
+    pub event_id: String,
+    /// The `callgate_requests_total` outcome label.
+    pub outcome: String,
+    pub status: u16,
+    /// Written by `callgate journal redeliver`.
+    #[serde(default)]
+    pub redelivery: bool,
+}
+
+impl OutcomeRecord {
+    /// Whether the shop confirmed this delivery.
+    pub fn delivered(&self) -> bool {
+        self.outcome == "forwarded"
+    }
+}
+
+/// Why the journal could not be written or read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {reason}")]
+    Io { path: String, reason: String },
+    #[error("journal writer has stopped")]
+    Stopped,
+}
+
+enum Cmd {
+    Write {
+        line: Vec<u8>,
+        done: Option<oneshot::Sender<Result<(), JournalError>>>,
+    },
+    Tick,
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle to the journal writer. Cloning shares the writer.
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<Cmd>,
+    fsync: Fsync,
+}
+
+impl Journal {
+    /// Opens a new journal file in `config.dir` and starts the writer.
+    /// `kind` names the writer in the file name (`gateway`, `redeliver`).
+    pub fn open(config: &JournalConfig, kind: &str) -> Result<Journal, JournalError> {
+        let mut writer = Writer::new(config.clone(), kind)?;
+        let (tx, mut rx) = mpsc::channel::<Cmd>(8192);
+        let fsync = config.fsync;
+        std::thread::Builder::new()
+            .name("callgate-journal".into())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < 1024 {
+                        match rx.try_recv() {
+                            Ok(c) => batch.push(c),
+                            Err(_) => break,
+                        }
+                    }
+                    writer.run(batch);
+                }
+                writer.sync_now();
+            })
+            .map_err(|e| JournalError::Io {
+                path: config.dir.display().to_string(),
+                reason: format!("cannot start the writer: {e}"),
+            })?;
+        if fsync == Fsync::Interval {
+            let ticker = tx.clone();
+            std::thread::Builder::new()
+                .name("callgate-journal-tick".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(Duration::from_secs(1));
+                        match ticker.try_send(Cmd::Tick) {
+                            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                            Err(mpsc::error::TrySendError::Closed(_)) => break,
+                        }
+                    }
+                })
+                .map_err(|e| JournalError::Io {
+                    path: config.dir.display().to_string(),
+                    reason: format!("cannot start the sync timer: {e}"),
+                })?;
+        }
+        Ok(Journal { tx, fsync })
+    }
+
+    /// Appends a record. When `durable`, waits until it is written (and
+    /// synced, under `fsync = "always"`); otherwise queues it.
+    pub async fn append(&self, record: &Record, durable: bool) -> Result<(), JournalError> {
+        let mut line = serde_json::to_vec(record).map_err(|e| JournalError::Io {
+            path: "-".into(),
+            reason: e.to_string(),
+        })?;
+        line.push(b'\n');
+        if !durable {
+            return self
+                .tx
+                .send(Cmd::Write { line, done: None })
+                .await
+                .map_err(|_| JournalError::Stopped);
+        }
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Cmd::Write {
+                line,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| JournalError::Stopped)?;
+        wait.await.map_err(|_| JournalError::Stopped)?
+    }
+
+    /// Writes and syncs everything queued so far; for shutdown.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Cmd::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Whether outcome records are waited for too (`fsync = "always"`).
+    pub fn outcomes_durable(&self) -> bool {
+        self.fsync == Fsync::Always
+    }
+}
+
+// === writer ===
+
+struct Writer {
+    config: JournalConfig,
+    kind: String,
+    file: Option<File>,
+    path: PathBuf,
+    size: u64,
+    opened: Instant,
+    last_sync: Instant,
+    dirty: bool,
+    /// The last write failed part-way: start the next batch on a new line.
+    torn: bool,
+    seq: u32,
+}
+
+impl Writer {
+    fn new(config: JournalConfig, kind: &str) -> Result<Writer, JournalError> {
+        std::fs::create_dir_all(&config.dir).map_err(|e| JournalError::Io {
+            path: config.dir.display().to_string(),
+            reason: crate::config::io_reason(&e),
+        })?;
+        let mut w = Writer {
+            config,
+            kind: kind.to_owned(),
+            file: None,
+            path: PathBuf::new(),
+            size: 0,
+            opened: Instant::now(),
+            last_sync: Instant::now(),
+            dirty: false,
+            torn: false,
+            seq: 0,
+        };
+        w.rotate()?;
+        Ok(w)
+    }
+
+    fn io(&self, e: &std::io::Error) -> JournalError {
+        JournalError::Io {
+            path: self.path.display().to_string(),
+            reason: crate::config::io_reason(e),
+        }
+    }
+
+    fn rotate(&mut self) -> Result<(), JournalError> {
+        self.sync_now();
+        self.seq += 1;
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+        let name = format!(
+            "{stamp}-{}-{}-{}.jsonl",
+            self.kind,
+            std::process::id(),
+            self.seq
+        );
+        let path = self.config.dir.join(name);
+        let mut options = OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options.open(&path).map_err(|e| JournalError::Io {
+            path: path.display().to_string(),
+            reason: crate::config::io_reason(&e),
+        })?;
+        self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        self.file = Some(file);
+        self.path = path;
+        self.opened = Instant::now();
+        self.prune();
+        Ok(())
+    }
+
+    /// Deletes the oldest files beyond `max_files` (never the current one).
+    fn prune(&self) {
+        let mut files = journal_files(&self.config.dir);
+        if files.len() <= self.config.max_files {
+            return;
+        }
+        files.sort();
+        let excess = files.len() - self.config.max_files;
+        for old in files.into_iter().filter(|f| *f != self.path).take(excess) {
+            if let Err(e) = std::fs::remove_file(&old) {
+                tracing::warn!(file = %old.display(), error = %e, "cannot delete an old journal file");
+            }
+        }
+    }
+
+    fn sync_now(&mut self) {
+        if self.dirty
+            && let Some(f) = &self.file
+        {
+            if let Err(e) = f.sync_data() {
+                tracing::error!(file = %self.path.display(), error = %e, "journal sync failed");
+            }
+            self.dirty = false;
+            self.last_sync = Instant::now();
+        }
+    }
+
+    fn run(&mut self, batch: Vec<Cmd>) {
+        let mut buf = Vec::new();
+        let mut waiting = Vec::new();
+        let mut tick = false;
+        let mut flushes = Vec::new();
+        for cmd in batch {
+            match cmd {
+                Cmd::Write { line, done } => {
+                    buf.extend_from_slice(&line);
+                    waiting.extend(done);
+                }
+                Cmd::Tick => tick = true,
+                Cmd::Flush(done) => {
+                    tick = true;
+                    flushes.push(done);
+                }
+            }
+        }
+        let result = if buf.is_empty() {
+            Ok(())
+        } else {
+            self.write(&buf)
+        };
+        let due = !flushes.is_empty()
+            || match self.config.fsync {
+                Fsync::Always => true,
+                Fsync::Interval => tick || self.last_sync.elapsed() >= Duration::from_secs(1),
+                Fsync::Never => false,
+            };
+        if due {
+            self.sync_now();
+        }
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "journal write failed; notifications are refused until it works");
+        }
+        for done in waiting {
+            let _ = done.send(result.clone());
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> Result<(), JournalError> {
+        let age = self.opened.elapsed();
+        if self.size >= self.config.max_file_bytes
+            || age >= self.config.max_file_age
+            || self.file.is_none()
+        {
+            self.rotate()?;
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Err(JournalError::Stopped);
+        };
+        let result = (|| {
+            if self.torn {
+                file.write_all(b"\n")?;
+            }
+            file.write_all(buf)
+        })();
+        match result {
+            Ok(()) => {
+                self.torn = false;
+                self.dirty = true;
+                self.size += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                self.torn = true;
+                Err(self.io(&e))
+            }
+        }
+    }
+}
+
+// === reading ===
+
+/// The journal files in `dir`, oldest first.
+pub fn journal_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Reads every record in `dir`, oldest file first. Lines that do not parse
+/// (a write cut short by a crash or a full disk) are skipped and counted.
+pub fn read_dir(dir: &Path, mut each: impl FnMut(Record)) -> Result<usize, JournalError> {
+    let mut skipped = 0;
+    for path in journal_files(dir) {
+        let file = File::open(&path).map_err(|e| JournalError::Io {
+            path: path.display().to_string(),
+            reason: crate::config::io_reason(&e),
+        })?;
+        for line in BufReader::new(file).split(b'\n') {
+            let Ok(line) = line else {
+                skipped += 1;
+                continue;
+            };
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<Record>(&line) {
+                Ok(r) => each(r),
+                Err(_) => skipped += 1,
+            }
+        }
+    }
+    Ok(skipped)
+}
+
+/// Delivered events still within `ttl` at `now`: (route, event id,
+/// remaining time), for warming the memory store.
+pub fn delivered_within(
+    dir: &Path,
+    ttl: Duration,
+    now: i64,
+) -> Result<Vec<(String, String, Duration)>, JournalError> {
+    let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    let mut latest: HashMap<(String, String), i64> = HashMap::new();
+    read_dir(dir, |r| {
+        if let Record::Outcome(o) = r
+            && o.delivered()
+            && now - o.unix < ttl_secs
+        {
+            let slot = latest.entry((o.route, o.event_id)).or_insert(o.unix);
+            *slot = (*slot).max(o.unix);
+        }
+    })?;
+    Ok(latest
+        .into_iter()
+        .filter_map(|((route, id), at)| {
+            let left = ttl_secs - (now - at);
+            (left > 0).then(|| (route, id, Duration::from_secs(left.unsigned_abs())))
+        })
+        .collect())
+}
+
+/// One arrival with how it ended, for `journal list` and `redeliver`.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub received: Received,
+    /// The last outcome recorded for this arrival, if any.
+    pub outcome: Option<OutcomeRecord>,
+}
+
+/// Every arrival in `dir`, oldest first, joined with its outcome.
+pub fn arrivals(dir: &Path) -> Result<(Vec<Arrival>, Vec<OutcomeRecord>), JournalError> {
+    let mut list: Vec<Arrival> = Vec::new();
+    let mut by_rid: HashMap<String, usize> = HashMap::new();
+    let mut redeliveries = Vec::new();
+    read_dir(dir, |r| match r {
+        Record::Received(rec) => {
+            by_rid.insert(rec.rid.clone(), list.len());
+            list.push(Arrival {
+                received: rec,
+                outcome: None,
+            });
+        }
+        Record::Outcome(o) => {
+            if let Some(&i) = by_rid.get(&o.rid) {
+                list[i].outcome = Some(o.clone());
+            }
+            if o.redelivery {
+                redeliveries.push(o);
+            }
+        }
+    })?;
+    Ok((list, redeliveries))
+}
+
+/// Whether (route, event id) was ever delivered, by the gateway or a
+/// redelivery.
+pub fn delivered_events(
+    arrivals: &[Arrival],
+    redeliveries: &[OutcomeRecord],
+) -> std::collections::HashSet<(String, String)> {
+    arrivals
+        .iter()
+        .filter_map(|a| a.outcome.as_ref())
+        .chain(redeliveries.iter())
+        .filter(|o| o.delivered())
+        .map(|o| (o.route.clone(), o.event_id.clone()))
+        .collect()
+}
+
+/// A fresh arrival id.
+pub fn new_rid() -> String {
+    let mut b = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    hex::encode(b)
+}
+
+/// Parses `--since`: an RFC 3339 time, or a duration back from `now`
+/// (`24h`, `30m`).
+pub fn parse_since(s: &str, now: i64) -> Result<i64, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp());
+    }
+    let d = crate::config::parse_duration(s)
+        .map_err(|_| format!("`{s}` is neither an RFC 3339 time nor a duration like 24h"))?;
+    Ok(now - i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path, fsync: Fsync) -> JournalConfig {
+        JournalConfig {
+            dir: dir.to_path_buf(),
+            fsync,
+            max_file_bytes: 1 << 20,
+            max_files: 4,
+            max_file_age: Duration::from_secs(3600),
+        }
+    }
+
+    fn received(rid: &str, event: &str) -> Record {
+        Record::Received(Received {
+            rid: rid.into(),
+            unix: 1000,
+            route: "r".into(),
+            provider: "alipay".into(),
+            event_id: event.into(),
+            client: "127.0.0.1".into(),
+            headers: vec![(
+                "content-type".into(),
+                "application/x-www-form-urlencoded".into(),
+            )],
+            body: "YT0x".into(),
+        })
+    }
+
+    fn outcome(rid: &str, event: &str, outcome: &str, unix: i64) -> Record {
+        Record::Outcome(OutcomeRecord {
+            rid: rid.into(),
+            unix,
+            route: "r".into(),
+            event_id: event.into(),
+            outcome: outcome.into(),
+            status: 200,
+            redelivery: false,
+        })
+    }
+
+    #[tokio::test]
+    async fn records_round_trip_and_join() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&config(dir.path(), Fsync::Always), "gateway").unwrap();
+        j.append(&received("1", "e1"), true).await.unwrap();
+        j.append(&outcome("1", "e1", "upstream_error", 1001), true)
+            .await
+            .unwrap();
+        j.append(&received("2", "e1"), true).await.unwrap();
+        j.append(&outcome("2", "e1", "forwarded", 1002), true)
+            .await
+            .unwrap();
+        j.append(&received("3", "e2"), true).await.unwrap();
+        let (list, redeliveries) = arrivals(dir.path()).unwrap();
+        assert_eq!(list.len(), 3);
+        assert_eq!(list[0].outcome.as_ref().unwrap().outcome, "upstream_error");
+        assert_eq!(list[1].outcome.as_ref().unwrap().outcome, "forwarded");
+        assert!(list[2].outcome.is_none());
+        let delivered = delivered_events(&list, &redeliveries);
+        assert!(delivered.contains(&("r".into(), "e1".into())));
+        assert!(!delivered.contains(&("r".into(), "e2".into())));
+    }
+
+    #[tokio::test]
+    async fn warm_up_keeps_only_delivered_within_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&config(dir.path(), Fsync::Always), "gateway").unwrap();
+        j.append(&outcome("1", "old", "forwarded", 100), true)
+            .await
+            .unwrap();
+        j.append(&outcome("2", "new", "forwarded", 950), true)
+            .await
+            .unwrap();
+        j.append(&outcome("3", "failed", "upstream_error", 990), true)
+            .await
+            .unwrap();
+        let got = delivered_within(dir.path(), Duration::from_secs(100), 1000).unwrap();
+        assert_eq!(
+            got,
+            vec![("r".to_owned(), "new".to_owned(), Duration::from_secs(50))]
+        );
+    }
+
+    #[tokio::test]
+    async fn torn_lines_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("20260101T000000Z-gateway-1-1.jsonl"),
+            b"{\"type\":\"outcome\",\"rid\":\"1\",\"unix\":1,\"route\":\"r\",\"event_id\":\"e\",\"outcome\":\"forwarded\",\"status\":200}\n{\"type\":\"rece",
+        )
+        .unwrap();
+        let mut n = 0;
+        let skipped = read_dir(dir.path(), |_| n += 1).unwrap();
+        assert_eq!((n, skipped), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn rotation_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), Fsync::Never);
+        c.max_file_bytes = 300;
+        c.max_files = 3;
+        let j = Journal::open(&c, "gateway").unwrap();
+        for i in 0..60 {
+            j.append(&received(&i.to_string(), "e"), true)
+                .await
+                .unwrap();
+        }
+        let files = journal_files(dir.path());
+        assert!(files.len() <= 3, "{files:?}");
+        let total: u64 = files
+            .iter()
+            .map(|f| std::fs::metadata(f).unwrap().len())
+            .sum();
+        assert!(total <= 3 * (300 + 400), "{total}");
+    }
+
+    #[test]
+    fn since() {
+        assert_eq!(
+            parse_since("2026-11-22T02:00:00Z", 0).unwrap(),
+            1_795_312_800
+        );
+        assert_eq!(parse_since("1h", 10_000).unwrap(), 6_400);
+        assert!(parse_since("yesterday", 0).is_err());
+    }
+}

@@ -1,0 +1,457 @@
+//! Shared replay state on a real `redis-server`, and the delivery journal:
+//! two gateways racing on one Redis, Redis killed and restarted, fail-closed
+//! and fail-open routes, passwords and TLS, restart warm-up from the journal,
+//! and redelivery. Every Redis here is a real server on a free loopback port.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use support::*;
+use tokio::sync::Notify;
+
+fn redis_spec(routes: Vec<RouteSpec>, redis: &RedisServer) -> GatewaySpec {
+    let mut spec = GatewaySpec::new(routes);
+    spec.store = redis.url();
+    spec
+}
+
+fn count(gw_text: &str, outcome: &str) -> f64 {
+    find_metric(
+        gw_text,
+        "callgate_requests_total",
+        &[
+            ("route", "shop-alipay"),
+            ("provider", "alipay"),
+            ("outcome", outcome),
+        ],
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn two_instances_on_one_redis_forward_an_event_once() {
+    let redis = RedisServer::start();
+    let gate = Arc::new(Notify::new());
+    let up = Upstream::start(Behaviour::Hold(gate.clone())).await;
+    let a = Arc::new(TestGateway::start(redis_spec(vec![RouteSpec::alipay(&up)], &redis)).await);
+    let b = TestGateway::start(redis_spec(vec![RouteSpec::alipay(&up)], &redis)).await;
+    let body = alipay_fixture("rsa2_trade_success.form");
+
+    let first = {
+        let (a, body) = (a.clone(), body.clone());
+        tokio::spawn(async move { a.post_form("/notify/alipay", &body).await })
+    };
+    up.next().await; // held at the upstream, claimed in Redis by instance a
+    let r = b.post_form("/notify/alipay", &body).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (409, "fail"),
+        "in flight on the other instance"
+    );
+    gate.notify_one();
+    assert_eq!(first.await.unwrap().status, 200);
+    up.set(Behaviour::Reply(200, "success"));
+    let r = b.post_form("/notify/alipay", &body).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "success"),
+        "delivered by the other instance"
+    );
+    assert_eq!(up.count(), 1);
+
+    // The key is namespaced per route and expires.
+    let keys = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "--scan",
+            "--pattern",
+            "callgate:shop-alipay:ev:*",
+        ])
+        .output()
+        .unwrap();
+    let keys = String::from_utf8(keys.stdout).unwrap();
+    let key = keys.lines().next().expect("an event key in Redis");
+    let ttl = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "PTTL", key])
+        .output()
+        .unwrap();
+    let ttl: i64 = String::from_utf8(ttl.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        ttl > 47 * 3600 * 1000 && ttl <= 48 * 3600 * 1000,
+        "ttl {ttl}"
+    );
+}
+
+#[tokio::test]
+async fn a_nonce_seen_by_one_store_is_a_replay_on_the_other() {
+    use callgate::replay::{Key, KeyKind, RedisStore, ReplayStore};
+    let redis = RedisServer::start();
+    let timeout = std::time::Duration::from_secs(1);
+    let one = ReplayStore::Redis(RedisStore::new(&redis.url(), timeout, None).unwrap());
+    let two = ReplayStore::Redis(RedisStore::new(&redis.url(), timeout, None).unwrap());
+    let route: Arc<str> = Arc::from("shop-wechat");
+    let nonce = Key::new(&route, KeyKind::Nonce, "EcZ9Cmy4Xyx1i6RlJQzLcCyEqDa26NBz");
+    let window = std::time::Duration::from_secs(600);
+    assert!(one.remember(&nonce, window).await.unwrap());
+    assert!(!two.remember(&nonce, window).await.unwrap());
+    two.forget(&nonce).await.unwrap();
+    assert!(one.remember(&nonce, window).await.unwrap());
+}
+
+#[tokio::test]
+async fn redis_down_fails_closed_and_the_gateway_recovers_by_itself() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = TestGateway::start(redis_spec(vec![RouteSpec::alipay(&up)], &redis)).await;
+    assert_eq!(
+        gw.post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(gw.get_admin("/readyz").await.status, 200);
+
+    redis.kill();
+    let body = alipay_fixture("rsa2_trade_success_2.form");
+    let r = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!((r.status, r.text().as_str()), (503, "fail"));
+    assert_eq!(gw.get_admin("/readyz").await.status, 503);
+    let m = gw.get_admin("/metrics").await.text();
+    assert_eq!(count(&m, "store_unavailable"), 1.0);
+    assert!(
+        find_metric(&m, "callgate_replay_store_errors_total", &[("op", "claim")]).unwrap() >= 1.0
+    );
+    assert_eq!(up.count(), 1, "nothing forwarded while the store is down");
+
+    redis.restart();
+    wait_ready(&gw, 200).await;
+    let r = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "success"),
+        "the platform's retry goes through"
+    );
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn a_route_may_choose_to_fail_open_and_check_says_so() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let route = RouteSpec::alipay(&up).with(|r| r.extra = "on_store_error = \"open\"\n".into());
+    let spec = redis_spec(vec![route], &redis);
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = callgate::config::load(&spec.write(dir.path())).unwrap();
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(
+        loaded.warnings[0].contains("warning: route `shop-alipay` has on_store_error = \"open\""),
+        "{:?}",
+        loaded.warnings
+    );
+
+    let gw = TestGateway::start(spec).await;
+    redis.kill();
+    let r = gw
+        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn passwords_work_and_a_wrong_one_fails_closed_without_leaking() {
+    let redis = RedisServer::start_with(&["--requirepass", "s3cret-pass"]);
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let mut good = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    good.store = format!("redis://:s3cret-pass@127.0.0.1:{}/0", redis.port);
+    let gw = TestGateway::start(good).await;
+    assert_eq!(
+        gw.post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+            .await
+            .status,
+        200
+    );
+
+    let mut bad = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    bad.store = format!("redis://:wrong-pass@127.0.0.1:{}/0", redis.port);
+    let gw = TestGateway::start(bad).await;
+    let r = gw
+        .post_form(
+            "/notify/alipay",
+            &alipay_fixture("rsa2_trade_success_2.form"),
+        )
+        .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(gw.get_admin("/readyz").await.status, 503);
+    let m = gw.get_admin("/metrics").await.text();
+    assert!(!m.contains("wrong-pass") && !m.contains("s3cret"));
+}
+
+#[tokio::test]
+async fn rediss_with_a_private_ca() {
+    let dev = root().join("certs/dev");
+    let (crt, key) = (dev.join("server.crt"), dev.join("server.key"));
+    let redis = RedisServer::start_with(&[
+        "--port",
+        "0",
+        "--tls-port",
+        "{port}",
+        "--tls-cert-file",
+        crt.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--tls-ca-cert-file",
+        crt.to_str().unwrap(),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    spec.store = format!("rediss://127.0.0.1:{}/0", redis.port);
+    spec.replay_extra = format!("tls_ca = {crt:?}\n");
+    let gw = TestGateway::start(spec).await;
+    let body = alipay_fixture("rsa2_trade_success.form");
+    assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 200);
+    assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 200);
+    assert_eq!(up.count(), 1);
+    assert_eq!(gw.get_admin("/readyz").await.status, 200);
+}
+
+/// Restarts a gateway in the same directory (same journal).
+async fn restart(gw: TestGateway, spec: GatewaySpec) -> TestGateway {
+    let TestGateway { dir, gateway, .. } = gw;
+    gateway.shutdown().await;
+    TestGateway::start_in(dir, spec).await
+}
+
+#[tokio::test]
+async fn the_journal_warms_the_memory_store_after_a_restart() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let body = alipay_fixture("rsa2_trade_success.form");
+    let spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    let gw = TestGateway::start(spec.clone()).await;
+    assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 200);
+    let gw = restart(gw, spec).await;
+    let r = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 1, "remembered across the restart");
+    assert_eq!(gw.requests("duplicate").await, 1.0);
+
+    // Without the journal, a restart forgets: the control case.
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    spec.journal = "enabled = false\n".into();
+    let gw = TestGateway::start(spec.clone()).await;
+    assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 200);
+    let gw = restart(gw, spec).await;
+    assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 200);
+    assert_eq!(up.count(), 2);
+}
+
+fn callgate(args: &[&str], config: &std::path::Path) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redelivery_sends_what_the_shop_missed_exactly_once() {
+    let up = Upstream::start(Behaviour::Reply(500, "down for maintenance")).await;
+    let spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    let gw = TestGateway::start(spec).await;
+    let body = alipay_fixture("rsa2_trade_success.form");
+    assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 502);
+    assert_eq!(
+        gw.post_form(
+            "/notify/alipay",
+            &alipay_fixture("rsa2_trade_success_2.form")
+        )
+        .await
+        .status,
+        502
+    );
+    let TestGateway { dir, gateway, .. } = gw;
+    gateway.shutdown().await;
+    let config = dir.path().join("callgate.toml");
+
+    let (code, out, err) = callgate(&["journal", "list"], &config);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("upstream_error").count(), 2, "{out}");
+    assert!(out.contains("2026112200222000000000000000000001"), "{out}");
+
+    up.set(Behaviour::Reply(200, "success"));
+    let id = "2026112200222000000000000000000001";
+    let (code, out, err) = callgate(&["journal", "redeliver", "--event-id", id], &config);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("shop-alipay {id}: forwarded")),
+        "{out}"
+    );
+    assert_eq!(up.count(), 3);
+    let last = up.received().pop().unwrap();
+    assert_eq!(last.body.as_ref(), body.as_slice(), "the original bytes");
+    assert_eq!(last.headers["x-callgate-event-id"], id);
+
+    // Idempotent: the second run sends nothing.
+    let (code, out, _) = callgate(&["journal", "redeliver", "--event-id", id], &config);
+    assert_eq!(code, 0);
+    assert!(out.contains("already delivered, skipped"), "{out}");
+    assert_eq!(up.count(), 3);
+
+    // A filter selects the remaining undelivered event.
+    let (code, out, _) = callgate(
+        &["journal", "redeliver", "--outcome", "upstream_error"],
+        &config,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(up.count(), 4);
+    assert!(out.contains("already delivered, skipped"), "{out}");
+
+    // And a restarted gateway knows both were delivered.
+    let gw = TestGateway::start_in(dir, GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
+    assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 200);
+    assert_eq!(up.count(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_journal_is_not_redelivered() {
+    let up = Upstream::start(Behaviour::Reply(500, "down")).await;
+    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
+    assert_eq!(
+        gw.post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+            .await
+            .status,
+        502
+    );
+    let TestGateway { dir, gateway, .. } = gw;
+    gateway.shutdown().await;
+    // Rewrite the amount inside the journaled body (Base64 of the form).
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for file in callgate::journal::journal_files(&dir.path().join("journal")) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut out = String::new();
+        for line in text.lines() {
+            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+            if v["type"] == "received" {
+                let body =
+                    String::from_utf8(b64.decode(v["body"].as_str().unwrap()).unwrap()).unwrap();
+                v["body"] = b64
+                    .encode(body.replace("total_amount=88.88", "total_amount=0.01"))
+                    .into();
+            }
+            out.push_str(&v.to_string());
+            out.push('\n');
+        }
+        std::fs::write(&file, out).unwrap();
+    }
+    up.set(Behaviour::Reply(200, "success"));
+    let (code, out, _) = callgate(
+        &["journal", "redeliver", "--route", "shop-alipay"],
+        &dir.path().join("callgate.toml"),
+    );
+    assert_eq!(code, 1);
+    assert!(out.contains("no longer verifies"), "{out}");
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_sharing_redis_deliver_every_event_exactly_once_under_load() {
+    const EVENTS: usize = 1200;
+    let redis = RedisServer::start();
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let a = Arc::new(TestGateway::start(redis_spec(vec![RouteSpec::alipay(&up)], &redis)).await);
+    let b = Arc::new(TestGateway::start(redis_spec(vec![RouteSpec::alipay(&up)], &redis)).await);
+    let key = alipay_key("alipay_private.pem");
+    // Distinct, genuinely signed notifications (callgate's signer is only the
+    // load generator here; its output is checked against openssl in tests/cli.rs).
+    let bodies: Vec<Arc<Vec<u8>>> = (0..EVENTS)
+        .map(|i| {
+            let params = vec![
+                ("app_id".to_owned(), "2021000000000001".to_owned()),
+                ("notify_id".to_owned(), format!("load-{i:06}")),
+                ("out_trade_no".to_owned(), format!("LOAD{i:06}")),
+            ];
+            Arc::new(
+                callgate::sign::alipay_form(&key, &params, "RSA2")
+                    .unwrap()
+                    .into_bytes(),
+            )
+        })
+        .collect();
+    let limit = Arc::new(tokio::sync::Semaphore::new(48));
+    let mut tasks = Vec::new();
+    let mut sent = 0usize;
+    for (i, body) in bodies.iter().enumerate() {
+        // Every event once; every third twice at the same moment on both
+        // instances; every fifth once more later.
+        let copies: &[usize] = match (i % 3, i % 5) {
+            (0, 0) => &[0, 1, 0],
+            (0, _) => &[0, 1],
+            (_, 0) => &[1, 1],
+            _ => &[i % 2],
+        };
+        for &which in copies {
+            sent += 1;
+            let gw = if which == 0 { a.clone() } else { b.clone() };
+            let (body, limit) = (body.clone(), limit.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = limit.acquire().await.unwrap();
+                // Play the platform: retry until the success ack.
+                for _ in 0..50 {
+                    let r = gw.post_form("/notify/alipay", &body).await;
+                    match r.status {
+                        200 => return,
+                        409 => tokio::task::yield_now().await,
+                        s => panic!("unexpected status {s}: {}", r.text()),
+                    }
+                }
+                panic!("never acknowledged");
+            }));
+        }
+    }
+    let all = async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(300), all)
+        .await
+        .expect("bounded load run");
+    let ids: Vec<String> = up
+        .received()
+        .iter()
+        .map(|r| {
+            r.headers["x-callgate-event-id"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let distinct: HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), EVENTS, "every event reached the upstream");
+    assert_eq!(
+        ids.len(),
+        EVENTS,
+        "and none twice ({sent} notifications sent)"
+    );
+    println!(
+        "load: {sent} notifications for {EVENTS} events, upstream saw {}",
+        ids.len()
+    );
+}
