@@ -4,6 +4,17 @@
 //! the [`Outcome`] that ends the request; [`handle`] turns the outcome into
 //! the platform's ack and [`finish`] writes the one log line and the metrics
 //! before the response leaves.
+//!
+//! Signed nonces (wechat_v3): right after the freshness check, a verified
+//! notification's nonce is remembered in the replay store for the route's
+//! whole freshness window (`max_age` + `max_future`, after which the
+//! timestamp alone refuses it), so the store stays bounded; a nonce already
+//! there is `Replay` (401). That runs before the event claim, so a
+//! verbatim resend of a delivered notification is `replay`, while the same
+//! event re-signed with a fresh nonce and timestamp (how WeChat retries) is
+//! `duplicate`. When forwarding fails, the claim is released and the nonce
+//! forgotten too, so the platform's verbatim retry of an undelivered event
+//! is forwarded rather than refused.
 
 use std::fmt::Display;
 use std::net::{IpAddr, SocketAddr};
@@ -20,7 +31,7 @@ use hyper::body::Incoming;
 use crate::ack::{self, Outcome};
 use crate::forward::{self, Delivery, ForwardMode, HttpClient};
 use crate::metrics::Metrics;
-use crate::replay::{self, Claim, Key, ReplayStore};
+use crate::replay::{self, Claim, Key, KeyKind, ReplayStore};
 use crate::rules::{Route, RuleSet};
 use crate::{allow, body, normalize};
 
@@ -140,15 +151,29 @@ async fn flow(
     let payload = body::parse(route.provider.format(), &parts.headers, &bytes)
         .map_err(|e| ctx.reject(Outcome::Malformed, e))?;
 
+    let now = replay::unix_now();
     let verified = route
         .provider
-        .verify(&parts.headers, &payload)
+        .verify(&parts.headers, &payload, now)
         .map_err(|e| ctx.reject(e.outcome(), e))?;
     ctx.event_id = Some(verified.event_id().to_owned());
 
-    let now = replay::unix_now();
     replay::check_fresh(&verified, route.max_age, route.max_future, now)
         .map_err(|e| ctx.reject(Outcome::Stale, e))?;
+
+    let nonce_key = verified
+        .nonce()
+        .map(|n| Key::new(&route.name, KeyKind::Nonce, n));
+    if let Some(nonce) = nonce_key {
+        let first = state
+            .store
+            .remember(nonce, route.max_age + route.max_future)
+            .await
+            .map_err(|e| ctx.reject(Outcome::StoreUnavailable, e))?;
+        if !first {
+            return Err(ctx.reject(Outcome::Replay, "nonce already seen within the window"));
+        }
+    }
 
     let key = Key::event(&route.name, &verified);
     let in_flight_ttl = limits.upstream_timeout + Duration::from_secs(30);
@@ -159,7 +184,10 @@ async fn flow(
         .map_err(|e| ctx.reject(Outcome::StoreUnavailable, e))?
     {
         Claim::New(token) => token,
-        Claim::InFlight => return Err(Outcome::InFlight),
+        Claim::InFlight => {
+            forget_nonce(state, &route, nonce_key).await;
+            return Err(Outcome::InFlight);
+        }
         Claim::Delivered => return Err(Outcome::Duplicate),
     };
 
@@ -178,6 +206,10 @@ async fn flow(
         incoming: &parts.headers,
         content_type,
         body,
+        decrypted: match route.forward {
+            ForwardMode::Original => verified.decrypted(),
+            ForwardMode::Normalized => None,
+        },
         now,
     };
     let sent = Instant::now();
@@ -197,8 +229,20 @@ async fn flow(
                 tracing::error!(route = %route.name, event_id = verified.event_id(), error = %se,
                     "could not release the claim; the retry waits for it to lapse");
             }
+            forget_nonce(state, &route, nonce_key).await;
             Err(ctx.reject(e.outcome(), e))
         }
+    }
+}
+
+/// Forgets a nonce whose notification was not delivered, so the platform's
+/// verbatim retry is not refused as a replay.
+async fn forget_nonce(state: &State, route: &Route, nonce: Option<Key>) {
+    if let Some(key) = nonce
+        && let Err(e) = state.store.forget(key).await
+    {
+        tracing::error!(route = %route.name, error = %e,
+            "could not forget the nonce; a verbatim retry is refused until it lapses");
     }
 }
 
@@ -228,7 +272,7 @@ fn finish(state: &State, ctx: &Ctx, outcome: Outcome, took: Duration) {
         };
     }
     match outcome {
-        Outcome::Forwarded | Outcome::Duplicate => line!(info),
+        Outcome::Forwarded | Outcome::Duplicate | Outcome::Ignored => line!(info),
         Outcome::UpstreamError | Outcome::UpstreamTimeout | Outcome::StoreUnavailable => {
             line!(error)
         }

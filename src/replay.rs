@@ -175,6 +175,16 @@ impl ReplayStore {
         }
     }
 
+    /// Forgets a remembered nonce (its notification was not delivered).
+    pub async fn forget(&self, key: Key) -> Result<(), StoreError> {
+        match self {
+            ReplayStore::Memory(m) => {
+                m.forget(key);
+                Ok(())
+            }
+        }
+    }
+
     /// Whether the store answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
@@ -295,6 +305,15 @@ impl MemoryStore {
         entry.is_fresh()
     }
 
+    fn forget(&self, key: Key) {
+        self.cache
+            .entry(key)
+            .and_compute_with(|current| match current.map(|e| e.into_value()) {
+                Some(Entry::Nonce { .. }) => Op::Remove,
+                _ => Op::Nop,
+            });
+    }
+
     fn entries(&self) -> u64 {
         self.cache.run_pending_tasks();
         self.cache.entry_count()
@@ -388,6 +407,15 @@ mod tests {
         let n = Key::new("route", KeyKind::Nonce, "abc");
         assert!(s.remember(n, TTL).await.unwrap());
         assert!(!s.remember(n, TTL).await.unwrap());
+        s.forget(n).await.unwrap();
+        assert!(s.remember(n, TTL).await.unwrap());
+        // Forgetting a nonce never touches an event under another key.
+        let e = key("abc");
+        let Claim::New(_) = s.claim(e, IN_FLIGHT).await.unwrap() else {
+            panic!()
+        };
+        s.forget(e).await.unwrap();
+        assert_eq!(s.claim(e, IN_FLIGHT).await.unwrap(), Claim::InFlight);
     }
 
     #[test]
