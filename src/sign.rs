@@ -39,8 +39,10 @@ pub enum SignProvider {
     /// An Alipay open-platform notification (RSA2 or RSA).
     Alipay(AlipayArgs),
     /// A WeChat Pay API v2 payment result (XML, MD5 or HMAC-SHA256).
+    #[command(name = "wechat_v2")]
     WechatV2(WechatV2Args),
     /// A WeChat Pay API v3 notification (JSON, signed headers, encrypted resource).
+    #[command(name = "wechat_v3")]
     WechatV3(WechatV3Args),
 }
 

@@ -19,6 +19,8 @@ const V2: &str = "shop-wechat-v2";
 const V3: &str = "shop-wechat-v3";
 const V3_PATH: &str = "/notify/wechat-v3";
 
+type Headers = Vec<(String, String)>;
+
 fn is_v2_fail(body: &str) -> bool {
     body.starts_with("<xml><return_code><![CDATA[FAIL]]></return_code>")
 }
@@ -583,7 +585,7 @@ async fn v3_bad_keys_ciphertexts_and_signatures_are_401() {
     let gw = v3_gateway(&up).await;
     let now = unix_now();
     let pay = wechat_fixture("v3_pay.json");
-    let mut cases: Vec<(&str, Vec<(String, String)>, Vec<u8>)> = vec![
+    let mut cases: Vec<(&str, Headers, Vec<u8>)> = vec![
         (
             "unknown serial",
             v3_headers(
