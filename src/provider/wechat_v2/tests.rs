@@ -87,7 +87,7 @@ fn every_fixture_matches_expected_json() {
         }
         checked += 1;
     }
-    assert!(checked >= 27, "only {checked} v2 fixtures");
+    assert!(checked >= 28, "only {checked} v2 fixtures");
 }
 
 #[test]
@@ -112,7 +112,11 @@ fn refusals_name_their_reason() {
         err("v2_other_appid.xml"),
         VerifyError::MerchantMismatch { field: "appid", .. }
     ));
-    for refund in ["v2_refund_tampered.xml", "v2_refund_wrong_key.xml"] {
+    for refund in [
+        "v2_refund_tampered.xml",
+        "v2_refund_wrong_key.xml",
+        "v2_refund_wrong_root.xml",
+    ] {
         let e = err(refund);
         assert!(matches!(e, VerifyError::Decrypt(_)), "{refund}: {e:?}");
         assert_eq!(e.outcome(), Outcome::BadSignature);
