@@ -1,6 +1,8 @@
 //! Criterion benches for the per-notification work that is not I/O:
-//! form parsing, Alipay RSA2 verification (canonical string + RSA-2048)
-//! and the upstream HMAC. The replay store is in `benches/store.rs`.
+//! form parsing, Alipay RSA2 verification (canonical string + RSA-2048),
+//! WeChat v2 XML parsing and MD5 verification, WeChat v3 verification
+//! (header RSA-2048 + AES-256-GCM resource) and the upstream HMAC. The
+//! replay store is in `benches/store.rs`.
 //!
 //!     cargo bench --bench verify
 
@@ -42,6 +44,64 @@ fn alipay(c: &mut Criterion) {
     });
 }
 
+fn wechat_fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/wechat")
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn wechat(c: &mut Criterion) {
+    use callgate::body::{JsonBody, XmlMap};
+    use callgate::provider::{wechat_v2, wechat_v3};
+
+    let body = wechat_fixture("v2_md5_pay.xml");
+    let keys = wechat_v2::Keys::new(
+        "1900000109",
+        Some("wx2421b1c4370ec43b"),
+        Secret::new(wechat_fixture("v2_api.key")),
+    );
+    let xml = XmlMap::parse(&body).unwrap();
+    c.bench_function("wechat_v2/parse_xml", |b| {
+        b.iter(|| XmlMap::parse(black_box(&body)).unwrap())
+    });
+    c.bench_function("wechat_v2/verify_md5", |b| {
+        b.iter(|| keys.verify(black_box(&xml), 0).unwrap())
+    });
+
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wechat");
+    let expected: serde_json::Value =
+        serde_json::from_slice(&wechat_fixture("expected.json")).unwrap();
+    let sample = &expected["signed_samples"]["v3_pay.json"];
+    let mut headers = http::HeaderMap::new();
+    for (h, f) in [
+        ("wechatpay-timestamp", "timestamp"),
+        ("wechatpay-nonce", "nonce"),
+        ("wechatpay-serial", "serial"),
+        ("wechatpay-signature", "signature"),
+    ] {
+        headers.insert(h, sample[f].as_str().unwrap().parse().unwrap());
+    }
+    let keys = wechat_v3::Keys::new(
+        "1900000109",
+        &wechat_fixture("v3_api_v3.key"),
+        vec![wechat_v3::PlatformKey::certificate(
+            wechat_v3::load_certificate(&dir.join("platform_cert.pem")).unwrap(),
+        )],
+    )
+    .unwrap();
+    let raw = wechat_fixture("v3_pay.json");
+    let now = callgate::replay::unix_now();
+    c.bench_function("wechat_v3/parse_and_verify", |b| {
+        b.iter(|| {
+            keys.verify(&headers, &JsonBody::parse(black_box(&raw)).unwrap(), now)
+                .unwrap()
+        })
+    });
+}
+
 fn upstream_hmac(c: &mut Criterion) {
     let secret = Secret::new(b"0123456789abcdef0123456789abcdef".to_vec());
     let body = fixture("rsa2_trade_success.form");
@@ -50,5 +110,5 @@ fn upstream_hmac(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, alipay, upstream_hmac);
+criterion_group!(benches, alipay, wechat, upstream_hmac);
 criterion_main!(benches);

@@ -47,11 +47,16 @@ pub enum Outcome {
     UpstreamError,
     /// The upstream did not answer within `limits.upstream_timeout`.
     UpstreamTimeout,
+    /// A notification that reports a failure on the platform's side and
+    /// carries nothing to deliver (wechat_v2 `return_code` FAIL, which has
+    /// no signature): acknowledged so the platform stops resending it, never
+    /// forwarded. An addition to the contract's outcome list.
+    Ignored,
 }
 
 impl Outcome {
     /// Every outcome, in the contract's order (used to pre-register metrics).
-    pub const ALL: [Outcome; 15] = [
+    pub const ALL: [Outcome; 16] = [
         Outcome::Forwarded,
         Outcome::Duplicate,
         Outcome::InFlight,
@@ -67,6 +72,7 @@ impl Outcome {
         Outcome::StoreUnavailable,
         Outcome::UpstreamError,
         Outcome::UpstreamTimeout,
+        Outcome::Ignored,
     ];
 
     /// The `outcome` label of `callgate_requests_total`. An upstream timeout
@@ -87,12 +93,13 @@ impl Outcome {
             Outcome::RateLimited => "rate_limited",
             Outcome::StoreUnavailable => "store_unavailable",
             Outcome::UpstreamError | Outcome::UpstreamTimeout => "upstream_error",
+            Outcome::Ignored => "ignored",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
-            Outcome::Forwarded | Outcome::Duplicate => StatusCode::OK,
+            Outcome::Forwarded | Outcome::Duplicate | Outcome::Ignored => StatusCode::OK,
             Outcome::InFlight => StatusCode::CONFLICT,
             Outcome::Replay | Outcome::Stale | Outcome::BadSignature => StatusCode::UNAUTHORIZED,
             Outcome::IpDenied => StatusCode::FORBIDDEN,
@@ -109,14 +116,17 @@ impl Outcome {
 
     /// Whether the platform gets the success ack (and stops retrying).
     pub fn is_success(self) -> bool {
-        matches!(self, Outcome::Forwarded | Outcome::Duplicate)
+        matches!(
+            self,
+            Outcome::Forwarded | Outcome::Duplicate | Outcome::Ignored
+        )
     }
 
     /// A short, fixed, non-revealing phrase for failure bodies that carry a
     /// message (wechat_v2 `return_msg`, wechat_v3 `message`).
     fn public_message(self) -> &'static str {
         match self {
-            Outcome::Forwarded | Outcome::Duplicate => "OK",
+            Outcome::Forwarded | Outcome::Duplicate | Outcome::Ignored => "OK",
             Outcome::InFlight => "in progress",
             Outcome::Replay => "replayed",
             Outcome::Stale => "stale",
@@ -249,6 +259,7 @@ mod tests {
             (Outcome::StoreUnavailable, 503),
             (Outcome::UpstreamError, 502),
             (Outcome::UpstreamTimeout, 504),
+            (Outcome::Ignored, 200),
         ];
         for (o, s) in expect {
             assert_eq!(o.status().as_u16(), s, "{o:?}");

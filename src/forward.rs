@@ -17,6 +17,12 @@
 //!   `X-Callgate-Signature: t=UNIX,v1=HEX`, HEX = HMAC-SHA256(upstream
 //!   secret, `t + "." + body`). Every incoming `X-Callgate-*` header is
 //!   dropped, as are `Forwarded` and `X-Real-IP`, which a shop might trust.
+//! * In `original` mode, when the platform encrypted part of the
+//!   notification (WeChat v3 `resource`, WeChat v2 refund `req_info`):
+//!   `X-Callgate-Resource: <standard Base64 of the decrypted bytes>` and
+//!   `X-Callgate-Resource-Signature: t=UNIX,v1=HEX`, HEX =
+//!   HMAC-SHA256(upstream secret, `t + "." + decrypted bytes`) with the
+//!   same `t`, so a shop without sodium or the APIv3 key can use it.
 //! * Never: hop-by-hop headers (`Connection` and what it names,
 //!   `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`,
 //!   `Upgrade`), `Host` (set from the upstream URL), `Content-Length`
@@ -233,6 +239,8 @@ pub struct Delivery<'a> {
     /// `None` keeps the incoming Content-Type (original mode).
     pub content_type: Option<&'static str>,
     pub body: Bytes,
+    /// Decrypted platform content for `X-Callgate-Resource` (original mode).
+    pub decrypted: Option<&'a [u8]>,
     pub now: i64,
 }
 
@@ -305,6 +313,19 @@ fn build_request(
         "x-callgate-signature",
         header_value(&signature(&upstream.secret, d.now, &d.body)),
     );
+    if let Some(plain) = d.decrypted {
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(plain);
+        headers.insert(
+            "x-callgate-resource",
+            HeaderValue::from_str(&encoded)
+                .map_err(|e| ForwardError::Build(format!("resource header: {e}")))?,
+        );
+        headers.insert(
+            "x-callgate-resource-signature",
+            header_value(&signature(&upstream.secret, d.now, plain)),
+        );
+    }
 
     let mut request = Request::new(Full::new(d.body));
     *request.method_mut() = Method::POST;
@@ -445,6 +466,7 @@ mod tests {
                 incoming: &incoming,
                 content_type: None,
                 body: Bytes::from_static(b"a=1"),
+                decrypted: None,
                 now: 5,
             },
         )

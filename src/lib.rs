@@ -15,9 +15,10 @@
 //! allow    client_ip(peer, X-Forwarded-For) ∈ route.allow   IpDenied 403
 //! body     read (Content-Length, then Limited) ─▶ Bytes      TooLarge 413
 //!          parse(format) ─▶ Payload                          Malformed 400
-//! provider verify(headers, payload) ─▶ Verified              BadSignature 401
-//! replay   check_fresh(verified) ; store.claim(event)        Stale/Replay 401, InFlight 409,
-//!                                                            Duplicate 200, StoreUnavailable 503
+//! provider verify(headers, payload, now) ─▶ Verified         BadSignature 401, Ignored 200
+//! replay   check_fresh(verified) ; store.remember(nonce)     Stale/Replay 401,
+//!          store.claim(event)                                InFlight 409, Duplicate 200,
+//!                                                            StoreUnavailable 503
 //! forward  forward(route, verified, body) ─▶ confirm()       UpstreamError 502/504 (claim released)
 //! ack      Outcome × Provider ─▶ Response ; finish() logs one line and counts it
 //! ```

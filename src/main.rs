@@ -336,9 +336,7 @@ fn redeliver(
 }
 
 fn args_is_curl(args: &callgate::sign::SignArgs) -> bool {
-    match &args.provider {
-        callgate::sign::SignProvider::Alipay(a) => a.curl.is_some(),
-    }
+    args.provider.is_curl()
 }
 
 fn run(config: &std::path::Path, format: LogFormat) -> ExitCode {

@@ -18,6 +18,7 @@
 use chrono::{FixedOffset, NaiveDateTime, TimeZone};
 use serde_json::{Map, Value, json};
 
+use crate::body::XmlMap;
 use crate::provider::{Fields, ProviderKind, Verified};
 
 /// The normalized JSON body for `verified`.
@@ -33,6 +34,12 @@ pub fn normalize(verified: &Verified) -> Vec<u8> {
                 fields.insert(k.to_owned(), Value::String(text.into_owned()));
             }
             alipay(verified, fields)
+        }
+        (ProviderKind::WechatV2, Fields::Xml { xml, refund }) => {
+            wechat_v2(verified, xml, refund.as_ref())
+        }
+        (ProviderKind::WechatV3, Fields::Json { body, resource }) => {
+            wechat_v3(verified, body, resource)
         }
         (kind, _) => json!({
             "provider": kind.as_str(),
@@ -84,6 +91,141 @@ fn alipay(verified: &Verified, fields: Map<String, Value>) -> Value {
         "occurred_at": when,
         "fields": fields,
     })
+}
+
+/// WeChat v2. Payment: `total_fee` (already fen), `result_code` SUCCESS is
+/// `paid`, anything else `pending` (the payment did not complete),
+/// `time_end`. Refund: the decrypted `req_info` fields, `refund_fee`,
+/// `refund_status` SUCCESS `refunded`, REFUNDCLOSE `closed`, CHANGE (the
+/// refund failed and needs the merchant) `pending`, `success_time`.
+/// `fields` holds every field but `sign` (and, for a refund, the decrypted
+/// fields in place of `req_info`).
+fn wechat_v2(verified: &Verified, xml: &XmlMap, refund: Option<&XmlMap>) -> Value {
+    let mut fields = Map::new();
+    for (k, v) in xml.iter() {
+        if k == "sign" || k == "req_info" {
+            continue;
+        }
+        fields.insert(k.to_owned(), Value::String(v.to_owned()));
+    }
+    let outer = |k: &str| xml.get(k).filter(|s| !s.is_empty());
+    let (out_trade_no, trade_no, amount, status, when, currency) = match refund {
+        Some(r) => {
+            for (k, v) in r.iter() {
+                fields.insert(k.to_owned(), Value::String(v.to_owned()));
+            }
+            let get = |k: &str| r.get(k).filter(|s| !s.is_empty());
+            let status = match get("refund_status") {
+                Some("SUCCESS") => "refunded",
+                Some("REFUNDCLOSE") => "closed",
+                _ => "pending",
+            };
+            (
+                get("out_trade_no"),
+                get("transaction_id"),
+                get("refund_fee").and_then(fen),
+                status,
+                get("success_time").and_then(beijing_rfc3339),
+                outer("refund_fee_type").or(outer("fee_type")),
+            )
+        }
+        None => (
+            outer("out_trade_no"),
+            outer("transaction_id"),
+            outer("total_fee").and_then(fen),
+            if outer("result_code") == Some("SUCCESS") {
+                "paid"
+            } else {
+                "pending"
+            },
+            outer("time_end").and_then(compact_beijing_rfc3339),
+            outer("fee_type"),
+        ),
+    };
+    json!({
+        "provider": "wechat_v2",
+        "event_id": verified.event_id(),
+        "out_trade_no": out_trade_no,
+        "provider_trade_no": trade_no,
+        "amount_fen": amount,
+        "currency": currency.unwrap_or("CNY"),
+        "status": status,
+        "occurred_at": when,
+        "fields": fields,
+    })
+}
+
+/// WeChat v3, from the decrypted resource. Payment (`trade_state`): SUCCESS
+/// `paid`, REFUND `refunded`, CLOSED / REVOKED `closed`, others `pending`;
+/// `amount.total`. Refund (`refund_status`): SUCCESS `refunded`, CLOSED
+/// `closed`, ABNORMAL / PROCESSING `pending`; `amount.refund`.
+/// `occurred_at`: `success_time`, else the body's `create_time`. `fields`
+/// is the decrypted resource; `event_type` is added at the top level.
+fn wechat_v3(verified: &Verified, body: &Value, resource: &Value) -> Value {
+    let get = |k: &str| {
+        resource
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let amount = |k: &str| {
+        resource
+            .get("amount")
+            .and_then(|a| a.get(k))
+            .and_then(Value::as_i64)
+    };
+    let (status, amount_fen) = match get("refund_status") {
+        Some(r) => (
+            match r {
+                "SUCCESS" => "refunded",
+                "CLOSED" => "closed",
+                _ => "pending",
+            },
+            amount("refund"),
+        ),
+        None => (
+            match get("trade_state") {
+                Some("SUCCESS") => "paid",
+                Some("REFUND") => "refunded",
+                Some("CLOSED") | Some("REVOKED") => "closed",
+                _ => "pending",
+            },
+            amount("total"),
+        ),
+    };
+    let currency = resource
+        .get("amount")
+        .and_then(|a| a.get("currency"))
+        .and_then(Value::as_str)
+        .unwrap_or("CNY");
+    let when = get("success_time").or_else(|| body.get("create_time").and_then(Value::as_str));
+    json!({
+        "provider": "wechat_v3",
+        "event_id": verified.event_id(),
+        "event_type": body.get("event_type"),
+        "out_trade_no": get("out_trade_no"),
+        "provider_trade_no": get("transaction_id"),
+        "amount_fen": amount_fen,
+        "currency": currency,
+        "status": status,
+        "occurred_at": when,
+        "fields": resource,
+    })
+}
+
+/// A whole number of fen (`"100"`); anything else is `None`.
+fn fen(s: &str) -> Option<i64> {
+    if s.is_empty() || s.len() > 15 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// `yyyyMMddHHmmss` Beijing time → RFC 3339 with `+08:00`.
+fn compact_beijing_rfc3339(s: &str) -> Option<String> {
+    let naive = NaiveDateTime::parse_from_str(s, "%Y%m%d%H%M%S").ok()?;
+    let tz = FixedOffset::east_opt(8 * 3600)?;
+    Some(tz.from_local_datetime(&naive).single()?.to_rfc3339())
 }
 
 /// `"88.88"` → 8888. At most two decimals; anything else is `None`.
@@ -138,5 +280,12 @@ mod tests {
             Some("2015-04-28T15:45:57.320+08:00")
         );
         assert_eq!(beijing_rfc3339("yesterday"), None);
+        assert_eq!(
+            compact_beijing_rfc3339("20261122100000").as_deref(),
+            Some("2026-11-22T10:00:00+08:00")
+        );
+        assert_eq!(fen("8888"), Some(8888));
+        assert_eq!(fen("88.88"), None);
+        assert_eq!(fen(""), None);
     }
 }

@@ -22,7 +22,7 @@ use crate::forward::{self, Delivery, ForwardMode, HttpClient};
 use crate::journal::{self, Journal, OutcomeRecord, Record};
 use crate::metrics::Metrics;
 use crate::provider::Verified;
-use crate::replay::{self, Claim, Key, ReplayStore, Token};
+use crate::replay::{self, Claim, Key, KeyKind, ReplayStore, Token};
 use crate::rules::{OnStoreError, Route, RuleSet};
 use crate::{allow, body, normalize};
 
@@ -146,21 +146,49 @@ async fn flow(
     let payload = body::parse(route.provider.format(), &parts.headers, &bytes)
         .map_err(|e| ctx.reject(Outcome::Malformed, e))?;
 
+    let now = replay::unix_now();
     let verified = route
         .provider
-        .verify(&parts.headers, &payload)
+        .verify(&parts.headers, &payload, now)
         .map_err(|e| ctx.reject(e.outcome(), e))?;
     ctx.event_id = Some(verified.event_id().to_owned());
 
-    let now = replay::unix_now();
     replay::check_fresh(&verified, route.max_age, route.max_future, now)
         .map_err(|e| ctx.reject(Outcome::Stale, e))?;
+
+    // A nonce (wechat_v3) is remembered for the whole window; a verbatim
+    // copy within it is a replay. It is forgotten again if this copy is not
+    // delivered, so the platform's own retry is not refused.
+    let nonce_key = verified
+        .nonce()
+        .map(|n| Key::new(&route.name, KeyKind::Nonce, n));
+    if let Some(nonce) = &nonce_key {
+        match state
+            .store
+            .remember(nonce, route.max_age + route.max_future)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(ctx.reject(Outcome::Replay, "nonce already seen within the window"));
+            }
+            Err(e) => {
+                state.metrics.store_error("remember");
+                if route.on_store_error == OnStoreError::Closed {
+                    return Err(ctx.reject(Outcome::StoreUnavailable, e));
+                }
+            }
+        }
+    }
 
     let key = Key::event(&route.name, &verified);
     let in_flight_ttl = limits.upstream_timeout + Duration::from_secs(30);
     let token = match state.store.claim(&key, in_flight_ttl).await {
         Ok(Claim::New(token)) => Some(token),
-        Ok(Claim::InFlight) => return Err(Outcome::InFlight),
+        Ok(Claim::InFlight) => {
+            forget_nonce(state, &route, nonce_key.as_ref()).await;
+            return Err(Outcome::InFlight);
+        }
         Ok(Claim::Delivered) => return Err(Outcome::Duplicate),
         Err(e) => {
             state.metrics.store_error("claim");
@@ -187,6 +215,7 @@ async fn flow(
         if let Err(e) = j.append(&record, true).await {
             state.metrics.journal_error();
             release(state, &route, &key, token).await;
+            forget_nonce(state, &route, nonce_key.as_ref()).await;
             return Err(ctx.reject(Outcome::StoreUnavailable, e));
         }
     }
@@ -199,6 +228,7 @@ async fn flow(
         }
         Err(e) => {
             release(state, &route, &key, token).await;
+            forget_nonce(state, &route, nonce_key.as_ref()).await;
             e.outcome()
         }
     };
@@ -233,12 +263,28 @@ async fn deliver(
         incoming,
         content_type,
         body,
+        decrypted: match route.forward {
+            ForwardMode::Original => verified.decrypted(),
+            ForwardMode::Normalized => None,
+        },
         now,
     };
     let sent = Instant::now();
     let result = forward::forward(&state.client, &route.upstream, delivery).await;
     state.metrics.upstream(&route.name, sent.elapsed());
     result.map(|_| ())
+}
+
+/// Forgets a nonce whose notification was not delivered, so the platform's
+/// verbatim retry is not refused as a replay.
+async fn forget_nonce(state: &State, route: &Route, nonce: Option<&Key>) {
+    if let Some(key) = nonce
+        && let Err(e) = state.store.forget(key).await
+    {
+        state.metrics.store_error("forget");
+        tracing::error!(route = %route.name, error = %e,
+            "could not forget the nonce; a verbatim retry is refused until it lapses");
+    }
 }
 
 async fn confirm(state: &State, route: &Route, key: &Key, token: Option<Token>) {
@@ -363,7 +409,7 @@ pub async fn redeliver(state: &State, rec: &journal::Received) -> Result<Outcome
         .map_err(|e| RedeliverError::Verify(e.to_string()))?;
     let verified = route
         .provider
-        .verify(&headers, &payload)
+        .verify(&headers, &payload, replay::unix_now())
         .map_err(|e| RedeliverError::Verify(e.to_string()))?;
     if verified.event_id() != rec.event_id {
         return Err(RedeliverError::Damaged(

@@ -203,11 +203,12 @@ impl ReplayStore {
         }
     }
 
-    /// Forgets a key (a nonce whose delivery failed).
+    /// Forgets a remembered nonce (its notification was not delivered).
+    /// Never removes an event's claim or delivery record.
     pub async fn forget(&self, key: &Key) -> Result<(), StoreError> {
         match self {
             ReplayStore::Memory(m) => {
-                m.cache.invalidate(&key.digest);
+                m.forget(key);
                 Ok(())
             }
             ReplayStore::Redis(r) => r.forget(key).await,
@@ -351,6 +352,15 @@ impl MemoryStore {
         entry.is_fresh()
     }
 
+    fn forget(&self, key: &Key) {
+        self.cache.entry(key.digest).and_compute_with(|current| {
+            match current.map(|e| e.into_value()) {
+                Some(Entry::Nonce { .. }) => Op::Remove,
+                _ => Op::Nop,
+            }
+        });
+    }
+
     fn entries(&self) -> u64 {
         self.cache.run_pending_tasks();
         self.cache.entry_count()
@@ -385,6 +395,14 @@ end
 return 0
 ";
 
+/// Forget: delete only a nonce.
+const FORGET: &str = r"
+if redis.call('GET', KEYS[1]) == 'n' then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
 /// A Redis (or Redis-compatible) store shared by several gateways. One
 /// multiplexed connection per gateway, reconnected in the background after
 /// a failure; every command is bounded by the configured timeout. Values:
@@ -396,6 +414,7 @@ pub struct RedisStore {
     claim: Arc<redis::Script>,
     confirm: Arc<redis::Script>,
     release: Arc<redis::Script>,
+    forget: Arc<redis::Script>,
     instance: Arc<str>,
     next_token: Arc<AtomicU64>,
     /// The URL without its password, for messages.
@@ -435,6 +454,7 @@ impl RedisStore {
             claim: Arc::new(redis::Script::new(CLAIM)),
             confirm: Arc::new(redis::Script::new(CONFIRM)),
             release: Arc::new(redis::Script::new(RELEASE)),
+            forget: Arc::new(redis::Script::new(FORGET)),
             instance: hex::encode(id).into(),
             next_token: Arc::new(AtomicU64::new(1)),
             shown: redact_url(url).into(),
@@ -509,9 +529,10 @@ impl RedisStore {
 
     async fn forget(&self, key: &Key) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let _: i64 = redis::cmd("DEL")
-            .arg(key.redis())
-            .query_async(&mut conn)
+        let _: i64 = self
+            .forget
+            .key(key.redis())
+            .invoke_async(&mut conn)
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -652,6 +673,13 @@ mod tests {
         assert!(!s.remember(&n, TTL).await.unwrap());
         s.forget(&n).await.unwrap();
         assert!(s.remember(&n, TTL).await.unwrap());
+        // Forgetting never touches an event's claim.
+        let e = key("abc");
+        let Claim::New(_) = s.claim(&e, IN_FLIGHT).await.unwrap() else {
+            panic!()
+        };
+        s.forget(&e).await.unwrap();
+        assert_eq!(s.claim(&e, IN_FLIGHT).await.unwrap(), Claim::InFlight);
     }
 
     #[tokio::test]

@@ -8,6 +8,18 @@
 //! notify_id, trade fields) unless given, signs with RSA2 (or `--sign-type
 //! RSA`), and prints the form body; `--curl URL` prints a ready curl command
 //! instead.
+//!
+//! `callgate sign wechat_v2 --api-key-file FILE --param mch_id=... [--param
+//! k=v]... [--sign-type MD5|HMAC-SHA256]` fills in a successful payment
+//! result (time_end now, fresh ids) unless given, signs it as WXPayUtil does
+//! and prints the XML (`sign_type` is written only when `--sign-type` is
+//! given, as WeChat omits it for MD5).
+//!
+//! `callgate sign wechat_v3 --private-key FILE --serial S --api-v3-key-file
+//! FILE --resource-json FILE_OR_JSON [--event-type T]` encrypts the resource
+//! with AEAD_AES_256_GCM under the APIv3 key, wraps it in a notification
+//! body, signs `timestamp\nnonce\nbody\n` with SHA256withRSA and prints the
+//! curl `-H` arguments on the first line and the JSON body on the second.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,6 +38,62 @@ pub struct SignArgs {
 pub enum SignProvider {
     /// An Alipay open-platform notification (RSA2 or RSA).
     Alipay(AlipayArgs),
+    /// A WeChat Pay API v2 payment result (XML, MD5 or HMAC-SHA256).
+    #[command(name = "wechat_v2")]
+    WechatV2(WechatV2Args),
+    /// A WeChat Pay API v3 notification (JSON, signed headers, encrypted resource).
+    #[command(name = "wechat_v3")]
+    WechatV3(WechatV3Args),
+}
+
+impl SignProvider {
+    /// Whether the output is a curl command (printed with a newline).
+    pub fn is_curl(&self) -> bool {
+        match self {
+            SignProvider::Alipay(a) => a.curl.is_some(),
+            SignProvider::WechatV2(a) => a.curl.is_some(),
+            SignProvider::WechatV3(a) => a.curl.is_some(),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WechatV2Args {
+    /// File holding the API v2 key (the route's `api_key_file`).
+    #[arg(long)]
+    pub api_key_file: PathBuf,
+    /// A notification field, `key=value`; repeat for each. `mch_id` is required.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// `MD5` or `HMAC-SHA256`; when given, also written as `sign_type`.
+    #[arg(long)]
+    pub sign_type: Option<String>,
+    /// Print a curl command that POSTs the notification to URL.
+    #[arg(long, value_name = "URL")]
+    pub curl: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WechatV3Args {
+    /// PEM private key standing in for WeChat Pay's platform key.
+    #[arg(long)]
+    pub private_key: PathBuf,
+    /// `Wechatpay-Serial`: the certificate serial or `PUB_KEY_ID_...` the route lists.
+    #[arg(long)]
+    pub serial: String,
+    /// File holding the 32-byte APIv3 key (the route's `api_v3_key_file`).
+    #[arg(long)]
+    pub api_v3_key_file: PathBuf,
+    /// The decrypted resource: a file holding JSON, or the JSON itself.
+    #[arg(long, value_name = "FILE_OR_JSON")]
+    pub resource_json: String,
+    /// `event_type` (default TRANSACTION.SUCCESS, or REFUND.SUCCESS for a
+    /// resource with `refund_status`).
+    #[arg(long)]
+    pub event_type: Option<String>,
+    /// Print a curl command that POSTs the notification to URL.
+    #[arg(long, value_name = "URL")]
+    pub curl: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,7 +119,11 @@ pub enum SignError {
     Param(String),
     #[error("--param app_id=... is required: the route's keys.app_id")]
     NoAppId,
-    #[error("--sign-type `{0}` is not RSA2 or RSA")]
+    #[error("--param mch_id=... is required: the route's keys.mch_id")]
+    NoMchId,
+    #[error("--resource-json: {0}")]
+    Resource(String),
+    #[error("--sign-type `{0}` is not one this provider signs with")]
     SignType(String),
     #[error("charset `{0}` is not utf-8 or gbk")]
     Charset(String),
@@ -65,28 +137,33 @@ pub enum SignError {
 pub fn run(args: &SignArgs) -> Result<String, SignError> {
     match &args.provider {
         SignProvider::Alipay(a) => alipay(a),
+        SignProvider::WechatV2(a) => wechat_v2(a),
+        SignProvider::WechatV3(a) => wechat_v3(a),
     }
 }
 
-fn alipay(args: &AlipayArgs) -> Result<String, SignError> {
-    let mut params = Vec::with_capacity(args.params.len());
-    for p in &args.params {
+/// `--param k=v` arguments as a map.
+fn param_map(raw: &[String]) -> Result<BTreeMap<String, String>, SignError> {
+    let mut params = BTreeMap::new();
+    for p in raw {
         let (k, v) = p
             .split_once('=')
             .ok_or_else(|| SignError::Param(p.clone()))?;
         if k.is_empty() {
             return Err(SignError::Param(p.clone()));
         }
-        params.push((k.to_owned(), v.to_owned()));
+        params.insert(k.to_owned(), v.to_owned());
     }
+    Ok(params)
+}
+
+fn alipay(args: &AlipayArgs) -> Result<String, SignError> {
+    let params = param_map(&args.params)?;
     let body = alipay_form(&args.private_key, &params, &args.sign_type)?;
     Ok(match &args.curl {
         None => body,
         Some(url) => {
-            let charset = params
-                .iter()
-                .find(|(k, _)| k == "charset")
-                .map_or("utf-8", |(_, v)| v.as_str());
+            let charset = params.get("charset").map_or("utf-8", String::as_str);
             format!(
                 "curl -sS -k -X POST -H 'Content-Type: application/x-www-form-urlencoded; charset={}' --data-binary '{}' '{}'",
                 charset.replace('\'', ""),
@@ -97,14 +174,14 @@ fn alipay(args: &AlipayArgs) -> Result<String, SignError> {
     })
 }
 
-/// A signed Alipay notification form body: `params` (later ones win) over
-/// realistic defaults, signed with the PEM private key at `private_key`.
+/// A signed Alipay notification form body: `given` over realistic
+/// defaults, signed with the PEM private key at `private_key`.
 pub fn alipay_form(
     private_key: &std::path::Path,
-    given: &[(String, String)],
+    given: &BTreeMap<String, String>,
     sign_type: &str,
 ) -> Result<String, SignError> {
-    let mut params: BTreeMap<String, String> = given.iter().cloned().collect();
+    let mut params = given.clone();
     if !params.contains_key("app_id") {
         return Err(SignError::NoAppId);
     }
@@ -159,6 +236,206 @@ pub fn alipay_form(
     let sign = base64::engine::general_purpose::STANDARD.encode(&sig);
     append(&mut body, "sign", sign.as_bytes());
     Ok(body)
+}
+
+fn wechat_v2(args: &WechatV2Args) -> Result<String, SignError> {
+    use crate::provider::wechat_v2::{SignAlgo, signature};
+    let mut params = param_map(&args.params)?;
+    if !params.contains_key("mch_id") {
+        return Err(SignError::NoMchId);
+    }
+    let algo = match args.sign_type.as_deref() {
+        None | Some("MD5") => SignAlgo::Md5,
+        Some("HMAC-SHA256") => SignAlgo::HmacSha256,
+        Some(other) => return Err(SignError::SignType(other.to_owned())),
+    };
+    let key = read_secret(&args.api_key_file)?;
+    let now = chrono::Utc::now() + chrono::Duration::hours(8);
+    let stamp = now.format("%Y%m%d%H%M%S").to_string();
+    let rand = random_digits(14);
+    let total = params
+        .get("total_fee")
+        .cloned()
+        .unwrap_or_else(|| "1".to_owned());
+    let defaults = [
+        ("return_code", "SUCCESS".to_owned()),
+        ("return_msg", "OK".to_owned()),
+        ("result_code", "SUCCESS".to_owned()),
+        ("nonce_str", random_alnum(32)),
+        ("openid", "oCallgateSample000000000000000".to_owned()),
+        ("is_subscribe", "N".to_owned()),
+        ("trade_type", "JSAPI".to_owned()),
+        ("bank_type", "OTHERS".to_owned()),
+        ("total_fee", total.clone()),
+        ("cash_fee", total),
+        ("fee_type", "CNY".to_owned()),
+        ("transaction_id", format!("4200{}{rand}", &stamp[..8])),
+        ("out_trade_no", format!("CG{stamp}{}", &rand[..6])),
+        ("time_end", stamp),
+    ];
+    for (k, v) in defaults {
+        params.entry(k.to_owned()).or_insert(v);
+    }
+    params.remove("sign");
+    match &args.sign_type {
+        Some(t) => params.insert("sign_type".to_owned(), t.clone()),
+        None => params.remove("sign_type"),
+    };
+    let sign = signature(
+        params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        key.expose(),
+        algo,
+        true,
+    );
+    params.insert("sign".to_owned(), sign);
+    let mut xml = String::from("<xml>\n");
+    for (k, v) in &params {
+        xml.push_str(&format!("<{k}>{}</{k}>\n", xml_text(v)));
+    }
+    xml.push_str("</xml>");
+    Ok(match &args.curl {
+        None => xml,
+        Some(url) => format!(
+            "curl -sS -k -X POST -H 'Content-Type: text/xml' --data-binary {} {}",
+            shell_quote(&xml),
+            shell_quote(url)
+        ),
+    })
+}
+
+/// A value as element content: CDATA, or escaped text when it holds `]]>`.
+fn xml_text(v: &str) -> String {
+    if v.contains("]]>") {
+        v.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    } else {
+        format!("<![CDATA[{v}]]>")
+    }
+}
+
+fn wechat_v3(args: &WechatV3Args) -> Result<String, SignError> {
+    use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+
+    let text = match std::fs::read_to_string(&args.resource_json) {
+        Ok(t) => t,
+        Err(_) if args.resource_json.trim_start().starts_with('{') => args.resource_json.clone(),
+        Err(e) => {
+            return Err(SignError::Resource(format!(
+                "`{}` is neither a readable file nor a JSON object: {}",
+                args.resource_json,
+                crate::config::io_reason(&e)
+            )));
+        }
+    };
+    let text = text.trim();
+    let resource: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| SignError::Resource(format!("not JSON: {e}")))?;
+    if !resource.is_object() {
+        return Err(SignError::Resource("not a JSON object".to_owned()));
+    }
+    let refund = resource.get("refund_status").is_some();
+    let event_type = args.event_type.clone().unwrap_or_else(|| {
+        if refund {
+            "REFUND.SUCCESS".to_owned()
+        } else {
+            "TRANSACTION.SUCCESS".to_owned()
+        }
+    });
+    let (original_type, summary) = if event_type.starts_with("REFUND.") {
+        ("refund", "退款成功")
+    } else if event_type.starts_with("TRANSACTION.") {
+        ("transaction", "支付成功")
+    } else {
+        ("", "callgate sample")
+    };
+
+    let key = read_secret(&args.api_v3_key_file)?;
+    let bad_key = |reason: String| SignError::Key {
+        file: args.api_v3_key_file.display().to_string(),
+        reason,
+    };
+    if key.expose().len() != 32 {
+        return Err(bad_key(format!(
+            "the APIv3 key must be 32 bytes, not {}",
+            key.expose().len()
+        )));
+    }
+    let aead = UnboundKey::new(&AES_256_GCM, key.expose())
+        .map(LessSafeKey::new)
+        .map_err(|_| bad_key("not an AES-256 key".to_owned()))?;
+    let gcm_nonce = random_alnum(12);
+    let nonce =
+        Nonce::try_assume_unique_for_key(gcm_nonce.as_bytes()).map_err(|_| SignError::Sign)?;
+    let mut sealed = text.as_bytes().to_vec();
+    aead.seal_in_place_append_tag(nonce, Aad::from(original_type.as_bytes()), &mut sealed)
+        .map_err(|_| SignError::Sign)?;
+    let ciphertext = base64::engine::general_purpose::STANDARD.encode(&sealed);
+
+    let now = chrono::Utc::now();
+    let beijing = chrono::FixedOffset::east_opt(8 * 3600).ok_or(SignError::Sign)?;
+    let create_time = now
+        .with_timezone(&beijing)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
+    let id = random_alnum(32).to_ascii_lowercase();
+    let id = format!(
+        "{}-{}-{}-{}-{}",
+        &id[..8],
+        &id[8..12],
+        &id[12..16],
+        &id[16..20],
+        &id[20..]
+    );
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let body = format!(
+        "{{\"id\":{},\"create_time\":{},\"resource_type\":\"encrypt-resource\",\"event_type\":{},\"summary\":{},\"resource\":{{\"original_type\":{},\"algorithm\":\"AEAD_AES_256_GCM\",\"ciphertext\":{},\"associated_data\":{},\"nonce\":{}}}}}",
+        q(&id),
+        q(&create_time),
+        q(&event_type),
+        q(summary),
+        q(original_type),
+        q(&ciphertext),
+        q(original_type),
+        q(&gcm_nonce),
+    );
+    let timestamp = now.timestamp().to_string();
+    let header_nonce = random_alnum(32);
+    let message = format!("{timestamp}\n{header_nonce}\n{body}\n");
+    let sig = rsa_sign(&args.private_key, false, message.as_bytes())?;
+    let signature = base64::engine::general_purpose::STANDARD.encode(&sig);
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Wechatpay-Timestamp", timestamp.as_str()),
+        ("Wechatpay-Nonce", header_nonce.as_str()),
+        ("Wechatpay-Serial", args.serial.as_str()),
+        ("Wechatpay-Signature", signature.as_str()),
+        ("Wechatpay-Signature-Type", "WECHATPAY2-SHA256-RSA2048"),
+    ]
+    .iter()
+    .map(|(k, v)| format!("-H {}", shell_quote(&format!("{k}: {v}"))))
+    .collect::<Vec<_>>()
+    .join(" ");
+    Ok(match &args.curl {
+        None => format!("{headers}\n{body}"),
+        Some(url) => format!(
+            "curl -sS -k -X POST {headers} --data-binary {} {}",
+            shell_quote(&body),
+            shell_quote(url)
+        ),
+    })
+}
+
+/// Reads a secret file (raw bytes, one trailing newline ignored).
+fn read_secret(path: &std::path::Path) -> Result<crate::secret::Secret, SignError> {
+    crate::secret::Secret::from_file(path).map_err(|e| SignError::Key {
+        file: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Single-quotes a word for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// Appends `k=v` form-encoded the way Java's URLEncoder does (space as `+`).
@@ -228,6 +505,20 @@ fn rsa_sign(path: &std::path::Path, sha1: bool, content: &[u8]) -> Result<Vec<u8
     )
     .map_err(|_| SignError::Sign)?;
     Ok(sig)
+}
+
+/// Random letters and digits (nonces and ids).
+fn random_alnum(n: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = vec![0u8; n];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        let digits = random_digits(n);
+        bytes.copy_from_slice(digits.as_bytes());
+    }
+    bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect()
 }
 
 fn random_digits(n: usize) -> String {

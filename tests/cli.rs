@@ -47,7 +47,7 @@ fn check_accepts_the_shipped_demo() {
             .arg(root().join("callgate.toml")),
     );
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out.trim(), "ok: 1 routes");
+    assert_eq!(out.trim(), "ok: 3 routes");
 }
 
 /// Writes a gateway file plus `rules/r.toml` with `rules`, returns the dir.
@@ -650,4 +650,273 @@ async fn sigterm_finishes_in_flight_notifications_then_exits_0() {
     run.wait_for(|v| v["message"] == "callgate stopped");
     let status = run.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+// === WeChat Pay ===
+
+/// A wechat_v3 rule with the given `platform_keys` body and APIv3 key file.
+fn wechat_v3_rule(platform_keys: &str, api_v3_key: &Path) -> String {
+    format!(
+        r#"[[route]]
+name = "v3"
+path = "/v3"
+provider = "wechat_v3"
+allow = ["127.0.0.1/32"]
+upstream = "http://127.0.0.1:8080/notify.php"
+upstream_secret_file = "../upstream.secret"
+
+[route.keys]
+mch_id = "1900000109"
+api_v3_key_file = {api_v3_key:?}
+platform_keys = [
+{platform_keys}
+]
+"#
+    )
+}
+
+#[test]
+fn check_names_wechat_key_problems() {
+    let good_key = wechat_path("v3_api_v3.key");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "expired certificate",
+            wechat_v3_rule(
+                &format!(
+                    "{{ serial = \"3E1D0A0B0C0D0E0F101112131415161718191A1B\", certificate = {:?} }},",
+                    wechat_path("expired_cert.pem")
+                ),
+                &good_key,
+            ),
+            "expired at 2021-01-01 00:00:00 UTC",
+        ),
+        (
+            "serial does not match the certificate",
+            wechat_v3_rule(
+                &format!(
+                    "{{ serial = \"ABCDEF\", certificate = {:?} }},",
+                    wechat_path("platform_cert.pem")
+                ),
+                &good_key,
+            ),
+            "r.toml:13: keys.platform_keys: serial `ABCDEF` does not match certificate",
+        ),
+        (
+            "public key without a PUB_KEY_ID_ id",
+            wechat_v3_rule(
+                &format!(
+                    "{{ serial = \"5157F09EFDC096DE15EBE81A47057A7232F1B8E1\", public_key = {:?} }},",
+                    wechat_path("pubkey_public.pem")
+                ),
+                &good_key,
+            ),
+            "must be the public key id `PUB_KEY_ID_...`",
+        ),
+        (
+            "APIv3 key of the wrong length",
+            wechat_v3_rule(
+                &format!(
+                    "{{ serial = \"PUB_KEY_ID_01\", public_key = {:?} }},",
+                    wechat_path("pubkey_public.pem")
+                ),
+                &wechat_path("v2_api.key").with_file_name("v3_wechatpay_go.json"),
+            ),
+            "the APIv3 key must be exactly 32 bytes",
+        ),
+        (
+            "no platform keys",
+            wechat_v3_rule("", &good_key),
+            "give at least one",
+        ),
+    ];
+    for (why, rules, want) in cases {
+        let dir = config_with_rules(&rules);
+        let (code, out) = check(dir.path());
+        assert_eq!(code, 1, "{why}: {out}");
+        assert!(out.contains(want), "{why}: {out}");
+        assert!(out.contains("r.toml:"), "{why}: {out}");
+    }
+}
+
+/// `openssl dgst` over stdin, hex.
+fn openssl_digest(args: &[&str], data: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .arg("dgst")
+        .args(args)
+        .arg("-r")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_ascii_uppercase()
+}
+
+#[test]
+fn sign_wechat_v2_output_verifies_with_openssl() {
+    let key_file = wechat_path("v2_api.key");
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    for (sign_type, args) in [
+        (None, vec!["-md5"]),
+        (Some("HMAC-SHA256"), vec!["-sha256", "-hmac", key.trim()]),
+    ] {
+        let mut cmd = callgate();
+        cmd.args(["sign", "wechat_v2", "--api-key-file"])
+            .arg(&key_file)
+            .args(["--param", "mch_id=1900000109", "--param", "total_fee=8888"])
+            .args(["--param", "attach=a&b <c>"]);
+        if let Some(t) = sign_type {
+            cmd.args(["--sign-type", t]);
+        }
+        let (code, out, err) = output(&mut cmd);
+        assert_eq!(code, 0, "{err}");
+        // Read the fields back with a plain scan, not callgate's parser.
+        let mut fields: Vec<(String, String)> = out
+            .lines()
+            .filter_map(|l| {
+                let l = l.strip_prefix('<')?;
+                let (name, rest) = l.split_once('>')?;
+                let value = rest.strip_suffix(&format!("</{name}>"))?;
+                let value = value
+                    .strip_prefix("<![CDATA[")
+                    .and_then(|v| v.strip_suffix("]]>"))
+                    .unwrap_or(value);
+                Some((name.to_owned(), value.to_owned()))
+            })
+            .collect();
+        fields.sort();
+        let sign = fields.iter().find(|(k, _)| k == "sign").unwrap().1.clone();
+        assert!(fields.iter().any(|(k, v)| k == "attach" && v == "a&b <c>"));
+        assert_eq!(
+            fields.iter().any(|(k, _)| k == "sign_type"),
+            sign_type.is_some()
+        );
+        let mut content: String = fields
+            .iter()
+            .filter(|(k, v)| k != "sign" && !v.is_empty())
+            .map(|(k, v)| format!("{k}={v}&"))
+            .collect();
+        content.push_str(&format!("key={}", key.trim()));
+        assert_eq!(
+            sign,
+            openssl_digest(&args, content.as_bytes()),
+            "{sign_type:?}"
+        );
+    }
+    let (code, _, err) = output(callgate().args([
+        "sign",
+        "wechat_v2",
+        "--api-key-file",
+        wechat_path("v2_api.key").to_str().unwrap(),
+    ]));
+    assert_eq!(code, 1);
+    assert!(err.contains("mch_id"), "{err}");
+}
+
+#[test]
+fn sign_wechat_v3_output_verifies_with_openssl() {
+    let (code, out, err) = output(
+        callgate()
+            .args(["sign", "wechat_v3", "--private-key"])
+            .arg(wechat_path("pubkey_private.pem"))
+            .args(["--serial", WECHAT_PUB_KEY_ID, "--api-v3-key-file"])
+            .arg(wechat_path("v3_api_v3.key"))
+            .args([
+                "--resource-json",
+                r#"{"mchid":"1900000109","out_trade_no":"CG1","transaction_id":"42001","trade_state":"SUCCESS","amount":{"total":1}}"#,
+            ]),
+    );
+    assert_eq!(code, 0, "{err}");
+    let (headers, body) = out.trim_end().split_once('\n').unwrap();
+    let header = |name: &str| {
+        headers
+            .split("-H '")
+            .filter_map(|h| h.trim().strip_suffix('\''))
+            .find_map(|h| h.strip_prefix(&format!("{name}: ")))
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(header("Wechatpay-Serial"), WECHAT_PUB_KEY_ID);
+    let message = format!(
+        "{}\n{}\n{body}\n",
+        header("Wechatpay-Timestamp"),
+        header("Wechatpay-Nonce")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m"), &message).unwrap();
+    use base64::Engine as _;
+    std::fs::write(
+        dir.path().join("s"),
+        base64::engine::general_purpose::STANDARD
+            .decode(header("Wechatpay-Signature"))
+            .unwrap(),
+    )
+    .unwrap();
+    let verify = Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(wechat_path("pubkey_public.pem"))
+        .arg("-signature")
+        .arg(dir.path().join("s"))
+        .arg(dir.path().join("m"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&verify.stdout).trim(),
+        "Verified OK"
+    );
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["event_type"], "TRANSACTION.SUCCESS");
+    assert_eq!(v["resource"]["algorithm"], "AEAD_AES_256_GCM");
+    assert_eq!(v["resource"]["associated_data"], "transaction");
+    assert_eq!(v["resource"]["nonce"].as_str().unwrap().len(), 12);
+}
+
+#[tokio::test]
+async fn signed_wechat_samples_pass_the_gateway() {
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let gw = TestGateway::start(GatewaySpec::new(vec![
+        RouteSpec::wechat_v2(&up),
+        RouteSpec::wechat_v3(&up),
+    ]))
+    .await;
+    let (code, xml, err) = output(
+        callgate()
+            .args(["sign", "wechat_v2", "--api-key-file"])
+            .arg(wechat_path("v2_api.key"))
+            .args(["--param", "mch_id=1900000109", "--param"])
+            .arg(format!("appid={WECHAT_APPID}")),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(gw.post_xml(xml.as_bytes()).await.status, 200);
+    let (code, out, err) = output(
+        callgate()
+            .args(["sign", "wechat_v3", "--private-key"])
+            .arg(wechat_path("platform_private.pem"))
+            .args(["--serial", WECHAT_PLATFORM_SERIAL, "--api-v3-key-file"])
+            .arg(wechat_path("v3_api_v3.key"))
+            .args([
+                "--resource-json",
+                r#"{"mchid":"1900000109","out_refund_no":"R1","refund_id":"503","refund_status":"SUCCESS","amount":{"refund":5}}"#,
+            ]),
+    );
+    assert_eq!(code, 0, "{err}");
+    let (headers, body) = out.trim_end().split_once('\n').unwrap();
+    let h: Vec<(String, String)> = headers
+        .split("-H '")
+        .filter_map(|h| h.trim().strip_suffix('\''))
+        .filter_map(|h| h.split_once(": "))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let r = gw
+        .send_owned("/notify/wechat-v3", &h, body.as_bytes())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.count(), 2);
 }

@@ -382,11 +382,12 @@ async fn two_instances_sharing_redis_deliver_every_event_exactly_once_under_load
     // load generator here; its output is checked against openssl in tests/cli.rs).
     let bodies: Vec<Arc<Vec<u8>>> = (0..EVENTS)
         .map(|i| {
-            let params = vec![
+            let params: std::collections::BTreeMap<String, String> = [
                 ("app_id".to_owned(), "2021000000000001".to_owned()),
                 ("notify_id".to_owned(), format!("load-{i:06}")),
                 ("out_trade_no".to_owned(), format!("LOAD{i:06}")),
-            ];
+            ]
+            .into();
             Arc::new(
                 callgate::sign::alipay_form(&key, &params, "RSA2")
                     .unwrap()

@@ -14,6 +14,8 @@
 //! the bare Base64 key Alipay's console shows; parsed once, at load).
 
 pub mod alipay;
+pub mod wechat_v2;
+pub mod wechat_v3;
 
 use std::path::Path;
 use std::time::Duration;
@@ -99,12 +101,16 @@ impl ProviderKind {
 #[derive(Debug)]
 pub enum Provider {
     Alipay(alipay::Keys),
+    WechatV2(wechat_v2::Keys),
+    WechatV3(wechat_v3::Keys),
 }
 
 impl Provider {
     pub fn kind(&self) -> ProviderKind {
         match self {
             Provider::Alipay(_) => ProviderKind::Alipay,
+            Provider::WechatV2(_) => ProviderKind::WechatV2,
+            Provider::WechatV3(_) => ProviderKind::WechatV3,
         }
     }
 
@@ -112,6 +118,8 @@ impl Provider {
     pub fn format(&self) -> Format {
         match self {
             Provider::Alipay(_) => Format::Form,
+            Provider::WechatV2(_) => Format::Xml,
+            Provider::WechatV3(_) => Format::Json,
         }
     }
 
@@ -123,6 +131,8 @@ impl Provider {
     ) -> Option<Provider> {
         match kind {
             ProviderKind::Alipay => alipay::Keys::compile(keys, ctx).map(Provider::Alipay),
+            ProviderKind::WechatV2 => wechat_v2::Keys::compile(keys, ctx).map(Provider::WechatV2),
+            ProviderKind::WechatV3 => wechat_v3::Keys::compile(keys, ctx).map(Provider::WechatV3),
             other => {
                 ctx.error(
                     keys.span(),
@@ -139,10 +149,20 @@ impl Provider {
         }
     }
 
-    /// Verifies a parsed notification.
-    pub fn verify(&self, _headers: &HeaderMap, payload: &Payload) -> Result<Verified, VerifyError> {
+    /// Verifies a parsed notification at time `now` (Unix seconds: for
+    /// certificate validity and refunds without a time of their own;
+    /// freshness is checked by the pipeline).
+    pub fn verify(
+        &self,
+        headers: &HeaderMap,
+        payload: &Payload,
+        now: i64,
+    ) -> Result<Verified, VerifyError> {
         match (self, payload) {
             (Provider::Alipay(keys), Payload::Form(form)) => keys.verify(form),
+            (Provider::WechatV2(keys), Payload::Xml(xml)) => keys.verify(xml, now),
+            (Provider::WechatV3(keys), Payload::Json(json)) => keys.verify(headers, json, now),
+            _ => Err(VerifyError::PayloadFormat),
         }
     }
 }
@@ -156,6 +176,11 @@ pub struct Verified {
     event_id: String,
     signed_at: i64,
     fields: Fields,
+    /// A signed nonce that must not be seen twice (wechat_v3).
+    nonce: Option<String>,
+    /// Content the platform encrypted, decrypted (wechat_v3 `resource`,
+    /// wechat_v2 refund `req_info`).
+    decrypted: Option<Vec<u8>>,
 }
 
 /// The verified content, in the provider's own shape, for `normalize`.
@@ -166,6 +191,16 @@ pub enum Fields {
         form: crate::body::Form,
         encoding: &'static encoding_rs::Encoding,
     },
+    /// A WeChat v2 notification; for a refund, also the decrypted `req_info`.
+    Xml {
+        xml: crate::body::XmlMap,
+        refund: Option<crate::body::XmlMap>,
+    },
+    /// A WeChat v3 notification body and its decrypted `resource`.
+    Json {
+        body: serde_json::Value,
+        resource: serde_json::Value,
+    },
 }
 
 impl Verified {
@@ -175,7 +210,30 @@ impl Verified {
             event_id,
             signed_at,
             fields,
+            nonce: None,
+            decrypted: None,
         }
+    }
+
+    fn with_nonce(mut self, nonce: String) -> Self {
+        self.nonce = Some(nonce);
+        self
+    }
+
+    fn with_decrypted(mut self, decrypted: Vec<u8>) -> Self {
+        self.decrypted = Some(decrypted);
+        self
+    }
+
+    /// The signed nonce the replay store must not have seen (wechat_v3).
+    pub fn nonce(&self) -> Option<&str> {
+        self.nonce.as_deref()
+    }
+
+    /// What the platform encrypted, decrypted: the v3 `resource` JSON, the
+    /// v2 refund `req_info` XML.
+    pub fn decrypted(&self) -> Option<&[u8]> {
+        self.decrypted.as_deref()
     }
 
     pub fn kind(&self) -> ProviderKind {
@@ -226,6 +284,29 @@ pub enum VerifyError {
         value: String,
         format: &'static str,
     },
+    #[error("the platform reports a failure (return_code FAIL: `{message}`); nothing to deliver")]
+    PlatformFailure { message: String },
+    #[error("{field} `{value}` is not a value this provider sends")]
+    BadValue { field: &'static str, value: String },
+    #[error("header `{0}` is missing or empty")]
+    MissingHeader(&'static str),
+    #[error("header `{name}` is {reason}")]
+    BadHeader {
+        name: &'static str,
+        reason: &'static str,
+    },
+    #[error("no platform key has serial `{serial}`")]
+    KeySerialUnknown { serial: String },
+    #[error("platform certificate `{serial}` is outside its validity period")]
+    CertificateNotValid { serial: String },
+    #[error("resource algorithm `{0}` is not supported")]
+    UnsupportedAlgorithm(String),
+    #[error("{0}")]
+    Decrypt(&'static str),
+    #[error("{0}")]
+    Content(&'static str),
+    #[error("the body is not in this provider's format")]
+    PayloadFormat,
 }
 
 impl VerifyError {
@@ -235,11 +316,21 @@ impl VerifyError {
             | VerifyError::SignatureEncoding
             | VerifyError::SignatureMismatch
             | VerifyError::UnsupportedSignType(_)
-            | VerifyError::MerchantMismatch { .. } => Outcome::BadSignature,
+            | VerifyError::MerchantMismatch { .. }
+            | VerifyError::MissingHeader(_)
+            | VerifyError::BadHeader { .. }
+            | VerifyError::KeySerialUnknown { .. }
+            | VerifyError::CertificateNotValid { .. }
+            | VerifyError::UnsupportedAlgorithm(_)
+            | VerifyError::Decrypt(_) => Outcome::BadSignature,
             VerifyError::MissingField(_)
             | VerifyError::Charset(_)
             | VerifyError::FieldEncoding { .. }
-            | VerifyError::BadTime { .. } => Outcome::Malformed,
+            | VerifyError::BadTime { .. }
+            | VerifyError::BadValue { .. }
+            | VerifyError::Content(_)
+            | VerifyError::PayloadFormat => Outcome::Malformed,
+            VerifyError::PlatformFailure { .. } => Outcome::Ignored,
         }
     }
 }

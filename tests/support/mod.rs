@@ -685,3 +685,172 @@ pub async fn wait_ready(gw: &TestGateway, want: u16) {
     }
     panic!("/readyz never answered {want}");
 }
+
+// === WeChat Pay ===
+
+pub fn wechat_path(name: &str) -> PathBuf {
+    root().join("tests/fixtures/wechat").join(name)
+}
+
+pub fn wechat_fixture(name: &str) -> Vec<u8> {
+    std::fs::read(wechat_path(name)).expect("fixture")
+}
+
+/// The fixtures' expected.json.
+pub fn wechat_expected() -> serde_json::Value {
+    serde_json::from_slice(&wechat_fixture("expected.json")).unwrap()
+}
+
+pub const WECHAT_MCH_ID: &str = "1900000109";
+pub const WECHAT_APPID: &str = "wx2421b1c4370ec43b";
+pub const WECHAT_PLATFORM_SERIAL: &str = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1";
+pub const WECHAT_PUB_KEY_ID: &str = "PUB_KEY_ID_0119000001092026112200000000000001";
+pub const WECHAT_FUTURE_SERIAL: &str = "7A1D0A0B0C0D0E0F101112131415161718191A1C";
+
+impl RouteSpec {
+    /// A wechat_v2 route on `/notify/wechat` with the fixture key, for
+    /// fixtures paid at 2026-11-22 (`max_age` generous enough for years).
+    pub fn wechat_v2(upstream: &Upstream) -> RouteSpec {
+        RouteSpec {
+            name: "shop-wechat-v2".into(),
+            path: "/notify/wechat".into(),
+            provider: "wechat_v2".into(),
+            allow: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            upstream: upstream.url.clone(),
+            forward: "original".into(),
+            max_age: Some("87600h".into()),
+            success_body: None,
+            upstream_ca: None,
+            extra: String::new(),
+            keys: format!(
+                "mch_id = {WECHAT_MCH_ID:?}\nappid = {WECHAT_APPID:?}\napi_key_file = {:?}\n",
+                wechat_path("v2_api.key")
+            ),
+        }
+    }
+
+    /// A wechat_v3 route on `/notify/wechat-v3` with the fixture APIv3 key,
+    /// a platform certificate, a public key and a not-yet-valid certificate.
+    pub fn wechat_v3(upstream: &Upstream) -> RouteSpec {
+        RouteSpec {
+            name: "shop-wechat-v3".into(),
+            path: "/notify/wechat-v3".into(),
+            provider: "wechat_v3".into(),
+            allow: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            upstream: upstream.url.clone(),
+            forward: "original".into(),
+            max_age: None,
+            success_body: None,
+            upstream_ca: None,
+            extra: String::new(),
+            keys: format!(
+                "mch_id = {WECHAT_MCH_ID:?}\napi_v3_key_file = {:?}\nplatform_keys = [\n  {{ serial = {WECHAT_PLATFORM_SERIAL:?}, certificate = {:?} }},\n  {{ serial = {WECHAT_PUB_KEY_ID:?}, public_key = {:?} }},\n  {{ serial = {WECHAT_FUTURE_SERIAL:?}, certificate = {:?} }},\n]\n",
+                wechat_path("v3_api_v3.key"),
+                wechat_path("platform_cert.pem"),
+                wechat_path("pubkey_public.pem"),
+                wechat_path("future_cert.pem"),
+            ),
+        }
+    }
+}
+
+/// SHA256withRSA by the openssl CLI, standard Base64: WeChat's signer in
+/// tests that need a fresh `Wechatpay-Timestamp`.
+pub fn openssl_sign_b64(key: &Path, data: &[u8]) -> String {
+    use base64::Engine as _;
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl dgst -sign failed");
+    base64::engine::general_purpose::STANDARD.encode(out.stdout)
+}
+
+/// A v3 notification's headers: `body` signed by `key` (openssl) for
+/// `serial` at `timestamp` with `nonce`.
+pub fn v3_headers(
+    key: &str,
+    serial: &str,
+    timestamp: i64,
+    nonce: &str,
+    body: &[u8],
+) -> Vec<(String, String)> {
+    let message = [
+        timestamp.to_string().as_bytes(),
+        b"\n",
+        nonce.as_bytes(),
+        b"\n",
+        body,
+        b"\n",
+    ]
+    .concat();
+    vec![
+        ("content-type".into(), "application/json".into()),
+        ("wechatpay-timestamp".into(), timestamp.to_string()),
+        ("wechatpay-nonce".into(), nonce.into()),
+        ("wechatpay-serial".into(), serial.into()),
+        (
+            "wechatpay-signature".into(),
+            openssl_sign_b64(&wechat_path(key), &message),
+        ),
+    ]
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+impl TestGateway {
+    /// POSTs `body` with owned headers.
+    pub async fn send_owned(&self, path: &str, headers: &[(String, String)], body: &[u8]) -> Reply {
+        let h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.send("POST", path, &h, body.to_vec()).await
+    }
+
+    /// POSTs a WeChat v2 XML body to `/notify/wechat`.
+    pub async fn post_xml(&self, body: &[u8]) -> Reply {
+        self.send(
+            "POST",
+            "/notify/wechat",
+            &[("content-type", "text/xml")],
+            body.to_vec(),
+        )
+        .await
+    }
+
+    /// `callgate_requests_total` for a route and outcome (0 when absent).
+    pub async fn count(&self, route: &str, provider: &str, outcome: &str) -> f64 {
+        self.metric(
+            "callgate_requests_total",
+            &[
+                ("route", route),
+                ("provider", provider),
+                ("outcome", outcome),
+            ],
+        )
+        .await
+        .unwrap_or(0.0)
+    }
+}
+
+/// Checks `X-Callgate-Signature`-style `t=..,v1=..` over `t + "." + data`
+/// with openssl; returns t.
+pub fn check_callgate_hmac(header: &str, data: &[u8]) -> String {
+    let (t, v1) = header.split_once(",v1=").unwrap();
+    let t = t.strip_prefix("t=").unwrap();
+    let signed = [t.as_bytes(), b".", data].concat();
+    assert_eq!(v1, openssl_hmac_hex(SECRET.trim_end(), &signed));
+    t.to_owned()
+}

@@ -1,0 +1,736 @@
+//! The gateway end to end for `wechat_v2` and `wechat_v3`, over real
+//! sockets: every row of the contract's outcome table that applies,
+//! asserting status, ack body, what the upstream received, and the metrics
+//! line. v2 fixtures are signed by the openssl CLI or are public vectors;
+//! v3 notifications are signed here, at test time, by the openssl CLI (the
+//! timestamp must be fresh), over bodies whose resources were encrypted by
+//! Python `cryptography` (tests/fixtures/wechat/README.md).
+
+mod support;
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use support::*;
+use tokio::sync::Notify;
+
+const V2_OK: &str = "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>";
+const V2: &str = "shop-wechat-v2";
+const V3: &str = "shop-wechat-v3";
+const V3_PATH: &str = "/notify/wechat-v3";
+
+type Headers = Vec<(String, String)>;
+
+fn is_v2_fail(body: &str) -> bool {
+    body.starts_with("<xml><return_code><![CDATA[FAIL]]></return_code>")
+}
+
+async fn v2_gateway(up: &Upstream) -> TestGateway {
+    TestGateway::start(GatewaySpec::new(vec![RouteSpec::wechat_v2(up)])).await
+}
+
+async fn v3_gateway(up: &Upstream) -> TestGateway {
+    TestGateway::start(GatewaySpec::new(vec![RouteSpec::wechat_v3(up)])).await
+}
+
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+fn unb64(text: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap()
+}
+
+/// The decrypted resource of a v3 fixture, as Python's encryptor saw it.
+fn v3_plain(name: &str) -> Vec<u8> {
+    wechat_expected()[name]["plain"]
+        .as_str()
+        .unwrap()
+        .as_bytes()
+        .to_vec()
+}
+
+/// A fresh v3 request for a fixture body, signed by the platform certificate's key.
+fn v3_signed(name: &str, nonce: &str) -> (Vec<(String, String)>, Vec<u8>) {
+    let body = wechat_fixture(name);
+    let headers = v3_headers(
+        "platform_private.pem",
+        WECHAT_PLATFORM_SERIAL,
+        unix_now(),
+        nonce,
+        &body,
+    );
+    (headers, body)
+}
+
+fn v3_fail(reply: &Reply) -> bool {
+    let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+    v["code"] == "FAIL" && v["message"].is_string()
+}
+
+// === wechat_v2 ===
+
+#[tokio::test]
+async fn v2_payment_is_forwarded_byte_for_byte_with_the_xml_ack() {
+    let up = Upstream::start(Behaviour::Reply(200, "<xml>SUCCESS</xml>")).await;
+    let gw = v2_gateway(&up).await;
+    let body = wechat_fixture("v2_md5_pay.xml");
+    let r = gw
+        .send(
+            "POST",
+            "/notify/wechat?showwxpaytitle=1",
+            &[
+                ("content-type", "text/xml; charset=UTF-8"),
+                ("x-callgate-resource", "forged"),
+            ],
+            body.clone(),
+        )
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, V2_OK));
+    assert_eq!(r.headers["content-type"], "text/xml; charset=utf-8");
+
+    let got = up.received();
+    assert_eq!(got.len(), 1);
+    let g = &got[0];
+    assert_eq!(g.uri, "/plus/notify.php");
+    assert_eq!(g.body.as_ref(), body.as_slice());
+    assert_eq!(g.headers["content-type"], "text/xml; charset=UTF-8");
+    assert_eq!(g.headers["x-callgate-provider"], "wechat_v2");
+    assert_eq!(g.headers["x-callgate-route"], V2);
+    assert_eq!(
+        g.headers["x-callgate-event-id"],
+        "4200002026112200000000000001:SUCCESS"
+    );
+    assert!(
+        g.headers.get("x-callgate-resource").is_none(),
+        "a payment has nothing decrypted, and the forged header is stripped"
+    );
+    check_callgate_hmac(g.headers["x-callgate-signature"].to_str().unwrap(), &body);
+    assert_eq!(gw.count(V2, "wechat_v2", "forwarded").await, 1.0);
+}
+
+#[tokio::test]
+async fn v2_md5_hmac_and_real_world_shapes_verify() {
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let gw = v2_gateway(&up).await;
+    let fixtures = [
+        "v2_md5_pay_sign_type.xml",
+        "v2_hmac_pay.xml",
+        "v2_hmac_no_sign_type.xml",
+        "v2_entities.xml",
+        "v2_trimmed_value.xml",
+        "v2_untrimmed_value.xml",
+        "v2_pay_result_fail.xml",
+    ];
+    for (i, f) in fixtures.iter().enumerate() {
+        let body = wechat_fixture(f);
+        let r = gw.post_xml(&body).await;
+        assert_eq!((r.status, r.text().as_str()), (200, V2_OK), "{f}");
+        assert_eq!(up.received()[i].body.as_ref(), body.as_slice(), "{f}");
+    }
+    assert_eq!(gw.count(V2, "wechat_v2", "forwarded").await, 7.0);
+}
+
+#[tokio::test]
+async fn v2_duplicate_is_acked_and_not_forwarded() {
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let gw = v2_gateway(&up).await;
+    let body = wechat_fixture("v2_md5_pay.xml");
+    assert_eq!(gw.post_xml(&body).await.status, 200);
+    let again = gw.post_xml(&body).await;
+    assert_eq!((again.status, again.text().as_str()), (200, V2_OK));
+    assert_eq!(up.count(), 1);
+    assert_eq!(gw.count(V2, "wechat_v2", "duplicate").await, 1.0);
+    // Another payment is another event.
+    assert_eq!(
+        gw.post_xml(&wechat_fixture("v2_md5_pay_2.xml"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn v2_same_event_in_flight_is_409() {
+    let gate = Arc::new(Notify::new());
+    let up = Upstream::start(Behaviour::Hold(gate.clone())).await;
+    let gw = Arc::new(v2_gateway(&up).await);
+    let body = wechat_fixture("v2_md5_pay.xml");
+    let first = {
+        let (gw, body) = (gw.clone(), body.clone());
+        tokio::spawn(async move { gw.post_xml(&body).await })
+    };
+    up.next().await;
+    let second = gw.post_xml(&body).await;
+    assert_eq!(second.status, 409);
+    assert!(is_v2_fail(&second.text()), "{}", second.text());
+    gate.notify_one();
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(up.count(), 1);
+    assert_eq!(gw.count(V2, "wechat_v2", "in_flight").await, 1.0);
+}
+
+#[tokio::test]
+async fn v2_bad_signatures_and_other_merchants_are_401() {
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let gw = v2_gateway(&up).await;
+    let fixtures = [
+        "v2_tampered.xml",
+        "v2_lowercase_sign.xml",
+        "v2_wrong_key.xml",
+        "v2_sign_type_unknown.xml",
+        "v2_other_mch.xml",
+        "v2_other_appid.xml",
+        "v2_refund_tampered.xml",
+        "v2_refund_wrong_key.xml",
+        "v2_refund_other_mch.xml",
+    ];
+    for f in fixtures {
+        let r = gw.post_xml(&wechat_fixture(f)).await;
+        assert_eq!(r.status, 401, "{f}");
+        assert!(is_v2_fail(&r.text()), "{f}: {}", r.text());
+    }
+    // No sign at all.
+    let text = String::from_utf8(wechat_fixture("v2_md5_pay_3.xml")).unwrap();
+    let unsigned: String = text
+        .lines()
+        .filter(|l| !l.starts_with("<sign>"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(gw.post_xml(unsigned.as_bytes()).await.status, 401);
+    assert_eq!(up.count(), 0);
+    assert_eq!(gw.count(V2, "wechat_v2", "bad_signature").await, 10.0);
+}
+
+#[tokio::test]
+async fn v2_doctype_repeats_nesting_and_bad_content_are_400() {
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let gw = v2_gateway(&up).await;
+    for f in [
+        "v2_doctype.xml",
+        "v2_duplicate_element.xml",
+        "v2_nested.xml",
+    ] {
+        let r = gw.post_xml(&wechat_fixture(f)).await;
+        assert_eq!(r.status, 400, "{f}");
+        assert!(is_v2_fail(&r.text()), "{f}");
+    }
+    let good = wechat_fixture("v2_md5_pay.xml");
+    let r = gw
+        .send(
+            "POST",
+            "/notify/wechat",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            good.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 400, "wrong content type");
+    assert_eq!(gw.post_xml(b"").await.status, 400, "empty");
+    assert_eq!(
+        gw.post_xml(b"<root><return_code>SUCCESS</return_code></root>")
+            .await
+            .status,
+        400,
+        "root must be <xml>"
+    );
+    assert_eq!(up.count(), 0);
+    assert_eq!(gw.count(V2, "wechat_v2", "malformed").await, 6.0);
+}
+
+#[tokio::test]
+async fn v2_return_code_fail_is_acked_and_never_forwarded() {
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let gw = v2_gateway(&up).await;
+    let r = gw.post_xml(&wechat_fixture("v2_return_fail.xml")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, V2_OK));
+    assert_eq!(up.count(), 0);
+    assert_eq!(gw.count(V2, "wechat_v2", "ignored").await, 1.0);
+    assert_eq!(gw.count(V2, "wechat_v2", "forwarded").await, 0.0);
+}
+
+#[tokio::test]
+async fn v2_stale_and_future_time_end_are_401() {
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let route = RouteSpec::wechat_v2(&up).with(|r| r.max_age = Some("1s".into()));
+    let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
+    let r = gw.post_xml(&wechat_fixture("v2_md5_pay.xml")).await;
+    assert_eq!(r.status, 401, "time_end 2026-11-22, max_age 1s");
+    assert!(is_v2_fail(&r.text()));
+    let r = gw.post_xml(&wechat_fixture("v2_future.xml")).await;
+    assert_eq!(r.status, 401, "time_end 2099");
+    assert_eq!(up.count(), 0);
+    assert_eq!(gw.count(V2, "wechat_v2", "stale").await, 2.0);
+}
+
+#[tokio::test]
+async fn v2_refund_is_authenticated_by_decryption_and_its_req_info_is_shared() {
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let gw = v2_gateway(&up).await;
+    let body = wechat_fixture("v2_refund.xml");
+    let r = gw.post_xml(&body).await;
+    assert_eq!((r.status, r.text().as_str()), (200, V2_OK));
+    let g = &up.received()[0];
+    assert_eq!(g.body.as_ref(), body.as_slice());
+    assert_eq!(
+        g.headers["x-callgate-event-id"],
+        "50300002026112200000000000001"
+    );
+
+    // Decrypt req_info with the openssl CLI, independently of callgate.
+    let text = String::from_utf8(body).unwrap();
+    let req_info = text
+        .split("<req_info><![CDATA[")
+        .nth(1)
+        .unwrap()
+        .split("]]>")
+        .next()
+        .unwrap();
+    let key = String::from_utf8(wechat_fixture("v2_api.key")).unwrap();
+    let aes_key = hex::encode(md5_hex(key.trim()).as_bytes());
+    let plain = openssl_aes_ecb_decrypt(&aes_key, &unb64(req_info));
+    assert!(plain.starts_with(b"<root>"));
+
+    let resource = g.headers["x-callgate-resource"].to_str().unwrap();
+    assert_eq!(unb64(resource), plain);
+    let t = check_callgate_hmac(
+        g.headers["x-callgate-resource-signature"].to_str().unwrap(),
+        &plain,
+    );
+    let (sig_t, _) = g.headers["x-callgate-signature"]
+        .to_str()
+        .unwrap()
+        .split_once(',')
+        .unwrap();
+    assert_eq!(format!("t={t}"), sig_t, "both headers use the same t");
+
+    // A refund that did not succeed has no success_time: still delivered.
+    let r = gw.post_xml(&wechat_fixture("v2_refund_closed.xml")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn v2_wechatpy_real_refund_vector_passes() {
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let route = RouteSpec::wechat_v2(&up).with(|r| {
+        r.max_age = Some("200000h".into()); // refunded in 2020
+        r.keys = format!(
+            "mch_id = \"12345678\"\nappid = \"wx4f4bc4dec97d474b\"\napi_key_file = {:?}\n",
+            wechat_path("v2_wechatpy_refund.key")
+        );
+    });
+    let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
+    let r = gw.post_xml(&wechat_fixture("v2_wechatpy_refund.xml")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, V2_OK));
+    let g = &up.received()[0];
+    assert_eq!(
+        g.headers["x-callgate-event-id"],
+        "50300103182020010413419046597"
+    );
+    let plain = unb64(g.headers["x-callgate-resource"].to_str().unwrap());
+    assert!(
+        String::from_utf8(plain)
+            .unwrap()
+            .contains("招商银行信用卡8915")
+    );
+}
+
+#[tokio::test]
+async fn v2_normalized_payment_and_refund() {
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let route = RouteSpec::wechat_v2(&up).with(|r| r.forward = "normalized".into());
+    let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
+    assert_eq!(
+        gw.post_xml(&wechat_fixture("v2_md5_pay.xml")).await.status,
+        200
+    );
+    assert_eq!(
+        gw.post_xml(&wechat_fixture("v2_refund.xml")).await.status,
+        200
+    );
+    let got = up.received();
+    let pay: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(got[0].headers["content-type"], "application/json");
+    assert_eq!(pay["provider"], "wechat_v2");
+    assert_eq!(pay["event_id"], "4200002026112200000000000001:SUCCESS");
+    assert_eq!(pay["out_trade_no"], "CG20261122000001");
+    assert_eq!(pay["provider_trade_no"], "4200002026112200000000000001");
+    assert_eq!(pay["amount_fen"], 8888);
+    assert_eq!(pay["currency"], "CNY");
+    assert_eq!(pay["status"], "paid");
+    assert_eq!(pay["occurred_at"], "2026-11-22T10:00:00+08:00");
+    assert_eq!(pay["fields"]["attach"], "order=1&shop=主店");
+    assert!(pay["fields"].get("sign").is_none());
+    let refund: serde_json::Value = serde_json::from_slice(&got[1].body).unwrap();
+    assert_eq!(refund["status"], "refunded");
+    assert_eq!(refund["amount_fen"], 1200);
+    assert_eq!(refund["occurred_at"], "2026-11-22T10:05:00+08:00");
+    assert_eq!(
+        refund["fields"]["refund_id"],
+        "50300002026112200000000000001"
+    );
+    assert!(refund["fields"].get("req_info").is_none());
+    assert!(
+        got[1].headers.get("x-callgate-resource").is_none(),
+        "normalized mode carries the decrypted fields in the body"
+    );
+    check_callgate_hmac(
+        got[1].headers["x-callgate-signature"].to_str().unwrap(),
+        &got[1].body,
+    );
+}
+
+// === wechat_v3 ===
+
+#[tokio::test]
+async fn v3_original_body_and_decrypted_resource_reach_the_shop() {
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let gw = v3_gateway(&up).await;
+    let (headers, body) = v3_signed("v3_pay.json", "fresh-nonce-original-0001");
+    let r = gw.send_owned(V3_PATH, &headers, &body).await;
+    assert_eq!((r.status, r.body.len()), (200, 0), "{}", r.text());
+
+    let g = &up.received()[0];
+    assert_eq!(
+        g.body.as_ref(),
+        body.as_slice(),
+        "the signed bytes, untouched"
+    );
+    assert_eq!(g.headers["content-type"], "application/json");
+    assert_eq!(g.headers["wechatpay-nonce"], "fresh-nonce-original-0001");
+    assert_eq!(g.headers["x-callgate-provider"], "wechat_v3");
+    assert_eq!(g.headers["x-callgate-event-id"], "EV-2026112200000001");
+    check_callgate_hmac(g.headers["x-callgate-signature"].to_str().unwrap(), &body);
+
+    // The resource as Python's encryptor saw it, Base64, with its own HMAC.
+    let plain = v3_plain("v3_pay.json");
+    assert_eq!(
+        g.headers["x-callgate-resource"].to_str().unwrap(),
+        b64(&plain)
+    );
+    check_callgate_hmac(
+        g.headers["x-callgate-resource-signature"].to_str().unwrap(),
+        &plain,
+    );
+    assert_eq!(gw.count(V3, "wechat_v3", "forwarded").await, 1.0);
+}
+
+#[tokio::test]
+async fn v3_normalized_payment_and_refund() {
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let route = RouteSpec::wechat_v3(&up).with(|r| r.forward = "normalized".into());
+    let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
+    let (h, b) = v3_signed("v3_pay.json", "nonce-normalized-pay");
+    assert_eq!(gw.send_owned(V3_PATH, &h, &b).await.status, 200);
+    let (h, b) = v3_signed("v3_refund.json", "nonce-normalized-refund");
+    assert_eq!(gw.send_owned(V3_PATH, &h, &b).await.status, 200);
+    let got = up.received();
+    let pay: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(pay["provider"], "wechat_v3");
+    assert_eq!(pay["event_id"], "EV-2026112200000001");
+    assert_eq!(pay["event_type"], "TRANSACTION.SUCCESS");
+    assert_eq!(pay["out_trade_no"], "CG20261122000001");
+    assert_eq!(pay["provider_trade_no"], "4200002026112200000000000001");
+    assert_eq!(pay["amount_fen"], 8888);
+    assert_eq!(pay["status"], "paid");
+    assert_eq!(pay["occurred_at"], "2026-11-22T10:00:00+08:00");
+    assert_eq!(
+        pay["fields"]["payer"]["openid"],
+        "oUpF8uMEb4qRXf22hE3X68TekukE"
+    );
+    let refund: serde_json::Value = serde_json::from_slice(&got[1].body).unwrap();
+    assert_eq!(refund["status"], "refunded");
+    assert_eq!(refund["amount_fen"], 1200);
+    assert_eq!(
+        refund["fields"]["refund_id"],
+        "50300002026112200000000000001"
+    );
+    assert!(got[0].headers.get("x-callgate-resource").is_none());
+}
+
+#[tokio::test]
+async fn v3_rotation_certificate_and_public_key_on_one_route() {
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let gw = v3_gateway(&up).await;
+    let (h, b) = v3_signed("v3_pay.json", "nonce-rotation-cert");
+    assert_eq!(gw.send_owned(V3_PATH, &h, &b).await.status, 200);
+    let body = wechat_fixture("v3_pay_2.json");
+    let h = v3_headers(
+        "pubkey_private.pem",
+        WECHAT_PUB_KEY_ID,
+        unix_now(),
+        "nonce-rotation-pubkey",
+        &body,
+    );
+    assert_eq!(gw.send_owned(V3_PATH, &h, &body).await.status, 200);
+    // A public-key signature presented under the certificate's serial fails.
+    let body = wechat_fixture("v3_refund.json");
+    let h = v3_headers(
+        "pubkey_private.pem",
+        WECHAT_PLATFORM_SERIAL,
+        unix_now(),
+        "nonce-rotation-crossed",
+        &body,
+    );
+    assert_eq!(gw.send_owned(V3_PATH, &h, &body).await.status, 401);
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn v3_replayed_nonce_is_401_and_a_fresh_retry_is_a_duplicate() {
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let gw = v3_gateway(&up).await;
+    let (h, b) = v3_signed("v3_pay.json", "nonce-replay-0001");
+    assert_eq!(gw.send_owned(V3_PATH, &h, &b).await.status, 200);
+
+    // The same bytes again: a replay.
+    let r = gw.send_owned(V3_PATH, &h, &b).await;
+    assert_eq!(r.status, 401);
+    assert!(v3_fail(&r), "{}", r.text());
+    assert_eq!(gw.count(V3, "wechat_v3", "replay").await, 1.0);
+
+    // A replayed nonce on another (validly signed) body is refused too.
+    let other = wechat_fixture("v3_refund.json");
+    let h2 = v3_headers(
+        "platform_private.pem",
+        WECHAT_PLATFORM_SERIAL,
+        unix_now(),
+        "nonce-replay-0001",
+        &other,
+    );
+    assert_eq!(gw.send_owned(V3_PATH, &h2, &other).await.status, 401);
+
+    // WeChat's retry of the same event: fresh nonce and timestamp.
+    let (h3, b3) = v3_signed("v3_pay.json", "nonce-replay-0002");
+    let r = gw.send_owned(V3_PATH, &h3, &b3).await;
+    assert_eq!((r.status, r.body.len()), (200, 0));
+    assert_eq!(up.count(), 1);
+    assert_eq!(gw.count(V3, "wechat_v3", "duplicate").await, 1.0);
+    assert_eq!(gw.count(V3, "wechat_v3", "replay").await, 2.0);
+}
+
+#[tokio::test]
+async fn v3_undelivered_event_verbatim_retry_goes_through() {
+    let up = Upstream::start(Behaviour::Reply(500, "oops")).await;
+    let gw = v3_gateway(&up).await;
+    let (h, b) = v3_signed("v3_pay.json", "nonce-retry-0001");
+    let r = gw.send_owned(V3_PATH, &h, &b).await;
+    assert_eq!(r.status, 502);
+    assert!(v3_fail(&r));
+    up.set(Behaviour::Reply(200, "ok"));
+    let r = gw.send_owned(V3_PATH, &h, &b).await;
+    assert_eq!(
+        r.status, 200,
+        "the nonce was forgotten with the failed delivery"
+    );
+    assert_eq!(up.count(), 2);
+    // Now delivered: the verbatim copy is a replay.
+    assert_eq!(gw.send_owned(V3_PATH, &h, &b).await.status, 401);
+}
+
+#[tokio::test]
+async fn v3_same_event_in_flight_is_409() {
+    let gate = Arc::new(Notify::new());
+    let up = Upstream::start(Behaviour::Hold(gate.clone())).await;
+    let gw = Arc::new(v3_gateway(&up).await);
+    let first = {
+        let gw = gw.clone();
+        let (h, b) = v3_signed("v3_pay.json", "nonce-inflight-0001");
+        tokio::spawn(async move { gw.send_owned(V3_PATH, &h, &b).await })
+    };
+    up.next().await;
+    let (h, b) = v3_signed("v3_pay.json", "nonce-inflight-0002");
+    let second = gw.send_owned(V3_PATH, &h, &b).await;
+    assert_eq!(second.status, 409);
+    assert!(v3_fail(&second));
+    gate.notify_one();
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(up.count(), 1);
+    assert_eq!(gw.count(V3, "wechat_v3", "in_flight").await, 1.0);
+    // The in-flight copy's nonce was forgotten: its verbatim retry is a duplicate.
+    assert_eq!(gw.send_owned(V3_PATH, &h, &b).await.status, 200);
+    assert_eq!(gw.count(V3, "wechat_v3", "duplicate").await, 1.0);
+}
+
+#[tokio::test]
+async fn v3_stale_and_future_timestamps_are_401() {
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let gw = v3_gateway(&up).await;
+    let body = wechat_fixture("v3_pay.json");
+    for (ts, nonce) in [
+        (unix_now() - 600, "nonce-stale-past"),
+        (unix_now() + 600, "nonce-stale-future"),
+    ] {
+        let h = v3_headers(
+            "platform_private.pem",
+            WECHAT_PLATFORM_SERIAL,
+            ts,
+            nonce,
+            &body,
+        );
+        let r = gw.send_owned(V3_PATH, &h, &body).await;
+        assert_eq!(r.status, 401, "{nonce}");
+        assert!(v3_fail(&r));
+    }
+    assert_eq!(gw.count(V3, "wechat_v3", "stale").await, 2.0);
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn v3_bad_keys_ciphertexts_and_signatures_are_401() {
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let gw = v3_gateway(&up).await;
+    let now = unix_now();
+    let pay = wechat_fixture("v3_pay.json");
+    let mut cases: Vec<(&str, Headers, Vec<u8>)> = vec![
+        (
+            "unknown serial",
+            v3_headers(
+                "platform_private.pem",
+                "1234ABCD",
+                now,
+                "n-unknown-serial",
+                &pay,
+            ),
+            pay.clone(),
+        ),
+        (
+            "not-yet-valid certificate",
+            v3_headers(
+                "future_private.pem",
+                WECHAT_FUTURE_SERIAL,
+                now,
+                "n-future-cert",
+                &pay,
+            ),
+            pay.clone(),
+        ),
+        (
+            "wrong key",
+            v3_headers(
+                "other_private.pem",
+                WECHAT_PLATFORM_SERIAL,
+                now,
+                "n-wrong-key",
+                &pay,
+            ),
+            pay.clone(),
+        ),
+    ];
+    for (why, name) in [
+        ("tampered ciphertext", "v3_tampered_ciphertext.json"),
+        ("unknown algorithm", "v3_algorithm_unknown.json"),
+        ("other merchant", "v3_other_mch.json"),
+    ] {
+        let (h, b) = v3_signed(name, &format!("n-{name}"));
+        cases.push((why, h, b));
+    }
+    // The body changed after signing.
+    let (h, _) = v3_signed("v3_pay.json", "n-body-changed");
+    let changed = String::from_utf8(pay.clone())
+        .unwrap()
+        .replace("支付成功", "支付失败");
+    cases.push(("body changed", h, changed.into_bytes()));
+    // WeChat's deliberate probe.
+    let (mut h, b) = v3_signed("v3_pay.json", "n-probe");
+    for (k, v) in h.iter_mut() {
+        if k == "wechatpay-signature" {
+            *v = "WECHATPAY/SIGNTEST/c2lnbmF0dXJlIHByb2Jl".into();
+        }
+    }
+    cases.push(("signature probe", h, b));
+    // A signature scheme callgate does not accept.
+    let (mut h, b) = v3_signed("v3_pay.json", "n-sm2");
+    h.push((
+        "wechatpay-signature-type".into(),
+        "WECHATPAY2-SM2-WITH-SM3".into(),
+    ));
+    cases.push(("SM2 signature type", h, b));
+    // No signature at all.
+    let (h, b) = v3_signed("v3_pay.json", "n-unsigned");
+    let h: Vec<_> = h
+        .into_iter()
+        .filter(|(k, _)| k != "wechatpay-signature")
+        .collect();
+    cases.push(("unsigned", h, b));
+
+    let n = cases.len() as f64;
+    for (why, h, b) in cases {
+        let r = gw.send_owned(V3_PATH, &h, &b).await;
+        assert_eq!(r.status, 401, "{why}: {}", r.text());
+        assert!(v3_fail(&r), "{why}");
+    }
+    assert_eq!(up.count(), 0);
+    assert_eq!(gw.count(V3, "wechat_v3", "bad_signature").await, n);
+    // Still serving after the probe.
+    let (h, b) = v3_signed("v3_pay.json", "n-after-probe");
+    assert_eq!(gw.send_owned(V3_PATH, &h, &b).await.status, 200);
+}
+
+#[tokio::test]
+async fn v3_malformed_bodies_are_400() {
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let gw = v3_gateway(&up).await;
+    let (mut h, b) = v3_signed("v3_pay.json", "n-content-type");
+    for (k, v) in h.iter_mut() {
+        if k == "content-type" {
+            *v = "text/xml".into();
+        }
+    }
+    assert_eq!(gw.send_owned(V3_PATH, &h, &b).await.status, 400);
+    // A repeated key, even correctly signed, is malformed.
+    let dup = br#"{"id":"EV-1","id":"EV-2","resource":{}}"#;
+    let h = v3_headers(
+        "platform_private.pem",
+        WECHAT_PLATFORM_SERIAL,
+        unix_now(),
+        "n-dup",
+        dup,
+    );
+    let r = gw.send_owned(V3_PATH, &h, dup).await;
+    assert_eq!(r.status, 400);
+    assert!(v3_fail(&r));
+    let h = v3_headers(
+        "platform_private.pem",
+        WECHAT_PLATFORM_SERIAL,
+        unix_now(),
+        "n-broken",
+        b"{",
+    );
+    assert_eq!(gw.send_owned(V3_PATH, &h, b"{").await.status, 400);
+    assert_eq!(up.count(), 0);
+    assert_eq!(gw.count(V3, "wechat_v3", "malformed").await, 3.0);
+}
+
+// === helpers ===
+
+fn md5_hex(text: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("printf %s '{text}' | openssl dgst -md5 -r"))
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+fn openssl_aes_ecb_decrypt(key_hex: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(["enc", "-d", "-aes-256-ecb", "-K", key_hex])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
