@@ -93,9 +93,7 @@ fn main() -> ExitCode {
 }
 
 fn args_is_curl(args: &callgate::sign::SignArgs) -> bool {
-    match &args.provider {
-        callgate::sign::SignProvider::Alipay(a) => a.curl.is_some(),
-    }
+    args.provider.curl().is_some()
 }
 
 fn run(config: &std::path::Path, format: LogFormat) -> ExitCode {

@@ -1,9 +1,9 @@
 //! The request flow, top to bottom, in contract order:
 //! route → method → address → size → parse → signature → freshness →
-//! replay → forward → ack. Each step is a plain function whose error side is
-//! the [`Outcome`] that ends the request; [`handle`] turns the outcome into
-//! the platform's ack and [`finish`] writes the one log line and the metrics
-//! before the response leaves.
+//! (legacy Alipay: notify_verify) → replay → forward → ack. Each step is a
+//! plain function whose error side is the [`Outcome`] that ends the request;
+//! [`handle`] turns the outcome into the platform's ack and [`finish`] writes
+//! the one log line and the metrics before the response leaves.
 
 use std::fmt::Display;
 use std::net::{IpAddr, SocketAddr};
@@ -149,6 +149,13 @@ async fn flow(
     let now = replay::unix_now();
     replay::check_fresh(&verified, route.max_age, route.max_future, now)
         .map_err(|e| ctx.reject(Outcome::Stale, e))?;
+
+    // Legacy Alipay routes may also ask Alipay to vouch for the notify_id.
+    if let Some(atn) = route.provider.notify_verify() {
+        atn.confirm(&state.client, &verified, limits.upstream_timeout)
+            .await
+            .map_err(|e| ctx.reject(e.outcome(), e))?;
+    }
 
     let key = Key::event(&route.name, &verified);
     let in_flight_ttl = limits.upstream_timeout + Duration::from_secs(30);

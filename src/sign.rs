@@ -8,6 +8,11 @@
 //! notify_id, trade fields) unless given, signs with RSA2 (or `--sign-type
 //! RSA`), and prints the form body; `--curl URL` prints a ready curl command
 //! instead.
+//!
+//! `callgate sign alipay_md5 --key-file FILE --param seller_id=2088... [--param
+//! k=v]... [--charset gbk]` does the same for a legacy (create_direct_pay_by_user)
+//! notification: MD5 with the partner key, values encoded in the shop's
+//! charset.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,6 +31,35 @@ pub struct SignArgs {
 pub enum SignProvider {
     /// An Alipay open-platform notification (RSA2 or RSA).
     Alipay(AlipayArgs),
+    /// A legacy Alipay notification (create_direct_pay_by_user), MD5 with the partner key.
+    #[command(name = "alipay_md5")]
+    AlipayMd5(AlipayMd5Args),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AlipayMd5Args {
+    /// File holding the 32-character MD5 partner key (the route's keys.key_file).
+    #[arg(long)]
+    pub key_file: PathBuf,
+    /// A notification field, `key=value`; repeat for each. `seller_id` (the route's partner) is required.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// The shop's charset: `utf-8` or `gbk` (the route's keys.charset).
+    #[arg(long, default_value = "utf-8")]
+    pub charset: String,
+    /// Print a curl command that POSTs the notification to URL.
+    #[arg(long, value_name = "URL")]
+    pub curl: Option<String>,
+}
+
+impl SignProvider {
+    /// The `--curl` URL, when one was given.
+    pub fn curl(&self) -> Option<&str> {
+        match self {
+            SignProvider::Alipay(a) => a.curl.as_deref(),
+            SignProvider::AlipayMd5(a) => a.curl.as_deref(),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,6 +85,8 @@ pub enum SignError {
     Param(String),
     #[error("--param app_id=... is required: the route's keys.app_id")]
     NoAppId,
+    #[error("--param seller_id=... is required: the route's keys.partner (or keys.seller_id)")]
+    NoSellerId,
     #[error("--sign-type `{0}` is not RSA2 or RSA")]
     SignType(String),
     #[error("charset `{0}` is not utf-8 or gbk")]
@@ -65,12 +101,14 @@ pub enum SignError {
 pub fn run(args: &SignArgs) -> Result<String, SignError> {
     match &args.provider {
         SignProvider::Alipay(a) => alipay(a),
+        SignProvider::AlipayMd5(a) => alipay_md5(a),
     }
 }
 
-fn alipay(args: &AlipayArgs) -> Result<String, SignError> {
-    let mut params: BTreeMap<String, String> = BTreeMap::new();
-    for p in &args.params {
+/// Parses repeated `--param k=v` into a sorted map.
+fn params_of(list: &[String]) -> Result<BTreeMap<String, String>, SignError> {
+    let mut params = BTreeMap::new();
+    for p in list {
         let (k, v) = p
             .split_once('=')
             .ok_or_else(|| SignError::Param(p.clone()))?;
@@ -79,6 +117,74 @@ fn alipay(args: &AlipayArgs) -> Result<String, SignError> {
         }
         params.insert(k.to_owned(), v.to_owned());
     }
+    Ok(params)
+}
+
+fn alipay_md5(args: &AlipayMd5Args) -> Result<String, SignError> {
+    let mut params = params_of(&args.params)?;
+    if !params.contains_key("seller_id") {
+        return Err(SignError::NoSellerId);
+    }
+    let encoding = match args.charset.to_ascii_lowercase().as_str() {
+        "utf-8" | "utf8" => encoding_rs::UTF_8,
+        "gbk" => encoding_rs::GBK,
+        _ => return Err(SignError::Charset(args.charset.clone())),
+    };
+    let key = crate::secret::Secret::from_file(&args.key_file).map_err(|e| SignError::Key {
+        file: args.key_file.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let now = chrono::Utc::now() + chrono::Duration::hours(8);
+    let time = now.format("%Y-%m-%d %H:%M:%S").to_string();
+    let stamp = now.format("%Y%m%d%H%M%S").to_string();
+    let rand = random_digits(12);
+    let defaults = [
+        ("notify_time", time.clone()),
+        ("notify_type", "trade_status_sync".to_owned()),
+        ("notify_id", format!("{stamp}{rand}cg")),
+        ("trade_no", format!("{}2100100{rand}", &stamp[..8])),
+        ("out_trade_no", format!("CG{stamp}{}", &rand[..6])),
+        ("trade_status", "TRADE_SUCCESS".to_owned()),
+        ("total_fee", "0.01".to_owned()),
+        ("price", "0.01".to_owned()),
+        ("quantity", "1".to_owned()),
+        ("payment_type", "1".to_owned()),
+        ("subject", "callgate test order".to_owned()),
+        ("gmt_create", time.clone()),
+        ("gmt_payment", time),
+        ("is_total_fee_adjust", "N".to_owned()),
+        ("use_coupon", "N".to_owned()),
+    ];
+    for (k, v) in defaults {
+        params.entry(k.to_owned()).or_insert(v);
+    }
+    params.insert("sign_type".to_owned(), "MD5".to_owned());
+    params.remove("sign");
+    let mut body = String::new();
+    for (k, v) in &params {
+        append(&mut body, k, &encoding.encode(v).0);
+    }
+    // Sign the body exactly as the gateway will parse it.
+    let form = Form::parse(body.as_bytes()).map_err(|_| SignError::Sign)?;
+    let sign = crate::provider::alipay_md5::sign_hex(&form, &key);
+    append(&mut body, "sign", sign.as_bytes());
+    Ok(match &args.curl {
+        None => body,
+        Some(url) => format!(
+            "curl -sS -k -X POST -H 'Content-Type: application/x-www-form-urlencoded; charset={}' --data-binary '{}' '{}'",
+            if encoding == encoding_rs::UTF_8 {
+                "utf-8"
+            } else {
+                "GBK"
+            },
+            body,
+            url.replace('\'', "%27")
+        ),
+    })
+}
+
+fn alipay(args: &AlipayArgs) -> Result<String, SignError> {
+    let mut params = params_of(&args.params)?;
     if !params.contains_key("app_id") {
         return Err(SignError::NoAppId);
     }

@@ -14,6 +14,7 @@
 //! the bare Base64 key Alipay's console shows; parsed once, at load).
 
 pub mod alipay;
+pub mod alipay_md5;
 
 use std::path::Path;
 use std::time::Duration;
@@ -99,19 +100,21 @@ impl ProviderKind {
 #[derive(Debug)]
 pub enum Provider {
     Alipay(alipay::Keys),
+    AlipayMd5(alipay_md5::Keys),
 }
 
 impl Provider {
     pub fn kind(&self) -> ProviderKind {
         match self {
             Provider::Alipay(_) => ProviderKind::Alipay,
+            Provider::AlipayMd5(_) => ProviderKind::AlipayMd5,
         }
     }
 
     /// The body format this provider's notifications use.
     pub fn format(&self) -> Format {
         match self {
-            Provider::Alipay(_) => Format::Form,
+            Provider::Alipay(_) | Provider::AlipayMd5(_) => Format::Form,
         }
     }
 
@@ -123,6 +126,9 @@ impl Provider {
     ) -> Option<Provider> {
         match kind {
             ProviderKind::Alipay => alipay::Keys::compile(keys, ctx).map(Provider::Alipay),
+            ProviderKind::AlipayMd5 => {
+                alipay_md5::Keys::compile(keys, ctx).map(Provider::AlipayMd5)
+            }
             other => {
                 ctx.error(
                     keys.span(),
@@ -143,6 +149,16 @@ impl Provider {
     pub fn verify(&self, _headers: &HeaderMap, payload: &Payload) -> Result<Verified, VerifyError> {
         match (self, payload) {
             (Provider::Alipay(keys), Payload::Form(form)) => keys.verify(form),
+            (Provider::AlipayMd5(keys), Payload::Form(form)) => keys.verify(form),
+        }
+    }
+
+    /// The route's `notify_verify` confirmation (legacy Alipay), when it has
+    /// one: asked after the signature and freshness checks, before the claim.
+    pub fn notify_verify(&self) -> Option<&alipay_md5::NotifyVerify> {
+        match self {
+            Provider::AlipayMd5(keys) => keys.notify_verify(),
+            _ => None,
         }
     }
 }
@@ -209,6 +225,10 @@ pub enum VerifyError {
     SignatureMismatch,
     #[error("sign_type `{0}` is not supported")]
     UnsupportedSignType(String),
+    #[error(
+        "sign_type `{0}` is refused: this alipay_md5 route verifies MD5 partner-key signatures only (legacy RSA/DSA notifications are not supported)"
+    )]
+    LegacySignType(String),
     #[error("{field} `{got}` is not this route's")]
     MerchantMismatch { field: &'static str, got: String },
     #[error("required field `{0}` is missing or empty")]
@@ -235,6 +255,7 @@ impl VerifyError {
             | VerifyError::SignatureEncoding
             | VerifyError::SignatureMismatch
             | VerifyError::UnsupportedSignType(_)
+            | VerifyError::LegacySignType(_)
             | VerifyError::MerchantMismatch { .. } => Outcome::BadSignature,
             VerifyError::MissingField(_)
             | VerifyError::Charset(_)
