@@ -62,16 +62,19 @@ fn main() -> ExitCode {
             println!("{}", callgate::version_line());
             ExitCode::SUCCESS
         }
-        Command::Check { config } => match callgate::config::load(&config) {
-            Ok(loaded) => {
-                println!("ok: {} routes", loaded.rules.len());
-                ExitCode::SUCCESS
+        Command::Check { config } => {
+            init_check_logging();
+            match callgate::config::load(&config) {
+                Ok(loaded) => {
+                    println!("ok: {} routes", loaded.rules.len());
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(errors) => {
-                eprintln!("{errors}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Sign(args) => match callgate::sign::run(&args) {
             Ok(out) => {
                 use std::io::{IsTerminal, Write};
@@ -172,6 +175,20 @@ impl Signals {
             }
         }
     }
+}
+
+/// `check` prints load-time warnings (an expired certificate, say) on
+/// stderr, one plain line each, next to its problems.
+fn init_check_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CALLGATE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .without_time()
+        .init();
 }
 
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {

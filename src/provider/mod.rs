@@ -14,6 +14,7 @@
 //! the bare Base64 key Alipay's console shows; parsed once, at load).
 
 pub mod alipay;
+pub mod alipay_cert;
 pub mod alipay_md5;
 
 use std::path::Path;
@@ -86,7 +87,9 @@ impl ProviderKind {
     /// What `[route.keys]` must hold, for error messages.
     pub fn keys_hint(self) -> &'static str {
         match self {
-            ProviderKind::Alipay => "app_id and public_key",
+            ProviderKind::Alipay => {
+                "app_id and public_key, or app_id, alipay_cert and alipay_root_cert"
+            }
             ProviderKind::AlipayMd5 => "partner and key_file",
             ProviderKind::WechatV2 => "mch_id and api_key_file",
             ProviderKind::WechatV3 => "mch_id, api_v3_key_file and platform_keys",
@@ -229,6 +232,8 @@ pub enum VerifyError {
         "sign_type `{0}` is refused: this alipay_md5 route verifies MD5 partner-key signatures only (legacy RSA/DSA notifications are not supported)"
     )]
     LegacySignType(String),
+    #[error("alipay_cert_sn `{got}` is not the SN of the configured alipay_cert ({want})")]
+    CertSnMismatch { got: String, want: String },
     #[error("{field} `{got}` is not this route's")]
     MerchantMismatch { field: &'static str, got: String },
     #[error("required field `{0}` is missing or empty")]
@@ -256,6 +261,7 @@ impl VerifyError {
             | VerifyError::SignatureMismatch
             | VerifyError::UnsupportedSignType(_)
             | VerifyError::LegacySignType(_)
+            | VerifyError::CertSnMismatch { .. }
             | VerifyError::MerchantMismatch { .. } => Outcome::BadSignature,
             VerifyError::MissingField(_)
             | VerifyError::Charset(_)
