@@ -19,4 +19,7 @@ openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 \
 
 # HMAC key for X-Callgate-Signature (raw bytes; one trailing newline is ignored).
 openssl rand -hex 32 > upstream.secret
-chmod 600 alipay_private.pem server.key upstream.secret
+
+# Stand-in for a legacy Alipay MD5 partner key (32 characters, like Alipay's).
+openssl rand -hex 16 > alipay_md5.key
+chmod 600 alipay_private.pem server.key upstream.secret alipay_md5.key
