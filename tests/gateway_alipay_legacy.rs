@@ -318,9 +318,12 @@ async fn notify_verify_false_or_invalid_is_401() {
     // The demo's /true$/i would take this; callgate wants exactly `true`.
     atn.set(Behaviour::Reply(200, "untrue"));
     assert_eq!(gw.post_form(MD5, &body).await.status, 401);
-    assert_eq!(atn.count(), 3);
+    // A page instead of a word (a captive portal, an error page): not `true`.
+    atn.set(Behaviour::Reply(200, "true ".repeat(400).leak()));
+    assert_eq!(gw.post_form(MD5, &body).await.status, 401);
+    assert_eq!(atn.count(), 4);
     assert_eq!(up.count(), 0);
-    assert_eq!(gw.requests_of(ROUTE, PROVIDER, "bad_signature").await, 3.0);
+    assert_eq!(gw.requests_of(ROUTE, PROVIDER, "bad_signature").await, 4.0);
 }
 
 #[tokio::test]

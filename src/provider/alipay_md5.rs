@@ -383,7 +383,7 @@ pub struct NotifyVerify {
 /// Why notify_verify did not confirm a notification.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyVerifyError {
-    #[error("notify_verify answered `{0}`, not `true`: Alipay does not vouch for this notify_id")]
+    #[error("notify_verify answered {0:?}, not `true`: Alipay does not vouch for this notify_id")]
     Denied(String),
     #[error("notify_verify did not answer within {0:?}")]
     Timeout(Duration),
@@ -469,14 +469,22 @@ impl NotifyVerify {
                 .await
                 .map_err(|e| NotifyVerifyError::Request(error_chain(&e)))?;
             let status = response.status();
-            let reply = Limited::new(response.into_body(), MAX_ATN_REPLY)
-                .collect()
-                .await
-                .map_err(|e| NotifyVerifyError::Reply(e.to_string()))?
-                .to_bytes();
             if !status.is_success() {
                 return Err(NotifyVerifyError::Status(status.as_u16()));
             }
+            let reply = match Limited::new(response.into_body(), MAX_ATN_REPLY)
+                .collect()
+                .await
+            {
+                Ok(body) => body.to_bytes(),
+                // An answer, just not `true`.
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    return Err(NotifyVerifyError::Denied(format!(
+                        "a reply of more than {MAX_ATN_REPLY} bytes"
+                    )));
+                }
+                Err(e) => return Err(NotifyVerifyError::Reply(e.to_string())),
+            };
             if reply.trim_ascii() == b"true" {
                 Ok(())
             } else {
