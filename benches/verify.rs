@@ -102,6 +102,21 @@ fn wechat(c: &mut Criterion) {
     });
 }
 
+fn alipay_md5(c: &mut Criterion) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/alipay_md5");
+    let body = std::fs::read(dir.join("md5_trade_success.form")).unwrap();
+    let key = std::fs::read_to_string(dir.join("md5_key.txt")).unwrap();
+    let keys = callgate::provider::alipay_md5::Keys::for_bench(
+        "2088101122334455",
+        key.trim_end().as_bytes(),
+        false,
+    );
+    let form = Form::parse(&body).unwrap();
+    c.bench_function("alipay_md5/verify", |b| {
+        b.iter(|| keys.verify(black_box(&form)).unwrap())
+    });
+}
+
 fn upstream_hmac(c: &mut Criterion) {
     let secret = Secret::new(b"0123456789abcdef0123456789abcdef".to_vec());
     let body = fixture("rsa2_trade_success.form");
@@ -110,5 +125,5 @@ fn upstream_hmac(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, alipay, wechat, upstream_hmac);
+criterion_group!(benches, alipay, alipay_md5, wechat, upstream_hmac);
 criterion_main!(benches);

@@ -362,6 +362,15 @@ fn run(config: &std::path::Path, format: LogFormat) -> ExitCode {
         }
     };
     runtime.block_on(async {
+        // Signal handlers first: a SIGHUP or SIGTERM that arrives right after
+        // "callgate serving" must not meet the default action (exit).
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                return ExitCode::FAILURE;
+            }
+        };
         let gateway = match callgate::server::start(loaded).await {
             Ok(g) => g,
             Err(e) => {
@@ -370,29 +379,40 @@ fn run(config: &std::path::Path, format: LogFormat) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if let Err(e) = wait_for_signals(&gateway).await {
-            tracing::error!(error = %e, "cannot install signal handlers");
-            return ExitCode::FAILURE;
-        }
+        signals.wait(&gateway).await;
         gateway.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-/// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
-async fn wait_for_signals(gateway: &callgate::server::Gateway) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading rules");
-                let _ = gateway.reload();
+/// SIGHUP, SIGTERM and SIGINT, caught from before the gateway starts.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
+    async fn wait(mut self, gateway: &callgate::server::Gateway) {
+        loop {
+            tokio::select! {
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading rules");
+                    let _ = gateway.reload();
+                }
+                _ = self.term.recv() => { tracing::info!("SIGTERM: draining"); return; }
+                _ = self.int.recv() => { tracing::info!("SIGINT: draining"); return; }
             }
-            _ = term.recv() => { tracing::info!("SIGTERM: draining"); return Ok(()); }
-            _ = int.recv() => { tracing::info!("SIGINT: draining"); return Ok(()); }
         }
     }
 }

@@ -25,15 +25,10 @@ use crate::provider::{Fields, ProviderKind, Verified};
 pub fn normalize(verified: &Verified) -> Vec<u8> {
     let value = match (verified.kind(), verified.fields()) {
         (ProviderKind::Alipay, Fields::Form { form, encoding }) => {
-            let mut fields = Map::new();
-            for (k, v) in form.iter() {
-                if k == "sign" {
-                    continue;
-                }
-                let (text, _) = encoding.decode_without_bom_handling(v);
-                fields.insert(k.to_owned(), Value::String(text.into_owned()));
-            }
-            alipay(verified, fields)
+            alipay(verified, form_fields(form, encoding))
+        }
+        (ProviderKind::AlipayMd5, Fields::Form { form, encoding }) => {
+            alipay_md5(verified, form_fields(form, encoding))
         }
         (ProviderKind::WechatV2, Fields::Xml { xml, refund }) => {
             wechat_v2(verified, xml, refund.as_ref())
@@ -47,6 +42,22 @@ pub fn normalize(verified: &Verified) -> Vec<u8> {
         }),
     };
     serde_json::to_vec(&value).unwrap_or_default()
+}
+
+/// Every field of a verified form but `sign`, decoded from its charset.
+fn form_fields(
+    form: &crate::body::Form,
+    encoding: &'static encoding_rs::Encoding,
+) -> Map<String, Value> {
+    let mut fields = Map::new();
+    for (k, v) in form.iter() {
+        if k == "sign" {
+            continue;
+        }
+        let (text, _) = encoding.decode_without_bom_handling(v);
+        fields.insert(k.to_owned(), Value::String(text.into_owned()));
+    }
+    fields
 }
 
 fn alipay(verified: &Verified, fields: Map<String, Value>) -> Value {
@@ -226,6 +237,65 @@ fn compact_beijing_rfc3339(s: &str) -> Option<String> {
     let naive = NaiveDateTime::parse_from_str(s, "%Y%m%d%H%M%S").ok()?;
     let tz = FixedOffset::east_opt(8 * 3600)?;
     Some(tz.from_local_datetime(&naive).single()?.to_rfc3339())
+}
+
+/// Legacy Alipay (create_direct_pay_by_user and escrow): `total_fee` in
+/// yuan; TRADE_SUCCESS / TRADE_FINISHED, and the escrow states in which the
+/// buyer has paid (WAIT_SELLER_SEND_GOODS, WAIT_BUYER_CONFIRM_GOODS), are
+/// `paid`; TRADE_CLOSED is `closed`; a refund (`refund_status`
+/// REFUND_SUCCESS, a `gmt_refund`, or a `refund_fee` above zero) is
+/// `refunded`, with `refund_fee` as the amount when the notification has one,
+/// `total_fee` for a refund that closed the trade (a full refund), else
+/// `null` (a partial refund without `refund_fee` does not say how much);
+/// anything else (WAIT_BUYER_PAY) is `pending`.
+fn alipay_md5(verified: &Verified, fields: Map<String, Value>) -> Value {
+    let get = |k: &str| {
+        fields
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let refunded = get("refund_status") == Some("REFUND_SUCCESS")
+        || get("gmt_refund").is_some()
+        || get("refund_fee")
+            .and_then(yuan_to_fen)
+            .is_some_and(|f| f > 0);
+    let status = match get("trade_status") {
+        _ if refunded => "refunded",
+        Some(
+            "TRADE_SUCCESS"
+            | "TRADE_FINISHED"
+            | "WAIT_SELLER_SEND_GOODS"
+            | "WAIT_BUYER_CONFIRM_GOODS",
+        ) => "paid",
+        Some("TRADE_CLOSED") => "closed",
+        _ => "pending",
+    };
+    let amount = match status {
+        "refunded" if get("refund_fee").is_some() => get("refund_fee"),
+        "refunded" if get("trade_status") != Some("TRADE_CLOSED") => None,
+        _ => get("total_fee"),
+    }
+    .and_then(yuan_to_fen);
+    let when = match status {
+        "refunded" => get("gmt_refund"),
+        "paid" => get("gmt_payment"),
+        "closed" => get("gmt_close"),
+        _ => None,
+    }
+    .or_else(|| get("notify_time"))
+    .and_then(beijing_rfc3339);
+    json!({
+        "provider": "alipay_md5",
+        "event_id": verified.event_id(),
+        "out_trade_no": get("out_trade_no"),
+        "provider_trade_no": get("trade_no"),
+        "amount_fen": amount,
+        "currency": "CNY",
+        "status": status,
+        "occurred_at": when,
+        "fields": fields,
+    })
 }
 
 /// `"88.88"` → 8888. At most two decimals; anything else is `None`.

@@ -1,9 +1,9 @@
 //! The request flow, top to bottom, in contract order:
 //! route → method → address → size → parse → signature → freshness →
-//! replay → forward → ack. Each step is a plain function whose error side is
-//! the [`Outcome`] that ends the request; [`handle`] turns the outcome into
-//! the platform's ack and [`finish`] writes the one log line and the metrics
-//! before the response leaves.
+//! (legacy Alipay: notify_verify) → replay → forward → ack. Each step is a
+//! plain function whose error side is the [`Outcome`] that ends the request;
+//! [`handle`] turns the outcome into the platform's ack and [`finish`] writes
+//! the one log line and the metrics before the response leaves.
 
 use std::fmt::Display;
 use std::net::{IpAddr, SocketAddr};
@@ -200,6 +200,19 @@ async fn flow(
             None
         }
     };
+
+    // Legacy Alipay routes may also ask Alipay to vouch for the notify_id,
+    // once per event: a duplicate was answered from the store above without
+    // asking (Alipay invalidates a notify_id once it has seen `success`).
+    if let Some(atn) = route.provider.notify_verify()
+        && let Err(e) = atn
+            .confirm(&state.client, &verified, limits.upstream_timeout)
+            .await
+    {
+        release(state, &route, &key, token).await;
+        forget_nonce(state, &route, nonce_key.as_ref()).await;
+        return Err(ctx.reject(e.outcome(), e));
+    }
 
     let rid = journal::new_rid();
     if let Some(j) = &state.journal {

@@ -20,6 +20,11 @@
 //! with AEAD_AES_256_GCM under the APIv3 key, wraps it in a notification
 //! body, signs `timestamp\nnonce\nbody\n` with SHA256withRSA and prints the
 //! curl `-H` arguments on the first line and the JSON body on the second.
+//!
+//! `callgate sign alipay_md5 --key-file FILE --param seller_id=2088... [--param
+//! k=v]... [--charset gbk]` does the same for a legacy (create_direct_pay_by_user)
+//! notification: MD5 with the partner key, values encoded in the shop's
+//! charset.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -44,6 +49,9 @@ pub enum SignProvider {
     /// A WeChat Pay API v3 notification (JSON, signed headers, encrypted resource).
     #[command(name = "wechat_v3")]
     WechatV3(WechatV3Args),
+    /// A legacy Alipay notification (create_direct_pay_by_user), MD5 with the partner key.
+    #[command(name = "alipay_md5")]
+    AlipayMd5(AlipayMd5Args),
 }
 
 impl SignProvider {
@@ -53,6 +61,7 @@ impl SignProvider {
             SignProvider::Alipay(a) => a.curl.is_some(),
             SignProvider::WechatV2(a) => a.curl.is_some(),
             SignProvider::WechatV3(a) => a.curl.is_some(),
+            SignProvider::AlipayMd5(a) => a.curl.is_some(),
         }
     }
 }
@@ -97,6 +106,22 @@ pub struct WechatV3Args {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct AlipayMd5Args {
+    /// File holding the 32-character MD5 partner key (the route's keys.key_file).
+    #[arg(long)]
+    pub key_file: PathBuf,
+    /// A notification field, `key=value`; repeat for each. `seller_id` (the route's partner) is required.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// The shop's charset: `utf-8` or `gbk` (the route's keys.charset).
+    #[arg(long, default_value = "utf-8")]
+    pub charset: String,
+    /// Print a curl command that POSTs the notification to URL.
+    #[arg(long, value_name = "URL")]
+    pub curl: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct AlipayArgs {
     /// PEM private key to sign with (PKCS#8 or PKCS#1), standing in for Alipay's.
     #[arg(long)]
@@ -119,6 +144,8 @@ pub enum SignError {
     Param(String),
     #[error("--param app_id=... is required: the route's keys.app_id")]
     NoAppId,
+    #[error("--param seller_id=... is required: the route's keys.partner (or keys.seller_id)")]
+    NoSellerId,
     #[error("--param mch_id=... is required: the route's keys.mch_id")]
     NoMchId,
     #[error("--resource-json: {0}")]
@@ -139,6 +166,7 @@ pub fn run(args: &SignArgs) -> Result<String, SignError> {
         SignProvider::Alipay(a) => alipay(a),
         SignProvider::WechatV2(a) => wechat_v2(a),
         SignProvider::WechatV3(a) => wechat_v3(a),
+        SignProvider::AlipayMd5(a) => alipay_md5(a),
     }
 }
 
@@ -236,6 +264,69 @@ pub fn alipay_form(
     let sign = base64::engine::general_purpose::STANDARD.encode(&sig);
     append(&mut body, "sign", sign.as_bytes());
     Ok(body)
+}
+
+fn alipay_md5(args: &AlipayMd5Args) -> Result<String, SignError> {
+    let mut params = param_map(&args.params)?;
+    if !params.contains_key("seller_id") {
+        return Err(SignError::NoSellerId);
+    }
+    let encoding = match args.charset.to_ascii_lowercase().as_str() {
+        "utf-8" | "utf8" => encoding_rs::UTF_8,
+        "gbk" => encoding_rs::GBK,
+        _ => return Err(SignError::Charset(args.charset.clone())),
+    };
+    let key = crate::secret::Secret::from_file(&args.key_file).map_err(|e| SignError::Key {
+        file: args.key_file.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let now = chrono::Utc::now() + chrono::Duration::hours(8);
+    let time = now.format("%Y-%m-%d %H:%M:%S").to_string();
+    let stamp = now.format("%Y%m%d%H%M%S").to_string();
+    let rand = random_digits(12);
+    let defaults = [
+        ("notify_time", time.clone()),
+        ("notify_type", "trade_status_sync".to_owned()),
+        ("notify_id", format!("{stamp}{rand}cg")),
+        ("trade_no", format!("{}2100100{rand}", &stamp[..8])),
+        ("out_trade_no", format!("CG{stamp}{}", &rand[..6])),
+        ("trade_status", "TRADE_SUCCESS".to_owned()),
+        ("total_fee", "0.01".to_owned()),
+        ("price", "0.01".to_owned()),
+        ("quantity", "1".to_owned()),
+        ("payment_type", "1".to_owned()),
+        ("subject", "callgate test order".to_owned()),
+        ("gmt_create", time.clone()),
+        ("gmt_payment", time),
+        ("is_total_fee_adjust", "N".to_owned()),
+        ("use_coupon", "N".to_owned()),
+    ];
+    for (k, v) in defaults {
+        params.entry(k.to_owned()).or_insert(v);
+    }
+    params.insert("sign_type".to_owned(), "MD5".to_owned());
+    params.remove("sign");
+    let mut body = String::new();
+    for (k, v) in &params {
+        append(&mut body, k, &encoding.encode(v).0);
+    }
+    // Sign the body exactly as the gateway will parse it.
+    let form = Form::parse(body.as_bytes()).map_err(|_| SignError::Sign)?;
+    let sign = crate::provider::alipay_md5::sign_hex(&form, &key);
+    append(&mut body, "sign", sign.as_bytes());
+    Ok(match &args.curl {
+        None => body,
+        Some(url) => format!(
+            "curl -sS -k -X POST -H 'Content-Type: application/x-www-form-urlencoded; charset={}' --data-binary '{}' '{}'",
+            if encoding == encoding_rs::UTF_8 {
+                "utf-8"
+            } else {
+                "GBK"
+            },
+            body,
+            url.replace('\'', "%27")
+        ),
+    })
 }
 
 fn wechat_v2(args: &WechatV2Args) -> Result<String, SignError> {

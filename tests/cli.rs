@@ -47,7 +47,7 @@ fn check_accepts_the_shipped_demo() {
             .arg(root().join("callgate.toml")),
     );
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out.trim(), "ok: 3 routes");
+    assert_eq!(out.trim(), "ok: 4 routes");
 }
 
 /// Writes a gateway file plus `rules/r.toml` with `rules`, returns the dir.
@@ -919,4 +919,366 @@ async fn signed_wechat_samples_pass_the_gateway() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(up.count(), 2);
+}
+
+// === legacy Alipay (MD5) and Alipay certificate mode ===
+
+/// A route whose `[route.keys]` body (from line 10 on) is `keys`.
+fn route_with_keys(provider: &str, keys: &str) -> String {
+    format!(
+        r#"[[route]]
+name = "r1"
+path = "/r1"
+provider = "{provider}"
+allow = ["110.75.0.0/16"]
+upstream = "http://127.0.0.1:8080/notify.php"
+upstream_secret_file = "../upstream.secret"
+
+[route.keys]
+{keys}"#
+    )
+}
+
+fn md5_keys(extra: &str) -> String {
+    format!(
+        "partner = \"2088101122334455\"\nkey_file = {:?}\n{extra}",
+        fixture_path("alipay_md5", "md5_key.txt")
+    )
+}
+
+fn cert_keys(alipay_cert: &str, root: &str, extra: &str) -> String {
+    format!(
+        "app_id = \"2021000000000001\"\nalipay_cert = {:?}\nalipay_root_cert = {:?}\n{extra}",
+        fixture_path("alipay_cert", alipay_cert),
+        fixture_path("alipay_cert", root)
+    )
+}
+
+#[test]
+fn check_accepts_legacy_and_certificate_routes() {
+    let rules = format!(
+        "{}\n{}",
+        route_with_keys(
+            "alipay_md5",
+            &md5_keys(
+                "charset = \"gbk\"\nseller_email = \"shop@example.com\"\nnotify_verify_url = \"https://mapi.alipay.com/gateway.do\"\n"
+            )
+        ),
+        route_with_keys(
+            "alipay",
+            &cert_keys(
+                "alipayCertPublicKey_RSA2.crt",
+                "alipayRootCert.crt",
+                &format!(
+                    "app_cert = {:?}\n",
+                    fixture_path("alipay_cert", "appCertPublicKey_2021000000000001.crt")
+                )
+            )
+        )
+        .replace("\"r1\"", "\"r2\"")
+        .replace("\"/r1\"", "\"/r2\""),
+    );
+    let dir = config_with_rules(&rules);
+    let (code, out) = check(dir.path());
+    assert_eq!((code, out.trim()), (0, "ok: 2 routes"));
+}
+
+#[test]
+fn check_names_legacy_and_certificate_key_problems() {
+    let pem = alipay_key("alipay_private.pem");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "partner is not a PID",
+            route_with_keys(
+                "alipay_md5",
+                &md5_keys("").replace("2088101122334455", "12345"),
+            ),
+            "r.toml:10: keys.partner: `12345` is not a partner id (2088 and 12 more digits)",
+        ),
+        (
+            "key file holds a PEM key",
+            route_with_keys(
+                "alipay_md5",
+                &format!("partner = \"2088101122334455\"\nkey_file = {pem:?}\n"),
+            ),
+            "r.toml:11: keys.key_file `/",
+        ),
+        (
+            "key file of another shape",
+            route_with_keys(
+                "alipay_md5",
+                &format!(
+                    "partner = \"2088101122334455\"\nkey_file = {:?}\n",
+                    alipay_key("alipay_public.b64")
+                ),
+            ),
+            "expected the 32-character MD5 key (letters and digits) from Alipay's merchant console; the file holds 392 bytes",
+        ),
+        (
+            "key file is not an MD5 key",
+            route_with_keys(
+                "alipay_md5",
+                &format!("partner = \"2088101122334455\"\nkey_file = {pem:?}\n"),
+            ),
+            "bytes, starting with a PEM header",
+        ),
+        (
+            "key file missing",
+            route_with_keys(
+                "alipay_md5",
+                "partner = \"2088101122334455\"\nkey_file = \"../nope.key\"\n",
+            ),
+            "r.toml:11: keys.key_file `../nope.key`: cannot read the secret file: no such file",
+        ),
+        (
+            "charset",
+            route_with_keys("alipay_md5", &md5_keys("charset = \"big5\"\n")),
+            "r.toml:12: keys.charset: `big5` is not \"utf-8\" or \"gbk\"",
+        ),
+        (
+            "notify_verify_url with a query",
+            route_with_keys(
+                "alipay_md5",
+                &md5_keys(
+                    "notify_verify_url = \"https://mapi.alipay.com/gateway.do?service=notify_verify\"\n",
+                ),
+            ),
+            "r.toml:12: keys.notify_verify_url: give the URL without a query",
+        ),
+        (
+            "notify_verify_url not http",
+            route_with_keys(
+                "alipay_md5",
+                &md5_keys("notify_verify_url = \"mapi.alipay.com\"\n"),
+            ),
+            "r.toml:12: keys.notify_verify_url: must start with http:// or https://",
+        ),
+        (
+            "unknown md5 key",
+            route_with_keys("alipay_md5", &md5_keys("sign_type = \"MD5\"\n")),
+            "unknown field `sign_type`",
+        ),
+        (
+            "untrusted Alipay certificate",
+            route_with_keys(
+                "alipay",
+                &cert_keys(
+                    "untrusted_alipayCertPublicKey_RSA2.crt",
+                    "alipayRootCert.crt",
+                    "",
+                ),
+            ),
+            "untrusted_alipayCertPublicKey_RSA2.crt`: `CN=Alipay Test Public Key-2088101117955611,OU=Alipay,O=Callgate Test,C=CN` (through `CN=Somebody Else Root CA,O=Somebody Else,C=CN`) does not chain to alipay_root_cert",
+        ),
+        (
+            "forged intermediate",
+            route_with_keys(
+                "alipay",
+                &cert_keys(
+                    "forged_alipayCertPublicKey_RSA2.crt",
+                    "alipayRootCert.crt",
+                    "",
+                ),
+            ),
+            "r.toml:11: keys.alipay_cert",
+        ),
+        (
+            "root file without an RSA root",
+            route_with_keys(
+                "alipay",
+                &cert_keys("alipayCertPublicKey_RSA2.crt", "ec_root_ca.crt", ""),
+            ),
+            "no RSA-signed certificate in the file: give Alipay's alipayRootCert.crt",
+        ),
+        (
+            "root file is a private key",
+            route_with_keys(
+                "alipay",
+                &cert_keys("alipayCertPublicKey_RSA2.crt", "root_ca.key", ""),
+            ),
+            "r.toml:12: keys.alipay_root_cert",
+        ),
+        (
+            "certificate file is not PEM",
+            route_with_keys(
+                "alipay",
+                "app_id = \"2021000000000001\"\nalipay_cert = \"../not-a-key.txt\"\nalipay_root_cert = \"../not-a-key.txt\"\n",
+            ),
+            "r.toml:11: keys.alipay_cert `../not-a-key.txt`: no -----BEGIN CERTIFICATE----- block in the file",
+        ),
+        (
+            "root missing",
+            route_with_keys(
+                "alipay",
+                &format!(
+                    "app_id = \"2021000000000001\"\nalipay_cert = {:?}\n",
+                    fixture_path("alipay_cert", "alipayCertPublicKey_RSA2.crt")
+                ),
+            ),
+            "keys.alipay_root_cert: missing: certificate mode needs alipay_cert (alipayCertPublicKey_RSA2.crt) and alipay_root_cert (alipayRootCert.crt)",
+        ),
+        (
+            "public key and certificates",
+            route_with_keys(
+                "alipay",
+                &cert_keys(
+                    "alipayCertPublicKey_RSA2.crt",
+                    "alipayRootCert.crt",
+                    &format!("public_key = {:?}\n", alipay_key("alipay_public.pem")),
+                ),
+            ),
+            "r.toml:13: keys.public_key: give either public_key or the certificate-mode keys",
+        ),
+        (
+            "app certificate from another CA",
+            route_with_keys(
+                "alipay",
+                &cert_keys(
+                    "alipayCertPublicKey_RSA2.crt",
+                    "alipayRootCert.crt",
+                    &format!(
+                        "app_cert = {:?}\n",
+                        fixture_path("alipay_cert", "untrusted_alipayCertPublicKey_RSA2.crt")
+                    ),
+                ),
+            ),
+            "r.toml:13: keys.app_cert",
+        ),
+    ];
+    for (what, rules, want) in cases {
+        let dir = config_with_rules(&rules);
+        std::fs::write(
+            dir.path().join("not-a-key.txt"),
+            "callgate-marker-line\nhello\n",
+        )
+        .unwrap();
+        let (code, out) = check(dir.path());
+        assert_eq!(code, 1, "{what}: {out}");
+        assert!(out.contains(want), "{what}: expected `{want}` in:\n{out}");
+        assert!(
+            !out.contains("callgate-marker-line") && !out.contains("PRIVATE KEY"),
+            "{what}: a message must not print file contents"
+        );
+        let key = std::fs::read_to_string(fixture_path("alipay_md5", "md5_key.txt")).unwrap();
+        assert!(!out.contains(key.trim()), "{what}: the MD5 key leaked");
+    }
+}
+
+#[test]
+fn check_warns_about_an_expired_certificate_and_still_loads() {
+    let rules = route_with_keys(
+        "alipay",
+        &cert_keys(
+            "expired_alipayCertPublicKey_RSA2.crt",
+            "alipayRootCert.crt",
+            "",
+        ),
+    );
+    let dir = config_with_rules(&rules);
+    let (code, out, err) = output(
+        callgate()
+            .args(["check", "-c"])
+            .arg(dir.path().join("callgate.toml")),
+    );
+    assert_eq!((code, out.trim()), (0, "ok: 1 routes"), "{err}");
+    assert!(err.contains("r.toml:11: warning: keys.alipay_cert: certificate `CN=Alipay Test Public Key-2088101117955611,OU=Alipay,O=Callgate Test,C=CN` expired on 2021-01-01 00:00:00 UTC"), "{err}");
+}
+
+/// `openssl dgst -md5` over `content + key`, as lower-case hex.
+fn openssl_md5_hex(content: &[u8], key: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-md5", "-r"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(content).unwrap();
+    stdin.write_all(key).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn sign_alipay_md5_output_verifies_with_openssl() {
+    let key_file = fixture_path("alipay_md5", "md5_key.txt");
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    for (charset, encoding) in [("utf-8", encoding_rs::UTF_8), ("gbk", encoding_rs::GBK)] {
+        let (code, out, err) = output(
+            callgate()
+                .args(["sign", "alipay_md5", "--key-file"])
+                .arg(&key_file)
+                .args([
+                    "--param",
+                    "seller_id=2088101122334455",
+                    "--param",
+                    "subject=测试 商品+1",
+                    "--param",
+                    "extra_common_param=",
+                    "--param",
+                    "total_fee=12.34",
+                    "--charset",
+                    charset,
+                ]),
+        );
+        assert_eq!(code, 0, "{err}");
+        let mut params = decode_form(&out);
+        let sign = params.iter().find(|(k, _)| k == "sign").unwrap().1.clone();
+        assert!(
+            params
+                .iter()
+                .any(|(k, v)| k == "subject" && *v == encoding.encode("测试 商品+1").0.as_ref()),
+            "{charset}"
+        );
+        assert!(params.iter().any(|(k, v)| k == "sign_type" && v == b"MD5"));
+        params.retain(|(k, v)| k != "sign" && k != "sign_type" && !v.is_empty());
+        params.sort();
+        let content: Vec<u8> = params
+            .iter()
+            .map(|(k, v)| [k.as_bytes(), b"=", v].concat())
+            .collect::<Vec<_>>()
+            .join(&b'&');
+        assert_eq!(
+            String::from_utf8(sign).unwrap(),
+            openssl_md5_hex(&content, key.trim_end().as_bytes()),
+            "{charset}"
+        );
+    }
+}
+
+#[test]
+fn sign_alipay_md5_refuses_bad_input_clearly() {
+    let key_file = fixture_path("alipay_md5", "md5_key.txt");
+    let (code, _, err) = output(
+        callgate()
+            .args(["sign", "alipay_md5", "--key-file"])
+            .arg(&key_file),
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("seller_id"), "{err}");
+    let (code, _, err) = output(
+        callgate()
+            .args(["sign", "alipay_md5", "--key-file"])
+            .arg(&key_file)
+            .args(["--param", "seller_id=2088101122334455", "--charset", "big5"]),
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("big5"), "{err}");
+    let (code, _, err) = output(callgate().args([
+        "sign",
+        "alipay_md5",
+        "--key-file",
+        "/nope.key",
+        "--param",
+        "seller_id=2088101122334455",
+    ]));
+    assert_eq!(code, 1);
+    assert!(err.contains("/nope.key"), "{err}");
 }

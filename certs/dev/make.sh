@@ -36,3 +36,7 @@ openssl req -x509 -key wechatpay_platform_private.pem -sha256 -days 3650 \
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out wechatpay_pub_private.pem
 openssl pkey -in wechatpay_pub_private.pem -pubout -out wechatpay_pub_public.pem
 chmod 600 wechat_v2_api.key wechat_v3_api_v3.key wechatpay_platform_private.pem wechatpay_pub_private.pem
+
+# Stand-in for a legacy Alipay MD5 partner key (32 characters, like Alipay's).
+openssl rand -hex 16 > alipay_md5.key
+chmod 600 alipay_private.pem server.key upstream.secret alipay_md5.key

@@ -1,5 +1,5 @@
 //! `alipay`: Alipay open-platform asynchronous notifications, RSA2
-//! (SHA256withRSA) and RSA (SHA1withRSA), public-key mode.
+//! (SHA256withRSA) and RSA (SHA1withRSA), public-key and certificate mode.
 //!
 //! Verified as the official Java SDK's `AlipaySignature.rsaCheckV1` does:
 //! 1. the form is decoded once (done by `body::Form`), values kept as the
@@ -21,6 +21,13 @@
 //! guessed. `app_id` must be the route's. `charset` (default UTF-8) must be
 //! one we can decode, and every value must be valid in it. Event id:
 //! `notify_id`. Signed time: `notify_time`, Beijing time.
+//!
+//! Certificate mode (`alipay_cert`, `alipay_root_cert`, optional `app_cert`
+//! instead of `public_key`): notifications are verified exactly as above
+//! with the key of Alipay's public-key certificate, as the SDK's
+//! `rsaCertCheckV1` does; loading, the chain check and the SNs are in
+//! [`super::alipay_cert`]. A notification that carries `alipay_cert_sn` must
+//! name the configured certificate, else 401.
 
 use base64::Engine as _;
 use encoding_rs::Encoding;
@@ -28,6 +35,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
+use super::alipay_cert::{self, CertFiles, CertSns};
 use super::{
     Fields, ProviderKind, RsaDigest, RsaKey, Verified, VerifyError, beijing_time, java_whitespace,
     shown,
@@ -56,6 +64,8 @@ struct KeysFile {
 pub struct Keys {
     app_id: Box<str>,
     key: RsaKey,
+    /// Certificate mode: the SNs of the configured certificates.
+    cert: Option<CertSns>,
 }
 
 /// Notification time format (`yyyy-MM-dd HH:mm:ss`, Beijing time).
@@ -76,8 +86,8 @@ impl Keys {
         }
         let cert_mode =
             raw.alipay_cert.is_some() || raw.alipay_root_cert.is_some() || raw.app_cert.is_some();
-        let key = match (&raw.public_key, cert_mode) {
-            (Some(pk), false) => super::load_rsa_key(ctx, "public_key", pk),
+        let (key, cert) = match (&raw.public_key, cert_mode) {
+            (Some(pk), false) => (super::load_rsa_key(ctx, "public_key", pk), None),
             (Some(pk), true) => {
                 ctx.error(
                     pk.span(),
@@ -86,33 +96,33 @@ impl Keys {
                         reason: "give either public_key or the certificate-mode keys (alipay_cert, alipay_root_cert, app_cert), not both".to_owned(),
                     },
                 );
-                None
+                (None, None)
             }
-            (None, true) => {
-                ctx.error(
-                    span,
-                    RuleError::KeyValue {
-                        field: "alipay_cert".to_owned(),
-                        reason: "certificate mode is not available in this version; give public_key (extract it with `openssl x509 -pubkey -noout -in alipayCertPublicKey_RSA2.crt`)".to_owned(),
-                    },
-                );
-                None
-            }
+            (None, true) => match load_cert_mode(&raw, span, ctx) {
+                Some((key, sns)) => (Some(key), Some(sns)),
+                None => (None, None),
+            },
             (None, false) => {
                 ctx.error(
                     span,
                     RuleError::KeyValue {
                         field: "public_key".to_owned(),
-                        reason: "missing: give Alipay's public key file".to_owned(),
+                        reason: "missing: give Alipay's public key file, or alipay_cert and alipay_root_cert (certificate mode)".to_owned(),
                     },
                 );
-                None
+                (None, None)
             }
-        }?;
+        };
         Some(Keys {
             app_id: raw.app_id.into_inner().into_boxed_str(),
-            key,
+            key: key?,
+            cert,
         })
+    }
+
+    /// The certificate SNs, in certificate mode.
+    pub fn cert_sns(&self) -> Option<&CertSns> {
+        self.cert.as_ref()
     }
 
     /// Keys built directly from a public-key file, for benches and fuzzing.
@@ -120,6 +130,7 @@ impl Keys {
         Ok(Keys {
             app_id: app_id.into(),
             key: RsaKey::from_file(public_key)?,
+            cert: None,
         })
     }
 
@@ -160,6 +171,15 @@ impl Keys {
         if !good {
             return Err(VerifyError::SignatureMismatch);
         }
+        if let Some(sns) = &self.cert
+            && let Some(got) = form.get("alipay_cert_sn").filter(|v| !v.is_empty())
+            && got != sns.alipay_cert_sn.as_bytes()
+        {
+            return Err(VerifyError::CertSnMismatch {
+                got: shown(got),
+                want: sns.alipay_cert_sn.to_string(),
+            });
+        }
 
         let notify_id = form
             .get_str("notify_id")
@@ -179,6 +199,69 @@ impl Keys {
                 encoding,
             },
         ))
+    }
+}
+
+/// Loads certificate mode for `[route.keys]`, recording problems at the
+/// line of the key they concern, and printing expiry warnings.
+fn load_cert_mode(
+    raw: &KeysFile,
+    table: std::ops::Range<usize>,
+    ctx: &mut FileCtx<'_>,
+) -> Option<(RsaKey, CertSns)> {
+    let (Some(cert), Some(root)) = (&raw.alipay_cert, &raw.alipay_root_cert) else {
+        let missing = if raw.alipay_cert.is_none() {
+            "alipay_cert"
+        } else {
+            "alipay_root_cert"
+        };
+        ctx.error(
+            table,
+            RuleError::KeyValue {
+                field: missing.to_owned(),
+                reason: "missing: certificate mode needs alipay_cert (alipayCertPublicKey_RSA2.crt) and alipay_root_cert (alipayRootCert.crt); app_cert is optional".to_owned(),
+            },
+        );
+        return None;
+    };
+    let (cert_path, root_path) = (ctx.resolve(cert.get_ref()), ctx.resolve(root.get_ref()));
+    let app_path = raw.app_cert.as_ref().map(|a| ctx.resolve(a.get_ref()));
+    let files = CertFiles {
+        alipay_cert: &cert_path,
+        alipay_root_cert: &root_path,
+        app_cert: app_path.as_deref(),
+    };
+    match alipay_cert::load(&files, crate::replay::unix_now()) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                ctx.warn(cert.span(), w);
+            }
+            tracing::debug!(
+                alipay_cert_sn = &*loaded.sns.alipay_cert_sn,
+                alipay_root_cert_sn = &*loaded.sns.alipay_root_cert_sn,
+                app_cert_sn = loaded.sns.app_cert_sn.as_deref().unwrap_or("-"),
+                "alipay certificate mode loaded"
+            );
+            Some((loaded.key, loaded.sns))
+        }
+        Err(problems) => {
+            for p in problems {
+                let value = match p.field {
+                    "alipay_cert" => cert,
+                    "alipay_root_cert" => root,
+                    _ => raw.app_cert.as_ref().unwrap_or(cert),
+                };
+                ctx.error(
+                    value.span(),
+                    RuleError::KeyFile {
+                        field: p.field.to_owned(),
+                        file: value.get_ref().clone(),
+                        reason: p.reason,
+                    },
+                );
+            }
+            None
+        }
     }
 }
 
@@ -280,6 +363,7 @@ mod tests {
         Keys {
             app_id: app_id.into(),
             key: RsaKey::from_file(&fixtures().join(key)).unwrap(),
+            cert: None,
         }
     }
 
@@ -422,5 +506,99 @@ mod tests {
         assert!(is_blank("\u{3000}".as_bytes(), u));
         assert!(!is_blank("\u{A0}".as_bytes(), u));
         assert!(!is_blank(b" a ", u));
+    }
+
+    fn cert_keys(cert: &str) -> Keys {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/alipay_cert");
+        let loaded = alipay_cert::load(
+            &CertFiles {
+                alipay_cert: &dir.join(cert),
+                alipay_root_cert: &dir.join("alipayRootCert.crt"),
+                app_cert: None,
+            },
+            1_800_000_000,
+        )
+        .unwrap();
+        Keys {
+            app_id: "2021000000000001".into(),
+            key: loaded.key,
+            cert: Some(loaded.sns),
+        }
+    }
+
+    fn cert_form(name: &str) -> Form {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/alipay_cert");
+        Form::parse(&std::fs::read(dir.join(name)).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn certificate_mode_verifies_with_the_certificate_key() {
+        let k = cert_keys("alipayCertPublicKey_RSA2.crt");
+        assert!(k.verify(&cert_form("cert_trade_success.form")).is_ok());
+        assert!(k.verify(&cert_form("cert_with_sn.form")).is_ok());
+        assert_eq!(
+            k.verify(&cert_form("cert_tampered.form")).unwrap_err(),
+            VerifyError::SignatureMismatch
+        );
+        assert_eq!(
+            k.verify(&cert_form("cert_wrong_key.form")).unwrap_err(),
+            VerifyError::SignatureMismatch
+        );
+        assert!(matches!(
+            k.verify(&cert_form("cert_sn_mismatch.form")).unwrap_err(),
+            VerifyError::CertSnMismatch { .. }
+        ));
+        // The other certificate verifies its own key's notification, and
+        // refuses the SN of the first.
+        let other = cert_keys("other_alipayCertPublicKey_RSA2.crt");
+        assert!(other.verify(&cert_form("cert_wrong_key.form")).is_ok());
+        assert!(other.verify(&cert_form("cert_with_sn.form")).is_err());
+        // In public-key mode alipay_cert_sn is just another signed field.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/alipay_cert");
+        let pk = Keys {
+            app_id: "2021000000000001".into(),
+            key: RsaKey::from_der(
+                &std::process::Command::new("openssl")
+                    .args(["x509", "-pubkey", "-noout", "-in"])
+                    .arg(dir.join("alipay_leaf.crt"))
+                    .output()
+                    .map(|o| {
+                        use base64::Engine as _;
+                        let pem = String::from_utf8(o.stdout).unwrap();
+                        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b64)
+                            .unwrap()
+                    })
+                    .unwrap(),
+            )
+            .unwrap(),
+            cert: None,
+        };
+        assert!(pk.verify(&cert_form("cert_sn_mismatch.form")).is_ok());
+    }
+
+    #[test]
+    fn yansongda_plus_vector_in_certificate_mode() {
+        let loaded = alipay_cert::load(
+            &CertFiles {
+                alipay_cert: &fixtures().join("yansongda_alipayPublicCert.crt"),
+                alipay_root_cert: &Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fixtures/alipay_cert/fzlee_alipay_root_cert.crt"),
+                app_cert: None,
+            },
+            crate::replay::unix_now(),
+        )
+        .unwrap();
+        let k = Keys {
+            app_id: "9021000122682882".into(),
+            key: loaded.key,
+            cert: Some(loaded.sns),
+        };
+        assert!(k.verify(&form("yansongda_sandbox_plus.form")).is_ok());
+        assert!(
+            k.verify(&form("yansongda_sandbox_plus_as_space.form"))
+                .is_err()
+        );
     }
 }

@@ -14,6 +14,8 @@
 //! the bare Base64 key Alipay's console shows; parsed once, at load).
 
 pub mod alipay;
+pub mod alipay_cert;
+pub mod alipay_md5;
 pub mod wechat_v2;
 pub mod wechat_v3;
 
@@ -87,7 +89,9 @@ impl ProviderKind {
     /// What `[route.keys]` must hold, for error messages.
     pub fn keys_hint(self) -> &'static str {
         match self {
-            ProviderKind::Alipay => "app_id and public_key",
+            ProviderKind::Alipay => {
+                "app_id and public_key, or app_id, alipay_cert and alipay_root_cert"
+            }
             ProviderKind::AlipayMd5 => "partner and key_file",
             ProviderKind::WechatV2 => "mch_id and api_key_file",
             ProviderKind::WechatV3 => "mch_id, api_v3_key_file and platform_keys",
@@ -103,6 +107,7 @@ pub enum Provider {
     Alipay(alipay::Keys),
     WechatV2(wechat_v2::Keys),
     WechatV3(wechat_v3::Keys),
+    AlipayMd5(alipay_md5::Keys),
 }
 
 impl Provider {
@@ -111,13 +116,14 @@ impl Provider {
             Provider::Alipay(_) => ProviderKind::Alipay,
             Provider::WechatV2(_) => ProviderKind::WechatV2,
             Provider::WechatV3(_) => ProviderKind::WechatV3,
+            Provider::AlipayMd5(_) => ProviderKind::AlipayMd5,
         }
     }
 
     /// The body format this provider's notifications use.
     pub fn format(&self) -> Format {
         match self {
-            Provider::Alipay(_) => Format::Form,
+            Provider::Alipay(_) | Provider::AlipayMd5(_) => Format::Form,
             Provider::WechatV2(_) => Format::Xml,
             Provider::WechatV3(_) => Format::Json,
         }
@@ -133,6 +139,9 @@ impl Provider {
             ProviderKind::Alipay => alipay::Keys::compile(keys, ctx).map(Provider::Alipay),
             ProviderKind::WechatV2 => wechat_v2::Keys::compile(keys, ctx).map(Provider::WechatV2),
             ProviderKind::WechatV3 => wechat_v3::Keys::compile(keys, ctx).map(Provider::WechatV3),
+            ProviderKind::AlipayMd5 => {
+                alipay_md5::Keys::compile(keys, ctx).map(Provider::AlipayMd5)
+            }
             other => {
                 ctx.error(
                     keys.span(),
@@ -160,9 +169,19 @@ impl Provider {
     ) -> Result<Verified, VerifyError> {
         match (self, payload) {
             (Provider::Alipay(keys), Payload::Form(form)) => keys.verify(form),
+            (Provider::AlipayMd5(keys), Payload::Form(form)) => keys.verify(form),
             (Provider::WechatV2(keys), Payload::Xml(xml)) => keys.verify(xml, now),
             (Provider::WechatV3(keys), Payload::Json(json)) => keys.verify(headers, json, now),
             _ => Err(VerifyError::PayloadFormat),
+        }
+    }
+
+    /// The route's `notify_verify` confirmation (legacy Alipay), when it has
+    /// one: asked once the event is claimed, before it is forwarded.
+    pub fn notify_verify(&self) -> Option<&alipay_md5::NotifyVerify> {
+        match self {
+            Provider::AlipayMd5(keys) => keys.notify_verify(),
+            _ => None,
         }
     }
 }
@@ -267,6 +286,12 @@ pub enum VerifyError {
     SignatureMismatch,
     #[error("sign_type `{0}` is not supported")]
     UnsupportedSignType(String),
+    #[error(
+        "sign_type `{0}` is refused: this alipay_md5 route verifies MD5 partner-key signatures only (legacy RSA/DSA notifications are not supported)"
+    )]
+    LegacySignType(String),
+    #[error("alipay_cert_sn `{got}` is not the SN of the configured alipay_cert ({want})")]
+    CertSnMismatch { got: String, want: String },
     #[error("{field} `{got}` is not this route's")]
     MerchantMismatch { field: &'static str, got: String },
     #[error("required field `{0}` is missing or empty")]
@@ -317,6 +342,8 @@ impl VerifyError {
             | VerifyError::SignatureMismatch
             | VerifyError::UnsupportedSignType(_)
             | VerifyError::MerchantMismatch { .. }
+            | VerifyError::LegacySignType(_)
+            | VerifyError::CertSnMismatch { .. }
             | VerifyError::MissingHeader(_)
             | VerifyError::BadHeader { .. }
             | VerifyError::KeySerialUnknown { .. }

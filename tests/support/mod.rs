@@ -854,3 +854,65 @@ pub fn check_callgate_hmac(header: &str, data: &[u8]) -> String {
     assert_eq!(v1, openssl_hmac_hex(SECRET.trim_end(), &signed));
     t.to_owned()
 }
+
+// === legacy Alipay (MD5) and Alipay certificate mode ===
+
+pub fn fixture_in(dir: &str, name: &str) -> Vec<u8> {
+    std::fs::read(root().join("tests/fixtures").join(dir).join(name)).expect("fixture")
+}
+
+pub fn fixture_path(dir: &str, name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(dir).join(name)
+}
+
+impl RouteSpec {
+    /// An alipay_md5 route on `/notify/alipay_md5` with the fixture partner
+    /// and key (tests/fixtures/alipay_md5), for fixtures signed at 2026-11-22.
+    pub fn alipay_md5(upstream: &Upstream) -> RouteSpec {
+        RouteSpec {
+            name: "shop-legacy".into(),
+            path: "/notify/alipay_md5".into(),
+            provider: "alipay_md5".into(),
+            allow: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            upstream: upstream.url.clone(),
+            forward: "original".into(),
+            max_age: Some("87600h".into()),
+            success_body: Some("success".into()),
+            upstream_ca: None,
+            extra: String::new(),
+            keys: format!(
+                "partner = \"2088101122334455\"\nkey_file = {:?}\n",
+                fixture_path("alipay_md5", "md5_key.txt")
+            ),
+        }
+    }
+
+    /// An alipay route in certificate mode with the openssl-made chain of
+    /// tests/fixtures/alipay_cert.
+    pub fn alipay_cert(upstream: &Upstream) -> RouteSpec {
+        RouteSpec::alipay(upstream).with(|r| {
+            r.keys = format!(
+                "app_id = \"2021000000000001\"\nalipay_cert = {:?}\nalipay_root_cert = {:?}\napp_cert = {:?}\n",
+                fixture_path("alipay_cert", "alipayCertPublicKey_RSA2.crt"),
+                fixture_path("alipay_cert", "alipayRootCert.crt"),
+                fixture_path("alipay_cert", "appCertPublicKey_2021000000000001.crt"),
+            )
+        })
+    }
+}
+
+impl TestGateway {
+    /// `callgate_requests_total` for any route and provider.
+    pub async fn requests_of(&self, route: &str, provider: &str, outcome: &str) -> f64 {
+        self.metric(
+            "callgate_requests_total",
+            &[
+                ("route", route),
+                ("provider", provider),
+                ("outcome", outcome),
+            ],
+        )
+        .await
+        .unwrap_or(0.0)
+    }
+}
