@@ -13,6 +13,10 @@
 //!   space). Raw decoded bytes are kept: no charset conversion, trimming or
 //!   re-encoding happens before verification. A repeated key, an empty key
 //!   or a broken `%` escape is malformed.
+//! * JD Pay XML envelope (`text/xml`, `application/xml`, `text/plain` or no
+//!   Content-Type: JD's demo reads the raw body whatever its type):
+//!   `provider::jdpay::Envelope::parse`, which refuses DTDs, repeated
+//!   elements and unexpected nesting.
 //!
 //! Outcomes: `TooLarge` (413), `Malformed` (400).
 
@@ -85,12 +89,15 @@ pub async fn read(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Form,
+    /// JD Pay's `<jdpay>` envelope.
+    JdXml,
 }
 
 /// A parsed body.
 #[derive(Debug, Clone)]
 pub enum Payload {
     Form(Form),
+    JdXml(crate::provider::jdpay::Envelope),
 }
 
 /// Why a body could not be parsed.
@@ -108,6 +115,8 @@ pub enum ParseError {
     KeyEncoding,
     #[error("body is empty")]
     Empty,
+    #[error("JD envelope: {0}")]
+    JdEnvelope(#[from] crate::provider::jdpay::XmlError),
 }
 
 /// Checks the content type and parses the body for `format`.
@@ -116,6 +125,35 @@ pub fn parse(format: Format, headers: &HeaderMap, body: &[u8]) -> Result<Payload
         Format::Form => {
             expect_content_type(headers, "application/x-www-form-urlencoded")?;
             Form::parse(body).map(Payload::Form)
+        }
+        Format::JdXml => {
+            // JD's demo reads the raw body whatever its type: accept the
+            // XML and text types, or none; refuse forms and JSON.
+            if headers.contains_key(CONTENT_TYPE)
+                && expect_content_type(headers, "text/xml").is_err()
+                && expect_content_type(headers, "application/xml").is_err()
+            {
+                expect_content_type(headers, "text/plain").map_err(|_| {
+                    ParseError::ContentType {
+                        got: String::from_utf8_lossy(
+                            headers
+                                .get(CONTENT_TYPE)
+                                .map(|v| v.as_bytes())
+                                .unwrap_or_default(),
+                        )
+                        .chars()
+                        .take(80)
+                        .collect(),
+                        want: "text/xml, application/xml or text/plain",
+                    }
+                })?;
+            }
+            if body.is_empty() {
+                return Err(ParseError::Empty);
+            }
+            Ok(Payload::JdXml(crate::provider::jdpay::Envelope::parse(
+                body,
+            )?))
         }
     }
 }

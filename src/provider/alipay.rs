@@ -382,7 +382,9 @@ mod tests {
     fn gbk_and_sha1_verify() {
         let k = keys("2021000000000001", "alipay_public.pem");
         let v = k.verify(&form("rsa2_gbk.form")).unwrap();
-        let Fields::Form { encoding, .. } = v.fields();
+        let Fields::Form { encoding, .. } = v.fields() else {
+            panic!("a form")
+        };
         assert_eq!(*encoding, encoding_rs::GB18030);
         assert!(k.verify(&form("rsa_sha1_trade_success.form")).is_ok());
     }

@@ -14,6 +14,8 @@
 //! the bare Base64 key Alipay's console shows; parsed once, at load).
 
 pub mod alipay;
+pub mod jdpay;
+pub mod unionpay;
 
 use std::path::Path;
 use std::time::Duration;
@@ -99,12 +101,16 @@ impl ProviderKind {
 #[derive(Debug)]
 pub enum Provider {
     Alipay(alipay::Keys),
+    Unionpay(unionpay::Keys),
+    Jdpay(jdpay::Keys),
 }
 
 impl Provider {
     pub fn kind(&self) -> ProviderKind {
         match self {
             Provider::Alipay(_) => ProviderKind::Alipay,
+            Provider::Unionpay(_) => ProviderKind::Unionpay,
+            Provider::Jdpay(_) => ProviderKind::Jdpay,
         }
     }
 
@@ -112,6 +118,8 @@ impl Provider {
     pub fn format(&self) -> Format {
         match self {
             Provider::Alipay(_) => Format::Form,
+            Provider::Unionpay(_) => Format::Form,
+            Provider::Jdpay(_) => Format::JdXml,
         }
     }
 
@@ -123,6 +131,8 @@ impl Provider {
     ) -> Option<Provider> {
         match kind {
             ProviderKind::Alipay => alipay::Keys::compile(keys, ctx).map(Provider::Alipay),
+            ProviderKind::Unionpay => unionpay::Keys::compile(keys, ctx).map(Provider::Unionpay),
+            ProviderKind::Jdpay => jdpay::Keys::compile(keys, ctx).map(Provider::Jdpay),
             other => {
                 ctx.error(
                     keys.span(),
@@ -143,6 +153,15 @@ impl Provider {
     pub fn verify(&self, _headers: &HeaderMap, payload: &Payload) -> Result<Verified, VerifyError> {
         match (self, payload) {
             (Provider::Alipay(keys), Payload::Form(form)) => keys.verify(form),
+            // Certificate validity is judged at the time of verification.
+            (Provider::Unionpay(keys), Payload::Form(form)) => {
+                keys.verify_at(form, crate::replay::unix_now())
+            }
+            (Provider::Jdpay(keys), Payload::JdXml(envelope)) => keys.verify(envelope),
+            // `format()` picks the parser, so the pairs above are the only ones.
+            _ => Err(VerifyError::UnsupportedScheme(
+                "the body format does not match the provider".to_owned(),
+            )),
         }
     }
 }
@@ -166,6 +185,8 @@ pub enum Fields {
         form: crate::body::Form,
         encoding: &'static encoding_rs::Encoding,
     },
+    /// JD Pay: the decrypted, signature-checked payload.
+    Jdpay(jdpay::Decrypted),
 }
 
 impl Verified {
@@ -194,6 +215,15 @@ impl Verified {
 
     pub fn fields(&self) -> &Fields {
         &self.fields
+    }
+
+    /// The decrypted payload, for platforms that encrypt it (JD Pay's
+    /// `encrypt`): forwarded in `original` mode as `X-Callgate-Resource`.
+    pub fn resource(&self) -> Option<&[u8]> {
+        match &self.fields {
+            Fields::Jdpay(d) => Some(d.xml()),
+            Fields::Form { .. } => None,
+        }
     }
 }
 
@@ -226,6 +256,16 @@ pub enum VerifyError {
         value: String,
         format: &'static str,
     },
+    #[error("signature scheme {0} is not supported")]
+    UnsupportedScheme(String),
+    #[error("no verification certificate with certId `{0}` in keys.verify_certs")]
+    UnknownCertId(String),
+    #[error("signing certificate refused: {0}")]
+    CertRejected(String),
+    #[error("payload does not decrypt with the route's key: {0}")]
+    Decrypt(&'static str),
+    #[error("field `{field}`: {reason}")]
+    BadField { field: &'static str, reason: String },
 }
 
 impl VerifyError {
@@ -235,11 +275,16 @@ impl VerifyError {
             | VerifyError::SignatureEncoding
             | VerifyError::SignatureMismatch
             | VerifyError::UnsupportedSignType(_)
-            | VerifyError::MerchantMismatch { .. } => Outcome::BadSignature,
+            | VerifyError::MerchantMismatch { .. }
+            | VerifyError::UnsupportedScheme(_)
+            | VerifyError::UnknownCertId(_)
+            | VerifyError::CertRejected(_)
+            | VerifyError::Decrypt(_) => Outcome::BadSignature,
             VerifyError::MissingField(_)
             | VerifyError::Charset(_)
             | VerifyError::FieldEncoding { .. }
-            | VerifyError::BadTime { .. } => Outcome::Malformed,
+            | VerifyError::BadTime { .. }
+            | VerifyError::BadField { .. } => Outcome::Malformed,
         }
     }
 }
@@ -321,7 +366,7 @@ impl RsaKey {
 }
 
 /// Extracts public-key DER from a PEM file or bare Base64 text.
-fn public_key_der(bytes: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn public_key_der(bytes: &[u8]) -> Result<Vec<u8>, String> {
     use rustls_pki_types::pem::{PemObject, SectionKind};
 
     let text = std::str::from_utf8(bytes)
