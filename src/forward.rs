@@ -17,6 +17,11 @@
 //!   `X-Callgate-Signature: t=UNIX,v1=HEX`, HEX = HMAC-SHA256(upstream
 //!   secret, `t + "." + body`). Every incoming `X-Callgate-*` header is
 //!   dropped, as are `Forwarded` and `X-Real-IP`, which a shop might trust.
+//! * For a platform that encrypts its payload (JD Pay), in `original` mode:
+//!   `X-Callgate-Resource: BASE64(decrypted payload)` and
+//!   `X-Callgate-Resource-Signature: t=UNIX,v1=HEX`, HEX =
+//!   HMAC-SHA256(upstream secret, `t + "." + decrypted payload`), with the
+//!   same `t` as `X-Callgate-Signature`.
 //! * Never: hop-by-hop headers (`Connection` and what it names,
 //!   `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`,
 //!   `Upgrade`), `Host` (set from the upstream URL), `Content-Length`
@@ -234,6 +239,9 @@ pub struct Delivery<'a> {
     pub content_type: Option<&'static str>,
     pub body: Bytes,
     pub now: i64,
+    /// The decrypted payload, sent as `X-Callgate-Resource` with its own
+    /// HMAC (`X-Callgate-Resource-Signature`).
+    pub resource: Option<&'a [u8]>,
 }
 
 /// Sends `delivery` to `upstream` and waits for its confirmation.
@@ -305,6 +313,17 @@ fn build_request(
         "x-callgate-signature",
         header_value(&signature(&upstream.secret, d.now, &d.body)),
     );
+    if let Some(resource) = d.resource {
+        use base64::Engine as _;
+        headers.insert(
+            "x-callgate-resource",
+            header_value(&base64::engine::general_purpose::STANDARD.encode(resource)),
+        );
+        headers.insert(
+            "x-callgate-resource-signature",
+            header_value(&signature(&upstream.secret, d.now, resource)),
+        );
+    }
 
     let mut request = Request::new(Full::new(d.body));
     *request.method_mut() = Method::POST;
@@ -441,6 +460,7 @@ mod tests {
                 content_type: None,
                 body: Bytes::from_static(b"a=1"),
                 now: 5,
+                resource: None,
             },
         )
         .unwrap();
@@ -463,6 +483,55 @@ mod tests {
                 .to_str()
                 .unwrap()
                 .starts_with("t=5,v1=")
+        );
+    }
+
+    #[test]
+    fn a_decrypted_resource_travels_with_its_own_hmac() {
+        let up = Upstream::new(
+            "http://127.0.0.1:1/n",
+            Secret::new(b"k".to_vec()),
+            None,
+            None,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let incoming = HeaderMap::new();
+        let req = build_request(
+            &up,
+            Delivery {
+                provider: "jdpay",
+                route: "r",
+                event_id: "id-1",
+                client_ip: "127.0.0.1".parse().unwrap(),
+                incoming: &incoming,
+                content_type: None,
+                body: Bytes::from_static(b"<jdpay/>"),
+                now: 7,
+                resource: Some("<jdpay>京东</jdpay>".as_bytes()),
+            },
+        )
+        .unwrap();
+        let h = req.headers();
+        use base64::Engine as _;
+        let got = base64::engine::general_purpose::STANDARD
+            .decode(h["x-callgate-resource"].as_bytes())
+            .unwrap();
+        assert_eq!(got, "<jdpay>京东</jdpay>".as_bytes());
+        assert_eq!(
+            h["x-callgate-resource-signature"],
+            signature(
+                &Secret::new(b"k".to_vec()),
+                7,
+                "<jdpay>京东</jdpay>".as_bytes()
+            )
+            .as_str()
+        );
+        assert!(
+            h["x-callgate-signature"]
+                .to_str()
+                .unwrap()
+                .starts_with("t=7,")
         );
     }
 

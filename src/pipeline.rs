@@ -179,6 +179,10 @@ async fn flow(
         content_type,
         body,
         now,
+        resource: match route.forward {
+            ForwardMode::Original => verified.resource(),
+            ForwardMode::Normalized => None,
+        },
     };
     let sent = Instant::now();
     let result = forward::forward(&state.client, &route.upstream, delivery).await;
