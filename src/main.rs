@@ -95,6 +95,8 @@ fn main() -> ExitCode {
 fn args_is_curl(args: &callgate::sign::SignArgs) -> bool {
     match &args.provider {
         callgate::sign::SignProvider::Alipay(a) => a.curl.is_some(),
+        callgate::sign::SignProvider::Unionpay(a) => a.curl.is_some(),
+        callgate::sign::SignProvider::Jdpay(a) => a.curl.is_some(),
     }
 }
 

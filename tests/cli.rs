@@ -47,7 +47,7 @@ fn check_accepts_the_shipped_demo() {
             .arg(root().join("callgate.toml")),
     );
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out.trim(), "ok: 1 routes");
+    assert_eq!(out.trim(), "ok: 3 routes");
 }
 
 /// Writes a gateway file plus `rules/r.toml` with `rules`, returns the dir.
