@@ -41,10 +41,13 @@
 //!    `rsa::Pkcs1v15Sign::new_unprefixed()` over those 64 bytes, not a
 //!    standard SHA256withRSA signature.
 //!
-//! Beyond the SDK: the `<sign>` element must hold only Base64 (no markup),
-//! so nothing can hide inside the unsigned span, and every field is read
-//! from the signed string itself, parsed as strictly as the envelope (a
-//! repeated element is refused, except `pay` inside `payList`). The SDK's
+//! Beyond the SDK: every field is read from the signed string itself (the
+//! span from the first `<sign>` to the last `</sign>` is not signed, so
+//! nothing in it is used), parsed as strictly as the envelope (a repeated
+//! element is refused, except `pay` inside `payList`). The `<sign>` text is
+//! decoded as strict Base64, whitespace aside (the SDK's commons-codec
+//! skips other characters; either way markup smuggled into the span
+//! changes the signature value and fails). The SDK's
 //! `toHexString` drops the leading zero of bytes below 0x10, which would
 //! corrupt a payload containing tabs or newlines; callgate decodes such
 //! payloads correctly instead of reproducing that bug.
@@ -547,9 +550,6 @@ impl Keys {
             (Some(_), Some(_)) => return Err(VerifyError::SignatureEncoding),
             _ => return Err(VerifyError::MissingSignature),
         };
-        if sign.contains('<') {
-            return Err(VerifyError::SignatureEncoding);
-        }
         let sign: Vec<u8> = sign.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
         if sign.is_empty() {
             return Err(VerifyError::MissingSignature);
@@ -865,6 +865,18 @@ mod tests {
         assert!(matches!(
             err("repeated_inner_amount.xml"),
             VerifyError::BadField { .. }
+        ));
+    }
+
+    #[test]
+    fn envelope_merchant_must_be_the_routes_too() {
+        // The signed payload is for this merchant, but the envelope names
+        // another: inconsistent, refused.
+        let mut e = envelope("payment.xml");
+        e.merchant = "110000000999".into();
+        assert!(matches!(
+            ours().verify(&e),
+            Err(VerifyError::MerchantMismatch { .. })
         ));
     }
 
