@@ -65,7 +65,10 @@ async fn unionpay_payment_is_forwarded_byte_for_byte_and_acked_ok() {
             "POST",
             "/notify/unionpay?code=unionpay",
             &[
-                ("content-type", "application/x-www-form-urlencoded; charset=UTF-8"),
+                (
+                    "content-type",
+                    "application/x-www-form-urlencoded; charset=UTF-8",
+                ),
                 ("x-callgate-event-id", "forged"),
             ],
             body.clone(),
@@ -83,12 +86,16 @@ async fn unionpay_payment_is_forwarded_byte_for_byte_and_acked_ok() {
     assert_eq!(h["x-callgate-route"], "shop-unionpay");
     assert_eq!(h["x-callgate-event-id"], "782261122100000000001:01");
     assert_eq!(h.get_all("x-callgate-event-id").iter().count(), 1);
-    assert!(h.get("x-callgate-resource").is_none(), "nothing was encrypted");
+    assert!(
+        h.get("x-callgate-resource").is_none(),
+        "nothing was encrypted"
+    );
     let (t, v1) = split_signature(h["x-callgate-signature"].to_str().unwrap());
     let signed = [t.as_bytes(), b".", &body].concat();
     assert_eq!(v1, openssl_hmac_hex(SECRET.trim_end(), &signed));
     assert_eq!(
-        gw.requests_of("shop-unionpay", "unionpay", "forwarded").await,
+        gw.requests_of("shop-unionpay", "unionpay", "forwarded")
+            .await,
         1.0
     );
 }
@@ -130,7 +137,11 @@ async fn unionpay_forgeries_and_bad_certificates_get_401() {
     ];
     for name in refused {
         let reply = gw.post_form("/notify/unionpay", &up_fixture(name)).await;
-        assert_eq!((reply.status, reply.text().as_str()), (401, "fail"), "{name}");
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (401, "fail"),
+            "{name}"
+        );
     }
     assert_eq!(up.count(), 0);
     assert_eq!(
@@ -156,7 +167,10 @@ async fn unionpay_real_sandbox_vector_is_refused_now_its_certificate_expired() {
     });
     let gw = gateway(vec![route]).await;
     let reply = gw
-        .post_form("/notify/unionpay", &up_fixture("yansongda_sandbox_510.form"))
+        .post_form(
+            "/notify/unionpay",
+            &up_fixture("yansongda_sandbox_510.form"),
+        )
         .await;
     assert_eq!((reply.status, reply.text().as_str()), (401, "fail"));
     assert_eq!(up.count(), 0);
@@ -195,7 +209,8 @@ async fn unionpay_duplicate_is_acked_not_forwarded_and_refund_is_its_own_event()
     assert_eq!((again.status, again.text().as_str()), (200, "ok"));
     assert_eq!(up.count(), 1);
     assert_eq!(
-        gw.requests_of("shop-unionpay", "unionpay", "duplicate").await,
+        gw.requests_of("shop-unionpay", "unionpay", "duplicate")
+            .await,
         1.0
     );
     let refund = gw
@@ -219,7 +234,10 @@ async fn unionpay_stale_txn_time_is_401() {
         .await;
     assert_eq!((reply.status, reply.text().as_str()), (401, "fail"));
     assert_eq!(up.count(), 0);
-    assert_eq!(gw.requests_of("shop-unionpay", "unionpay", "stale").await, 1.0);
+    assert_eq!(
+        gw.requests_of("shop-unionpay", "unionpay", "stale").await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -240,7 +258,8 @@ async fn unionpay_malformed_bodies_get_400() {
     }
     assert_eq!(up.count(), 0);
     assert_eq!(
-        gw.requests_of("shop-unionpay", "unionpay", "malformed").await,
+        gw.requests_of("shop-unionpay", "unionpay", "malformed")
+            .await,
         4.0
     );
 }
@@ -307,7 +326,11 @@ async fn jdpay_payment_is_forwarded_with_the_decrypted_payload_and_acked_success
     let got = up.received();
     assert_eq!(got.len(), 1);
     let h = &got[0].headers;
-    assert_eq!(got[0].body.as_ref(), body.as_slice(), "envelope byte for byte");
+    assert_eq!(
+        got[0].body.as_ref(),
+        body.as_slice(),
+        "envelope byte for byte"
+    );
     assert_eq!(h["content-type"], XML);
     assert_eq!(h["x-callgate-provider"], "jdpay");
     assert_eq!(h["x-callgate-event-id"], "CG20261122000001:0:2");
@@ -330,7 +353,10 @@ async fn jdpay_payment_is_forwarded_with_the_decrypted_payload_and_acked_success
         rv1,
         openssl_hmac_hex(SECRET.trim_end(), &[t.as_bytes(), b".", &resource].concat())
     );
-    assert_eq!(gw.requests_of("shop-jdpay", "jdpay", "forwarded").await, 1.0);
+    assert_eq!(
+        gw.requests_of("shop-jdpay", "jdpay", "forwarded").await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -347,7 +373,11 @@ async fn jdpay_formatting_variants_and_content_types_are_accepted() {
         let reply = gw
             .send("POST", "/notify/jdpay", &headers, jd_fixture(name))
             .await;
-        assert_eq!((reply.status, reply.text().as_str()), (200, "success"), "{name}");
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (200, "success"),
+            "{name}"
+        );
     }
     assert_eq!(up.count(), 4);
 }
@@ -393,7 +423,11 @@ async fn jdpay_forgeries_and_wrong_keys_get_401() {
     ];
     for name in refused {
         let reply = post_xml(&gw, "/notify/jdpay", jd_fixture(name)).await;
-        assert_eq!((reply.status, reply.text().as_str()), (401, "fail"), "{name}");
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (401, "fail"),
+            "{name}"
+        );
     }
     assert_eq!(up.count(), 0);
     assert_eq!(
@@ -408,7 +442,11 @@ async fn jdpay_other_merchant_is_401_in_the_envelope_and_in_the_payload() {
     let gw = gateway(vec![RouteSpec::jdpay(&up)]).await;
     for name in ["other_merchant.xml", "inner_merchant_differs.xml"] {
         let reply = post_xml(&gw, "/notify/jdpay", jd_fixture(name)).await;
-        assert_eq!((reply.status, reply.text().as_str()), (401, "fail"), "{name}");
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (401, "fail"),
+            "{name}"
+        );
     }
     assert_eq!(up.count(), 0);
 }
@@ -418,11 +456,17 @@ async fn jdpay_duplicate_is_acked_not_forwarded() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let gw = gateway(vec![RouteSpec::jdpay(&up)]).await;
     let body = jd_fixture("payment.xml");
-    assert_eq!(post_xml(&gw, "/notify/jdpay", body.clone()).await.status, 200);
+    assert_eq!(
+        post_xml(&gw, "/notify/jdpay", body.clone()).await.status,
+        200
+    );
     let again = post_xml(&gw, "/notify/jdpay", body).await;
     assert_eq!((again.status, again.text().as_str()), (200, "success"));
     assert_eq!(up.count(), 1);
-    assert_eq!(gw.requests_of("shop-jdpay", "jdpay", "duplicate").await, 1.0);
+    assert_eq!(
+        gw.requests_of("shop-jdpay", "jdpay", "duplicate").await,
+        1.0
+    );
     let refund = post_xml(&gw, "/notify/jdpay", jd_fixture("refund.xml")).await;
     assert_eq!(refund.status, 200);
     assert_eq!(up.count(), 2);
@@ -497,7 +541,10 @@ async fn jdpay_normalized_payment_and_refund() {
     assert_eq!(pay["status"], "paid");
     assert_eq!(pay["occurred_at"], "2026-11-22T10:00:00+08:00");
     assert_eq!(pay["fields"]["payList"]["pay"][0]["amount"], "8888");
-    assert_eq!(pay["fields"]["payList"]["pay"][0]["detail"]["cardHolderName"], "*三");
+    assert_eq!(
+        pay["fields"]["payList"]["pay"][0]["detail"]["cardHolderName"],
+        "*三"
+    );
     assert!(pay["fields"].get("sign").is_none());
 
     let refund: serde_json::Value = serde_json::from_slice(&got[1].body).unwrap();

@@ -594,7 +594,11 @@ impl TestGateway {
     pub async fn requests_of(&self, route: &str, provider: &str, outcome: &str) -> f64 {
         self.metric(
             "callgate_requests_total",
-            &[("route", route), ("provider", provider), ("outcome", outcome)],
+            &[
+                ("route", route),
+                ("provider", provider),
+                ("outcome", outcome),
+            ],
         )
         .await
         .unwrap_or(0.0)
