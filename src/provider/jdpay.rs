@@ -226,8 +226,7 @@ fn parse_tree(
             Event::DocType(_) => return Err(XmlError::Doctype),
             Event::PI(_) => return Err(XmlError::Unexpected("processing instruction")),
             Event::Comment(_) => return Err(XmlError::Unexpected("comment")),
-            Event::Start(e) | Event::Empty(e) if root.is_some() => {
-                let _ = e;
+            Event::Start(_) | Event::Empty(_) if root.is_some() => {
                 return Err(XmlError::Unexpected("second root element"));
             }
             Event::Start(e) => {

@@ -167,6 +167,7 @@ impl Keys {
         if let Some(m) = &raw.mer_id
             && m.get_ref().trim().is_empty()
         {
+            ok = false;
             ctx.error(
                 m.span(),
                 RuleError::KeyValue {
@@ -174,7 +175,6 @@ impl Keys {
                     reason: "must not be empty; leave it out to accept any merId".to_owned(),
                 },
             );
-            return None;
         }
 
         let mut chain = None;
