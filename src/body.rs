@@ -28,6 +28,10 @@
 //! * JSON (`application/json`; WeChat Pay v3): [`JsonBody`] keeps the raw
 //!   bytes (the v3 signature covers them exactly) and the parsed value. An
 //!   object with a repeated key is malformed.
+//! * JD Pay XML envelope (`text/xml`, `application/xml`, `text/plain` or no
+//!   Content-Type: JD's demo reads the raw body whatever its type):
+//!   `provider::jdpay::Envelope::parse`, which refuses DTDs, repeated
+//!   elements and unexpected nesting.
 //!
 //! Outcomes: `TooLarge` (413), `Malformed` (400).
 
@@ -103,6 +107,8 @@ pub enum Format {
     /// XML whose root element is `<xml>` (WeChat Pay v2).
     Xml,
     Json,
+    /// JD Pay's `<jdpay>` envelope.
+    JdXml,
 }
 
 /// A parsed body.
@@ -111,6 +117,7 @@ pub enum Payload {
     Form(Form),
     Xml(XmlMap),
     Json(JsonBody),
+    JdXml(crate::provider::jdpay::Envelope),
 }
 
 /// Why a body could not be parsed.
@@ -138,6 +145,8 @@ pub enum ParseError {
     Xml { reason: String },
     #[error("JSON is not acceptable: {reason}")]
     Json { reason: String },
+    #[error("JD envelope: {0}")]
+    JdEnvelope(#[from] crate::provider::jdpay::XmlError),
 }
 
 /// Checks the content type and parses the body for `format`.
@@ -161,6 +170,19 @@ pub fn parse(format: Format, headers: &HeaderMap, body: &[u8]) -> Result<Payload
         Format::Json => {
             expect_content_type(headers, &["application/json"])?;
             JsonBody::parse(body).map(Payload::Json)
+        }
+        Format::JdXml => {
+            // JD's demo reads the raw body whatever its type: accept the
+            // XML and text types, or none; refuse forms and JSON.
+            if headers.contains_key(CONTENT_TYPE) {
+                expect_content_type(headers, &["text/xml", "application/xml", "text/plain"])?;
+            }
+            if body.is_empty() {
+                return Err(ParseError::Empty);
+            }
+            Ok(Payload::JdXml(crate::provider::jdpay::Envelope::parse(
+                body,
+            )?))
         }
     }
 }

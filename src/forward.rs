@@ -18,7 +18,8 @@
 //!   secret, `t + "." + body`). Every incoming `X-Callgate-*` header is
 //!   dropped, as are `Forwarded` and `X-Real-IP`, which a shop might trust.
 //! * In `original` mode, when the platform encrypted part of the
-//!   notification (WeChat v3 `resource`, WeChat v2 refund `req_info`):
+//!   notification (WeChat v3 `resource`, WeChat v2 refund `req_info`, JD
+//!   Pay `encrypt`):
 //!   `X-Callgate-Resource: <standard Base64 of the decrypted bytes>` and
 //!   `X-Callgate-Resource-Signature: t=UNIX,v1=HEX`, HEX =
 //!   HMAC-SHA256(upstream secret, `t + "." + decrypted bytes`) with the
@@ -490,6 +491,55 @@ mod tests {
                 .to_str()
                 .unwrap()
                 .starts_with("t=5,v1=")
+        );
+    }
+
+    #[test]
+    fn a_decrypted_resource_travels_with_its_own_hmac() {
+        let up = Upstream::new(
+            "http://127.0.0.1:1/n",
+            Secret::new(b"k".to_vec()),
+            None,
+            None,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let incoming = HeaderMap::new();
+        let req = build_request(
+            &up,
+            Delivery {
+                provider: "jdpay",
+                route: "r",
+                event_id: "id-1",
+                client_ip: "127.0.0.1".parse().unwrap(),
+                incoming: &incoming,
+                content_type: None,
+                body: Bytes::from_static(b"<jdpay/>"),
+                now: 7,
+                decrypted: Some("<jdpay>京东</jdpay>".as_bytes()),
+            },
+        )
+        .unwrap();
+        let h = req.headers();
+        use base64::Engine as _;
+        let got = base64::engine::general_purpose::STANDARD
+            .decode(h["x-callgate-resource"].as_bytes())
+            .unwrap();
+        assert_eq!(got, "<jdpay>京东</jdpay>".as_bytes());
+        assert_eq!(
+            h["x-callgate-resource-signature"],
+            signature(
+                &Secret::new(b"k".to_vec()),
+                7,
+                "<jdpay>京东</jdpay>".as_bytes()
+            )
+            .as_str()
+        );
+        assert!(
+            h["x-callgate-signature"]
+                .to_str()
+                .unwrap()
+                .starts_with("t=7,")
         );
     }
 

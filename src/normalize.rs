@@ -25,11 +25,15 @@ use crate::provider::{Fields, ProviderKind, Verified};
 pub fn normalize(verified: &Verified) -> Vec<u8> {
     let value = match (verified.kind(), verified.fields()) {
         (ProviderKind::Alipay, Fields::Form { form, encoding }) => {
-            alipay(verified, form_fields(form, encoding))
+            alipay(verified, form_fields(form, encoding, "sign"))
         }
         (ProviderKind::AlipayMd5, Fields::Form { form, encoding }) => {
-            alipay_md5(verified, form_fields(form, encoding))
+            alipay_md5(verified, form_fields(form, encoding, "sign"))
         }
+        (ProviderKind::Unionpay, Fields::Form { form, encoding }) => {
+            unionpay(verified, form_fields(form, encoding, "signature"))
+        }
+        (ProviderKind::Jdpay, Fields::Jdpay(decrypted)) => jdpay(verified, decrypted),
         (ProviderKind::WechatV2, Fields::Xml { xml, refund }) => {
             wechat_v2(verified, xml, refund.as_ref())
         }
@@ -44,18 +48,18 @@ pub fn normalize(verified: &Verified) -> Vec<u8> {
     serde_json::to_vec(&value).unwrap_or_default()
 }
 
-/// Every field of a verified form but `sign`, decoded from its charset.
+/// Every field of a form but `skip`, decoded to UTF-8 from `encoding`.
 fn form_fields(
     form: &crate::body::Form,
     encoding: &'static encoding_rs::Encoding,
+    skip: &str,
 ) -> Map<String, Value> {
     let mut fields = Map::new();
     for (k, v) in form.iter() {
-        if k == "sign" {
-            continue;
+        if k != skip {
+            let (text, _) = encoding.decode_without_bom_handling(v);
+            fields.insert(k.to_owned(), Value::String(text.into_owned()));
         }
-        let (text, _) = encoding.decode_without_bom_handling(v);
-        fields.insert(k.to_owned(), Value::String(text.into_owned()));
     }
     fields
 }
@@ -233,7 +237,7 @@ fn fen(s: &str) -> Option<i64> {
 }
 
 /// `yyyyMMddHHmmss` Beijing time → RFC 3339 with `+08:00`.
-fn compact_beijing_rfc3339(s: &str) -> Option<String> {
+pub fn compact_beijing_rfc3339(s: &str) -> Option<String> {
     let naive = NaiveDateTime::parse_from_str(s, "%Y%m%d%H%M%S").ok()?;
     let tz = FixedOffset::east_opt(8 * 3600)?;
     Some(tz.from_local_datetime(&naive).single()?.to_rfc3339())
@@ -295,6 +299,84 @@ fn alipay_md5(verified: &Verified, fields: Map<String, Value>) -> Value {
         "status": status,
         "occurred_at": when,
         "fields": fields,
+    })
+}
+
+/// UnionPay: `respCode` 00/A6 is success; then `txnType` 01 (消费) and 03
+/// (预授权完成) are `paid`, 04 (退货) and 31 (消费撤销) `refunded`, others
+/// `pending`. A failure notification is `pending` for 03/04/05 (状态未明)
+/// and `closed` otherwise. `txnAmt` is already in fen.
+fn unionpay(verified: &Verified, fields: Map<String, Value>) -> Value {
+    let get = |k: &str| {
+        fields
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let status = match (get("respCode"), get("txnType")) {
+        (Some("00" | "A6"), Some("01" | "03")) => "paid",
+        (Some("00" | "A6"), Some("04" | "31")) => "refunded",
+        (Some("00" | "A6"), _) => "pending",
+        (Some("03" | "04" | "05"), _) => "pending",
+        _ => "closed",
+    };
+    let currency = match get("currencyCode") {
+        None | Some("156") => "CNY",
+        Some(other) => other,
+    };
+    json!({
+        "provider": "unionpay",
+        "event_id": verified.event_id(),
+        "out_trade_no": get("orderId"),
+        "provider_trade_no": get("queryId"),
+        "amount_fen": get("txnAmt").and_then(fen),
+        "currency": currency,
+        "status": status,
+        "occurred_at": get("txnTime").and_then(compact_beijing_rfc3339),
+        "fields": fields,
+    })
+}
+
+/// JD Pay: `tradeType` 0 is a payment, `paid` when `status` is 2 and
+/// `result/code` 000000; `tradeType` 1 or 2 (or an `oTradeNum` without a
+/// type) is a refund, `refunded` when `result/code` is 000000. Anything
+/// else is `pending`. For a refund `out_trade_no` is the original order
+/// (`oTradeNum`); the refund's own number stays in `fields.tradeNum`.
+fn jdpay(verified: &Verified, d: &crate::provider::jdpay::Decrypted) -> Value {
+    let root = d.root();
+    let get = |k: &str| root.leaf(k).filter(|s| !s.is_empty());
+    let first_pay = root.child("payList").and_then(|p| p.child("pay"));
+    let ok = root.child("result").and_then(|r| r.leaf("code")) == Some("000000");
+    let refund = match get("tradeType") {
+        Some("1" | "2") => true,
+        None => get("oTradeNum").is_some(),
+        _ => false,
+    };
+    let status = if refund {
+        if ok { "refunded" } else { "pending" }
+    } else if ok && get("tradeType") == Some("0") && get("status") == Some("2") {
+        "paid"
+    } else {
+        "pending"
+    };
+    let out_trade_no = if refund {
+        get("oTradeNum").or_else(|| get("tradeNum"))
+    } else {
+        get("tradeNum")
+    };
+    let currency = get("currency")
+        .or_else(|| first_pay.and_then(|p| p.leaf("currency")))
+        .unwrap_or("CNY");
+    json!({
+        "provider": "jdpay",
+        "event_id": verified.event_id(),
+        "out_trade_no": out_trade_no,
+        "provider_trade_no": Value::Null,
+        "amount_fen": get("amount").and_then(fen),
+        "currency": currency,
+        "status": status,
+        "occurred_at": compact_beijing_rfc3339(d.time()),
+        "fields": root.to_json(),
     })
 }
 

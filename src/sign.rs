@@ -25,6 +25,15 @@
 //! k=v]... [--charset gbk]` does the same for a legacy (create_direct_pay_by_user)
 //! notification: MD5 with the partner key, values encoded in the shop's
 //! charset.
+//!
+//! `callgate sign unionpay --private-key KEY --cert CERT --param merId=...`
+//! signs an ACP backUrl notification the way UnionPay does: 5.1.0 (default)
+//! embeds CERT as `signPubKeyCert`, 5.0.0 (`--acp-version 5.0.0`) puts its
+//! serial in `certId`.
+//!
+//! `callgate sign jdpay --private-key KEY --des-key-file FILE --param
+//! merchant=...` builds a JD Pay V2.0 notification: the XML signed with KEY
+//! as JD signs it, 3DES-encrypted with the merchant key, in its envelope.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -52,6 +61,10 @@ pub enum SignProvider {
     /// A legacy Alipay notification (create_direct_pay_by_user), MD5 with the partner key.
     #[command(name = "alipay_md5")]
     AlipayMd5(AlipayMd5Args),
+    /// A UnionPay ACP backUrl notification (5.1.0 or 5.0.0).
+    Unionpay(UnionpayArgs),
+    /// A JD Pay V2.0 notification (3DES-encrypted, RSA-signed XML).
+    Jdpay(JdpayArgs),
 }
 
 impl SignProvider {
@@ -62,6 +75,8 @@ impl SignProvider {
             SignProvider::WechatV2(a) => a.curl.is_some(),
             SignProvider::WechatV3(a) => a.curl.is_some(),
             SignProvider::AlipayMd5(a) => a.curl.is_some(),
+            SignProvider::Unionpay(a) => a.curl.is_some(),
+            SignProvider::Jdpay(a) => a.curl.is_some(),
         }
     }
 }
@@ -122,6 +137,43 @@ pub struct AlipayMd5Args {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct UnionpayArgs {
+    /// PEM private key of the signing certificate, standing in for UnionPay's.
+    #[arg(long)]
+    pub private_key: PathBuf,
+    /// The signing certificate (PEM): sent as signPubKeyCert (5.1.0), or its
+    /// serial as certId (5.0.0).
+    #[arg(long)]
+    pub cert: PathBuf,
+    /// `5.1.0` (SHA-256, certificate in the message) or `5.0.0` (SHA-1, certId).
+    #[arg(long, default_value = "5.1.0")]
+    pub acp_version: String,
+    /// A notification field, `key=value`; repeat for each. `merId` is required.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// Print a curl command that POSTs the notification to URL.
+    #[arg(long, value_name = "URL")]
+    pub curl: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct JdpayArgs {
+    /// PEM private key standing in for JD's (the route's jd_public_key is its public half).
+    #[arg(long)]
+    pub private_key: PathBuf,
+    /// File holding the merchant's 3DES key, Base64 (the route's des_key_file).
+    #[arg(long)]
+    pub des_key_file: PathBuf,
+    /// A top-level payload field, `key=value`; repeat for each. `merchant` is
+    /// required; `tradeType=2` (with `oTradeNum=...`) makes a refund.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// Print a curl command that POSTs the notification to URL.
+    #[arg(long, value_name = "URL")]
+    pub curl: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct AlipayArgs {
     /// PEM private key to sign with (PKCS#8 or PKCS#1), standing in for Alipay's.
     #[arg(long)]
@@ -158,6 +210,10 @@ pub enum SignError {
     Key { file: String, reason: String },
     #[error("signing failed")]
     Sign,
+    #[error("--param {0}=... is required")]
+    Missing(&'static str),
+    #[error("--acp-version `{0}` is not 5.1.0 or 5.0.0")]
+    AcpVersion(String),
 }
 
 /// Runs a `sign` subcommand and returns what to print.
@@ -167,6 +223,8 @@ pub fn run(args: &SignArgs) -> Result<String, SignError> {
         SignProvider::WechatV2(a) => wechat_v2(a),
         SignProvider::WechatV3(a) => wechat_v3(a),
         SignProvider::AlipayMd5(a) => alipay_md5(a),
+        SignProvider::Unionpay(a) => unionpay(a),
+        SignProvider::Jdpay(a) => jdpay(a),
     }
 }
 
@@ -626,4 +684,274 @@ fn random_digits(n: usize) -> String {
             .for_each(|(i, b)| *b = (nanos >> (i % 4 * 8)) as u8);
     }
     bytes.iter().map(|b| char::from(b'0' + b % 10)).collect()
+}
+
+/// Reads the first certificate of a PEM file.
+fn read_cert_pem(path: &std::path::Path) -> Result<(String, Vec<u8>), SignError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let err = |reason: String| SignError::Key {
+        file: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(format!("cannot read: {}", crate::config::io_reason(&e))))?;
+    let der = CertificateDer::from_pem_slice(text.as_bytes())
+        .map_err(|e| err(crate::config::pem_reason(&e)))?;
+    // UnionPay sends the PEM with CRLF line endings and no final newline.
+    let begin = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .ok_or_else(|| err("no -----BEGIN CERTIFICATE----- block".to_owned()))?;
+    let end_marker = "-----END CERTIFICATE-----";
+    let end = text[begin..]
+        .find(end_marker)
+        .map(|i| begin + i + end_marker.len())
+        .ok_or_else(|| err("no -----END CERTIFICATE----- line".to_owned()))?;
+    let pem = text[begin..end]
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    Ok((pem, der.to_vec()))
+}
+
+fn unionpay(args: &UnionpayArgs) -> Result<String, SignError> {
+    let mut params = param_map(&args.params)?;
+    if !params.contains_key("merId") {
+        return Err(SignError::Missing("merId"));
+    }
+    let sha1 = match args.acp_version.as_str() {
+        "5.1.0" => false,
+        "5.0.0" => true,
+        other => return Err(SignError::AcpVersion(other.to_owned())),
+    };
+    let now = chrono::Utc::now() + chrono::Duration::hours(8);
+    let stamp = now.format("%Y%m%d%H%M%S").to_string();
+    let rand = random_digits(12);
+    let amount = params
+        .get("txnAmt")
+        .cloned()
+        .unwrap_or_else(|| "1".to_owned());
+    let defaults = [
+        ("encoding", "UTF-8".to_owned()),
+        ("txnType", "01".to_owned()),
+        ("txnSubType", "01".to_owned()),
+        ("bizType", "000201".to_owned()),
+        ("accessType", "0".to_owned()),
+        ("currencyCode", "156".to_owned()),
+        ("txnAmt", amount.clone()),
+        ("settleAmt", amount),
+        ("settleCurrencyCode", "156".to_owned()),
+        ("settleDate", stamp[4..8].to_owned()),
+        ("orderId", format!("CG{stamp}{}", &rand[..6])),
+        ("queryId", format!("{}{}", &stamp[2..], &rand[..9])),
+        ("traceNo", rand[6..12].to_owned()),
+        ("traceTime", stamp[4..].to_owned()),
+        ("txnTime", stamp.clone()),
+        ("respCode", "00".to_owned()),
+        ("respMsg", "成功[0000000]".to_owned()),
+    ];
+    for (k, v) in defaults {
+        params.entry(k.to_owned()).or_insert(v);
+    }
+    params.insert("version".to_owned(), args.acp_version.clone());
+    params.insert("signMethod".to_owned(), "01".to_owned());
+    params.remove("signature");
+    let (pem, der) = read_cert_pem(&args.cert)?;
+    if sha1 {
+        let cert = x509_parser::parse_x509_certificate(&der)
+            .map_err(|_| SignError::Key {
+                file: args.cert.display().to_string(),
+                reason: "not an X.509 certificate".to_owned(),
+            })?
+            .1;
+        params.insert("certId".to_owned(), cert.tbs_certificate.serial.to_string());
+        params.remove("signPubKeyCert");
+    } else {
+        params.insert("signPubKeyCert".to_owned(), pem);
+        params.remove("certId");
+    }
+
+    let charset = params.get("encoding").cloned().unwrap_or_default();
+    let encoding = match charset.to_ascii_lowercase().as_str() {
+        "" | "utf-8" | "utf8" => encoding_rs::UTF_8,
+        "gbk" | "gb2312" | "gb18030" => encoding_rs::GB18030,
+        _ => return Err(SignError::Charset(charset)),
+    };
+    let mut body = String::new();
+    for (k, v) in &params {
+        append(&mut body, k, &encoding.encode(v).0);
+    }
+    let form = Form::parse(body.as_bytes()).map_err(|_| SignError::Sign)?;
+    let content = crate::provider::unionpay::sign_content(&form);
+    let digest = hex::encode(aws_lc_rs::digest::digest(
+        if sha1 {
+            &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY
+        } else {
+            &aws_lc_rs::digest::SHA256
+        },
+        &content,
+    ));
+    let sig = rsa_sign(&args.private_key, sha1, digest.as_bytes())?;
+    append(
+        &mut body,
+        "signature",
+        base64::engine::general_purpose::STANDARD
+            .encode(&sig)
+            .as_bytes(),
+    );
+    Ok(match &args.curl {
+        None => body,
+        Some(url) => format!(
+            "curl -sS -k -X POST -H 'Content-Type: application/x-www-form-urlencoded; charset={}' --data-binary '{}' '{}'",
+            if encoding == encoding_rs::UTF_8 {
+                "UTF-8"
+            } else {
+                "GBK"
+            },
+            body,
+            url.replace('\'', "%27")
+        ),
+    })
+}
+
+// === jdpay ===
+
+/// An RSA private key from a PEM file (PKCS#8 or PKCS#1).
+fn rsa_private_key(path: &std::path::Path) -> Result<rsa::RsaPrivateKey, SignError> {
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    use rsa::pkcs8::DecodePrivateKey;
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject;
+    let err = |reason: String| SignError::Key {
+        file: path.display().to_string(),
+        reason,
+    };
+    let der = PrivateKeyDer::from_pem_file(path).map_err(|e| err(crate::config::pem_reason(&e)))?;
+    match &der {
+        PrivateKeyDer::Pkcs8(k) => {
+            rsa::RsaPrivateKey::from_pkcs8_der(k.secret_pkcs8_der()).map_err(|e| e.to_string())
+        }
+        PrivateKeyDer::Pkcs1(k) => {
+            rsa::RsaPrivateKey::from_pkcs1_der(k.secret_pkcs1_der()).map_err(|e| e.to_string())
+        }
+        _ => Err("not an RSA private key".to_owned()),
+    }
+    .map_err(|e| err(format!("not a usable RSA private key: {e}")))
+}
+
+/// Escapes text for an XML element.
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn jdpay(args: &JdpayArgs) -> Result<String, SignError> {
+    use crate::provider::jdpay::{XML_HEAD, des_ecb, des_key_from, signed_string};
+    let mut params = param_map(&args.params)?;
+    let merchant = params
+        .remove("merchant")
+        .ok_or(SignError::Missing("merchant"))?;
+    let now = chrono::Utc::now() + chrono::Duration::hours(8);
+    let stamp = now.format("%Y%m%d%H%M%S").to_string();
+    let mut take = |k: &str, default: String| params.remove(k).unwrap_or(default);
+    let trade_type = take("tradeType", "0".to_owned());
+    let refund = trade_type == "1" || trade_type == "2";
+    let trade_num = take(
+        "tradeNum",
+        format!(
+            "CG{stamp}{}{}",
+            &random_digits(6),
+            if refund { "R" } else { "" }
+        ),
+    );
+    let amount = take("amount", "1".to_owned());
+    let status = take("status", if refund { "1" } else { "2" }.to_owned());
+    let time = take("tradeTime", stamp.clone());
+    let currency = take("currency", "CNY".to_owned());
+    let o_trade_num = params.remove("oTradeNum");
+
+    let mut xml = format!(
+        "<jdpay><version>V2.0</version><merchant>{}</merchant><result><code>000000</code><desc>success</desc></result><tradeNum>{}</tradeNum><tradeType>{}</tradeType>",
+        xml_escape(&merchant),
+        xml_escape(&trade_num),
+        xml_escape(&trade_type)
+    );
+    if let Some(o) = &o_trade_num {
+        xml += &format!("<oTradeNum>{}</oTradeNum>", xml_escape(o));
+    }
+    xml += &format!(
+        "<amount>{}</amount><status>{}</status>",
+        xml_escape(&amount),
+        xml_escape(&status)
+    );
+    if refund {
+        xml += &format!(
+            "<currency>{}</currency><tradeTime>{}</tradeTime>",
+            xml_escape(&currency),
+            xml_escape(&time)
+        );
+    } else {
+        xml += &format!(
+            "<payList><pay><payType>0</payType><amount>{}</amount><currency>{}</currency><tradeTime>{}</tradeTime></pay></payList>",
+            xml_escape(&amount),
+            xml_escape(&currency),
+            xml_escape(&time)
+        );
+    }
+    for (k, v) in &params {
+        if !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(SignError::Param(format!("{k}={v}")));
+        }
+        xml += &format!("<{k}>{}</{k}>", xml_escape(v));
+    }
+    xml += "</jdpay>";
+
+    let unsigned = format!("{XML_HEAD}{xml}");
+    let signed = signed_string(&unsigned).ok_or(SignError::Sign)?;
+    let digest = hex::encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        signed.as_bytes(),
+    ));
+    let key = rsa_private_key(&args.private_key)?;
+    let sig = key
+        .sign(rsa::Pkcs1v15Sign::new_unprefixed(), digest.as_bytes())
+        .map_err(|_| SignError::Sign)?;
+    let sign = base64::engine::general_purpose::STANDARD.encode(sig);
+    let payload = format!(
+        "{XML_HEAD}{}<sign>{sign}</sign></jdpay>",
+        &xml[..xml.len() - "</jdpay>".len()]
+    );
+
+    let file_err = |reason: String| SignError::Key {
+        file: args.des_key_file.display().to_string(),
+        reason,
+    };
+    let secret = crate::secret::Secret::from_file(&args.des_key_file)
+        .map_err(|e| file_err(e.to_string()))?;
+    let des_key = des_key_from(&secret).map_err(file_err)?;
+    let mut key24 = [0u8; 24];
+    key24.copy_from_slice(des_key.expose());
+    let bytes = payload.as_bytes();
+    let n = u32::try_from(bytes.len()).map_err(|_| SignError::Sign)?;
+    let mut plain = n.to_be_bytes().to_vec();
+    plain.extend_from_slice(bytes);
+    plain.resize(plain.len().div_ceil(8) * 8, 0);
+    let cipher = des_ecb(&key24, &plain, true);
+    key24.iter_mut().for_each(|b| *b = 0);
+    let encrypt = base64::engine::general_purpose::STANDARD.encode(hex::encode(cipher).as_bytes());
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<jdpay>\n  <version>V2.0</version>\n  <merchant>{}</merchant>\n  <result>\n    <code>000000</code>\n    <desc>success</desc>\n  </result>\n  <encrypt>{encrypt}</encrypt>\n</jdpay>\n",
+        xml_escape(&merchant)
+    );
+    Ok(match &args.curl {
+        None => body,
+        Some(url) => format!(
+            "curl -sS -k -X POST -H 'Content-Type: text/xml; charset=UTF-8' --data-binary '{}' '{}'",
+            body.replace('\'', "&apos;"),
+            url.replace('\'', "%27")
+        ),
+    })
 }

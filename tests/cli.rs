@@ -47,7 +47,7 @@ fn check_accepts_the_shipped_demo() {
             .arg(root().join("callgate.toml")),
     );
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out.trim(), "ok: 4 routes");
+    assert_eq!(out.trim(), "ok: 6 routes");
 }
 
 /// Writes a gateway file plus `rules/r.toml` with `rules`, returns the dir.
@@ -411,6 +411,277 @@ fn sign_refuses_bad_input_clearly() {
     ]));
     assert_eq!(code, 1);
     assert!(err.contains("MD5"), "{err}");
+}
+
+// === unionpay and jdpay ===
+
+#[test]
+fn check_names_unionpay_and_jdpay_key_problems() {
+    let u = |n: &str| format!("{:?}", fixture_path("unionpay", n));
+    let j = |n: &str| format!("{:?}", fixture_path("jdpay", n));
+    let route = |name: &str, provider: &str, keys: String| {
+        format!(
+            "[[route]]\nname = \"{name}\"\npath = \"/{name}\"\nprovider = \"{provider}\"\nallow = []\nupstream = \"http://127.0.0.1:8080/n\"\nupstream_secret_file = \"../upstream.secret\"\n\n[route.keys]\n{keys}\n"
+        )
+    };
+    let rules = [
+        // lines 10-12
+        route(
+            "u1",
+            "unionpay",
+            format!(
+                "root_cert = \"../missing.pem\"\nmiddle_cert = {}\nverify_certs = [{}]",
+                u("middle.pem"),
+                j("des.key")
+            ),
+        ),
+        // lines 22-23: a middle certificate the root did not issue
+        route(
+            "u2",
+            "unionpay",
+            format!(
+                "root_cert = {}\nmiddle_cert = {}",
+                u("acp_test_root.pem"),
+                u("middle.pem")
+            ),
+        ),
+        // line 33: root without middle
+        route("u3", "unionpay", format!("root_cert = {}", u("root.pem"))),
+        // lines 43-45
+        route(
+            "j1",
+            "jdpay",
+            format!(
+                "merchant = \"1\"\ndes_key_file = {}\njd_public_key = {}",
+                j("jd_test_public.pem"),
+                j("jd_private.pem")
+            ),
+        ),
+    ]
+    .concat();
+    let dir = config_with_rules(&rules);
+    let (code, out) = check(dir.path());
+    assert_eq!(code, 1, "{out}");
+    for want in [
+        "r.toml:10: keys.root_cert `../missing.pem`: cannot read",
+        "r.toml:12: keys.verify_certs",
+        "not an X.509 certificate",
+        "r.toml:23: keys.middle_cert",
+        "not issued by root_cert",
+        "r.toml:33: keys.middle_cert: version 5.1.0 needs both root_cert and middle_cert",
+        "r.toml:44: keys.des_key_file",
+        "not Base64",
+        "r.toml:45: keys.jd_public_key",
+        "this is a private key",
+    ] {
+        assert!(out.contains(want), "expected `{want}` in:\n{out}");
+    }
+}
+
+fn openssl_out(args: &[&str], input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}");
+    out.stdout
+}
+
+#[test]
+fn sign_unionpay_output_verifies_with_openssl() {
+    let dev = root().join("certs/dev");
+    let dir = tempfile::tempdir().unwrap();
+    let public = dir.path().join("pub.pem");
+    let pem = openssl_out(
+        &[
+            "x509",
+            "-pubkey",
+            "-noout",
+            "-in",
+            dev.join("unionpay_sign.pem").to_str().unwrap(),
+        ],
+        b"",
+    );
+    std::fs::write(&public, pem).unwrap();
+    for (version, alg) in [("5.1.0", "-sha256"), ("5.0.0", "-sha1")] {
+        let (code, out, err) = output(callgate().args([
+            "sign",
+            "unionpay",
+            "--private-key",
+            dev.join("unionpay_sign_key.pem").to_str().unwrap(),
+            "--cert",
+            dev.join("unionpay_sign.pem").to_str().unwrap(),
+            "--acp-version",
+            version,
+            "--param",
+            "merId=777290058110097",
+            "--param",
+            "reqReserved=测试 1+1",
+        ]));
+        assert_eq!(code, 0, "{err}");
+        let mut params = decode_form(&out);
+        let sig = params
+            .iter()
+            .find(|(k, _)| k == "signature")
+            .unwrap()
+            .1
+            .clone();
+        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("version").unwrap(), version.as_bytes());
+        if version == "5.1.0" {
+            let cert = get("signPubKeyCert").unwrap();
+            assert!(
+                cert.starts_with(b"-----BEGIN CERTIFICATE-----\r\n"),
+                "CRLF like UnionPay"
+            );
+        } else {
+            assert_eq!(get("certId").unwrap(), b"268435457");
+        }
+        params.retain(|(k, _)| k != "signature");
+        params.sort();
+        let content = params
+            .iter()
+            .map(|(k, v)| [k.as_bytes(), b"=", v].concat())
+            .collect::<Vec<_>>()
+            .join(&b'&');
+        let hex = openssl_out(&["dgst", alg, "-r"], &content);
+        let hex = hex.split(|b| *b == b' ').next().unwrap().to_vec();
+        use base64::Engine as _;
+        let sig_file = dir.path().join("sig");
+        std::fs::write(
+            &sig_file,
+            base64::engine::general_purpose::STANDARD
+                .decode(&sig)
+                .unwrap(),
+        )
+        .unwrap();
+        let verified = openssl_out(
+            &[
+                "dgst",
+                alg,
+                "-verify",
+                public.to_str().unwrap(),
+                "-signature",
+                sig_file.to_str().unwrap(),
+            ],
+            &hex,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&verified).trim(),
+            "Verified OK",
+            "{version}"
+        );
+    }
+}
+
+#[test]
+fn sign_jdpay_output_decrypts_and_verifies_with_openssl() {
+    let dev = root().join("certs/dev");
+    let (code, out, err) = output(callgate().args([
+        "sign",
+        "jdpay",
+        "--private-key",
+        dev.join("jdpay_private.pem").to_str().unwrap(),
+        "--des-key-file",
+        dev.join("jdpay_des.key").to_str().unwrap(),
+        "--param",
+        "merchant=110000000001",
+        "--param",
+        "amount=8888",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let a = out.find("<encrypt>").unwrap() + 9;
+    let b = out.find("</encrypt>").unwrap();
+    let cipher = hex::decode(b64.decode(&out[a..b]).unwrap()).unwrap();
+    let key = b64
+        .decode(
+            std::fs::read_to_string(dev.join("jdpay_des.key"))
+                .unwrap()
+                .trim(),
+        )
+        .unwrap();
+    let plain = openssl_out(
+        &["enc", "-d", "-des-ede3", "-nopad", "-K", &hex::encode(key)],
+        &cipher,
+    );
+    let n = u32::from_be_bytes(plain[..4].try_into().unwrap()) as usize;
+    let xml = String::from_utf8(plain[4..4 + n].to_vec()).unwrap();
+    assert!(xml.contains("<merchant>110000000001</merchant>"), "{xml}");
+    assert!(xml.contains("<amount>8888</amount>"), "{xml}");
+    let (s, e) = (xml.find("<sign>").unwrap(), xml.rfind("</sign>").unwrap());
+    let signed = format!("{}{}", &xml[..s], &xml[e + 7..]);
+    let want = openssl_out(&["dgst", "-sha256", "-r"], signed.as_bytes());
+    let want = want.split(|b| *b == b' ').next().unwrap().to_vec();
+    let dir = tempfile::tempdir().unwrap();
+    let sig = dir.path().join("sig");
+    std::fs::write(&sig, b64.decode(&xml[s + 6..e]).unwrap()).unwrap();
+    let recovered = openssl_out(
+        &[
+            "pkeyutl",
+            "-verifyrecover",
+            "-pubin",
+            "-inkey",
+            dev.join("jdpay_public.pem").to_str().unwrap(),
+            "-in",
+            sig.to_str().unwrap(),
+            "-pkeyopt",
+            "rsa_padding_mode:pkcs1",
+        ],
+        b"",
+    );
+    assert_eq!(recovered, want);
+}
+
+#[test]
+fn sign_unionpay_and_jdpay_refuse_bad_input_clearly() {
+    let dev = root().join("certs/dev");
+    let p = |n: &str| dev.join(n).to_str().unwrap().to_owned();
+    let (code, _, err) = output(callgate().args([
+        "sign",
+        "unionpay",
+        "--private-key",
+        &p("unionpay_sign_key.pem"),
+        "--cert",
+        &p("unionpay_sign.pem"),
+    ]));
+    assert_eq!(code, 1);
+    assert!(err.contains("merId"), "{err}");
+    let (code, _, err) = output(callgate().args([
+        "sign",
+        "unionpay",
+        "--private-key",
+        &p("unionpay_sign_key.pem"),
+        "--cert",
+        &p("unionpay_sign.pem"),
+        "--param",
+        "merId=1",
+        "--acp-version",
+        "6.0.0",
+    ]));
+    assert_eq!(code, 1);
+    assert!(err.contains("6.0.0"), "{err}");
+    let (code, _, err) = output(callgate().args([
+        "sign",
+        "jdpay",
+        "--private-key",
+        &p("jdpay_private.pem"),
+        "--des-key-file",
+        &p("jdpay_public.pem"),
+        "--param",
+        "merchant=1",
+    ]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("jdpay_public.pem") && err.contains("Base64"),
+        "{err}"
+    );
 }
 
 // === run ===

@@ -17,9 +17,37 @@ openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 \
   -addext "extendedKeyUsage=serverAuth" \
   -keyout server.key -out server.crt
 
+# Stand-in for UnionPay's certificates: a root and a middle CA (their keys are
+# thrown away) and a signing certificate with UnionPay's CN, for 5.1.0
+# (signPubKeyCert) and 5.0.0 (certId = its serial, 268435457).
+ca_tmp=$(mktemp -d)
+trap 'rm -rf "$ca_tmp"' EXIT
+printf 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n' > "$ca_tmp/ca.ext"
+printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,nonRepudiation\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n' > "$ca_tmp/leaf.ext"
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$ca_tmp/root.key"
+openssl req -x509 -new -key "$ca_tmp/root.key" -sha256 -days 3650 -set_serial 1 \
+  -subj "/C=CN/O=callgate demo (not for production)/CN=callgate demo UnionPay root" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+  -out unionpay_root.pem
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$ca_tmp/middle.key"
+openssl req -new -key "$ca_tmp/middle.key" -out "$ca_tmp/middle.csr" \
+  -subj "/C=CN/O=callgate demo (not for production)/CN=callgate demo UnionPay middle"
+openssl x509 -req -in "$ca_tmp/middle.csr" -CA unionpay_root.pem -CAkey "$ca_tmp/root.key" \
+  -set_serial 2 -days 3650 -sha256 -extfile "$ca_tmp/ca.ext" -out unionpay_middle.pem
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out unionpay_sign_key.pem
+openssl req -new -utf8 -key unionpay_sign_key.pem -out "$ca_tmp/sign.csr" \
+  -subj "/C=cn/O=callgate demo (not for production)/OU=Enterprises/CN=041@8310000000083040@中国银联股份有限公司@00000001"
+openssl x509 -req -in "$ca_tmp/sign.csr" -CA unionpay_middle.pem -CAkey "$ca_tmp/middle.key" \
+  -set_serial 0x10000001 -days 3650 -sha256 -extfile "$ca_tmp/leaf.ext" -out unionpay_sign.pem
+
+# Stand-in for JD's RSA key pair, and the merchant's 3DES key (Base64 of 24 bytes).
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out jdpay_private.pem
+openssl pkey -in jdpay_private.pem -pubout -out jdpay_public.pem
+openssl rand -base64 24 > jdpay_des.key
+
 # HMAC key for X-Callgate-Signature (raw bytes; one trailing newline is ignored).
 openssl rand -hex 32 > upstream.secret
-chmod 600 alipay_private.pem server.key upstream.secret
+chmod 600 alipay_private.pem server.key upstream.secret unionpay_sign_key.pem jdpay_private.pem jdpay_des.key
 
 # WeChat Pay v2 API key (32 characters, as the merchant platform issues it).
 openssl rand -hex 16 > wechat_v2_api.key

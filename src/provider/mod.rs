@@ -16,6 +16,8 @@
 pub mod alipay;
 pub mod alipay_cert;
 pub mod alipay_md5;
+pub mod jdpay;
+pub mod unionpay;
 pub mod wechat_v2;
 pub mod wechat_v3;
 
@@ -108,6 +110,8 @@ pub enum Provider {
     WechatV2(wechat_v2::Keys),
     WechatV3(wechat_v3::Keys),
     AlipayMd5(alipay_md5::Keys),
+    Unionpay(unionpay::Keys),
+    Jdpay(jdpay::Keys),
 }
 
 impl Provider {
@@ -117,15 +121,18 @@ impl Provider {
             Provider::WechatV2(_) => ProviderKind::WechatV2,
             Provider::WechatV3(_) => ProviderKind::WechatV3,
             Provider::AlipayMd5(_) => ProviderKind::AlipayMd5,
+            Provider::Unionpay(_) => ProviderKind::Unionpay,
+            Provider::Jdpay(_) => ProviderKind::Jdpay,
         }
     }
 
     /// The body format this provider's notifications use.
     pub fn format(&self) -> Format {
         match self {
-            Provider::Alipay(_) | Provider::AlipayMd5(_) => Format::Form,
+            Provider::Alipay(_) | Provider::AlipayMd5(_) | Provider::Unionpay(_) => Format::Form,
             Provider::WechatV2(_) => Format::Xml,
             Provider::WechatV3(_) => Format::Json,
+            Provider::Jdpay(_) => Format::JdXml,
         }
     }
 
@@ -142,19 +149,8 @@ impl Provider {
             ProviderKind::AlipayMd5 => {
                 alipay_md5::Keys::compile(keys, ctx).map(Provider::AlipayMd5)
             }
-            other => {
-                ctx.error(
-                    keys.span(),
-                    RuleError::KeyValue {
-                        field: "provider".to_owned(),
-                        reason: format!(
-                            "provider `{}` is not available in this version",
-                            other.as_str()
-                        ),
-                    },
-                );
-                None
-            }
+            ProviderKind::Unionpay => unionpay::Keys::compile(keys, ctx).map(Provider::Unionpay),
+            ProviderKind::Jdpay => jdpay::Keys::compile(keys, ctx).map(Provider::Jdpay),
         }
     }
 
@@ -172,6 +168,10 @@ impl Provider {
             (Provider::AlipayMd5(keys), Payload::Form(form)) => keys.verify(form),
             (Provider::WechatV2(keys), Payload::Xml(xml)) => keys.verify(xml, now),
             (Provider::WechatV3(keys), Payload::Json(json)) => keys.verify(headers, json, now),
+            // Certificate validity is judged at the time of verification.
+            (Provider::Unionpay(keys), Payload::Form(form)) => keys.verify_at(form, now),
+            (Provider::Jdpay(keys), Payload::JdXml(envelope)) => keys.verify(envelope),
+            // `format()` picks the parser, so the pairs above are the only ones.
             _ => Err(VerifyError::PayloadFormat),
         }
     }
@@ -220,6 +220,8 @@ pub enum Fields {
         body: serde_json::Value,
         resource: serde_json::Value,
     },
+    /// JD Pay: the decrypted, signature-checked payload.
+    Jdpay(jdpay::Decrypted),
 }
 
 impl Verified {
@@ -250,9 +252,13 @@ impl Verified {
     }
 
     /// What the platform encrypted, decrypted: the v3 `resource` JSON, the
-    /// v2 refund `req_info` XML.
+    /// v2 refund `req_info` XML, JD Pay's payload XML. Forwarded in
+    /// `original` mode as `X-Callgate-Resource`.
     pub fn decrypted(&self) -> Option<&[u8]> {
-        self.decrypted.as_deref()
+        match &self.fields {
+            Fields::Jdpay(d) => Some(d.xml()),
+            _ => self.decrypted.as_deref(),
+        }
     }
 
     pub fn kind(&self) -> ProviderKind {
@@ -327,11 +333,19 @@ pub enum VerifyError {
     #[error("resource algorithm `{0}` is not supported")]
     UnsupportedAlgorithm(String),
     #[error("{0}")]
-    Decrypt(&'static str),
-    #[error("{0}")]
     Content(&'static str),
     #[error("the body is not in this provider's format")]
     PayloadFormat,
+    #[error("signature scheme {0} is not supported")]
+    UnsupportedScheme(String),
+    #[error("no verification certificate with certId `{0}` in keys.verify_certs")]
+    UnknownCertId(String),
+    #[error("signing certificate refused: {0}")]
+    CertRejected(String),
+    #[error("the encrypted payload does not decrypt with the route's key: {0}")]
+    Decrypt(&'static str),
+    #[error("field `{field}`: {reason}")]
+    BadField { field: &'static str, reason: String },
 }
 
 impl VerifyError {
@@ -349,6 +363,9 @@ impl VerifyError {
             | VerifyError::KeySerialUnknown { .. }
             | VerifyError::CertificateNotValid { .. }
             | VerifyError::UnsupportedAlgorithm(_)
+            | VerifyError::UnsupportedScheme(_)
+            | VerifyError::UnknownCertId(_)
+            | VerifyError::CertRejected(_)
             | VerifyError::Decrypt(_) => Outcome::BadSignature,
             VerifyError::MissingField(_)
             | VerifyError::Charset(_)
@@ -358,6 +375,7 @@ impl VerifyError {
             | VerifyError::Content(_)
             | VerifyError::PayloadFormat => Outcome::Malformed,
             VerifyError::PlatformFailure { .. } => Outcome::Ignored,
+            VerifyError::BadField { .. } => Outcome::Malformed,
         }
     }
 }
@@ -439,7 +457,7 @@ impl RsaKey {
 }
 
 /// Extracts public-key DER from a PEM file or bare Base64 text.
-fn public_key_der(bytes: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn public_key_der(bytes: &[u8]) -> Result<Vec<u8>, String> {
     use rustls_pki_types::pem::{PemObject, SectionKind};
 
     let text = std::str::from_utf8(bytes)

@@ -916,3 +916,66 @@ impl TestGateway {
         .unwrap_or(0.0)
     }
 }
+
+// === unionpay and jdpay ===
+
+/// A fixture file of `tests/fixtures/<provider>/`.
+pub fn fixture(provider: &str, name: &str) -> Vec<u8> {
+    std::fs::read(fixture_path(provider, name)).expect("fixture")
+}
+
+impl RouteSpec {
+    /// A unionpay route on `/notify/unionpay` trusting the fixture chain
+    /// (5.1.0) and `sign.pem` (5.0.0), merId 777290058110097; fixtures are
+    /// signed at 2026-11-22.
+    pub fn unionpay(upstream: &Upstream) -> RouteSpec {
+        let f = |n: &str| fixture_path("unionpay", n);
+        RouteSpec {
+            name: "shop-unionpay".into(),
+            path: "/notify/unionpay".into(),
+            provider: "unionpay".into(),
+            allow: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            upstream: upstream.url.clone(),
+            forward: "original".into(),
+            max_age: Some("87600h".into()),
+            success_body: Some("success".into()),
+            upstream_ca: None,
+            extra: String::new(),
+            keys: format!(
+                "mer_id = \"777290058110097\"\nroot_cert = {:?}\nmiddle_cert = {:?}\nverify_certs = [{:?}]\n",
+                f("root.pem"),
+                f("middle.pem"),
+                f("sign.pem")
+            ),
+        }
+    }
+
+    /// A jdpay route on `/notify/jdpay` for merchant 110000000001 with the
+    /// fixture DES key and "JD" public key; fixtures are signed at 2026-11-22.
+    pub fn jdpay(upstream: &Upstream) -> RouteSpec {
+        let f = |n: &str| fixture_path("jdpay", n);
+        RouteSpec {
+            name: "shop-jdpay".into(),
+            path: "/notify/jdpay".into(),
+            provider: "jdpay".into(),
+            allow: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            upstream: upstream.url.clone(),
+            forward: "original".into(),
+            max_age: Some("87600h".into()),
+            success_body: Some("success".into()),
+            upstream_ca: None,
+            extra: String::new(),
+            keys: format!(
+                "merchant = \"110000000001\"\ndes_key_file = {:?}\njd_public_key = {:?}\n",
+                f("des.key"),
+                f("jd_public.pem")
+            ),
+        }
+    }
+}
+
+/// `t=...,v1=...` split into (t, v1).
+pub fn split_signature(header: &str) -> (String, String) {
+    let (t, v1) = header.split_once(",v1=").expect("t=...,v1=...");
+    (t.strip_prefix("t=").expect("t=").to_owned(), v1.to_owned())
+}
