@@ -31,6 +31,16 @@ pub enum Denied {
     BadForwardedFor(String),
 }
 
+impl Denied {
+    /// The `reason` label of `callgate_rejections_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Denied::NotAllowed(_) => "ip_denied",
+            Denied::BadForwardedFor(_) => "bad_forwarded_for",
+        }
+    }
+}
+
 impl AllowList {
     pub fn new(nets: Vec<IpNet>) -> Self {
         AllowList(nets.into_boxed_slice())

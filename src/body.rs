@@ -62,6 +62,16 @@ pub enum BodyError {
 }
 
 impl BodyError {
+    /// The `reason` label of `callgate_rejections_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            BodyError::DeclaredTooLarge { .. } | BodyError::TooLarge { .. } => "too_large",
+            BodyError::BadContentLength => "bad_content_length",
+            BodyError::Timeout(_) => "body_timeout",
+            BodyError::Read(_) => "body_read",
+        }
+    }
+
     pub fn outcome(&self) -> Outcome {
         match self {
             BodyError::DeclaredTooLarge { .. } | BodyError::TooLarge { .. } => Outcome::TooLarge,
@@ -147,6 +157,26 @@ pub enum ParseError {
     Json { reason: String },
     #[error("JD envelope: {0}")]
     JdEnvelope(#[from] crate::provider::jdpay::XmlError),
+}
+
+impl ParseError {
+    /// The `reason` label of `callgate_rejections_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ParseError::ContentType { .. } => "content_type",
+            ParseError::DuplicateKey { .. } => "duplicate_key",
+            ParseError::Doctype => "doctype",
+            ParseError::Empty => "empty_body",
+            ParseError::EmptyKey | ParseError::PercentEscape { .. } | ParseError::KeyEncoding => {
+                "bad_form"
+            }
+            ParseError::XmlNesting { .. } | ParseError::XmlRoot { .. } | ParseError::Xml { .. } => {
+                "bad_xml"
+            }
+            ParseError::Json { .. } => "bad_json",
+            ParseError::JdEnvelope(_) => "bad_envelope",
+        }
+    }
 }
 
 /// Checks the content type and parses the body for `format`.

@@ -221,6 +221,18 @@ pub enum ForwardError {
 }
 
 impl ForwardError {
+    /// The `reason` label of `callgate_rejections_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ForwardError::Timeout(_) => "upstream_timeout",
+            ForwardError::Request(_) => "upstream_unreachable",
+            ForwardError::Status(_) => "upstream_status",
+            ForwardError::NotConfirmed { .. } => "upstream_unconfirmed",
+            ForwardError::Reply(_) => "upstream_reply",
+            ForwardError::Build(_) => "upstream_request",
+        }
+    }
+
     pub fn outcome(&self) -> Outcome {
         match self {
             ForwardError::Timeout(_) => Outcome::UpstreamTimeout,

@@ -21,6 +21,7 @@ use crate::rules::RuleSet;
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
+    rejections: IntCounterVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
     reloads: IntCounterVec,
@@ -46,6 +47,13 @@ impl Metrics {
                 "Notifications by route, provider and outcome.",
             ),
             &["route", "provider", "outcome"],
+        )?;
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "callgate_rejections_total",
+                "Refused (or dry-run refused) notifications by detailed reason.",
+            ),
+            &["route", "provider", "reason"],
         )?;
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -91,6 +99,7 @@ impl Metrics {
             "Unix time the live rule set was loaded.",
         )?;
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
@@ -110,6 +119,7 @@ impl Metrics {
         Ok(Metrics {
             registry,
             requests,
+            rejections,
             request_duration,
             upstream_duration,
             reloads,
@@ -153,6 +163,13 @@ impl Metrics {
         self.request_duration
             .with_label_values(&[route])
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts a refusal by its detailed reason (a label from a fixed set).
+    pub fn rejection(&self, route: &str, provider: &str, reason: &'static str) {
+        self.rejections
+            .with_label_values(&[route, provider, reason])
+            .inc();
     }
 
     pub fn upstream(&self, route: &str, took: Duration) {

@@ -23,7 +23,7 @@ use crate::journal::{self, Journal, OutcomeRecord, Record};
 use crate::metrics::Metrics;
 use crate::provider::Verified;
 use crate::replay::{self, Claim, Key, KeyKind, ReplayStore, Token};
-use crate::rules::{OnStoreError, Route, RuleSet};
+use crate::rules::{AllowMode, OnStoreError, Route, RuleSet};
 use crate::{allow, body, normalize};
 
 /// Everything a request needs, shared by all connections. Built in `main`
@@ -75,13 +75,19 @@ struct Ctx {
     route: Option<Arc<Route>>,
     client: Option<IpAddr>,
     event_id: Option<String>,
+    /// Why it was refused, for the operator (never sent to the platform).
     reason: Option<String>,
+    /// The bounded `reason` label of `callgate_rejections_total`.
+    label: Option<&'static str>,
+    /// `allow_mode = "log"`: the address check that would have refused it.
+    dry_run: Option<String>,
 }
 
 impl Ctx {
     /// Records why the request ends and returns the outcome it ends with.
-    fn reject(&mut self, outcome: Outcome, why: impl Display) -> Outcome {
+    fn reject(&mut self, outcome: Outcome, label: &'static str, why: impl Display) -> Outcome {
         self.reason = Some(why.to_string());
+        self.label = Some(label);
         outcome
     }
 }
@@ -101,6 +107,8 @@ pub async fn handle(
         client: None,
         event_id: None,
         reason: None,
+        label: None,
+        dry_run: None,
     };
     let outcome = match flow(&state, &rules, &mut ctx, req).await {
         Ok(o) | Err(o) => o,
@@ -122,16 +130,36 @@ async fn flow(
         .ok_or(Outcome::NotFound)?;
     ctx.route = Some(route.clone());
     if req.method() != Method::POST {
-        return Err(ctx.reject(Outcome::MethodNotAllowed, req.method()));
+        return Err(ctx.reject(
+            Outcome::MethodNotAllowed,
+            "method_not_allowed",
+            req.method(),
+        ));
     }
 
-    let client = allow::client_ip(ctx.peer, req.headers(), &rules.trusted_proxies)
-        .map_err(|e| ctx.reject(Outcome::IpDenied, e))?;
+    let client = match allow::client_ip(ctx.peer, req.headers(), &rules.trusted_proxies)
+        .and_then(|ip| route.allow.check(ip).map(|()| ip))
+    {
+        Ok(ip) => ip,
+        Err(denied) if route.allow_mode == AllowMode::Log => {
+            // Dry run: let it through, say so in the log line and metrics.
+            state
+                .metrics
+                .rejection(&route.name, route.kind().as_str(), "ip_denied_dry_run");
+            ctx.dry_run = Some(denied.to_string());
+            match denied {
+                allow::Denied::NotAllowed(ip) => ip,
+                allow::Denied::BadForwardedFor(_) => ctx.peer.ip().to_canonical(),
+            }
+        }
+        Err(denied) => {
+            if let allow::Denied::NotAllowed(ip) = denied {
+                ctx.client = Some(ip);
+            }
+            return Err(ctx.reject(Outcome::IpDenied, denied.label(), denied));
+        }
+    };
     ctx.client = Some(client);
-    route
-        .allow
-        .check(client)
-        .map_err(|e| ctx.reject(Outcome::IpDenied, e))?;
 
     let limits = rules.limits;
     let (parts, incoming) = req.into_parts();
@@ -142,19 +170,19 @@ async fn flow(
         limits.body_timeout,
     )
     .await
-    .map_err(|e| ctx.reject(e.outcome(), e))?;
+    .map_err(|e| ctx.reject(e.outcome(), e.label(), e))?;
     let payload = body::parse(route.provider.format(), &parts.headers, &bytes)
-        .map_err(|e| ctx.reject(Outcome::Malformed, e))?;
+        .map_err(|e| ctx.reject(Outcome::Malformed, e.label(), e))?;
 
     let now = replay::unix_now();
     let verified = route
         .provider
         .verify(&parts.headers, &payload, now)
-        .map_err(|e| ctx.reject(e.outcome(), e))?;
+        .map_err(|e| ctx.reject(e.outcome(), e.label(), e))?;
     ctx.event_id = Some(verified.event_id().to_owned());
 
     replay::check_fresh(&verified, route.max_age, route.max_future, now)
-        .map_err(|e| ctx.reject(Outcome::Stale, e))?;
+        .map_err(|e| ctx.reject(Outcome::Stale, e.label(), e))?;
 
     // A nonce (wechat_v3) is remembered for the whole window; a verbatim
     // copy within it is a replay. It is forgotten again if this copy is not
@@ -170,12 +198,16 @@ async fn flow(
         {
             Ok(true) => {}
             Ok(false) => {
-                return Err(ctx.reject(Outcome::Replay, "nonce already seen within the window"));
+                return Err(ctx.reject(
+                    Outcome::Replay,
+                    "replayed_nonce",
+                    "nonce already seen within the window",
+                ));
             }
             Err(e) => {
                 state.metrics.store_error("remember");
                 if route.on_store_error == OnStoreError::Closed {
-                    return Err(ctx.reject(Outcome::StoreUnavailable, e));
+                    return Err(ctx.reject(Outcome::StoreUnavailable, "store_unavailable", e));
                 }
             }
         }
@@ -193,7 +225,7 @@ async fn flow(
         Err(e) => {
             state.metrics.store_error("claim");
             if route.on_store_error == OnStoreError::Closed {
-                return Err(ctx.reject(Outcome::StoreUnavailable, e));
+                return Err(ctx.reject(Outcome::StoreUnavailable, "store_unavailable", e));
             }
             tracing::warn!(route = %route.name, event_id = verified.event_id(), error = %e,
                 "replay store down: forwarding WITHOUT replay protection (on_store_error = \"open\")");
@@ -211,7 +243,7 @@ async fn flow(
     {
         release(state, &route, &key, token).await;
         forget_nonce(state, &route, nonce_key.as_ref()).await;
-        return Err(ctx.reject(e.outcome(), e));
+        return Err(ctx.reject(e.outcome(), e.label(), e));
     }
 
     let rid = journal::new_rid();
@@ -229,7 +261,7 @@ async fn flow(
             state.metrics.journal_error();
             release(state, &route, &key, token).await;
             forget_nonce(state, &route, nonce_key.as_ref()).await;
-            return Err(ctx.reject(Outcome::StoreUnavailable, e));
+            return Err(ctx.reject(Outcome::StoreUnavailable, "journal_unavailable", e));
         }
     }
 
@@ -248,7 +280,7 @@ async fn flow(
     record_outcome(state, rid, &route, &verified, outcome, false).await;
     result
         .map(|()| Outcome::Forwarded)
-        .map_err(|e| ctx.reject(e.outcome(), e))
+        .map_err(|e| ctx.reject(e.outcome(), e.label(), e))
 }
 
 /// Forwards a verified notification and times the upstream.
@@ -475,6 +507,14 @@ fn finish(state: &State, ctx: &Ctx, outcome: Outcome, took: Duration) {
         None => ("-", "-"),
     };
     state.metrics.request(route, provider, outcome, took);
+    if !outcome.is_success() {
+        let label = match outcome {
+            Outcome::NotFound => "not_found",
+            Outcome::InFlight => "in_flight",
+            _ => ctx.label.unwrap_or(outcome.as_str()),
+        };
+        state.metrics.rejection(route, provider, label);
+    }
     let client = ctx.client.map(|c| c.to_string());
     macro_rules! line {
         ($level:ident) => {
@@ -489,12 +529,14 @@ fn finish(state: &State, ctx: &Ctx, outcome: Outcome, took: Duration) {
                 client = client.as_deref().unwrap_or("-"),
                 duration_ms = took.as_secs_f64() * 1000.0,
                 reason = ctx.reason.as_deref().unwrap_or(""),
+                dry_run = ctx.dry_run.as_deref().unwrap_or(""),
                 "notification"
             )
         };
     }
     match outcome {
-        Outcome::Forwarded | Outcome::Duplicate => line!(info),
+        _ if ctx.dry_run.is_some() => line!(warn),
+        Outcome::Forwarded | Outcome::Duplicate | Outcome::Ignored => line!(info),
         Outcome::UpstreamError | Outcome::UpstreamTimeout | Outcome::StoreUnavailable => {
             line!(error)
         }

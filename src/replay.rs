@@ -37,6 +37,16 @@ pub enum FreshError {
     InFuture { ahead: i64, max: u64 },
 }
 
+impl FreshError {
+    /// The `reason` label of `callgate_rejections_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            FreshError::TooOld { .. } => "stale",
+            FreshError::InFuture { .. } => "future",
+        }
+    }
+}
+
 /// Checks `verified`'s signed time against `now` (Unix seconds).
 pub fn check_fresh(
     verified: &Verified,

@@ -113,6 +113,19 @@ pub struct RouteFile {
     /// protection while the store is down.
     #[serde(default)]
     pub on_store_error: OnStoreError,
+    /// `enforce` (default) or `log`: let denied addresses through, logged
+    /// and counted as `ip_denied_dry_run`, to roll out an allow list.
+    #[serde(default)]
+    pub allow_mode: AllowMode,
+}
+
+/// Whether the allow list refuses or only reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllowMode {
+    #[default]
+    Enforce,
+    Log,
 }
 
 /// What a route does when the replay store cannot answer.
@@ -142,6 +155,7 @@ pub struct Route {
     /// How far in the future the signed time may be.
     pub max_future: Duration,
     pub on_store_error: OnStoreError,
+    pub allow_mode: AllowMode,
     /// Where the route is defined, for messages.
     pub file: PathBuf,
     pub line: usize,
@@ -494,6 +508,15 @@ fn compile_route(
         None => kind.default_max_age(),
     };
     let max_future = kind.max_future(max_age);
+    if raw.allow_mode == AllowMode::Log {
+        ctx.warn(
+            span.clone(),
+            format_args!(
+                "route `{name}` has allow_mode = \"log\": addresses outside its allow list are let through \
+                 (logged and counted as ip_denied_dry_run)"
+            ),
+        );
+    }
     if raw.on_store_error == OnStoreError::Open {
         ctx.warn(
             span.clone(),
@@ -529,6 +552,7 @@ fn compile_route(
         upstream: upstream?,
         forward: raw.forward,
         on_store_error: raw.on_store_error,
+        allow_mode: raw.allow_mode,
         max_age,
         max_future,
         file: ctx.file.to_path_buf(),

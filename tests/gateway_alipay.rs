@@ -687,3 +687,86 @@ async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[tokio::test]
+async fn allow_mode_log_lets_denied_addresses_through_and_counts_them() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let route = RouteSpec::alipay(&up).with(|r| {
+        r.allow = vec!["110.75.0.0/16".into()];
+        r.extra = "allow_mode = \"log\"\n".into();
+    });
+    let spec = GatewaySpec::new(vec![route]);
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = callgate::config::load(&spec.write(dir.path())).unwrap();
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .any(|w| w.contains("allow_mode = \"log\"")),
+        "{:?}",
+        loaded.warnings
+    );
+    let gw = TestGateway::start(spec).await;
+    let r = gw
+        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 1);
+    assert_eq!(gw.requests("forwarded").await, 1.0);
+    assert_eq!(gw.requests("ip_denied").await, 0.0);
+    let dry = gw
+        .metric(
+            "callgate_rejections_total",
+            &[
+                ("route", "shop-alipay"),
+                ("provider", "alipay"),
+                ("reason", "ip_denied_dry_run"),
+            ],
+        )
+        .await;
+    assert_eq!(dry, Some(1.0));
+    // Everything else is still enforced in log mode.
+    let r = gw
+        .post_form(
+            "/notify/alipay",
+            &alipay_fixture("rsa2_tampered_amount.form"),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+}
+
+#[tokio::test]
+async fn refusals_are_counted_by_detailed_reason() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = gateway_with(&up, |_| {}).await;
+    for f in [
+        "rsa2_tampered_amount.form",
+        "rsa2_other_app.form",
+        "rsa2_sign_type_unknown.form",
+        "rsa2_missing_sign.form",
+        "rsa2_duplicate_key.form",
+    ] {
+        gw.post_form("/notify/alipay", &alipay_fixture(f)).await;
+    }
+    gw.send("GET", "/notify/alipay", &[], vec![]).await;
+    let text = gw.get_admin("/metrics").await.text();
+    for reason in [
+        "bad_digest",
+        "merchant_mismatch",
+        "sign_type_unsupported",
+        "signature_missing",
+        "duplicate_key",
+        "method_not_allowed",
+    ] {
+        let n = find_metric(
+            &text,
+            "callgate_rejections_total",
+            &[
+                ("route", "shop-alipay"),
+                ("provider", "alipay"),
+                ("reason", reason),
+            ],
+        );
+        assert_eq!(n, Some(1.0), "{reason}");
+    }
+}

@@ -665,6 +665,18 @@ async fn v3_bad_keys_ciphertexts_and_signatures_are_401() {
     }
     assert_eq!(up.count(), 0);
     assert_eq!(gw.count(V3, "wechat_v3", "bad_signature").await, n);
+    // Each is counted under its own reason; the probe never looks like an attack.
+    let text = gw.get_admin("/metrics").await.text();
+    let reason = |r: &str| {
+        find_metric(
+            &text,
+            "callgate_rejections_total",
+            &[("route", V3), ("provider", "wechat_v3"), ("reason", r)],
+        )
+    };
+    assert_eq!(reason("probe_signature"), Some(1.0));
+    assert_eq!(reason("unknown_serial"), Some(1.0));
+    assert!(reason("bad_digest").unwrap_or(0.0) >= 2.0);
     // Still serving after the probe.
     let (h, b) = v3_signed("v3_pay.json", "n-after-probe");
     assert_eq!(gw.send_owned(V3_PATH, &h, &b).await.status, 200);

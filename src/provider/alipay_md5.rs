@@ -398,6 +398,14 @@ pub enum NotifyVerifyError {
 }
 
 impl NotifyVerifyError {
+    /// The `reason` label of `callgate_rejections_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            NotifyVerifyError::Denied(_) => "notify_verify_denied",
+            _ => "notify_verify_unavailable",
+        }
+    }
+
     /// A denial is a bad signature (401); not getting an answer is the
     /// gateway's problem (502), so Alipay retries.
     pub fn outcome(&self) -> Outcome {

@@ -290,6 +290,10 @@ pub enum VerifyError {
     SignatureEncoding,
     #[error("signature does not verify with the route's key")]
     SignatureMismatch,
+    /// WeChat Pay's deliberate probe (`WECHATPAY/SIGNTEST/...`): refused like
+    /// any bad signature, labelled apart so it never pages anyone.
+    #[error("WeChat Pay signature probe (WECHATPAY/SIGNTEST/), refused as it should be")]
+    ProbeSignature,
     #[error("sign_type `{0}` is not supported")]
     UnsupportedSignType(String),
     #[error(
@@ -349,11 +353,45 @@ pub enum VerifyError {
 }
 
 impl VerifyError {
+    /// The `reason` label of `callgate_rejections_total`: a bounded set that
+    /// says what failed without saying which value.
+    pub fn label(&self) -> &'static str {
+        match self {
+            VerifyError::MissingSignature => "signature_missing",
+            VerifyError::SignatureEncoding => "signature_encoding",
+            VerifyError::SignatureMismatch => "bad_digest",
+            VerifyError::ProbeSignature => "probe_signature",
+            VerifyError::UnsupportedSignType(_) | VerifyError::LegacySignType(_) => {
+                "sign_type_unsupported"
+            }
+            VerifyError::CertSnMismatch { .. } => "cert_sn_mismatch",
+            VerifyError::MerchantMismatch { .. } => "merchant_mismatch",
+            VerifyError::MissingField(_) => "missing_field",
+            VerifyError::Charset(_) | VerifyError::FieldEncoding { .. } => "charset",
+            VerifyError::BadTime { .. } => "bad_time",
+            VerifyError::PlatformFailure { .. } => "platform_failure",
+            VerifyError::BadValue { .. }
+            | VerifyError::BadField { .. }
+            | VerifyError::Content(_) => "bad_value",
+            VerifyError::MissingHeader(_) | VerifyError::BadHeader { .. } => "bad_header",
+            VerifyError::KeySerialUnknown { .. } => "unknown_serial",
+            VerifyError::CertificateNotValid { .. } => "cert_expired",
+            VerifyError::UnsupportedAlgorithm(_) | VerifyError::UnsupportedScheme(_) => {
+                "scheme_unsupported"
+            }
+            VerifyError::PayloadFormat => "bad_value",
+            VerifyError::UnknownCertId(_) => "unknown_cert_id",
+            VerifyError::CertRejected(_) => "cert_rejected",
+            VerifyError::Decrypt(_) => "decrypt_failed",
+        }
+    }
+
     pub fn outcome(&self) -> Outcome {
         match self {
             VerifyError::MissingSignature
             | VerifyError::SignatureEncoding
             | VerifyError::SignatureMismatch
+            | VerifyError::ProbeSignature
             | VerifyError::UnsupportedSignType(_)
             | VerifyError::MerchantMismatch { .. }
             | VerifyError::LegacySignType(_)

@@ -274,6 +274,9 @@ impl Keys {
             return Err(VerifyError::UnsupportedSignType(shown(t.as_bytes())));
         }
         let signature = header(headers, "wechatpay-signature")?;
+        if signature.starts_with("WECHATPAY/SIGNTEST/") {
+            return Err(VerifyError::ProbeSignature);
+        }
         let serial = header(headers, "wechatpay-serial")?;
         let timestamp = header(headers, "wechatpay-timestamp")?;
         let nonce = header(headers, "wechatpay-nonce")?;
