@@ -167,6 +167,22 @@ struct GatewayFile {
     limits: LimitsFile,
     #[serde(default)]
     journal: JournalFile,
+    #[serde(default)]
+    reload: ReloadFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReloadFile {
+    /// Reload when the gateway file, a rule file or a file they name changes.
+    #[serde(default = "default_true")]
+    watch: bool,
+}
+
+impl Default for ReloadFile {
+    fn default() -> Self {
+        ReloadFile { watch: true }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -339,6 +355,8 @@ pub struct Config {
     pub limits: Limits,
     /// The delivery journal; `None` when disabled.
     pub journal: Option<crate::journal::JournalConfig>,
+    /// Follow configuration files and reload on change (SIGHUP always works).
+    pub watch: bool,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Arc<[IpNet]>,
 }
@@ -408,6 +426,9 @@ pub struct Loaded {
     /// Valid but risky settings, printed by `check` and logged at start, as
     /// `PATH:LINE: warning: message`.
     pub warnings: Vec<String>,
+    /// Every file and directory this load read: a change to any of them
+    /// triggers a reload (`server` watches them).
+    pub files: Vec<PathBuf>,
 }
 
 /// Loads and validates the gateway file and every rule file it points to.
@@ -418,12 +439,22 @@ pub fn load(gateway_file: &Path) -> Result<Loaded, LoadErrors> {
         return Err(LoadErrors(problems));
     };
     let mut warnings = Vec::new();
-    let rules = crate::rules::load_dir(&config, &mut problems, &mut warnings);
+    let files = std::cell::RefCell::new(vec![gateway_file.to_path_buf(), config.rules_dir.clone()]);
+    if let Some(tls) = &config.tls {
+        files
+            .borrow_mut()
+            .extend([tls.cert.clone(), tls.key.clone()]);
+    }
+    let rules = crate::rules::load_dir(&config, &mut problems, &mut warnings, &files);
     if problems.is_empty() {
+        let mut files = files.into_inner();
+        files.sort();
+        files.dedup();
         Ok(Loaded {
             config,
             rules,
             warnings,
+            files,
         })
     } else {
         Err(LoadErrors(problems))
@@ -698,6 +729,7 @@ fn compile_gateway(file: &Path, problems: &mut Vec<Problem>) -> Option<Config> {
             tls_ca,
         },
         journal,
+        watch: raw.reload.watch,
         limits: Limits {
             max_body_bytes: *l.max_body_bytes.get_ref(),
             header_timeout: l.header_timeout.get_ref().0,

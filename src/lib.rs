@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod pipeline;
 pub mod provider;
+pub mod reload;
 pub mod replay;
 pub mod rules;
 pub mod secret;

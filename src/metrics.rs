@@ -22,6 +22,7 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     rejections: IntCounterVec,
+    merchant_requests: IntCounterVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
     reloads: IntCounterVec,
@@ -54,6 +55,13 @@ impl Metrics {
                 "Refused (or dry-run refused) notifications by detailed reason.",
             ),
             &["route", "provider", "reason"],
+        )?;
+        let merchant_requests = IntCounterVec::new(
+            Opts::new(
+                "callgate_merchant_requests_total",
+                "Notifications per merchant, for routes with merchant_label = true.",
+            ),
+            &["route", "merchant", "outcome"],
         )?;
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -100,6 +108,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(merchant_requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
@@ -120,6 +129,7 @@ impl Metrics {
             registry,
             requests,
             rejections,
+            merchant_requests,
             request_duration,
             upstream_duration,
             reloads,
@@ -163,6 +173,13 @@ impl Metrics {
         self.request_duration
             .with_label_values(&[route])
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts a notification under its merchant (opt-in per route).
+    pub fn merchant_request(&self, route: &str, merchant: &str, outcome: Outcome) {
+        self.merchant_requests
+            .with_label_values(&[route, merchant, outcome.as_str()])
+            .inc();
     }
 
     /// Counts a refusal by its detailed reason (a label from a fixed set).

@@ -23,8 +23,8 @@ use crate::journal::{self, Journal, OutcomeRecord, Record};
 use crate::metrics::Metrics;
 use crate::provider::Verified;
 use crate::replay::{self, Claim, Key, KeyKind, ReplayStore, Token};
-use crate::rules::{AllowMode, OnStoreError, Route, RuleSet};
-use crate::{allow, body, normalize};
+use crate::rules::{AllowMode, Merchant, OnStoreError, Route, RuleSet};
+use crate::{allow, body, normalize, provider};
 
 /// Everything a request needs, shared by all connections. Built in `main`
 /// (or a test), passed explicitly: no globals.
@@ -81,6 +81,8 @@ struct Ctx {
     label: Option<&'static str>,
     /// `allow_mode = "log"`: the address check that would have refused it.
     dry_run: Option<String>,
+    /// The merchant whose keys verified it (for `merchant_label` routes).
+    merchant: Option<Box<str>>,
 }
 
 impl Ctx {
@@ -109,6 +111,7 @@ pub async fn handle(
         reason: None,
         label: None,
         dry_run: None,
+        merchant: None,
     };
     let outcome = match flow(&state, &rules, &mut ctx, req).await {
         Ok(o) | Err(o) => o,
@@ -171,11 +174,22 @@ async fn flow(
     )
     .await
     .map_err(|e| ctx.reject(e.outcome(), e.label(), e))?;
-    let payload = body::parse(route.provider.format(), &parts.headers, &bytes)
+    let payload = body::parse(route.kind().format(), &parts.headers, &bytes)
         .map_err(|e| ctx.reject(Outcome::Malformed, e.label(), e))?;
 
+    // Several merchants may share the route: the claimed merchant picks the
+    // keys, which then verify that same field again.
+    let merchant = route
+        .merchant(provider::claimed_merchant(
+            route.kind(),
+            &parts.headers,
+            &payload,
+        ))
+        .map_err(|e| ctx.reject(e.outcome(), e.label(), e))?;
+    ctx.merchant = merchant.provider.merchant_id().map(Into::into);
+
     let now = replay::unix_now();
-    let verified = route
+    let verified = merchant
         .provider
         .verify(&parts.headers, &payload, now)
         .map_err(|e| ctx.reject(e.outcome(), e.label(), e))?;
@@ -236,7 +250,7 @@ async fn flow(
     // Legacy Alipay routes may also ask Alipay to vouch for the notify_id,
     // once per event: a duplicate was answered from the store above without
     // asking (Alipay invalidates a notify_id once it has seen `success`).
-    if let Some(atn) = route.provider.notify_verify()
+    if let Some(atn) = merchant.provider.notify_verify()
         && let Err(e) = atn
             .confirm(&state.client, &verified, limits.upstream_timeout)
             .await
@@ -265,7 +279,17 @@ async fn flow(
         }
     }
 
-    let result = deliver(state, &route, &verified, client, &parts.headers, bytes, now).await;
+    let result = deliver(
+        state,
+        &route,
+        merchant,
+        &verified,
+        client,
+        &parts.headers,
+        bytes,
+        now,
+    )
+    .await;
     let outcome = match &result {
         Ok(()) => {
             confirm(state, &route, &key, token).await;
@@ -284,9 +308,11 @@ async fn flow(
 }
 
 /// Forwards a verified notification and times the upstream.
+#[allow(clippy::too_many_arguments)]
 async fn deliver(
     state: &State,
     route: &Route,
+    merchant: &Merchant,
     verified: &Verified,
     client: IpAddr,
     incoming: &http::HeaderMap,
@@ -315,7 +341,7 @@ async fn deliver(
         now,
     };
     let sent = Instant::now();
-    let result = forward::forward(&state.client, &route.upstream, delivery).await;
+    let result = forward::forward(&state.client, &merchant.upstream, delivery).await;
     state.metrics.upstream(&route.name, sent.elapsed());
     result.map(|_| ())
 }
@@ -450,9 +476,12 @@ pub async fn redeliver(state: &State, rec: &journal::Received) -> Result<Outcome
         .client
         .parse()
         .map_err(|_| RedeliverError::Damaged("client address".into()))?;
-    let payload = body::parse(route.provider.format(), &headers, &body)
+    let payload = body::parse(route.kind().format(), &headers, &body)
         .map_err(|e| RedeliverError::Verify(e.to_string()))?;
-    let verified = route
+    let merchant = route
+        .merchant(provider::claimed_merchant(route.kind(), &headers, &payload))
+        .map_err(|e| RedeliverError::Verify(e.to_string()))?;
+    let verified = merchant
         .provider
         .verify(&headers, &payload, replay::unix_now())
         .map_err(|e| RedeliverError::Verify(e.to_string()))?;
@@ -478,6 +507,7 @@ pub async fn redeliver(state: &State, rec: &journal::Received) -> Result<Outcome
     let result = deliver(
         state,
         &route,
+        merchant,
         &verified,
         client,
         &headers,
@@ -507,6 +537,11 @@ fn finish(state: &State, ctx: &Ctx, outcome: Outcome, took: Duration) {
         None => ("-", "-"),
     };
     state.metrics.request(route, provider, outcome, took);
+    if let (Some(r), Some(m)) = (&ctx.route, &ctx.merchant)
+        && r.merchant_label
+    {
+        state.metrics.merchant_request(route, m, outcome);
+    }
     if !outcome.is_success() {
         let label = match outcome {
             Outcome::NotFound => "not_found",

@@ -23,7 +23,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use crate::allow::AllowList;
 use crate::config::{Config, Dur, Limits, Located, Problem, line_of, parse_net, resolve};
 use crate::forward::{ForwardMode, Upstream, UpstreamError};
-use crate::provider::{Provider, ProviderKind};
+use crate::provider::{Claimed, Provider, ProviderKind, VerifyError};
 use crate::secret::{Secret, SecretFileError};
 
 /// What is wrong in a rule file.
@@ -51,8 +51,18 @@ pub enum RuleError {
     },
     #[error("path `{path}` must start with `/` and hold no query, fragment or spaces")]
     BadPath { path: String },
-    #[error("allow entry `{value}` is not a CIDR like 110.75.0.0/16 or an address: {reason}")]
+    #[error(
+        "allow entry `{value}` is not a CIDR like 110.75.0.0/16, an address, or @set: {reason}"
+    )]
     Cidr { value: String, reason: String },
+    #[error("unknown IP set `{name}`: there is no ipsets/{set}.toml in the rules directory")]
+    UnknownIpSet { name: String, set: String },
+    #[error(
+        "IP set file name `{name}` must be letters, digits, `.`, `_` or `-` (it is how routes refer to it, as @name)"
+    )]
+    BadIpSetName { name: String },
+    #[error("cidrs entry `{value}` is not a CIDR or an address: {reason}")]
+    IpSetEntry { value: String, reason: String },
     #[error("upstream `{value}`: {reason}")]
     Upstream { value: String, reason: String },
     #[error("upstream_secret_file `{file}`: {reason}")]
@@ -79,6 +89,17 @@ pub enum RuleError {
     },
     #[error("keys.{field}: {reason}")]
     KeyValue { field: String, reason: String },
+    #[error("missing field `{field}`: {why}")]
+    MissingUpstream {
+        field: &'static str,
+        why: &'static str,
+    },
+    #[error("give either [route.keys] or [[route.merchant]] tables, not both")]
+    KeysAndMerchants,
+    #[error("merchant `{id}` is listed twice in this route (first at {first})")]
+    DuplicateMerchant { id: String, first: String },
+    #[error("a route with several merchants needs each merchant's id in its keys (keys.{field})")]
+    MerchantWithoutId { field: &'static str },
 }
 
 // === raw ===
@@ -96,10 +117,12 @@ pub struct RouteFile {
     pub provider: Spanned<ProviderKind>,
     /// CIDRs (or bare addresses) allowed to call; empty admits nobody.
     pub allow: Vec<Spanned<String>>,
-    /// Where verified notifications go: http:// or https:// URL.
-    pub upstream: Spanned<String>,
-    /// File holding the HMAC key for `X-Callgate-Signature`.
-    pub upstream_secret_file: Spanned<String>,
+    /// Where verified notifications go: http:// or https:// URL (a
+    /// merchant may override it).
+    pub upstream: Option<Spanned<String>>,
+    /// File holding the HMAC key for `X-Callgate-Signature` (a merchant may
+    /// override it).
+    pub upstream_secret_file: Option<Spanned<String>>,
     /// PEM CA bundle trusted for an https upstream instead of the system roots.
     pub upstream_ca: Option<Spanned<String>>,
     /// `original` (default) or `normalized`.
@@ -117,6 +140,23 @@ pub struct RouteFile {
     /// and counted as `ip_denied_dry_run`, to roll out an allow list.
     #[serde(default)]
     pub allow_mode: AllowMode,
+    /// Count notifications per merchant too, in
+    /// `callgate_merchant_requests_total` (off by default: merchant ids are
+    /// an unbounded label set in general).
+    #[serde(default)]
+    pub merchant_label: bool,
+}
+
+/// One `[[route.merchant]]` table of a route serving several merchants:
+/// its `keys` (taken out before this is deserialised) and optional overrides
+/// of the route's upstream settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MerchantFile {
+    pub upstream: Option<Spanned<String>>,
+    pub upstream_secret_file: Option<Spanned<String>>,
+    pub upstream_ca: Option<Spanned<String>>,
+    pub success_body: Option<Spanned<String>>,
 }
 
 /// Whether the allow list refuses or only reports.
@@ -146,9 +186,11 @@ pub enum OnStoreError {
 pub struct Route {
     pub name: Arc<str>,
     pub path: Box<str>,
-    pub provider: Provider,
+    kind: ProviderKind,
+    /// One, or several chosen by the signed merchant field.
+    merchants: Box<[Merchant]>,
+    pub merchant_label: bool,
     pub allow: AllowList,
-    pub upstream: Upstream,
     pub forward: ForwardMode,
     /// How old the signed time may be.
     pub max_age: Duration,
@@ -161,9 +203,44 @@ pub struct Route {
     pub line: usize,
 }
 
+/// One merchant of a route: the keys its notifications are verified with
+/// and where they go.
+#[derive(Debug)]
+pub struct Merchant {
+    pub provider: Provider,
+    pub upstream: Upstream,
+}
+
 impl Route {
     pub fn kind(&self) -> ProviderKind {
-        self.provider.kind()
+        self.kind
+    }
+
+    pub fn merchants(&self) -> &[Merchant] {
+        &self.merchants
+    }
+
+    /// The merchant whose keys verify a notification claiming `claim`. A
+    /// route with one merchant always answers it, so its verifier reports
+    /// a mismatch precisely; with several, an unknown merchant is refused.
+    pub fn merchant(&self, claim: Claimed<'_>) -> Result<&Merchant, VerifyError> {
+        if let [only] = &*self.merchants {
+            return Ok(only);
+        }
+        self.merchants
+            .iter()
+            .find(|m| m.provider.serves(&claim))
+            .ok_or_else(|| {
+                VerifyError::UnknownMerchant(match claim {
+                    Claimed::Id(id) => {
+                        format!("merchant `{}`", id.chars().take(64).collect::<String>())
+                    }
+                    Claimed::Serial(s) => {
+                        format!("key serial `{}`", s.chars().take(64).collect::<String>())
+                    }
+                    Claimed::Unknown => "no merchant field".to_owned(),
+                })
+            })
     }
 }
 
@@ -203,6 +280,8 @@ pub struct FileCtx<'a> {
     pub src: &'a str,
     problems: &'a mut Vec<Problem>,
     warnings: &'a mut Vec<String>,
+    /// Every file this load read or named, for the reload watcher.
+    files: &'a std::cell::RefCell<Vec<PathBuf>>,
     failed: bool,
 }
 
@@ -252,9 +331,12 @@ impl<'a> FileCtx<'a> {
         }
     }
 
-    /// Resolves a path named in this file against the file's directory.
+    /// Resolves a path named in this file against the file's directory, and
+    /// remembers it: a change to it triggers a reload.
     pub fn resolve(&self, p: &str) -> PathBuf {
-        resolve(self.dir, p)
+        let path = resolve(self.dir, p);
+        self.files.borrow_mut().push(path.clone());
+        path
     }
 
     /// `file:line` of a span, for messages that point back at a definition.
@@ -263,11 +345,107 @@ impl<'a> FileCtx<'a> {
     }
 }
 
+/// An IP set file (`<rules_dir>/ipsets/NAME.toml`): a named list of CIDRs
+/// that routes use in `allow` as `"@NAME"`. A comment should say where the
+/// list comes from and when it was copied.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpSetFile {
+    /// CIDRs or bare addresses.
+    pub cidrs: Vec<Spanned<String>>,
+}
+
+/// Named IP sets, by name.
+type IpSets = HashMap<String, Vec<IpNet>>;
+
+/// Loads `<rules_dir>/ipsets/*.toml` (absent directory: no sets).
+fn load_ipsets(
+    config: &Config,
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<String>,
+    touched: &std::cell::RefCell<Vec<PathBuf>>,
+) -> IpSets {
+    let dir = config.rules_dir.join("ipsets");
+    touched.borrow_mut().push(dir.clone());
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    let mut sets = IpSets::new();
+    for file in files {
+        let src = match std::fs::read_to_string(&file) {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push(Problem::Rule(Located {
+                    file: file.clone(),
+                    line: None,
+                    error: RuleError::Read {
+                        reason: crate::config::io_reason(&e),
+                    },
+                }));
+                continue;
+            }
+        };
+        let name = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dir = file.parent().unwrap_or(Path::new("")).to_path_buf();
+        touched.borrow_mut().push(file.clone());
+        let mut ctx = FileCtx {
+            file: &file,
+            dir: &dir,
+            src: &src,
+            problems,
+            warnings,
+            files: touched,
+            failed: false,
+        };
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            ctx.error(0..0, RuleError::BadIpSetName { name });
+            continue;
+        }
+        let raw: IpSetFile = match toml::from_str(&src) {
+            Ok(r) => r,
+            Err(e) => {
+                ctx.toml_error(0..0, &e);
+                continue;
+            }
+        };
+        let mut nets = Vec::with_capacity(raw.cidrs.len());
+        for entry in &raw.cidrs {
+            match parse_net(entry.get_ref()) {
+                Ok(n) => nets.push(n),
+                Err(reason) => ctx.error(
+                    entry.span(),
+                    RuleError::IpSetEntry {
+                        value: entry.get_ref().clone(),
+                        reason,
+                    },
+                ),
+            }
+        }
+        if !ctx.failed {
+            sets.insert(name, nets);
+        }
+    }
+    sets
+}
+
 /// Loads every `*.toml` in the configured rules directory, in name order.
 pub fn load_dir(
     config: &Config,
     problems: &mut Vec<Problem>,
     warnings: &mut Vec<String>,
+    touched: &std::cell::RefCell<Vec<PathBuf>>,
 ) -> RuleSet {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(&config.rules_dir) {
         Ok(rd) => rd
@@ -279,9 +457,21 @@ pub fn load_dir(
     files.sort();
 
     let mut routes: HashMap<Box<str>, Arc<Route>> = HashMap::new();
-    let mut seen = Seen::default();
+    let mut seen = Seen {
+        ipsets: load_ipsets(config, problems, warnings, touched),
+        ..Seen::default()
+    };
     for file in &files {
-        load_file(config, file, problems, warnings, &mut routes, &mut seen);
+        touched.borrow_mut().push(file.clone());
+        load_file(
+            config,
+            file,
+            problems,
+            warnings,
+            touched,
+            &mut routes,
+            &mut seen,
+        );
     }
     RuleSet {
         routes,
@@ -295,6 +485,7 @@ fn load_file(
     file: &Path,
     problems: &mut Vec<Problem>,
     warnings: &mut Vec<String>,
+    touched: &std::cell::RefCell<Vec<PathBuf>>,
     routes: &mut HashMap<Box<str>, Arc<Route>>,
     seen: &mut Seen,
 ) {
@@ -318,6 +509,7 @@ fn load_file(
         src: &src,
         problems,
         warnings,
+        files: touched,
         failed: false,
     };
     let (doc, errors) = DeTable::parse_recoverable(&src);
@@ -355,6 +547,8 @@ fn load_file(
 struct Seen {
     names: HashMap<String, String>,
     paths: HashMap<String, (String, String)>,
+    /// Named IP sets from `ipsets/`.
+    ipsets: IpSets,
 }
 
 fn compile_route(
@@ -370,6 +564,7 @@ fn compile_route(
         return None;
     };
     let keys = table.remove("keys");
+    let merchant_tables = table.remove("merchant");
     let raw: RouteFile = ctx.deserialize(Spanned::new(span.clone(), DeValue::Table(table)))?;
 
     let name = raw.name.get_ref();
@@ -411,6 +606,19 @@ fn compile_route(
 
     let mut nets = Vec::with_capacity(raw.allow.len());
     for entry in &raw.allow {
+        if let Some(set) = entry.get_ref().strip_prefix('@') {
+            match seen.ipsets.get(set) {
+                Some(list) => nets.extend_from_slice(list),
+                None => ctx.error(
+                    entry.span(),
+                    RuleError::UnknownIpSet {
+                        name: entry.get_ref().clone(),
+                        set: set.to_owned(),
+                    },
+                ),
+            }
+            continue;
+        }
         match parse_net(entry.get_ref()) {
             Ok(n) => nets.push(n),
             Err(reason) => ctx.error(
@@ -422,81 +630,6 @@ fn compile_route(
             ),
         }
     }
-
-    let secret_file = raw.upstream_secret_file.get_ref();
-    let secret = match Secret::from_file(&ctx.resolve(secret_file)) {
-        Ok(s) => Some(s),
-        Err(reason) => {
-            ctx.error(
-                raw.upstream_secret_file.span(),
-                RuleError::SecretFile {
-                    file: secret_file.clone(),
-                    reason,
-                },
-            );
-            None
-        }
-    };
-    let ca = raw
-        .upstream_ca
-        .as_ref()
-        .map(|c| (ctx.resolve(c.get_ref()), c));
-    let success_body = match &raw.success_body {
-        Some(s) if s.get_ref().is_empty() => {
-            ctx.error(s.span(), RuleError::EmptySuccessBody);
-            None
-        }
-        Some(s) => Some(s.get_ref().as_bytes().to_vec().into_boxed_slice()),
-        None => None,
-    };
-    let upstream = match secret {
-        Some(secret) => match Upstream::new(
-            raw.upstream.get_ref(),
-            secret,
-            ca.as_ref().map(|(p, _)| p.as_path()),
-            success_body,
-            config.limits.upstream_timeout,
-        ) {
-            Ok(u) => Some(u),
-            Err(UpstreamError::Ca(reason)) => {
-                if let Some((_, c)) = &ca {
-                    ctx.error(
-                        c.span(),
-                        RuleError::UpstreamCa {
-                            file: c.get_ref().clone(),
-                            reason,
-                        },
-                    );
-                }
-                None
-            }
-            Err(UpstreamError::Uri(reason)) => {
-                ctx.error(
-                    raw.upstream.span(),
-                    RuleError::Upstream {
-                        value: raw.upstream.get_ref().clone(),
-                        reason,
-                    },
-                );
-                None
-            }
-        },
-        None => {
-            // Still report a bad URL alongside the secret problem.
-            if let Err(UpstreamError::Uri(reason)) =
-                crate::forward::parse_upstream_uri(raw.upstream.get_ref())
-            {
-                ctx.error(
-                    raw.upstream.span(),
-                    RuleError::Upstream {
-                        value: raw.upstream.get_ref().clone(),
-                        reason,
-                    },
-                );
-            }
-            None
-        }
-    };
 
     let kind = *raw.provider.get_ref();
     let max_age = match &raw.max_age {
@@ -527,9 +660,18 @@ fn compile_route(
         );
     }
 
-    let provider = match keys {
-        Some(value) => Provider::compile(kind, value, ctx),
-        None => {
+    let defaults = UpstreamRaw {
+        upstream: raw.upstream.as_ref(),
+        secret_file: raw.upstream_secret_file.as_ref(),
+        ca: raw.upstream_ca.as_ref(),
+        success_body: raw.success_body.as_ref(),
+    };
+    let merchants = match (keys, merchant_tables) {
+        (Some(_), Some(m)) => {
+            ctx.error(m.span(), RuleError::KeysAndMerchants);
+            None
+        }
+        (None, None) => {
             ctx.error(
                 span.clone(),
                 RuleError::MissingKeys {
@@ -537,8 +679,17 @@ fn compile_route(
                     needs: kind.keys_hint(),
                 },
             );
+            compile_upstream(config, ctx, &defaults, None, span.clone());
             None
         }
+        (Some(value), None) => {
+            let provider = Provider::compile(kind, value, ctx);
+            let upstream = compile_upstream(config, ctx, &defaults, None, span.clone());
+            provider
+                .zip(upstream)
+                .map(|(provider, upstream)| vec![Merchant { provider, upstream }])
+        }
+        (None, Some(tables)) => compile_merchants(config, ctx, kind, &defaults, tables),
     };
 
     if ctx.failed {
@@ -547,9 +698,10 @@ fn compile_route(
     Some(Route {
         name: name.as_str().into(),
         path: path.as_str().into(),
-        provider: provider?,
+        kind,
+        merchants: merchants?.into_boxed_slice(),
+        merchant_label: raw.merchant_label,
         allow: AllowList::new(nets),
-        upstream: upstream?,
         forward: raw.forward,
         on_store_error: raw.on_store_error,
         allow_mode: raw.allow_mode,
@@ -558,4 +710,202 @@ fn compile_route(
         file: ctx.file.to_path_buf(),
         line: line_of(ctx.src, span.start),
     })
+}
+
+/// The upstream settings of a route or of one of its merchants, as written.
+struct UpstreamRaw<'a> {
+    upstream: Option<&'a Spanned<String>>,
+    secret_file: Option<&'a Spanned<String>>,
+    ca: Option<&'a Spanned<String>>,
+    success_body: Option<&'a Spanned<String>>,
+}
+
+/// Compiles an upstream: a merchant's own settings over the route's.
+fn compile_upstream(
+    config: &Config,
+    ctx: &mut FileCtx<'_>,
+    route: &UpstreamRaw<'_>,
+    merchant: Option<&UpstreamRaw<'_>>,
+    at: Range<usize>,
+) -> Option<Upstream> {
+    let url = merchant.and_then(|m| m.upstream).or(route.upstream);
+    let secret_file = merchant.and_then(|m| m.secret_file).or(route.secret_file);
+    let ca = merchant.and_then(|m| m.ca).or(route.ca);
+    let success_body = merchant.and_then(|m| m.success_body).or(route.success_body);
+
+    let secret = match secret_file {
+        None => {
+            ctx.error(
+                at.clone(),
+                RuleError::MissingUpstream {
+                    field: "upstream_secret_file",
+                    why: "give the file holding the HMAC key for X-Callgate-Signature",
+                },
+            );
+            None
+        }
+        Some(file) => match Secret::from_file(&ctx.resolve(file.get_ref())) {
+            Ok(s) => Some(s),
+            Err(reason) => {
+                ctx.error(
+                    file.span(),
+                    RuleError::SecretFile {
+                        file: file.get_ref().clone(),
+                        reason,
+                    },
+                );
+                None
+            }
+        },
+    };
+    let Some(url) = url else {
+        ctx.error(
+            at,
+            RuleError::MissingUpstream {
+                field: "upstream",
+                why: "give the shop's notify URL (http:// or https://)",
+            },
+        );
+        return None;
+    };
+    let success_body = match success_body {
+        Some(s) if s.get_ref().is_empty() => {
+            ctx.error(s.span(), RuleError::EmptySuccessBody);
+            None
+        }
+        Some(s) => Some(s.get_ref().as_bytes().to_vec().into_boxed_slice()),
+        None => None,
+    };
+    let bad_url = |ctx: &mut FileCtx<'_>, reason: String| {
+        ctx.error(
+            url.span(),
+            RuleError::Upstream {
+                value: url.get_ref().clone(),
+                reason,
+            },
+        );
+    };
+    let Some(secret) = secret else {
+        // Still report a bad URL alongside the secret problem.
+        if let Err(UpstreamError::Uri(reason)) = crate::forward::parse_upstream_uri(url.get_ref()) {
+            bad_url(ctx, reason);
+        }
+        return None;
+    };
+    let ca_path = ca.map(|c| ctx.resolve(c.get_ref()));
+    match Upstream::new(
+        url.get_ref(),
+        secret,
+        ca_path.as_deref(),
+        success_body,
+        config.limits.upstream_timeout,
+    ) {
+        Ok(u) => Some(u),
+        Err(UpstreamError::Ca(reason)) => {
+            if let Some(c) = ca {
+                ctx.error(
+                    c.span(),
+                    RuleError::UpstreamCa {
+                        file: c.get_ref().clone(),
+                        reason,
+                    },
+                );
+            }
+            None
+        }
+        Err(UpstreamError::Uri(reason)) => {
+            bad_url(ctx, reason);
+            None
+        }
+    }
+}
+
+/// Compiles the `[[route.merchant]]` tables of a route.
+fn compile_merchants(
+    config: &Config,
+    ctx: &mut FileCtx<'_>,
+    kind: ProviderKind,
+    defaults: &UpstreamRaw<'_>,
+    tables: Spanned<DeValue<'_>>,
+) -> Option<Vec<Merchant>> {
+    let span = tables.span();
+    let DeValue::Array(items) = tables.into_inner() else {
+        ctx.error(span, RuleError::RouteShape);
+        return None;
+    };
+    let mut merchants = Vec::with_capacity(items.len());
+    let mut ids: HashMap<String, String> = HashMap::new();
+    let mut ok = true;
+    for item in items {
+        let item_span = item.span();
+        let DeValue::Table(mut table) = item.into_inner() else {
+            ctx.error(item_span, RuleError::RouteShape);
+            ok = false;
+            continue;
+        };
+        let keys = table.remove("keys");
+        let Some(raw) =
+            ctx.deserialize::<MerchantFile>(Spanned::new(item_span.clone(), DeValue::Table(table)))
+        else {
+            ok = false;
+            continue;
+        };
+        let own = UpstreamRaw {
+            upstream: raw.upstream.as_ref(),
+            secret_file: raw.upstream_secret_file.as_ref(),
+            ca: raw.upstream_ca.as_ref(),
+            success_body: raw.success_body.as_ref(),
+        };
+        let provider = match keys {
+            Some(k) => Provider::compile(kind, k, ctx),
+            None => {
+                ctx.error(
+                    item_span.clone(),
+                    RuleError::MissingKeys {
+                        provider: kind.as_str(),
+                        needs: kind.keys_hint(),
+                    },
+                );
+                None
+            }
+        };
+        let upstream = compile_upstream(config, ctx, defaults, Some(&own), item_span.clone());
+        let (Some(provider), Some(upstream)) = (provider, upstream) else {
+            ok = false;
+            continue;
+        };
+        match provider.merchant_id() {
+            None => {
+                ctx.error(item_span, RuleError::MerchantWithoutId { field: "mer_id" });
+                ok = false;
+                continue;
+            }
+            Some(id) => {
+                if let Some(first) = ids.get(id) {
+                    ctx.error(
+                        item_span,
+                        RuleError::DuplicateMerchant {
+                            id: id.to_owned(),
+                            first: first.clone(),
+                        },
+                    );
+                    ok = false;
+                    continue;
+                }
+                ids.insert(id.to_owned(), ctx.here(item_span));
+            }
+        }
+        merchants.push(Merchant { provider, upstream });
+    }
+    if merchants.is_empty() && ok {
+        ctx.error(
+            span,
+            RuleError::MissingKeys {
+                provider: kind.as_str(),
+                needs: kind.keys_hint(),
+            },
+        );
+        return None;
+    }
+    ok.then_some(merchants)
 }

@@ -22,8 +22,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,10 +39,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{self, Config, LoadErrors, Loaded};
+use arc_swap::ArcSwap;
+
+use crate::config::{self, Config, Loaded};
 use crate::forward::HttpClient;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, State};
+use crate::reload::Live;
+pub use crate::reload::ReloadError;
 use crate::replay::{self, ReplayStore};
 use crate::{admin, forward};
 
@@ -62,18 +66,6 @@ pub enum StartError {
     Journal(#[from] crate::journal::JournalError),
 }
 
-/// Why a reload was refused; the running rules stay.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("{0}")]
-    Invalid(LoadErrors),
-    #[error("{}: {} cannot change while running; restart callgate to apply it", file.display(), fields.join(", "))]
-    Fixed {
-        file: std::path::PathBuf,
-        fields: Vec<&'static str>,
-    },
-}
-
 /// A running gateway.
 pub struct Gateway {
     /// Where the notification listener is bound.
@@ -81,7 +73,8 @@ pub struct Gateway {
     /// Where the admin listener is bound, if configured.
     pub admin_addr: Option<SocketAddr>,
     pub state: Arc<State>,
-    config: Mutex<Config>,
+    live: Arc<Live>,
+    watcher: Option<JoinHandle<()>>,
     stop_main: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
     main_task: JoinHandle<()>,
@@ -99,6 +92,7 @@ pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gat
         config,
         rules,
         warnings,
+        files,
     } = loaded;
     for w in &warnings {
         tracing::warn!(warning = %w, "configuration");
@@ -134,31 +128,37 @@ pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gat
 
     let (stop_main, main_rx) = watch::channel(false);
     let (stop_admin, admin_rx) = watch::channel(false);
-    let tls = config
-        .tls
-        .as_ref()
-        .map(|t| TlsAcceptor::from(t.server.clone()));
+    let limits = config.limits;
+    let tls_on = config.tls.is_some();
+    let watch_files = config.watch;
+    let live = Arc::new(Live::new(config, state.clone(), files));
     let main_task = tokio::spawn(serve_notifications(
         listener,
-        tls,
+        live.tls.clone(),
         state.clone(),
-        config.limits,
+        limits,
         main_rx,
     ));
     let admin_task = admin_listener.map(|l| tokio::spawn(serve_admin(l, state.clone(), admin_rx)));
     tracing::info!(
         listen = %addr,
-        tls = config.tls.is_some(),
+        tls = tls_on,
         admin = %admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         routes = state.rules.load().len(),
         store = state.store.kind(),
         "callgate serving"
     );
+    let watcher = if watch_files {
+        crate::reload::watch(live.clone())
+    } else {
+        None
+    };
     Ok(Gateway {
         addr,
         admin_addr,
         state,
-        config: Mutex::new(config),
+        live,
+        watcher,
         stop_main,
         stop_admin,
         main_task,
@@ -214,60 +214,25 @@ pub fn build_state(
 }
 
 impl Gateway {
-    /// Re-reads the gateway file and every rule file; swaps the new rule set
-    /// in when it is valid and changes nothing that needs a restart. Returns
-    /// the number of routes now live.
+    /// Re-reads the gateway file and every rule file, key and certificate;
+    /// swaps them in when valid (see [`crate::reload`]). Returns the number
+    /// of routes now live.
     pub fn reload(&self) -> Result<usize, ReloadError> {
-        let running = match self.config.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let result = match config::load(&running.file) {
-            Err(errors) => Err(ReloadError::Invalid(errors)),
-            Ok(loaded) => {
-                let fields = fixed_changes(&running, &loaded.config);
-                if fields.is_empty() {
-                    Ok(loaded)
-                } else {
-                    Err(ReloadError::Fixed {
-                        file: running.file.clone(),
-                        fields,
-                    })
-                }
-            }
-        };
-        match result {
-            Ok(loaded) => {
-                let n = loaded.rules.len();
-                self.state
-                    .metrics
-                    .rules_loaded(&loaded.rules, replay::unix_now());
-                self.state.rules.store(Arc::new(loaded.rules));
-                self.state.metrics.reload(true);
-                tracing::info!(routes = n, "rules reloaded");
-                Ok(n)
-            }
-            Err(e) => {
-                self.state.metrics.reload(false);
-                match &e {
-                    ReloadError::Invalid(errors) => {
-                        for problem in &errors.0 {
-                            tracing::error!(problem = %problem, "reload refused; the running rules stay");
-                        }
-                    }
-                    ReloadError::Fixed { .. } => {
-                        tracing::error!(problem = %e, "reload refused; the running rules stay");
-                    }
-                }
-                Err(e)
-            }
-        }
+        self.live.reload()
+    }
+
+    /// Changes after every reload attempt (SIGHUP or file watch).
+    pub fn reloads(&self) -> watch::Receiver<u64> {
+        self.live.reloads()
     }
 
     /// Stops accepting, drains in-flight notifications (bounded by
     /// `limits.drain_timeout`), then stops the admin listener.
     pub async fn shutdown(self) {
         self.state.draining.store(true, Ordering::Relaxed);
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
         let _ = self.stop_main.send(true);
         let _ = self.main_task.await;
         let _ = self.stop_admin.send(true);
@@ -281,47 +246,9 @@ impl Gateway {
     }
 }
 
-/// Settings a reload cannot apply.
-fn fixed_changes(running: &Config, new: &Config) -> Vec<&'static str> {
-    let mut changed = Vec::new();
-    let tls_paths = |c: &Config| c.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone()));
-    let checks: [(&'static str, bool); 9] = [
-        ("listen.addr", running.listen != new.listen),
-        (
-            "listen.tls_cert/tls_key",
-            tls_paths(running) != tls_paths(new),
-        ),
-        ("admin.addr", running.admin != new.admin),
-        ("replay.store", running.replay.store != new.replay.store),
-        ("replay.ttl", running.replay.ttl != new.replay.ttl),
-        (
-            "replay.max_entries",
-            running.replay.max_entries != new.replay.max_entries,
-        ),
-        (
-            "limits.header_timeout",
-            running.limits.header_timeout != new.limits.header_timeout,
-        ),
-        (
-            "limits.tls_handshake_timeout",
-            running.limits.tls_handshake_timeout != new.limits.tls_handshake_timeout,
-        ),
-        (
-            "limits.drain_timeout",
-            running.limits.drain_timeout != new.limits.drain_timeout,
-        ),
-    ];
-    for (field, differs) in checks {
-        if differs {
-            changed.push(field);
-        }
-    }
-    changed
-}
-
 async fn serve_notifications(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     state: Arc<State>,
     limits: config::Limits,
     mut stop: watch::Receiver<bool>,
@@ -352,8 +279,9 @@ async fn serve_notifications(
             None => {
                 tokio::spawn(connection(tcp, peer, state, builder, watcher));
             }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
+            Some(tls) => {
+                // The certificate in force now: a reload swaps it for new connections.
+                let acceptor = TlsAcceptor::from(tls.load_full());
                 let timeout = limits.tls_handshake_timeout;
                 tokio::spawn(async move {
                     match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {

@@ -72,6 +72,11 @@ pub struct Keys {
 const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
 
 impl Keys {
+    /// The merchant these keys belong to: the app's `app_id`.
+    pub fn merchant_id(&self) -> &str {
+        &self.app_id
+    }
+
     pub(super) fn compile(value: Spanned<DeValue<'_>>, ctx: &mut FileCtx<'_>) -> Option<Keys> {
         let span = value.span();
         let raw: KeysFile = ctx.deserialize(value)?;

@@ -110,6 +110,11 @@ fn is_partner_id(s: &str) -> bool {
 }
 
 impl Keys {
+    /// The merchant these keys belong to: the `seller_id` (the partner id).
+    pub fn merchant_id(&self) -> &str {
+        &self.seller_id
+    }
+
     pub(super) fn compile(value: Spanned<DeValue<'_>>, ctx: &mut FileCtx<'_>) -> Option<Keys> {
         let raw: KeysFile = ctx.deserialize(value)?;
         let mut ok = true;

@@ -406,6 +406,11 @@ pub(crate) fn public_key_from_file(path: &std::path::Path) -> Result<rsa::RsaPub
 }
 
 impl Keys {
+    /// The merchant these keys belong to: `merchant`.
+    pub fn merchant_id(&self) -> &str {
+        &self.merchant
+    }
+
     pub(super) fn compile(value: Spanned<DeValue<'_>>, ctx: &mut FileCtx<'_>) -> Option<Keys> {
         let raw: KeysFile = ctx.deserialize(value)?;
         let merchant = raw.merchant.get_ref().trim();

@@ -88,6 +88,16 @@ impl ProviderKind {
         }
     }
 
+    /// The body format this provider's notifications use.
+    pub fn format(self) -> Format {
+        match self {
+            ProviderKind::Alipay | ProviderKind::AlipayMd5 | ProviderKind::Unionpay => Format::Form,
+            ProviderKind::WechatV2 => Format::Xml,
+            ProviderKind::WechatV3 => Format::Json,
+            ProviderKind::Jdpay => Format::JdXml,
+        }
+    }
+
     /// What `[route.keys]` must hold, for error messages.
     pub fn keys_hint(self) -> &'static str {
         match self {
@@ -126,13 +136,28 @@ impl Provider {
         }
     }
 
-    /// The body format this provider's notifications use.
-    pub fn format(&self) -> Format {
+    /// The merchant these keys belong to (Alipay `app_id`, legacy Alipay
+    /// partner / `seller_id`, WeChat `mch_id`, UnionPay `merId`, JD
+    /// `merchant`); `None` when the keys do not name one (UnionPay without
+    /// `mer_id`).
+    pub fn merchant_id(&self) -> Option<&str> {
         match self {
-            Provider::Alipay(_) | Provider::AlipayMd5(_) | Provider::Unionpay(_) => Format::Form,
-            Provider::WechatV2(_) => Format::Xml,
-            Provider::WechatV3(_) => Format::Json,
-            Provider::Jdpay(_) => Format::JdXml,
+            Provider::Alipay(k) => Some(k.merchant_id()),
+            Provider::AlipayMd5(k) => Some(k.merchant_id()),
+            Provider::WechatV2(k) => Some(k.merchant_id()),
+            Provider::WechatV3(k) => Some(k.merchant_id()),
+            Provider::Unionpay(k) => k.merchant_id(),
+            Provider::Jdpay(k) => Some(k.merchant_id()),
+        }
+    }
+
+    /// Whether these keys are the ones for a notification that claims
+    /// `claim`, read before verification (see [`claimed_merchant`]).
+    pub fn serves(&self, claim: &Claimed<'_>) -> bool {
+        match (self, claim) {
+            (Provider::WechatV3(k), Claimed::Serial(serial)) => k.knows_serial(serial),
+            (_, Claimed::Id(id)) => self.merchant_id() == Some(*id),
+            _ => false,
         }
     }
 
@@ -184,6 +209,42 @@ impl Provider {
             _ => None,
         }
     }
+}
+
+/// Which merchant a notification says it is for, before anything is
+/// verified: only used to pick the keys to verify with, which check the
+/// same field again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed<'a> {
+    /// The signed merchant field.
+    Id(&'a str),
+    /// WeChat v3 hides `mchid` in the encrypted resource: the platform key
+    /// serial picks the merchant instead.
+    Serial(&'a str),
+    Unknown,
+}
+
+/// Reads the merchant a notification claims (see [`Claimed`]).
+pub fn claimed_merchant<'a>(
+    kind: ProviderKind,
+    headers: &'a HeaderMap,
+    payload: &'a Payload,
+) -> Claimed<'a> {
+    let id = match (kind, payload) {
+        (ProviderKind::Alipay, Payload::Form(f)) => f.get_str("app_id"),
+        (ProviderKind::AlipayMd5, Payload::Form(f)) => f.get_str("seller_id"),
+        (ProviderKind::Unionpay, Payload::Form(f)) => f.get_str("merId"),
+        (ProviderKind::WechatV2, Payload::Xml(x)) => x.get("mch_id"),
+        (ProviderKind::Jdpay, Payload::JdXml(e)) => Some(e.merchant.as_str()),
+        (ProviderKind::WechatV3, _) => {
+            return headers
+                .get("wechatpay-serial")
+                .and_then(|v| v.to_str().ok())
+                .map_or(Claimed::Unknown, Claimed::Serial);
+        }
+        _ => None,
+    };
+    id.map_or(Claimed::Unknown, Claimed::Id)
 }
 
 // === Verified ===
@@ -290,6 +351,8 @@ pub enum VerifyError {
     SignatureEncoding,
     #[error("signature does not verify with the route's key")]
     SignatureMismatch,
+    #[error("no merchant of this route matches the notification ({0})")]
+    UnknownMerchant(String),
     /// WeChat Pay's deliberate probe (`WECHATPAY/SIGNTEST/...`): refused like
     /// any bad signature, labelled apart so it never pages anyone.
     #[error("WeChat Pay signature probe (WECHATPAY/SIGNTEST/), refused as it should be")]
@@ -366,6 +429,7 @@ impl VerifyError {
             }
             VerifyError::CertSnMismatch { .. } => "cert_sn_mismatch",
             VerifyError::MerchantMismatch { .. } => "merchant_mismatch",
+            VerifyError::UnknownMerchant(_) => "unknown_merchant",
             VerifyError::MissingField(_) => "missing_field",
             VerifyError::Charset(_) | VerifyError::FieldEncoding { .. } => "charset",
             VerifyError::BadTime { .. } => "bad_time",
@@ -392,6 +456,7 @@ impl VerifyError {
             | VerifyError::SignatureEncoding
             | VerifyError::SignatureMismatch
             | VerifyError::ProbeSignature
+            | VerifyError::UnknownMerchant(_)
             | VerifyError::UnsupportedSignType(_)
             | VerifyError::MerchantMismatch { .. }
             | VerifyError::LegacySignType(_)

@@ -149,6 +149,11 @@ fn parse(der: &[u8]) -> Option<X509Certificate<'_>> {
 }
 
 impl Keys {
+    /// The merchant these keys belong to: `mer_id`, when configured.
+    pub fn merchant_id(&self) -> Option<&str> {
+        self.mer_id.as_deref()
+    }
+
     pub(super) fn compile(value: Spanned<DeValue<'_>>, ctx: &mut FileCtx<'_>) -> Option<Keys> {
         let span = value.span();
         let raw: KeysFile = ctx.deserialize(value)?;

@@ -109,6 +109,11 @@ const TIME_END: &str = "%Y%m%d%H%M%S";
 const SUCCESS_TIME: &str = "%Y-%m-%d %H:%M:%S";
 
 impl Keys {
+    /// The merchant these keys belong to: `mch_id`.
+    pub fn merchant_id(&self) -> &str {
+        &self.mch_id
+    }
+
     pub(super) fn compile(value: Spanned<DeValue<'_>>, ctx: &mut FileCtx<'_>) -> Option<Keys> {
         let raw: KeysFile = ctx.deserialize(value)?;
         let mut ok = true;

@@ -122,6 +122,17 @@ const SIGNATURE_TYPE: &str = "WECHATPAY2-SHA256-RSA2048";
 const PUBLIC_KEY_ID_PREFIX: &str = "PUB_KEY_ID_";
 
 impl Keys {
+    /// The merchant these keys belong to: `mchid` (inside the encrypted
+    /// resource, so notifications are matched by serial instead).
+    pub fn merchant_id(&self) -> &str {
+        &self.mch_id
+    }
+
+    /// Whether one of this merchant's platform keys has `serial`.
+    pub fn knows_serial(&self, serial: &str) -> bool {
+        self.key_for(serial).is_ok()
+    }
+
     pub(super) fn compile(value: Spanned<DeValue<'_>>, ctx: &mut FileCtx<'_>) -> Option<Keys> {
         let raw: KeysFile = ctx.deserialize(value)?;
         let now = crate::replay::unix_now();

@@ -251,6 +251,8 @@ pub struct GatewaySpec {
     pub replay_extra: String,
     /// The `[journal]` table body (`enabled = false` turns it off).
     pub journal: String,
+    /// `reload.watch`.
+    pub watch: bool,
 }
 
 impl GatewaySpec {
@@ -266,6 +268,7 @@ impl GatewaySpec {
             store: "memory".into(),
             replay_extra: String::new(),
             journal: "dir = \"journal\"\n".into(),
+            watch: true,
         }
     }
 
@@ -302,6 +305,8 @@ timeout = "500ms"
 {replay_extra}
 [journal]
 {journal}
+[reload]
+watch = {watch}
 
 [limits]
 max_body_bytes = {max_body}
@@ -319,6 +324,7 @@ drain_timeout = "10s"
             store = self.store,
             replay_extra = self.replay_extra,
             journal = self.journal,
+            watch = self.watch,
         );
         let path = dir.join("callgate.toml");
         std::fs::write(&path, gateway).unwrap();

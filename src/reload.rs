@@ -1,0 +1,301 @@
+//! Reload: rebuild the whole configuration aside and swap it in at once.
+//!
+//! [`Live::reload`] re-reads the gateway file, every rule file, IP set, key
+//! and certificate exactly as `callgate check` does; when all of it is valid
+//! and nothing changed that only a restart can apply (listen and admin
+//! addresses, turning TLS on or off, the replay store, connection
+//! timeouts), it stores the new rule set (one `ArcSwap`, so a request keeps
+//! the snapshot it started with) and the new TLS certificate. A reload that
+//! fails keeps everything running as it was, logs every problem as
+//! `PATH:LINE: message` and counts `callgate_rules_reload_total{result="error"}`.
+//!
+//! Reloads come from SIGHUP (`main`) and from [`watch`], which follows the
+//! gateway file, the rules directory, `ipsets/` and every file a rule names
+//! (keys, certificates, secrets, CA bundles), debounced so that an editor's
+//! write-rename-chmod burst gives one reload.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::Watcher as _;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{self, Config, LoadErrors, Loaded};
+use crate::pipeline::State;
+use crate::replay;
+
+/// Why a reload was refused; the running configuration stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Invalid(LoadErrors),
+    #[error("{}: {} cannot change while running; restart callgate to apply it", file.display(), fields.join(", "))]
+    Fixed {
+        file: PathBuf,
+        fields: Vec<&'static str>,
+    },
+}
+
+/// What a reload swaps, shared by the gateway, SIGHUP and the watcher.
+pub struct Live {
+    /// The running listener-level settings, compared on reload.
+    config: Mutex<Config>,
+    pub state: Arc<State>,
+    /// The TLS server configuration connections are accepted with.
+    pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    /// The files the live configuration was read from.
+    files: Mutex<Vec<PathBuf>>,
+    /// Bumped after every reload attempt, ok or not (tests wait on it).
+    generation: watch::Sender<u64>,
+}
+
+impl Live {
+    pub fn new(config: Config, state: Arc<State>, files: Vec<PathBuf>) -> Live {
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|t| Arc::new(ArcSwap::new(t.server.clone())));
+        Live {
+            config: Mutex::new(config),
+            state,
+            tls,
+            files: Mutex::new(absolute(files)),
+            generation: watch::channel(0).0,
+        }
+    }
+
+    /// A receiver that changes after each reload attempt.
+    pub fn reloads(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        lock(&self.files).clone()
+    }
+
+    /// Re-reads everything and swaps it in, or keeps what runs. Returns the
+    /// number of routes now live.
+    pub fn reload(&self) -> Result<usize, ReloadError> {
+        let result = self.try_reload();
+        self.generation.send_modify(|g| *g += 1);
+        result
+    }
+
+    fn try_reload(&self) -> Result<usize, ReloadError> {
+        let mut running = lock(&self.config);
+        let result = match config::load(&running.file) {
+            Err(errors) => Err(ReloadError::Invalid(errors)),
+            Ok(loaded) => {
+                let fields = fixed_changes(&running, &loaded.config);
+                if fields.is_empty() {
+                    Ok(loaded)
+                } else {
+                    Err(ReloadError::Fixed {
+                        file: running.file.clone(),
+                        fields,
+                    })
+                }
+            }
+        };
+        match result {
+            Ok(Loaded {
+                config,
+                rules,
+                warnings,
+                files,
+            }) => {
+                for w in &warnings {
+                    tracing::warn!(warning = %w, "configuration");
+                }
+                let n = rules.len();
+                let metrics = &self.state.metrics;
+                metrics.rules_loaded(&rules, replay::unix_now());
+                self.state.rules.store(Arc::new(rules));
+                if let (Some(live), Some(new)) = (&self.tls, &config.tls) {
+                    live.store(new.server.clone());
+                }
+                *running = config;
+                *lock(&self.files) = absolute(files);
+                metrics.reload(true);
+                tracing::info!(routes = n, "rules reloaded");
+                Ok(n)
+            }
+            Err(e) => {
+                self.state.metrics.reload(false);
+                match &e {
+                    ReloadError::Invalid(errors) => {
+                        for problem in &errors.0 {
+                            tracing::error!(problem = %problem, "reload refused; the running rules stay");
+                        }
+                    }
+                    ReloadError::Fixed { .. } => {
+                        tracing::error!(problem = %e, "reload refused; the running rules stay");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// One spelling per file, so that paths compare with watch events: the
+/// directory resolved (`rules/../certs` and `certs` are the same watch),
+/// the file name kept as written (a mounted secret that is a symlink is
+/// still watched as itself).
+fn absolute(files: Vec<PathBuf>) -> Vec<PathBuf> {
+    files
+        .into_iter()
+        .map(|f| {
+            let f = std::path::absolute(&f).unwrap_or(f);
+            match (f.parent().map(std::fs::canonicalize), f.file_name()) {
+                (Some(Ok(dir)), Some(name)) if !f.is_dir() => dir.join(name),
+                _ => std::fs::canonicalize(&f).unwrap_or(f),
+            }
+        })
+        .collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Settings a reload cannot apply.
+fn fixed_changes(running: &Config, new: &Config) -> Vec<&'static str> {
+    let checks: [(&'static str, bool); 9] = [
+        ("listen.addr", running.listen != new.listen),
+        (
+            "listen.tls_cert/tls_key (turning TLS on or off)",
+            running.tls.is_some() != new.tls.is_some(),
+        ),
+        ("admin.addr", running.admin != new.admin),
+        ("replay.store", running.replay.store != new.replay.store),
+        ("replay.ttl", running.replay.ttl != new.replay.ttl),
+        (
+            "replay.max_entries",
+            running.replay.max_entries != new.replay.max_entries,
+        ),
+        (
+            "limits.header_timeout",
+            running.limits.header_timeout != new.limits.header_timeout,
+        ),
+        (
+            "limits.tls_handshake_timeout",
+            running.limits.tls_handshake_timeout != new.limits.tls_handshake_timeout,
+        ),
+        (
+            "limits.drain_timeout",
+            running.limits.drain_timeout != new.limits.drain_timeout,
+        ),
+    ];
+    checks
+        .into_iter()
+        .filter_map(|(field, differs)| differs.then_some(field))
+        .collect()
+}
+
+// === watching ===
+
+/// How long the files must stay quiet before a reload.
+pub const DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// Starts following the live configuration's files; reloads after each
+/// burst of changes. Returns `None` (and logs why) when the platform cannot
+/// watch files: SIGHUP still works.
+pub fn watch(live: Arc<Live>) -> Option<tokio::task::JoinHandle<()>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(e) = event
+            && !matches!(e.kind, notify::EventKind::Access(_))
+        {
+            let _ = tx.send(e.paths);
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch configuration files; reload with SIGHUP");
+            return None;
+        }
+    };
+    let mut watched = HashSet::new();
+    rewatch(&mut watcher, &mut watched, &live.files());
+    Some(tokio::spawn(follow(live, watcher, watched, rx)))
+}
+
+async fn follow(
+    live: Arc<Live>,
+    mut watcher: notify::RecommendedWatcher,
+    mut watched: HashSet<PathBuf>,
+    mut rx: mpsc::UnboundedReceiver<Vec<PathBuf>>,
+) {
+    loop {
+        let Some(paths) = rx.recv().await else { return };
+        let files: HashSet<PathBuf> = live.files().into_iter().collect();
+        if !paths.iter().any(|p| relevant(p, &files)) {
+            continue;
+        }
+        // Debounce: wait until the burst is over.
+        loop {
+            match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        tracing::info!("configuration files changed: reloading");
+        let _ = live.reload();
+        rewatch(&mut watcher, &mut watched, &live.files());
+    }
+}
+
+/// A change to a file the configuration read, or to a `.toml` file in a
+/// watched directory (a new rule file or IP set).
+fn relevant(path: &Path, files: &HashSet<PathBuf>) -> bool {
+    files.contains(path)
+        || (path.extension().is_some_and(|x| x == "toml")
+            && path.parent().is_some_and(|dir| files.contains(dir)))
+}
+
+/// Watches the directory of every file (editors replace files by rename,
+/// which a watch on the file itself would miss) and every directory.
+fn rewatch(
+    watcher: &mut notify::RecommendedWatcher,
+    watched: &mut HashSet<PathBuf>,
+    files: &[PathBuf],
+) {
+    let mut want = HashSet::new();
+    for f in files {
+        if f.is_dir() {
+            want.insert(f.clone());
+        } else if let Some(parent) = f.parent() {
+            let dir = if parent.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                parent.to_path_buf()
+            };
+            want.insert(dir);
+        }
+    }
+    for gone in watched.difference(&want).cloned().collect::<Vec<_>>() {
+        let _ = watcher.unwatch(&gone);
+        watched.remove(&gone);
+    }
+    for dir in want {
+        if !watched.contains(&dir) {
+            match watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    watched.insert(dir);
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a configuration directory")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,547 @@
+//! Operating callgate while notifications flow (issue #6): several merchants
+//! behind one route, named IP sets, and reloads from the file watcher that
+//! swap rules, keys and the TLS certificate at once without losing or
+//! misanswering a notification.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+
+const APP_A: &str = "2021000000000001";
+const APP_B: &str = "2021009999999999";
+
+fn alipay_merchant(app_id: &str, key: &Path, upstream: Option<&Upstream>) -> String {
+    let mut s = String::from("[[route.merchant]]\n");
+    if let Some(up) = upstream {
+        s.push_str(&format!("upstream = {:?}\n", up.url));
+    }
+    s.push_str(&format!(
+        "[route.merchant.keys]\napp_id = {app_id:?}\npublic_key = {key:?}\n"
+    ));
+    s
+}
+
+/// A two-merchant alipay route, written by hand (RouteSpec holds one keys table).
+fn two_merchants(
+    dir: &Path,
+    default_up: &Upstream,
+    b_up: &Upstream,
+    b_key: &Path,
+) -> std::path::PathBuf {
+    let spec = GatewaySpec::new(vec![]);
+    let file = spec.write(dir);
+    let rules = format!(
+        r#"[[route]]
+name = "marketplace"
+path = "/notify/alipay"
+provider = "alipay"
+allow = ["127.0.0.1/32"]
+upstream = {default:?}
+upstream_secret_file = "../upstream.secret"
+max_age = "87600h"
+success_body = "success"
+merchant_label = true
+
+{a}
+{b}"#,
+        default = default_up.url,
+        a = alipay_merchant(APP_A, &alipay_key("alipay_public.pem"), None),
+        b = alipay_merchant(APP_B, b_key, Some(b_up)),
+    );
+    std::fs::write(dir.join("rules/routes.toml"), rules).unwrap();
+    file
+}
+
+async fn start_file(dir: &Path, file: &Path) -> callgate::server::Gateway {
+    let _ = dir;
+    let loaded = callgate::config::load(file).unwrap_or_else(|e| panic!("{e}"));
+    callgate::server::start(loaded).await.unwrap()
+}
+
+async fn post(gw: &callgate::server::Gateway, path: &str, body: Vec<u8>) -> Reply {
+    TestClient::new()
+        .send(
+            "POST",
+            &format!("http://127.0.0.1:{}{path}", gw.addr.port()),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            body,
+        )
+        .await
+}
+
+async fn metrics(gw: &callgate::server::Gateway) -> String {
+    let url = format!("http://127.0.0.1:{}/metrics", gw.admin_addr.unwrap().port());
+    TestClient::new()
+        .send("GET", &url, &[], vec![])
+        .await
+        .text()
+}
+
+#[tokio::test]
+async fn several_merchants_behind_one_route_pick_their_own_keys_and_upstream() {
+    let shop_a = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let shop_b = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = two_merchants(
+        dir.path(),
+        &shop_a,
+        &shop_b,
+        &alipay_key("alipay_public.pem"),
+    );
+    let gw = start_file(dir.path(), &file).await;
+
+    let r = post(
+        &gw,
+        "/notify/alipay",
+        alipay_fixture("rsa2_trade_success.form"),
+    )
+    .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    let r = post(&gw, "/notify/alipay", alipay_fixture("rsa2_other_app.form")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(
+        (shop_a.count(), shop_b.count()),
+        (1, 1),
+        "each merchant's own upstream"
+    );
+
+    // A merchant the route does not list: 401, counted as unknown_merchant.
+    let r = post(
+        &gw,
+        "/notify/alipay",
+        alipay_fixture("nodejs_sdk_real_notify.form"),
+    )
+    .await;
+    assert_eq!((r.status, r.text().as_str()), (401, "fail"));
+    let m = metrics(&gw).await;
+    let reason = find_metric(
+        &m,
+        "callgate_rejections_total",
+        &[
+            ("route", "marketplace"),
+            ("provider", "alipay"),
+            ("reason", "unknown_merchant"),
+        ],
+    );
+    assert_eq!(reason, Some(1.0));
+    for app in [APP_A, APP_B] {
+        let n = find_metric(
+            &m,
+            "callgate_merchant_requests_total",
+            &[
+                ("route", "marketplace"),
+                ("merchant", app),
+                ("outcome", "forwarded"),
+            ],
+        );
+        assert_eq!(n, Some(1.0), "{app}");
+    }
+}
+
+#[tokio::test]
+async fn a_merchant_is_verified_with_its_own_keys_only() {
+    let shop_a = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let shop_b = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Merchant B's key is another one: its notification (signed with the
+    // fixture key) must fail, though merchant A's key would verify it.
+    let file = two_merchants(
+        dir.path(),
+        &shop_a,
+        &shop_b,
+        &alipay_key("other_public.pem"),
+    );
+    let gw = start_file(dir.path(), &file).await;
+    let r = post(&gw, "/notify/alipay", alipay_fixture("rsa2_other_app.form")).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(shop_a.count() + shop_b.count(), 0);
+}
+
+#[test]
+fn merchant_tables_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = GatewaySpec::new(vec![]);
+    let file = spec.write(dir.path());
+    let key = alipay_key("alipay_public.pem");
+    let head = "[[route]]\nname = \"m\"\npath = \"/m\"\nprovider = \"alipay\"\nallow = []\nupstream = \"http://127.0.0.1:1/x\"\nupstream_secret_file = \"../upstream.secret\"\n";
+    let cases = [
+        (
+            format!(
+                "{head}[route.keys]\napp_id = \"1\"\npublic_key = {key:?}\n\n{}",
+                alipay_merchant("2", &key, None)
+            ),
+            "give either [route.keys] or [[route.merchant]] tables, not both",
+        ),
+        (
+            format!(
+                "{head}\n{}\n{}",
+                alipay_merchant("7", &key, None),
+                alipay_merchant("7", &key, None)
+            ),
+            "merchant `7` is listed twice in this route",
+        ),
+        (
+            format!(
+                "{head}\n[[route.merchant]]\ncolour = \"red\"\n[route.merchant.keys]\napp_id = \"1\"\npublic_key = {key:?}\n"
+            ),
+            "unknown field `colour`",
+        ),
+        (
+            head.replace("upstream = \"http://127.0.0.1:1/x\"\n", "")
+                + &format!("\n{}", alipay_merchant("1", &key, None)),
+            "missing field `upstream`",
+        ),
+    ];
+    for (rules, want) in cases {
+        std::fs::write(dir.path().join("rules/routes.toml"), &rules).unwrap();
+        let err = callgate::config::load(&file).unwrap_err().to_string();
+        assert!(err.contains(want), "expected `{want}` in:\n{err}");
+        assert!(err.contains("routes.toml:"), "{err}");
+    }
+}
+
+// === IP sets ===
+
+#[tokio::test]
+async fn named_ip_sets_are_usable_in_allow() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let route = RouteSpec::alipay(&up).with(|r| r.allow = vec!["@local".into()]);
+    let spec = GatewaySpec::new(vec![route]);
+    let file = spec.write(dir.path());
+    std::fs::create_dir_all(dir.path().join("rules/ipsets")).unwrap();
+    std::fs::write(
+        dir.path().join("rules/ipsets/local.toml"),
+        "# this machine\ncidrs = [\"127.0.0.0/8\", \"::1\"]\n",
+    )
+    .unwrap();
+    let gw = start_file(dir.path(), &file).await;
+    let r = post(
+        &gw,
+        "/notify/alipay",
+        alipay_fixture("rsa2_trade_success.form"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+
+    // A set that does not admit us.
+    std::fs::write(
+        dir.path().join("rules/ipsets/local.toml"),
+        "cidrs = [\"10.0.0.0/8\"]\n",
+    )
+    .unwrap();
+    let mut reloads = gw.reloads();
+    gw.reload().unwrap();
+    reloads.changed().await.unwrap();
+    let r = post(
+        &gw,
+        "/notify/alipay",
+        alipay_fixture("rsa2_trade_success_2.form"),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+}
+
+#[test]
+fn ip_set_problems_name_their_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let up_url = "http://127.0.0.1:1/x";
+    let mut route = RouteSpec {
+        name: "r".into(),
+        path: "/r".into(),
+        provider: "alipay".into(),
+        allow: vec!["@nope".into()],
+        upstream: up_url.into(),
+        forward: "original".into(),
+        max_age: None,
+        success_body: None,
+        upstream_ca: None,
+        extra: String::new(),
+        keys: format!(
+            "app_id = \"1\"\npublic_key = {:?}\n",
+            alipay_key("alipay_public.pem")
+        ),
+    };
+    let file = GatewaySpec::new(vec![route.clone()]).write(dir.path());
+    let err = callgate::config::load(&file).unwrap_err().to_string();
+    assert!(
+        err.contains("routes.toml:5: unknown IP set `@nope`: there is no ipsets/nope.toml"),
+        "{err}"
+    );
+
+    std::fs::create_dir_all(dir.path().join("rules/ipsets")).unwrap();
+    std::fs::write(
+        dir.path().join("rules/ipsets/nope.toml"),
+        "# x\ncidrs = [\n  \"1.2.3.0/24\",\n  \"999.1.1.1\",\n]\n",
+    )
+    .unwrap();
+    route.allow = vec!["@nope".into()];
+    let file = GatewaySpec::new(vec![route]).write(dir.path());
+    let err = callgate::config::load(&file).unwrap_err().to_string();
+    assert!(
+        err.contains("ipsets/nope.toml:4: cidrs entry `999.1.1.1`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_shipped_wechat_set_loads() {
+    let loaded = callgate::config::load(&root().join("callgate.toml")).unwrap();
+    assert!(
+        loaded
+            .files
+            .iter()
+            .any(|f| f.ends_with("rules/ipsets/wechatpay.toml"))
+    );
+}
+
+// === reload by file watch ===
+
+/// Waits (bounded) for the next reload attempt.
+async fn next_reload(rx: &mut tokio::sync::watch::Receiver<u64>) {
+    tokio::time::timeout(Duration::from_secs(30), rx.changed())
+        .await
+        .expect("no reload within 30s")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_new_rule_file_starts_answering_and_a_broken_one_keeps_the_old_rules() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = GatewaySpec::new(vec![RouteSpec::alipay(&up)]).write(dir.path());
+    let gw = start_file(dir.path(), &file).await;
+    let mut reloads = gw.reloads();
+
+    // A new rule file: picked up without a signal.
+    let second = RouteSpec::alipay(&up).with(|r| {
+        r.name = "second".into();
+        r.path = "/notify/second".into();
+    });
+    std::fs::write(dir.path().join("rules/second.toml"), route_toml(&second)).unwrap();
+    next_reload(&mut reloads).await;
+    let r = post(
+        &gw,
+        "/notify/second",
+        alipay_fixture("rsa2_trade_success.form"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+
+    // A broken edit: the running rules stay, the failure is counted.
+    std::fs::write(
+        dir.path().join("rules/second.toml"),
+        "[[route]]\nname = 1\n",
+    )
+    .unwrap();
+    next_reload(&mut reloads).await;
+    let m = metrics(&gw).await;
+    assert!(find_metric(&m, "callgate_rules_reload_total", &[("result", "error")]).unwrap() >= 1.0);
+    assert_eq!(
+        find_metric(&m, "callgate_rules_loaded_routes", &[]),
+        Some(2.0)
+    );
+    let r = post(
+        &gw,
+        "/notify/second",
+        alipay_fixture("rsa2_trade_success_2.form"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "old rules still serve");
+}
+
+#[tokio::test]
+async fn a_rotated_key_is_accepted_after_the_reload_and_the_old_one_no_longer_is() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("alipay_public.pem");
+    std::fs::copy(alipay_key("alipay_public.pem"), &key).unwrap();
+    let route = RouteSpec::alipay(&up).with(|r| {
+        r.keys = format!("app_id = \"{APP_A}\"\npublic_key = {key:?}\n");
+    });
+    let file = GatewaySpec::new(vec![route]).write(dir.path());
+    let gw = start_file(dir.path(), &file).await;
+    let mut reloads = gw.reloads();
+    assert_eq!(
+        post(
+            &gw,
+            "/notify/alipay",
+            alipay_fixture("rsa2_trade_success.form")
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        post(&gw, "/notify/alipay", alipay_fixture("rsa2_wrong_key.form"))
+            .await
+            .status,
+        401
+    );
+
+    // Alipay rotates its key: the operator replaces the file (write + rename).
+    let tmp = dir.path().join("alipay_public.pem.new");
+    std::fs::copy(alipay_key("other_public.pem"), &tmp).unwrap();
+    std::fs::rename(&tmp, &key).unwrap();
+    next_reload(&mut reloads).await;
+
+    assert_eq!(
+        post(&gw, "/notify/alipay", alipay_fixture("rsa2_wrong_key.form"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        post(
+            &gw,
+            "/notify/alipay",
+            alipay_fixture("rsa2_trade_success_2.form")
+        )
+        .await
+        .status,
+        401
+    );
+}
+
+/// Completes a TLS handshake with `addr` trusting only `ca`.
+async fn handshake(addr: std::net::SocketAddr, ca: &Path) -> Result<(), String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn the_tls_certificate_reloads_for_new_connections() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    spec.tls = true;
+    let file = spec.write(dir.path());
+    // Serve a copy of the demo pair, so the test can replace it.
+    let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::copy(root().join("certs/dev/server.crt"), &crt).unwrap();
+    std::fs::copy(root().join("certs/dev/server.key"), &key).unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let dev = root().join("certs/dev");
+    let text = text
+        .replace(
+            &format!("{:?}", dev.join("server.crt")),
+            &format!("{crt:?}"),
+        )
+        .replace(
+            &format!("{:?}", dev.join("server.key")),
+            &format!("{key:?}"),
+        );
+    std::fs::write(&file, text).unwrap();
+    let gw = start_file(dir.path(), &file).await;
+    let mut reloads = gw.reloads();
+    handshake(gw.addr, &crt).await.unwrap();
+
+    // A new certificate (openssl), written aside, moved into place.
+    let new_dir = tempfile::tempdir().unwrap();
+    let (new_crt, new_key) = (new_dir.path().join("n.crt"), new_dir.path().join("n.key"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "30",
+            "-sha256",
+            "-subj",
+            "/CN=rotated",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-addext",
+            "extendedKeyUsage=serverAuth",
+            "-keyout",
+        ])
+        .arg(&new_key)
+        .arg("-out")
+        .arg(&new_crt)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::copy(&new_key, dir.path().join("tls.key.new")).unwrap();
+    std::fs::copy(&new_crt, dir.path().join("tls.crt.new")).unwrap();
+    std::fs::rename(dir.path().join("tls.key.new"), &key).unwrap();
+    std::fs::rename(dir.path().join("tls.crt.new"), &crt).unwrap();
+    // Both files change: wait until a reload has seen the pair in place.
+    loop {
+        next_reload(&mut reloads).await;
+        if handshake(gw.addr, &new_crt).await.is_ok() {
+            break;
+        }
+    }
+    let old = handshake(gw.addr, &root().join("certs/dev/server.crt")).await;
+    assert!(old.is_err(), "the old certificate is no longer served");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notifications_flowing_through_reloads_are_neither_lost_nor_misanswered() {
+    const EVENTS: usize = 300;
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = GatewaySpec::new(vec![RouteSpec::alipay(&up)]).write(dir.path());
+    let gw = Arc::new(start_file(dir.path(), &file).await);
+    let key = alipay_key("alipay_private.pem");
+    let bodies: Vec<Vec<u8>> = (0..EVENTS)
+        .map(|i| {
+            let params: std::collections::BTreeMap<String, String> = [
+                ("app_id".to_owned(), APP_A.to_owned()),
+                ("notify_id".to_owned(), format!("reload-{i:05}")),
+            ]
+            .into();
+            callgate::sign::alipay_form(&key, &params, "RSA2")
+                .unwrap()
+                .into_bytes()
+        })
+        .collect();
+    let sender = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for b in bodies {
+                statuses.push(post(&gw, "/notify/alipay", b).await.status);
+            }
+            statuses
+        })
+    };
+    // Meanwhile: reloads of an unchanged configuration, back to back.
+    let mut reloads = 0;
+    while !sender.is_finished() && reloads < 200 {
+        gw.reload().unwrap();
+        reloads += 1;
+        tokio::task::yield_now().await;
+    }
+    let statuses = sender.await.unwrap();
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert_eq!(up.count(), EVENTS);
+    assert!(reloads > 0);
+}
