@@ -545,3 +545,47 @@ async fn notifications_flowing_through_reloads_are_neither_lost_nor_misanswered(
     assert_eq!(up.count(), EVENTS);
     assert!(reloads > 0);
 }
+
+#[tokio::test]
+async fn a_reload_that_needs_a_restart_is_refused_by_name_and_changes_nothing() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    spec.watch = false;
+    let file = spec.write(dir.path());
+    let gw = start_file(dir.path(), &file).await;
+
+    // A rule change and a listen-address change together: all or nothing.
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replacen("addr = \"127.0.0.1:0\"", "addr = \"127.0.0.1:1\"", 1),
+    )
+    .unwrap();
+    let moved = RouteSpec::alipay(&up).with(|r| r.path = "/notify/moved".into());
+    std::fs::write(dir.path().join("rules/routes.toml"), route_toml(&moved)).unwrap();
+    let err = gw.reload().unwrap_err().to_string();
+    assert!(
+        err.contains("listen.addr cannot change while running; restart callgate"),
+        "{err}"
+    );
+    let r = post(
+        &gw,
+        "/notify/alipay",
+        alipay_fixture("rsa2_trade_success.form"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "the running rules stay");
+    let r = post(
+        &gw,
+        "/notify/moved",
+        alipay_fixture("rsa2_trade_success_2.form"),
+    )
+    .await;
+    assert_eq!(r.status, 404, "nothing of the refused reload applied");
+    let m = metrics(&gw).await;
+    assert_eq!(
+        find_metric(&m, "callgate_rules_reload_total", &[("result", "error")]),
+        Some(1.0)
+    );
+}
