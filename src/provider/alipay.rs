@@ -186,24 +186,7 @@ impl Keys {
             });
         }
 
-        let notify_id = form
-            .get_str("notify_id")
-            .filter(|s| !s.is_empty())
-            .ok_or(VerifyError::MissingField("notify_id"))?;
-        let notify_time = form
-            .get("notify_time")
-            .filter(|s| !s.is_empty())
-            .ok_or(VerifyError::MissingField("notify_time"))?;
-        let signed_at = beijing_time("notify_time", notify_time, TIME_FORMAT)?;
-        Ok(Verified::new(
-            ProviderKind::Alipay,
-            notify_id.to_owned(),
-            signed_at,
-            Fields::Form {
-                form: form.clone(),
-                encoding,
-            },
-        ))
+        notification(ProviderKind::Alipay, form, encoding)
     }
 }
 
@@ -268,6 +251,33 @@ fn load_cert_mode(
             None
         }
     }
+}
+
+/// The event of a verified Alipay form (open platform or legacy): id
+/// `notify_id`, signed time `notify_time` (Beijing time).
+pub(super) fn notification(
+    kind: ProviderKind,
+    form: &Form,
+    encoding: &'static Encoding,
+) -> Result<Verified, VerifyError> {
+    let notify_id = form
+        .get_str("notify_id")
+        .filter(|s| !s.is_empty())
+        .ok_or(VerifyError::MissingField("notify_id"))?;
+    let notify_time = form
+        .get("notify_time")
+        .filter(|s| !s.is_empty())
+        .ok_or(VerifyError::MissingField("notify_time"))?;
+    let signed_at = beijing_time("notify_time", notify_time, TIME_FORMAT)?;
+    Ok(Verified::new(
+        kind,
+        notify_id.to_owned(),
+        signed_at,
+        Fields::Form {
+            form: form.clone(),
+            encoding,
+        },
+    ))
 }
 
 /// Maps the notification's `charset` to an encoding. Absent or empty means

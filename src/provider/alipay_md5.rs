@@ -66,7 +66,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
-use super::{Fields, ProviderKind, Verified, VerifyError, beijing_time, shown};
+use super::{ProviderKind, Verified, VerifyError, shown};
 use crate::ack::Outcome;
 use crate::body::Form;
 use crate::forward::HttpClient;
@@ -100,9 +100,6 @@ pub struct Keys {
     encoding: &'static Encoding,
     notify_verify: Option<NotifyVerify>,
 }
-
-/// Notification time format (`yyyy-MM-dd HH:mm:ss`, Beijing time).
-const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
 
 /// A partner id: `2088` and 12 more digits.
 fn is_partner_id(s: &str) -> bool {
@@ -305,24 +302,7 @@ impl Keys {
             }
         }
 
-        let notify_id = form
-            .get_str("notify_id")
-            .filter(|s| !s.is_empty())
-            .ok_or(VerifyError::MissingField("notify_id"))?;
-        let notify_time = form
-            .get("notify_time")
-            .filter(|s| !s.is_empty())
-            .ok_or(VerifyError::MissingField("notify_time"))?;
-        let signed_at = beijing_time("notify_time", notify_time, TIME_FORMAT)?;
-        Ok(Verified::new(
-            ProviderKind::AlipayMd5,
-            notify_id.to_owned(),
-            signed_at,
-            Fields::Form {
-                form: form.clone(),
-                encoding: self.encoding,
-            },
-        ))
+        super::alipay::notification(ProviderKind::AlipayMd5, form, self.encoding)
     }
 }
 
@@ -697,7 +677,7 @@ mod tests {
     fn gbk_verifies_over_raw_bytes_and_is_checked_in_its_charset() {
         let gbk = Keys::for_bench("2088101122334455", &key("md5_key.txt"), true);
         let v = gbk.verify(&form("md5_gbk.form")).unwrap();
-        let Fields::Form { encoding, form: f } = v.fields() else {
+        let crate::provider::Fields::Form { encoding, form: f } = v.fields() else {
             panic!("a form")
         };
         assert_eq!(*encoding, encoding_rs::GBK);
