@@ -34,6 +34,7 @@ pub mod admin;
 pub mod allow;
 pub mod body;
 pub mod config;
+pub mod expiry;
 pub mod forward;
 pub mod journal;
 pub mod metrics;

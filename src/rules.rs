@@ -79,6 +79,13 @@ pub enum RuleError {
     },
     #[error("keys.{field}: {reason}")]
     KeyValue { field: String, reason: String },
+    /// A key certificate past its notAfter (see `expiry`).
+    #[error("{what} expired on {at}; {advice}")]
+    CertificateExpired {
+        what: String,
+        at: String,
+        advice: &'static str,
+    },
 }
 
 // === raw ===
@@ -165,6 +172,12 @@ impl Route {
     pub fn kind(&self) -> ProviderKind {
         self.provider.kind()
     }
+
+    /// The route's certificate-backed keys: (`key` label, notAfter in Unix
+    /// seconds), for `callgate_key_expiry_timestamp_seconds`.
+    pub fn certificates(&self) -> Vec<(String, i64)> {
+        self.provider.certificates()
+    }
 }
 
 /// The immutable snapshot a request works with from start to end.
@@ -173,6 +186,9 @@ pub struct RuleSet {
     routes: HashMap<Box<str>, Arc<Route>>,
     pub trusted_proxies: Arc<[IpNet]>,
     pub limits: Limits,
+    /// notAfter of the TLS certificate loaded with this set, when TLS is on
+    /// (for `callgate_key_expiry_timestamp_seconds`).
+    pub tls_not_after: Option<i64>,
 }
 
 impl RuleSet {
@@ -287,6 +303,7 @@ pub fn load_dir(
         routes,
         trusted_proxies: config.trusted_proxies.clone(),
         limits: config.limits,
+        tls_not_after: config.tls.as_ref().map(|t| t.not_after),
     }
 }
 
