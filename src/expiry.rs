@@ -28,7 +28,8 @@ pub const WARN_WITHIN_SECS: i64 = 30 * 24 * 3600;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lifetime {
     Valid,
-    /// Expires within [`WARN_WITHIN_SECS`]; `days` left, rounded down.
+    /// Expires within [`WARN_WITHIN_SECS`]; `days` left, rounded up (a
+    /// certificate with 4 days and 1 hour left expires "in 5 days").
     Expiring {
         days: i64,
     },
@@ -42,7 +43,7 @@ pub fn lifetime(not_after: i64, now: i64) -> Lifetime {
         Lifetime::Expired
     } else if not_after - now < WARN_WITHIN_SECS {
         Lifetime::Expiring {
-            days: (not_after - now) / 86_400,
+            days: (not_after - now + 86_399) / 86_400,
         }
     } else {
         Lifetime::Valid
@@ -56,10 +57,10 @@ pub fn utc(t: i64) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
-/// "in 3 days", "today" (less than a day left).
+/// "in 3 days", "in 1 day", "now".
 pub fn days_left(days: i64) -> String {
     match days {
-        0 => "less than a day from now".to_owned(),
+        0 => "now".to_owned(),
         1 => "in 1 day".to_owned(),
         n => format!("in {n} days"),
     }
@@ -172,9 +173,11 @@ mod tests {
         assert_eq!(lifetime(t + 30 * day, t), Lifetime::Valid);
         assert_eq!(
             lifetime(t + 30 * day - 1, t),
-            Lifetime::Expiring { days: 29 }
+            Lifetime::Expiring { days: 30 }
         );
-        assert_eq!(lifetime(t + 10, t), Lifetime::Expiring { days: 0 });
+        assert_eq!(lifetime(t + 5 * day, t), Lifetime::Expiring { days: 5 });
+        assert_eq!(lifetime(t + 4 * day + 1, t), Lifetime::Expiring { days: 5 });
+        assert_eq!(lifetime(t + 10, t), Lifetime::Expiring { days: 1 });
         // notAfter itself is still inside the validity period.
         assert_eq!(lifetime(t, t), Lifetime::Expiring { days: 0 });
         assert_eq!(lifetime(t - 1, t), Lifetime::Expired);
@@ -183,7 +186,7 @@ mod tests {
     #[test]
     fn formats() {
         assert_eq!(utc(1_609_459_200), "2021-01-01 00:00:00 UTC");
-        assert_eq!(days_left(0), "less than a day from now");
+        assert_eq!(days_left(0), "now");
         assert_eq!(days_left(1), "in 1 day");
         assert_eq!(days_left(12), "in 12 days");
     }

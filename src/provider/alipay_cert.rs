@@ -168,7 +168,12 @@ pub fn load(files: &CertFiles<'_>, now: i64) -> Result<Loaded, Vec<CertProblem>>
                 subject: rfc2253(c.subject()),
                 not_after: c.validity().not_after.timestamp(),
             };
-            if !certificates.contains(&cert) {
+            // An intermediate may sit in both the Alipay and the app
+            // certificate file: one entry, under the first file noted.
+            if !certificates
+                .iter()
+                .any(|x| x.serial == cert.serial && x.subject == cert.subject)
+            {
                 certificates.push(cert);
             }
         }
