@@ -163,7 +163,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct GatewayFile {
+pub(crate) struct GatewayFile {
     rules_dir: Option<Spanned<String>>,
     #[serde(default)]
     trusted_proxies: Vec<Spanned<String>>,

@@ -43,6 +43,7 @@ pub mod pipeline;
 pub mod provider;
 pub mod replay;
 pub mod rules;
+pub mod schema;
 pub mod secret;
 pub mod server;
 pub mod sign;

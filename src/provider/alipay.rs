@@ -47,7 +47,7 @@ use crate::rules::{FileCtx, RuleError};
 /// `[route.keys]` for `alipay`, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct KeysFile {
+pub(crate) struct KeysFile {
     /// The app's id on the open platform; notifications must carry it.
     app_id: Spanned<String>,
     /// Alipay's public key (PEM, or the bare Base64 from the console).
@@ -218,6 +218,10 @@ impl Keys {
     }
 }
 
+/// A certificate's `callgate_key_expiry_timestamp_seconds` entry: (`key`
+/// label, notAfter).
+type KeyExpiry = (String, i64);
+
 /// What `check` says about an expired certificate in certificate mode.
 const EXPIRED_ADVICE: &str = "Alipay's SDK still verifies notifications with it and so does callgate, \
      but download the current certificate from the open platform";
@@ -230,7 +234,7 @@ fn load_cert_mode(
     raw: &KeysFile,
     table: std::ops::Range<usize>,
     ctx: &mut FileCtx<'_>,
-) -> Option<(RsaKey, CertSns, Vec<(String, i64)>)> {
+) -> Option<(RsaKey, CertSns, Vec<KeyExpiry>)> {
     let (Some(cert), Some(root)) = (&raw.alipay_cert, &raw.alipay_root_cert) else {
         let missing = if raw.alipay_cert.is_none() {
             "alipay_cert"

@@ -81,7 +81,7 @@ const TIME_FORMAT: &str = "%Y%m%d%H%M%S";
 /// `[route.keys]` for `unionpay`, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct KeysFile {
+pub(crate) struct KeysFile {
     /// The merchant number; when set, notifications for another `merId` are refused.
     mer_id: Option<Spanned<String>>,
     /// UnionPay's root certificate (`acp_prod_root.cer`), for 5.1.0.

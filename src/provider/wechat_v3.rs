@@ -61,7 +61,7 @@ use crate::secret::Secret;
 /// `[route.keys]` for `wechat_v3`, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct KeysFile {
+pub(crate) struct KeysFile {
     /// The merchant id (商户号); the decrypted resource must carry it.
     mch_id: Spanned<String>,
     /// File holding the 32-byte APIv3 key (商户平台 → API安全 → APIv3密钥).
