@@ -4,7 +4,9 @@
 //!
 //! Labels come from bounded sets: `route` (configured names, `-` when no
 //! route matched), `provider` (the enum, `-` when unmatched) and `outcome`
-//! (the enum). Every request is recorded together with its log line, before
+//! (the enum); `key` of `callgate_key_expiry_timestamp_seconds` is
+//! `<keys field>:<serial>` of a configured certificate (`tls_cert` for the
+//! TLS certificate, under route `-`), so it is bounded by the configuration. Every request is recorded together with its log line, before
 //! its response is written, so a scrape right after a response sees it.
 
 use std::time::Duration;
