@@ -26,8 +26,14 @@ pub async fn handle<B>(state: Arc<State>, req: Request<B>) -> Response<Full<Byte
     match path {
         "/metrics" => {
             match state.store.entries().await {
-                Ok(n) => state.metrics.set_store_entries(n),
-                Err(_) => state.metrics.store_error("entries"),
+                Ok(n) => {
+                    state.metrics.set_store_up(true);
+                    state.metrics.set_store_entries(n);
+                }
+                Err(_) => {
+                    state.metrics.set_store_up(false);
+                    state.metrics.store_error("entries");
+                }
             }
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.render())));
             r.headers_mut().insert(

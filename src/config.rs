@@ -111,6 +111,14 @@ pub enum ConfigError {
         file: String,
         reason: String,
     },
+    #[error(
+        "listen.tls_cert `{file}`: certificate `{subject}` expired on {at}; clients refuse it: install a renewed certificate"
+    )]
+    TlsExpired {
+        file: String,
+        subject: String,
+        at: String,
+    },
     #[error("rules_dir `{dir}`: {reason}")]
     RulesDir { dir: String, reason: String },
     #[error("replay.store `{value}` is neither \"memory\" nor a redis://host:port/db URL")]
@@ -155,7 +163,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct GatewayFile {
+pub(crate) struct GatewayFile {
     rules_dir: Option<Spanned<String>>,
     #[serde(default)]
     trusted_proxies: Vec<Spanned<String>>,
@@ -367,6 +375,9 @@ pub struct Tls {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub server: Arc<rustls::ServerConfig>,
+    /// notAfter of the first certificate in `cert`, Unix seconds
+    /// (`callgate_key_expiry_timestamp_seconds{route="-",key="tls_cert"}`).
+    pub not_after: i64,
 }
 
 impl fmt::Debug for Tls {
@@ -374,6 +385,7 @@ impl fmt::Debug for Tls {
         f.debug_struct("Tls")
             .field("cert", &self.cert)
             .field("key", &self.key)
+            .field("not_after", &self.not_after)
             .finish_non_exhaustive()
     }
 }
@@ -434,11 +446,11 @@ pub struct Loaded {
 /// Loads and validates the gateway file and every rule file it points to.
 pub fn load(gateway_file: &Path) -> Result<Loaded, LoadErrors> {
     let mut problems = Vec::new();
-    let config = compile_gateway(gateway_file, &mut problems);
+    let mut warnings = Vec::new();
+    let config = compile_gateway(gateway_file, &mut problems, &mut warnings);
     let Some(config) = config else {
         return Err(LoadErrors(problems));
     };
-    let mut warnings = Vec::new();
     let files = std::cell::RefCell::new(vec![gateway_file.to_path_buf(), config.rules_dir.clone()]);
     if let Some(tls) = &config.tls {
         files
@@ -471,7 +483,11 @@ pub fn resolve(base_dir: &Path, p: &str) -> PathBuf {
     }
 }
 
-fn compile_gateway(file: &Path, problems: &mut Vec<Problem>) -> Option<Config> {
+fn compile_gateway(
+    file: &Path,
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<String>,
+) -> Option<Config> {
     let at = |line: Option<usize>, error: ConfigError| {
         Problem::Config(Located {
             file: file.to_path_buf(),
@@ -563,7 +579,35 @@ fn compile_gateway(file: &Path, problems: &mut Vec<Problem>) -> Option<Config> {
             let cert = resolve(&dir, c.get_ref());
             let key = resolve(&dir, k.get_ref());
             match server_tls(&cert, &key) {
-                Ok(server) => Some(Tls { cert, key, server }),
+                Ok((server, leaf)) => {
+                    let now = crate::replay::unix_now();
+                    match crate::expiry::lifetime(leaf.not_after, now) {
+                        crate::expiry::Lifetime::Valid => {}
+                        crate::expiry::Lifetime::Expiring { days } => warnings.push(format!(
+                            "{}:{}: warning: listen.tls_cert `{}`: certificate `{}` expires on {}, {}; renew it before then",
+                            file.display(),
+                            line_of(&src, c.span().start),
+                            c.get_ref(),
+                            leaf.subject,
+                            crate::expiry::utc(leaf.not_after),
+                            crate::expiry::days_left(days)
+                        )),
+                        crate::expiry::Lifetime::Expired => problems.push(at(
+                            line(c.span()),
+                            ConfigError::TlsExpired {
+                                file: c.get_ref().clone(),
+                                subject: leaf.subject.clone(),
+                                at: crate::expiry::utc(leaf.not_after),
+                            },
+                        )),
+                    }
+                    Some(Tls {
+                        cert,
+                        key,
+                        server,
+                        not_after: leaf.not_after,
+                    })
+                }
                 Err((field, reason)) => {
                     let (span, value) = if field == "tls_cert" {
                         (c.span(), c.get_ref())
@@ -777,12 +821,18 @@ pub fn parse_net(value: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
+/// The parts of the TLS certificate `check` judges.
+struct TlsLeaf {
+    subject: String,
+    not_after: i64,
+}
+
 /// Builds the rustls server configuration from PEM files. The error names
 /// the field at fault and why.
 fn server_tls(
     cert: &Path,
     key: &Path,
-) -> Result<Arc<rustls::ServerConfig>, (&'static str, String)> {
+) -> Result<(Arc<rustls::ServerConfig>, TlsLeaf), (&'static str, String)> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -796,6 +846,18 @@ fn server_tls(
             "no -----BEGIN CERTIFICATE----- block in the file".to_owned(),
         ));
     }
+    let leaf = match x509_parser::parse_x509_certificate(&certs[0]) {
+        Ok((_, c)) => TlsLeaf {
+            subject: c.subject().to_string(),
+            not_after: c.validity().not_after.timestamp(),
+        },
+        Err(e) => {
+            return Err((
+                "tls_cert",
+                format!("the first certificate is not valid X.509: {e}"),
+            ));
+        }
+    };
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| ("tls_key", pem_reason(&e)))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut server = rustls::ServerConfig::builder_with_provider(provider)
@@ -805,7 +867,7 @@ fn server_tls(
         .with_single_cert(certs, key)
         .map_err(|e| ("tls_key", format!("does not fit the certificate: {e}")))?;
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(server))
+    Ok((Arc::new(server), leaf))
 }
 
 /// An operator-facing reason for an I/O failure.

@@ -4,13 +4,16 @@
 //!
 //! Labels come from bounded sets: `route` (configured names, `-` when no
 //! route matched), `provider` (the enum, `-` when unmatched) and `outcome`
-//! (the enum). Every request is recorded together with its log line, before
+//! (the enum); `key` of `callgate_key_expiry_timestamp_seconds` is
+//! `<keys field>:<serial>` of a configured certificate (`tls_cert` for the
+//! TLS certificate, under route `-`), so it is bounded by the configuration. Every request is recorded together with its log line, before
 //! its response is written, so a scrape right after a response sees it.
 
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::ack::Outcome;
@@ -31,6 +34,8 @@ pub struct Metrics {
     store_errors: IntCounterVec,
     journal_errors: prometheus::IntCounter,
     last_reload: IntGauge,
+    key_expiry: IntGaugeVec,
+    store_up: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -106,7 +111,20 @@ impl Metrics {
             "callgate_rules_last_reload_success_timestamp_seconds",
             "Unix time the live rule set was loaded.",
         )?;
+        let key_expiry = IntGaugeVec::new(
+            Opts::new(
+                "callgate_key_expiry_timestamp_seconds",
+                "notAfter (Unix time) of every certificate-backed key of the live rule set, and of the TLS certificate (route \"-\", key \"tls_cert\").",
+            ),
+            &["route", "key"],
+        )?;
+        let store_up = IntGauge::new(
+            "callgate_replay_store_up",
+            "1 when the replay store answered at the last scrape, 0 when it did not.",
+        )?;
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(key_expiry.clone()))?;
+        registry.register(Box::new(store_up.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(merchant_requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
@@ -138,6 +156,8 @@ impl Metrics {
             store_errors,
             journal_errors,
             last_reload,
+            key_expiry,
+            store_up,
         })
     }
 
@@ -156,6 +176,25 @@ impl Metrics {
             }
             self.request_duration.with_label_values(&[&route.name]);
             self.upstream_duration.with_label_values(&[&route.name]);
+        }
+        self.keys_loaded(rules);
+    }
+
+    /// Sets `callgate_key_expiry_timestamp_seconds` to exactly the keys of
+    /// `rules` (series of keys no longer configured disappear).
+    fn keys_loaded(&self, rules: &RuleSet) {
+        self.key_expiry.reset();
+        for route in rules.routes() {
+            for (key, not_after) in route.certificates() {
+                self.key_expiry
+                    .with_label_values(&[&*route.name, &key])
+                    .set(not_after);
+            }
+        }
+        if let Some(not_after) = rules.tls_not_after {
+            self.key_expiry
+                .with_label_values(&["-", "tls_cert"])
+                .set(not_after);
         }
     }
 
@@ -202,6 +241,11 @@ impl Metrics {
 
     pub fn journal_error(&self) {
         self.journal_errors.inc();
+    }
+
+    /// Whether the replay store answered when `/metrics` was scraped.
+    pub fn set_store_up(&self, up: bool) {
+        self.store_up.set(i64::from(up));
     }
 
     pub fn set_store_entries(&self, n: u64) {

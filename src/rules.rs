@@ -100,6 +100,13 @@ pub enum RuleError {
     DuplicateMerchant { id: String, first: String },
     #[error("a route with several merchants needs each merchant's id in its keys (keys.{field})")]
     MerchantWithoutId { field: &'static str },
+    /// A key certificate past its notAfter (see `expiry`).
+    #[error("{what} expired on {at}; {advice}")]
+    CertificateExpired {
+        what: String,
+        at: String,
+        advice: &'static str,
+    },
 }
 
 // === raw ===
@@ -242,6 +249,24 @@ impl Route {
                 })
             })
     }
+
+    /// The route's certificate-backed keys: (`key` label, notAfter in Unix
+    /// seconds), for `callgate_key_expiry_timestamp_seconds`.
+    pub fn certificates(&self) -> Vec<(String, i64)> {
+        match &*self.merchants {
+            [only] => only.provider.certificates(),
+            many => many
+                .iter()
+                .flat_map(|m| {
+                    let id = m.provider.merchant_id().unwrap_or("-").to_owned();
+                    m.provider
+                        .certificates()
+                        .into_iter()
+                        .map(move |(key, at)| (format!("{id}/{key}"), at))
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The immutable snapshot a request works with from start to end.
@@ -250,6 +275,9 @@ pub struct RuleSet {
     routes: HashMap<Box<str>, Arc<Route>>,
     pub trusted_proxies: Arc<[IpNet]>,
     pub limits: Limits,
+    /// notAfter of the TLS certificate loaded with this set, when TLS is on
+    /// (for `callgate_key_expiry_timestamp_seconds`).
+    pub tls_not_after: Option<i64>,
 }
 
 impl RuleSet {
@@ -477,6 +505,7 @@ pub fn load_dir(
         routes,
         trusted_proxies: config.trusted_proxies.clone(),
         limits: config.limits,
+        tls_not_after: config.tls.as_ref().map(|t| t.not_after),
     }
 }
 

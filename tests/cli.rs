@@ -965,7 +965,29 @@ fn check_names_wechat_key_problems() {
                 ),
                 &good_key,
             ),
-            "expired at 2021-01-01 00:00:00 UTC",
+            "r.toml:13: keys.platform_keys `",
+        ),
+        (
+            "expired certificate, in the key lifecycle's words",
+            wechat_v3_rule(
+                &format!(
+                    "{{ serial = \"3E1D0A0B0C0D0E0F101112131415161718191A1B\", certificate = {:?} }},",
+                    wechat_path("expired_cert.pem")
+                ),
+                &good_key,
+            ),
+            "`: certificate 3E1D0A0B0C0D0E0F101112131415161718191A1B (`CN=",
+        ),
+        (
+            "expired certificate: when and what to do",
+            wechat_v3_rule(
+                &format!(
+                    "{{ serial = \"3E1D0A0B0C0D0E0F101112131415161718191A1B\", certificate = {:?} }},",
+                    wechat_path("expired_cert.pem")
+                ),
+                &good_key,
+            ),
+            "expired on 2021-01-01 00:00:00 UTC; WeChat Pay no longer signs with it: remove this entry",
         ),
         (
             "serial does not match the certificate",
@@ -1458,7 +1480,11 @@ fn check_warns_about_an_expired_certificate_and_still_loads() {
             .arg(dir.path().join("callgate.toml")),
     );
     assert_eq!((code, out.trim()), (0, "ok: 1 routes"), "{err}");
-    assert!(err.contains("r.toml:11: warning: keys.alipay_cert: certificate `CN=Alipay Test Public Key-2088101117955611,OU=Alipay,O=Callgate Test,C=CN` expired on 2021-01-01 00:00:00 UTC"), "{err}");
+    assert!(
+        err.contains("r.toml:11: warning: keys.alipay_cert `"),
+        "{err}"
+    );
+    assert!(err.contains("expired_alipayCertPublicKey_RSA2.crt`: certificate 0A (`CN=Alipay Test Public Key-2088101117955611,OU=Alipay,O=Callgate Test,C=CN`) expired on 2021-01-01 00:00:00 UTC; Alipay's SDK still verifies notifications with it and so does callgate"), "{err}");
 }
 
 /// `openssl dgst -md5` over `content + key`, as lower-case hex.

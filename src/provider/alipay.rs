@@ -41,12 +41,13 @@ use super::{
     shown,
 };
 use crate::body::Form;
+use crate::expiry::{self, KeyCert, WhenExpired};
 use crate::rules::{FileCtx, RuleError};
 
 /// `[route.keys]` for `alipay`, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct KeysFile {
+pub(crate) struct KeysFile {
     /// The app's id on the open platform; notifications must carry it.
     app_id: Spanned<String>,
     /// Alipay's public key (PEM, or the bare Base64 from the console).
@@ -66,6 +67,9 @@ pub struct Keys {
     key: RsaKey,
     /// Certificate mode: the SNs of the configured certificates.
     cert: Option<CertSns>,
+    /// Certificate mode: every certificate on the chains, (`key` label,
+    /// notAfter).
+    certs: Vec<(String, i64)>,
 }
 
 /// Notification time format (`yyyy-MM-dd HH:mm:ss`, Beijing time).
@@ -104,7 +108,7 @@ impl Keys {
                 (None, None)
             }
             (None, true) => match load_cert_mode(&raw, span, ctx) {
-                Some((key, sns)) => (Some(key), Some(sns)),
+                Some((key, sns, certs)) => (Some(key), Some((sns, certs))),
                 None => (None, None),
             },
             (None, false) => {
@@ -118,11 +122,22 @@ impl Keys {
                 (None, None)
             }
         };
+        let (cert, certs) = match cert {
+            Some((sns, certs)) => (Some(sns), certs),
+            None => (None, Vec::new()),
+        };
         Some(Keys {
             app_id: raw.app_id.into_inner().into_boxed_str(),
             key: key?,
             cert,
+            certs,
         })
+    }
+
+    /// Certificate mode: every certificate on the Alipay and app certificate
+    /// chains, as (`<field>:<serial>`, notAfter). Empty in public-key mode.
+    pub fn certificates(&self) -> Vec<(String, i64)> {
+        self.certs.clone()
     }
 
     /// The certificate SNs, in certificate mode.
@@ -136,6 +151,7 @@ impl Keys {
             app_id: app_id.into(),
             key: RsaKey::from_file(public_key)?,
             cert: None,
+            certs: Vec::new(),
         })
     }
 
@@ -190,13 +206,23 @@ impl Keys {
     }
 }
 
+/// A certificate's `callgate_key_expiry_timestamp_seconds` entry: (`key`
+/// label, notAfter).
+type KeyExpiry = (String, i64);
+
+/// What `check` says about an expired certificate in certificate mode.
+const EXPIRED_ADVICE: &str = "Alipay's SDK still verifies notifications with it and so does callgate, \
+     but download the current certificate from the open platform";
+const RENEW_ADVICE: &str = "download the renewed certificate from the open platform before then";
+
 /// Loads certificate mode for `[route.keys]`, recording problems at the
-/// line of the key they concern, and printing expiry warnings.
+/// line of the key they concern, and printing expiry warnings (an expired
+/// certificate is only a warning here: the SDK keeps verifying with it).
 fn load_cert_mode(
     raw: &KeysFile,
     table: std::ops::Range<usize>,
     ctx: &mut FileCtx<'_>,
-) -> Option<(RsaKey, CertSns)> {
+) -> Option<(RsaKey, CertSns, Vec<KeyExpiry>)> {
     let (Some(cert), Some(root)) = (&raw.alipay_cert, &raw.alipay_root_cert) else {
         let missing = if raw.alipay_cert.is_none() {
             "alipay_cert"
@@ -219,10 +245,35 @@ fn load_cert_mode(
         alipay_root_cert: &root_path,
         app_cert: app_path.as_deref(),
     };
-    match alipay_cert::load(&files, crate::replay::unix_now()) {
+    let now = crate::replay::unix_now();
+    match alipay_cert::load(&files, now) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 ctx.warn(cert.span(), w);
+            }
+            let mut certs = Vec::with_capacity(loaded.certificates.len());
+            for c in &loaded.certificates {
+                let named = match c.field {
+                    "app_cert" => raw.app_cert.as_ref().unwrap_or(cert),
+                    "alipay_root_cert" => root,
+                    _ => cert,
+                };
+                let key_cert = KeyCert {
+                    field: c.field,
+                    file: named.get_ref(),
+                    serial: &c.serial,
+                    subject: c.subject.clone(),
+                    not_after: c.not_after,
+                };
+                expiry::judge(
+                    ctx,
+                    named.span(),
+                    &key_cert,
+                    now,
+                    WhenExpired::Warn(EXPIRED_ADVICE),
+                    RENEW_ADVICE,
+                );
+                certs.push((key_cert.label(), c.not_after));
             }
             tracing::debug!(
                 alipay_cert_sn = &*loaded.sns.alipay_cert_sn,
@@ -230,7 +281,7 @@ fn load_cert_mode(
                 app_cert_sn = loaded.sns.app_cert_sn.as_deref().unwrap_or("-"),
                 "alipay certificate mode loaded"
             );
-            Some((loaded.key, loaded.sns))
+            Some((loaded.key, loaded.sns, certs))
         }
         Err(problems) => {
             for p in problems {
@@ -379,6 +430,7 @@ mod tests {
             app_id: app_id.into(),
             key: RsaKey::from_file(&fixtures().join(key)).unwrap(),
             cert: None,
+            certs: Vec::new(),
         }
     }
 
@@ -538,6 +590,7 @@ mod tests {
             app_id: "2021000000000001".into(),
             key: loaded.key,
             cert: Some(loaded.sns),
+            certs: Vec::new(),
         }
     }
 
@@ -589,6 +642,7 @@ mod tests {
             )
             .unwrap(),
             cert: None,
+            certs: Vec::new(),
         };
         assert!(pk.verify(&cert_form("cert_sn_mismatch.form")).is_ok());
     }
@@ -609,6 +663,7 @@ mod tests {
             app_id: "9021000122682882".into(),
             key: loaded.key,
             cert: Some(loaded.sns),
+            certs: Vec::new(),
         };
         assert!(k.verify(&form("yansongda_sandbox_plus.form")).is_ok());
         assert!(

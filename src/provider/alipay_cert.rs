@@ -21,9 +21,14 @@
 //!   file, or the route does not load. Like the SDK (and unlike a TLS path
 //!   validator), CA flags and key usage are not required: Alipay's sandbox
 //!   intermediate carries neither.
-//! * Expiry: never a reason to refuse here (the SDK does not refuse either);
-//!   an expired or not-yet-valid certificate on the chain is a warning at
-//!   load (`callgate check` and start-up print it).
+//! * Expiry: never a reason to refuse here (the SDK does not refuse either),
+//!   the one exception to `expiry`'s rule that an expired key certificate
+//!   fails `check`. Every certificate on the two chains is returned in
+//!   [`Loaded::certificates`]; `alipay.rs` judges them with
+//!   `expiry::WhenExpired::Warn`: expired or expiring within 30 days is a
+//!   warning at load (`callgate check` and start-up print it), and each is
+//!   exported as `callgate_key_expiry_timestamp_seconds`. A certificate not
+//!   yet valid is a warning too.
 //! * SNs (AntCertificationUtil `getCertSN` / `getRootCertSN`): `md5(issuer
 //!   DN + decimal serial)` as 32 lower-case hex digits, where the DN is
 //!   Java's `X500Principal.getName()` (RFC 2253: most specific RDN first,
@@ -57,12 +62,27 @@ pub struct CertSns {
 }
 
 /// Certificate mode, loaded: the key notifications are verified with, the
-/// SNs, and warnings to print (expiry).
+/// SNs, the certificates on the chains (for expiry) and warnings to print
+/// (a certificate not yet valid).
 #[derive(Debug)]
 pub struct Loaded {
     pub key: RsaKey,
     pub sns: CertSns,
+    pub certificates: Vec<ChainCert>,
     pub warnings: Vec<String>,
+}
+
+/// A certificate on the Alipay or the app certificate's chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainCert {
+    /// The keys field whose file holds it.
+    pub field: &'static str,
+    /// `openssl x509 -serial` form.
+    pub serial: String,
+    /// RFC 2253 subject.
+    pub subject: String,
+    /// Unix seconds.
+    pub not_after: i64,
 }
 
 /// A problem with one of the three files: which key, and why.
@@ -128,8 +148,41 @@ pub fn load(files: &CertFiles<'_>, now: i64) -> Result<Loaded, Vec<CertProblem>>
             None
         }
     };
+    let mut certificates: Vec<ChainCert> = Vec::new();
+    let mut note = |path: &[&X509Certificate<'_>], app: &[X509Certificate<'_>]| {
+        for c in path {
+            let is_in = |set: &[X509Certificate<'_>]| {
+                set.iter()
+                    .any(|x| x.tbs_certificate.as_ref() == c.tbs_certificate.as_ref())
+            };
+            let field = if is_in(app) {
+                "app_cert"
+            } else if is_in(&pub_certs) {
+                "alipay_cert"
+            } else {
+                "alipay_root_cert"
+            };
+            let cert = ChainCert {
+                field,
+                serial: crate::expiry::serial_hex(c),
+                subject: rfc2253(c.subject()),
+                not_after: c.validity().not_after.timestamp(),
+            };
+            // An intermediate may sit in both the Alipay and the app
+            // certificate file: one entry, under the first file noted.
+            if !certificates
+                .iter()
+                .any(|x| x.serial == cert.serial && x.subject == cert.subject)
+            {
+                certificates.push(cert);
+            }
+        }
+    };
     match chain(&pub_certs[0], &pub_certs[1..], &roots) {
-        Ok(path) => warnings.extend(validity_warnings("alipay_cert", &path, now)),
+        Ok(path) => {
+            warnings.extend(validity_warnings("alipay_cert", &path, now));
+            note(&path, &[]);
+        }
         Err(reason) => problems.push(problem("alipay_cert", reason)),
     }
     // An app certificate file usually holds the leaf alone: its intermediate
@@ -146,6 +199,7 @@ pub fn load(files: &CertFiles<'_>, now: i64) -> Result<Loaded, Vec<CertProblem>>
         ) {
             Ok(path) => {
                 warnings.extend(validity_warnings("app_cert", &path, now));
+                note(&path, app);
                 Some(cert_sn(&app[0]).into_boxed_str())
             }
             Err(reason) => {
@@ -163,6 +217,7 @@ pub fn load(files: &CertFiles<'_>, now: i64) -> Result<Loaded, Vec<CertProblem>>
                 alipay_root_cert_sn: root_sn.into(),
                 app_cert_sn,
             },
+            certificates,
             warnings,
         }),
         _ => Err(problems),
@@ -384,32 +439,17 @@ fn signed_by(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
         .is_ok()
 }
 
-/// Warnings for certificates on `path` outside their validity period.
+/// Warnings for certificates on `path` that are not valid yet (expiry is
+/// judged by `expiry`, from [`Loaded::certificates`]).
 fn validity_warnings(field: &str, path: &[&X509Certificate<'_>], now: i64) -> Vec<String> {
-    let when = |t: i64| {
-        chrono::DateTime::from_timestamp(t, 0)
-            .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-            .unwrap_or_else(|| t.to_string())
-    };
     path.iter()
-        .filter_map(|c| {
-            let v = c.validity();
-            let (from, until) = (v.not_before.timestamp(), v.not_after.timestamp());
-            if now > until {
-                Some(format!(
-                    "keys.{field}: certificate `{}` expired on {}; Alipay's SDK still verifies notifications with it and so does callgate, but download the current certificate from the open platform",
-                    rfc2253(c.subject()),
-                    when(until)
-                ))
-            } else if now < from {
-                Some(format!(
-                    "keys.{field}: certificate `{}` is not valid until {}",
-                    rfc2253(c.subject()),
-                    when(from)
-                ))
-            } else {
-                None
-            }
+        .filter(|c| now < c.validity().not_before.timestamp())
+        .map(|c| {
+            format!(
+                "keys.{field}: certificate `{}` is not valid until {}",
+                rfc2253(c.subject()),
+                crate::expiry::utc(c.validity().not_before.timestamp())
+            )
         })
         .collect()
 }
@@ -498,8 +538,47 @@ mod tests {
             loaded.sns.app_cert_sn.as_deref(),
             Some("e90dd23a37c5c7b616e003970817ff82")
         );
-        // Today the sandbox leaf is expired: still loads, with a warning.
-        let warnings = load(
+        // Every certificate on both chains, with its file and notAfter
+        // (serials and dates as `openssl x509 -serial -enddate` prints them).
+        let at = |s: &str| {
+            chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
+                .unwrap()
+                .and_utc()
+                .timestamp()
+        };
+        let got: Vec<(&str, &str, i64)> = loaded
+            .certificates
+            .iter()
+            .map(|c| (c.field, c.serial.as_str(), c.not_after))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "alipay_cert",
+                    "2023060769B99529DC18B16AC12FD695",
+                    at("2024-06-06 08:47:02")
+                ),
+                (
+                    "alipay_cert",
+                    "20190819B815C6ADB5D0AC4B27E600FD",
+                    at("2024-08-01 11:16:00")
+                ),
+                (
+                    "alipay_root_cert",
+                    "2019042253697012597DFC04E69F6E07",
+                    at("2029-04-19 03:07:23")
+                ),
+                (
+                    "app_cert",
+                    "20230607CAA8B2E6DD943115CD903930",
+                    at("2024-06-11 08:46:07")
+                ),
+            ]
+        );
+        // Today the sandbox leaf is expired: still loads (expiry is judged
+        // by the caller, as a warning).
+        let later = load(
             &CertFiles {
                 alipay_cert: &fixture("alipay", "yansongda_alipayPublicCert.crt"),
                 alipay_root_cert: &fixture("alipay_cert", "fzlee_alipay_root_cert.crt"),
@@ -507,13 +586,26 @@ mod tests {
             },
             1_800_000_000,
         )
-        .unwrap()
-        .warnings;
+        .unwrap();
+        assert!(later.warnings.is_empty(), "{:?}", later.warnings);
+        assert_eq!(later.certificates.len(), 3);
+        // Before the leaf's notBefore: a warning.
+        let early = load(
+            &CertFiles {
+                alipay_cert: &fixture("alipay", "yansongda_alipayPublicCert.crt"),
+                alipay_root_cert: &fixture("alipay_cert", "fzlee_alipay_root_cert.crt"),
+                app_cert: None,
+            },
+            1_600_000_000,
+        )
+        .unwrap();
         assert!(
-            warnings
+            early
+                .warnings
                 .iter()
-                .any(|w| w.contains("expired on 2024-06-06 08:47:02 UTC")),
-            "{warnings:?}"
+                .any(|w| w.contains("is not valid until")),
+            "{:?}",
+            early.warnings
         );
         // The production root file does not hold the sandbox root.
         let err = load(

@@ -340,7 +340,7 @@ impl Envelope {
 /// `[route.keys]` for `jdpay`, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct KeysFile {
+pub(crate) struct KeysFile {
     /// The merchant number (`merchant`) notifications must carry.
     merchant: Spanned<String>,
     /// File holding the merchant's 3DES key, Base64, as JD issues it.

@@ -201,6 +201,18 @@ impl Provider {
         }
     }
 
+    /// Every certificate behind the route's keys: (`key` label
+    /// `<keys field>:<serial>`, notAfter in Unix seconds). Empty for
+    /// providers keyed by secrets or bare public keys.
+    pub fn certificates(&self) -> Vec<(String, i64)> {
+        match self {
+            Provider::Alipay(keys) => keys.certificates(),
+            Provider::WechatV3(keys) => keys.certificates(),
+            Provider::Unionpay(keys) => keys.certificates(),
+            Provider::AlipayMd5(_) | Provider::WechatV2(_) | Provider::Jdpay(_) => Vec::new(),
+        }
+    }
+
     /// The route's `notify_verify` confirmation (legacy Alipay), when it has
     /// one: asked once the event is claimed, before it is forwarded.
     pub fn notify_verify(&self) -> Option<&alipay_md5::NotifyVerify> {

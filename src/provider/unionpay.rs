@@ -42,6 +42,14 @@
 //! 5. Anything else (another version, `signMethod` 11/12 secure-key modes,
 //!    a missing `signMethod`) is refused: no fallback to a weaker check.
 //!
+//! Certificate lifetimes at load (`expiry`): a `root_cert`, `middle_cert`
+//! or `verify_certs` entry that has expired does not load (the middle and
+//! the signing certificates are refused at verification once expired
+//! anyway), one expiring within 30 days is a warning. The official SDKs do
+//! not check the 5.0.0 verification certificate's validity; UnionPay stops
+//! signing with a certificate before it expires, so an expired one can only
+//! mean the file was not replaced.
+//!
 //! Business checks: `merId` must be `keys.mer_id` when configured. Event id:
 //! `queryId` + `:` + `txnType`, so a refund (`txnType=04`) is never taken
 //! for its payment (`txnType=01`) whatever its `queryId`. Signed time:
@@ -60,6 +68,7 @@ use x509_parser::certificate::X509Certificate;
 use super::alipay::{charset, check_encoding};
 use super::{Fields, ProviderKind, RsaDigest, RsaKey, Verified, VerifyError, beijing_time, shown};
 use crate::body::Form;
+use crate::expiry::{self, KeyCert, WhenExpired};
 use crate::rules::{FileCtx, RuleError};
 
 /// The organisation field UnionPay's signing certificates carry in their CN
@@ -72,7 +81,7 @@ const TIME_FORMAT: &str = "%Y%m%d%H%M%S";
 /// `[route.keys]` for `unionpay`, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct KeysFile {
+pub(crate) struct KeysFile {
     /// The merchant number; when set, notifications for another `merId` are refused.
     mer_id: Option<Spanned<String>>,
     /// UnionPay's root certificate (`acp_prod_root.cer`), for 5.1.0.
@@ -91,6 +100,9 @@ pub struct Keys {
     chain: Option<Chain>,
     /// 5.0.0 keys by the decimal serial number of their certificate.
     verify_certs: HashMap<String, RsaKey>,
+    /// Every configured certificate as (`<field>:<decimal serial>`,
+    /// notAfter).
+    certs: Vec<(String, i64)>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -141,6 +153,47 @@ fn read_cert(path: &std::path::Path) -> Result<Vec<u8>, String> {
     }
 }
 
+/// Judges the lifetime of a configured certificate (`expiry`: expired is a
+/// load error, within 30 days a warning) and records its gauge entry.
+/// Returns false when it has expired.
+fn judge(
+    ctx: &mut FileCtx<'_>,
+    field: &'static str,
+    file: &Spanned<String>,
+    der: &[u8],
+    now: i64,
+    certs: &mut Vec<(String, i64)>,
+) -> bool {
+    let Some(cert) = parse(der) else {
+        return true; // read_cert already refused what does not parse
+    };
+    let serial = cert.tbs_certificate.serial.to_string();
+    let key_cert = KeyCert {
+        field,
+        file: file.get_ref(),
+        serial: &serial,
+        subject: cert.subject().to_string(),
+        not_after: cert.validity().not_after.timestamp(),
+    };
+    let advice = if field == "verify_certs" {
+        "UnionPay no longer signs 5.0.0 notifications with it: replace it with the current acp_prod_verify_sign.cer"
+    } else {
+        "UnionPay's signing certificates no longer chain through it: install UnionPay's current acp_prod_root.cer and acp_prod_middle.cer"
+    };
+    let fresh = expiry::judge(
+        ctx,
+        file.span(),
+        &key_cert,
+        now,
+        WhenExpired::Refuse(advice),
+        "install UnionPay's renewed certificate before then",
+    );
+    if fresh {
+        certs.push((key_cert.label(), key_cert.not_after));
+    }
+    fresh
+}
+
 fn parse(der: &[u8]) -> Option<X509Certificate<'_>> {
     x509_parser::parse_x509_certificate(der)
         .ok()
@@ -158,6 +211,8 @@ impl Keys {
         let span = value.span();
         let raw: KeysFile = ctx.deserialize(value)?;
         let mut ok = true;
+        let now = crate::replay::unix_now();
+        let mut certs = Vec::new();
         let fail = |ctx: &mut FileCtx<'_>, span, field: &str, file: &str, reason: String| {
             ctx.error(
                 span,
@@ -190,6 +245,9 @@ impl Keys {
                 match (root_der, middle_der) {
                     (Ok(root_der), Ok(middle_der)) => match check_middle(&root_der, &middle_der) {
                         Ok(()) => {
+                            let r = judge(ctx, "root_cert", root, &root_der, now, &mut certs);
+                            let m = judge(ctx, "middle_cert", middle, &middle_der, now, &mut certs);
+                            ok &= r && m;
                             chain = Some(Chain {
                                 middle_der: middle_der.into_boxed_slice(),
                             })
@@ -234,10 +292,11 @@ impl Keys {
                 let serial = cert.tbs_certificate.serial.to_string();
                 let key = RsaKey::from_der(cert.public_key().raw)
                     .map_err(|e| format!("certificate key: {e}"))?;
-                Ok((serial, key))
+                Ok((serial, key, der))
             });
             match loaded {
-                Ok((serial, key)) => {
+                Ok((serial, key, der)) => {
+                    ok &= judge(ctx, "verify_certs", file, &der, now, &mut certs);
                     if verify_certs.insert(serial.clone(), key).is_some() {
                         ok = false;
                         fail(
@@ -273,7 +332,15 @@ impl Keys {
             mer_id: raw.mer_id.map(|m| m.into_inner().into_boxed_str()),
             chain,
             verify_certs,
+            certs,
         })
+    }
+
+    /// `root_cert`, `middle_cert` and every `verify_certs` entry, as
+    /// (`<field>:<decimal serial>`, notAfter): the serial is the `certId` a
+    /// 5.0.0 notification names.
+    pub fn certificates(&self) -> Vec<(String, i64)> {
+        self.certs.clone()
     }
 
     /// Keys built directly from files, for tests and benches.
@@ -305,6 +372,7 @@ impl Keys {
             mer_id: mer_id.map(Into::into),
             chain,
             verify_certs: certs,
+            certs: Vec::new(),
         })
     }
 

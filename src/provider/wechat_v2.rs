@@ -68,7 +68,7 @@ use crate::secret::{Secret, ct_eq};
 /// `[route.keys]` for `wechat_v2`, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct KeysFile {
+pub(crate) struct KeysFile {
     /// The merchant id (商户号); notifications must carry it as `mch_id`.
     mch_id: Spanned<String>,
     /// File holding the API v2 key (商户平台 → API安全 → API密钥).

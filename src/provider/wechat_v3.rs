@@ -21,8 +21,10 @@
 //!    public key can happen without downtime.
 //! 3. A certificate used outside its validity is refused. The SDKs do not
 //!    check this at verification (they rely on the certificate download
-//!    refreshing the set); callgate keeps static files, so it does, and
-//!    `callgate check` reports an entry that has already expired.
+//!    refreshing the set); callgate keeps static files, so it does, and an
+//!    entry that has already expired does not load (`callgate check` fails,
+//!    as for every expired key certificate, see `expiry`; one expiring
+//!    within 30 days is a warning).
 //! 4. The signature (standard Base64; WeChat's deliberate probes
 //!    `WECHATPAY/SIGNTEST/...` simply fail here) is checked over
 //!    `timestamp\nnonce\nbody\n` with the body's raw bytes, never a
@@ -52,13 +54,14 @@ use toml::de::DeValue;
 
 use super::{Fields, ProviderKind, RsaDigest, RsaKey, Verified, VerifyError, shown};
 use crate::body::JsonBody;
+use crate::expiry::{self, KeyCert, WhenExpired};
 use crate::rules::{FileCtx, RuleError};
 use crate::secret::Secret;
 
 /// `[route.keys]` for `wechat_v3`, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct KeysFile {
+pub(crate) struct KeysFile {
     /// The merchant id (商户号); the decrypted resource must carry it.
     mch_id: Spanned<String>,
     /// File holding the 32-byte APIv3 key (商户平台 → API安全 → APIv3密钥).
@@ -320,6 +323,21 @@ impl Keys {
         })
     }
 
+    /// Every certificate entry of `platform_keys`, as
+    /// (`platform_keys:<serial>`, notAfter); public-key entries do not
+    /// expire.
+    pub fn certificates(&self) -> Vec<(String, i64)> {
+        self.platform
+            .iter()
+            .filter_map(|k| match (&k.serial, k.validity) {
+                (Serial::Certificate(s), Some((_, not_after))) => {
+                    Some((format!("platform_keys:{s}"), not_after))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     fn key_for(&self, serial: &str) -> Result<&PlatformKey, VerifyError> {
         let wanted = if serial.starts_with(PUBLIC_KEY_ID_PREFIX) {
             Some(Serial::PublicKeyId(serial.to_owned()))
@@ -495,15 +513,23 @@ fn compile_entry(entry: &PlatformKeyFile, ctx: &mut FileCtx<'_>, now: i64) -> Op
                 return None;
             }
             let (not_before, not_after) = loaded.validity;
-            if now > not_after {
-                err(
-                    ctx,
-                    format!(
-                        "certificate `{file}` (serial {}) expired at {}; WeChat no longer signs with it: remove this entry",
-                        loaded.serial,
-                        utc(not_after)
-                    ),
-                );
+            let fresh = expiry::judge(
+                ctx,
+                cert.span(),
+                &KeyCert {
+                    field: "platform_keys",
+                    file,
+                    serial: &loaded.serial,
+                    subject: loaded.subject.clone(),
+                    not_after,
+                },
+                now,
+                WhenExpired::Refuse(
+                    "WeChat Pay no longer signs with it: remove this entry (keep the current platform certificate or the WeChat Pay public key listed)",
+                ),
+                "list the next platform certificate next to this one before then (WeChat Pay signs with the new one from about five days before the old one expires)",
+            );
+            if !fresh {
                 return None;
             }
             Some(PlatformKey {
@@ -538,6 +564,8 @@ pub struct LoadedCertificate {
     pub key: RsaKey,
     /// (not before, not after), Unix seconds.
     pub validity: (i64, i64),
+    /// The subject, for messages.
+    pub subject: String,
 }
 
 /// Reads one PEM certificate.
@@ -566,6 +594,7 @@ pub fn load_certificate(path: &Path) -> Result<LoadedCertificate, String> {
     Ok(LoadedCertificate {
         serial,
         key,
+        subject: cert.subject().to_string(),
         validity: (
             validity.not_before.timestamp(),
             validity.not_after.timestamp(),
@@ -591,12 +620,6 @@ impl PlatformKey {
             validity: None,
         }
     }
-}
-
-fn utc(t: i64) -> String {
-    chrono::DateTime::from_timestamp(t, 0)
-        .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_else(|| t.to_string())
 }
 
 #[cfg(test)]
