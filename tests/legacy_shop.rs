@@ -581,11 +581,7 @@ async fn forged_tampered_and_foreign_notifications_never_reach_the_shop() {
     // reports it, with no header at all (the proxy itself), and with an
     // Alipay address the sender wrote in front of its own (nginx appends the
     // real one; callgate takes the right-most address it does not trust).
-    for xff in [
-        Some(STRANGER_IP),
-        None,
-        Some("110.75.1.2, 203.0.113.7"),
-    ] {
+    for xff in [Some(STRANGER_IP), None, Some("110.75.1.2, 203.0.113.7")] {
         let r = post_via(&gw, "/notify/alipay", xff, &genuine).await;
         assert_eq!(ack(&r), fail(403), "X-Forwarded-For {xff:?}");
     }
@@ -818,6 +814,24 @@ async fn a_gbk_legacy_notification_reaches_the_shop_byte_for_byte_and_passes_its
     assert_eq!(ack(&r), fail(401));
     assert_eq!(shop.order("CG20261122100004"), "paid|1");
     assert_eq!(shop.calls("CG20261122100004").len(), 2);
+
+    // The committed md5_gbk.form carries an empty `extra_common_param=`:
+    // Alipay's rule leaves it out of the signed string (callgate accepts
+    // it), the DedeCMS/ECShop string keeps it (the shop's check fails).
+    // Behind callgate that is a visible failed delivery, not a quietly
+    // unpaid order.
+    let r = gw
+        .post_form("/respond.php", &fixture("alipay_md5", "md5_gbk.form"))
+        .await;
+    assert_eq!(ack(&r), fail(502));
+    let calls = shop.calls("CG20261122100004");
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert!(calls[2].contains("sign=bad"), "{calls:?}");
+    assert_eq!(
+        gw.requests_of("shop-alipay-md5", "alipay_md5", "upstream_error")
+            .await,
+        1.0
+    );
 }
 
 // === the handler that trusts callgate ===
