@@ -51,9 +51,11 @@ function shop_db()
     static $db = null;
     if ($db === null) {
         $file = shop_data_dir() . '/shop.sqlite';
-        $fresh = !is_file($file);
         $db = new PDO('sqlite:' . $file, null, null, array(PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION));
         $db->exec('PRAGMA busy_timeout = 5000');
+        // By the table, not the file: an empty file (made by the sqlite3
+        // CLI, say) still gets the schema.
+        $fresh = $db->query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'orders'")->fetchColumn() === false;
         if ($fresh) {
             $db->exec(file_get_contents(SHOP_ROOT . '/schema.sql'));
         }
