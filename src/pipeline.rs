@@ -1,5 +1,5 @@
 //! The request flow, top to bottom, in contract order:
-//! route → method → address → size → parse → signature → freshness →
+//! route → method → address → rate limit → size → parse → signature → freshness →
 //! (legacy Alipay: notify_verify) → replay → forward → ack. Each step is a
 //! plain function whose error side is the [`Outcome`] that ends the request;
 //! [`handle`] turns the outcome into the platform's ack and [`finish`] writes
@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::provider::Verified;
 use crate::replay::{self, Claim, Key, KeyKind, ReplayStore, Token};
 use crate::rules::{AllowMode, OnStoreError, Route, RuleSet};
-use crate::{allow, body, normalize};
+use crate::{allow, body, limit, normalize};
 
 /// Everything a request needs, shared by all connections. Built in `main`
 /// (or a test), passed explicitly: no globals.
@@ -160,6 +160,8 @@ async fn flow(
         }
     };
     ctx.client = Some(client);
+    limit::check(&route, client)
+        .map_err(|e| ctx.reject(Outcome::RateLimited, "rate_limited", e))?;
 
     let limits = rules.limits;
     let (parts, incoming) = req.into_parts();

@@ -79,6 +79,8 @@ pub enum RuleError {
     },
     #[error("keys.{field}: {reason}")]
     KeyValue { field: String, reason: String },
+    #[error("rate_limit: {reason}")]
+    RateLimit { reason: String },
 }
 
 // === raw ===
@@ -117,6 +119,9 @@ pub struct RouteFile {
     /// and counted as `ip_denied_dry_run`, to roll out an allow list.
     #[serde(default)]
     pub allow_mode: AllowMode,
+    /// `{ per_second = 50, burst = 200 }`: a token bucket per source
+    /// address (see `limit`); absent means no limit.
+    pub rate_limit: Option<Spanned<crate::limit::RateLimitFile>>,
 }
 
 /// Whether the allow list refuses or only reports.
@@ -156,6 +161,8 @@ pub struct Route {
     pub max_future: Duration,
     pub on_store_error: OnStoreError,
     pub allow_mode: AllowMode,
+    /// Per-source rate limit and its buckets, when set.
+    pub rate_limit: Option<crate::limit::RateLimit>,
     /// Where the route is defined, for messages.
     pub file: PathBuf,
     pub line: usize,
@@ -527,6 +534,8 @@ fn compile_route(
         );
     }
 
+    let rate_limit = crate::limit::RateLimit::compile(raw.rate_limit.as_ref(), ctx);
+
     let provider = match keys {
         Some(value) => Provider::compile(kind, value, ctx),
         None => {
@@ -553,6 +562,7 @@ fn compile_route(
         forward: raw.forward,
         on_store_error: raw.on_store_error,
         allow_mode: raw.allow_mode,
+        rate_limit,
         max_age,
         max_future,
         file: ctx.file.to_path_buf(),
