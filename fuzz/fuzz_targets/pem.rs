@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
             alipay_root_cert: &file,
             app_cert: Some(&file),
         },
-        NOW,
+        now(),
     );
     let _ = unionpay::Keys::from_files(None, Some((&file, &file)), &[&file]);
     let _ = jdpay::Keys::from_files("110000000001", &des_key, &file);

@@ -7,9 +7,13 @@ use std::sync::OnceLock;
 
 use callgate::rules::{Route, RuleSet};
 
-/// The fixtures' signing time (2026-11-22T02:00:00Z): certificates are
-/// valid then, so verification runs as deep as the bytes allow.
-pub const NOW: i64 = 1_795_312_800;
+/// Verification time: now, when the fixture certificates are valid, so
+/// verification runs as deep as the bytes allow (freshness is not part of
+/// `verify`).
+pub fn now() -> i64 {
+    static NOW: OnceLock<i64> = OnceLock::new();
+    *NOW.get_or_init(callgate::replay::unix_now)
+}
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
@@ -141,7 +145,7 @@ pub fn content_type(ct: &'static str) -> http::HeaderMap {
 /// gateway). Any panic is a bug.
 pub fn parse_and_verify(route: &Route, headers: &http::HeaderMap, body: &[u8]) {
     if let Ok(payload) = callgate::body::parse(route.provider.format(), headers, body)
-        && let Ok(v) = route.provider.verify(headers, &payload, NOW)
+        && let Ok(v) = route.provider.verify(headers, &payload, now())
     {
         let _ = callgate::normalize::normalize(&v);
     }
