@@ -453,11 +453,7 @@ fn samples() -> &'static [Sample] {
     })
 }
 
-fn sample_verify(
-    s: &Sample,
-    headers: &[(String, String)],
-    body: &[u8],
-) -> Result<Vouched, String> {
+fn sample_verify(s: &Sample, headers: &[(String, String)], body: &[u8]) -> Result<Vouched, String> {
     let r = route(s.path);
     let extra: Vec<(&str, &str)> = headers
         .iter()
