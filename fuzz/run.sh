@@ -43,7 +43,7 @@ set +e
   -print_final_stats=1 -artifact_prefix="artifacts/$target/" >"$log" 2>&1
 rc=$?
 set -e
-grep -E '^#[0-9]+ +(DONE|INITED)|stat::number_of_executed_units|stat::peak_rss_mb|stat::new_units_added' "$log" || true
+grep -E '^#[0-9]+[[:space:]]+(DONE|INITED)|stat::number_of_executed_units|stat::peak_rss_mb|stat::new_units_added' "$log" || true
 crashes=$(find "artifacts/$target" -type f \( -name 'crash-*' -o -name 'oom-*' -o -name 'timeout-*' -o -name 'leak-*' \) | wc -l)
 echo "target=$target seconds=$secs exit=$rc crashes=$crashes corpus=$(ls "corpus/$target" | wc -l)"
 exit $rc
