@@ -41,7 +41,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Peak resident memory allowed for the whole test process.
-const MEMORY_BOUND_MB: u64 = 768;
+const MEMORY_BOUND_MB: u64 = 256;
 
 fn soak_secs() -> u64 {
     std::env::var("CALLGATE_SOAK_SECS")
