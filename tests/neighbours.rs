@@ -38,11 +38,14 @@ enum Fault {
     MidBody,
 }
 
+/// Requests that reached the raw upstream: the fault in force, the body.
+type Seen = Arc<Mutex<Vec<(Fault, Vec<u8>)>>>;
+
 struct RawUpstream {
     url: String,
     fault: Arc<Mutex<Fault>>,
     /// Requests that reached it, and which of them were answered properly.
-    seen: Arc<Mutex<Vec<(Fault, Vec<u8>)>>>,
+    seen: Seen,
 }
 
 impl RawUpstream {
@@ -97,11 +100,7 @@ async fn read_request(tcp: &mut TcpStream) -> Option<Vec<u8>> {
     }
 }
 
-async fn serve(
-    mut tcp: TcpStream,
-    fault: Arc<Mutex<Fault>>,
-    seen: Arc<Mutex<Vec<(Fault, Vec<u8>)>>>,
-) {
+async fn serve(mut tcp: TcpStream, fault: Arc<Mutex<Fault>>, seen: Seen) {
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nsuccess";
     while let Some(body) = read_request(&mut tcp).await {
         let f = *fault.lock().unwrap();
