@@ -383,3 +383,64 @@ async fn a_full_journal_disk_fails_closed_and_recovers_when_space_returns() {
     assert_eq!(gw.requests("forwarded").await, 1.0);
     gw.gateway.shutdown().await;
 }
+
+// === the replay store dies mid-delivery ===
+
+/// Redis dies while the shop is taking a notification, so the delivery
+/// record (`confirm`) fails after the shop said yes. The platform still
+/// gets its success ack; once Redis is back the record is written by the
+/// gateway's background retry, so the platform's next copy is a duplicate:
+/// neither held at 409 until the claim lapses nor forwarded a second time.
+#[tokio::test]
+async fn a_delivery_record_lost_to_a_redis_outage_is_written_once_redis_returns() {
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let up = Upstream::start(Behaviour::Hold(gate.clone())).await;
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    spec.store = redis.url();
+    let gw = TestGateway::start(spec).await;
+    let body = alipay_fixture("rsa2_trade_success.form");
+
+    let first = {
+        let body = body.clone();
+        let base = gw.base.clone();
+        tokio::spawn(async move {
+            TestClient::new()
+                .send(
+                    "POST",
+                    &format!("{base}/notify/alipay"),
+                    &[("content-type", "application/x-www-form-urlencoded")],
+                    body,
+                )
+                .await
+        })
+    };
+    up.next().await; // the shop holds it; the claim is in Redis
+    redis.kill();
+    gate.notify_one(); // the shop says yes while Redis is gone
+    let r = first.await.unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    let confirm_errors = gw
+        .metric("callgate_replay_store_errors_total", &[("op", "confirm")])
+        .await;
+    assert_eq!(confirm_errors, Some(1.0));
+
+    redis.restart();
+    wait_ready(&gw, 200).await;
+    // The platform's next copy: a duplicate as soon as the retry has written
+    // the record (it backs off from 50 ms); without the retry it would be
+    // 409 until the claim lapsed (upstream_timeout + 30 s = 40 s here).
+    let mut answers = Vec::new();
+    for _ in 0..100 {
+        let r = gw.post_form("/notify/alipay", &body).await;
+        answers.push(r.status);
+        if r.status != 409 {
+            assert_eq!((r.status, r.text().as_str()), (200, "success"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answers.last(), Some(&200), "{answers:?}");
+    assert_eq!(up.count(), 1, "delivered once");
+    assert_eq!(gw.requests("duplicate").await, 1.0);
+}
