@@ -1,6 +1,9 @@
 //! Body: the fourth and fifth steps of the flow.
 //!
-//! [`read`] bounds the body twice: a `Content-Length` above the limit is
+//! [`read`] refuses a `Transfer-Encoding` (the platforms send a
+//! `Content-Length`; hyper resolves `Content-Length` + `Transfer-Encoding`
+//! by dropping the length, so this is the only place "both" can still be
+//! refused), then bounds the body twice: a `Content-Length` above the limit is
 //! refused before a byte is read, and the read itself goes through
 //! [`http_body_util::Limited`], so a chunked or lying body is cut off at the
 //! same limit. The read has its own timeout, so a client that trickles its
@@ -55,6 +58,8 @@ pub enum BodyError {
     TooLarge { limit: u64 },
     #[error("Content-Length is not a number")]
     BadContentLength,
+    #[error("Transfer-Encoding is not accepted; notifications carry a Content-Length")]
+    TransferEncoding,
     #[error("body was not received within {0:?}")]
     Timeout(Duration),
     #[error("body could not be read: {0}")]
@@ -67,6 +72,7 @@ impl BodyError {
         match self {
             BodyError::DeclaredTooLarge { .. } | BodyError::TooLarge { .. } => "too_large",
             BodyError::BadContentLength => "bad_content_length",
+            BodyError::TransferEncoding => "transfer_encoding",
             BodyError::Timeout(_) => "body_timeout",
             BodyError::Read(_) => "body_read",
         }
@@ -87,6 +93,12 @@ pub async fn read(
     limit: u64,
     timeout: Duration,
 ) -> Result<Bytes, BodyError> {
+    // hyper drops Content-Length when Transfer-Encoding is present (RFC 9112
+    // §6.3), so refusing every Transfer-Encoding is what refuses the
+    // smuggling shape "both"; the platforms send fixed-length bodies.
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return Err(BodyError::TransferEncoding);
+    }
     if let Some(v) = headers.get(CONTENT_LENGTH) {
         let declared: u64 = v
             .to_str()

@@ -308,6 +308,8 @@ struct LimitsFile {
     tls_handshake_timeout: Spanned<Dur>,
     #[serde(default = "default_drain_timeout")]
     drain_timeout: Spanned<Dur>,
+    #[serde(default = "default_max_connections")]
+    max_connections: Spanned<u64>,
 }
 
 impl Default for LimitsFile {
@@ -319,6 +321,7 @@ impl Default for LimitsFile {
             body_timeout: default_body_timeout(),
             tls_handshake_timeout: default_tls_handshake_timeout(),
             drain_timeout: default_drain_timeout(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -343,6 +346,9 @@ fn default_tls_handshake_timeout() -> Spanned<Dur> {
 }
 fn default_drain_timeout() -> Spanned<Dur> {
     secs(30)
+}
+fn default_max_connections() -> Spanned<u64> {
+    Spanned::new(0..0, 10_000)
 }
 
 // === compiled ===
@@ -428,6 +434,9 @@ pub struct Limits {
     pub body_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Open notification connections at most; one more is closed at once
+    /// (and counted in `callgate_connections_refused_total`).
+    pub max_connections: usize,
 }
 
 /// A whole configuration: listener settings and the swappable rule set.
@@ -743,6 +752,11 @@ fn compile_gateway(
         r.max_entries.span(),
     );
     positive(
+        "limits.max_connections",
+        *l.max_connections.get_ref() == 0,
+        l.max_connections.span(),
+    );
+    positive(
         "limits.max_body_bytes",
         *l.max_body_bytes.get_ref() == 0,
         l.max_body_bytes.span(),
@@ -781,6 +795,7 @@ fn compile_gateway(
             body_timeout: l.body_timeout.get_ref().0,
             tls_handshake_timeout: l.tls_handshake_timeout.get_ref().0,
             drain_timeout: l.drain_timeout.get_ref().0,
+            max_connections: usize::try_from(*l.max_connections.get_ref()).unwrap_or(usize::MAX),
         },
         trusted_proxies: trusted.into(),
     })

@@ -13,6 +13,7 @@
 //! server   TcpStream ─tls?─▶ Request + peer
 //! rules    RuleSet::route(path) ─▶ Arc<Route>               NotFound 404, MethodNotAllowed 405
 //! allow    client_ip(peer, X-Forwarded-For) ∈ route.allow   IpDenied 403
+//! limit    token bucket per (route, source)                  RateLimited 429
 //! body     read (Content-Length, then Limited) ─▶ Bytes      TooLarge 413
 //!          parse(format) ─▶ Payload                          Malformed 400
 //! provider verify(headers, payload, now) ─▶ Verified         BadSignature 401, Ignored 200
@@ -37,6 +38,7 @@ pub mod config;
 pub mod expiry;
 pub mod forward;
 pub mod journal;
+pub mod limit;
 pub mod metrics;
 pub mod normalize;
 pub mod pipeline;

@@ -36,6 +36,8 @@ pub struct Metrics {
     last_reload: IntGauge,
     key_expiry: IntGaugeVec,
     store_up: IntGauge,
+    connections_open: IntGauge,
+    connections_refused: prometheus::IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -135,6 +137,16 @@ impl Metrics {
         registry.register(Box::new(last_reload.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
         registry.register(Box::new(journal_errors.clone()))?;
+        let connections_open = IntGauge::new(
+            "callgate_connections_open",
+            "Notification connections open now (bounded by limits.max_connections).",
+        )?;
+        let connections_refused = prometheus::IntCounter::new(
+            "callgate_connections_refused_total",
+            "Notification connections closed at accept because limits.max_connections were open.",
+        )?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
         for op in [
             "claim", "confirm", "release", "remember", "forget", "ping", "entries",
         ] {
@@ -158,6 +170,8 @@ impl Metrics {
             last_reload,
             key_expiry,
             store_up,
+            connections_open,
+            connections_refused,
         })
     }
 
@@ -248,6 +262,17 @@ impl Metrics {
         self.store_up.set(i64::from(up));
     }
 
+    /// A notification connection opened; the gauge falls when the guard drops.
+    pub fn connection_opened(&self) -> ConnectionGuard {
+        self.connections_open.inc();
+        ConnectionGuard(self.connections_open.clone())
+    }
+
+    /// A connection closed at accept: `limits.max_connections` were open.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
     pub fn set_store_entries(&self, n: u64) {
         self.store_entries.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
@@ -257,5 +282,14 @@ impl Metrics {
         let mut out = Vec::with_capacity(16 * 1024);
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+/// Holds one count of `callgate_connections_open` while a connection lives.
+pub struct ConnectionGuard(IntGauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -1,5 +1,5 @@
 //! The request flow, top to bottom, in contract order:
-//! route → method → address → size → parse → signature → freshness →
+//! route → method → address → rate limit → size → parse → signature → freshness →
 //! (legacy Alipay: notify_verify) → replay → forward → ack. Each step is a
 //! plain function whose error side is the [`Outcome`] that ends the request;
 //! [`handle`] turns the outcome into the platform's ack and [`finish`] writes
@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::provider::Verified;
 use crate::replay::{self, Claim, Key, KeyKind, ReplayStore, Token};
 use crate::rules::{AllowMode, Merchant, OnStoreError, Route, RuleSet};
-use crate::{allow, body, normalize, provider};
+use crate::{allow, body, limit, normalize, provider};
 
 /// Everything a request needs, shared by all connections. Built in `main`
 /// (or a test), passed explicitly: no globals.
@@ -163,6 +163,8 @@ async fn flow(
         }
     };
     ctx.client = Some(client);
+    limit::check(&route, client)
+        .map_err(|e| ctx.reject(Outcome::RateLimited, "rate_limited", e))?;
 
     let limits = rules.limits;
     let (parts, incoming) = req.into_parts();
@@ -360,10 +362,20 @@ async fn forget_nonce(state: &State, route: &Route, nonce: Option<&Key>) {
 
 async fn confirm(state: &State, route: &Route, key: &Key, token: Option<Token>) {
     let Some(token) = token else { return };
-    if let Err(e) = state.store.confirm(key, token, state.replay_ttl).await {
+    let ttl = state.replay_ttl;
+    if let Err(e) = state.store.confirm(key, token, ttl).await {
         state.metrics.store_error("confirm");
-        // Delivered, but a platform retry may be forwarded again.
-        tracing::error!(route = %route.name, error = %e, "delivered, but the replay store did not record it");
+        // Delivered, but until this is recorded a later copy could be
+        // forwarded again: keep trying while the store comes back.
+        tracing::error!(route = %route.name, error = %e, "delivered, but the replay store did not record it; retrying in the background");
+        retry_store_write(
+            state,
+            route,
+            key,
+            "confirm",
+            CONFIRM_RETRY_WINDOW,
+            move |store, key| async move { store.confirm(&key, token, ttl).await },
+        );
     }
 }
 
@@ -371,8 +383,53 @@ async fn release(state: &State, route: &Route, key: &Key, token: Option<Token>) 
     let Some(token) = token else { return };
     if let Err(e) = state.store.release(key, token).await {
         state.metrics.store_error("release");
-        tracing::error!(route = %route.name, error = %e, "could not release the claim; the retry waits for it to lapse");
+        // Until released, the platform's retry is 409 (in flight); the
+        // claim lapses by itself, but the store usually comes back sooner.
+        tracing::error!(route = %route.name, error = %e, "could not release the claim; retrying in the background");
+        let lapses = state.rules.load().limits.upstream_timeout + Duration::from_secs(30);
+        retry_store_write(
+            state,
+            route,
+            key,
+            "release",
+            lapses,
+            move |store, key| async move { store.release(&key, token).await },
+        );
     }
+}
+
+/// How long a delivery that the store failed to record keeps being retried.
+const CONFIRM_RETRY_WINDOW: Duration = Duration::from_secs(600);
+
+/// Retries a replay-store write that failed (the store is down) in the
+/// background, with a growing pause, until it succeeds or `within` has
+/// passed. Both writes are safe to repeat: `confirm` records only our own
+/// (or a lapsed) claim, `release` deletes only our own.
+fn retry_store_write<F, Fut>(
+    state: &State,
+    route: &Route,
+    key: &Key,
+    op: &'static str,
+    within: Duration,
+    write: F,
+) where
+    F: Fn(ReplayStore, Key) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), replay::StoreError>> + Send,
+{
+    let (store, key, route) = (state.store.clone(), key.clone(), route.name.clone());
+    tokio::spawn(async move {
+        let deadline = Instant::now() + within;
+        let mut pause = Duration::from_millis(50);
+        while Instant::now() + pause < deadline {
+            tokio::time::sleep(pause).await;
+            if write(store.clone(), key.clone()).await.is_ok() {
+                tracing::info!(route = %route, op, "replay store write done on retry");
+                return;
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+        tracing::error!(route = %route, op, "replay store write abandoned after {within:?}");
+    });
 }
 
 /// Journals how a delivery ended (waits only under `fsync = "always"`).

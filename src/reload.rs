@@ -167,7 +167,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Settings a reload cannot apply.
 fn fixed_changes(running: &Config, new: &Config) -> Vec<&'static str> {
-    let checks: [(&'static str, bool); 9] = [
+    let checks: [(&'static str, bool); 10] = [
         ("listen.addr", running.listen != new.listen),
         (
             "listen.tls_cert/tls_key (turning TLS on or off)",
@@ -191,6 +191,10 @@ fn fixed_changes(running: &Config, new: &Config) -> Vec<&'static str> {
         (
             "limits.drain_timeout",
             running.limits.drain_timeout != new.limits.drain_timeout,
+        ),
+        (
+            "limits.max_connections",
+            running.limits.max_connections != new.limits.max_connections,
         ),
     ];
     checks

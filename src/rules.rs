@@ -107,6 +107,8 @@ pub enum RuleError {
         at: String,
         advice: &'static str,
     },
+    #[error("rate_limit: {reason}")]
+    RateLimit { reason: String },
 }
 
 // === raw ===
@@ -152,6 +154,9 @@ pub struct RouteFile {
     /// an unbounded label set in general).
     #[serde(default)]
     pub merchant_label: bool,
+    /// `{ per_second = 50, burst = 200 }`: a token bucket per source
+    /// address (see `limit`); absent means no limit.
+    pub rate_limit: Option<Spanned<crate::limit::RateLimitFile>>,
 }
 
 /// One `[[route.merchant]]` table of a route serving several merchants:
@@ -205,6 +210,8 @@ pub struct Route {
     pub max_future: Duration,
     pub on_store_error: OnStoreError,
     pub allow_mode: AllowMode,
+    /// Per-source rate limit and its buckets, when set.
+    pub rate_limit: Option<crate::limit::RateLimit>,
     /// Where the route is defined, for messages.
     pub file: PathBuf,
     pub line: usize,
@@ -689,6 +696,8 @@ fn compile_route(
         );
     }
 
+    let rate_limit = crate::limit::RateLimit::compile(raw.rate_limit.as_ref(), ctx);
+
     let defaults = UpstreamRaw {
         upstream: raw.upstream.as_ref(),
         secret_file: raw.upstream_secret_file.as_ref(),
@@ -734,6 +743,7 @@ fn compile_route(
         forward: raw.forward,
         on_store_error: raw.on_store_error,
         allow_mode: raw.allow_mode,
+        rate_limit,
         max_age,
         max_future,
         file: ctx.file.to_path_buf(),

@@ -2,10 +2,19 @@
 //! the gateway file names a certificate and key) and the admin listener.
 //!
 //! A bad peer never takes a listener down and never holds it forever:
+//! * at most `limits.max_connections` notification connections are open at
+//!   once (a semaphore permit taken at accept, held by the connection's
+//!   task); one more is closed at once, before any byte is read, and counted
+//!   in `callgate_connections_refused_total`;
 //! * the TLS handshake runs under `limits.tls_handshake_timeout`;
 //! * hyper closes a connection whose request headers do not arrive within
-//!   `limits.header_timeout`; `pipeline` bounds the body read by
+//!   `limits.header_timeout`: the first request's, and every later one's on
+//!   a kept-alive connection, so an idle keep-alive connection is closed
+//!   after `header_timeout` too; `pipeline` bounds the body read by
 //!   `limits.body_timeout`;
+//! * a request head is at most [`MAX_HEADER_BYTES`] bytes and
+//!   [`MAX_HEADERS`] header lines; beyond either, hyper answers 431 and
+//!   closes. The platforms send a dozen headers of a few hundred bytes;
 //! * accept errors (out of file descriptors, ...) are logged and retried
 //!   after a short pause instead of ending the accept loop.
 //!
@@ -35,7 +44,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -49,6 +58,13 @@ use crate::reload::Live;
 pub use crate::reload::ReloadError;
 use crate::replay::{self, ReplayStore};
 use crate::{admin, forward};
+
+/// Largest request head (request line and headers) read, in bytes: hyper's
+/// read buffer (`max_buf_size`, whose floor is 8 KiB).
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Most header lines in one request.
+pub const MAX_HEADERS: usize = 64;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -258,8 +274,11 @@ async fn serve_notifications(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS)
         .keep_alive(true);
     let builder = Arc::new(builder);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -271,19 +290,31 @@ async fn serve_notifications(
             },
             _ = stop.changed() => break,
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Over the cap: close at once, before reading a byte.
+            state.metrics.connection_refused();
+            tracing::warn!(%peer, max = limits.max_connections, "connection refused: limits.max_connections are open");
+            drop(tcp);
+            continue;
+        };
+        let open = (permit, state.metrics.connection_opened());
         let _ = tcp.set_nodelay(true);
         let watcher = graceful.watcher();
         let state = state.clone();
         let builder = builder.clone();
         match &tls {
             None => {
-                tokio::spawn(connection(tcp, peer, state, builder, watcher));
+                tokio::spawn(async move {
+                    connection(tcp, peer, state, builder, watcher).await;
+                    drop(open);
+                });
             }
             Some(tls) => {
                 // The certificate in force now: a reload swaps it for new connections.
                 let acceptor = TlsAcceptor::from(tls.load_full());
                 let timeout = limits.tls_handshake_timeout;
                 tokio::spawn(async move {
+                    let _open = open;
                     match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => connection(stream, peer, state, builder, watcher).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),

@@ -985,3 +985,62 @@ pub fn split_signature(header: &str) -> (String, String) {
     let (t, v1) = header.split_once(",v1=").expect("t=...,v1=...");
     (t.strip_prefix("t=").expect("t=").to_owned(), v1.to_owned())
 }
+
+// === hardening (issue 8) ===
+
+impl TestGateway {
+    /// Starts a gateway after `edit` has changed the written gateway file's
+    /// text (for settings `GatewaySpec` does not carry).
+    pub async fn start_edited(spec: GatewaySpec, edit: impl FnOnce(&mut String)) -> TestGateway {
+        Self::start_edited_in(tempfile::tempdir().unwrap(), spec, edit).await
+    }
+
+    pub async fn start_edited_in(
+        dir: tempfile::TempDir,
+        spec: GatewaySpec,
+        edit: impl FnOnce(&mut String),
+    ) -> TestGateway {
+        let file = spec.write(dir.path());
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        edit(&mut text);
+        std::fs::write(&file, text).unwrap();
+        let loaded =
+            callgate::config::load(&file).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let gateway = callgate::server::start(loaded).await.unwrap();
+        let scheme = if spec.tls { "https" } else { "http" };
+        let base = format!("{scheme}://127.0.0.1:{}", gateway.addr.port());
+        let admin = format!("http://127.0.0.1:{}", gateway.admin_addr.unwrap().port());
+        TestGateway {
+            dir,
+            gateway,
+            base,
+            admin,
+            client: TestClient::new(),
+        }
+    }
+
+    /// Polls a gauge or counter until `done` holds for it (bounded: 30 s).
+    /// Waits on the gateway's own report, never on a fixed delay.
+    pub async fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        done: impl Fn(f64) -> bool,
+    ) -> f64 {
+        for _ in 0..3000 {
+            let v = self.metric(name, labels).await.unwrap_or(0.0);
+            if done(v) {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{name} never reached the awaited value");
+    }
+}
+
+/// Appends `line` to the `[limits]` table of a written gateway file (the
+/// last table `GatewaySpec::write` writes).
+pub fn add_limit(text: &mut String, line: &str) {
+    text.push_str(line);
+    text.push('\n');
+}
