@@ -42,7 +42,6 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 
 use crate::ack::Outcome;
 
@@ -80,13 +79,18 @@ impl BodyError {
     }
 }
 
-/// Reads the whole body, bounded by `limit` bytes and `timeout`.
-pub async fn read(
+/// Reads the whole body, bounded by `limit` bytes and `timeout`. Any body
+/// type: hyper's `Incoming` from the listener, `Full<Bytes>` from benches.
+pub async fn read<B>(
     headers: &HeaderMap,
-    body: Incoming,
+    body: B,
     limit: u64,
     timeout: Duration,
-) -> Result<Bytes, BodyError> {
+) -> Result<Bytes, BodyError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     if let Some(v) = headers.get(CONTENT_LENGTH) {
         let declared: u64 = v
             .to_str()
