@@ -11,6 +11,8 @@ Measures, each REPEAT times with fresh server processes, and reports medians:
   wechat          callgate forwarding WeChat Pay v2 HMAC-SHA256 notifications
   dup-wechat      callgate answering WeChat v2 duplicates from the store
   dup-alipay      callgate answering Alipay RSA2 duplicates from the store
+  *-nojournal     as above with `[journal] enabled = false` (callgate's
+                  default, used by every other run, journals each forward)
   alipay-json     as `alipay`, with info-level JSON logs written to a file
   wechat-json     as `wechat`, with info-level JSON logs written to a file
 
@@ -23,8 +25,9 @@ to callgate and to nginx alike.
 
 For each: requests/s, p50/p99 latency, CPU per request of the server under
 test (utime+stime from /proc/PID/stat, nginx master and workers summed) and
-of the upstream, peak RSS (VmHWM) of the server, and the 1-minute load
-average when it started. Every forwarding run is checked against callgate's
+of the upstream, context switches per request (all threads), peak RSS
+(VmHWM) of the server, and the 1-minute load average when it started.
+`--profile DIR` also records a perf cpu-clock profile of each callgate run. Every forwarding run is checked against callgate's
 own /metrics: each request must have been forwarded (duplicates: answered as
 duplicate), or the run is reported as invalid.
 
@@ -53,6 +56,7 @@ HERE = os.path.join(ROOT, "benches", "load")
 RELEASE = os.path.join(ROOT, "target", "release")
 CORPUS_DIR = os.path.join(ROOT, "target", "load-corpus")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+CALLGATE = os.path.join(RELEASE, "callgate")
 
 ALIPAY = ("/notify/alipay", "application/x-www-form-urlencoded; charset=utf-8", "alipay.txt")
 WECHAT = ("/notify/wechat", "text/xml", "wechat_v2.txt")
@@ -242,7 +246,7 @@ def start_nginx_proxy(work, upstream_port):
     )
 
 
-def start_callgate(work, upstream_port, json_logs=False):
+def start_callgate(work, upstream_port, json_logs=False, journal=True):
     port, admin = free_port(), free_port()
     d = os.path.join(work, "callgate")
     shutil.rmtree(d, ignore_errors=True)
@@ -259,6 +263,8 @@ addr = "127.0.0.1:{admin}"
 store = "memory"
 ttl = "48h"
 max_entries = 1_000_000
+[journal]
+enabled = {"true" if journal else "false"}   # the default: on, fsync = "interval"
 """
         )
     with open(os.path.join(d, "rules", "load.toml"), "w") as f:
@@ -294,7 +300,7 @@ api_key_file = "{certs}/wechat_v2_api.key"
 """
         )
     env = dict(os.environ)
-    argv = [os.path.join(RELEASE, "callgate")]
+    argv = [CALLGATE]
     if json_logs:
         env["CALLGATE_LOG"] = "info"
         argv += ["--log-format", "json"]
@@ -409,7 +415,9 @@ def measure(name, work, args, fixed_rps=None):
             target = start_nginx_proxy(work, up.port)
             servers.append(target)
         else:
-            target = start_callgate(work, up.port, json_logs=name.endswith("-json"))
+            target = start_callgate(
+                work, up.port, json_logs="-json" in name, journal="-nojournal" not in name
+            )
             servers.append(target)
         callgate = target if target.name == "callgate" else None
         dup = name.startswith("dup-")
@@ -474,7 +482,7 @@ def measure(name, work, args, fixed_rps=None):
             result["valid"] = other == 0 and delta.get(want, 0) >= r["requests"]
             if forwarding and r.get("wraps", 0):
                 result["valid"] = False
-            if name.endswith("-json"):
+            if "-json" in name:
                 result["log_bytes"] = os.path.getsize(target.logfile)
         else:
             result["valid"] = r.get("status_errors", r.get("non_200", 0)) == 0
@@ -558,7 +566,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--runs", default="upstream,nginx,alipay,wechat,dup-wechat,dup-alipay,alipay-json,wechat-json")
+    ap.add_argument(
+        "--runs",
+        default="upstream,nginx,alipay,wechat,alipay-nojournal,wechat-nojournal,"
+        "dup-wechat,dup-alipay,alipay-json,wechat-json",
+    )
     ap.add_argument("--no-half-load", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-build", action="store_true")
@@ -572,7 +584,11 @@ def main():
                     help="record a perf cpu-clock profile of callgate in each callgate run into DIR "
                          "(perf costs CPU: use a separate run for figures)")
     ap.add_argument("--perf-args", default="", help="extra `perf record` arguments, e.g. '--call-graph dwarf'")
+    ap.add_argument("--callgate", help="the callgate binary to measure (default: target/release/callgate)")
     args = ap.parse_args()
+    if args.callgate:
+        global CALLGATE
+        CALLGATE = os.path.abspath(args.callgate)
 
     for tool in ("wrk", "nginx", "cargo"):
         if not shutil.which(tool):
