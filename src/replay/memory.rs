@@ -216,8 +216,8 @@ impl Shard {
 
     /// Writes a slot, making room first when a new key meets a full store.
     fn put(&mut self, digest: [u8; 16], slot: Slot, now: u64, inner: &Inner) {
-        if self.map.contains_key(&digest) {
-            self.map.insert(digest, slot);
+        if let Some(held) = self.map.get_mut(&digest) {
+            *held = slot;
             return;
         }
         if inner.len.load(Ordering::Relaxed) >= inner.max {
