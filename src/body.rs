@@ -45,7 +45,6 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 
 use crate::ack::Outcome;
 
@@ -86,13 +85,18 @@ impl BodyError {
     }
 }
 
-/// Reads the whole body, bounded by `limit` bytes and `timeout`.
-pub async fn read(
+/// Reads the whole body, bounded by `limit` bytes and `timeout`. Any body
+/// type: hyper's `Incoming` from the listener, `Full<Bytes>` from benches.
+pub async fn read<B>(
     headers: &HeaderMap,
-    body: Incoming,
+    body: B,
     limit: u64,
     timeout: Duration,
-) -> Result<Bytes, BodyError> {
+) -> Result<Bytes, BodyError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     // hyper drops Content-Length when Transfer-Encoding is present (RFC 9112
     // §6.3), so refusing every Transfer-Encoding is what refuses the
     // smuggling shape "both"; the platforms send fixed-length bodies.

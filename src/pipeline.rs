@@ -15,7 +15,6 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body_util::Full;
-use hyper::body::Incoming;
 
 use crate::ack::{self, Outcome};
 use crate::forward::{self, Delivery, ForwardMode, HttpClient};
@@ -95,12 +94,17 @@ impl Ctx {
 }
 
 /// Handles one notification request. Never fails: every failure is an
-/// answer.
-pub async fn handle(
+/// answer. The body is hyper's `Incoming` on the listener; benches pass a
+/// `Full<Bytes>` and run the very same flow without a socket.
+pub async fn handle<B>(
     state: Arc<State>,
     peer: SocketAddr,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+    req: Request<B>,
+) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let started = Instant::now();
     let rules = state.rules.load_full();
     let mut ctx = Ctx {
@@ -121,12 +125,16 @@ pub async fn handle(
     response
 }
 
-async fn flow(
+async fn flow<B>(
     state: &State,
     rules: &RuleSet,
     ctx: &mut Ctx,
-    req: Request<Incoming>,
-) -> Result<Outcome, Outcome> {
+    req: Request<B>,
+) -> Result<Outcome, Outcome>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let route = rules
         .route(req.uri().path())
         .cloned()

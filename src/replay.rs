@@ -14,15 +14,17 @@
 //! itself, so a lost release cannot wedge an event.
 //!
 //! Keys are the first 16 bytes of SHA-256 over (route, kind, id): fixed size
-//! whatever the id, and namespaced per route. The memory store is a moka
-//! cache bounded by `max_entries`.
+//! whatever the id, and namespaced per route. The memory store
+//! ([`MemoryStore`], `replay/memory.rs`) is a sharded map bounded by
+//! `max_entries`.
+
+mod memory;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use moka::ops::compute::Op;
-use moka::sync::Cache;
+pub use memory::MemoryStore;
 
 use crate::provider::Verified;
 
@@ -245,7 +247,7 @@ impl ReplayStore {
     /// warm-up at start).
     pub fn warm(&self, key: &Key, ttl: Duration) {
         if let ReplayStore::Memory(m) = self {
-            m.cache.insert(key.digest, Entry::Delivered { ttl });
+            m.warm(key, ttl);
         }
     }
 
@@ -254,126 +256,6 @@ impl ReplayStore {
             ReplayStore::Memory(_) => "memory",
             ReplayStore::Redis(_) => "redis",
         }
-    }
-}
-
-/// One remembered key.
-#[derive(Debug, Clone, Copy)]
-enum Entry {
-    InFlight { token: u64, ttl: Duration },
-    Delivered { ttl: Duration },
-    Nonce { ttl: Duration },
-}
-
-impl Entry {
-    fn ttl(&self) -> Duration {
-        match *self {
-            Entry::InFlight { ttl, .. } | Entry::Delivered { ttl } | Entry::Nonce { ttl } => ttl,
-        }
-    }
-}
-
-struct PerEntryTtl;
-
-impl moka::Expiry<[u8; 16], Entry> for PerEntryTtl {
-    fn expire_after_create(&self, _: &[u8; 16], value: &Entry, _: Instant) -> Option<Duration> {
-        Some(value.ttl())
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &[u8; 16],
-        value: &Entry,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.ttl())
-    }
-}
-
-/// The in-process store: a bounded moka cache with per-entry expiry.
-#[derive(Clone)]
-pub struct MemoryStore {
-    cache: Cache<[u8; 16], Entry>,
-    next_token: Arc<AtomicU64>,
-}
-
-impl MemoryStore {
-    pub fn new(max_entries: u64) -> MemoryStore {
-        MemoryStore {
-            cache: Cache::builder()
-                .max_capacity(max_entries)
-                .expire_after(PerEntryTtl)
-                .build(),
-            next_token: Arc::new(AtomicU64::new(1)),
-        }
-    }
-
-    fn claim(&self, key: &Key, in_flight_ttl: Duration) -> Claim {
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let mut answer = Claim::New(Token(token));
-        self.cache.entry(key.digest).and_compute_with(|current| {
-            match current.map(|e| e.into_value()) {
-                None | Some(Entry::Nonce { .. }) => Op::Put(Entry::InFlight {
-                    token,
-                    ttl: in_flight_ttl,
-                }),
-                Some(Entry::InFlight { .. }) => {
-                    answer = Claim::InFlight;
-                    Op::Nop
-                }
-                Some(Entry::Delivered { .. }) => {
-                    answer = Claim::Delivered;
-                    Op::Nop
-                }
-            }
-        });
-        answer
-    }
-
-    fn confirm(&self, key: &Key, token: Token, ttl: Duration) {
-        self.cache.entry(key.digest).and_compute_with(|current| {
-            match current.map(|e| e.into_value()) {
-                // Ours, or lapsed and not re-claimed: either way it was delivered.
-                Some(Entry::InFlight { token: t, .. }) if t == token.0 => {
-                    Op::Put(Entry::Delivered { ttl })
-                }
-                None => Op::Put(Entry::Delivered { ttl }),
-                // Someone else re-claimed after ours lapsed; they will confirm.
-                _ => Op::Nop,
-            }
-        });
-    }
-
-    fn release(&self, key: &Key, token: Token) {
-        self.cache.entry(key.digest).and_compute_with(|current| {
-            match current.map(|e| e.into_value()) {
-                Some(Entry::InFlight { token: t, .. }) if t == token.0 => Op::Remove,
-                _ => Op::Nop,
-            }
-        });
-    }
-
-    fn remember(&self, key: &Key, ttl: Duration) -> bool {
-        let entry = self
-            .cache
-            .entry(key.digest)
-            .or_insert_with(|| Entry::Nonce { ttl });
-        entry.is_fresh()
-    }
-
-    fn forget(&self, key: &Key) {
-        self.cache.entry(key.digest).and_compute_with(|current| {
-            match current.map(|e| e.into_value()) {
-                Some(Entry::Nonce { .. }) => Op::Remove,
-                _ => Op::Nop,
-            }
-        });
-    }
-
-    fn entries(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
     }
 }
 

@@ -328,7 +328,7 @@ fn matches(key: &Secret, content: &[u8], sign: &[u8]) -> bool {
 /// Builds the string the signature covers: sorted `k=v` joined by `&`,
 /// without `sign` and `sign_type`, and without empty values unless
 /// `keep_empty`. Returns it and whether any value was empty.
-fn canonical(form: &Form, keep_empty: bool) -> (Vec<u8>, bool) {
+pub(crate) fn canonical(form: &Form, keep_empty: bool) -> (Vec<u8>, bool) {
     let mut out = Vec::with_capacity(1024);
     let mut had_empty = false;
     for (key, value) in form.iter() {

@@ -575,7 +575,7 @@ impl Keys {
     }
 
     /// Step 2: `encrypt` → the N bytes of decrypted XML.
-    fn decrypt(&self, encrypt: &str) -> Result<Vec<u8>, VerifyError> {
+    pub(crate) fn decrypt(&self, encrypt: &str) -> Result<Vec<u8>, VerifyError> {
         let bad = |reason: &str| VerifyError::BadField {
             field: "encrypt",
             reason: reason.to_owned(),

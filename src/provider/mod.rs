@@ -16,6 +16,8 @@
 pub mod alipay;
 pub mod alipay_cert;
 pub mod alipay_md5;
+#[doc(hidden)]
+pub mod bench;
 pub mod jdpay;
 pub mod unionpay;
 pub mod wechat_v2;

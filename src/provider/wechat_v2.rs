@@ -309,7 +309,7 @@ impl Keys {
     }
 
     /// Base64 → AES-256-ECB (PKCS#7) under the MD5-hex key.
-    fn decrypt_req_info(&self, req_info: &str) -> Result<Vec<u8>, VerifyError> {
+    pub(crate) fn decrypt_req_info(&self, req_info: &str) -> Result<Vec<u8>, VerifyError> {
         let mut buf = base64::engine::general_purpose::STANDARD
             .decode(req_info)
             .map_err(|_| VerifyError::Decrypt("req_info is not Base64"))?;

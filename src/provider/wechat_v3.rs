@@ -352,7 +352,7 @@ impl Keys {
     }
 
     /// Step 5: opens `resource` with the APIv3 key.
-    fn decrypt_resource(&self, resource: &Value) -> Result<Vec<u8>, VerifyError> {
+    pub(crate) fn decrypt_resource(&self, resource: &Value) -> Result<Vec<u8>, VerifyError> {
         let text = |k: &'static str| resource.get(k).and_then(Value::as_str);
         match text("algorithm") {
             Some("AEAD_AES_256_GCM") => {}

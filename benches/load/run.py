@@ -1,0 +1,705 @@
+#!/usr/bin/env python3
+"""callgate next to nginx, in one run, on loopback.
+
+    python3 benches/load/run.py [--duration 10] [--repeat 3] [--quiet-load 1.0]
+
+Measures, each REPEAT times with fresh server processes, and reports medians:
+
+  upstream        nginx `return 200 "success"` (the shop), hit directly
+  nginx           nginx as a plain reverse proxy in front of that upstream
+  alipay          callgate forwarding Alipay RSA2 notifications to it
+  wechat          callgate forwarding WeChat Pay v2 HMAC-SHA256 notifications
+  dup-wechat      callgate answering WeChat v2 duplicates from the store
+  dup-alipay      callgate answering Alipay RSA2 duplicates from the store
+  *-nojournal     as above with `[journal] enabled = false` (callgate's
+                  default, used by every other run, journals each forward)
+  alipay-json     as `alipay`, with info-level JSON logs written to a file
+  wechat-json     as `wechat`, with info-level JSON logs written to a file
+
+with `wrk -t2 -c64` and about 1 KB bodies (benches/load/corpus.lua walks a
+corpus of distinct, genuinely signed notifications, generated once by the
+`load_corpus` example and cached in target/load-corpus/). Then the p99 at
+half load: the `load_fixed_rate` example (open loop, latency from the
+intended send time, like wrk2) offers half of callgate's median maximum
+to callgate and to nginx alike.
+
+For each: requests/s, p50/p99 latency, CPU per request of the server under
+test (utime+stime from /proc/PID/stat, nginx master and workers summed) and
+of the upstream, context switches per request (all threads), peak RSS
+(VmHWM) of the server, and the 1-minute load average when it started.
+`--profile DIR` also records a perf cpu-clock profile of each callgate run. Every forwarding run is checked against callgate's
+own /metrics: each request must have been forwarded (duplicates: answered as
+duplicate), or the run is reported as invalid.
+
+Also: peak RSS with 1,000,000 remembered events (`store_memory` example).
+
+Everything binds 127.0.0.1, runs in a temporary directory, is bounded by
+--duration and stops by itself; the servers it starts are stopped on exit.
+Needs: cargo, wrk, nginx (`apt-get install -y wrk nginx`).
+"""
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.join(ROOT, "benches", "load")
+RELEASE = os.path.join(ROOT, "target", "release")
+CORPUS_DIR = os.path.join(ROOT, "target", "load-corpus")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+CALLGATE = os.path.join(RELEASE, "callgate")
+
+ALIPAY = ("/notify/alipay", "application/x-www-form-urlencoded; charset=utf-8", "alipay.txt")
+WECHAT = ("/notify/wechat", "text/xml", "wechat_v2.txt")
+WARMUP_LINES = 20000  # the corpus's last lines, for warm-ups
+DUP_EVENTS = 2000  # events delivered once, then sent again and again
+
+started_procs = []
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+# === processes ===
+
+
+def children(pid):
+    """Direct children of pid (nginx workers)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if int(fields[1]) == pid:
+            out.append(int(entry))
+    return out
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK_TCK
+
+
+def context_switches(pids):
+    """Voluntary + involuntary context switches of every thread of pids."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                            total += int(line.split()[1])
+            except OSError:
+                pass
+    return total
+
+
+def peak_rss_kb(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class Server:
+    def __init__(self, name, argv, port, env=None, stdout=None, cwd=None):
+        self.name = name
+        self.port = port
+        out = open(stdout, "wb") if stdout else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.PIPE if not stdout else out, cwd=cwd
+        )
+        started_procs.append(self.proc)
+        try:
+            wait_port(port)
+        except RuntimeError:
+            self.stop()
+            err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+            raise RuntimeError(f"{name} did not start: {err[-2000:]}")
+
+    def pids(self):
+        return [self.proc.pid] + children(self.proc.pid)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc in started_procs:
+            started_procs.remove(self.proc)
+
+
+def nginx_conf(work, name, port, body):
+    prefix = os.path.join(work, name)
+    os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
+    conf = os.path.join(prefix, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(
+            f"""worker_processes auto;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    default_type text/plain;
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+{body}
+}}
+"""
+        )
+    return Server(name, ["nginx", "-p", prefix, "-c", conf, "-g", "daemon off;"], port)
+
+
+def start_upstream(work):
+    port = free_port()
+    return nginx_conf(
+        work,
+        "upstream",
+        port,
+        f"""    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "success"; }}
+    }}""",
+    )
+
+
+def start_nginx_proxy(work, upstream_port):
+    port = free_port()
+    return nginx_conf(
+        work,
+        "proxy",
+        port,
+        f"""    upstream shop {{ server 127.0.0.1:{upstream_port}; keepalive 256; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://shop;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}""",
+    )
+
+
+def start_callgate(work, upstream_port, json_logs=False, journal=True):
+    port, admin = free_port(), free_port()
+    d = os.path.join(work, "callgate")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(os.path.join(d, "rules"))
+    certs = os.path.join(ROOT, "certs", "dev")
+    with open(os.path.join(d, "callgate.toml"), "w") as f:
+        f.write(
+            f"""rules_dir = "rules"
+[listen]
+addr = "127.0.0.1:{port}"
+[admin]
+addr = "127.0.0.1:{admin}"
+[replay]
+store = "memory"
+ttl = "48h"
+max_entries = 1_000_000
+[journal]
+enabled = {"true" if journal else "false"}   # the default: on, fsync = "interval"
+"""
+        )
+    with open(os.path.join(d, "rules", "load.toml"), "w") as f:
+        f.write(
+            f"""[[route]]
+name = "load-alipay"
+path = "{ALIPAY[0]}"
+provider = "alipay"
+allow = ["127.0.0.1/32"]
+upstream = "http://127.0.0.1:{upstream_port}/plus/notify.php"
+upstream_secret_file = "{certs}/upstream.secret"
+forward = "original"
+max_age = "25h"
+success_body = "success"
+[route.keys]
+public_key = "{certs}/alipay_public.pem"
+app_id = "2021000000000001"
+
+[[route]]
+name = "load-wechat"
+path = "{WECHAT[0]}"
+provider = "wechat_v2"
+allow = ["127.0.0.1/32"]
+upstream = "http://127.0.0.1:{upstream_port}/plus/notify.php"
+upstream_secret_file = "{certs}/upstream.secret"
+forward = "original"
+max_age = "25h"
+success_body = "success"
+[route.keys]
+mch_id = "1900000109"
+appid = "wx2421b1c4370ec43b"
+api_key_file = "{certs}/wechat_v2_api.key"
+"""
+        )
+    env = dict(os.environ)
+    argv = [CALLGATE]
+    if json_logs:
+        env["CALLGATE_LOG"] = "info"
+        argv += ["--log-format", "json"]
+    else:
+        env["CALLGATE_LOG"] = "warn"
+    argv += ["run", "-c", os.path.join(d, "callgate.toml")]
+    s = Server("callgate", argv, port, env=env, stdout=os.path.join(d, "callgate.log"), cwd=d)
+    s.admin = admin
+    s.logfile = os.path.join(d, "callgate.log")
+    return s
+
+
+def callgate_counts(server):
+    """callgate_requests_total by outcome, summed over routes."""
+    c = http.client.HTTPConnection("127.0.0.1", server.admin, timeout=10)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("callgate_requests_total{"):
+            labels, value = line.rsplit(" ", 1)
+            outcome = labels.split('outcome="')[1].split('"')[0]
+            counts[outcome] = counts.get(outcome, 0) + float(value)
+    return counts
+
+
+# === load generators ===
+
+
+def corpus_lines(name):
+    with open(os.path.join(CORPUS_DIR, name), "rb") as f:
+        return sum(1 for _ in f)
+
+
+def wrk(port, kind, duration, first, count, threads=2, connections=64):
+    path, ctype, corpus = kind
+    argv = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--timeout",
+        "10s",
+        "-s",
+        os.path.join(HERE, "corpus.lua"),
+        f"http://127.0.0.1:{port}{path}",
+        "--",
+        os.path.join(CORPUS_DIR, corpus),
+        path,
+        ctype,
+        str(first),
+        str(count),
+        str(threads),
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 600)
+    for line in out.stdout.splitlines():
+        if line.startswith("WRK_JSON "):
+            r = json.loads(line[len("WRK_JSON ") :])
+            r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+            return r
+    raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
+
+
+def fixed_rate(port, kind, rate, duration, first, connections=64):
+    path, ctype, corpus = kind
+    argv = [
+        os.path.join(RELEASE, "examples", "load_fixed_rate"),
+        f"127.0.0.1:{port}",
+        path,
+        ctype,
+        os.path.join(CORPUS_DIR, corpus),
+        str(first),
+        str(int(rate)),
+        str(duration),
+        str(connections),
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 600)
+    if out.returncode != 0:
+        raise RuntimeError(f"load_fixed_rate failed: {out.stderr}")
+    return json.loads(out.stdout)
+
+
+def deliver_once(port, kind, count):
+    """Sends the corpus's first `count` bodies once each (to make duplicates)."""
+    path, ctype, corpus = kind
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    with open(os.path.join(CORPUS_DIR, corpus), "rb") as f:
+        for i, line in enumerate(f):
+            if i >= count:
+                break
+            c.request("POST", path, body=line.rstrip(b"\n"), headers={"Content-Type": ctype})
+            r = c.getresponse()
+            r.read()
+            if r.status != 200:
+                raise RuntimeError(f"pre-delivery {i} got {r.status}")
+
+
+# === one measurement ===
+
+
+def measure(name, work, args, fixed_rps=None):
+    """Starts fresh servers, warms up, measures, stops. Returns a result dict."""
+    kind = WECHAT if "wechat" in name else ALIPAY
+    total_lines = corpus_lines(kind[2])
+    result = {"name": name, "load1": loadavg()}
+    up = start_upstream(work)
+    servers = [up]
+    try:
+        if name == "upstream":
+            target = up
+        elif name == "nginx" or name.startswith("nginx-"):
+            target = start_nginx_proxy(work, up.port)
+            servers.append(target)
+        else:
+            target = start_callgate(
+                work, up.port, json_logs="-json" in name, journal="-nojournal" not in name
+            )
+            servers.append(target)
+        callgate = target if target.name == "callgate" else None
+        dup = name.startswith("dup-")
+        forwarding = callgate is not None and not dup
+
+        # Warm-up: connections, page cache, allocator. Forwarding runs use the
+        # corpus's tail, so the measured lines are all new to the gateway.
+        if dup:
+            deliver_once(target.port, kind, DUP_EVENTS)
+            first, count = 0, DUP_EVENTS
+            wrk(target.port, kind, 1, first, count)
+        else:
+            wrk(target.port, kind, 1, total_lines - WARMUP_LINES, WARMUP_LINES)
+            first, count = 0, (total_lines - WARMUP_LINES if forwarding else 50000)
+        before = callgate_counts(callgate) if callgate else None
+        cpu0 = cpu_seconds(target.pids())
+        cs0 = context_switches(target.pids())
+        ucpu0 = cpu_seconds(up.pids()) if target is not up else None
+        result["load1"] = loadavg()
+        perf = None
+        if args.profile and fixed_rps is None and target.name == "callgate":
+            os.makedirs(args.profile, exist_ok=True)
+            data = os.path.join(args.profile, f"{name}.perf.data")
+            perf = subprocess.Popen(
+                ["perf", "record", "-e", "cpu-clock", "-F", "1999", *args.perf_args.split(),
+                 "-o", data, "-p", str(target.proc.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            time.sleep(0.5)
+        if fixed_rps is None:
+            r = wrk(target.port, kind, args.duration, first, count)
+        else:
+            r = fixed_rate(target.port, kind, fixed_rps, args.duration, first)
+            r["requests"] = r["completed"]
+            r["rps"] = r["achieved_rps"]
+        cpu1 = cpu_seconds(target.pids())
+        cs1 = context_switches(target.pids())
+        if perf:
+            perf.send_signal(signal.SIGINT)
+            perf.wait(timeout=120)
+            with open(os.path.join(args.profile, f"{name}.txt"), "w") as f:
+                subprocess.run(
+                    ["perf", "report", "-i", data, "--no-children", "--sort", "dso,symbol",
+                     "--stdio", "--percent-limit", "0.3"],
+                    stdout=f, stderr=subprocess.DEVNULL,
+                )
+        n = max(r["requests"], 1)
+        result.update(r)
+        result["cpu_us_per_req"] = (cpu1 - cpu0) / n * 1e6
+        result["ctx_switches_per_req"] = (cs1 - cs0) / n
+        if ucpu0 is not None:
+            result["upstream_cpu_us_per_req"] = (cpu_seconds(up.pids()) - ucpu0) / n * 1e6
+        result["peak_rss_mb"] = peak_rss_kb(target.pids()) / 1024
+        if callgate:
+            after = callgate_counts(callgate)
+            delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+            result["outcomes"] = {k: int(v) for k, v in delta.items() if v}
+            want = "duplicate" if dup else "forwarded"
+            # wrk counts completed responses; the gateway may have finished a
+            # few more that wrk stopped waiting for.
+            other = sum(v for k, v in delta.items() if k != want)
+            result["valid"] = other == 0 and delta.get(want, 0) >= r["requests"]
+            if forwarding and r.get("wraps", 0):
+                result["valid"] = False
+            if "-json" in name:
+                result["log_bytes"] = os.path.getsize(target.logfile)
+        else:
+            result["valid"] = r.get("status_errors", r.get("non_200", 0)) == 0
+    finally:
+        for s in reversed(servers):
+            s.stop()
+    return result
+
+
+# === reporting ===
+
+
+def med(results, key):
+    vals = [r[key] for r in results if key in r]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def table(rows, nginx_rows):
+    ngx_rps = med(nginx_rows, "rps")
+    ngx_cpu = med(nginx_rows, "cpu_us_per_req")
+    out = [
+        "| run | req/s | x nginx | p50 ms | p99 ms | CPU µs/req (server) | CPU µs/req (upstream) | ctx switches/req | peak RSS MB | load1 | valid |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for name, rs in rows:
+        ratio = med(rs, "rps") / ngx_rps if name != "upstream" else float("nan")
+        ucpu = med(rs, "upstream_cpu_us_per_req")
+        out.append(
+            "| {} | {:,.0f} | {} | {:.2f} | {:.2f} | {:.1f} | {} | {:.2f} | {:.1f} | {} | {} |".format(
+                name,
+                med(rs, "rps"),
+                "" if name == "upstream" else f"{ratio:.2f}",
+                med(rs, "p50_us") / 1000,
+                med(rs, "p99_us") / 1000,
+                med(rs, "cpu_us_per_req"),
+                "" if ucpu != ucpu else f"{ucpu:.1f}",
+                med(rs, "ctx_switches_per_req"),
+                med(rs, "peak_rss_mb"),
+                "/".join(f"{r['load1']:.1f}" for r in rs),
+                "yes" if all(r["valid"] for r in rs) else "NO",
+            )
+        )
+    out.append("")
+    out.append(f"(nginx proxy: {ngx_rps:,.0f} req/s, {ngx_cpu:.1f} µs CPU/req; medians of {len(nginx_rows)})")
+    return "\n".join(out)
+
+
+def ensure_corpus(args):
+    need_a = args.corpus_alipay
+    need_w = args.corpus_wechat
+    fresh = True
+    for name, need in (("alipay.txt", need_a), ("wechat_v2.txt", need_w)):
+        p = os.path.join(CORPUS_DIR, name)
+        if not os.path.exists(p) or time.time() - os.path.getmtime(p) > 20 * 3600:
+            fresh = False
+        elif corpus_lines(name) < need:
+            fresh = False
+    if fresh:
+        return
+    log(f"generating the corpus ({need_a} Alipay RSA2, {need_w} WeChat v2) in {CORPUS_DIR} ...")
+    subprocess.run(
+        [
+            os.path.join(RELEASE, "examples", "load_corpus"),
+            CORPUS_DIR,
+            str(need_a),
+            str(need_w),
+            str(args.corpus_threads),
+        ],
+        check=True,
+    )
+
+
+def wait_quiet(limit, max_wait):
+    deadline = time.time() + max_wait
+    while loadavg() > limit and time.time() < deadline:
+        log(f"load average {loadavg():.2f} > {limit}: waiting (up to {int(deadline - time.time())}s more)")
+        time.sleep(20)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--runs",
+        default="upstream,nginx,alipay,wechat,alipay-nojournal,wechat-nojournal,"
+        "dup-wechat,dup-alipay,alipay-json,wechat-json",
+    )
+    ap.add_argument("--no-half-load", action="store_true")
+    ap.add_argument("--half-load-rate", type=int, help="offer this rate instead of half the median maximum")
+    ap.add_argument("--half-load-runs", default="alipay,wechat,alipay-nojournal,wechat-nojournal",
+                    help="callgate runs whose median maximum is halved for the p99 measurement")
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--corpus-alipay", type=int, default=400000)
+    ap.add_argument("--corpus-wechat", type=int, default=700000)
+    ap.add_argument("--corpus-threads", type=int, default=2)
+    ap.add_argument("--quiet-load", type=float, default=1.5, help="wait until the 1-minute load average is below this")
+    ap.add_argument("--quiet-wait", type=int, default=900, help="at most this many seconds")
+    ap.add_argument("--json", help="also write every raw result here")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="record a perf cpu-clock profile of callgate in each callgate run into DIR "
+                         "(perf costs CPU: use a separate run for figures)")
+    ap.add_argument("--perf-args", default="", help="extra `perf record` arguments, e.g. '--call-graph dwarf'")
+    ap.add_argument("--callgate", help="the callgate binary to measure (default: target/release/callgate)")
+    args = ap.parse_args()
+    if args.callgate:
+        global CALLGATE
+        CALLGATE = os.path.abspath(args.callgate)
+
+    for tool in ("wrk", "nginx", "cargo"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found: apt-get install -y wrk nginx")
+    if not args.no_build:
+        subprocess.run(
+            ["cargo", "build", "--release", "--bin", "callgate", "--example", "load_corpus",
+             "--example", "load_fixed_rate", "--example", "store_memory"],
+            cwd=ROOT,
+            check=True,
+        )
+    ensure_corpus(args)
+    wait_quiet(args.quiet_load, args.quiet_wait)
+
+    work = tempfile.mkdtemp(prefix="callgate-load-")
+    raw = []
+    try:
+        names = args.runs.split(",")
+        results = {n: [] for n in names}
+        for rep in range(args.repeat):
+            for n in names:
+                r = measure(n, work, args)
+                r["repeat"] = rep + 1
+                raw.append(r)
+                results[n].append(r)
+                log(
+                    f"[{rep + 1}/{args.repeat}] {n:12s} {r['rps']:9,.0f} req/s  p50 {r['p50_us'] / 1000:.2f} ms"
+                    f"  p99 {r['p99_us'] / 1000:.2f} ms  cpu {r['cpu_us_per_req']:.1f} µs/req"
+                    f"  cs {r['ctx_switches_per_req']:.2f}/req  rss {r['peak_rss_mb']:.1f} MB  load {r['load1']:.2f}"
+                    f"  {r.get('outcomes', '')}{'' if r['valid'] else '  INVALID'}"
+                )
+        print(f"## Throughput (wrk -t2 -c64 -d{args.duration}s, ~1 KB bodies, medians of {args.repeat})\n")
+        print(table([(n, results[n]) for n in names], results.get("nginx", [])))
+
+        if not args.no_half_load and "nginx" in results:
+            print(f"\n## p99 at half of callgate's maximum (load_fixed_rate, 64 connections, {args.duration}s, medians of {args.repeat})\n")
+            print("| offered load | target | achieved req/s | p50 ms | p99 ms | p99.9 ms | p99 x nginx | load1 | valid |")
+            print("|---|---|---:|---:|---:|---:|---:|---|---|")
+            for base in args.half_load_runs.split(","):
+                if base not in results:
+                    continue
+                rate = args.half_load_rate or int(med(results[base], "rps") / 2)
+                ngx, cg = [], []
+                for rep in range(args.repeat):
+                    for name, acc in ((f"nginx-{base}", ngx), (base, cg)):
+                        r = measure(name, work, args, fixed_rps=rate)
+                        r["repeat"] = rep + 1
+                        r["offered"] = rate
+                        raw.append(r)
+                        acc.append(r)
+                        log(
+                            f"[{rep + 1}/{args.repeat}] {name:12s} @ {rate}/s  p50 {r['p50_us'] / 1000:.2f} ms"
+                            f"  p99 {r['p99_us'] / 1000:.2f} ms  p99.9 {r['p999_us'] / 1000:.2f} ms  load {r['load1']:.2f}"
+                            f"{'' if r['valid'] else '  INVALID'}"
+                        )
+                for label, rs in (("nginx proxy", ngx), (f"callgate {base}", cg)):
+                    ratio = med(rs, "p99_us") / med(ngx, "p99_us")
+                    print(
+                        "| {:,}/s ({} / 2) | {} | {:,.0f} | {:.2f} | {:.2f} | {:.2f} | {} | {} | {} |".format(
+                            rate, base, label, med(rs, "rps"), med(rs, "p50_us") / 1000,
+                            med(rs, "p99_us") / 1000, med(rs, "p999_us") / 1000,
+                            "" if rs is ngx else f"{ratio:.2f}",
+                            "/".join(f"{r['load1']:.1f}" for r in rs),
+                            "yes" if all(r["valid"] for r in rs) else "NO",
+                        )
+                    )
+
+        if "alipay" in results and "alipay-json" in results:
+            a, j = med(results["alipay"], "rps"), med(results["alipay-json"], "rps")
+            print(f"\ninfo-level JSON logs: Alipay {j:,.0f} vs {a:,.0f} req/s at warn ({(j / a - 1) * 100:+.1f}%)", end="")
+            if "wechat" in results and "wechat-json" in results:
+                a, j = med(results["wechat"], "rps"), med(results["wechat-json"], "rps")
+                print(f"; WeChat v2 {j:,.0f} vs {a:,.0f} ({(j / a - 1) * 100:+.1f}%)", end="")
+            print()
+
+        if not args.no_memory:
+            out = subprocess.run(
+                [os.path.join(RELEASE, "examples", "store_memory"), "1000000"],
+                capture_output=True, text=True,
+            )
+            m = json.loads(out.stdout)
+            raw.append({"name": "memory", **m})
+            print(
+                f"\nMemory store, 1,000,000 delivered events: peak RSS {m['peak_mb']:.1f} MB "
+                f"({m['bytes_per_event']:.0f} bytes/event; {m['entries']} entries kept; target <= 256 MB: "
+                f"{'met' if out.returncode == 0 else 'NOT met'})"
+            )
+        print(f"\nload average at the end: {open('/proc/loadavg').read().strip()}; "
+              f"{os.cpu_count()} CPUs; nginx {nginx_version()}; {wrk_version()}")
+    finally:
+        for p in list(started_procs):
+            if p.poll() is None:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(raw, f, indent=1)
+
+
+def nginx_version():
+    out = subprocess.run(["nginx", "-v"], capture_output=True, text=True)
+    return out.stderr.strip().split("/")[-1]
+
+
+def wrk_version():
+    out = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+    return (out.stdout + out.stderr).strip().splitlines()[0]
+
+
+if __name__ == "__main__":
+    main()
