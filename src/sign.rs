@@ -305,16 +305,8 @@ pub fn alipay_form(
     params.insert("sign_type".to_owned(), sign_type.to_owned());
     params.remove("sign");
 
-    let charset = params.get("charset").cloned().unwrap_or_default();
-    let encoding = match charset.to_ascii_lowercase().as_str() {
-        "" | "utf-8" | "utf8" => encoding_rs::UTF_8,
-        "gbk" | "gb2312" | "gb18030" => encoding_rs::GB18030,
-        _ => return Err(SignError::Charset(charset)),
-    };
-    let mut body = String::new();
-    for (k, v) in &params {
-        append(&mut body, k, &encoding.encode(v).0);
-    }
+    let encoding = form_encoding(params.get("charset"))?;
+    let mut body = encode_form(&params, encoding);
     // Build the signed string from the body exactly as the gateway will parse it.
     let form = Form::parse(body.as_bytes()).map_err(|_| SignError::Sign)?;
     let content = crate::provider::alipay::sign_content(&form);
@@ -364,10 +356,7 @@ fn alipay_md5(args: &AlipayMd5Args) -> Result<String, SignError> {
     }
     params.insert("sign_type".to_owned(), "MD5".to_owned());
     params.remove("sign");
-    let mut body = String::new();
-    for (k, v) in &params {
-        append(&mut body, k, &encoding.encode(v).0);
-    }
+    let mut body = encode_form(&params, encoding);
     // Sign the body exactly as the gateway will parse it.
     let form = Form::parse(body.as_bytes()).map_err(|_| SignError::Sign)?;
     let sign = crate::provider::alipay_md5::sign_hex(&form, &key);
@@ -588,6 +577,29 @@ fn shell_quote(s: &str) -> String {
 }
 
 /// Appends `k=v` form-encoded the way Java's URLEncoder does (space as `+`).
+/// The encoding a form's `charset`/`encoding` field names (absent: UTF-8).
+fn form_encoding(charset: Option<&String>) -> Result<&'static encoding_rs::Encoding, SignError> {
+    let charset = charset.map(String::as_str).unwrap_or_default();
+    match charset.to_ascii_lowercase().as_str() {
+        "" | "utf-8" | "utf8" => Ok(encoding_rs::UTF_8),
+        "gbk" | "gb2312" | "gb18030" => Ok(encoding_rs::GB18030),
+        _ => Err(SignError::Charset(charset.to_owned())),
+    }
+}
+
+/// `k=v&...` of `params` in key order, each value encoded in `encoding`,
+/// then percent-encoded.
+fn encode_form(
+    params: &BTreeMap<String, String>,
+    encoding: &'static encoding_rs::Encoding,
+) -> String {
+    let mut body = String::new();
+    for (k, v) in params {
+        append(&mut body, k, &encoding.encode(v).0);
+    }
+    body
+}
+
 fn append(body: &mut String, k: &str, v: &[u8]) {
     use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
     const SET: &AsciiSet = &NON_ALPHANUMERIC
@@ -773,16 +785,8 @@ fn unionpay(args: &UnionpayArgs) -> Result<String, SignError> {
         params.remove("certId");
     }
 
-    let charset = params.get("encoding").cloned().unwrap_or_default();
-    let encoding = match charset.to_ascii_lowercase().as_str() {
-        "" | "utf-8" | "utf8" => encoding_rs::UTF_8,
-        "gbk" | "gb2312" | "gb18030" => encoding_rs::GB18030,
-        _ => return Err(SignError::Charset(charset)),
-    };
-    let mut body = String::new();
-    for (k, v) in &params {
-        append(&mut body, k, &encoding.encode(v).0);
-    }
+    let encoding = form_encoding(params.get("encoding"))?;
+    let mut body = encode_form(&params, encoding);
     let form = Form::parse(body.as_bytes()).map_err(|_| SignError::Sign)?;
     let content = crate::provider::unionpay::sign_content(&form);
     let digest = hex::encode(aws_lc_rs::digest::digest(
