@@ -76,6 +76,8 @@ fn stores(c: &mut Criterion) {
         eprintln!("redis-server not found: Redis benches skipped");
         return;
     };
+    // The Redis client spawns its connection task on the current runtime.
+    let _runtime = rt.enter();
     let store = ReplayStore::Redis(
         RedisStore::new(
             &format!("redis://127.0.0.1:{port}/0"),
