@@ -87,14 +87,7 @@ fn alipay(verified: &Verified, fields: Map<String, Value>) -> Value {
         get("total_amount")
     }
     .and_then(yuan_to_fen);
-    let when = match status {
-        "refunded" => get("gmt_refund"),
-        "paid" => get("gmt_payment"),
-        "closed" => get("gmt_close"),
-        _ => None,
-    }
-    .or_else(|| get("notify_time"))
-    .and_then(beijing_rfc3339);
+    let when = alipay_time(status, get);
     json!({
         "provider": "alipay",
         "event_id": verified.event_id(),
@@ -281,14 +274,7 @@ fn alipay_md5(verified: &Verified, fields: Map<String, Value>) -> Value {
         _ => get("total_fee"),
     }
     .and_then(yuan_to_fen);
-    let when = match status {
-        "refunded" => get("gmt_refund"),
-        "paid" => get("gmt_payment"),
-        "closed" => get("gmt_close"),
-        _ => None,
-    }
-    .or_else(|| get("notify_time"))
-    .and_then(beijing_rfc3339);
+    let when = alipay_time(status, get);
     json!({
         "provider": "alipay_md5",
         "event_id": verified.event_id(),
@@ -378,6 +364,19 @@ fn jdpay(verified: &Verified, d: &crate::provider::jdpay::Decrypted) -> Value {
         "occurred_at": compact_beijing_rfc3339(d.time()),
         "fields": root.to_json(),
     })
+}
+
+/// When an Alipay event (new or legacy) happened: the time field of its
+/// status, else `notify_time`; Beijing time as RFC 3339.
+fn alipay_time<'a>(status: &str, get: impl Fn(&str) -> Option<&'a str>) -> Option<String> {
+    match status {
+        "refunded" => get("gmt_refund"),
+        "paid" => get("gmt_payment"),
+        "closed" => get("gmt_close"),
+        _ => None,
+    }
+    .or_else(|| get("notify_time"))
+    .and_then(beijing_rfc3339)
 }
 
 /// `"88.88"` → 8888. At most two decimals; anything else is `None`.
