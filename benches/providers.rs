@@ -181,7 +181,7 @@ fn unionpay(c: &mut Criterion) {
     let d = dir("unionpay");
     let keys = || {
         unionpay::Keys::from_files(
-            Some("777290058110097"),
+            "777290058110097",
             Some((&d.join("root.pem"), &d.join("middle.pem"))),
             &[&d.join("sign.pem")],
         )

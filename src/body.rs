@@ -348,6 +348,46 @@ impl Form {
     pub fn is_empty(&self) -> bool {
         self.sorted.is_empty()
     }
+
+    /// The same form without the fields named in `keys`.
+    pub fn without(&self, keys: &[String]) -> Form {
+        let buf = &self.buf;
+        Form {
+            buf: self.buf.clone(),
+            sorted: self
+                .sorted
+                .iter()
+                .filter(|(k, _)| !keys.iter().any(|x| x.as_bytes() == &buf[range(k)]))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// A form body without the fields whose (decoded) names are in `keys`;
+/// every other byte stays as it was, segments in their order.
+pub fn strip_form_fields(body: &[u8], keys: &[String]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    let mut scratch = Vec::new();
+    let mut first = true;
+    for segment in body.split(|&b| b == b'&') {
+        let raw_key = segment
+            .iter()
+            .position(|&b| b == b'=')
+            .map_or(segment, |i| &segment[..i]);
+        scratch.clear();
+        let named = decode_into(&mut scratch, raw_key)
+            .is_some_and(|_| keys.iter().any(|k| k.as_bytes() == scratch.as_slice()));
+        if named {
+            continue;
+        }
+        if !first {
+            out.push(b'&');
+        }
+        first = false;
+        out.extend_from_slice(segment);
+    }
+    out
 }
 
 fn range(r: &Range<u32>) -> Range<usize> {

@@ -8,7 +8,9 @@
 //!   file does not load), except where the platform's own SDK keeps
 //!   verifying with an expired certificate (Alipay certificate mode, see
 //!   `provider::alipay_cert`): there it is a warning, and callgate keeps
-//!   verifying, like the SDK;
+//!   verifying, like the SDK; and except an entry of a rotation list
+//!   (WeChat Pay v3 `platform_keys`, UnionPay `verify_certs`) while another
+//!   entry of the list is still valid: a warning, and the entry is skipped;
 //! * expiring within [`WARN_WITHIN_SECS`] (30 days): a warning,
 //!   `PATH:LINE: warning: ...`;
 //! * otherwise nothing.
@@ -74,6 +76,10 @@ pub(crate) enum WhenExpired {
     /// The platform's SDK keeps verifying with it, and so does callgate: a
     /// warning that says so.
     Warn(&'static str),
+    /// An entry of a rotation list (WeChat Pay v3 `platform_keys`, UnionPay
+    /// `verify_certs`) while another entry is still valid: a warning, and
+    /// the entry is not used. Its gauge stays, so the expiry alert fires.
+    Skip(&'static str),
 }
 
 /// A certificate named by a `[route.keys]` field.
@@ -105,7 +111,8 @@ impl KeyCert<'_> {
 }
 
 /// Judges one key certificate at `now`, recording a problem or a warning at
-/// `span` of the rule file. Returns false when the route must not load.
+/// `span` of the rule file. Returns whether the key can be used: false when
+/// it has expired and is refused (the route does not load) or skipped.
 pub(crate) fn judge(
     ctx: &mut FileCtx<'_>,
     span: Range<usize>,
@@ -138,6 +145,17 @@ pub(crate) fn judge(
                 ),
             );
             true
+        }
+        (Lifetime::Expired, WhenExpired::Skip(advice)) => {
+            ctx.warn(
+                span,
+                format_args!(
+                    "{} expired on {}; skipped while the other entries are in use: {advice}",
+                    cert.what(),
+                    utc(cert.not_after)
+                ),
+            );
+            false
         }
         (Lifetime::Expired, WhenExpired::Refuse(advice)) => {
             ctx.error(

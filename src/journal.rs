@@ -83,6 +83,10 @@ pub struct Received {
     pub unix: i64,
     pub route: String,
     pub provider: String,
+    /// The merchant the event belongs to (`Verified::merchant`); empty in
+    /// records written before replay keys held the merchant.
+    #[serde(default)]
+    pub merchant: String,
     pub event_id: String,
     pub client: String,
     /// End-to-end request headers, in order.
@@ -97,6 +101,9 @@ pub struct OutcomeRecord {
     pub rid: String,
     pub unix: i64,
     pub route: String,
+    /// As in [`Received::merchant`].
+    #[serde(default)]
+    pub merchant: String,
     pub event_id: String,
     /// The `callgate_requests_total` outcome label.
     pub outcome: String,
@@ -481,29 +488,47 @@ pub fn read_dir(dir: &Path, mut each: impl FnMut(Record)) -> Result<usize, Journ
     Ok(skipped)
 }
 
-/// Delivered events still within `ttl` at `now`: (route, event id,
-/// remaining time), for warming the memory store.
+/// A delivered event still to be remembered, from the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remembered {
+    pub route: String,
+    /// Empty for records written before they carried the merchant.
+    pub merchant: String,
+    pub event_id: String,
+    /// How much of `replay.ttl` is left.
+    pub left: Duration,
+}
+
+/// Delivered events still within `ttl` at `now`, for warming the memory
+/// store.
 pub fn delivered_within(
     dir: &Path,
     ttl: Duration,
     now: i64,
-) -> Result<Vec<(String, String, Duration)>, JournalError> {
+) -> Result<Vec<Remembered>, JournalError> {
     let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-    let mut latest: HashMap<(String, String), i64> = HashMap::new();
+    let mut latest: HashMap<(String, String, String), i64> = HashMap::new();
     read_dir(dir, |r| {
         if let Record::Outcome(o) = r
             && o.delivered()
             && now - o.unix < ttl_secs
         {
-            let slot = latest.entry((o.route, o.event_id)).or_insert(o.unix);
+            let slot = latest
+                .entry((o.route, o.merchant, o.event_id))
+                .or_insert(o.unix);
             *slot = (*slot).max(o.unix);
         }
     })?;
     Ok(latest
         .into_iter()
-        .filter_map(|((route, id), at)| {
+        .filter_map(|((route, merchant, event_id), at)| {
             let left = ttl_secs - (now - at);
-            (left > 0).then(|| (route, id, Duration::from_secs(left.unsigned_abs())))
+            (left > 0).then(|| Remembered {
+                route,
+                merchant,
+                event_id,
+                left: Duration::from_secs(left.unsigned_abs()),
+            })
         })
         .collect())
 }
@@ -541,18 +566,18 @@ pub fn arrivals(dir: &Path) -> Result<(Vec<Arrival>, Vec<OutcomeRecord>), Journa
     Ok((list, redeliveries))
 }
 
-/// Whether (route, event id) was ever delivered, by the gateway or a
-/// redelivery.
+/// Whether (route, merchant, event id) was ever delivered, by the gateway
+/// or a redelivery.
 pub fn delivered_events(
     arrivals: &[Arrival],
     redeliveries: &[OutcomeRecord],
-) -> std::collections::HashSet<(String, String)> {
+) -> std::collections::HashSet<(String, String, String)> {
     arrivals
         .iter()
         .filter_map(|a| a.outcome.as_ref())
         .chain(redeliveries.iter())
         .filter(|o| o.delivered())
-        .map(|o| (o.route.clone(), o.event_id.clone()))
+        .map(|o| (o.route.clone(), o.merchant.clone(), o.event_id.clone()))
         .collect()
 }
 
@@ -594,6 +619,7 @@ mod tests {
             unix: 1000,
             route: "r".into(),
             provider: "alipay".into(),
+            merchant: "m".into(),
             event_id: event.into(),
             client: "127.0.0.1".into(),
             headers: vec![(
@@ -609,6 +635,7 @@ mod tests {
             rid: rid.into(),
             unix,
             route: "r".into(),
+            merchant: "m".into(),
             event_id: event.into(),
             outcome: outcome.into(),
             status: 200,
@@ -635,8 +662,8 @@ mod tests {
         assert_eq!(list[1].outcome.as_ref().unwrap().outcome, "forwarded");
         assert!(list[2].outcome.is_none());
         let delivered = delivered_events(&list, &redeliveries);
-        assert!(delivered.contains(&("r".into(), "e1".into())));
-        assert!(!delivered.contains(&("r".into(), "e2".into())));
+        assert!(delivered.contains(&("r".into(), "m".into(), "e1".into())));
+        assert!(!delivered.contains(&("r".into(), "m".into(), "e2".into())));
     }
 
     #[tokio::test]
@@ -655,7 +682,28 @@ mod tests {
         let got = delivered_within(dir.path(), Duration::from_secs(100), 1000).unwrap();
         assert_eq!(
             got,
-            vec![("r".to_owned(), "new".to_owned(), Duration::from_secs(50))]
+            vec![Remembered {
+                route: "r".to_owned(),
+                merchant: "m".to_owned(),
+                event_id: "new".to_owned(),
+                left: Duration::from_secs(50)
+            }]
+        );
+    }
+
+    #[test]
+    fn records_written_before_the_merchant_field_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("20260101T000000Z-gateway-1-1.jsonl"),
+            b"{\"type\":\"outcome\",\"rid\":\"1\",\"unix\":990,\"route\":\"r\",\"event_id\":\"e\",\"outcome\":\"forwarded\",\"status\":200}\n",
+        )
+        .unwrap();
+        let got = delivered_within(dir.path(), Duration::from_secs(100), 1000).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].merchant.as_str(), got[0].event_id.as_str()),
+            ("", "e")
         );
     }
 

@@ -211,7 +211,7 @@ fn journal(command: JournalCommand) -> ExitCode {
                 let r = &a.received;
                 if json {
                     let v = serde_json::json!({
-                        "unix": r.unix, "route": r.route, "provider": r.provider, "event_id": r.event_id,
+                        "unix": r.unix, "route": r.route, "provider": r.provider, "merchant": r.merchant, "event_id": r.event_id,
                         "client": r.client, "outcome": outcome_of(a),
                         "status": a.outcome.as_ref().map(|o| o.status),
                     });
@@ -255,10 +255,9 @@ fn journal(command: JournalCommand) -> ExitCode {
                 if event_id.as_deref().is_some_and(|id| r.event_id != id) {
                     continue;
                 }
-                if !latest
-                    .iter()
-                    .any(|l| l.route == r.route && l.event_id == r.event_id)
-                {
+                if !latest.iter().any(|l| {
+                    l.route == r.route && l.merchant == r.merchant && l.event_id == r.event_id
+                }) {
                     latest.push(r);
                 }
             }
@@ -275,7 +274,7 @@ fn journal(command: JournalCommand) -> ExitCode {
 fn redeliver(
     loaded: &callgate::config::Loaded,
     events: Vec<&callgate::journal::Received>,
-    delivered: &std::collections::HashSet<(String, String)>,
+    delivered: &std::collections::HashSet<(String, String, String)>,
     dry_run: bool,
 ) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -304,7 +303,7 @@ fn redeliver(
         let mut failed = 0;
         for r in events {
             let label = format!("{} {}", r.route, r.event_id);
-            if delivered.contains(&(r.route.clone(), r.event_id.clone())) {
+            if delivered.contains(&(r.route.clone(), r.merchant.clone(), r.event_id.clone())) {
                 println!("{label}: already delivered, skipped");
                 continue;
             }

@@ -21,7 +21,7 @@ use crate::forward::{self, Delivery, ForwardMode, HttpClient};
 use crate::journal::{self, Journal, OutcomeRecord, Record};
 use crate::metrics::Metrics;
 use crate::provider::Verified;
-use crate::replay::{self, Claim, Key, KeyKind, ReplayStore, Token};
+use crate::replay::{self, Claim, Key, ReplayStore, Token};
 use crate::rules::{AllowMode, Merchant, OnStoreError, Route, RuleSet};
 use crate::{allow, body, limit, normalize, provider};
 
@@ -189,20 +189,18 @@ where
 
     // Several merchants may share the route: the claimed merchant picks the
     // keys, which then verify that same field again.
-    let merchant = route
-        .merchant(provider::claimed_merchant(
+    ctx.merchant = route
+        .merchant_label(&provider::claimed_merchant(
             route.kind(),
             &parts.headers,
             &payload,
         ))
-        .map_err(|e| ctx.reject(e.outcome(), e.label(), e))?;
-    ctx.merchant = merchant.provider.merchant_id().map(Into::into);
-
+        .map(Into::into);
     let now = replay::unix_now();
-    let verified = merchant
-        .provider
+    let (merchant, verified) = route
         .verify(&parts.headers, &payload, now)
         .map_err(|e| ctx.reject(e.outcome(), e.label(), e))?;
+    ctx.merchant = Some(merchant.provider.merchant_id().into());
     ctx.event_id = Some(verified.event_id().to_owned());
 
     replay::check_fresh(&verified, route.max_age, route.max_future, now)
@@ -211,9 +209,7 @@ where
     // A nonce (wechat_v3) is remembered for the whole window; a verbatim
     // copy within it is a replay. It is forgotten again if this copy is not
     // delivered, so the platform's own retry is not refused.
-    let nonce_key = verified
-        .nonce()
-        .map(|n| Key::new(&route.name, KeyKind::Nonce, n));
+    let nonce_key = Key::nonce(&route.name, &verified);
     if let Some(nonce) = &nonce_key {
         match state
             .store
@@ -330,7 +326,7 @@ async fn deliver(
     now: i64,
 ) -> Result<(), forward::ForwardError> {
     let (body, content_type) = match route.forward {
-        ForwardMode::Original => (bytes, None),
+        ForwardMode::Original => (verified.original_body(bytes), None),
         ForwardMode::Normalized => (
             Bytes::from(normalize::normalize(verified)),
             Some("application/json"),
@@ -454,6 +450,7 @@ async fn record_outcome(
         rid,
         unix: replay::unix_now(),
         route: route.name.to_string(),
+        merchant: verified.merchant().to_owned(),
         event_id: verified.event_id().to_owned(),
         outcome: outcome.as_str().to_owned(),
         status: outcome.status().as_u16(),
@@ -481,6 +478,7 @@ fn received_record(
         unix: now,
         route: route.name.to_string(),
         provider: route.kind().as_str().to_owned(),
+        merchant: verified.merchant().to_owned(),
         event_id: verified.event_id().to_owned(),
         client: client.to_string(),
         headers: headers
@@ -543,14 +541,13 @@ pub async fn redeliver(state: &State, rec: &journal::Received) -> Result<Outcome
         .map_err(|_| RedeliverError::Damaged("client address".into()))?;
     let payload = body::parse(route.kind().format(), &headers, &body)
         .map_err(|e| RedeliverError::Verify(e.to_string()))?;
-    let merchant = route
-        .merchant(provider::claimed_merchant(route.kind(), &headers, &payload))
-        .map_err(|e| RedeliverError::Verify(e.to_string()))?;
-    let verified = merchant
-        .provider
+    let (merchant, verified) = route
         .verify(&headers, &payload, replay::unix_now())
         .map_err(|e| RedeliverError::Verify(e.to_string()))?;
-    if verified.event_id() != rec.event_id {
+    // Records written before they carried the merchant have none to compare.
+    if verified.event_id() != rec.event_id
+        || (!rec.merchant.is_empty() && verified.merchant() != rec.merchant)
+    {
         return Err(RedeliverError::Damaged(
             "event id does not match the body".into(),
         ));

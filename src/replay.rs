@@ -13,8 +13,10 @@
 //! platform's retry is forwarded again. An in-flight claim also expires by
 //! itself, so a lost release cannot wedge an event.
 //!
-//! Keys are the first 16 bytes of SHA-256 over (route, kind, id): fixed size
-//! whatever the id, and namespaced per route. The memory store
+//! Keys are the first 16 bytes of SHA-256 over (route, kind, merchant, id):
+//! fixed size whatever the id, namespaced per route and per merchant, so two
+//! merchants of one route whose events share an id (JD's `tradeNum` is the
+//! merchant's own order number) never shadow each other. The memory store
 //! ([`MemoryStore`], `replay/memory.rs`) is a sharded map bounded by
 //! `max_entries`.
 
@@ -103,8 +105,9 @@ impl KeyKind {
 }
 
 /// A route-namespaced key. The digest (first 16 bytes of SHA-256 over
-/// route, kind and id) has a fixed size whatever the id; the memory store
-/// keys on it alone, Redis on `callgate:<route>:<kind>:<digest>`.
+/// route, kind, merchant and id, each delimited) has a fixed size whatever
+/// the id; the memory store keys on it alone, Redis on
+/// `callgate:<route>:<kind>:<digest>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key {
     route: Arc<str>,
@@ -113,10 +116,18 @@ pub struct Key {
 }
 
 impl Key {
-    pub fn new(route: &Arc<str>, kind: KeyKind, id: &str) -> Key {
+    /// The key of `id` (an event id or a nonce) of `merchant` on `route`.
+    pub fn new(route: &Arc<str>, kind: KeyKind, merchant: &str, id: &str) -> Key {
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         ctx.update(route.as_bytes());
         ctx.update(&[0, kind as u8 + 1, 0]);
+        // Length-prefixed, so no (merchant, id) pair reads as another.
+        ctx.update(
+            &u64::try_from(merchant.len())
+                .unwrap_or(u64::MAX)
+                .to_be_bytes(),
+        );
+        ctx.update(merchant.as_bytes());
         ctx.update(id.as_bytes());
         let d = ctx.finish();
         let mut digest = [0u8; 16];
@@ -130,7 +141,19 @@ impl Key {
 
     /// The key of a verified event on a route.
     pub fn event(route: &Arc<str>, verified: &Verified) -> Key {
-        Key::new(route, KeyKind::Event, verified.event_id())
+        Key::new(
+            route,
+            KeyKind::Event,
+            verified.merchant(),
+            verified.event_id(),
+        )
+    }
+
+    /// The key of a verified notification's signed nonce (wechat_v3).
+    pub fn nonce(route: &Arc<str>, verified: &Verified) -> Option<Key> {
+        verified
+            .nonce()
+            .map(|n| Key::new(route, KeyKind::Nonce, verified.merchant(), n))
     }
 
     pub fn hex(&self) -> String {
@@ -478,7 +501,7 @@ mod tests {
     }
 
     fn key(id: &str) -> Key {
-        Key::new(&route("route"), KeyKind::Event, id)
+        Key::new(&route("route"), KeyKind::Event, "m", id)
     }
 
     #[tokio::test]
@@ -501,7 +524,18 @@ mod tests {
             s.claim(&key("b"), IN_FLIGHT).await.unwrap(),
             Claim::New(_)
         ));
-        let other_route = Key::new(&route("other"), KeyKind::Event, "a");
+        let other_route = Key::new(&route("other"), KeyKind::Event, "m", "a");
+        assert!(matches!(
+            s.claim(&other_route, IN_FLIGHT).await.unwrap(),
+            Claim::New(_)
+        ));
+        // Another merchant's event with the same id on the same route.
+        let other_merchant = Key::new(&route("route"), KeyKind::Event, "n", "a");
+        assert!(matches!(
+            s.claim(&other_merchant, IN_FLIGHT).await.unwrap(),
+            Claim::New(_)
+        ));
+        let other_route = Key::new(&route("other"), KeyKind::Event, "m", "b");
         assert!(matches!(
             s.claim(&other_route, IN_FLIGHT).await.unwrap(),
             Claim::New(_)
@@ -560,7 +594,7 @@ mod tests {
     #[tokio::test]
     async fn nonces_are_remembered_once_until_forgotten() {
         let s = ReplayStore::memory(100);
-        let n = Key::new(&route("route"), KeyKind::Nonce, "abc");
+        let n = Key::new(&route("route"), KeyKind::Nonce, "m", "abc");
         assert!(s.remember(&n, TTL).await.unwrap());
         assert!(!s.remember(&n, TTL).await.unwrap());
         s.forget(&n).await.unwrap();
@@ -588,7 +622,10 @@ mod tests {
     fn store_is_bounded() {
         let m = MemoryStore::new(1000);
         for i in 0..20_000 {
-            m.remember(&Key::new(&route("r"), KeyKind::Nonce, &i.to_string()), TTL);
+            m.remember(
+                &Key::new(&route("r"), KeyKind::Nonce, "m", &i.to_string()),
+                TTL,
+            );
         }
         assert!(m.entries() <= 1000, "{}", m.entries());
     }
@@ -596,11 +633,16 @@ mod tests {
     #[test]
     fn keys_are_namespaced() {
         let (a, b, ab) = (route("a"), route("b"), route("ab"));
-        let d = |r: &Arc<str>, k, id| Key::new(r, k, id).digest;
+        let d = |r: &Arc<str>, k, id| Key::new(r, k, "m", id).digest;
         assert_ne!(d(&a, KeyKind::Event, "1"), d(&a, KeyKind::Nonce, "1"));
         assert_ne!(d(&a, KeyKind::Event, "1"), d(&b, KeyKind::Event, "1"));
         assert_ne!(d(&ab, KeyKind::Event, "c"), d(&a, KeyKind::Event, "bc"));
-        let k = Key::new(&a, KeyKind::Event, "1");
+        // Merchants are namespaces too, and a merchant never runs into its id.
+        let m = |merchant, id| Key::new(&a, KeyKind::Event, merchant, id).digest;
+        assert_ne!(m("m1", "1"), m("m2", "1"));
+        assert_ne!(m("m1", "23"), m("m12", "3"));
+        assert_ne!(m("", "m1"), m("m1", ""));
+        let k = Key::new(&a, KeyKind::Event, "m", "1");
         assert_eq!(k.redis(), format!("callgate:a:ev:{}", k.hex()));
     }
 

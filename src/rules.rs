@@ -23,7 +23,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use crate::allow::AllowList;
 use crate::config::{Config, Dur, Limits, Located, Problem, line_of, parse_net, resolve};
 use crate::forward::{ForwardMode, Upstream, UpstreamError};
-use crate::provider::{Claimed, Provider, ProviderKind, VerifyError};
+use crate::provider::{Claimed, Provider, ProviderKind, Verified, VerifyError};
 use crate::secret::{Secret, SecretFileError};
 
 /// What is wrong in a rule file.
@@ -98,8 +98,14 @@ pub enum RuleError {
     KeysAndMerchants,
     #[error("merchant `{id}` is listed twice in this route (first at {first})")]
     DuplicateMerchant { id: String, first: String },
-    #[error("a route with several merchants needs each merchant's id in its keys (keys.{field})")]
-    MerchantWithoutId { field: &'static str },
+    #[error(
+        "replay.ttl {ttl} is shorter than this route's freshness window ({window}: max_age plus the {future} a signed time may lie in the future); a copy of a delivered event could then pass freshness after its delivery is forgotten: raise replay.ttl to at least {window}, or lower max_age"
+    )]
+    ReplayTtlTooShort {
+        ttl: String,
+        window: String,
+        future: String,
+    },
     /// A key certificate past its notAfter (see `expiry`).
     #[error("{what} expired on {at}; {advice}")]
     CertificateExpired {
@@ -234,27 +240,78 @@ impl Route {
         &self.merchants
     }
 
-    /// The merchant whose keys verify a notification claiming `claim`. A
-    /// route with one merchant always answers it, so its verifier reports
-    /// a mismatch precisely; with several, an unknown merchant is refused.
-    pub fn merchant(&self, claim: Claimed<'_>) -> Result<&Merchant, VerifyError> {
+    /// The merchants whose keys may verify a notification claiming `claim`,
+    /// best match first: one bound to the claimed sub-merchant, then ones
+    /// for the claimed merchant bound to none. A route with one merchant
+    /// always offers it, so its verifier reports a mismatch precisely.
+    pub fn candidates<'a>(&'a self, claim: &Claimed<'_>) -> Vec<&'a Merchant> {
         if let [only] = &*self.merchants {
-            return Ok(only);
+            return vec![only];
         }
-        self.merchants
+        let exact = self
+            .merchants
             .iter()
-            .find(|m| m.provider.serves(&claim))
-            .ok_or_else(|| {
-                VerifyError::UnknownMerchant(match claim {
-                    Claimed::Id(id) => {
-                        format!("merchant `{}`", id.chars().take(64).collect::<String>())
+            .filter(|m| m.provider.serves(claim, true));
+        let loose = self
+            .merchants
+            .iter()
+            .filter(|m| m.provider.serves(claim, false) && !m.provider.serves(claim, true));
+        exact.chain(loose).collect()
+    }
+
+    /// Verifies a notification with the keys of the merchant it is for:
+    /// each candidate of [`Route::candidates`] in turn (several merchants
+    /// can share a WeChat Pay v3 platform key: a service provider's
+    /// sub-merchants, told apart only inside the encrypted resource), the
+    /// first that verifies wins. When none does, the first refusal that is
+    /// not about the merchant is reported, else an unknown merchant.
+    pub fn verify(
+        &self,
+        headers: &http::HeaderMap,
+        payload: &crate::body::Payload,
+        now: i64,
+    ) -> Result<(&Merchant, Verified), VerifyError> {
+        let claim = crate::provider::claimed_merchant(self.kind, headers, payload);
+        let candidates = self.candidates(&claim);
+        let mut refusal = None;
+        for m in &candidates {
+            match m.provider.verify(headers, payload, now) {
+                Ok(v) => return Ok((m, v)),
+                Err(e) if candidates.len() == 1 => return Err(e),
+                // Another merchant's notification: try the next.
+                Err(
+                    VerifyError::MerchantMismatch { .. }
+                    | VerifyError::MerchantUnbound { .. }
+                    | VerifyError::MissingField("seller_id" | "sub_mch_id" | "sub_mchid"),
+                ) => {}
+                Err(e) => {
+                    refusal.get_or_insert(e);
+                }
+            }
+        }
+        Err(refusal.unwrap_or_else(|| {
+            VerifyError::UnknownMerchant(match claim {
+                Claimed::Id { merchant, sub } => {
+                    let shown = |s: &str| s.chars().take(64).collect::<String>();
+                    match sub {
+                        Some(sub) => format!("merchant `{}` / `{}`", shown(merchant), shown(sub)),
+                        None => format!("merchant `{}`", shown(merchant)),
                     }
-                    Claimed::Serial(s) => {
-                        format!("key serial `{}`", s.chars().take(64).collect::<String>())
-                    }
-                    Claimed::Unknown => "no merchant field".to_owned(),
-                })
+                }
+                Claimed::Serial(s) => {
+                    format!("key serial `{}`", s.chars().take(64).collect::<String>())
+                }
+                Claimed::Unknown => "no merchant field".to_owned(),
             })
+        }))
+    }
+
+    /// The merchant a notification claiming `claim` is counted under in
+    /// `callgate_merchant_requests_total` before it is verified.
+    pub fn merchant_label(&self, claim: &Claimed<'_>) -> Option<&str> {
+        self.candidates(claim)
+            .first()
+            .map(|m| m.provider.merchant_id())
     }
 
     /// The route's certificate-backed keys: (`key` label, notAfter in Unix
@@ -265,7 +322,7 @@ impl Route {
             many => many
                 .iter()
                 .flat_map(|m| {
-                    let id = m.provider.merchant_id().unwrap_or("-").to_owned();
+                    let id = m.provider.merchant_id().to_owned();
                     m.provider
                         .certificates()
                         .into_iter()
@@ -677,6 +734,20 @@ fn compile_route(
         None => kind.default_max_age(),
     };
     let max_future = kind.max_future(max_age);
+    // A delivered event must be remembered for as long as a copy of it can
+    // still pass freshness.
+    let window = max_age + max_future;
+    if config.replay.ttl < window {
+        let at = raw.max_age.as_ref().map_or(span.clone(), Spanned::span);
+        ctx.error(
+            at,
+            RuleError::ReplayTtlTooShort {
+                ttl: humantime::format_duration(config.replay.ttl).to_string(),
+                window: humantime::format_duration(window).to_string(),
+                future: humantime::format_duration(max_future).to_string(),
+            },
+        );
+    }
     if raw.allow_mode == AllowMode::Log {
         ctx.warn(
             span.clone(),
@@ -913,27 +984,19 @@ fn compile_merchants(
             ok = false;
             continue;
         };
-        match provider.merchant_id() {
-            None => {
-                ctx.error(item_span, RuleError::MerchantWithoutId { field: "mer_id" });
-                ok = false;
-                continue;
-            }
-            Some(id) => {
-                if let Some(first) = ids.get(id) {
-                    ctx.error(
-                        item_span,
-                        RuleError::DuplicateMerchant {
-                            id: id.to_owned(),
-                            first: first.clone(),
-                        },
-                    );
-                    ok = false;
-                    continue;
-                }
-                ids.insert(id.to_owned(), ctx.here(item_span));
-            }
+        let id = provider.merchant_id();
+        if let Some(first) = ids.get(id) {
+            ctx.error(
+                item_span,
+                RuleError::DuplicateMerchant {
+                    id: id.to_owned(),
+                    first: first.clone(),
+                },
+            );
+            ok = false;
+            continue;
         }
+        ids.insert(id.to_owned(), ctx.here(item_span));
         merchants.push(Merchant { provider, upstream });
     }
     if merchants.is_empty() && ok {

@@ -182,6 +182,29 @@ pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gat
     })
 }
 
+/// Remembers one journaled delivery in the memory store. A record written
+/// before records carried the merchant is remembered under every merchant
+/// of its route (the route's own, when it has one): a replay of it is
+/// still a duplicate, at the cost of a colliding id of another merchant of
+/// the same route being taken for it until `replay.ttl` runs out (see
+/// docs/deploy.md, "Upgrading: replay keys now hold the merchant").
+fn warm(store: &ReplayStore, rules: &crate::rules::RuleSet, r: &crate::journal::Remembered) {
+    let route: Arc<str> = Arc::from(r.route.as_str());
+    let key = |merchant: &str| {
+        crate::replay::Key::new(&route, crate::replay::KeyKind::Event, merchant, &r.event_id)
+    };
+    if !r.merchant.is_empty() {
+        store.warm(&key(&r.merchant), r.left);
+        return;
+    }
+    let Some(configured) = rules.routes().find(|x| *x.name == *r.route) else {
+        return;
+    };
+    for m in configured.merchants() {
+        store.warm(&key(m.provider.replay_merchant()), r.left);
+    }
+}
+
 /// Builds the shared state: the replay store (the memory store warmed from
 /// the journal, so a restart remembers what was delivered within
 /// `replay.ttl`), the journal writer and the metrics. `journal_kind` names
@@ -206,12 +229,8 @@ pub fn build_state(
             if matches!(store, ReplayStore::Memory(_)) {
                 let now = replay::unix_now();
                 let delivered = crate::journal::delivered_within(&jc.dir, config.replay.ttl, now)?;
-                for (route, event_id, left) in &delivered {
-                    let route: Arc<str> = Arc::from(route.as_str());
-                    store.warm(
-                        &crate::replay::Key::new(&route, crate::replay::KeyKind::Event, event_id),
-                        *left,
-                    );
+                for r in &delivered {
+                    warm(&store, &rules, r);
                 }
                 tracing::info!(events = delivered.len(), dir = %jc.dir.display(), "replay store warmed from the journal");
             }

@@ -276,7 +276,7 @@ async fn v2_refund_is_authenticated_by_decryption_and_its_req_info_is_shared() {
     assert_eq!(g.body.as_ref(), body.as_slice());
     assert_eq!(
         g.headers["x-callgate-event-id"],
-        "50300002026112200000000000001"
+        "50300002026112200000000000001:SUCCESS"
     );
 
     // Decrypt req_info with the openssl CLI, independently of callgate.
@@ -328,7 +328,7 @@ async fn v2_wechatpy_real_refund_vector_passes() {
     let g = &up.received()[0];
     assert_eq!(
         g.headers["x-callgate-event-id"],
-        "50300103182020010413419046597"
+        "50300103182020010413419046597:SUCCESS"
     );
     let plain = unb64(g.headers["x-callgate-resource"].to_str().unwrap());
     assert!(

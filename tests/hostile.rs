@@ -213,10 +213,11 @@ async fn abusive_forms_are_4xx_and_never_forwarded() {
         Some(5.0)
     );
 
-    // Invalid UTF-8 on a utf-8 route, with a genuine signature: the GBK
-    // fixture (MD5 by openssl over its GBK bytes) sent to a route whose
-    // charset is utf-8.
-    let gbk = fixture_in("alipay_md5", "md5_gbk.form");
+    // Values that are text in no charset, with a genuine signature (MD5 by
+    // openssl over the bytes FF FE FF): 400, saying so. (GBK bytes on a
+    // route and Content-Type that say utf-8 are delivered: see
+    // gateway_alipay_legacy.rs.)
+    let undecodable = fixture_in("alipay_md5", "md5_undecodable.form");
     let r = gw
         .send(
             "POST",
@@ -225,13 +226,13 @@ async fn abusive_forms_are_4xx_and_never_forwarded() {
                 "content-type",
                 "application/x-www-form-urlencoded; charset=utf-8",
             )],
-            gbk,
+            undecodable,
         )
         .await;
     assert_eq!(
         (r.status, r.text().as_str()),
         (400, "fail"),
-        "GBK bytes on a utf-8 route"
+        "values valid in neither UTF-8 nor GBK"
     );
     assert_eq!(
         gw.metric(
@@ -239,7 +240,7 @@ async fn abusive_forms_are_4xx_and_never_forwarded() {
             &[
                 ("route", "shop-legacy"),
                 ("provider", "alipay_md5"),
-                ("reason", "charset")
+                ("reason", "charset_undecodable")
             ],
         )
         .await,

@@ -334,7 +334,7 @@ fn check_warns_about_every_kind_of_key_expiring_within_30_days() {
             "up",
             "unionpay",
             &format!(
-                "root_cert = {:?}\nmiddle_cert = {:?}\nverify_certs = [{:?}]",
+                "mer_id = \"777290058110097\"\nroot_cert = {:?}\nmiddle_cert = {:?}\nverify_certs = [{:?}]",
                 pki.path("up_root"),
                 up_middle,
                 up_verify
@@ -406,13 +406,16 @@ fn check_fails_on_an_expired_key_certificate_and_reports_them_all() {
         route(
             "up500",
             "unionpay",
-            &format!("verify_certs = [{:?}]", expired_verify),
+            &format!(
+                "mer_id = \"777290058110097\"\nverify_certs = [{:?}]",
+                expired_verify
+            ),
         ),
         route(
             "up510",
             "unionpay",
             &format!(
-                "root_cert = {:?}\nmiddle_cert = {:?}",
+                "mer_id = \"777290058110097\"\nroot_cert = {:?}\nmiddle_cert = {:?}",
                 pki.path("up_root"),
                 middle
             ),

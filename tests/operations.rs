@@ -515,7 +515,7 @@ async fn notifications_flowing_through_reloads_are_neither_lost_nor_misanswered(
         .map(|i| {
             let params: std::collections::BTreeMap<String, String> = [
                 ("app_id".to_owned(), APP_A.to_owned()),
-                ("notify_id".to_owned(), format!("reload-{i:05}")),
+                ("notify_id".to_owned(), format!("reload{i:05}")),
             ]
             .into();
             callgate::sign::alipay_form(&key, &params, "RSA2")

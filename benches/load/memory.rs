@@ -41,7 +41,7 @@ fn main() {
         for i in 0..n {
             // An Alipay notify_id: 32 characters.
             let id = format!("2026111122001{i:019}");
-            let key = Key::new(&route, KeyKind::Event, &id);
+            let key = Key::new(&route, KeyKind::Event, "m", &id);
             match store.claim(&key, in_flight).await.expect("memory store") {
                 Claim::New(token) => store.confirm(&key, token, ttl).await.expect("memory store"),
                 other => panic!("event {i} was {other:?}"),

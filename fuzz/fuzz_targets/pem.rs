@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
         },
         now(),
     );
-    let _ = unionpay::Keys::from_files(None, Some((&file, &file)), &[&file]);
+    let _ = unionpay::Keys::from_files("777290058110097", Some((&file, &file)), &[&file]);
     let _ = jdpay::Keys::from_files("110000000001", &des_key, &file);
     let _ = jdpay::Keys::from_files("110000000001", &file, &good_key);
 });

@@ -18,9 +18,36 @@
 //! tried once (PROVIDERS.md §1.2).
 //!
 //! `sign_type` must be `RSA2` or `RSA`; anything else is refused rather than
-//! guessed. `app_id` must be the route's. `charset` (default UTF-8) must be
-//! one we can decode, and every value must be valid in it. Event id:
-//! `notify_id`. Signed time: `notify_time`, Beijing time.
+//! guessed. Which of the two a route accepts is pinned by `keys.sign_types`;
+//! by default, what the key implies: a key of 2048 bits or more is an RSA2
+//! app's key (`["RSA2"]`), a smaller one an RSA (SHA-1) app's (`["RSA"]`).
+//! A notification signed with the other is refused (`sign_type_not_allowed`),
+//! so it cannot downgrade an RSA2 merchant to SHA-1.
+//!
+//! Charset: the notification's `charset` field, then the Content-Type's
+//! charset, else UTF-8; when the values are not valid in that charset, the
+//! other of GBK and UTF-8 (see `provider::form_encoding`). It decides only
+//! which values count as blank and how `normalized` fields are decoded: the
+//! signature covers the raw bytes.
+//!
+//! Merchant: `app_id` must be the route's. A notification on behalf of
+//! another merchant (an ISV app: `auth_app_id` differs from `app_id`) is
+//! refused unless the route names that merchant's `seller_id`, or says
+//! `accept_any_sub_merchant = true`. With `keys.seller_id`, the
+//! notification's `seller_id` must be it.
+//!
+//! Identity (`provider::identity`): event id `notify_id` (letters and
+//! digits), signed time `notify_time` (exactly `yyyy-MM-dd HH:mm:ss`,
+//! Beijing time), merchant `app_id` (with `/auth_app_id` when it differs).
+//! None of `notify_id`, `notify_time`, `app_id`, `auth_app_id`, `seller_id`
+//! may appear as `&name=` inside another signed value, and no field name
+//! may hold `&` or `=`: the signed string then fixes all of them.
+//!
+//! Blank values: under the Java rule a field whose value is blank is not
+//! signed, so anyone can add `x=%20` to a genuine notification. Such fields
+//! are dropped from what the shop receives (`Verified::original_body`, and
+//! the `normalized` fields); when the notification only verifies with its
+//! blanks signed, they stay.
 //!
 //! Certificate mode (`alipay_cert`, `alipay_root_cert`, optional `app_cert`
 //! instead of `public_key`): notifications are verified exactly as above
@@ -36,8 +63,9 @@ use toml::Spanned;
 use toml::de::DeValue;
 
 use super::alipay_cert::{self, CertFiles, CertSns};
+use super::identity::{self, Role, TimeFormat};
 use super::{
-    Fields, ProviderKind, RsaDigest, RsaKey, Verified, VerifyError, beijing_time, java_whitespace,
+    Fields, ProviderKind, RsaDigest, RsaKey, Verified, VerifyError, form_encoding, java_whitespace,
     shown,
 };
 use crate::body::Form;
@@ -58,6 +86,14 @@ pub(crate) struct KeysFile {
     alipay_root_cert: Option<Spanned<String>>,
     /// Certificate mode: the app's certificate.
     app_cert: Option<Spanned<String>>,
+    /// The signature types accepted: `RSA2`, `RSA` (default: what the key
+    /// implies, `RSA2` for 2048 bits and more).
+    sign_types: Option<Spanned<Vec<String>>>,
+    /// The seller (`2088...`) notifications must be for.
+    seller_id: Option<Spanned<String>>,
+    /// Accept notifications an ISV app receives on behalf of any merchant.
+    #[serde(default)]
+    accept_any_sub_merchant: bool,
 }
 
 /// Compiled keys of an `alipay` route.
@@ -70,21 +106,79 @@ pub struct Keys {
     /// Certificate mode: every certificate on the chains, (`key` label,
     /// notAfter).
     certs: Vec<(String, i64)>,
+    /// Which of `RSA2` and `RSA` are accepted.
+    sign_types: SignTypes,
+    seller_id: Option<Box<str>>,
+    any_sub_merchant: bool,
+    /// `app_id`, or `app_id/seller_id` when bound to a seller.
+    merchant: Box<str>,
 }
 
-/// Notification time format (`yyyy-MM-dd HH:mm:ss`, Beijing time).
-const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
+/// Which of `RSA2` and `RSA` a route accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignTypes {
+    pub rsa2: bool,
+    pub rsa: bool,
+}
+
+impl SignTypes {
+    /// What a key of `bits` implies: RSA2 apps have keys of 2048 bits.
+    pub fn implied(bits: usize) -> SignTypes {
+        SignTypes {
+            rsa2: bits >= 2048,
+            rsa: bits < 2048,
+        }
+    }
+
+    fn allows(self, digest: RsaDigest) -> bool {
+        match digest {
+            RsaDigest::Sha256 => self.rsa2,
+            RsaDigest::Sha1 => self.rsa,
+        }
+    }
+
+    fn text(self) -> String {
+        match (self.rsa2, self.rsa) {
+            (true, true) => "RSA2 and RSA",
+            (true, false) => "RSA2 only",
+            (false, _) => "RSA only",
+        }
+        .to_owned()
+    }
+}
+
+/// The fields that make a notification's identity (see the module doc).
+const IDENTITY: [&str; 5] = [
+    "notify_id",
+    "notify_time",
+    "app_id",
+    "auth_app_id",
+    "seller_id",
+];
 
 impl Keys {
-    /// The merchant these keys belong to: the app's `app_id`.
+    /// The merchant these keys are for: `app_id`, or `app_id/seller_id`
+    /// when bound to a seller.
     pub fn merchant_id(&self) -> &str {
+        &self.merchant
+    }
+
+    /// The app's `app_id`.
+    pub fn app_id(&self) -> &str {
         &self.app_id
+    }
+
+    /// The seller this route is bound to, when it is.
+    pub fn seller_id(&self) -> Option<&str> {
+        self.seller_id.as_deref()
     }
 
     pub(super) fn compile(value: Spanned<DeValue<'_>>, ctx: &mut FileCtx<'_>) -> Option<Keys> {
         let span = value.span();
         let raw: KeysFile = ctx.deserialize(value)?;
+        let mut ok = true;
         if raw.app_id.get_ref().trim().is_empty() {
+            ok = false;
             ctx.error(
                 raw.app_id.span(),
                 RuleError::KeyValue {
@@ -107,13 +201,13 @@ impl Keys {
                 );
                 (None, None)
             }
-            (None, true) => match load_cert_mode(&raw, span, ctx) {
+            (None, true) => match load_cert_mode(&raw, span.clone(), ctx) {
                 Some((key, sns, certs)) => (Some(key), Some((sns, certs))),
                 None => (None, None),
             },
             (None, false) => {
                 ctx.error(
-                    span,
+                    span.clone(),
                     RuleError::KeyValue {
                         field: "public_key".to_owned(),
                         reason: "missing: give Alipay's public key file, or alipay_cert and alipay_root_cert (certificate mode)".to_owned(),
@@ -126,11 +220,56 @@ impl Keys {
             Some((sns, certs)) => (Some(sns), certs),
             None => (None, Vec::new()),
         };
+        let sign_types = match (&raw.sign_types, &key) {
+            (Some(list), _) => compile_sign_types(list, ctx),
+            (None, Some(key)) => Some(SignTypes::implied(key.bits())),
+            (None, None) => None,
+        };
+        let seller_id = match &raw.seller_id {
+            Some(s) if !is_user_id(s.get_ref()) => {
+                ok = false;
+                ctx.error(
+                    s.span(),
+                    RuleError::KeyValue {
+                        field: "seller_id".to_owned(),
+                        reason: format!(
+                            "`{}` is not an Alipay user id (2088 and 12 more digits)",
+                            s.get_ref()
+                        ),
+                    },
+                );
+                None
+            }
+            Some(s) => Some(s.get_ref().as_str().into()),
+            None => None,
+        };
+        if raw.accept_any_sub_merchant {
+            ctx.warn(
+                span,
+                format_args!(
+                    "alipay app `{}` has accept_any_sub_merchant = true: what it receives on behalf of ANY merchant (auth_app_id) reaches this shop; bind each merchant with keys.seller_id instead",
+                    raw.app_id.get_ref()
+                ),
+            );
+        }
+        let (key, sign_types) = (key?, sign_types?);
+        if !ok {
+            return None;
+        }
+        let app_id: Box<str> = raw.app_id.into_inner().into_boxed_str();
+        let merchant = match &seller_id {
+            Some(s) => format!("{app_id}/{s}").into_boxed_str(),
+            None => app_id.clone(),
+        };
         Some(Keys {
-            app_id: raw.app_id.into_inner().into_boxed_str(),
-            key: key?,
+            app_id,
+            key,
             cert,
             certs,
+            sign_types,
+            seller_id,
+            any_sub_merchant: raw.accept_any_sub_merchant,
+            merchant,
         })
     }
 
@@ -145,18 +284,32 @@ impl Keys {
         self.cert.as_ref()
     }
 
-    /// Keys built directly from a public-key file, for benches and fuzzing.
+    /// Keys built directly from a public-key file, for benches and fuzzing
+    /// (signature types implied by the key).
     pub fn for_bench(app_id: &str, public_key: &std::path::Path) -> Result<Keys, String> {
-        Ok(Keys {
-            app_id: app_id.into(),
-            key: RsaKey::from_file(public_key)?,
-            cert: None,
-            certs: Vec::new(),
-        })
+        Ok(Keys::with_key(app_id, RsaKey::from_file(public_key)?, None))
     }
 
-    /// Verifies a decoded notification form.
-    pub fn verify(&self, form: &Form) -> Result<Verified, VerifyError> {
+    fn with_key(app_id: &str, key: RsaKey, cert: Option<CertSns>) -> Keys {
+        Keys {
+            app_id: app_id.into(),
+            sign_types: SignTypes::implied(key.bits()),
+            key,
+            cert,
+            certs: Vec::new(),
+            seller_id: None,
+            any_sub_merchant: false,
+            merchant: app_id.into(),
+        }
+    }
+
+    /// Verifies a decoded notification form. `content_type` is the charset
+    /// the request's Content-Type names, if any.
+    pub fn verify(
+        &self,
+        form: &Form,
+        content_type: Option<&'static Encoding>,
+    ) -> Result<Verified, VerifyError> {
         let sign = form
             .get("sign")
             .filter(|s| !s.is_empty())
@@ -167,8 +320,13 @@ impl Keys {
             Some(other) => return Err(VerifyError::UnsupportedSignType(shown(other))),
             None => return Err(VerifyError::UnsupportedSignType(String::new())),
         };
-        let encoding = charset(form.get("charset"))?;
-        check_encoding(form, encoding)?;
+        if !self.sign_types.allows(digest) {
+            return Err(VerifyError::SignTypeNotAllowed {
+                got: shown(form.get("sign_type").unwrap_or_default()),
+                allowed: self.sign_types.text(),
+            });
+        }
+        let encoding = form_encoding(form, &["charset"], content_type, None)?;
         match form.get("app_id") {
             Some(id) if id == self.app_id.as_bytes() => {}
             Some(id) => {
@@ -183,15 +341,19 @@ impl Keys {
             .decode(sign)
             .map_err(|_| VerifyError::SignatureEncoding)?;
 
-        let (content, had_empty) = canonical(form, encoding, false);
-        let good = self.key.verify(digest, &content, &signature)
-            || (had_empty
-                && self
-                    .key
-                    .verify(digest, &canonical(form, encoding, true).0, &signature));
-        if !good {
+        let (content, blank) = canonical(form, encoding, false);
+        let unsigned = if self.key.verify(digest, &content, &signature) {
+            blank
+        } else if !blank.is_empty()
+            && self
+                .key
+                .verify(digest, &canonical(form, encoding, true).0, &signature)
+        {
+            // Signed with its blanks: they are covered, and stay.
+            Vec::new()
+        } else {
             return Err(VerifyError::SignatureMismatch);
-        }
+        };
         if let Some(sns) = &self.cert
             && let Some(got) = form.get("alipay_cert_sn").filter(|v| !v.is_empty())
             && got != sns.alipay_cert_sn.as_bytes()
@@ -202,8 +364,95 @@ impl Keys {
             });
         }
 
-        notification(ProviderKind::Alipay, form, encoding)
+        identity::check_unambiguous(
+            form.iter()
+                .filter(|(k, _)| !unsigned.iter().any(|u| u == k)),
+            &IDENTITY,
+        )?;
+        let merchant = self.bind(form)?;
+        notification(ProviderKind::Alipay, form, encoding, merchant, unsigned)
     }
+
+    /// The merchant checks that follow the signature (module doc); returns
+    /// the merchant part of the replay key.
+    fn bind(&self, form: &Form) -> Result<String, VerifyError> {
+        let auth = identity::optional_token(
+            Role::Merchant,
+            "auth_app_id",
+            form.get("auth_app_id"),
+            &identity::DIGITS,
+        )?;
+        let seller = identity::optional_token(
+            Role::Merchant,
+            "seller_id",
+            form.get("seller_id"),
+            &identity::ALIPAY_USER_ID,
+        )?;
+        let on_behalf = auth.filter(|a| *a != &*self.app_id);
+        match (&self.seller_id, seller) {
+            (Some(want), Some(got)) if got == &**want => {}
+            (Some(_), Some(got)) => {
+                return Err(VerifyError::MerchantMismatch {
+                    field: "seller_id",
+                    got: got.to_owned(),
+                });
+            }
+            (Some(_), None) => return Err(VerifyError::MissingField("seller_id")),
+            (None, _) => {
+                if let Some(other) = on_behalf
+                    && !self.any_sub_merchant
+                {
+                    return Err(VerifyError::MerchantUnbound {
+                        field: "auth_app_id",
+                        got: other.to_owned(),
+                        fix: "bind the merchant with keys.seller_id (one [[route.merchant]] table each), or set keys.accept_any_sub_merchant = true",
+                    });
+                }
+            }
+        }
+        Ok(match on_behalf {
+            Some(other) => format!("{}/{other}", self.app_id),
+            None => self.app_id.to_string(),
+        })
+    }
+}
+
+/// `keys.sign_types`, compiled; `None` (with the problem recorded) when it
+/// names something else or nothing.
+fn compile_sign_types(list: &Spanned<Vec<String>>, ctx: &mut FileCtx<'_>) -> Option<SignTypes> {
+    let mut types = SignTypes {
+        rsa2: false,
+        rsa: false,
+    };
+    let mut problem = None;
+    for t in list.get_ref() {
+        match t.as_str() {
+            "RSA2" => types.rsa2 = true,
+            "RSA" => types.rsa = true,
+            other => problem = Some(format!("`{other}` is not \"RSA2\" or \"RSA\"")),
+        }
+    }
+    if problem.is_none() && !types.rsa2 && !types.rsa {
+        problem = Some("name at least one of \"RSA2\" and \"RSA\"".to_owned());
+    }
+    match problem {
+        None => Some(types),
+        Some(reason) => {
+            ctx.error(
+                list.span(),
+                RuleError::KeyValue {
+                    field: "sign_types".to_owned(),
+                    reason,
+                },
+            );
+            None
+        }
+    }
+}
+
+/// An Alipay user id: `2088` and 12 more digits.
+fn is_user_id(s: &str) -> bool {
+    s.len() == 16 && s.starts_with("2088") && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// A certificate's `callgate_key_expiry_timestamp_seconds` entry: (`key`
@@ -305,71 +554,39 @@ fn load_cert_mode(
 }
 
 /// The event of a verified Alipay form (open platform or legacy): id
-/// `notify_id`, signed time `notify_time` (Beijing time).
+/// `notify_id`, signed time `notify_time` (Beijing time), each read
+/// strictly (`provider::identity`). `unsigned` names the fields the
+/// signature left out, which the shop never gets.
 pub(super) fn notification(
     kind: ProviderKind,
     form: &Form,
     encoding: &'static Encoding,
+    merchant: String,
+    unsigned: Vec<String>,
 ) -> Result<Verified, VerifyError> {
-    let notify_id = form
-        .get_str("notify_id")
-        .filter(|s| !s.is_empty())
-        .ok_or(VerifyError::MissingField("notify_id"))?;
+    let notify_id = identity::token(
+        Role::Event,
+        "notify_id",
+        form.get("notify_id"),
+        &identity::NOTIFY_ID,
+    )?;
     let notify_time = form
         .get("notify_time")
-        .filter(|s| !s.is_empty())
         .ok_or(VerifyError::MissingField("notify_time"))?;
-    let signed_at = beijing_time("notify_time", notify_time, TIME_FORMAT)?;
+    let signed_at = identity::beijing_time("notify_time", notify_time, TimeFormat::Dashed)?;
+    let form = if unsigned.is_empty() {
+        form.clone()
+    } else {
+        form.without(&unsigned)
+    };
     Ok(Verified::new(
         kind,
+        merchant,
         notify_id.to_owned(),
         signed_at,
-        Fields::Form {
-            form: form.clone(),
-            encoding,
-        },
-    ))
-}
-
-/// Maps the notification's `charset` to an encoding. Absent or empty means
-/// UTF-8, as in the SDK.
-pub(crate) fn charset(value: Option<&[u8]>) -> Result<&'static Encoding, VerifyError> {
-    let Some(label) = value.filter(|v| !v.is_empty()) else {
-        return Ok(encoding_rs::UTF_8);
-    };
-    let lower = label.to_ascii_lowercase();
-    match lower.as_slice() {
-        b"utf-8" | b"utf8" => Ok(encoding_rs::UTF_8),
-        b"gbk" | b"gb2312" | b"gb18030" => Ok(encoding_rs::GB18030),
-        _ => Err(VerifyError::Charset(shown(label))),
-    }
-}
-
-/// Every value must decode in the notification's charset.
-pub(crate) fn check_encoding(form: &Form, encoding: &'static Encoding) -> Result<(), VerifyError> {
-    for (key, value) in form.iter() {
-        if value.is_ascii() {
-            continue;
-        }
-        let ok = if encoding == encoding_rs::UTF_8 {
-            std::str::from_utf8(value).is_ok()
-        } else {
-            encoding
-                .decode_without_bom_handling_and_without_replacement(value)
-                .is_some()
-        };
-        if !ok {
-            return Err(VerifyError::FieldEncoding {
-                field: key.to_owned(),
-                charset: if encoding == encoding_rs::UTF_8 {
-                    "UTF-8"
-                } else {
-                    "GBK"
-                },
-            });
-        }
-    }
-    Ok(())
+        Fields::Form { form, encoding },
+    )
+    .with_unsigned(unsigned))
 }
 
 /// True when a value is empty or only Java whitespace.
@@ -385,17 +602,17 @@ fn is_blank(value: &[u8], encoding: &'static Encoding) -> bool {
     text.chars().all(java_whitespace)
 }
 
-/// Builds the string the signature covers. Returns it and whether any value
-/// was blank (and so left out, unless `keep_blank`).
-fn canonical(form: &Form, encoding: &'static Encoding, keep_blank: bool) -> (Vec<u8>, bool) {
+/// Builds the string the signature covers. Returns it and the fields whose
+/// value is blank (left out, unless `keep_blank`).
+fn canonical(form: &Form, encoding: &'static Encoding, keep_blank: bool) -> (Vec<u8>, Vec<String>) {
     let mut out = Vec::with_capacity(1024);
-    let mut had_blank = false;
+    let mut blank = Vec::new();
     for (key, value) in form.iter() {
         if key == "sign" || key == "sign_type" {
             continue;
         }
         if is_blank(value, encoding) {
-            had_blank = true;
+            blank.push(key.to_owned());
             if !keep_blank {
                 continue;
             }
@@ -407,12 +624,15 @@ fn canonical(form: &Form, encoding: &'static Encoding, keep_blank: bool) -> (Vec
         out.push(b'=');
         out.extend_from_slice(value);
     }
-    (out, had_blank)
+    (out, blank)
 }
 
 /// The canonical string for signing a sample notification (`callgate sign`).
 pub(crate) fn sign_content(form: &Form) -> Vec<u8> {
-    let encoding = charset(form.get("charset")).unwrap_or(encoding_rs::UTF_8);
+    let encoding = form
+        .get("charset")
+        .and_then(super::charset_label)
+        .unwrap_or(encoding_rs::UTF_8);
     canonical(form, encoding, false).0
 }
 
@@ -425,13 +645,19 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/alipay")
     }
 
+    /// Keys accepting both RSA2 and RSA, so every fixture is judged on its
+    /// signature (`sign_types_pin_the_digest` tests the default).
     fn keys(app_id: &str, key: &str) -> Keys {
-        Keys {
-            app_id: app_id.into(),
-            key: RsaKey::from_file(&fixtures().join(key)).unwrap(),
-            cert: None,
-            certs: Vec::new(),
-        }
+        let mut k = Keys::with_key(
+            app_id,
+            RsaKey::from_file(&fixtures().join(key)).unwrap(),
+            None,
+        );
+        k.sign_types = SignTypes {
+            rsa2: true,
+            rsa: true,
+        };
+        k
     }
 
     fn form(name: &str) -> Form {
@@ -455,7 +681,7 @@ mod tests {
                 e["app_id"].as_str().unwrap_or("2021000000000001"),
                 e["key"].as_str().unwrap(),
             );
-            let got = k.verify(&form);
+            let got = k.verify(&form, None);
             let want = e["verifies"].as_bool().unwrap()
                 || e["verifies_with_empty_included"].as_bool() == Some(true);
             assert_eq!(got.is_ok(), want, "{name}: {got:?}");
@@ -474,9 +700,9 @@ mod tests {
                 .unwrap();
         let app = e["nodejs_sdk_real_notify.form"]["app_id"].as_str().unwrap();
         let k = keys(app, "nodejs_sdk_real_public.pem");
-        assert!(k.verify(&form("nodejs_sdk_real_notify.form")).is_ok());
+        assert!(k.verify(&form("nodejs_sdk_real_notify.form"), None).is_ok());
         assert_eq!(
-            k.verify(&form("nodejs_sdk_real_notify_tampered.form"))
+            k.verify(&form("nodejs_sdk_real_notify_tampered.form"), None)
                 .unwrap_err(),
             VerifyError::SignatureMismatch
         );
@@ -489,9 +715,9 @@ mod tests {
                 .unwrap();
         let app = e["yansongda_sandbox_plus.form"]["app_id"].as_str().unwrap();
         let k = keys(app, "yansongda_sandbox_public.pem");
-        assert!(k.verify(&form("yansongda_sandbox_plus.form")).is_ok());
+        assert!(k.verify(&form("yansongda_sandbox_plus.form"), None).is_ok());
         assert!(
-            k.verify(&form("yansongda_sandbox_plus_as_space.form"))
+            k.verify(&form("yansongda_sandbox_plus_as_space.form"), None)
                 .is_err()
         );
     }
@@ -500,31 +726,35 @@ mod tests {
     fn refusals_name_their_reason() {
         let k = keys("2021000000000001", "alipay_public.pem");
         assert_eq!(
-            k.verify(&form("rsa2_missing_sign.form")).unwrap_err(),
+            k.verify(&form("rsa2_missing_sign.form"), None).unwrap_err(),
             VerifyError::MissingSignature
         );
         assert_eq!(
-            k.verify(&form("rsa2_sign_type_unknown.form")).unwrap_err(),
+            k.verify(&form("rsa2_sign_type_unknown.form"), None)
+                .unwrap_err(),
             VerifyError::UnsupportedSignType("RSA3".into())
         );
         assert!(matches!(
-            k.verify(&form("rsa2_other_app.form")).unwrap_err(),
+            k.verify(&form("rsa2_other_app.form"), None).unwrap_err(),
             VerifyError::MerchantMismatch {
                 field: "app_id",
                 ..
             }
         ));
         assert_eq!(
-            k.verify(&form("rsa2_wrong_key.form")).unwrap_err(),
+            k.verify(&form("rsa2_wrong_key.form"), None).unwrap_err(),
             VerifyError::SignatureMismatch
         );
         assert_eq!(
-            k.verify(&form("rsa2_tampered_amount.form")).unwrap_err(),
+            k.verify(&form("rsa2_tampered_amount.form"), None)
+                .unwrap_err(),
             VerifyError::SignatureMismatch
         );
         let other = keys("2021000000000001", "other_public.pem");
         assert_eq!(
-            other.verify(&form("rsa2_trade_success.form")).unwrap_err(),
+            other
+                .verify(&form("rsa2_trade_success.form"), None)
+                .unwrap_err(),
             VerifyError::SignatureMismatch
         );
     }
@@ -532,12 +762,12 @@ mod tests {
     #[test]
     fn gbk_and_sha1_verify() {
         let k = keys("2021000000000001", "alipay_public.pem");
-        let v = k.verify(&form("rsa2_gbk.form")).unwrap();
+        let v = k.verify(&form("rsa2_gbk.form"), None).unwrap();
         let Fields::Form { encoding, .. } = v.fields() else {
             panic!("a form")
         };
         assert_eq!(*encoding, encoding_rs::GB18030);
-        assert!(k.verify(&form("rsa_sha1_trade_success.form")).is_ok());
+        assert!(k.verify(&form("rsa_sha1_trade_success.form"), None).is_ok());
     }
 
     #[test]
@@ -549,19 +779,61 @@ mod tests {
             .replace("sign_type=RSA2", "sign_type=RSA");
         let k = keys("2021000000000001", "alipay_public.pem");
         assert_eq!(
-            k.verify(&Form::parse(swapped.as_bytes()).unwrap())
+            k.verify(&Form::parse(swapped.as_bytes()).unwrap(), None)
                 .unwrap_err(),
             VerifyError::SignatureMismatch
         );
     }
 
     #[test]
-    fn invalid_utf8_in_a_utf8_notification_is_malformed() {
+    fn sign_types_pin_the_digest() {
+        // A 2048-bit key implies RSA2: a genuine SHA1withRSA notification by
+        // the same key is a downgrade, refused before its signature counts.
+        let key = || RsaKey::from_file(&fixtures().join("alipay_public.pem")).unwrap();
+        let k = Keys::with_key("2021000000000001", key(), None);
+        assert_eq!(k.sign_types, SignTypes::implied(2048));
+        assert!(k.verify(&form("rsa2_trade_success.form"), None).is_ok());
+        let err = k
+            .verify(&form("rsa_sha1_trade_success.form"), None)
+            .unwrap_err();
+        assert!(
+            matches!(err, VerifyError::SignTypeNotAllowed { .. }),
+            "{err:?}"
+        );
+        assert_eq!(err.label(), "sign_type_not_allowed");
+        assert_eq!(err.outcome(), crate::ack::Outcome::BadSignature);
+        // Pinned to RSA, the RSA2 one is refused instead.
+        let mut rsa = Keys::with_key("2021000000000001", key(), None);
+        rsa.sign_types = SignTypes {
+            rsa2: false,
+            rsa: true,
+        };
+        assert!(
+            rsa.verify(&form("rsa_sha1_trade_success.form"), None)
+                .is_ok()
+        );
+        assert!(matches!(
+            rsa.verify(&form("rsa2_trade_success.form"), None),
+            Err(VerifyError::SignTypeNotAllowed { .. })
+        ));
+        // A 1024-bit key implies RSA.
+        assert_eq!(
+            SignTypes::implied(1024),
+            SignTypes {
+                rsa2: false,
+                rsa: true
+            }
+        );
+    }
+
+    #[test]
+    fn values_valid_in_neither_charset_are_malformed() {
         let body = std::fs::read(fixtures().join("rsa2_trade_success.form")).unwrap();
         let bad = [body.as_slice(), b"&extra=%FF%FE"].concat();
         let k = keys("2021000000000001", "alipay_public.pem");
-        let err = k.verify(&Form::parse(&bad).unwrap()).unwrap_err();
-        assert!(matches!(err, VerifyError::FieldEncoding { .. }), "{err:?}");
+        let err = k.verify(&Form::parse(&bad).unwrap(), None).unwrap_err();
+        assert!(matches!(err, VerifyError::Undecodable { .. }), "{err:?}");
+        assert_eq!(err.label(), "charset_undecodable");
         assert_eq!(err.outcome(), crate::ack::Outcome::Malformed);
     }
 
@@ -586,12 +858,7 @@ mod tests {
             1_800_000_000,
         )
         .unwrap();
-        Keys {
-            app_id: "2021000000000001".into(),
-            key: loaded.key,
-            cert: Some(loaded.sns),
-            certs: Vec::new(),
-        }
+        Keys::with_key("2021000000000001", loaded.key, Some(loaded.sns))
     }
 
     fn cert_form(name: &str) -> Form {
@@ -602,30 +869,40 @@ mod tests {
     #[test]
     fn certificate_mode_verifies_with_the_certificate_key() {
         let k = cert_keys("alipayCertPublicKey_RSA2.crt");
-        assert!(k.verify(&cert_form("cert_trade_success.form")).is_ok());
-        assert!(k.verify(&cert_form("cert_with_sn.form")).is_ok());
+        assert!(
+            k.verify(&cert_form("cert_trade_success.form"), None)
+                .is_ok()
+        );
+        assert!(k.verify(&cert_form("cert_with_sn.form"), None).is_ok());
         assert_eq!(
-            k.verify(&cert_form("cert_tampered.form")).unwrap_err(),
+            k.verify(&cert_form("cert_tampered.form"), None)
+                .unwrap_err(),
             VerifyError::SignatureMismatch
         );
         assert_eq!(
-            k.verify(&cert_form("cert_wrong_key.form")).unwrap_err(),
+            k.verify(&cert_form("cert_wrong_key.form"), None)
+                .unwrap_err(),
             VerifyError::SignatureMismatch
         );
         assert!(matches!(
-            k.verify(&cert_form("cert_sn_mismatch.form")).unwrap_err(),
+            k.verify(&cert_form("cert_sn_mismatch.form"), None)
+                .unwrap_err(),
             VerifyError::CertSnMismatch { .. }
         ));
         // The other certificate verifies its own key's notification, and
         // refuses the SN of the first.
         let other = cert_keys("other_alipayCertPublicKey_RSA2.crt");
-        assert!(other.verify(&cert_form("cert_wrong_key.form")).is_ok());
-        assert!(other.verify(&cert_form("cert_with_sn.form")).is_err());
+        assert!(
+            other
+                .verify(&cert_form("cert_wrong_key.form"), None)
+                .is_ok()
+        );
+        assert!(other.verify(&cert_form("cert_with_sn.form"), None).is_err());
         // In public-key mode alipay_cert_sn is just another signed field.
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/alipay_cert");
-        let pk = Keys {
-            app_id: "2021000000000001".into(),
-            key: RsaKey::from_der(
+        let pk = Keys::with_key(
+            "2021000000000001",
+            RsaKey::from_der(
                 &std::process::Command::new("openssl")
                     .args(["x509", "-pubkey", "-noout", "-in"])
                     .arg(dir.join("alipay_leaf.crt"))
@@ -641,10 +918,9 @@ mod tests {
                     .unwrap(),
             )
             .unwrap(),
-            cert: None,
-            certs: Vec::new(),
-        };
-        assert!(pk.verify(&cert_form("cert_sn_mismatch.form")).is_ok());
+            None,
+        );
+        assert!(pk.verify(&cert_form("cert_sn_mismatch.form"), None).is_ok());
     }
 
     #[test]
@@ -659,15 +935,10 @@ mod tests {
             crate::replay::unix_now(),
         )
         .unwrap();
-        let k = Keys {
-            app_id: "9021000122682882".into(),
-            key: loaded.key,
-            cert: Some(loaded.sns),
-            certs: Vec::new(),
-        };
-        assert!(k.verify(&form("yansongda_sandbox_plus.form")).is_ok());
+        let k = Keys::with_key("9021000122682882", loaded.key, Some(loaded.sns));
+        assert!(k.verify(&form("yansongda_sandbox_plus.form"), None).is_ok());
         assert!(
-            k.verify(&form("yansongda_sandbox_plus_as_space.form"))
+            k.verify(&form("yansongda_sandbox_plus_as_space.form"), None)
                 .is_err()
         );
     }

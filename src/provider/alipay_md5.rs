@@ -28,12 +28,21 @@
 //! and `DSA` variants are refused with their own reason rather than
 //! verified: a route is configured with the partner key only.
 //!
-//! Charset: the notification does not say which charset its values are in
-//! (`_input_charset` was a request parameter); the route does, with
-//! `keys.charset` (`utf-8`, the default, or `gbk`). The MD5 covers the raw
-//! bytes whatever the charset; the charset is used to check that every value
-//! is valid text in it (else 400) and to decode `normalized` fields. In
-//! `original` mode the shop receives the body byte for byte.
+//! Charset: the MD5 covers the raw bytes whatever the charset, so a
+//! notification that verifies is never refused for it. The charset used to
+//! decode `normalized` fields is, in order: the notification's own
+//! `_input_charset` or `charset` field (legacy notifications rarely carry
+//! one), the Content-Type's charset, the route's `keys.charset` (`utf-8`
+//! or `gbk`), else UTF-8; when the values are not valid text in it, the
+//! other of GBK and UTF-8. Only values valid in neither are refused (400
+//! `charset_undecodable`). In `original` mode the shop receives the body
+//! byte for byte.
+//!
+//! Empty values: the demo's string leaves them out, so an empty field can
+//! be added to a genuine notification at will. When the demo string is the
+//! one that verified, such fields are dropped from what the shop receives;
+//! when only the plugins' string (empties kept) verified, they are signed
+//! and stay.
 //!
 //! Merchant checks, after the signature: the notification's `seller_id` must
 //! be the route's seller. A legacy notification does not carry `partner`
@@ -43,7 +52,11 @@
 //! it too (ASCII case-insensitively: an e-mail address). A missing
 //! `seller_id` is refused: the check cannot be skipped.
 //!
-//! Event id: `notify_id`. Signed time: `notify_time`, Beijing time.
+//! Identity (`provider::identity`): event id `notify_id` (letters and
+//! digits), signed time `notify_time` (exactly `yyyy-MM-dd HH:mm:ss`,
+//! Beijing time), merchant `seller_id`. None of `notify_id`, `notify_time`,
+//! `seller_id`, `seller_email` may appear as `&name=` inside another signed
+//! value, and no field name may hold `&` or `=`.
 //!
 //! notify_verify (ATN): with `keys.notify_verify_url` set, the gateway asks
 //! Alipay whether the `notify_id` is genuine, the way the legacy demo does
@@ -66,7 +79,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
-use super::{ProviderKind, Verified, VerifyError, shown};
+use super::{ProviderKind, Verified, VerifyError, charset_label, form_encoding, shown};
 use crate::ack::Outcome;
 use crate::body::Form;
 use crate::forward::HttpClient;
@@ -87,7 +100,8 @@ pub(crate) struct KeysFile {
     seller_email: Option<Spanned<String>>,
     /// Base URL of Alipay's notify_verify service; enables the ATN check.
     notify_verify_url: Option<Spanned<String>>,
-    /// *Extension*: the charset the shop's Alipay requests use, `utf-8` or `gbk`.
+    /// *Extension*: the charset the shop's Alipay requests use, `utf-8` or
+    /// `gbk`: a hint, checked against the bytes.
     charset: Option<Spanned<String>>,
 }
 
@@ -97,9 +111,13 @@ pub struct Keys {
     key: Secret,
     seller_id: Box<str>,
     seller_email: Option<Box<str>>,
-    encoding: &'static Encoding,
+    /// `keys.charset`, when given.
+    hint: Option<&'static Encoding>,
     notify_verify: Option<NotifyVerify>,
 }
+
+/// The fields that make a notification's identity (see the module doc).
+const IDENTITY: [&str; 4] = ["notify_id", "notify_time", "seller_id", "seller_email"];
 
 /// A partner id: `2088` and 12 more digits.
 fn is_partner_id(s: &str) -> bool {
@@ -164,11 +182,10 @@ impl Keys {
             Some(e) => Some(e.get_ref().trim().into()),
             None => None,
         };
-        let encoding = match raw.charset.as_ref() {
-            None => encoding_rs::UTF_8,
+        let hint = match raw.charset.as_ref() {
+            None => None,
             Some(c) => match c.get_ref().to_ascii_lowercase().as_str() {
-                "utf-8" | "utf8" => encoding_rs::UTF_8,
-                "gbk" => encoding_rs::GBK,
+                "utf-8" | "utf8" | "gbk" => charset_label(c.get_ref().as_bytes()),
                 other => {
                     bad(
                         ctx,
@@ -176,7 +193,7 @@ impl Keys {
                         "charset",
                         format!("`{other}` is not \"utf-8\" or \"gbk\""),
                     );
-                    encoding_rs::UTF_8
+                    None
                 }
             },
         };
@@ -232,7 +249,7 @@ impl Keys {
             key,
             seller_id: seller_id.into_boxed_str(),
             seller_email,
-            encoding,
+            hint,
             notify_verify,
         })
     }
@@ -243,11 +260,11 @@ impl Keys {
             key: Secret::new(key.to_vec()),
             seller_id: partner.into(),
             seller_email: None,
-            encoding: if charset_gbk {
-                encoding_rs::GBK
+            hint: Some(if charset_gbk {
+                encoding_rs::GB18030
             } else {
                 encoding_rs::UTF_8
-            },
+            }),
             notify_verify: None,
         }
     }
@@ -257,8 +274,13 @@ impl Keys {
         self.notify_verify.as_ref()
     }
 
-    /// Verifies a decoded notification form.
-    pub fn verify(&self, form: &Form) -> Result<Verified, VerifyError> {
+    /// Verifies a decoded notification form. `content_type` is the charset
+    /// the request's Content-Type names, if any.
+    pub fn verify(
+        &self,
+        form: &Form,
+        content_type: Option<&'static Encoding>,
+    ) -> Result<Verified, VerifyError> {
         let sign = form
             .get("sign")
             .filter(|s| !s.is_empty())
@@ -271,14 +293,27 @@ impl Keys {
             Some(other) => return Err(VerifyError::UnsupportedSignType(shown(other))),
             None => return Err(VerifyError::UnsupportedSignType(String::new())),
         }
-        let (content, had_empty) = canonical(form, false);
-        let good = matches(&self.key, &content, sign)
-            || (had_empty && matches(&self.key, &canonical(form, true).0, sign));
-        if !good {
+        let (content, empty) = canonical(form, false);
+        let unsigned = if matches(&self.key, &content, sign) {
+            empty
+        } else if !empty.is_empty() && matches(&self.key, &canonical(form, true).0, sign) {
+            // Signed with its empty values: they are covered, and stay.
+            Vec::new()
+        } else {
             return Err(VerifyError::SignatureMismatch);
-        }
+        };
 
-        super::alipay::check_encoding(form, self.encoding)?;
+        let encoding = form_encoding(
+            form,
+            &["_input_charset", "charset"],
+            content_type,
+            self.hint,
+        )?;
+        super::identity::check_unambiguous(
+            form.iter()
+                .filter(|(k, _)| !unsigned.iter().any(|u| u == k)),
+            &IDENTITY,
+        )?;
         match form.get("seller_id").filter(|v| !v.is_empty()) {
             Some(id) if id == self.seller_id.as_bytes() => {}
             Some(id) => {
@@ -302,7 +337,13 @@ impl Keys {
             }
         }
 
-        super::alipay::notification(ProviderKind::AlipayMd5, form, self.encoding)
+        super::alipay::notification(
+            ProviderKind::AlipayMd5,
+            form,
+            encoding,
+            self.seller_id.to_string(),
+            unsigned,
+        )
     }
 }
 
@@ -327,16 +368,16 @@ fn matches(key: &Secret, content: &[u8], sign: &[u8]) -> bool {
 
 /// Builds the string the signature covers: sorted `k=v` joined by `&`,
 /// without `sign` and `sign_type`, and without empty values unless
-/// `keep_empty`. Returns it and whether any value was empty.
-pub(crate) fn canonical(form: &Form, keep_empty: bool) -> (Vec<u8>, bool) {
+/// `keep_empty`. Returns it and the fields whose value is empty.
+pub(crate) fn canonical(form: &Form, keep_empty: bool) -> (Vec<u8>, Vec<String>) {
     let mut out = Vec::with_capacity(1024);
-    let mut had_empty = false;
+    let mut empty = Vec::new();
     for (key, value) in form.iter() {
         if key == "sign" || key == "sign_type" {
             continue;
         }
         if value.is_empty() {
-            had_empty = true;
+            empty.push(key.to_owned());
             if !keep_empty {
                 continue;
             }
@@ -348,7 +389,7 @@ pub(crate) fn canonical(form: &Form, keep_empty: bool) -> (Vec<u8>, bool) {
         out.push(b'=');
         out.extend_from_slice(value);
     }
-    (out, had_empty)
+    (out, empty)
 }
 
 /// The signature of a sample notification (`callgate sign alipay_md5`).
@@ -558,8 +599,17 @@ mod tests {
                 &key(e["key"].as_str().unwrap()),
                 e["charset"] == "gbk",
             );
-            let got = k.verify(&form(name));
+            let got = k.verify(&form(name), None);
             let sign_type_ok = e["sign_type"].as_str().is_none_or(|t| t == "MD5");
+            if e["undecodable"] == true {
+                // A genuine MD5 over bytes that are text in no charset.
+                assert!(
+                    matches!(got, Err(VerifyError::Undecodable { .. })),
+                    "{name}: {got:?}"
+                );
+                checked += 1;
+                continue;
+            }
             let want = e["verifies"].as_bool().unwrap() && sign_type_ok;
             assert_eq!(got.is_ok(), want, "{name}: {got:?}");
             if let Ok(v) = got {
@@ -600,7 +650,7 @@ mod tests {
     fn refusals_name_their_reason() {
         let k = keys();
         assert_eq!(
-            k.verify(&form("md5_missing_sign.form")).unwrap_err(),
+            k.verify(&form("md5_missing_sign.form"), None).unwrap_err(),
             VerifyError::MissingSignature
         );
         for (f, t) in [
@@ -608,7 +658,7 @@ mod tests {
             ("md5_sign_type_dsa.form", "DSA"),
         ] {
             assert_eq!(
-                k.verify(&form(f)).unwrap_err(),
+                k.verify(&form(f), None).unwrap_err(),
                 VerifyError::LegacySignType(t.into())
             );
         }
@@ -619,28 +669,32 @@ mod tests {
             "md5_uppercase_sign.form",
         ] {
             assert_eq!(
-                k.verify(&form(f)).unwrap_err(),
+                k.verify(&form(f), None).unwrap_err(),
                 VerifyError::SignatureMismatch,
                 "{f}"
             );
         }
         assert!(matches!(
-            k.verify(&form("md5_other_seller.form")).unwrap_err(),
+            k.verify(&form("md5_other_seller.form"), None).unwrap_err(),
             VerifyError::MerchantMismatch {
                 field: "seller_id",
                 ..
             }
         ));
         // seller_email is checked only when configured.
-        assert!(k.verify(&form("md5_other_seller_email.form")).is_ok());
+        assert!(k.verify(&form("md5_other_seller_email.form"), None).is_ok());
         let with_email = Keys {
             seller_email: Some("SHOP@example.com".into()),
             ..keys()
         };
-        assert!(with_email.verify(&form("md5_trade_success.form")).is_ok());
+        assert!(
+            with_email
+                .verify(&form("md5_trade_success.form"), None)
+                .is_ok()
+        );
         assert!(matches!(
             with_email
-                .verify(&form("md5_other_seller_email.form"))
+                .verify(&form("md5_other_seller_email.form"), None)
                 .unwrap_err(),
             VerifyError::MerchantMismatch {
                 field: "seller_email",
@@ -652,10 +706,14 @@ mod tests {
             seller_id: "2088999988887777".into(),
             ..keys()
         };
-        assert!(other_seller.verify(&form("md5_other_seller.form")).is_ok());
         assert!(
             other_seller
-                .verify(&form("md5_trade_success.form"))
+                .verify(&form("md5_other_seller.form"), None)
+                .is_ok()
+        );
+        assert!(
+            other_seller
+                .verify(&form("md5_trade_success.form"), None)
                 .is_err()
         );
     }
@@ -664,31 +722,41 @@ mod tests {
     fn empty_values_follow_php_not_java() {
         let k = keys();
         // Whitespace is not empty for PHP's `$val == ""`.
-        assert!(k.verify(&form("md5_whitespace_value.form")).is_ok());
+        assert!(k.verify(&form("md5_whitespace_value.form"), None).is_ok());
         // The ECShop/DedeCMS string (empties kept) is the one retry.
-        assert!(k.verify(&form("md5_empty_included.form")).is_ok());
+        assert!(k.verify(&form("md5_empty_included.form"), None).is_ok());
         let f = form("md5_empty_included.form");
         let (demo, had_empty) = canonical(&f, false);
-        assert!(had_empty);
+        assert_eq!(had_empty, ["extra_common_param"]);
         assert!(!matches(&k.key, &demo, f.get("sign").unwrap()));
     }
 
     #[test]
-    fn gbk_verifies_over_raw_bytes_and_is_checked_in_its_charset() {
+    fn gbk_verifies_over_raw_bytes_whatever_the_route_says() {
         let gbk = Keys::for_bench("2088101122334455", &key("md5_key.txt"), true);
-        let v = gbk.verify(&form("md5_gbk.form")).unwrap();
+        let v = gbk.verify(&form("md5_gbk.form"), None).unwrap();
         let crate::provider::Fields::Form { encoding, form: f } = v.fields() else {
             panic!("a form")
         };
-        assert_eq!(*encoding, encoding_rs::GBK);
+        assert_eq!(*encoding, encoding_rs::GB18030);
         let (subject, _, bad) = encoding.decode(f.get("subject").unwrap());
         assert!(!bad);
         assert_eq!(subject, "测试商品 中文GBK");
-        // The same bytes on a UTF-8 route: the MD5 still matches, but the
-        // values are not UTF-8, so the notification is malformed.
-        let err = keys().verify(&form("md5_gbk.form")).unwrap_err();
-        assert!(matches!(err, VerifyError::FieldEncoding { .. }), "{err:?}");
-        assert_eq!(err.outcome(), Outcome::Malformed);
+        // The same bytes on a route that says utf-8, or nothing: the MD5
+        // matches, the values are not UTF-8 but are GBK, so it is GBK.
+        for k in [
+            keys(),
+            Keys {
+                hint: None,
+                ..keys()
+            },
+        ] {
+            let v = k.verify(&form("md5_gbk.form"), None).unwrap();
+            let crate::provider::Fields::Form { encoding, .. } = v.fields() else {
+                panic!("a form")
+            };
+            assert_eq!(*encoding, encoding_rs::GB18030);
+        }
     }
 
     #[test]

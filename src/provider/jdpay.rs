@@ -52,10 +52,18 @@
 //! corrupt a payload containing tabs or newlines; callgate decodes such
 //! payloads correctly instead of reproducing that bug.
 //!
-//! The decrypted `merchant` must be the route's too. Event id:
-//! `tradeNum:tradeType:status`. Signed time: the first
-//! `payList/pay/tradeTime`, else the top-level `tradeTime` (refund
-//! notifications carry only the latter), Beijing time, `yyyyMMddHHmmss`.
+//! The decrypted `merchant` must be the route's too.
+//!
+//! Identity (`provider::identity`): event id `tradeNum:tradeType:status`,
+//! each required (no default for a missing `tradeType`) and exactly the
+//! platform's syntax: `tradeNum` letters, digits, `-` and `_`; `tradeType`
+//! and `status` one or two digits. They are read from the signed string
+//! itself, after JD's formatter removed line breaks and trimmed, so a
+//! block of the 3DES-ECB ciphertext moved around (ECB lets anyone do that
+//! without the key) cannot put whitespace into them unnoticed. Signed time:
+//! the first `payList/pay/tradeTime`, else the top-level `tradeTime`
+//! (refund notifications carry only the latter), exactly `yyyyMMddHHmmss`,
+//! Beijing time. Merchant: `merchant`.
 
 use base64::Engine as _;
 use des::TdesEde3;
@@ -68,7 +76,8 @@ use serde_json::{Map, Value};
 use toml::Spanned;
 use toml::de::DeValue;
 
-use super::{Fields, ProviderKind, Verified, VerifyError, beijing_time, shown};
+use super::identity::{self, Role, TimeFormat};
+use super::{Fields, ProviderKind, Verified, VerifyError, shown};
 use crate::rules::{FileCtx, RuleError};
 use crate::secret::Secret;
 
@@ -77,9 +86,6 @@ pub const XML_HEAD: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>";
 
 /// The SDK's `MAX_MSG_LENGTH` for a decrypted payload.
 pub const MAX_PAYLOAD: usize = 16384;
-
-/// `tradeTime` format: `yyyyMMddHHmmss`, Beijing time.
-const TIME_FORMAT: &str = "%Y%m%d%H%M%S";
 
 // === XML ===
 
@@ -501,26 +507,32 @@ impl Keys {
             }
             None => return Err(VerifyError::MissingField("merchant")),
         }
-        let required = |name: &'static str| {
-            root.leaf(name)
-                .filter(|v| !v.is_empty())
-                .ok_or(VerifyError::MissingField(name))
-        };
-        let trade_num = required("tradeNum")?;
-        let status = required("status")?;
-        let trade_type = root.leaf("tradeType").unwrap_or_default();
+        let leaf = |name: &str| root.leaf(name).map(str::as_bytes);
+        let trade_num = identity::token(
+            Role::Event,
+            "tradeNum",
+            leaf("tradeNum"),
+            &identity::TRADE_NUM,
+        )?;
+        let trade_type = identity::token(
+            Role::Event,
+            "tradeType",
+            leaf("tradeType"),
+            &identity::SMALL_CODE,
+        )?;
+        let status = identity::token(Role::Event, "status", leaf("status"), &identity::SMALL_CODE)?;
         let time = root
             .child("payList")
             .and_then(|p| p.child("pay"))
             .and_then(|p| p.leaf("tradeTime"))
             .or_else(|| root.leaf("tradeTime"))
-            .filter(|t| !t.is_empty())
             .ok_or(VerifyError::MissingField("tradeTime"))?;
-        let signed_at = beijing_time("tradeTime", time.as_bytes(), TIME_FORMAT)?;
+        let signed_at = identity::beijing_time("tradeTime", time.as_bytes(), TimeFormat::Compact)?;
         let event_id = format!("{trade_num}:{trade_type}:{status}");
         let time = time.to_owned();
         Ok(Verified::new(
             ProviderKind::Jdpay,
+            self.merchant.to_string(),
             event_id,
             signed_at,
             Fields::Jdpay(Decrypted {
@@ -771,10 +783,14 @@ mod tests {
                 .signed
                 .contains("<qrCode>https://h5pay.jd.com/code?c=616zlks7djfb1z</qrCode>")
         );
-        assert_eq!(
+        assert!(matches!(
             k.verify(&e).unwrap_err(),
-            VerifyError::MissingField("status")
-        );
+            VerifyError::BadEventId {
+                field: "tradeType",
+                problem: "is missing",
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod alipay_cert;
 pub mod alipay_md5;
 #[doc(hidden)]
 pub mod bench;
+pub mod identity;
 pub mod jdpay;
 pub mod unionpay;
 pub mod wechat_v2;
@@ -35,8 +36,10 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
+use encoding_rs::Encoding;
+
 use crate::ack::Outcome;
-use crate::body::{Format, Payload};
+use crate::body::{Form, Format, Payload};
 use crate::rules::{FileCtx, RuleError};
 
 /// The `provider` names of the contract.
@@ -138,28 +141,64 @@ impl Provider {
         }
     }
 
-    /// The merchant these keys belong to (Alipay `app_id`, legacy Alipay
-    /// partner / `seller_id`, WeChat `mch_id`, UnionPay `merId`, JD
-    /// `merchant`); `None` when the keys do not name one (UnionPay without
-    /// `mer_id`).
-    pub fn merchant_id(&self) -> Option<&str> {
+    /// The merchant these keys are for, as `[[route.merchant]]` tells them
+    /// apart: Alipay `app_id` (and `/seller_id` when bound to one), legacy
+    /// Alipay `seller_id`, WeChat `mch_id` (and `/sub_mch_id`), UnionPay
+    /// `merId`, JD `merchant`.
+    pub fn merchant_id(&self) -> &str {
         match self {
-            Provider::Alipay(k) => Some(k.merchant_id()),
-            Provider::AlipayMd5(k) => Some(k.merchant_id()),
-            Provider::WechatV2(k) => Some(k.merchant_id()),
-            Provider::WechatV3(k) => Some(k.merchant_id()),
+            Provider::Alipay(k) => k.merchant_id(),
+            Provider::AlipayMd5(k) => k.merchant_id(),
+            Provider::WechatV2(k) => k.merchant_id(),
+            Provider::WechatV3(k) => k.merchant_id(),
             Provider::Unionpay(k) => k.merchant_id(),
-            Provider::Jdpay(k) => Some(k.merchant_id()),
+            Provider::Jdpay(k) => k.merchant_id(),
+        }
+    }
+
+    /// The merchant part of the replay key of the notifications these keys
+    /// verify (for an Alipay ISV app serving other merchants it lacks their
+    /// `auth_app_id`): what [`Verified::merchant`] is for them. Used to place
+    /// journal records written before replay keys held the merchant.
+    pub fn replay_merchant(&self) -> &str {
+        match self {
+            Provider::Alipay(k) => k.app_id(),
+            Provider::AlipayMd5(k) => k.merchant_id(),
+            Provider::WechatV2(k) => k.merchant_id(),
+            Provider::WechatV3(k) => k.merchant_id(),
+            Provider::Unionpay(k) => k.merchant_id(),
+            Provider::Jdpay(k) => k.merchant_id(),
         }
     }
 
     /// Whether these keys are the ones for a notification that claims
-    /// `claim`, read before verification (see [`claimed_merchant`]).
-    pub fn serves(&self, claim: &Claimed<'_>) -> bool {
+    /// `claim`, read before verification (see [`claimed_merchant`]): the
+    /// same merchant, and the same sub-merchant when the keys are bound to
+    /// one (`exact` asks for that binding).
+    pub fn serves(&self, claim: &Claimed<'_>, exact: bool) -> bool {
         match (self, claim) {
             (Provider::WechatV3(k), Claimed::Serial(serial)) => k.knows_serial(serial),
-            (_, Claimed::Id(id)) => self.merchant_id() == Some(*id),
+            (_, Claimed::Id { merchant, sub }) => {
+                let (mine, my_sub) = self.binding();
+                mine == *merchant
+                    && match my_sub {
+                        Some(s) => Some(s) == *sub,
+                        None => !exact,
+                    }
+            }
             _ => false,
+        }
+    }
+
+    /// (merchant, sub-merchant this merchant table is bound to).
+    fn binding(&self) -> (&str, Option<&str>) {
+        match self {
+            Provider::Alipay(k) => (k.app_id(), k.seller_id()),
+            Provider::WechatV2(k) => (k.mch_id(), k.sub_mch_id()),
+            Provider::WechatV3(k) => (k.merchant_id(), None),
+            Provider::AlipayMd5(k) => (k.merchant_id(), None),
+            Provider::Unionpay(k) => (k.merchant_id(), None),
+            Provider::Jdpay(k) => (k.merchant_id(), None),
         }
     }
 
@@ -183,20 +222,22 @@ impl Provider {
 
     /// Verifies a parsed notification at time `now` (Unix seconds: for
     /// certificate validity and refunds without a time of their own;
-    /// freshness is checked by the pipeline).
+    /// freshness is checked by the pipeline). `headers` carry the v3
+    /// signature and, for forms, the Content-Type charset hint.
     pub fn verify(
         &self,
         headers: &HeaderMap,
         payload: &Payload,
         now: i64,
     ) -> Result<Verified, VerifyError> {
+        let declared = content_type_charset(headers);
         match (self, payload) {
-            (Provider::Alipay(keys), Payload::Form(form)) => keys.verify(form),
-            (Provider::AlipayMd5(keys), Payload::Form(form)) => keys.verify(form),
+            (Provider::Alipay(keys), Payload::Form(form)) => keys.verify(form, declared),
+            (Provider::AlipayMd5(keys), Payload::Form(form)) => keys.verify(form, declared),
             (Provider::WechatV2(keys), Payload::Xml(xml)) => keys.verify(xml, now),
             (Provider::WechatV3(keys), Payload::Json(json)) => keys.verify(headers, json, now),
             // Certificate validity is judged at the time of verification.
-            (Provider::Unionpay(keys), Payload::Form(form)) => keys.verify_at(form, now),
+            (Provider::Unionpay(keys), Payload::Form(form)) => keys.verify_at(form, declared, now),
             (Provider::Jdpay(keys), Payload::JdXml(envelope)) => keys.verify(envelope),
             // `format()` picks the parser, so the pairs above are the only ones.
             _ => Err(VerifyError::PayloadFormat),
@@ -227,11 +268,16 @@ impl Provider {
 
 /// Which merchant a notification says it is for, before anything is
 /// verified: only used to pick the keys to verify with, which check the
-/// same field again.
+/// same fields again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claimed<'a> {
-    /// The signed merchant field.
-    Id(&'a str),
+    /// The signed merchant field, and the sub-merchant one where the
+    /// platform has one in the clear (Alipay `seller_id`, WeChat v2
+    /// `sub_mch_id`).
+    Id {
+        merchant: &'a str,
+        sub: Option<&'a str>,
+    },
     /// WeChat v3 hides `mchid` in the encrypted resource: the platform key
     /// serial picks the merchant instead.
     Serial(&'a str),
@@ -244,21 +290,21 @@ pub fn claimed_merchant<'a>(
     headers: &'a HeaderMap,
     payload: &'a Payload,
 ) -> Claimed<'a> {
-    let id = match (kind, payload) {
-        (ProviderKind::Alipay, Payload::Form(f)) => f.get_str("app_id"),
-        (ProviderKind::AlipayMd5, Payload::Form(f)) => f.get_str("seller_id"),
-        (ProviderKind::Unionpay, Payload::Form(f)) => f.get_str("merId"),
-        (ProviderKind::WechatV2, Payload::Xml(x)) => x.get("mch_id"),
-        (ProviderKind::Jdpay, Payload::JdXml(e)) => Some(e.merchant.as_str()),
+    let (id, sub) = match (kind, payload) {
+        (ProviderKind::Alipay, Payload::Form(f)) => (f.get_str("app_id"), f.get_str("seller_id")),
+        (ProviderKind::AlipayMd5, Payload::Form(f)) => (f.get_str("seller_id"), None),
+        (ProviderKind::Unionpay, Payload::Form(f)) => (f.get_str("merId"), None),
+        (ProviderKind::WechatV2, Payload::Xml(x)) => (x.get("mch_id"), x.get("sub_mch_id")),
+        (ProviderKind::Jdpay, Payload::JdXml(e)) => (Some(e.merchant.as_str()), None),
         (ProviderKind::WechatV3, _) => {
             return headers
                 .get("wechatpay-serial")
                 .and_then(|v| v.to_str().ok())
                 .map_or(Claimed::Unknown, Claimed::Serial);
         }
-        _ => None,
+        _ => (None, None),
     };
-    id.map_or(Claimed::Unknown, Claimed::Id)
+    id.map_or(Claimed::Unknown, |merchant| Claimed::Id { merchant, sub })
 }
 
 // === Verified ===
@@ -267,6 +313,9 @@ pub fn claimed_merchant<'a>(
 #[derive(Debug, Clone)]
 pub struct Verified {
     kind: ProviderKind,
+    /// The merchant the event belongs to, read from signed fields: the
+    /// merchant part of its replay key.
+    merchant: String,
     event_id: String,
     signed_at: i64,
     fields: Fields,
@@ -275,6 +324,9 @@ pub struct Verified {
     /// Content the platform encrypted, decrypted (wechat_v3 `resource`,
     /// wechat_v2 refund `req_info`).
     decrypted: Option<Vec<u8>>,
+    /// Form fields the signature does not cover (blank values the
+    /// platform's rule leaves out of the signed string): never forwarded.
+    unsigned: Vec<String>,
 }
 
 /// The verified content, in the provider's own shape, for `normalize`.
@@ -300,15 +352,45 @@ pub enum Fields {
 }
 
 impl Verified {
-    fn new(kind: ProviderKind, event_id: String, signed_at: i64, fields: Fields) -> Self {
+    fn new(
+        kind: ProviderKind,
+        merchant: String,
+        event_id: String,
+        signed_at: i64,
+        fields: Fields,
+    ) -> Self {
         Verified {
             kind,
+            merchant,
             event_id,
             signed_at,
             fields,
             nonce: None,
             decrypted: None,
+            unsigned: Vec::new(),
         }
+    }
+
+    fn with_unsigned(mut self, unsigned: Vec<String>) -> Self {
+        self.unsigned = unsigned;
+        self
+    }
+
+    /// The merchant the event belongs to (signed fields, e.g. `app_id`, or
+    /// `mch_id/sub_mch_id` for a service provider's sub-merchant).
+    pub fn merchant(&self) -> &str {
+        &self.merchant
+    }
+
+    /// The body the shop gets in `original` mode: the received bytes,
+    /// without the form fields the signature does not cover (blank values
+    /// an attacker can add to a genuine notification at will). Anything
+    /// else is left byte for byte.
+    pub fn original_body(&self, received: bytes::Bytes) -> bytes::Bytes {
+        if self.unsigned.is_empty() {
+            return received;
+        }
+        bytes::Bytes::from(crate::body::strip_form_fields(&received, &self.unsigned))
     }
 
     fn with_nonce(mut self, nonce: String) -> Self {
@@ -383,13 +465,46 @@ pub enum VerifyError {
     MerchantMismatch { field: &'static str, got: String },
     #[error("required field `{0}` is missing or empty")]
     MissingField(&'static str),
-    #[error("charset `{0}` is not supported")]
-    Charset(String),
-    #[error("field `{field}` is not valid {charset}")]
-    FieldEncoding {
+    #[error(
+        "field `{field}` is valid neither in the charset the notification names ({named}) nor in {other}"
+    )]
+    Undecodable {
         field: String,
-        charset: &'static str,
+        named: &'static str,
+        other: &'static str,
     },
+    #[error("{field} {problem} (`{value}`); an event id field must be {syntax}")]
+    BadEventId {
+        field: &'static str,
+        problem: &'static str,
+        syntax: &'static str,
+        value: String,
+    },
+    #[error("{field} {problem} (`{value}`); a merchant id must be {syntax}")]
+    BadMerchantId {
+        field: &'static str,
+        problem: &'static str,
+        syntax: &'static str,
+        value: String,
+    },
+    #[error(
+        "field `{field}` holds {holds}: an identity field could have been moved without changing the signed string"
+    )]
+    Ambiguous { field: String, holds: String },
+    #[error("sign_type `{got}` is not one this route accepts ({allowed}; keys.sign_types)")]
+    SignTypeNotAllowed { got: String, allowed: String },
+    #[error(
+        "{field} `{got}`: a notification on behalf of another merchant, and this route is bound to none ({fix})"
+    )]
+    MerchantUnbound {
+        field: &'static str,
+        got: String,
+        fix: &'static str,
+    },
+    #[error(
+        "a combined payment (combine_mchid) notification: not supported, give combined payments their own notify URL outside callgate"
+    )]
+    CombinedPayment,
     #[error("{field} `{value}` is not a time like {format}")]
     BadTime {
         field: &'static str,
@@ -445,7 +560,13 @@ impl VerifyError {
             VerifyError::MerchantMismatch { .. } => "merchant_mismatch",
             VerifyError::UnknownMerchant(_) => "unknown_merchant",
             VerifyError::MissingField(_) => "missing_field",
-            VerifyError::Charset(_) | VerifyError::FieldEncoding { .. } => "charset",
+            VerifyError::Undecodable { .. } => "charset_undecodable",
+            VerifyError::BadEventId { .. } => "bad_event_id",
+            VerifyError::BadMerchantId { .. } => "bad_merchant_id",
+            VerifyError::Ambiguous { .. } => "ambiguous_fields",
+            VerifyError::SignTypeNotAllowed { .. } => "sign_type_not_allowed",
+            VerifyError::MerchantUnbound { .. } => "merchant_unbound",
+            VerifyError::CombinedPayment => "combined_payment_unsupported",
             VerifyError::BadTime { .. } => "bad_time",
             VerifyError::PlatformFailure { .. } => "platform_failure",
             VerifyError::BadValue { .. }
@@ -483,10 +604,15 @@ impl VerifyError {
             | VerifyError::UnsupportedScheme(_)
             | VerifyError::UnknownCertId(_)
             | VerifyError::CertRejected(_)
+            | VerifyError::SignTypeNotAllowed { .. }
+            | VerifyError::MerchantUnbound { .. }
             | VerifyError::Decrypt(_) => Outcome::BadSignature,
             VerifyError::MissingField(_)
-            | VerifyError::Charset(_)
-            | VerifyError::FieldEncoding { .. }
+            | VerifyError::Undecodable { .. }
+            | VerifyError::BadEventId { .. }
+            | VerifyError::BadMerchantId { .. }
+            | VerifyError::Ambiguous { .. }
+            | VerifyError::CombinedPayment
             | VerifyError::BadTime { .. }
             | VerifyError::BadValue { .. }
             | VerifyError::Content(_)
@@ -630,23 +756,96 @@ pub(crate) fn load_rsa_key(
     }
 }
 
-// === time ===
+// === charset ===
 
-/// Parses a Beijing-time (UTC+8) timestamp with a chrono format into Unix
-/// seconds.
-pub(crate) fn beijing_time(
-    field: &'static str,
-    value: &[u8],
-    format: &'static str,
-) -> Result<i64, VerifyError> {
-    let bad = || VerifyError::BadTime {
-        field,
-        value: shown(value),
-        format,
+/// The encoding a charset label names: UTF-8, or GBK and its relatives
+/// (decoded as GB18030, their superset). `None` for anything else, which
+/// is then no hint at all.
+pub(crate) fn charset_label(label: &[u8]) -> Option<&'static Encoding> {
+    match label.trim_ascii().to_ascii_lowercase().as_slice() {
+        b"utf-8" | b"utf8" => Some(encoding_rs::UTF_8),
+        b"gbk" | b"gb2312" | b"gb18030" | b"cp936" => Some(encoding_rs::GB18030),
+        _ => None,
+    }
+}
+
+/// The charset a request's Content-Type names (`...; charset=GBK`).
+fn content_type_charset(headers: &HeaderMap) -> Option<&'static Encoding> {
+    let value = headers.get(http::header::CONTENT_TYPE)?.as_bytes();
+    value.split(|&b| b == b';').skip(1).find_map(|param| {
+        let eq = param.iter().position(|&b| b == b'=')?;
+        let (name, label) = (&param[..eq], param[eq + 1..].trim_ascii());
+        let label = label
+            .strip_prefix(b"\"")
+            .and_then(|l| l.strip_suffix(b"\""))
+            .unwrap_or(label);
+        if name.trim_ascii().eq_ignore_ascii_case(b"charset") {
+            charset_label(label)
+        } else {
+            None
+        }
+    })
+}
+
+fn charset_name(encoding: &'static Encoding) -> &'static str {
+    if encoding == encoding_rs::UTF_8 {
+        "UTF-8"
+    } else {
+        "GBK"
+    }
+}
+
+/// The charset a form's values are in. The signature covers the raw bytes
+/// whatever it is, so a notification that verifies is never refused for
+/// it: the notification's own field (`charset`, `_input_charset`,
+/// `encoding`: the first of `own` present) is believed first, then the
+/// Content-Type's charset, then the route's `hint`, else UTF-8; if some
+/// value is not valid text in that charset, the other one (GBK or UTF-8)
+/// is tried. Only a form valid in neither is refused.
+pub(crate) fn form_encoding(
+    form: &Form,
+    own: &[&str],
+    content_type: Option<&'static Encoding>,
+    hint: Option<&'static Encoding>,
+) -> Result<&'static Encoding, VerifyError> {
+    let named = own
+        .iter()
+        .find_map(|f| form.get(f).and_then(charset_label))
+        .or(content_type)
+        .or(hint)
+        .unwrap_or(encoding_rs::UTF_8);
+    let other = if named == encoding_rs::UTF_8 {
+        encoding_rs::GB18030
+    } else {
+        encoding_rs::UTF_8
     };
-    let text = std::str::from_utf8(value).map_err(|_| bad())?;
-    let naive = chrono::NaiveDateTime::parse_from_str(text, format).map_err(|_| bad())?;
-    Ok(naive.and_utc().timestamp() - 8 * 3600)
+    let Some(field) = undecodable(form, named) else {
+        return Ok(named);
+    };
+    if undecodable(form, other).is_none() {
+        return Ok(other);
+    }
+    Err(VerifyError::Undecodable {
+        field: field.to_owned(),
+        named: charset_name(named),
+        other: charset_name(other),
+    })
+}
+
+/// The first field whose value is not valid text in `encoding`.
+fn undecodable<'a>(form: &'a Form, encoding: &'static Encoding) -> Option<&'a str> {
+    form.iter()
+        .find(|(_, value)| {
+            !value.is_ascii()
+                && if encoding == encoding_rs::UTF_8 {
+                    std::str::from_utf8(value).is_err()
+                } else {
+                    encoding
+                        .decode_without_bom_handling_and_without_replacement(value)
+                        .is_none()
+                }
+        })
+        .map(|(key, _)| key)
 }
 
 // === Java whitespace ===
@@ -685,11 +884,64 @@ mod tests {
     }
 
     #[test]
-    fn beijing_is_utc_plus_8() {
-        let t = beijing_time("notify_time", b"2026-11-22 10:00:00", "%Y-%m-%d %H:%M:%S").unwrap();
-        assert_eq!(t, 1_795_312_800); // 2026-11-22T02:00:00Z
-        assert!(beijing_time("notify_time", b"2026-13-01 00:00:00", "%Y-%m-%d %H:%M:%S").is_err());
-        assert!(beijing_time("notify_time", b"\xff", "%Y-%m-%d %H:%M:%S").is_err());
+    fn charsets_are_hints_checked_against_the_bytes() {
+        let form = |b: &[u8]| Form::parse(b).unwrap();
+        let ct = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(v),
+            );
+            content_type_charset(&h)
+        };
+        assert_eq!(
+            ct("application/x-www-form-urlencoded; charset=GBK"),
+            Some(encoding_rs::GB18030)
+        );
+        assert_eq!(
+            ct("application/x-www-form-urlencoded;charset=\"utf-8\""),
+            Some(encoding_rs::UTF_8)
+        );
+        assert_eq!(
+            ct("application/x-www-form-urlencoded; Charset = utf-8"),
+            Some(encoding_rs::UTF_8)
+        );
+        assert_eq!(ct("application/x-www-form-urlencoded; charset=big5"), None);
+        assert_eq!(ct("application/x-www-form-urlencoded"), None);
+
+        // 测试 in GBK; 中 in UTF-8 (E4 B8 AD: not GBK, AD has no partner).
+        let gbk = form(b"subject=%B2%E2%CA%D4&charset=utf-8");
+        let utf8 = form(b"subject=%E4%B8%AD&charset=GBK");
+        let gb = encoding_rs::GB18030;
+        let u = encoding_rs::UTF_8;
+        // The notification says utf-8, the bytes are GBK: GBK.
+        assert_eq!(form_encoding(&gbk, &["charset"], None, None).unwrap(), gb);
+        // The notification says GBK, the bytes are UTF-8 and not GBK: UTF-8.
+        assert_eq!(form_encoding(&utf8, &["charset"], None, None).unwrap(), u);
+        // Nothing said: UTF-8 unless the bytes are not.
+        let plain = form(b"subject=%B2%E2%CA%D4");
+        assert_eq!(form_encoding(&plain, &["charset"], None, None).unwrap(), gb);
+        assert_eq!(
+            form_encoding(&plain, &["charset"], Some(u), Some(u)).unwrap(),
+            gb
+        );
+        // Bytes valid in both follow the first hint: field, Content-Type, route.
+        let both = form(b"subject=%C3%A9");
+        assert_eq!(
+            form_encoding(&both, &["charset"], Some(gb), Some(u)).unwrap(),
+            gb
+        );
+        assert_eq!(
+            form_encoding(&both, &["charset"], None, Some(gb)).unwrap(),
+            gb
+        );
+        assert_eq!(form_encoding(&both, &["charset"], None, None).unwrap(), u);
+        // Valid in neither.
+        let neither = form(b"subject=%FF%FF%FF");
+        assert!(matches!(
+            form_encoding(&neither, &["charset"], None, None),
+            Err(VerifyError::Undecodable { .. })
+        ));
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! `CertUtil::verifyAndGetVerifyCert`):
 //!
 //! 1. The body is a form, decoded once into raw bytes (`body::Form`). The
-//!    `encoding` field (`UTF-8` or `GBK`, default UTF-8) names the charset of
-//!    the values; every value must be valid in it, and the signature covers
-//!    the raw bytes in that charset (never transcoded).
+//!    signature covers the raw bytes (never transcoded). The `encoding`
+//!    field (`UTF-8` or `GBK`), then the Content-Type's charset, names the
+//!    charset the values are decoded in for `normalized` mode; when they are
+//!    not valid text in it, the other of GBK and UTF-8 is used. Only values
+//!    valid in neither are refused (400 `charset_undecodable`).
 //! 2. Canonical string (`coverMap2String` / `createLinkString($p, true,
 //!    false)`): every field except `signature`, sorted by key, joined
 //!    `key=value` with `&`. Values go in verbatim (no URL-encoding, no
@@ -42,20 +44,32 @@
 //! 5. Anything else (another version, `signMethod` 11/12 secure-key modes,
 //!    a missing `signMethod`) is refused: no fallback to a weaker check.
 //!
-//! Certificate lifetimes at load (`expiry`): a `root_cert`, `middle_cert`
-//! or `verify_certs` entry that has expired does not load (the middle and
-//! the signing certificates are refused at verification once expired
-//! anyway), one expiring within 30 days is a warning. The official SDKs do
-//! not check the 5.0.0 verification certificate's validity; UnionPay stops
-//! signing with a certificate before it expires, so an expired one can only
-//! mean the file was not replaced.
+//! Certificate lifetimes at load (`expiry`): a `root_cert` or `middle_cert`
+//! that has expired does not load (the middle and the signing certificates
+//! are refused at verification once expired anyway), one expiring within 30
+//! days is a warning. `verify_certs` is a rotation list: an expired entry
+//! is skipped with a warning (and stays in
+//! `callgate_key_expiry_timestamp_seconds`, where the alert sees it) while
+//! another entry is still valid; when every entry has expired, the route
+//! does not load. The official SDKs do not check the 5.0.0 verification
+//! certificate's validity; UnionPay stops signing with a certificate before
+//! it expires, so an expired one can only mean the file was not replaced.
 //!
-//! Business checks: `merId` must be `keys.mer_id` when configured. Event id:
-//! `queryId` + `:` + `txnType`, so a refund (`txnType=04`) is never taken
-//! for its payment (`txnType=01`) whatever its `queryId`. Signed time:
-//! `txnTime`, Beijing time, `yyyyMMddHHmmss`. A notification whose
-//! `respCode` is not `00`/`A6` is still genuine and is forwarded, so the shop
-//! learns of the failure (`normalize` maps it to `closed` or `pending`).
+//! Merchant: `keys.mer_id` is required and `merId` must be it. UnionPay signs
+//! every merchant's notifications with one certificate and `backUrl` is
+//! chosen per transaction by whoever pays, so a route without it would
+//! take any merchant's genuine notifications as this shop's.
+//!
+//! Identity (`provider::identity`): event id `queryId:txnType`, `queryId`
+//! letters and digits, `txnType` two digits, so a refund (`txnType=04`) is
+//! never taken for its payment (`txnType=01`) whatever its `queryId`. Signed
+//! time: `txnTime`, exactly `yyyyMMddHHmmss`, Beijing time. Merchant:
+//! `merId`. Values are joined unescaped and may hold `&` and `=`, so none
+//! of `queryId`, `txnType`, `txnTime`, `merId` may appear as `&name=`
+//! inside another value, and no field name may hold `&` or `=`. A
+//! notification whose `respCode` is not `00`/`A6` is still genuine and is
+//! forwarded, so the shop learns of the failure (`normalize` maps it to
+//! `closed` or `pending`).
 
 use std::collections::HashMap;
 
@@ -65,8 +79,10 @@ use toml::Spanned;
 use toml::de::DeValue;
 use x509_parser::certificate::X509Certificate;
 
-use super::alipay::{charset, check_encoding};
-use super::{Fields, ProviderKind, RsaDigest, RsaKey, Verified, VerifyError, beijing_time, shown};
+use encoding_rs::Encoding;
+
+use super::identity::{self, Role, TimeFormat};
+use super::{Fields, ProviderKind, RsaDigest, RsaKey, Verified, VerifyError, form_encoding, shown};
 use crate::body::Form;
 use crate::expiry::{self, KeyCert, WhenExpired};
 use crate::rules::{FileCtx, RuleError};
@@ -75,14 +91,14 @@ use crate::rules::{FileCtx, RuleError};
 /// (`041@<code>@中国银联股份有限公司@<n>`).
 pub const UNIONPAY_CN: &str = "中国银联股份有限公司";
 
-/// `txnTime` format: `yyyyMMddHHmmss`, Beijing time.
-const TIME_FORMAT: &str = "%Y%m%d%H%M%S";
+/// The fields that make a notification's identity (see the module doc).
+const IDENTITY: [&str; 4] = ["queryId", "txnType", "txnTime", "merId"];
 
 /// `[route.keys]` for `unionpay`, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct KeysFile {
-    /// The merchant number; when set, notifications for another `merId` are refused.
+    /// The merchant number; notifications for another `merId` are refused.
     mer_id: Option<Spanned<String>>,
     /// UnionPay's root certificate (`acp_prod_root.cer`), for 5.1.0.
     root_cert: Option<Spanned<String>>,
@@ -96,7 +112,7 @@ pub(crate) struct KeysFile {
 
 /// Compiled keys of a `unionpay` route.
 pub struct Keys {
-    mer_id: Option<Box<str>>,
+    mer_id: Box<str>,
     chain: Option<Chain>,
     /// 5.0.0 keys by the decimal serial number of their certificate.
     verify_certs: HashMap<String, RsaKey>,
@@ -154,8 +170,9 @@ fn read_cert(path: &std::path::Path) -> Result<Vec<u8>, String> {
 }
 
 /// Judges the lifetime of a configured certificate (`expiry`: expired is a
-/// load error, within 30 days a warning) and records its gauge entry.
-/// Returns false when it has expired.
+/// load error, or, with `skippable`, a warning and the entry is not used;
+/// within 30 days a warning) and records its gauge entry. Returns whether
+/// it can be used.
 fn judge(
     ctx: &mut FileCtx<'_>,
     field: &'static str,
@@ -163,6 +180,7 @@ fn judge(
     der: &[u8],
     now: i64,
     certs: &mut Vec<(String, i64)>,
+    skippable: bool,
 ) -> bool {
     let Some(cert) = parse(der) else {
         return true; // read_cert already refused what does not parse
@@ -180,18 +198,22 @@ fn judge(
     } else {
         "UnionPay's signing certificates no longer chain through it: install UnionPay's current acp_prod_root.cer and acp_prod_middle.cer"
     };
-    let fresh = expiry::judge(
+    let when_expired = if skippable {
+        WhenExpired::Skip(advice)
+    } else {
+        WhenExpired::Refuse(advice)
+    };
+    let usable = expiry::judge(
         ctx,
         file.span(),
         &key_cert,
         now,
-        WhenExpired::Refuse(advice),
+        when_expired,
         "install UnionPay's renewed certificate before then",
     );
-    if fresh {
-        certs.push((key_cert.label(), key_cert.not_after));
-    }
-    fresh
+    // A skipped entry stays in the gauge, so its expiry alert fires.
+    certs.push((key_cert.label(), key_cert.not_after));
+    usable
 }
 
 fn parse(der: &[u8]) -> Option<X509Certificate<'_>> {
@@ -202,9 +224,9 @@ fn parse(der: &[u8]) -> Option<X509Certificate<'_>> {
 }
 
 impl Keys {
-    /// The merchant these keys belong to: `mer_id`, when configured.
-    pub fn merchant_id(&self) -> Option<&str> {
-        self.mer_id.as_deref()
+    /// The merchant these keys belong to: `mer_id`.
+    pub fn merchant_id(&self) -> &str {
+        &self.mer_id
     }
 
     pub(super) fn compile(value: Spanned<DeValue<'_>>, ctx: &mut FileCtx<'_>) -> Option<Keys> {
@@ -224,17 +246,28 @@ impl Keys {
             );
         };
 
-        if let Some(m) = &raw.mer_id
-            && m.get_ref().trim().is_empty()
-        {
-            ok = false;
-            ctx.error(
-                m.span(),
-                RuleError::KeyValue {
-                    field: "mer_id".to_owned(),
-                    reason: "must not be empty; leave it out to accept any merId".to_owned(),
-                },
-            );
+        match &raw.mer_id {
+            Some(m) if m.get_ref().trim().is_empty() || m.get_ref().trim() != m.get_ref() => {
+                ok = false;
+                ctx.error(
+                    m.span(),
+                    RuleError::KeyValue {
+                        field: "mer_id".to_owned(),
+                        reason: "must be the merchant number (merId), without spaces".to_owned(),
+                    },
+                );
+            }
+            Some(_) => {}
+            None => {
+                ok = false;
+                ctx.error(
+                    span.clone(),
+                    RuleError::KeyValue {
+                        field: "mer_id".to_owned(),
+                        reason: "missing: UnionPay signs every merchant's notifications with one certificate, so without the merchant number (merId) this route would take any merchant's as this shop's".to_owned(),
+                    },
+                );
+            }
         }
 
         let mut chain = None;
@@ -245,8 +278,17 @@ impl Keys {
                 match (root_der, middle_der) {
                     (Ok(root_der), Ok(middle_der)) => match check_middle(&root_der, &middle_der) {
                         Ok(()) => {
-                            let r = judge(ctx, "root_cert", root, &root_der, now, &mut certs);
-                            let m = judge(ctx, "middle_cert", middle, &middle_der, now, &mut certs);
+                            let r =
+                                judge(ctx, "root_cert", root, &root_der, now, &mut certs, false);
+                            let m = judge(
+                                ctx,
+                                "middle_cert",
+                                middle,
+                                &middle_der,
+                                now,
+                                &mut certs,
+                                false,
+                            );
                             ok &= r && m;
                             chain = Some(Chain {
                                 middle_der: middle_der.into_boxed_slice(),
@@ -285,33 +327,46 @@ impl Keys {
             (None, None) => {}
         }
 
-        let mut verify_certs = HashMap::new();
+        // verify_certs is a rotation list: load every entry, then skip the
+        // expired ones while another is still valid.
+        let mut loaded_certs = Vec::new();
         for file in &raw.verify_certs {
             let loaded = read_cert(&ctx.resolve(file.get_ref())).and_then(|der| {
                 let cert = parse(&der).ok_or("not an X.509 certificate")?;
                 let serial = cert.tbs_certificate.serial.to_string();
                 let key = RsaKey::from_der(cert.public_key().raw)
                     .map_err(|e| format!("certificate key: {e}"))?;
-                Ok((serial, key, der))
+                let not_after = cert.validity().not_after.timestamp();
+                Ok((serial, key, der, not_after))
             });
             match loaded {
-                Ok((serial, key, der)) => {
-                    ok &= judge(ctx, "verify_certs", file, &der, now, &mut certs);
-                    if verify_certs.insert(serial.clone(), key).is_some() {
-                        ok = false;
-                        fail(
-                            ctx,
-                            file.span(),
-                            "verify_certs",
-                            file.get_ref(),
-                            format!("serial number {serial} is listed twice"),
-                        );
-                    }
-                }
+                Ok(entry) => loaded_certs.push((file, entry)),
                 Err(reason) => {
                     ok = false;
                     fail(ctx, file.span(), "verify_certs", file.get_ref(), reason)
                 }
+            }
+        }
+        let any_valid = loaded_certs.iter().any(|(_, (_, _, _, not_after))| {
+            expiry::lifetime(*not_after, now) != expiry::Lifetime::Expired
+        });
+        let mut verify_certs = HashMap::new();
+        let mut serials = std::collections::HashSet::new();
+        for (file, (serial, key, der, _)) in loaded_certs {
+            let usable = judge(ctx, "verify_certs", file, &der, now, &mut certs, any_valid);
+            if !serials.insert(serial.clone()) {
+                ok = false;
+                fail(
+                    ctx,
+                    file.span(),
+                    "verify_certs",
+                    file.get_ref(),
+                    format!("serial number {serial} is listed twice"),
+                );
+            } else if usable {
+                verify_certs.insert(serial, key);
+            } else if !any_valid {
+                ok = false;
             }
         }
 
@@ -329,7 +384,7 @@ impl Keys {
             return None;
         }
         Some(Keys {
-            mer_id: raw.mer_id.map(|m| m.into_inner().into_boxed_str()),
+            mer_id: raw.mer_id?.into_inner().into_boxed_str(),
             chain,
             verify_certs,
             certs,
@@ -345,7 +400,7 @@ impl Keys {
 
     /// Keys built directly from files, for tests and benches.
     pub fn from_files(
-        mer_id: Option<&str>,
+        mer_id: &str,
         chain: Option<(&std::path::Path, &std::path::Path)>,
         verify_certs: &[&std::path::Path],
     ) -> Result<Keys, String> {
@@ -369,7 +424,7 @@ impl Keys {
             );
         }
         Ok(Keys {
-            mer_id: mer_id.map(Into::into),
+            mer_id: mer_id.into(),
             chain,
             verify_certs: certs,
             certs: Vec::new(),
@@ -379,8 +434,14 @@ impl Keys {
     // === verification ===
 
     /// Verifies a decoded notification form; certificate validity is judged
-    /// at `now` (Unix seconds).
-    pub fn verify_at(&self, form: &Form, now: i64) -> Result<Verified, VerifyError> {
+    /// at `now` (Unix seconds). `content_type` is the charset the request's
+    /// Content-Type names, if any.
+    pub fn verify_at(
+        &self,
+        form: &Form,
+        content_type: Option<&'static Encoding>,
+        now: i64,
+    ) -> Result<Verified, VerifyError> {
         let scheme = match (form.get("version"), form.get("signMethod")) {
             (Some(b"5.1.0"), Some(b"01")) => Scheme::V510,
             (Some(b"5.0.0"), Some(b"01")) => Scheme::V500,
@@ -396,19 +457,16 @@ impl Keys {
             .get("signature")
             .filter(|s| !s.is_empty())
             .ok_or(VerifyError::MissingSignature)?;
-        let encoding = charset(form.get("encoding"))?;
-        check_encoding(form, encoding)?;
-        if let Some(want) = &self.mer_id {
-            match form.get("merId") {
-                Some(id) if id == want.as_bytes() => {}
-                Some(id) => {
-                    return Err(VerifyError::MerchantMismatch {
-                        field: "merId",
-                        got: shown(id),
-                    });
-                }
-                None => return Err(VerifyError::MissingField("merId")),
+        let encoding = form_encoding(form, &["encoding"], content_type, None)?;
+        match form.get("merId") {
+            Some(id) if id == self.mer_id.as_bytes() => {}
+            Some(id) => {
+                return Err(VerifyError::MerchantMismatch {
+                    field: "merId",
+                    got: shown(id),
+                });
             }
+            None => return Err(VerifyError::MissingField("merId")),
         }
         let signature = base64::engine::general_purpose::STANDARD
             .decode(signature)
@@ -458,15 +516,26 @@ impl Keys {
             return Err(VerifyError::SignatureMismatch);
         }
 
-        let query_id = required(form, "queryId")?;
-        let txn_type = required(form, "txnType")?;
+        identity::check_unambiguous(form.iter(), &IDENTITY)?;
+        let query_id = identity::token(
+            Role::Event,
+            "queryId",
+            form.get("queryId"),
+            &identity::QUERY_ID,
+        )?;
+        let txn_type = identity::token(
+            Role::Event,
+            "txnType",
+            form.get("txnType"),
+            &identity::TXN_TYPE,
+        )?;
         let txn_time = form
             .get("txnTime")
-            .filter(|s| !s.is_empty())
             .ok_or(VerifyError::MissingField("txnTime"))?;
-        let signed_at = beijing_time("txnTime", txn_time, TIME_FORMAT)?;
+        let signed_at = identity::beijing_time("txnTime", txn_time, TimeFormat::Compact)?;
         Ok(Verified::new(
             ProviderKind::Unionpay,
+            self.mer_id.to_string(),
             format!("{query_id}:{txn_type}"),
             signed_at,
             Fields::Form {
@@ -481,12 +550,6 @@ impl Keys {
 enum Scheme {
     V510,
     V500,
-}
-
-fn required<'a>(form: &'a Form, field: &'static str) -> Result<&'a str, VerifyError> {
-    form.get_str(field)
-        .filter(|s| !s.is_empty())
-        .ok_or(VerifyError::MissingField(field))
 }
 
 /// Load-time check: the middle certificate is a CA issued by the root.
@@ -607,7 +670,11 @@ mod tests {
 
     /// Our chain (root → middle → signing certificate) and the 5.0.0
     /// verification certificate.
-    fn keys(mer_id: Option<&str>) -> Keys {
+    fn keys() -> Keys {
+        keys_for("777290058110097")
+    }
+
+    fn keys_for(mer_id: &str) -> Keys {
         Keys::from_files(
             mer_id,
             Some((&dir().join("root.pem"), &dir().join("middle.pem"))),
@@ -622,7 +689,7 @@ mod tests {
 
     #[test]
     fn every_fixture_matches_expected_json() {
-        let k = keys(Some("777290058110097"));
+        let k = keys();
         let mut checked = 0;
         for (name, e) in expected().as_object().unwrap() {
             if e["real"].as_bool() == Some(true) {
@@ -634,7 +701,7 @@ mod tests {
                 checked += 1;
                 continue;
             };
-            let got = k.verify_at(&form, NOW);
+            let got = k.verify_at(&form, None, NOW);
             let want = e["verifies"].as_bool().unwrap();
             assert_eq!(got.is_ok(), want, "{name}: {got:?}");
             match got {
@@ -664,7 +731,7 @@ mod tests {
         // UnionPay's test root and middle certificates. Its certificate
         // expired on 2025-07-31, so the clock is pinned inside its validity.
         let k = Keys::from_files(
-            Some("777290058167151"),
+            "777290058167151",
             Some((
                 &dir().join("acp_test_root.pem"),
                 &dir().join("acp_test_middle.pem"),
@@ -674,35 +741,35 @@ mod tests {
         .unwrap();
         let jan_2024 = 1_704_067_200;
         let v = k
-            .verify_at(&form("yansongda_sandbox_510.form"), jan_2024)
+            .verify_at(&form("yansongda_sandbox_510.form"), None, jan_2024)
             .unwrap();
         assert_eq!(v.event_id(), "782209081322060674028:01");
         assert_eq!(v.signed_at(), 1_662_614_526); // 2022-09-08 13:22:06 +08:00
         assert_eq!(
-            k.verify_at(&form("yansongda_sandbox_510_tampered.form"), jan_2024)
+            k.verify_at(&form("yansongda_sandbox_510_tampered.form"), None, jan_2024)
                 .unwrap_err(),
             VerifyError::SignatureMismatch
         );
         // Today the certificate is expired: refused, not trusted blindly.
         let err = k
-            .verify_at(&form("yansongda_sandbox_510.form"), NOW)
+            .verify_at(&form("yansongda_sandbox_510.form"), None, NOW)
             .unwrap_err();
         assert!(
             matches!(err, VerifyError::CertRejected(ref w) if w.contains("not valid now")),
             "{err:?}"
         );
         // And our own chain does not vouch for UnionPay's certificate.
-        let ours = keys(None);
+        let ours = keys_for("777290058167151");
         assert!(matches!(
-            ours.verify_at(&form("yansongda_sandbox_510.form"), jan_2024),
+            ours.verify_at(&form("yansongda_sandbox_510.form"), None, jan_2024),
             Err(VerifyError::CertRejected(_))
         ));
     }
 
     #[test]
     fn certificate_checks_each_refuse() {
-        let k = keys(None);
-        let reason = |name: &str| match k.verify_at(&form(name), NOW) {
+        let k = keys();
+        let reason = |name: &str| match k.verify_at(&form(name), None, NOW) {
             Err(VerifyError::CertRejected(why)) => why,
             other => panic!("{name}: {other:?}"),
         };
@@ -714,43 +781,48 @@ mod tests {
 
     #[test]
     fn cert_validity_uses_the_given_time() {
-        let k = keys(None);
+        let k = keys();
         let f = form("v510_payment.form");
-        assert!(k.verify_at(&f, NOW).is_ok());
+        assert!(k.verify_at(&f, None, NOW).is_ok());
         // sign.pem is valid 2026-01-01 .. 2046-01-01.
         assert!(matches!(
-            k.verify_at(&f, 1_735_689_600), // 2025-01-01
+            k.verify_at(&f, None, 1_735_689_600), // 2025-01-01
             Err(VerifyError::CertRejected(_))
         ));
         assert!(matches!(
-            k.verify_at(&f, 2_398_464_000), // 2046-01-02
+            k.verify_at(&f, None, 2_398_464_000), // 2046-01-02
             Err(VerifyError::CertRejected(_))
         ));
     }
 
     #[test]
     fn version_without_its_keys_is_refused() {
-        let only_500 = Keys::from_files(None, None, &[&dir().join("sign.pem")]).unwrap();
+        let only_500 =
+            Keys::from_files("777290058110097", None, &[&dir().join("sign.pem")]).unwrap();
         assert!(matches!(
-            only_500.verify_at(&form("v510_payment.form"), NOW),
+            only_500.verify_at(&form("v510_payment.form"), None, NOW),
             Err(VerifyError::UnsupportedScheme(_))
         ));
-        assert!(only_500.verify_at(&form("v500_payment.form"), NOW).is_ok());
+        assert!(
+            only_500
+                .verify_at(&form("v500_payment.form"), None, NOW)
+                .is_ok()
+        );
         let only_510 = Keys::from_files(
-            None,
+            "777290058110097",
             Some((&dir().join("root.pem"), &dir().join("middle.pem"))),
             &[],
         )
         .unwrap();
         assert!(matches!(
-            only_510.verify_at(&form("v500_payment.form"), NOW),
+            only_510.verify_at(&form("v500_payment.form"), None, NOW),
             Err(VerifyError::UnsupportedScheme(_))
         ));
     }
 
     #[test]
     fn gbk_is_verified_over_gbk_bytes() {
-        let v = keys(None).verify_at(&form("v510_gbk.form"), NOW).unwrap();
+        let v = keys().verify_at(&form("v510_gbk.form"), None, NOW).unwrap();
         let Fields::Form { encoding, .. } = v.fields() else {
             panic!()
         };
@@ -760,7 +832,7 @@ mod tests {
     #[test]
     fn a_middle_not_issued_by_the_root_is_refused_at_load() {
         let err = Keys::from_files(
-            None,
+            "777290058110097",
             Some((&dir().join("acp_test_root.pem"), &dir().join("middle.pem"))),
             &[],
         )
@@ -768,7 +840,7 @@ mod tests {
         assert!(err.contains("not issued by root_cert"), "{err}");
         // A leaf is not a CA.
         let err = Keys::from_files(
-            None,
+            "777290058110097",
             Some((&dir().join("middle.pem"), &dir().join("sign.pem"))),
             &[],
         )

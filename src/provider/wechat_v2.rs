@@ -11,6 +11,9 @@
 //!   signature: it is acknowledged with the success XML (so WeChat stops
 //!   resending an error report), counted as `ignored`, and never forwarded.
 //! * `mch_id` must be the route's, and `appid` too when the route names one.
+//!   A service provider's notification for a sub-merchant (`sub_mch_id`)
+//!   must name `keys.sub_mch_id`, unless the route says
+//!   `accept_any_sub_merchant = true` (which `callgate check` warns about).
 //! * Payment result (has `sign`): the canonical string is every field but
 //!   `sign` (including `sign_type` and fields we do not know: WeChat adds
 //!   fields), sorted by name, empty values left out, joined `k=v` with `&`,
@@ -29,12 +32,22 @@
 //!   (binarywang/WxJava#1585, #1633: a 64-hex-digit sign and no sign_type),
 //!   and MD5-signed ones to HMAC merchants (go-pay/gopay#43). So with no
 //!   `sign_type`, the algorithm is the one the sign's length names: 32 hex
-//!   digits MD5, 64 HMAC-SHA256, anything else refused. Both are keyed with
-//!   the merchant's API key, so this admits no weaker check than the SDK's
-//!   MD5 default.
-//! * Event id: `transaction_id` (or `out_trade_no` when WeChat gave none)
-//!   and `result_code`, as `ID:RESULT`. Signed time: `time_end`
-//!   (`yyyyMMddHHmmss`, Beijing time).
+//!   digits MD5, 64 HMAC-SHA256, anything else refused.
+//! * Which of the two a route accepts is `keys.sign_types`. The API key
+//!   implies neither (one key serves both), and WeChat is reported to send
+//!   MD5-signed notifications to HMAC merchants, so the default accepts
+//!   both: pinning HMAC-SHA256 by default would refuse those genuine
+//!   payments. Both are keyed with the same secret API key, so accepting
+//!   MD5 gives a forger nothing without it. A merchant who knows its
+//!   notifications are all HMAC-SHA256 sets `sign_types = ["HMAC-SHA256"]`,
+//!   and an MD5 one is then refused (`sign_type_not_allowed`).
+//! * Identity (`provider::identity`): event id `transaction_id` (digits; it
+//!   is required, there is no fallback to `out_trade_no`) and `result_code`
+//!   (`SUCCESS` or `FAIL`), as `ID:RESULT`. Signed time: `time_end`,
+//!   exactly `yyyyMMddHHmmss`, Beijing time. Merchant: `mch_id`, or
+//!   `mch_id/sub_mch_id`. Values are joined unescaped and trimmed (Java), so
+//!   these fields must be free of whitespace, and none of them (nor
+//!   `appid`) may appear as `&name=` inside another value.
 //!
 //! Refund results (have `req_info`) carry **no signature**. `req_info` is
 //! Base64 of AES-256-ECB (PKCS#7) ciphertext under the lower-case hex MD5 of
@@ -47,11 +60,14 @@
 //! between them. The structure check above makes such splices unlikely to
 //! pass, but it is not a MAC: a shop should still confirm a refund against
 //! its own records (or the refund query API) before acting on it.
-//! Event id: `refund_id`. Signed time: the decrypted `success_time`
-//! (`yyyy-MM-dd HH:mm:ss`, Beijing time); a refund that did not succeed has
-//! none, and is then treated as sent now. The decrypted XML is what the
-//! shop gets in `X-Callgate-Resource` (original mode) or in `fields`
-//! (normalized mode).
+//! Event id: `refund_id:refund_status` (digits; `SUCCESS`, `CHANGE` or
+//! `REFUNDCLOSE`), so a refund that goes CHANGE, then SUCCESS is two
+//! events. Signed time: the decrypted `success_time` (exactly
+//! `yyyy-MM-dd HH:mm:ss`, Beijing time); a refund that did not succeed has
+//! none and is then treated as sent now, so it relies on the replay store
+//! alone (which is why `replay.ttl` may not be shorter than the window).
+//! The decrypted XML is what the shop gets in `X-Callgate-Resource`
+//! (original mode) or in `fields` (normalized mode).
 
 use aws_lc_rs::cipher::{AES_256, DecryptionContext, PaddedBlockDecryptingKey, UnboundCipherKey};
 use base64::Engine as _;
@@ -60,7 +76,8 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
-use super::{Fields, ProviderKind, Verified, VerifyError, beijing_time, shown};
+use super::identity::{self, Role, TimeFormat};
+use super::{Fields, ProviderKind, Verified, VerifyError, shown};
 use crate::body::XmlMap;
 use crate::rules::{FileCtx, RuleError};
 use crate::secret::{Secret, ct_eq};
@@ -75,6 +92,14 @@ pub(crate) struct KeysFile {
     api_key_file: Spanned<String>,
     /// When set, notifications must carry it as `appid`.
     appid: Option<Spanned<String>>,
+    /// The signature types accepted: `MD5`, `HMAC-SHA256` (default: both).
+    sign_types: Option<Spanned<Vec<String>>>,
+    /// Service provider mode: the sub-merchant (`sub_mch_id`) notifications
+    /// must be for.
+    sub_mch_id: Option<Spanned<String>>,
+    /// Service provider mode: accept notifications for any sub-merchant.
+    #[serde(default)]
+    accept_any_sub_merchant: bool,
 }
 
 /// Compiled keys of a `wechat_v2` route.
@@ -85,7 +110,23 @@ pub struct Keys {
     api_key: Secret,
     /// Lower-case hex MD5 of the API key: the refund `req_info` AES key.
     refund_key: Secret,
+    /// Accepted algorithms: (MD5, HMAC-SHA256).
+    sign_types: (bool, bool),
+    sub_mch_id: Option<Box<str>>,
+    any_sub_merchant: bool,
+    /// `mch_id`, or `mch_id/sub_mch_id` when bound to a sub-merchant.
+    merchant: Box<str>,
 }
+
+/// The fields that make a payment notification's identity.
+const IDENTITY: [&str; 6] = [
+    "transaction_id",
+    "result_code",
+    "time_end",
+    "mch_id",
+    "appid",
+    "sub_mch_id",
+];
 
 /// The two signature algorithms of API v2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,15 +144,21 @@ impl SignAlgo {
     }
 }
 
-/// `time_end` format (Beijing time).
-const TIME_END: &str = "%Y%m%d%H%M%S";
-/// Refund `success_time` format (Beijing time).
-const SUCCESS_TIME: &str = "%Y-%m-%d %H:%M:%S";
-
 impl Keys {
-    /// The merchant these keys belong to: `mch_id`.
+    /// The merchant these keys are for: `mch_id`, or `mch_id/sub_mch_id`
+    /// when bound to a sub-merchant.
     pub fn merchant_id(&self) -> &str {
+        &self.merchant
+    }
+
+    /// The merchant number, `mch_id`.
+    pub fn mch_id(&self) -> &str {
         &self.mch_id
+    }
+
+    /// The sub-merchant these keys are bound to, when they are.
+    pub fn sub_mch_id(&self) -> Option<&str> {
+        self.sub_mch_id.as_deref()
     }
 
     pub(super) fn compile(value: Spanned<DeValue<'_>>, ctx: &mut FileCtx<'_>) -> Option<Keys> {
@@ -146,14 +193,72 @@ impl Keys {
                 return None;
             }
         };
+        let mut sign_types = (true, true);
+        if let Some(list) = &raw.sign_types {
+            sign_types = (false, false);
+            for t in list.get_ref() {
+                match t.as_str() {
+                    "MD5" => sign_types.0 = true,
+                    "HMAC-SHA256" => sign_types.1 = true,
+                    other => {
+                        ok = false;
+                        ctx.error(
+                            list.span(),
+                            RuleError::KeyValue {
+                                field: "sign_types".to_owned(),
+                                reason: format!("`{other}` is not \"MD5\" or \"HMAC-SHA256\""),
+                            },
+                        );
+                    }
+                }
+            }
+            if ok && sign_types == (false, false) {
+                ok = false;
+                ctx.error(
+                    list.span(),
+                    RuleError::KeyValue {
+                        field: "sign_types".to_owned(),
+                        reason: "name at least one of \"MD5\" and \"HMAC-SHA256\"".to_owned(),
+                    },
+                );
+            }
+        }
+        if let Some(s) = &raw.sub_mch_id
+            && (s.get_ref().is_empty() || !s.get_ref().bytes().all(|b| b.is_ascii_digit()))
+        {
+            ok = false;
+            ctx.error(
+                s.span(),
+                RuleError::KeyValue {
+                    field: "sub_mch_id".to_owned(),
+                    reason: format!("`{}` is not a merchant number (digits)", s.get_ref()),
+                },
+            );
+        }
+        if raw.accept_any_sub_merchant {
+            ctx.warn(
+                raw.mch_id.span(),
+                format_args!(
+                    "wechat_v2 merchant `{}` has accept_any_sub_merchant = true: notifications for ANY of its sub-merchants reach this shop; bind one with keys.sub_mch_id instead",
+                    raw.mch_id.get_ref()
+                ),
+            );
+        }
         if !ok {
             return None;
         }
-        Some(Keys::new(
+        let mut keys = Keys::new(
             raw.mch_id.get_ref(),
             raw.appid.as_ref().map(|a| a.get_ref().as_str()),
             api_key,
-        ))
+        );
+        keys.sign_types = sign_types;
+        keys.any_sub_merchant = raw.accept_any_sub_merchant;
+        if let Some(sub) = &raw.sub_mch_id {
+            keys.merchant = format!("{}/{}", keys.mch_id, sub.get_ref()).into_boxed_str();
+            keys.sub_mch_id = Some(sub.get_ref().as_str().into());
+        }
+        Some(keys)
     }
 
     /// Keys from their parts (tests and benches).
@@ -164,6 +269,10 @@ impl Keys {
             appid: appid.map(Into::into),
             api_key,
             refund_key,
+            sign_types: (true, true),
+            sub_mch_id: None,
+            any_sub_merchant: false,
+            merchant: mch_id.into(),
         }
     }
 
@@ -187,11 +296,15 @@ impl Keys {
         }
         self.check_merchant(xml)?;
         match xml.get("req_info") {
-            Some(req_info) => self.verify_refund(xml, req_info, now),
+            Some(req_info) => {
+                let merchant = self.bind(xml)?;
+                self.verify_refund(xml, req_info, merchant, now)
+            }
             None => self.verify_payment(xml),
         }
     }
 
+    /// Checks `mch_id` and `appid`.
     fn check_merchant(&self, xml: &XmlMap) -> Result<(), VerifyError> {
         match xml.get("mch_id") {
             Some(id) if id == &*self.mch_id => {}
@@ -218,6 +331,39 @@ impl Keys {
         Ok(())
     }
 
+    /// The sub-merchant check (module doc); returns the merchant part of
+    /// the replay key.
+    fn bind(&self, xml: &XmlMap) -> Result<String, VerifyError> {
+        let sub = identity::optional_token(
+            Role::Merchant,
+            "sub_mch_id",
+            xml.get("sub_mch_id").map(str::as_bytes),
+            &identity::DIGITS,
+        )?;
+        match (&self.sub_mch_id, sub) {
+            (Some(want), Some(got)) if got == &**want => {}
+            (Some(_), Some(got)) => {
+                return Err(VerifyError::MerchantMismatch {
+                    field: "sub_mch_id",
+                    got: got.to_owned(),
+                });
+            }
+            (Some(_), None) => return Err(VerifyError::MissingField("sub_mch_id")),
+            (None, Some(got)) if !self.any_sub_merchant => {
+                return Err(VerifyError::MerchantUnbound {
+                    field: "sub_mch_id",
+                    got: got.to_owned(),
+                    fix: "bind the sub-merchant with keys.sub_mch_id (one [[route.merchant]] table each), or set keys.accept_any_sub_merchant = true",
+                });
+            }
+            (None, _) => {}
+        }
+        Ok(match sub {
+            Some(sub) => format!("{}/{sub}", self.mch_id),
+            None => self.mch_id.to_string(),
+        })
+    }
+
     fn verify_payment(&self, xml: &XmlMap) -> Result<Verified, VerifyError> {
         let sign = xml
             .get("sign")
@@ -233,6 +379,21 @@ impl Keys {
             Some("HMAC-SHA256") => SignAlgo::HmacSha256,
             Some(other) => return Err(VerifyError::UnsupportedSignType(shown(other.as_bytes()))),
         };
+        let allowed = match algo {
+            SignAlgo::Md5 => self.sign_types.0,
+            SignAlgo::HmacSha256 => self.sign_types.1,
+        };
+        if !allowed {
+            return Err(VerifyError::SignTypeNotAllowed {
+                got: algo.as_str().to_owned(),
+                allowed: if self.sign_types.0 {
+                    "MD5 only"
+                } else {
+                    "HMAC-SHA256 only"
+                }
+                .to_owned(),
+            });
+        }
         let key = self.api_key.expose();
         let java = signature(xml.iter(), key, algo, true);
         let good = ct_eq(java.as_bytes(), sign.as_bytes())
@@ -247,15 +408,26 @@ impl Keys {
             return Err(VerifyError::SignatureMismatch);
         }
 
-        let result = required(xml, "result_code")?;
-        let id = match xml.get("transaction_id").filter(|s| !s.is_empty()) {
-            Some(t) => t,
-            None => required(xml, "out_trade_no")?,
-        };
-        let time_end = required(xml, "time_end")?;
-        let signed_at = beijing_time("time_end", time_end.as_bytes(), TIME_END)?;
+        identity::check_unambiguous(xml.iter().map(|(k, v)| (k, v.as_bytes())), &IDENTITY)?;
+        let merchant = self.bind(xml)?;
+        let bytes = |field: &str| xml.get(field).map(str::as_bytes);
+        let id = identity::token(
+            Role::Event,
+            "transaction_id",
+            bytes("transaction_id"),
+            &identity::DIGITS,
+        )?;
+        let result = identity::one_of(
+            "result_code",
+            bytes("result_code"),
+            &["SUCCESS", "FAIL"],
+            "SUCCESS or FAIL",
+        )?;
+        let time_end = bytes("time_end").ok_or(VerifyError::MissingField("time_end"))?;
+        let signed_at = identity::beijing_time("time_end", time_end, TimeFormat::Compact)?;
         Ok(Verified::new(
             ProviderKind::WechatV2,
+            merchant,
             format!("{id}:{result}"),
             signed_at,
             Fields::Xml {
@@ -269,6 +441,7 @@ impl Keys {
         &self,
         xml: &XmlMap,
         req_info: &str,
+        merchant: String,
         now: i64,
     ) -> Result<Verified, VerifyError> {
         let plain = self.decrypt_req_info(req_info)?;
@@ -291,14 +464,30 @@ impl Keys {
                 ));
             }
         }
-        let refund_id = refund.get("refund_id").unwrap_or_default().to_owned();
-        let signed_at = match refund.get("success_time").filter(|s| !s.is_empty()) {
-            Some(t) => beijing_time("success_time", t.as_bytes(), SUCCESS_TIME)?,
+        let bytes = |field: &str| refund.get(field).map(str::as_bytes);
+        let refund_id = identity::token(
+            Role::Event,
+            "refund_id",
+            bytes("refund_id"),
+            &identity::DIGITS,
+        )?;
+        let status = identity::one_of(
+            "refund_status",
+            bytes("refund_status"),
+            &["SUCCESS", "CHANGE", "REFUNDCLOSE"],
+            "SUCCESS, CHANGE or REFUNDCLOSE",
+        )?;
+        let event_id = format!("{refund_id}:{status}");
+        // Only a refund that succeeded has a time; one that did not is
+        // taken as sent now and relies on the replay store alone.
+        let signed_at = match bytes("success_time").filter(|s| !s.is_empty()) {
+            Some(t) => identity::beijing_time("success_time", t, TimeFormat::Dashed)?,
             None => now,
         };
         Ok(Verified::new(
             ProviderKind::WechatV2,
-            refund_id,
+            merchant,
+            event_id,
             signed_at,
             Fields::Xml {
                 xml: xml.clone(),
@@ -323,12 +512,6 @@ impl Keys {
         buf.truncate(len);
         Ok(buf)
     }
-}
-
-fn required<'a>(xml: &'a XmlMap, field: &'static str) -> Result<&'a str, VerifyError> {
-    xml.get(field)
-        .filter(|s| !s.is_empty())
-        .ok_or(VerifyError::MissingField(field))
 }
 
 /// `java.lang.String.trim`: strips code points up to U+0020 at both ends.

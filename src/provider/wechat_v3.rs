@@ -6,9 +6,12 @@
 //! `notify.Handler`, wechatpay-java `NotificationParser` + `AbstractVerifier`,
 //! wechatpay-php's README recipe):
 //! 1. `Wechatpay-Signature`, `Wechatpay-Serial`, `Wechatpay-Timestamp` and
-//!    `Wechatpay-Nonce` must be present; `Wechatpay-Signature-Type` absent or
-//!    `WECHATPAY2-SHA256-RSA2048` (wechatpay-java's default when absent);
-//!    anything else (the SM2 variant included) is refused.
+//!    `Wechatpay-Nonce` must be present; `Wechatpay-Signature-Type` is
+//!    handled as wechatpay-java's `RequestParam` and `NotificationParser`
+//!    do: absent or empty means `WECHATPAY2-SHA256-RSA2048`, the one type
+//!    callgate knows; anything else (the SM2 variant included) is refused.
+//!    (wechatpay-go ignores the header; neither SDK requires it, so callgate
+//!    does not either: requiring it would refuse what they accept.)
 //! 2. The key is chosen by `Wechatpay-Serial`: a public-key entry whose id
 //!    (`PUB_KEY_ID_...`) equals it exactly, as wechatpay-go's combined
 //!    verifier and wechatpay-java compare it; otherwise a certificate entry
@@ -21,26 +24,39 @@
 //!    public key can happen without downtime.
 //! 3. A certificate used outside its validity is refused. The SDKs do not
 //!    check this at verification (they rely on the certificate download
-//!    refreshing the set); callgate keeps static files, so it does, and an
-//!    entry that has already expired does not load (`callgate check` fails,
-//!    as for every expired key certificate, see `expiry`; one expiring
-//!    within 30 days is a warning).
+//!    refreshing the set); callgate keeps static files, so it does. At load,
+//!    an entry that has expired is skipped with a warning while another
+//!    entry is still valid (it stays in
+//!    `callgate_key_expiry_timestamp_seconds`, so the alert fires); when
+//!    every entry has expired the route does not load (`callgate check`
+//!    fails, see `expiry`). One expiring within 30 days is a warning.
 //! 4. The signature (standard Base64; WeChat's deliberate probes
 //!    `WECHATPAY/SIGNTEST/...` simply fail here) is checked over
 //!    `timestamp\nnonce\nbody\n` with the body's raw bytes, never a
 //!    re-serialisation.
-//! 5. The body's `resource.algorithm` must be `AEAD_AES_256_GCM`; the
-//!    ciphertext (Base64 of ciphertext and 16-byte tag) is opened with the
-//!    32-byte APIv3 key, the 12-byte `nonce` and `associated_data` (absent
-//!    means empty). A ciphertext that does not authenticate is refused like
-//!    a bad signature. The decrypted resource must be a JSON object whose
-//!    `mchid` (or `sp_mchid` for service providers) is the route's.
+//! 5. The body's `resource_type`, when present, must be `encrypt-resource`
+//!    (the only kind WeChat Pay documents; the SDKs do not look at it, and
+//!    callgate refuses a kind it does not know rather than guess). The
+//!    `resource.algorithm` must be `AEAD_AES_256_GCM` (the SDKs pick their
+//!    cipher by it and have no other); the ciphertext (Base64 of ciphertext
+//!    and 16-byte tag) is opened with the 32-byte APIv3 key, the 12-byte
+//!    `nonce` and `associated_data` (absent means empty). A ciphertext that
+//!    does not authenticate is refused like a bad signature.
+//! 6. Merchant: the decrypted resource's `mchid` (or, for a service
+//!    provider, `sp_mchid`) must be `keys.mch_id`. A service provider's
+//!    notification for a sub-merchant (`sub_mchid`) must name
+//!    `keys.sub_mch_id`, unless the route says
+//!    `accept_any_sub_merchant = true` (which `callgate check` warns about).
+//!    Combined payments (`combine_mchid`, 合单支付) are refused with their own
+//!    reason (`combined_payment_unsupported`): their resource is a list of
+//!    sub-orders, each of its own merchant, that callgate does not map.
 //!
 //! Freshness and replay: the signed time is `Wechatpay-Timestamp`, checked
 //! against the route's window in both directions by `replay::check_fresh`
 //! (the SDKs allow five minutes), and `Wechatpay-Nonce` is returned in
 //! [`Verified::nonce`] so the pipeline can refuse a nonce seen within the
-//! window. Event id: the body's `id`.
+//! window. Event id: the body's `id`, 1 to 64 letters, digits, `-` and `_`.
+//! Merchant (replay key): `mchid`, or `sp_mchid/sub_mchid`.
 
 use std::path::Path;
 
@@ -52,6 +68,7 @@ use serde_json::Value;
 use toml::Spanned;
 use toml::de::DeValue;
 
+use super::identity::{self, Role};
 use super::{Fields, ProviderKind, RsaDigest, RsaKey, Verified, VerifyError, shown};
 use crate::body::JsonBody;
 use crate::expiry::{self, KeyCert, WhenExpired};
@@ -69,6 +86,12 @@ pub(crate) struct KeysFile {
     /// WeChat Pay's verification keys, any mix of certificate and
     /// public-key entries.
     platform_keys: Spanned<Vec<PlatformKeyFile>>,
+    /// Service provider mode: the sub-merchant (`sub_mchid`) notifications
+    /// must be for.
+    sub_mch_id: Option<Spanned<String>>,
+    /// Service provider mode: accept notifications for any sub-merchant.
+    #[serde(default)]
+    accept_any_sub_merchant: bool,
 }
 
 /// One `platform_keys` entry.
@@ -89,6 +112,13 @@ pub struct Keys {
     mch_id: Box<str>,
     aead: LessSafeKey,
     platform: Vec<PlatformKey>,
+    sub_mch_id: Option<Box<str>>,
+    any_sub_merchant: bool,
+    /// `mch_id`, or `mch_id/sub_mch_id` when bound to a sub-merchant.
+    merchant: Box<str>,
+    /// Certificate entries skipped at load because they expired, as
+    /// (`platform_keys:<serial>`, notAfter), for the expiry gauge.
+    skipped: Vec<(String, i64)>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -97,6 +127,7 @@ impl std::fmt::Debug for Keys {
             .field("mch_id", &self.mch_id)
             .field("api_v3_key", &"[redacted]")
             .field("platform", &self.platform)
+            .field("sub_mch_id", &self.sub_mch_id)
             .finish()
     }
 }
@@ -125,9 +156,15 @@ const SIGNATURE_TYPE: &str = "WECHATPAY2-SHA256-RSA2048";
 const PUBLIC_KEY_ID_PREFIX: &str = "PUB_KEY_ID_";
 
 impl Keys {
-    /// The merchant these keys belong to: `mchid` (inside the encrypted
-    /// resource, so notifications are matched by serial instead).
+    /// The merchant these keys are for: `mch_id`, or `mch_id/sub_mch_id`
+    /// when bound to a sub-merchant (inside the encrypted resource, so
+    /// notifications are matched by serial first).
     pub fn merchant_id(&self) -> &str {
+        &self.merchant
+    }
+
+    /// The merchant number, `mch_id`.
+    pub fn mch_id(&self) -> &str {
         &self.mch_id
     }
 
@@ -177,30 +214,118 @@ impl Keys {
             );
             ok = false;
         }
-        let mut platform: Vec<PlatformKey> = Vec::new();
+        // A rotation list: load every entry, then skip the expired ones
+        // while another is still valid.
+        let mut loaded: Vec<(&PlatformKeyFile, Loaded)> = Vec::new();
         for entry in raw.platform_keys.get_ref() {
-            match compile_entry(entry, ctx, now) {
-                Some(k) if platform.iter().any(|p| p.serial == k.serial) => {
-                    ctx.error(
-                        entry.serial.span(),
-                        RuleError::KeyValue {
-                            field: "platform_keys".to_owned(),
-                            reason: format!("serial `{}` is listed twice", entry.serial.get_ref()),
-                        },
-                    );
-                    ok = false;
-                }
-                Some(k) => platform.push(k),
+            match load_entry(entry, ctx) {
+                Some(l) => loaded.push((entry, l)),
                 None => ok = false,
             }
+        }
+        let any_valid = loaded.iter().any(|(_, l)| match l {
+            Loaded::PublicKey(_) => true,
+            Loaded::Certificate { cert, .. } => {
+                expiry::lifetime(cert.validity.1, now) != expiry::Lifetime::Expired
+            }
+        });
+        let mut platform: Vec<PlatformKey> = Vec::new();
+        let mut skipped = Vec::new();
+        for (entry, l) in loaded {
+            let key = match l {
+                Loaded::PublicKey(k) => k,
+                Loaded::Certificate { cert, want, file } => {
+                    let (not_before, not_after) = cert.validity;
+                    let key_cert = KeyCert {
+                        field: "platform_keys",
+                        file,
+                        serial: &cert.serial,
+                        subject: cert.subject.clone(),
+                        not_after,
+                    };
+                    let advice = "WeChat Pay no longer signs with it: remove this entry (keep the current platform certificate or the WeChat Pay public key listed)";
+                    let usable = expiry::judge(
+                        ctx,
+                        entry
+                            .certificate
+                            .as_ref()
+                            .map_or(entry.serial.span(), Spanned::span),
+                        &key_cert,
+                        now,
+                        if any_valid {
+                            WhenExpired::Skip(advice)
+                        } else {
+                            WhenExpired::Refuse(advice)
+                        },
+                        "list the next platform certificate next to this one before then (WeChat Pay signs with the new one from about five days before the old one expires)",
+                    );
+                    if !usable {
+                        skipped.push((key_cert.label(), not_after));
+                        if !any_valid {
+                            ok = false;
+                        }
+                        continue;
+                    }
+                    PlatformKey {
+                        serial: Serial::Certificate(want),
+                        key: cert.key,
+                        validity: Some((not_before, not_after)),
+                    }
+                }
+            };
+            if platform.iter().any(|p| p.serial == key.serial) {
+                ctx.error(
+                    entry.serial.span(),
+                    RuleError::KeyValue {
+                        field: "platform_keys".to_owned(),
+                        reason: format!("serial `{}` is listed twice", entry.serial.get_ref()),
+                    },
+                );
+                ok = false;
+            } else {
+                platform.push(key);
+            }
+        }
+        let sub_mch_id = match &raw.sub_mch_id {
+            Some(s) if !is_mch_id(s.get_ref()) => {
+                ctx.error(
+                    s.span(),
+                    RuleError::KeyValue {
+                        field: "sub_mch_id".to_owned(),
+                        reason: format!("`{}` is not a merchant number (digits)", s.get_ref()),
+                    },
+                );
+                ok = false;
+                None
+            }
+            Some(s) => Some(s.get_ref().as_str().into()),
+            None => None,
+        };
+        if raw.accept_any_sub_merchant {
+            ctx.warn(
+                raw.mch_id.span(),
+                format_args!(
+                    "wechat_v3 merchant `{}` has accept_any_sub_merchant = true: notifications for ANY of its sub-merchants reach this shop; bind one with keys.sub_mch_id instead",
+                    raw.mch_id.get_ref()
+                ),
+            );
         }
         if !ok {
             return None;
         }
+        let mch_id = raw.mch_id.into_inner().into_boxed_str();
+        let merchant = match &sub_mch_id {
+            Some(sub) => format!("{mch_id}/{sub}").into_boxed_str(),
+            None => mch_id.clone(),
+        };
         Some(Keys {
-            mch_id: raw.mch_id.into_inner().into_boxed_str(),
+            mch_id,
+            merchant,
             aead: aead?,
             platform,
+            sub_mch_id,
+            any_sub_merchant: raw.accept_any_sub_merchant,
+            skipped,
         })
     }
 
@@ -215,6 +340,10 @@ impl Keys {
             mch_id: mch_id.into(),
             aead: aead_key(api_v3_key)?,
             platform,
+            sub_mch_id: None,
+            any_sub_merchant: false,
+            merchant: mch_id.into(),
+            skipped: Vec::new(),
         })
     }
 
@@ -228,11 +357,22 @@ impl Keys {
     ) -> Result<Verified, VerifyError> {
         let signed = self.check_signature(headers, body.raw(), now)?;
         let value = body.value();
-        let id = value
-            .get("id")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .ok_or(VerifyError::MissingField("id"))?;
+        let id = identity::token(
+            Role::Event,
+            "id",
+            value.get("id").and_then(Value::as_str).map(str::as_bytes),
+            &identity::V3_ID,
+        )?;
+        match value.get("resource_type") {
+            None => {}
+            Some(Value::String(t)) if t == "encrypt-resource" => {}
+            Some(other) => {
+                return Err(VerifyError::BadValue {
+                    field: "resource_type",
+                    value: shown(other.to_string().as_bytes()),
+                });
+            }
+        }
         let resource = value
             .get("resource")
             .filter(|r| r.is_object())
@@ -244,25 +384,10 @@ impl Keys {
             .ok_or(VerifyError::Content(
                 "the decrypted resource is not a JSON object",
             ))?;
-        let merchant = ["mchid", "sp_mchid"]
-            .iter()
-            .find_map(|k| decrypted.get(*k).and_then(Value::as_str).map(|v| (*k, v)));
-        match merchant {
-            Some((_, m)) if m == &*self.mch_id => {}
-            Some((field, m)) => {
-                return Err(VerifyError::MerchantMismatch {
-                    field: if field == "mchid" {
-                        "mchid"
-                    } else {
-                        "sp_mchid"
-                    },
-                    got: shown(m.as_bytes()),
-                });
-            }
-            None => return Err(VerifyError::MissingField("mchid")),
-        }
+        let merchant = self.bind(&decrypted)?;
         Ok(Verified::new(
             ProviderKind::WechatV3,
+            merchant,
             id.to_owned(),
             signed.timestamp,
             Fields::Json {
@@ -274,6 +399,56 @@ impl Keys {
         .with_decrypted(plain))
     }
 
+    /// Step 6 of the module doc: whose notification the decrypted resource
+    /// is; returns the merchant part of the replay key.
+    fn bind(&self, resource: &Value) -> Result<String, VerifyError> {
+        let text = |k: &str| resource.get(k).and_then(Value::as_str).map(str::as_bytes);
+        if resource.get("combine_mchid").is_some() {
+            return Err(VerifyError::CombinedPayment);
+        }
+        let (field, mch) = match text("sp_mchid") {
+            Some(sp) => ("sp_mchid", sp),
+            None => (
+                "mchid",
+                text("mchid").ok_or(VerifyError::MissingField("mchid"))?,
+            ),
+        };
+        if mch != self.mch_id.as_bytes() {
+            return Err(VerifyError::MerchantMismatch {
+                field,
+                got: shown(mch),
+            });
+        }
+        let sub = identity::optional_token(
+            Role::Merchant,
+            "sub_mchid",
+            text("sub_mchid"),
+            &identity::DIGITS,
+        )?;
+        match (&self.sub_mch_id, sub) {
+            (Some(want), Some(got)) if got == &**want => {}
+            (Some(_), Some(got)) => {
+                return Err(VerifyError::MerchantMismatch {
+                    field: "sub_mchid",
+                    got: got.to_owned(),
+                });
+            }
+            (Some(_), None) => return Err(VerifyError::MissingField("sub_mchid")),
+            (None, Some(got)) if !self.any_sub_merchant => {
+                return Err(VerifyError::MerchantUnbound {
+                    field: "sub_mchid",
+                    got: got.to_owned(),
+                    fix: "bind the sub-merchant with keys.sub_mch_id (one [[route.merchant]] table each), or set keys.accept_any_sub_merchant = true",
+                });
+            }
+            (None, _) => {}
+        }
+        Ok(match sub {
+            Some(sub) => format!("{}/{sub}", self.mch_id),
+            None => self.mch_id.to_string(),
+        })
+    }
+
     /// Steps 1 to 4 of the module doc: the header signature over the raw
     /// body.
     fn check_signature(
@@ -282,7 +457,9 @@ impl Keys {
         raw: &[u8],
         now: i64,
     ) -> Result<Signed, VerifyError> {
+        // wechatpay-java `RequestParam`: absent or empty is the RSA type.
         if let Some(t) = headers.get("wechatpay-signature-type")
+            && !t.is_empty()
             && t.as_bytes() != SIGNATURE_TYPE.as_bytes()
         {
             return Err(VerifyError::UnsupportedSignType(shown(t.as_bytes())));
@@ -335,6 +512,7 @@ impl Keys {
                 }
                 _ => None,
             })
+            .chain(self.skipped.iter().cloned())
             .collect()
     }
 
@@ -446,7 +624,24 @@ fn load_api_v3_key(path: &Path) -> Result<LessSafeKey, String> {
     aead_key(secret.expose())
 }
 
-fn compile_entry(entry: &PlatformKeyFile, ctx: &mut FileCtx<'_>, now: i64) -> Option<PlatformKey> {
+/// A `platform_keys` entry once its file is read, before its lifetime is
+/// judged.
+enum Loaded<'a> {
+    PublicKey(PlatformKey),
+    Certificate {
+        cert: LoadedCertificate,
+        /// The serial as the entry names it (normalised).
+        want: String,
+        file: &'a str,
+    },
+}
+
+/// A merchant number: digits.
+fn is_mch_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn load_entry<'a>(entry: &'a PlatformKeyFile, ctx: &mut FileCtx<'_>) -> Option<Loaded<'a>> {
     let serial = entry.serial.get_ref().trim();
     let err = |ctx: &mut FileCtx<'_>, reason: String| {
         ctx.error(
@@ -471,11 +666,11 @@ fn compile_entry(entry: &PlatformKeyFile, ctx: &mut FileCtx<'_>, now: i64) -> Op
                 return None;
             }
             let key = super::load_rsa_key(ctx, "platform_keys.public_key", pk)?;
-            Some(PlatformKey {
+            Some(Loaded::PublicKey(PlatformKey {
                 serial: Serial::PublicKeyId(serial.to_owned()),
                 key,
                 validity: None,
-            })
+            }))
         }
         (None, Some(cert)) => {
             let Some(want) = serial_hex(serial) else {
@@ -512,30 +707,10 @@ fn compile_entry(entry: &PlatformKeyFile, ctx: &mut FileCtx<'_>, now: i64) -> Op
                 );
                 return None;
             }
-            let (not_before, not_after) = loaded.validity;
-            let fresh = expiry::judge(
-                ctx,
-                cert.span(),
-                &KeyCert {
-                    field: "platform_keys",
-                    file,
-                    serial: &loaded.serial,
-                    subject: loaded.subject.clone(),
-                    not_after,
-                },
-                now,
-                WhenExpired::Refuse(
-                    "WeChat Pay no longer signs with it: remove this entry (keep the current platform certificate or the WeChat Pay public key listed)",
-                ),
-                "list the next platform certificate next to this one before then (WeChat Pay signs with the new one from about five days before the old one expires)",
-            );
-            if !fresh {
-                return None;
-            }
-            Some(PlatformKey {
-                serial: Serial::Certificate(want),
-                key: loaded.key,
-                validity: Some((not_before, not_after)),
+            Some(Loaded::Certificate {
+                cert: loaded,
+                want,
+                file,
             })
         }
         (Some(_), Some(_)) => {

@@ -283,7 +283,7 @@ mod tests {
     use crate::replay::KeyKind;
 
     fn key(i: u64) -> Key {
-        Key::new(&Arc::from("r"), KeyKind::Event, &i.to_string())
+        Key::new(&Arc::from("r"), KeyKind::Event, "m", &i.to_string())
     }
 
     const TTL: Duration = Duration::from_secs(3600);

@@ -299,7 +299,7 @@ addr = "127.0.0.1:0"
 
 [replay]
 store = "{store}"
-ttl = "48h"
+ttl = "200100h"
 max_entries = 100000
 timeout = "500ms"
 {replay_extra}

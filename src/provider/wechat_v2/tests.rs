@@ -202,7 +202,7 @@ fn payment_fields_and_time() {
 #[test]
 fn refunds_decrypt_and_expose_req_info() {
     let v = keys().verify(&xml("v2_refund.xml"), 0).unwrap();
-    assert_eq!(v.event_id(), "50300002026112200000000000001");
+    assert_eq!(v.event_id(), "50300002026112200000000000001:SUCCESS");
     // success_time 2026-11-22 10:05:00 Beijing.
     assert_eq!(v.signed_at(), NOW + 300);
     let plain = std::str::from_utf8(v.decrypted().unwrap()).unwrap();
@@ -230,7 +230,7 @@ fn wechatpy_real_refund_vector() {
         "v2_wechatpy_refund.key",
     );
     let v = k.verify(&xml("v2_wechatpy_refund.xml"), 0).unwrap();
-    assert_eq!(v.event_id(), "50300103182020010413419046597");
+    assert_eq!(v.event_id(), "50300103182020010413419046597:SUCCESS");
     let Fields::Xml {
         refund: Some(r), ..
     } = v.fields()

@@ -1,0 +1,443 @@
+//! Event identity: how the fields that key replay state are read, once a
+//! signature checked out (part of the sixth step of the flow).
+//!
+//! An event id, a signed time and a merchant id are only as strong as
+//! their canonical form. Most platforms sign a string that joins values
+//! unescaped (`k=v&k=v`), skip blank values or trim them, so several
+//! different bodies verify with one signature. A field that keys state is
+//! therefore accepted only when nothing about it is left to that slack:
+//!
+//! * [`token`]: present, not blank, no surrounding whitespace, and exactly
+//!   the platform's syntax ([`Syntax`]: an alphabet and a length), so a
+//!   padded or blank copy cannot pose as a new event;
+//! * [`check_unambiguous`]: no field name holds `&` or `=`, and no other
+//!   signed value holds `&<identity field>=`. Under either, the field could
+//!   have been moved into a neighbouring value (and replaced by a blank or
+//!   absent one) without changing the signed string. With both rules, the
+//!   signed string alone fixes every identity field;
+//! * [`beijing_time`]: exactly `yyyy-MM-dd HH:mm:ss` or `yyyyMMddHHmmss`,
+//!   no padding, no missing digit.
+//!
+//! Refusals are [`VerifyError`]s with their own `reason` labels:
+//! `bad_event_id`, `bad_merchant_id`, `bad_time`, `ambiguous_fields` (all
+//! 400: the notification verified, it is its shape that is refused).
+
+use super::{VerifyError, java_whitespace, shown};
+
+/// The syntax a platform gives an identity field.
+#[derive(Debug, Clone, Copy)]
+pub struct Syntax {
+    /// Which bytes may appear.
+    allowed: fn(u8) -> bool,
+    min: usize,
+    max: usize,
+    /// For messages: "1 to 64 ASCII letters and digits".
+    pub text: &'static str,
+}
+
+fn digit(b: u8) -> bool {
+    b.is_ascii_digit()
+}
+
+fn alnum(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+}
+
+fn alnum_dash(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+/// Alipay `notify_id`: 34 digits today, letters and digits in older
+/// notifications (`91722adff935e8cfa58b3aabf4dead6ibe`).
+pub const NOTIFY_ID: Syntax = Syntax {
+    allowed: alnum,
+    min: 1,
+    max: 64,
+    text: "1 to 64 ASCII letters and digits",
+};
+
+/// Platform-issued numeric ids: WeChat `transaction_id` (28 digits),
+/// `refund_id` (29), merchant numbers, Alipay app ids.
+pub const DIGITS: Syntax = Syntax {
+    allowed: digit,
+    min: 1,
+    max: 32,
+    text: "1 to 32 ASCII digits",
+};
+
+/// Alipay user ids (`seller_id`): `2088` and 12 more digits.
+pub const ALIPAY_USER_ID: Syntax = Syntax {
+    allowed: digit,
+    min: 16,
+    max: 16,
+    text: "16 ASCII digits",
+};
+
+/// WeChat Pay v3 notification `id` (`EV-2018022511223320873`, or a UUID).
+pub const V3_ID: Syntax = Syntax {
+    allowed: alnum_dash,
+    min: 1,
+    max: 64,
+    text: "1 to 64 ASCII letters, digits, `-` and `_`",
+};
+
+/// UnionPay `queryId` (21 digits in every known notification).
+pub const QUERY_ID: Syntax = Syntax {
+    allowed: alnum,
+    min: 1,
+    max: 32,
+    text: "1 to 32 ASCII letters and digits",
+};
+
+/// UnionPay `txnType`: two digits (`01` payment, `04` refund, ...).
+pub const TXN_TYPE: Syntax = Syntax {
+    allowed: digit,
+    min: 2,
+    max: 2,
+    text: "2 ASCII digits",
+};
+
+/// JD `tradeNum`: the merchant's order number (`asd784374823472389_r`).
+pub const TRADE_NUM: Syntax = Syntax {
+    allowed: alnum_dash,
+    min: 1,
+    max: 64,
+    text: "1 to 64 ASCII letters, digits, `-` and `_`",
+};
+
+/// JD `tradeType` and `status`: one or two digits.
+pub const SMALL_CODE: Syntax = Syntax {
+    allowed: digit,
+    min: 1,
+    max: 2,
+    text: "1 or 2 ASCII digits",
+};
+
+/// What a field is for, which decides the refusal's label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Part of the event id.
+    Event,
+    /// Names the merchant the event belongs to.
+    Merchant,
+}
+
+/// Why a value is not a token of its syntax, or `None` when it is.
+fn problem(value: &[u8], syntax: &Syntax) -> Option<&'static str> {
+    let text = String::from_utf8_lossy(value);
+    let ws = |c: char| c.is_whitespace() || java_whitespace(c);
+    if text.chars().all(ws) {
+        return Some("is blank");
+    }
+    if text.starts_with(ws) || text.ends_with(ws) {
+        return Some("has surrounding whitespace");
+    }
+    if value.len() < syntax.min || value.len() > syntax.max {
+        return Some("has the wrong length");
+    }
+    if !value.iter().all(|&b| (syntax.allowed)(b)) {
+        return Some("holds a character the platform never issues there");
+    }
+    None
+}
+
+/// The refusal of an identity field in `role`.
+fn refusal(
+    role: Role,
+    field: &'static str,
+    problem: &'static str,
+    syntax: &Syntax,
+    value: &[u8],
+) -> VerifyError {
+    let (syntax, value) = (syntax.text, shown(value));
+    match role {
+        Role::Event => VerifyError::BadEventId {
+            field,
+            problem,
+            syntax,
+            value,
+        },
+        Role::Merchant => VerifyError::BadMerchantId {
+            field,
+            problem,
+            syntax,
+            value,
+        },
+    }
+}
+
+/// Reads an identity field that must be present: the value of `field`, as
+/// text, when it is exactly a token of `syntax`.
+pub fn token<'a>(
+    role: Role,
+    field: &'static str,
+    value: Option<&'a [u8]>,
+    syntax: &Syntax,
+) -> Result<&'a str, VerifyError> {
+    let value = value.ok_or_else(|| refusal(role, field, "is missing", syntax, b""))?;
+    if let Some(problem) = problem(value, syntax) {
+        return Err(refusal(role, field, problem, syntax, value));
+    }
+    // Every syntax admits ASCII only, so this cannot fail.
+    std::str::from_utf8(value).map_err(|_| {
+        refusal(
+            role,
+            field,
+            "holds a character the platform never issues there",
+            syntax,
+            value,
+        )
+    })
+}
+
+/// Reads an identity field that may be absent; when present it must be a
+/// token like any other (a blank one is refused, never taken as absent).
+pub fn optional_token<'a>(
+    role: Role,
+    field: &'static str,
+    value: Option<&'a [u8]>,
+    syntax: &Syntax,
+) -> Result<Option<&'a str>, VerifyError> {
+    match value {
+        None => Ok(None),
+        Some(v) => token(role, field, Some(v), syntax).map(Some),
+    }
+}
+
+/// Reads an identity field that takes one of a few fixed values (WeChat
+/// `result_code`, `refund_status`).
+pub fn one_of(
+    field: &'static str,
+    value: Option<&[u8]>,
+    allowed: &[&'static str],
+    text: &'static str,
+) -> Result<&'static str, VerifyError> {
+    let bad = |problem, value: &[u8]| VerifyError::BadEventId {
+        field,
+        problem,
+        syntax: text,
+        value: shown(value),
+    };
+    let value = value.ok_or_else(|| bad("is missing", b""))?;
+    allowed
+        .iter()
+        .find(|a| a.as_bytes() == value)
+        .copied()
+        .ok_or_else(|| bad("is not one of the values the platform sends", value))
+}
+
+/// Refuses a signed form or XML whose identity fields could have been moved
+/// without changing the signed string: a field name holding `&` or `=`, or
+/// a value holding `&<identity field>=` (see the module doc).
+pub fn check_unambiguous<'a>(
+    fields: impl Iterator<Item = (&'a str, &'a [u8])>,
+    identity: &[&str],
+) -> Result<(), VerifyError> {
+    for (key, value) in fields {
+        if key.contains(['&', '=']) {
+            return Err(VerifyError::Ambiguous {
+                field: shown(key.as_bytes()),
+                holds: "`&` or `=` in its name".to_owned(),
+            });
+        }
+        for at in value
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &b)| (b == b'&').then_some(i + 1))
+        {
+            let rest = &value[at..];
+            if let Some(id) = identity.iter().find(|id| {
+                rest.len() > id.len() && rest.starts_with(id.as_bytes()) && rest[id.len()] == b'='
+            }) {
+                return Err(VerifyError::Ambiguous {
+                    field: shown(key.as_bytes()),
+                    holds: format!("`&{id}=` in its value"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+// === time ===
+
+/// The two time formats the platforms sign, in Beijing time (UTC+8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeFormat {
+    /// `yyyy-MM-dd HH:mm:ss` (Alipay `notify_time`, WeChat refund
+    /// `success_time`).
+    Dashed,
+    /// `yyyyMMddHHmmss` (WeChat `time_end`, UnionPay `txnTime`, JD
+    /// `tradeTime`).
+    Compact,
+}
+
+impl TimeFormat {
+    fn text(self) -> &'static str {
+        match self {
+            TimeFormat::Dashed => "yyyy-MM-dd HH:mm:ss",
+            TimeFormat::Compact => "yyyyMMddHHmmss",
+        }
+    }
+
+    /// Whether `value` has exactly this format's shape (digits where digits
+    /// go, the separators where they go, nothing else).
+    fn shaped(self, value: &[u8]) -> bool {
+        match self {
+            TimeFormat::Compact => value.len() == 14 && value.iter().all(u8::is_ascii_digit),
+            TimeFormat::Dashed => {
+                value.len() == 19
+                    && value.iter().enumerate().all(|(i, &b)| match i {
+                        4 | 7 => b == b'-',
+                        10 => b == b' ',
+                        13 | 16 => b == b':',
+                        _ => b.is_ascii_digit(),
+                    })
+            }
+        }
+    }
+}
+
+/// Parses a Beijing-time (UTC+8) timestamp of exactly `format` into Unix
+/// seconds.
+pub fn beijing_time(
+    field: &'static str,
+    value: &[u8],
+    format: TimeFormat,
+) -> Result<i64, VerifyError> {
+    let bad = || VerifyError::BadTime {
+        field,
+        value: shown(value),
+        format: format.text(),
+    };
+    if !format.shaped(value) {
+        return Err(bad());
+    }
+    let text = std::str::from_utf8(value).map_err(|_| bad())?;
+    let pattern = match format {
+        TimeFormat::Dashed => "%Y-%m-%d %H:%M:%S",
+        TimeFormat::Compact => "%Y%m%d%H%M%S",
+    };
+    let naive = chrono::NaiveDateTime::parse_from_str(text, pattern).map_err(|_| bad())?;
+    Ok(naive.and_utc().timestamp() - 8 * 3600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_exact() {
+        let ok = token(Role::Event, "notify_id", Some(b"2026abc"), &NOTIFY_ID).unwrap();
+        assert_eq!(ok, "2026abc");
+        for (value, problem) in [
+            (&b""[..], "is blank"),
+            (b" ", "is blank"),
+            (b"\t\t", "is blank"),
+            ("\u{3000}".as_bytes(), "is blank"),
+            (b" 2026", "has surrounding whitespace"),
+            (b"2026\n", "has surrounding whitespace"),
+            ("2026\u{3000}".as_bytes(), "has surrounding whitespace"),
+            (
+                b"20 26",
+                "holds a character the platform never issues there",
+            ),
+            (
+                b"2026&x",
+                "holds a character the platform never issues there",
+            ),
+            ("2026\u{A0}".as_bytes(), "has surrounding whitespace"),
+            (
+                "20\u{A0}26".as_bytes(),
+                "holds a character the platform never issues there",
+            ),
+        ] {
+            match token(Role::Event, "notify_id", Some(value), &NOTIFY_ID) {
+                Err(VerifyError::BadEventId { problem: p, .. }) => {
+                    assert_eq!(p, problem, "{value:?}")
+                }
+                other => panic!("{value:?}: {other:?}"),
+            }
+        }
+        let long = [b'1'; 65];
+        assert!(token(Role::Event, "notify_id", Some(&long), &NOTIFY_ID).is_err());
+        assert!(matches!(
+            token(Role::Merchant, "sub_mch_id", None, &DIGITS),
+            Err(VerifyError::BadMerchantId {
+                problem: "is missing",
+                ..
+            })
+        ));
+        assert_eq!(
+            optional_token(Role::Merchant, "auth_app_id", None, &DIGITS).unwrap(),
+            None
+        );
+        assert!(optional_token(Role::Merchant, "auth_app_id", Some(b" "), &DIGITS).is_err());
+    }
+
+    #[test]
+    fn folded_identity_fields_are_ambiguous() {
+        let id = ["notify_id", "notify_time"];
+        let fine: Vec<(&str, &[u8])> = vec![
+            ("body", b"a&b=c"),
+            ("notify_id", b"1"),
+            ("subject", b"notify_id=2"),
+            ("x", b"&notify_idx=1"),
+            ("y", b"&notify_id"),
+        ];
+        check_unambiguous(fine.into_iter(), &id).unwrap();
+        for (key, value) in [
+            ("body", &b"x&notify_id=1"[..]),
+            ("body", b"&notify_time=2026-11-22 10:00:00"),
+            ("a=b", b"1"),
+            ("a&b", b"1"),
+        ] {
+            assert!(
+                matches!(
+                    check_unambiguous([(key, value)].into_iter(), &id),
+                    Err(VerifyError::Ambiguous { .. })
+                ),
+                "{key} {value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn times_have_one_shape() {
+        let t = beijing_time("notify_time", b"2026-11-22 10:00:00", TimeFormat::Dashed).unwrap();
+        assert_eq!(t, 1_795_312_800); // 2026-11-22T02:00:00Z
+        assert_eq!(
+            beijing_time("time_end", b"20261122100000", TimeFormat::Compact).unwrap(),
+            t
+        );
+        for bad in [
+            &b"2026-11-22 10:00:00 "[..],
+            b" 2026-11-22 10:00:00",
+            b"2026-11-22  10:00:00",
+            b"2026-11-22 1:00:00",
+            b"2026-1-22 10:00:00",
+            b"2026-11-22T10:00:00",
+            b"+2026-11-22 10:00:0",
+            b"2026-13-01 00:00:00",
+            b"2026-02-30 00:00:00",
+            b"",
+            b"\xff",
+        ] {
+            assert!(
+                beijing_time("notify_time", bad, TimeFormat::Dashed).is_err(),
+                "{bad:?}"
+            );
+        }
+        for bad in [
+            &b"2026112210000"[..],
+            b"202611221000000",
+            b" 0261122100000",
+            b"2026112210000a",
+        ] {
+            assert!(
+                beijing_time("time_end", bad, TimeFormat::Compact).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+}
