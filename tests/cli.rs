@@ -1585,3 +1585,126 @@ fn sign_alipay_md5_refuses_bad_input_clearly() {
     assert_eq!(code, 1);
     assert!(err.contains("/nope.key"), "{err}");
 }
+
+// === event identity and merchant binding ===
+
+fn unionpay_keys(mer_id: Option<&str>) -> String {
+    let f = |n: &str| fixture_path("unionpay", n);
+    format!(
+        "{}root_cert = {:?}\nmiddle_cert = {:?}\n",
+        mer_id.map_or(String::new(), |m| format!("mer_id = {m:?}\n")),
+        f("root.pem"),
+        f("middle.pem")
+    )
+}
+
+#[test]
+fn check_refuses_a_unionpay_route_without_mer_id() {
+    // UnionPay signs every merchant's notifications with one certificate: a
+    // route without mer_id would take any merchant's as this shop's.
+    let dir = config_with_rules(&route_with_keys("unionpay", &unionpay_keys(None)));
+    let (code, out) = check(dir.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("r.toml:9: keys.mer_id: missing: UnionPay signs every merchant's notifications with one certificate"),
+        "{out}"
+    );
+    let dir = config_with_rules(&route_with_keys(
+        "unionpay",
+        &unionpay_keys(Some("777290058110097")),
+    ));
+    let (code, out) = check(dir.path());
+    assert_eq!((code, out.trim()), (0, "ok: 1 routes"));
+}
+
+#[test]
+fn check_refuses_a_replay_ttl_shorter_than_a_routes_freshness_window() {
+    // A copy of a delivered event must not outlive its delivery record.
+    let rules = good_route("r1", "/r1").replace(
+        "provider = \"alipay\"\n",
+        "provider = \"alipay\"\nmax_age = \"72h\"\n",
+    );
+    let dir = config_with_rules(&rules);
+    let file = dir.path().join("callgate.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let ttl_line = text.lines().find(|l| l.starts_with("ttl = ")).unwrap();
+    std::fs::write(&file, text.replace(ttl_line, "ttl = \"48h\"")).unwrap();
+    let (code, out) = check(dir.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "r.toml:5: replay.ttl 2days is shorter than this route's freshness window (3days 5m"
+        ),
+        "{out}"
+    );
+    // Exactly the window is enough.
+    std::fs::write(&file, text.replace(ttl_line, "ttl = \"72h 5m\"")).unwrap();
+    let (code, out) = check(dir.path());
+    assert_eq!((code, out.trim()), (0, "ok: 1 routes"));
+}
+
+#[test]
+fn check_warns_about_accepting_any_sub_merchant_and_names_bad_binding_keys() {
+    let wechat = format!(
+        "mch_id = \"1900000109\"\napi_key_file = {:?}\naccept_any_sub_merchant = true\n",
+        wechat_path("v2_api.key")
+    );
+    let dir = config_with_rules(&route_with_keys("wechat_v2", &wechat));
+    let (code, out, err) = output(
+        callgate()
+            .args(["check", "-c"])
+            .arg(dir.path().join("callgate.toml")),
+    );
+    assert_eq!((code, out.trim()), (0, "ok: 1 routes"), "{err}");
+    assert!(
+        err.contains(
+            "r.toml:10: warning: wechat_v2 merchant `1900000109` has accept_any_sub_merchant = true"
+        ),
+        "{err}"
+    );
+
+    let alipay = |extra: &str| {
+        format!(
+            "app_id = \"2021000000000001\"\npublic_key = {:?}\n{extra}",
+            alipay_key("alipay_public.pem")
+        )
+    };
+    for (what, rules, want) in [
+        (
+            "unknown sign type",
+            route_with_keys("alipay", &alipay("sign_types = [\"RSA3\"]\n")),
+            "r.toml:12: keys.sign_types: `RSA3` is not \"RSA2\" or \"RSA\"",
+        ),
+        (
+            "no sign type",
+            route_with_keys("alipay", &alipay("sign_types = []\n")),
+            "keys.sign_types: name at least one of \"RSA2\" and \"RSA\"",
+        ),
+        (
+            "seller id",
+            route_with_keys("alipay", &alipay("seller_id = \"1234\"\n")),
+            "r.toml:12: keys.seller_id: `1234` is not an Alipay user id",
+        ),
+        (
+            "wechat sign type",
+            route_with_keys(
+                "wechat_v2",
+                &wechat.replace("accept_any_sub_merchant = true", "sign_types = [\"SHA1\"]"),
+            ),
+            "keys.sign_types: `SHA1` is not \"MD5\" or \"HMAC-SHA256\"",
+        ),
+        (
+            "sub-merchant",
+            route_with_keys(
+                "wechat_v2",
+                &wechat.replace("accept_any_sub_merchant = true", "sub_mch_id = \"x1\""),
+            ),
+            "keys.sub_mch_id: `x1` is not a merchant number (digits)",
+        ),
+    ] {
+        let dir = config_with_rules(&rules);
+        let (code, out) = check(dir.path());
+        assert_eq!(code, 1, "{what}: {out}");
+        assert!(out.contains(want), "{what}: expected `{want}` in:\n{out}");
+    }
+}

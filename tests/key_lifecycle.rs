@@ -607,3 +607,106 @@ async fn every_certificate_backed_key_is_a_gauge_and_follows_reloads() {
     assert_eq!(series, expected.len() - 3, "{text}");
     assert!(text.contains("callgate_replay_store_up 1"), "{text}");
 }
+
+#[tokio::test]
+async fn an_expired_entry_of_a_rotation_list_is_skipped_while_another_is_valid() {
+    // WeChat Pay v3 platform_keys and UnionPay verify_certs hold several
+    // keys so they can rotate: one that has expired is skipped with a
+    // warning (and stays in the expiry gauge, so its alert fires), not a
+    // failed load, while another is still valid.
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let expired_wx = wechat_path("expired_cert.pem");
+    let expired_serial = openssl_serial(&expired_wx);
+    let wx = RouteSpec::wechat_v3(&up).with(|r| {
+        r.keys = format!(
+            "mch_id = {WECHAT_MCH_ID:?}\napi_v3_key_file = {:?}\nplatform_keys = [\n  {{ serial = {expired_serial:?}, certificate = {expired_wx:?} }},\n  {{ serial = {WECHAT_PLATFORM_SERIAL:?}, certificate = {:?} }},\n]\n",
+            wechat_path("v3_api_v3.key"),
+            wechat_path("platform_cert.pem"),
+        )
+    });
+    let expired_up = fixture_path("unionpay", "expired.pem");
+    let up_route = RouteSpec::unionpay(&up).with(|r| {
+        r.keys = format!(
+            "mer_id = \"777290058110097\"\nverify_certs = [{expired_up:?}, {:?}]\n",
+            fixture_path("unionpay", "sign.pem")
+        )
+    });
+    let spec = GatewaySpec::new(vec![wx, up_route]);
+    let dir = tempfile::tempdir().unwrap();
+    spec.write(dir.path());
+    let (code, out, err) = check(dir.path());
+    assert_eq!((code, out.trim()), (0, "ok: 2 routes"), "{err}");
+    for (file, serial) in [
+        (&expired_wx, expired_serial.clone()),
+        (&expired_up, decimal(&openssl_serial(&expired_up))),
+    ] {
+        let want = format!("`{}`: certificate {serial} (", file.display());
+        let line = err
+            .lines()
+            .find(|l| l.contains(&want))
+            .unwrap_or_else(|| panic!("no warning for {want} in:\n{err}"));
+        assert!(
+            line.contains(": warning: ")
+                && line.contains(
+                    "expired on 2021-01-01 00:00:00 UTC; skipped while the other entries are in use"
+                ),
+            "{line}"
+        );
+    }
+
+    let gw = TestGateway::start(spec).await;
+    let text = gw.get_admin("/metrics").await.text();
+    let gauge = |route: &str, key: &str| {
+        find_metric(
+            &text,
+            "callgate_key_expiry_timestamp_seconds",
+            &[("route", route), ("key", key)],
+        )
+    };
+    assert_eq!(
+        gauge("shop-wechat-v3", &format!("platform_keys:{expired_serial}")),
+        Some(openssl_not_after(&expired_wx) as f64)
+    );
+    assert_eq!(
+        gauge(
+            "shop-unionpay",
+            &format!("verify_certs:{}", decimal(&openssl_serial(&expired_up)))
+        ),
+        Some(openssl_not_after(&expired_up) as f64)
+    );
+    // The valid entries verify; the skipped one is not a key any more.
+    let body = wechat_fixture("v3_pay.json");
+    let now = unix_now();
+    let good = v3_headers(
+        "platform_private.pem",
+        WECHAT_PLATFORM_SERIAL,
+        now,
+        "rotationNonce001",
+        &body,
+    );
+    assert_eq!(
+        gw.send_owned("/notify/wechat-v3", &good, &body)
+            .await
+            .status,
+        200
+    );
+    let old = v3_headers(
+        "expired_private.pem",
+        &expired_serial,
+        now,
+        "rotationNonce002",
+        &body,
+    );
+    assert_eq!(
+        gw.send_owned("/notify/wechat-v3", &old, &body).await.status,
+        401
+    );
+    let r = gw
+        .post_form(
+            "/notify/unionpay",
+            &fixture("unionpay", "v500_payment.form"),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.count(), 2);
+}

@@ -1044,3 +1044,38 @@ pub fn add_limit(text: &mut String, line: &str) {
     text.push_str(line);
     text.push('\n');
 }
+
+// === event identity ===
+
+impl TestGateway {
+    /// Starts a gateway from `spec`'s gateway file with `rules` (written by
+    /// hand, for `[[route.merchant]]` tables) as its only rule file.
+    pub async fn start_rules(spec: GatewaySpec, rules: &str) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let file = spec.write(dir.path());
+        std::fs::write(dir.path().join("rules/routes.toml"), rules).unwrap();
+        let loaded =
+            callgate::config::load(&file).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let gateway = callgate::server::start(loaded).await.unwrap();
+        let base = format!("http://127.0.0.1:{}", gateway.addr.port());
+        let admin = format!("http://127.0.0.1:{}", gateway.admin_addr.unwrap().port());
+        TestGateway {
+            dir,
+            gateway,
+            base,
+            admin,
+            client: TestClient::new(),
+        }
+    }
+
+    /// `callgate_rejections_total` for a route, provider and reason (0 when
+    /// absent).
+    pub async fn rejections(&self, route: &str, provider: &str, reason: &str) -> f64 {
+        self.metric(
+            "callgate_rejections_total",
+            &[("route", route), ("provider", provider), ("reason", reason)],
+        )
+        .await
+        .unwrap_or(0.0)
+    }
+}

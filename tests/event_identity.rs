@@ -1,0 +1,618 @@
+//! Event identity end to end, over real sockets: a genuine notification of
+//! every provider is delivered once, and the same notification reshaped by
+//! an attacker who holds it (its id blanked, padded, folded into a
+//! neighbouring value, a fallback field removed) never reaches the shop
+//! again; two merchants of one route whose ids collide both reach their
+//! shops; a GBK notification on a route that says nothing about charset is
+//! delivered; a downgraded signature type is refused; sub-merchants are
+//! bound. Most reshaped bodies are derived from the committed fixtures
+//! (signed by openssl / python cryptography, tests/fixtures/*/make.py)
+//! without signing again: each keeps its genuine signature valid, which is
+//! the point. WeChat v3 variants are signed here by the openssl CLI.
+
+mod support;
+
+use support::*;
+
+/// Replaces the one occurrence of `old` in `body`.
+fn swap(body: &[u8], old: &str, new: &str) -> Vec<u8> {
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert_eq!(text.matches(old).count(), 1, "`{old}` in {text}");
+    text.replacen(old, new, 1).into_bytes()
+}
+
+// === Alipay ===
+
+#[tokio::test]
+async fn alipay_reshaped_ids_never_reach_the_shop_again() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
+    let genuine = alipay_fixture("rsa2_trade_success.form");
+    let nid = "2026112200222000000000000000000001";
+    let r = gw.post_form("/notify/alipay", &genuine).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 1);
+
+    // `invoice_amount` sorts just before `notify_id`: moving
+    // `&notify_id=<id>` into its value and blanking (or dropping) the id
+    // leaves the string Alipay's Java rule signs byte for byte the same.
+    let folded = swap(
+        &genuine,
+        "invoice_amount=88.88&",
+        &format!("invoice_amount=88.88%26notify_id%3D{nid}&"),
+    );
+    let mut reshaped: Vec<(String, Vec<u8>)> = ["%20", "%20%20", "%09", "%E3%80%80", ""]
+        .iter()
+        .map(|blank| {
+            (
+                format!("id blanked as `{blank}`, folded"),
+                swap(
+                    &folded,
+                    &format!("notify_id={nid}&"),
+                    &format!("notify_id={blank}&"),
+                ),
+            )
+        })
+        .collect();
+    reshaped.push((
+        "id removed, folded".into(),
+        swap(&folded, &format!("notify_id={nid}&"), ""),
+    ));
+    for (what, body) in &reshaped {
+        let r = gw.post_form("/notify/alipay", body).await;
+        assert_eq!((r.status, r.text().as_str()), (400, "fail"), "{what}");
+    }
+    assert_eq!(
+        gw.rejections("shop-alipay", "alipay", "ambiguous_fields")
+            .await,
+        reshaped.len() as f64
+    );
+    // Padding is not trimmed by Alipay's rule: the signature fails.
+    let padded = swap(
+        &genuine,
+        &format!("notify_id={nid}&"),
+        &format!("notify_id=%20{nid}&"),
+    );
+    assert_eq!(gw.post_form("/notify/alipay", &padded).await.status, 401);
+    // A blank field added to the genuine body is outside the signature: it
+    // verifies, as the same event, so it is a duplicate.
+    let extra = [genuine.as_slice(), b"&x=%20"].concat();
+    let r = gw.post_form("/notify/alipay", &extra).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(gw.requests("duplicate").await, 1.0);
+    assert_eq!(up.count(), 1, "no reshaped copy reached the shop");
+}
+
+#[tokio::test]
+async fn alipay_blank_fields_added_to_a_genuine_notification_never_reach_the_shop() {
+    // Under the Java rule a blank value is not signed, so anyone can add
+    // `refund_fee=%20` to a genuine payment. The shop gets the notification
+    // without it (a naive shop would take the field's presence for a
+    // refund), in original and in normalized mode.
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let normalized = RouteSpec::alipay(&up).with(|r| {
+        r.name = "shop-alipay-json".into();
+        r.path = "/notify/alipay-json".into();
+        r.forward = "normalized".into();
+    });
+    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay(&up), normalized])).await;
+    let genuine = alipay_fixture("rsa2_trade_success_2.form");
+    let added = [
+        &b"refund_fee=%20&gmt_refund=&"[..],
+        genuine.as_slice(),
+        b"&out_biz_no=%E3%80%80",
+    ]
+    .concat();
+    let r = gw.post_form("/notify/alipay", &added).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(up.received()[0].body.as_ref(), genuine.as_slice());
+
+    let r = gw.post_form("/notify/alipay-json", &added).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    let v: serde_json::Value = serde_json::from_slice(&up.received()[1].body).unwrap();
+    for blank in ["refund_fee", "gmt_refund", "out_biz_no"] {
+        assert!(v["fields"].get(blank).is_none(), "{blank}: {v}");
+    }
+    assert_eq!(v["status"], "paid");
+}
+
+#[tokio::test]
+async fn alipay_md5_reshaped_ids_never_reach_the_shop_again() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay_md5(&up)])).await;
+    let genuine = fixture("alipay_md5", "md5_trade_success.form");
+    let nid = "a7f3c1e9b2d84f6e8c0b5a4d3e2f1c0001";
+    let path = "/notify/alipay_md5";
+    assert_eq!(gw.post_form(path, &genuine).await.status, 200);
+    // `is_total_fee_adjust` sorts just before `notify_id`; the legacy
+    // demo leaves empty values out of the signed string.
+    let folded = swap(
+        &genuine,
+        "is_total_fee_adjust=N&",
+        &format!("is_total_fee_adjust=N%26notify_id%3D{nid}&"),
+    );
+    for (what, body) in [
+        (
+            "id emptied",
+            swap(&folded, &format!("notify_id={nid}&"), "notify_id=&"),
+        ),
+        (
+            "id removed",
+            swap(&folded, &format!("notify_id={nid}&"), ""),
+        ),
+    ] {
+        let r = gw.post_form(path, &body).await;
+        assert_eq!((r.status, r.text().as_str()), (400, "fail"), "{what}");
+    }
+    assert_eq!(
+        gw.rejections("shop-legacy", "alipay_md5", "ambiguous_fields")
+            .await,
+        2.0
+    );
+    assert_eq!(gw.post_form(path, &genuine).await.status, 200);
+    assert_eq!(up.count(), 1);
+}
+
+// === WeChat Pay ===
+
+#[tokio::test]
+async fn wechat_v2_reshaped_ids_never_reach_the_shop_again() {
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::wechat_v2(&up)])).await;
+    let genuine = wechat_fixture("v2_md5_pay.xml");
+    let id = "4200002026112200000000000001";
+    assert_eq!(gw.post_xml(&genuine).await.status, 200);
+    assert_eq!(up.count(), 1);
+
+    // WeChat's Java SDK trims values and skips blank ones; `trade_type`
+    // sorts just before `transaction_id`. Before, a missing id fell back to
+    // `out_trade_no`.
+    let id_element = format!("<transaction_id><![CDATA[{id}]]></transaction_id>");
+    let folded = swap(
+        &genuine,
+        "<trade_type><![CDATA[JSAPI]]></trade_type>",
+        &format!("<trade_type><![CDATA[JSAPI&transaction_id={id}]]></trade_type>"),
+    );
+    let reshaped = [
+        (
+            "id padded (trimmed by the signer)",
+            swap(
+                &genuine,
+                &id_element,
+                &format!("<transaction_id><![CDATA[ {id}\t]]></transaction_id>"),
+            ),
+            "bad_event_id",
+        ),
+        (
+            "id blanked, folded",
+            swap(
+                &folded,
+                &id_element,
+                "<transaction_id><![CDATA[ ]]></transaction_id>",
+            ),
+            "ambiguous_fields",
+        ),
+        (
+            "id removed, folded (the old fallback to out_trade_no)",
+            swap(&folded, &id_element, ""),
+            "ambiguous_fields",
+        ),
+    ];
+    for (what, body, _) in &reshaped {
+        let r = gw.post_xml(body).await;
+        assert_eq!(r.status, 400, "{what}: {}", r.text());
+    }
+    for reason in ["bad_event_id", "ambiguous_fields"] {
+        let want = reshaped.iter().filter(|(_, _, r)| *r == reason).count();
+        assert_eq!(
+            gw.rejections("shop-wechat-v2", "wechat_v2", reason).await,
+            want as f64,
+            "{reason}"
+        );
+    }
+    assert_eq!(gw.post_xml(&genuine).await.status, 200);
+    assert_eq!(up.count(), 1, "no reshaped copy reached the shop");
+}
+
+#[tokio::test]
+async fn a_wechat_v2_refund_that_changes_status_is_two_events() {
+    // One refund_id, first CHANGE (no success_time), then SUCCESS: the shop
+    // must hear of both; a repeat of either is a duplicate.
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::wechat_v2(&up)])).await;
+    for name in [
+        "v2_refund_change.xml",
+        "v2_refund.xml",
+        "v2_refund_change.xml",
+    ] {
+        assert_eq!(
+            gw.post_xml(&wechat_fixture(name)).await.status,
+            200,
+            "{name}"
+        );
+    }
+    let ids: Vec<String> = up
+        .received()
+        .iter()
+        .map(|g| {
+            g.headers["x-callgate-event-id"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "50300002026112200000000000001:CHANGE",
+            "50300002026112200000000000001:SUCCESS"
+        ]
+    );
+    assert_eq!(
+        gw.requests_of("shop-wechat-v2", "wechat_v2", "duplicate")
+            .await,
+        1.0
+    );
+}
+
+/// POSTs `body` to the v3 route, signed now by `key` (openssl) with `nonce`.
+async fn post_v3(gw: &TestGateway, body: &[u8], nonce: &str) -> Reply {
+    let h = v3_headers(
+        "platform_private.pem",
+        WECHAT_PLATFORM_SERIAL,
+        unix_now(),
+        nonce,
+        body,
+    );
+    gw.send_owned("/notify/wechat-v3", &h, body).await
+}
+
+#[tokio::test]
+async fn wechat_v3_reshaped_ids_never_reach_the_shop_again() {
+    let up = Upstream::start(Behaviour::Reply(200, "")).await;
+    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::wechat_v3(&up)])).await;
+    let genuine = wechat_fixture("v3_pay.json");
+    assert_eq!(
+        post_v3(&gw, &genuine, "identityNonce0001").await.status,
+        200
+    );
+    // The platform's retry (a fresh nonce): a duplicate.
+    assert_eq!(
+        post_v3(&gw, &genuine, "identityNonce0002").await.status,
+        200
+    );
+    assert_eq!(up.count(), 1);
+    // v3 signs the raw body, so a reshaped id needs a new signature: these
+    // are signed with the platform key, as a compromised or confused signer
+    // would. None of them is an event id the platform issues.
+    let id = "\"id\":\"EV-2026112200000001\",";
+    for (i, (what, new)) in [
+        ("padded", "\"id\":\" EV-2026112200000001\","),
+        ("blank", "\"id\":\" \","),
+        ("empty", "\"id\":\"\","),
+        ("removed", ""),
+        ("not a string", "\"id\":2026112200000001,"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let body = swap(&genuine, id, new);
+        let r = post_v3(&gw, &body, &format!("identityNonce01{i:02}")).await;
+        assert_eq!(r.status, 400, "{what}: {}", r.text());
+    }
+    assert_eq!(
+        gw.rejections("shop-wechat-v3", "wechat_v3", "bad_event_id")
+            .await,
+        5.0
+    );
+    assert_eq!(up.count(), 1);
+}
+
+// === UnionPay and JD ===
+
+#[tokio::test]
+async fn unionpay_reshaped_ids_never_reach_the_shop_again() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::unionpay(&up)])).await;
+    let genuine = fixture("unionpay", "v510_payment.form");
+    let qid = "782261122100000000001";
+    let path = "/notify/unionpay";
+    assert_eq!(gw.post_form(path, &genuine).await.status, 200);
+    // UnionPay joins values unescaped and keeps empty ones: `orderId` sorts
+    // just before `queryId`, so `queryId` folded into it (and dropped)
+    // leaves the signed string the same.
+    let folded = swap(
+        &genuine,
+        "orderId=CG20261122000001&",
+        &format!("orderId=CG20261122000001%26queryId%3D{qid}&"),
+    );
+    let removed = swap(&folded, &format!("queryId={qid}&"), "");
+    let r = gw.post_form(path, &removed).await;
+    assert_eq!((r.status, r.text().as_str()), (400, "fail"));
+    assert_eq!(
+        gw.rejections("shop-unionpay", "unionpay", "ambiguous_fields")
+            .await,
+        1.0
+    );
+    // Blank or padded ids change the signed string (values are verbatim,
+    // empty ones kept): 401.
+    for new in ["queryId=&", &format!("queryId=%20{qid}&")] {
+        let body = swap(&genuine, &format!("queryId={qid}&"), new);
+        assert_eq!(gw.post_form(path, &body).await.status, 401, "{new}");
+    }
+    assert_eq!(gw.post_form(path, &genuine).await.status, 200);
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn jdpay_reshaped_ids_never_reach_the_shop_again() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::jdpay(&up)])).await;
+    let post = |name: &'static str| {
+        let gw = &gw;
+        async move {
+            gw.send(
+                "POST",
+                "/notify/jdpay",
+                &[("content-type", "text/xml")],
+                fixture("jdpay", name),
+            )
+            .await
+        }
+    };
+    assert_eq!(post("payment.xml").await.status, 200);
+    // Line breaks around the tradeNum text: JD's formatter removes them, so
+    // the genuine signature holds, and it is the same event.
+    let r = post("payment_split_trade_num.xml").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(
+        gw.requests_of("shop-jdpay", "jdpay", "duplicate").await,
+        1.0
+    );
+    // Signed (with the test JD key) without tradeType, or with a padded
+    // tradeNum: a missing id part is never defaulted.
+    for name in ["payment_no_trade_type.xml", "payment_padded_trade_num.xml"] {
+        let r = post(name).await;
+        assert_eq!((r.status, r.text().as_str()), (400, "fail"), "{name}");
+    }
+    assert_eq!(
+        gw.rejections("shop-jdpay", "jdpay", "bad_event_id").await,
+        2.0
+    );
+    assert_eq!(up.count(), 1);
+}
+
+// === merchants ===
+
+#[tokio::test]
+async fn two_merchants_of_one_route_with_colliding_ids_both_reach_their_shops() {
+    // JD's tradeNum is the merchant's own order number: two merchants of one
+    // route can send the same `tradeNum:tradeType:status`. Keyed by route and
+    // id alone, the second was acknowledged as a duplicate and never
+    // delivered: a lost payment.
+    let shop_a = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let shop_b = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let f = |n: &str| fixture_path("jdpay", n);
+    let rules = format!(
+        r#"[[route]]
+name = "jd-market"
+path = "/notify/jdpay"
+provider = "jdpay"
+allow = ["127.0.0.1/32"]
+upstream = {a:?}
+upstream_secret_file = "../upstream.secret"
+max_age = "87600h"
+success_body = "success"
+
+[[route.merchant]]
+[route.merchant.keys]
+merchant = "110000000001"
+des_key_file = {des_a:?}
+jd_public_key = {jd:?}
+
+[[route.merchant]]
+upstream = {b:?}
+[route.merchant.keys]
+merchant = "110000000002"
+des_key_file = {des_b:?}
+jd_public_key = {jd:?}
+"#,
+        a = shop_a.url,
+        b = shop_b.url,
+        des_a = f("des.key"),
+        des_b = f("other_des.key"),
+        jd = f("jd_public.pem"),
+    );
+    let gw = TestGateway::start_rules(GatewaySpec::new(vec![]), &rules).await;
+    for (name, shop) in [("payment.xml", &shop_a), ("payment_merchant2.xml", &shop_b)] {
+        let body = fixture("jdpay", name);
+        let r = gw
+            .send(
+                "POST",
+                "/notify/jdpay",
+                &[("content-type", "text/xml")],
+                body.clone(),
+            )
+            .await;
+        assert_eq!((r.status, r.text().as_str()), (200, "success"), "{name}");
+        let got = shop.received();
+        assert_eq!(got.len(), 1, "{name}");
+        assert_eq!(
+            got[0].headers["x-callgate-event-id"],
+            "CG20261122000001:0:2"
+        );
+        // Each merchant's own retry is still a duplicate.
+        let again = gw
+            .send(
+                "POST",
+                "/notify/jdpay",
+                &[("content-type", "text/xml")],
+                body,
+            )
+            .await;
+        assert_eq!(again.status, 200, "{name}");
+    }
+    assert_eq!((shop_a.count(), shop_b.count()), (1, 1));
+    assert_eq!(gw.requests_of("jd-market", "jdpay", "forwarded").await, 2.0);
+    assert_eq!(gw.requests_of("jd-market", "jdpay", "duplicate").await, 2.0);
+}
+
+#[tokio::test]
+async fn sub_merchant_notifications_are_bound_to_the_configured_sub_merchant() {
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let sp = wechat_fixture("v2_sp_pay.xml");
+    // A route for the provider itself refuses its sub-merchants'.
+    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::wechat_v2(&up)])).await;
+    assert_eq!(gw.post_xml(&sp).await.status, 401);
+    assert_eq!(
+        gw.rejections("shop-wechat-v2", "wechat_v2", "merchant_unbound")
+            .await,
+        1.0
+    );
+    // Bound to another sub-merchant: refused; to this one: delivered.
+    for (sub, want) in [("1900000999", 401), ("1900000119", 200)] {
+        let route =
+            RouteSpec::wechat_v2(&up).with(|r| r.keys.push_str(&format!("sub_mch_id = {sub:?}\n")));
+        let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
+        assert_eq!(gw.post_xml(&sp).await.status, want, "sub_mch_id {sub}");
+    }
+    // The loud setting accepts any.
+    let any =
+        RouteSpec::wechat_v2(&up).with(|r| r.keys.push_str("accept_any_sub_merchant = true\n"));
+    let gw = TestGateway::start(GatewaySpec::new(vec![any])).await;
+    assert_eq!(gw.post_xml(&sp).await.status, 200);
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn wechat_v3_sub_merchants_sharing_a_platform_key_reach_their_own_shops() {
+    // A service provider's sub-merchants share its platform keys and APIv3
+    // key: the sub-merchant is only known once the resource is decrypted,
+    // so each candidate merchant table is tried in turn.
+    let shop_a = Upstream::start(Behaviour::Reply(200, "")).await;
+    let shop_b = Upstream::start(Behaviour::Reply(200, "")).await;
+    let keys = RouteSpec::wechat_v3(&shop_a).keys;
+    let rules = format!(
+        r#"[[route]]
+name = "sp-v3"
+path = "/notify/wechat-v3"
+provider = "wechat_v3"
+allow = ["127.0.0.1/32"]
+upstream = {a:?}
+upstream_secret_file = "../upstream.secret"
+
+[[route.merchant]]
+[route.merchant.keys]
+{keys}sub_mch_id = "1900000999"
+
+[[route.merchant]]
+upstream = {b:?}
+[route.merchant.keys]
+{keys}sub_mch_id = "1900000119"
+"#,
+        a = shop_a.url,
+        b = shop_b.url,
+    );
+    let gw = TestGateway::start_rules(GatewaySpec::new(vec![]), &rules).await;
+    let body = wechat_fixture("v3_sp_pay.json");
+    let r = post_v3(&gw, &body, "spNonce000000001").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!((shop_a.count(), shop_b.count()), (0, 1));
+    // A route that does not list the sub-merchant refuses it.
+    let up = Upstream::start(Behaviour::Reply(200, "")).await;
+    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::wechat_v3(&up)])).await;
+    let r = post_v3(&gw, &body, "spNonce000000002").await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(
+        gw.rejections("shop-wechat-v3", "wechat_v3", "merchant_unbound")
+            .await,
+        1.0
+    );
+    // Combined payments are refused with their own reason.
+    let combine = wechat_fixture("v3_combine_pay.json");
+    let r = post_v3(&gw, &combine, "spNonce000000003").await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        gw.rejections(
+            "shop-wechat-v3",
+            "wechat_v3",
+            "combined_payment_unsupported"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(up.count(), 0);
+}
+
+// === charset and signature types ===
+
+#[tokio::test]
+async fn a_gbk_notification_on_a_route_that_says_nothing_about_charset_is_delivered() {
+    // What Alipay is reported to do: GBK bytes in a notification whose
+    // `charset` field says utf-8. The signature covers the raw bytes; the
+    // values are not UTF-8 but are GBK, so they are read as GBK.
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let alipay = RouteSpec::alipay(&up).with(|r| r.forward = "normalized".into());
+    let unionpay = RouteSpec::unionpay(&up).with(|r| r.forward = "normalized".into());
+    let gw = TestGateway::start(GatewaySpec::new(vec![alipay, unionpay])).await;
+
+    let r = gw
+        .post_form(
+            "/notify/alipay",
+            &alipay_fixture("rsa2_gbk_declared_utf8.form"),
+        )
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    let v: serde_json::Value = serde_json::from_slice(&up.received()[0].body).unwrap();
+    assert_eq!(v["fields"]["subject"], "测试商品 中文GBK");
+    assert_eq!(v["fields"]["body"], "支付宝通知");
+
+    let r = gw
+        .post_form(
+            "/notify/unionpay",
+            &fixture("unionpay", "v510_gbk_declared_utf8.form"),
+        )
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    let v: serde_json::Value = serde_json::from_slice(&up.received()[1].body).unwrap();
+    assert_eq!(v["fields"]["reqReserved"], "测试 GBK");
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn a_downgraded_signature_type_is_refused() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let hmac_only =
+        RouteSpec::wechat_v2(&up).with(|r| r.keys.push_str("sign_types = [\"HMAC-SHA256\"]\n"));
+    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay(&up), hmac_only])).await;
+    // A genuine SHA1withRSA notification by the route's own 2048-bit key:
+    // the key implies RSA2, so SHA-1 is a downgrade.
+    let r = gw
+        .post_form(
+            "/notify/alipay",
+            &alipay_fixture("rsa_sha1_trade_success.form"),
+        )
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (401, "fail"));
+    assert_eq!(
+        gw.rejections("shop-alipay", "alipay", "sign_type_not_allowed")
+            .await,
+        1.0
+    );
+    // A WeChat v2 route pinned to HMAC-SHA256: an MD5 one is refused, with
+    // or without `sign_type`.
+    for name in ["v2_md5_pay.xml", "v2_md5_pay_sign_type.xml"] {
+        let r = gw.post_xml(&wechat_fixture(name)).await;
+        assert_eq!(r.status, 401, "{name}");
+    }
+    assert_eq!(
+        gw.rejections("shop-wechat-v2", "wechat_v2", "sign_type_not_allowed")
+            .await,
+        2.0
+    );
+    assert_eq!(
+        gw.post_xml(&wechat_fixture("v2_hmac_pay.xml")).await.status,
+        200
+    );
+    assert_eq!(up.count(), 1);
+}
