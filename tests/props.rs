@@ -13,6 +13,12 @@
 //!   (event id, signed time, and the decrypted content, or else every
 //!   verified field) is byte for byte the same. Positions and replacement
 //!   bytes are sampled, not exhausted.
+//! * a valid form notification reshaped the way an attacker holding it
+//!   would (a field folded into the value of the one that sorts before it,
+//!   then blanked or dropped; a value padded with whitespace; a blank field
+//!   added) either is refused or verifies as the same event: the same
+//!   merchant, event id and signed time. Which fields are reshaped, and
+//!   how, is sampled.
 //!
 //! The same entry points have libFuzzer targets under `fuzz/`.
 
@@ -523,6 +529,143 @@ proptest! {
             // Only the serial's hex case can change and still name the key.
             prop_assert!(header == 1 && tampered == original,
                 "header {} byte {} -> {:?} still verifies", headers[header].0, at, byte as char);
+        }
+    }
+}
+
+// === reshaped forms ===
+
+/// A raw form body as its `&`-separated segments, each split at its first
+/// `=` (raw, still percent-encoded), with the decoded key.
+fn segments(body: &[u8]) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+    body.split(|&b| b == b'&')
+        .filter(|s| !s.is_empty())
+        .map(|seg| {
+            let eq = seg.iter().position(|&b| b == b'=').unwrap_or(seg.len());
+            let (k, v) = (&seg[..eq], seg.get(eq + 1..).unwrap_or_default());
+            let key = Form::parse(&[k, b"=x"].concat())
+                .ok()
+                .and_then(|f| f.iter().next().map(|(k, _)| k.to_owned()))
+                .unwrap_or_default();
+            (key, k.to_vec(), v.to_vec())
+        })
+        .collect()
+}
+
+fn join(segs: &[(String, Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, (_, k, v)) in segs.iter().enumerate() {
+        if i > 0 {
+            out.push(b'&');
+        }
+        out.extend_from_slice(k);
+        out.push(b'=');
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+/// Blank values the platforms' rules skip or keep, percent-encoded.
+const BLANKS: [&str; 5] = ["", "%20", "%20%20", "%09", "%E3%80%80"];
+
+/// What a reshaping does to a form sample.
+#[derive(Debug, Clone)]
+enum Reshape {
+    /// Fold the field at sorted position `at + 1` into the value of the one
+    /// at `at`, then give it blank number `blank` (or drop it: `None`).
+    Fold { at: usize, blank: Option<usize> },
+    /// Pad the value at sorted position `at` with blank `blank` before
+    /// (`front`) or after it.
+    Pad {
+        at: usize,
+        blank: usize,
+        front: bool,
+    },
+    /// Add a field `name` with blank value `blank`.
+    Add { name: &'static str, blank: usize },
+}
+
+fn reshape(body: &[u8], how: &Reshape) -> Vec<u8> {
+    let mut segs = segments(body);
+    let mut order: Vec<usize> = (0..segs.len()).collect();
+    order.sort_by(|&a, &b| segs[a].0.cmp(&segs[b].0));
+    match *how {
+        Reshape::Fold { at, blank } => {
+            let at = at % (order.len() - 1);
+            let (i, j) = (order[at], order[at + 1]);
+            let (_, k, v) = segs[j].clone();
+            let folded = [&segs[i].2[..], b"%26", &k, b"%3D", &v].concat();
+            segs[i].2 = folded;
+            match blank {
+                Some(b) => segs[j].2 = BLANKS[b % BLANKS.len()].as_bytes().to_vec(),
+                None => {
+                    segs.remove(j);
+                }
+            }
+        }
+        Reshape::Pad { at, blank, front } => {
+            let i = order[at % order.len()];
+            let pad = BLANKS[1 + blank % (BLANKS.len() - 1)].as_bytes();
+            let v = &segs[i].2;
+            segs[i].2 = if front {
+                [pad, v].concat()
+            } else {
+                [v, pad].concat()
+            };
+        }
+        Reshape::Add { name, blank } => segs.push((
+            name.to_owned(),
+            name.as_bytes().to_vec(),
+            BLANKS[blank % BLANKS.len()].as_bytes().to_vec(),
+        )),
+    }
+    join(&segs)
+}
+
+fn reshapes() -> impl Strategy<Value = Reshape> {
+    prop_oneof![
+        (any::<usize>(), prop::option::of(any::<usize>()))
+            .prop_map(|(at, blank)| Reshape::Fold { at, blank }),
+        (any::<usize>(), any::<usize>(), any::<bool>())
+            .prop_map(|(at, blank, front)| Reshape::Pad { at, blank, front }),
+        (
+            prop::sample::select(vec![
+                "notify_id",
+                "auth_app_id",
+                "queryId",
+                "refund_fee",
+                "x",
+            ]),
+            any::<usize>()
+        )
+            .prop_map(|(name, blank)| Reshape::Add { name, blank }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_reshaped_form_never_verifies_to_another_event(
+        which in 0..6usize,
+        how in reshapes(),
+    ) {
+        // The form samples: Alipay RSA2 and RSA, certificate mode, legacy
+        // MD5 (payment and refund), UnionPay 5.1.0 and 5.0.0.
+        let forms: Vec<&Sample> = samples()
+            .iter()
+            .filter(|s| route(s.path).kind().format() == body::Format::Form)
+            .collect();
+        let s = forms[which % forms.len()];
+        let body = reshape(&s.body, &how);
+        prop_assume!(body != s.body);
+        if let Ok(reshaped) = sample_verify(s, &s.headers, &body) {
+            let original = sample_verify(s, &s.headers, &s.body).unwrap();
+            prop_assert!(
+                (&reshaped.0, reshaped.1) == (&original.0, original.1),
+                "{}: {:?} verifies as {:?}, not {:?}",
+                s.path, how, (&reshaped.0, reshaped.1), (&original.0, original.1)
+            );
         }
     }
 }
