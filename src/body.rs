@@ -364,6 +364,20 @@ impl Form {
     }
 }
 
+/// `body` without the byte ranges `cut` (sorted, not overlapping).
+pub fn strip_ranges(body: &[u8], cut: &[Range<usize>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    let mut at = 0;
+    for r in cut {
+        if let Some(kept) = body.get(at..r.start) {
+            out.extend_from_slice(kept);
+        }
+        at = at.max(r.end);
+    }
+    out.extend_from_slice(body.get(at..).unwrap_or_default());
+    out
+}
+
 /// A form body without the fields whose (decoded) names are in `keys`;
 /// every other byte stays as it was, segments in their order.
 pub fn strip_form_fields(body: &[u8], keys: &[String]) -> Vec<u8> {
@@ -433,16 +447,17 @@ fn hex_val(b: u8) -> Option<u8> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct XmlMap {
     root: String,
-    /// (name, value), sorted by name bytes.
-    sorted: Vec<(String, String)>,
+    /// (name, value, where the element sits in the body), sorted by name
+    /// bytes.
+    sorted: Vec<(String, String, Range<usize>)>,
 }
 
 /// Where the XML reader is.
 enum XmlState {
     BeforeRoot,
     InRoot,
-    /// Inside a child: its name and its value so far.
-    InChild(String, Vec<u8>),
+    /// Inside a child: its name, its value so far and where it starts.
+    InChild(String, Vec<u8>, usize),
     AfterRoot,
 }
 
@@ -462,10 +477,12 @@ impl XmlMap {
         config.trim_text(false);
 
         let mut root = String::new();
-        let mut sorted: Vec<(String, String)> = Vec::new();
+        let mut sorted: Vec<(String, String, Range<usize>)> = Vec::new();
         let mut state = XmlState::BeforeRoot;
         let mut first = true;
         loop {
+            // Where the next event starts (a child's `<`, for its span).
+            let before = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
             let event = reader.read_event().map_err(|e| ParseError::Xml {
                 reason: format!("at byte {}: {e}", reader.error_position()),
             })?;
@@ -497,14 +514,15 @@ impl XmlMap {
                 (XmlState::BeforeRoot, Event::Empty(_)) => return Err(ParseError::Empty),
                 (XmlState::InRoot, Event::Start(e)) => {
                     no_attributes(&e)?;
-                    XmlState::InChild(element_name(&e)?, Vec::new())
+                    XmlState::InChild(element_name(&e)?, Vec::new(), before)
                 }
                 (XmlState::InRoot, Event::Empty(e)) => {
                     no_attributes(&e)?;
-                    sorted.push((element_name(&e)?, String::new()));
+                    let end = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
+                    sorted.push((element_name(&e)?, String::new(), before..end));
                     XmlState::InRoot
                 }
-                (XmlState::InChild(name, _), Event::Start(_) | Event::Empty(_)) => {
+                (XmlState::InChild(name, ..), Event::Start(_) | Event::Empty(_)) => {
                     return Err(ParseError::XmlNesting {
                         element: shown(name.as_bytes()),
                     });
@@ -512,28 +530,29 @@ impl XmlMap {
                 (XmlState::AfterRoot, Event::Start(_) | Event::Empty(_)) => {
                     return Err(xml_error("more than one root element"));
                 }
-                (XmlState::InChild(name, value), Event::End(_)) => {
+                (XmlState::InChild(name, value, start), Event::End(_)) => {
                     let value = String::from_utf8(value).map_err(|_| ParseError::Xml {
                         reason: format!("element `{}` is not UTF-8", shown(name.as_bytes())),
                     })?;
-                    sorted.push((name, value));
+                    let end = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
+                    sorted.push((name, value, start..end));
                     XmlState::InRoot
                 }
                 (XmlState::InRoot, Event::End(_)) => XmlState::AfterRoot,
                 (_, Event::End(_)) => return Err(xml_error("an end tag that closes nothing")),
-                (XmlState::InChild(name, mut value), Event::Text(t)) => {
+                (XmlState::InChild(name, mut value, start), Event::Text(t)) => {
                     push_normalized(&mut value, &t);
-                    XmlState::InChild(name, value)
+                    XmlState::InChild(name, value, start)
                 }
-                (XmlState::InChild(name, mut value), Event::CData(t)) => {
+                (XmlState::InChild(name, mut value, start), Event::CData(t)) => {
                     push_normalized(&mut value, &t);
-                    XmlState::InChild(name, value)
+                    XmlState::InChild(name, value, start)
                 }
-                (XmlState::InChild(name, mut value), Event::GeneralRef(r)) => {
+                (XmlState::InChild(name, mut value, start), Event::GeneralRef(r)) => {
                     let c = resolve_reference(&r)?;
                     let mut utf8 = [0u8; 4];
                     value.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
-                    XmlState::InChild(name, value)
+                    XmlState::InChild(name, value, start)
                 }
                 (s, Event::Text(t)) => {
                     if !t.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
@@ -569,14 +588,36 @@ impl XmlMap {
     /// The value of field `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.sorted
-            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .binary_search_by(|(k, ..)| k.as_str().cmp(name))
             .ok()
             .map(|i| self.sorted[i].1.as_str())
     }
 
+    /// The bytes of the body where element `name` sits, from its `<` to the
+    /// end of its closing tag.
+    pub fn span(&self, name: &str) -> Option<Range<usize>> {
+        self.sorted
+            .binary_search_by(|(k, ..)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| self.sorted[i].2.clone())
+    }
+
+    /// The same document without the elements named in `names`.
+    pub fn without(&self, names: &[String]) -> XmlMap {
+        XmlMap {
+            root: self.root.clone(),
+            sorted: self
+                .sorted
+                .iter()
+                .filter(|(k, ..)| !names.contains(k))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// (name, value) pairs sorted by name bytes.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.sorted.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.sorted.iter().map(|(k, v, _)| (k.as_str(), v.as_str()))
     }
 
     pub fn len(&self) -> usize {
@@ -1003,5 +1044,27 @@ mod tests {
             let _ = XmlMap::parse(&body);
             let _ = JsonBody::parse(&body);
         }
+    }
+
+    #[test]
+    fn unsigned_parts_are_cut_and_nothing_else() {
+        let body = b"a=1&x=%20&b=%26&x%79=&c=3";
+        let names = vec!["x".to_owned(), "xy".to_owned()];
+        assert_eq!(strip_form_fields(body, &names), b"a=1&b=%26&c=3");
+        assert_eq!(strip_form_fields(body, &[]), body);
+        let form = Form::parse(body).unwrap().without(&names);
+        assert_eq!(
+            form.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+
+        let xml = b"<xml>\n<a>1</a>\n<b><![CDATA[ ]]></b><c/>\n</xml>";
+        let map = XmlMap::parse(xml).unwrap();
+        let (b, c) = (map.span("b").unwrap(), map.span("c").unwrap());
+        assert_eq!(&xml[b.clone()], b"<b><![CDATA[ ]]></b>");
+        assert_eq!(&xml[c.clone()], b"<c/>");
+        assert_eq!(&xml[map.span("a").unwrap()], b"<a>1</a>");
+        assert_eq!(strip_ranges(xml, &[b, c]), b"<xml>\n<a>1</a>\n\n</xml>");
+        assert_eq!(map.without(&["b".to_owned()]).get("b"), None);
     }
 }

@@ -215,6 +215,45 @@ async fn wechat_v2_reshaped_ids_never_reach_the_shop_again() {
 }
 
 #[tokio::test]
+async fn wechat_v2_blank_elements_added_to_a_genuine_notification_never_reach_the_shop() {
+    // WeChat's SDKs leave blank values out of the signed string, so blank
+    // elements can be added to a genuine payment: the shop never gets them.
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let normalized = RouteSpec::wechat_v2(&up).with(|r| {
+        r.name = "shop-wechat-v2-json".into();
+        r.path = "/notify/wechat-json".into();
+        r.forward = "normalized".into();
+    });
+    let gw = TestGateway::start(GatewaySpec::new(vec![
+        RouteSpec::wechat_v2(&up),
+        normalized,
+    ]))
+    .await;
+    let genuine = wechat_fixture("v2_md5_pay_2.xml");
+    let added = swap(
+        &genuine,
+        "</xml>",
+        "<refund_fee></refund_fee><coupon_fee><![CDATA[ ]]></coupon_fee><settlement_total_fee/></xml>",
+    );
+    assert_eq!(gw.post_xml(&added).await.status, 200);
+    assert_eq!(up.received()[0].body.as_ref(), genuine.as_slice());
+    let r = gw
+        .send(
+            "POST",
+            "/notify/wechat-json",
+            &[("content-type", "text/xml")],
+            added,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&up.received()[1].body).unwrap();
+    for blank in ["refund_fee", "coupon_fee", "settlement_total_fee"] {
+        assert!(v["fields"].get(blank).is_none(), "{blank}: {v}");
+    }
+    assert_eq!(v["amount_fen"], 1990);
+}
+
+#[tokio::test]
 async fn a_wechat_v2_refund_that_changes_status_is_two_events() {
     // One refund_id, first CHANGE (no success_time), then SUCCESS: the shop
     // must hear of both; a repeat of either is a duplicate.

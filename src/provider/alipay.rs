@@ -586,7 +586,7 @@ pub(super) fn notification(
         signed_at,
         Fields::Form { form, encoding },
     )
-    .with_unsigned(unsigned))
+    .with_unsigned_fields(unsigned))
 }
 
 /// True when a value is empty or only Java whitespace.

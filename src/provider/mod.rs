@@ -324,9 +324,20 @@ pub struct Verified {
     /// Content the platform encrypted, decrypted (wechat_v3 `resource`,
     /// wechat_v2 refund `req_info`).
     decrypted: Option<Vec<u8>>,
-    /// Form fields the signature does not cover (blank values the
+    /// What of the body the signature does not cover (blank values the
     /// platform's rule leaves out of the signed string): never forwarded.
-    unsigned: Vec<String>,
+    unsigned: Unsigned,
+}
+
+/// Parts of a received body outside its signature.
+#[derive(Debug, Clone, Default)]
+enum Unsigned {
+    #[default]
+    Nothing,
+    /// Form fields, by name.
+    FormFields(Vec<String>),
+    /// XML elements, by where they sit in the body.
+    XmlElements(Vec<std::ops::Range<usize>>),
 }
 
 /// The verified content, in the provider's own shape, for `normalize`.
@@ -367,12 +378,25 @@ impl Verified {
             fields,
             nonce: None,
             decrypted: None,
-            unsigned: Vec::new(),
+            unsigned: Unsigned::Nothing,
         }
     }
 
-    fn with_unsigned(mut self, unsigned: Vec<String>) -> Self {
-        self.unsigned = unsigned;
+    /// Marks form fields as outside the signature.
+    fn with_unsigned_fields(mut self, names: Vec<String>) -> Self {
+        if !names.is_empty() {
+            self.unsigned = Unsigned::FormFields(names);
+        }
+        self
+    }
+
+    /// Marks XML elements (their byte ranges in the body) as outside the
+    /// signature.
+    fn with_unsigned_elements(mut self, mut spans: Vec<std::ops::Range<usize>>) -> Self {
+        if !spans.is_empty() {
+            spans.sort_by_key(|r| r.start);
+            self.unsigned = Unsigned::XmlElements(spans);
+        }
         self
     }
 
@@ -383,14 +407,19 @@ impl Verified {
     }
 
     /// The body the shop gets in `original` mode: the received bytes,
-    /// without the form fields the signature does not cover (blank values
-    /// an attacker can add to a genuine notification at will). Anything
-    /// else is left byte for byte.
+    /// without the form fields or XML elements the signature does not
+    /// cover (blank values an attacker can add to a genuine notification at
+    /// will). Anything else is left byte for byte.
     pub fn original_body(&self, received: bytes::Bytes) -> bytes::Bytes {
-        if self.unsigned.is_empty() {
-            return received;
+        match &self.unsigned {
+            Unsigned::Nothing => received,
+            Unsigned::FormFields(names) => {
+                bytes::Bytes::from(crate::body::strip_form_fields(&received, names))
+            }
+            Unsigned::XmlElements(spans) => {
+                bytes::Bytes::from(crate::body::strip_ranges(&received, spans))
+            }
         }
-        bytes::Bytes::from(crate::body::strip_form_fields(&received, &self.unsigned))
     }
 
     fn with_nonce(mut self, nonce: String) -> Self {

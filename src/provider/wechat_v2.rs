@@ -41,6 +41,10 @@
 //!   MD5 gives a forger nothing without it. A merchant who knows its
 //!   notifications are all HMAC-SHA256 sets `sign_types = ["HMAC-SHA256"]`,
 //!   and an MD5 one is then refused (`sign_type_not_allowed`).
+//! * Blank values are not signed (Java: blank after trimming; PHP: empty),
+//!   so anyone can add `<refund_fee></refund_fee>` to a genuine payment:
+//!   such elements are dropped from what the shop receives
+//!   (`Verified::original_body`, and the `normalized` fields).
 //! * Identity (`provider::identity`): event id `transaction_id` (digits; it
 //!   is required, there is no fallback to `out_trade_no`) and `result_code`
 //!   (`SUCCESS` or `FAIL`), as `ID:RESULT`. Signed time: `time_end`,
@@ -396,19 +400,29 @@ impl Keys {
         }
         let key = self.api_key.expose();
         let java = signature(xml.iter(), key, algo, true);
-        let good = ct_eq(java.as_bytes(), sign.as_bytes())
-            || (xml
-                .iter()
-                .any(|(k, v)| k != "sign" && java_trim(v).len() != v.len())
-                && ct_eq(
-                    signature(xml.iter(), key, algo, false).as_bytes(),
-                    sign.as_bytes(),
-                ));
-        if !good {
+        // The fields each string leaves out: blank after Java's trim, or
+        // empty (PHP).
+        let unsigned: Vec<String> = if ct_eq(java.as_bytes(), sign.as_bytes()) {
+            blank_fields(xml, |v| java_trim(v).is_empty())
+        } else if xml
+            .iter()
+            .any(|(k, v)| k != "sign" && java_trim(v).len() != v.len())
+            && ct_eq(
+                signature(xml.iter(), key, algo, false).as_bytes(),
+                sign.as_bytes(),
+            )
+        {
+            blank_fields(xml, str::is_empty)
+        } else {
             return Err(VerifyError::SignatureMismatch);
-        }
+        };
 
-        identity::check_unambiguous(xml.iter().map(|(k, v)| (k, v.as_bytes())), &IDENTITY)?;
+        identity::check_unambiguous(
+            xml.iter()
+                .filter(|(k, _)| !unsigned.iter().any(|u| u == k))
+                .map(|(k, v)| (k, v.as_bytes())),
+            &IDENTITY,
+        )?;
         let merchant = self.bind(xml)?;
         let bytes = |field: &str| xml.get(field).map(str::as_bytes);
         let id = identity::token(
@@ -431,10 +445,11 @@ impl Keys {
             format!("{id}:{result}"),
             signed_at,
             Fields::Xml {
-                xml: xml.clone(),
+                xml: xml.without(&unsigned),
                 refund: None,
             },
-        ))
+        )
+        .with_unsigned_elements(unsigned.iter().filter_map(|k| xml.span(k)).collect()))
     }
 
     fn verify_refund(
@@ -515,6 +530,15 @@ impl Keys {
 }
 
 /// `java.lang.String.trim`: strips code points up to U+0020 at both ends.
+/// The fields (but `sign`) whose value is blank by `blank`: outside the
+/// signature.
+fn blank_fields(xml: &XmlMap, blank: impl Fn(&str) -> bool) -> Vec<String> {
+    xml.iter()
+        .filter(|(k, v)| *k != "sign" && blank(v))
+        .map(|(k, _)| k.to_owned())
+        .collect()
+}
+
 fn java_trim(s: &str) -> &str {
     s.trim_matches(|c: char| c <= ' ')
 }
