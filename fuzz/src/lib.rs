@@ -50,7 +50,7 @@ pub fn write_config(dir: &std::path::Path) -> PathBuf {
             "alipay",
             "alipay",
             format!(
-                "app_id = \"2021000000000001\"\npublic_key = {}\n",
+                "app_id = \"2021000000000001\"\npublic_key = {}\nsign_types = [\"RSA2\", \"RSA\"]\n",
                 p("alipay", "alipay_public.pem")
             ),
         ),
@@ -145,12 +145,7 @@ pub fn content_type(ct: &'static str) -> http::HeaderMap {
 /// gateway). Any panic is a bug.
 pub fn parse_and_verify(route: &Route, headers: &http::HeaderMap, body: &[u8]) {
     if let Ok(payload) = callgate::body::parse(route.kind().format(), headers, body)
-        && let Ok(merchant) = route.merchant(callgate::provider::claimed_merchant(
-            route.kind(),
-            headers,
-            &payload,
-        ))
-        && let Ok(v) = merchant.provider.verify(headers, &payload, now())
+        && let Ok((_, v)) = route.verify(headers, &payload, now())
     {
         let _ = callgate::normalize::normalize(&v);
     }
