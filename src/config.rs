@@ -131,6 +131,8 @@ pub enum ConfigError {
     JournalDir { dir: String, reason: String },
     #[error("{field} must be greater than zero")]
     Zero { field: &'static str },
+    #[error("admin.token_file `{file}`: {reason}")]
+    AdminToken { file: String, reason: String },
 }
 
 // === durations ===
@@ -205,6 +207,9 @@ struct ListenFile {
 #[serde(deny_unknown_fields)]
 struct AdminFile {
     addr: Spanned<String>,
+    /// File holding the bearer token of the admin API (`POST
+    /// /api/redeliver`); absent: the API does not exist.
+    token_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -365,6 +370,8 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// Admin listener (`/metrics`, `/healthz`, `/readyz`); `None` disables it.
     pub admin: Option<SocketAddr>,
+    /// The admin API's bearer token; `None`: the API does not exist.
+    pub admin_token: Option<AdminToken>,
     pub replay: ReplayConfig,
     pub limits: Limits,
     /// The delivery journal; `None` when disabled.
@@ -395,6 +402,16 @@ impl fmt::Debug for Tls {
             .finish_non_exhaustive()
     }
 }
+
+/// The admin API's bearer token and the file it was read from.
+#[derive(Debug, Clone)]
+pub struct AdminToken {
+    pub file: PathBuf,
+    pub token: crate::secret::Secret,
+}
+
+/// Shortest admin token accepted, in bytes.
+pub const MIN_ADMIN_TOKEN: usize = 16;
 
 #[derive(Clone, PartialEq, Eq)]
 pub enum StoreKind {
@@ -546,6 +563,41 @@ fn compile_gateway(
         Some(a) => parse_addr("admin.addr", &a.addr)
             .map_err(|e| problems.push(at(line(a.addr.span()), e)))
             .ok(),
+    };
+    let admin_token = match raw.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
+        None => None,
+        Some(f) => {
+            let path = resolve(&dir, f.get_ref());
+            let problem = |reason: String| {
+                at(
+                    line(f.span()),
+                    ConfigError::AdminToken {
+                        file: f.get_ref().clone(),
+                        reason,
+                    },
+                )
+            };
+            match crate::secret::Secret::from_file(&path) {
+                Ok(token) if token.expose().len() < MIN_ADMIN_TOKEN => {
+                    problems.push(problem(format!(
+                        "the token is shorter than {MIN_ADMIN_TOKEN} bytes: write a long random one (openssl rand -hex 32)"
+                    )));
+                    None
+                }
+                Ok(token) if !token.expose().iter().all(u8::is_ascii_graphic) => {
+                    problems.push(problem(
+                        "the token must be visible ASCII without spaces (it travels in an HTTP header)"
+                            .to_owned(),
+                    ));
+                    None
+                }
+                Ok(token) => Some(AdminToken { file: path, token }),
+                Err(e) => {
+                    problems.push(problem(e.to_string()));
+                    None
+                }
+            }
+        }
     };
 
     let mut trusted = Vec::new();
@@ -779,6 +831,7 @@ fn compile_gateway(
         listen: listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
         tls,
         admin,
+        admin_token,
         replay: ReplayConfig {
             store: store.unwrap_or(StoreKind::Memory),
             ttl: r.ttl.get_ref().0,

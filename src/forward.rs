@@ -13,6 +13,8 @@
 //!   `normalize`, as `application/json`.
 //! * Headers the gateway always sets, after stripping any incoming copy:
 //!   `X-Callgate-Provider`, `X-Callgate-Route`, `X-Callgate-Event-Id`,
+//!   `X-Callgate-Attempt` (1, or more when callgate sent the event before
+//!   without recording its delivery: the shop may have it already),
 //!   `X-Forwarded-For` (the source address callgate decided on) and
 //!   `X-Callgate-Signature: t=UNIX,v1=HEX`, HEX = HMAC-SHA256(upstream
 //!   secret, `t + "." + body`). Every incoming `X-Callgate-*` header is
@@ -255,6 +257,9 @@ pub struct Delivery<'a> {
     /// Decrypted platform content for `X-Callgate-Resource` (original mode).
     pub decrypted: Option<&'a [u8]>,
     pub now: i64,
+    /// `X-Callgate-Attempt`: 1, or more when the event was sent before
+    /// without a recorded delivery.
+    pub attempt: u32,
 }
 
 /// Sends `delivery` to `upstream` and waits for its confirmation.
@@ -321,6 +326,7 @@ fn build_request(
     headers.insert("x-callgate-provider", HeaderValue::from_static(d.provider));
     headers.insert("x-callgate-route", header_value(d.route));
     headers.insert("x-callgate-event-id", header_value(d.event_id));
+    headers.insert("x-callgate-attempt", HeaderValue::from(d.attempt));
     headers.insert("x-forwarded-for", header_value(&d.client_ip.to_string()));
     headers.insert(
         "x-callgate-signature",
@@ -481,10 +487,12 @@ mod tests {
                 body: Bytes::from_static(b"a=1"),
                 decrypted: None,
                 now: 5,
+                attempt: 2,
             },
         )
         .unwrap();
         let h = req.headers();
+        assert_eq!(h["x-callgate-attempt"], "2");
         assert_eq!(
             h["content-type"],
             "application/x-www-form-urlencoded; charset=utf-8"
@@ -529,6 +537,7 @@ mod tests {
                 body: Bytes::from_static(b"<jdpay/>"),
                 now: 7,
                 decrypted: Some("<jdpay>京东</jdpay>".as_bytes()),
+                attempt: 1,
             },
         )
         .unwrap();

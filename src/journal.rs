@@ -89,6 +89,13 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     /// The request body, standard Base64.
     pub body: String,
+    /// The `X-Callgate-Attempt` it was forwarded with.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 /// How a delivery ended.
@@ -133,6 +140,8 @@ enum Cmd {
 /// Handle to the journal writer. Cloning shares the writer.
 #[derive(Clone)]
 pub struct Journal {
+    /// The journal directory (`journal.dir`).
+    dir: PathBuf,
     writer: Arc<Mutex<Writer>>,
     /// The group-commit thread, under `fsync = "always"` only.
     tx: Option<mpsc::Sender<Cmd>>,
@@ -195,7 +204,17 @@ impl Journal {
             }
             Fsync::Never => None,
         };
-        Ok(Journal { writer, tx, fsync })
+        Ok(Journal {
+            dir: config.dir.clone(),
+            writer,
+            tx,
+            fsync,
+        })
+    }
+
+    /// The directory the journal is written to.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Appends a record. When `durable`, returns once it is written (and
@@ -508,6 +527,62 @@ pub fn delivered_within(
         .collect())
 }
 
+/// Events whose forward started within `ttl` of `now` and that were never
+/// delivered: (route, event id, forwards begun, time left). An arrival
+/// with no outcome is a forward cut short by a stop or a crash: the shop
+/// may have it. The memory store is warmed with these counts, so the next
+/// copy goes out with `X-Callgate-Attempt` one higher.
+pub fn attempted_within(
+    dir: &Path,
+    ttl: Duration,
+    now: i64,
+) -> Result<Vec<(String, String, u32, Duration)>, JournalError> {
+    let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    // (route, event) → (attempts, latest arrival, delivered)
+    let mut seen: HashMap<(String, String), (u32, i64, bool)> = HashMap::new();
+    read_dir(dir, |r| match r {
+        Record::Received(rec) if now - rec.unix < ttl_secs => {
+            let slot = seen
+                .entry((rec.route, rec.event_id))
+                .or_insert((0, rec.unix, false));
+            slot.0 = slot.0.saturating_add(1).max(rec.attempt);
+            slot.1 = slot.1.max(rec.unix);
+        }
+        Record::Outcome(o) if o.delivered() => {
+            if let Some(slot) = seen.get_mut(&(o.route, o.event_id)) {
+                slot.2 = true;
+            }
+        }
+        _ => {}
+    })?;
+    Ok(seen
+        .into_iter()
+        .filter(|(_, (_, _, delivered))| !delivered)
+        .filter_map(|((route, id), (attempts, at, _))| {
+            let left = ttl_secs - (now - at);
+            (left > 0).then(|| {
+                (
+                    route,
+                    id,
+                    attempts,
+                    Duration::from_secs(left.unsigned_abs()),
+                )
+            })
+        })
+        .collect())
+}
+
+/// Arrivals in `dir` with no recorded outcome: forwards cut short by a
+/// stop or a crash (or running right now, in a running gateway).
+pub fn unfinished(dir: &Path) -> Result<Vec<Received>, JournalError> {
+    let (list, _) = arrivals(dir)?;
+    Ok(list
+        .into_iter()
+        .filter(|a| a.outcome.is_none())
+        .map(|a| a.received)
+        .collect())
+}
+
 /// One arrival with how it ended, for `journal list` and `redeliver`.
 #[derive(Debug, Clone)]
 pub struct Arrival {
@@ -539,6 +614,35 @@ pub fn arrivals(dir: &Path) -> Result<(Vec<Arrival>, Vec<OutcomeRecord>), Journa
         }
     })?;
     Ok((list, redeliveries))
+}
+
+/// How an arrival ended, as `journal list` and `--outcome` name it: the
+/// outcome label, or `unfinished` when none was recorded.
+pub fn outcome_label(a: &Arrival) -> &str {
+    a.outcome
+        .as_ref()
+        .map_or("unfinished", |o| o.outcome.as_str())
+}
+
+/// Which arrivals `journal list` and `journal redeliver` work on.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub route: Option<String>,
+    /// An outcome label, or `unfinished`.
+    pub outcome: Option<String>,
+    /// Unix seconds.
+    pub since: Option<i64>,
+}
+
+impl Filter {
+    pub fn matches(&self, a: &Arrival) -> bool {
+        self.route.as_deref().is_none_or(|r| a.received.route == r)
+            && self
+                .outcome
+                .as_deref()
+                .is_none_or(|o| outcome_label(a) == o)
+            && self.since.is_none_or(|t| a.received.unix >= t)
+    }
 }
 
 /// Whether (route, event id) was ever delivered, by the gateway or a
@@ -601,6 +705,7 @@ mod tests {
                 "application/x-www-form-urlencoded".into(),
             )],
             body: "YT0x".into(),
+            attempt: 1,
         })
     }
 
@@ -657,6 +762,40 @@ mod tests {
             got,
             vec![("r".to_owned(), "new".to_owned(), Duration::from_secs(50))]
         );
+    }
+
+    #[tokio::test]
+    async fn attempts_count_forwards_of_events_never_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&config(dir.path(), Fsync::Always), "gateway").unwrap();
+        // e1: failed once, then cut short by a crash (no outcome).
+        j.append(&received("1", "e1"), true).await.unwrap();
+        j.append(&outcome("1", "e1", "upstream_error", 1001), true)
+            .await
+            .unwrap();
+        j.append(&received("2", "e1"), true).await.unwrap();
+        // e2: delivered: nothing to count.
+        j.append(&received("3", "e2"), true).await.unwrap();
+        j.append(&outcome("3", "e2", "forwarded", 1002), true)
+            .await
+            .unwrap();
+        // e3: its one arrival says it was already the third attempt (the
+        // earlier ones are in files rotated away).
+        let mut third = received("4", "e3");
+        if let Record::Received(r) = &mut third {
+            r.attempt = 3;
+        }
+        j.append(&third, true).await.unwrap();
+        let mut got = attempted_within(dir.path(), Duration::from_secs(100), 1010).unwrap();
+        got.sort();
+        let counts: Vec<(&str, u32)> = got.iter().map(|(_, e, n, _)| (e.as_str(), *n)).collect();
+        assert_eq!(counts, vec![("e1", 2), ("e3", 3)]);
+        let unfinished: Vec<String> = super::unfinished(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.event_id)
+            .collect();
+        assert_eq!(unfinished, vec!["e1", "e3"]);
     }
 
     #[tokio::test]

@@ -109,6 +109,11 @@ pub enum RuleError {
     },
     #[error("rate_limit: {reason}")]
     RateLimit { reason: String },
+    #[error(
+        "replay_quota: the routes' quotas add up to {total}, above replay.max_entries ({max}): \
+         lower them or raise replay.max_entries"
+    )]
+    QuotasOverMax { total: u64, max: u64 },
 }
 
 // === raw ===
@@ -157,6 +162,9 @@ pub struct RouteFile {
     /// `{ per_second = 50, burst = 200 }`: a token bucket per source
     /// address (see `limit`); absent means no limit.
     pub rate_limit: Option<Spanned<crate::limit::RateLimitFile>>,
+    /// Most events and nonces this route may hold in the memory replay
+    /// store; absent: an equal share of what the other routes leave.
+    pub replay_quota: Option<Spanned<u64>>,
 }
 
 /// One `[[route.merchant]]` table of a route serving several merchants:
@@ -212,6 +220,9 @@ pub struct Route {
     pub allow_mode: AllowMode,
     /// Per-source rate limit and its buckets, when set.
     pub rate_limit: Option<crate::limit::RateLimit>,
+    /// Its own share of the memory replay store, when set
+    /// (`replay::route_quotas`).
+    pub replay_quota: Option<usize>,
     /// Where the route is defined, for messages.
     pub file: PathBuf,
     pub line: usize,
@@ -508,11 +519,42 @@ pub fn load_dir(
             &mut seen,
         );
     }
+    check_quotas(config, &routes, problems);
     RuleSet {
         routes,
         trusted_proxies: config.trusted_proxies.clone(),
         limits: config.limits,
         tls_not_after: config.tls.as_ref().map(|t| t.not_after),
+    }
+}
+
+/// The routes' own `replay_quota`s must fit in `replay.max_entries`, so
+/// that every route's share is there when it needs it. Reported at the
+/// last route that sets one.
+fn check_quotas(
+    config: &Config,
+    routes: &HashMap<Box<str>, Arc<Route>>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut with_quota: Vec<&Arc<Route>> = routes
+        .values()
+        .filter(|r| r.replay_quota.is_some())
+        .collect();
+    with_quota.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+    let total: u64 = with_quota
+        .iter()
+        .filter_map(|r| r.replay_quota)
+        .map(|q| q as u64)
+        .fold(0, u64::saturating_add);
+    let max = config.replay.max_entries;
+    if let Some(last) = with_quota.last()
+        && total > max
+    {
+        problems.push(Problem::Rule(Located {
+            file: last.file.clone(),
+            line: Some(last.line),
+            error: RuleError::QuotasOverMax { total, max },
+        }));
     }
 }
 
@@ -697,6 +739,16 @@ fn compile_route(
     }
 
     let rate_limit = crate::limit::RateLimit::compile(raw.rate_limit.as_ref(), ctx);
+    if let Some(q) = &raw.replay_quota
+        && *q.get_ref() == 0
+    {
+        ctx.error(
+            q.span(),
+            RuleError::Zero {
+                field: "replay_quota",
+            },
+        );
+    }
 
     let defaults = UpstreamRaw {
         upstream: raw.upstream.as_ref(),
@@ -744,6 +796,9 @@ fn compile_route(
         on_store_error: raw.on_store_error,
         allow_mode: raw.allow_mode,
         rate_limit,
+        replay_quota: raw
+            .replay_quota
+            .map(|q| usize::try_from(*q.get_ref()).unwrap_or(usize::MAX)),
         max_age,
         max_future,
         file: ctx.file.to_path_buf(),

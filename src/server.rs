@@ -23,8 +23,10 @@
 //! the upstream's answer is still recorded in the replay store.
 //!
 //! [`Gateway::shutdown`] drains: it stops accepting, turns `/readyz` to 503,
-//! lets in-flight connections finish within `limits.drain_timeout`, then
-//! stops the admin listener. [`Gateway::reload`] re-reads the gateway file
+//! lets in-flight connections finish, then waits for every request task
+//! still running (a forward whose platform connection closed runs on in its
+//! own task), all within `limits.drain_timeout`, then stops the admin
+//! listener and flushes the journal. [`Gateway::reload`] re-reads the gateway file
 //! and every rule file and swaps the new rule set in whole; a reload that
 //! fails validation, or that changes a setting only a restart can apply,
 //! keeps the running rules.
@@ -95,6 +97,7 @@ pub struct Gateway {
     stop_admin: watch::Sender<bool>,
     main_task: JoinHandle<()>,
     admin_task: Option<JoinHandle<()>>,
+    drain_timeout: Duration,
 }
 
 /// Binds the listeners and starts serving a loaded configuration.
@@ -141,6 +144,7 @@ pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gat
     };
 
     let state = build_state(&config, rules, client, "gateway")?;
+    check_store(&state).await?;
 
     let (stop_main, main_rx) = watch::channel(false);
     let (stop_admin, admin_rx) = watch::channel(false);
@@ -179,7 +183,32 @@ pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gat
         stop_admin,
         main_task,
         admin_task,
+        drain_timeout: limits.drain_timeout,
     })
+}
+
+/// Refuses to start on a Redis whose `maxmemory-policy` can evict what
+/// callgate stores. A Redis that does not answer yet is no reason not to
+/// start (notifications fail closed until it does, and its policy is read
+/// at first contact).
+async fn check_store(state: &State) -> Result<(), StartError> {
+    let ReplayStore::Redis(redis) = &state.store else {
+        return Ok(());
+    };
+    match redis.check_policy().await {
+        Ok(()) => {
+            state.metrics.set_store_evicting(false);
+            Ok(())
+        }
+        Err(e @ replay::StoreError::Evicting { .. }) => {
+            state.metrics.set_store_evicting(true);
+            Err(StartError::Store(e))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "replay store not reachable at start; its maxmemory-policy is checked when it answers");
+            Ok(())
+        }
+    }
 }
 
 /// Builds the shared state: the replay store (the memory store warmed from
@@ -193,12 +222,20 @@ pub fn build_state(
     journal_kind: &str,
 ) -> Result<Arc<State>, StartError> {
     let store = match &config.replay.store {
-        config::StoreKind::Memory => ReplayStore::memory(config.replay.max_entries),
-        config::StoreKind::Redis(url) => ReplayStore::Redis(crate::replay::RedisStore::new(
-            url,
-            config.replay.timeout,
-            config.replay.tls_ca.as_deref(),
-        )?),
+        config::StoreKind::Memory => {
+            let m = crate::replay::MemoryStore::new(config.replay.max_entries);
+            m.set_attempts_ttl(config.replay.ttl);
+            ReplayStore::Memory(m)
+        }
+        config::StoreKind::Redis(url) => {
+            let r = crate::replay::RedisStore::new(
+                url,
+                config.replay.timeout,
+                config.replay.tls_ca.as_deref(),
+            )?;
+            r.set_attempts_ttl(config.replay.ttl);
+            ReplayStore::Redis(r)
+        }
     };
     let journal = match &config.journal {
         None => None,
@@ -214,19 +251,52 @@ pub fn build_state(
                     );
                 }
                 tracing::info!(events = delivered.len(), dir = %jc.dir.display(), "replay store warmed from the journal");
+                // Forwards begun and never delivered (failed, or cut short
+                // by a crash): the next copy carries the next attempt number.
+                let attempted = crate::journal::attempted_within(&jc.dir, config.replay.ttl, now)?;
+                for (route, event_id, attempts, left) in &attempted {
+                    let route: Arc<str> = Arc::from(route.as_str());
+                    store.warm_attempts(
+                        &crate::replay::Key::new(&route, crate::replay::KeyKind::Event, event_id),
+                        *attempts,
+                        *left,
+                    );
+                }
             }
+            report_unfinished(&jc.dir, journal_kind);
             Some(crate::journal::Journal::open(jc, journal_kind)?)
         }
     };
     let metrics = Metrics::new()?;
-    Ok(Arc::new(State::new(
-        rules,
-        store,
-        client,
-        metrics,
-        config.replay.ttl,
-        journal,
-    )))
+    let mut state = State::new(rules, store, client, metrics, config.replay.ttl, journal);
+    state.admin_token = config.admin_token.as_ref().map(|t| t.token.clone());
+    Ok(Arc::new(state))
+}
+
+/// Says, at start, which forwards have no recorded outcome: callgate
+/// stopped (or crashed) while the shop had them, so the shop may or may not
+/// have processed them. Their next copy is forwarded with
+/// `X-Callgate-Attempt` above 1; `callgate journal list --outcome
+/// unfinished` lists them.
+fn report_unfinished(dir: &std::path::Path, journal_kind: &str) {
+    if journal_kind != "gateway" {
+        return;
+    }
+    let Ok(unfinished) = crate::journal::unfinished(dir) else {
+        return;
+    };
+    if unfinished.is_empty() {
+        return;
+    }
+    for r in unfinished.iter().take(20) {
+        tracing::warn!(route = %r.route, event_id = %r.event_id, attempt = r.attempt,
+            "forward with no recorded outcome (callgate stopped mid-forward)");
+    }
+    tracing::warn!(
+        forwards = unfinished.len(),
+        dir = %dir.display(),
+        "forwards whose outcome is unknown: the shop may or may not have them; their next copy is sent with X-Callgate-Attempt above 1 (callgate journal list --outcome unfinished)"
+    );
 }
 
 impl Gateway {
@@ -245,12 +315,33 @@ impl Gateway {
     /// Stops accepting, drains in-flight notifications (bounded by
     /// `limits.drain_timeout`), then stops the admin listener.
     pub async fn shutdown(self) {
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
         self.state.draining.store(true, Ordering::Relaxed);
         if let Some(w) = &self.watcher {
             w.abort();
         }
         let _ = self.stop_main.send(true);
         let _ = self.main_task.await;
+        // Connections are closed; forwards whose platform hung up earlier
+        // still run in their own tasks. Their outcome goes to the journal
+        // and the store only if they are waited for.
+        let running = self.state.tasks.running();
+        if running > 0 {
+            tracing::info!(
+                forwards = running,
+                "draining: waiting for in-flight forwards"
+            );
+            if tokio::time::timeout_at(deadline, self.state.tasks.idle())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    forwards = self.state.tasks.running(),
+                    timeout = ?self.drain_timeout,
+                    "drain timed out with forwards in flight; their outcome is unknown (callgate journal list --outcome unfinished)"
+                );
+            }
+        }
         let _ = self.stop_admin.send(true);
         if let Some(t) = self.admin_task {
             let _ = t.await;
@@ -347,8 +438,15 @@ async fn connection<S>(
     let service = service_fn(move |req| {
         let state = state.clone();
         async move {
-            // Own task: a hang-up cannot cancel a forward half-way.
-            let response = match tokio::spawn(pipeline::handle(state, peer, req)).await {
+            // Own task: a hang-up cannot cancel a forward half-way; counted
+            // until it ends, so a drain waits for it.
+            let running = state.tasks.enter();
+            let task = async move {
+                let response = pipeline::handle(state, peer, req).await;
+                drop(running);
+                response
+            };
+            let response = match tokio::spawn(task).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(%peer, error = %e, "request task failed");
