@@ -60,6 +60,9 @@ where
                 state.metrics.set_route_usage(&m.route_usage());
             }
             state.metrics.set_backlog(state.backlog.len());
+            state
+                .metrics
+                .set_store_evicting(state.store.evicting().is_some());
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.render())));
             r.headers_mut().insert(
                 CONTENT_TYPE,

@@ -491,6 +491,10 @@ const EVICTING: [&str; 8] = [
     "unknown",
 ];
 
+/// How often the request path reads `maxmemory-policy` again, so a change
+/// (either way) is seen without a `/readyz` probe.
+pub const POLICY_RECHECK: Duration = Duration::from_secs(30);
+
 /// `RedisStore::policy` states besides an index into [`EVICTING`].
 const POLICY_UNCHECKED: u8 = u8::MAX;
 const POLICY_SAFE: u8 = u8::MAX - 1;
@@ -502,8 +506,9 @@ const POLICY_SAFE: u8 = u8::MAX - 1;
 /// nonce; `<event key>:at` counts an event's claims until it is delivered.
 ///
 /// Redis must never evict these keys: its `maxmemory-policy` is read
-/// (`INFO memory`) before the first claim, at start and on every `/readyz`,
-/// and while it is anything but `noeviction` every claim is refused
+/// (`INFO memory`) at start, on every `/readyz`, before the first claim and
+/// then at most every [`POLICY_RECHECK`] from the request path; while it is
+/// anything but `noeviction` every claim is refused
 /// ([`StoreError::Evicting`]).
 #[derive(Clone)]
 pub struct RedisStore {
@@ -522,6 +527,9 @@ pub struct RedisStore {
     policy: Arc<AtomicU8>,
     /// How long an event's attempt count is kept (`replay.ttl`).
     attempts_ttl: Arc<AtomicU64>,
+    /// When the policy was last read, in milliseconds since `epoch`.
+    policy_read: Arc<AtomicU64>,
+    epoch: std::time::Instant,
 }
 
 impl RedisStore {
@@ -564,6 +572,8 @@ impl RedisStore {
             shown: redact_url(url).into(),
             policy: Arc::new(AtomicU8::new(POLICY_UNCHECKED)),
             attempts_ttl: Arc::new(AtomicU64::new(48 * 3600 * 1000)),
+            policy_read: Arc::new(AtomicU64::new(0)),
+            epoch: std::time::Instant::now(),
         })
     }
 
@@ -585,6 +595,8 @@ impl RedisStore {
     /// can evict; an unreachable Redis is `Err(Unavailable)` and leaves
     /// what was known.
     pub async fn check_policy(&self) -> Result<(), StoreError> {
+        self.policy_read
+            .store(millis(self.epoch.elapsed()), Ordering::Relaxed);
         let mut conn = self.conn.clone();
         let info: String = redis::cmd("INFO")
             .arg("memory")
@@ -621,10 +633,24 @@ impl RedisStore {
     }
 
     async fn claim(&self, key: &Key, in_flight_ttl: Duration) -> Result<Claim, StoreError> {
+        let now = millis(self.epoch.elapsed());
+        let read = self.policy_read.load(Ordering::Relaxed);
         if self.policy.load(Ordering::Relaxed) == POLICY_UNCHECKED {
             // First contact (Redis was down at start): read the policy
             // before trusting the store with anything.
             self.check_policy().await?;
+        } else if now.saturating_sub(read) >= millis(POLICY_RECHECK)
+            && self
+                .policy_read
+                .compare_exchange(read, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            // One request in 30 s reads it again; an unreachable Redis
+            // fails the claim below anyway.
+            match self.check_policy().await {
+                Ok(()) | Err(StoreError::Evicting { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         if let Some(policy) = self.evicting() {
             return Err(StoreError::Evicting {
