@@ -16,6 +16,11 @@
 //! a notification being forwarded cannot be forwarded twice meanwhile). An
 //! event forgotten early is forwarded again if the platform sends it again:
 //! size `max_entries` for the events of a whole `ttl`.
+//!
+//! [`MemoryStore::entries`] (`/metrics`) reads an atomic count of the slots
+//! held, and sweeps the lapsed slots of one shard per call, taken in turn
+//! with `try_lock`: a scrape never waits on, or holds, every shard's lock,
+//! and a lapsed slot is counted for at most one round of 64 scrapes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -64,6 +69,8 @@ struct Inner {
     len: AtomicUsize,
     epoch: Instant,
     next_token: AtomicU64,
+    /// The shard the next `entries` call sweeps.
+    sweep: AtomicUsize,
 }
 
 impl MemoryStore {
@@ -83,6 +90,7 @@ impl MemoryStore {
                 len: AtomicUsize::new(0),
                 epoch: Instant::now(),
                 next_token: AtomicU64::new(1),
+                sweep: AtomicUsize::new(0),
             }),
         }
     }
@@ -193,20 +201,19 @@ impl MemoryStore {
         self.shard(key).put(key.digest, slot, now, &self.inner);
     }
 
-    /// Keys remembered and not lapsed (reads every slot: for `/metrics`).
+    /// Slots held (for `/metrics`): an atomic count, after dropping the
+    /// lapsed slots of one shard, the next in turn, if its lock is free.
+    /// Never waits on a lock, never takes more than one.
     pub(super) fn entries(&self) -> u64 {
+        let i = self.inner.sweep.fetch_add(1, Ordering::Relaxed) % SHARDS;
         let now = self.now();
-        self.inner
-            .shards
-            .iter()
-            .map(|s| {
-                let shard = match s.lock() {
-                    Ok(g) => g,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
-                shard.map.values().filter(|s| s.expires > now).count() as u64
-            })
-            .sum()
+        let inner = &self.inner;
+        match inner.shards[i].try_lock() {
+            Ok(mut shard) => shard.drop_lapsed(now, inner),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().drop_lapsed(now, inner),
+            Err(TryLockError::WouldBlock) => 0,
+        };
+        inner.len.load(Ordering::Relaxed) as u64
     }
 }
 
@@ -239,6 +246,15 @@ impl Shard {
         }
         self.map.insert(digest, slot);
         inner.len.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drops lapsed slots; returns how many.
+    fn drop_lapsed(&mut self, now: u64, inner: &Inner) -> usize {
+        let before = self.map.len();
+        self.map.retain(|_, s| s.expires > now);
+        let freed = before - self.map.len();
+        inner.len.fetch_sub(freed, Ordering::Relaxed);
+        freed
     }
 
     fn remove(&mut self, digest: &[u8; 16], inner: &Inner) {
@@ -304,7 +320,29 @@ mod tests {
         m.confirm(&key(1), t2, TTL);
         assert_eq!(m.claim(&key(1), TTL), Claim::Delivered);
         m.confirm(&key(2), Token(999), Duration::ZERO);
+        // One round of scrapes sweeps every shard: the lapsed slot is gone.
+        for _ in 0..SHARDS {
+            m.entries();
+        }
         assert_eq!(m.entries(), 1);
+    }
+
+    #[test]
+    fn a_scrape_answers_while_every_shard_is_locked() {
+        let m = MemoryStore::new(1000);
+        for i in 0..100 {
+            assert!(m.remember(&key(i), TTL));
+        }
+        // Every shard held, as by 64 requests in the middle of a claim.
+        let held: Vec<_> = m.inner.shards.iter().map(|s| s.lock().unwrap()).collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let scraper = m.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(scraper.entries());
+        });
+        let got = rx.recv_timeout(Duration::from_secs(30));
+        drop(held);
+        assert_eq!(got, Ok(100), "the scrape waited for the shards' locks");
     }
 
     #[test]
