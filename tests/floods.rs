@@ -336,13 +336,19 @@ async fn the_admin_listener_has_a_connection_cap() {
 
     drop(held);
     let mut refused_meanwhile = 1.0;
-    let text = loop {
+    let mut text = None;
+    for _ in 0..3000 {
         match admin_get(&gw, "/metrics").await {
-            Some(answer) => break answer.split_once("\r\n\r\n").unwrap().1.to_owned(),
+            Some(answer) => {
+                text = Some(answer.split_once("\r\n\r\n").unwrap().1.to_owned());
+                break;
+            }
             // The held ones are still closing.
             None => refused_meanwhile += 1.0,
         }
-    };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let text = text.expect("the admin listener never had room again");
     assert_eq!(
         find_metric(&text, REFUSED, &[("limit", "admin.max_connections")]),
         Some(refused_meanwhile),
