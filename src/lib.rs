@@ -33,6 +33,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod accept;
 pub mod ack;
 pub mod admin;
 pub mod allow;

@@ -262,8 +262,8 @@ fn redeliver(
     let config = &loaded.config;
     let memory = config.replay.store == StoreKind::Memory;
     runtime.block_on(async {
-        if let (Some(addr), Some(token)) = (config.admin, &config.admin_token) {
-            match redeliver::via_admin(addr, &token.token, selection).await {
+        if let (Some(admin), Some(token)) = (config.admin, &config.admin_token) {
+            match redeliver::via_admin(admin.addr, &token.token, selection).await {
                 Ok(report) => return print_report(&report),
                 Err(e @ ApiError::Unreachable { .. }) if !memory => {
                     eprintln!("callgate journal redeliver: {e}; redelivering here through the shared Redis store");

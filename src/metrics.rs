@@ -37,7 +37,8 @@ pub struct Metrics {
     key_expiry: IntGaugeVec,
     store_up: IntGauge,
     connections_open: IntGauge,
-    connections_refused: prometheus::IntCounter,
+    connections_refused: IntCounterVec,
+    write_timeouts: IntCounterVec,
     claims_lost: IntCounterVec,
     store_full: IntCounterVec,
     route_entries: IntGaugeVec,
@@ -105,7 +106,7 @@ impl Metrics {
         )?;
         let store_entries = IntGauge::new(
             "callgate_replay_store_entries",
-            "Event ids and nonces remembered by the replay store.",
+            "Event ids and nonces held by the replay store (memory: lapsed slots until swept; Redis: DBSIZE).",
         )?;
         let store_errors = IntCounterVec::new(
             Opts::new(
@@ -150,12 +151,34 @@ impl Metrics {
             "callgate_connections_open",
             "Notification connections open now (bounded by limits.max_connections).",
         )?;
-        let connections_refused = prometheus::IntCounter::new(
-            "callgate_connections_refused_total",
-            "Notification connections closed at accept because limits.max_connections were open.",
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "callgate_connections_refused_total",
+                "Connections closed at accept, by the limit that was full.",
+            ),
+            &["limit"],
+        )?;
+        let write_timeouts = IntCounterVec::new(
+            Opts::new(
+                "callgate_write_timeouts_total",
+                "Connections closed because the peer read nothing for limits.write_timeout, by listener.",
+            ),
+            &["listener"],
         )?;
         registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(write_timeouts.clone()))?;
+        for limit in [
+            "limits.max_connections",
+            "limits.max_connections_per_source",
+            "limits.max_connections_unlisted",
+            "admin.max_connections",
+        ] {
+            connections_refused.with_label_values(&[limit]);
+        }
+        for listener in ["notify", "admin"] {
+            write_timeouts.with_label_values(&[listener]);
+        }
         let claims_lost = IntCounterVec::new(
             Opts::new(
                 "callgate_claims_lost_total",
@@ -242,6 +265,7 @@ impl Metrics {
             store_up,
             connections_open,
             connections_refused,
+            write_timeouts,
             claims_lost,
             store_full,
             route_entries,
@@ -352,9 +376,17 @@ impl Metrics {
         ConnectionGuard(self.connections_open.clone())
     }
 
-    /// A connection closed at accept: `limits.max_connections` were open.
-    pub fn connection_refused(&self) {
-        self.connections_refused.inc();
+    /// A connection closed at accept; `limit` names the setting that was
+    /// full (a fixed set, see `accept::Refused::label`).
+    pub fn connection_refused(&self, limit: &'static str) {
+        self.connections_refused.with_label_values(&[limit]).inc();
+    }
+
+    /// The counter of connections closed because their peer stopped
+    /// reading (`listener`: `notify` or `admin`), to hand to each
+    /// connection's `accept::WriteDeadline`.
+    pub fn write_timeouts(&self, listener: &'static str) -> prometheus::IntCounter {
+        self.write_timeouts.with_label_values(&[listener])
     }
 
     /// An in-flight claim was found gone or in other hands at `step`

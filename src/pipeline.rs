@@ -494,12 +494,9 @@ async fn deliver(
     now: i64,
     attempt: u32,
 ) -> Result<(), forward::ForwardError> {
-    let (body, content_type) = match route.forward {
-        ForwardMode::Original => (bytes, None),
-        ForwardMode::Normalized => (
-            Bytes::from(normalize::normalize(verified)),
-            Some("application/json"),
-        ),
+    let body = match route.forward {
+        ForwardMode::Original => bytes,
+        ForwardMode::Normalized => Bytes::from(normalize::normalize(verified)),
     };
     let delivery = Delivery {
         provider: route.kind().as_str(),
@@ -507,7 +504,8 @@ async fn deliver(
         event_id: verified.event_id(),
         client_ip: client,
         incoming,
-        content_type,
+        pass: &route.forward_headers,
+        mode: route.forward,
         body,
         decrypted: match route.forward {
             ForwardMode::Original => verified.decrypted(),
@@ -739,13 +737,11 @@ fn received_record(
         provider: route.kind().as_str().to_owned(),
         event_id: verified.event_id().to_owned(),
         client: client.to_string(),
+        // What a redelivery needs to verify and forward it again; nothing
+        // the shop would not get (no cookies, no credentials).
         headers: headers
             .iter()
-            .filter(|(name, _)| {
-                forward::passes(name)
-                    && *name != http::header::COOKIE
-                    && *name != http::header::AUTHORIZATION
-            })
+            .filter(|(name, _)| route.forward_headers.journals(name))
             .filter_map(|(name, value)| {
                 Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
             })

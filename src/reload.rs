@@ -169,17 +169,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Settings a reload cannot apply.
 fn fixed_changes(running: &Config, new: &Config) -> Vec<&'static str> {
-    let checks: [(&'static str, bool); 11] = [
+    let checks: [(&'static str, bool); 14] = [
         ("listen.addr", running.listen != new.listen),
         (
             "listen.tls_cert/tls_key (turning TLS on or off)",
             running.tls.is_some() != new.tls.is_some(),
         ),
-        ("admin.addr", running.admin != new.admin),
+        (
+            "admin.addr",
+            running.admin.map(|a| a.addr) != new.admin.map(|a| a.addr),
+        ),
         (
             "admin.token_file",
             running.admin_token.as_ref().map(|t| &t.file)
                 != new.admin_token.as_ref().map(|t| &t.file),
+        ),
+        (
+            "admin.max_connections",
+            running.admin.map(|a| a.max_connections) != new.admin.map(|a| a.max_connections),
         ),
         ("replay.store", running.replay.store != new.replay.store),
         ("replay.ttl", running.replay.ttl != new.replay.ttl),
@@ -202,6 +209,15 @@ fn fixed_changes(running: &Config, new: &Config) -> Vec<&'static str> {
         (
             "limits.max_connections",
             running.limits.max_connections != new.limits.max_connections,
+        ),
+        (
+            "limits.max_connections_per_source / max_connections_unlisted",
+            running.limits.max_connections_per_source != new.limits.max_connections_per_source
+                || running.limits.max_connections_unlisted != new.limits.max_connections_unlisted,
+        ),
+        (
+            "limits.write_timeout",
+            running.limits.write_timeout != new.limits.write_timeout,
         ),
     ];
     checks

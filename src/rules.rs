@@ -22,7 +22,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::allow::AllowList;
 use crate::config::{Config, Dur, Limits, Located, Problem, line_of, parse_net, resolve};
-use crate::forward::{ForwardMode, Upstream, UpstreamError};
+use crate::forward::{ForwardHeaders, ForwardMode, Upstream, UpstreamError};
 use crate::provider::{Claimed, Provider, ProviderKind, VerifyError};
 use crate::secret::{Secret, SecretFileError};
 
@@ -114,6 +114,8 @@ pub enum RuleError {
          lower them or raise replay.max_entries"
     )]
     QuotasOverMax { total: u64, max: u64 },
+    #[error("forward_headers: {reason}; list only headers the shop needs from the platform")]
+    ForwardHeader { reason: String },
 }
 
 // === raw ===
@@ -142,6 +144,10 @@ pub struct RouteFile {
     /// `original` (default) or `normalized`.
     #[serde(default)]
     pub forward: ForwardMode,
+    /// Names of further platform request headers to pass to the shop,
+    /// beyond Content-Type, User-Agent, Accept and `Wechatpay-*`.
+    #[serde(default)]
+    pub forward_headers: Vec<Spanned<String>>,
     /// Freshness bound on the notification's own signed time.
     pub max_age: Option<Spanned<Dur>>,
     /// When set, an upstream 2xx must also contain these bytes.
@@ -212,6 +218,8 @@ pub struct Route {
     pub merchant_label: bool,
     pub allow: AllowList,
     pub forward: ForwardMode,
+    /// Which of the platform's request headers reach the shop.
+    pub forward_headers: ForwardHeaders,
     /// How old the signed time may be.
     pub max_age: Duration,
     /// How far in the future the signed time may be.
@@ -749,6 +757,18 @@ fn compile_route(
             },
         );
     }
+    let forward_headers =
+        match ForwardHeaders::new(raw.forward_headers.iter().map(|n| n.get_ref().as_str())) {
+            Ok(h) => h,
+            Err((i, reason)) => {
+                let at = raw
+                    .forward_headers
+                    .get(i)
+                    .map_or(span.clone(), |n| n.span());
+                ctx.error(at, RuleError::ForwardHeader { reason });
+                ForwardHeaders::default()
+            }
+        };
 
     let defaults = UpstreamRaw {
         upstream: raw.upstream.as_ref(),
@@ -793,6 +813,7 @@ fn compile_route(
         merchant_label: raw.merchant_label,
         allow: AllowList::new(nets),
         forward: raw.forward,
+        forward_headers,
         on_store_error: raw.on_store_error,
         allow_mode: raw.allow_mode,
         rate_limit,

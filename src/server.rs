@@ -2,21 +2,30 @@
 //! the gateway file names a certificate and key) and the admin listener.
 //!
 //! A bad peer never takes a listener down and never holds it forever:
-//! * at most `limits.max_connections` notification connections are open at
-//!   once (a semaphore permit taken at accept, held by the connection's
-//!   task); one more is closed at once, before any byte is read, and counted
-//!   in `callgate_connections_refused_total`;
+//! * at accept, before any byte is read, `accept::Admission` bounds open
+//!   notification connections: `limits.max_connections` in all,
+//!   `limits.max_connections_per_source` from one address, and
+//!   `limits.max_connections_unlisted` from addresses outside every route's
+//!   allow list, so the platforms' own addresses keep room. One more is
+//!   closed at once and counted in `callgate_connections_refused_total{limit}`;
 //! * the TLS handshake runs under `limits.tls_handshake_timeout`;
 //! * hyper closes a connection whose request headers do not arrive within
 //!   `limits.header_timeout`: the first request's, and every later one's on
 //!   a kept-alive connection, so an idle keep-alive connection is closed
 //!   after `header_timeout` too; `pipeline` bounds the body read by
 //!   `limits.body_timeout`;
+//! * a response write that makes no progress for `limits.write_timeout`
+//!   (the peer stopped reading) closes the connection
+//!   (`accept::WriteDeadline`): the header timeout does not run while hyper
+//!   waits to write;
 //! * a request head is at most [`MAX_HEADER_BYTES`] bytes and
 //!   [`MAX_HEADERS`] header lines; beyond either, hyper answers 431 and
 //!   closes. The platforms send a dozen headers of a few hundred bytes;
 //! * accept errors (out of file descriptors, ...) are logged and retried
 //!   after a short pause instead of ending the accept loop.
+//!
+//! The admin listener gets the same head bounds, header timeout and write
+//! timeout, and at most `admin.max_connections` connections.
 //!
 //! Each request runs in its own task, so a platform that hangs up while its
 //! notification is being forwarded does not cancel the forward half-way:
@@ -47,6 +56,8 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+
+use crate::accept::{Admission, Peer, WriteDeadline};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -128,15 +139,18 @@ pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gat
     })?;
     let admin_listener = match config.admin {
         Some(a) => {
-            let l = TcpListener::bind(a)
+            let l = TcpListener::bind(a.addr)
                 .await
-                .map_err(|source| StartError::Bind { addr: a, source })?;
-            Some(l)
+                .map_err(|source| StartError::Bind {
+                    addr: a.addr,
+                    source,
+                })?;
+            Some((l, a.max_connections))
         }
         None => None,
     };
     let admin_addr = match &admin_listener {
-        Some(l) => Some(l.local_addr().map_err(|source| StartError::Bind {
+        Some((l, _)) => Some(l.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
         })?),
@@ -159,7 +173,8 @@ pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gat
         limits,
         main_rx,
     ));
-    let admin_task = admin_listener.map(|l| tokio::spawn(serve_admin(l, state.clone(), admin_rx)));
+    let admin_task = admin_listener
+        .map(|(l, max)| tokio::spawn(serve_admin(l, max, state.clone(), limits, admin_rx)));
     tracing::info!(
         listen = %addr,
         tls = tls_on,
@@ -369,7 +384,8 @@ async fn serve_notifications(
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
     let builder = Arc::new(builder);
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let admission = Admission::new(&limits);
+    let write_timeouts = state.metrics.write_timeouts("notify");
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -381,15 +397,21 @@ async fn serve_notifications(
             },
             _ = stop.changed() => break,
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // Over the cap: close at once, before reading a byte.
-            state.metrics.connection_refused();
-            tracing::warn!(%peer, max = limits.max_connections, "connection refused: limits.max_connections are open");
-            drop(tcp);
-            continue;
+        let class = Peer::of(peer.ip(), &state.rules.load());
+        let admitted = match admission.admit(peer.ip(), class) {
+            Ok(a) => a,
+            Err(refused) => {
+                // Over a limit: close at once, before reading a byte.
+                state.metrics.connection_refused(refused.label());
+                tracing::warn!(%peer, limit = refused.label(), "connection refused: the limit is reached");
+                drop(tcp);
+                continue;
+            }
         };
-        let open = (permit, state.metrics.connection_opened());
+        let open = (admitted, state.metrics.connection_opened());
         let _ = tcp.set_nodelay(true);
+        let timeouts = write_timeouts.clone();
+        let tcp = WriteDeadline::new(tcp, limits.write_timeout, move || timeouts.inc());
         let watcher = graceful.watcher();
         let state = state.clone();
         let builder = builder.clone();
@@ -462,14 +484,24 @@ async fn connection<S>(
     }
 }
 
-async fn serve_admin(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+async fn serve_admin(
+    listener: TcpListener,
+    max_connections: usize,
+    state: Arc<State>,
+    limits: config::Limits,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS);
     let builder = Arc::new(builder);
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let write_timeouts = state.metrics.write_timeouts("admin");
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -479,9 +511,18 @@ async fn serve_admin(listener: TcpListener, state: Arc<State>, mut stop: watch::
             },
             _ = stop.changed() => break,
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            state.metrics.connection_refused("admin.max_connections");
+            tracing::warn!(%peer, max = max_connections, "admin connection refused: admin.max_connections are open");
+            drop(tcp);
+            continue;
+        };
+        let timeouts = write_timeouts.clone();
+        let tcp = WriteDeadline::new(tcp, limits.write_timeout, move || timeouts.inc());
         let state = state.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(admin::handle(state, req).await) }

@@ -24,10 +24,15 @@
 //! once.
 //!
 //! Expiry is otherwise lazy: a lapsed slot reads as absent.
+//!
+//! [`MemoryStore::entries`] (`/metrics`) reads an atomic count of the slots
+//! held, and sweeps the lapsed slots of one shard per call, taken in turn
+//! with `try_lock`: a scrape never waits on, or holds, every shard's lock,
+//! and a lapsed slot is counted for at most one round of 64 scrapes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -129,6 +134,8 @@ struct Inner {
     routes_write: Mutex<()>,
     /// Milliseconds since the epoch before which no sweep runs.
     next_sweep: AtomicU64,
+    /// The shard the next `entries` call sweeps.
+    scrape_sweep: AtomicUsize,
     sweep_every: u64,
     /// How long a released event's attempt count is kept, in milliseconds.
     attempts_ttl: AtomicU64,
@@ -158,6 +165,7 @@ impl MemoryStore {
                 routes: ArcSwap::from_pointee(RouteTable::default()),
                 routes_write: Mutex::new(()),
                 next_sweep: AtomicU64::new(0),
+                scrape_sweep: AtomicUsize::new(0),
                 sweep_every: millis(sweep_every),
                 attempts_ttl: AtomicU64::new(millis(Duration::from_secs(48 * 3600))),
             }),
@@ -292,21 +300,29 @@ impl MemoryStore {
         {
             return;
         }
-        let table = inner.routes.load();
-        let mut freed = 0usize;
         for shard in inner.shards.iter() {
-            lock(shard).map.retain(|_, s| {
-                let keep = s.expires > now && s.state != RELEASED;
-                if !keep {
-                    freed += 1;
-                    if let Some(c) = table.counts.get(usize::from(s.route)) {
-                        c.held.fetch_sub(1, Ordering::Relaxed);
-                    }
-                }
-                keep
+            self.drop_from(&mut lock(shard), |s| {
+                s.expires <= now || s.state == RELEASED
             });
         }
-        inner.len.fetch_sub(freed, Ordering::Relaxed);
+    }
+
+    /// Drops the slots of one shard that `gone` picks, and counts them off
+    /// the store's and their routes' totals.
+    fn drop_from(&self, shard: &mut Shard, gone: impl Fn(&Slot) -> bool) {
+        let table = self.inner.routes.load();
+        let mut freed = 0usize;
+        shard.map.retain(|_, s| {
+            if !gone(s) {
+                return true;
+            }
+            freed += 1;
+            if let Some(c) = table.counts.get(usize::from(s.route)) {
+                c.held.fetch_sub(1, Ordering::Relaxed);
+            }
+            false
+        });
+        self.inner.len.fetch_sub(freed, Ordering::Relaxed);
     }
 
     /// Inserts a new slot for `key` when there is room, sweeping once when
@@ -522,20 +538,20 @@ impl MemoryStore {
         });
     }
 
-    /// Keys remembered and not lapsed (reads every slot: for `/metrics`).
+    /// Slots held (for `/metrics`): an atomic count, after dropping the
+    /// lapsed slots of one shard, the next in turn, if its lock is free.
+    /// Never waits on a lock, never takes more than one.
     pub(super) fn entries(&self) -> u64 {
+        let i = self.inner.scrape_sweep.fetch_add(1, Ordering::Relaxed) % SHARDS;
         let now = self.now();
-        self.inner
-            .shards
-            .iter()
-            .map(|s| {
-                lock(s)
-                    .map
-                    .values()
-                    .filter(|s| s.expires > now && s.state != RELEASED)
-                    .count() as u64
-            })
-            .sum()
+        match self.inner.shards[i].try_lock() {
+            Ok(mut shard) => self.drop_from(&mut shard, |s| s.expires <= now),
+            Err(TryLockError::Poisoned(p)) => {
+                self.drop_from(&mut p.into_inner(), |s| s.expires <= now)
+            }
+            Err(TryLockError::WouldBlock) => {}
+        }
+        self.held() as u64
     }
 
     /// Slots held, lapsed and released ones included (what the bound counts).
@@ -604,7 +620,29 @@ mod tests {
         assert_eq!(m.confirm(&key(1), t2, TTL), Confirmed::Held);
         assert_eq!(m.claim(&key(1), TTL), Ok(Claim::Delivered));
         m.warm(&key(2), Duration::ZERO);
+        // One round of scrapes sweeps every shard: the lapsed slot is gone.
+        for _ in 0..SHARDS {
+            m.entries();
+        }
         assert_eq!(m.entries(), 1);
+    }
+
+    #[test]
+    fn a_scrape_answers_while_every_shard_is_locked() {
+        let m = MemoryStore::new(1000);
+        for i in 0..100 {
+            assert_eq!(m.remember(&key(i), TTL), Ok(true));
+        }
+        // Every shard held, as by 64 requests in the middle of a claim.
+        let held: Vec<_> = m.inner.shards.iter().map(|s| s.lock().unwrap()).collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let scraper = m.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(scraper.entries());
+        });
+        let got = rx.recv_timeout(Duration::from_secs(30));
+        drop(held);
+        assert_eq!(got, Ok(100), "the scrape waited for the shards' locks");
     }
 
     #[test]
@@ -710,7 +748,6 @@ mod tests {
         // Warmed from the journal: two sends with no outcome.
         m.warm_attempts(&key(2), 2, TTL);
         assert_eq!(new(&m, &key(2)).attempt, 3);
-        // A released slot is no entry (nothing is remembered for it).
         assert_eq!(m.entries(), 2);
     }
 

@@ -868,6 +868,15 @@ pub fn check_callgate_hmac(header: &str, data: &[u8]) -> String {
     t.to_owned()
 }
 
+/// Checks `X-Callgate-Resource-Signature`, `t=..,v1=..` over
+/// `"resource." + t + "." + data`, with openssl; returns t.
+pub fn check_callgate_resource_hmac(header: &str, data: &[u8]) -> String {
+    let (t, v1) = split_signature(header);
+    let signed = [b"resource.", t.as_bytes(), b".", data].concat();
+    assert_eq!(v1, openssl_hmac_hex(SECRET.trim_end(), &signed));
+    t
+}
+
 // === legacy Alipay (MD5) and Alipay certificate mode ===
 
 pub fn fixture_in(dir: &str, name: &str) -> Vec<u8> {
