@@ -500,6 +500,80 @@ pub fn read_dir(dir: &Path, mut each: impl FnMut(Record)) -> Result<usize, Journ
     Ok(skipped)
 }
 
+/// What start-up needs from the journal, read in one pass without keeping
+/// any body.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct WarmUp {
+    /// Delivered events still within `ttl`: (route, event id, time left),
+    /// for warming the memory store.
+    pub delivered: Vec<(String, String, Duration)>,
+    /// Events whose forward started within `ttl` and that were never
+    /// delivered: (route, event id, forwards begun, time left). The memory
+    /// store is warmed with these counts, so the next copy goes out with
+    /// `X-Callgate-Attempt` one higher.
+    pub attempted: Vec<(String, String, u32, Duration)>,
+    /// Arrivals with no recorded outcome, oldest first: (route, event id,
+    /// attempt). A forward cut short by a stop or a crash: the shop may or
+    /// may not have it.
+    pub unfinished: Vec<(String, String, u32)>,
+}
+
+/// Reads the journal in `dir` once for start-up (see [`WarmUp`]).
+pub fn warm_up(dir: &Path, ttl: Duration, now: i64) -> Result<WarmUp, JournalError> {
+    let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    let mut delivered: HashMap<(String, String), i64> = HashMap::new();
+    // (route, event) → (forwards begun, latest arrival)
+    let mut attempted: HashMap<(String, String), (u32, i64)> = HashMap::new();
+    // rid → (arrival order, route, event, attempt), until its outcome is read.
+    let mut open: HashMap<String, (usize, String, String, u32)> = HashMap::new();
+    let mut order = 0usize;
+    read_dir(dir, |r| match r {
+        Record::Received(rec) => {
+            order += 1;
+            if now - rec.unix < ttl_secs {
+                let slot = attempted
+                    .entry((rec.route.clone(), rec.event_id.clone()))
+                    .or_insert((0, rec.unix));
+                // Each arrival is a forward begun; its attempt number covers
+                // earlier ones in files rotated away.
+                slot.0 = slot.0.saturating_add(1).max(rec.attempt);
+                slot.1 = slot.1.max(rec.unix);
+            }
+            open.insert(rec.rid, (order, rec.route, rec.event_id, rec.attempt));
+        }
+        Record::Outcome(o) => {
+            open.remove(&o.rid);
+            if o.delivered() && now - o.unix < ttl_secs {
+                let at = delivered.entry((o.route, o.event_id)).or_insert(o.unix);
+                *at = (*at).max(o.unix);
+            }
+        }
+    })?;
+    let left = |at: i64| {
+        let left = ttl_secs - (now - at);
+        (left > 0).then(|| Duration::from_secs(left.unsigned_abs()))
+    };
+    let attempted = attempted
+        .into_iter()
+        .filter(|(key, _)| !delivered.contains_key(key))
+        .filter_map(|((route, id), (n, at))| left(at).map(|l| (route, id, n, l)))
+        .collect();
+    let delivered = delivered
+        .into_iter()
+        .filter_map(|((route, id), at)| left(at).map(|l| (route, id, l)))
+        .collect();
+    let mut unfinished: Vec<(usize, String, String, u32)> = open.into_values().collect();
+    unfinished.sort();
+    Ok(WarmUp {
+        delivered,
+        attempted,
+        unfinished: unfinished
+            .into_iter()
+            .map(|(_, route, id, attempt)| (route, id, attempt))
+            .collect(),
+    })
+}
+
 /// Delivered events still within `ttl` at `now`: (route, event id,
 /// remaining time), for warming the memory store.
 pub fn delivered_within(
@@ -507,80 +581,7 @@ pub fn delivered_within(
     ttl: Duration,
     now: i64,
 ) -> Result<Vec<(String, String, Duration)>, JournalError> {
-    let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-    let mut latest: HashMap<(String, String), i64> = HashMap::new();
-    read_dir(dir, |r| {
-        if let Record::Outcome(o) = r
-            && o.delivered()
-            && now - o.unix < ttl_secs
-        {
-            let slot = latest.entry((o.route, o.event_id)).or_insert(o.unix);
-            *slot = (*slot).max(o.unix);
-        }
-    })?;
-    Ok(latest
-        .into_iter()
-        .filter_map(|((route, id), at)| {
-            let left = ttl_secs - (now - at);
-            (left > 0).then(|| (route, id, Duration::from_secs(left.unsigned_abs())))
-        })
-        .collect())
-}
-
-/// Events whose forward started within `ttl` of `now` and that were never
-/// delivered: (route, event id, forwards begun, time left). An arrival
-/// with no outcome is a forward cut short by a stop or a crash: the shop
-/// may have it. The memory store is warmed with these counts, so the next
-/// copy goes out with `X-Callgate-Attempt` one higher.
-pub fn attempted_within(
-    dir: &Path,
-    ttl: Duration,
-    now: i64,
-) -> Result<Vec<(String, String, u32, Duration)>, JournalError> {
-    let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-    // (route, event) → (attempts, latest arrival, delivered)
-    let mut seen: HashMap<(String, String), (u32, i64, bool)> = HashMap::new();
-    read_dir(dir, |r| match r {
-        Record::Received(rec) if now - rec.unix < ttl_secs => {
-            let slot = seen
-                .entry((rec.route, rec.event_id))
-                .or_insert((0, rec.unix, false));
-            slot.0 = slot.0.saturating_add(1).max(rec.attempt);
-            slot.1 = slot.1.max(rec.unix);
-        }
-        Record::Outcome(o) if o.delivered() => {
-            if let Some(slot) = seen.get_mut(&(o.route, o.event_id)) {
-                slot.2 = true;
-            }
-        }
-        _ => {}
-    })?;
-    Ok(seen
-        .into_iter()
-        .filter(|(_, (_, _, delivered))| !delivered)
-        .filter_map(|((route, id), (attempts, at, _))| {
-            let left = ttl_secs - (now - at);
-            (left > 0).then(|| {
-                (
-                    route,
-                    id,
-                    attempts,
-                    Duration::from_secs(left.unsigned_abs()),
-                )
-            })
-        })
-        .collect())
-}
-
-/// Arrivals in `dir` with no recorded outcome: forwards cut short by a
-/// stop or a crash (or running right now, in a running gateway).
-pub fn unfinished(dir: &Path) -> Result<Vec<Received>, JournalError> {
-    let (list, _) = arrivals(dir)?;
-    Ok(list
-        .into_iter()
-        .filter(|a| a.outcome.is_none())
-        .map(|a| a.received)
-        .collect())
+    Ok(warm_up(dir, ttl, now)?.delivered)
 }
 
 /// One arrival with how it ended, for `journal list` and `redeliver`.
@@ -786,15 +787,12 @@ mod tests {
             r.attempt = 3;
         }
         j.append(&third, true).await.unwrap();
-        let mut got = attempted_within(dir.path(), Duration::from_secs(100), 1010).unwrap();
+        let warm = warm_up(dir.path(), Duration::from_secs(100), 1010).unwrap();
+        let mut got = warm.attempted.clone();
         got.sort();
         let counts: Vec<(&str, u32)> = got.iter().map(|(_, e, n, _)| (e.as_str(), *n)).collect();
         assert_eq!(counts, vec![("e1", 2), ("e3", 3)]);
-        let unfinished: Vec<String> = super::unfinished(dir.path())
-            .unwrap()
-            .into_iter()
-            .map(|r| r.event_id)
-            .collect();
+        let unfinished: Vec<&str> = warm.unfinished.iter().map(|(_, e, _)| e.as_str()).collect();
         assert_eq!(unfinished, vec!["e1", "e3"]);
     }
 

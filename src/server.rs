@@ -255,21 +255,18 @@ pub fn build_state(
     let journal = match &config.journal {
         None => None,
         Some(jc) => {
+            let warm = crate::journal::warm_up(&jc.dir, config.replay.ttl, replay::unix_now())?;
             if matches!(store, ReplayStore::Memory(_)) {
-                let now = replay::unix_now();
-                let delivered = crate::journal::delivered_within(&jc.dir, config.replay.ttl, now)?;
-                for (route, event_id, left) in &delivered {
+                for (route, event_id, left) in &warm.delivered {
                     let route: Arc<str> = Arc::from(route.as_str());
                     store.warm(
                         &crate::replay::Key::new(&route, crate::replay::KeyKind::Event, event_id),
                         *left,
                     );
                 }
-                tracing::info!(events = delivered.len(), dir = %jc.dir.display(), "replay store warmed from the journal");
                 // Forwards begun and never delivered (failed, or cut short
                 // by a crash): the next copy carries the next attempt number.
-                let attempted = crate::journal::attempted_within(&jc.dir, config.replay.ttl, now)?;
-                for (route, event_id, attempts, left) in &attempted {
+                for (route, event_id, attempts, left) in &warm.attempted {
                     let route: Arc<str> = Arc::from(route.as_str());
                     store.warm_attempts(
                         &crate::replay::Key::new(&route, crate::replay::KeyKind::Event, event_id),
@@ -277,8 +274,11 @@ pub fn build_state(
                         *left,
                     );
                 }
+                tracing::info!(events = warm.delivered.len(), undelivered = warm.attempted.len(), dir = %jc.dir.display(), "replay store warmed from the journal");
             }
-            report_unfinished(&jc.dir, journal_kind);
+            if journal_kind == "gateway" {
+                report_unfinished(&jc.dir, &warm.unfinished);
+            }
             Some(crate::journal::Journal::open(jc, journal_kind)?)
         }
     };
@@ -293,18 +293,12 @@ pub fn build_state(
 /// have processed them. Their next copy is forwarded with
 /// `X-Callgate-Attempt` above 1; `callgate journal list --outcome
 /// unfinished` lists them.
-fn report_unfinished(dir: &std::path::Path, journal_kind: &str) {
-    if journal_kind != "gateway" {
-        return;
-    }
-    let Ok(unfinished) = crate::journal::unfinished(dir) else {
-        return;
-    };
+fn report_unfinished(dir: &std::path::Path, unfinished: &[(String, String, u32)]) {
     if unfinished.is_empty() {
         return;
     }
-    for r in unfinished.iter().take(20) {
-        tracing::warn!(route = %r.route, event_id = %r.event_id, attempt = r.attempt,
+    for (route, event_id, attempt) in unfinished.iter().take(20) {
+        tracing::warn!(route = %route, event_id = %event_id, attempt,
             "forward with no recorded outcome (callgate stopped mid-forward)");
     }
     tracing::warn!(
