@@ -1,9 +1,19 @@
 //! The request flow, top to bottom, in contract order:
 //! route → method → address → rate limit → size → parse → signature → freshness →
-//! (legacy Alipay: notify_verify) → replay → forward → ack. Each step is a
-//! plain function whose error side is the [`Outcome`] that ends the request;
-//! [`handle`] turns the outcome into the platform's ack and [`finish`] writes
-//! the one log line and the metrics before the response leaves.
+//! replay (claim) → (legacy Alipay: notify_verify) → journal → claim renewed →
+//! forward → ack. Each step is a plain function whose error side is the
+//! [`Outcome`] that ends the request; [`handle`] turns the outcome into the
+//! platform's ack and [`finish`] writes the one log line and the metrics
+//! before the response leaves.
+//!
+//! The event's claim is a [`ClaimGuard`]: renewed right before the forward
+//! (a step before it may have outlasted the claim's life), confirmed when
+//! the shop took the event, released when it did not (or on drop). A route
+//! that forwards while the store is down keeps what it delivered in
+//! [`State::backlog`] until the store can record it. [`State::tasks`]
+//! counts every request task, so a drain waits for forwards whose platform
+//! already hung up. [`redeliver`] runs the same claim, forward and confirm
+//! for a journaled notification.
 
 use std::fmt::Display;
 use std::net::{IpAddr, SocketAddr};
