@@ -419,7 +419,7 @@ mod tests {
     fn signature_matches_openssl() {
         // printf '1700000000.a=1' | openssl dgst -sha256 -hmac 'topsecret'
         let s = signature(&Secret::new(b"topsecret".to_vec()), 1_700_000_000, b"a=1");
-        let out = std::process::Command::new("openssl")
+        let out = crate::test_tools::tool("openssl")
             .args(["dgst", "-sha256", "-hmac", "topsecret", "-r"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

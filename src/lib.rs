@@ -51,6 +51,12 @@ pub mod secret;
 pub mod server;
 pub mod sign;
 
+/// The test suite's check for outside programs (openssl), shared with
+/// `tests/support`: unit tests that run one get it from here.
+#[cfg(test)]
+#[path = "../tests/support/tools.rs"]
+mod test_tools;
+
 /// Version line printed by `callgate version`.
 pub fn version_line() -> String {
     format!(

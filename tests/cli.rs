@@ -366,7 +366,7 @@ fn sign_output_verifies_with_openssl() {
                 .unwrap(),
         )
         .unwrap();
-        let verify = Command::new("openssl")
+        let verify = tool("openssl")
             .args(["dgst", dgst, "-verify"])
             .arg(alipay_key("alipay_public.pem"))
             .arg("-signature")
@@ -480,7 +480,7 @@ fn check_names_unionpay_and_jdpay_key_problems() {
 
 fn openssl_out(args: &[&str], input: &[u8]) -> Vec<u8> {
     use std::io::Write;
-    let mut child = Command::new("openssl")
+    let mut child = tool("openssl")
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -743,7 +743,7 @@ impl Running {
     }
 
     fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
+        let status = tool("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
             .unwrap();
@@ -1040,7 +1040,7 @@ fn check_names_wechat_key_problems() {
 /// `openssl dgst` over stdin, hex.
 fn openssl_digest(args: &[&str], data: &[u8]) -> String {
     use std::io::Write;
-    let mut child = Command::new("openssl")
+    let mut child = tool("openssl")
         .arg("dgst")
         .args(args)
         .arg("-r")
@@ -1158,7 +1158,7 @@ fn sign_wechat_v3_output_verifies_with_openssl() {
             .unwrap(),
     )
     .unwrap();
-    let verify = Command::new("openssl")
+    let verify = tool("openssl")
         .args(["dgst", "-sha256", "-verify"])
         .arg(wechat_path("pubkey_public.pem"))
         .arg("-signature")
@@ -1490,7 +1490,7 @@ fn check_warns_about_an_expired_certificate_and_still_loads() {
 /// `openssl dgst -md5` over `content + key`, as lower-case hex.
 fn openssl_md5_hex(content: &[u8], key: &[u8]) -> String {
     use std::io::Write;
-    let mut child = Command::new("openssl")
+    let mut child = tool("openssl")
         .args(["dgst", "-md5", "-r"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -462,7 +462,7 @@ async fn the_tls_certificate_reloads_for_new_connections() {
     // A new certificate (openssl), written aside, moved into place.
     let new_dir = tempfile::tempdir().unwrap();
     let (new_crt, new_key) = (new_dir.path().join("n.crt"), new_dir.path().join("n.key"));
-    let out = std::process::Command::new("openssl")
+    let out = tool("openssl")
         .args([
             "req",
             "-x509",

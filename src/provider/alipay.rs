@@ -626,7 +626,7 @@ mod tests {
         let pk = Keys {
             app_id: "2021000000000001".into(),
             key: RsaKey::from_der(
-                &std::process::Command::new("openssl")
+                &crate::test_tools::tool("openssl")
                     .args(["x509", "-pubkey", "-noout", "-in"])
                     .arg(dir.join("alipay_leaf.crt"))
                     .output()
