@@ -13,6 +13,8 @@
 //!   `normalize`, as `application/json`.
 //! * Headers the gateway always sets, after stripping any incoming copy:
 //!   `X-Callgate-Provider`, `X-Callgate-Route`, `X-Callgate-Event-Id`,
+//!   `X-Callgate-Request-Id` (the id of callgate's log line for the
+//!   request, and of its journal records),
 //!   `X-Forwarded-For` (the source address callgate decided on) and
 //!   `X-Callgate-Signature: t=UNIX,v1=HEX`, HEX = HMAC-SHA256(upstream
 //!   secret, `t + "." + body`). Every incoming `X-Callgate-*` header is
@@ -246,6 +248,8 @@ pub struct Delivery<'a> {
     pub provider: &'static str,
     pub route: &'a str,
     pub event_id: &'a str,
+    /// The request's id in callgate's log line and journal.
+    pub request_id: &'a str,
     pub client_ip: IpAddr,
     /// The platform's request headers (used in `original` mode).
     pub incoming: &'a HeaderMap,
@@ -321,6 +325,7 @@ fn build_request(
     headers.insert("x-callgate-provider", HeaderValue::from_static(d.provider));
     headers.insert("x-callgate-route", header_value(d.route));
     headers.insert("x-callgate-event-id", header_value(d.event_id));
+    headers.insert("x-callgate-request-id", header_value(d.request_id));
     headers.insert("x-forwarded-for", header_value(&d.client_ip.to_string()));
     headers.insert(
         "x-callgate-signature",
@@ -475,6 +480,7 @@ mod tests {
                 provider: "alipay",
                 route: "r",
                 event_id: "id-1",
+                request_id: "0123456789abcdef",
                 client_ip: "110.75.1.1".parse().unwrap(),
                 incoming: &incoming,
                 content_type: None,
@@ -491,6 +497,7 @@ mod tests {
         );
         assert_eq!(h["user-agent"], "Mozilla/4.0");
         assert_eq!(h["x-callgate-event-id"], "id-1");
+        assert_eq!(h["x-callgate-request-id"], "0123456789abcdef");
         assert_eq!(h["x-forwarded-for"], "110.75.1.1");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert!(h.get("x-callgate-anything").is_none());
@@ -523,6 +530,7 @@ mod tests {
                 provider: "jdpay",
                 route: "r",
                 event_id: "id-1",
+                request_id: "0123456789abcdef",
                 client_ip: "127.0.0.1".parse().unwrap(),
                 incoming: &incoming,
                 content_type: None,

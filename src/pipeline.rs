@@ -70,6 +70,13 @@ impl State {
 
 /// What is known about a request so far, for the log line and metrics.
 struct Ctx {
+    /// The request's id: in its log line, its journal records and the
+    /// `X-Callgate-Request-Id` header the shop receives.
+    request_id: String,
+    /// Method and path as the caller sent them (the path cut to
+    /// [`LOGGED_PATH_CHARS`]): a wrong notify URL shows up in the 404's line.
+    method: Method,
+    path: String,
     peer: SocketAddr,
     route: Option<Arc<Route>>,
     client: Option<IpAddr>,
@@ -82,6 +89,17 @@ struct Ctx {
     dry_run: Option<String>,
     /// The merchant whose keys verified it (for `merchant_label` routes).
     merchant: Option<Box<str>>,
+}
+
+/// The longest path a log line repeats; the rest is cut (`...`).
+const LOGGED_PATH_CHARS: usize = 256;
+
+/// `path` cut to [`LOGGED_PATH_CHARS`] characters for the log line.
+fn logged_path(path: &str) -> String {
+    match path.char_indices().nth(LOGGED_PATH_CHARS) {
+        None => path.to_owned(),
+        Some((end, _)) => format!("{}...", &path[..end]),
+    }
 }
 
 impl Ctx {
@@ -108,6 +126,9 @@ where
     let started = Instant::now();
     let rules = state.rules.load_full();
     let mut ctx = Ctx {
+        request_id: journal::new_rid(),
+        method: req.method().clone(),
+        path: logged_path(req.uri().path()),
         peer,
         route: None,
         client: None,
@@ -270,7 +291,7 @@ where
         return Err(ctx.reject(e.outcome(), e.label(), e));
     }
 
-    let rid = journal::new_rid();
+    let rid = ctx.request_id.clone();
     if let Some(j) = &state.journal {
         let record = Record::Received(received_record(
             &rid,
@@ -294,6 +315,7 @@ where
         &route,
         merchant,
         &verified,
+        &rid,
         client,
         &parts.headers,
         bytes,
@@ -324,6 +346,7 @@ async fn deliver(
     route: &Route,
     merchant: &Merchant,
     verified: &Verified,
+    request_id: &str,
     client: IpAddr,
     incoming: &http::HeaderMap,
     bytes: Bytes,
@@ -340,6 +363,7 @@ async fn deliver(
         provider: route.kind().as_str(),
         route: &route.name,
         event_id: verified.event_id(),
+        request_id,
         client_ip: client,
         incoming,
         content_type,
@@ -569,11 +593,13 @@ pub async fn redeliver(state: &State, rec: &journal::Received) -> Result<Outcome
         Ok(Claim::Delivered) => return Ok(Outcome::Duplicate),
         Err(_) => return Ok(Outcome::StoreUnavailable),
     };
+    let rid = journal::new_rid();
     let result = deliver(
         state,
         &route,
         merchant,
         &verified,
+        &rid,
         client,
         &headers,
         body,
@@ -591,7 +617,7 @@ pub async fn redeliver(state: &State, rec: &journal::Received) -> Result<Outcome
             e.outcome()
         }
     };
-    record_outcome(state, journal::new_rid(), &route, &verified, outcome, true).await;
+    record_outcome(state, rid, &route, &verified, outcome, true).await;
     Ok(outcome)
 }
 
@@ -620,6 +646,9 @@ fn finish(state: &State, ctx: &Ctx, outcome: Outcome, took: Duration) {
         ($level:ident) => {
             tracing::$level!(
                 target: "callgate::request",
+                request_id = ctx.request_id.as_str(),
+                method = ctx.method.as_str(),
+                path = ctx.path.as_str(),
                 route,
                 provider,
                 outcome = outcome.as_str(),

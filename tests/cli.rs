@@ -781,6 +781,8 @@ async fn run_logs_one_json_line_per_notification_and_never_secrets() {
     );
 
     let line = run.wait_for(|v| v["message"] == "notification");
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["path"], "/notify/alipay");
     assert_eq!(line["route"], "shop-alipay");
     assert_eq!(line["provider"], "alipay");
     assert_eq!(line["outcome"], "forwarded");
@@ -808,6 +810,73 @@ async fn run_logs_one_json_line_per_notification_and_never_secrets() {
         !all.contains("2088102177846880"),
         "a buyer id reached the log"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_log_line_names_method_path_and_a_request_id_the_shop_also_gets() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = GatewaySpec::new(vec![RouteSpec::alipay(&up)]).write(dir.path());
+    let mut run = Running::start(&config);
+    let client = TestClient::new();
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+
+    // A notify URL registered with a typo: the 404's line says which path.
+    let typo = format!("http://{}/notify/alipya?charset=utf-8", run.addr);
+    let r = client
+        .send(
+            "POST",
+            &typo,
+            &form,
+            alipay_fixture("rsa2_trade_success.form"),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let lost = run.wait_for(|v| v["message"] == "notification");
+    assert_eq!(lost["outcome"], "not_found");
+    assert_eq!(lost["method"], "POST");
+    assert_eq!(
+        lost["path"], "/notify/alipya",
+        "the query string is not logged"
+    );
+    assert_eq!(lost["route"], "-");
+    let lost_id = lost["request_id"].as_str().unwrap().to_owned();
+    assert_eq!(lost_id.len(), 16, "{lost}");
+
+    // A GET where a POST belongs.
+    let url = format!("http://{}/notify/alipay", run.addr);
+    assert_eq!(client.send("GET", &url, &[], vec![]).await.status, 405);
+    let get = run.wait_for(|v| v["message"] == "notification");
+    assert_eq!(
+        (get["method"].as_str(), get["path"].as_str()),
+        (Some("GET"), Some("/notify/alipay"))
+    );
+
+    // A delivery: the shop gets the same id the log line carries.
+    let sent = client
+        .send(
+            "POST",
+            &url,
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                // A caller cannot choose the id.
+                ("x-callgate-request-id", "forged"),
+            ],
+            alipay_fixture("rsa2_trade_success.form"),
+        )
+        .await;
+    assert_eq!(sent.status, 200);
+    let got = up.next().await;
+    let line = run.wait_for(|v| v["message"] == "notification");
+    assert_eq!(line["outcome"], "forwarded");
+    let id = line["request_id"].as_str().unwrap();
+    assert_eq!(
+        got.headers.get_all("x-callgate-request-id").iter().count(),
+        1
+    );
+    assert_eq!(got.headers["x-callgate-request-id"], id);
+    assert_ne!(id, lost_id, "each request has its own id");
+    assert_ne!(id, get["request_id"].as_str().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread")]
