@@ -144,6 +144,11 @@ impl Upstream {
     pub fn uri(&self) -> &Uri {
         &self.uri
     }
+
+    /// The bytes a 2xx reply must contain, when the route sets `success_body`.
+    pub fn success_body(&self) -> Option<&[u8]> {
+        self.success_body.as_deref()
+    }
 }
 
 /// Reads a PEM CA bundle into a root store.

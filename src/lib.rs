@@ -35,6 +35,8 @@ pub mod admin;
 pub mod allow;
 pub mod body;
 pub mod config;
+pub mod demo_keys;
+pub mod dump;
 pub mod expiry;
 pub mod forward;
 pub mod journal;

@@ -50,6 +50,174 @@ fn check_accepts_the_shipped_demo() {
     assert_eq!(out.trim(), "ok: 6 routes");
 }
 
+#[test]
+fn check_warns_that_the_shipped_demo_uses_public_demo_keys() {
+    let (code, out, err) = output(
+        callgate()
+            .args(["check", "-c"])
+            .arg(root().join("callgate.toml")),
+    );
+    assert_eq!((code, out.trim()), (0, "ok: 6 routes"), "{err}");
+    // Every key, secret and the TLS pair of the demo, each by its path.
+    for name in [
+        "alipay_public.pem",
+        "alipay_md5.key",
+        "wechat_v2_api.key",
+        "wechat_v3_api_v3.key",
+        "unionpay_root.pem",
+        "jdpay_des.key",
+        "upstream.secret",
+        "server.key",
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&format!("dev/{name}: warning: "))
+                    && l.contains(&format!("public demo key (a copy of certs/dev/{name})"))),
+            "no demo-key warning for {name}:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn check_warns_about_a_demo_key_copied_under_another_name() {
+    let dir = config_with_rules(&good_route("a", "/a"));
+    // The operator copied the demo secret into place instead of making one.
+    std::fs::copy(
+        root().join("certs/dev/upstream.secret"),
+        dir.path().join("upstream.secret"),
+    )
+    .unwrap();
+    let (code, out) = check(dir.path());
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "upstream.secret: warning: a public demo key (a copy of certs/dev/upstream.secret)"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_warns_about_allow_lists_open_to_everybody() {
+    let dir = config_with_rules(
+        &good_route("a", "/a").replace("\"110.75.0.0/16\"", "\"0.0.0.0/0\", \"2000::/3\""),
+    );
+    let gateway = dir.path().join("callgate.toml");
+    let text = std::fs::read_to_string(&gateway).unwrap();
+    std::fs::write(
+        &gateway,
+        text.replace("trusted_proxies = []", "trusted_proxies = [\"::/0\"]"),
+    )
+    .unwrap();
+    let (code, out) = check(dir.path());
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("r.toml:5: warning: allow entry `0.0.0.0/0` admits every address"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "r.toml:5: warning: allow entry `2000::/3` admits a large part of the internet"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("callgate.toml:2: warning: trusted_proxies entry `::/0` admits every address"),
+        "{out}"
+    );
+    // A platform's own range is not worth a warning.
+    let (_, quiet) = check(config_with_rules(&good_route("a", "/a")).path());
+    assert!(!quiet.contains("warning"), "{quiet}");
+}
+
+/// Every path under `dir`, for comparing a tree before and after.
+fn tree(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn check_creates_nothing_on_disk() {
+    // The journal directory does not exist yet: `run` creates it, `check`
+    // must not (it may run as another user, or on a copy of the files).
+    let dir = config_with_rules(&good_route("a", "/a"));
+    let before = tree(dir.path());
+    assert!(!dir.path().join("journal").exists());
+    let (code, out) = check(dir.path());
+    assert_eq!((code, out.trim()), (0, "ok: 1 routes"));
+    assert_eq!(tree(dir.path()), before);
+    // And a journal path that cannot be a directory is still a problem.
+    std::fs::write(dir.path().join("journal"), "a file").unwrap();
+    let (code, out) = check(dir.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("callgate.toml:17: journal.dir `journal`: is not a directory"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_dump_prints_the_effective_configuration_without_secrets() {
+    let dir = config_with_rules(&good_route("a", "/a"));
+    let gateway = dir.path().join("callgate.toml");
+    let text = std::fs::read_to_string(&gateway).unwrap();
+    std::fs::write(
+        &gateway,
+        text.replace(
+            "store = \"memory\"",
+            "store = \"redis://:hunter2-redis-password@127.0.0.1:1/3\"",
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = output(callgate().args(["check", "--dump", "-c"]).arg(&gateway));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("ok: 1 routes\n"), "{out}");
+    for want in [
+        // Redacted, with the rest of the URL kept.
+        "store = \"redis://:***@127.0.0.1:1/3\"",
+        // Defaults the file left out.
+        "drain_timeout = \"10s\"",
+        "max_connections = 10000",
+        "fsync = \"interval\"",
+        // The route, its defaults and where it is defined.
+        "r.toml:1\n[[route]]\nname = \"a\"\npath = \"/a\"\nprovider = \"alipay\"",
+        "allow = [\"110.75.0.0/16\"]",
+        "max_age = \"25h\"",
+        "upstream = \"http://127.0.0.1:8080/notify.php\"",
+    ] {
+        assert!(out.contains(want), "missing `{want}` in:\n{out}");
+    }
+    assert!(!out.contains("hunter2"), "a password in the dump:\n{out}");
+    assert!(
+        !out.contains(SECRET.trim()),
+        "the upstream secret in the dump"
+    );
+    // Paths are resolved: the rules directory is absolute.
+    let rules_dir = out
+        .lines()
+        .find_map(|l| l.strip_prefix("rules_dir = "))
+        .unwrap();
+    assert!(rules_dir.trim_matches('"').starts_with('/'), "{rules_dir}");
+    // The dump reads back as TOML.
+    let body: String = out
+        .lines()
+        .filter(|l| !l.starts_with("ok: "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    toml::from_str::<toml::Table>(&body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+}
+
 /// Writes a gateway file plus `rules/r.toml` with `rules`, returns the dir.
 fn config_with_rules(rules: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
