@@ -38,6 +38,8 @@ pub struct Metrics {
     store_up: IntGauge,
     connections_open: IntGauge,
     connections_refused: prometheus::IntCounter,
+    last_reload_ok: IntGauge,
+    store_max_entries: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -147,6 +149,35 @@ impl Metrics {
         )?;
         registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
+        // A gauge, not the counter's increase: it stays 0 for as long as the
+        // files on disk are broken, and returns to 1 with the next good reload.
+        let last_reload_ok = IntGauge::new(
+            "callgate_rules_last_reload_successful",
+            "1 when the last reload (or the start) loaded the files, 0 when it was refused and the previous rules still serve.",
+        )?;
+        let store_max_entries = IntGauge::new(
+            "callgate_replay_store_max_entries",
+            "replay.max_entries: the memory store's bound (0 for Redis, which is bounded by its own maxmemory).",
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "callgate_build_info",
+                "Always 1; the labels say which callgate runs.",
+            ),
+            &["version", "commit"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("CALLGATE_GIT_COMMIT")])
+            .set(1);
+        registry.register(Box::new(last_reload_ok.clone()))?;
+        registry.register(Box::new(store_max_entries.clone()))?;
+        registry.register(Box::new(build_info))?;
+        // process_cpu_seconds_total, process_resident_memory_bytes,
+        // process_open_fds, process_max_fds, process_start_time_seconds ...
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         for op in [
             "claim", "confirm", "release", "remember", "forget", "ping", "entries",
         ] {
@@ -172,6 +203,8 @@ impl Metrics {
             store_up,
             connections_open,
             connections_refused,
+            last_reload_ok,
+            store_max_entries,
         })
     }
 
@@ -180,6 +213,7 @@ impl Metrics {
     pub fn rules_loaded(&self, rules: &RuleSet, now: i64) {
         self.loaded_routes.set(rules.len() as i64);
         self.last_reload.set(now);
+        self.last_reload_ok.set(1);
         for route in rules.routes() {
             for outcome in Outcome::ALL {
                 self.requests.with_label_values(&[
@@ -216,6 +250,14 @@ impl Metrics {
         self.reloads
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
+        self.last_reload_ok.set(i64::from(ok));
+    }
+
+    /// The replay store's bound (`replay.max_entries`; 0 when the store is
+    /// Redis, which `max_entries` does not bound).
+    pub fn set_store_max_entries(&self, n: u64) {
+        self.store_max_entries
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Records one finished request.

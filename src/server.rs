@@ -219,6 +219,10 @@ pub fn build_state(
         }
     };
     let metrics = Metrics::new()?;
+    metrics.set_store_max_entries(match store {
+        ReplayStore::Memory(_) => config.replay.max_entries,
+        ReplayStore::Redis(_) => 0,
+    });
     Ok(Arc::new(State::new(
         rules,
         store,

@@ -1089,6 +1089,11 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_rules() {
         find_metric(&m, "callgate_rules_reload_total", &[("result", "error")]),
         Some(1.0)
     );
+    // Failing now, and for as long as the file stays broken.
+    assert_eq!(
+        find_metric(&m, "callgate_rules_last_reload_successful", &[]),
+        Some(0.0)
+    );
     let r = client
         .send(
             "POST",
@@ -1106,6 +1111,10 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_rules() {
     let m = client.send("GET", &metrics, &[], vec![]).await.text();
     assert_eq!(
         find_metric(&m, "callgate_rules_reload_total", &[("result", "ok")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        find_metric(&m, "callgate_rules_last_reload_successful", &[]),
         Some(1.0)
     );
     let old = client
