@@ -472,6 +472,12 @@ pub fn load(gateway_file: &Path) -> Result<Loaded, LoadErrors> {
         files.sort();
         files.dedup();
         warnings.extend(crate::demo_keys::warnings(&files));
+        if rules.is_empty() {
+            warnings.push(format!(
+                "{}: warning: no *.toml file here defines a route: every notification is answered 404 and /readyz is 503",
+                config.rules_dir.display()
+            ));
+        }
         Ok(Loaded {
             config,
             rules,

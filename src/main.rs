@@ -109,9 +109,10 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff), as the Debian package installs it.
+    /// Write the man pages (callgate.1, callgate-run.1, ...) into DIR, as
+    /// the Debian package installs them.
     #[command(hide = true)]
-    Manpage,
+    Manpage { dir: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -168,16 +169,13 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Manpage => {
-            let page = clap_mangen::Man::new(Cli::command());
-            match page.render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("callgate manpage: {e}");
-                    ExitCode::FAILURE
-                }
+        Command::Manpage { dir } => match clap_mangen::generate_to(Cli::command(), &dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("callgate manpage: {e}");
+                ExitCode::FAILURE
             }
-        }
+        },
         Command::Journal { command } => journal(command),
     }
 }
