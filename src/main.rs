@@ -84,8 +84,10 @@ enum Command {
         config: PathBuf,
     },
     /// Validate a gateway file, its rule files, keys and certificates.
-    /// Writes nothing; warnings (demo keys, allow lists open to everybody,
-    /// certificates about to expire) go to stderr.
+    ///
+    /// Prints `ok: N routes`, or every problem as PATH:LINE: message (exit
+    /// 1). Writes nothing. Warnings (demo keys, allow lists open to
+    /// everybody, certificates about to expire) go to stderr.
     Check {
         /// Gateway file.
         #[arg(short = 'c', long = "config", default_value = "callgate.toml")]
