@@ -112,6 +112,19 @@ fn the_debian_package_holds_what_an_operator_needs_and_its_configuration_checks(
     );
     let postinst = std::fs::read_to_string(control.join("postinst")).unwrap();
     assert!(postinst.contains("systemd-sysusers"), "{postinst}");
+    // The service reads its configuration as user callgate: the shipped
+    // files are 0640 root, so their group must become callgate.
+    assert!(
+        postinst.contains("chgrp -R callgate /etc/callgate\n"),
+        "{postinst}"
+    );
+    for file in conffiles.lines() {
+        let mode = std::fs::metadata(root.join(file.trim_start_matches('/')))
+            .unwrap()
+            .permissions();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode.mode() & 0o777, 0o640, "{file}");
+    }
 
     // Generated from the binary's own command line.
     let man = run(tool("gzip")
