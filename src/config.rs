@@ -131,6 +131,13 @@ pub enum ConfigError {
     JournalDir { dir: String, reason: String },
     #[error("{field} must be greater than zero")]
     Zero { field: &'static str },
+    #[error("admin.token_file `{file}`: {reason}")]
+    AdminToken { file: String, reason: String },
+    #[error(
+        "limits.max_connections_unlisted ({unlisted}) is above limits.max_connections ({total}): \
+         set it lower, so that the platforms' own addresses keep room"
+    )]
+    UnlistedAboveTotal { unlisted: u64, total: u64 },
 }
 
 // === durations ===
@@ -205,6 +212,15 @@ struct ListenFile {
 #[serde(deny_unknown_fields)]
 struct AdminFile {
     addr: Spanned<String>,
+    #[serde(default = "default_admin_max_connections")]
+    max_connections: Spanned<u64>,
+    /// File holding the bearer token of the admin API (`POST
+    /// /api/redeliver`); absent: the API does not exist.
+    token_file: Option<Spanned<String>>,
+}
+
+fn default_admin_max_connections() -> Spanned<u64> {
+    Spanned::new(0..0, 64)
 }
 
 #[derive(Debug, Deserialize)]
@@ -310,6 +326,12 @@ struct LimitsFile {
     drain_timeout: Spanned<Dur>,
     #[serde(default = "default_max_connections")]
     max_connections: Spanned<u64>,
+    #[serde(default = "default_max_connections_per_source")]
+    max_connections_per_source: Spanned<u64>,
+    /// Absent: half of `max_connections`.
+    max_connections_unlisted: Option<Spanned<u64>>,
+    #[serde(default = "default_write_timeout")]
+    write_timeout: Spanned<Dur>,
 }
 
 impl Default for LimitsFile {
@@ -322,6 +344,9 @@ impl Default for LimitsFile {
             tls_handshake_timeout: default_tls_handshake_timeout(),
             drain_timeout: default_drain_timeout(),
             max_connections: default_max_connections(),
+            max_connections_per_source: default_max_connections_per_source(),
+            max_connections_unlisted: None,
+            write_timeout: default_write_timeout(),
         }
     }
 }
@@ -350,6 +375,12 @@ fn default_drain_timeout() -> Spanned<Dur> {
 fn default_max_connections() -> Spanned<u64> {
     Spanned::new(0..0, 10_000)
 }
+fn default_max_connections_per_source() -> Spanned<u64> {
+    Spanned::new(0..0, 256)
+}
+fn default_write_timeout() -> Spanned<Dur> {
+    secs(10)
+}
 
 // === compiled ===
 
@@ -364,7 +395,9 @@ pub struct Config {
     /// TLS for the notification listener; `None` is plain HTTP.
     pub tls: Option<Tls>,
     /// Admin listener (`/metrics`, `/healthz`, `/readyz`); `None` disables it.
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<Admin>,
+    /// The admin API's bearer token; `None`: the API does not exist.
+    pub admin_token: Option<AdminToken>,
     pub replay: ReplayConfig,
     pub limits: Limits,
     /// The delivery journal; `None` when disabled.
@@ -373,6 +406,14 @@ pub struct Config {
     pub watch: bool,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Arc<[IpNet]>,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admin {
+    pub addr: SocketAddr,
+    /// Open admin connections at most; one more is closed at once.
+    pub max_connections: usize,
 }
 
 /// TLS files and the server configuration built from them at load time.
@@ -395,6 +436,16 @@ impl fmt::Debug for Tls {
             .finish_non_exhaustive()
     }
 }
+
+/// The admin API's bearer token and the file it was read from.
+#[derive(Debug, Clone)]
+pub struct AdminToken {
+    pub file: PathBuf,
+    pub token: crate::secret::Secret,
+}
+
+/// Shortest admin token accepted, in bytes.
+pub const MIN_ADMIN_TOKEN: usize = 16;
 
 #[derive(Clone, PartialEq, Eq)]
 pub enum StoreKind {
@@ -437,6 +488,16 @@ pub struct Limits {
     /// Open notification connections at most; one more is closed at once
     /// (and counted in `callgate_connections_refused_total`).
     pub max_connections: usize,
+    /// Open notification connections from one source address (IPv6: one
+    /// /64) at most; trusted proxies are exempt.
+    pub max_connections_per_source: usize,
+    /// Open notification connections from addresses outside every route's
+    /// allow list at most: the rest of `max_connections` stays for the
+    /// platforms.
+    pub max_connections_unlisted: usize,
+    /// A response write that makes no progress for this long (the peer does
+    /// not read) closes the connection.
+    pub write_timeout: Duration,
 }
 
 /// A whole configuration: listener settings and the swappable rule set.
@@ -550,9 +611,59 @@ fn compile_gateway(
         .ok();
     let admin = match &raw.admin {
         None => None,
-        Some(a) => parse_addr("admin.addr", &a.addr)
-            .map_err(|e| problems.push(at(line(a.addr.span()), e)))
-            .ok(),
+        Some(a) => {
+            if *a.max_connections.get_ref() == 0 {
+                problems.push(at(
+                    line(a.max_connections.span()),
+                    ConfigError::Zero {
+                        field: "admin.max_connections",
+                    },
+                ));
+            }
+            parse_addr("admin.addr", &a.addr)
+                .map_err(|e| problems.push(at(line(a.addr.span()), e)))
+                .ok()
+                .map(|addr| Admin {
+                    addr,
+                    max_connections: usize::try_from(*a.max_connections.get_ref())
+                        .unwrap_or(usize::MAX),
+                })
+        }
+    };
+    let admin_token = match raw.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
+        None => None,
+        Some(f) => {
+            let path = resolve(&dir, f.get_ref());
+            let problem = |reason: String| {
+                at(
+                    line(f.span()),
+                    ConfigError::AdminToken {
+                        file: f.get_ref().clone(),
+                        reason,
+                    },
+                )
+            };
+            match crate::secret::Secret::from_file(&path) {
+                Ok(token) if token.expose().len() < MIN_ADMIN_TOKEN => {
+                    problems.push(problem(format!(
+                        "the token is shorter than {MIN_ADMIN_TOKEN} bytes: write a long random one (openssl rand -hex 32)"
+                    )));
+                    None
+                }
+                Ok(token) if !token.expose().iter().all(u8::is_ascii_graphic) => {
+                    problems.push(problem(
+                        "the token must be visible ASCII without spaces (it travels in an HTTP header)"
+                            .to_owned(),
+                    ));
+                    None
+                }
+                Ok(token) => Some(AdminToken { file: path, token }),
+                Err(e) => {
+                    problems.push(problem(e.to_string()));
+                    None
+                }
+            }
+        }
     };
 
     let mut trusted = Vec::new();
@@ -775,6 +886,18 @@ fn compile_gateway(
         l.max_connections.span(),
     );
     positive(
+        "limits.max_connections_per_source",
+        *l.max_connections_per_source.get_ref() == 0,
+        l.max_connections_per_source.span(),
+    );
+    if let Some(u) = &l.max_connections_unlisted {
+        positive(
+            "limits.max_connections_unlisted",
+            *u.get_ref() == 0,
+            u.span(),
+        );
+    }
+    positive(
         "limits.max_body_bytes",
         *l.max_body_bytes.get_ref() == 0,
         l.max_body_bytes.span(),
@@ -785,9 +908,28 @@ fn compile_gateway(
         ("limits.body_timeout", &l.body_timeout),
         ("limits.tls_handshake_timeout", &l.tls_handshake_timeout),
         ("limits.drain_timeout", &l.drain_timeout),
+        ("limits.write_timeout", &l.write_timeout),
     ] {
         positive(field, d.get_ref().0.is_zero(), d.span());
     }
+
+    let max_connections = usize::try_from(*l.max_connections.get_ref()).unwrap_or(usize::MAX);
+    let max_connections_unlisted = match &l.max_connections_unlisted {
+        None => (max_connections / 2).max(1),
+        Some(u) => {
+            let n = usize::try_from(*u.get_ref()).unwrap_or(usize::MAX);
+            if n > max_connections {
+                problems.push(at(
+                    line(u.span()),
+                    ConfigError::UnlistedAboveTotal {
+                        unlisted: *u.get_ref(),
+                        total: *l.max_connections.get_ref(),
+                    },
+                ));
+            }
+            n
+        }
+    };
 
     // Problems above are reported, but the rule files are still checked:
     // placeholders stand in for the values that failed.
@@ -797,6 +939,7 @@ fn compile_gateway(
         listen: listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
         tls,
         admin,
+        admin_token,
         replay: ReplayConfig {
             store: store.unwrap_or(StoreKind::Memory),
             ttl: r.ttl.get_ref().0,
@@ -813,7 +956,11 @@ fn compile_gateway(
             body_timeout: l.body_timeout.get_ref().0,
             tls_handshake_timeout: l.tls_handshake_timeout.get_ref().0,
             drain_timeout: l.drain_timeout.get_ref().0,
-            max_connections: usize::try_from(*l.max_connections.get_ref()).unwrap_or(usize::MAX),
+            max_connections,
+            max_connections_per_source: usize::try_from(*l.max_connections_per_source.get_ref())
+                .unwrap_or(usize::MAX),
+            max_connections_unlisted,
+            write_timeout: l.write_timeout.get_ref().0,
         },
         trusted_proxies: trusted.into(),
     })

@@ -38,7 +38,11 @@ pub fn render(loaded: &Loaded) -> String {
     }
     match &c.admin {
         Some(a) => {
-            let _ = writeln!(w, "\n[admin]\naddr = {}", quote(&a.to_string()));
+            let _ = writeln!(w, "\n[admin]\naddr = {}", quote(&a.addr.to_string()));
+            let _ = writeln!(w, "max_connections = {}", a.max_connections);
+            if let Some(t) = &c.admin_token {
+                let _ = writeln!(w, "token_file = {}", quote(&abs(&t.file)));
+            }
         }
         None => {
             let _ = writeln!(w, "\n# [admin]: none (no /metrics, /healthz, /readyz)");
@@ -86,6 +90,17 @@ pub fn render(loaded: &Loaded) -> String {
     );
     let _ = writeln!(w, "drain_timeout = {}", dur(l.drain_timeout));
     let _ = writeln!(w, "max_connections = {}", l.max_connections);
+    let _ = writeln!(
+        w,
+        "max_connections_per_source = {}",
+        l.max_connections_per_source
+    );
+    let _ = writeln!(
+        w,
+        "max_connections_unlisted = {}",
+        l.max_connections_unlisted
+    );
+    let _ = writeln!(w, "write_timeout = {}", dur(l.write_timeout));
 
     let mut routes: Vec<_> = loaded.rules.routes().collect();
     routes.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
@@ -108,6 +123,11 @@ pub fn render(loaded: &Loaded) -> String {
             crate::forward::ForwardMode::Normalized => "normalized",
         };
         let _ = writeln!(w, "forward = {}", quote(forward));
+        let _ = writeln!(
+            w,
+            "forward_headers = {}",
+            list(r.forward_headers.extra().iter().map(|h| h.as_str()))
+        );
         let _ = writeln!(w, "max_age = {}", dur(r.max_age));
         let _ = writeln!(
             w,
@@ -120,6 +140,9 @@ pub fn render(loaded: &Loaded) -> String {
         };
         let _ = writeln!(w, "on_store_error = {}", quote(on_store_error));
         let _ = writeln!(w, "merchant_label = {}", r.merchant_label);
+        if let Some(quota) = r.replay_quota {
+            let _ = writeln!(w, "replay_quota = {quota}");
+        }
         if let Some(limit) = &r.rate_limit {
             let _ = writeln!(
                 w,

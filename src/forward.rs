@@ -7,29 +7,38 @@
 //! delivered.
 //!
 //! What the upstream receives:
-//! * `original` mode: the body byte for byte with its Content-Type (and the
-//!   platform's other end-to-end headers, so a shop that checks the
-//!   signature itself keeps working); `normalized` mode: the JSON of
-//!   `normalize`, as `application/json`.
-//! * Headers the gateway always sets, after stripping any incoming copy:
-//!   `X-Callgate-Provider`, `X-Callgate-Route`, `X-Callgate-Event-Id`,
-//!   `X-Callgate-Request-Id` (the id of callgate's log line for the
-//!   request, and of its journal records),
-//!   `X-Forwarded-For` (the source address callgate decided on) and
-//!   `X-Callgate-Signature: t=UNIX,v1=HEX`, HEX = HMAC-SHA256(upstream
-//!   secret, `t + "." + body`). Every incoming `X-Callgate-*` header is
-//!   dropped, as are `Forwarded` and `X-Real-IP`, which a shop might trust.
+//! * `original` mode: the body byte for byte with its Content-Type, so a
+//!   shop that checks the platform's signature itself keeps working;
+//!   `normalized` mode: the JSON of `normalize`, as `application/json`.
+//! * Of the platform's request headers, only an allowlist
+//!   ([`ForwardHeaders`]): `Content-Type`, `User-Agent`, `Accept` and the
+//!   platform's own signature headers (`Wechatpay-*`), plus the names the
+//!   route lists in `forward_headers`. In `normalized` mode the body is
+//!   callgate's, so the incoming `Content-Type` and `Wechatpay-*` (which sign
+//!   the platform's body) are not passed. Everything else the caller sent
+//!   (`Cookie`, `Authorization`, `X-Original-URL`, `X-HTTP-Method-Override`,
+//!   `True-Client-IP`, ...) stays behind. A route cannot list hop-by-hop
+//!   headers, `X-Callgate-*`, the `X-Forwarded-*` family or credentials.
+//! * Headers the gateway always sets: `X-Callgate-Provider`,
+//!   `X-Callgate-Route`, `X-Callgate-Event-Id`, `X-Callgate-Request-Id`
+//!   (the id of callgate's log line for the request, and of its journal
+//!   records), `X-Callgate-Attempt` (1, or
+//!   more when callgate sent the event before without recording its
+//!   delivery: the shop may have it already), `X-Forwarded-For` (the
+//!   source address callgate decided on) and `X-Callgate-Signature:
+//!   t=UNIX,v1=HEX`, HEX = HMAC-SHA256(upstream secret, `t + "." + body`).
 //! * In `original` mode, when the platform encrypted part of the
 //!   notification (WeChat v3 `resource`, WeChat v2 refund `req_info`, JD
 //!   Pay `encrypt`):
 //!   `X-Callgate-Resource: <standard Base64 of the decrypted bytes>` and
 //!   `X-Callgate-Resource-Signature: t=UNIX,v1=HEX`, HEX =
-//!   HMAC-SHA256(upstream secret, `t + "." + decrypted bytes`) with the
-//!   same `t`, so a shop without sodium or the APIv3 key can use it.
-//! * Never: hop-by-hop headers (`Connection` and what it names,
-//!   `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`,
-//!   `Upgrade`), `Host` (set from the upstream URL), `Content-Length`
-//!   (recomputed), `Expect`.
+//!   HMAC-SHA256(upstream secret, `"resource." + t + "." + decrypted
+//!   bytes`) with the same `t`, so a shop without sodium or the APIv3 key
+//!   can use it. The `resource.` label keeps the two signatures apart: a
+//!   body signature starts with the digits of `t`, so neither header ever
+//!   verifies as the other (a captured resource and its signature cannot be
+//!   posted to the shop as a body).
+//! * `Host` comes from the upstream URL, `Content-Length` from the body.
 //!
 //! The incoming query string is never forwarded: it is not signed. The whole
 //! exchange (connect, send, read the reply) runs under `upstream_timeout`.
@@ -256,14 +265,19 @@ pub struct Delivery<'a> {
     /// The request's id in callgate's log line and journal.
     pub request_id: &'a str,
     pub client_ip: IpAddr,
-    /// The platform's request headers (used in `original` mode).
+    /// The platform's request headers; `pass` picks the ones the shop gets.
     pub incoming: &'a HeaderMap,
-    /// `None` keeps the incoming Content-Type (original mode).
-    pub content_type: Option<&'static str>,
+    /// The route's header allowlist.
+    pub pass: &'a ForwardHeaders,
+    /// `original` keeps the incoming Content-Type; `normalized` sends JSON.
+    pub mode: ForwardMode,
     pub body: Bytes,
     /// Decrypted platform content for `X-Callgate-Resource` (original mode).
     pub decrypted: Option<&'a [u8]>,
     pub now: i64,
+    /// `X-Callgate-Attempt`: 1, or more when the event was sent before
+    /// without a recorded delivery.
+    pub attempt: u32,
 }
 
 /// Sends `delivery` to `upstream` and waits for its confirmation.
@@ -306,7 +320,7 @@ fn build_request(
     upstream: &Upstream,
     d: Delivery<'_>,
 ) -> Result<Request<Full<Bytes>>, ForwardError> {
-    let mut headers = HeaderMap::with_capacity(d.incoming.len() + 6);
+    let mut headers = HeaderMap::with_capacity(12);
     let connection_named: Vec<HeaderName> = d
         .incoming
         .get_all(http::header::CONNECTION)
@@ -316,21 +330,18 @@ fn build_request(
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
     for (name, value) in d.incoming {
-        if is_dropped(name) || connection_named.contains(name) {
-            continue;
+        if d.pass.passes(name, d.mode) && !connection_named.contains(name) {
+            headers.append(name.clone(), value.clone());
         }
-        if d.content_type.is_some() && *name == CONTENT_TYPE {
-            continue;
-        }
-        headers.append(name.clone(), value.clone());
     }
-    if let Some(ct) = d.content_type {
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+    if d.mode == ForwardMode::Normalized {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
     headers.insert("x-callgate-provider", HeaderValue::from_static(d.provider));
     headers.insert("x-callgate-route", header_value(d.route));
     headers.insert("x-callgate-event-id", header_value(d.event_id));
     headers.insert("x-callgate-request-id", header_value(d.request_id));
+    headers.insert("x-callgate-attempt", HeaderValue::from(d.attempt));
     headers.insert("x-forwarded-for", header_value(&d.client_ip.to_string()));
     headers.insert(
         "x-callgate-signature",
@@ -346,7 +357,7 @@ fn build_request(
         );
         headers.insert(
             "x-callgate-resource-signature",
-            header_value(&signature(&upstream.secret, d.now, plain)),
+            header_value(&resource_signature(&upstream.secret, d.now, plain)),
         );
     }
 
@@ -357,41 +368,175 @@ fn build_request(
     Ok(request)
 }
 
-/// `t=UNIX,v1=HEX(HMAC-SHA256(secret, t + "." + body))`.
+/// `X-Callgate-Signature`: `t=UNIX,v1=HEX(HMAC-SHA256(secret, t + "." + body))`.
 pub fn signature(secret: &Secret, t: i64, body: &[u8]) -> String {
+    signed(secret, None, t, body)
+}
+
+/// `X-Callgate-Resource-Signature`:
+/// `t=UNIX,v1=HEX(HMAC-SHA256(secret, "resource." + t + "." + decrypted))`.
+/// The label makes its message differ from every body signature's, which
+/// starts with the digits of `t`.
+pub fn resource_signature(secret: &Secret, t: i64, decrypted: &[u8]) -> String {
+    signed(secret, Some(RESOURCE_LABEL), t, decrypted)
+}
+
+/// The label in front of a resource signature's message.
+pub const RESOURCE_LABEL: &str = "resource";
+
+fn signed(secret: &Secret, label: Option<&str>, t: i64, data: &[u8]) -> String {
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.expose());
     let mut ctx = aws_lc_rs::hmac::Context::with_key(&key);
+    if let Some(label) = label {
+        ctx.update(label.as_bytes());
+        ctx.update(b".");
+    }
     ctx.update(t.to_string().as_bytes());
     ctx.update(b".");
-    ctx.update(body);
+    ctx.update(data);
     format!("t={t},v1={}", hex::encode(ctx.sign().as_ref()))
 }
 
-/// Whether a platform request header is passed on to the upstream.
-pub fn passes(name: &HeaderName) -> bool {
-    !is_dropped(name)
+// === impl ForwardHeaders ===
+
+/// The platform's request headers a route passes on to the shop: a fixed
+/// allowlist plus the route's `forward_headers`. Headers callgate sets
+/// itself are never taken from the request.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardHeaders {
+    /// The route's `forward_headers`, checked by [`ForwardHeaders::new`].
+    extra: Box<[HeaderName]>,
 }
 
-/// Headers never copied from the platform's request.
-fn is_dropped(name: &HeaderName) -> bool {
-    const DROPPED: [&str; 14] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "expect",
+/// Passed in both modes.
+const PASSED: [HeaderName; 2] = [http::header::USER_AGENT, http::header::ACCEPT];
+
+/// The platform's own signature headers (WeChat Pay v3), passed with the
+/// platform's body in `original` mode.
+const PLATFORM_SIGNATURE_PREFIX: &str = "wechatpay-";
+
+/// Headers a route may not list in `forward_headers`, and why.
+const NEVER_PASSED: &[(&str, &str)] = &[
+    ("connection", "hop-by-hop"),
+    ("keep-alive", "hop-by-hop"),
+    ("proxy-connection", "hop-by-hop"),
+    ("proxy-authenticate", "hop-by-hop"),
+    ("proxy-authorization", "hop-by-hop"),
+    ("te", "hop-by-hop"),
+    ("trailer", "hop-by-hop"),
+    ("transfer-encoding", "hop-by-hop"),
+    ("upgrade", "hop-by-hop"),
+    ("host", "set from the upstream URL"),
+    ("content-length", "set from the body forwarded"),
+    ("expect", "answered by callgate"),
+    (
         "forwarded",
+        "callgate sets X-Forwarded-For to the source address it decided on",
+    ),
+    (
         "x-real-ip",
-    ];
-    let n = name.as_str();
-    DROPPED.contains(&n) || n == "x-forwarded-for" || n.starts_with("x-callgate-")
+        "callgate sets X-Forwarded-For to the source address it decided on",
+    ),
+    (
+        "client-ip",
+        "callgate sets X-Forwarded-For to the source address it decided on",
+    ),
+    (
+        "true-client-ip",
+        "callgate sets X-Forwarded-For to the source address it decided on",
+    ),
+    (
+        "x-client-ip",
+        "callgate sets X-Forwarded-For to the source address it decided on",
+    ),
+    (
+        "x-cluster-client-ip",
+        "callgate sets X-Forwarded-For to the source address it decided on",
+    ),
+    ("cookie", "a credential; no platform sends one"),
+    ("authorization", "a credential; no platform sends one"),
+    (
+        "x-original-url",
+        "rewrites the URL a PHP stack or IIS routes on",
+    ),
+    (
+        "x-rewrite-url",
+        "rewrites the URL a PHP stack or IIS routes on",
+    ),
+    (
+        "x-http-method-override",
+        "overrides the method a framework routes on",
+    ),
+    (
+        "x-http-method",
+        "overrides the method a framework routes on",
+    ),
+    (
+        "x-method-override",
+        "overrides the method a framework routes on",
+    ),
+];
+
+/// Prefixes a route may not list in `forward_headers`, and why.
+const NEVER_PASSED_PREFIXES: &[(&str, &str)] = &[
+    (
+        "x-callgate-",
+        "callgate's own headers are set only by callgate",
+    ),
+    (
+        "x-forwarded-",
+        "callgate sets X-Forwarded-For to the source address it decided on",
+    ),
+];
+
+impl ForwardHeaders {
+    /// Checks a route's `forward_headers`; `Err` names the first name that
+    /// cannot be passed and why.
+    pub fn new<'a>(
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<ForwardHeaders, (usize, String)> {
+        let mut extra = Vec::new();
+        for (i, name) in names.into_iter().enumerate() {
+            let parsed = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| (i, format!("`{name}` is not a header name")))?;
+            let lower = parsed.as_str();
+            let refused = NEVER_PASSED.iter().find(|(n, _)| *n == lower).or_else(|| {
+                NEVER_PASSED_PREFIXES
+                    .iter()
+                    .find(|(p, _)| lower.starts_with(p))
+            });
+            if let Some((_, why)) = refused {
+                return Err((i, format!("`{name}` is never passed to the shop: {why}")));
+            }
+            if !extra.contains(&parsed) {
+                extra.push(parsed);
+            }
+        }
+        Ok(ForwardHeaders {
+            extra: extra.into_boxed_slice(),
+        })
+    }
+
+    /// Whether an incoming header reaches the shop in `mode`.
+    /// The names the route added to the fixed allowlist (`forward_headers`).
+    pub fn extra(&self) -> &[HeaderName] {
+        &self.extra
+    }
+
+    pub fn passes(&self, name: &HeaderName, mode: ForwardMode) -> bool {
+        if PASSED.contains(name) || self.extra.contains(name) {
+            return true;
+        }
+        mode == ForwardMode::Original
+            && (*name == CONTENT_TYPE || name.as_str().starts_with(PLATFORM_SIGNATURE_PREFIX))
+    }
+
+    /// Whether an incoming header is kept in the journal: what a redelivery
+    /// needs to verify the notification again (Content-Type, the platform's
+    /// signature headers) and to forward it as the first delivery did.
+    pub fn journals(&self, name: &HeaderName) -> bool {
+        self.passes(name, ForwardMode::Original)
+    }
 }
 
 /// A header value for text that came from a notification: kept as is when
@@ -425,24 +570,38 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn signature_matches_openssl() {
-        // printf '1700000000.a=1' | openssl dgst -sha256 -hmac 'topsecret'
-        let s = signature(&Secret::new(b"topsecret".to_vec()), 1_700_000_000, b"a=1");
+    /// `printf MESSAGE | openssl dgst -sha256 -hmac KEY`, hex.
+    fn openssl_hmac(key: &str, message: &[u8]) -> String {
         let out = crate::test_tools::tool("openssl")
-            .args(["dgst", "-sha256", "-hmac", "topsecret", "-r"])
+            .args(["dgst", "-sha256", "-hmac", key, "-r"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .and_then(|mut c| {
                 use std::io::Write;
-                c.stdin.take().unwrap().write_all(b"1700000000.a=1")?;
+                c.stdin.take().unwrap().write_all(message)?;
                 c.wait_with_output()
             })
             .unwrap();
         let hex = String::from_utf8(out.stdout).unwrap();
-        let hex = hex.split_whitespace().next().unwrap();
+        hex.split_whitespace().next().unwrap().to_owned()
+    }
+
+    #[test]
+    fn signature_matches_openssl() {
+        let s = signature(&Secret::new(b"topsecret".to_vec()), 1_700_000_000, b"a=1");
+        let hex = openssl_hmac("topsecret", b"1700000000.a=1");
         assert_eq!(s, format!("t=1700000000,v1={hex}"));
+    }
+
+    #[test]
+    fn a_resource_signature_carries_its_label_and_is_never_a_body_signature() {
+        let secret = Secret::new(b"topsecret".to_vec());
+        let s = resource_signature(&secret, 1_700_000_000, b"{\"a\":1}");
+        let hex = openssl_hmac("topsecret", b"resource.1700000000.{\"a\":1}");
+        assert_eq!(s, format!("t=1700000000,v1={hex}"));
+        // The same bytes posted as a body carry a different signature.
+        assert_ne!(s, signature(&secret, 1_700_000_000, b"{\"a\":1}"));
     }
 
     #[test]
@@ -470,7 +629,14 @@ mod tests {
         incoming.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
         incoming.insert("transfer-encoding", "chunked".parse().unwrap());
         incoming.insert("user-agent", "Mozilla/4.0".parse().unwrap());
+        incoming.insert("accept", "*/*".parse().unwrap());
         incoming.insert("host", "gateway".parse().unwrap());
+        incoming.insert("cookie", "PHPSESSID=admin".parse().unwrap());
+        incoming.insert("authorization", "Basic YWRtaW46YWRtaW4=".parse().unwrap());
+        incoming.insert("x-original-url", "/admin/pay.php".parse().unwrap());
+        incoming.insert("x-http-method-override", "PUT".parse().unwrap());
+        incoming.insert("true-client-ip", "10.0.0.1".parse().unwrap());
+        incoming.insert("wechatpay-serial", "5157F09E".parse().unwrap());
         let up = Upstream::new(
             "http://127.0.0.1:1/n",
             Secret::new(b"k".to_vec()),
@@ -488,19 +654,33 @@ mod tests {
                 request_id: "0123456789abcdef",
                 client_ip: "110.75.1.1".parse().unwrap(),
                 incoming: &incoming,
-                content_type: None,
+                pass: &ForwardHeaders::default(),
+                mode: ForwardMode::Original,
                 body: Bytes::from_static(b"a=1"),
                 decrypted: None,
                 now: 5,
+                attempt: 2,
             },
         )
         .unwrap();
         let h = req.headers();
+        assert_eq!(h["x-callgate-attempt"], "2");
         assert_eq!(
             h["content-type"],
             "application/x-www-form-urlencoded; charset=utf-8"
         );
         assert_eq!(h["user-agent"], "Mozilla/4.0");
+        assert_eq!(h["accept"], "*/*");
+        assert_eq!(h["wechatpay-serial"], "5157F09E");
+        for never in [
+            "cookie",
+            "authorization",
+            "x-original-url",
+            "x-http-method-override",
+            "true-client-ip",
+        ] {
+            assert!(h.get(never).is_none(), "{never}");
+        }
         assert_eq!(h["x-callgate-event-id"], "id-1");
         assert_eq!(h["x-callgate-request-id"], "0123456789abcdef");
         assert_eq!(h["x-forwarded-for"], "110.75.1.1");
@@ -538,10 +718,12 @@ mod tests {
                 request_id: "0123456789abcdef",
                 client_ip: "127.0.0.1".parse().unwrap(),
                 incoming: &incoming,
-                content_type: None,
+                pass: &ForwardHeaders::default(),
+                mode: ForwardMode::Original,
                 body: Bytes::from_static(b"<jdpay/>"),
                 now: 7,
                 decrypted: Some("<jdpay>京东</jdpay>".as_bytes()),
+                attempt: 1,
             },
         )
         .unwrap();
@@ -553,7 +735,7 @@ mod tests {
         assert_eq!(got, "<jdpay>京东</jdpay>".as_bytes());
         assert_eq!(
             h["x-callgate-resource-signature"],
-            signature(
+            resource_signature(
                 &Secret::new(b"k".to_vec()),
                 7,
                 "<jdpay>京东</jdpay>".as_bytes()
@@ -566,6 +748,86 @@ mod tests {
                 .unwrap()
                 .starts_with("t=7,")
         );
+    }
+
+    #[test]
+    fn normalized_mode_passes_neither_the_platform_content_type_nor_its_signature_headers() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert("content-type", "text/xml".parse().unwrap());
+        incoming.insert("wechatpay-signature", "abc".parse().unwrap());
+        incoming.insert("user-agent", "Mozilla/4.0".parse().unwrap());
+        incoming.insert("x-shop-trace", "t-1".parse().unwrap());
+        incoming.insert("x-other", "o".parse().unwrap());
+        let pass = ForwardHeaders::new(["X-Shop-Trace"]).unwrap();
+        let up = Upstream::new(
+            "http://127.0.0.1:1/n",
+            Secret::new(b"k".to_vec()),
+            None,
+            None,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let req = build_request(
+            &up,
+            Delivery {
+                provider: "wechat_v3",
+                route: "r",
+                event_id: "id-1",
+                request_id: "0123456789abcdef",
+                client_ip: "127.0.0.1".parse().unwrap(),
+                incoming: &incoming,
+                pass: &pass,
+                mode: ForwardMode::Normalized,
+                body: Bytes::from_static(b"{}"),
+                decrypted: None,
+                now: 7,
+                attempt: 1,
+            },
+        )
+        .unwrap();
+        let h = req.headers();
+        assert_eq!(h["content-type"], "application/json");
+        assert_eq!(h.get_all("content-type").iter().count(), 1);
+        assert!(h.get("wechatpay-signature").is_none());
+        assert_eq!(h["user-agent"], "Mozilla/4.0");
+        assert_eq!(h["x-shop-trace"], "t-1");
+        assert!(h.get("x-other").is_none());
+        // The journal keeps what a redelivery needs to verify again.
+        assert!(pass.journals(&HeaderName::from_static("wechatpay-signature")));
+        assert!(pass.journals(&CONTENT_TYPE));
+        assert!(pass.journals(&HeaderName::from_static("x-shop-trace")));
+        assert!(!pass.journals(&http::header::COOKIE));
+    }
+
+    #[test]
+    fn a_route_cannot_pass_what_callgate_sets_hop_by_hop_headers_or_credentials() {
+        for name in [
+            "Connection",
+            "transfer-encoding",
+            "Host",
+            "content-length",
+            "X-Callgate-Signature",
+            "x-callgate-anything",
+            "X-Forwarded-For",
+            "x-forwarded-host",
+            "Forwarded",
+            "X-Real-IP",
+            "True-Client-IP",
+            "Cookie",
+            "Authorization",
+            "Proxy-Authorization",
+            "X-Original-URL",
+            "X-Rewrite-URL",
+            "X-HTTP-Method-Override",
+            "not a name",
+        ] {
+            let (at, why) = ForwardHeaders::new(["X-Fine", name]).unwrap_err();
+            assert_eq!(at, 1, "{name}");
+            assert!(why.contains(name), "{name}: {why}");
+        }
+        let ok = ForwardHeaders::new(["X-Request-Id", "x-request-id", "Referer"]).unwrap();
+        assert_eq!(ok.extra.len(), 2);
+        assert!(ok.passes(&HeaderName::from_static("referer"), ForwardMode::Original));
     }
 
     #[test]

@@ -89,6 +89,13 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     /// The request body, standard Base64.
     pub body: String,
+    /// The `X-Callgate-Attempt` it was forwarded with.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 /// How a delivery ended.
@@ -133,6 +140,8 @@ enum Cmd {
 /// Handle to the journal writer. Cloning shares the writer.
 #[derive(Clone)]
 pub struct Journal {
+    /// The journal directory (`journal.dir`).
+    dir: PathBuf,
     writer: Arc<Mutex<Writer>>,
     /// The group-commit thread, under `fsync = "always"` only.
     tx: Option<mpsc::Sender<Cmd>>,
@@ -195,7 +204,17 @@ impl Journal {
             }
             Fsync::Never => None,
         };
-        Ok(Journal { writer, tx, fsync })
+        Ok(Journal {
+            dir: config.dir.clone(),
+            writer,
+            tx,
+            fsync,
+        })
+    }
+
+    /// The directory the journal is written to.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Appends a record. When `durable`, returns once it is written (and
@@ -481,6 +500,80 @@ pub fn read_dir(dir: &Path, mut each: impl FnMut(Record)) -> Result<usize, Journ
     Ok(skipped)
 }
 
+/// What start-up needs from the journal, read in one pass without keeping
+/// any body.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct WarmUp {
+    /// Delivered events still within `ttl`: (route, event id, time left),
+    /// for warming the memory store.
+    pub delivered: Vec<(String, String, Duration)>,
+    /// Events whose forward started within `ttl` and that were never
+    /// delivered: (route, event id, forwards begun, time left). The memory
+    /// store is warmed with these counts, so the next copy goes out with
+    /// `X-Callgate-Attempt` one higher.
+    pub attempted: Vec<(String, String, u32, Duration)>,
+    /// Arrivals with no recorded outcome, oldest first: (route, event id,
+    /// attempt). A forward cut short by a stop or a crash: the shop may or
+    /// may not have it.
+    pub unfinished: Vec<(String, String, u32)>,
+}
+
+/// Reads the journal in `dir` once for start-up (see [`WarmUp`]).
+pub fn warm_up(dir: &Path, ttl: Duration, now: i64) -> Result<WarmUp, JournalError> {
+    let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    let mut delivered: HashMap<(String, String), i64> = HashMap::new();
+    // (route, event) → (forwards begun, latest arrival)
+    let mut attempted: HashMap<(String, String), (u32, i64)> = HashMap::new();
+    // rid → (arrival order, route, event, attempt), until its outcome is read.
+    let mut open: HashMap<String, (usize, String, String, u32)> = HashMap::new();
+    let mut order = 0usize;
+    read_dir(dir, |r| match r {
+        Record::Received(rec) => {
+            order += 1;
+            if now - rec.unix < ttl_secs {
+                let slot = attempted
+                    .entry((rec.route.clone(), rec.event_id.clone()))
+                    .or_insert((0, rec.unix));
+                // Each arrival is a forward begun; its attempt number covers
+                // earlier ones in files rotated away.
+                slot.0 = slot.0.saturating_add(1).max(rec.attempt);
+                slot.1 = slot.1.max(rec.unix);
+            }
+            open.insert(rec.rid, (order, rec.route, rec.event_id, rec.attempt));
+        }
+        Record::Outcome(o) => {
+            open.remove(&o.rid);
+            if o.delivered() && now - o.unix < ttl_secs {
+                let at = delivered.entry((o.route, o.event_id)).or_insert(o.unix);
+                *at = (*at).max(o.unix);
+            }
+        }
+    })?;
+    let left = |at: i64| {
+        let left = ttl_secs - (now - at);
+        (left > 0).then(|| Duration::from_secs(left.unsigned_abs()))
+    };
+    let attempted = attempted
+        .into_iter()
+        .filter(|(key, _)| !delivered.contains_key(key))
+        .filter_map(|((route, id), (n, at))| left(at).map(|l| (route, id, n, l)))
+        .collect();
+    let delivered = delivered
+        .into_iter()
+        .filter_map(|((route, id), at)| left(at).map(|l| (route, id, l)))
+        .collect();
+    let mut unfinished: Vec<(usize, String, String, u32)> = open.into_values().collect();
+    unfinished.sort();
+    Ok(WarmUp {
+        delivered,
+        attempted,
+        unfinished: unfinished
+            .into_iter()
+            .map(|(_, route, id, attempt)| (route, id, attempt))
+            .collect(),
+    })
+}
+
 /// Delivered events still within `ttl` at `now`: (route, event id,
 /// remaining time), for warming the memory store.
 pub fn delivered_within(
@@ -488,24 +581,7 @@ pub fn delivered_within(
     ttl: Duration,
     now: i64,
 ) -> Result<Vec<(String, String, Duration)>, JournalError> {
-    let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-    let mut latest: HashMap<(String, String), i64> = HashMap::new();
-    read_dir(dir, |r| {
-        if let Record::Outcome(o) = r
-            && o.delivered()
-            && now - o.unix < ttl_secs
-        {
-            let slot = latest.entry((o.route, o.event_id)).or_insert(o.unix);
-            *slot = (*slot).max(o.unix);
-        }
-    })?;
-    Ok(latest
-        .into_iter()
-        .filter_map(|((route, id), at)| {
-            let left = ttl_secs - (now - at);
-            (left > 0).then(|| (route, id, Duration::from_secs(left.unsigned_abs())))
-        })
-        .collect())
+    Ok(warm_up(dir, ttl, now)?.delivered)
 }
 
 /// One arrival with how it ended, for `journal list` and `redeliver`.
@@ -539,6 +615,35 @@ pub fn arrivals(dir: &Path) -> Result<(Vec<Arrival>, Vec<OutcomeRecord>), Journa
         }
     })?;
     Ok((list, redeliveries))
+}
+
+/// How an arrival ended, as `journal list` and `--outcome` name it: the
+/// outcome label, or `unfinished` when none was recorded.
+pub fn outcome_label(a: &Arrival) -> &str {
+    a.outcome
+        .as_ref()
+        .map_or("unfinished", |o| o.outcome.as_str())
+}
+
+/// Which arrivals `journal list` and `journal redeliver` work on.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub route: Option<String>,
+    /// An outcome label, or `unfinished`.
+    pub outcome: Option<String>,
+    /// Unix seconds.
+    pub since: Option<i64>,
+}
+
+impl Filter {
+    pub fn matches(&self, a: &Arrival) -> bool {
+        self.route.as_deref().is_none_or(|r| a.received.route == r)
+            && self
+                .outcome
+                .as_deref()
+                .is_none_or(|o| outcome_label(a) == o)
+            && self.since.is_none_or(|t| a.received.unix >= t)
+    }
 }
 
 /// Whether (route, event id) was ever delivered, by the gateway or a
@@ -601,6 +706,7 @@ mod tests {
                 "application/x-www-form-urlencoded".into(),
             )],
             body: "YT0x".into(),
+            attempt: 1,
         })
     }
 
@@ -657,6 +763,37 @@ mod tests {
             got,
             vec![("r".to_owned(), "new".to_owned(), Duration::from_secs(50))]
         );
+    }
+
+    #[tokio::test]
+    async fn attempts_count_forwards_of_events_never_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&config(dir.path(), Fsync::Always), "gateway").unwrap();
+        // e1: failed once, then cut short by a crash (no outcome).
+        j.append(&received("1", "e1"), true).await.unwrap();
+        j.append(&outcome("1", "e1", "upstream_error", 1001), true)
+            .await
+            .unwrap();
+        j.append(&received("2", "e1"), true).await.unwrap();
+        // e2: delivered: nothing to count.
+        j.append(&received("3", "e2"), true).await.unwrap();
+        j.append(&outcome("3", "e2", "forwarded", 1002), true)
+            .await
+            .unwrap();
+        // e3: its one arrival says it was already the third attempt (the
+        // earlier ones are in files rotated away).
+        let mut third = received("4", "e3");
+        if let Record::Received(r) = &mut third {
+            r.attempt = 3;
+        }
+        j.append(&third, true).await.unwrap();
+        let warm = warm_up(dir.path(), Duration::from_secs(100), 1010).unwrap();
+        let mut got = warm.attempted.clone();
+        got.sort();
+        let counts: Vec<(&str, u32)> = got.iter().map(|(_, e, n, _)| (e.as_str(), *n)).collect();
+        assert_eq!(counts, vec![("e1", 2), ("e3", 3)]);
+        let unfinished: Vec<&str> = warm.unfinished.iter().map(|(_, e, _)| e.as_str()).collect();
+        assert_eq!(unfinished, vec!["e1", "e3"]);
     }
 
     #[tokio::test]

@@ -18,9 +18,12 @@
 //!          parse(format) ─▶ Payload                          Malformed 400
 //! provider verify(headers, payload, now) ─▶ Verified         BadSignature 401, Ignored 200
 //! replay   check_fresh(verified) ; store.remember(nonce)     Stale/Replay 401,
-//!          store.claim(event)                                InFlight 409, Duplicate 200,
-//!                                                            StoreUnavailable 503
-//! forward  forward(route, verified, body) ─▶ confirm()       UpstreamError 502/504 (claim released)
+//!          ClaimGuard::claim(event)                          InFlight 409, Duplicate 200,
+//!                                                            StoreUnavailable 503 (down, full, evicting)
+//! journal  append(received)                                  StoreUnavailable 503
+//!          guard.renew() (still ours, a full life)           InFlight 409 (claim lost)
+//! forward  forward(route, verified, body, attempt)
+//!          ─▶ guard.confirm()                                UpstreamError 502/504 (claim released)
 //! ack      Outcome × Provider ─▶ Response ; finish() logs one line and counts it
 //! ```
 //!
@@ -30,6 +33,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod accept;
 pub mod ack;
 pub mod admin;
 pub mod allow;
@@ -45,6 +49,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod pipeline;
 pub mod provider;
+pub mod redeliver;
 pub mod reload;
 pub mod replay;
 pub mod rules;

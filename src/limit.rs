@@ -129,7 +129,7 @@ impl RateLimit {
 
     /// Takes a token for `source` at `now`.
     pub fn take(&self, source: IpAddr, now: Instant) -> Result<(), Limited> {
-        let key = bucket_key(source);
+        let key = source_key(source);
         let bucket = self.buckets.get_with(key, || {
             Arc::new(Mutex::new(Bucket {
                 tokens: self.burst,
@@ -162,8 +162,9 @@ impl RateLimit {
     }
 }
 
-/// IPv4 as is; IPv6 by its /64.
-fn bucket_key(ip: IpAddr) -> IpAddr {
+/// The key one source is counted under, here and by the per-source
+/// connection cap (`accept`): IPv4 as is; IPv6 by its /64.
+pub fn source_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);

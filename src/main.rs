@@ -62,7 +62,9 @@ enum JournalCommand {
         json: bool,
     },
     /// Send journaled events that were never delivered to their upstream
-    /// again (verified again first; events already delivered are skipped).
+    /// again (verified again first; events already delivered are skipped),
+    /// through the running gateway's admin API (`admin.token_file`); with
+    /// the memory store it refuses to run without it.
     Redeliver {
         #[command(flatten)]
         filter: JournalFilter,
@@ -200,6 +202,26 @@ fn journal(command: JournalCommand) -> ExitCode {
         );
         return ExitCode::FAILURE;
     };
+    match command {
+        JournalCommand::List { json, filter } => list(&jc.dir, &filter, json),
+        JournalCommand::Redeliver {
+            event_id,
+            dry_run,
+            filter,
+        } => {
+            let selection = callgate::redeliver::Selection {
+                event_id,
+                route: filter.route,
+                outcome: filter.outcome,
+                since: filter.since,
+                dry_run,
+            };
+            redeliver(&loaded, &jc.dir, &selection)
+        }
+    }
+}
+
+fn list(dir: &std::path::Path, filter: &JournalFilter, json: bool) -> ExitCode {
     let now = callgate::replay::unix_now();
     let since = match filter
         .since
@@ -213,108 +235,57 @@ fn journal(command: JournalCommand) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (arrivals, redeliveries) = match callgate::journal::arrivals(&jc.dir) {
+    let (arrivals, _) = match callgate::journal::arrivals(dir) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("callgate journal: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let outcome_of = |a: &callgate::journal::Arrival| {
-        a.outcome
-            .as_ref()
-            .map_or("unfinished".to_owned(), |o| o.outcome.clone())
+    let selected = callgate::journal::Filter {
+        route: filter.route.clone(),
+        outcome: filter.outcome.clone(),
+        since,
     };
-    let selected: Vec<&callgate::journal::Arrival> = arrivals
-        .iter()
-        .filter(|a| {
-            filter
-                .route
-                .as_deref()
-                .is_none_or(|r| a.received.route == r)
-        })
-        .filter(|a| filter.outcome.as_deref().is_none_or(|o| outcome_of(a) == o))
-        .filter(|a| since.is_none_or(|t| a.received.unix >= t))
-        .collect();
-    match command {
-        JournalCommand::List { json, .. } => {
-            if !json {
-                println!(
-                    "{:<20} {:<16} {:<10} {:<36} {:<14} CLIENT",
-                    "TIME (UTC)", "ROUTE", "PROVIDER", "EVENT ID", "OUTCOME"
-                );
-            }
-            for a in selected {
-                let r = &a.received;
-                if json {
-                    let v = serde_json::json!({
-                        "unix": r.unix, "route": r.route, "provider": r.provider, "event_id": r.event_id,
-                        "client": r.client, "outcome": outcome_of(a),
-                        "status": a.outcome.as_ref().map(|o| o.status),
-                    });
-                    println!("{v}");
-                } else {
-                    let t = chrono::DateTime::from_timestamp(r.unix, 0)
-                        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-                        .unwrap_or_default();
-                    println!(
-                        "{t:<20} {:<16} {:<10} {:<36} {:<14} {}",
-                        r.route,
-                        r.provider,
-                        r.event_id,
-                        outcome_of(a),
-                        r.client
-                    );
-                }
-            }
-            ExitCode::SUCCESS
-        }
-        JournalCommand::Redeliver {
-            event_id,
-            dry_run,
-            filter,
-        } => {
-            if event_id.is_none()
-                && filter.route.is_none()
-                && filter.outcome.is_none()
-                && filter.since.is_none()
-            {
-                eprintln!(
-                    "callgate journal redeliver: give --event-id, or at least one of --route, --outcome, --since"
-                );
-                return ExitCode::FAILURE;
-            }
-            let delivered = callgate::journal::delivered_events(&arrivals, &redeliveries);
-            // The latest arrival of each selected event.
-            let mut latest: Vec<&callgate::journal::Received> = Vec::new();
-            for a in selected.iter().rev() {
-                let r = &a.received;
-                if event_id.as_deref().is_some_and(|id| r.event_id != id) {
-                    continue;
-                }
-                if !latest
-                    .iter()
-                    .any(|l| l.route == r.route && l.event_id == r.event_id)
-                {
-                    latest.push(r);
-                }
-            }
-            latest.reverse();
-            if latest.is_empty() {
-                eprintln!("callgate journal redeliver: no journaled arrival matches");
-                return ExitCode::FAILURE;
-            }
-            redeliver(&loaded, latest, &delivered, dry_run)
+    if !json {
+        println!(
+            "{:<20} {:<16} {:<10} {:<36} {:<14} {:<7} CLIENT",
+            "TIME (UTC)", "ROUTE", "PROVIDER", "EVENT ID", "OUTCOME", "ATTEMPT"
+        );
+    }
+    for a in arrivals.iter().filter(|a| selected.matches(a)) {
+        let r = &a.received;
+        let outcome = callgate::journal::outcome_label(a);
+        if json {
+            let v = serde_json::json!({
+                "unix": r.unix, "route": r.route, "provider": r.provider, "event_id": r.event_id,
+                "client": r.client, "outcome": outcome, "attempt": r.attempt,
+                "status": a.outcome.as_ref().map(|o| o.status),
+            });
+            println!("{v}");
+        } else {
+            let t = chrono::DateTime::from_timestamp(r.unix, 0)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_default();
+            println!(
+                "{t:<20} {:<16} {:<10} {:<36} {:<14} {:<7} {}",
+                r.route, r.provider, r.event_id, outcome, r.attempt, r.client
+            );
         }
     }
+    ExitCode::SUCCESS
 }
 
+/// Redelivers through the running gateway's admin API when a token is
+/// configured; with Redis (shared by every process) it may also run here.
+/// With the memory store it refuses to run anywhere but in the gateway.
 fn redeliver(
     loaded: &callgate::config::Loaded,
-    events: Vec<&callgate::journal::Received>,
-    delivered: &std::collections::HashSet<(String, String)>,
-    dry_run: bool,
+    dir: &std::path::Path,
+    selection: &callgate::redeliver::Selection,
 ) -> ExitCode {
+    use callgate::config::StoreKind;
+    use callgate::redeliver::{self, ApiError};
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -325,9 +296,36 @@ fn redeliver(
             return ExitCode::FAILURE;
         }
     };
+    let config = &loaded.config;
+    let memory = config.replay.store == StoreKind::Memory;
     runtime.block_on(async {
+        if let (Some(admin), Some(token)) = (config.admin, &config.admin_token) {
+            match redeliver::via_admin(admin.addr, &token.token, selection).await {
+                Ok(report) => return print_report(&report),
+                Err(e @ ApiError::Unreachable { .. }) if !memory => {
+                    eprintln!("callgate journal redeliver: {e}; redelivering here through the shared Redis store");
+                }
+                Err(e) => {
+                    eprintln!("callgate journal redeliver: {e}");
+                    if memory {
+                        eprintln!(
+                            "callgate journal redeliver: with replay.store = \"memory\" only the running gateway knows what was delivered: start it, then run this again"
+                        );
+                    }
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else if memory {
+            eprintln!(
+                "callgate journal redeliver: with replay.store = \"memory\" the replay store lives inside the running gateway, \
+                 and a redelivery from here could not stop the platform's next retry from being delivered again. \
+                 Set admin.token_file in {} (and admin.addr) so this command can redeliver through the gateway.",
+                config.file.display()
+            );
+            return ExitCode::FAILURE;
+        }
         let state = match callgate::server::build_state(
-            &loaded.config,
+            config,
             loaded.rules.clone(),
             callgate::forward::default_client(),
             "redeliver",
@@ -338,38 +336,29 @@ fn redeliver(
                 return ExitCode::FAILURE;
             }
         };
-        let mut failed = 0;
-        for r in events {
-            let label = format!("{} {}", r.route, r.event_id);
-            if delivered.contains(&(r.route.clone(), r.event_id.clone())) {
-                println!("{label}: already delivered, skipped");
-                continue;
+        let report = match redeliver::run(&state, dir, selection).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("callgate journal redeliver: {e}");
+                return ExitCode::FAILURE;
             }
-            if dry_run {
-                println!("{label}: would redeliver");
-                continue;
-            }
-            match callgate::pipeline::redeliver(&state, r).await {
-                Ok(outcome) if outcome.is_success() => println!("{label}: {}", outcome.as_str()),
-                Ok(outcome) => {
-                    failed += 1;
-                    println!("{label}: {} (not delivered)", outcome.as_str());
-                }
-                Err(e) => {
-                    failed += 1;
-                    println!("{label}: {e}");
-                }
-            }
-        }
+        };
         if let Some(j) = &state.journal {
             j.flush().await;
         }
-        if failed == 0 {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        }
+        print_report(&report)
     })
+}
+
+fn print_report(report: &callgate::redeliver::Report) -> ExitCode {
+    for l in &report.results {
+        println!("{} {}: {}", l.route, l.event_id, l.result);
+    }
+    if report.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn args_is_curl(args: &callgate::sign::SignArgs) -> bool {

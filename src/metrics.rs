@@ -37,9 +37,18 @@ pub struct Metrics {
     key_expiry: IntGaugeVec,
     store_up: IntGauge,
     connections_open: IntGauge,
-    connections_refused: prometheus::IntCounter,
     last_reload_ok: IntGauge,
-    store_max_entries: IntGauge,
+    connections_refused: IntCounterVec,
+    write_timeouts: IntCounterVec,
+    claims_lost: IntCounterVec,
+    store_full: IntCounterVec,
+    route_entries: IntGaugeVec,
+    route_quota: IntGaugeVec,
+    store_evicting: IntGauge,
+    backlog: IntGauge,
+    backlog_dropped: prometheus::IntCounter,
+    repeat_deliveries: IntCounterVec,
+    requests_in_flight: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -98,7 +107,7 @@ impl Metrics {
         )?;
         let store_entries = IntGauge::new(
             "callgate_replay_store_entries",
-            "Event ids and nonces remembered by the replay store.",
+            "Event ids and nonces held by the replay store (memory: lapsed slots until swept; Redis: DBSIZE).",
         )?;
         let store_errors = IntCounterVec::new(
             Opts::new(
@@ -143,9 +152,19 @@ impl Metrics {
             "callgate_connections_open",
             "Notification connections open now (bounded by limits.max_connections).",
         )?;
-        let connections_refused = prometheus::IntCounter::new(
-            "callgate_connections_refused_total",
-            "Notification connections closed at accept because limits.max_connections were open.",
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "callgate_connections_refused_total",
+                "Connections closed at accept, by the limit that was full.",
+            ),
+            &["limit"],
+        )?;
+        let write_timeouts = IntCounterVec::new(
+            Opts::new(
+                "callgate_write_timeouts_total",
+                "Connections closed because the peer read nothing for limits.write_timeout, by listener.",
+            ),
+            &["listener"],
         )?;
         registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
@@ -154,10 +173,6 @@ impl Metrics {
         let last_reload_ok = IntGauge::new(
             "callgate_rules_last_reload_successful",
             "1 when the last reload (or the start) loaded the files, 0 when it was refused and the previous rules still serve.",
-        )?;
-        let store_max_entries = IntGauge::new(
-            "callgate_replay_store_max_entries",
-            "replay.max_entries: the memory store's bound (0 for Redis, which is bounded by its own maxmemory).",
         )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
@@ -170,7 +185,6 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("CALLGATE_GIT_COMMIT")])
             .set(1);
         registry.register(Box::new(last_reload_ok.clone()))?;
-        registry.register(Box::new(store_max_entries.clone()))?;
         registry.register(Box::new(build_info))?;
         // process_cpu_seconds_total, process_resident_memory_bytes,
         // process_open_fds, process_max_fds, process_start_time_seconds ...
@@ -178,8 +192,81 @@ impl Metrics {
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
+        registry.register(Box::new(write_timeouts.clone()))?;
+        for limit in [
+            "limits.max_connections",
+            "limits.max_connections_per_source",
+            "limits.max_connections_unlisted",
+            "admin.max_connections",
+        ] {
+            connections_refused.with_label_values(&[limit]);
+        }
+        for listener in ["notify", "admin"] {
+            write_timeouts.with_label_values(&[listener]);
+        }
+        let claims_lost = IntCounterVec::new(
+            Opts::new(
+                "callgate_claims_lost_total",
+                "In-flight claims found in other hands or gone: step before_forward (the copy was not forwarded) or confirm (the event may have reached the shop twice).",
+            ),
+            &["route", "step"],
+        )?;
+        let store_full = IntCounterVec::new(
+            Opts::new(
+                "callgate_replay_store_full_total",
+                "Notifications refused (503) because the memory replay store or the route's quota was full.",
+            ),
+            &["route"],
+        )?;
+        let route_entries = IntGaugeVec::new(
+            Opts::new(
+                "callgate_replay_store_route_entries",
+                "Slots a route holds in the memory replay store (lapsed ones until swept).",
+            ),
+            &["route"],
+        )?;
+        let route_quota = IntGaugeVec::new(
+            Opts::new(
+                "callgate_replay_store_route_quota",
+                "Slots a route may hold in the memory replay store.",
+            ),
+            &["route"],
+        )?;
+        let store_evicting = IntGauge::new(
+            "callgate_replay_store_evicting",
+            "1 while Redis's maxmemory-policy can evict keys (every claim is then refused), else 0.",
+        )?;
+        let backlog = IntGauge::new(
+            "callgate_replay_store_backlog",
+            "Deliveries made while the replay store was down (on_store_error = \"open\") not yet recorded in it.",
+        )?;
+        let backlog_dropped = prometheus::IntCounter::new(
+            "callgate_replay_store_backlog_dropped_total",
+            "Unrecorded deliveries dropped because the backlog was full: a retry of those events would be forwarded again.",
+        )?;
+        let repeat_deliveries = IntCounterVec::new(
+            Opts::new(
+                "callgate_repeat_deliveries_total",
+                "Forwards with X-Callgate-Attempt above 1: the event was sent before without a recorded delivery.",
+            ),
+            &["route"],
+        )?;
+        let requests_in_flight = IntGauge::new(
+            "callgate_requests_in_flight",
+            "Notification and redelivery tasks running now (a drain waits for them).",
+        )?;
+        registry.register(Box::new(claims_lost.clone()))?;
+        registry.register(Box::new(store_full.clone()))?;
+        registry.register(Box::new(route_entries.clone()))?;
+        registry.register(Box::new(route_quota.clone()))?;
+        registry.register(Box::new(store_evicting.clone()))?;
+        registry.register(Box::new(backlog.clone()))?;
+        registry.register(Box::new(backlog_dropped.clone()))?;
+        registry.register(Box::new(repeat_deliveries.clone()))?;
+        registry.register(Box::new(requests_in_flight.clone()))?;
         for op in [
-            "claim", "confirm", "release", "remember", "forget", "ping", "entries",
+            "claim", "confirm", "release", "remember", "forget", "ping", "entries", "renew",
+            "record",
         ] {
             store_errors.with_label_values(&[op]);
         }
@@ -204,7 +291,16 @@ impl Metrics {
             connections_open,
             connections_refused,
             last_reload_ok,
-            store_max_entries,
+            write_timeouts,
+            claims_lost,
+            store_full,
+            route_entries,
+            route_quota,
+            store_evicting,
+            backlog,
+            backlog_dropped,
+            repeat_deliveries,
+            requests_in_flight,
         })
     }
 
@@ -224,6 +320,11 @@ impl Metrics {
             }
             self.request_duration.with_label_values(&[&route.name]);
             self.upstream_duration.with_label_values(&[&route.name]);
+            for step in ["before_forward", "confirm"] {
+                self.claims_lost.with_label_values(&[&route.name, step]);
+            }
+            self.store_full.with_label_values(&[&route.name]);
+            self.repeat_deliveries.with_label_values(&[&route.name]);
         }
         self.keys_loaded(rules);
     }
@@ -251,13 +352,6 @@ impl Metrics {
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
         self.last_reload_ok.set(i64::from(ok));
-    }
-
-    /// The replay store's bound (`replay.max_entries`; 0 when the store is
-    /// Redis, which `max_entries` does not bound).
-    pub fn set_store_max_entries(&self, n: u64) {
-        self.store_max_entries
-            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Records one finished request.
@@ -310,9 +404,63 @@ impl Metrics {
         ConnectionGuard(self.connections_open.clone())
     }
 
-    /// A connection closed at accept: `limits.max_connections` were open.
-    pub fn connection_refused(&self) {
-        self.connections_refused.inc();
+    /// A connection closed at accept; `limit` names the setting that was
+    /// full (a fixed set, see `accept::Refused::label`).
+    pub fn connection_refused(&self, limit: &'static str) {
+        self.connections_refused.with_label_values(&[limit]).inc();
+    }
+
+    /// The counter of connections closed because their peer stopped
+    /// reading (`listener`: `notify` or `admin`), to hand to each
+    /// connection's `accept::WriteDeadline`.
+    pub fn write_timeouts(&self, listener: &'static str) -> prometheus::IntCounter {
+        self.write_timeouts.with_label_values(&[listener])
+    }
+
+    /// An in-flight claim was found gone or in other hands at `step`
+    /// (`before_forward` or `confirm`).
+    pub fn claim_lost(&self, route: &str, step: &'static str) {
+        self.claims_lost.with_label_values(&[route, step]).inc();
+    }
+
+    /// A notification refused because the memory store was full.
+    pub fn store_full(&self, route: &str) {
+        self.store_full.with_label_values(&[route]).inc();
+    }
+
+    /// What each route holds in the memory store and may hold.
+    pub fn set_route_usage(&self, usage: &[crate::replay::RouteUsage]) {
+        for u in usage {
+            let held = i64::try_from(u.held).unwrap_or(i64::MAX);
+            let quota = i64::try_from(u.quota).unwrap_or(i64::MAX);
+            self.route_entries.with_label_values(&[&*u.route]).set(held);
+            self.route_quota.with_label_values(&[&*u.route]).set(quota);
+        }
+    }
+
+    /// Whether Redis's maxmemory-policy was last found able to evict.
+    pub fn set_store_evicting(&self, evicting: bool) {
+        self.store_evicting.set(i64::from(evicting));
+    }
+
+    /// Deliveries waiting to be recorded in the store.
+    pub fn set_backlog(&self, n: usize) {
+        self.backlog.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// An unrecorded delivery dropped from the full backlog.
+    pub fn backlog_dropped(&self) {
+        self.backlog_dropped.inc();
+    }
+
+    /// A forward with `X-Callgate-Attempt` above 1.
+    pub fn repeat_delivery(&self, route: &str) {
+        self.repeat_deliveries.with_label_values(&[route]).inc();
+    }
+
+    /// The gauge of running request tasks (`State::tasks` keeps it).
+    pub fn requests_in_flight(&self) -> &IntGauge {
+        &self.requests_in_flight
     }
 
     pub fn set_store_entries(&self, n: u64) {

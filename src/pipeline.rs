@@ -1,14 +1,24 @@
 //! The request flow, top to bottom, in contract order:
 //! route → method → address → rate limit → size → parse → signature → freshness →
-//! (legacy Alipay: notify_verify) → replay → forward → ack. Each step is a
-//! plain function whose error side is the [`Outcome`] that ends the request;
-//! [`handle`] turns the outcome into the platform's ack and [`finish`] writes
-//! the one log line and the metrics before the response leaves.
+//! replay (claim) → (legacy Alipay: notify_verify) → journal → claim renewed →
+//! forward → ack. Each step is a plain function whose error side is the
+//! [`Outcome`] that ends the request; [`handle`] turns the outcome into the
+//! platform's ack and [`finish`] writes the one log line and the metrics
+//! before the response leaves.
+//!
+//! The event's claim is a [`ClaimGuard`]: renewed right before the forward
+//! (a step before it may have outlasted the claim's life), confirmed when
+//! the shop took the event, released when it did not (or on drop). A route
+//! that forwards while the store is down keeps what it delivered in
+//! [`State::backlog`] until the store can record it. [`State::tasks`]
+//! counts every request task, so a drain waits for forwards whose platform
+//! already hung up. [`redeliver`] runs the same claim, forward and confirm
+//! for a journaled notification.
 
 use std::fmt::Display;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -21,7 +31,9 @@ use crate::forward::{self, Delivery, ForwardMode, HttpClient};
 use crate::journal::{self, Journal, OutcomeRecord, Record};
 use crate::metrics::Metrics;
 use crate::provider::Verified;
-use crate::replay::{self, Claim, Key, KeyKind, ReplayStore, Token};
+use crate::replay::{
+    self, Backlog, ClaimGuard, Claimed, Confirmed, Key, KeyKind, ReplayStore, StoreError,
+};
 use crate::rules::{AllowMode, Merchant, OnStoreError, Route, RuleSet};
 use crate::{allow, body, limit, normalize, provider};
 
@@ -40,6 +52,13 @@ pub struct State {
     pub journal: Option<Journal>,
     /// Set once SIGTERM starts the drain; `/readyz` turns 503.
     pub draining: AtomicBool,
+    /// Deliveries made while the store was down, to be recorded in it.
+    pub backlog: Arc<Backlog>,
+    /// Request and redelivery tasks running now; the drain waits for them.
+    pub tasks: Tasks,
+    /// The bearer token of the admin API (`admin.token_file`); without one
+    /// the API does not exist.
+    pub admin_token: Option<crate::secret::Secret>,
 }
 
 impl State {
@@ -52,6 +71,8 @@ impl State {
         journal: Option<Journal>,
     ) -> State {
         metrics.rules_loaded(&rules, replay::unix_now());
+        store.set_quotas(&rules);
+        let tasks = Tasks::new(metrics.requests_in_flight().clone());
         State {
             rules: ArcSwap::from_pointee(rules),
             store,
@@ -60,11 +81,71 @@ impl State {
             replay_ttl,
             journal,
             draining: AtomicBool::new(false),
+            backlog: Arc::new(Backlog::default()),
+            tasks,
+            admin_token: None,
         }
     }
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts the request tasks running now, so a drain can wait for every
+/// forward, including those whose platform connection already closed.
+#[derive(Clone)]
+pub struct Tasks(Arc<TasksInner>);
+
+struct TasksInner {
+    running: AtomicUsize,
+    idle: tokio::sync::Notify,
+    gauge: prometheus::IntGauge,
+}
+
+/// One running task; counted until dropped.
+pub struct Running(Arc<TasksInner>);
+
+impl Tasks {
+    fn new(gauge: prometheus::IntGauge) -> Tasks {
+        Tasks(Arc::new(TasksInner {
+            running: AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
+            gauge,
+        }))
+    }
+
+    /// Counts a task until the returned value is dropped.
+    pub fn enter(&self) -> Running {
+        self.0.running.fetch_add(1, Ordering::AcqRel);
+        self.0.gauge.inc();
+        Running(self.0.clone())
+    }
+
+    pub fn running(&self) -> usize {
+        self.0.running.load(Ordering::Acquire)
+    }
+
+    /// Returns once no task is running.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.0.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.running() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.gauge.dec();
+        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 
@@ -249,34 +330,44 @@ where
                     "nonce already seen within the window",
                 ));
             }
-            Err(e) => {
+            Err(e @ StoreError::Unavailable(_)) if route.on_store_error == OnStoreError::Open => {
                 state.metrics.store_error("remember");
-                if route.on_store_error == OnStoreError::Closed {
-                    return Err(ctx.reject(Outcome::StoreUnavailable, "store_unavailable", e));
-                }
+                tracing::warn!(route = %route.name, error = %e,
+                    "replay store down: the nonce is not remembered (on_store_error = \"open\")");
+            }
+            Err(e) => {
+                store_refused(state, &route, &e, "remember");
+                return Err(ctx.reject(Outcome::StoreUnavailable, e.label(), e));
             }
         }
     }
 
     let key = Key::event(&route.name, &verified);
-    let in_flight_ttl = limits.upstream_timeout + Duration::from_secs(30);
-    let token = match state.store.claim(&key, in_flight_ttl).await {
-        Ok(Claim::New(token)) => Some(token),
-        Ok(Claim::InFlight) => {
+    let life = claim_life(&limits);
+    let mut guard = match ClaimGuard::claim(&state.store, &key, life).await {
+        Ok(Claimed::New(guard)) => Some(guard),
+        Ok(Claimed::InFlight) => {
             forget_nonce(state, &route, nonce_key.as_ref()).await;
             return Err(Outcome::InFlight);
         }
-        Ok(Claim::Delivered) => return Err(Outcome::Duplicate),
-        Err(e) => {
+        Ok(Claimed::Delivered) => return Err(Outcome::Duplicate),
+        Err(e @ StoreError::Unavailable(_)) if route.on_store_error == OnStoreError::Open => {
             state.metrics.store_error("claim");
-            if route.on_store_error == OnStoreError::Closed {
-                return Err(ctx.reject(Outcome::StoreUnavailable, "store_unavailable", e));
+            if state.backlog.contains(&key) {
+                // Delivered while the store is down, not recorded yet.
+                return Err(Outcome::Duplicate);
             }
             tracing::warn!(route = %route.name, event_id = verified.event_id(), error = %e,
                 "replay store down: forwarding WITHOUT replay protection (on_store_error = \"open\")");
             None
         }
+        Err(e) => {
+            store_refused(state, &route, &e, "claim");
+            forget_nonce(state, &route, nonce_key.as_ref()).await;
+            return Err(ctx.reject(Outcome::StoreUnavailable, e.label(), e));
+        }
     };
+    let attempt = guard.as_ref().map_or(1, ClaimGuard::attempt);
 
     // Legacy Alipay routes may also ask Alipay to vouch for the notify_id,
     // once per event: a duplicate was answered from the store above without
@@ -286,28 +377,31 @@ where
             .confirm(&state.client, &verified, limits.upstream_timeout)
             .await
     {
-        release(state, &route, &key, token).await;
+        release(state, &route, guard).await;
         forget_nonce(state, &route, nonce_key.as_ref()).await;
         return Err(ctx.reject(e.outcome(), e.label(), e));
     }
 
     let rid = ctx.request_id.clone();
     if let Some(j) = &state.journal {
-        let record = Record::Received(received_record(
-            &rid,
-            now,
-            &route,
-            &verified,
-            client,
-            &parts.headers,
-            &bytes,
-        ));
-        if let Err(e) = j.append(&record, true).await {
+        let mut received =
+            received_record(&rid, now, &route, &verified, client, &parts.headers, &bytes);
+        received.attempt = attempt;
+        if let Err(e) = j.append(&Record::Received(received), true).await {
             state.metrics.journal_error();
-            release(state, &route, &key, token).await;
+            release(state, &route, guard).await;
             forget_nonce(state, &route, nonce_key.as_ref()).await;
             return Err(ctx.reject(Outcome::StoreUnavailable, "journal_unavailable", e));
         }
+    }
+
+    // The steps above are not all bounded (a journal write waits for the
+    // disk under fsync = "always"): make sure the claim is still ours, and
+    // good for a whole forward, before the shop sees anything.
+    if let Err(stop) = hold_for_forward(state, &route, &mut guard, life).await {
+        forget_nonce(state, &route, nonce_key.as_ref()).await;
+        record_outcome(state, rid, &route, &verified, stop.outcome, false).await;
+        return Err(ctx.reject(stop.outcome, stop.label, stop.why));
     }
 
     let result = deliver(
@@ -320,15 +414,19 @@ where
         &parts.headers,
         bytes,
         now,
+        attempt,
     )
     .await;
     let outcome = match &result {
         Ok(()) => {
-            confirm(state, &route, &key, token).await;
+            match guard {
+                Some(guard) => confirm(state, &route, guard).await,
+                None => owe_record(state, &route, key),
+            }
             Outcome::Forwarded
         }
         Err(e) => {
-            release(state, &route, &key, token).await;
+            release(state, &route, guard).await;
             forget_nonce(state, &route, nonce_key.as_ref()).await;
             e.outcome()
         }
@@ -337,6 +435,82 @@ where
     result
         .map(|()| Outcome::Forwarded)
         .map_err(|e| ctx.reject(e.outcome(), e.label(), e))
+}
+
+/// How long an in-flight claim lives: the forward (bounded by
+/// `upstream_timeout`) and a margin. The flow renews it right before the
+/// forward, so the steps before may take as long as they take.
+pub fn claim_life(limits: &crate::config::Limits) -> Duration {
+    limits.upstream_timeout + Duration::from_secs(30)
+}
+
+/// Why a claim could not be held for the forward.
+struct Stop {
+    outcome: Outcome,
+    label: &'static str,
+    why: String,
+}
+
+/// Renews the claim for a whole forward. A claim found in other hands
+/// means a copy of the event was claimed after ours lapsed (or the store
+/// lost it): that copy forwards it, this one stops with 409.
+async fn hold_for_forward(
+    state: &State,
+    route: &Route,
+    guard: &mut Option<ClaimGuard>,
+    life: Duration,
+) -> Result<(), Stop> {
+    let Some(held) = guard.as_ref() else {
+        return Ok(());
+    };
+    match held.renew(life).await {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            if let Some(g) = guard.take() {
+                g.disarm();
+            }
+            state.metrics.claim_lost(&route.name, "before_forward");
+            tracing::error!(route = %route.name,
+                "the in-flight claim lapsed before the forward and another copy holds the event now; \
+                 not forwarding this copy");
+            Err(Stop {
+                outcome: Outcome::InFlight,
+                label: "claim_lost",
+                why: "the claim lapsed before the forward; another copy holds the event".into(),
+            })
+        }
+        Err(e @ StoreError::Unavailable(_)) if route.on_store_error == OnStoreError::Open => {
+            state.metrics.store_error("renew");
+            tracing::warn!(route = %route.name, error = %e,
+                "replay store down before the forward: forwarding WITHOUT replay protection (on_store_error = \"open\")");
+            Ok(())
+        }
+        Err(e) => {
+            state.metrics.store_error("renew");
+            release(state, route, guard.take()).await;
+            Err(Stop {
+                outcome: Outcome::StoreUnavailable,
+                label: e.label(),
+                why: e.to_string(),
+            })
+        }
+    }
+}
+
+/// Counts a store refusal by its kind: unreachable, full, or Redis that
+/// may evict.
+fn store_refused(state: &State, route: &Route, e: &StoreError, op: &'static str) {
+    match e {
+        StoreError::Unavailable(_) => state.metrics.store_error(op),
+        StoreError::Full { .. } => {
+            state.metrics.store_full(&route.name);
+            tracing::error!(route = %route.name, error = %e, "replay store full: refusing new notifications (503) until entries lapse");
+        }
+        StoreError::Evicting { .. } => {
+            state.metrics.set_store_evicting(true);
+            tracing::error!(route = %route.name, error = %e, "refusing notifications: the replay store could forget them");
+        }
+    }
 }
 
 /// Forwards a verified notification and times the upstream.
@@ -351,13 +525,11 @@ async fn deliver(
     incoming: &http::HeaderMap,
     bytes: Bytes,
     now: i64,
+    attempt: u32,
 ) -> Result<(), forward::ForwardError> {
-    let (body, content_type) = match route.forward {
-        ForwardMode::Original => (bytes, None),
-        ForwardMode::Normalized => (
-            Bytes::from(normalize::normalize(verified)),
-            Some("application/json"),
-        ),
+    let body = match route.forward {
+        ForwardMode::Original => bytes,
+        ForwardMode::Normalized => Bytes::from(normalize::normalize(verified)),
     };
     let delivery = Delivery {
         provider: route.kind().as_str(),
@@ -366,14 +538,21 @@ async fn deliver(
         request_id,
         client_ip: client,
         incoming,
-        content_type,
+        pass: &route.forward_headers,
+        mode: route.forward,
         body,
         decrypted: match route.forward {
             ForwardMode::Original => verified.decrypted(),
             ForwardMode::Normalized => None,
         },
         now,
+        attempt,
     };
+    if attempt > 1 {
+        state.metrics.repeat_delivery(&route.name);
+        tracing::warn!(route = %route.name, event_id = verified.event_id(), attempt,
+            "forwarding an event sent before without a recorded delivery (X-Callgate-Attempt)");
+    }
     let sent = Instant::now();
     let result = forward::forward(&state.client, &merchant.upstream, delivery).await;
     state.metrics.upstream(&route.name, sent.elapsed());
@@ -392,75 +571,160 @@ async fn forget_nonce(state: &State, route: &Route, nonce: Option<&Key>) {
     }
 }
 
-async fn confirm(state: &State, route: &Route, key: &Key, token: Option<Token>) {
-    let Some(token) = token else { return };
+async fn confirm(state: &State, route: &Route, mut guard: ClaimGuard) {
     let ttl = state.replay_ttl;
-    if let Err(e) = state.store.confirm(key, token, ttl).await {
-        state.metrics.store_error("confirm");
-        // Delivered, but until this is recorded a later copy could be
-        // forwarded again: keep trying while the store comes back.
-        tracing::error!(route = %route.name, error = %e, "delivered, but the replay store did not record it; retrying in the background");
-        retry_store_write(
-            state,
-            route,
-            key,
-            "confirm",
-            CONFIRM_RETRY_WINDOW,
-            move |store, key| async move { store.confirm(&key, token, ttl).await },
-        );
+    match guard.confirm(ttl).await {
+        Ok(found) => claim_found(&state.metrics, &route.name, found),
+        Err(e) => {
+            state.metrics.store_error("confirm");
+            // Delivered, but until this is recorded a later copy could be
+            // forwarded again: keep trying while the store comes back.
+            tracing::error!(route = %route.name, error = %e, "delivered, but the replay store did not record it; retrying in the background");
+            settle_in_background(
+                state,
+                route,
+                Settle::Confirm(ttl),
+                CONFIRM_RETRY_WINDOW,
+                guard,
+            );
+        }
     }
 }
 
-async fn release(state: &State, route: &Route, key: &Key, token: Option<Token>) {
-    let Some(token) = token else { return };
-    if let Err(e) = state.store.release(key, token).await {
+/// Counts and logs a confirm that did not find its own claim.
+fn claim_found(metrics: &Metrics, route: &str, found: Confirmed) {
+    match found {
+        Confirmed::Held => {}
+        Confirmed::Lapsed => {
+            metrics.claim_lost(route, "confirm");
+            tracing::error!(
+                route,
+                "delivered, but the in-flight claim had lapsed: a copy arriving meanwhile could have been forwarded too"
+            );
+        }
+        Confirmed::Taken => {
+            metrics.claim_lost(route, "confirm");
+            tracing::error!(
+                route,
+                "delivered, but another copy held the event's claim: the shop may have received it twice"
+            );
+        }
+    }
+}
+
+async fn release(state: &State, route: &Route, guard: Option<ClaimGuard>) {
+    let Some(mut guard) = guard else { return };
+    if let Err(e) = guard.release().await {
         state.metrics.store_error("release");
         // Until released, the platform's retry is 409 (in flight); the
         // claim lapses by itself, but the store usually comes back sooner.
         tracing::error!(route = %route.name, error = %e, "could not release the claim; retrying in the background");
-        let lapses = state.rules.load().limits.upstream_timeout + Duration::from_secs(30);
-        retry_store_write(
-            state,
-            route,
-            key,
-            "release",
-            lapses,
-            move |store, key| async move { store.release(&key, token).await },
-        );
+        let lapses = claim_life(&state.rules.load().limits);
+        settle_in_background(state, route, Settle::Release, lapses, guard);
     }
 }
 
 /// How long a delivery that the store failed to record keeps being retried.
 const CONFIRM_RETRY_WINDOW: Duration = Duration::from_secs(600);
 
+/// A claim's last write.
+#[derive(Clone, Copy)]
+enum Settle {
+    /// Record the delivery for this long.
+    Confirm(Duration),
+    Release,
+}
+
 /// Retries a replay-store write that failed (the store is down) in the
 /// background, with a growing pause, until it succeeds or `within` has
-/// passed. Both writes are safe to repeat: `confirm` records only our own
-/// (or a lapsed) claim, `release` deletes only our own.
-fn retry_store_write<F, Fut>(
+/// passed; then the claim is given up (it lapses by itself). Both writes
+/// are safe to repeat: `confirm` records the delivery whoever holds the
+/// key, `release` deletes only our own claim.
+fn settle_in_background(
     state: &State,
     route: &Route,
-    key: &Key,
-    op: &'static str,
+    op: Settle,
     within: Duration,
-    write: F,
-) where
-    F: Fn(ReplayStore, Key) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), replay::StoreError>> + Send,
-{
-    let (store, key, route) = (state.store.clone(), key.clone(), route.name.clone());
+    mut guard: ClaimGuard,
+) {
+    let (metrics, route) = (state.metrics.clone(), route.name.clone());
+    let name = match op {
+        Settle::Confirm(_) => "confirm",
+        Settle::Release => "release",
+    };
     tokio::spawn(async move {
         let deadline = Instant::now() + within;
         let mut pause = Duration::from_millis(50);
         while Instant::now() + pause < deadline {
             tokio::time::sleep(pause).await;
-            if write(store.clone(), key.clone()).await.is_ok() {
-                tracing::info!(route = %route, op, "replay store write done on retry");
+            let done = match op {
+                Settle::Confirm(ttl) => match guard.confirm(ttl).await {
+                    Ok(found) => {
+                        claim_found(&metrics, &route, found);
+                        true
+                    }
+                    Err(_) => false,
+                },
+                Settle::Release => guard.release().await.is_ok(),
+            };
+            if done {
+                tracing::info!(route = %route, op = name, "replay store write done on retry");
                 return;
             }
             pause = (pause * 2).min(Duration::from_secs(5));
         }
-        tracing::error!(route = %route, op, "replay store write abandoned after {within:?}");
+        tracing::error!(route = %route, op = name, "replay store write abandoned after {within:?}");
+        guard.disarm();
+    });
+}
+
+/// Keeps a delivery made without the store (`on_store_error = "open"`) to
+/// record it once the store answers, and starts the task that does.
+fn owe_record(state: &State, route: &Route, key: Key) {
+    if !state.backlog.push(key, Instant::now()) {
+        state.metrics.backlog_dropped();
+        tracing::error!(route = %route.name,
+            "the backlog of unrecorded deliveries is full: the oldest is dropped, and a retry of it would be forwarded again");
+    }
+    state.metrics.set_backlog(state.backlog.len());
+    drain_backlog(state);
+}
+
+/// Writes the backlog to the store in the background, oldest first, with
+/// a growing pause while the store is still down. One task at a time.
+fn drain_backlog(state: &State) {
+    if !state.backlog.start_draining() {
+        return;
+    }
+    let (store, backlog, metrics, ttl) = (
+        state.store.clone(),
+        state.backlog.clone(),
+        state.metrics.clone(),
+        state.replay_ttl,
+    );
+    tokio::spawn(async move {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            while let Some((key, at)) = backlog.front() {
+                let left = ttl.saturating_sub(at.elapsed());
+                match store.record_delivered(&key, left).await {
+                    Ok(()) => {
+                        backlog.done(&key);
+                        metrics.set_backlog(backlog.len());
+                        pause = Duration::from_millis(50);
+                    }
+                    Err(_) => {
+                        metrics.store_error("record");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            if !backlog.stop_draining() {
+                tracing::info!("deliveries made while the replay store was down are recorded");
+                return;
+            }
+        }
     });
 }
 
@@ -507,18 +771,17 @@ fn received_record(
         provider: route.kind().as_str().to_owned(),
         event_id: verified.event_id().to_owned(),
         client: client.to_string(),
+        // What a redelivery needs to verify and forward it again; nothing
+        // the shop would not get (no cookies, no credentials).
         headers: headers
             .iter()
-            .filter(|(name, _)| {
-                forward::passes(name)
-                    && *name != http::header::COOKIE
-                    && *name != http::header::AUTHORIZATION
-            })
+            .filter(|(name, _)| route.forward_headers.journals(name))
             .filter_map(|(name, value)| {
                 Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
             })
             .collect(),
         body: base64::engine::general_purpose::STANDARD.encode(body),
+        attempt: 1,
     }
 }
 
@@ -580,20 +843,18 @@ pub async fn redeliver(state: &State, rec: &journal::Received) -> Result<Outcome
         ));
     }
     let key = Key::event(&route.name, &verified);
-    let token = match state
-        .store
-        .claim(
-            &key,
-            rules.limits.upstream_timeout + Duration::from_secs(30),
-        )
-        .await
-    {
-        Ok(Claim::New(t)) => t,
-        Ok(Claim::InFlight) => return Ok(Outcome::InFlight),
-        Ok(Claim::Delivered) => return Ok(Outcome::Duplicate),
-        Err(_) => return Ok(Outcome::StoreUnavailable),
+    let life = claim_life(&rules.limits);
+    let guard = match ClaimGuard::claim(&state.store, &key, life).await {
+        Ok(Claimed::New(g)) => Some(g),
+        Ok(Claimed::InFlight) => return Ok(Outcome::InFlight),
+        Ok(Claimed::Delivered) => return Ok(Outcome::Duplicate),
+        Err(e) => {
+            store_refused(state, &route, &e, "claim");
+            return Ok(Outcome::StoreUnavailable);
+        }
     };
     let rid = journal::new_rid();
+    let attempt = guard.as_ref().map_or(1, ClaimGuard::attempt);
     let result = deliver(
         state,
         &route,
@@ -604,15 +865,18 @@ pub async fn redeliver(state: &State, rec: &journal::Received) -> Result<Outcome
         &headers,
         body,
         replay::unix_now(),
+        attempt,
     )
     .await;
     let outcome = match &result {
         Ok(()) => {
-            confirm(state, &route, &key, Some(token)).await;
+            if let Some(g) = guard {
+                confirm(state, &route, g).await;
+            }
             Outcome::Forwarded
         }
         Err(e) => {
-            release(state, &route, &key, Some(token)).await;
+            release(state, &route, guard).await;
             tracing::warn!(route = %route.name, event_id = %rec.event_id, error = %e, "redelivery failed");
             e.outcome()
         }
@@ -636,7 +900,7 @@ fn finish(state: &State, ctx: &Ctx, outcome: Outcome, took: Duration) {
     if !outcome.is_success() {
         let label = match outcome {
             Outcome::NotFound => "not_found",
-            Outcome::InFlight => "in_flight",
+            Outcome::InFlight => ctx.label.unwrap_or("in_flight"),
             _ => ctx.label.unwrap_or(outcome.as_str()),
         };
         state.metrics.rejection(route, provider, label);

@@ -3,9 +3,10 @@
 //! [`Live::reload`] re-reads the gateway file, every rule file, IP set, key
 //! and certificate exactly as `callgate check` does; when all of it is valid
 //! and nothing changed that only a restart can apply (listen and admin
-//! addresses, turning TLS on or off, the replay store, connection
-//! timeouts), it stores the new rule set (one `ArcSwap`, so a request keeps
-//! the snapshot it started with) and the new TLS certificate. A reload that
+//! addresses, the admin token file, turning TLS on or off, the replay
+//! store, connection timeouts), it stores the new rule set (one `ArcSwap`,
+//! so a request keeps the snapshot it started with; the memory store's
+//! per-route quotas follow it) and the new TLS certificate. A reload that
 //! fails keeps everything running as it was, logs every problem as
 //! `PATH:LINE: message` and counts `callgate_rules_reload_total{result="error"}`.
 //!
@@ -113,6 +114,7 @@ impl Live {
                 let n = rules.len();
                 let metrics = &self.state.metrics;
                 metrics.rules_loaded(&rules, replay::unix_now());
+                self.state.store.set_quotas(&rules);
                 self.state.rules.store(Arc::new(rules));
                 if let (Some(live), Some(new)) = (&self.tls, &config.tls) {
                     live.store(new.server.clone());
@@ -167,13 +169,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Settings a reload cannot apply.
 fn fixed_changes(running: &Config, new: &Config) -> Vec<&'static str> {
-    let checks: [(&'static str, bool); 10] = [
+    let checks: [(&'static str, bool); 14] = [
         ("listen.addr", running.listen != new.listen),
         (
             "listen.tls_cert/tls_key (turning TLS on or off)",
             running.tls.is_some() != new.tls.is_some(),
         ),
-        ("admin.addr", running.admin != new.admin),
+        (
+            "admin.addr",
+            running.admin.map(|a| a.addr) != new.admin.map(|a| a.addr),
+        ),
+        (
+            "admin.token_file",
+            running.admin_token.as_ref().map(|t| &t.file)
+                != new.admin_token.as_ref().map(|t| &t.file),
+        ),
+        (
+            "admin.max_connections",
+            running.admin.map(|a| a.max_connections) != new.admin.map(|a| a.max_connections),
+        ),
         ("replay.store", running.replay.store != new.replay.store),
         ("replay.ttl", running.replay.ttl != new.replay.ttl),
         (
@@ -195,6 +209,15 @@ fn fixed_changes(running: &Config, new: &Config) -> Vec<&'static str> {
         (
             "limits.max_connections",
             running.limits.max_connections != new.limits.max_connections,
+        ),
+        (
+            "limits.max_connections_per_source / max_connections_unlisted",
+            running.limits.max_connections_per_source != new.limits.max_connections_per_source
+                || running.limits.max_connections_unlisted != new.limits.max_connections_unlisted,
+        ),
+        (
+            "limits.write_timeout",
+            running.limits.write_timeout != new.limits.write_timeout,
         ),
     ];
     checks

@@ -22,7 +22,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::allow::AllowList;
 use crate::config::{Config, Dur, Limits, Located, Problem, line_of, parse_net, resolve};
-use crate::forward::{ForwardMode, Upstream, UpstreamError};
+use crate::forward::{ForwardHeaders, ForwardMode, Upstream, UpstreamError};
 use crate::provider::{Claimed, Provider, ProviderKind, VerifyError};
 use crate::secret::{Secret, SecretFileError};
 
@@ -109,6 +109,13 @@ pub enum RuleError {
     },
     #[error("rate_limit: {reason}")]
     RateLimit { reason: String },
+    #[error(
+        "replay_quota: the routes' quotas add up to {total}, above replay.max_entries ({max}): \
+         lower them or raise replay.max_entries"
+    )]
+    QuotasOverMax { total: u64, max: u64 },
+    #[error("forward_headers: {reason}; list only headers the shop needs from the platform")]
+    ForwardHeader { reason: String },
 }
 
 // === raw ===
@@ -137,6 +144,10 @@ pub struct RouteFile {
     /// `original` (default) or `normalized`.
     #[serde(default)]
     pub forward: ForwardMode,
+    /// Names of further platform request headers to pass to the shop,
+    /// beyond Content-Type, User-Agent, Accept and `Wechatpay-*`.
+    #[serde(default)]
+    pub forward_headers: Vec<Spanned<String>>,
     /// Freshness bound on the notification's own signed time.
     pub max_age: Option<Spanned<Dur>>,
     /// When set, an upstream 2xx must also contain these bytes.
@@ -157,6 +168,9 @@ pub struct RouteFile {
     /// `{ per_second = 50, burst = 200 }`: a token bucket per source
     /// address (see `limit`); absent means no limit.
     pub rate_limit: Option<Spanned<crate::limit::RateLimitFile>>,
+    /// Most events and nonces this route may hold in the memory replay
+    /// store; absent: an equal share of what the other routes leave.
+    pub replay_quota: Option<Spanned<u64>>,
 }
 
 /// One `[[route.merchant]]` table of a route serving several merchants:
@@ -204,6 +218,8 @@ pub struct Route {
     pub merchant_label: bool,
     pub allow: AllowList,
     pub forward: ForwardMode,
+    /// Which of the platform's request headers reach the shop.
+    pub forward_headers: ForwardHeaders,
     /// How old the signed time may be.
     pub max_age: Duration,
     /// How far in the future the signed time may be.
@@ -212,6 +228,9 @@ pub struct Route {
     pub allow_mode: AllowMode,
     /// Per-source rate limit and its buckets, when set.
     pub rate_limit: Option<crate::limit::RateLimit>,
+    /// Its own share of the memory replay store, when set
+    /// (`replay::route_quotas`).
+    pub replay_quota: Option<usize>,
     /// Where the route is defined, for messages.
     pub file: PathBuf,
     pub line: usize,
@@ -516,11 +535,42 @@ pub fn load_dir(
             &mut seen,
         );
     }
+    check_quotas(config, &routes, problems);
     RuleSet {
         routes,
         trusted_proxies: config.trusted_proxies.clone(),
         limits: config.limits,
         tls_not_after: config.tls.as_ref().map(|t| t.not_after),
+    }
+}
+
+/// The routes' own `replay_quota`s must fit in `replay.max_entries`, so
+/// that every route's share is there when it needs it. Reported at the
+/// last route that sets one.
+fn check_quotas(
+    config: &Config,
+    routes: &HashMap<Box<str>, Arc<Route>>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut with_quota: Vec<&Arc<Route>> = routes
+        .values()
+        .filter(|r| r.replay_quota.is_some())
+        .collect();
+    with_quota.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+    let total: u64 = with_quota
+        .iter()
+        .filter_map(|r| r.replay_quota)
+        .map(|q| q as u64)
+        .fold(0, u64::saturating_add);
+    let max = config.replay.max_entries;
+    if let Some(last) = with_quota.last()
+        && total > max
+    {
+        problems.push(Problem::Rule(Located {
+            file: last.file.clone(),
+            line: Some(last.line),
+            error: RuleError::QuotasOverMax { total, max },
+        }));
     }
 }
 
@@ -710,6 +760,28 @@ fn compile_route(
     }
 
     let rate_limit = crate::limit::RateLimit::compile(raw.rate_limit.as_ref(), ctx);
+    if let Some(q) = &raw.replay_quota
+        && *q.get_ref() == 0
+    {
+        ctx.error(
+            q.span(),
+            RuleError::Zero {
+                field: "replay_quota",
+            },
+        );
+    }
+    let forward_headers =
+        match ForwardHeaders::new(raw.forward_headers.iter().map(|n| n.get_ref().as_str())) {
+            Ok(h) => h,
+            Err((i, reason)) => {
+                let at = raw
+                    .forward_headers
+                    .get(i)
+                    .map_or(span.clone(), |n| n.span());
+                ctx.error(at, RuleError::ForwardHeader { reason });
+                ForwardHeaders::default()
+            }
+        };
 
     let defaults = UpstreamRaw {
         upstream: raw.upstream.as_ref(),
@@ -754,9 +826,13 @@ fn compile_route(
         merchant_label: raw.merchant_label,
         allow: AllowList::new(nets),
         forward: raw.forward,
+        forward_headers,
         on_store_error: raw.on_store_error,
         allow_mode: raw.allow_mode,
         rate_limit,
+        replay_quota: raw
+            .replay_quota
+            .map(|q| usize::try_from(*q.get_ref()).unwrap_or(usize::MAX)),
         max_age,
         max_future,
         file: ctx.file.to_path_buf(),

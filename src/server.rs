@@ -2,29 +2,40 @@
 //! the gateway file names a certificate and key) and the admin listener.
 //!
 //! A bad peer never takes a listener down and never holds it forever:
-//! * at most `limits.max_connections` notification connections are open at
-//!   once (a semaphore permit taken at accept, held by the connection's
-//!   task); one more is closed at once, before any byte is read, and counted
-//!   in `callgate_connections_refused_total`;
+//! * at accept, before any byte is read, `accept::Admission` bounds open
+//!   notification connections: `limits.max_connections` in all,
+//!   `limits.max_connections_per_source` from one address, and
+//!   `limits.max_connections_unlisted` from addresses outside every route's
+//!   allow list, so the platforms' own addresses keep room. One more is
+//!   closed at once and counted in `callgate_connections_refused_total{limit}`;
 //! * the TLS handshake runs under `limits.tls_handshake_timeout`;
 //! * hyper closes a connection whose request headers do not arrive within
 //!   `limits.header_timeout`: the first request's, and every later one's on
 //!   a kept-alive connection, so an idle keep-alive connection is closed
 //!   after `header_timeout` too; `pipeline` bounds the body read by
 //!   `limits.body_timeout`;
+//! * a response write that makes no progress for `limits.write_timeout`
+//!   (the peer stopped reading) closes the connection
+//!   (`accept::WriteDeadline`): the header timeout does not run while hyper
+//!   waits to write;
 //! * a request head is at most [`MAX_HEADER_BYTES`] bytes and
 //!   [`MAX_HEADERS`] header lines; beyond either, hyper answers 431 and
 //!   closes. The platforms send a dozen headers of a few hundred bytes;
 //! * accept errors (out of file descriptors, ...) are logged and retried
 //!   after a short pause instead of ending the accept loop.
 //!
+//! The admin listener gets the same head bounds, header timeout and write
+//! timeout, and at most `admin.max_connections` connections.
+//!
 //! Each request runs in its own task, so a platform that hangs up while its
 //! notification is being forwarded does not cancel the forward half-way:
 //! the upstream's answer is still recorded in the replay store.
 //!
 //! [`Gateway::shutdown`] drains: it stops accepting, turns `/readyz` to 503,
-//! lets in-flight connections finish within `limits.drain_timeout`, then
-//! stops the admin listener. [`Gateway::reload`] re-reads the gateway file
+//! lets in-flight connections finish, then waits for every request task
+//! still running (a forward whose platform connection closed runs on in its
+//! own task), all within `limits.drain_timeout`, then stops the admin
+//! listener and flushes the journal. [`Gateway::reload`] re-reads the gateway file
 //! and every rule file and swaps the new rule set in whole; a reload that
 //! fails validation, or that changes a setting only a restart can apply,
 //! keeps the running rules.
@@ -45,6 +56,8 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+
+use crate::accept::{Admission, Peer, WriteDeadline};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -95,6 +108,7 @@ pub struct Gateway {
     stop_admin: watch::Sender<bool>,
     main_task: JoinHandle<()>,
     admin_task: Option<JoinHandle<()>>,
+    drain_timeout: Duration,
 }
 
 /// Binds the listeners and starts serving a loaded configuration.
@@ -125,15 +139,18 @@ pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gat
     })?;
     let admin_listener = match config.admin {
         Some(a) => {
-            let l = TcpListener::bind(a)
+            let l = TcpListener::bind(a.addr)
                 .await
-                .map_err(|source| StartError::Bind { addr: a, source })?;
-            Some(l)
+                .map_err(|source| StartError::Bind {
+                    addr: a.addr,
+                    source,
+                })?;
+            Some((l, a.max_connections))
         }
         None => None,
     };
     let admin_addr = match &admin_listener {
-        Some(l) => Some(l.local_addr().map_err(|source| StartError::Bind {
+        Some((l, _)) => Some(l.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
         })?),
@@ -141,6 +158,7 @@ pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gat
     };
 
     let state = build_state(&config, rules, client, "gateway")?;
+    check_store(&state).await?;
 
     let (stop_main, main_rx) = watch::channel(false);
     let (stop_admin, admin_rx) = watch::channel(false);
@@ -155,7 +173,8 @@ pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gat
         limits,
         main_rx,
     ));
-    let admin_task = admin_listener.map(|l| tokio::spawn(serve_admin(l, state.clone(), admin_rx)));
+    let admin_task = admin_listener
+        .map(|(l, max)| tokio::spawn(serve_admin(l, max, state.clone(), limits, admin_rx)));
     tracing::info!(
         listen = %addr,
         tls = tls_on,
@@ -179,7 +198,32 @@ pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gat
         stop_admin,
         main_task,
         admin_task,
+        drain_timeout: limits.drain_timeout,
     })
+}
+
+/// Refuses to start on a Redis whose `maxmemory-policy` can evict what
+/// callgate stores. A Redis that does not answer yet is no reason not to
+/// start (notifications fail closed until it does, and its policy is read
+/// at first contact).
+async fn check_store(state: &State) -> Result<(), StartError> {
+    let ReplayStore::Redis(redis) = &state.store else {
+        return Ok(());
+    };
+    match redis.check_policy().await {
+        Ok(()) => {
+            state.metrics.set_store_evicting(false);
+            Ok(())
+        }
+        Err(e @ replay::StoreError::Evicting { .. }) => {
+            state.metrics.set_store_evicting(true);
+            Err(StartError::Store(e))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "replay store not reachable at start; its maxmemory-policy is checked when it answers");
+            Ok(())
+        }
+    }
 }
 
 /// Builds the shared state: the replay store (the memory store warmed from
@@ -193,44 +237,75 @@ pub fn build_state(
     journal_kind: &str,
 ) -> Result<Arc<State>, StartError> {
     let store = match &config.replay.store {
-        config::StoreKind::Memory => ReplayStore::memory(config.replay.max_entries),
-        config::StoreKind::Redis(url) => ReplayStore::Redis(crate::replay::RedisStore::new(
-            url,
-            config.replay.timeout,
-            config.replay.tls_ca.as_deref(),
-        )?),
+        config::StoreKind::Memory => {
+            let m = crate::replay::MemoryStore::new(config.replay.max_entries);
+            m.set_attempts_ttl(config.replay.ttl);
+            ReplayStore::Memory(m)
+        }
+        config::StoreKind::Redis(url) => {
+            let r = crate::replay::RedisStore::new(
+                url,
+                config.replay.timeout,
+                config.replay.tls_ca.as_deref(),
+            )?;
+            r.set_attempts_ttl(config.replay.ttl);
+            ReplayStore::Redis(r)
+        }
     };
     let journal = match &config.journal {
         None => None,
         Some(jc) => {
+            let warm = crate::journal::warm_up(&jc.dir, config.replay.ttl, replay::unix_now())?;
             if matches!(store, ReplayStore::Memory(_)) {
-                let now = replay::unix_now();
-                let delivered = crate::journal::delivered_within(&jc.dir, config.replay.ttl, now)?;
-                for (route, event_id, left) in &delivered {
+                for (route, event_id, left) in &warm.delivered {
                     let route: Arc<str> = Arc::from(route.as_str());
                     store.warm(
                         &crate::replay::Key::new(&route, crate::replay::KeyKind::Event, event_id),
                         *left,
                     );
                 }
-                tracing::info!(events = delivered.len(), dir = %jc.dir.display(), "replay store warmed from the journal");
+                // Forwards begun and never delivered (failed, or cut short
+                // by a crash): the next copy carries the next attempt number.
+                for (route, event_id, attempts, left) in &warm.attempted {
+                    let route: Arc<str> = Arc::from(route.as_str());
+                    store.warm_attempts(
+                        &crate::replay::Key::new(&route, crate::replay::KeyKind::Event, event_id),
+                        *attempts,
+                        *left,
+                    );
+                }
+                tracing::info!(events = warm.delivered.len(), undelivered = warm.attempted.len(), dir = %jc.dir.display(), "replay store warmed from the journal");
+            }
+            if journal_kind == "gateway" {
+                report_unfinished(&jc.dir, &warm.unfinished);
             }
             Some(crate::journal::Journal::open(jc, journal_kind)?)
         }
     };
     let metrics = Metrics::new()?;
-    metrics.set_store_max_entries(match store {
-        ReplayStore::Memory(_) => config.replay.max_entries,
-        ReplayStore::Redis(_) => 0,
-    });
-    Ok(Arc::new(State::new(
-        rules,
-        store,
-        client,
-        metrics,
-        config.replay.ttl,
-        journal,
-    )))
+    let mut state = State::new(rules, store, client, metrics, config.replay.ttl, journal);
+    state.admin_token = config.admin_token.as_ref().map(|t| t.token.clone());
+    Ok(Arc::new(state))
+}
+
+/// Says, at start, which forwards have no recorded outcome: callgate
+/// stopped (or crashed) while the shop had them, so the shop may or may not
+/// have processed them. Their next copy is forwarded with
+/// `X-Callgate-Attempt` above 1; `callgate journal list --outcome
+/// unfinished` lists them.
+fn report_unfinished(dir: &std::path::Path, unfinished: &[(String, String, u32)]) {
+    if unfinished.is_empty() {
+        return;
+    }
+    for (route, event_id, attempt) in unfinished.iter().take(20) {
+        tracing::warn!(route = %route, event_id = %event_id, attempt,
+            "forward with no recorded outcome (callgate stopped mid-forward)");
+    }
+    tracing::warn!(
+        forwards = unfinished.len(),
+        dir = %dir.display(),
+        "forwards whose outcome is unknown: the shop may or may not have them; their next copy is sent with X-Callgate-Attempt above 1 (callgate journal list --outcome unfinished)"
+    );
 }
 
 impl Gateway {
@@ -249,12 +324,33 @@ impl Gateway {
     /// Stops accepting, drains in-flight notifications (bounded by
     /// `limits.drain_timeout`), then stops the admin listener.
     pub async fn shutdown(self) {
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
         self.state.draining.store(true, Ordering::Relaxed);
         if let Some(w) = &self.watcher {
             w.abort();
         }
         let _ = self.stop_main.send(true);
         let _ = self.main_task.await;
+        // Connections are closed; forwards whose platform hung up earlier
+        // still run in their own tasks. Their outcome goes to the journal
+        // and the store only if they are waited for.
+        let running = self.state.tasks.running();
+        if running > 0 {
+            tracing::info!(
+                forwards = running,
+                "draining: waiting for in-flight forwards"
+            );
+            if tokio::time::timeout_at(deadline, self.state.tasks.idle())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    forwards = self.state.tasks.running(),
+                    timeout = ?self.drain_timeout,
+                    "drain timed out with forwards in flight; their outcome is unknown (callgate journal list --outcome unfinished)"
+                );
+            }
+        }
         let _ = self.stop_admin.send(true);
         if let Some(t) = self.admin_task {
             let _ = t.await;
@@ -282,7 +378,8 @@ async fn serve_notifications(
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
     let builder = Arc::new(builder);
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let admission = Admission::new(&limits);
+    let write_timeouts = state.metrics.write_timeouts("notify");
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -294,15 +391,21 @@ async fn serve_notifications(
             },
             _ = stop.changed() => break,
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // Over the cap: close at once, before reading a byte.
-            state.metrics.connection_refused();
-            tracing::warn!(%peer, max = limits.max_connections, "connection refused: limits.max_connections are open");
-            drop(tcp);
-            continue;
+        let class = Peer::of(peer.ip(), &state.rules.load());
+        let admitted = match admission.admit(peer.ip(), class) {
+            Ok(a) => a,
+            Err(refused) => {
+                // Over a limit: close at once, before reading a byte.
+                state.metrics.connection_refused(refused.label());
+                tracing::warn!(%peer, limit = refused.label(), "connection refused: the limit is reached");
+                drop(tcp);
+                continue;
+            }
         };
-        let open = (permit, state.metrics.connection_opened());
+        let open = (admitted, state.metrics.connection_opened());
         let _ = tcp.set_nodelay(true);
+        let timeouts = write_timeouts.clone();
+        let tcp = WriteDeadline::new(tcp, limits.write_timeout, move || timeouts.inc());
         let watcher = graceful.watcher();
         let state = state.clone();
         let builder = builder.clone();
@@ -351,8 +454,15 @@ async fn connection<S>(
     let service = service_fn(move |req| {
         let state = state.clone();
         async move {
-            // Own task: a hang-up cannot cancel a forward half-way.
-            let response = match tokio::spawn(pipeline::handle(state, peer, req)).await {
+            // Own task: a hang-up cannot cancel a forward half-way; counted
+            // until it ends, so a drain waits for it.
+            let running = state.tasks.enter();
+            let task = async move {
+                let response = pipeline::handle(state, peer, req).await;
+                drop(running);
+                response
+            };
+            let response = match tokio::spawn(task).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(%peer, error = %e, "request task failed");
@@ -368,14 +478,24 @@ async fn connection<S>(
     }
 }
 
-async fn serve_admin(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+async fn serve_admin(
+    listener: TcpListener,
+    max_connections: usize,
+    state: Arc<State>,
+    limits: config::Limits,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS);
     let builder = Arc::new(builder);
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let write_timeouts = state.metrics.write_timeouts("admin");
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -385,9 +505,18 @@ async fn serve_admin(listener: TcpListener, state: Arc<State>, mut stop: watch::
             },
             _ = stop.changed() => break,
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            state.metrics.connection_refused("admin.max_connections");
+            tracing::warn!(%peer, max = max_connections, "admin connection refused: admin.max_connections are open");
+            drop(tcp);
+            continue;
+        };
+        let timeouts = write_timeouts.clone();
+        let tcp = WriteDeadline::new(tcp, limits.write_timeout, move || timeouts.inc());
         let state = state.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(admin::handle(state, req).await) }

@@ -351,14 +351,20 @@ fn label_literals(s: &str) -> Vec<String> {
 
 /// Every `reason` label the code can emit, with the file it is in: the
 /// literals returned by each `fn label(&self) -> &'static str`, those passed
-/// to `reject(..)` and `.rejection(..)`, and the `Outcome::X => "label"` arms
-/// of the pipeline's `fn finish` (its other literals are log field values).
+/// to `reject(..)` and `.rejection(..)` or set as a `label: "x"` field, and
+/// those of the `Outcome::X =>`
+/// arms of the pipeline's `fn finish` (its other literals are log field
+/// values).
 fn emitted_reasons(sources: &[(String, String)]) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for (file, text) in sources {
         let mut found = Vec::new();
         for (i, _) in text.match_indices("fn label(&self) -> &'static str") {
             found.extend(label_literals(balanced(&text[i..], '{', '}')));
+        }
+        // A reason carried in a struct to a later `reject` (`label: "x"`).
+        for (i, _) in text.match_indices("label: \"") {
+            found.extend(label_literals(&text[i..]).into_iter().take(1));
         }
         for marker in ["reject(", ".rejection("] {
             for (i, _) in text.match_indices(marker) {
@@ -368,8 +374,10 @@ fn emitted_reasons(sources: &[(String, String)]) -> BTreeMap<String, String> {
         }
         for (i, _) in text.match_indices("fn finish(") {
             let body = balanced(&text[i..], '{', '}');
-            for (j, _) in body.match_indices("=> \"") {
-                found.extend(label_literals(&body[j..]).into_iter().take(1));
+            for line in body.lines() {
+                if line.contains("Outcome::") && line.contains("=>") {
+                    found.extend(label_literals(line));
+                }
             }
         }
         for l in found {
@@ -447,7 +455,7 @@ fn a_new_reason_fails_with_the_row_to_add() {
     let readme = "# x\n\n## Troubleshooting\n\n| `reason` | status | cause | fix |\n|---|---|---|---|\n| `stale` | 401 | a | b |\n| `gone` | 400 | a | b |\n\n## Next\n";
     let sources = vec![(
         "src/replay.rs".to_owned(),
-        "pub fn label(&self) -> &'static str {\n match self { A => \"stale\", B => \"skewed\" }\n}\nfn f() { ctx.reject(Outcome::X, \"new_reason\", \"some words\") }\nfn finish(a: u8) { tracing::info!(target: \"callgate::request\", \"notification\"); match o { Outcome::NotFound => \"not_found\", _ => x } }\n".to_owned(),
+        "pub fn label(&self) -> &'static str {\n match self { A => \"stale\", B => \"skewed\" }\n}\nfn f() { ctx.reject(Outcome::X, \"new_reason\", \"some words\") }\nfn g() -> Stop { Stop { label: \"carried\", why: \"words\".into() } }\nfn finish(a: u8) { tracing::info!(target: \"callgate::request\", \"notification\"); match o {\n Outcome::NotFound => \"not_found\",\n Outcome::InFlight => l.unwrap_or(\"in_flight\"),\n _ => x } }\n".to_owned(),
     )];
     let problems = reason_problems(&sources, readme);
     let joined = problems.join("\n");
@@ -457,6 +465,8 @@ fn a_new_reason_fails_with_the_row_to_add() {
     );
     assert!(joined.contains("reason `new_reason`"), "{joined}");
     assert!(joined.contains("reason `not_found`"), "{joined}");
+    assert!(joined.contains("reason `in_flight`"), "{joined}");
+    assert!(joined.contains("reason `carried`"), "{joined}");
     assert!(
         joined.contains("explains `gone`, which the code no longer emits"),
         "{joined}"
@@ -466,7 +476,7 @@ fn a_new_reason_fails_with_the_row_to_add() {
         !joined.contains("`notification`"),
         "log values are not reasons: {joined}"
     );
-    assert_eq!(problems.len(), 4, "{joined}");
+    assert_eq!(problems.len(), 6, "{joined}");
 }
 
 #[test]

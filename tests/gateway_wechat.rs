@@ -295,7 +295,7 @@ async fn v2_refund_is_authenticated_by_decryption_and_its_req_info_is_shared() {
 
     let resource = g.headers["x-callgate-resource"].to_str().unwrap();
     assert_eq!(unb64(resource), plain);
-    let t = check_callgate_hmac(
+    let t = check_callgate_resource_hmac(
         g.headers["x-callgate-resource-signature"].to_str().unwrap(),
         &plain,
     );
@@ -411,7 +411,7 @@ async fn v3_original_body_and_decrypted_resource_reach_the_shop() {
         g.headers["x-callgate-resource"].to_str().unwrap(),
         b64(&plain)
     );
-    check_callgate_hmac(
+    check_callgate_resource_hmac(
         g.headers["x-callgate-resource-signature"].to_str().unwrap(),
         &plain,
     );

@@ -256,24 +256,16 @@ async fn the_journal_warms_the_memory_store_after_a_restart() {
 }
 
 fn callgate(args: &[&str], config: &std::path::Path) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callgate"))
-        .args(args)
-        .arg("-c")
-        .arg(config)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    callgate_cli(args, config)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redelivery_sends_what_the_shop_missed_exactly_once() {
     let up = Upstream::start(Behaviour::Reply(500, "down for maintenance")).await;
     let spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
-    let gw = TestGateway::start(spec).await;
+    // The memory store lives in the gateway: redelivery goes through its
+    // admin API.
+    let gw = TestGateway::start_with_admin_token(spec.clone()).await;
     let body = alipay_fixture("rsa2_trade_success.form");
     assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 502);
     assert_eq!(
@@ -285,9 +277,7 @@ async fn redelivery_sends_what_the_shop_missed_exactly_once() {
         .status,
         502
     );
-    let TestGateway { dir, gateway, .. } = gw;
-    gateway.shutdown().await;
-    let config = dir.path().join("callgate.toml");
+    let config = gw.cli_config();
 
     let (code, out, err) = callgate(&["journal", "list"], &config);
     assert_eq!(code, 0, "{err}");
@@ -323,7 +313,9 @@ async fn redelivery_sends_what_the_shop_missed_exactly_once() {
     assert!(out.contains("already delivered, skipped"), "{out}");
 
     // And a restarted gateway knows both were delivered.
-    let gw = TestGateway::start_in(dir, GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
+    let TestGateway { dir, gateway, .. } = gw;
+    gateway.shutdown().await;
+    let gw = TestGateway::start_in(dir, spec).await;
     assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 200);
     assert_eq!(up.count(), 4);
 }
@@ -331,19 +323,18 @@ async fn redelivery_sends_what_the_shop_missed_exactly_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tampered_journal_is_not_redelivered() {
     let up = Upstream::start(Behaviour::Reply(500, "down")).await;
-    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
+    let gw =
+        TestGateway::start_with_admin_token(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
     assert_eq!(
         gw.post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
             .await
             .status,
         502
     );
-    let TestGateway { dir, gateway, .. } = gw;
-    gateway.shutdown().await;
     // Rewrite the amount inside the journaled body (Base64 of the form).
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
-    for file in callgate::journal::journal_files(&dir.path().join("journal")) {
+    for file in callgate::journal::journal_files(&gw.dir.path().join("journal")) {
         let text = std::fs::read_to_string(&file).unwrap();
         let mut out = String::new();
         for line in text.lines() {
@@ -363,7 +354,7 @@ async fn a_tampered_journal_is_not_redelivered() {
     up.set(Behaviour::Reply(200, "success"));
     let (code, out, _) = callgate(
         &["journal", "redeliver", "--route", "shop-alipay"],
-        &dir.path().join("callgate.toml"),
+        &gw.cli_config(),
     );
     assert_eq!(code, 1);
     assert!(out.contains("no longer verifies"), "{out}");

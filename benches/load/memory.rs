@@ -43,7 +43,9 @@ fn main() {
             let id = format!("2026111122001{i:019}");
             let key = Key::new(&route, KeyKind::Event, &id);
             match store.claim(&key, in_flight).await.expect("memory store") {
-                Claim::New(token) => store.confirm(&key, token, ttl).await.expect("memory store"),
+                Claim::New(token) => {
+                    store.confirm(&key, token, ttl).await.expect("memory store");
+                }
                 other => panic!("event {i} was {other:?}"),
             }
         }

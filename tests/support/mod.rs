@@ -52,6 +52,9 @@ pub enum Behaviour {
     Reply(u16, &'static str),
     /// Wait until `release` is notified, then answer 200 `success`.
     Hold(Arc<Notify>),
+    /// Take a permit of the semaphore (one per request, so releases never
+    /// race the requests they are meant for), then answer.
+    HoldReply(Arc<tokio::sync::Semaphore>, u16, &'static str),
     /// Never answer.
     Hang,
 }
@@ -122,6 +125,10 @@ impl Upstream {
                                 Behaviour::Hold(gate) => {
                                     gate.notified().await;
                                     (200, "success")
+                                }
+                                Behaviour::HoldReply(permits, s, body) => {
+                                    permits.acquire().await.unwrap().forget();
+                                    (s, body)
                                 }
                                 Behaviour::Hang => std::future::pending().await,
                             };
@@ -869,6 +876,15 @@ pub fn check_callgate_hmac(header: &str, data: &[u8]) -> String {
     t.to_owned()
 }
 
+/// Checks `X-Callgate-Resource-Signature`, `t=..,v1=..` over
+/// `"resource." + t + "." + data`, with openssl; returns t.
+pub fn check_callgate_resource_hmac(header: &str, data: &[u8]) -> String {
+    let (t, v1) = split_signature(header);
+    let signed = [b"resource.", t.as_bytes(), b".", data].concat();
+    assert_eq!(v1, openssl_hmac_hex(SECRET.trim_end(), &signed));
+    t
+}
+
 // === legacy Alipay (MD5) and Alipay certificate mode ===
 
 pub fn fixture_in(dir: &str, name: &str) -> Vec<u8> {
@@ -1052,4 +1068,142 @@ impl TestGateway {
 pub fn add_limit(text: &mut String, line: &str) {
     text.push_str(line);
     text.push('\n');
+}
+
+// === exactly once under pressure (issue 14) ===
+
+/// The admin API token tests configure (`admin.token_file`).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+impl TestGateway {
+    /// Starts a gateway whose admin API is on (`admin.token_file`).
+    pub async fn start_with_admin_token(spec: GatewaySpec) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+        Self::start_edited_in(dir, spec, |t| {
+            *t = t.replacen(
+                "[admin]\naddr = \"127.0.0.1:0\"\n",
+                "[admin]\naddr = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n",
+                1,
+            )
+        })
+        .await
+    }
+
+    /// A copy of the gateway file naming the admin port actually bound, for
+    /// `callgate journal redeliver` (the gateway's own file says port 0).
+    pub fn cli_config(&self) -> PathBuf {
+        let file = self.dir.path().join("callgate.toml");
+        let text = std::fs::read_to_string(&file).unwrap().replacen(
+            "[admin]\naddr = \"127.0.0.1:0\"",
+            &format!(
+                "[admin]\naddr = \"127.0.0.1:{}\"",
+                self.gateway.admin_addr.unwrap().port()
+            ),
+            1,
+        );
+        let cli = self.dir.path().join("cli.toml");
+        std::fs::write(&cli, text).unwrap();
+        cli
+    }
+}
+
+/// `callgate ARGS -c CONFIG`: (exit code, stdout, stderr).
+pub fn callgate_cli(args: &[&str], config: &Path) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A `callgate run` process (the real binary) with its JSON log lines on a
+/// channel. Killed (SIGKILL) on drop.
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+    /// `127.0.0.1:PORT` of the notification listener.
+    pub addr: String,
+    pub admin: String,
+}
+
+impl GatewayProcess {
+    pub fn start(config: &Path) -> GatewayProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_callgate"))
+            .args(["run", "--log-format", "json", "-c"])
+            .arg(config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut p = GatewayProcess {
+            child,
+            lines,
+            seen: vec![],
+            addr: String::new(),
+            admin: String::new(),
+        };
+        let serving = p.wait_for(|v| v["message"] == "callgate serving");
+        p.addr = serving["listen"].as_str().unwrap().to_owned();
+        p.admin = serving["admin"].as_str().unwrap().to_owned();
+        p
+    }
+
+    /// Waits (bounded: 60 s without a line) for a JSON log line matching
+    /// `pred`.
+    pub fn wait_for(&mut self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("log line not seen; got:\n{}", self.seen.join("\n")));
+            self.seen.push(line.clone());
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -1,0 +1,233 @@
+//! Redelivery from the journal, for the day the shop was down longer than
+//! the platform kept retrying. Not part of the request flow: it runs on
+//! an operator's request, through the same replay store the gateway uses.
+//!
+//! The running gateway serves it at `POST /api/redeliver` on the admin
+//! listener (`admin`), behind the bearer token of `admin.token_file`;
+//! `callgate journal redeliver` calls that endpoint. Going through the
+//! running gateway matters: with the memory store, the replay store *is*
+//! the gateway's memory, and a redelivery that claimed events in a store of
+//! its own would let the platform's next retry through as a second
+//! delivery. So with the memory store the command refuses to redeliver
+//! unless it can reach the gateway; with Redis (shared) it may also run on
+//! its own when no token is configured.
+//!
+//! Each selected event (the latest arrival of each route and event id) is
+//! skipped when the journal shows it delivered, else verified again with
+//! the route's current keys (a journal file is not trusted on its own),
+//! claimed in the replay store, forwarded with `X-Callgate-Attempt`, and
+//! its outcome journaled (`pipeline::redeliver`).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::journal::{self, Filter, JournalError, Received};
+use crate::pipeline::{self, State};
+
+/// What to redeliver: the body of `POST /api/redeliver`, and the options
+/// of `callgate journal redeliver`. At least one selector is required.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// An outcome label (`upstream_error`, ...) or `unfinished`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// An RFC 3339 time, or a duration back from now (`24h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Say what would be sent; send nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What happened to one selected event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Line {
+    pub route: String,
+    pub event_id: String,
+    /// `forwarded`, `duplicate`, `already delivered, skipped`, `would
+    /// redeliver`, `<outcome> (not delivered)`, or why it could not be tried.
+    pub result: String,
+    /// Whether this counts as done (delivered now or before, or a dry run).
+    pub ok: bool,
+}
+
+/// The answer of `POST /api/redeliver`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub results: Vec<Line>,
+    /// Selected events that could not be delivered.
+    pub failed: usize,
+}
+
+/// Why nothing was redelivered.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectError {
+    #[error("give --event-id, or at least one of --route, --outcome, --since")]
+    NoSelector,
+    #[error("--since {0}")]
+    Since(String),
+    #[error("{0}")]
+    Journal(#[from] JournalError),
+    #[error("no journaled arrival matches")]
+    NothingMatches,
+}
+
+impl Selection {
+    fn filter(&self, now: i64) -> Result<Filter, SelectError> {
+        if self.event_id.is_none()
+            && self.route.is_none()
+            && self.outcome.is_none()
+            && self.since.is_none()
+        {
+            return Err(SelectError::NoSelector);
+        }
+        let since = match self.since.as_deref() {
+            None => None,
+            Some(s) => Some(journal::parse_since(s, now).map_err(SelectError::Since)?),
+        };
+        Ok(Filter {
+            route: self.route.clone(),
+            outcome: self.outcome.clone(),
+            since,
+        })
+    }
+}
+
+/// (route, event id) pairs.
+pub type Events = HashSet<(String, String)>;
+
+/// The latest journaled arrival of each selected event, oldest first, and
+/// the events the journal shows delivered.
+pub fn select(
+    dir: &Path,
+    selection: &Selection,
+    now: i64,
+) -> Result<(Vec<Received>, Events), SelectError> {
+    let filter = selection.filter(now)?;
+    let (arrivals, redeliveries) = journal::arrivals(dir)?;
+    let delivered = journal::delivered_events(&arrivals, &redeliveries);
+    let mut latest: Vec<Received> = Vec::new();
+    for a in arrivals.iter().rev().filter(|a| filter.matches(a)) {
+        let r = &a.received;
+        if selection
+            .event_id
+            .as_deref()
+            .is_some_and(|id| r.event_id != id)
+        {
+            continue;
+        }
+        if !latest
+            .iter()
+            .any(|l| l.route == r.route && l.event_id == r.event_id)
+        {
+            latest.push(r.clone());
+        }
+    }
+    latest.reverse();
+    if latest.is_empty() {
+        return Err(SelectError::NothingMatches);
+    }
+    Ok((latest, delivered))
+}
+
+/// Redelivers the selection from the journal in `dir` through `state`
+/// (its replay store, upstream client and journal).
+pub async fn run(state: &State, dir: &Path, selection: &Selection) -> Result<Report, SelectError> {
+    let (events, delivered) = select(dir, selection, crate::replay::unix_now())?;
+    let mut results = Vec::with_capacity(events.len());
+    for r in &events {
+        let line = |result: String, ok: bool| Line {
+            route: r.route.clone(),
+            event_id: r.event_id.clone(),
+            result,
+            ok,
+        };
+        if delivered.contains(&(r.route.clone(), r.event_id.clone())) {
+            results.push(line("already delivered, skipped".into(), true));
+        } else if selection.dry_run {
+            results.push(line("would redeliver".into(), true));
+        } else {
+            results.push(match pipeline::redeliver(state, r).await {
+                Ok(outcome) if outcome.is_success() => line(outcome.as_str().into(), true),
+                Ok(outcome) => line(format!("{} (not delivered)", outcome.as_str()), false),
+                Err(e) => line(e.to_string(), false),
+            });
+        }
+    }
+    let failed = results.iter().filter(|l| !l.ok).count();
+    Ok(Report { results, failed })
+}
+
+/// Why the running gateway's admin API did not redeliver.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Nothing answered at the admin address.
+    #[error("cannot reach the running gateway's admin API at {addr}: {reason}")]
+    Unreachable { addr: SocketAddr, reason: String },
+    #[error("the admin API answered {status}: {message}")]
+    Refused { status: u16, message: String },
+}
+
+/// Asks the running gateway at `admin` to redeliver `selection`.
+pub async fn via_admin(
+    admin: SocketAddr,
+    token: &crate::secret::Secret,
+    selection: &Selection,
+) -> Result<Report, ApiError> {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    // An admin listener on every address is reached on loopback.
+    let mut addr = admin;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let unreachable = |reason: String| ApiError::Unreachable { addr, reason };
+    let body = serde_json::to_vec(selection).map_err(|e| unreachable(e.to_string()))?;
+    // `callgate check` made sure the token is visible ASCII.
+    let auth = format!("Bearer {}", String::from_utf8_lossy(token.expose()));
+    let request = http::Request::post(format!("http://{addr}/api/redeliver"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::AUTHORIZATION, auth)
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| unreachable(e.to_string()))?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?
+        .to_bytes();
+    if status.is_success() {
+        return serde_json::from_slice(&bytes).map_err(|e| ApiError::Refused {
+            status: status.as_u16(),
+            message: format!("not a redelivery report: {e}"),
+        });
+    }
+    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
+    Err(ApiError::Refused {
+        status: status.as_u16(),
+        message,
+    })
+}

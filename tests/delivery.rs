@@ -1,0 +1,849 @@
+//! Exactly once under pressure: the ways an event could reach the shop
+//! twice, or be forgotten early, each tried for real.
+//!
+//! * a claim that lapses before the forward (a copy claims the event anew):
+//!   the first copy stops at its renewal, the shop gets the event once;
+//! * a confirm that finds its claim gone is counted and the delivery still
+//!   recorded;
+//! * a full memory store refuses (503) instead of forgetting, per route;
+//! * Redis with an evicting `maxmemory-policy` is refused at start and while
+//!   it is set; with `noeviction`, a full Redis fails closed;
+//! * `on_store_error = "open"` records what it delivered once the store is
+//!   back;
+//! * `callgate journal redeliver` goes through the running gateway;
+//! * a drain waits for forwards whose platform already hung up;
+//! * `kill -9` under load, restart, and the platform's retries: every event
+//!   delivered, every repeat marked with `X-Callgate-Attempt`.
+//!
+//! Real sockets, real `redis-server`s, the real `callgate` binary where a
+//! process must die; nothing waits on a clock to decide an assertion.
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::*;
+use tokio::sync::Semaphore;
+
+const MD5: &str = "/notify/alipay_md5";
+
+fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The event keys (not their attempt counters) of a route in Redis.
+fn event_keys(redis: &RedisServer, route: &str) -> Vec<String> {
+    redis_cli(
+        redis,
+        &["--scan", "--pattern", &format!("callgate:{route}:ev:*")],
+    )
+    .lines()
+    .filter(|k| !k.ends_with(":at"))
+    .map(str::to_owned)
+    .collect()
+}
+
+/// A legacy Alipay route that asks `atn` (notify_verify) before forwarding.
+fn md5_with_atn(up: &Upstream, atn: &Upstream) -> RouteSpec {
+    RouteSpec::alipay_md5(up).with(|r| {
+        r.keys.push_str(&format!(
+            "notify_verify_url = \"http://127.0.0.1:{}/gateway.do\"\n",
+            atn.addr.port()
+        ))
+    })
+}
+
+/// `n` distinct genuine Alipay notifications (callgate's signer is only
+/// the load generator here; its output is checked against openssl in
+/// tests/cli.rs).
+fn alipay_bodies(n: usize, prefix: &str) -> Vec<Arc<Vec<u8>>> {
+    let key = alipay_key("alipay_private.pem");
+    (0..n)
+        .map(|i| {
+            let params: BTreeMap<String, String> = [
+                ("app_id".to_owned(), "2021000000000001".to_owned()),
+                ("notify_id".to_owned(), format!("{prefix}{i:06}")),
+                ("out_trade_no".to_owned(), format!("ORDER{i:06}")),
+            ]
+            .into();
+            Arc::new(
+                callgate::sign::alipay_form(&key, &params, "RSA2")
+                    .unwrap()
+                    .into_bytes(),
+            )
+        })
+        .collect()
+}
+
+fn lost(m: &str, route: &str, step: &str) -> f64 {
+    find_metric(
+        m,
+        "callgate_claims_lost_total",
+        &[("route", route), ("step", step)],
+    )
+    .unwrap_or(0.0)
+}
+
+// === claims that lapse ===
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_that_lapsed_before_the_forward_is_not_forwarded_twice() {
+    let redis = RedisServer::start();
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let permits = Arc::new(Semaphore::new(0));
+    let atn = Upstream::start(Behaviour::HoldReply(permits.clone(), 200, "true")).await;
+    let mut spec = GatewaySpec::new(vec![md5_with_atn(&up, &atn)]);
+    spec.store = redis.url();
+    let gw = Arc::new(TestGateway::start(spec).await);
+    let body = fixture_in("alipay_md5", "md5_trade_success.form");
+
+    let post = |gw: Arc<TestGateway>, body: Vec<u8>| {
+        tokio::spawn(async move { gw.post_form(MD5, &body).await })
+    };
+    let first = post(gw.clone(), body.clone());
+    // The first copy holds the claim and waits on a slow step
+    // (notify_verify here; a journal write under fsync = "always" too)...
+    atn.next().await;
+    // ...longer than its claim lives: the claim lapses.
+    let keys = event_keys(&redis, "shop-legacy");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    redis_cli(&redis, &["DEL", &keys[0]]);
+    // A copy arrives and claims the event anew.
+    let second = post(gw.clone(), body.clone());
+    atn.next().await;
+    permits.add_permits(2);
+    let (a, b) = (first.await.unwrap(), second.await.unwrap());
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "{} / {}", a.text(), b.text());
+    assert_eq!(up.count(), 1, "the shop got the event once");
+    let m = gw.get_admin("/metrics").await.text();
+    assert_eq!(lost(&m, "shop-legacy", "before_forward"), 1.0);
+    assert_eq!(
+        find_metric(
+            &m,
+            "callgate_rejections_total",
+            &[
+                ("route", "shop-legacy"),
+                ("provider", "alipay_md5"),
+                ("reason", "claim_lost")
+            ]
+        ),
+        Some(1.0)
+    );
+    // The platform's next retry is a duplicate.
+    let r = gw.post_form(MD5, &body).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_confirm_that_finds_its_claim_gone_is_counted_and_still_recorded() {
+    let redis = RedisServer::start();
+    let permits = Arc::new(Semaphore::new(0));
+    let up = Upstream::start(Behaviour::HoldReply(permits.clone(), 200, "success")).await;
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    spec.store = redis.url();
+    let gw = Arc::new(TestGateway::start(spec).await);
+    let body = alipay_fixture("rsa2_trade_success.form");
+    let pending = {
+        let (gw, body) = (gw.clone(), body.clone());
+        tokio::spawn(async move { gw.post_form("/notify/alipay", &body).await })
+    };
+    up.next().await; // at the shop
+    // The store loses the claim mid-forward.
+    let keys = event_keys(&redis, "shop-alipay");
+    redis_cli(&redis, &["DEL", &keys[0]]);
+    permits.add_permits(1);
+    let r = pending.await.unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    let m = gw.get_admin("/metrics").await.text();
+    assert_eq!(lost(&m, "shop-alipay", "confirm"), 1.0);
+    assert_eq!(lost(&m, "shop-alipay", "before_forward"), 0.0);
+    // Recorded all the same: the retry is a duplicate.
+    assert_eq!(redis_cli(&redis, &["GET", &keys[0]]), "d");
+    permits.add_permits(1);
+    let r = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 1);
+    assert_eq!(gw.requests("duplicate").await, 1.0);
+}
+
+// === stores that must not forget ===
+
+#[tokio::test]
+async fn a_full_memory_store_refuses_new_events_per_route_and_forgets_nothing() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let spec = GatewaySpec::new(vec![RouteSpec::alipay(&up), RouteSpec::wechat_v2(&up)]);
+    // Four slots, two routes: two each.
+    let gw = TestGateway::start_edited(spec, |t| {
+        *t = t.replace("max_entries = 100000", "max_entries = 4")
+    })
+    .await;
+    let bodies = alipay_bodies(3, "full-");
+    for b in &bodies[..2] {
+        let r = gw.post_form("/notify/alipay", b).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    }
+    // The route's share is used up: refused, the platform retries later.
+    let r = gw.post_form("/notify/alipay", &bodies[2]).await;
+    assert_eq!((r.status, r.text().as_str()), (503, "fail"));
+    // The other route still has its share.
+    let r = gw.post_xml(&wechat_fixture("v2_md5_pay.xml")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Nothing delivered was forgotten to make room.
+    for b in &bodies[..2] {
+        assert_eq!(gw.post_form("/notify/alipay", b).await.status, 200);
+    }
+    assert_eq!(up.count(), 3);
+    assert_eq!(gw.requests("duplicate").await, 2.0);
+    let m = gw.get_admin("/metrics").await.text();
+    assert_eq!(
+        find_metric(
+            &m,
+            "callgate_replay_store_full_total",
+            &[("route", "shop-alipay")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        find_metric(
+            &m,
+            "callgate_rejections_total",
+            &[
+                ("route", "shop-alipay"),
+                ("provider", "alipay"),
+                ("reason", "store_full")
+            ]
+        ),
+        Some(1.0)
+    );
+    let quota = |route| find_metric(&m, "callgate_replay_store_route_quota", &[("route", route)]);
+    assert_eq!(quota("shop-alipay"), Some(2.0));
+    assert_eq!(quota("shop-wechat-v2"), Some(2.0));
+    assert_eq!(
+        find_metric(
+            &m,
+            "callgate_replay_store_route_entries",
+            &[("route", "shop-alipay")]
+        ),
+        Some(2.0)
+    );
+}
+
+#[tokio::test]
+async fn route_quotas_must_fit_in_the_store() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let a = RouteSpec::alipay(&up).with(|r| r.extra = "replay_quota = 60000\n".into());
+    let b = RouteSpec::wechat_v2(&up).with(|r| r.extra = "replay_quota = 50000\n".into());
+    let dir = tempfile::tempdir().unwrap();
+    let file = GatewaySpec::new(vec![a, b]).write(dir.path());
+    let err = callgate::config::load(&file).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "replay_quota: the routes' quotas add up to 110000, above replay.max_entries (100000)"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("routes.toml:"), "{err}");
+}
+
+#[tokio::test]
+async fn redis_with_an_evicting_policy_is_refused_at_start() {
+    for policy in ["allkeys-lru", "volatile-ttl"] {
+        let redis = RedisServer::start_with(&["--maxmemory", "64mb", "--maxmemory-policy", policy]);
+        let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+        let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+        spec.store = redis.url();
+        let dir = tempfile::tempdir().unwrap();
+        let loaded = callgate::config::load(&spec.write(dir.path())).unwrap();
+        let Err(e) = callgate::server::start(loaded).await else {
+            panic!("{policy}: started on a Redis that may evict");
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains(&format!("maxmemory-policy {policy}")) && e.contains("noeviction"),
+            "{e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_evicting_policy_set_while_running_fails_closed_until_it_is_undone() {
+    let redis = RedisServer::start();
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    spec.store = redis.url();
+    let gw = TestGateway::start(spec).await;
+    let bodies = alipay_bodies(2, "policy-");
+    assert_eq!(gw.post_form("/notify/alipay", &bodies[0]).await.status, 200);
+
+    redis_cli(
+        &redis,
+        &["CONFIG", "SET", "maxmemory-policy", "allkeys-lfu"],
+    );
+    let ready = gw.get_admin("/readyz").await;
+    assert_eq!(ready.status, 503);
+    assert!(ready.text().contains("allkeys-lfu"), "{}", ready.text());
+    let r = gw.post_form("/notify/alipay", &bodies[1]).await;
+    assert_eq!((r.status, r.text().as_str()), (503, "fail"));
+    let m = gw.get_admin("/metrics").await.text();
+    assert_eq!(
+        find_metric(&m, "callgate_replay_store_evicting", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        find_metric(
+            &m,
+            "callgate_rejections_total",
+            &[
+                ("route", "shop-alipay"),
+                ("provider", "alipay"),
+                ("reason", "store_evicting")
+            ]
+        ),
+        Some(1.0)
+    );
+
+    redis_cli(&redis, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    assert_eq!(gw.get_admin("/readyz").await.status, 200);
+    assert_eq!(gw.post_form("/notify/alipay", &bodies[1]).await.status, 200);
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn a_full_redis_with_noeviction_fails_closed_and_forgets_nothing() {
+    let redis =
+        RedisServer::start_with(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]);
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    spec.store = redis.url();
+    let gw = TestGateway::start(spec).await;
+    let bodies = alipay_bodies(2, "oom-");
+    assert_eq!(gw.post_form("/notify/alipay", &bodies[0]).await.status, 200);
+    // Fill Redis past its maxmemory with other data: large values first,
+    // then ever smaller ones, until even a small write is refused.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let mut filled = false;
+    let mut i = 0;
+    for size in [16 * 1024, 1024, 64] {
+        let junk = vec![b'x'; size];
+        filled = false;
+        for _ in 0..100_000 {
+            i += 1;
+            let r: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(format!("junk:{i}"))
+                .arg(&junk)
+                .query(&mut conn);
+            if r.is_err() {
+                filled = true;
+                break;
+            }
+        }
+    }
+    assert!(filled, "Redis never reached its maxmemory");
+    let r = gw.post_form("/notify/alipay", &bodies[1]).await;
+    assert_eq!((r.status, r.text().as_str()), (503, "fail"));
+    // What was delivered is still known.
+    let r = gw.post_form("/notify/alipay", &bodies[0]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 1);
+}
+
+// === forwarding while the store is down ===
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_made_without_the_store_are_recorded_once_it_returns() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let route = RouteSpec::alipay(&up).with(|r| r.extra = "on_store_error = \"open\"\n".into());
+    let mut spec = GatewaySpec::new(vec![route]);
+    spec.store = redis.url();
+    let gw = TestGateway::start(spec).await;
+    let body = alipay_fixture("rsa2_trade_success.form");
+
+    redis.kill();
+    let r = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 1, "forwarded without the store (open)");
+    // While the store is down, a copy is answered from what was delivered.
+    let r = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 1);
+    assert_eq!(
+        gw.metric("callgate_replay_store_backlog", &[]).await,
+        Some(1.0)
+    );
+
+    redis.restart();
+    gw.wait_metric("callgate_replay_store_backlog", &[], |v| v == 0.0)
+        .await;
+    assert_eq!(event_keys(&redis, "shop-alipay").len(), 1);
+    let r = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(
+        up.count(),
+        1,
+        "the retry after the store returned is a duplicate"
+    );
+    assert_eq!(gw.requests("duplicate").await, 2.0);
+}
+
+// === redelivery through the running gateway ===
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redelivery_goes_through_the_running_gateways_memory_store() {
+    let up = Upstream::start(Behaviour::Reply(500, "down")).await;
+    let gw =
+        TestGateway::start_with_admin_token(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
+    let body = alipay_fixture("rsa2_trade_success.form");
+    assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 502);
+    up.set(Behaviour::Reply(200, "success"));
+
+    let cli = gw.cli_config();
+    let id = "2026112200222000000000000000000001";
+    let (code, out, err) = callgate_cli(&["journal", "redeliver", "--event-id", id], &cli);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("shop-alipay {id}: forwarded")),
+        "{out}"
+    );
+    assert_eq!(up.count(), 2);
+    // The platform's own retry reaches the gateway that redelivered: it
+    // knows, and the shop is not called again.
+    let r = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 2);
+    assert_eq!(gw.requests("duplicate").await, 1.0);
+    // The redelivery said it was the second attempt.
+    assert_eq!(up.received()[1].headers["x-callgate-attempt"], "2");
+}
+
+#[tokio::test]
+async fn redelivery_with_the_memory_store_refuses_to_run_on_its_own() {
+    let up = Upstream::start(Behaviour::Reply(500, "down")).await;
+    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
+    assert_eq!(
+        gw.post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+            .await
+            .status,
+        502
+    );
+    up.set(Behaviour::Reply(200, "success"));
+    let (code, out, err) = callgate_cli(
+        &["journal", "redeliver", "--route", "shop-alipay"],
+        &gw.cli_config(),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("admin.token_file"), "{err}");
+    assert_eq!(up.count(), 1, "nothing sent");
+    // Without a token the endpoint does not exist.
+    let r = TestClient::new()
+        .send(
+            "POST",
+            &format!("{}/api/redeliver", gw.admin),
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            br#"{"route":"shop-alipay"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test]
+async fn the_admin_api_wants_the_token() {
+    let up = Upstream::start(Behaviour::Reply(500, "down")).await;
+    let gw =
+        TestGateway::start_with_admin_token(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
+    assert_eq!(
+        gw.post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+            .await
+            .status,
+        502
+    );
+    let url = format!("{}/api/redeliver", gw.admin);
+    let client = TestClient::new();
+    let body = br#"{"route":"shop-alipay","dry_run":true}"#.to_vec();
+    let wrong = format!("Bearer {}", ADMIN_TOKEN.replace('0', "1"));
+    let short = format!("Bearer {}", &ADMIN_TOKEN[..10]);
+    for auth in [
+        None,
+        Some("Bearer"),
+        Some(wrong.as_str()),
+        Some(short.as_str()),
+    ] {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        let r = client.send("POST", &url, &headers, body.clone()).await;
+        assert_eq!(r.status, 401, "{auth:?}");
+        assert!(r.headers.contains_key("www-authenticate"));
+    }
+    let good = format!("Bearer {ADMIN_TOKEN}");
+    let r = client
+        .send("POST", &url, &[("authorization", &good)], body.clone())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let report: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(report["results"][0]["result"], "would redeliver");
+    assert_eq!(report["failed"], 0);
+    let r = client
+        .send("GET", &url, &[("authorization", &good)], vec![])
+        .await;
+    assert_eq!(r.status, 405);
+    let r = client
+        .send("POST", &url, &[("authorization", &good)], b"{}".to_vec())
+        .await;
+    assert_eq!(r.status, 400, "no selector: {}", r.text());
+    assert_eq!(up.count(), 1, "a dry run sends nothing");
+}
+
+// === drain ===
+
+/// A notification request, written by hand (the platform hangs up after
+/// sending it).
+fn raw_post(path: &str, body: &[u8]) -> Vec<u8> {
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: callgate\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    req
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_waits_for_forwards_whose_platform_hung_up() {
+    use tokio::io::AsyncWriteExt;
+    let permits = Arc::new(Semaphore::new(0));
+    let up = Upstream::start(Behaviour::HoldReply(permits.clone(), 200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = GatewaySpec::new(vec![RouteSpec::alipay(&up)]).write(dir.path());
+    let mut run = GatewayProcess::start(&config);
+
+    let mut tcp = tokio::net::TcpStream::connect(&run.addr).await.unwrap();
+    tcp.write_all(&raw_post(
+        "/notify/alipay",
+        &alipay_fixture("rsa2_trade_success.form"),
+    ))
+    .await
+    .unwrap();
+    up.next().await; // at the shop
+    drop(tcp); // the platform gives up waiting
+    run.signal("-TERM");
+    let line = run.wait_for(|v| {
+        v["message"] == "draining: waiting for in-flight forwards"
+            || v["message"] == "callgate stopped"
+    });
+    assert_eq!(
+        line["message"], "draining: waiting for in-flight forwards",
+        "stopped with the forward still at the shop"
+    );
+    assert_eq!(line["forwards"], 1);
+    permits.add_permits(1);
+    let done =
+        run.wait_for(|v| v["message"] == "notification" || v["message"] == "callgate stopped");
+    assert_eq!(done["outcome"], "forwarded", "{done}");
+    run.wait_for(|v| v["message"] == "callgate stopped");
+    assert_eq!(run.child.wait().unwrap().code(), Some(0));
+    // The journal has the outcome.
+    let (arrivals, _) = callgate::journal::arrivals(&dir.path().join("journal")).unwrap();
+    assert_eq!(arrivals.len(), 1);
+    assert_eq!(
+        arrivals[0].outcome.as_ref().map(|o| o.outcome.as_str()),
+        Some("forwarded")
+    );
+}
+
+// === a crash with forwards in flight ===
+
+/// What the slow shop saw: (event id, X-Callgate-Attempt), in order.
+type Seen = Arc<std::sync::Mutex<Vec<(String, u32)>>>;
+
+/// A shop that answers every notification after 200 ms, except that from
+/// the `hold_from`-th one on it holds them (until the gateway dies) and
+/// says so on `reached`.
+async fn slow_shop(
+    hold_from: usize,
+    seen: Seen,
+    holding: Arc<AtomicBool>,
+    reached: Arc<tokio::sync::Notify>,
+) -> String {
+    use http_body_util::Full;
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/notify.php", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (seen, holding, reached, count) = (
+                seen.clone(),
+                holding.clone(),
+                reached.clone(),
+                count.clone(),
+            );
+            tokio::spawn(async move {
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (seen, holding, reached, count) = (
+                        seen.clone(),
+                        holding.clone(),
+                        reached.clone(),
+                        count.clone(),
+                    );
+                    async move {
+                        let header = |n: &str| {
+                            req.headers()
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_owned()
+                        };
+                        let attempt = header("x-callgate-attempt").parse().unwrap_or(0);
+                        seen.lock()
+                            .unwrap()
+                            .push((header("x-callgate-event-id"), attempt));
+                        let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                        if n == hold_from {
+                            holding.store(true, Ordering::SeqCst);
+                            reached.notify_one();
+                        }
+                        if holding.load(Ordering::SeqCst) {
+                            std::future::pending::<()>().await;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            bytes::Bytes::from_static(b"success"),
+                        )))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+/// POSTs a form; `None` when the gateway did not answer (it died).
+async fn platform_send(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    url: &str,
+    body: &[u8],
+) -> Option<(u16, Vec<u8>)> {
+    use http_body_util::BodyExt;
+    let req = http::Request::post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+            body,
+        )))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(60), client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.ok()?.to_bytes().to_vec();
+    Some((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_under_load_then_retries_deliver_every_event_and_mark_every_repeat() {
+    const EVENTS: usize = 300;
+    const CONCURRENCY: usize = 8;
+    const HOLD_FROM: usize = 40;
+    let seen: Seen = Arc::default();
+    let holding = Arc::new(AtomicBool::new(false));
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let shop = slow_shop(HOLD_FROM, seen.clone(), holding.clone(), reached.clone()).await;
+    let route = RouteSpec {
+        upstream: shop,
+        ..RouteSpec::alipay(&Upstream::start(Behaviour::Reply(200, "success")).await)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = GatewaySpec::new(vec![route]).write(dir.path());
+    let bodies = alipay_bodies(EVENTS, "crash-");
+    let client = Arc::new(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Full<bytes::Bytes>>(),
+    );
+
+    // Phase 1: the platform sends every notification once, 8 at a time;
+    // the gateway is killed (SIGKILL) while the shop holds a batch.
+    let mut gateway = GatewayProcess::start(&config);
+    let url = format!("http://{}/notify/alipay", gateway.addr);
+    let limit = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut tasks = Vec::new();
+    for body in &bodies {
+        let (client, url, body, limit) = (client.clone(), url.clone(), body.clone(), limit.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = limit.acquire().await.unwrap();
+            platform_send(&client, &url, &body).await
+        }));
+    }
+    tokio::time::timeout(Duration::from_secs(120), reached.notified())
+        .await
+        .expect("the shop never reached the kill point");
+    gateway.kill();
+    holding.store(false, Ordering::SeqCst);
+    let mut acked_before = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), Some((200, b)) if b == b"success") {
+            acked_before += 1;
+        }
+    }
+    let at_kill = seen.lock().unwrap().len();
+
+    // Phase 2: restart on the same journal; the platform retries every
+    // notification until it gets its success ack.
+    let gateway = GatewayProcess::start(&config);
+    let url = format!("http://{}/notify/alipay", gateway.addr);
+    let limit = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut tasks = Vec::new();
+    for body in &bodies {
+        let (client, url, body, limit) = (client.clone(), url.clone(), body.clone(), limit.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = limit.acquire().await.unwrap();
+            for _ in 0..50 {
+                match platform_send(&client, &url, &body).await {
+                    Some((200, b)) if b == b"success" => return true,
+                    _ => tokio::task::yield_now().await,
+                }
+            }
+            false
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap(), "a notification was never acknowledged");
+    }
+
+    let seen = seen.lock().unwrap().clone();
+    let mut copies: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (id, attempt) in &seen {
+        copies.entry(id.as_str()).or_default().push(*attempt);
+    }
+    assert_eq!(copies.len(), EVENTS, "every event reached the shop");
+    let repeated: Vec<&str> = copies
+        .iter()
+        .filter(|(_, a)| a.len() > 1)
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(
+        !repeated.is_empty(),
+        "the kill left no forward in flight: the test proved nothing"
+    );
+    for (id, attempts) in &copies {
+        assert_eq!(attempts[0], 1, "{id}: the first copy is attempt 1");
+        for pair in attempts.windows(2) {
+            assert!(
+                pair[1] > pair[0],
+                "{id}: a repeat without a higher X-Callgate-Attempt: {attempts:?}"
+            );
+        }
+    }
+    // Counted by the restarted gateway, once per copy marked as a repeat.
+    let marked = seen.iter().filter(|(_, a)| *a > 1).count();
+    let m = TestClient::new()
+        .send(
+            "GET",
+            &format!("http://{}/metrics", gateway.admin),
+            &[],
+            vec![],
+        )
+        .await
+        .text();
+    assert_eq!(
+        find_metric(
+            &m,
+            "callgate_repeat_deliveries_total",
+            &[("route", "shop-alipay")]
+        ),
+        Some(marked as f64)
+    );
+    // Listed for the operator: every repeated event had a forward with no
+    // recorded outcome.
+    let (code, out, err) = callgate_cli(
+        &["journal", "list", "--outcome", "unfinished", "--json"],
+        &config,
+    );
+    assert_eq!(code, 0, "{err}");
+    let unfinished: HashSet<String> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    for id in &repeated {
+        assert!(unfinished.contains(*id), "{id} not listed as unfinished");
+    }
+    println!(
+        "kill -9: {EVENTS} events, {at_kill} shop copies and {acked_before} acks before the kill, {} copies in all, {} events repeated, {marked} copies marked",
+        seen.len(),
+        repeated.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redelivery_with_redis_and_no_token_runs_on_its_own() {
+    let redis = RedisServer::start();
+    let up = Upstream::start(Behaviour::Reply(500, "down")).await;
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    spec.store = redis.url();
+    let gw = TestGateway::start(spec).await;
+    let body = alipay_fixture("rsa2_trade_success.form");
+    assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 502);
+    up.set(Behaviour::Reply(200, "success"));
+    // Redis is shared: the command's own claims are the gateway's too.
+    let (code, out, err) = callgate_cli(
+        &["journal", "redeliver", "--route", "shop-alipay"],
+        &gw.cli_config(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(": forwarded"), "{out}");
+    let r = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 2);
+}
+
+#[test]
+fn an_admin_token_must_be_long_and_visible_ascii() {
+    for (token, want) in [
+        ("xq7Zk\n", "shorter than 16 bytes"),
+        (
+            "a token with spaces in it\n",
+            "visible ASCII without spaces",
+        ),
+        ("", "the secret file is empty"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = GatewaySpec::new(vec![]).write(dir.path());
+        std::fs::write(dir.path().join("admin.token"), token).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap().replacen(
+            "[admin]\naddr = \"127.0.0.1:0\"\n",
+            "[admin]\naddr = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n",
+            1,
+        );
+        std::fs::write(&file, text).unwrap();
+        let err = callgate::config::load(&file).unwrap_err().to_string();
+        assert!(err.contains("admin.token_file `admin.token`"), "{err}");
+        assert!(err.contains(want), "{token:?}: {err}");
+        assert!(!err.contains(token.trim()) || token.trim().is_empty());
+    }
+}
