@@ -58,6 +58,29 @@ impl AllowList {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The allowed networks, in the order they were written.
+    pub fn nets(&self) -> &[IpNet] {
+        &self.0
+    }
+}
+
+/// Why a network is too wide to be a platform's address list (`0.0.0.0/0`
+/// admits everybody; the platforms publish /16 and narrower), for `check`'s
+/// warnings: IPv4 wider than /8, IPv6 wider than /16.
+pub fn too_wide(net: &IpNet) -> Option<String> {
+    let wide = match net {
+        IpNet::V4(n) => n.prefix_len() < 8,
+        IpNet::V6(n) => n.prefix_len() < 16,
+    };
+    if !wide {
+        return None;
+    }
+    Some(if net.prefix_len() == 0 {
+        format!("`{net}` admits every address")
+    } else {
+        format!("`{net}` admits a large part of the internet")
+    })
 }
 
 fn contains(nets: &[IpNet], ip: IpAddr) -> bool {

@@ -532,6 +532,13 @@ pub fn load(gateway_file: &Path) -> Result<Loaded, LoadErrors> {
         let mut files = files.into_inner();
         files.sort();
         files.dedup();
+        warnings.extend(crate::demo_keys::warnings(&files));
+        if rules.is_empty() {
+            warnings.push(format!(
+                "{}: warning: no *.toml file here defines a route: every notification is answered 404 and /readyz is 503",
+                config.rules_dir.display()
+            ));
+        }
         Ok(Loaded {
             config,
             rules,
@@ -662,7 +669,16 @@ fn compile_gateway(
     let mut trusted = Vec::new();
     for entry in &raw.trusted_proxies {
         match parse_net(entry.get_ref()) {
-            Ok(net) => trusted.push(net),
+            Ok(net) => {
+                if let Some(why) = crate::allow::too_wide(&net) {
+                    warnings.push(format!(
+                        "{}:{}: warning: trusted_proxies entry {why}: any such peer can claim any source address in X-Forwarded-For and pass every allow list; list only your own proxies",
+                        file.display(),
+                        line_of(&src, entry.span().start)
+                    ));
+                }
+                trusted.push(net)
+            }
             Err(reason) => problems.push(at(
                 line(entry.span()),
                 ConfigError::TrustedProxy {
@@ -829,12 +845,14 @@ fn compile_gateway(
     let j = &raw.journal;
     let journal = if j.enabled {
         let dir = resolve(&dir, j.dir.get_ref());
-        if let Err(e) = std::fs::create_dir_all(&dir) {
+        // Checked, never created here: `check` writes nothing, and `run`
+        // creates the directory when it opens the journal.
+        if let Some(reason) = unusable_dir(&dir) {
             problems.push(at(
                 line(j.dir.span()),
                 ConfigError::JournalDir {
                     dir: j.dir.get_ref().clone(),
-                    reason: io_reason(&e),
+                    reason,
                 },
             ));
         }
@@ -1030,6 +1048,25 @@ fn server_tls(
         .map_err(|e| ("tls_key", format!("does not fit the certificate: {e}")))?;
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok((Arc::new(server), leaf))
+}
+
+/// Why `dir` cannot become the journal directory: it, or the nearest of
+/// its ancestors that exists, is not a directory. A directory that does not
+/// exist yet is fine (the journal creates it).
+fn unusable_dir(dir: &Path) -> Option<String> {
+    let mut p = dir;
+    loop {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => return None,
+            Ok(_) if p == dir => return Some("is not a directory".to_owned()),
+            Ok(_) => return Some(format!("`{}` is not a directory", p.display())),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Some(io_reason(&e)),
+            Err(_) => match p.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => p = parent,
+                _ => return None,
+            },
+        }
+    }
 }
 
 /// An operator-facing reason for an I/O failure.

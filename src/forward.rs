@@ -20,7 +20,9 @@
 //!   `True-Client-IP`, ...) stays behind. A route cannot list hop-by-hop
 //!   headers, `X-Callgate-*`, the `X-Forwarded-*` family or credentials.
 //! * Headers the gateway always sets: `X-Callgate-Provider`,
-//!   `X-Callgate-Route`, `X-Callgate-Event-Id`, `X-Callgate-Attempt` (1, or
+//!   `X-Callgate-Route`, `X-Callgate-Event-Id`, `X-Callgate-Request-Id`
+//!   (the id of callgate's log line for the request, and of its journal
+//!   records), `X-Callgate-Attempt` (1, or
 //!   more when callgate sent the event before without recording its
 //!   delivery: the shop may have it already), `X-Forwarded-For` (the
 //!   source address callgate decided on) and `X-Callgate-Signature:
@@ -151,6 +153,11 @@ impl Upstream {
     pub fn uri(&self) -> &Uri {
         &self.uri
     }
+
+    /// The bytes a 2xx reply must contain, when the route sets `success_body`.
+    pub fn success_body(&self) -> Option<&[u8]> {
+        self.success_body.as_deref()
+    }
 }
 
 /// Reads a PEM CA bundle into a root store.
@@ -255,6 +262,8 @@ pub struct Delivery<'a> {
     pub provider: &'static str,
     pub route: &'a str,
     pub event_id: &'a str,
+    /// The request's id in callgate's log line and journal.
+    pub request_id: &'a str,
     pub client_ip: IpAddr,
     /// The platform's request headers; `pass` picks the ones the shop gets.
     pub incoming: &'a HeaderMap,
@@ -331,6 +340,7 @@ fn build_request(
     headers.insert("x-callgate-provider", HeaderValue::from_static(d.provider));
     headers.insert("x-callgate-route", header_value(d.route));
     headers.insert("x-callgate-event-id", header_value(d.event_id));
+    headers.insert("x-callgate-request-id", header_value(d.request_id));
     headers.insert("x-callgate-attempt", HeaderValue::from(d.attempt));
     headers.insert("x-forwarded-for", header_value(&d.client_ip.to_string()));
     headers.insert(
@@ -508,6 +518,11 @@ impl ForwardHeaders {
     }
 
     /// Whether an incoming header reaches the shop in `mode`.
+    /// The names the route added to the fixed allowlist (`forward_headers`).
+    pub fn extra(&self) -> &[HeaderName] {
+        &self.extra
+    }
+
     pub fn passes(&self, name: &HeaderName, mode: ForwardMode) -> bool {
         if PASSED.contains(name) || self.extra.contains(name) {
             return true;
@@ -557,7 +572,7 @@ mod tests {
 
     /// `printf MESSAGE | openssl dgst -sha256 -hmac KEY`, hex.
     fn openssl_hmac(key: &str, message: &[u8]) -> String {
-        let out = std::process::Command::new("openssl")
+        let out = crate::test_tools::tool("openssl")
             .args(["dgst", "-sha256", "-hmac", key, "-r"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -636,6 +651,7 @@ mod tests {
                 provider: "alipay",
                 route: "r",
                 event_id: "id-1",
+                request_id: "0123456789abcdef",
                 client_ip: "110.75.1.1".parse().unwrap(),
                 incoming: &incoming,
                 pass: &ForwardHeaders::default(),
@@ -666,6 +682,7 @@ mod tests {
             assert!(h.get(never).is_none(), "{never}");
         }
         assert_eq!(h["x-callgate-event-id"], "id-1");
+        assert_eq!(h["x-callgate-request-id"], "0123456789abcdef");
         assert_eq!(h["x-forwarded-for"], "110.75.1.1");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert!(h.get("x-callgate-anything").is_none());
@@ -698,6 +715,7 @@ mod tests {
                 provider: "jdpay",
                 route: "r",
                 event_id: "id-1",
+                request_id: "0123456789abcdef",
                 client_ip: "127.0.0.1".parse().unwrap(),
                 incoming: &incoming,
                 pass: &ForwardHeaders::default(),
@@ -755,6 +773,7 @@ mod tests {
                 provider: "wechat_v3",
                 route: "r",
                 event_id: "id-1",
+                request_id: "0123456789abcdef",
                 client_ip: "127.0.0.1".parse().unwrap(),
                 incoming: &incoming,
                 pass: &pass,

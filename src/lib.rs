@@ -39,6 +39,8 @@ pub mod admin;
 pub mod allow;
 pub mod body;
 pub mod config;
+pub mod demo_keys;
+pub mod dump;
 pub mod expiry;
 pub mod forward;
 pub mod journal;
@@ -55,6 +57,12 @@ pub mod schema;
 pub mod secret;
 pub mod server;
 pub mod sign;
+
+/// The test suite's check for outside programs (openssl), shared with
+/// `tests/support`: unit tests that run one get it from here.
+#[cfg(test)]
+#[path = "../tests/support/tools.rs"]
+mod test_tools;
 
 /// Version line printed by `callgate version`.
 pub fn version_line() -> String {

@@ -104,6 +104,16 @@ impl RateLimit {
         })
     }
 
+    /// Sustained notifications per second from one source.
+    pub fn per_second(&self) -> f64 {
+        self.per_second
+    }
+
+    /// Notifications one source may send at once.
+    pub fn burst(&self) -> f64 {
+        self.burst
+    }
+
     /// Compiles a route's optional `rate_limit`, recording a problem at its
     /// line.
     pub fn compile(raw: Option<&Spanned<RateLimitFile>>, ctx: &mut FileCtx<'_>) -> Option<Self> {

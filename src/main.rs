@@ -1,11 +1,12 @@
-//! The `callgate` command: run | check | sign | version. Exit codes: 0 on
-//! success, 1 when `check` finds problems or `run` cannot start, 2 on bad
-//! usage (clap).
+//! The `callgate` command: run | check | sign | journal | version, plus
+//! `completions` and `manpage`, generated from these same definitions for
+//! the Debian package. Exit codes: 0 on success, 1 when `check` finds
+//! problems or `run` cannot start, 2 on bad usage (clap).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -85,10 +86,18 @@ enum Command {
         config: PathBuf,
     },
     /// Validate a gateway file, its rule files, keys and certificates.
+    ///
+    /// Prints `ok: N routes`, or every problem as PATH:LINE: message (exit
+    /// 1). Writes nothing. Warnings (demo keys, allow lists open to
+    /// everybody, certificates about to expire) go to stderr.
     Check {
         /// Gateway file.
         #[arg(short = 'c', long = "config", default_value = "callgate.toml")]
         config: PathBuf,
+        /// Also print the effective configuration (defaults filled in,
+        /// paths resolved, secrets never printed), like `nginx -T`.
+        #[arg(long)]
+        dump: bool,
     },
     /// Print a signed sample notification for testing a deployment.
     Sign(callgate::sign::SignArgs),
@@ -99,6 +108,15 @@ enum Command {
     },
     /// Print version and build information.
     Version,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (callgate.1, callgate-run.1, ...) into DIR, as
+    /// the Debian package installs them.
+    #[command(hide = true)]
+    Manpage { dir: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -113,10 +131,13 @@ fn main() -> ExitCode {
             println!("{}", callgate::version_line());
             ExitCode::SUCCESS
         }
-        Command::Check { config } => match callgate::config::load(&config) {
+        Command::Check { config, dump } => match callgate::config::load(&config) {
             Ok(loaded) => {
                 for w in &loaded.warnings {
                     eprintln!("{w}");
+                }
+                if dump {
+                    print!("{}", callgate::dump::render(&loaded));
                 }
                 println!("ok: {} routes", loaded.rules.len());
                 ExitCode::SUCCESS
@@ -143,6 +164,22 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(&config, cli.log_format),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "callgate",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Manpage { dir } => match clap_mangen::generate_to(Cli::command(), &dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("callgate manpage: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Journal { command } => journal(command),
     }
 }

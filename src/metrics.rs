@@ -37,6 +37,7 @@ pub struct Metrics {
     key_expiry: IntGaugeVec,
     store_up: IntGauge,
     connections_open: IntGauge,
+    last_reload_ok: IntGauge,
     connections_refused: IntCounterVec,
     write_timeouts: IntCounterVec,
     claims_lost: IntCounterVec,
@@ -167,6 +168,30 @@ impl Metrics {
         )?;
         registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
+        // A gauge, not the counter's increase: it stays 0 for as long as the
+        // files on disk are broken, and returns to 1 with the next good reload.
+        let last_reload_ok = IntGauge::new(
+            "callgate_rules_last_reload_successful",
+            "1 when the last reload (or the start) loaded the files, 0 when it was refused and the previous rules still serve.",
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "callgate_build_info",
+                "Always 1; the labels say which callgate runs.",
+            ),
+            &["version", "commit"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("CALLGATE_GIT_COMMIT")])
+            .set(1);
+        registry.register(Box::new(last_reload_ok.clone()))?;
+        registry.register(Box::new(build_info))?;
+        // process_cpu_seconds_total, process_resident_memory_bytes,
+        // process_open_fds, process_max_fds, process_start_time_seconds ...
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         registry.register(Box::new(write_timeouts.clone()))?;
         for limit in [
             "limits.max_connections",
@@ -265,6 +290,7 @@ impl Metrics {
             store_up,
             connections_open,
             connections_refused,
+            last_reload_ok,
             write_timeouts,
             claims_lost,
             store_full,
@@ -283,6 +309,7 @@ impl Metrics {
     pub fn rules_loaded(&self, rules: &RuleSet, now: i64) {
         self.loaded_routes.set(rules.len() as i64);
         self.last_reload.set(now);
+        self.last_reload_ok.set(1);
         for route in rules.routes() {
             for outcome in Outcome::ALL {
                 self.requests.with_label_values(&[
@@ -324,6 +351,7 @@ impl Metrics {
         self.reloads
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
+        self.last_reload_ok.set(i64::from(ok));
     }
 
     /// Records one finished request.

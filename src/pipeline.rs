@@ -149,6 +149,13 @@ impl Drop for Running {
 
 /// What is known about a request so far, for the log line and metrics.
 struct Ctx {
+    /// The request's id: in its log line, its journal records and the
+    /// `X-Callgate-Request-Id` header the shop receives.
+    request_id: String,
+    /// Method and path as the caller sent them (the path cut to
+    /// [`LOGGED_PATH_CHARS`]): a wrong notify URL shows up in the 404's line.
+    method: Method,
+    path: String,
     peer: SocketAddr,
     route: Option<Arc<Route>>,
     client: Option<IpAddr>,
@@ -161,6 +168,17 @@ struct Ctx {
     dry_run: Option<String>,
     /// The merchant whose keys verified it (for `merchant_label` routes).
     merchant: Option<Box<str>>,
+}
+
+/// The longest path a log line repeats; the rest is cut (`...`).
+const LOGGED_PATH_CHARS: usize = 256;
+
+/// `path` cut to [`LOGGED_PATH_CHARS`] characters for the log line.
+fn logged_path(path: &str) -> String {
+    match path.char_indices().nth(LOGGED_PATH_CHARS) {
+        None => path.to_owned(),
+        Some((end, _)) => format!("{}...", &path[..end]),
+    }
 }
 
 impl Ctx {
@@ -187,6 +205,9 @@ where
     let started = Instant::now();
     let rules = state.rules.load_full();
     let mut ctx = Ctx {
+        request_id: journal::new_rid(),
+        method: req.method().clone(),
+        path: logged_path(req.uri().path()),
         peer,
         route: None,
         client: None,
@@ -355,7 +376,7 @@ where
         return Err(ctx.reject(e.outcome(), e.label(), e));
     }
 
-    let rid = journal::new_rid();
+    let rid = ctx.request_id.clone();
     if let Some(j) = &state.journal {
         let mut received =
             received_record(&rid, now, &route, &verified, client, &parts.headers, &bytes);
@@ -382,6 +403,7 @@ where
         &route,
         merchant,
         &verified,
+        &rid,
         client,
         &parts.headers,
         bytes,
@@ -492,6 +514,7 @@ async fn deliver(
     route: &Route,
     merchant: &Merchant,
     verified: &Verified,
+    request_id: &str,
     client: IpAddr,
     incoming: &http::HeaderMap,
     bytes: Bytes,
@@ -506,6 +529,7 @@ async fn deliver(
         provider: route.kind().as_str(),
         route: &route.name,
         event_id: verified.event_id(),
+        request_id,
         client_ip: client,
         incoming,
         pass: &route.forward_headers,
@@ -824,12 +848,14 @@ pub async fn redeliver(state: &State, rec: &journal::Received) -> Result<Outcome
             return Ok(Outcome::StoreUnavailable);
         }
     };
+    let rid = journal::new_rid();
     let attempt = guard.as_ref().map_or(1, ClaimGuard::attempt);
     let result = deliver(
         state,
         &route,
         merchant,
         &verified,
+        &rid,
         client,
         &headers,
         body,
@@ -850,7 +876,7 @@ pub async fn redeliver(state: &State, rec: &journal::Received) -> Result<Outcome
             e.outcome()
         }
     };
-    record_outcome(state, journal::new_rid(), &route, &verified, outcome, true).await;
+    record_outcome(state, rid, &route, &verified, outcome, true).await;
     Ok(outcome)
 }
 
@@ -879,6 +905,9 @@ fn finish(state: &State, ctx: &Ctx, outcome: Outcome, took: Duration) {
         ($level:ident) => {
             tracing::$level!(
                 target: "callgate::request",
+                request_id = ctx.request_id.as_str(),
+                method = ctx.method.as_str(),
+                path = ctx.path.as_str(),
                 route,
                 provider,
                 outcome = outcome.as_str(),

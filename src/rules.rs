@@ -466,6 +466,9 @@ pub struct IpSetFile {
     pub cidrs: Vec<Spanned<String>>,
 }
 
+/// What to do about an allow entry that admits (nearly) everybody.
+const ALLOW_ADVICE: &str = "anyone who learns the notify URL can reach the signature check; list the platform's published notification addresses (README, per platform)";
+
 /// Named IP sets, by name.
 type IpSets = HashMap<String, Vec<IpNet>>;
 
@@ -534,7 +537,12 @@ fn load_ipsets(
         let mut nets = Vec::with_capacity(raw.cidrs.len());
         for entry in &raw.cidrs {
             match parse_net(entry.get_ref()) {
-                Ok(n) => nets.push(n),
+                Ok(n) => {
+                    if let Some(why) = crate::allow::too_wide(&n) {
+                        ctx.warn(entry.span(), format!("cidrs entry {why}: {ALLOW_ADVICE}"));
+                    }
+                    nets.push(n)
+                }
                 Err(reason) => ctx.error(
                     entry.span(),
                     RuleError::IpSetEntry {
@@ -763,7 +771,12 @@ fn compile_route(
             continue;
         }
         match parse_net(entry.get_ref()) {
-            Ok(n) => nets.push(n),
+            Ok(n) => {
+                if let Some(why) = crate::allow::too_wide(&n) {
+                    ctx.warn(entry.span(), format!("allow entry {why}: {ALLOW_ADVICE}"));
+                }
+                nets.push(n)
+            }
             Err(reason) => ctx.error(
                 entry.span(),
                 RuleError::Cidr {

@@ -50,6 +50,174 @@ fn check_accepts_the_shipped_demo() {
     assert_eq!(out.trim(), "ok: 6 routes");
 }
 
+#[test]
+fn check_warns_that_the_shipped_demo_uses_public_demo_keys() {
+    let (code, out, err) = output(
+        callgate()
+            .args(["check", "-c"])
+            .arg(root().join("callgate.toml")),
+    );
+    assert_eq!((code, out.trim()), (0, "ok: 6 routes"), "{err}");
+    // Every key, secret and the TLS pair of the demo, each by its path.
+    for name in [
+        "alipay_public.pem",
+        "alipay_md5.key",
+        "wechat_v2_api.key",
+        "wechat_v3_api_v3.key",
+        "unionpay_root.pem",
+        "jdpay_des.key",
+        "upstream.secret",
+        "server.key",
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&format!("dev/{name}: warning: "))
+                    && l.contains(&format!("public demo key (a copy of certs/dev/{name})"))),
+            "no demo-key warning for {name}:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn check_warns_about_a_demo_key_copied_under_another_name() {
+    let dir = config_with_rules(&good_route("a", "/a"));
+    // The operator copied the demo secret into place instead of making one.
+    std::fs::copy(
+        root().join("certs/dev/upstream.secret"),
+        dir.path().join("upstream.secret"),
+    )
+    .unwrap();
+    let (code, out) = check(dir.path());
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "upstream.secret: warning: a public demo key (a copy of certs/dev/upstream.secret)"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_warns_about_allow_lists_open_to_everybody() {
+    let dir = config_with_rules(
+        &good_route("a", "/a").replace("\"110.75.0.0/16\"", "\"0.0.0.0/0\", \"2000::/3\""),
+    );
+    let gateway = dir.path().join("callgate.toml");
+    let text = std::fs::read_to_string(&gateway).unwrap();
+    std::fs::write(
+        &gateway,
+        text.replace("trusted_proxies = []", "trusted_proxies = [\"::/0\"]"),
+    )
+    .unwrap();
+    let (code, out) = check(dir.path());
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("r.toml:5: warning: allow entry `0.0.0.0/0` admits every address"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "r.toml:5: warning: allow entry `2000::/3` admits a large part of the internet"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("callgate.toml:2: warning: trusted_proxies entry `::/0` admits every address"),
+        "{out}"
+    );
+    // A platform's own range is not worth a warning.
+    let (_, quiet) = check(config_with_rules(&good_route("a", "/a")).path());
+    assert!(!quiet.contains("warning"), "{quiet}");
+}
+
+/// Every path under `dir`, for comparing a tree before and after.
+fn tree(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn check_creates_nothing_on_disk() {
+    // The journal directory does not exist yet: `run` creates it, `check`
+    // must not (it may run as another user, or on a copy of the files).
+    let dir = config_with_rules(&good_route("a", "/a"));
+    let before = tree(dir.path());
+    assert!(!dir.path().join("journal").exists());
+    let (code, out) = check(dir.path());
+    assert_eq!((code, out.trim()), (0, "ok: 1 routes"));
+    assert_eq!(tree(dir.path()), before);
+    // And a journal path that cannot be a directory is still a problem.
+    std::fs::write(dir.path().join("journal"), "a file").unwrap();
+    let (code, out) = check(dir.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("callgate.toml:17: journal.dir `journal`: is not a directory"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_dump_prints_the_effective_configuration_without_secrets() {
+    let dir = config_with_rules(&good_route("a", "/a"));
+    let gateway = dir.path().join("callgate.toml");
+    let text = std::fs::read_to_string(&gateway).unwrap();
+    std::fs::write(
+        &gateway,
+        text.replace(
+            "store = \"memory\"",
+            "store = \"redis://:hunter2-redis-password@127.0.0.1:1/3\"",
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = output(callgate().args(["check", "--dump", "-c"]).arg(&gateway));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("ok: 1 routes\n"), "{out}");
+    for want in [
+        // Redacted, with the rest of the URL kept.
+        "store = \"redis://:***@127.0.0.1:1/3\"",
+        // Defaults the file left out.
+        "drain_timeout = \"10s\"",
+        "max_connections = 10000",
+        "fsync = \"interval\"",
+        // The route, its defaults and where it is defined.
+        "r.toml:1\n[[route]]\nname = \"a\"\npath = \"/a\"\nprovider = \"alipay\"",
+        "allow = [\"110.75.0.0/16\"]",
+        "max_age = \"25h\"",
+        "upstream = \"http://127.0.0.1:8080/notify.php\"",
+    ] {
+        assert!(out.contains(want), "missing `{want}` in:\n{out}");
+    }
+    assert!(!out.contains("hunter2"), "a password in the dump:\n{out}");
+    assert!(
+        !out.contains(SECRET.trim()),
+        "the upstream secret in the dump"
+    );
+    // Paths are resolved: the rules directory is absolute.
+    let rules_dir = out
+        .lines()
+        .find_map(|l| l.strip_prefix("rules_dir = "))
+        .unwrap();
+    assert!(rules_dir.trim_matches('"').starts_with('/'), "{rules_dir}");
+    // The dump reads back as TOML.
+    let body: String = out
+        .lines()
+        .filter(|l| !l.starts_with("ok: "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    toml::from_str::<toml::Table>(&body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+}
+
 /// Writes a gateway file plus `rules/r.toml` with `rules`, returns the dir.
 fn config_with_rules(rules: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -366,7 +534,7 @@ fn sign_output_verifies_with_openssl() {
                 .unwrap(),
         )
         .unwrap();
-        let verify = Command::new("openssl")
+        let verify = tool("openssl")
             .args(["dgst", dgst, "-verify"])
             .arg(alipay_key("alipay_public.pem"))
             .arg("-signature")
@@ -480,7 +648,7 @@ fn check_names_unionpay_and_jdpay_key_problems() {
 
 fn openssl_out(args: &[&str], input: &[u8]) -> Vec<u8> {
     use std::io::Write;
-    let mut child = Command::new("openssl")
+    let mut child = tool("openssl")
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -743,7 +911,7 @@ impl Running {
     }
 
     fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
+        let status = tool("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
             .unwrap();
@@ -781,6 +949,8 @@ async fn run_logs_one_json_line_per_notification_and_never_secrets() {
     );
 
     let line = run.wait_for(|v| v["message"] == "notification");
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["path"], "/notify/alipay");
     assert_eq!(line["route"], "shop-alipay");
     assert_eq!(line["provider"], "alipay");
     assert_eq!(line["outcome"], "forwarded");
@@ -808,6 +978,73 @@ async fn run_logs_one_json_line_per_notification_and_never_secrets() {
         !all.contains("2088102177846880"),
         "a buyer id reached the log"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_log_line_names_method_path_and_a_request_id_the_shop_also_gets() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = GatewaySpec::new(vec![RouteSpec::alipay(&up)]).write(dir.path());
+    let mut run = Running::start(&config);
+    let client = TestClient::new();
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+
+    // A notify URL registered with a typo: the 404's line says which path.
+    let typo = format!("http://{}/notify/alipya?charset=utf-8", run.addr);
+    let r = client
+        .send(
+            "POST",
+            &typo,
+            &form,
+            alipay_fixture("rsa2_trade_success.form"),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let lost = run.wait_for(|v| v["message"] == "notification");
+    assert_eq!(lost["outcome"], "not_found");
+    assert_eq!(lost["method"], "POST");
+    assert_eq!(
+        lost["path"], "/notify/alipya",
+        "the query string is not logged"
+    );
+    assert_eq!(lost["route"], "-");
+    let lost_id = lost["request_id"].as_str().unwrap().to_owned();
+    assert_eq!(lost_id.len(), 16, "{lost}");
+
+    // A GET where a POST belongs.
+    let url = format!("http://{}/notify/alipay", run.addr);
+    assert_eq!(client.send("GET", &url, &[], vec![]).await.status, 405);
+    let get = run.wait_for(|v| v["message"] == "notification");
+    assert_eq!(
+        (get["method"].as_str(), get["path"].as_str()),
+        (Some("GET"), Some("/notify/alipay"))
+    );
+
+    // A delivery: the shop gets the same id the log line carries.
+    let sent = client
+        .send(
+            "POST",
+            &url,
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                // A caller cannot choose the id.
+                ("x-callgate-request-id", "forged"),
+            ],
+            alipay_fixture("rsa2_trade_success.form"),
+        )
+        .await;
+    assert_eq!(sent.status, 200);
+    let got = up.next().await;
+    let line = run.wait_for(|v| v["message"] == "notification");
+    assert_eq!(line["outcome"], "forwarded");
+    let id = line["request_id"].as_str().unwrap();
+    assert_eq!(
+        got.headers.get_all("x-callgate-request-id").iter().count(),
+        1
+    );
+    assert_eq!(got.headers["x-callgate-request-id"], id);
+    assert_ne!(id, lost_id, "each request has its own id");
+    assert_ne!(id, get["request_id"].as_str().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -852,6 +1089,11 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_rules() {
         find_metric(&m, "callgate_rules_reload_total", &[("result", "error")]),
         Some(1.0)
     );
+    // Failing now, and for as long as the file stays broken.
+    assert_eq!(
+        find_metric(&m, "callgate_rules_last_reload_successful", &[]),
+        Some(0.0)
+    );
     let r = client
         .send(
             "POST",
@@ -869,6 +1111,10 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_rules() {
     let m = client.send("GET", &metrics, &[], vec![]).await.text();
     assert_eq!(
         find_metric(&m, "callgate_rules_reload_total", &[("result", "ok")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        find_metric(&m, "callgate_rules_last_reload_successful", &[]),
         Some(1.0)
     );
     let old = client
@@ -1040,7 +1286,7 @@ fn check_names_wechat_key_problems() {
 /// `openssl dgst` over stdin, hex.
 fn openssl_digest(args: &[&str], data: &[u8]) -> String {
     use std::io::Write;
-    let mut child = Command::new("openssl")
+    let mut child = tool("openssl")
         .arg("dgst")
         .args(args)
         .arg("-r")
@@ -1158,7 +1404,7 @@ fn sign_wechat_v3_output_verifies_with_openssl() {
             .unwrap(),
     )
     .unwrap();
-    let verify = Command::new("openssl")
+    let verify = tool("openssl")
         .args(["dgst", "-sha256", "-verify"])
         .arg(wechat_path("pubkey_public.pem"))
         .arg("-signature")
@@ -1490,7 +1736,7 @@ fn check_warns_about_an_expired_certificate_and_still_loads() {
 /// `openssl dgst -md5` over `content + key`, as lower-case hex.
 fn openssl_md5_hex(content: &[u8], key: &[u8]) -> String {
     use std::io::Write;
-    let mut child = Command::new("openssl")
+    let mut child = tool("openssl")
         .args(["dgst", "-md5", "-r"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -8,8 +8,7 @@
 //! * `promtool check rules` accepts the alert rules and `promtool test
 //!   rules` passes their unit tests (`.ci/run` installs promtool, Debian
 //!   package `prometheus`);
-//! * `systemd-analyze verify` accepts the unit, when systemd-analyze is
-//!   installed (it is part of systemd; the test says when it skips).
+//! * `systemd-analyze verify` accepts the unit (Debian package `systemd`).
 
 mod support;
 
@@ -82,14 +81,52 @@ impl Scrape {
 
 /// A running gateway's scrape after notifications of several outcomes:
 /// forwarded (both histograms observe), a bad signature, a WeChat Pay probe
-/// (`reason="probe_signature"`), an upstream failure, an unknown path.
+/// (`reason="probe_signature"`), a refused source address, a stale and a
+/// future notification, an upstream failure, an unknown path.
 async fn real_scrape() -> Scrape {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let gw = TestGateway::start(GatewaySpec::new(vec![
         RouteSpec::alipay(&up),
         RouteSpec::wechat_v3(&up),
+        // Nobody on this machine is allowed here.
+        RouteSpec::alipay(&up).with(|r| {
+            r.name = "elsewhere".into();
+            r.path = "/notify/elsewhere".into();
+            r.allow = vec!["192.0.2.0/24".into()];
+        }),
+        // The fixtures were signed on 2026-11-22: stale within an hour.
+        RouteSpec::alipay(&up).with(|r| {
+            r.name = "strict".into();
+            r.path = "/notify/strict".into();
+            r.max_age = Some("1h".into());
+        }),
     ]))
     .await;
+    let denied = gw
+        .post_form(
+            "/notify/elsewhere",
+            &alipay_fixture("rsa2_trade_success.form"),
+        )
+        .await;
+    assert_eq!(denied.status, 403);
+    let stale = gw
+        .post_form("/notify/strict", &alipay_fixture("rsa2_trade_success.form"))
+        .await;
+    assert_eq!(stale.status, 401);
+    let ahead = wechat_fixture("v3_pay.json");
+    let headers = v3_headers(
+        "platform_private.pem",
+        WECHAT_PLATFORM_SERIAL,
+        unix_now() + 3600,
+        "deploy-future",
+        &ahead,
+    );
+    assert_eq!(
+        gw.send_owned("/notify/wechat-v3", &headers, &ahead)
+            .await
+            .status,
+        401
+    );
     let ok = gw
         .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
         .await;
@@ -225,6 +262,10 @@ fn check_text(scrape: &Scrape, source: &str, text: &str, expr: bool) -> Vec<Stri
             continue;
         };
         for (label, op, value) in matchers(rest) {
+            // Added by Prometheus when it scrapes, not by callgate.
+            if TARGET_LABELS.contains(&label.as_str()) {
+                continue;
+            }
             let Some(values) = labels.get(&label) else {
                 problems.push(format!(
                     "{source}: `{name}` has no label `{label}` (it has {:?})",
@@ -246,6 +287,65 @@ fn check_text(scrape: &Scrape, source: &str, text: &str, expr: bool) -> Vec<Stri
         }
     }
     problems
+}
+
+/// Labels Prometheus attaches to every series of a scrape target.
+const TARGET_LABELS: [&str; 2] = ["instance", "job"];
+
+/// What the dashboard does wrong with instances in one expression: a
+/// `callgate_*` selector without `instance=~"$instance"`, or a gauge (a
+/// per-instance value: routes loaded, store up, entries, ...) aggregated
+/// across instances, which adds up or hides what each instance holds.
+fn instance_problems(scrape: &Scrape, source: &str, expr: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, rest, before) in names(expr) {
+        if !matchers(rest)
+            .iter()
+            .any(|(l, op, v)| l == "instance" && op == "=~" && v == "$instance")
+        {
+            problems.push(format!(
+                "{source}: `{name}` is not filtered by instance=~\"$instance\""
+            ));
+        }
+        if scrape.family_of(&name).map(|(_, kind)| kind) != Some("gauge") {
+            continue;
+        }
+        if let Some((aggregation, by)) = aggregation_of(before)
+            && !by.split(',').any(|l| l.trim() == "instance")
+        {
+            problems.push(format!(
+                "{source}: the gauge `{name}` is aggregated across instances by `{aggregation}`; show it per instance"
+            ));
+        }
+    }
+    problems
+}
+
+/// The aggregation whose argument starts right after `before`
+/// (`sum(`, `max by (route) (`), and its `by` labels.
+fn aggregation_of(before: &str) -> Option<(&str, &str)> {
+    const AGGREGATIONS: [&str; 8] = [
+        "sum", "min", "max", "avg", "count", "stddev", "topk", "bottomk",
+    ];
+    let b = before.trim_end().strip_suffix('(')?.trim_end();
+    let (head, by) = match b.strip_suffix(')') {
+        Some(inner) => {
+            let open = inner.rfind('(')?;
+            let labels = &inner[open + 1..];
+            let head = inner[..open].trim_end();
+            let head = head
+                .strip_suffix("by")
+                .or_else(|| head.strip_suffix("without"))?
+                .trim_end();
+            (head, labels)
+        }
+        None => (b, ""),
+    };
+    let start = head
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map_or(0, |i| i + 1);
+    let word = &head[start..];
+    AGGREGATIONS.contains(&word).then_some((word, by))
 }
 
 /// Every string in a JSON value, with its key.
@@ -303,11 +403,13 @@ async fn dashboard_and_alerts_use_only_what_the_gateway_exports() {
     ] {
         assert!(scrape.families.contains_key(family), "{family}");
     }
-    assert!(
-        scrape.series["callgate_rejections_total"]["reason"].contains("probe_signature"),
-        "{:?}",
-        scrape.series["callgate_rejections_total"]
-    );
+    for reason in ["probe_signature", "ip_denied", "stale", "future"] {
+        assert!(
+            scrape.series["callgate_rejections_total"]["reason"].contains(reason),
+            "{reason}: {:?}",
+            scrape.series["callgate_rejections_total"]
+        );
+    }
 
     let mut problems = Vec::new();
 
@@ -323,12 +425,28 @@ async fn dashboard_and_alerts_use_only_what_the_gateway_exports() {
         problems.extend(check_text(&scrape, "callgate.json", s, is_expr));
     }
     assert!(exprs >= 15, "only {exprs} expressions in the dashboard");
+    // One instance or all of them, never a sum of per-instance gauges.
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert!(variables.contains(&"instance"), "{variables:?}");
+    for (key, s) in &all {
+        if key == "expr" {
+            problems.extend(instance_problems(&scrape, "callgate.json", s));
+        }
+    }
     let titles: Vec<&str> = all
         .iter()
         .filter(|(k, _)| k == "title")
         .map(|(_, s)| *s)
         .collect();
     for want in [
+        "Last reload successful",
+        "Build",
+        "Resident memory",
         "Notifications by outcome",
         "Rejection reasons",
         "Upstream latency p50 / p99",
@@ -355,6 +473,10 @@ async fn dashboard_and_alerts_use_only_what_the_gateway_exports() {
         "CallgateKeyExpiringSoon",
         "CallgateKeyExpired",
         "CallgateReplayStoreDown",
+        "CallgateSourceAddressesDenied",
+        "CallgateNoDeliveries",
+        "CallgateClockSkew",
+        "CallgateReplayStoreNearlyFull",
     ] {
         assert!(yaml.contains(&format!("- alert: {alert}\n")), "{alert}");
     }
@@ -421,6 +543,39 @@ fn the_checker_catches_what_it_claims_to() {
         check_text(&scrape, "t", "see callgate_nope_total", false).len(),
         1
     );
+    // Per-instance gauges stay per instance on the dashboard.
+    let inst = |e: &str| instance_problems(&scrape, "t", e);
+    assert!(inst("callgate_replay_store_up{instance=~\"$instance\"}").is_empty());
+    assert!(
+        inst("max by (instance) (callgate_replay_store_up{instance=~\"$instance\"})").is_empty()
+    );
+    assert!(
+        inst("sum by (outcome) (rate(callgate_requests_total{instance=~\"$instance\"}[5m]))")
+            .is_empty()
+    );
+    assert_eq!(
+        inst("min(callgate_replay_store_up{instance=~\"$instance\"})").len(),
+        1
+    );
+    assert_eq!(
+        inst("sum by (route) (callgate_replay_store_up{instance=~\"$instance\"})").len(),
+        1
+    );
+    assert_eq!(
+        inst("callgate_replay_store_up").len(),
+        1,
+        "no instance filter"
+    );
+    assert_eq!(
+        inst("rate(callgate_requests_total{route=~\"$route\"}[5m])").len(),
+        1,
+        "no instance filter"
+    );
+    // `instance` and `job` come from Prometheus, not from the scrape.
+    assert!(
+        bad("rate(callgate_requests_total{instance=~\"$instance\",outcome=\"forwarded\"}[5m])")
+            .is_empty()
+    );
     assert_eq!(
         rule_exprs(
             "  - alert: A\n    expr: up == 0\n  - alert: B\n    expr: |\n      a\n      or b\n    for: 1m\n"
@@ -446,12 +601,12 @@ fn run(cmd: &mut Command) -> (bool, String) {
 #[test]
 fn promtool_accepts_the_alert_rules_and_their_unit_tests_pass() {
     let dir = deploy("prometheus");
-    let (ok, out) = run(Command::new("promtool")
+    let (ok, out) = run(tool("promtool")
         .args(["check", "rules", "alerts.yml"])
         .current_dir(&dir));
     assert!(ok, "promtool check rules:\n{out}");
     assert!(out.contains("SUCCESS"), "{out}");
-    let (ok, out) = run(Command::new("promtool")
+    let (ok, out) = run(tool("promtool")
         .args(["test", "rules", "alerts_test.yml"])
         .current_dir(&dir));
     assert!(ok, "promtool test rules:\n{out}");
@@ -483,11 +638,26 @@ fn systemd_unit_is_hardened_and_verifies() {
         ("PrivateTmp", "yes"),
         ("AmbientCapabilities", "CAP_NET_BIND_SERVICE"),
         ("CapabilityBoundingSet", "CAP_NET_BIND_SERVICE"),
-        ("ExecReload", "/bin/kill -HUP $MAINPID"),
         ("KillSignal", "SIGTERM"),
     ] {
         assert_eq!(get(key), vec![want], "{key}");
     }
+    // A reload checks the files first; only a good configuration is signalled.
+    assert_eq!(
+        get("ExecReload"),
+        vec![
+            "/usr/local/bin/callgate check -c /etc/callgate/callgate.toml",
+            "/bin/kill -HUP $MAINPID"
+        ]
+    );
+    // The same file as ExecStart serves.
+    fn config_of(line: &str) -> Option<&str> {
+        line.split(" -c ").nth(1)?.split(' ').next()
+    }
+    assert_eq!(
+        config_of(get("ExecStart")[0]),
+        config_of(get("ExecReload")[0])
+    );
     // Only the journal directory is writable.
     assert_eq!(get("ReadWritePaths"), vec!["/var/lib/callgate/journal"]);
     // TimeoutStopSec must outlast limits.drain_timeout (30s by default).
@@ -502,10 +672,7 @@ fn systemd_unit_is_hardened_and_verifies() {
         "TimeoutStopSec={stop}s <= drain_timeout {drain}s"
     );
 
-    match Command::new("systemd-analyze").arg("--version").output() {
-        Err(_) => eprintln!("systemd-analyze is not installed: unit not verified"),
-        Ok(_) => verify_unit(&unit_path),
-    }
+    verify_unit(&unit_path);
 }
 
 /// `systemd-analyze verify` needs the unit's binary to exist: verify a copy
@@ -517,7 +684,7 @@ fn verify_unit(unit_path: &Path) {
         .replace("/usr/local/bin/callgate", env!("CARGO_BIN_EXE_callgate"));
     let copy = dir.path().join("callgate.service");
     std::fs::write(&copy, unit).unwrap();
-    let (ok, out) = run(Command::new("systemd-analyze")
+    let (ok, out) = run(tool("systemd-analyze")
         .args(["verify", "--man=no"])
         .arg(&copy));
     // Outside a booted systemd the tool may complain about the host (no
@@ -531,7 +698,7 @@ fn verify_unit(unit_path: &Path) {
         "systemd-analyze verify (exit ok: {ok}):\n{out}"
     );
     // systemd's own exposure score (0 = locked down, 10 = unprotected).
-    let (_, out) = run(Command::new("systemd-analyze")
+    let (_, out) = run(tool("systemd-analyze")
         .args(["security", "--offline=true", "--no-pager"])
         .arg(&copy));
     let score: f64 = out

@@ -1,9 +1,15 @@
-//! `docs/rules.md` against the configuration structs themselves
-//! (`callgate::schema`, which walks the serde structs): every key of the
-//! gateway file, of `[[route]]` and of each provider's `[route.keys]` has a
-//! row in its section, with a default, an example and every value an enum
-//! key takes; and the page documents no key that does not exist. A field
-//! added to a raw struct fails here with the key to document.
+//! The documentation against the code:
+//! * `docs/rules.md` against the configuration structs themselves
+//!   (`callgate::schema`, which walks the serde structs): every key of the
+//!   gateway file, of `[[route]]` and of each provider's `[route.keys]` has a
+//!   row in its section, with a default, an example and every value an enum
+//!   key takes; and the page documents no key that does not exist. A field
+//!   added to a raw struct fails here with the key to document.
+//! * README's Troubleshooting table explains every rejection `reason` label
+//!   the code can emit (read from the source: the `label()` functions and the
+//!   labels the pipeline passes itself), and no label the code lost.
+//! * README opens with the two set-up commands, and no link in README or
+//!   `docs/` points outside the repository.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -277,4 +283,297 @@ fn a_new_field_fails_with_the_key_to_document() {
         joined.contains("`<!-- schema: keys.jd -->` names no configuration section"),
         "{joined}"
     );
+}
+
+// === README: troubleshooting, set-up, links ===
+
+fn read(rel: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The `.rs` files under `src/`, with their text.
+fn sources() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src")];
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                let rel = p.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap_or(&p);
+                out.push((rel.display().to_string(), text));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The text from the first `open` in `s` to its matching `close`.
+fn balanced(s: &str, open: char, close: char) -> &str {
+    let Some(start) = s.find(open) else { return "" };
+    let mut depth = 0;
+    let mut in_string = false;
+    let mut prev = ' ';
+    for (i, c) in s[start..].char_indices() {
+        match c {
+            '"' if prev != '\\' => in_string = !in_string,
+            c if c == open && !in_string => depth += 1,
+            c if c == close && !in_string => {
+                depth -= 1;
+                if depth == 0 {
+                    return &s[start..start + i + 1];
+                }
+            }
+            _ => {}
+        }
+        prev = c;
+    }
+    &s[start..]
+}
+
+/// String literals of `s` that look like labels (`bad_digest`).
+fn label_literals(s: &str) -> Vec<String> {
+    s.split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|l| {
+            l.starts_with(|c: char| c.is_ascii_lowercase())
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every `reason` label the code can emit, with the file it is in: the
+/// literals returned by each `fn label(&self) -> &'static str`, those passed
+/// to `reject(..)` and `.rejection(..)` or set as a `label: "x"` field, and
+/// those of the `Outcome::X =>`
+/// arms of the pipeline's `fn finish` (its other literals are log field
+/// values).
+fn emitted_reasons(sources: &[(String, String)]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (file, text) in sources {
+        let mut found = Vec::new();
+        for (i, _) in text.match_indices("fn label(&self) -> &'static str") {
+            found.extend(label_literals(balanced(&text[i..], '{', '}')));
+        }
+        // A reason carried in a struct to a later `reject` (`label: "x"`).
+        for (i, _) in text.match_indices("label: \"") {
+            found.extend(label_literals(&text[i..]).into_iter().take(1));
+        }
+        for marker in ["reject(", ".rejection("] {
+            for (i, _) in text.match_indices(marker) {
+                // The definitions (`fn reject(&mut self, ...)`) hold no literals.
+                found.extend(label_literals(balanced(&text[i..], '(', ')')));
+            }
+        }
+        for (i, _) in text.match_indices("fn finish(") {
+            let body = balanced(&text[i..], '{', '}');
+            for line in body.lines() {
+                if line.contains("Outcome::") && line.contains("=>") {
+                    found.extend(label_literals(line));
+                }
+            }
+        }
+        for l in found {
+            out.entry(l).or_insert_with(|| file.clone());
+        }
+    }
+    out
+}
+
+/// The first-column labels of README's `## Troubleshooting` table.
+fn documented_reasons(readme: &str) -> BTreeSet<String> {
+    let Some(start) = readme.find("\n## Troubleshooting\n") else {
+        return BTreeSet::new();
+    };
+    let section = &readme[start + 1..];
+    let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
+    section[..end]
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`'))
+        .map(|(label, _)| label.to_owned())
+        .filter(|l| l != "reason")
+        .collect()
+}
+
+/// What is wrong between the labels the code emits and the table.
+fn reason_problems(sources: &[(String, String)], readme: &str) -> Vec<String> {
+    let emitted = emitted_reasons(sources);
+    let documented = documented_reasons(readme);
+    let mut problems = Vec::new();
+    for (label, file) in &emitted {
+        if !documented.contains(label) {
+            problems.push(format!(
+                "README.md: reason `{label}` (emitted in {file}) has no row in the Troubleshooting table: add | `{label}` | status | likely cause | fix |"
+            ));
+        }
+    }
+    for label in &documented {
+        if !emitted.contains_key(label) {
+            problems.push(format!(
+                "README.md: the Troubleshooting table explains `{label}`, which the code no longer emits"
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn the_readme_explains_every_rejection_reason_the_code_emits() {
+    let sources = sources();
+    let emitted = emitted_reasons(&sources);
+    // The scan sees the labels of each kind of source.
+    for known in [
+        "bad_digest",
+        "ip_denied",
+        "ip_denied_dry_run",
+        "stale",
+        "upstream_timeout",
+        "rate_limited",
+        "journal_unavailable",
+        "not_found",
+        "in_flight",
+        "method_not_allowed",
+        "too_large",
+        "notify_verify_denied",
+    ] {
+        assert!(emitted.contains_key(known), "{known} not found in src/");
+    }
+    let problems = reason_problems(&sources, &read("README.md"));
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+#[test]
+fn a_new_reason_fails_with_the_row_to_add() {
+    let readme = "# x\n\n## Troubleshooting\n\n| `reason` | status | cause | fix |\n|---|---|---|---|\n| `stale` | 401 | a | b |\n| `gone` | 400 | a | b |\n\n## Next\n";
+    let sources = vec![(
+        "src/replay.rs".to_owned(),
+        "pub fn label(&self) -> &'static str {\n match self { A => \"stale\", B => \"skewed\" }\n}\nfn f() { ctx.reject(Outcome::X, \"new_reason\", \"some words\") }\nfn g() -> Stop { Stop { label: \"carried\", why: \"words\".into() } }\nfn finish(a: u8) { tracing::info!(target: \"callgate::request\", \"notification\"); match o {\n Outcome::NotFound => \"not_found\",\n Outcome::InFlight => l.unwrap_or(\"in_flight\"),\n _ => x } }\n".to_owned(),
+    )];
+    let problems = reason_problems(&sources, readme);
+    let joined = problems.join("\n");
+    assert!(
+        joined.contains("reason `skewed` (emitted in src/replay.rs) has no row"),
+        "{joined}"
+    );
+    assert!(joined.contains("reason `new_reason`"), "{joined}");
+    assert!(joined.contains("reason `not_found`"), "{joined}");
+    assert!(joined.contains("reason `in_flight`"), "{joined}");
+    assert!(joined.contains("reason `carried`"), "{joined}");
+    assert!(
+        joined.contains("explains `gone`, which the code no longer emits"),
+        "{joined}"
+    );
+    assert!(!joined.contains("`stale`"), "{joined}");
+    assert!(
+        !joined.contains("`notification`"),
+        "log values are not reasons: {joined}"
+    );
+    assert_eq!(problems.len(), 6, "{joined}");
+}
+
+#[test]
+fn the_readme_opens_with_the_demo_and_the_whole_suite() {
+    let readme = read("README.md");
+    let first_block = readme
+        .split("```")
+        .nth(1)
+        .expect("README opens with a code block");
+    let commands: Vec<&str> = first_block
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split('#').next().unwrap().trim())
+        .collect();
+    assert_eq!(
+        commands,
+        [
+            "cargo run --release -- run -c callgate.toml",
+            "bash .ci/run"
+        ],
+        "{first_block}"
+    );
+    // The README's test command is CI's.
+    assert!(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(".ci/run")
+            .is_file()
+    );
+    for section in [
+        "## Contents",
+        "## What it is",
+        "## Install",
+        "## Quick start",
+        "## Platforms",
+        "## Operations",
+        "## Troubleshooting",
+    ] {
+        assert!(readme.contains(&format!("\n{section}")), "no {section}");
+    }
+}
+
+/// Markdown link targets of `text`: `[label](target)`.
+fn links(text: &str) -> Vec<String> {
+    text.match_indices("](")
+        .filter_map(|(i, _)| {
+            let rest = &text[i + 2..];
+            rest.find(')').map(|end| rest[..end].to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn no_link_points_outside_the_repository() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![PathBuf::from("README.md")];
+    for e in std::fs::read_dir(root.join("docs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "md") {
+            pages.push(p.strip_prefix(&root).unwrap().to_path_buf());
+        }
+    }
+    let mut problems = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(root.join(page)).unwrap();
+        if text.contains("shared/") {
+            problems.push(format!(
+                "{}: names a file outside the repository (shared/)",
+                page.display()
+            ));
+        }
+        for target in links(&text) {
+            let path = target.split('#').next().unwrap();
+            if target.contains("://") || path.starts_with('/') {
+                problems.push(format!(
+                    "{}: link `{target}` leaves the repository",
+                    page.display()
+                ));
+                continue;
+            }
+            if path.is_empty() {
+                continue;
+            }
+            let resolved = root.join(page.parent().unwrap()).join(path);
+            if !resolved.exists() {
+                problems.push(format!("{}: link `{target}`: no such file", page.display()));
+            } else if !resolved
+                .canonicalize()
+                .unwrap()
+                .starts_with(root.canonicalize().unwrap())
+            {
+                problems.push(format!(
+                    "{}: link `{target}` leaves the repository",
+                    page.display()
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }

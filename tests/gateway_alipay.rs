@@ -135,7 +135,7 @@ async fn https_upstream_not_trusted_is_an_upstream_error() {
     let up = Upstream::start_tls(Behaviour::Reply(200, "success")).await;
     let other_ca = tempfile::NamedTempFile::new().unwrap();
     // A valid CA file that did not sign the upstream's certificate.
-    let out = std::process::Command::new("openssl")
+    let out = tool("openssl")
         .args([
             "req",
             "-x509",

@@ -41,7 +41,7 @@ fn openssl_jd_decrypt(envelope: &[u8], des_key_file: &str) -> Vec<u8> {
     let cipher = hex::decode(hex_text).unwrap();
     let key_text = std::fs::read_to_string(fixture_path("jdpay", des_key_file)).unwrap();
     let key = hex::encode(b64.decode(key_text.trim()).unwrap());
-    let mut child = std::process::Command::new("openssl")
+    let mut child = tool("openssl")
         .args(["enc", "-d", "-des-ede3", "-nopad", "-K", &key])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

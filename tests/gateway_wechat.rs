@@ -720,7 +720,7 @@ async fn v3_malformed_bodies_are_400() {
 // === helpers ===
 
 fn md5_hex(text: &str) -> String {
-    let out = std::process::Command::new("sh")
+    let out = tool("sh")
         .arg("-c")
         .arg(format!("printf %s '{text}' | openssl dgst -md5 -r"))
         .output()
@@ -735,7 +735,7 @@ fn md5_hex(text: &str) -> String {
 
 fn openssl_aes_ecb_decrypt(key_hex: &str, data: &[u8]) -> Vec<u8> {
     use std::io::Write;
-    let mut child = std::process::Command::new("openssl")
+    let mut child = tool("openssl")
         .args(["enc", "-d", "-aes-256-ecb", "-K", key_hex])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

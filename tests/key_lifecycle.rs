@@ -37,7 +37,7 @@ fn check(dir: &Path) -> (i32, String, String) {
 // === openssl ===
 
 fn openssl(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("openssl")
+    let out = tool("openssl")
         .args(args)
         .current_dir(dir)
         .output()

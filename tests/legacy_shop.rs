@@ -17,7 +17,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,7 +79,7 @@ impl Shop {
     async fn spawn(&mut self) -> bool {
         use std::io::{BufRead, Write};
         let dir = shop_dir();
-        let mut child = Command::new("php")
+        let mut child = tool("php")
             .arg("-S")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("-t")
@@ -161,16 +161,13 @@ impl Shop {
     /// SIGSTOP / SIGCONT: a shop that hangs mid-request, then goes on.
     fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().expect("php running").id();
-        let ok = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .unwrap();
+        let ok = tool("kill").args([sig, &pid.to_string()]).status().unwrap();
         assert!(ok.success(), "kill {sig} {pid}");
     }
 
     /// Runs one query on the shop's SQLite file with the sqlite3 CLI.
     fn sql(&self, query: &str) -> String {
-        let out = Command::new("sqlite3")
+        let out = tool("sqlite3")
             .args(["-readonly", "-batch", "-noheader", "-separator", "|"])
             .arg("-cmd")
             .arg(".timeout 5000")
@@ -746,7 +743,7 @@ fn form_encode(value: &[u8]) -> Vec<u8> {
 
 fn openssl_md5_hex(data: &[u8]) -> String {
     use std::io::Write;
-    let mut child = Command::new("openssl")
+    let mut child = tool("openssl")
         .args(["dgst", "-md5", "-r"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -997,7 +994,7 @@ fn the_shipped_example_configuration_loads_and_its_php_parses() {
     collect_php(&shop_dir(), &mut php);
     assert!(php.len() >= 6, "{php:?}");
     for file in php {
-        let out = Command::new("php").arg("-l").arg(&file).output().unwrap();
+        let out = tool("php").arg("-l").arg(&file).output().unwrap();
         assert!(out.status.success(), "{}: {:?}", file.display(), out);
     }
 }

@@ -296,7 +296,7 @@ impl Tmpfs {
     /// `None` when this process may not mount (not root, no CAP_SYS_ADMIN).
     fn mount(size: &str) -> Option<Tmpfs> {
         let dir = tempfile::tempdir().unwrap();
-        let ok = std::process::Command::new("mount")
+        let ok = tool("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir.path())
             .stderr(std::process::Stdio::null())
@@ -329,10 +329,7 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
+        let _ = tool("umount").arg("-l").arg(self.dir.path()).status();
     }
 }
 

@@ -462,7 +462,7 @@ async fn the_tls_certificate_reloads_for_new_connections() {
     // A new certificate (openssl), written aside, moved into place.
     let new_dir = tempfile::tempdir().unwrap();
     let (new_crt, new_key) = (new_dir.path().join("n.crt"), new_dir.path().join("n.key"));
-    let out = std::process::Command::new("openssl")
+    let out = tool("openssl")
         .args([
             "req",
             "-x509",
@@ -586,6 +586,40 @@ async fn a_reload_that_needs_a_restart_is_refused_by_name_and_changes_nothing() 
     let m = metrics(&gw).await;
     assert_eq!(
         find_metric(&m, "callgate_rules_reload_total", &[("result", "error")]),
+        Some(1.0)
+    );
+}
+
+// === what the admin listener tells an operator about the process ===
+
+#[tokio::test]
+async fn metrics_say_which_build_runs_and_how_the_process_fares() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
+    let text = gw.get_admin("/metrics").await.text();
+    let commit = env!("CALLGATE_GIT_COMMIT");
+    assert_eq!(
+        find_metric(
+            &text,
+            "callgate_build_info",
+            &[("version", env!("CARGO_PKG_VERSION")), ("commit", commit)]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    // The `process` collector: what any Prometheus target exports.
+    for name in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        let v = find_metric(&text, name, &[]).unwrap_or_else(|| panic!("no {name}"));
+        assert!(v > 0.0, "{name} = {v}");
+    }
+    // In whole clock ticks: may still be 0 this early.
+    assert!(find_metric(&text, "process_cpu_seconds_total", &[]).is_some());
+    assert_eq!(
+        find_metric(&text, "callgate_rules_last_reload_successful", &[]),
         Some(1.0)
     );
 }

@@ -255,7 +255,7 @@ fn jd_envelope_around(plain: &[u8]) -> Vec<u8> {
     });
     let mut packed = (plain.len() as u32).to_be_bytes().to_vec();
     packed.extend_from_slice(plain);
-    while packed.len() % 8 != 0 {
+    while !packed.len().is_multiple_of(8) {
         packed.push(0);
     }
     let cipher = tdes_ecb_encrypt(key, &packed);

@@ -62,7 +62,7 @@ async fn two_instances_on_one_redis_forward_an_event_once() {
     assert_eq!(up.count(), 1);
 
     // The key is namespaced per route and expires.
-    let keys = std::process::Command::new("redis-cli")
+    let keys = tool("redis-cli")
         .args([
             "-p",
             &redis.port.to_string(),
@@ -74,7 +74,7 @@ async fn two_instances_on_one_redis_forward_an_event_once() {
         .unwrap();
     let keys = String::from_utf8(keys.stdout).unwrap();
     let key = keys.lines().next().expect("an event key in Redis");
-    let ttl = std::process::Command::new("redis-cli")
+    let ttl = tool("redis-cli")
         .args(["-p", &redis.port.to_string(), "PTTL", key])
         .output()
         .unwrap();

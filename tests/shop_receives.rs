@@ -54,6 +54,7 @@ const ALWAYS: &[&str] = &[
     "x-callgate-provider",
     "x-callgate-route",
     "x-callgate-event-id",
+    "x-callgate-request-id",
     "x-callgate-attempt",
     "x-forwarded-for",
     "x-callgate-signature",

@@ -737,7 +737,7 @@ async fn soak(redis: Option<RedisServer>) {
         genuine_bodies.insert(note.body.clone());
         sessions.spawn(platform.clone().session(note, forged, rng.next()));
         tokio::time::sleep(Duration::from_millis(25)).await;
-        if seq % 200 == 0 {
+        if seq.is_multiple_of(200) {
             peak_hwm = peak_hwm.max(proc_status("VmHWM:"));
         }
     }

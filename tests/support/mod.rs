@@ -3,7 +3,15 @@
 //! Everything binds ephemeral loopback ports and keeps the bound listener,
 //! so tests can run in parallel without port races. Nothing sleeps: tests
 //! wait on channels.
+//!
+//! Outside programs (openssl, redis-server, php, ...) are started only
+//! through [`tool`] (`tools.rs`), and starting an upstream or a gateway
+//! checks for them too: without them a test binary stops at once with one
+//! message naming the packages to install.
 #![allow(dead_code)]
+
+mod tools;
+pub use tools::*;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -79,6 +87,7 @@ impl Upstream {
     }
 
     async fn start_inner(behaviour: Behaviour, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
+        require_tools();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -383,6 +392,7 @@ impl TestGateway {
 
     /// Starts a gateway in an existing directory (a restart keeps its journal).
     pub async fn start_in(dir: tempfile::TempDir, spec: GatewaySpec) -> TestGateway {
+        require_tools();
         let file = spec.write(dir.path());
         let loaded =
             callgate::config::load(&file).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
@@ -551,7 +561,7 @@ impl TestClient {
 /// independently of callgate's own code.
 pub fn openssl_hmac_hex(key: &str, data: &[u8]) -> String {
     use std::io::Write;
-    let mut child = std::process::Command::new("openssl")
+    let mut child = tool("openssl")
         .args(["dgst", "-sha256", "-hmac", key, "-r"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -611,7 +621,7 @@ impl RedisServer {
     fn spawn(&mut self) -> bool {
         use std::io::BufRead;
         let tls = self.args.iter().any(|a| a == "--tls-port");
-        let mut cmd = std::process::Command::new("redis-server");
+        let mut cmd = tool("redis-server");
         cmd.args([
             "--bind",
             "127.0.0.1",
@@ -630,9 +640,7 @@ impl RedisServer {
         cmd.args(&self.args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null());
-        let mut child = cmd
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)");
+        let mut child = cmd.spawn().expect("redis-server");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -772,7 +780,7 @@ impl RouteSpec {
 pub fn openssl_sign_b64(key: &Path, data: &[u8]) -> String {
     use base64::Engine as _;
     use std::io::Write;
-    let mut child = std::process::Command::new("openssl")
+    let mut child = tool("openssl")
         .args(["dgst", "-sha256", "-sign"])
         .arg(key)
         .stdin(std::process::Stdio::piped())
@@ -1016,6 +1024,7 @@ impl TestGateway {
         spec: GatewaySpec,
         edit: impl FnOnce(&mut String),
     ) -> TestGateway {
+        require_tools();
         let file = spec.write(dir.path());
         let mut text = std::fs::read_to_string(&file).unwrap();
         edit(&mut text);
