@@ -149,7 +149,7 @@ fn pipeline(c: &mut Criterion) {
     let up = rt.block_on(upstream());
     let state = state(dir.path(), up);
     let signer = signer::Signer::new(&Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/dev"));
-    let now = callgate::replay::unix_now();
+    let now = callgate::clock::unix_now();
 
     type Sign = fn(&signer::Signer, u32, u64, i64) -> String;
     let cases: [(&str, &str, &str, Sign); 2] = [

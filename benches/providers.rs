@@ -166,7 +166,7 @@ fn wechat_v3(c: &mut Criterion) {
     }
     let raw = read("wechat", "v3_pay.json");
     // The platform certificate is valid now (made with -days 3650).
-    let now = callgate::replay::unix_now();
+    let now = callgate::clock::unix_now();
     let provider = Provider::WechatV3(wechat_v3_keys());
     parse_and_verify(c, "wechat_v3", &provider, &h, &raw, now);
     let body = JsonBody::parse(&raw).unwrap();

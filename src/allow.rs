@@ -134,10 +134,37 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
     inner.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
+/// Parses a CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare address (a /32 or
+/// /128). Host bits must be zero. IPv4-mapped IPv6 networks are turned into
+/// their IPv4 form, so that they match the IPv4 addresses clients are
+/// normalised to.
+pub fn parse_net(value: &str) -> Result<IpNet, String> {
+    let v = value.trim();
+    let net: IpNet = if v.contains('/') {
+        v.parse::<IpNet>().map_err(|e| e.to_string())?
+    } else {
+        let ip: std::net::IpAddr = v
+            .parse()
+            .map_err(|e: std::net::AddrParseError| e.to_string())?;
+        IpNet::from(ip)
+    };
+    if net.trunc() != net {
+        return Err(format!("host bits are set; did you mean {}?", net.trunc()));
+    }
+    if let IpNet::V6(v6) = net
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && v6.prefix_len() >= 96
+    {
+        return ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+            .map(IpNet::V4)
+            .map_err(|e| e.to_string());
+    }
+    Ok(net)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_net;
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter().map(|s| parse_net(s).unwrap()).collect()
@@ -221,5 +248,19 @@ mod tests {
         let empty = AllowList::new(vec![]);
         assert!(empty.check("127.0.0.1".parse().unwrap()).is_err());
         assert!(empty.check("::1".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn cidrs_and_bare_addresses_parse() {
+        assert_eq!(parse_net("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(parse_net("127.0.0.1").unwrap().to_string(), "127.0.0.1/32");
+        assert_eq!(parse_net("::1").unwrap().to_string(), "::1/128");
+        assert_eq!(
+            parse_net("::ffff:10.1.0.0/112").unwrap().to_string(),
+            "10.1.0.0/16"
+        );
+        assert!(parse_net("10.0.0.1/8").unwrap_err().contains("10.0.0.0/8"));
+        assert!(parse_net("10.0.0.0/33").is_err());
+        assert!(parse_net("example.com").is_err());
     }
 }

@@ -15,40 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use toml::Spanned;
 
+use crate::allow::parse_net;
+use crate::load::{Dur, Located, io_reason, line_of, pem_reason, resolve};
 use crate::rules::{RuleError, RuleSet};
 
 // === problems ===
-
-/// A problem and where it is: `PATH:LINE: message`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Located<E> {
-    pub file: PathBuf,
-    /// 1-based line, when the problem has one.
-    pub line: Option<usize>,
-    pub error: E,
-}
-
-impl<E: fmt::Display> fmt::Display for Located<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, self.error),
-            None => write!(f, "{}: {}", self.file.display(), self.error),
-        }
-    }
-}
-
-/// 1-based line of a byte offset in `src`.
-pub fn line_of(src: &str, offset: usize) -> usize {
-    let end = offset.min(src.len());
-    src.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
 
 /// Every problem found by [`load`], gateway file first, then rule files in
 /// name order.
@@ -138,32 +112,6 @@ pub enum ConfigError {
          set it lower, so that the platforms' own addresses keep room"
     )]
     UnlistedAboveTotal { unlisted: u64, total: u64 },
-}
-
-// === durations ===
-
-/// A duration written `300ms`, `5s`, `10m`, `25h`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dur(pub Duration);
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_duration(&s)
-            .map(Dur)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// Parses `300ms`, `5s`, `10m`, `25h` (and compounds like `1h30m`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad =
-        || format!("invalid duration `{s}`: write a number and a unit, like 300ms, 5s, 10m or 25h");
-    let t = s.trim();
-    if t.is_empty() || !t.as_bytes()[0].is_ascii_digit() || t.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    humantime::parse_duration(t).map_err(|_| bad())
 }
 
 // === raw file ===
@@ -458,7 +406,7 @@ impl fmt::Debug for StoreKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreKind::Memory => f.write_str("Memory"),
-            StoreKind::Redis(url) => write!(f, "Redis({})", crate::replay::redact_url(url)),
+            StoreKind::Redis(url) => write!(f, "Redis({})", crate::secret::redact_url(url)),
         }
     }
 }
@@ -547,16 +495,6 @@ pub fn load(gateway_file: &Path) -> Result<Loaded, LoadErrors> {
         })
     } else {
         Err(LoadErrors(problems))
-    }
-}
-
-/// Resolves `p` against `base`'s directory unless it is absolute.
-pub fn resolve(base_dir: &Path, p: &str) -> PathBuf {
-    let path = Path::new(p);
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base_dir.join(path)
     }
 }
 
@@ -716,7 +654,7 @@ fn compile_gateway(
             let key = resolve(&dir, k.get_ref());
             match server_tls(&cert, &key) {
                 Ok((server, leaf)) => {
-                    let now = crate::replay::unix_now();
+                    let now = crate::clock::unix_now();
                     match crate::expiry::lifetime(leaf.not_after, now) {
                         crate::expiry::Lifetime::Valid => {}
                         crate::expiry::Lifetime::Expiring { days } => warnings.push(format!(
@@ -789,7 +727,7 @@ fn compile_gateway(
                 problems.push(at(
                     line(raw.replay.store.span()),
                     ConfigError::StoreUrl {
-                        value: crate::replay::redact_url(store_value),
+                        value: crate::secret::redact_url(store_value),
                         reason: e.to_string(),
                     },
                 ));
@@ -800,7 +738,7 @@ fn compile_gateway(
         problems.push(at(
             line(raw.replay.store.span()),
             ConfigError::Store {
-                value: crate::replay::redact_url(store_value),
+                value: crate::secret::redact_url(store_value),
             },
         ));
         None
@@ -973,34 +911,6 @@ fn parse_addr(field: &'static str, value: &Spanned<String>) -> Result<SocketAddr
     })
 }
 
-/// Parses a CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare address (a /32 or
-/// /128). Host bits must be zero. IPv4-mapped IPv6 networks are turned into
-/// their IPv4 form, so that they match the IPv4 addresses clients are
-/// normalised to.
-pub fn parse_net(value: &str) -> Result<IpNet, String> {
-    let v = value.trim();
-    let net: IpNet = if v.contains('/') {
-        v.parse::<IpNet>().map_err(|e| e.to_string())?
-    } else {
-        let ip: std::net::IpAddr = v
-            .parse()
-            .map_err(|e: std::net::AddrParseError| e.to_string())?;
-        IpNet::from(ip)
-    };
-    if net.trunc() != net {
-        return Err(format!("host bits are set; did you mean {}?", net.trunc()));
-    }
-    if let IpNet::V6(v6) = net
-        && let Some(v4) = v6.addr().to_ipv4_mapped()
-        && v6.prefix_len() >= 96
-    {
-        return ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
-            .map(IpNet::V4)
-            .map_err(|e| e.to_string());
-    }
-    Ok(net)
-}
-
 /// The parts of the TLS certificate `check` judges.
 struct TlsLeaf {
     subject: String,
@@ -1066,64 +976,5 @@ fn unusable_dir(dir: &Path) -> Option<String> {
                 _ => return None,
             },
         }
-    }
-}
-
-/// An operator-facing reason for an I/O failure.
-pub fn io_reason(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file".to_owned(),
-        std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
-        std::io::ErrorKind::IsADirectory => "is a directory".to_owned(),
-        k => k.to_string(),
-    }
-}
-
-/// An operator-facing reason for a PEM read failure.
-pub fn pem_reason(e: &rustls_pki_types::pem::Error) -> String {
-    use rustls_pki_types::pem::Error;
-    match e {
-        Error::Io(io) => format!("cannot read: {}", io_reason(io)),
-        Error::NoItemsFound => "not a PEM file with the expected block".to_owned(),
-        other => format!("not valid PEM: {other}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("300ms").unwrap(), Duration::from_millis(300));
-        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
-        assert_eq!(parse_duration("25h").unwrap(), Duration::from_secs(90_000));
-        for bad in ["", "5", "h", "5 parsecs", "-5s"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn nets() {
-        assert_eq!(parse_net("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
-        assert_eq!(parse_net("127.0.0.1").unwrap().to_string(), "127.0.0.1/32");
-        assert_eq!(parse_net("::1").unwrap().to_string(), "::1/128");
-        assert_eq!(
-            parse_net("::ffff:10.1.0.0/112").unwrap().to_string(),
-            "10.1.0.0/16"
-        );
-        assert!(parse_net("10.0.0.1/8").unwrap_err().contains("10.0.0.0/8"));
-        assert!(parse_net("10.0.0.0/33").is_err());
-        assert!(parse_net("example.com").is_err());
-    }
-
-    #[test]
-    fn lines() {
-        let src = "a\nb\nc";
-        assert_eq!(line_of(src, 0), 1);
-        assert_eq!(line_of(src, 2), 2);
-        assert_eq!(line_of(src, 4), 3);
-        assert_eq!(line_of(src, 100), 3);
     }
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use crate::config::{Loaded, StoreKind};
 use crate::journal::Fsync;
-use crate::replay::redact_url;
 use crate::rules::{AllowMode, OnStoreError};
+use crate::secret::redact_url;
 
 /// The whole dump, TOML-shaped (comments say what is not a key).
 pub fn render(loaded: &Loaded) -> String {
@@ -242,7 +242,7 @@ mod tests {
             (Duration::from_millis(1500), "\"1500ms\""),
         ] {
             assert_eq!(dur(d), want);
-            let back = crate::config::parse_duration(want.trim_matches('"')).unwrap();
+            let back = crate::load::parse_duration(want.trim_matches('"')).unwrap();
             assert_eq!(back, d);
         }
     }

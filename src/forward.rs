@@ -165,9 +165,9 @@ fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path).map_err(|e| crate::config::pem_reason(&e))?;
+    let certs = CertificateDer::pem_file_iter(path).map_err(|e| crate::load::pem_reason(&e))?;
     for cert in certs {
-        let cert = cert.map_err(|e| crate::config::pem_reason(&e))?;
+        let cert = cert.map_err(|e| crate::load::pem_reason(&e))?;
         roots
             .add(cert)
             .map_err(|e| format!("not a usable CA certificate: {e}"))?;
@@ -554,8 +554,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// The error and its sources, for the log line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// The error and its sources, for the log line (an outbound request that
+/// failed: hyper's error alone says only "client error (Connect)").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {

@@ -305,7 +305,7 @@ impl Writer {
     fn new(config: JournalConfig, kind: &str) -> Result<Writer, JournalError> {
         std::fs::create_dir_all(&config.dir).map_err(|e| JournalError::Io {
             path: config.dir.display().to_string(),
-            reason: crate::config::io_reason(&e),
+            reason: crate::load::io_reason(&e),
         })?;
         let mut w = Writer {
             config,
@@ -325,7 +325,7 @@ impl Writer {
     fn io(&self, e: &std::io::Error) -> JournalError {
         JournalError::Io {
             path: self.path.display().to_string(),
-            reason: crate::config::io_reason(e),
+            reason: crate::load::io_reason(e),
         }
     }
 
@@ -349,7 +349,7 @@ impl Writer {
         }
         let file = options.open(&path).map_err(|e| JournalError::Io {
             path: path.display().to_string(),
-            reason: crate::config::io_reason(&e),
+            reason: crate::load::io_reason(&e),
         })?;
         self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
         self.file = Some(file);
@@ -488,7 +488,7 @@ pub fn read_dir(dir: &Path, mut each: impl FnMut(Record)) -> Result<usize, Journ
     for path in journal_files(dir) {
         let file = File::open(&path).map_err(|e| JournalError::Io {
             path: path.display().to_string(),
-            reason: crate::config::io_reason(&e),
+            reason: crate::load::io_reason(&e),
         })?;
         for line in BufReader::new(file).split(b'\n') {
             let Ok(line) = line else {
@@ -716,7 +716,7 @@ pub fn parse_since(s: &str, now: i64) -> Result<i64, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.timestamp());
     }
-    let d = crate::config::parse_duration(s)
+    let d = crate::load::parse_duration(s)
         .map_err(|_| format!("`{s}` is neither an RFC 3339 time nor a duration like 24h"))?;
     Ok(now - i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -222,7 +222,7 @@ fn journal(command: JournalCommand) -> ExitCode {
 }
 
 fn list(dir: &std::path::Path, filter: &JournalFilter, json: bool) -> ExitCode {
-    let now = callgate::replay::unix_now();
+    let now = callgate::clock::unix_now();
     let since = match filter
         .since
         .as_deref()

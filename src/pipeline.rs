@@ -68,7 +68,7 @@ impl State {
         replay_ttl: Duration,
         journal: Option<Journal>,
     ) -> State {
-        metrics.rules_loaded(&rules, replay::unix_now());
+        metrics.rules_loaded(&rules, crate::clock::unix_now());
         store.set_quotas(&rules);
         let tasks = Tasks::new(metrics.requests_in_flight().clone());
         State {
@@ -296,7 +296,7 @@ where
             &payload,
         ))
         .map(Into::into);
-    let now = replay::unix_now();
+    let now = crate::clock::unix_now();
     let (merchant, verified) = route
         .verify(&parts.headers, &payload, now)
         .map_err(|e| ctx.reject(e.outcome(), e.label(), e))?;
@@ -734,7 +734,7 @@ async fn record_outcome(
     let Some(j) = &state.journal else { return };
     let record = Record::Outcome(OutcomeRecord {
         rid,
-        unix: replay::unix_now(),
+        unix: crate::clock::unix_now(),
         route: route.name.to_string(),
         merchant: verified.merchant().to_owned(),
         event_id: verified.event_id().to_owned(),
@@ -827,7 +827,7 @@ pub async fn redeliver(state: &State, rec: &journal::Received) -> Result<Outcome
     let payload = body::parse(route.kind().format(), &headers, &body)
         .map_err(|e| RedeliverError::Verify(e.to_string()))?;
     let (merchant, verified) = route
-        .verify(&headers, &payload, replay::unix_now())
+        .verify(&headers, &payload, crate::clock::unix_now())
         .map_err(|e| RedeliverError::Verify(e.to_string()))?;
     // Records written before they carried the merchant have none to compare.
     if verified.event_id() != rec.event_id
@@ -859,7 +859,7 @@ pub async fn redeliver(state: &State, rec: &journal::Received) -> Result<Outcome
         client,
         &headers,
         body,
-        replay::unix_now(),
+        crate::clock::unix_now(),
         attempt,
     )
     .await;

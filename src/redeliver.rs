@@ -139,7 +139,7 @@ pub fn select(
 /// Redelivers the selection from the journal in `dir` through `state`
 /// (its replay store, upstream client and journal).
 pub async fn run(state: &State, dir: &Path, selection: &Selection) -> Result<Report, SelectError> {
-    let (events, delivered) = select(dir, selection, crate::replay::unix_now())?;
+    let (events, delivered) = select(dir, selection, crate::clock::unix_now())?;
     let mut results = Vec::with_capacity(events.len());
     for r in &events {
         let line = |result: String, ok: bool| Line {

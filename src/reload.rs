@@ -26,7 +26,6 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{self, Config, LoadErrors, Loaded};
 use crate::pipeline::State;
-use crate::replay;
 
 /// Why a reload was refused; the running configuration stays.
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +112,7 @@ impl Live {
                 }
                 let n = rules.len();
                 let metrics = &self.state.metrics;
-                metrics.rules_loaded(&rules, replay::unix_now());
+                metrics.rules_loaded(&rules, crate::clock::unix_now());
                 self.state.store.set_quotas(&rules);
                 self.state.rules.store(Arc::new(rules));
                 if let (Some(live), Some(new)) = (&self.tls, &config.tls) {

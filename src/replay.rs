@@ -43,6 +43,7 @@ pub use guard::{ClaimGuard, Claimed};
 pub use memory::{MemoryStore, RouteUsage};
 
 use crate::provider::Verified;
+use crate::secret::redact_url;
 
 // === freshness ===
 
@@ -90,14 +91,6 @@ pub fn check_fresh(
 
 fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
-}
-
-/// Seconds since the Unix epoch, now.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(secs)
-        .unwrap_or(0)
 }
 
 // === keys ===
@@ -837,20 +830,6 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// `redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1010,18 +989,5 @@ mod tests {
         assert_ne!(m("", "m1"), m("m1", ""));
         let k = Key::new(&a, KeyKind::Event, "m", "1");
         assert_eq!(k.redis(), format!("callgate:a:ev:{}", k.hex()));
-    }
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(
-            redact_url("redis://:hunter2@127.0.0.1:6379/0"),
-            "redis://:***@127.0.0.1:6379/0"
-        );
-        assert_eq!(redact_url("rediss://u:p@h:1/2"), "rediss://u:***@h:1/2");
-        assert_eq!(
-            redact_url("redis://127.0.0.1:6379/0"),
-            "redis://127.0.0.1:6379/0"
-        );
     }
 }

@@ -21,8 +21,10 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::allow::AllowList;
-use crate::config::{Config, Dur, Limits, Located, Problem, line_of, parse_net, resolve};
+use crate::allow::parse_net;
+use crate::config::{Config, Limits, Problem};
 use crate::forward::{ForwardHeaders, ForwardMode, Upstream, UpstreamError};
+use crate::load::{Dur, Located, line_of, resolve};
 use crate::provider::{Claimed, Provider, ProviderKind, Verified, VerifyError};
 use crate::secret::{Secret, SecretFileError};
 
@@ -498,7 +500,7 @@ fn load_ipsets(
                     file: file.clone(),
                     line: None,
                     error: RuleError::Read {
-                        reason: crate::config::io_reason(&e),
+                        reason: crate::load::io_reason(&e),
                     },
                 }));
                 continue;
@@ -647,7 +649,7 @@ fn load_file(
                 file: file.to_path_buf(),
                 line: None,
                 error: RuleError::Read {
-                    reason: crate::config::io_reason(&e),
+                    reason: crate::load::io_reason(&e),
                 },
             }));
             return;

@@ -429,7 +429,7 @@ mod tests {
     struct Outer {
         plain: String,
         spanned: toml::Spanned<String>,
-        dur: toml::Spanned<crate::config::Dur>,
+        dur: toml::Spanned<crate::load::Dur>,
         #[serde(rename = "renamed-key")]
         renamed: Option<u64>,
         table: Inner,

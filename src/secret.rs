@@ -4,7 +4,8 @@
 //! API keys). Its `Debug` and `Display` never show the bytes, and its memory
 //! is wiped on drop. MAC and signature strings are compared with
 //! [`ct_eq`], never `==`. [`mask`] shortens a signature or account id to
-//! something an operator can correlate but nobody can reuse.
+//! something an operator can correlate but nobody can reuse, and
+//! [`redact_url`] takes the password out of a URL before it is printed.
 
 use std::fmt;
 use std::path::Path;
@@ -25,7 +26,7 @@ impl Secret {
     /// newline (`\n` or `\r\n`) is ignored, and an empty secret is an error.
     pub fn from_file(path: &Path) -> Result<Self, SecretFileError> {
         let mut bytes = Zeroizing::new(std::fs::read(path).map_err(|e| SecretFileError::Read {
-            reason: crate::config::io_reason(&e),
+            reason: crate::load::io_reason(&e),
         })?);
         if bytes.last() == Some(&b'\n') {
             bytes.pop();
@@ -83,6 +84,20 @@ pub fn mask(value: &str) -> String {
     format!("{head}…{tail}")
 }
 
+/// `redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +138,18 @@ mod tests {
         assert_eq!(mask("QfTb8tqEabcdefghlrmOQ=="), "QfTb…==");
         assert_eq!(mask("short"), "*****");
         assert_eq!(mask("支付宝账户一二三四五"), "支付宝账…四五");
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("redis://:hunter2@127.0.0.1:6379/0"),
+            "redis://:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(redact_url("rediss://u:p@h:1/2"), "rediss://u:***@h:1/2");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
     }
 }

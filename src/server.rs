@@ -281,7 +281,8 @@ pub fn build_state(
     let journal = match &config.journal {
         None => None,
         Some(jc) => {
-            let warm = crate::journal::warm_up(&jc.dir, config.replay.ttl, replay::unix_now())?;
+            let warm =
+                crate::journal::warm_up(&jc.dir, config.replay.ttl, crate::clock::unix_now())?;
             if matches!(store, ReplayStore::Memory(_)) {
                 for (event, left) in &warm.delivered {
                     for key in event_keys(&rules, event) {

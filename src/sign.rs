@@ -462,7 +462,7 @@ fn wechat_v3(args: &WechatV3Args) -> Result<String, SignError> {
             return Err(SignError::Resource(format!(
                 "`{}` is neither a readable file nor a JSON object: {}",
                 args.resource_json,
-                crate::config::io_reason(&e)
+                crate::load::io_reason(&e)
             )));
         }
     };
@@ -628,7 +628,7 @@ fn rsa_sign(path: &std::path::Path, sha1: bool, content: &[u8]) -> Result<Vec<u8
         file: path.display().to_string(),
         reason,
     };
-    let der = PrivateKeyDer::from_pem_file(path).map_err(|e| err(crate::config::pem_reason(&e)))?;
+    let der = PrivateKeyDer::from_pem_file(path).map_err(|e| err(crate::load::pem_reason(&e)))?;
     if sha1 {
         use rsa::pkcs1::DecodeRsaPrivateKey;
         use rsa::pkcs8::DecodePrivateKey;
@@ -707,9 +707,9 @@ fn read_cert_pem(path: &std::path::Path) -> Result<(String, Vec<u8>), SignError>
         reason,
     };
     let text = std::fs::read_to_string(path)
-        .map_err(|e| err(format!("cannot read: {}", crate::config::io_reason(&e))))?;
+        .map_err(|e| err(format!("cannot read: {}", crate::load::io_reason(&e))))?;
     let der = CertificateDer::from_pem_slice(text.as_bytes())
-        .map_err(|e| err(crate::config::pem_reason(&e)))?;
+        .map_err(|e| err(crate::load::pem_reason(&e)))?;
     // UnionPay sends the PEM with CRLF line endings and no final newline.
     let begin = text
         .find("-----BEGIN CERTIFICATE-----")
@@ -832,7 +832,7 @@ fn rsa_private_key(path: &std::path::Path) -> Result<rsa::RsaPrivateKey, SignErr
         file: path.display().to_string(),
         reason,
     };
-    let der = PrivateKeyDer::from_pem_file(path).map_err(|e| err(crate::config::pem_reason(&e)))?;
+    let der = PrivateKeyDer::from_pem_file(path).map_err(|e| err(crate::load::pem_reason(&e)))?;
     match &der {
         PrivateKeyDer::Pkcs8(k) => {
             rsa::RsaPrivateKey::from_pkcs8_der(k.secret_pkcs8_der()).map_err(|e| e.to_string())

@@ -666,7 +666,7 @@ fn systemd_unit_is_hardened_and_verifies() {
         .unwrap()
         .parse()
         .unwrap();
-    let drain = callgate::config::parse_duration("30s").unwrap().as_secs();
+    let drain = callgate::load::parse_duration("30s").unwrap().as_secs();
     assert!(
         stop > drain,
         "TimeoutStopSec={stop}s <= drain_timeout {drain}s"

@@ -37,7 +37,7 @@ use support::*;
 /// Verification time: now, as the gateway verifies (the fixture
 /// certificates are valid now; freshness is not part of `verify`).
 fn now() -> i64 {
-    callgate::replay::unix_now()
+    callgate::clock::unix_now()
 }
 
 const ALIPAY: &str = "/notify/alipay";

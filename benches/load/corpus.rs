@@ -27,7 +27,7 @@ fn main() {
     let threads: u64 = args.get(4).map_or(1, |t| t.parse().expect("THREADS"));
     std::fs::create_dir_all(&out).expect("OUT_DIR");
     let signer = signer::Signer::new(&Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/dev"));
-    let now = callgate::replay::unix_now();
+    let now = callgate::clock::unix_now();
     // A run number from the clock keeps ids distinct from earlier corpora
     // (a gateway that outlives one corpus never sees a stale duplicate).
     let run = u32::try_from(now % 10_000).unwrap_or(0);

@@ -12,7 +12,7 @@ use callgate::rules::{Route, RuleSet};
 /// `verify`).
 pub fn now() -> i64 {
     static NOW: OnceLock<i64> = OnceLock::new();
-    *NOW.get_or_init(callgate::replay::unix_now)
+    *NOW.get_or_init(callgate::clock::unix_now)
 }
 
 pub fn fixtures() -> PathBuf {

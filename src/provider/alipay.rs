@@ -499,7 +499,7 @@ fn load_cert_mode(
         alipay_root_cert: &root_path,
         app_cert: app_path.as_deref(),
     };
-    let now = crate::replay::unix_now();
+    let now = crate::clock::unix_now();
     match alipay_cert::load(&files, now) {
         Ok(loaded) => {
             for w in &loaded.warnings {
@@ -937,7 +937,7 @@ mod tests {
                     .join("tests/fixtures/alipay_cert/fzlee_alipay_root_cert.crt"),
                 app_cert: None,
             },
-            crate::replay::unix_now(),
+            crate::clock::unix_now(),
         )
         .unwrap();
         let k = Keys::with_key("9021000122682882", loaded.key, Some(loaded.sns));

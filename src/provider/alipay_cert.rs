@@ -228,14 +228,14 @@ pub fn load(files: &CertFiles<'_>, now: i64) -> Result<Loaded, Vec<CertProblem>>
 fn read_pem(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
-    let bytes = std::fs::read(path)
-        .map_err(|e| format!("cannot read: {}", crate::config::io_reason(&e)))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read: {}", crate::load::io_reason(&e)))?;
     if bytes.windows(11).any(|w| w == b"PRIVATE KEY") {
         return Err("this file holds a private key; give the certificate here".to_owned());
     }
     let mut out = Vec::new();
     for item in CertificateDer::pem_slice_iter(&bytes) {
-        let der = item.map_err(|e| crate::config::pem_reason(&e))?;
+        let der = item.map_err(|e| crate::load::pem_reason(&e))?;
         out.push(der.as_ref().to_vec());
     }
     if out.is_empty() {

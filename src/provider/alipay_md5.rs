@@ -82,7 +82,7 @@ use toml::de::DeValue;
 use super::{ProviderKind, Verified, VerifyError, charset_label, form_encoding, shown};
 use crate::ack::Outcome;
 use crate::body::Form;
-use crate::forward::HttpClient;
+use crate::forward::{HttpClient, error_chain};
 use crate::rules::{FileCtx, RuleError};
 use crate::secret::{Secret, ct_eq};
 
@@ -529,18 +529,6 @@ impl NotifyVerify {
             .await
             .map_err(|_| NotifyVerifyError::Timeout(timeout))?
     }
-}
-
-/// The error and its sources, for the log line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

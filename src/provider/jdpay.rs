@@ -397,8 +397,8 @@ pub(crate) fn des_key_from(secret: &Secret) -> Result<Secret, String> {
 
 /// Reads JD's public key file.
 pub(crate) fn public_key_from_file(path: &std::path::Path) -> Result<rsa::RsaPublicKey, String> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| format!("cannot read: {}", crate::config::io_reason(&e)))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read: {}", crate::load::io_reason(&e)))?;
     let der = super::public_key_der(&bytes)?;
     let key = rsa::RsaPublicKey::from_public_key_der(&der)
         .map_err(|_| "not an RSA public key".to_owned())?;

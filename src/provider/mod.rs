@@ -710,7 +710,7 @@ impl RsaKey {
     /// DER key on one or more lines (how Alipay's console shows it).
     pub fn from_file(path: &Path) -> Result<RsaKey, String> {
         let bytes = std::fs::read(path)
-            .map_err(|e| format!("cannot read: {}", crate::config::io_reason(&e)))?;
+            .map_err(|e| format!("cannot read: {}", crate::load::io_reason(&e)))?;
         Self::from_der(&public_key_der(&bytes)?)
     }
 
@@ -747,7 +747,7 @@ pub(crate) fn public_key_der(bytes: &[u8]) -> Result<Vec<u8>, String> {
             match item {
                 Ok((SectionKind::PublicKey, der)) => return Ok(der),
                 Ok(_) => continue,
-                Err(e) => return Err(crate::config::pem_reason(&e)),
+                Err(e) => return Err(crate::load::pem_reason(&e)),
             }
         }
         return Err("no -----BEGIN PUBLIC KEY----- block in the file".to_owned());

@@ -146,13 +146,13 @@ struct Chain {
 fn read_cert(path: &std::path::Path) -> Result<Vec<u8>, String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
-    let bytes = std::fs::read(path)
-        .map_err(|e| format!("cannot read: {}", crate::config::io_reason(&e)))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read: {}", crate::load::io_reason(&e)))?;
     let der = if bytes.windows(10).any(|w| w == b"-----BEGIN") {
         let mut certs = CertificateDer::pem_slice_iter(&bytes);
         let first = match certs.next() {
             Some(Ok(c)) => c.to_vec(),
-            Some(Err(e)) => return Err(crate::config::pem_reason(&e)),
+            Some(Err(e)) => return Err(crate::load::pem_reason(&e)),
             None => return Err("no -----BEGIN CERTIFICATE----- block in the file".to_owned()),
         };
         if certs.next().is_some() {
@@ -233,7 +233,7 @@ impl Keys {
         let span = value.span();
         let raw: KeysFile = ctx.deserialize(value)?;
         let mut ok = true;
-        let now = crate::replay::unix_now();
+        let now = crate::clock::unix_now();
         let mut certs = Vec::new();
         let fail = |ctx: &mut FileCtx<'_>, span, field: &str, file: &str, reason: String| {
             ctx.error(

@@ -175,7 +175,7 @@ impl Keys {
 
     pub(super) fn compile(value: Spanned<DeValue<'_>>, ctx: &mut FileCtx<'_>) -> Option<Keys> {
         let raw: KeysFile = ctx.deserialize(value)?;
-        let now = crate::replay::unix_now();
+        let now = crate::clock::unix_now();
         let mut ok = true;
         if raw.mch_id.get_ref().trim().is_empty() {
             ctx.error(
@@ -748,12 +748,12 @@ pub fn load_certificate(path: &Path) -> Result<LoadedCertificate, String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
 
-    let bytes = std::fs::read(path)
-        .map_err(|e| format!("cannot read: {}", crate::config::io_reason(&e)))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read: {}", crate::load::io_reason(&e)))?;
     let mut certs = CertificateDer::pem_slice_iter(&bytes);
     let der = match certs.next() {
         Some(Ok(d)) => d,
-        Some(Err(e)) => return Err(crate::config::pem_reason(&e)),
+        Some(Err(e)) => return Err(crate::load::pem_reason(&e)),
         None => return Err("no -----BEGIN CERTIFICATE----- block in the file".to_owned()),
     };
     if certs.next().is_some() {

@@ -12,7 +12,7 @@ const NOW: i64 = 1_795_312_800;
 /// certificate is made by `openssl req -x509 -days 3650` when the fixtures
 /// are first generated, so it is valid now, not at a pinned instant.
 fn now() -> i64 {
-    crate::replay::unix_now()
+    crate::clock::unix_now()
 }
 const PUB_KEY_ID: &str = "PUB_KEY_ID_0119000001092026112200000000000001";
 const PLATFORM_SERIAL: &str = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1";
