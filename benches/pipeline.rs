@@ -117,7 +117,7 @@ api_key_file = "{certs}/wechat_v2_api.key"
     let loaded = callgate::config::load(&dir.join("callgate.toml")).unwrap();
     callgate::server::build_state(
         &loaded.config,
-        loaded.rules,
+        loaded.snapshot,
         callgate::forward::default_client(),
         "bench",
     )

@@ -42,7 +42,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
 use crate::config::Limits;
-use crate::rules::RuleSet;
+use crate::config::Snapshot;
 
 // === admission ===
 
@@ -59,11 +59,11 @@ pub enum Peer {
 
 impl Peer {
     /// Classifies `ip` against the live rule set.
-    pub fn of(ip: IpAddr, rules: &RuleSet) -> Peer {
+    pub fn of(ip: IpAddr, snapshot: &Snapshot) -> Peer {
         let ip = ip.to_canonical();
-        if rules.trusted_proxies.iter().any(|n| n.contains(&ip)) {
+        if snapshot.trusted_proxies.iter().any(|n| n.contains(&ip)) {
             Peer::TrustedProxy
-        } else if rules.routes().any(|r| r.allow.check(ip).is_ok()) {
+        } else if snapshot.routes.iter().any(|r| r.allow.check(ip).is_ok()) {
             Peer::Listed
         } else {
             Peer::Unlisted

@@ -75,7 +75,7 @@ where
             if state.is_draining() {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
             }
-            if state.rules.load().is_empty() {
+            if state.snapshot.load().routes.is_empty() {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "no routes loaded\n");
             }
             let answer = state.store.ping().await;

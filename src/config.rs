@@ -1,15 +1,19 @@
 //! The gateway file (`callgate.toml`): raw serde structs that mirror the
 //! TOML exactly (`deny_unknown_fields` everywhere), then [`Config`], the
 //! compiled settings with parsed addresses, CIDRs, durations and a loaded
-//! TLS configuration.
+//! TLS configuration, compiled table by table. Compiling reads the files
+//! the settings name and writes nothing.
 //!
-//! [`load`] is the one loader behind `callgate check`, start-up and reload:
-//! it reads the gateway file and every rule file, and returns either the
-//! whole compiled configuration or every problem it found, each as
-//! `PATH:LINE: message`. It never prints file contents.
+//! [`load`] is the one load behind `callgate check`, start-up and reload:
+//! the gateway file, then every rule file (`rules`), all recording into one
+//! `load::Loader`. It returns a [`Setup`] (the settings and the first
+//! [`Snapshot`], the routes and gateway settings a request works with), or
+//! every problem it found, each as `PATH:LINE: message`. It never prints
+//! file contents.
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,100 +23,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::allow::parse_net;
-use crate::load::{Dur, Located, io_reason, line_of, pem_reason, resolve};
-use crate::rules::{RuleError, RuleSet};
-
-// === problems ===
-
-/// Every problem found by [`load`], gateway file first, then rule files in
-/// name order.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Problem {
-    Config(Located<ConfigError>),
-    Rule(Located<RuleError>),
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Problem::Config(p) => p.fmt(f),
-            Problem::Rule(p) => p.fmt(f),
-        }
-    }
-}
-
-/// The problems of a failed load, one per line when displayed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoadErrors(pub Vec<Problem>);
-
-impl fmt::Display for LoadErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{p}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for LoadErrors {}
-
-/// What is wrong in the gateway file.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read the gateway file: {reason}")]
-    Read { reason: String },
-    #[error("{message}")]
-    Syntax { message: String },
-    #[error("{field} `{value}` is not a socket address like 127.0.0.1:8443")]
-    Addr { field: &'static str, value: String },
-    #[error(
-        "trusted_proxies entry `{value}` is not a CIDR like 10.0.0.0/8 or an address: {reason}"
-    )]
-    TrustedProxy { value: String, reason: String },
-    #[error(
-        "listen.{set} is set but listen.{missing} is not: set both for TLS, or neither for plain HTTP"
-    )]
-    TlsHalf {
-        set: &'static str,
-        missing: &'static str,
-    },
-    #[error("listen.{field} `{file}`: {reason}")]
-    Tls {
-        field: &'static str,
-        file: String,
-        reason: String,
-    },
-    #[error(
-        "listen.tls_cert `{file}`: certificate `{subject}` expired on {at}; clients refuse it: install a renewed certificate"
-    )]
-    TlsExpired {
-        file: String,
-        subject: String,
-        at: String,
-    },
-    #[error("rules_dir `{dir}`: {reason}")]
-    RulesDir { dir: String, reason: String },
-    #[error("replay.store `{value}` is neither \"memory\" nor a redis://host:port/db URL")]
-    Store { value: String },
-    #[error("replay.store `{value}`: {reason}")]
-    StoreUrl { value: String, reason: String },
-    #[error("replay.tls_ca `{file}`: {reason}")]
-    StoreCa { file: String, reason: String },
-    #[error("journal.dir `{dir}`: {reason}")]
-    JournalDir { dir: String, reason: String },
-    #[error("{field} must be greater than zero")]
-    Zero { field: &'static str },
-    #[error("admin.token_file `{file}`: {reason}")]
-    AdminToken { file: String, reason: String },
-    #[error(
-        "limits.max_connections_unlisted ({unlisted}) is above limits.max_connections ({total}): \
-         set it lower, so that the platforms' own addresses keep room"
-    )]
-    UnlistedAboveTotal { unlisted: u64, total: u64 },
-}
+use crate::load::{
+    ConfigError, Dur, LoadErrors, Loader, Located, Warning, io_reason, line_of, pem_reason, resolve,
+};
+use crate::rules::{self, Routes};
 
 // === raw file ===
 
@@ -448,72 +362,174 @@ pub struct Limits {
     pub write_timeout: Duration,
 }
 
-/// A whole configuration: listener settings and the swappable rule set.
+/// The configuration a request works with from start to end: the routes
+/// and the gateway settings the flow reads. Immutable; a reload builds a
+/// whole new one and swaps it in at once (`pipeline::State::snapshot`).
 #[derive(Debug, Clone)]
-pub struct Loaded {
+pub struct Snapshot {
+    pub routes: Routes,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<[IpNet]>,
+    pub limits: Limits,
+    /// notAfter of the TLS certificate loaded with this snapshot, when TLS
+    /// is on (for `callgate_key_expiry_timestamp_seconds`).
+    pub tls_not_after: Option<i64>,
+}
+
+impl Snapshot {
+    /// The snapshot of `routes` under the gateway settings of `config`.
+    pub fn new(routes: Routes, config: &Config) -> Snapshot {
+        Snapshot {
+            routes,
+            trusted_proxies: config.trusted_proxies.clone(),
+            limits: config.limits,
+            tls_not_after: config.tls.as_ref().map(|t| t.not_after),
+        }
+    }
+}
+
+impl Limits {
+    /// How long an event's in-flight claim lives: the forward (bounded by
+    /// `upstream_timeout`) and a margin. The flow renews the claim right
+    /// before it forwards, so the steps before may take as long as they
+    /// take.
+    pub fn claim_life(&self) -> Duration {
+        self.upstream_timeout + Duration::from_secs(30)
+    }
+}
+
+impl Config {
+    /// What rule files are checked against and inherit from this file.
+    pub fn rule_settings(&self) -> rules::Settings {
+        rules::Settings {
+            replay_ttl: self.replay.ttl,
+            replay_max_entries: self.replay.max_entries,
+            upstream_timeout: self.limits.upstream_timeout,
+        }
+    }
+}
+
+/// What a successful load gives: the gateway settings, the first snapshot,
+/// and what the load says besides (warnings, the files it read).
+#[derive(Debug, Clone)]
+pub struct Setup {
     pub config: Config,
-    pub rules: RuleSet,
+    pub snapshot: Snapshot,
     /// Valid but risky settings, printed by `check` and logged at start, as
     /// `PATH:LINE: warning: message`.
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Located<Warning>>,
     /// Every file and directory this load read: a change to any of them
-    /// triggers a reload (`server` watches them).
+    /// triggers a reload (`reload::watch`).
     pub files: Vec<PathBuf>,
 }
 
-/// Loads and validates the gateway file and every rule file it points to.
-pub fn load(gateway_file: &Path) -> Result<Loaded, LoadErrors> {
-    let mut problems = Vec::new();
-    let mut warnings = Vec::new();
-    let config = compile_gateway(gateway_file, &mut problems, &mut warnings);
-    let Some(config) = config else {
-        return Err(LoadErrors(problems));
+/// Loads and validates the gateway file and every rule file it points to:
+/// the one loader behind `callgate check`, start-up and reload. Either the
+/// whole configuration, or every problem found in every file.
+pub fn load(gateway_file: &Path) -> Result<Setup, LoadErrors> {
+    let mut loader = Loader::new();
+    let Some(config) = compile_gateway(gateway_file, &mut loader) else {
+        return Err(loader.fail());
     };
-    let files = std::cell::RefCell::new(vec![gateway_file.to_path_buf(), config.rules_dir.clone()]);
+    loader.touch(gateway_file.to_path_buf());
+    loader.touch(config.rules_dir.clone());
     if let Some(tls) = &config.tls {
-        files
-            .borrow_mut()
-            .extend([tls.cert.clone(), tls.key.clone()]);
+        loader.touch(tls.cert.clone());
+        loader.touch(tls.key.clone());
     }
-    let rules = crate::rules::load_dir(&config, &mut problems, &mut warnings, &files);
-    if problems.is_empty() {
-        let mut files = files.into_inner();
-        files.sort();
-        files.dedup();
-        warnings.extend(crate::demo_keys::warnings(&files));
-        if rules.is_empty() {
-            warnings.push(format!(
-                "{}: warning: no *.toml file here defines a route: every notification is answered 404 and /readyz is 503",
-                config.rules_dir.display()
-            ));
+    let routes = rules::load_dir(&config.rules_dir, &config.rule_settings(), &mut loader);
+    if !loader.has_problems() {
+        for warning in crate::demo_keys::warnings(&loader.files()) {
+            loader.warn(warning);
         }
-        Ok(Loaded {
-            config,
-            rules,
-            warnings,
-            files,
-        })
-    } else {
-        Err(LoadErrors(problems))
+        if routes.is_empty() {
+            loader.warn(Located {
+                file: config.rules_dir.clone(),
+                line: None,
+                error: Warning(
+                    "no *.toml file here defines a route: every notification is answered 404 and /readyz is 503".to_owned(),
+                ),
+            });
+        }
+    }
+    let report = loader.finish()?;
+    Ok(Setup {
+        snapshot: Snapshot::new(routes, &config),
+        config,
+        warnings: report.warnings,
+        files: report.files,
+    })
+}
+
+// === the gateway file, table by table ===
+
+/// The gateway file being compiled: its text (for line numbers) and
+/// directory (for relative paths), and the loader its problems go to.
+struct GatewayCtx<'a> {
+    loader: &'a mut Loader,
+    file: &'a Path,
+    dir: PathBuf,
+    src: &'a str,
+}
+
+impl GatewayCtx<'_> {
+    /// The line of `span`; none for a value left at its default (an empty
+    /// span at the start).
+    fn line(&self, span: Range<usize>) -> Option<usize> {
+        if span.is_empty() && span.start == 0 {
+            None
+        } else {
+            Some(line_of(self.src, span.start))
+        }
+    }
+
+    fn error(&mut self, span: Range<usize>, error: ConfigError) {
+        let line = self.line(span);
+        self.problem(line, error);
+    }
+
+    fn problem(&mut self, line: Option<usize>, error: ConfigError) {
+        self.loader.problem(Located {
+            file: self.file.to_path_buf(),
+            line,
+            error,
+        });
+    }
+
+    fn warn(&mut self, span: Range<usize>, message: String) {
+        self.loader.warn(Located {
+            file: self.file.to_path_buf(),
+            line: Some(line_of(self.src, span.start)),
+            error: Warning(message),
+        });
+    }
+
+    /// A path the file names, resolved against its directory.
+    fn resolve(&self, p: &str) -> PathBuf {
+        resolve(&self.dir, p)
+    }
+
+    /// `field` of a setting must not be zero.
+    fn positive(&mut self, field: &'static str, zero: bool, span: Range<usize>) {
+        if zero {
+            self.error(span, ConfigError::Zero { field });
+        }
     }
 }
 
-fn compile_gateway(
-    file: &Path,
-    problems: &mut Vec<Problem>,
-    warnings: &mut Vec<String>,
-) -> Option<Config> {
-    let at = |line: Option<usize>, error: ConfigError| {
-        Problem::Config(Located {
-            file: file.to_path_buf(),
-            line,
-            error,
-        })
+/// Reads and compiles the gateway file. `None` only when it cannot be read
+/// or parsed; a setting that fails is reported, a placeholder stands in for
+/// it, and the rule files are still checked.
+fn compile_gateway(file: &Path, loader: &mut Loader) -> Option<Config> {
+    let at_file = |line: Option<usize>, error: ConfigError| Located {
+        file: file.to_path_buf(),
+        line,
+        error,
     };
     let src = match std::fs::read_to_string(file) {
         Ok(s) => s,
         Err(e) => {
-            problems.push(at(
+            loader.problem(at_file(
                 None,
                 ConfigError::Read {
                     reason: io_reason(&e),
@@ -526,7 +542,7 @@ fn compile_gateway(
         Ok(raw) => raw,
         Err(e) => {
             let line = e.span().map(|s| line_of(&src, s.start));
-            problems.push(at(
+            loader.problem(at_file(
                 line,
                 ConfigError::Syntax {
                     message: e.message().trim().to_owned(),
@@ -535,307 +551,321 @@ fn compile_gateway(
             return None;
         }
     };
-    let line = |span: std::ops::Range<usize>| {
-        if span.is_empty() && span.start == 0 {
-            None
-        } else {
-            Some(line_of(&src, span.start))
-        }
+    let mut g = GatewayCtx {
+        loader,
+        file,
+        dir: file.parent().unwrap_or(Path::new("")).to_path_buf(),
+        src: &src,
     };
-    let dir = file.parent().unwrap_or(Path::new("")).to_path_buf();
+    let listen = listen_addr(&mut g, &raw.listen.addr);
+    let (admin, admin_token) = admin(&mut g, raw.admin.as_ref());
+    let trusted_proxies = trusted_proxies(&mut g, &raw.trusted_proxies);
+    let tls = tls(&mut g, &raw.listen);
+    let rules_dir = rules_dir(&mut g, raw.rules_dir.as_ref());
+    let replay = replay(&mut g, &raw.replay);
+    let journal = journal(&mut g, &raw.journal);
+    let limits = limits(&mut g, &raw.limits);
+    Some(Config {
+        file: file.to_path_buf(),
+        rules_dir,
+        listen,
+        tls,
+        admin,
+        admin_token,
+        replay,
+        journal,
+        watch: raw.reload.watch,
+        limits,
+        trusted_proxies,
+    })
+}
 
-    let listen = parse_addr("listen.addr", &raw.listen.addr)
-        .map_err(|e| problems.push(at(line(raw.listen.addr.span()), e)))
-        .ok();
-    let admin = match &raw.admin {
-        None => None,
-        Some(a) => {
-            if *a.max_connections.get_ref() == 0 {
-                problems.push(at(
-                    line(a.max_connections.span()),
-                    ConfigError::Zero {
-                        field: "admin.max_connections",
-                    },
-                ));
-            }
-            parse_addr("admin.addr", &a.addr)
-                .map_err(|e| problems.push(at(line(a.addr.span()), e)))
-                .ok()
-                .map(|addr| Admin {
-                    addr,
-                    max_connections: usize::try_from(*a.max_connections.get_ref())
-                        .unwrap_or(usize::MAX),
-                })
-        }
-    };
-    let admin_token = match raw.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
-        None => None,
-        Some(f) => {
-            let path = resolve(&dir, f.get_ref());
-            let problem = |reason: String| {
-                at(
-                    line(f.span()),
-                    ConfigError::AdminToken {
-                        file: f.get_ref().clone(),
-                        reason,
-                    },
-                )
-            };
-            match crate::secret::Secret::from_file(&path) {
-                Ok(token) if token.expose().len() < MIN_ADMIN_TOKEN => {
-                    problems.push(problem(format!(
-                        "the token is shorter than {MIN_ADMIN_TOKEN} bytes: write a long random one (openssl rand -hex 32)"
-                    )));
-                    None
-                }
-                Ok(token) if !token.expose().iter().all(u8::is_ascii_graphic) => {
-                    problems.push(problem(
-                        "the token must be visible ASCII without spaces (it travels in an HTTP header)"
-                            .to_owned(),
-                    ));
-                    None
-                }
-                Ok(token) => Some(AdminToken { file: path, token }),
-                Err(e) => {
-                    problems.push(problem(e.to_string()));
-                    None
-                }
-            }
-        }
-    };
+/// `listen.addr` (a placeholder when it is not an address).
+fn listen_addr(g: &mut GatewayCtx<'_>, addr: &Spanned<String>) -> SocketAddr {
+    parse_addr("listen.addr", addr)
+        .map_err(|e| g.error(addr.span(), e))
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
 
+/// `[admin]`: the listener, and the API's token when `token_file` is set.
+fn admin(g: &mut GatewayCtx<'_>, raw: Option<&AdminFile>) -> (Option<Admin>, Option<AdminToken>) {
+    let Some(a) = raw else {
+        return (None, None);
+    };
+    g.positive(
+        "admin.max_connections",
+        *a.max_connections.get_ref() == 0,
+        a.max_connections.span(),
+    );
+    let admin = parse_addr("admin.addr", &a.addr)
+        .map_err(|e| g.error(a.addr.span(), e))
+        .ok()
+        .map(|addr| Admin {
+            addr,
+            max_connections: usize::try_from(*a.max_connections.get_ref()).unwrap_or(usize::MAX),
+        });
+    let token = a.token_file.as_ref().and_then(|f| admin_token(g, f));
+    (admin, token)
+}
+
+/// `admin.token_file`: long enough, and visible ASCII (it travels in a
+/// header).
+fn admin_token(g: &mut GatewayCtx<'_>, f: &Spanned<String>) -> Option<AdminToken> {
+    let path = g.resolve(f.get_ref());
+    let reason = match crate::secret::Secret::from_file(&path) {
+        Ok(token) if token.expose().len() < MIN_ADMIN_TOKEN => format!(
+            "the token is shorter than {MIN_ADMIN_TOKEN} bytes: write a long random one (openssl rand -hex 32)"
+        ),
+        Ok(token) if !token.expose().iter().all(u8::is_ascii_graphic) => {
+            "the token must be visible ASCII without spaces (it travels in an HTTP header)"
+                .to_owned()
+        }
+        Ok(token) => return Some(AdminToken { file: path, token }),
+        Err(e) => e.to_string(),
+    };
+    g.error(
+        f.span(),
+        ConfigError::AdminToken {
+            file: f.get_ref().clone(),
+            reason,
+        },
+    );
+    None
+}
+
+/// `trusted_proxies`: CIDRs, with a warning for one that trusts nearly
+/// everybody.
+fn trusted_proxies(g: &mut GatewayCtx<'_>, raw: &[Spanned<String>]) -> Arc<[IpNet]> {
     let mut trusted = Vec::new();
-    for entry in &raw.trusted_proxies {
+    for entry in raw {
         match parse_net(entry.get_ref()) {
             Ok(net) => {
                 if let Some(why) = crate::allow::too_wide(&net) {
-                    warnings.push(format!(
-                        "{}:{}: warning: trusted_proxies entry {why}: any such peer can claim any source address in X-Forwarded-For and pass every allow list; list only your own proxies",
-                        file.display(),
-                        line_of(&src, entry.span().start)
-                    ));
+                    g.warn(
+                        entry.span(),
+                        format!(
+                            "trusted_proxies entry {why}: any such peer can claim any source address in X-Forwarded-For and pass every allow list; list only your own proxies"
+                        ),
+                    );
                 }
                 trusted.push(net)
             }
-            Err(reason) => problems.push(at(
-                line(entry.span()),
+            Err(reason) => g.error(
+                entry.span(),
                 ConfigError::TrustedProxy {
                     value: entry.get_ref().clone(),
                     reason,
                 },
-            )),
+            ),
         }
     }
+    trusted.into()
+}
 
-    let tls = match (&raw.listen.tls_cert, &raw.listen.tls_key) {
-        (None, None) => None,
+/// `listen.tls_cert` and `listen.tls_key`: both or neither; the server
+/// configuration built from them, and the certificate's lifetime judged.
+fn tls(g: &mut GatewayCtx<'_>, listen: &ListenFile) -> Option<Tls> {
+    let (c, k) = match (&listen.tls_cert, &listen.tls_key) {
+        (None, None) => return None,
         (Some(c), None) => {
-            problems.push(at(
-                line(c.span()),
+            g.error(
+                c.span(),
                 ConfigError::TlsHalf {
                     set: "tls_cert",
                     missing: "tls_key",
                 },
-            ));
-            None
+            );
+            return None;
         }
         (None, Some(k)) => {
-            problems.push(at(
-                line(k.span()),
+            g.error(
+                k.span(),
                 ConfigError::TlsHalf {
                     set: "tls_key",
                     missing: "tls_cert",
                 },
-            ));
-            None
+            );
+            return None;
         }
-        (Some(c), Some(k)) => {
-            let cert = resolve(&dir, c.get_ref());
-            let key = resolve(&dir, k.get_ref());
-            match server_tls(&cert, &key) {
-                Ok((server, leaf)) => {
-                    let now = crate::clock::unix_now();
-                    match crate::expiry::lifetime(leaf.not_after, now) {
-                        crate::expiry::Lifetime::Valid => {}
-                        crate::expiry::Lifetime::Expiring { days } => warnings.push(format!(
-                            "{}:{}: warning: listen.tls_cert `{}`: certificate `{}` expires on {}, {}; renew it before then",
-                            file.display(),
-                            line_of(&src, c.span().start),
-                            c.get_ref(),
-                            leaf.subject,
-                            crate::expiry::utc(leaf.not_after),
-                            crate::expiry::days_left(days)
-                        )),
-                        crate::expiry::Lifetime::Expired => problems.push(at(
-                            line(c.span()),
-                            ConfigError::TlsExpired {
-                                file: c.get_ref().clone(),
-                                subject: leaf.subject.clone(),
-                                at: crate::expiry::utc(leaf.not_after),
-                            },
-                        )),
-                    }
-                    Some(Tls {
-                        cert,
-                        key,
-                        server,
-                        not_after: leaf.not_after,
-                    })
-                }
-                Err((field, reason)) => {
-                    let (span, value) = if field == "tls_cert" {
-                        (c.span(), c.get_ref())
-                    } else {
-                        (k.span(), k.get_ref())
-                    };
-                    problems.push(at(
-                        line(span),
-                        ConfigError::Tls {
-                            field,
-                            file: value.clone(),
-                            reason,
-                        },
-                    ));
-                    None
-                }
-            }
+        (Some(c), Some(k)) => (c, k),
+    };
+    let cert = g.resolve(c.get_ref());
+    let key = g.resolve(k.get_ref());
+    let (server, leaf) = match server_tls(&cert, &key) {
+        Ok(built) => built,
+        Err((field, reason)) => {
+            let value = if field == "tls_cert" { c } else { k };
+            g.error(
+                value.span(),
+                ConfigError::Tls {
+                    field,
+                    file: value.get_ref().clone(),
+                    reason,
+                },
+            );
+            return None;
         }
     };
+    match crate::expiry::lifetime(leaf.not_after, crate::clock::unix_now()) {
+        crate::expiry::Lifetime::Valid => {}
+        crate::expiry::Lifetime::Expiring { days } => g.warn(
+            c.span(),
+            format!(
+                "listen.tls_cert `{}`: certificate `{}` expires on {}, {}; renew it before then",
+                c.get_ref(),
+                leaf.subject,
+                crate::expiry::utc(leaf.not_after),
+                crate::expiry::days_left(days)
+            ),
+        ),
+        crate::expiry::Lifetime::Expired => g.error(
+            c.span(),
+            ConfigError::TlsExpired {
+                file: c.get_ref().clone(),
+                subject: leaf.subject.clone(),
+                at: crate::expiry::utc(leaf.not_after),
+            },
+        ),
+    }
+    Some(Tls {
+        cert,
+        key,
+        server,
+        not_after: leaf.not_after,
+    })
+}
 
-    let rules_dir_raw = raw
-        .rules_dir
-        .clone()
-        .unwrap_or_else(|| Spanned::new(0..0, "rules".to_owned()));
-    let rules_dir = resolve(&dir, rules_dir_raw.get_ref());
-    if let Err(e) = std::fs::read_dir(&rules_dir) {
-        problems.push(at(
-            line(rules_dir_raw.span()),
+/// `rules_dir`: a directory that can be read (checked, never created).
+fn rules_dir(g: &mut GatewayCtx<'_>, raw: Option<&Spanned<String>>) -> PathBuf {
+    let default = Spanned::new(0..0, "rules".to_owned());
+    let raw = raw.unwrap_or(&default);
+    let dir = g.resolve(raw.get_ref());
+    if let Err(e) = std::fs::read_dir(&dir) {
+        g.error(
+            raw.span(),
             ConfigError::RulesDir {
-                dir: rules_dir_raw.get_ref().clone(),
+                dir: raw.get_ref().clone(),
                 reason: io_reason(&e),
             },
-        ));
+        );
     }
+    dir
+}
 
-    let store_value = raw.replay.store.get_ref();
+/// `[replay]`: the store (memory, or a Redis URL that parses), its CA
+/// bundle for `rediss://`, and the bounds.
+fn replay(g: &mut GatewayCtx<'_>, r: &ReplayFile) -> ReplayConfig {
+    let store_value = r.store.get_ref();
     let store = if store_value == "memory" {
-        Some(StoreKind::Memory)
+        StoreKind::Memory
     } else if store_value.starts_with("redis://") || store_value.starts_with("rediss://") {
         match redis::Client::open(store_value.as_str()) {
-            Ok(_) => Some(StoreKind::Redis(store_value.clone())),
+            Ok(_) => StoreKind::Redis(store_value.clone()),
             Err(e) => {
-                problems.push(at(
-                    line(raw.replay.store.span()),
+                g.error(
+                    r.store.span(),
                     ConfigError::StoreUrl {
                         value: crate::secret::redact_url(store_value),
                         reason: e.to_string(),
                     },
-                ));
-                None
+                );
+                StoreKind::Memory
             }
         }
     } else {
-        problems.push(at(
-            line(raw.replay.store.span()),
+        g.error(
+            r.store.span(),
             ConfigError::Store {
                 value: crate::secret::redact_url(store_value),
             },
-        ));
-        None
+        );
+        StoreKind::Memory
     };
-
-    let tls_ca = match &raw.replay.tls_ca {
-        None => None,
-        Some(ca) => {
-            let path = resolve(&dir, ca.get_ref());
-            let err = |reason: String| {
-                at(
-                    line(ca.span()),
-                    ConfigError::StoreCa {
-                        file: ca.get_ref().clone(),
-                        reason,
-                    },
-                )
-            };
-            match std::fs::read(&path) {
-                Ok(pem) if !store_value.starts_with("rediss://") => {
-                    let _ = pem;
-                    problems.push(err("only used with a rediss:// store".to_owned()));
-                    None
-                }
-                Ok(pem)
-                    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") =>
-                {
-                    problems.push(err(
-                        "no -----BEGIN CERTIFICATE----- block in the file".to_owned()
-                    ));
-                    None
-                }
-                Ok(pem) => Some(pem),
-                Err(e) => {
-                    problems.push(err(format!("cannot read: {}", io_reason(&e))));
-                    None
-                }
-            }
-        }
-    };
-
-    let j = &raw.journal;
-    let journal = if j.enabled {
-        let dir = resolve(&dir, j.dir.get_ref());
-        // Checked, never created here: `check` writes nothing, and `run`
-        // creates the directory when it opens the journal.
-        if let Some(reason) = unusable_dir(&dir) {
-            problems.push(at(
-                line(j.dir.span()),
-                ConfigError::JournalDir {
-                    dir: j.dir.get_ref().clone(),
-                    reason,
-                },
-            ));
-        }
-        Some(crate::journal::JournalConfig {
-            dir,
-            fsync: j.fsync,
-            max_file_bytes: *j.max_file_bytes.get_ref(),
-            max_files: usize::try_from(*j.max_files.get_ref()).unwrap_or(usize::MAX),
-            max_file_age: j.max_file_age.get_ref().0,
-        })
-    } else {
-        None
-    };
-
-    let mut positive = |field: &'static str, zero: bool, span: std::ops::Range<usize>| {
-        if zero {
-            problems.push(at(line(span), ConfigError::Zero { field }));
-        }
-    };
-    let r = &raw.replay;
-    let l = &raw.limits;
-    positive("replay.ttl", r.ttl.get_ref().0.is_zero(), r.ttl.span());
-    positive(
+    let tls_ca = r
+        .tls_ca
+        .as_ref()
+        .and_then(|ca| store_ca(g, ca, store_value));
+    g.positive("replay.ttl", r.ttl.get_ref().0.is_zero(), r.ttl.span());
+    g.positive(
         "replay.max_entries",
         *r.max_entries.get_ref() == 0,
         r.max_entries.span(),
     );
-    positive(
-        "limits.max_connections",
-        *l.max_connections.get_ref() == 0,
-        l.max_connections.span(),
+    ReplayConfig {
+        store,
+        ttl: r.ttl.get_ref().0,
+        max_entries: *r.max_entries.get_ref(),
+        timeout: r.timeout.get_ref().0,
+        tls_ca,
+    }
+}
+
+/// `replay.tls_ca`: a PEM bundle, only with a `rediss://` store.
+fn store_ca(g: &mut GatewayCtx<'_>, ca: &Spanned<String>, store: &str) -> Option<Vec<u8>> {
+    let reason = match std::fs::read(g.resolve(ca.get_ref())) {
+        Ok(_) if !store.starts_with("rediss://") => "only used with a rediss:// store".to_owned(),
+        Ok(pem) if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") => {
+            "no -----BEGIN CERTIFICATE----- block in the file".to_owned()
+        }
+        Ok(pem) => return Some(pem),
+        Err(e) => format!("cannot read: {}", io_reason(&e)),
+    };
+    g.error(
+        ca.span(),
+        ConfigError::StoreCa {
+            file: ca.get_ref().clone(),
+            reason,
+        },
     );
-    positive(
-        "limits.max_connections_per_source",
-        *l.max_connections_per_source.get_ref() == 0,
-        l.max_connections_per_source.span(),
-    );
+    None
+}
+
+/// `[journal]`: its directory is checked, never created here (`check`
+/// writes nothing; `run` creates it when it opens the journal).
+fn journal(g: &mut GatewayCtx<'_>, j: &JournalFile) -> Option<crate::journal::JournalConfig> {
+    if !j.enabled {
+        return None;
+    }
+    let dir = g.resolve(j.dir.get_ref());
+    if let Some(reason) = unusable_dir(&dir) {
+        g.error(
+            j.dir.span(),
+            ConfigError::JournalDir {
+                dir: j.dir.get_ref().clone(),
+                reason,
+            },
+        );
+    }
+    Some(crate::journal::JournalConfig {
+        dir,
+        fsync: j.fsync,
+        max_file_bytes: *j.max_file_bytes.get_ref(),
+        max_files: usize::try_from(*j.max_files.get_ref()).unwrap_or(usize::MAX),
+        max_file_age: j.max_file_age.get_ref().0,
+    })
+}
+
+/// `[limits]`: every bound positive, and the unlisted share within the
+/// total.
+fn limits(g: &mut GatewayCtx<'_>, l: &LimitsFile) -> Limits {
+    let count = |n: &Spanned<u64>| usize::try_from(*n.get_ref()).unwrap_or(usize::MAX);
+    for (field, n) in [
+        ("limits.max_connections", &l.max_connections),
+        (
+            "limits.max_connections_per_source",
+            &l.max_connections_per_source,
+        ),
+    ] {
+        g.positive(field, *n.get_ref() == 0, n.span());
+    }
     if let Some(u) = &l.max_connections_unlisted {
-        positive(
+        g.positive(
             "limits.max_connections_unlisted",
             *u.get_ref() == 0,
             u.span(),
         );
     }
-    positive(
+    g.positive(
         "limits.max_body_bytes",
         *l.max_body_bytes.get_ref() == 0,
         l.max_body_bytes.span(),
@@ -848,60 +878,37 @@ fn compile_gateway(
         ("limits.drain_timeout", &l.drain_timeout),
         ("limits.write_timeout", &l.write_timeout),
     ] {
-        positive(field, d.get_ref().0.is_zero(), d.span());
+        g.positive(field, d.get_ref().0.is_zero(), d.span());
     }
-
-    let max_connections = usize::try_from(*l.max_connections.get_ref()).unwrap_or(usize::MAX);
+    let max_connections = count(&l.max_connections);
     let max_connections_unlisted = match &l.max_connections_unlisted {
         None => (max_connections / 2).max(1),
         Some(u) => {
-            let n = usize::try_from(*u.get_ref()).unwrap_or(usize::MAX);
+            let n = count(u);
             if n > max_connections {
-                problems.push(at(
-                    line(u.span()),
+                g.error(
+                    u.span(),
                     ConfigError::UnlistedAboveTotal {
                         unlisted: *u.get_ref(),
                         total: *l.max_connections.get_ref(),
                     },
-                ));
+                );
             }
             n
         }
     };
-
-    // Problems above are reported, but the rule files are still checked:
-    // placeholders stand in for the values that failed.
-    Some(Config {
-        file: file.to_path_buf(),
-        rules_dir,
-        listen: listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
-        tls,
-        admin,
-        admin_token,
-        replay: ReplayConfig {
-            store: store.unwrap_or(StoreKind::Memory),
-            ttl: r.ttl.get_ref().0,
-            max_entries: *r.max_entries.get_ref(),
-            timeout: r.timeout.get_ref().0,
-            tls_ca,
-        },
-        journal,
-        watch: raw.reload.watch,
-        limits: Limits {
-            max_body_bytes: *l.max_body_bytes.get_ref(),
-            header_timeout: l.header_timeout.get_ref().0,
-            upstream_timeout: l.upstream_timeout.get_ref().0,
-            body_timeout: l.body_timeout.get_ref().0,
-            tls_handshake_timeout: l.tls_handshake_timeout.get_ref().0,
-            drain_timeout: l.drain_timeout.get_ref().0,
-            max_connections,
-            max_connections_per_source: usize::try_from(*l.max_connections_per_source.get_ref())
-                .unwrap_or(usize::MAX),
-            max_connections_unlisted,
-            write_timeout: l.write_timeout.get_ref().0,
-        },
-        trusted_proxies: trusted.into(),
-    })
+    Limits {
+        max_body_bytes: *l.max_body_bytes.get_ref(),
+        header_timeout: l.header_timeout.get_ref().0,
+        upstream_timeout: l.upstream_timeout.get_ref().0,
+        body_timeout: l.body_timeout.get_ref().0,
+        tls_handshake_timeout: l.tls_handshake_timeout.get_ref().0,
+        drain_timeout: l.drain_timeout.get_ref().0,
+        max_connections,
+        max_connections_per_source: count(&l.max_connections_per_source),
+        max_connections_unlisted,
+        write_timeout: l.write_timeout.get_ref().0,
+    }
 }
 
 fn parse_addr(field: &'static str, value: &Spanned<String>) -> Result<SocketAddr, ConfigError> {

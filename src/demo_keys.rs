@@ -11,6 +11,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::load::{Located, Warning};
+
 /// `certs/dev/` file name and SHA-256 (hex) of its content, one trailing
 /// newline removed (as secret files are read).
 const DEMO_KEYS: &[(&str, &str)] = &[
@@ -111,14 +113,17 @@ pub fn demo_key_of(bytes: &[u8]) -> Option<&'static str> {
 /// A warning, `PATH: warning: ...`, for every file of `files` that is one of
 /// the demo keys. Directories and unreadable files are skipped (the loader
 /// reports those that matter).
-pub fn warnings(files: &[PathBuf]) -> Vec<String> {
+pub fn warnings(files: &[PathBuf]) -> Vec<Located<Warning>> {
     let mut out = Vec::new();
     for path in files {
         if let Some(name) = read_small(path).as_deref().and_then(demo_key_of) {
-            out.push(format!(
-                "{}: warning: a public demo key (a copy of certs/dev/{name}): anyone can read it in the repository and sign with it; use your own key or secret (README, per platform)",
-                path.display()
-            ));
+            out.push(Located {
+                file: path.clone(),
+                line: None,
+                error: Warning(format!(
+                    "a public demo key (a copy of certs/dev/{name}): anyone can read it in the repository and sign with it; use your own key or secret (README, per platform)"
+                )),
+            });
         }
     }
     out

@@ -1,6 +1,6 @@
 //! `callgate check --dump`: the configuration callgate would run with,
 //! printed after a successful check (like `nginx -T`). Built from the
-//! compiled [`Loaded`], not the files: defaults are filled in, relative
+//! compiled [`Setup`], not the files: defaults are filled in, relative
 //! paths resolved, `@` IP sets expanded, and each route says where it is
 //! defined. Secrets never appear: key and secret files are not read here,
 //! and the password of a `redis://` or upstream URL is replaced by `***`.
@@ -8,14 +8,14 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::config::{Loaded, StoreKind};
+use crate::config::{Setup, StoreKind};
 use crate::journal::Fsync;
 use crate::rules::{AllowMode, OnStoreError};
 use crate::secret::redact_url;
 
 /// The whole dump, TOML-shaped (comments say what is not a key).
-pub fn render(loaded: &Loaded) -> String {
-    let c = &loaded.config;
+pub fn render(setup: &Setup) -> String {
+    let c = &setup.config;
     let mut o = String::new();
     let w = &mut o;
     let _ = writeln!(
@@ -102,7 +102,7 @@ pub fn render(loaded: &Loaded) -> String {
     );
     let _ = writeln!(w, "write_timeout = {}", dur(l.write_timeout));
 
-    let mut routes: Vec<_> = loaded.rules.routes().collect();
+    let mut routes: Vec<_> = setup.snapshot.routes.iter().collect();
     routes.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     if routes.is_empty() {
         let _ = writeln!(w, "\n# no routes: every notification is answered 404");

@@ -21,7 +21,7 @@
 
 use std::ops::Range;
 
-use crate::rules::{FileCtx, RuleError};
+use crate::load::{FileCtx, RuleError};
 
 /// How long before its notAfter a certificate starts being warned about.
 pub const WARN_WITHIN_SECS: i64 = 30 * 24 * 3600;

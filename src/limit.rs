@@ -37,7 +37,7 @@ use moka::sync::Cache;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::rules::{FileCtx, Route, RuleError};
+use crate::load::{FileCtx, RuleError};
 
 /// Bound on remembered source addresses per route.
 pub const MAX_BUCKETS: u64 = 100_000;
@@ -176,8 +176,8 @@ pub fn source_key(ip: IpAddr) -> IpAddr {
 
 /// The pipeline's step: a token for `client` on `route`, when the route has
 /// a limit.
-pub fn check(route: &Route, client: IpAddr) -> Result<(), Limited> {
-    match &route.rate_limit {
+pub fn check(limit: Option<&RateLimit>, client: IpAddr) -> Result<(), Limited> {
+    match limit {
         Some(limit) => limit.take(client, Instant::now()),
         None => Ok(()),
     }

@@ -139,7 +139,7 @@ fn main() -> ExitCode {
                 if dump {
                     print!("{}", callgate::dump::render(&loaded));
                 }
-                println!("ok: {} routes", loaded.rules.len());
+                println!("ok: {} routes", loaded.snapshot.routes.len());
                 ExitCode::SUCCESS
             }
             Err(errors) => {
@@ -280,7 +280,7 @@ fn list(dir: &std::path::Path, filter: &JournalFilter, json: bool) -> ExitCode {
 /// configured; with Redis (shared by every process) it may also run here.
 /// With the memory store it refuses to run anywhere but in the gateway.
 fn redeliver(
-    loaded: &callgate::config::Loaded,
+    loaded: &callgate::config::Setup,
     dir: &std::path::Path,
     selection: &callgate::redeliver::Selection,
 ) -> ExitCode {
@@ -326,7 +326,7 @@ fn redeliver(
         }
         let state = match callgate::server::build_state(
             config,
-            loaded.rules.clone(),
+            loaded.snapshot.clone(),
             callgate::forward::default_client(),
             "redeliver",
         ) {

@@ -17,7 +17,7 @@ use prometheus::{
 };
 
 use crate::ack::Outcome;
-use crate::rules::RuleSet;
+use crate::config::Snapshot;
 
 /// Every `callgate_*` family.
 #[derive(Clone)]
@@ -306,11 +306,11 @@ impl Metrics {
 
     /// Creates every route × outcome series at zero, so dashboards and
     /// alerts see them before the first notification.
-    pub fn rules_loaded(&self, rules: &RuleSet, now: i64) {
-        self.loaded_routes.set(rules.len() as i64);
+    pub fn rules_loaded(&self, snapshot: &Snapshot, now: i64) {
+        self.loaded_routes.set(snapshot.routes.len() as i64);
         self.last_reload.set(now);
         self.last_reload_ok.set(1);
-        for route in rules.routes() {
+        for route in snapshot.routes.iter() {
             for outcome in Outcome::ALL {
                 self.requests.with_label_values(&[
                     &route.name,
@@ -326,21 +326,21 @@ impl Metrics {
             self.store_full.with_label_values(&[&route.name]);
             self.repeat_deliveries.with_label_values(&[&route.name]);
         }
-        self.keys_loaded(rules);
+        self.keys_loaded(snapshot);
     }
 
     /// Sets `callgate_key_expiry_timestamp_seconds` to exactly the keys of
-    /// `rules` (series of keys no longer configured disappear).
-    fn keys_loaded(&self, rules: &RuleSet) {
+    /// `snapshot` (series of keys no longer configured disappear).
+    fn keys_loaded(&self, snapshot: &Snapshot) {
         self.key_expiry.reset();
-        for route in rules.routes() {
+        for route in snapshot.routes.iter() {
             for (key, not_after) in route.certificates() {
                 self.key_expiry
                     .with_label_values(&[&*route.name, &key])
                     .set(not_after);
             }
         }
-        if let Some(not_after) = rules.tls_not_after {
+        if let Some(not_after) = snapshot.tls_not_after {
             self.key_expiry
                 .with_label_values(&["-", "tls_cert"])
                 .set(not_after);

@@ -27,19 +27,21 @@ use http::{Method, Request, Response};
 use http_body_util::Full;
 
 use crate::ack::{self, Outcome};
+use crate::config::Snapshot;
 use crate::forward::{self, Delivery, ForwardMode, HttpClient};
 use crate::journal::{self, Journal, OutcomeRecord, Record};
 use crate::metrics::Metrics;
 use crate::provider::Verified;
 use crate::replay::{self, Backlog, ClaimGuard, Claimed, Confirmed, Key, ReplayStore, StoreError};
-use crate::rules::{AllowMode, Merchant, OnStoreError, Route, RuleSet};
+use crate::rules::{AllowMode, Merchant, OnStoreError, Route};
 use crate::{allow, body, limit, normalize, provider};
 
 /// Everything a request needs, shared by all connections. Built in `main`
 /// (or a test), passed explicitly: no globals.
 pub struct State {
-    /// The live rule set; a request loads it once and keeps that snapshot.
-    pub rules: ArcSwap<RuleSet>,
+    /// The live configuration; a request loads it once and works with that
+    /// snapshot to its end.
+    pub snapshot: ArcSwap<Snapshot>,
     pub store: ReplayStore,
     /// Shared upstream client (routes with `upstream_ca` have their own).
     pub client: HttpClient,
@@ -61,18 +63,18 @@ pub struct State {
 
 impl State {
     pub fn new(
-        rules: RuleSet,
+        snapshot: Snapshot,
         store: ReplayStore,
         client: HttpClient,
         metrics: Metrics,
         replay_ttl: Duration,
         journal: Option<Journal>,
     ) -> State {
-        metrics.rules_loaded(&rules, crate::clock::unix_now());
-        store.set_quotas(&rules);
+        metrics.rules_loaded(&snapshot, crate::clock::unix_now());
+        store.set_quotas(&snapshot.routes.quotas());
         let tasks = Tasks::new(metrics.requests_in_flight().clone());
         State {
-            rules: ArcSwap::from_pointee(rules),
+            snapshot: ArcSwap::from_pointee(snapshot),
             store,
             client,
             metrics,
@@ -203,7 +205,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = Instant::now();
-    let rules = state.rules.load_full();
+    let snapshot = state.snapshot.load_full();
     let mut ctx = Ctx {
         request_id: journal::new_rid(),
         method: req.method().clone(),
@@ -217,7 +219,7 @@ where
         dry_run: None,
         merchant: None,
     };
-    let outcome = match flow(&state, &rules, &mut ctx, req).await {
+    let outcome = match flow(&state, &snapshot, &mut ctx, req).await {
         Ok(o) | Err(o) => o,
     };
     let response = ack::respond(outcome, ctx.route.as_ref().map(|r| r.kind()));
@@ -227,7 +229,7 @@ where
 
 async fn flow<B>(
     state: &State,
-    rules: &RuleSet,
+    snapshot: &Snapshot,
     ctx: &mut Ctx,
     req: Request<B>,
 ) -> Result<Outcome, Outcome>
@@ -235,8 +237,9 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let route = rules
-        .route(req.uri().path())
+    let route = snapshot
+        .routes
+        .get(req.uri().path())
         .cloned()
         .ok_or(Outcome::NotFound)?;
     ctx.route = Some(route.clone());
@@ -248,7 +251,7 @@ where
         ));
     }
 
-    let client = match allow::client_ip(ctx.peer, req.headers(), &rules.trusted_proxies)
+    let client = match allow::client_ip(ctx.peer, req.headers(), &snapshot.trusted_proxies)
         .and_then(|ip| route.allow.check(ip).map(|()| ip))
     {
         Ok(ip) => ip,
@@ -271,10 +274,10 @@ where
         }
     };
     ctx.client = Some(client);
-    limit::check(&route, client)
+    limit::check(route.rate_limit.as_ref(), client)
         .map_err(|e| ctx.reject(Outcome::RateLimited, "rate_limited", e))?;
 
-    let limits = rules.limits;
+    let limits = snapshot.limits;
     let (parts, incoming) = req.into_parts();
     let bytes = body::read(
         &parts.headers,
@@ -337,7 +340,7 @@ where
     }
 
     let key = Key::event(&route.name, &verified);
-    let life = claim_life(&limits);
+    let life = limits.claim_life();
     let mut guard = match ClaimGuard::claim(&state.store, &key, life).await {
         Ok(Claimed::New(guard)) => Some(guard),
         Ok(Claimed::InFlight) => {
@@ -429,13 +432,6 @@ where
     result
         .map(|()| Outcome::Forwarded)
         .map_err(|e| ctx.reject(e.outcome(), e.label(), e))
-}
-
-/// How long an in-flight claim lives: the forward (bounded by
-/// `upstream_timeout`) and a margin. The flow renews it right before the
-/// forward, so the steps before may take as long as they take.
-pub fn claim_life(limits: &crate::config::Limits) -> Duration {
-    limits.upstream_timeout + Duration::from_secs(30)
 }
 
 /// Why a claim could not be held for the forward.
@@ -613,7 +609,7 @@ async fn release(state: &State, route: &Route, guard: Option<ClaimGuard>) {
         // Until released, the platform's retry is 409 (in flight); the
         // claim lapses by itself, but the store usually comes back sooner.
         tracing::error!(route = %route.name, error = %e, "could not release the claim; retrying in the background");
-        let lapses = claim_life(&state.rules.load().limits);
+        let lapses = state.snapshot.load().limits.claim_life();
         settle_in_background(state, route, Settle::Release, lapses, guard);
     }
 }
@@ -801,10 +797,10 @@ pub enum RedeliverError {
 /// event already delivered is not sent twice.
 pub async fn redeliver(state: &State, rec: &journal::Received) -> Result<Outcome, RedeliverError> {
     use base64::Engine as _;
-    let rules = state.rules.load_full();
-    let route = rules
-        .routes()
-        .find(|r| *r.name == *rec.route)
+    let snapshot = state.snapshot.load_full();
+    let route = snapshot
+        .routes
+        .named(&rec.route)
         .cloned()
         .ok_or_else(|| RedeliverError::NoRoute(rec.route.clone()))?;
     let mut headers = http::HeaderMap::new();
@@ -838,7 +834,7 @@ pub async fn redeliver(state: &State, rec: &journal::Received) -> Result<Outcome
         ));
     }
     let key = Key::event(&route.name, &verified);
-    let life = claim_life(&rules.limits);
+    let life = snapshot.limits.claim_life();
     let guard = match ClaimGuard::claim(&state.store, &key, life).await {
         Ok(Claimed::New(g)) => Some(g),
         Ok(Claimed::InFlight) => return Ok(Outcome::InFlight),

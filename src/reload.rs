@@ -24,7 +24,8 @@ use arc_swap::ArcSwap;
 use notify::Watcher as _;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{self, Config, LoadErrors, Loaded};
+use crate::config::{self, Config, Setup};
+use crate::load::LoadErrors;
 use crate::pipeline::State;
 
 /// Why a reload was refused; the running configuration stays.
@@ -101,20 +102,20 @@ impl Live {
             }
         };
         match result {
-            Ok(Loaded {
+            Ok(Setup {
                 config,
-                rules,
+                snapshot,
                 warnings,
                 files,
             }) => {
                 for w in &warnings {
                     tracing::warn!(warning = %w, "configuration");
                 }
-                let n = rules.len();
+                let n = snapshot.routes.len();
                 let metrics = &self.state.metrics;
-                metrics.rules_loaded(&rules, crate::clock::unix_now());
-                self.state.store.set_quotas(&rules);
-                self.state.rules.store(Arc::new(rules));
+                metrics.rules_loaded(&snapshot, crate::clock::unix_now());
+                self.state.store.set_quotas(&snapshot.routes.quotas());
+                self.state.snapshot.store(Arc::new(snapshot));
                 if let (Some(live), Some(new)) = (&self.tls, &config.tls) {
                     live.store(new.server.clone());
                 }

@@ -400,11 +400,12 @@ impl ReplayStore {
         }
     }
 
-    /// Sets the per-route quotas of the memory store from a rule set
-    /// (Redis is bounded by its own `maxmemory`).
-    pub fn set_quotas(&self, rules: &crate::rules::RuleSet) {
+    /// Sets the per-route quotas of the memory store from the routes' own
+    /// `replay_quota`s, `(route, quota)` (Redis is bounded by its own
+    /// `maxmemory`).
+    pub fn set_quotas(&self, quotas: &[(Arc<str>, Option<usize>)]) {
         if let ReplayStore::Memory(m) = self {
-            m.set_quotas(&route_quotas(rules, m.max_entries()));
+            m.set_quotas(&route_quotas(quotas, m.max_entries()));
         }
     }
 
@@ -430,16 +431,19 @@ impl ReplayStore {
 /// `max_entries` (at least 1). The quotas never add up to more than
 /// `max_entries`, so a route under its quota always finds room once lapsed
 /// slots are swept (`callgate check` refuses quotas that add up to more).
-pub fn route_quotas(rules: &crate::rules::RuleSet, max_entries: usize) -> Vec<(Arc<str>, usize)> {
-    let fixed: usize = rules
-        .routes()
-        .filter_map(|r| r.replay_quota)
+pub fn route_quotas(
+    quotas: &[(Arc<str>, Option<usize>)],
+    max_entries: usize,
+) -> Vec<(Arc<str>, usize)> {
+    let fixed: usize = quotas
+        .iter()
+        .filter_map(|(_, q)| *q)
         .fold(0usize, usize::saturating_add);
-    let shared = rules.routes().filter(|r| r.replay_quota.is_none()).count();
+    let shared = quotas.iter().filter(|(_, q)| q.is_none()).count();
     let share = (max_entries.saturating_sub(fixed) / shared.max(1)).max(1);
-    rules
-        .routes()
-        .map(|r| (r.name.clone(), r.replay_quota.unwrap_or(share)))
+    quotas
+        .iter()
+        .map(|(name, q)| (name.clone(), q.unwrap_or(share)))
         .collect()
 }
 

@@ -5,9 +5,9 @@
 //! keys, durations.
 //!
 //! Each route is deserialised on its own, so one bad route does not hide the
-//! problems of the next; every problem keeps its file and line. The compiled
-//! routes form a [`RuleSet`], the immutable snapshot that `server` swaps in
-//! whole on reload.
+//! problems of the next; every problem keeps its file and line (recorded in
+//! the load's `load::Loader`). The compiled [`Routes`] go into the
+//! `config::Snapshot` a request works with, swapped in whole on reload.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -18,113 +18,13 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
-use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::de::{DeTable, DeValue};
 
-use crate::allow::AllowList;
-use crate::allow::parse_net;
-use crate::config::{Config, Limits, Problem};
+use crate::allow::{AllowList, parse_net};
 use crate::forward::{ForwardHeaders, ForwardMode, Upstream, UpstreamError};
-use crate::load::{Dur, Located, line_of, resolve};
+use crate::load::{Dur, FileCtx, Loader, Located, RuleError, io_reason, line_of};
 use crate::provider::{Claimed, Provider, ProviderKind, Verified, VerifyError};
-use crate::secret::{Secret, SecretFileError};
-
-/// What is wrong in a rule file.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RuleError {
-    #[error("cannot read the rule file: {reason}")]
-    Read { reason: String },
-    #[error("{message}")]
-    Syntax { message: String },
-    #[error("unknown top-level key `{key}`: a rule file holds only [[route]] tables")]
-    TopLevel { key: String },
-    #[error("`route` must be an array of tables, written [[route]]")]
-    RouteShape,
-    #[error(
-        "route name `{name}` is used twice (first at {first}); names label metrics and namespace replay state, so they must be unique"
-    )]
-    DuplicateName { name: String, first: String },
-    #[error("route name `{name}` must be 1-64 characters of letters, digits, `.`, `_` or `-`")]
-    BadName { name: String },
-    #[error("path `{path}` is already routed by route `{other}` at {first}")]
-    DuplicatePath {
-        path: String,
-        other: String,
-        first: String,
-    },
-    #[error("path `{path}` must start with `/` and hold no query, fragment or spaces")]
-    BadPath { path: String },
-    #[error(
-        "allow entry `{value}` is not a CIDR like 110.75.0.0/16, an address, or @set: {reason}"
-    )]
-    Cidr { value: String, reason: String },
-    #[error("unknown IP set `{name}`: there is no ipsets/{set}.toml in the rules directory")]
-    UnknownIpSet { name: String, set: String },
-    #[error(
-        "IP set file name `{name}` must be letters, digits, `.`, `_` or `-` (it is how routes refer to it, as @name)"
-    )]
-    BadIpSetName { name: String },
-    #[error("cidrs entry `{value}` is not a CIDR or an address: {reason}")]
-    IpSetEntry { value: String, reason: String },
-    #[error("upstream `{value}`: {reason}")]
-    Upstream { value: String, reason: String },
-    #[error("upstream_secret_file `{file}`: {reason}")]
-    SecretFile {
-        file: String,
-        reason: SecretFileError,
-    },
-    #[error("upstream_ca `{file}`: {reason}")]
-    UpstreamCa { file: String, reason: String },
-    #[error("{field} must be greater than zero")]
-    Zero { field: &'static str },
-    #[error("success_body must not be empty; leave it out to accept any 2xx")]
-    EmptySuccessBody,
-    #[error("provider `{provider}` needs a [route.keys] table ({needs})")]
-    MissingKeys {
-        provider: &'static str,
-        needs: &'static str,
-    },
-    #[error("keys.{field} `{file}`: {reason}")]
-    KeyFile {
-        field: String,
-        file: String,
-        reason: String,
-    },
-    #[error("keys.{field}: {reason}")]
-    KeyValue { field: String, reason: String },
-    #[error("missing field `{field}`: {why}")]
-    MissingUpstream {
-        field: &'static str,
-        why: &'static str,
-    },
-    #[error("give either [route.keys] or [[route.merchant]] tables, not both")]
-    KeysAndMerchants,
-    #[error("merchant `{id}` is listed twice in this route (first at {first})")]
-    DuplicateMerchant { id: String, first: String },
-    #[error(
-        "replay.ttl {ttl} is shorter than this route's freshness window ({window}: max_age plus the {future} a signed time may lie in the future); a copy of a delivered event could then pass freshness after its delivery is forgotten: raise replay.ttl to at least {window}, or lower max_age"
-    )]
-    ReplayTtlTooShort {
-        ttl: String,
-        window: String,
-        future: String,
-    },
-    /// A key certificate past its notAfter (see `expiry`).
-    #[error("{what} expired on {at}; {advice}")]
-    CertificateExpired {
-        what: String,
-        at: String,
-        advice: &'static str,
-    },
-    #[error("rate_limit: {reason}")]
-    RateLimit { reason: String },
-    #[error(
-        "replay_quota: the routes' quotas add up to {total}, above replay.max_entries ({max}): \
-         lower them or raise replay.max_entries"
-    )]
-    QuotasOverMax { total: u64, max: u64 },
-    #[error("forward_headers: {reason}; list only headers the shop needs from the platform")]
-    ForwardHeader { reason: String },
-}
+use crate::secret::Secret;
 
 // === raw ===
 
@@ -354,109 +254,55 @@ impl Route {
     }
 }
 
-/// The immutable snapshot a request works with from start to end.
-#[derive(Debug, Clone)]
-pub struct RuleSet {
-    routes: HashMap<Box<str>, Arc<Route>>,
-    pub trusted_proxies: Arc<[IpNet]>,
-    pub limits: Limits,
-    /// notAfter of the TLS certificate loaded with this set, when TLS is on
-    /// (for `callgate_key_expiry_timestamp_seconds`).
-    pub tls_not_after: Option<i64>,
-}
+/// The compiled routes, by exact request path.
+#[derive(Debug, Clone, Default)]
+pub struct Routes(HashMap<Box<str>, Arc<Route>>);
 
-impl RuleSet {
-    pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
-        self.routes.get(path)
+impl Routes {
+    /// The route of a request path.
+    pub fn get(&self, path: &str) -> Option<&Arc<Route>> {
+        self.0.get(path)
+    }
+
+    /// The route called `name`.
+    pub fn named(&self, name: &str) -> Option<&Arc<Route>> {
+        self.0.values().find(|r| *r.name == *name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.0.values()
     }
 
     pub fn len(&self) -> usize {
-        self.routes.len()
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
+        self.0.is_empty()
     }
 
-    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.routes.values()
+    /// Each route's own `replay_quota`, when it sets one
+    /// (`replay::route_quotas`).
+    pub fn quotas(&self) -> Vec<(Arc<str>, Option<usize>)> {
+        self.iter()
+            .map(|r| (r.name.clone(), r.replay_quota))
+            .collect()
     }
+}
+
+/// The gateway file's settings that rule files are checked against or
+/// inherit.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// `replay.ttl`: a route's freshness window must fit in it.
+    pub replay_ttl: Duration,
+    /// `replay.max_entries`: the routes' quotas must fit in it.
+    pub replay_max_entries: u64,
+    /// `limits.upstream_timeout`: every upstream's.
+    pub upstream_timeout: Duration,
 }
 
 // === loading ===
-
-/// Where problems go while one file is compiled, with its text for line
-/// numbers.
-pub struct FileCtx<'a> {
-    pub file: &'a Path,
-    pub dir: &'a Path,
-    pub src: &'a str,
-    problems: &'a mut Vec<Problem>,
-    warnings: &'a mut Vec<String>,
-    /// Every file this load read or named, for the reload watcher.
-    files: &'a std::cell::RefCell<Vec<PathBuf>>,
-    failed: bool,
-}
-
-impl<'a> FileCtx<'a> {
-    /// Records a problem at a span of this file.
-    pub fn error(&mut self, span: Range<usize>, error: RuleError) {
-        self.failed = true;
-        self.problems.push(Problem::Rule(Located {
-            file: self.file.to_path_buf(),
-            line: Some(line_of(self.src, span.start)),
-            error,
-        }));
-    }
-
-    /// Records a warning: valid, but an operator should know.
-    pub fn warn(&mut self, span: Range<usize>, message: impl std::fmt::Display) {
-        self.warnings.push(format!(
-            "{}:{}: warning: {message}",
-            self.file.display(),
-            line_of(self.src, span.start)
-        ));
-    }
-
-    /// Records a serde/TOML error, converting its span to a line.
-    pub fn toml_error(&mut self, fallback: Range<usize>, e: &toml::de::Error) {
-        let span = e.span().unwrap_or(fallback);
-        self.error(
-            span,
-            RuleError::Syntax {
-                message: e.message().trim().to_owned(),
-            },
-        );
-    }
-
-    /// Deserialises a spanned TOML value, recording the error if it fails.
-    pub fn deserialize<T: for<'de> Deserialize<'de>>(
-        &mut self,
-        value: Spanned<DeValue<'_>>,
-    ) -> Option<T> {
-        let span = value.span();
-        match T::deserialize(ValueDeserializer::from(value)) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.toml_error(span, &e);
-                None
-            }
-        }
-    }
-
-    /// Resolves a path named in this file against the file's directory, and
-    /// remembers it: a change to it triggers a reload.
-    pub fn resolve(&self, p: &str) -> PathBuf {
-        let path = resolve(self.dir, p);
-        self.files.borrow_mut().push(path.clone());
-        path
-    }
-
-    /// `file:line` of a span, for messages that point back at a definition.
-    fn here(&self, span: Range<usize>) -> String {
-        format!("{}:{}", self.file.display(), line_of(self.src, span.start))
-    }
-}
 
 /// An IP set file (`<rules_dir>/ipsets/NAME.toml`): a named list of CIDRs
 /// that routes use in `allow` as `"@NAME"`. A comment should say where the
@@ -474,16 +320,10 @@ const ALLOW_ADVICE: &str = "anyone who learns the notify URL can reach the signa
 /// Named IP sets, by name.
 type IpSets = HashMap<String, Vec<IpNet>>;
 
-/// Loads `<rules_dir>/ipsets/*.toml` (absent directory: no sets).
-fn load_ipsets(
-    config: &Config,
-    problems: &mut Vec<Problem>,
-    warnings: &mut Vec<String>,
-    touched: &std::cell::RefCell<Vec<PathBuf>>,
-) -> IpSets {
-    let dir = config.rules_dir.join("ipsets");
-    touched.borrow_mut().push(dir.clone());
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+/// The `*.toml` files of `dir`, in name order (none when it cannot be
+/// read: the gateway file's check reports that).
+fn toml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
@@ -491,36 +331,41 @@ fn load_ipsets(
         })
         .unwrap_or_default();
     files.sort();
+    files
+}
+
+/// Reads a rule or IP set file, recording why when it cannot be read.
+fn read(file: &Path, loader: &mut Loader) -> Option<String> {
+    match std::fs::read_to_string(file) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            loader.problem(Located {
+                file: file.to_path_buf(),
+                line: None,
+                error: RuleError::Read {
+                    reason: io_reason(&e),
+                },
+            });
+            None
+        }
+    }
+}
+
+/// Loads `<rules_dir>/ipsets/*.toml` (absent directory: no sets).
+fn load_ipsets(rules_dir: &Path, loader: &mut Loader) -> IpSets {
+    let dir = rules_dir.join("ipsets");
+    loader.touch(dir.clone());
     let mut sets = IpSets::new();
-    for file in files {
-        let src = match std::fs::read_to_string(&file) {
-            Ok(s) => s,
-            Err(e) => {
-                problems.push(Problem::Rule(Located {
-                    file: file.clone(),
-                    line: None,
-                    error: RuleError::Read {
-                        reason: crate::load::io_reason(&e),
-                    },
-                }));
-                continue;
-            }
+    for file in toml_files(&dir) {
+        let Some(src) = read(&file, loader) else {
+            continue;
         };
         let name = file
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let dir = file.parent().unwrap_or(Path::new("")).to_path_buf();
-        touched.borrow_mut().push(file.clone());
-        let mut ctx = FileCtx {
-            file: &file,
-            dir: &dir,
-            src: &src,
-            problems,
-            warnings,
-            files: touched,
-            failed: false,
-        };
+        loader.touch(file.clone());
+        let mut ctx = loader.file(&file, &src);
         if name.is_empty()
             || !name
                 .bytes()
@@ -554,117 +399,65 @@ fn load_ipsets(
                 ),
             }
         }
-        if !ctx.failed {
+        if !ctx.failed() {
             sets.insert(name, nets);
         }
     }
     sets
 }
 
-/// Loads every `*.toml` in the configured rules directory, in name order.
-pub fn load_dir(
-    config: &Config,
-    problems: &mut Vec<Problem>,
-    warnings: &mut Vec<String>,
-    touched: &std::cell::RefCell<Vec<PathBuf>>,
-) -> RuleSet {
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(&config.rules_dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
-            .collect(),
-        Err(_) => Vec::new(), // reported by the gateway file's check
-    };
-    files.sort();
-
-    let mut routes: HashMap<Box<str>, Arc<Route>> = HashMap::new();
+/// Loads every `*.toml` in `rules_dir`, in name order, recording every
+/// problem in `loader`.
+pub fn load_dir(rules_dir: &Path, settings: &Settings, loader: &mut Loader) -> Routes {
+    let files = toml_files(rules_dir);
+    let mut routes = Routes::default();
     let mut seen = Seen {
-        ipsets: load_ipsets(config, problems, warnings, touched),
+        ipsets: load_ipsets(rules_dir, loader),
         ..Seen::default()
     };
     for file in &files {
-        touched.borrow_mut().push(file.clone());
-        load_file(
-            config,
-            file,
-            problems,
-            warnings,
-            touched,
-            &mut routes,
-            &mut seen,
-        );
+        loader.touch(file.clone());
+        load_file(settings, file, loader, &mut routes, &mut seen);
     }
-    check_quotas(config, &routes, problems);
-    RuleSet {
-        routes,
-        trusted_proxies: config.trusted_proxies.clone(),
-        limits: config.limits,
-        tls_not_after: config.tls.as_ref().map(|t| t.not_after),
-    }
+    check_quotas(settings, &routes, loader);
+    routes
 }
 
 /// The routes' own `replay_quota`s must fit in `replay.max_entries`, so
 /// that every route's share is there when it needs it. Reported at the
 /// last route that sets one.
-fn check_quotas(
-    config: &Config,
-    routes: &HashMap<Box<str>, Arc<Route>>,
-    problems: &mut Vec<Problem>,
-) {
-    let mut with_quota: Vec<&Arc<Route>> = routes
-        .values()
-        .filter(|r| r.replay_quota.is_some())
-        .collect();
+fn check_quotas(settings: &Settings, routes: &Routes, loader: &mut Loader) {
+    let mut with_quota: Vec<&Arc<Route>> =
+        routes.iter().filter(|r| r.replay_quota.is_some()).collect();
     with_quota.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     let total: u64 = with_quota
         .iter()
         .filter_map(|r| r.replay_quota)
         .map(|q| q as u64)
         .fold(0, u64::saturating_add);
-    let max = config.replay.max_entries;
+    let max = settings.replay_max_entries;
     if let Some(last) = with_quota.last()
         && total > max
     {
-        problems.push(Problem::Rule(Located {
+        loader.problem(Located {
             file: last.file.clone(),
             line: Some(last.line),
             error: RuleError::QuotasOverMax { total, max },
-        }));
+        });
     }
 }
 
 fn load_file(
-    config: &Config,
+    settings: &Settings,
     file: &Path,
-    problems: &mut Vec<Problem>,
-    warnings: &mut Vec<String>,
-    touched: &std::cell::RefCell<Vec<PathBuf>>,
-    routes: &mut HashMap<Box<str>, Arc<Route>>,
+    loader: &mut Loader,
+    routes: &mut Routes,
     seen: &mut Seen,
 ) {
-    let src = match std::fs::read_to_string(file) {
-        Ok(s) => s,
-        Err(e) => {
-            problems.push(Problem::Rule(Located {
-                file: file.to_path_buf(),
-                line: None,
-                error: RuleError::Read {
-                    reason: crate::load::io_reason(&e),
-                },
-            }));
-            return;
-        }
+    let Some(src) = read(file, loader) else {
+        return;
     };
-    let dir = file.parent().unwrap_or(Path::new("")).to_path_buf();
-    let mut ctx = FileCtx {
-        file,
-        dir: &dir,
-        src: &src,
-        problems,
-        warnings,
-        files: touched,
-        failed: false,
-    };
+    let mut ctx = loader.file(file, &src);
     let (doc, errors) = DeTable::parse_recoverable(&src);
     if !errors.is_empty() {
         for e in &errors {
@@ -688,8 +481,8 @@ fn load_file(
             continue;
         };
         for item in items {
-            if let Some(route) = compile_route(config, item, &mut ctx, seen) {
-                routes.insert(route.path.clone(), Arc::new(route));
+            if let Some(route) = compile_route(settings, item, &mut ctx, seen) {
+                routes.0.insert(route.path.clone(), Arc::new(route));
             }
         }
     }
@@ -705,12 +498,12 @@ struct Seen {
 }
 
 fn compile_route(
-    config: &Config,
+    settings: &Settings,
     item: Spanned<DeValue<'_>>,
     ctx: &mut FileCtx<'_>,
     seen: &mut Seen,
 ) -> Option<Route> {
-    ctx.failed = false;
+    ctx.start_table();
     let span = item.span();
     let DeValue::Table(mut table) = item.into_inner() else {
         ctx.error(span, RuleError::RouteShape);
@@ -802,12 +595,12 @@ fn compile_route(
     // A delivered event must be remembered for as long as a copy of it can
     // still pass freshness.
     let window = max_age + max_future;
-    if config.replay.ttl < window {
+    if settings.replay_ttl < window {
         let at = raw.max_age.as_ref().map_or(span.clone(), Spanned::span);
         ctx.error(
             at,
             RuleError::ReplayTtlTooShort {
-                ttl: humantime::format_duration(config.replay.ttl).to_string(),
+                ttl: humantime::format_duration(settings.replay_ttl).to_string(),
                 window: humantime::format_duration(window).to_string(),
                 future: humantime::format_duration(max_future).to_string(),
             },
@@ -875,20 +668,20 @@ fn compile_route(
                     needs: kind.keys_hint(),
                 },
             );
-            compile_upstream(config, ctx, &defaults, None, span.clone());
+            compile_upstream(settings, ctx, &defaults, None, span.clone());
             None
         }
         (Some(value), None) => {
             let provider = Provider::compile(kind, value, ctx);
-            let upstream = compile_upstream(config, ctx, &defaults, None, span.clone());
+            let upstream = compile_upstream(settings, ctx, &defaults, None, span.clone());
             provider
                 .zip(upstream)
                 .map(|(provider, upstream)| vec![Merchant { provider, upstream }])
         }
-        (None, Some(tables)) => compile_merchants(config, ctx, kind, &defaults, tables),
+        (None, Some(tables)) => compile_merchants(settings, ctx, kind, &defaults, tables),
     };
 
-    if ctx.failed {
+    if ctx.failed() {
         return None;
     }
     Some(Route {
@@ -923,7 +716,7 @@ struct UpstreamRaw<'a> {
 
 /// Compiles an upstream: a merchant's own settings over the route's.
 fn compile_upstream(
-    config: &Config,
+    settings: &Settings,
     ctx: &mut FileCtx<'_>,
     route: &UpstreamRaw<'_>,
     merchant: Option<&UpstreamRaw<'_>>,
@@ -952,7 +745,7 @@ fn compile_upstream(
                     file.span(),
                     RuleError::SecretFile {
                         file: file.get_ref().clone(),
-                        reason,
+                        reason: reason.to_string(),
                     },
                 );
                 None
@@ -999,7 +792,7 @@ fn compile_upstream(
         secret,
         ca_path.as_deref(),
         success_body,
-        config.limits.upstream_timeout,
+        settings.upstream_timeout,
     ) {
         Ok(u) => Some(u),
         Err(UpstreamError::Ca(reason)) => {
@@ -1023,7 +816,7 @@ fn compile_upstream(
 
 /// Compiles the `[[route.merchant]]` tables of a route.
 fn compile_merchants(
-    config: &Config,
+    settings: &Settings,
     ctx: &mut FileCtx<'_>,
     kind: ProviderKind,
     defaults: &UpstreamRaw<'_>,
@@ -1070,7 +863,7 @@ fn compile_merchants(
                 None
             }
         };
-        let upstream = compile_upstream(config, ctx, defaults, Some(&own), item_span.clone());
+        let upstream = compile_upstream(settings, ctx, defaults, Some(&own), item_span.clone());
         let (Some(provider), Some(upstream)) = (provider, upstream) else {
             ok = false;
             continue;

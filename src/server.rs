@@ -63,7 +63,7 @@ use tokio_rustls::TlsAcceptor;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{self, Config, Loaded};
+use crate::config::{self, Config, Setup, Snapshot};
 use crate::forward::HttpClient;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, State};
@@ -112,18 +112,18 @@ pub struct Gateway {
 }
 
 /// Binds the listeners and starts serving a loaded configuration.
-pub async fn start(loaded: Loaded) -> Result<Gateway, StartError> {
-    start_with_client(loaded, forward::default_client()).await
+pub async fn start(setup: Setup) -> Result<Gateway, StartError> {
+    start_with_client(setup, forward::default_client()).await
 }
 
 /// Like [`start`], with a given shared upstream client.
-pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gateway, StartError> {
-    let Loaded {
+pub async fn start_with_client(setup: Setup, client: HttpClient) -> Result<Gateway, StartError> {
+    let Setup {
         config,
-        rules,
+        snapshot,
         warnings,
         files,
-    } = loaded;
+    } = setup;
     for w in &warnings {
         tracing::warn!(warning = %w, "configuration");
     }
@@ -157,7 +157,7 @@ pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gat
         None => None,
     };
 
-    let state = build_state(&config, rules, client, "gateway")?;
+    let state = build_state(&config, snapshot, client, "gateway")?;
     check_store(&state).await?;
 
     let (stop_main, main_rx) = watch::channel(false);
@@ -179,7 +179,7 @@ pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gat
         listen = %addr,
         tls = tls_on,
         admin = %admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
-        routes = state.rules.load().len(),
+        routes = state.snapshot.load().routes.len(),
         store = state.store.kind(),
         "callgate serving"
     );
@@ -208,7 +208,7 @@ pub async fn start_with_client(loaded: Loaded, client: HttpClient) -> Result<Gat
 /// a duplicate, at the cost of a colliding id of another merchant of the
 /// same route being taken for it until `replay.ttl` runs out (see
 /// docs/deploy.md, "Upgrading: replay keys now hold the merchant").
-fn event_keys(rules: &crate::rules::RuleSet, event: &crate::journal::Event) -> Vec<replay::Key> {
+fn event_keys(snapshot: &Snapshot, event: &crate::journal::Event) -> Vec<replay::Key> {
     let route: Arc<str> = Arc::from(event.route.as_str());
     let key = |merchant: &str| {
         replay::Key::new(&route, replay::KeyKind::Event, merchant, &event.event_id)
@@ -216,9 +216,9 @@ fn event_keys(rules: &crate::rules::RuleSet, event: &crate::journal::Event) -> V
     if !event.merchant.is_empty() {
         return vec![key(&event.merchant)];
     }
-    rules
-        .routes()
-        .find(|r| *r.name == *event.route)
+    snapshot
+        .routes
+        .named(&event.route)
         .map(|r| {
             r.merchants()
                 .iter()
@@ -258,7 +258,7 @@ async fn check_store(state: &State) -> Result<(), StartError> {
 /// the journal file this process writes (`gateway`, `redeliver`).
 pub fn build_state(
     config: &Config,
-    rules: crate::rules::RuleSet,
+    snapshot: Snapshot,
     client: HttpClient,
     journal_kind: &str,
 ) -> Result<Arc<State>, StartError> {
@@ -285,14 +285,14 @@ pub fn build_state(
                 crate::journal::warm_up(&jc.dir, config.replay.ttl, crate::clock::unix_now())?;
             if matches!(store, ReplayStore::Memory(_)) {
                 for (event, left) in &warm.delivered {
-                    for key in event_keys(&rules, event) {
+                    for key in event_keys(&snapshot, event) {
                         store.warm(&key, *left);
                     }
                 }
                 // Forwards begun and never delivered (failed, or cut short
                 // by a crash): the next copy carries the next attempt number.
                 for (event, attempts, left) in &warm.attempted {
-                    for key in event_keys(&rules, event) {
+                    for key in event_keys(&snapshot, event) {
                         store.warm_attempts(&key, *attempts, *left);
                     }
                 }
@@ -305,7 +305,7 @@ pub fn build_state(
         }
     };
     let metrics = Metrics::new()?;
-    let mut state = State::new(rules, store, client, metrics, config.replay.ttl, journal);
+    let mut state = State::new(snapshot, store, client, metrics, config.replay.ttl, journal);
     state.admin_token = config.admin_token.as_ref().map(|t| t.token.clone());
     Ok(Arc::new(state))
 }
@@ -413,7 +413,7 @@ async fn serve_notifications(
             },
             _ = stop.changed() => break,
         };
-        let class = Peer::of(peer.ip(), &state.rules.load());
+        let class = Peer::of(peer.ip(), &state.snapshot.load());
         let admitted = match admission.admit(peer.ip(), class) {
             Ok(a) => a,
             Err(refused) => {

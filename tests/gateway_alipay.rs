@@ -723,7 +723,7 @@ async fn allow_mode_log_lets_denied_addresses_through_and_counts_them() {
         loaded
             .warnings
             .iter()
-            .any(|w| w.contains("allow_mode = \"log\"")),
+            .any(|w| w.to_string().contains("allow_mode = \"log\"")),
         "{:?}",
         loaded.warnings
     );

@@ -986,9 +986,9 @@ async fn rolling_out_with_allow_mode_log_then_enforcing_it() {
 fn the_shipped_example_configuration_loads_and_its_php_parses() {
     let loaded = callgate::config::load(&shop_dir().join("callgate.toml"))
         .unwrap_or_else(|e| panic!("examples/legacy-shop/callgate.toml:\n{e}"));
-    assert_eq!(loaded.rules.len(), 3);
+    assert_eq!(loaded.snapshot.routes.len(), 3);
     for path in ["/notify/alipay", "/respond.php", "/notify/wechat"] {
-        assert!(loaded.rules.route(path).is_some(), "{path}");
+        assert!(loaded.snapshot.routes.get(path).is_some(), "{path}");
     }
     let mut php = Vec::new();
     collect_php(&shop_dir(), &mut php);

@@ -29,7 +29,7 @@ use std::sync::OnceLock;
 
 use callgate::body::{self, Form, JsonBody, XmlMap};
 use callgate::provider::jdpay::Envelope;
-use callgate::rules::{Route, RuleSet};
+use callgate::rules::{Route, Routes};
 use http::{HeaderMap, HeaderValue};
 use proptest::prelude::*;
 use support::*;
@@ -59,8 +59,8 @@ const PATHS: [&str; 7] = [
 
 /// One rule set with a route per provider, loaded by `config::load` from
 /// the same route specs the integration suites use.
-fn rules() -> &'static RuleSet {
-    static RULES: OnceLock<RuleSet> = OnceLock::new();
+fn rules() -> &'static Routes {
+    static RULES: OnceLock<Routes> = OnceLock::new();
     RULES.get_or_init(|| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -86,12 +86,12 @@ fn rules() -> &'static RuleSet {
         let loaded = callgate::config::load(&file).unwrap_or_else(|e| panic!("{e}"));
         std::mem::forget(dir);
         std::mem::forget(rt);
-        loaded.rules
+        loaded.snapshot.routes
     })
 }
 
 fn route(path: &str) -> &'static Route {
-    rules().route(path).unwrap()
+    rules().get(path).unwrap()
 }
 
 fn content_type(route: &Route) -> &'static str {
@@ -414,7 +414,7 @@ fn the_shipped_rule_files_load_in_the_property_harness() {
     }
     std::fs::remove_file(dir.path().join("rules/routes.toml")).unwrap();
     let loaded = callgate::config::load(&file).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(loaded.rules.len(), 6);
+    assert_eq!(loaded.snapshot.routes.len(), 6);
 }
 
 // === one byte changed never verifies to anything else ===

@@ -155,7 +155,9 @@ async fn a_route_may_choose_to_fail_open_and_check_says_so() {
     let loaded = callgate::config::load(&spec.write(dir.path())).unwrap();
     assert_eq!(loaded.warnings.len(), 1);
     assert!(
-        loaded.warnings[0].contains("warning: route `shop-alipay` has on_store_error = \"open\""),
+        loaded.warnings[0]
+            .to_string()
+            .contains("warning: route `shop-alipay` has on_store_error = \"open\""),
         "{:?}",
         loaded.warnings
     );

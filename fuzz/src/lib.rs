@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use callgate::rules::{Route, RuleSet};
+use callgate::rules::{Route, Routes};
 
 /// Verification time: now, when the fixture certificates are valid, so
 /// verification runs as deep as the bytes allow (freshness is not part of
@@ -118,19 +118,19 @@ pub fn write_config(dir: &std::path::Path) -> PathBuf {
 }
 
 /// The rule set, loaded once per process.
-pub fn rules() -> &'static RuleSet {
-    static RULES: OnceLock<RuleSet> = OnceLock::new();
+pub fn rules() -> &'static Routes {
+    static RULES: OnceLock<Routes> = OnceLock::new();
     RULES.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = write_config(dir.path());
         let loaded = callgate::config::load(&file)
             .unwrap_or_else(|e| panic!("fuzz configuration does not load:\n{e}"));
-        loaded.rules
+        loaded.snapshot.routes
     })
 }
 
 pub fn route(path: &str) -> &'static Route {
-    rules().route(path).expect("route")
+    rules().get(path).expect("route")
 }
 
 /// Headers with one Content-Type.

@@ -70,7 +70,7 @@ use super::{
 };
 use crate::body::Form;
 use crate::expiry::{self, KeyCert, WhenExpired};
-use crate::rules::{FileCtx, RuleError};
+use crate::load::{FileCtx, RuleError};
 
 /// `[route.keys]` for `alipay`, as written.
 #[derive(Debug, Deserialize)]

@@ -83,7 +83,7 @@ use super::{ProviderKind, Verified, VerifyError, charset_label, form_encoding, s
 use crate::ack::Outcome;
 use crate::body::Form;
 use crate::forward::{HttpClient, error_chain};
-use crate::rules::{FileCtx, RuleError};
+use crate::load::{FileCtx, RuleError};
 use crate::secret::{Secret, ct_eq};
 
 /// `[route.keys]` for `alipay_md5`, as written.

@@ -78,7 +78,7 @@ use toml::de::DeValue;
 
 use super::identity::{self, Role, TimeFormat};
 use super::{Fields, ProviderKind, Verified, VerifyError, shown};
-use crate::rules::{FileCtx, RuleError};
+use crate::load::{FileCtx, RuleError};
 use crate::secret::Secret;
 
 /// The declaration the SDK adds when the payload has none.

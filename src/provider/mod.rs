@@ -40,7 +40,7 @@ use encoding_rs::Encoding;
 
 use crate::ack::Outcome;
 use crate::body::{Form, Format, Payload};
-use crate::rules::{FileCtx, RuleError};
+use crate::load::{FileCtx, RuleError};
 
 /// The `provider` names of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]

@@ -85,7 +85,7 @@ use super::identity::{self, Role, TimeFormat};
 use super::{Fields, ProviderKind, RsaDigest, RsaKey, Verified, VerifyError, form_encoding, shown};
 use crate::body::Form;
 use crate::expiry::{self, KeyCert, WhenExpired};
-use crate::rules::{FileCtx, RuleError};
+use crate::load::{FileCtx, RuleError};
 
 /// The organisation field UnionPay's signing certificates carry in their CN
 /// (`041@<code>@中国银联股份有限公司@<n>`).

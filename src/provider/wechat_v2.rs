@@ -83,7 +83,7 @@ use toml::de::DeValue;
 use super::identity::{self, Role, TimeFormat};
 use super::{Fields, ProviderKind, Verified, VerifyError, shown};
 use crate::body::XmlMap;
-use crate::rules::{FileCtx, RuleError};
+use crate::load::{FileCtx, RuleError};
 use crate::secret::{Secret, ct_eq};
 
 /// `[route.keys]` for `wechat_v2`, as written.

@@ -72,7 +72,7 @@ use super::identity::{self, Role};
 use super::{Fields, ProviderKind, RsaDigest, RsaKey, Verified, VerifyError, shown};
 use crate::body::JsonBody;
 use crate::expiry::{self, KeyCert, WhenExpired};
-use crate::rules::{FileCtx, RuleError};
+use crate::load::{FileCtx, RuleError};
 use crate::secret::Secret;
 
 /// `[route.keys]` for `wechat_v3`, as written.
