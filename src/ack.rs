@@ -2,7 +2,8 @@
 //! response.
 //!
 //! Every step of the flow ends in an `Outcome`; this module owns its HTTP
-//! status, its metric label and the provider-specific acknowledgement body.
+//! status, its metric label and the acknowledgement body in each platform's
+//! format ([`Ack`]; each provider names its own with `ProviderKind::ack`).
 //! Internal causes (which check failed and why) go to the log line, never
 //! to the platform: a failure ack is the same few bytes whatever went wrong.
 
@@ -10,8 +11,6 @@ use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::Full;
-
-use crate::provider::ProviderKind;
 
 /// How a request ended. Closed: the contract lists every value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -148,15 +147,28 @@ const TEXT: &str = "text/plain; charset=utf-8";
 const XML: &str = "text/xml; charset=utf-8";
 const JSON: &str = "application/json";
 
-/// Builds the response for `outcome`. `provider` is `None` only when no
-/// route matched, so nobody's ack format applies.
-pub fn respond(outcome: Outcome, provider: Option<ProviderKind>) -> Response<Full<Bytes>> {
-    let (content_type, body): (&str, Bytes) = match provider {
+/// The acknowledgement formats the platforms expect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// `success` or `fail` as text (Alipay, legacy Alipay, JD Pay).
+    SuccessFail,
+    /// `ok` or `fail` as text (UnionPay).
+    OkFail,
+    /// `<xml><return_code>SUCCESS|FAIL</return_code>...` (WeChat Pay v2).
+    WechatXml,
+    /// An empty 200, or `{"code":"FAIL","message":...}` (WeChat Pay v3).
+    WechatJson,
+}
+
+/// Builds the response for `outcome`. `ack` is `None` only when no route
+/// matched, so nobody's ack format applies.
+pub fn respond(outcome: Outcome, ack: Option<Ack>) -> Response<Full<Bytes>> {
+    let (content_type, body): (&str, Bytes) = match ack {
         None => (
             TEXT,
             Bytes::from_static(outcome.public_message().as_bytes()),
         ),
-        Some(kind) => ack_body(kind, outcome),
+        Some(ack) => ack_body(ack, outcome),
     };
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = outcome.status();
@@ -170,16 +182,16 @@ pub fn respond(outcome: Outcome, provider: Option<ProviderKind>) -> Response<Ful
     response
 }
 
-/// The provider's acknowledgement for an outcome (content type, body).
-fn ack_body(kind: ProviderKind, outcome: Outcome) -> (&'static str, Bytes) {
+/// The acknowledgement of an outcome in format `ack` (content type, body).
+fn ack_body(ack: Ack, outcome: Outcome) -> (&'static str, Bytes) {
     let ok = outcome.is_success();
-    match kind {
-        ProviderKind::Alipay | ProviderKind::AlipayMd5 | ProviderKind::Jdpay => (
+    match ack {
+        Ack::SuccessFail => (
             TEXT,
             Bytes::from_static(if ok { b"success" } else { b"fail" }),
         ),
-        ProviderKind::Unionpay => (TEXT, Bytes::from_static(if ok { b"ok" } else { b"fail" })),
-        ProviderKind::WechatV2 => {
+        Ack::OkFail => (TEXT, Bytes::from_static(if ok { b"ok" } else { b"fail" })),
+        Ack::WechatXml => {
             let (code, msg) = if ok {
                 ("SUCCESS", "OK")
             } else {
@@ -191,7 +203,7 @@ fn ack_body(kind: ProviderKind, outcome: Outcome) -> (&'static str, Bytes) {
             );
             (XML, Bytes::from(xml))
         }
-        ProviderKind::WechatV3 => {
+        Ack::WechatJson => {
             if ok {
                 ("", Bytes::new())
             } else {
@@ -217,23 +229,23 @@ mod tests {
 
     #[tokio::test]
     async fn alipay_acks_are_exact() {
-        let (s, b) = body_of(respond(Outcome::Forwarded, Some(ProviderKind::Alipay))).await;
+        let (s, b) = body_of(respond(Outcome::Forwarded, Some(Ack::SuccessFail))).await;
         assert_eq!((s.as_u16(), b.as_slice()), (200, &b"success"[..]));
-        let (s, b) = body_of(respond(Outcome::Duplicate, Some(ProviderKind::Alipay))).await;
+        let (s, b) = body_of(respond(Outcome::Duplicate, Some(Ack::SuccessFail))).await;
         assert_eq!((s.as_u16(), b.as_slice()), (200, &b"success"[..]));
-        let (s, b) = body_of(respond(Outcome::BadSignature, Some(ProviderKind::Alipay))).await;
+        let (s, b) = body_of(respond(Outcome::BadSignature, Some(Ack::SuccessFail))).await;
         assert_eq!((s.as_u16(), b.as_slice()), (401, &b"fail"[..]));
     }
 
     #[tokio::test]
     async fn wechat_acks() {
-        let (s, b) = body_of(respond(Outcome::Forwarded, Some(ProviderKind::WechatV3))).await;
+        let (s, b) = body_of(respond(Outcome::Forwarded, Some(Ack::WechatJson))).await;
         assert_eq!((s.as_u16(), b.len()), (200, 0));
-        let (s, b) = body_of(respond(Outcome::InFlight, Some(ProviderKind::WechatV3))).await;
+        let (s, b) = body_of(respond(Outcome::InFlight, Some(Ack::WechatJson))).await;
         assert_eq!(s.as_u16(), 409);
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["code"], "FAIL");
-        let (_, b) = body_of(respond(Outcome::Forwarded, Some(ProviderKind::WechatV2))).await;
+        let (_, b) = body_of(respond(Outcome::Forwarded, Some(Ack::WechatXml))).await;
         assert!(
             String::from_utf8(b)
                 .unwrap()

@@ -362,7 +362,7 @@ fn jdpay(verified: &Verified, d: &crate::provider::jdpay::Decrypted) -> Value {
         "currency": currency,
         "status": status,
         "occurred_at": compact_beijing_rfc3339(d.time()),
-        "fields": root.to_json(),
+        "fields": jd_json(root),
     })
 }
 
@@ -403,6 +403,30 @@ pub fn beijing_rfc3339(s: &str) -> Option<String> {
     let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").ok()?;
     let tz = FixedOffset::east_opt(8 * 3600)?;
     Some(tz.from_local_datetime(&naive).single()?.to_rfc3339())
+}
+
+/// A JD payload as JSON: leaves are strings, elements objects; `pay`
+/// (inside `payList`) is always an array.
+fn jd_json(element: &crate::body::xml::Element) -> Value {
+    if element.children.is_empty() {
+        return Value::String(element.text.clone());
+    }
+    let mut map = Map::new();
+    for c in &element.children {
+        let v = jd_json(c);
+        if c.name == "pay" {
+            match map
+                .entry(c.name.clone())
+                .or_insert_with(|| Value::Array(vec![]))
+            {
+                Value::Array(a) => a.push(v),
+                other => *other = Value::Array(vec![v]),
+            }
+        } else {
+            map.insert(c.name.clone(), v);
+        }
+    }
+    Value::Object(map)
 }
 
 #[cfg(test)]

@@ -222,7 +222,7 @@ where
     let outcome = match flow(&state, &snapshot, &mut ctx, req).await {
         Ok(o) | Err(o) => o,
     };
-    let response = ack::respond(outcome, ctx.route.as_ref().map(|r| r.kind()));
+    let response = ack::respond(outcome, ctx.route.as_ref().map(|r| r.kind().ack()));
     finish(&state, &ctx, outcome, started.elapsed());
     response
 }

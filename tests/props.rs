@@ -27,8 +27,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use callgate::body::Envelope;
 use callgate::body::{self, Form, JsonBody, XmlMap};
-use callgate::provider::jdpay::Envelope;
 use callgate::rules::{Route, Routes};
 use http::{HeaderMap, HeaderValue};
 use proptest::prelude::*;

@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let body = if mode % 2 == 0 {
-        let _ = callgate::provider::jdpay::Envelope::parse(rest);
+        let _ = callgate::body::Envelope::parse(rest);
         rest.to_vec()
     } else {
         envelope_around(rest)

@@ -9,11 +9,12 @@
 //!   <encrypt>Base64(ASCII hex(3DES(len ‖ XML ‖ zero padding)))</encrypt></jdpay>
 //! ```
 //!
-//! [`Envelope::parse`] reads it (pure `&[u8]` function, never panics): one
-//! `jdpay` root whose children are text leaves, except `result`, whose
-//! children are text leaves. A DOCTYPE or entity declaration, a comment or
-//! processing instruction, attributes, a repeated element, deeper nesting,
-//! text outside elements or malformed XML is refused (400).
+//! `body::Envelope::parse` reads it with the one strict XML reader
+//! (`body/xml.rs`): one `jdpay` root whose children are text leaves, except
+//! `result`, whose children are text leaves. A DOCTYPE or entity
+//! declaration, a comment or processing instruction, attributes, a repeated
+//! element, deeper nesting, text outside elements or malformed XML is
+//! refused (400). The decrypted payload goes through the same reader.
 //!
 //! Rules followed (JD's merchant SDK as used by its own demo,
 //! liangfahua/jdpayDemo `AsynNotifyAction` → `JdPayUtil.parseResp`; the
@@ -68,16 +69,15 @@
 use base64::Engine as _;
 use des::TdesEde3;
 use des::cipher::{Array, BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
-use quick_xml::events::Event;
 use rsa::pkcs8::DecodePublicKey;
 use rsa::traits::PublicKeyParts;
 use serde::Deserialize;
-use serde_json::{Map, Value};
 use toml::Spanned;
 use toml::de::DeValue;
 
 use super::identity::{self, Role, TimeFormat};
 use super::{Fields, ProviderKind, Verified, VerifyError, shown};
+use crate::body::xml::{self, Element, Envelope, Shape, XmlError};
 use crate::load::{FileCtx, RuleError};
 use crate::secret::Secret;
 
@@ -87,259 +87,11 @@ pub const XML_HEAD: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>";
 /// The SDK's `MAX_MSG_LENGTH` for a decrypted payload.
 pub const MAX_PAYLOAD: usize = 16384;
 
-// === XML ===
-
-/// Why XML was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum XmlError {
-    #[error("not UTF-8")]
-    Utf8,
-    #[error("DOCTYPE or entity declarations are not accepted")]
-    Doctype,
-    #[error("unexpected {0}")]
-    Unexpected(&'static str),
-    #[error("entity reference `&{0};` is not accepted")]
-    Entity(String),
-    #[error("element `{0}` appears more than once")]
-    Repeated(String),
-    #[error("unexpected nesting in `{0}`")]
-    Nesting(String),
-    #[error("root element is `{0}`, not `jdpay`")]
-    Root(String),
-    #[error("`{0}` is missing")]
-    Missing(&'static str),
-    #[error("{0}")]
-    Syntax(String),
-}
-
-/// An XML element: its text (for a leaf) or its children.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Element {
-    pub name: String,
-    pub text: String,
-    pub children: Vec<Element>,
-}
-
-impl Element {
-    /// The first child called `name`.
-    pub fn child(&self, name: &str) -> Option<&Element> {
-        self.children.iter().find(|c| c.name == name)
-    }
-
-    /// The text of the leaf child `name`.
-    pub fn leaf(&self, name: &str) -> Option<&str> {
-        self.child(name)
-            .filter(|c| c.children.is_empty())
-            .map(|c| c.text.as_str())
-    }
-
-    /// JSON: leaves are strings, elements objects; `pay` (inside `payList`)
-    /// is always an array.
-    pub fn to_json(&self) -> Value {
-        if self.children.is_empty() {
-            return Value::String(self.text.clone());
-        }
-        let mut map = Map::new();
-        for c in &self.children {
-            let v = c.to_json();
-            if c.name == "pay" {
-                match map
-                    .entry(c.name.clone())
-                    .or_insert_with(|| Value::Array(vec![]))
-                {
-                    Value::Array(a) => a.push(v),
-                    other => *other = Value::Array(vec![v]),
-                }
-            } else {
-                map.insert(c.name.clone(), v);
-            }
-        }
-        Value::Object(map)
-    }
-}
-
-/// Most elements either document may hold.
-const MAX_ELEMENTS: usize = 1024;
-
-/// Parses `xml` into one root element. Refuses DTDs, comments, processing
-/// instructions, attributes, mixed content, entity references other than
-/// the five predefined ones and character references, elements deeper than
-/// `max_depth`, and repeated sibling names other than `repeatable`
-/// (parent, child) pairs.
-fn parse_tree(
-    xml: &[u8],
-    max_depth: usize,
-    repeatable: &[(&str, &str)],
-) -> Result<Element, XmlError> {
-    let text = std::str::from_utf8(xml).map_err(|_| XmlError::Utf8)?;
-    let mut reader = quick_xml::Reader::from_str(text);
-    reader.config_mut().check_end_names = true;
-    let mut stack: Vec<Element> = Vec::new();
-    let mut root: Option<Element> = None;
-    let mut count = 0usize;
-    let mut first = true;
-
-    fn open(name: &[u8], has_attrs: bool) -> Result<Element, XmlError> {
-        if has_attrs {
-            return Err(XmlError::Unexpected("attribute"));
-        }
-        let name = std::str::from_utf8(name).map_err(|_| XmlError::Utf8)?;
-        Ok(Element {
-            name: name.to_owned(),
-            text: String::new(),
-            children: Vec::new(),
-        })
-    }
-
-    fn close(
-        mut el: Element,
-        stack: &mut [Element],
-        root: &mut Option<Element>,
-        repeatable: &[(&str, &str)],
-    ) -> Result<(), XmlError> {
-        if !el.children.is_empty() {
-            if !el.text.trim().is_empty() {
-                return Err(XmlError::Nesting(el.name));
-            }
-            el.text.clear();
-        }
-        match stack.last_mut() {
-            Some(parent) => {
-                if parent.children.iter().any(|c| c.name == el.name)
-                    && !repeatable.contains(&(parent.name.as_str(), el.name.as_str()))
-                {
-                    return Err(XmlError::Repeated(el.name));
-                }
-                if !parent.text.trim().is_empty() {
-                    return Err(XmlError::Nesting(parent.name.clone()));
-                }
-                parent.children.push(el);
-            }
-            None => *root = Some(el),
-        }
-        Ok(())
-    }
-
-    loop {
-        let event = reader
-            .read_event()
-            .map_err(|e| XmlError::Syntax(e.to_string()))?;
-        let was_first = std::mem::replace(&mut first, false);
-        match event {
-            Event::Eof => break,
-            Event::Decl(_) if was_first => {}
-            Event::Decl(_) => return Err(XmlError::Unexpected("XML declaration")),
-            Event::DocType(_) => return Err(XmlError::Doctype),
-            Event::PI(_) => return Err(XmlError::Unexpected("processing instruction")),
-            Event::Comment(_) => return Err(XmlError::Unexpected("comment")),
-            Event::Start(_) | Event::Empty(_) if root.is_some() => {
-                return Err(XmlError::Unexpected("second root element"));
-            }
-            Event::Start(e) => {
-                count += 1;
-                let el = open(e.name().as_ref(), e.attributes().next().is_some())?;
-                if stack.len() >= max_depth || count > MAX_ELEMENTS {
-                    return Err(XmlError::Nesting(el.name));
-                }
-                stack.push(el);
-            }
-            Event::Empty(e) => {
-                count += 1;
-                let el = open(e.name().as_ref(), e.attributes().next().is_some())?;
-                if stack.len() >= max_depth || count > MAX_ELEMENTS {
-                    return Err(XmlError::Nesting(el.name));
-                }
-                close(el, &mut stack, &mut root, repeatable)?;
-            }
-            Event::End(_) => {
-                let el = stack.pop().ok_or(XmlError::Unexpected("closing tag"))?;
-                close(el, &mut stack, &mut root, repeatable)?;
-            }
-            Event::Text(t) => {
-                let s = t.decode().map_err(|_| XmlError::Utf8)?;
-                match stack.last_mut() {
-                    Some(el) => el.text.push_str(&s),
-                    None if s.trim().is_empty() => {}
-                    None => return Err(XmlError::Unexpected("text outside the root element")),
-                }
-            }
-            Event::CData(c) => {
-                let s = c.decode().map_err(|_| XmlError::Utf8)?;
-                stack
-                    .last_mut()
-                    .ok_or(XmlError::Unexpected("CDATA outside the root element"))?
-                    .text
-                    .push_str(&s);
-            }
-            Event::GeneralRef(r) => {
-                let el = stack
-                    .last_mut()
-                    .ok_or(XmlError::Unexpected("reference outside the root element"))?;
-                let name = r.decode().map_err(|_| XmlError::Utf8)?;
-                if let Ok(Some(ch)) = r.resolve_char_ref() {
-                    el.text.push(ch);
-                } else if let Some(s) = quick_xml::escape::resolve_predefined_entity(&name) {
-                    el.text.push_str(s);
-                } else {
-                    return Err(XmlError::Entity(name.chars().take(32).collect()));
-                }
-            }
-        }
-    }
-    if let Some(open) = stack.last() {
-        return Err(XmlError::Syntax(format!("`{}` is not closed", open.name)));
-    }
-    root.ok_or(XmlError::Missing("root element"))
-}
-
-// === envelope ===
-
-/// The outer `<jdpay>` document of a notification.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
-    pub version: String,
-    pub merchant: String,
-    /// `result/code`, when present (`000000` is success).
-    pub code: Option<String>,
-    pub encrypt: String,
-}
-
-impl Envelope {
-    /// Parses the envelope. Never panics.
-    pub fn parse(body: &[u8]) -> Result<Envelope, XmlError> {
-        // JD's demo reads the body line by line; tolerate leading blank lines.
-        let start = body
-            .iter()
-            .position(|b| !b.is_ascii_whitespace())
-            .unwrap_or(body.len());
-        let root = parse_tree(&body[start..], 3, &[])?;
-        if root.name != "jdpay" {
-            return Err(XmlError::Root(root.name.chars().take(32).collect()));
-        }
-        for c in &root.children {
-            let nested_ok = c.name == "result";
-            for g in &c.children {
-                if !nested_ok || !g.children.is_empty() {
-                    return Err(XmlError::Nesting(c.name.clone()));
-                }
-            }
-        }
-        let leaf = |name: &'static str| {
-            root.leaf(name)
-                .map(|t| t.trim().to_owned())
-                .ok_or(XmlError::Missing(name))
-        };
-        Ok(Envelope {
-            version: leaf("version")?,
-            merchant: leaf("merchant")?,
-            code: root
-                .child("result")
-                .and_then(|r| r.leaf("code"))
-                .map(|c| c.trim().to_owned()),
-            encrypt: leaf("encrypt")?,
-        })
-    }
-}
+/// How the decrypted payload may be built: `pay` repeats inside `payList`.
+const PAYLOAD: Shape = Shape {
+    depth: 8,
+    repeatable: &[("payList", "pay")],
+};
 
 // === keys ===
 
@@ -485,16 +237,19 @@ impl Keys {
     /// signed fields.
     pub fn verify(&self, envelope: &Envelope) -> Result<Verified, VerifyError> {
         let opened = self.open(envelope)?;
-        let root = parse_tree(opened.signed.as_bytes(), 8, &[("payList", "pay")]).map_err(|e| {
-            VerifyError::BadField {
+        let root =
+            xml::read(opened.signed.as_bytes(), &PAYLOAD).map_err(|e| VerifyError::BadField {
                 field: "encrypt",
                 reason: format!("decrypted XML: {e}"),
-            }
-        })?;
+            })?;
         if root.name != "jdpay" {
+            let e = XmlError::Root {
+                got: shown(root.name.as_bytes()),
+                want: "jdpay",
+            };
             return Err(VerifyError::BadField {
                 field: "encrypt",
-                reason: format!("decrypted XML: {}", XmlError::Root(root.name)),
+                reason: format!("decrypted XML: {e}"),
             });
         }
         match root.leaf("merchant") {
@@ -935,45 +690,6 @@ mod tests {
             "<?xml?><a></a>"
         );
         assert!(signed_string("<?xml?></sign><sign>").is_none());
-    }
-
-    #[test]
-    fn envelope_parser_refuses_what_it_should() {
-        let ok = b"<jdpay><version>V2.0</version><merchant>1</merchant><result><code>000000</code><desc>x</desc></result><encrypt>QQ==</encrypt></jdpay>";
-        let e = Envelope::parse(ok).unwrap();
-        assert_eq!(
-            (e.version.as_str(), e.code.as_deref()),
-            ("V2.0", Some("000000"))
-        );
-        for (bad, why) in [
-            (&b"<!DOCTYPE x [<!ENTITY a \"b\">]><jdpay/>"[..], "doctype"),
-            (b"<jdpay><version>&a;</version></jdpay>", "entity"),
-            (
-                b"<jdpay><merchant>1</merchant><merchant>2</merchant></jdpay>",
-                "repeat",
-            ),
-            (b"<jdpay><merchant><x>1</x></merchant></jdpay>", "nesting"),
-            (b"<jdpay><result><code><x/></code></result></jdpay>", "deep"),
-            (b"<jdpay><version>V2.0</version>", "unclosed"),
-            (b"<jdpay a=\"1\"></jdpay>", "attribute"),
-            (b"<jdpay><!-- c --></jdpay>", "comment"),
-            (b"<xml><encrypt>1</encrypt></xml>", "root"),
-            (b"<jdpay>text<merchant>1</merchant></jdpay>", "mixed"),
-            (b"<jdpay></jdpay><jdpay></jdpay>", "two roots"),
-            (
-                b"<jdpay><version>V2.0</version><merchant>1</merchant></jdpay>",
-                "no encrypt",
-            ),
-            (b"\xff<jdpay/>", "utf8"),
-        ] {
-            assert!(Envelope::parse(bad).is_err(), "{why}");
-        }
-        // Character references and the predefined entities are fine.
-        let e = Envelope::parse(
-            b"<jdpay><version>V2.0</version><merchant>&#49;&amp;</merchant><encrypt><![CDATA[QQ==]]></encrypt></jdpay>",
-        )
-        .unwrap();
-        assert_eq!((e.merchant.as_str(), e.encrypt.as_str()), ("1&", "QQ=="));
     }
 
     #[test]

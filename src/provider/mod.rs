@@ -38,7 +38,7 @@ use toml::de::DeValue;
 
 use encoding_rs::Encoding;
 
-use crate::ack::Outcome;
+use crate::ack::{Ack, Outcome};
 use crate::body::{Form, Format, Payload};
 use crate::load::{FileCtx, RuleError};
 
@@ -90,6 +90,18 @@ impl ProviderKind {
         match self {
             ProviderKind::WechatV3 => max_age,
             _ => Duration::from_secs(5 * 60),
+        }
+    }
+
+    /// The acknowledgement format the platform expects.
+    pub fn ack(self) -> Ack {
+        match self {
+            ProviderKind::Alipay | ProviderKind::AlipayMd5 | ProviderKind::Jdpay => {
+                Ack::SuccessFail
+            }
+            ProviderKind::Unionpay => Ack::OkFail,
+            ProviderKind::WechatV2 => Ack::WechatXml,
+            ProviderKind::WechatV3 => Ack::WechatJson,
         }
     }
 

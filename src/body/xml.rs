@@ -1,0 +1,686 @@
+//! The one strict XML reader, part of the body step, for WeChat Pay v2
+//! bodies (and the decrypted refund `req_info`) and JD Pay envelopes (and
+//! their decrypted payloads). A pure function of `&[u8]` that never panics.
+//!
+//! [`read`] gives one root [`Element`]; how deep elements may nest and
+//! which siblings may repeat is the caller's [`Shape`]. Refused, always
+//! (a refused body is malformed, never forwarded):
+//! * a DOCTYPE, and so any entity declaration: the XXE class of attacks
+//!   has nothing to work with; an entity other than the five predefined
+//!   ones; a character reference to NUL;
+//! * comments, processing instructions, attributes, a declaration anywhere
+//!   but at the start, a declared encoding other than UTF-8, a name or
+//!   text that is not UTF-8;
+//! * an element with both text and child elements, text or content outside
+//!   the root, a second root, elements deeper than the shape allows, a
+//!   repeated sibling the shape does not allow, more than [`MAX_ELEMENTS`]
+//!   elements, and anything that is not well-formed.
+//!
+//! Text is what an XML parser reports and the official SDKs' DOM parsers
+//! hand to their signers: character data and CDATA, references resolved,
+//! line ends normalised (CR LF and a lone CR become LF). Whitespace between
+//! elements is XML's (space, tab, CR, LF).
+//!
+//! Two views sit on the reader: [`XmlMap`], the flat map of the root's
+//! children that a WeChat notification is, and [`Envelope`], JD Pay's
+//! outer `<jdpay>` document.
+
+use std::ops::Range;
+
+use super::{ParseError, shown};
+
+/// Most elements one document may hold.
+pub const MAX_ELEMENTS: usize = 1024;
+
+/// Why XML was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum XmlError {
+    #[error("DOCTYPE or entity declarations are not accepted")]
+    Doctype,
+    #[error("unexpected {0}")]
+    Unexpected(&'static str),
+    #[error("declared encoding `{0}`; only UTF-8")]
+    Encoding(String),
+    #[error("{0} is not UTF-8")]
+    Utf8(String),
+    #[error("element `{0}` has attributes")]
+    Attributes(String),
+    #[error("{0}")]
+    Reference(String),
+    #[error("element `{0}` holds another element, or text beside its elements")]
+    Nesting(String),
+    #[error("element `{0}` appears more than once")]
+    Repeated(String),
+    #[error("more than {MAX_ELEMENTS} elements")]
+    TooMany,
+    #[error("no root element")]
+    NoRoot,
+    #[error("root element is `{got}`, not `{want}`")]
+    Root { got: String, want: &'static str },
+    #[error("`{0}` is missing")]
+    Missing(&'static str),
+    #[error("{0}")]
+    Syntax(String),
+}
+
+/// How a document may be built: how deep its elements nest (the root is
+/// depth 1) and which `(parent, child)` names may repeat.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub depth: usize,
+    pub repeatable: &'static [(&'static str, &'static str)],
+}
+
+/// A document of one root and leaf children: a WeChat notification.
+pub const FLAT: Shape = Shape {
+    depth: 2,
+    repeatable: &[],
+};
+
+/// An XML element: its text (for a leaf) or its children, and where it
+/// sits in the body (from its `<` to the end of its end tag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Element {
+    pub name: String,
+    pub text: String,
+    pub children: Vec<Element>,
+    pub span: Range<usize>,
+}
+
+impl Element {
+    /// The first child called `name`.
+    pub fn child(&self, name: &str) -> Option<&Element> {
+        self.children.iter().find(|c| c.name == name)
+    }
+
+    /// The text of the leaf child `name`.
+    pub fn leaf(&self, name: &str) -> Option<&str> {
+        self.child(name)
+            .filter(|c| c.children.is_empty())
+            .map(|c| c.text.as_str())
+    }
+}
+
+/// An element being read.
+struct Open {
+    name: String,
+    text: Vec<u8>,
+    children: Vec<Element>,
+    start: usize,
+}
+
+/// Reads `xml` into its root element (see the module doc for what is
+/// refused).
+pub fn read(xml: &[u8], shape: &Shape) -> Result<Element, XmlError> {
+    use quick_xml::events::Event;
+
+    let mut reader = quick_xml::Reader::from_reader(xml);
+    let config = reader.config_mut();
+    config.check_end_names = true;
+    config.expand_empty_elements = false;
+    config.allow_unmatched_ends = false;
+    config.trim_text(false);
+
+    let mut stack: Vec<Open> = Vec::new();
+    let mut root: Option<Element> = None;
+    let mut count = 0usize;
+    let mut first = true;
+    loop {
+        // Where the next event starts (an element's `<`, for its span).
+        let before = position(&reader);
+        let event = reader
+            .read_event()
+            .map_err(|e| XmlError::Syntax(format!("at byte {}: {e}", reader.error_position())))?;
+        let at_start = std::mem::replace(&mut first, false);
+        match event {
+            Event::Eof => break,
+            Event::Decl(decl) => {
+                if !at_start {
+                    return Err(XmlError::Unexpected("XML declaration after the start"));
+                }
+                if let Some(enc) = decl.encoding() {
+                    let enc = enc
+                        .map_err(|_| XmlError::Syntax("unreadable encoding declaration".into()))?;
+                    if !enc.eq_ignore_ascii_case(b"utf-8") && !enc.eq_ignore_ascii_case(b"utf8") {
+                        return Err(XmlError::Encoding(shown(&enc)));
+                    }
+                }
+            }
+            Event::DocType(_) => return Err(XmlError::Doctype),
+            Event::PI(_) => return Err(XmlError::Unexpected("processing instruction")),
+            Event::Comment(_) => return Err(XmlError::Unexpected("comment")),
+            Event::Start(_) | Event::Empty(_) if root.is_some() => {
+                return Err(XmlError::Unexpected("second root element"));
+            }
+            Event::Start(e) => {
+                let open = open(&e, before, &stack, shape, &mut count)?;
+                stack.push(open);
+            }
+            Event::Empty(e) => {
+                let open = open(&e, before, &stack, shape, &mut count)?;
+                close(open, position(&reader), &mut stack, &mut root, shape)?;
+            }
+            Event::End(_) => {
+                let open = stack
+                    .pop()
+                    .ok_or(XmlError::Unexpected("end tag that closes nothing"))?;
+                close(open, position(&reader), &mut stack, &mut root, shape)?;
+            }
+            Event::Text(t) => match stack.last_mut() {
+                Some(open) => push_normalized(&mut open.text, &t),
+                None if xml_space(&t) => {}
+                None => return Err(XmlError::Unexpected("text outside the root element")),
+            },
+            Event::CData(t) => push_normalized(
+                &mut stack
+                    .last_mut()
+                    .ok_or(XmlError::Unexpected("CDATA outside the root element"))?
+                    .text,
+                &t,
+            ),
+            Event::GeneralRef(r) => {
+                let open = stack
+                    .last_mut()
+                    .ok_or(XmlError::Unexpected("reference outside the root element"))?;
+                let c = resolve_reference(&r)?;
+                let mut utf8 = [0u8; 4];
+                open.text
+                    .extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            }
+        }
+    }
+    if let Some(open) = stack.last() {
+        return Err(XmlError::Syntax(format!(
+            "the document ends before `{}` closes",
+            open.name
+        )));
+    }
+    root.ok_or(XmlError::NoRoot)
+}
+
+fn position(reader: &quick_xml::Reader<&[u8]>) -> usize {
+    usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX)
+}
+
+/// An element starts at `at`: checked against the shape and counted.
+fn open(
+    e: &quick_xml::events::BytesStart<'_>,
+    at: usize,
+    stack: &[Open],
+    shape: &Shape,
+    count: &mut usize,
+) -> Result<Open, XmlError> {
+    let name = String::from_utf8(e.name().as_ref().to_vec())
+        .map_err(|_| XmlError::Utf8("an element name".to_owned()))?;
+    if !e.attributes_raw().trim_ascii().is_empty() {
+        return Err(XmlError::Attributes(shown(name.as_bytes())));
+    }
+    *count += 1;
+    if *count > MAX_ELEMENTS {
+        return Err(XmlError::TooMany);
+    }
+    if let Some(parent) = stack.last()
+        && stack.len() >= shape.depth
+    {
+        return Err(XmlError::Nesting(shown(parent.name.as_bytes())));
+    }
+    Ok(Open {
+        name,
+        text: Vec::new(),
+        children: Vec::new(),
+        start: at,
+    })
+}
+
+/// An element ends at `end`: it joins its parent, or becomes the root.
+fn close(
+    open: Open,
+    end: usize,
+    stack: &mut [Open],
+    root: &mut Option<Element>,
+    shape: &Shape,
+) -> Result<(), XmlError> {
+    let shown_name = shown(open.name.as_bytes());
+    let mut text = String::from_utf8(open.text)
+        .map_err(|_| XmlError::Utf8(format!("element `{shown_name}`")))?;
+    if !open.children.is_empty() {
+        if !xml_space(text.as_bytes()) {
+            return Err(XmlError::Nesting(shown_name));
+        }
+        text.clear();
+    }
+    let element = Element {
+        name: open.name,
+        text,
+        children: open.children,
+        span: open.start..end,
+    };
+    match stack.last_mut() {
+        Some(parent) => {
+            if !xml_space(&parent.text) {
+                return Err(XmlError::Nesting(shown(parent.name.as_bytes())));
+            }
+            if parent.children.iter().any(|c| c.name == element.name)
+                && !shape
+                    .repeatable
+                    .contains(&(parent.name.as_str(), element.name.as_str()))
+            {
+                return Err(XmlError::Repeated(shown_name));
+            }
+            parent.children.push(element);
+        }
+        None => *root = Some(element),
+    }
+    Ok(())
+}
+
+/// XML's whitespace only: space, tab, CR, LF.
+fn xml_space(text: &[u8]) -> bool {
+    text.iter()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+}
+
+/// Appends text with XML 1.0 line-end normalisation (CR LF and lone CR
+/// become LF), as every conforming parser reports it.
+fn push_normalized(value: &mut Vec<u8>, text: &[u8]) {
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'\r' => {
+                value.push(b'\n');
+                if text.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            b => value.push(b),
+        }
+        i += 1;
+    }
+}
+
+/// The five predefined entities and character references; anything else
+/// would need a DTD, which is never accepted.
+fn resolve_reference(r: &quick_xml::events::BytesRef<'_>) -> Result<char, XmlError> {
+    if r.is_char_ref() {
+        return match r.resolve_char_ref() {
+            Ok(Some(c)) if c != '\0' => Ok(c),
+            _ => Err(XmlError::Reference(format!(
+                "bad character reference `&{};`",
+                shown(r)
+            ))),
+        };
+    }
+    match &**r {
+        b"lt" => Ok('<'),
+        b"gt" => Ok('>'),
+        b"amp" => Ok('&'),
+        b"apos" => Ok('\''),
+        b"quot" => Ok('"'),
+        other => Err(XmlError::Reference(format!(
+            "undeclared entity `&{};`",
+            shown(other)
+        ))),
+    }
+}
+
+// === the flat map (WeChat Pay v2) ===
+
+/// A flat XML document: the root element's name and its direct children,
+/// each name once, sorted by name. Names and values are UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XmlMap {
+    root: String,
+    /// (name, value, where the element sits in the body), sorted by name
+    /// bytes.
+    sorted: Vec<(String, String, Range<usize>)>,
+}
+
+impl XmlMap {
+    /// Parses a flat XML document (see the module doc for what is refused).
+    pub fn parse(body: &[u8]) -> Result<XmlMap, ParseError> {
+        if body.trim_ascii().is_empty() {
+            return Err(ParseError::Empty);
+        }
+        let root = read(body, &FLAT).map_err(|e| match e {
+            XmlError::Doctype => ParseError::Doctype,
+            XmlError::Repeated(key) => ParseError::DuplicateKey { key },
+            XmlError::Nesting(element) => ParseError::XmlNesting { element },
+            other => ParseError::Xml {
+                reason: other.to_string(),
+            },
+        })?;
+        // `<xml/>` holds nothing at all.
+        if body
+            .get(root.span.clone())
+            .is_some_and(|tag| tag.ends_with(b"/>"))
+        {
+            return Err(ParseError::Empty);
+        }
+        if !xml_space(root.text.as_bytes()) {
+            return Err(ParseError::Xml {
+                reason: "text outside the fields".to_owned(),
+            });
+        }
+        let mut sorted: Vec<(String, String, Range<usize>)> = root
+            .children
+            .into_iter()
+            .map(|c| (c.name, c.text, c.span))
+            .collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(XmlMap {
+            root: root.name,
+            sorted,
+        })
+    }
+
+    /// The root element's name.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// The value of field `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.sorted
+            .binary_search_by(|(k, ..)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| self.sorted[i].1.as_str())
+    }
+
+    /// The bytes of the body where element `name` sits, from its `<` to the
+    /// end of its closing tag.
+    pub fn span(&self, name: &str) -> Option<Range<usize>> {
+        self.sorted
+            .binary_search_by(|(k, ..)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| self.sorted[i].2.clone())
+    }
+
+    /// The same document without the elements named in `names`.
+    pub fn without(&self, names: &[String]) -> XmlMap {
+        XmlMap {
+            root: self.root.clone(),
+            sorted: self
+                .sorted
+                .iter()
+                .filter(|(k, ..)| !names.contains(k))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// (name, value) pairs sorted by name bytes.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.sorted.iter().map(|(k, v, _)| (k.as_str(), v.as_str()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.sorted.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sorted.is_empty()
+    }
+}
+
+/// `body` without the byte ranges `cut` (sorted, not overlapping).
+pub fn strip_ranges(body: &[u8], cut: &[Range<usize>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    let mut at = 0;
+    for r in cut {
+        if let Some(kept) = body.get(at..r.start) {
+            out.extend_from_slice(kept);
+        }
+        at = at.max(r.end);
+    }
+    out.extend_from_slice(body.get(at..).unwrap_or_default());
+    out
+}
+
+// === the envelope (JD Pay) ===
+
+/// How deep a JD envelope nests: `jdpay` / `result` / `code`.
+const ENVELOPE: Shape = Shape {
+    depth: 3,
+    repeatable: &[],
+};
+
+/// The outer `<jdpay>` document of a JD Pay notification (not signed
+/// itself: `provider::jdpay` opens and checks what `encrypt` holds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub version: String,
+    pub merchant: String,
+    /// `result/code`, when present (`000000` is success).
+    pub code: Option<String>,
+    pub encrypt: String,
+}
+
+impl Envelope {
+    /// Parses the envelope: one `jdpay` root whose children are text
+    /// leaves, except `result`, whose children are text leaves. Never
+    /// panics.
+    pub fn parse(body: &[u8]) -> Result<Envelope, XmlError> {
+        // JD's demo reads the body line by line; tolerate leading blank lines.
+        let start = body
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(body.len());
+        let text = std::str::from_utf8(&body[start..])
+            .map_err(|_| XmlError::Utf8("the envelope".to_owned()))?;
+        let root = read(text.as_bytes(), &ENVELOPE)?;
+        if root.name != "jdpay" {
+            return Err(XmlError::Root {
+                got: shown(root.name.as_bytes()),
+                want: "jdpay",
+            });
+        }
+        if let Some(c) = root
+            .children
+            .iter()
+            .find(|c| c.name != "result" && !c.children.is_empty())
+        {
+            return Err(XmlError::Nesting(shown(c.name.as_bytes())));
+        }
+        let leaf = |name: &'static str| {
+            root.leaf(name)
+                .map(|t| t.trim().to_owned())
+                .ok_or(XmlError::Missing(name))
+        };
+        Ok(Envelope {
+            version: leaf("version")?,
+            merchant: leaf("merchant")?,
+            code: root
+                .child("result")
+                .and_then(|r| r.leaf("code"))
+                .map(|c| c.trim().to_owned()),
+            encrypt: leaf("encrypt")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_flat_fields_with_cdata_text_and_entities() {
+        let x = XmlMap::parse(
+            b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\r\n<xml>\n <b><![CDATA[x<y]]></b>\n \
+              <a>1 &amp; 2 &lt;&#x4E3B;&#24215;&gt;</a><c/><d></d><e>l1\r\nl2\rl3</e>\n</xml>\n",
+        )
+        .unwrap();
+        assert_eq!(x.root(), "xml");
+        assert_eq!(x.get("a"), Some("1 & 2 <主店>"));
+        assert_eq!(x.get("b"), Some("x<y"));
+        assert_eq!(x.get("c"), Some(""));
+        assert_eq!(x.get("d"), Some(""));
+        assert_eq!(x.get("e"), Some("l1\nl2\nl3"));
+        let names: Vec<&str> = x.iter().map(|(k, _)| k).collect();
+        assert_eq!(names, ["a", "b", "c", "d", "e"]);
+        // A CDATA section split in two, and text around it, concatenate.
+        let x = XmlMap::parse(b"<xml><a>p<![CDATA[]]]]><![CDATA[>]]>q</a></xml>").unwrap();
+        assert_eq!(x.get("a"), Some("p]]>q"));
+    }
+
+    #[test]
+    fn xml_refusals() {
+        let refused: &[(&[u8], &str)] = &[
+            (
+                b"<!DOCTYPE xml [<!ENTITY e \"x\">]><xml><a>&e;</a></xml>",
+                "doctype",
+            ),
+            (
+                b"<!DOCTYPE xml><xml><a>1</a></xml>",
+                "doctype without entities",
+            ),
+            (b"<xml><a>&e;</a></xml>", "undeclared entity"),
+            (b"<xml><a>1</a><a>2</a></xml>", "repeated element"),
+            (b"<xml><a><b>1</b></a></xml>", "nesting"),
+            (b"<xml><a><b/></a></xml>", "nested empty element"),
+            (b"<xml><a x=\"1\">1</a></xml>", "attributes"),
+            (b"<xml y=\"1\"><a>1</a></xml>", "root attributes"),
+            (b"<xml><!-- c --><a>1</a></xml>", "comment"),
+            (b"<xml><?pi x?><a>1</a></xml>", "processing instruction"),
+            (b"<xml>text<a>1</a></xml>", "text in the root"),
+            (b"<xml><a>1</a></xml>trailing", "text after the root"),
+            (b"<xml><a>1</a></xml><xml></xml>", "two roots"),
+            (b"<xml><a>1</a>", "unclosed root"),
+            (b"<xml><a>1</b></xml>", "mismatched end"),
+            (b"<xml><a>\xff</a></xml>", "not UTF-8"),
+            (
+                b"<?xml version=\"1.0\" encoding=\"GBK\"?><xml><a>1</a></xml>",
+                "GBK",
+            ),
+            (b"<xml><a>&#0;</a></xml>", "NUL reference"),
+            (b"<xml/>", "empty root"),
+            (b"", "empty"),
+            (b"  \n", "blank"),
+            (
+                b"<xml><a>1</a></xml><?xml version=\"1.0\"?>",
+                "late declaration",
+            ),
+            (b"<![CDATA[x]]><xml><a>1</a></xml>", "CDATA outside"),
+        ];
+        for (body, why) in refused {
+            assert!(XmlMap::parse(body).is_err(), "{why}");
+        }
+        assert_eq!(
+            XmlMap::parse(
+                b"<!DOCTYPE xml [<!ENTITY e SYSTEM \"file:///etc/passwd\">]><xml><a>&e;</a></xml>"
+            )
+            .unwrap_err(),
+            ParseError::Doctype
+        );
+        assert_eq!(
+            XmlMap::parse(b"<xml><a>1</a><a>1</a></xml>").unwrap_err(),
+            ParseError::DuplicateKey { key: "a".into() }
+        );
+        assert_eq!(
+            XmlMap::parse(b"<xml><a><b>1</b></a></xml>").unwrap_err(),
+            ParseError::XmlNesting {
+                element: "a".into()
+            }
+        );
+    }
+
+    #[test]
+    fn envelope_parser_refuses_what_it_should() {
+        let ok = b"<jdpay><version>V2.0</version><merchant>1</merchant><result><code>000000</code><desc>x</desc></result><encrypt>QQ==</encrypt></jdpay>";
+        let e = Envelope::parse(ok).unwrap();
+        assert_eq!(
+            (e.version.as_str(), e.code.as_deref()),
+            ("V2.0", Some("000000"))
+        );
+        for (bad, why) in [
+            (&b"<!DOCTYPE x [<!ENTITY a \"b\">]><jdpay/>"[..], "doctype"),
+            (b"<jdpay><version>&a;</version></jdpay>", "entity"),
+            (
+                b"<jdpay><merchant>1</merchant><merchant>2</merchant></jdpay>",
+                "repeat",
+            ),
+            (b"<jdpay><merchant><x>1</x></merchant></jdpay>", "nesting"),
+            (b"<jdpay><result><code><x/></code></result></jdpay>", "deep"),
+            (b"<jdpay><version>V2.0</version>", "unclosed"),
+            (b"<jdpay a=\"1\"></jdpay>", "attribute"),
+            (b"<jdpay><!-- c --></jdpay>", "comment"),
+            (b"<xml><encrypt>1</encrypt></xml>", "root"),
+            (b"<jdpay>text<merchant>1</merchant></jdpay>", "mixed"),
+            (b"<jdpay></jdpay><jdpay></jdpay>", "two roots"),
+            (
+                b"<jdpay><version>V2.0</version><merchant>1</merchant></jdpay>",
+                "no encrypt",
+            ),
+            (b"\xff<jdpay/>", "utf8"),
+        ] {
+            assert!(Envelope::parse(bad).is_err(), "{why}");
+        }
+        // Character references and the predefined entities are fine.
+        let e = Envelope::parse(
+            b"<jdpay><version>V2.0</version><merchant>&#49;&amp;</merchant><encrypt><![CDATA[QQ==]]></encrypt></jdpay>",
+        )
+        .unwrap();
+        assert_eq!((e.merchant.as_str(), e.encrypt.as_str()), ("1&", "QQ=="));
+    }
+
+    #[test]
+    fn wechat_bodies_and_jd_envelopes_follow_the_same_rules() {
+        let many = format!("<ROOT>{}</ROOT>", "<a/>".repeat(MAX_ELEMENTS));
+        let refused: &[(&str, &[u8])] = &[
+            (
+                "doctype",
+                b"<!DOCTYPE ROOT><ROOT><version>1</version></ROOT>",
+            ),
+            ("comment", b"<ROOT><!-- c --><version>1</version></ROOT>"),
+            (
+                "processing instruction",
+                b"<ROOT><?pi x?><version>1</version></ROOT>",
+            ),
+            ("attribute", b"<ROOT><version x=\"1\">1</version></ROOT>"),
+            (
+                "declared GBK",
+                b"<?xml version=\"1.0\" encoding=\"GBK\"?><ROOT><version>1</version></ROOT>",
+            ),
+            (
+                "late declaration",
+                b"<ROOT><version>1</version></ROOT><?xml version=\"1.0\"?>",
+            ),
+            ("undeclared entity", b"<ROOT><version>&e;</version></ROOT>"),
+            ("NUL reference", b"<ROOT><version>&#0;</version></ROOT>"),
+            (
+                "text beside elements",
+                b"<ROOT>text<version>1</version></ROOT>",
+            ),
+            (
+                "ideographic space beside elements",
+                "<ROOT>\u{3000}<version>1</version></ROOT>".as_bytes(),
+            ),
+            ("second root", b"<ROOT><version>1</version></ROOT><ROOT/>"),
+            (
+                "repeated element",
+                b"<ROOT><version>1</version><version>1</version></ROOT>",
+            ),
+            ("value not UTF-8", b"<ROOT><version>\xff</version></ROOT>"),
+            ("unclosed", b"<ROOT><version>1</version>"),
+            ("too many elements", many.as_bytes()),
+        ];
+        for (why, doc) in refused {
+            let wechat = String::from_utf8_lossy(doc).replace("ROOT", "xml");
+            let jd = String::from_utf8_lossy(doc).replace("ROOT", "jdpay");
+            let (wechat, jd) = if why.contains("UTF-8") {
+                (doc.to_vec(), doc.to_vec())
+            } else {
+                (wechat.into_bytes(), jd.into_bytes())
+            };
+            assert!(XmlMap::parse(&wechat).is_err(), "wechat: {why}");
+            assert!(Envelope::parse(&jd).is_err(), "jd: {why}");
+        }
+        // Line ends are normalised in both.
+        let x = XmlMap::parse(b"<xml><a>1\r\n2</a></xml>").unwrap();
+        assert_eq!(x.get("a"), Some("1\n2"));
+        let e = Envelope::parse(
+            b"<jdpay><version>V2.0</version><merchant>1\r2</merchant><encrypt>QQ==</encrypt></jdpay>",
+        )
+        .unwrap();
+        assert_eq!(e.merchant, "1\n2");
+    }
+}
