@@ -49,6 +49,7 @@ pub mod limit;
 pub mod load;
 pub mod metrics;
 pub mod normalize;
+pub mod notify_verify;
 pub mod pipeline;
 pub mod provider;
 pub mod redeliver;

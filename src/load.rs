@@ -474,6 +474,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(t).map_err(|_| bad())
 }
 
+// === URLs ===
+
+/// Parses and checks a URL callgate sends requests to (an upstream,
+/// notify_verify): absolute http:// or https:// with a host.
+pub fn http_url(value: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = value.parse().map_err(|e| format!("not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err("must start with http:// or https://".to_owned()),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("has no host".to_owned());
+    }
+    Ok(uri)
+}
+
 // === reasons ===
 
 /// An operator-facing reason for an I/O failure.
@@ -518,5 +534,14 @@ mod tests {
         assert_eq!(line_of(src, 2), 2);
         assert_eq!(line_of(src, 4), 3);
         assert_eq!(line_of(src, 100), 3);
+    }
+
+    #[test]
+    fn upstream_urls() {
+        assert!(http_url("http://127.0.0.1:8080/plus/notify.php").is_ok());
+        assert!(http_url("https://shop.example/notify?code=alipay").is_ok());
+        assert!(http_url("ftp://x/").is_err());
+        assert!(http_url("/relative").is_err());
+        assert!(http_url("not a url").is_err());
     }
 }

@@ -23,27 +23,40 @@ use crate::provider::{Fields, ProviderKind, Verified};
 
 /// The normalized JSON body for `verified`.
 pub fn normalize(verified: &Verified) -> Vec<u8> {
-    let value = match (verified.kind(), verified.fields()) {
-        (ProviderKind::Alipay, Fields::Form { form, encoding }) => {
-            alipay(verified, form_fields(form, encoding, "sign"))
-        }
-        (ProviderKind::AlipayMd5, Fields::Form { form, encoding }) => {
-            alipay_md5(verified, form_fields(form, encoding, "sign"))
-        }
-        (ProviderKind::Unionpay, Fields::Form { form, encoding }) => {
-            unionpay(verified, form_fields(form, encoding, "signature"))
-        }
-        (ProviderKind::Jdpay, Fields::Jdpay(decrypted)) => jdpay(verified, decrypted),
-        (ProviderKind::WechatV2, Fields::Xml { xml, refund }) => {
-            wechat_v2(verified, xml, refund.as_ref())
-        }
-        (ProviderKind::WechatV3, Fields::Json { body, resource }) => {
-            wechat_v3(verified, body, resource)
-        }
-        (kind, _) => json!({
-            "provider": kind.as_str(),
-            "event_id": verified.event_id(),
-        }),
+    let fields = verified.fields();
+    // Each provider verifies into its own shape of fields; another shape
+    // (never built) gives the bare event.
+    let value = match verified.kind() {
+        ProviderKind::Alipay => match fields {
+            Fields::Form { form, encoding } => {
+                alipay(verified, form_fields(form, encoding, "sign"))
+            }
+            _ => bare(verified),
+        },
+        ProviderKind::AlipayMd5 => match fields {
+            Fields::Form { form, encoding } => {
+                alipay_md5(verified, form_fields(form, encoding, "sign"))
+            }
+            _ => bare(verified),
+        },
+        ProviderKind::Unionpay => match fields {
+            Fields::Form { form, encoding } => {
+                unionpay(verified, form_fields(form, encoding, "signature"))
+            }
+            _ => bare(verified),
+        },
+        ProviderKind::Jdpay => match fields {
+            Fields::Jdpay(decrypted) => jdpay(verified, decrypted),
+            _ => bare(verified),
+        },
+        ProviderKind::WechatV2 => match fields {
+            Fields::Xml { xml, refund } => wechat_v2(verified, xml, refund.as_ref()),
+            _ => bare(verified),
+        },
+        ProviderKind::WechatV3 => match fields {
+            Fields::Json { body, resource } => wechat_v3(verified, body, resource),
+            _ => bare(verified),
+        },
     };
     serde_json::to_vec(&value).unwrap_or_default()
 }
@@ -403,6 +416,14 @@ pub fn beijing_rfc3339(s: &str) -> Option<String> {
     let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").ok()?;
     let tz = FixedOffset::east_opt(8 * 3600)?;
     Some(tz.from_local_datetime(&naive).single()?.to_rfc3339())
+}
+
+/// The provider and event id alone.
+fn bare(verified: &Verified) -> Value {
+    json!({
+        "provider": verified.kind().as_str(),
+        "event_id": verified.event_id(),
+    })
 }
 
 /// A JD payload as JSON: leaves are strings, elements objects; `pay`

@@ -34,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::provider::Verified;
 use crate::replay::{self, Backlog, ClaimGuard, Claimed, Confirmed, Key, ReplayStore, StoreError};
 use crate::rules::{AllowMode, Merchant, OnStoreError, Route};
-use crate::{allow, body, limit, normalize, provider};
+use crate::{allow, body, limit, normalize, notify_verify, provider};
 
 /// Everything a request needs, shared by all connections. Built in `main`
 /// (or a test), passed explicitly: no globals.
@@ -293,11 +293,7 @@ where
     // Several merchants may share the route: the claimed merchant picks the
     // keys, which then verify that same field again.
     ctx.merchant = route
-        .merchant_label(&provider::claimed_merchant(
-            route.kind(),
-            &parts.headers,
-            &payload,
-        ))
+        .merchant_label(&provider::addressee(route.kind(), &parts.headers, &payload))
         .map(Into::into);
     let now = crate::clock::unix_now();
     let (merchant, verified) = route
@@ -369,10 +365,9 @@ where
     // Legacy Alipay routes may also ask Alipay to vouch for the notify_id,
     // once per event: a duplicate was answered from the store above without
     // asking (Alipay invalidates a notify_id once it has seen `success`).
-    if let Some(atn) = merchant.provider.notify_verify()
-        && let Err(e) = atn
-            .confirm(&state.client, &verified, limits.upstream_timeout)
-            .await
+    if let Some(endpoint) = merchant.provider.notify_verify()
+        && let Err(e) =
+            notify_verify::ask(&state.client, endpoint, &verified, limits.upstream_timeout).await
     {
         release(state, &route, guard).await;
         forget_nonce(state, &route, nonce_key.as_ref()).await;

@@ -23,7 +23,7 @@ use toml::de::{DeTable, DeValue};
 use crate::allow::{AllowList, parse_net};
 use crate::forward::{ForwardHeaders, ForwardMode, Upstream, UpstreamError};
 use crate::load::{Dur, FileCtx, Loader, Located, RuleError, io_reason, line_of};
-use crate::provider::{Claimed, Provider, ProviderKind, Verified, VerifyError};
+use crate::provider::{Addressee, Provider, ProviderKind, Verified, VerifyError};
 use crate::secret::Secret;
 
 // === raw ===
@@ -161,22 +161,22 @@ impl Route {
         &self.merchants
     }
 
-    /// The merchants whose keys may verify a notification claiming `claim`,
-    /// best match first: one bound to the claimed sub-merchant, then ones
-    /// for the claimed merchant bound to none. A route with one merchant
+    /// The merchants whose keys may verify a notification addressed to
+    /// `to`, best match first: one bound to the sub-merchant it names, then
+    /// ones for the merchant it names bound to none. A route with one merchant
     /// always offers it, so its verifier reports a mismatch precisely.
-    pub fn candidates<'a>(&'a self, claim: &Claimed<'_>) -> Vec<&'a Merchant> {
+    pub fn candidates<'a>(&'a self, to: &Addressee<'_>) -> Vec<&'a Merchant> {
         if let [only] = &*self.merchants {
             return vec![only];
         }
         let exact = self
             .merchants
             .iter()
-            .filter(|m| m.provider.serves(claim, true));
+            .filter(|m| m.provider.serves(to, true));
         let loose = self
             .merchants
             .iter()
-            .filter(|m| m.provider.serves(claim, false) && !m.provider.serves(claim, true));
+            .filter(|m| m.provider.serves(to, false) && !m.provider.serves(to, true));
         exact.chain(loose).collect()
     }
 
@@ -192,8 +192,8 @@ impl Route {
         payload: &crate::body::Payload,
         now: i64,
     ) -> Result<(&Merchant, Verified), VerifyError> {
-        let claim = crate::provider::claimed_merchant(self.kind, headers, payload);
-        let candidates = self.candidates(&claim);
+        let to = crate::provider::addressee(self.kind, headers, payload);
+        let candidates = self.candidates(&to);
         let mut refusal = None;
         for m in &candidates {
             match m.provider.verify(headers, payload, now) {
@@ -211,26 +211,26 @@ impl Route {
             }
         }
         Err(refusal.unwrap_or_else(|| {
-            VerifyError::UnknownMerchant(match claim {
-                Claimed::Id { merchant, sub } => {
+            VerifyError::UnknownMerchant(match to {
+                Addressee::Id { merchant, sub } => {
                     let shown = |s: &str| s.chars().take(64).collect::<String>();
                     match sub {
                         Some(sub) => format!("merchant `{}` / `{}`", shown(merchant), shown(sub)),
                         None => format!("merchant `{}`", shown(merchant)),
                     }
                 }
-                Claimed::Serial(s) => {
+                Addressee::Serial(s) => {
                     format!("key serial `{}`", s.chars().take(64).collect::<String>())
                 }
-                Claimed::Unknown => "no merchant field".to_owned(),
+                Addressee::Unknown => "no merchant field".to_owned(),
             })
         }))
     }
 
-    /// The merchant a notification claiming `claim` is counted under in
+    /// The merchant a notification addressed to `to` is counted under in
     /// `callgate_merchant_requests_total` before it is verified.
-    pub fn merchant_label(&self, claim: &Claimed<'_>) -> Option<&str> {
-        self.candidates(claim)
+    pub fn merchant_label(&self, to: &Addressee<'_>) -> Option<&str> {
+        self.candidates(to)
             .first()
             .map(|m| m.provider.merchant_id())
     }
@@ -781,7 +781,7 @@ fn compile_upstream(
     };
     let Some(secret) = secret else {
         // Still report a bad URL alongside the secret problem.
-        if let Err(UpstreamError::Uri(reason)) = crate::forward::parse_upstream_uri(url.get_ref()) {
+        if let Err(reason) = crate::load::http_url(url.get_ref()) {
             bad_url(ctx, reason);
         }
         return None;

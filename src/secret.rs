@@ -4,8 +4,9 @@
 //! API keys). Its `Debug` and `Display` never show the bytes, and its memory
 //! is wiped on drop. MAC and signature strings are compared with
 //! [`ct_eq`], never `==`. [`mask`] shortens a signature or account id to
-//! something an operator can correlate but nobody can reuse, and
-//! [`redact_url`] takes the password out of a URL before it is printed.
+//! something an operator can correlate but nobody can reuse, [`shown`]
+//! cuts an untrusted value short for a message, and [`redact_url`] takes the
+//! password out of a URL before it is printed.
 
 use std::fmt;
 use std::path::Path;
@@ -70,6 +71,12 @@ pub enum SecretFileError {
 /// Constant-time equality for MACs, digests and signature strings.
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
+}
+
+/// Text of an untrusted value for a message (an error, a log line): lossy
+/// UTF-8, at most 64 characters, so no message carries a whole field.
+pub fn shown(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).chars().take(64).collect()
 }
 
 /// Keeps the first four and last two characters of a value that must not

@@ -36,6 +36,7 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http_body_util::{BodyExt, Limited};
 
 use crate::ack::Outcome;
+use crate::secret::shown;
 
 pub use form::{Form, strip_form_fields};
 pub use json::JsonBody;
@@ -243,11 +244,6 @@ fn expect_content_type(headers: &HeaderMap, want: &[&'static str]) -> Result<(),
             want: want.first().copied().unwrap_or_default(),
         })
     }
-}
-
-/// Text of an untrusted value for an error message: lossy, at most 64 chars.
-fn shown(v: &[u8]) -> String {
-    String::from_utf8_lossy(v).chars().take(64).collect()
 }
 
 #[cfg(test)]

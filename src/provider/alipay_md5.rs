@@ -61,29 +61,27 @@
 //! notify_verify (ATN): with `keys.notify_verify_url` set, the gateway asks
 //! Alipay whether the `notify_id` is genuine, the way the legacy demo does
 //! (`GET <url>?service=notify_verify&partner=<partner>&notify_id=<notify_id>`,
-//! the id as received), after the signature and freshness checks and before
-//! the replay claim ([`NotifyVerify::confirm`]). `true` continues; any other
+//! the id as received, [`NotifyVerify::uri`]), after the signature and
+//! freshness checks and the replay claim, before the forward (the
+//! `notify_verify` module asks). `true` continues; any other
 //! answer is 401 `bad_signature`; no answer in `limits.upstream_timeout`, a
 //! refused connection or a non-2xx status is 502 `upstream_error`, so Alipay
 //! retries and nothing is lost. The demo accepts any body ending in `true`
 //! (`/true$/i`); callgate wants exactly `true`, as chloerei/alipay does.
 
-use std::time::Duration;
-
-use bytes::Bytes;
 use encoding_rs::Encoding;
-use http::{Method, Request, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http::Uri;
 use md5::{Digest, Md5};
 use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
-use super::{ProviderKind, Verified, VerifyError, charset_label, form_encoding, shown};
-use crate::ack::Outcome;
+use super::{
+    ProviderKind, Verified, VerifyError, charset_label, expect_merchant, form_encoding, sorted_join,
+};
 use crate::body::Form;
-use crate::forward::{HttpClient, error_chain};
 use crate::load::{FileCtx, RuleError};
+use crate::secret::shown;
 use crate::secret::{Secret, ct_eq};
 
 /// `[route.keys]` for `alipay_md5`, as written.
@@ -314,16 +312,11 @@ impl Keys {
                 .filter(|(k, _)| !unsigned.iter().any(|u| u == k)),
             &IDENTITY,
         )?;
-        match form.get("seller_id").filter(|v| !v.is_empty()) {
-            Some(id) if id == self.seller_id.as_bytes() => {}
-            Some(id) => {
-                return Err(VerifyError::MerchantMismatch {
-                    field: "seller_id",
-                    got: shown(id),
-                });
-            }
-            None => return Err(VerifyError::MissingField("seller_id")),
-        }
+        expect_merchant(
+            "seller_id",
+            form.get("seller_id").filter(|v| !v.is_empty()),
+            &self.seller_id,
+        )?;
         if let Some(want) = &self.seller_email {
             match form.get("seller_email").filter(|v| !v.is_empty()) {
                 Some(got) if got.eq_ignore_ascii_case(want.as_bytes()) => {}
@@ -370,26 +363,7 @@ fn matches(key: &Secret, content: &[u8], sign: &[u8]) -> bool {
 /// without `sign` and `sign_type`, and without empty values unless
 /// `keep_empty`. Returns it and the fields whose value is empty.
 pub(crate) fn canonical(form: &Form, keep_empty: bool) -> (Vec<u8>, Vec<String>) {
-    let mut out = Vec::with_capacity(1024);
-    let mut empty = Vec::new();
-    for (key, value) in form.iter() {
-        if key == "sign" || key == "sign_type" {
-            continue;
-        }
-        if value.is_empty() {
-            empty.push(key.to_owned());
-            if !keep_empty {
-                continue;
-            }
-        }
-        if !out.is_empty() {
-            out.push(b'&');
-        }
-        out.extend_from_slice(key.as_bytes());
-        out.push(b'=');
-        out.extend_from_slice(value);
-    }
-    (out, empty)
+    sorted_join(form, &["sign", "sign_type"], <[u8]>::is_empty, keep_empty)
 }
 
 /// The signature of a sample notification (`callgate sign alipay_md5`).
@@ -399,55 +373,17 @@ pub(crate) fn sign_hex(form: &Form, key: &Secret) -> String {
 
 // === notify_verify ===
 
-/// A route's notify_verify (ATN) endpoint, with the partner id it sends.
+/// A route's notify_verify (ATN) endpoint, with the partner id it sends:
+/// what `notify_verify::ask` asks Alipay with.
 #[derive(Debug)]
 pub struct NotifyVerify {
     base: Box<str>,
     partner: Box<str>,
 }
 
-/// Why notify_verify did not confirm a notification.
-#[derive(Debug, thiserror::Error)]
-pub enum NotifyVerifyError {
-    #[error("notify_verify answered {0:?}, not `true`: Alipay does not vouch for this notify_id")]
-    Denied(String),
-    #[error("notify_verify did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("notify_verify request failed: {0}")]
-    Request(String),
-    #[error("notify_verify answered HTTP {0}")]
-    Status(u16),
-    #[error("notify_verify reply could not be read: {0}")]
-    Reply(String),
-    #[error("cannot build the notify_verify request: {0}")]
-    Build(String),
-}
-
-impl NotifyVerifyError {
-    /// The `reason` label of `callgate_rejections_total`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            NotifyVerifyError::Denied(_) => "notify_verify_denied",
-            _ => "notify_verify_unavailable",
-        }
-    }
-
-    /// A denial is a bad signature (401); not getting an answer is the
-    /// gateway's problem (502), so Alipay retries.
-    pub fn outcome(&self) -> Outcome {
-        match self {
-            NotifyVerifyError::Denied(_) => Outcome::BadSignature,
-            _ => Outcome::UpstreamError,
-        }
-    }
-}
-
-/// Largest notify_verify reply read (the real one is `true` or `false`).
-const MAX_ATN_REPLY: usize = 1024;
-
 impl NotifyVerify {
     fn new(url: &str, partner: &str) -> Result<NotifyVerify, String> {
-        let uri = crate::forward::parse_upstream_uri(url).map_err(|e| e.to_string())?;
+        let uri = crate::load::http_url(url)?;
         if uri.query().is_some() || url.contains('#') {
             return Err("give the URL without a query (for example https://mapi.alipay.com/gateway.do); callgate appends ?service=notify_verify&partner=...&notify_id=...".to_owned());
         }
@@ -460,7 +396,7 @@ impl NotifyVerify {
     /// The request URI for `notify_id`. The id goes in as received, the way
     /// the legacy demo concatenates it (`%` and `/` stay literal; only bytes
     /// a URI cannot carry, and `&`, `#`, `+`, are escaped).
-    fn uri(&self, notify_id: &str) -> Result<Uri, NotifyVerifyError> {
+    pub fn uri(&self, notify_id: &str) -> Result<Uri, http::uri::InvalidUri> {
         use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
         const UNSAFE: &AsciiSet = &CONTROLS
             .add(b' ')
@@ -483,51 +419,6 @@ impl NotifyVerify {
             utf8_percent_encode(notify_id, UNSAFE)
         )
         .parse()
-        .map_err(|e: http::uri::InvalidUri| NotifyVerifyError::Build(e.to_string()))
-    }
-
-    /// Asks Alipay whether `verified`'s notify_id is genuine, within
-    /// `timeout`. `Ok` only for the answer `true`.
-    pub async fn confirm(
-        &self,
-        client: &HttpClient,
-        verified: &Verified,
-        timeout: Duration,
-    ) -> Result<(), NotifyVerifyError> {
-        let mut request = Request::new(Full::new(Bytes::new()));
-        *request.method_mut() = Method::GET;
-        *request.uri_mut() = self.uri(verified.event_id())?;
-        let exchange = async {
-            let response = client
-                .request(request)
-                .await
-                .map_err(|e| NotifyVerifyError::Request(error_chain(&e)))?;
-            let status = response.status();
-            if !status.is_success() {
-                return Err(NotifyVerifyError::Status(status.as_u16()));
-            }
-            let reply = match Limited::new(response.into_body(), MAX_ATN_REPLY)
-                .collect()
-                .await
-            {
-                Ok(body) => body.to_bytes(),
-                // An answer, just not `true`.
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                    return Err(NotifyVerifyError::Denied(format!(
-                        "a reply of more than {MAX_ATN_REPLY} bytes"
-                    )));
-                }
-                Err(e) => return Err(NotifyVerifyError::Reply(e.to_string())),
-            };
-            if reply.trim_ascii() == b"true" {
-                Ok(())
-            } else {
-                Err(NotifyVerifyError::Denied(shown(reply.trim_ascii())))
-            }
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| NotifyVerifyError::Timeout(timeout))?
     }
 }
 

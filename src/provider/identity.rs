@@ -22,7 +22,8 @@
 //! `bad_event_id`, `bad_merchant_id`, `bad_time`, `ambiguous_fields` (all
 //! 400: the notification verified, it is its shape that is refused).
 
-use super::{VerifyError, java_whitespace, shown};
+use super::{VerifyError, java_whitespace};
+use crate::secret::shown;
 
 /// The syntax a platform gives an identity field.
 #[derive(Debug, Clone, Copy)]

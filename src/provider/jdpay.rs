@@ -76,10 +76,11 @@ use toml::Spanned;
 use toml::de::DeValue;
 
 use super::identity::{self, Role, TimeFormat};
-use super::{Fields, ProviderKind, Verified, VerifyError, shown};
+use super::{Fields, ProviderKind, Verified, VerifyError, expect_merchant};
 use crate::body::xml::{self, Element, Envelope, Shape, XmlError};
 use crate::load::{FileCtx, RuleError};
 use crate::secret::Secret;
+use crate::secret::shown;
 
 /// The declaration the SDK adds when the payload has none.
 pub const XML_HEAD: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>";
@@ -252,16 +253,11 @@ impl Keys {
                 reason: format!("decrypted XML: {e}"),
             });
         }
-        match root.leaf("merchant") {
-            Some(m) if m == &*self.merchant => {}
-            Some(m) => {
-                return Err(VerifyError::MerchantMismatch {
-                    field: "merchant",
-                    got: shown(m.as_bytes()),
-                });
-            }
-            None => return Err(VerifyError::MissingField("merchant")),
-        }
+        expect_merchant(
+            "merchant",
+            root.leaf("merchant").map(str::as_bytes),
+            &self.merchant,
+        )?;
         let leaf = |name: &str| root.leaf(name).map(str::as_bytes);
         let trade_num = identity::token(
             Role::Event,
@@ -307,12 +303,11 @@ impl Keys {
                 shown(envelope.version.as_bytes())
             )));
         }
-        if envelope.merchant != *self.merchant {
-            return Err(VerifyError::MerchantMismatch {
-                field: "merchant",
-                got: shown(envelope.merchant.as_bytes()),
-            });
-        }
+        expect_merchant(
+            "merchant",
+            Some(envelope.merchant.as_bytes()),
+            &self.merchant,
+        )?;
         let xml = self.decrypt(&envelope.encrypt)?;
         let text = std::str::from_utf8(&xml).map_err(|_| VerifyError::Decrypt("not UTF-8"))?;
 

@@ -41,6 +41,7 @@ use encoding_rs::Encoding;
 use crate::ack::{Ack, Outcome};
 use crate::body::{Form, Format, Payload};
 use crate::load::{FileCtx, RuleError};
+use crate::secret::shown;
 
 /// The `provider` names of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -80,7 +81,11 @@ impl ProviderKind {
     pub fn default_max_age(self) -> Duration {
         match self {
             ProviderKind::WechatV3 => Duration::from_secs(5 * 60),
-            _ => Duration::from_secs(25 * 3600),
+            ProviderKind::Alipay
+            | ProviderKind::AlipayMd5
+            | ProviderKind::WechatV2
+            | ProviderKind::Unionpay
+            | ProviderKind::Jdpay => Duration::from_secs(25 * 3600),
         }
     }
 
@@ -89,7 +94,11 @@ impl ProviderKind {
     pub fn max_future(self, max_age: Duration) -> Duration {
         match self {
             ProviderKind::WechatV3 => max_age,
-            _ => Duration::from_secs(5 * 60),
+            ProviderKind::Alipay
+            | ProviderKind::AlipayMd5
+            | ProviderKind::WechatV2
+            | ProviderKind::Unionpay
+            | ProviderKind::Jdpay => Duration::from_secs(5 * 60),
         }
     }
 
@@ -183,14 +192,14 @@ impl Provider {
         }
     }
 
-    /// Whether these keys are the ones for a notification that claims
-    /// `claim`, read before verification (see [`claimed_merchant`]): the
-    /// same merchant, and the same sub-merchant when the keys are bound to
-    /// one (`exact` asks for that binding).
-    pub fn serves(&self, claim: &Claimed<'_>, exact: bool) -> bool {
-        match (self, claim) {
-            (Provider::WechatV3(k), Claimed::Serial(serial)) => k.knows_serial(serial),
-            (_, Claimed::Id { merchant, sub }) => {
+    /// Whether these keys are the ones for a notification addressed to
+    /// `to`, read before verification (see [`addressee`]): the same
+    /// merchant, and the same sub-merchant when the keys are bound to one
+    /// (`exact` asks for that binding).
+    pub fn serves(&self, to: &Addressee<'_>, exact: bool) -> bool {
+        match to {
+            Addressee::Serial(serial) => self.knows_serial(serial),
+            Addressee::Id { merchant, sub } => {
                 let (mine, my_sub) = self.binding();
                 mine == *merchant
                     && match my_sub {
@@ -198,7 +207,20 @@ impl Provider {
                         None => !exact,
                     }
             }
-            _ => false,
+            Addressee::Unknown => false,
+        }
+    }
+
+    /// Whether one of these keys has the platform key serial `serial`
+    /// (only WeChat Pay v3 names its key in the request).
+    fn knows_serial(&self, serial: &str) -> bool {
+        match self {
+            Provider::WechatV3(k) => k.knows_serial(serial),
+            Provider::Alipay(_)
+            | Provider::AlipayMd5(_)
+            | Provider::WechatV2(_)
+            | Provider::Unionpay(_)
+            | Provider::Jdpay(_) => false,
         }
     }
 
@@ -243,16 +265,35 @@ impl Provider {
         now: i64,
     ) -> Result<Verified, VerifyError> {
         let declared = content_type_charset(headers);
-        match (self, payload) {
-            (Provider::Alipay(keys), Payload::Form(form)) => keys.verify(form, declared),
-            (Provider::AlipayMd5(keys), Payload::Form(form)) => keys.verify(form, declared),
-            (Provider::WechatV2(keys), Payload::Xml(xml)) => keys.verify(xml, now),
-            (Provider::WechatV3(keys), Payload::Json(json)) => keys.verify(headers, json, now),
+        // `format()` picks the parser, so each provider meets its own
+        // payload; any other is refused.
+        let wrong = VerifyError::PayloadFormat;
+        match self {
+            Provider::Alipay(keys) => match payload {
+                Payload::Form(form) => keys.verify(form, declared),
+                _ => Err(wrong),
+            },
+            Provider::AlipayMd5(keys) => match payload {
+                Payload::Form(form) => keys.verify(form, declared),
+                _ => Err(wrong),
+            },
+            Provider::WechatV2(keys) => match payload {
+                Payload::Xml(xml) => keys.verify(xml, now),
+                _ => Err(wrong),
+            },
+            Provider::WechatV3(keys) => match payload {
+                Payload::Json(json) => keys.verify(headers, json, now),
+                _ => Err(wrong),
+            },
             // Certificate validity is judged at the time of verification.
-            (Provider::Unionpay(keys), Payload::Form(form)) => keys.verify_at(form, declared, now),
-            (Provider::Jdpay(keys), Payload::JdXml(envelope)) => keys.verify(envelope),
-            // `format()` picks the parser, so the pairs above are the only ones.
-            _ => Err(VerifyError::PayloadFormat),
+            Provider::Unionpay(keys) => match payload {
+                Payload::Form(form) => keys.verify_at(form, declared, now),
+                _ => Err(wrong),
+            },
+            Provider::Jdpay(keys) => match payload {
+                Payload::JdXml(envelope) => keys.verify(envelope),
+                _ => Err(wrong),
+            },
         }
     }
 
@@ -268,21 +309,26 @@ impl Provider {
         }
     }
 
-    /// The route's `notify_verify` confirmation (legacy Alipay), when it has
-    /// one: asked once the event is claimed, before it is forwarded.
+    /// The route's `notify_verify` endpoint (legacy Alipay), when it has
+    /// one: `notify_verify::ask` asks it once the event is claimed, before
+    /// it is forwarded.
     pub fn notify_verify(&self) -> Option<&alipay_md5::NotifyVerify> {
         match self {
             Provider::AlipayMd5(keys) => keys.notify_verify(),
-            _ => None,
+            Provider::Alipay(_)
+            | Provider::WechatV2(_)
+            | Provider::WechatV3(_)
+            | Provider::Unionpay(_)
+            | Provider::Jdpay(_) => None,
         }
     }
 }
 
-/// Which merchant a notification says it is for, before anything is
-/// verified: only used to pick the keys to verify with, which check the
-/// same fields again.
+/// The merchant a notification is addressed to, read before anything is
+/// verified: only used to pick the keys to verify with (which check the
+/// same fields again) and to label metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claimed<'a> {
+pub enum Addressee<'a> {
     /// The signed merchant field, and the sub-merchant one where the
     /// platform has one in the clear (Alipay `seller_id`, WeChat v2
     /// `sub_mch_id`).
@@ -296,27 +342,40 @@ pub enum Claimed<'a> {
     Unknown,
 }
 
-/// Reads the merchant a notification claims (see [`Claimed`]).
-pub fn claimed_merchant<'a>(
+/// Reads the merchant a notification is addressed to (see [`Addressee`]).
+pub fn addressee<'a>(
     kind: ProviderKind,
     headers: &'a HeaderMap,
     payload: &'a Payload,
-) -> Claimed<'a> {
-    let (id, sub) = match (kind, payload) {
-        (ProviderKind::Alipay, Payload::Form(f)) => (f.get_str("app_id"), f.get_str("seller_id")),
-        (ProviderKind::AlipayMd5, Payload::Form(f)) => (f.get_str("seller_id"), None),
-        (ProviderKind::Unionpay, Payload::Form(f)) => (f.get_str("merId"), None),
-        (ProviderKind::WechatV2, Payload::Xml(x)) => (x.get("mch_id"), x.get("sub_mch_id")),
-        (ProviderKind::Jdpay, Payload::JdXml(e)) => (Some(e.merchant.as_str()), None),
-        (ProviderKind::WechatV3, _) => {
+) -> Addressee<'a> {
+    let form = |field: &str| match payload {
+        Payload::Form(f) => f.get_str(field),
+        _ => None,
+    };
+    let xml = |field: &str| match payload {
+        Payload::Xml(x) => x.get(field),
+        _ => None,
+    };
+    let (id, sub) = match kind {
+        ProviderKind::Alipay => (form("app_id"), form("seller_id")),
+        ProviderKind::AlipayMd5 => (form("seller_id"), None),
+        ProviderKind::Unionpay => (form("merId"), None),
+        ProviderKind::WechatV2 => (xml("mch_id"), xml("sub_mch_id")),
+        ProviderKind::Jdpay => match payload {
+            Payload::JdXml(e) => (Some(e.merchant.as_str()), None),
+            _ => (None, None),
+        },
+        ProviderKind::WechatV3 => {
             return headers
                 .get("wechatpay-serial")
                 .and_then(|v| v.to_str().ok())
-                .map_or(Claimed::Unknown, Claimed::Serial);
+                .map_or(Addressee::Unknown, Addressee::Serial);
         }
-        _ => (None, None),
     };
-    id.map_or(Claimed::Unknown, |merchant| Claimed::Id { merchant, sub })
+    id.map_or(Addressee::Unknown, |merchant| Addressee::Id {
+        merchant,
+        sub,
+    })
 }
 
 // === Verified ===
@@ -664,9 +723,56 @@ impl VerifyError {
     }
 }
 
-/// Text of an untrusted value for an error message: lossy, at most 64 chars.
-fn shown(v: &[u8]) -> String {
-    String::from_utf8_lossy(v).chars().take(64).collect()
+// === what several providers check ===
+
+/// The string most platforms sign: every field of `form` but the `skip`
+/// ones, sorted by name, as `key=value` joined by `&`, values exactly as
+/// received. A field `blank` calls blank is left out unless `keep_blank`;
+/// either way it is named in the second result (when left out, it is
+/// outside the signature).
+pub(crate) fn sorted_join(
+    form: &Form,
+    skip: &[&str],
+    blank: impl Fn(&[u8]) -> bool,
+    keep_blank: bool,
+) -> (Vec<u8>, Vec<String>) {
+    let mut out = Vec::with_capacity(1024);
+    let mut blanks = Vec::new();
+    for (key, value) in form.iter() {
+        if skip.contains(&key) {
+            continue;
+        }
+        if blank(value) {
+            blanks.push(key.to_owned());
+            if !keep_blank {
+                continue;
+            }
+        }
+        if !out.is_empty() {
+            out.push(b'&');
+        }
+        out.extend_from_slice(key.as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(value);
+    }
+    (out, blanks)
+}
+
+/// A merchant field that must be the route's own: present, and exactly
+/// `ours`.
+pub(crate) fn expect_merchant(
+    field: &'static str,
+    got: Option<&[u8]>,
+    ours: &str,
+) -> Result<(), VerifyError> {
+    match got {
+        Some(id) if id == ours.as_bytes() => Ok(()),
+        Some(id) => Err(VerifyError::MerchantMismatch {
+            field,
+            got: shown(id),
+        }),
+        None => Err(VerifyError::MissingField(field)),
+    }
 }
 
 // === RSA public keys ===

@@ -81,9 +81,10 @@ use toml::Spanned;
 use toml::de::DeValue;
 
 use super::identity::{self, Role, TimeFormat};
-use super::{Fields, ProviderKind, Verified, VerifyError, shown};
+use super::{Fields, ProviderKind, Verified, VerifyError, expect_merchant};
 use crate::body::XmlMap;
 use crate::load::{FileCtx, RuleError};
+use crate::secret::shown;
 use crate::secret::{Secret, ct_eq};
 
 /// `[route.keys]` for `wechat_v2`, as written.
@@ -310,27 +311,10 @@ impl Keys {
 
     /// Checks `mch_id` and `appid`.
     fn check_merchant(&self, xml: &XmlMap) -> Result<(), VerifyError> {
-        match xml.get("mch_id") {
-            Some(id) if id == &*self.mch_id => {}
-            Some(id) => {
-                return Err(VerifyError::MerchantMismatch {
-                    field: "mch_id",
-                    got: shown(id.as_bytes()),
-                });
-            }
-            None => return Err(VerifyError::MissingField("mch_id")),
-        }
+        let field = |name: &str| xml.get(name).map(str::as_bytes);
+        expect_merchant("mch_id", field("mch_id"), &self.mch_id)?;
         if let Some(want) = &self.appid {
-            match xml.get("appid") {
-                Some(id) if id == &**want => {}
-                Some(id) => {
-                    return Err(VerifyError::MerchantMismatch {
-                        field: "appid",
-                        got: shown(id.as_bytes()),
-                    });
-                }
-                None => return Err(VerifyError::MissingField("appid")),
-            }
+            expect_merchant("appid", field("appid"), want)?;
         }
         Ok(())
     }

@@ -69,11 +69,12 @@ use toml::Spanned;
 use toml::de::DeValue;
 
 use super::identity::{self, Role};
-use super::{Fields, ProviderKind, RsaDigest, RsaKey, Verified, VerifyError, shown};
+use super::{Fields, ProviderKind, RsaDigest, RsaKey, Verified, VerifyError, expect_merchant};
 use crate::body::JsonBody;
 use crate::expiry::{self, KeyCert, WhenExpired};
 use crate::load::{FileCtx, RuleError};
 use crate::secret::Secret;
+use crate::secret::shown;
 
 /// `[route.keys]` for `wechat_v3`, as written.
 #[derive(Debug, Deserialize)]
@@ -413,12 +414,7 @@ impl Keys {
                 text("mchid").ok_or(VerifyError::MissingField("mchid"))?,
             ),
         };
-        if mch != self.mch_id.as_bytes() {
-            return Err(VerifyError::MerchantMismatch {
-                field,
-                got: shown(mch),
-            });
-        }
+        expect_merchant(field, Some(mch), &self.mch_id)?;
         let sub = identity::optional_token(
             Role::Merchant,
             "sub_mchid",
