@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
-use callgate::replay::{Claim, Key, KeyKind, RedisStore, ReplayStore};
+use callgate::replay::{Claim, Key, RedisStore, ReplayStore};
 
 fn run(c: &mut Criterion, name: &str, store: &ReplayStore, rt: &tokio::runtime::Runtime) {
     let route: Arc<str> = Arc::from("shop-alipay");
@@ -19,7 +19,7 @@ fn run(c: &mut Criterion, name: &str, store: &ReplayStore, rt: &tokio::runtime::
     c.bench_function(&format!("{name}/claim_confirm_new_event"), |b| {
         b.iter(|| {
             i += 1;
-            let key = Key::new(&route, KeyKind::Event, "m", &format!("{name}-{i}"));
+            let key = Key::recorded(&route, "m", &format!("{name}-{i}"));
             rt.block_on(async {
                 if let Claim::New(t) = store.claim(&key, Duration::from_secs(40)).await.unwrap() {
                     store
@@ -30,7 +30,7 @@ fn run(c: &mut Criterion, name: &str, store: &ReplayStore, rt: &tokio::runtime::
             })
         })
     });
-    let dup = Key::new(&route, KeyKind::Event, "m", "dup");
+    let dup = Key::recorded(&route, "m", "dup");
     rt.block_on(async {
         if let Claim::New(t) = store.claim(&dup, Duration::from_secs(40)).await.unwrap() {
             store

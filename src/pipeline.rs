@@ -32,7 +32,7 @@ use crate::forward::{self, Delivery, ForwardMode, HttpClient};
 use crate::journal::{self, Journal, OutcomeRecord, Record};
 use crate::metrics::Metrics;
 use crate::provider::Verified;
-use crate::replay::{self, Backlog, ClaimGuard, Claimed, Confirmed, Key, ReplayStore, StoreError};
+use crate::replay::{self, Backlog, Claim, ClaimGuard, Confirmed, Key, ReplayStore, StoreError};
 use crate::rules::{AllowMode, Merchant, OnStoreError, Route};
 use crate::{allow, body, limit, normalize, notify_verify, provider};
 
@@ -338,12 +338,12 @@ where
     let key = Key::event(&route.name, &verified);
     let life = limits.claim_life();
     let mut guard = match ClaimGuard::claim(&state.store, &key, life).await {
-        Ok(Claimed::New(guard)) => Some(guard),
-        Ok(Claimed::InFlight) => {
+        Ok(Claim::New(guard)) => Some(guard),
+        Ok(Claim::InFlight) => {
             forget_nonce(state, &route, nonce_key.as_ref()).await;
             return Err(Outcome::InFlight);
         }
-        Ok(Claimed::Delivered) => return Err(Outcome::Duplicate),
+        Ok(Claim::Delivered) => return Err(Outcome::Duplicate),
         Err(e @ StoreError::Unavailable(_)) if route.on_store_error == OnStoreError::Open => {
             state.metrics.store_error("claim");
             if state.backlog.contains(&key) {
@@ -831,9 +831,9 @@ pub async fn redeliver(state: &State, rec: &journal::Received) -> Result<Outcome
     let key = Key::event(&route.name, &verified);
     let life = snapshot.limits.claim_life();
     let guard = match ClaimGuard::claim(&state.store, &key, life).await {
-        Ok(Claimed::New(g)) => Some(g),
-        Ok(Claimed::InFlight) => return Ok(Outcome::InFlight),
-        Ok(Claimed::Delivered) => return Ok(Outcome::Duplicate),
+        Ok(Claim::New(g)) => Some(g),
+        Ok(Claim::InFlight) => return Ok(Outcome::InFlight),
+        Ok(Claim::Delivered) => return Ok(Outcome::Duplicate),
         Err(e) => {
             store_refused(state, &route, &e, "claim");
             return Ok(Outcome::StoreUnavailable);

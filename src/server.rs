@@ -210,9 +210,7 @@ pub async fn start_with_client(setup: Setup, client: HttpClient) -> Result<Gatew
 /// docs/deploy.md, "Upgrading: replay keys now hold the merchant").
 fn event_keys(snapshot: &Snapshot, event: &crate::journal::Event) -> Vec<replay::Key> {
     let route: Arc<str> = Arc::from(event.route.as_str());
-    let key = |merchant: &str| {
-        replay::Key::new(&route, replay::KeyKind::Event, merchant, &event.event_id)
-    };
+    let key = |merchant: &str| replay::Key::recorded(&route, merchant, &event.event_id);
     if !event.merchant.is_empty() {
         return vec![key(&event.merchant)];
     }

@@ -90,18 +90,36 @@ async fn two_instances_on_one_redis_forward_an_event_once() {
 
 #[tokio::test]
 async fn a_nonce_seen_by_one_store_is_a_replay_on_the_other() {
-    use callgate::replay::{Key, KeyKind, RedisStore, ReplayStore};
+    use callgate::replay::{Key, RedisStore, ReplayStore};
     let redis = RedisServer::start();
     let timeout = std::time::Duration::from_secs(1);
     let one = ReplayStore::Redis(RedisStore::new(&redis.url(), timeout, None).unwrap());
     let two = ReplayStore::Redis(RedisStore::new(&redis.url(), timeout, None).unwrap());
-    let route: Arc<str> = Arc::from("shop-wechat");
-    let nonce = Key::new(
-        &route,
-        KeyKind::Nonce,
-        "m",
+    // The nonce of a genuine v3 notification, verified by the route.
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = GatewaySpec::new(vec![RouteSpec::wechat_v3(&up)]).write(dir.path());
+    let setup = callgate::config::load(&file).unwrap();
+    let route = setup.snapshot.routes.get("/notify/wechat-v3").unwrap();
+    let body = wechat_fixture("v3_pay.json");
+    let signed = v3_headers(
+        "platform_private.pem",
+        WECHAT_PLATFORM_SERIAL,
+        unix_now(),
         "EcZ9Cmy4Xyx1i6RlJQzLcCyEqDa26NBz",
+        &body,
     );
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in &signed {
+        headers.insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let body = bytes::Bytes::from(body);
+    let payload = callgate::body::parse(route.kind().format(), &headers, &body).unwrap();
+    let (_, verified) = route.verify(&headers, &payload, unix_now()).unwrap();
+    let nonce = Key::nonce(&route.name, &verified).unwrap();
     let window = std::time::Duration::from_secs(600);
     assert!(one.remember(&nonce, window).await.unwrap());
     assert!(!two.remember(&nonce, window).await.unwrap());

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use callgate::replay::{Claim, Key, KeyKind, ReplayStore};
+use callgate::replay::{Claim, Key, ReplayStore};
 
 fn status_kb(field: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -41,7 +41,7 @@ fn main() {
         for i in 0..n {
             // An Alipay notify_id: 32 characters.
             let id = format!("2026111122001{i:019}");
-            let key = Key::new(&route, KeyKind::Event, "m", &id);
+            let key = Key::recorded(&route, "m", &id);
             match store.claim(&key, in_flight).await.expect("memory store") {
                 Claim::New(token) => {
                     store.confirm(&key, token, ttl).await.expect("memory store");

@@ -102,11 +102,10 @@ impl Backlog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replay::KeyKind;
     use std::sync::Arc;
 
     fn key(id: &str) -> Key {
-        Key::new(&Arc::from("r"), KeyKind::Event, "m", id)
+        Key::recorded(&Arc::from("r"), "m", id)
     }
 
     #[test]

@@ -20,16 +20,6 @@ use std::time::Duration;
 
 use super::{Claim, Confirmed, Key, ReplayStore, StoreError, Token};
 
-/// The answer to [`ClaimGuard::claim`].
-pub enum Claimed {
-    /// Ours: forward, then confirm or release.
-    New(ClaimGuard),
-    /// Someone is forwarding it right now.
-    InFlight,
-    /// Delivered before.
-    Delivered,
-}
-
 /// An event's in-flight claim; released on drop unless settled.
 pub struct ClaimGuard {
     store: ReplayStore,
@@ -45,16 +35,16 @@ impl ClaimGuard {
         store: &ReplayStore,
         key: &Key,
         life: Duration,
-    ) -> Result<Claimed, StoreError> {
+    ) -> Result<Claim<ClaimGuard>, StoreError> {
         Ok(match store.claim(key, life).await? {
-            Claim::New(token) => Claimed::New(ClaimGuard {
+            Claim::New(token) => Claim::New(ClaimGuard {
                 store: store.clone(),
                 key: key.clone(),
                 token,
                 settled: false,
             }),
-            Claim::InFlight => Claimed::InFlight,
-            Claim::Delivered => Claimed::Delivered,
+            Claim::InFlight => Claim::InFlight,
+            Claim::Delivered => Claim::Delivered,
         })
     }
 
@@ -118,19 +108,18 @@ impl Drop for ClaimGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replay::KeyKind;
     use std::sync::Arc;
 
     const LIFE: Duration = Duration::from_secs(60);
     const TTL: Duration = Duration::from_secs(3600);
 
     fn key(id: &str) -> Key {
-        Key::new(&Arc::from("r"), KeyKind::Event, "m", id)
+        Key::recorded(&Arc::from("r"), "m", id)
     }
 
     async fn guard(store: &ReplayStore, id: &str, life: Duration) -> ClaimGuard {
         match ClaimGuard::claim(store, &key(id), life).await.unwrap() {
-            Claimed::New(g) => g,
+            Claim::New(g) => g,
             _ => panic!("{id} not new"),
         }
     }

@@ -581,14 +581,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replay::KeyKind;
 
     fn key(i: u64) -> Key {
-        Key::new(&Arc::from("r"), KeyKind::Event, "m", &i.to_string())
+        Key::recorded(&Arc::from("r"), "m", &i.to_string())
     }
 
     fn key_on(route: &str, i: u64) -> Key {
-        Key::new(&Arc::from(route), KeyKind::Event, "m", &i.to_string())
+        Key::recorded(&Arc::from(route), "m", &i.to_string())
     }
 
     const TTL: Duration = Duration::from_secs(3600);
