@@ -53,9 +53,14 @@ fn parse_and_verify(
         b.iter(|| body::parse(format, headers, black_box(raw)).unwrap())
     });
     let payload = body::parse(format, headers, raw).unwrap();
-    provider.verify(headers, &payload, now).unwrap();
+    let body = bytes::Bytes::copy_from_slice(raw);
+    provider.verify(headers, &body, &payload, now).unwrap();
     c.bench_function(&format!("{name}/verify"), |b| {
-        b.iter(|| provider.verify(headers, black_box(&payload), now).unwrap())
+        b.iter(|| {
+            provider
+                .verify(headers, &body, black_box(&payload), now)
+                .unwrap()
+        })
     });
     payload
 }

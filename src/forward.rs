@@ -4,7 +4,9 @@
 //! hyper-util client (http and https), and decides whether the upstream
 //! confirmed it: a 2xx status, and, when the route sets `success_body`, a
 //! body containing those bytes. Only then is the event remembered as
-//! delivered.
+//! delivered. [`forward`] takes a `&Verified`, and what the shop receives
+//! is built from it alone, with the route's [`Target`] and the request's
+//! [`Arrival`]: nothing unverified can reach a shop.
 //!
 //! What the upstream receives:
 //! * `original` mode: the body byte for byte with its Content-Type, so a
@@ -61,6 +63,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 
 use crate::ack::Outcome;
+use crate::normalize;
+use crate::provider::Verified;
 use crate::secret::Secret;
 
 /// How a route forwards: the platform's bytes, or callgate's JSON.
@@ -238,37 +242,89 @@ impl ForwardError {
     }
 }
 
-/// What is being forwarded, beyond the body.
-pub struct Delivery<'a> {
-    pub provider: &'static str,
+/// Where and how a route forwards: the route's part of what the shop
+/// receives.
+pub struct Target<'a> {
+    /// `X-Callgate-Route`.
     pub route: &'a str,
-    pub event_id: &'a str,
-    /// The request's id in callgate's log line and journal.
-    pub request_id: &'a str,
-    pub client_ip: IpAddr,
-    /// The platform's request headers; `pass` picks the ones the shop gets.
-    pub incoming: &'a HeaderMap,
-    /// The route's header allowlist.
-    pub pass: &'a ForwardHeaders,
-    /// `original` keeps the incoming Content-Type; `normalized` sends JSON.
     pub mode: ForwardMode,
-    pub body: Bytes,
-    /// Decrypted platform content for `X-Callgate-Resource` (original mode).
-    pub decrypted: Option<&'a [u8]>,
+    /// Which of the platform's request headers the shop gets.
+    pub headers: &'a ForwardHeaders,
+    /// The verified merchant's upstream.
+    pub upstream: &'a Upstream,
+}
+
+/// The request a notification arrived in: the delivery's part of what the
+/// shop receives.
+pub struct Arrival<'a> {
+    /// `X-Callgate-Request-Id`: the id of callgate's log line and journal
+    /// records for the request.
+    pub request_id: &'a str,
+    /// `X-Forwarded-For`: the source address callgate decided on.
+    pub client: IpAddr,
+    /// The platform's request headers; the route's allowlist picks.
+    pub headers: &'a HeaderMap,
+    /// The `t` of `X-Callgate-Signature`, Unix seconds.
     pub now: i64,
     /// `X-Callgate-Attempt`: 1, or more when the event was sent before
     /// without a recorded delivery.
     pub attempt: u32,
 }
 
-/// Sends `delivery` to `upstream` and waits for its confirmation.
+/// Everything the shop receives, built only by [`Delivery::of`] from a
+/// verified notification: its body (the bytes the signature covers, or
+/// callgate's JSON of them), its provider, event id and decrypted content.
+struct Delivery<'a> {
+    provider: &'static str,
+    route: &'a str,
+    event_id: &'a str,
+    request_id: &'a str,
+    client_ip: IpAddr,
+    incoming: &'a HeaderMap,
+    pass: &'a ForwardHeaders,
+    /// `original` keeps the incoming Content-Type; `normalized` sends JSON.
+    mode: ForwardMode,
+    body: Bytes,
+    /// Decrypted platform content for `X-Callgate-Resource` (original mode).
+    decrypted: Option<&'a [u8]>,
+    now: i64,
+    attempt: u32,
+}
+
+impl<'a> Delivery<'a> {
+    fn of(target: &Target<'a>, verified: &'a Verified, arrival: &Arrival<'a>) -> Delivery<'a> {
+        let (body, decrypted) = match target.mode {
+            ForwardMode::Original => (verified.original_body(), verified.decrypted()),
+            ForwardMode::Normalized => (Bytes::from(normalize::normalize(verified)), None),
+        };
+        Delivery {
+            provider: verified.kind().as_str(),
+            route: target.route,
+            event_id: verified.event_id(),
+            request_id: arrival.request_id,
+            client_ip: arrival.client,
+            incoming: arrival.headers,
+            pass: target.headers,
+            mode: target.mode,
+            body,
+            decrypted,
+            now: arrival.now,
+            attempt: arrival.attempt,
+        }
+    }
+}
+
+/// Sends a verified notification to `target`'s upstream and waits for its
+/// confirmation: the only way anything reaches a shop.
 pub async fn forward(
     shared: &HttpClient,
-    upstream: &Upstream,
-    delivery: Delivery<'_>,
+    target: &Target<'_>,
+    verified: &Verified,
+    arrival: &Arrival<'_>,
 ) -> Result<u16, ForwardError> {
+    let upstream = target.upstream;
     let client = upstream.client.as_ref().unwrap_or(shared);
-    let request = build_request(upstream, delivery)?;
+    let request = build_request(upstream, Delivery::of(target, verified, arrival))?;
     let exchange = async {
         let response = client
             .request(request)

@@ -6,30 +6,37 @@
 //! not been delivered before. It answers the platform with the exact
 //! acknowledgement the platform expects, whatever the shop prints.
 //!
-//! One request, in contract order (`pipeline::handle`); every arrow can end
-//! the request early with an [`ack::Outcome`]:
+//! One request, in contract order (`pipeline::handle`, which loads the
+//! configuration snapshot once); every arrow can end the request early
+//! with an [`ack::Outcome`]:
 //!
 //! ```text
 //! server   TcpStream ─tls?─▶ Request + peer
-//! rules    RuleSet::route(path) ─▶ Arc<Route>               NotFound 404, MethodNotAllowed 405
+//! rules    snapshot.routes.get(path) ─▶ Arc<Route>          NotFound 404, MethodNotAllowed 405
 //! allow    client_ip(peer, X-Forwarded-For) ∈ route.allow   IpDenied 403
 //! limit    token bucket per (route, source)                  RateLimited 429
 //! body     read (Content-Length, then Limited) ─▶ Bytes      TooLarge 413
 //!          parse(format) ─▶ Payload                          Malformed 400
-//! provider verify(headers, payload, now) ─▶ Verified         BadSignature 401, Ignored 200
+//! provider route.verify(headers, body, payload, now)
+//!          ─▶ (Merchant, Verified)                           BadSignature 401, Ignored 200
 //! replay   check_fresh(verified) ; store.remember(nonce)     Stale/Replay 401,
-//!          ClaimGuard::claim(event)                          InFlight 409, Duplicate 200,
+//!          claim(verified) ─▶ Held (ClaimGuard, nonce)       InFlight 409, Duplicate 200,
 //!                                                            StoreUnavailable 503 (down, full, evicting)
+//! notify_verify  ask Alipay (legacy routes that say so)      BadSignature 401, UpstreamError 502
 //! journal  append(received)                                  StoreUnavailable 503
-//!          guard.renew() (still ours, a full life)           InFlight 409 (claim lost)
-//! forward  forward(route, verified, body, attempt)
-//!          ─▶ guard.confirm()                                UpstreamError 502/504 (claim released)
-//! ack      Outcome × Provider ─▶ Response ; finish() logs one line and counts it
+//!          held.hold_for_forward() (still ours, a full life) InFlight 409 (claim lost)
+//! forward  forward(target, &verified, arrival)
+//!          ─▶ confirm, or give back                          UpstreamError 502/504
+//! ack      Outcome × Ack ─▶ Response ; finish() logs one line and counts it
 //! ```
 //!
-//! `Verified` can only be built inside `provider/`, and both `replay` and
-//! `forward` take it by reference: a notification cannot reach the upstream
-//! without passing a verifier.
+//! `Verified` can only be built inside `provider/`; the replay keys of the
+//! flow come from it (`replay::Key::event`, `Key::nonce`) and `forward`
+//! builds what the shop receives from it: a notification cannot reach the
+//! upstream without passing a verifier. Configuration is loaded before any
+//! request by `config::load` (`load`, `config`, `rules`); `redeliver` sends
+//! journaled notifications again through the flow's own claim and forward
+//! steps.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 

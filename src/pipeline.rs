@@ -1,19 +1,24 @@
 //! The request flow, top to bottom, in contract order:
-//! route → method → address → rate limit → size → parse → signature → freshness →
-//! replay (claim) → (legacy Alipay: notify_verify) → journal → claim renewed →
-//! forward → ack. Each step is a plain function whose error side is the
-//! [`Outcome`] that ends the request; [`handle`] turns the outcome into the
-//! platform's ack and [`finish`] writes the one log line and the metrics
-//! before the response leaves.
+//! route → method → address → rate limit → size → parse → signature →
+//! freshness → nonce → claim → (legacy Alipay: notify_verify) → journal →
+//! claim renewed → forward → settle → ack. `flow` reads as that list, one
+//! step a line; each step is a plain function whose error side is the
+//! [`Outcome`] that ends the request. [`handle`] turns the outcome into the
+//! platform's ack, and `finish` writes the one log line and the metrics
+//! before the response leaves. A request loads the configuration snapshot
+//! once and works with it to its end.
 //!
-//! The event's claim is a [`ClaimGuard`]: renewed right before the forward
-//! (a step before it may have outlasted the claim's life), confirmed when
-//! the shop took the event, released when it did not (or on drop). A route
-//! that forwards while the store is down keeps what it delivered in
-//! [`State::backlog`] until the store can record it. [`State::tasks`]
-//! counts every request task, so a drain waits for forwards whose platform
-//! already hung up. [`redeliver`] runs the same claim, forward and confirm
-//! for a journaled notification.
+//! From the claim on, the request holds a [`Held`]: the event's claim (a
+//! `replay::ClaimGuard`, released on drop unless settled) and the nonce it
+//! remembered. Every early end gives both back ([`Held::give_back`]); the
+//! claim is renewed right before the forward (a step before it may have
+//! outlasted the claim's life); [`forward_and_settle`] confirms it when the
+//! shop took the event, gives it back when not, and journals the outcome.
+//! `redeliver` runs the same claim and the same forward and settle for a
+//! journaled notification. A route that forwards while the store is down
+//! keeps what it delivered in [`State::backlog`] until the store can record
+//! it. [`State::tasks`] counts every request task, so a drain waits for
+//! forwards whose platform already hung up.
 
 use std::fmt::Display;
 use std::net::{IpAddr, SocketAddr};
@@ -28,13 +33,13 @@ use http_body_util::Full;
 
 use crate::ack::{self, Outcome};
 use crate::config::Snapshot;
-use crate::forward::{self, Delivery, ForwardMode, HttpClient};
+use crate::forward::{self, Arrival, HttpClient, Target};
 use crate::journal::{self, Journal, OutcomeRecord, Record};
 use crate::metrics::Metrics;
 use crate::provider::Verified;
 use crate::replay::{self, Backlog, Claim, ClaimGuard, Confirmed, Key, ReplayStore, StoreError};
 use crate::rules::{AllowMode, Merchant, OnStoreError, Route};
-use crate::{allow, body, limit, normalize, notify_verify, provider};
+use crate::{allow, body, limit, notify_verify, provider};
 
 /// Everything a request needs, shared by all connections. Built in `main`
 /// (or a test), passed explicitly: no globals.
@@ -227,6 +232,9 @@ where
     response
 }
 
+/// The flow, one step a line. Every step's error side is the outcome that
+/// ends the request (`Err` on a refusal; a duplicate is `Err` too: it ends
+/// the flow early with a success ack).
 async fn flow<B>(
     state: &State,
     snapshot: &Snapshot,
@@ -237,6 +245,74 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let route = route(snapshot, ctx, &req)?;
+    let client = admit(state, snapshot, &route, ctx, req.headers())?;
+    let (parts, incoming) = req.into_parts();
+    let limits = snapshot.limits;
+    let bytes = body::read(
+        &parts.headers,
+        incoming,
+        limits.max_body_bytes,
+        limits.body_timeout,
+    )
+    .await
+    .map_err(|e| ctx.reject(e.outcome(), e.label(), e))?;
+    let payload = body::parse(route.kind().format(), &parts.headers, &bytes)
+        .map_err(|e| ctx.reject(Outcome::Malformed, e.label(), e))?;
+    let now = crate::clock::unix_now();
+    let (merchant, verified) = verify(&route, ctx, &parts.headers, &bytes, &payload, now)?;
+    replay::check_fresh(&verified, route.max_age, route.max_future, now)
+        .map_err(|e| ctx.reject(Outcome::Stale, e.label(), e))?;
+    let nonce = remember_nonce(state, &route, ctx, &verified).await?;
+    let mut held = claim(
+        state,
+        &route,
+        &verified,
+        nonce,
+        limits.claim_life(),
+        route.on_store_error,
+    )
+    .await
+    .map_err(|stop| stop.end(ctx))?;
+    if let Some(endpoint) = merchant.provider.notify_verify()
+        && let Err(e) =
+            notify_verify::ask(&state.client, endpoint, &verified, limits.upstream_timeout).await
+    {
+        held.give_back(state, &route).await;
+        return Err(ctx.reject(e.outcome(), e.label(), e));
+    }
+    let request_id = ctx.request_id.clone();
+    let arrival = Arrival {
+        request_id: &request_id,
+        client,
+        headers: &parts.headers,
+        now,
+        attempt: held.attempt(),
+    };
+    if let Err(e) = journal_arrival(state, &route, &verified, &arrival, &bytes).await {
+        state.metrics.journal_error();
+        held.give_back(state, &route).await;
+        return Err(ctx.reject(Outcome::StoreUnavailable, "journal_unavailable", e));
+    }
+    // The steps above are not all bounded (a journal write waits for the
+    // disk under fsync = "always"): make sure the claim is still ours, and
+    // good for a whole forward, before the shop sees anything.
+    if let Err(stop) = held.hold_for_forward(state, &route).await {
+        held.give_back(state, &route).await;
+        record_outcome(state, &arrival, &route, &verified, stop.outcome, false).await;
+        return Err(stop.end(ctx));
+    }
+    let forwarded =
+        forward_and_settle(state, &route, merchant, &verified, &arrival, held, false).await;
+    forwarded
+        .map(|()| Outcome::Forwarded)
+        .map_err(|e| ctx.reject(e.outcome(), e.label(), e))
+}
+
+// === the request's own steps ===
+
+/// The route of the request's path; POST only.
+fn route<B>(snapshot: &Snapshot, ctx: &mut Ctx, req: &Request<B>) -> Result<Arc<Route>, Outcome> {
     let route = snapshot
         .routes
         .get(req.uri().path())
@@ -250,8 +326,19 @@ where
             req.method(),
         ));
     }
+    Ok(route)
+}
 
-    let client = match allow::client_ip(ctx.peer, req.headers(), &snapshot.trusted_proxies)
+/// The source address, checked against the route's allow list (or only
+/// reported, `allow_mode = "log"`), then its rate limit.
+fn admit(
+    state: &State,
+    snapshot: &Snapshot,
+    route: &Route,
+    ctx: &mut Ctx,
+    headers: &http::HeaderMap,
+) -> Result<IpAddr, Outcome> {
+    let client = match allow::client_ip(ctx.peer, headers, &snapshot.trusted_proxies)
         .and_then(|ip| route.allow.check(ip).map(|()| ip))
     {
         Ok(ip) => ip,
@@ -276,215 +363,333 @@ where
     ctx.client = Some(client);
     limit::check(route.rate_limit.as_ref(), client)
         .map_err(|e| ctx.reject(Outcome::RateLimited, "rate_limited", e))?;
+    Ok(client)
+}
 
-    let limits = snapshot.limits;
-    let (parts, incoming) = req.into_parts();
-    let bytes = body::read(
-        &parts.headers,
-        incoming,
-        limits.max_body_bytes,
-        limits.body_timeout,
-    )
-    .await
-    .map_err(|e| ctx.reject(e.outcome(), e.label(), e))?;
-    let payload = body::parse(route.kind().format(), &parts.headers, &bytes)
-        .map_err(|e| ctx.reject(Outcome::Malformed, e.label(), e))?;
-
-    // Several merchants may share the route: the claimed merchant picks the
-    // keys, which then verify that same field again.
+/// The signature, with the keys of the merchant the notification is
+/// addressed to (several merchants may share the route: that merchant's
+/// keys verify the same field again).
+fn verify<'r>(
+    route: &'r Route,
+    ctx: &mut Ctx,
+    headers: &http::HeaderMap,
+    body: &Bytes,
+    payload: &body::Payload,
+    now: i64,
+) -> Result<(&'r Merchant, Verified), Outcome> {
     ctx.merchant = route
-        .merchant_label(&provider::addressee(route.kind(), &parts.headers, &payload))
+        .merchant_label(&provider::addressee(route.kind(), headers, payload))
         .map(Into::into);
-    let now = crate::clock::unix_now();
     let (merchant, verified) = route
-        .verify(&parts.headers, &payload, now)
+        .verify(headers, body, payload, now)
         .map_err(|e| ctx.reject(e.outcome(), e.label(), e))?;
     ctx.merchant = Some(merchant.provider.merchant_id().into());
     ctx.event_id = Some(verified.event_id().to_owned());
+    Ok((merchant, verified))
+}
 
-    replay::check_fresh(&verified, route.max_age, route.max_future, now)
-        .map_err(|e| ctx.reject(Outcome::Stale, e.label(), e))?;
+/// A nonce (wechat_v3) is remembered for the whole window; a verbatim copy
+/// within it is a replay. It is forgotten again if this copy is not
+/// delivered, so the platform's own retry is not refused.
+async fn remember_nonce(
+    state: &State,
+    route: &Route,
+    ctx: &mut Ctx,
+    verified: &Verified,
+) -> Result<Option<Key>, Outcome> {
+    let Some(nonce) = Key::nonce(&route.name, verified) else {
+        return Ok(None);
+    };
+    match state
+        .store
+        .remember(&nonce, route.max_age + route.max_future)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(ctx.reject(
+                Outcome::Replay,
+                "replayed_nonce",
+                "nonce already seen within the window",
+            ));
+        }
+        Err(e @ StoreError::Unavailable(_)) if route.on_store_error == OnStoreError::Open => {
+            state.metrics.store_error("remember");
+            tracing::warn!(route = %route.name, error = %e,
+                "replay store down: the nonce is not remembered (on_store_error = \"open\")");
+        }
+        Err(e) => {
+            store_refused(state, route, &e, "remember");
+            return Err(ctx.reject(Outcome::StoreUnavailable, e.label(), e));
+        }
+    }
+    Ok(Some(nonce))
+}
 
-    // A nonce (wechat_v3) is remembered for the whole window; a verbatim
-    // copy within it is a replay. It is forgotten again if this copy is not
-    // delivered, so the platform's own retry is not refused.
-    let nonce_key = Key::nonce(&route.name, &verified);
-    if let Some(nonce) = &nonce_key {
-        match state
-            .store
-            .remember(nonce, route.max_age + route.max_future)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(ctx.reject(
-                    Outcome::Replay,
-                    "replayed_nonce",
-                    "nonce already seen within the window",
-                ));
-            }
-            Err(e @ StoreError::Unavailable(_)) if route.on_store_error == OnStoreError::Open => {
-                state.metrics.store_error("remember");
-                tracing::warn!(route = %route.name, error = %e,
-                    "replay store down: the nonce is not remembered (on_store_error = \"open\")");
-            }
-            Err(e) => {
-                store_refused(state, &route, &e, "remember");
-                return Err(ctx.reject(Outcome::StoreUnavailable, e.label(), e));
-            }
+/// Journals the arrival before the shop sees it (when the journal is on):
+/// what a redelivery needs to verify and forward it again.
+async fn journal_arrival(
+    state: &State,
+    route: &Route,
+    verified: &Verified,
+    arrival: &Arrival<'_>,
+    body: &[u8],
+) -> Result<(), journal::JournalError> {
+    let Some(j) = &state.journal else {
+        return Ok(());
+    };
+    let received = received_record(route, verified, arrival, body);
+    j.append(&Record::Received(received), true).await
+}
+
+fn received_record(
+    route: &Route,
+    verified: &Verified,
+    arrival: &Arrival<'_>,
+    body: &[u8],
+) -> journal::Received {
+    use base64::Engine as _;
+    journal::Received {
+        rid: arrival.request_id.to_owned(),
+        unix: arrival.now,
+        route: route.name.to_string(),
+        provider: route.kind().as_str().to_owned(),
+        merchant: verified.merchant().to_owned(),
+        event_id: verified.event_id().to_owned(),
+        client: arrival.client.to_string(),
+        // What a redelivery needs to verify and forward it again; nothing
+        // the shop would not get (no cookies, no credentials).
+        headers: arrival
+            .headers
+            .iter()
+            .filter(|(name, _)| route.forward_headers.journals(name))
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            })
+            .collect(),
+        body: base64::engine::general_purpose::STANDARD.encode(body),
+        attempt: arrival.attempt,
+    }
+}
+
+// === from the claim to the outcome: the steps redelivery shares ===
+
+/// Why the flow stops before the forward: the outcome, and the reason for
+/// the log line and metrics (none for an outcome that is its own reason: a
+/// duplicate, an event in flight).
+pub(crate) struct Stop {
+    pub outcome: Outcome,
+    reason: Option<Reason>,
+}
+
+/// A refusal's `reason` label and its cause.
+struct Reason {
+    label: &'static str,
+    why: String,
+}
+
+impl Stop {
+    /// An outcome that says it all.
+    fn plain(outcome: Outcome) -> Stop {
+        Stop {
+            outcome,
+            reason: None,
         }
     }
 
-    let key = Key::event(&route.name, &verified);
-    let life = limits.claim_life();
-    let mut guard = match ClaimGuard::claim(&state.store, &key, life).await {
+    /// Records the reason in the request's context; the outcome it ends
+    /// with.
+    fn end(self, ctx: &mut Ctx) -> Outcome {
+        match self.reason {
+            Some(r) => ctx.reject(self.outcome, r.label, r.why),
+            None => self.outcome,
+        }
+    }
+}
+
+/// What a request holds in the replay store from its claim to its outcome:
+/// the event's claim (none when the store is down and the route forwards
+/// anyway, `on_store_error = "open"`) and the nonce it remembered. An early
+/// end gives both back ([`Held::give_back`]); the forward settles them
+/// ([`forward_and_settle`]).
+pub(crate) struct Held {
+    claim: Option<ClaimGuard>,
+    nonce: Option<Key>,
+    /// The event's key (recorded in the backlog when there is no claim).
+    key: Key,
+    /// How long a claim lives: taken from the request's own snapshot.
+    life: Duration,
+}
+
+impl Held {
+    /// Which attempt at delivering the event this is (1 the first time).
+    pub(crate) fn attempt(&self) -> u32 {
+        self.claim.as_ref().map_or(1, ClaimGuard::attempt)
+    }
+
+    /// Releases the claim and forgets the nonce: the event was not
+    /// delivered, so the platform's retry is forwarded again.
+    pub(crate) async fn give_back(self, state: &State, route: &Route) {
+        release(state, route, self.claim, self.life).await;
+        forget_nonce(state, route, self.nonce.as_ref()).await;
+    }
+
+    /// Renews the claim for a whole forward. A claim found in other hands
+    /// means a copy of the event was claimed after ours lapsed (or the
+    /// store lost it): that copy forwards it, this one stops with 409. The
+    /// claim is settled either way when this fails; the nonce is not.
+    async fn hold_for_forward(&mut self, state: &State, route: &Route) -> Result<(), Stop> {
+        let Some(held) = self.claim.as_ref() else {
+            return Ok(());
+        };
+        match held.renew(self.life).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                if let Some(g) = self.claim.take() {
+                    g.disarm();
+                }
+                state.metrics.claim_lost(&route.name, "before_forward");
+                tracing::error!(route = %route.name,
+                    "the in-flight claim lapsed before the forward and another copy holds the event now; \
+                     not forwarding this copy");
+                Err(Stop {
+                    outcome: Outcome::InFlight,
+                    reason: Some(Reason {
+                        label: "claim_lost",
+                        why: "the claim lapsed before the forward; another copy holds the event"
+                            .into(),
+                    }),
+                })
+            }
+            Err(e @ StoreError::Unavailable(_)) if route.on_store_error == OnStoreError::Open => {
+                state.metrics.store_error("renew");
+                tracing::warn!(route = %route.name, error = %e,
+                    "replay store down before the forward: forwarding WITHOUT replay protection (on_store_error = \"open\")");
+                Ok(())
+            }
+            Err(e) => {
+                state.metrics.store_error("renew");
+                release(state, route, self.claim.take(), self.life).await;
+                Err(Stop {
+                    outcome: Outcome::StoreUnavailable,
+                    reason: Some(Reason {
+                        label: e.label(),
+                        why: e.to_string(),
+                    }),
+                })
+            }
+        }
+    }
+}
+
+/// Claims the event for `life`. A duplicate or an event in flight ends
+/// here, and so does a store that cannot answer, unless the route forwards
+/// without it (`on_store_error = "open"`): then nothing is claimed, and an
+/// event delivered that way meanwhile is a duplicate.
+pub(crate) async fn claim(
+    state: &State,
+    route: &Route,
+    verified: &Verified,
+    nonce: Option<Key>,
+    life: Duration,
+    on_store_error: OnStoreError,
+) -> Result<Held, Stop> {
+    let key = Key::event(&route.name, verified);
+    let claim = match ClaimGuard::claim(&state.store, &key, life).await {
         Ok(Claim::New(guard)) => Some(guard),
         Ok(Claim::InFlight) => {
-            forget_nonce(state, &route, nonce_key.as_ref()).await;
-            return Err(Outcome::InFlight);
+            forget_nonce(state, route, nonce.as_ref()).await;
+            return Err(Stop::plain(Outcome::InFlight));
         }
-        Ok(Claim::Delivered) => return Err(Outcome::Duplicate),
-        Err(e @ StoreError::Unavailable(_)) if route.on_store_error == OnStoreError::Open => {
+        Ok(Claim::Delivered) => return Err(Stop::plain(Outcome::Duplicate)),
+        Err(e @ StoreError::Unavailable(_)) if on_store_error == OnStoreError::Open => {
             state.metrics.store_error("claim");
             if state.backlog.contains(&key) {
                 // Delivered while the store is down, not recorded yet.
-                return Err(Outcome::Duplicate);
+                return Err(Stop::plain(Outcome::Duplicate));
             }
             tracing::warn!(route = %route.name, event_id = verified.event_id(), error = %e,
                 "replay store down: forwarding WITHOUT replay protection (on_store_error = \"open\")");
             None
         }
         Err(e) => {
-            store_refused(state, &route, &e, "claim");
-            forget_nonce(state, &route, nonce_key.as_ref()).await;
-            return Err(ctx.reject(Outcome::StoreUnavailable, e.label(), e));
+            store_refused(state, route, &e, "claim");
+            forget_nonce(state, route, nonce.as_ref()).await;
+            return Err(Stop {
+                outcome: Outcome::StoreUnavailable,
+                reason: Some(Reason {
+                    label: e.label(),
+                    why: e.to_string(),
+                }),
+            });
         }
     };
-    let attempt = guard.as_ref().map_or(1, ClaimGuard::attempt);
+    Ok(Held {
+        claim,
+        nonce,
+        key,
+        life,
+    })
+}
 
-    // Legacy Alipay routes may also ask Alipay to vouch for the notify_id,
-    // once per event: a duplicate was answered from the store above without
-    // asking (Alipay invalidates a notify_id once it has seen `success`).
-    if let Some(endpoint) = merchant.provider.notify_verify()
-        && let Err(e) =
-            notify_verify::ask(&state.client, endpoint, &verified, limits.upstream_timeout).await
-    {
-        release(state, &route, guard).await;
-        forget_nonce(state, &route, nonce_key.as_ref()).await;
-        return Err(ctx.reject(e.outcome(), e.label(), e));
-    }
-
-    let rid = ctx.request_id.clone();
-    if let Some(j) = &state.journal {
-        let mut received =
-            received_record(&rid, now, &route, &verified, client, &parts.headers, &bytes);
-        received.attempt = attempt;
-        if let Err(e) = j.append(&Record::Received(received), true).await {
-            state.metrics.journal_error();
-            release(state, &route, guard).await;
-            forget_nonce(state, &route, nonce_key.as_ref()).await;
-            return Err(ctx.reject(Outcome::StoreUnavailable, "journal_unavailable", e));
-        }
-    }
-
-    // The steps above are not all bounded (a journal write waits for the
-    // disk under fsync = "always"): make sure the claim is still ours, and
-    // good for a whole forward, before the shop sees anything.
-    if let Err(stop) = hold_for_forward(state, &route, &mut guard, life).await {
-        forget_nonce(state, &route, nonce_key.as_ref()).await;
-        record_outcome(state, rid, &route, &verified, stop.outcome, false).await;
-        return Err(ctx.reject(stop.outcome, stop.label, stop.why));
-    }
-
-    let result = deliver(
-        state,
-        &route,
-        merchant,
-        &verified,
-        &rid,
-        client,
-        &parts.headers,
-        bytes,
-        now,
-        attempt,
-    )
-    .await;
+/// Forwards the verified notification, then settles what the request
+/// holds: the delivery recorded when the shop took it, the claim given
+/// back when it did not; and journals how it ended.
+pub(crate) async fn forward_and_settle(
+    state: &State,
+    route: &Route,
+    merchant: &Merchant,
+    verified: &Verified,
+    arrival: &Arrival<'_>,
+    held: Held,
+    redelivery: bool,
+) -> Result<(), forward::ForwardError> {
+    let result = deliver(state, route, merchant, verified, arrival).await;
     let outcome = match &result {
         Ok(()) => {
-            match guard {
-                Some(guard) => confirm(state, &route, guard).await,
-                None => owe_record(state, &route, key),
+            match held.claim {
+                Some(guard) => confirm(state, route, guard).await,
+                None => owe_record(state, route, held.key),
             }
             Outcome::Forwarded
         }
         Err(e) => {
-            release(state, &route, guard).await;
-            forget_nonce(state, &route, nonce_key.as_ref()).await;
+            held.give_back(state, route).await;
             e.outcome()
         }
     };
-    record_outcome(state, rid, &route, &verified, outcome, false).await;
+    record_outcome(state, arrival, route, verified, outcome, redelivery).await;
     result
-        .map(|()| Outcome::Forwarded)
-        .map_err(|e| ctx.reject(e.outcome(), e.label(), e))
 }
 
-/// Why a claim could not be held for the forward.
-struct Stop {
-    outcome: Outcome,
-    label: &'static str,
-    why: String,
-}
-
-/// Renews the claim for a whole forward. A claim found in other hands
-/// means a copy of the event was claimed after ours lapsed (or the store
-/// lost it): that copy forwards it, this one stops with 409.
-async fn hold_for_forward(
+/// Forwards a verified notification and times the upstream.
+async fn deliver(
     state: &State,
     route: &Route,
-    guard: &mut Option<ClaimGuard>,
-    life: Duration,
-) -> Result<(), Stop> {
-    let Some(held) = guard.as_ref() else {
-        return Ok(());
-    };
-    match held.renew(life).await {
-        Ok(true) => Ok(()),
-        Ok(false) => {
-            if let Some(g) = guard.take() {
-                g.disarm();
-            }
-            state.metrics.claim_lost(&route.name, "before_forward");
-            tracing::error!(route = %route.name,
-                "the in-flight claim lapsed before the forward and another copy holds the event now; \
-                 not forwarding this copy");
-            Err(Stop {
-                outcome: Outcome::InFlight,
-                label: "claim_lost",
-                why: "the claim lapsed before the forward; another copy holds the event".into(),
-            })
-        }
-        Err(e @ StoreError::Unavailable(_)) if route.on_store_error == OnStoreError::Open => {
-            state.metrics.store_error("renew");
-            tracing::warn!(route = %route.name, error = %e,
-                "replay store down before the forward: forwarding WITHOUT replay protection (on_store_error = \"open\")");
-            Ok(())
-        }
-        Err(e) => {
-            state.metrics.store_error("renew");
-            release(state, route, guard.take()).await;
-            Err(Stop {
-                outcome: Outcome::StoreUnavailable,
-                label: e.label(),
-                why: e.to_string(),
-            })
-        }
+    merchant: &Merchant,
+    verified: &Verified,
+    arrival: &Arrival<'_>,
+) -> Result<(), forward::ForwardError> {
+    if arrival.attempt > 1 {
+        state.metrics.repeat_delivery(&route.name);
+        tracing::warn!(route = %route.name, event_id = verified.event_id(), attempt = arrival.attempt,
+            "forwarding an event sent before without a recorded delivery (X-Callgate-Attempt)");
     }
+    let target = Target {
+        route: &route.name,
+        mode: route.forward,
+        headers: &route.forward_headers,
+        upstream: &merchant.upstream,
+    };
+    let sent = Instant::now();
+    let result = forward::forward(&state.client, &target, verified, arrival).await;
+    state.metrics.upstream(&route.name, sent.elapsed());
+    result.map(|_| ())
 }
 
 /// Counts a store refusal by its kind: unreachable, full, or Redis that
 /// may evict.
-fn store_refused(state: &State, route: &Route, e: &StoreError, op: &'static str) {
+pub(crate) fn store_refused(state: &State, route: &Route, e: &StoreError, op: &'static str) {
     match e {
         StoreError::Unavailable(_) => state.metrics.store_error(op),
         StoreError::Full { .. } => {
@@ -496,52 +701,6 @@ fn store_refused(state: &State, route: &Route, e: &StoreError, op: &'static str)
             tracing::error!(route = %route.name, error = %e, "refusing notifications: the replay store could forget them");
         }
     }
-}
-
-/// Forwards a verified notification and times the upstream.
-#[allow(clippy::too_many_arguments)]
-async fn deliver(
-    state: &State,
-    route: &Route,
-    merchant: &Merchant,
-    verified: &Verified,
-    request_id: &str,
-    client: IpAddr,
-    incoming: &http::HeaderMap,
-    bytes: Bytes,
-    now: i64,
-    attempt: u32,
-) -> Result<(), forward::ForwardError> {
-    let body = match route.forward {
-        ForwardMode::Original => verified.original_body(bytes),
-        ForwardMode::Normalized => Bytes::from(normalize::normalize(verified)),
-    };
-    let delivery = Delivery {
-        provider: route.kind().as_str(),
-        route: &route.name,
-        event_id: verified.event_id(),
-        request_id,
-        client_ip: client,
-        incoming,
-        pass: &route.forward_headers,
-        mode: route.forward,
-        body,
-        decrypted: match route.forward {
-            ForwardMode::Original => verified.decrypted(),
-            ForwardMode::Normalized => None,
-        },
-        now,
-        attempt,
-    };
-    if attempt > 1 {
-        state.metrics.repeat_delivery(&route.name);
-        tracing::warn!(route = %route.name, event_id = verified.event_id(), attempt,
-            "forwarding an event sent before without a recorded delivery (X-Callgate-Attempt)");
-    }
-    let sent = Instant::now();
-    let result = forward::forward(&state.client, &merchant.upstream, delivery).await;
-    state.metrics.upstream(&route.name, sent.elapsed());
-    result.map(|_| ())
 }
 
 /// Forgets a nonce whose notification was not delivered, so the platform's
@@ -597,15 +756,16 @@ fn claim_found(metrics: &Metrics, route: &str, found: Confirmed) {
     }
 }
 
-async fn release(state: &State, route: &Route, guard: Option<ClaimGuard>) {
+/// Gives a claim back; `life` is how long it lives (the request's own
+/// snapshot), the longest a retry in the background is worth.
+async fn release(state: &State, route: &Route, guard: Option<ClaimGuard>, life: Duration) {
     let Some(mut guard) = guard else { return };
     if let Err(e) = guard.release().await {
         state.metrics.store_error("release");
         // Until released, the platform's retry is 409 (in flight); the
         // claim lapses by itself, but the store usually comes back sooner.
         tracing::error!(route = %route.name, error = %e, "could not release the claim; retrying in the background");
-        let lapses = state.snapshot.load().limits.claim_life();
-        settle_in_background(state, route, Settle::Release, lapses, guard);
+        settle_in_background(state, route, Settle::Release, life, guard);
     }
 }
 
@@ -716,7 +876,7 @@ fn drain_backlog(state: &State) {
 /// Journals how a delivery ended (waits only under `fsync = "always"`).
 async fn record_outcome(
     state: &State,
-    rid: String,
+    arrival: &Arrival<'_>,
     route: &Route,
     verified: &Verified,
     outcome: Outcome,
@@ -724,7 +884,7 @@ async fn record_outcome(
 ) {
     let Some(j) = &state.journal else { return };
     let record = Record::Outcome(OutcomeRecord {
-        rid,
+        rid: arrival.request_id.to_owned(),
         unix: crate::clock::unix_now(),
         route: route.name.to_string(),
         merchant: verified.merchant().to_owned(),
@@ -738,137 +898,6 @@ async fn record_outcome(
         state.metrics.journal_error();
         tracing::error!(route = %route.name, event_id = verified.event_id(), error = %e, "could not journal the outcome");
     }
-}
-
-fn received_record(
-    rid: &str,
-    now: i64,
-    route: &Route,
-    verified: &Verified,
-    client: IpAddr,
-    headers: &http::HeaderMap,
-    body: &[u8],
-) -> journal::Received {
-    use base64::Engine as _;
-    journal::Received {
-        rid: rid.to_owned(),
-        unix: now,
-        route: route.name.to_string(),
-        provider: route.kind().as_str().to_owned(),
-        merchant: verified.merchant().to_owned(),
-        event_id: verified.event_id().to_owned(),
-        client: client.to_string(),
-        // What a redelivery needs to verify and forward it again; nothing
-        // the shop would not get (no cookies, no credentials).
-        headers: headers
-            .iter()
-            .filter(|(name, _)| route.forward_headers.journals(name))
-            .filter_map(|(name, value)| {
-                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
-            })
-            .collect(),
-        body: base64::engine::general_purpose::STANDARD.encode(body),
-        attempt: 1,
-    }
-}
-
-// === redelivery ===
-
-/// Why a journaled notification could not be redelivered.
-#[derive(Debug, thiserror::Error)]
-pub enum RedeliverError {
-    #[error("route `{0}` is no longer configured")]
-    NoRoute(String),
-    #[error("the journal record is damaged: {0}")]
-    Damaged(String),
-    #[error("the journal record no longer verifies with the route's keys: {0}")]
-    Verify(String),
-}
-
-/// Sends a journaled notification to its route's upstream again. The
-/// signature is verified again with the current keys (a journal file is not
-/// trusted on its own); freshness is not checked, since redelivery happens
-/// after the platform gave up. The replay store is claimed as usual, so an
-/// event already delivered is not sent twice.
-pub async fn redeliver(state: &State, rec: &journal::Received) -> Result<Outcome, RedeliverError> {
-    use base64::Engine as _;
-    let snapshot = state.snapshot.load_full();
-    let route = snapshot
-        .routes
-        .named(&rec.route)
-        .cloned()
-        .ok_or_else(|| RedeliverError::NoRoute(rec.route.clone()))?;
-    let mut headers = http::HeaderMap::new();
-    for (k, v) in &rec.headers {
-        let name = http::header::HeaderName::from_bytes(k.as_bytes())
-            .map_err(|e| RedeliverError::Damaged(e.to_string()))?;
-        let value =
-            http::HeaderValue::from_str(v).map_err(|e| RedeliverError::Damaged(e.to_string()))?;
-        headers.append(name, value);
-    }
-    let body = Bytes::from(
-        base64::engine::general_purpose::STANDARD
-            .decode(&rec.body)
-            .map_err(|e| RedeliverError::Damaged(e.to_string()))?,
-    );
-    let client: IpAddr = rec
-        .client
-        .parse()
-        .map_err(|_| RedeliverError::Damaged("client address".into()))?;
-    let payload = body::parse(route.kind().format(), &headers, &body)
-        .map_err(|e| RedeliverError::Verify(e.to_string()))?;
-    let (merchant, verified) = route
-        .verify(&headers, &payload, crate::clock::unix_now())
-        .map_err(|e| RedeliverError::Verify(e.to_string()))?;
-    // Records written before they carried the merchant have none to compare.
-    if verified.event_id() != rec.event_id
-        || (!rec.merchant.is_empty() && verified.merchant() != rec.merchant)
-    {
-        return Err(RedeliverError::Damaged(
-            "event id does not match the body".into(),
-        ));
-    }
-    let key = Key::event(&route.name, &verified);
-    let life = snapshot.limits.claim_life();
-    let guard = match ClaimGuard::claim(&state.store, &key, life).await {
-        Ok(Claim::New(g)) => Some(g),
-        Ok(Claim::InFlight) => return Ok(Outcome::InFlight),
-        Ok(Claim::Delivered) => return Ok(Outcome::Duplicate),
-        Err(e) => {
-            store_refused(state, &route, &e, "claim");
-            return Ok(Outcome::StoreUnavailable);
-        }
-    };
-    let rid = journal::new_rid();
-    let attempt = guard.as_ref().map_or(1, ClaimGuard::attempt);
-    let result = deliver(
-        state,
-        &route,
-        merchant,
-        &verified,
-        &rid,
-        client,
-        &headers,
-        body,
-        crate::clock::unix_now(),
-        attempt,
-    )
-    .await;
-    let outcome = match &result {
-        Ok(()) => {
-            if let Some(g) = guard {
-                confirm(state, &route, g).await;
-            }
-            Outcome::Forwarded
-        }
-        Err(e) => {
-            release(state, &route, guard).await;
-            tracing::warn!(route = %route.name, event_id = %rec.event_id, error = %e, "redelivery failed");
-            e.outcome()
-        }
-    };
-    record_outcome(state, rid, &route, &verified, outcome, true).await;
-    Ok(outcome)
 }
 
 /// Writes the request's one log line and records its metrics.

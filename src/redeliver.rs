@@ -13,20 +13,26 @@
 //! its own when no token is configured.
 //!
 //! Each selected event (the latest arrival of each route and event id) is
-//! skipped when the journal shows it delivered, else verified again with
-//! the route's current keys (a journal file is not trusted on its own),
-//! claimed in the replay store, forwarded with `X-Callgate-Attempt`, and
-//! its outcome journaled (`pipeline::redeliver`).
+//! skipped when the journal shows it delivered, else ([`redeliver`]) parsed
+//! and verified again with the route's current keys (a journal file is not
+//! trusted on its own), claimed in the replay store, forwarded with
+//! `X-Callgate-Attempt`, and its outcome journaled: the request flow's own
+//! steps (`pipeline::claim`, `pipeline::forward_and_settle`), without
+//! freshness (a redelivery comes after the platform gave up) and failing
+//! closed whatever the route's `on_store_error`.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::ack::Outcome;
+use crate::forward::Arrival;
 use crate::journal::{self, Filter, JournalError, Received};
 use crate::pipeline::{self, State};
+use crate::rules::OnStoreError;
 
 /// What to redeliver: the body of `POST /api/redeliver`, and the options
 /// of `callgate journal redeliver`. At least one selector is required.
@@ -105,6 +111,86 @@ impl Selection {
 /// Events (route, merchant, event id).
 pub type Events = HashSet<journal::Event>;
 
+/// Why a journaled notification could not be redelivered.
+#[derive(Debug, thiserror::Error)]
+pub enum RedeliverError {
+    #[error("route `{0}` is no longer configured")]
+    NoRoute(String),
+    #[error("the journal record is damaged: {0}")]
+    Damaged(String),
+    #[error("the journal record no longer verifies with the route's keys: {0}")]
+    Verify(String),
+}
+
+/// Sends a journaled notification to its route's upstream again. The
+/// signature is verified again with the current keys (a journal file is not
+/// trusted on its own); freshness is not checked, since redelivery happens
+/// after the platform gave up. The replay store is claimed as usual, so an
+/// event already delivered is not sent twice.
+pub async fn redeliver(state: &State, rec: &Received) -> Result<Outcome, RedeliverError> {
+    use base64::Engine as _;
+    let snapshot = state.snapshot.load_full();
+    let route = snapshot
+        .routes
+        .named(&rec.route)
+        .cloned()
+        .ok_or_else(|| RedeliverError::NoRoute(rec.route.clone()))?;
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in &rec.headers {
+        let name = http::header::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|e| RedeliverError::Damaged(e.to_string()))?;
+        let value =
+            http::HeaderValue::from_str(v).map_err(|e| RedeliverError::Damaged(e.to_string()))?;
+        headers.append(name, value);
+    }
+    let body = Bytes::from(
+        base64::engine::general_purpose::STANDARD
+            .decode(&rec.body)
+            .map_err(|e| RedeliverError::Damaged(e.to_string()))?,
+    );
+    let client: IpAddr = rec
+        .client
+        .parse()
+        .map_err(|_| RedeliverError::Damaged("client address".into()))?;
+    let payload = crate::body::parse(route.kind().format(), &headers, &body)
+        .map_err(|e| RedeliverError::Verify(e.to_string()))?;
+    let (merchant, verified) = route
+        .verify(&headers, &body, &payload, crate::clock::unix_now())
+        .map_err(|e| RedeliverError::Verify(e.to_string()))?;
+    // Records written before they carried the merchant have none to compare.
+    if verified.event_id() != rec.event_id
+        || (!rec.merchant.is_empty() && verified.merchant() != rec.merchant)
+    {
+        return Err(RedeliverError::Damaged(
+            "event id does not match the body".into(),
+        ));
+    }
+    let life = snapshot.limits.claim_life();
+    let held =
+        match pipeline::claim(state, &route, &verified, None, life, OnStoreError::Closed).await {
+            Ok(held) => held,
+            Err(stop) => return Ok(stop.outcome),
+        };
+    let request_id = journal::new_rid();
+    let arrival = Arrival {
+        request_id: &request_id,
+        client,
+        headers: &headers,
+        now: crate::clock::unix_now(),
+        attempt: held.attempt(),
+    };
+    let forwarded =
+        pipeline::forward_and_settle(state, &route, merchant, &verified, &arrival, held, true)
+            .await;
+    Ok(match forwarded {
+        Ok(()) => Outcome::Forwarded,
+        Err(e) => {
+            tracing::warn!(route = %route.name, event_id = %rec.event_id, error = %e, "redelivery failed");
+            e.outcome()
+        }
+    })
+}
+
 /// The latest journaled arrival of each selected event, oldest first, and
 /// the events the journal shows delivered.
 pub fn select(
@@ -153,7 +239,7 @@ pub async fn run(state: &State, dir: &Path, selection: &Selection) -> Result<Rep
         } else if selection.dry_run {
             results.push(line("would redeliver".into(), true));
         } else {
-            results.push(match pipeline::redeliver(state, r).await {
+            results.push(match redeliver(state, r).await {
                 Ok(outcome) if outcome.is_success() => line(outcome.as_str().into(), true),
                 Ok(outcome) => line(format!("{} (not delivered)", outcome.as_str()), false),
                 Err(e) => line(e.to_string(), false),

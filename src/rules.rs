@@ -189,6 +189,7 @@ impl Route {
     pub fn verify(
         &self,
         headers: &http::HeaderMap,
+        body: &bytes::Bytes,
         payload: &crate::body::Payload,
         now: i64,
     ) -> Result<(&Merchant, Verified), VerifyError> {
@@ -196,7 +197,7 @@ impl Route {
         let candidates = self.candidates(&to);
         let mut refusal = None;
         for m in &candidates {
-            match m.provider.verify(headers, payload, now) {
+            match m.provider.verify(headers, body, payload, now) {
                 Ok(v) => return Ok((m, v)),
                 Err(e) if candidates.len() == 1 => return Err(e),
                 // Another merchant's notification: try the next.

@@ -127,7 +127,7 @@ type Vouched = (String, i64, Vec<u8>);
 fn verify(route: &Route, headers: &HeaderMap, body: &[u8]) -> Result<Vouched, String> {
     let payload = body::parse(route.kind().format(), headers, body).map_err(|e| e.to_string())?;
     let (_, v) = route
-        .verify(headers, &payload, now())
+        .verify(headers, &body.to_vec().into(), &payload, now())
         .map_err(|e| e.to_string())?;
     let content = match v.decrypted() {
         Some(plain) => plain.to_vec(),

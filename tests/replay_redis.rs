@@ -118,7 +118,7 @@ async fn a_nonce_seen_by_one_store_is_a_replay_on_the_other() {
     }
     let body = bytes::Bytes::from(body);
     let payload = callgate::body::parse(route.kind().format(), &headers, &body).unwrap();
-    let (_, verified) = route.verify(&headers, &payload, unix_now()).unwrap();
+    let (_, verified) = route.verify(&headers, &body, &payload, unix_now()).unwrap();
     let nonce = Key::nonce(&route.name, &verified).unwrap();
     let window = std::time::Duration::from_secs(600);
     assert!(one.remember(&nonce, window).await.unwrap());

@@ -145,7 +145,7 @@ pub fn content_type(ct: &'static str) -> http::HeaderMap {
 /// gateway). Any panic is a bug.
 pub fn parse_and_verify(route: &Route, headers: &http::HeaderMap, body: &[u8]) {
     if let Ok(payload) = callgate::body::parse(route.kind().format(), headers, body)
-        && let Ok((_, v)) = route.verify(headers, &payload, now())
+        && let Ok((_, v)) = route.verify(headers, &body.to_vec().into(), &payload, now())
     {
         let _ = callgate::normalize::normalize(&v);
     }

@@ -31,6 +31,7 @@ use aws_lc_rs::signature::{
     ParsedPublicKey, RSA_PKCS1_1024_8192_SHA1_FOR_LEGACY_USE_ONLY,
     RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY,
 };
+use bytes::Bytes;
 use http::HeaderMap;
 use serde::Deserialize;
 use toml::Spanned;
@@ -254,11 +255,23 @@ impl Provider {
         }
     }
 
-    /// Verifies a parsed notification at time `now` (Unix seconds: for
+    /// Verifies a notification at time `now` (Unix seconds: for
     /// certificate validity and refunds without a time of their own;
-    /// freshness is checked by the pipeline). `headers` carry the v3
-    /// signature and, for forms, the Content-Type charset hint.
+    /// freshness is checked by the pipeline): `body` as received, `payload`
+    /// what `body::parse` made of it. `headers` carry the v3 signature and,
+    /// for forms, the Content-Type charset hint.
     pub fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &Bytes,
+        payload: &Payload,
+        now: i64,
+    ) -> Result<Verified, VerifyError> {
+        self.verify_payload(headers, payload, now)
+            .map(|v| v.received(body.clone()))
+    }
+
+    fn verify_payload(
         &self,
         headers: &HeaderMap,
         payload: &Payload,
@@ -398,6 +411,8 @@ pub struct Verified {
     /// What of the body the signature does not cover (blank values the
     /// platform's rule leaves out of the signed string): never forwarded.
     unsigned: Unsigned,
+    /// The body as received.
+    body: Bytes,
 }
 
 /// Parts of a received body outside its signature.
@@ -450,7 +465,14 @@ impl Verified {
             nonce: None,
             decrypted: None,
             unsigned: Unsigned::Nothing,
+            body: Bytes::new(),
         }
+    }
+
+    /// The body the notification arrived with.
+    fn received(mut self, body: Bytes) -> Self {
+        self.body = body;
+        self
     }
 
     /// Marks form fields as outside the signature.
@@ -481,14 +503,14 @@ impl Verified {
     /// without the form fields or XML elements the signature does not
     /// cover (blank values an attacker can add to a genuine notification at
     /// will). Anything else is left byte for byte.
-    pub fn original_body(&self, received: bytes::Bytes) -> bytes::Bytes {
+    pub fn original_body(&self) -> Bytes {
         match &self.unsigned {
-            Unsigned::Nothing => received,
+            Unsigned::Nothing => self.body.clone(),
             Unsigned::FormFields(names) => {
-                bytes::Bytes::from(crate::body::strip_form_fields(&received, names))
+                Bytes::from(crate::body::strip_form_fields(&self.body, names))
             }
             Unsigned::XmlElements(spans) => {
-                bytes::Bytes::from(crate::body::strip_ranges(&received, spans))
+                Bytes::from(crate::body::strip_ranges(&self.body, spans))
             }
         }
     }
