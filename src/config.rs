@@ -30,9 +30,11 @@ use crate::rules::{self, Routes};
 
 // === raw file ===
 
+/// The gateway file as written. Public so that `tests/docs.rs` can read
+/// its keys from the struct itself.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct GatewayFile {
+pub struct GatewayFile {
     rules_dir: Option<Spanned<String>>,
     #[serde(default)]
     trusted_proxies: Vec<Spanned<String>>,

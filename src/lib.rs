@@ -63,7 +63,6 @@ pub mod redeliver;
 pub mod reload;
 pub mod replay;
 pub mod rules;
-pub mod schema;
 pub mod secret;
 pub mod server;
 pub mod sign;

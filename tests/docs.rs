@@ -1,6 +1,6 @@
 //! The documentation against the code:
 //! * `docs/rules.md` against the configuration structs themselves
-//!   (`callgate::schema`, which walks the serde structs): every key of the
+//!   (`docs/schema.rs`, which walks the serde structs): every key of the
 //!   gateway file, of `[[route]]` and of each provider's `[route.keys]` has a
 //!   row in its section, with a default, an example and every value an enum
 //!   key takes; and the page documents no key that does not exist. A field
@@ -14,7 +14,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use callgate::schema::Section;
+#[path = "docs/schema.rs"]
+mod schema;
+
+use schema::Section;
 
 const DOC: &str = "docs/rules.md";
 
@@ -226,7 +229,7 @@ fn mentions(line: &str, prefix: &str) -> Vec<String> {
 
 #[test]
 fn docs_rules_md_documents_exactly_the_configuration_keys() {
-    let sections = callgate::schema::sections().expect("the configuration structs walk");
+    let sections = schema::sections().expect("the configuration structs walk");
     let problems = compare(&sections, &doc());
     assert!(
         problems.is_empty(),
@@ -239,7 +242,7 @@ fn docs_rules_md_documents_exactly_the_configuration_keys() {
 fn a_new_field_fails_with_the_key_to_document() {
     // The real sections, with a field the lead might add to RouteFile and
     // a value added to an enum.
-    let mut sections = callgate::schema::sections().unwrap();
+    let mut sections = schema::sections().unwrap();
     let route = sections.iter_mut().find(|s| s.id == "route").unwrap();
     route.keys.insert("retry_budget".to_owned(), Vec::new());
     route.keys.get_mut("forward").unwrap().push("compressed");
@@ -257,7 +260,7 @@ fn a_new_field_fails_with_the_key_to_document() {
 
     // A key documented that does not exist, a gateway key named in prose,
     // and a provider table with no section.
-    let sections = callgate::schema::sections().unwrap();
+    let sections = schema::sections().unwrap();
     let doc = doc()
         .replace(
             "| `success_body` |",

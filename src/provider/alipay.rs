@@ -76,7 +76,7 @@ use crate::secret::shown;
 /// `[route.keys]` for `alipay`, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct KeysFile {
+pub struct KeysFile {
     /// The app's id on the open platform; notifications must carry it.
     app_id: Spanned<String>,
     /// Alipay's public key (PEM, or the bare Base64 from the console).

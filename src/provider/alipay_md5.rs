@@ -87,7 +87,7 @@ use crate::secret::{Secret, ct_eq};
 /// `[route.keys]` for `alipay_md5`, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct KeysFile {
+pub struct KeysFile {
     /// The merchant's partner id (`2088` + 12 digits).
     partner: Spanned<String>,
     /// File holding the 32-character MD5 key (安全校验码).

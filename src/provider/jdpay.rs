@@ -99,7 +99,7 @@ const PAYLOAD: Shape = Shape {
 /// `[route.keys]` for `jdpay`, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct KeysFile {
+pub struct KeysFile {
     /// The merchant number (`merchant`) notifications must carry.
     merchant: Spanned<String>,
     /// File holding the merchant's 3DES key, Base64, as JD issues it.

@@ -101,7 +101,7 @@ const IDENTITY: [&str; 4] = ["queryId", "txnType", "txnTime", "merId"];
 /// `[route.keys]` for `unionpay`, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct KeysFile {
+pub struct KeysFile {
     /// The merchant number; notifications for another `merId` are refused.
     mer_id: Option<Spanned<String>>,
     /// UnionPay's root certificate (`acp_prod_root.cer`), for 5.1.0.

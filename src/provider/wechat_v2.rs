@@ -90,7 +90,7 @@ use crate::secret::{Secret, ct_eq};
 /// `[route.keys]` for `wechat_v2`, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct KeysFile {
+pub struct KeysFile {
     /// The merchant id (商户号); notifications must carry it as `mch_id`.
     mch_id: Spanned<String>,
     /// File holding the API v2 key (商户平台 → API安全 → API密钥).

@@ -79,7 +79,7 @@ use crate::secret::shown;
 /// `[route.keys]` for `wechat_v3`, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct KeysFile {
+pub struct KeysFile {
     /// The merchant id (商户号); the decrypted resource must carry it.
     mch_id: Spanned<String>,
     /// File holding the 32-byte APIv3 key (商户平台 → API安全 → APIv3密钥).

@@ -1,8 +1,8 @@
-//! The keys of every configuration file, read from the raw serde structs
-//! themselves (never from a list kept by hand), so the operator manual
-//! (`docs/rules.md`) can be checked against the code: `tests/docs.rs`
+//! The keys of every configuration file, read from the library's raw serde
+//! structs themselves (never from a list kept by hand), so the operator
+//! manual (`docs/rules.md`) can be checked against the code: `tests/docs.rs`
 //! fails, naming the key, when a field is added, renamed or removed without
-//! the manual following. Not part of the request flow.
+//! the manual following. A test-only module: nothing of it ships.
 //!
 //! How: [`Walker`] is a `serde::Deserializer` that produces no data of its
 //! own. A derived `Deserialize` asks it for a struct and passes the
@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::de::value::{BorrowedStrDeserializer, Error, StrDeserializer};
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
 
-use crate::provider::ProviderKind;
+use callgate::provider::ProviderKind;
 
 /// One file or table of the configuration and its keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,13 +38,13 @@ pub struct Section {
 /// which the provider owns) and each provider's `[route.keys]`.
 pub fn sections() -> Result<Vec<Section>, String> {
     let mut out = vec![
-        section::<crate::config::GatewayFile>("gateway", "config::GatewayFile")?,
-        section::<crate::rules::RouteFile>("route", "rules::RouteFile")?,
-        section::<crate::rules::MerchantFile>("route.merchant", "rules::MerchantFile")?,
-        section::<crate::rules::IpSetFile>("ipset", "rules::IpSetFile")?,
+        section::<callgate::config::GatewayFile>("gateway", "config::GatewayFile")?,
+        section::<callgate::rules::RouteFile>("route", "rules::RouteFile")?,
+        section::<callgate::rules::MerchantFile>("route.merchant", "rules::MerchantFile")?,
+        section::<callgate::rules::IpSetFile>("ipset", "rules::IpSetFile")?,
     ];
     for kind in ProviderKind::ALL {
-        use crate::provider::{alipay, alipay_md5, jdpay, unionpay, wechat_v2, wechat_v3};
+        use callgate::provider::{alipay, alipay_md5, jdpay, unionpay, wechat_v2, wechat_v3};
         let id = format!("keys.{}", kind.as_str());
         out.push(match kind {
             ProviderKind::Alipay => section::<alipay::KeysFile>(&id, "provider::alipay::KeysFile"),
@@ -429,7 +429,7 @@ mod tests {
     struct Outer {
         plain: String,
         spanned: toml::Spanned<String>,
-        dur: toml::Spanned<crate::load::Dur>,
+        dur: toml::Spanned<callgate::load::Dur>,
         #[serde(rename = "renamed-key")]
         renamed: Option<u64>,
         table: Inner,
