@@ -65,20 +65,13 @@ fn md5_with_atn(up: &Upstream, atn: &Upstream) -> RouteSpec {
 /// the load generator here; its output is checked against openssl in
 /// tests/cli.rs).
 fn alipay_bodies(n: usize, prefix: &str) -> Vec<Arc<Vec<u8>>> {
-    let key = alipay_key("alipay_private.pem");
     (0..n)
         .map(|i| {
-            let params: BTreeMap<String, String> = [
-                ("app_id".to_owned(), "2021000000000001".to_owned()),
-                ("notify_id".to_owned(), format!("{prefix}{i:06}")),
-                ("out_trade_no".to_owned(), format!("ORDER{i:06}")),
-            ]
-            .into();
-            Arc::new(
-                callgate::sign::alipay_form(&key, &params, "RSA2")
-                    .unwrap()
-                    .into_bytes(),
-            )
+            Arc::new(alipay_signed(&[
+                ("app_id", "2021000000000001"),
+                ("notify_id", &format!("{prefix}{i:06}")),
+                ("out_trade_no", &format!("ORDER{i:06}")),
+            ]))
         })
         .collect()
 }

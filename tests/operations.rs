@@ -510,18 +510,8 @@ async fn notifications_flowing_through_reloads_are_neither_lost_nor_misanswered(
     let dir = tempfile::tempdir().unwrap();
     let file = GatewaySpec::new(vec![RouteSpec::alipay(&up)]).write(dir.path());
     let gw = Arc::new(start_file(dir.path(), &file).await);
-    let key = alipay_key("alipay_private.pem");
     let bodies: Vec<Vec<u8>> = (0..EVENTS)
-        .map(|i| {
-            let params: std::collections::BTreeMap<String, String> = [
-                ("app_id".to_owned(), APP_A.to_owned()),
-                ("notify_id".to_owned(), format!("reload{i:05}")),
-            ]
-            .into();
-            callgate::sign::alipay_form(&key, &params, "RSA2")
-                .unwrap()
-                .into_bytes()
-        })
+        .map(|i| alipay_signed(&[("app_id", APP_A), ("notify_id", &format!("reload{i:05}"))]))
         .collect();
     let sender = {
         let gw = gw.clone();

@@ -392,22 +392,14 @@ async fn two_instances_sharing_redis_deliver_every_event_exactly_once_under_load
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let a = Arc::new(TestGateway::start(redis_spec(vec![RouteSpec::alipay(&up)], &redis)).await);
     let b = Arc::new(TestGateway::start(redis_spec(vec![RouteSpec::alipay(&up)], &redis)).await);
-    let key = alipay_key("alipay_private.pem");
-    // Distinct, genuinely signed notifications (callgate's signer is only the
-    // load generator here; its output is checked against openssl in tests/cli.rs).
+    // Distinct, genuinely signed notifications.
     let bodies: Vec<Arc<Vec<u8>>> = (0..EVENTS)
         .map(|i| {
-            let params: std::collections::BTreeMap<String, String> = [
-                ("app_id".to_owned(), "2021000000000001".to_owned()),
-                ("notify_id".to_owned(), format!("load{i:06}")),
-                ("out_trade_no".to_owned(), format!("LOAD{i:06}")),
-            ]
-            .into();
-            Arc::new(
-                callgate::sign::alipay_form(&key, &params, "RSA2")
-                    .unwrap()
-                    .into_bytes(),
-            )
+            Arc::new(alipay_signed(&[
+                ("app_id", "2021000000000001"),
+                ("notify_id", &format!("load{i:06}")),
+                ("out_trade_no", &format!("LOAD{i:06}")),
+            ]))
         })
         .collect();
     let limit = Arc::new(tokio::sync::Semaphore::new(48));

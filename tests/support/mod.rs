@@ -43,6 +43,24 @@ pub fn alipay_key(name: &str) -> PathBuf {
     root().join("tests/fixtures/alipay").join(name)
 }
 
+/// A genuine Alipay notification of `params` (`app_id`, `notify_id`, ...)
+/// over realistic defaults, signed RSA2 with the fixture key by `callgate
+/// sign alipay`. callgate's signer is only a load generator here; its
+/// signatures are checked against openssl's in its unit tests and in
+/// tests/cli.rs.
+pub fn alipay_signed(params: &[(&str, &str)]) -> Vec<u8> {
+    use callgate::sign::{AlipayArgs, SignArgs, SignProvider};
+    let args = SignArgs {
+        provider: SignProvider::Alipay(AlipayArgs {
+            private_key: alipay_key("alipay_private.pem"),
+            params: params.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            sign_type: "RSA2".to_owned(),
+            curl: None,
+        }),
+    };
+    callgate::sign::run(&args).unwrap().into_bytes()
+}
+
 // === upstream ===
 
 /// What the recording upstream does with a request.
