@@ -625,6 +625,39 @@ mod tests {
         hex.split_whitespace().next().unwrap().to_owned()
     }
 
+    fn upstream() -> Upstream {
+        Upstream::new(
+            "http://127.0.0.1:1/n",
+            Secret::new(b"k".to_vec()),
+            None,
+            None,
+            Duration::from_secs(1),
+        )
+        .unwrap()
+    }
+
+    /// A delivery of event `id-1` on route `r`, original mode, at time 7.
+    fn delivery<'a>(
+        provider: &'static str,
+        incoming: &'a HeaderMap,
+        pass: &'a ForwardHeaders,
+    ) -> Delivery<'a> {
+        Delivery {
+            provider,
+            route: "r",
+            event_id: "id-1",
+            request_id: "0123456789abcdef",
+            client_ip: "127.0.0.1".parse().unwrap(),
+            incoming,
+            pass,
+            mode: ForwardMode::Original,
+            body: Bytes::new(),
+            decrypted: None,
+            now: 7,
+            attempt: 1,
+        }
+    }
+
     #[test]
     fn signature_matches_openssl() {
         let s = signature(&Secret::new(b"topsecret".to_vec()), 1_700_000_000, b"a=1");
@@ -666,29 +699,16 @@ mod tests {
         incoming.insert("x-http-method-override", "PUT".parse().unwrap());
         incoming.insert("true-client-ip", "10.0.0.1".parse().unwrap());
         incoming.insert("wechatpay-serial", "5157F09E".parse().unwrap());
-        let up = Upstream::new(
-            "http://127.0.0.1:1/n",
-            Secret::new(b"k".to_vec()),
-            None,
-            None,
-            Duration::from_secs(1),
-        )
-        .unwrap();
+        let none = ForwardHeaders::default();
+        let up = upstream();
         let req = build_request(
             &up,
             Delivery {
-                provider: "alipay",
-                route: "r",
-                event_id: "id-1",
-                request_id: "0123456789abcdef",
                 client_ip: "110.75.1.1".parse().unwrap(),
-                incoming: &incoming,
-                pass: &ForwardHeaders::default(),
-                mode: ForwardMode::Original,
                 body: Bytes::from_static(b"a=1"),
-                decrypted: None,
                 now: 5,
                 attempt: 2,
+                ..delivery("alipay", &incoming, &none)
             },
         )
         .unwrap();
@@ -729,30 +749,15 @@ mod tests {
 
     #[test]
     fn a_decrypted_resource_travels_with_its_own_hmac() {
-        let up = Upstream::new(
-            "http://127.0.0.1:1/n",
-            Secret::new(b"k".to_vec()),
-            None,
-            None,
-            Duration::from_secs(1),
-        )
-        .unwrap();
+        let up = upstream();
         let incoming = HeaderMap::new();
+        let none = ForwardHeaders::default();
         let req = build_request(
             &up,
             Delivery {
-                provider: "jdpay",
-                route: "r",
-                event_id: "id-1",
-                request_id: "0123456789abcdef",
-                client_ip: "127.0.0.1".parse().unwrap(),
-                incoming: &incoming,
-                pass: &ForwardHeaders::default(),
-                mode: ForwardMode::Original,
                 body: Bytes::from_static(b"<jdpay/>"),
-                now: 7,
                 decrypted: Some("<jdpay>京东</jdpay>".as_bytes()),
-                attempt: 1,
+                ..delivery("jdpay", &incoming, &none)
             },
         )
         .unwrap();
@@ -788,29 +793,13 @@ mod tests {
         incoming.insert("x-shop-trace", "t-1".parse().unwrap());
         incoming.insert("x-other", "o".parse().unwrap());
         let pass = ForwardHeaders::new(["X-Shop-Trace"]).unwrap();
-        let up = Upstream::new(
-            "http://127.0.0.1:1/n",
-            Secret::new(b"k".to_vec()),
-            None,
-            None,
-            Duration::from_secs(1),
-        )
-        .unwrap();
+        let up = upstream();
         let req = build_request(
             &up,
             Delivery {
-                provider: "wechat_v3",
-                route: "r",
-                event_id: "id-1",
-                request_id: "0123456789abcdef",
-                client_ip: "127.0.0.1".parse().unwrap(),
-                incoming: &incoming,
-                pass: &pass,
                 mode: ForwardMode::Normalized,
                 body: Bytes::from_static(b"{}"),
-                decrypted: None,
-                now: 7,
-                attempt: 1,
+                ..delivery("wechat_v3", &incoming, &pass)
             },
         )
         .unwrap();

@@ -286,15 +286,8 @@ fn redeliver(
 ) -> ExitCode {
     use callgate::config::StoreKind;
     use callgate::redeliver::{self, ApiError};
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("callgate: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let config = &loaded.config;
     let memory = config.replay.store == StoreKind::Memory;
@@ -350,6 +343,16 @@ fn redeliver(
     })
 }
 
+/// The tokio runtime `run` and `journal redeliver` work in; `None` (and a
+/// message) when it cannot start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("callgate: cannot start the runtime: {e}"))
+        .ok()
+}
+
 fn print_report(report: &callgate::redeliver::Report) -> ExitCode {
     for l in &report.results {
         println!("{} {}: {}", l.route, l.event_id, l.result);
@@ -377,15 +380,8 @@ fn run(config: &std::path::Path, format: LogFormat) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("callgate: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         // Signal handlers first: a SIGHUP or SIGTERM that arrives right after

@@ -401,15 +401,8 @@ async fn serve_notifications(
     let admission = Admission::new(&limits);
     let write_timeouts = state.metrics.write_timeouts("notify");
     loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    accept_error(e).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
+        let Some((tcp, peer)) = accept(&listener, &mut stop).await else {
+            break;
         };
         let class = Peer::of(peer.ip(), &state.snapshot.load());
         let admitted = match admission.admit(peer.ip(), class) {
@@ -515,15 +508,8 @@ async fn serve_admin(
     let permits = Arc::new(Semaphore::new(max_connections));
     let write_timeouts = state.metrics.write_timeouts("admin");
     loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    accept_error(e).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
+        let Some((tcp, peer)) = accept(&listener, &mut stop).await else {
+            break;
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             state.metrics.connection_refused("admin.max_connections");
@@ -543,6 +529,23 @@ async fn serve_admin(
             });
             let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
         });
+    }
+}
+
+/// The next connection, or `None` once `stop` says so. An accept error is
+/// logged and the next connection waited for.
+async fn accept(
+    listener: &TcpListener,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => return Some(a),
+                Err(e) => accept_error(e).await,
+            },
+            _ = stop.changed() => return None,
+        }
     }
 }
 

@@ -36,6 +36,17 @@ pub struct Syntax {
     pub text: &'static str,
 }
 
+impl Syntax {
+    const fn of(allowed: fn(u8) -> bool, min: usize, max: usize, text: &'static str) -> Syntax {
+        Syntax {
+            allowed,
+            min,
+            max,
+            text,
+        }
+    }
+}
+
 fn digit(b: u8) -> bool {
     b.is_ascii_digit()
 }
@@ -50,69 +61,39 @@ fn alnum_dash(b: u8) -> bool {
 
 /// Alipay `notify_id`: 34 digits today, letters and digits in older
 /// notifications (`91722adff935e8cfa58b3aabf4dead6ibe`).
-pub const NOTIFY_ID: Syntax = Syntax {
-    allowed: alnum,
-    min: 1,
-    max: 64,
-    text: "1 to 64 ASCII letters and digits",
-};
+pub const NOTIFY_ID: Syntax = Syntax::of(alnum, 1, 64, "1 to 64 ASCII letters and digits");
 
 /// Platform-issued numeric ids: WeChat `transaction_id` (28 digits),
 /// `refund_id` (29), merchant numbers, Alipay app ids.
-pub const DIGITS: Syntax = Syntax {
-    allowed: digit,
-    min: 1,
-    max: 32,
-    text: "1 to 32 ASCII digits",
-};
+pub const DIGITS: Syntax = Syntax::of(digit, 1, 32, "1 to 32 ASCII digits");
 
 /// Alipay user ids (`seller_id`): `2088` and 12 more digits.
-pub const ALIPAY_USER_ID: Syntax = Syntax {
-    allowed: digit,
-    min: 16,
-    max: 16,
-    text: "16 ASCII digits",
-};
+pub const ALIPAY_USER_ID: Syntax = Syntax::of(digit, 16, 16, "16 ASCII digits");
 
 /// WeChat Pay v3 notification `id` (`EV-2018022511223320873`, or a UUID).
-pub const V3_ID: Syntax = Syntax {
-    allowed: alnum_dash,
-    min: 1,
-    max: 64,
-    text: "1 to 64 ASCII letters, digits, `-` and `_`",
-};
+pub const V3_ID: Syntax = Syntax::of(
+    alnum_dash,
+    1,
+    64,
+    "1 to 64 ASCII letters, digits, `-` and `_`",
+);
 
 /// UnionPay `queryId` (21 digits in every known notification).
-pub const QUERY_ID: Syntax = Syntax {
-    allowed: alnum,
-    min: 1,
-    max: 32,
-    text: "1 to 32 ASCII letters and digits",
-};
+pub const QUERY_ID: Syntax = Syntax::of(alnum, 1, 32, "1 to 32 ASCII letters and digits");
 
 /// UnionPay `txnType`: two digits (`01` payment, `04` refund, ...).
-pub const TXN_TYPE: Syntax = Syntax {
-    allowed: digit,
-    min: 2,
-    max: 2,
-    text: "2 ASCII digits",
-};
+pub const TXN_TYPE: Syntax = Syntax::of(digit, 2, 2, "2 ASCII digits");
 
 /// JD `tradeNum`: the merchant's order number (`asd784374823472389_r`).
-pub const TRADE_NUM: Syntax = Syntax {
-    allowed: alnum_dash,
-    min: 1,
-    max: 64,
-    text: "1 to 64 ASCII letters, digits, `-` and `_`",
-};
+pub const TRADE_NUM: Syntax = Syntax::of(
+    alnum_dash,
+    1,
+    64,
+    "1 to 64 ASCII letters, digits, `-` and `_`",
+);
 
 /// JD `tradeType` and `status`: one or two digits.
-pub const SMALL_CODE: Syntax = Syntax {
-    allowed: digit,
-    min: 1,
-    max: 2,
-    text: "1 or 2 ASCII digits",
-};
+pub const SMALL_CODE: Syntax = Syntax::of(digit, 1, 2, "1 or 2 ASCII digits");
 
 /// What a field is for, which decides the refusal's label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -797,6 +797,41 @@ pub(crate) fn expect_merchant(
     }
 }
 
+/// A service provider's notification for one of its sub-merchants: the
+/// sub-merchant `field` names (`got`) must be the one the keys are bound
+/// to, or, keys bound to none, be accepted explicitly (`any`). Returns the
+/// merchant part of the replay key: `mch`, or `mch/sub`.
+pub(crate) fn bind_sub_merchant(
+    field: &'static str,
+    mch: &str,
+    got: Option<&str>,
+    bound: Option<&str>,
+    any: bool,
+) -> Result<String, VerifyError> {
+    match (bound, got) {
+        (Some(want), Some(got)) if got == want => {}
+        (Some(_), Some(got)) => {
+            return Err(VerifyError::MerchantMismatch {
+                field,
+                got: got.to_owned(),
+            });
+        }
+        (Some(_), None) => return Err(VerifyError::MissingField(field)),
+        (None, Some(got)) if !any => {
+            return Err(VerifyError::MerchantUnbound {
+                field,
+                got: got.to_owned(),
+                fix: "bind the sub-merchant with keys.sub_mch_id (one [[route.merchant]] table each), or set keys.accept_any_sub_merchant = true",
+            });
+        }
+        (None, _) => {}
+    }
+    Ok(match got {
+        Some(sub) => format!("{mch}/{sub}"),
+        None => mch.to_owned(),
+    })
+}
+
 // === RSA public keys ===
 
 /// An RSA public key parsed once, ready for SHA-1 and SHA-256 PKCS#1 v1.5

@@ -81,7 +81,7 @@ use toml::Spanned;
 use toml::de::DeValue;
 
 use super::identity::{self, Role, TimeFormat};
-use super::{Fields, ProviderKind, Verified, VerifyError, expect_merchant};
+use super::{Fields, ProviderKind, Verified, VerifyError, bind_sub_merchant, expect_merchant};
 use crate::body::XmlMap;
 use crate::load::{FileCtx, RuleError};
 use crate::secret::shown;
@@ -328,28 +328,13 @@ impl Keys {
             xml.get("sub_mch_id").map(str::as_bytes),
             &identity::DIGITS,
         )?;
-        match (&self.sub_mch_id, sub) {
-            (Some(want), Some(got)) if got == &**want => {}
-            (Some(_), Some(got)) => {
-                return Err(VerifyError::MerchantMismatch {
-                    field: "sub_mch_id",
-                    got: got.to_owned(),
-                });
-            }
-            (Some(_), None) => return Err(VerifyError::MissingField("sub_mch_id")),
-            (None, Some(got)) if !self.any_sub_merchant => {
-                return Err(VerifyError::MerchantUnbound {
-                    field: "sub_mch_id",
-                    got: got.to_owned(),
-                    fix: "bind the sub-merchant with keys.sub_mch_id (one [[route.merchant]] table each), or set keys.accept_any_sub_merchant = true",
-                });
-            }
-            (None, _) => {}
-        }
-        Ok(match sub {
-            Some(sub) => format!("{}/{sub}", self.mch_id),
-            None => self.mch_id.to_string(),
-        })
+        bind_sub_merchant(
+            "sub_mch_id",
+            &self.mch_id,
+            sub,
+            self.sub_mch_id.as_deref(),
+            self.any_sub_merchant,
+        )
     }
 
     fn verify_payment(&self, xml: &XmlMap) -> Result<Verified, VerifyError> {

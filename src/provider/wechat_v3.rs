@@ -69,7 +69,10 @@ use toml::Spanned;
 use toml::de::DeValue;
 
 use super::identity::{self, Role};
-use super::{Fields, ProviderKind, RsaDigest, RsaKey, Verified, VerifyError, expect_merchant};
+use super::{
+    Fields, ProviderKind, RsaDigest, RsaKey, Verified, VerifyError, bind_sub_merchant,
+    expect_merchant,
+};
 use crate::body::JsonBody;
 use crate::expiry::{self, KeyCert, WhenExpired};
 use crate::load::{FileCtx, RuleError};
@@ -421,28 +424,13 @@ impl Keys {
             text("sub_mchid"),
             &identity::DIGITS,
         )?;
-        match (&self.sub_mch_id, sub) {
-            (Some(want), Some(got)) if got == &**want => {}
-            (Some(_), Some(got)) => {
-                return Err(VerifyError::MerchantMismatch {
-                    field: "sub_mchid",
-                    got: got.to_owned(),
-                });
-            }
-            (Some(_), None) => return Err(VerifyError::MissingField("sub_mchid")),
-            (None, Some(got)) if !self.any_sub_merchant => {
-                return Err(VerifyError::MerchantUnbound {
-                    field: "sub_mchid",
-                    got: got.to_owned(),
-                    fix: "bind the sub-merchant with keys.sub_mch_id (one [[route.merchant]] table each), or set keys.accept_any_sub_merchant = true",
-                });
-            }
-            (None, _) => {}
-        }
-        Ok(match sub {
-            Some(sub) => format!("{}/{sub}", self.mch_id),
-            None => self.mch_id.to_string(),
-        })
+        bind_sub_merchant(
+            "sub_mchid",
+            &self.mch_id,
+            sub,
+            self.sub_mch_id.as_deref(),
+            self.any_sub_merchant,
+        )
     }
 
     /// Steps 1 to 4 of the module doc: the header signature over the raw

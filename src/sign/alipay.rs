@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::{
-    SignError, append, beijing_now, charset, curl_form, encode_form, fill, param_map,
-    random_digits, rsa_sign_b64, signed_form,
+    SignError, beijing_now, charset, fill, form_output, param_map, random_digits, rsa_sign_b64,
+    signed_form,
 };
 
 #[derive(Debug, clap::Args)]
@@ -28,23 +28,22 @@ pub struct AlipayArgs {
 }
 
 pub(super) fn run(args: &AlipayArgs) -> Result<String, SignError> {
-    let params = param_map(&args.params)?;
-    let body = notification(&args.private_key, &params, &args.sign_type)?;
-    Ok(match &args.curl {
-        None => body,
-        Some(url) => curl_form(
-            &body,
-            params.get("charset").map_or("utf-8", String::as_str),
-            url,
-        ),
-    })
+    let given = param_map(&args.params)?;
+    notification(
+        &args.private_key,
+        &given,
+        &args.sign_type,
+        args.curl.as_ref(),
+    )
 }
 
-/// A signed notification form body: `given` over realistic defaults.
+/// A signed notification form body (or, with `curl`, a command that POSTs
+/// it): `given` over realistic defaults.
 fn notification(
     private_key: &Path,
     given: &BTreeMap<String, String>,
     sign_type: &str,
+    curl: Option<&String>,
 ) -> Result<String, SignError> {
     let mut params = given.clone();
     let Some(app_id) = params.get("app_id").cloned() else {
@@ -78,9 +77,8 @@ fn notification(
     params.remove("sign");
     let encoding = charset(params.get("charset"))?;
     let sign = rsa_sign_b64(private_key, sha1, &signed_string(&params, encoding))?;
-    let mut body = encode_form(&params, encoding);
-    append(&mut body, "sign", sign.as_bytes());
-    Ok(body)
+    let label = given.get("charset").map_or("utf-8", String::as_str);
+    Ok(form_output(&params, encoding, ("sign", &sign), label, curl))
 }
 
 /// Whether `sign_type` signs with SHA-1 (`RSA`) rather than SHA-256
@@ -144,7 +142,7 @@ mod tests {
         for charset in ["utf-8", "gbk"] {
             let mut given = given.clone();
             given.insert("charset".to_owned(), charset.to_owned());
-            let body = notification(&key, &given, "RSA2").unwrap();
+            let body = notification(&key, &given, "RSA2", None).unwrap();
             let form = crate::body::Form::parse(body.as_bytes()).unwrap();
             assert!(keys.verify(&form, None).is_ok(), "{charset}: {body}");
         }

@@ -9,8 +9,7 @@ use std::path::PathBuf;
 use md5::{Digest, Md5};
 
 use super::{
-    SignError, append, beijing_now, curl_form, encode_form, fill, param_map, random_digits,
-    read_secret, signed_form,
+    SignError, beijing_now, fill, form_output, param_map, random_digits, read_secret, signed_form,
 };
 use crate::secret::Secret;
 
@@ -66,20 +65,18 @@ pub(super) fn run(args: &AlipayMd5Args) -> Result<String, SignError> {
     params.insert("sign_type".to_owned(), "MD5".to_owned());
     params.remove("sign");
     let sign = signature(&params, encoding, &key);
-    let mut body = encode_form(&params, encoding);
-    append(&mut body, "sign", sign.as_bytes());
-    Ok(match &args.curl {
-        None => body,
-        Some(url) => curl_form(
-            &body,
-            if encoding == encoding_rs::UTF_8 {
-                "utf-8"
-            } else {
-                "GBK"
-            },
-            url,
-        ),
-    })
+    let label = if encoding == encoding_rs::UTF_8 {
+        "utf-8"
+    } else {
+        "GBK"
+    };
+    Ok(form_output(
+        &params,
+        encoding,
+        ("sign", &sign),
+        label,
+        args.curl.as_ref(),
+    ))
 }
 
 /// `md5(signed string + key)`, lower-case hex; empty values are not signed

@@ -137,26 +137,12 @@ fn signature(signed: &str, private_key: &Path) -> Result<String, SignError> {
     Ok(base64::engine::general_purpose::STANDARD.encode(sig))
 }
 
-/// The merchant's 3DES key: the file holds its Base64, as JD issues it.
+/// The merchant's 3DES key, read as a route reads its `des_key_file` (the
+/// same file).
 fn des_key(file: &Path) -> Result<Secret, SignError> {
     let err = key_error(file);
     let text = Secret::from_file(file).map_err(|e| err(e.to_string()))?;
-    let compact: Vec<u8> = text
-        .expose()
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(compact)
-        .map_err(|_| err("not Base64 (the key as JD issues it)".to_owned()))?;
-    if key.len() != 24 {
-        return Err(err(format!(
-            "decodes to {} bytes; a 3DES key is 24 bytes",
-            key.len()
-        )));
-    }
-    Ok(Secret::new(key))
+    crate::provider::jdpay::des_key_from(&text).map_err(err)
 }
 
 /// `encrypt`: the payload framed (4-byte big-endian length, zero padding to

@@ -7,7 +7,8 @@
 //! `wechat_v2.rs`, `wechat_v3.rs`, `unionpay.rs`, `jdpay.rs`). A signer
 //! builds its signed string and its signature with its own code: none
 //! reaches into a verifier (`provider/`), so a bug in one cannot cancel a
-//! bug in the other. Each file's unit tests check its signer twice: its
+//! bug in the other; they share with the providers only the readers of the
+//! key files an operator configures for both. Each file's unit tests check its signer twice: its
 //! signature of a fixture's fields is the fixture's own (made by openssl or
 //! Python), and what it signs, the verifier accepts.
 //!
@@ -255,6 +256,24 @@ fn signed_form(
         out.extend_from_slice(&encoding.encode(v).0);
     }
     out
+}
+
+/// The form body of `params` with the signature `name=sign` last (as
+/// `encoding` encodes them), or, with `curl`, a command that POSTs it as
+/// `charset` (`utf-8`, `UTF-8`, `GBK`: as the platform writes it).
+fn form_output(
+    params: &BTreeMap<String, String>,
+    encoding: &'static encoding_rs::Encoding,
+    (name, sign): (&str, &str),
+    charset: &str,
+    curl: Option<&String>,
+) -> String {
+    let mut body = encode_form(params, encoding);
+    append(&mut body, name, sign.as_bytes());
+    match curl {
+        None => body,
+        Some(url) => curl_form(&body, charset, url),
+    }
 }
 
 /// A curl command that POSTs a form body.

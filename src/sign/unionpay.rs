@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::{
-    SignError, append, beijing_now, charset, curl_form, encode_form, fill, param_map,
-    random_digits, read_cert_pem, rsa_sign_b64, signed_form,
+    SignError, beijing_now, charset, fill, form_output, param_map, random_digits, read_cert_pem,
+    rsa_sign_b64, signed_form,
 };
 
 #[derive(Debug, clap::Args)]
@@ -90,20 +90,18 @@ pub(super) fn run(args: &UnionpayArgs) -> Result<String, SignError> {
     }
     let encoding = charset(params.get("encoding"))?;
     let sig = signature(&params, encoding, &args.private_key, sha1)?;
-    let mut body = encode_form(&params, encoding);
-    append(&mut body, "signature", sig.as_bytes());
-    Ok(match &args.curl {
-        None => body,
-        Some(url) => curl_form(
-            &body,
-            if encoding == encoding_rs::UTF_8 {
-                "UTF-8"
-            } else {
-                "GBK"
-            },
-            url,
-        ),
-    })
+    let label = if encoding == encoding_rs::UTF_8 {
+        "UTF-8"
+    } else {
+        "GBK"
+    };
+    Ok(form_output(
+        &params,
+        encoding,
+        ("signature", &sig),
+        label,
+        args.curl.as_ref(),
+    ))
 }
 
 /// `signature`: RSA over the hex digest of the signed string.
