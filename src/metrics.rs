@@ -12,8 +12,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::ack::Outcome;
@@ -32,7 +32,7 @@ pub struct Metrics {
     loaded_routes: IntGauge,
     store_entries: IntGauge,
     store_errors: IntCounterVec,
-    journal_errors: prometheus::IntCounter,
+    journal_errors: IntCounter,
     last_reload: IntGauge,
     key_expiry: IntGaugeVec,
     store_up: IntGauge,
@@ -46,7 +46,7 @@ pub struct Metrics {
     route_quota: IntGaugeVec,
     store_evicting: IntGauge,
     backlog: IntGauge,
-    backlog_dropped: prometheus::IntCounter,
+    backlog_dropped: IntCounter,
     repeat_deliveries: IntCounterVec,
     requests_in_flight: IntGauge,
 }
@@ -55,144 +55,158 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Makes metric families and registers each in one registry.
+struct Families<'r>(&'r Registry);
+
+impl Families<'_> {
+    fn register<C: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        c: C,
+    ) -> Result<C, prometheus::Error> {
+        self.0.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+
+    fn counter(&self, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+        self.register(IntCounter::new(name, help)?)
+    }
+
+    fn counters(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, prometheus::Error> {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+        self.register(IntGauge::new(name, help)?)
+    }
+
+    fn gauges(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntGaugeVec, prometheus::Error> {
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels)?)
+    }
+
+    /// Latency histograms ([`LATENCY_BUCKETS`]).
+    fn histograms(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<HistogramVec, prometheus::Error> {
+        self.register(HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+            labels,
+        )?)
+    }
+}
+
 impl Metrics {
     /// Builds and registers every family. Registration of fresh families in
     /// a fresh registry cannot collide, so failures here are bugs.
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "callgate_requests_total",
-                "Notifications by route, provider and outcome.",
-            ),
+        let f = Families(&registry);
+        let requests = f.counters(
+            "callgate_requests_total",
+            "Notifications by route, provider and outcome.",
             &["route", "provider", "outcome"],
         )?;
-        let rejections = IntCounterVec::new(
-            Opts::new(
-                "callgate_rejections_total",
-                "Refused (or dry-run refused) notifications by detailed reason.",
-            ),
+        let rejections = f.counters(
+            "callgate_rejections_total",
+            "Refused (or dry-run refused) notifications by detailed reason.",
             &["route", "provider", "reason"],
         )?;
-        let merchant_requests = IntCounterVec::new(
-            Opts::new(
-                "callgate_merchant_requests_total",
-                "Notifications per merchant, for routes with merchant_label = true.",
-            ),
+        let merchant_requests = f.counters(
+            "callgate_merchant_requests_total",
+            "Notifications per merchant, for routes with merchant_label = true.",
             &["route", "merchant", "outcome"],
         )?;
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "callgate_request_duration_seconds",
-                "Time from request received to response, per route.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        let request_duration = f.histograms(
+            "callgate_request_duration_seconds",
+            "Time from request received to response, per route.",
             &["route"],
         )?;
-        let upstream_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "callgate_upstream_duration_seconds",
-                "Time spent forwarding to the upstream, per route.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        let upstream_duration = f.histograms(
+            "callgate_upstream_duration_seconds",
+            "Time spent forwarding to the upstream, per route.",
             &["route"],
         )?;
-        let reloads = IntCounterVec::new(
-            Opts::new("callgate_rules_reload_total", "Rule reloads by result."),
+        let reloads = f.counters(
+            "callgate_rules_reload_total",
+            "Rule reloads by result.",
             &["result"],
         )?;
-        let loaded_routes = IntGauge::new(
+        let loaded_routes = f.gauge(
             "callgate_rules_loaded_routes",
             "Routes in the live rule set.",
         )?;
-        let store_entries = IntGauge::new(
+        let store_entries = f.gauge(
             "callgate_replay_store_entries",
             "Event ids and nonces held by the replay store (memory: lapsed slots until swept; Redis: DBSIZE).",
         )?;
-        let store_errors = IntCounterVec::new(
-            Opts::new(
-                "callgate_replay_store_errors_total",
-                "Replay store operations that failed, by operation.",
-            ),
+        let store_errors = f.counters(
+            "callgate_replay_store_errors_total",
+            "Replay store operations that failed, by operation.",
             &["op"],
         )?;
-        let journal_errors = prometheus::IntCounter::new(
+        let journal_errors = f.counter(
             "callgate_journal_write_errors_total",
             "Journal writes that failed (the notification was refused with 503).",
         )?;
-        let last_reload = IntGauge::new(
+        let last_reload = f.gauge(
             "callgate_rules_last_reload_success_timestamp_seconds",
             "Unix time the live rule set was loaded.",
         )?;
-        let key_expiry = IntGaugeVec::new(
-            Opts::new(
-                "callgate_key_expiry_timestamp_seconds",
-                "notAfter (Unix time) of every certificate-backed key of the live rule set, and of the TLS certificate (route \"-\", key \"tls_cert\").",
-            ),
+        let key_expiry = f.gauges(
+            "callgate_key_expiry_timestamp_seconds",
+            "notAfter (Unix time) of every certificate-backed key of the live rule set, and of the TLS certificate (route \"-\", key \"tls_cert\").",
             &["route", "key"],
         )?;
-        let store_up = IntGauge::new(
+        let store_up = f.gauge(
             "callgate_replay_store_up",
             "1 when the replay store answered at the last scrape, 0 when it did not.",
         )?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(key_expiry.clone()))?;
-        registry.register(Box::new(store_up.clone()))?;
-        registry.register(Box::new(rejections.clone()))?;
-        registry.register(Box::new(merchant_requests.clone()))?;
-        registry.register(Box::new(request_duration.clone()))?;
-        registry.register(Box::new(upstream_duration.clone()))?;
-        registry.register(Box::new(reloads.clone()))?;
-        registry.register(Box::new(loaded_routes.clone()))?;
-        registry.register(Box::new(store_entries.clone()))?;
-        registry.register(Box::new(last_reload.clone()))?;
-        registry.register(Box::new(store_errors.clone()))?;
-        registry.register(Box::new(journal_errors.clone()))?;
-        let connections_open = IntGauge::new(
+        let connections_open = f.gauge(
             "callgate_connections_open",
             "Notification connections open now (bounded by limits.max_connections).",
         )?;
-        let connections_refused = IntCounterVec::new(
-            Opts::new(
-                "callgate_connections_refused_total",
-                "Connections closed at accept, by the limit that was full.",
-            ),
+        let connections_refused = f.counters(
+            "callgate_connections_refused_total",
+            "Connections closed at accept, by the limit that was full.",
             &["limit"],
         )?;
-        let write_timeouts = IntCounterVec::new(
-            Opts::new(
-                "callgate_write_timeouts_total",
-                "Connections closed because the peer read nothing for limits.write_timeout, by listener.",
-            ),
+        let write_timeouts = f.counters(
+            "callgate_write_timeouts_total",
+            "Connections closed because the peer read nothing for limits.write_timeout, by listener.",
             &["listener"],
         )?;
-        registry.register(Box::new(connections_open.clone()))?;
-        registry.register(Box::new(connections_refused.clone()))?;
         // A gauge, not the counter's increase: it stays 0 for as long as the
         // files on disk are broken, and returns to 1 with the next good reload.
-        let last_reload_ok = IntGauge::new(
+        let last_reload_ok = f.gauge(
             "callgate_rules_last_reload_successful",
             "1 when the last reload (or the start) loaded the files, 0 when it was refused and the previous rules still serve.",
         )?;
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "callgate_build_info",
-                "Always 1; the labels say which callgate runs.",
-            ),
+        let build_info = f.gauges(
+            "callgate_build_info",
+            "Always 1; the labels say which callgate runs.",
             &["version", "commit"],
         )?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("CALLGATE_GIT_COMMIT")])
             .set(1);
-        registry.register(Box::new(last_reload_ok.clone()))?;
-        registry.register(Box::new(build_info))?;
         // process_cpu_seconds_total, process_resident_memory_bytes,
         // process_open_fds, process_max_fds, process_start_time_seconds ...
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
-        registry.register(Box::new(write_timeouts.clone()))?;
         for limit in [
             "limits.max_connections",
             "limits.max_connections_per_source",
@@ -204,66 +218,47 @@ impl Metrics {
         for listener in ["notify", "admin"] {
             write_timeouts.with_label_values(&[listener]);
         }
-        let claims_lost = IntCounterVec::new(
-            Opts::new(
-                "callgate_claims_lost_total",
-                "In-flight claims found in other hands or gone: step before_forward (the copy was not forwarded) or confirm (the event may have reached the shop twice).",
-            ),
+        let claims_lost = f.counters(
+            "callgate_claims_lost_total",
+            "In-flight claims found in other hands or gone: step before_forward (the copy was not forwarded) or confirm (the event may have reached the shop twice).",
             &["route", "step"],
         )?;
-        let store_full = IntCounterVec::new(
-            Opts::new(
-                "callgate_replay_store_full_total",
-                "Notifications refused (503) because the memory replay store or the route's quota was full.",
-            ),
+        let store_full = f.counters(
+            "callgate_replay_store_full_total",
+            "Notifications refused (503) because the memory replay store or the route's quota was full.",
             &["route"],
         )?;
-        let route_entries = IntGaugeVec::new(
-            Opts::new(
-                "callgate_replay_store_route_entries",
-                "Slots a route holds in the memory replay store (lapsed ones until swept).",
-            ),
+        let route_entries = f.gauges(
+            "callgate_replay_store_route_entries",
+            "Slots a route holds in the memory replay store (lapsed ones until swept).",
             &["route"],
         )?;
-        let route_quota = IntGaugeVec::new(
-            Opts::new(
-                "callgate_replay_store_route_quota",
-                "Slots a route may hold in the memory replay store.",
-            ),
+        let route_quota = f.gauges(
+            "callgate_replay_store_route_quota",
+            "Slots a route may hold in the memory replay store.",
             &["route"],
         )?;
-        let store_evicting = IntGauge::new(
+        let store_evicting = f.gauge(
             "callgate_replay_store_evicting",
             "1 while Redis's maxmemory-policy can evict keys (every claim is then refused), else 0.",
         )?;
-        let backlog = IntGauge::new(
+        let backlog = f.gauge(
             "callgate_replay_store_backlog",
             "Deliveries made while the replay store was down (on_store_error = \"open\") not yet recorded in it.",
         )?;
-        let backlog_dropped = prometheus::IntCounter::new(
+        let backlog_dropped = f.counter(
             "callgate_replay_store_backlog_dropped_total",
             "Unrecorded deliveries dropped because the backlog was full: a retry of those events would be forwarded again.",
         )?;
-        let repeat_deliveries = IntCounterVec::new(
-            Opts::new(
-                "callgate_repeat_deliveries_total",
-                "Forwards with X-Callgate-Attempt above 1: the event was sent before without a recorded delivery.",
-            ),
+        let repeat_deliveries = f.counters(
+            "callgate_repeat_deliveries_total",
+            "Forwards with X-Callgate-Attempt above 1: the event was sent before without a recorded delivery.",
             &["route"],
         )?;
-        let requests_in_flight = IntGauge::new(
+        let requests_in_flight = f.gauge(
             "callgate_requests_in_flight",
             "Notification and redelivery tasks running now (a drain waits for them).",
         )?;
-        registry.register(Box::new(claims_lost.clone()))?;
-        registry.register(Box::new(store_full.clone()))?;
-        registry.register(Box::new(route_entries.clone()))?;
-        registry.register(Box::new(route_quota.clone()))?;
-        registry.register(Box::new(store_evicting.clone()))?;
-        registry.register(Box::new(backlog.clone()))?;
-        registry.register(Box::new(backlog_dropped.clone()))?;
-        registry.register(Box::new(repeat_deliveries.clone()))?;
-        registry.register(Box::new(requests_in_flight.clone()))?;
         for op in [
             "claim", "confirm", "release", "remember", "forget", "ping", "entries", "renew",
             "record",
@@ -413,7 +408,7 @@ impl Metrics {
     /// The counter of connections closed because their peer stopped
     /// reading (`listener`: `notify` or `admin`), to hand to each
     /// connection's `accept::WriteDeadline`.
-    pub fn write_timeouts(&self, listener: &'static str) -> prometheus::IntCounter {
+    pub fn write_timeouts(&self, listener: &'static str) -> IntCounter {
         self.write_timeouts.with_label_values(&[listener])
     }
 

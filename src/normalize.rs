@@ -100,18 +100,7 @@ fn alipay(verified: &Verified, fields: Map<String, Value>) -> Value {
         get("total_amount")
     }
     .and_then(yuan_to_fen);
-    let when = alipay_time(status, get);
-    json!({
-        "provider": "alipay",
-        "event_id": verified.event_id(),
-        "out_trade_no": get("out_trade_no"),
-        "provider_trade_no": get("trade_no"),
-        "amount_fen": amount,
-        "currency": "CNY",
-        "status": status,
-        "occurred_at": when,
-        "fields": fields,
-    })
+    alipay_event(verified, status, amount, get, &fields)
 }
 
 /// WeChat v2. Payment: `total_fee` (already fen), `result_code` SUCCESS is
@@ -287,16 +276,27 @@ fn alipay_md5(verified: &Verified, fields: Map<String, Value>) -> Value {
         _ => get("total_fee"),
     }
     .and_then(yuan_to_fen);
-    let when = alipay_time(status, get);
+    alipay_event(verified, status, amount, get, &fields)
+}
+
+/// The normalized event of an Alipay form (open platform or legacy): the
+/// same fields whatever the provider.
+fn alipay_event<'a>(
+    verified: &Verified,
+    status: &str,
+    amount: Option<i64>,
+    get: impl Fn(&str) -> Option<&'a str>,
+    fields: &Map<String, Value>,
+) -> Value {
     json!({
-        "provider": "alipay_md5",
+        "provider": verified.kind().as_str(),
         "event_id": verified.event_id(),
         "out_trade_no": get("out_trade_no"),
         "provider_trade_no": get("trade_no"),
         "amount_fen": amount,
         "currency": "CNY",
         "status": status,
-        "occurred_at": when,
+        "occurred_at": alipay_time(status, get),
         "fields": fields,
     })
 }

@@ -253,6 +253,23 @@ fn the_raw_body_is_what_is_signed() {
     );
 }
 
+/// The `Wechatpay-*` headers a real vector of expected.json was sent with.
+fn vector_headers(v: &serde_json::Value) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (header, field) in [
+        ("wechatpay-timestamp", "timestamp"),
+        ("wechatpay-nonce", "nonce"),
+        ("wechatpay-serial", "serial"),
+        ("wechatpay-signature", "signature"),
+    ] {
+        h.insert(
+            header,
+            HeaderValue::from_str(v[field].as_str().unwrap()).unwrap(),
+        );
+    }
+    h
+}
+
 #[test]
 fn wechatpay_go_real_vector() {
     // wechatpay-go core/notify/notify_test.go (PROVIDERS.md §9 item 10).
@@ -266,18 +283,7 @@ fn wechatpay_go_real_vector() {
         vec![PlatformKey::certificate(loaded)],
     )
     .unwrap();
-    let mut h = HeaderMap::new();
-    for (header, field) in [
-        ("wechatpay-timestamp", "timestamp"),
-        ("wechatpay-nonce", "nonce"),
-        ("wechatpay-serial", "serial"),
-        ("wechatpay-signature", "signature"),
-    ] {
-        h.insert(
-            header,
-            HeaderValue::from_str(v[field].as_str().unwrap()).unwrap(),
-        );
-    }
+    let h = vector_headers(v);
     let body =
         JsonBody::parse(&std::fs::read(fixtures().join("v3_wechatpay_go.json")).unwrap()).unwrap();
     let signed = k.check_signature(&h, body.raw(), 1_624_523_846).unwrap();
@@ -309,18 +315,7 @@ fn yansongda_real_vector() {
         vec![key],
     )
     .unwrap();
-    let mut h = HeaderMap::new();
-    for (header, field) in [
-        ("wechatpay-timestamp", "timestamp"),
-        ("wechatpay-nonce", "nonce"),
-        ("wechatpay-serial", "serial"),
-        ("wechatpay-signature", "signature"),
-    ] {
-        h.insert(
-            header,
-            HeaderValue::from_str(v[field].as_str().unwrap()).unwrap(),
-        );
-    }
+    let h = vector_headers(v);
     let read = |f: &str| JsonBody::parse(&std::fs::read(fixtures().join(f)).unwrap()).unwrap();
     let escaped = read("v3_yansongda.json");
     let now = 1_626_444_144;
