@@ -250,7 +250,7 @@ upstream_secret_file = "../upstream.secret"
 public_key = {key:?}
 app_id = "2021000000000001"
 "#,
-        key = alipay_key("alipay_public.pem")
+        key = fixture_path("alipay", "alipay_public.pem")
     )
 }
 
@@ -286,7 +286,7 @@ fn check_names_each_problem_with_file_and_line() {
         (
             "non-PEM key",
             good_route("a", "/a").replace(
-                &format!("{:?}", alipay_key("alipay_public.pem")),
+                &format!("{:?}", fixture_path("alipay", "alipay_public.pem")),
                 "\"../not-a-key.txt\"",
             ),
             "r.toml:10: keys.public_key `../not-a-key.txt`: not a PEM public key",
@@ -489,20 +489,24 @@ fn decode_form(body: &str) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn sign_output_verifies_with_openssl() {
     for (sign_type, dgst) in [("RSA2", "-sha256"), ("RSA", "-sha1")] {
-        let (code, out, err) = output(callgate().args([
-            "sign",
-            "alipay",
-            "--private-key",
-            alipay_key("alipay_private.pem").to_str().unwrap(),
-            "--param",
-            "app_id=2021000000000001",
-            "--param",
-            "subject=测试 商品+1",
-            "--param",
-            "total_amount=12.34",
-            "--sign-type",
-            sign_type,
-        ]));
+        let (code, out, err) = output(
+            callgate().args([
+                "sign",
+                "alipay",
+                "--private-key",
+                fixture_path("alipay", "alipay_private.pem")
+                    .to_str()
+                    .unwrap(),
+                "--param",
+                "app_id=2021000000000001",
+                "--param",
+                "subject=测试 商品+1",
+                "--param",
+                "total_amount=12.34",
+                "--sign-type",
+                sign_type,
+            ]),
+        );
         assert_eq!(code, 0, "{err}");
         assert!(!out.ends_with('\n'), "a piped body must be exact");
         let mut params = decode_form(&out);
@@ -536,7 +540,7 @@ fn sign_output_verifies_with_openssl() {
         .unwrap();
         let verify = tool("openssl")
             .args(["dgst", dgst, "-verify"])
-            .arg(alipay_key("alipay_public.pem"))
+            .arg(fixture_path("alipay", "alipay_public.pem"))
             .arg("-signature")
             .arg(dir.path().join("sig"))
             .arg(dir.path().join("content"))
@@ -552,7 +556,7 @@ fn sign_output_verifies_with_openssl() {
 
 #[test]
 fn sign_refuses_bad_input_clearly() {
-    let key = alipay_key("alipay_private.pem");
+    let key = fixture_path("alipay", "alipay_private.pem");
     let key = key.to_str().unwrap();
     let (code, _, err) = output(callgate().args(["sign", "alipay", "--private-key", key]));
     assert_eq!(code, 1);
@@ -935,14 +939,19 @@ async fn run_logs_one_json_line_per_notification_and_never_secrets() {
     let client = TestClient::new();
     let url = format!("http://{}/notify/alipay", run.addr);
     let form = [("content-type", "application/x-www-form-urlencoded")];
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     assert_eq!(
         client.send("POST", &url, &form, body.clone()).await.status,
         200
     );
     assert_eq!(
         client
-            .send("POST", &url, &form, alipay_fixture("rsa2_wrong_key.form"))
+            .send(
+                "POST",
+                &url,
+                &form,
+                fixture("alipay", "rsa2_wrong_key.form")
+            )
             .await
             .status,
         401
@@ -996,7 +1005,7 @@ async fn every_log_line_names_method_path_and_a_request_id_the_shop_also_gets() 
             "POST",
             &typo,
             &form,
-            alipay_fixture("rsa2_trade_success.form"),
+            fixture("alipay", "rsa2_trade_success.form"),
         )
         .await;
     assert_eq!(r.status, 404);
@@ -1030,7 +1039,7 @@ async fn every_log_line_names_method_path_and_a_request_id_the_shop_also_gets() 
                 // A caller cannot choose the id.
                 ("x-callgate-request-id", "forged"),
             ],
-            alipay_fixture("rsa2_trade_success.form"),
+            fixture("alipay", "rsa2_trade_success.form"),
         )
         .await;
     assert_eq!(sent.status, 200);
@@ -1099,7 +1108,7 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_rules() {
             "POST",
             &format!("http://{}/notify/alipay", run.addr),
             &form,
-            alipay_fixture("rsa2_trade_success.form"),
+            fixture("alipay", "rsa2_trade_success.form"),
         )
         .await;
     assert_eq!(r.status, 200);
@@ -1122,7 +1131,7 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_rules() {
             "POST",
             &format!("http://{}/notify/alipay", run.addr),
             &form,
-            alipay_fixture("rsa2_trade_success_2.form"),
+            fixture("alipay", "rsa2_trade_success_2.form"),
         )
         .await;
     assert_eq!(old.status, 404);
@@ -1131,7 +1140,7 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_rules() {
             "POST",
             &format!("http://{}/notify/v2/alipay", run.addr),
             &form,
-            alipay_fixture("rsa2_trade_success_2.form"),
+            fixture("alipay", "rsa2_trade_success_2.form"),
         )
         .await;
     assert_eq!(new.status, 200);
@@ -1152,7 +1161,7 @@ async fn sigterm_finishes_in_flight_notifications_then_exits_0() {
                 "POST",
                 &url,
                 &[("content-type", "application/x-www-form-urlencoded")],
-                alipay_fixture("rsa2_trade_success.form"),
+                fixture("alipay", "rsa2_trade_success.form"),
             )
             .await
     });
@@ -1200,14 +1209,14 @@ platform_keys = [
 
 #[test]
 fn check_names_wechat_key_problems() {
-    let good_key = wechat_path("v3_api_v3.key");
+    let good_key = fixture_path("wechat", "v3_api_v3.key");
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "expired certificate",
             wechat_v3_rule(
                 &format!(
                     "{{ serial = \"3E1D0A0B0C0D0E0F101112131415161718191A1B\", certificate = {:?} }},",
-                    wechat_path("expired_cert.pem")
+                    fixture_path("wechat", "expired_cert.pem")
                 ),
                 &good_key,
             ),
@@ -1218,7 +1227,7 @@ fn check_names_wechat_key_problems() {
             wechat_v3_rule(
                 &format!(
                     "{{ serial = \"3E1D0A0B0C0D0E0F101112131415161718191A1B\", certificate = {:?} }},",
-                    wechat_path("expired_cert.pem")
+                    fixture_path("wechat", "expired_cert.pem")
                 ),
                 &good_key,
             ),
@@ -1229,7 +1238,7 @@ fn check_names_wechat_key_problems() {
             wechat_v3_rule(
                 &format!(
                     "{{ serial = \"3E1D0A0B0C0D0E0F101112131415161718191A1B\", certificate = {:?} }},",
-                    wechat_path("expired_cert.pem")
+                    fixture_path("wechat", "expired_cert.pem")
                 ),
                 &good_key,
             ),
@@ -1240,7 +1249,7 @@ fn check_names_wechat_key_problems() {
             wechat_v3_rule(
                 &format!(
                     "{{ serial = \"ABCDEF\", certificate = {:?} }},",
-                    wechat_path("platform_cert.pem")
+                    fixture_path("wechat", "platform_cert.pem")
                 ),
                 &good_key,
             ),
@@ -1251,7 +1260,7 @@ fn check_names_wechat_key_problems() {
             wechat_v3_rule(
                 &format!(
                     "{{ serial = \"5157F09EFDC096DE15EBE81A47057A7232F1B8E1\", public_key = {:?} }},",
-                    wechat_path("pubkey_public.pem")
+                    fixture_path("wechat", "pubkey_public.pem")
                 ),
                 &good_key,
             ),
@@ -1262,9 +1271,9 @@ fn check_names_wechat_key_problems() {
             wechat_v3_rule(
                 &format!(
                     "{{ serial = \"PUB_KEY_ID_01\", public_key = {:?} }},",
-                    wechat_path("pubkey_public.pem")
+                    fixture_path("wechat", "pubkey_public.pem")
                 ),
-                &wechat_path("v2_api.key").with_file_name("v3_wechatpay_go.json"),
+                &fixture_path("wechat", "v2_api.key").with_file_name("v3_wechatpay_go.json"),
             ),
             "the APIv3 key must be exactly 32 bytes",
         ),
@@ -1306,7 +1315,7 @@ fn openssl_digest(args: &[&str], data: &[u8]) -> String {
 
 #[test]
 fn sign_wechat_v2_output_verifies_with_openssl() {
-    let key_file = wechat_path("v2_api.key");
+    let key_file = fixture_path("wechat", "v2_api.key");
     let key = std::fs::read_to_string(&key_file).unwrap();
     for (sign_type, args) in [
         (None, vec!["-md5"]),
@@ -1359,7 +1368,7 @@ fn sign_wechat_v2_output_verifies_with_openssl() {
         "sign",
         "wechat_v2",
         "--api-key-file",
-        wechat_path("v2_api.key").to_str().unwrap(),
+        fixture_path("wechat", "v2_api.key").to_str().unwrap(),
     ]));
     assert_eq!(code, 1);
     assert!(err.contains("mch_id"), "{err}");
@@ -1370,9 +1379,9 @@ fn sign_wechat_v3_output_verifies_with_openssl() {
     let (code, out, err) = output(
         callgate()
             .args(["sign", "wechat_v3", "--private-key"])
-            .arg(wechat_path("pubkey_private.pem"))
+            .arg(fixture_path("wechat", "pubkey_private.pem"))
             .args(["--serial", WECHAT_PUB_KEY_ID, "--api-v3-key-file"])
-            .arg(wechat_path("v3_api_v3.key"))
+            .arg(fixture_path("wechat", "v3_api_v3.key"))
             .args([
                 "--resource-json",
                 r#"{"mchid":"1900000109","out_trade_no":"CG1","transaction_id":"42001","trade_state":"SUCCESS","amount":{"total":1}}"#,
@@ -1406,7 +1415,7 @@ fn sign_wechat_v3_output_verifies_with_openssl() {
     .unwrap();
     let verify = tool("openssl")
         .args(["dgst", "-sha256", "-verify"])
-        .arg(wechat_path("pubkey_public.pem"))
+        .arg(fixture_path("wechat", "pubkey_public.pem"))
         .arg("-signature")
         .arg(dir.path().join("s"))
         .arg(dir.path().join("m"))
@@ -1434,7 +1443,7 @@ async fn signed_wechat_samples_pass_the_gateway() {
     let (code, xml, err) = output(
         callgate()
             .args(["sign", "wechat_v2", "--api-key-file"])
-            .arg(wechat_path("v2_api.key"))
+            .arg(fixture_path("wechat", "v2_api.key"))
             .args(["--param", "mch_id=1900000109", "--param"])
             .arg(format!("appid={WECHAT_APPID}")),
     );
@@ -1443,9 +1452,9 @@ async fn signed_wechat_samples_pass_the_gateway() {
     let (code, out, err) = output(
         callgate()
             .args(["sign", "wechat_v3", "--private-key"])
-            .arg(wechat_path("platform_private.pem"))
+            .arg(fixture_path("wechat", "platform_private.pem"))
             .args(["--serial", WECHAT_PLATFORM_SERIAL, "--api-v3-key-file"])
-            .arg(wechat_path("v3_api_v3.key"))
+            .arg(fixture_path("wechat", "v3_api_v3.key"))
             .args([
                 "--resource-json",
                 r#"{"mchid":"1900000109","out_refund_no":"R1","refund_id":"503","refund_status":"SUCCESS","amount":{"refund":5}}"#,
@@ -1530,7 +1539,7 @@ fn check_accepts_legacy_and_certificate_routes() {
 
 #[test]
 fn check_names_legacy_and_certificate_key_problems() {
-    let pem = alipay_key("alipay_private.pem");
+    let pem = fixture_path("alipay", "alipay_private.pem");
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "partner is not a PID",
@@ -1554,7 +1563,7 @@ fn check_names_legacy_and_certificate_key_problems() {
                 "alipay_md5",
                 &format!(
                     "partner = \"2088101122334455\"\nkey_file = {:?}\n",
-                    alipay_key("alipay_public.b64")
+                    fixture_path("alipay", "alipay_public.b64")
                 ),
             ),
             "expected the 32-character MD5 key (letters and digits) from Alipay's merchant console; the file holds 392 bytes",
@@ -1669,7 +1678,10 @@ fn check_names_legacy_and_certificate_key_problems() {
                 &cert_keys(
                     "alipayCertPublicKey_RSA2.crt",
                     "alipayRootCert.crt",
-                    &format!("public_key = {:?}\n", alipay_key("alipay_public.pem")),
+                    &format!(
+                        "public_key = {:?}\n",
+                        fixture_path("alipay", "alipay_public.pem")
+                    ),
                 ),
             ),
             "r.toml:13: keys.public_key: give either public_key or the certificate-mode keys",
@@ -1893,7 +1905,7 @@ fn check_refuses_a_replay_ttl_shorter_than_a_routes_freshness_window() {
 fn check_warns_about_accepting_any_sub_merchant_and_names_bad_binding_keys() {
     let wechat = format!(
         "mch_id = \"1900000109\"\napi_key_file = {:?}\naccept_any_sub_merchant = true\n",
-        wechat_path("v2_api.key")
+        fixture_path("wechat", "v2_api.key")
     );
     let dir = config_with_rules(&route_with_keys("wechat_v2", &wechat));
     let (code, out, err) = output(
@@ -1912,7 +1924,7 @@ fn check_warns_about_accepting_any_sub_merchant_and_names_bad_binding_keys() {
     let alipay = |extra: &str| {
         format!(
             "app_id = \"2021000000000001\"\npublic_key = {:?}\n{extra}",
-            alipay_key("alipay_public.pem")
+            fixture_path("alipay", "alipay_public.pem")
         )
     };
     for (what, rules, want) in [

@@ -96,7 +96,7 @@ async fn a_claim_that_lapsed_before_the_forward_is_not_forwarded_twice() {
     let mut spec = GatewaySpec::new(vec![md5_with_atn(&up, &atn)]);
     spec.store = redis.url();
     let gw = Arc::new(TestGateway::start(spec).await);
-    let body = fixture_in("alipay_md5", "md5_trade_success.form");
+    let body = fixture("alipay_md5", "md5_trade_success.form");
 
     let post = |gw: Arc<TestGateway>, body: Vec<u8>| {
         tokio::spawn(async move { gw.post_form(MD5, &body).await })
@@ -146,7 +146,7 @@ async fn a_confirm_that_finds_its_claim_gone_is_counted_and_still_recorded() {
     let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
     spec.store = redis.url();
     let gw = Arc::new(TestGateway::start(spec).await);
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     let pending = {
         let (gw, body) = (gw.clone(), body.clone());
         tokio::spawn(async move { gw.post_form("/notify/alipay", &body).await })
@@ -190,7 +190,7 @@ async fn a_full_memory_store_refuses_new_events_per_route_and_forgets_nothing() 
     let r = gw.post_form("/notify/alipay", &bodies[2]).await;
     assert_eq!((r.status, r.text().as_str()), (503, "fail"));
     // The other route still has its share.
-    let r = gw.post_xml(&wechat_fixture("v2_md5_pay.xml")).await;
+    let r = gw.post_xml(&fixture("wechat", "v2_md5_pay.xml")).await;
     assert_eq!(r.status, 200, "{}", r.text());
     // Nothing delivered was forgotten to make room.
     for b in &bodies[..2] {
@@ -362,7 +362,7 @@ async fn deliveries_made_without_the_store_are_recorded_once_it_returns() {
     let mut spec = GatewaySpec::new(vec![route]);
     spec.store = redis.url();
     let gw = TestGateway::start(spec).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
 
     redis.kill();
     let r = gw.post_form("/notify/alipay", &body).await;
@@ -398,7 +398,7 @@ async fn redelivery_goes_through_the_running_gateways_memory_store() {
     let up = Upstream::start(Behaviour::Reply(500, "down")).await;
     let gw =
         TestGateway::start_with_admin_token(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 502);
     up.set(Behaviour::Reply(200, "success"));
 
@@ -426,9 +426,12 @@ async fn redelivery_with_the_memory_store_refuses_to_run_on_its_own() {
     let up = Upstream::start(Behaviour::Reply(500, "down")).await;
     let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
     assert_eq!(
-        gw.post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
-            .await
-            .status,
+        gw.post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_trade_success.form")
+        )
+        .await
+        .status,
         502
     );
     up.set(Behaviour::Reply(200, "success"));
@@ -457,9 +460,12 @@ async fn the_admin_api_wants_the_token() {
     let gw =
         TestGateway::start_with_admin_token(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
     assert_eq!(
-        gw.post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
-            .await
-            .status,
+        gw.post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_trade_success.form")
+        )
+        .await
+        .status,
         502
     );
     let url = format!("{}/api/redeliver", gw.admin);
@@ -523,7 +529,7 @@ async fn a_drain_waits_for_forwards_whose_platform_hung_up() {
     let mut tcp = tokio::net::TcpStream::connect(&run.addr).await.unwrap();
     tcp.write_all(&raw_post(
         "/notify/alipay",
-        &alipay_fixture("rsa2_trade_success.form"),
+        &fixture("alipay", "rsa2_trade_success.form"),
     ))
     .await
     .unwrap();
@@ -800,7 +806,7 @@ async fn redelivery_with_redis_and_no_token_runs_on_its_own() {
     let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
     spec.store = redis.url();
     let gw = TestGateway::start(spec).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 502);
     up.set(Behaviour::Reply(200, "success"));
     // Redis is shared: the command's own claims are the gateway's too.

@@ -105,15 +105,18 @@ async fn real_scrape() -> Scrape {
     let denied = gw
         .post_form(
             "/notify/elsewhere",
-            &alipay_fixture("rsa2_trade_success.form"),
+            &fixture("alipay", "rsa2_trade_success.form"),
         )
         .await;
     assert_eq!(denied.status, 403);
     let stale = gw
-        .post_form("/notify/strict", &alipay_fixture("rsa2_trade_success.form"))
+        .post_form(
+            "/notify/strict",
+            &fixture("alipay", "rsa2_trade_success.form"),
+        )
         .await;
     assert_eq!(stale.status, 401);
-    let ahead = wechat_fixture("v3_pay.json");
+    let ahead = fixture("wechat", "v3_pay.json");
     let headers = v3_headers(
         "platform_private.pem",
         WECHAT_PLATFORM_SERIAL,
@@ -128,17 +131,20 @@ async fn real_scrape() -> Scrape {
         401
     );
     let ok = gw
-        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_trade_success.form"),
+        )
         .await;
     assert_eq!((ok.status, ok.text().as_str()), (200, "success"));
     let forged = gw
         .post_form(
             "/notify/alipay",
-            &alipay_fixture("rsa2_tampered_amount.form"),
+            &fixture("alipay", "rsa2_tampered_amount.form"),
         )
         .await;
     assert_eq!(forged.status, 401);
-    let body = wechat_fixture("v3_pay.json");
+    let body = fixture("wechat", "v3_pay.json");
     let mut headers = v3_headers(
         "platform_private.pem",
         WECHAT_PLATFORM_SERIAL,
@@ -157,7 +163,7 @@ async fn real_scrape() -> Scrape {
     let failed = gw
         .post_form(
             "/notify/alipay",
-            &alipay_fixture("rsa2_trade_success_2.form"),
+            &fixture("alipay", "rsa2_trade_success_2.form"),
         )
         .await;
     assert_eq!(failed.status, 502);

@@ -27,7 +27,7 @@ fn swap(body: &[u8], old: &str, new: &str) -> Vec<u8> {
 async fn alipay_reshaped_ids_never_reach_the_shop_again() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
-    let genuine = alipay_fixture("rsa2_trade_success.form");
+    let genuine = fixture("alipay", "rsa2_trade_success.form");
     let nid = "2026112200222000000000000000000001";
     let r = gw.post_form("/notify/alipay", &genuine).await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
@@ -96,7 +96,7 @@ async fn alipay_blank_fields_added_to_a_genuine_notification_never_reach_the_sho
         r.forward = "normalized".into();
     });
     let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay(&up), normalized])).await;
-    let genuine = alipay_fixture("rsa2_trade_success_2.form");
+    let genuine = fixture("alipay", "rsa2_trade_success_2.form");
     let added = [
         &b"refund_fee=%20&gmt_refund=&"[..],
         genuine.as_slice(),
@@ -159,7 +159,7 @@ async fn alipay_md5_reshaped_ids_never_reach_the_shop_again() {
 async fn wechat_v2_reshaped_ids_never_reach_the_shop_again() {
     let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
     let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::wechat_v2(&up)])).await;
-    let genuine = wechat_fixture("v2_md5_pay.xml");
+    let genuine = fixture("wechat", "v2_md5_pay.xml");
     let id = "4200002026112200000000000001";
     assert_eq!(gw.post_xml(&genuine).await.status, 200);
     assert_eq!(up.count(), 1);
@@ -229,7 +229,7 @@ async fn wechat_v2_blank_elements_added_to_a_genuine_notification_never_reach_th
         normalized,
     ]))
     .await;
-    let genuine = wechat_fixture("v2_md5_pay_2.xml");
+    let genuine = fixture("wechat", "v2_md5_pay_2.xml");
     let added = swap(
         &genuine,
         "</xml>",
@@ -265,7 +265,7 @@ async fn a_wechat_v2_refund_that_changes_status_is_two_events() {
         "v2_refund_change.xml",
     ] {
         assert_eq!(
-            gw.post_xml(&wechat_fixture(name)).await.status,
+            gw.post_xml(&fixture("wechat", name)).await.status,
             200,
             "{name}"
         );
@@ -310,7 +310,7 @@ async fn post_v3(gw: &TestGateway, body: &[u8], nonce: &str) -> Reply {
 async fn wechat_v3_reshaped_ids_never_reach_the_shop_again() {
     let up = Upstream::start(Behaviour::Reply(200, "")).await;
     let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::wechat_v3(&up)])).await;
-    let genuine = wechat_fixture("v3_pay.json");
+    let genuine = fixture("wechat", "v3_pay.json");
     assert_eq!(
         post_v3(&gw, &genuine, "identityNonce0001").await.status,
         200
@@ -499,7 +499,7 @@ jd_public_key = {jd:?}
 #[tokio::test]
 async fn sub_merchant_notifications_are_bound_to_the_configured_sub_merchant() {
     let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
-    let sp = wechat_fixture("v2_sp_pay.xml");
+    let sp = fixture("wechat", "v2_sp_pay.xml");
     // A route for the provider itself refuses its sub-merchants'.
     let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::wechat_v2(&up)])).await;
     assert_eq!(gw.post_xml(&sp).await.status, 401);
@@ -553,7 +553,7 @@ upstream = {b:?}
         b = shop_b.url,
     );
     let gw = TestGateway::start_rules(GatewaySpec::new(vec![]), &rules).await;
-    let body = wechat_fixture("v3_sp_pay.json");
+    let body = fixture("wechat", "v3_sp_pay.json");
     let r = post_v3(&gw, &body, "spNonce000000001").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!((shop_a.count(), shop_b.count()), (0, 1));
@@ -568,7 +568,7 @@ upstream = {b:?}
         1.0
     );
     // Combined payments are refused with their own reason.
-    let combine = wechat_fixture("v3_combine_pay.json");
+    let combine = fixture("wechat", "v3_combine_pay.json");
     let r = post_v3(&gw, &combine, "spNonce000000003").await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(
@@ -598,7 +598,7 @@ async fn a_gbk_notification_on_a_route_that_says_nothing_about_charset_is_delive
     let r = gw
         .post_form(
             "/notify/alipay",
-            &alipay_fixture("rsa2_gbk_declared_utf8.form"),
+            &fixture("alipay", "rsa2_gbk_declared_utf8.form"),
         )
         .await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
@@ -629,7 +629,7 @@ async fn a_downgraded_signature_type_is_refused() {
     let r = gw
         .post_form(
             "/notify/alipay",
-            &alipay_fixture("rsa_sha1_trade_success.form"),
+            &fixture("alipay", "rsa_sha1_trade_success.form"),
         )
         .await;
     assert_eq!((r.status, r.text().as_str()), (401, "fail"));
@@ -641,7 +641,7 @@ async fn a_downgraded_signature_type_is_refused() {
     // A WeChat v2 route pinned to HMAC-SHA256: an MD5 one is refused, with
     // or without `sign_type`.
     for name in ["v2_md5_pay.xml", "v2_md5_pay_sign_type.xml"] {
-        let r = gw.post_xml(&wechat_fixture(name)).await;
+        let r = gw.post_xml(&fixture("wechat", name)).await;
         assert_eq!(r.status, 401, "{name}");
     }
     assert_eq!(
@@ -650,7 +650,9 @@ async fn a_downgraded_signature_type_is_refused() {
         2.0
     );
     assert_eq!(
-        gw.post_xml(&wechat_fixture("v2_hmac_pay.xml")).await.status,
+        gw.post_xml(&fixture("wechat", "v2_hmac_pay.xml"))
+            .await
+            .status,
         200
     );
     assert_eq!(up.count(), 1);

@@ -60,7 +60,10 @@ async fn connections_over_the_cap_are_closed_at_once_and_counted() {
     drop(held);
     gw.wait_metric(OPEN, &[], |v| v == 0.0).await;
     let r = gw
-        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_trade_success.form"),
+        )
         .await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     assert_eq!(gw.metric(REFUSED, TOTAL).await, Some(1.0));
@@ -91,7 +94,9 @@ async fn hundreds_of_slow_connections_do_not_starve_notifications() {
     ];
     for round in 0..10 {
         for name in events {
-            let r = gw.post_form("/notify/alipay", &alipay_fixture(name)).await;
+            let r = gw
+                .post_form("/notify/alipay", &fixture("alipay", name))
+                .await;
             assert_eq!(
                 (r.status, r.text().as_str()),
                 (200, "success"),
@@ -120,7 +125,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_header_timeout() {
     let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
     spec.header_timeout = "300ms".into();
     let gw = TestGateway::start(spec).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     let mut s = TcpStream::connect(gw.gateway.addr).await.unwrap();
     let head = format!(
         "POST /notify/alipay HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
@@ -198,7 +203,9 @@ async fn platform_gets_through(gw: &TestGateway) {
         "rsa2_trade_success_2.form",
         "rsa2_trade_success_3.form",
     ] {
-        let r = gw.post_form("/notify/alipay", &alipay_fixture(name)).await;
+        let r = gw
+            .post_form("/notify/alipay", &fixture("alipay", name))
+            .await;
         assert_eq!((r.status, r.text().as_str()), (200, "success"), "{name}");
     }
 }
@@ -216,7 +223,7 @@ async fn a_client_that_sends_requests_and_never_reads_is_closed_after_write_time
     gw.wait_metric("callgate_write_timeouts_total", &timeouts, |v| v == 1.0)
         .await;
     gw.wait_metric(OPEN, &[], |v| v == 0.0).await;
-    assert!(gw.count("-", "-", "not_found").await > 0.0);
+    assert!(gw.requests_of("-", "-", "not_found").await > 0.0);
     platform_gets_through(&gw).await;
     assert_eq!(
         gw.metric("callgate_write_timeouts_total", &timeouts).await,
@@ -452,7 +459,7 @@ async fn a_source_over_its_rate_limit_gets_429_and_the_failure_ack() {
     let mut spec = GatewaySpec::new(vec![route, RouteSpec::wechat_v2(&up)]);
     spec.trusted_proxies = vec!["127.0.0.1/32".into()];
     let gw = TestGateway::start(spec).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     let send = |ip: &'static str| {
         let body = body.clone();
         let gw = &gw;
@@ -473,7 +480,9 @@ async fn a_source_over_its_rate_limit_gets_429_and_the_failure_ack() {
     // A route without a limit is not limited.
     for _ in 0..5 {
         assert_eq!(
-            gw.post_xml(&wechat_fixture("v2_md5_pay.xml")).await.status,
+            gw.post_xml(&fixture("wechat", "v2_md5_pay.xml"))
+                .await
+                .status,
             200
         );
     }
@@ -527,7 +536,7 @@ async fn the_replay_store_stays_within_max_entries_under_distinct_nonces() {
         *t = t.replace("max_entries = 100000", "max_entries = 64")
     })
     .await;
-    let body = wechat_fixture("v3_pay.json");
+    let body = fixture("wechat", "v3_pay.json");
     let (mut seen_max, mut refused) = (0.0f64, 0.0f64);
     for i in 0..400 {
         let headers = v3_headers(
@@ -566,5 +575,9 @@ async fn the_replay_store_stays_within_max_entries_under_distinct_nonces() {
         .await,
         Some(refused)
     );
-    assert_eq!(gw.count("shop-wechat-v3", "wechat_v3", "replay").await, 0.0);
+    assert_eq!(
+        gw.requests_of("shop-wechat-v3", "wechat_v3", "replay")
+            .await,
+        0.0
+    );
 }

@@ -22,7 +22,7 @@ async fn gateway_with(upstream: &Upstream, f: impl FnOnce(&mut GatewaySpec)) -> 
 async fn forwards_original_bytes_with_trusted_headers() {
     let up = Upstream::start(Behaviour::Reply(200, "<html>success</html>")).await;
     let gw = gateway_with(&up, |_| {}).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
 
     let reply = gw
         .send(
@@ -110,7 +110,10 @@ async fn over_tls_too() {
     let gw = gateway_with(&up, |s| s.tls = true).await;
     assert!(gw.base.starts_with("https://"));
     let reply = gw
-        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_trade_success.form"),
+        )
         .await;
     assert_eq!((reply.status, reply.text().as_str()), (200, "success"));
     assert_eq!(up.count(), 1);
@@ -124,7 +127,10 @@ async fn https_upstream_with_its_own_ca() {
         RouteSpec::alipay(&up).with(|r| r.upstream_ca = Some(root().join("certs/dev/server.crt")));
     let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
     let reply = gw
-        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_trade_success.form"),
+        )
         .await;
     assert_eq!((reply.status, reply.text().as_str()), (200, "success"));
     assert_eq!(up.count(), 1);
@@ -158,7 +164,10 @@ async fn https_upstream_not_trusted_is_an_upstream_error() {
         RouteSpec::alipay(&up).with(|r| r.upstream_ca = Some(other_ca.path().to_path_buf()));
     let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
     let reply = gw
-        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_trade_success.form"),
+        )
         .await;
     assert_eq!((reply.status, reply.text().as_str()), (502, "fail"));
     assert_eq!(up.count(), 0);
@@ -168,7 +177,7 @@ async fn https_upstream_not_trusted_is_an_upstream_error() {
 async fn duplicate_after_delivery_is_acked_not_forwarded() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let gw = gateway_with(&up, |_| {}).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 200);
     let again = gw.post_form("/notify/alipay", &body).await;
     assert_eq!((again.status, again.text().as_str()), (200, "success"));
@@ -179,7 +188,7 @@ async fn duplicate_after_delivery_is_acked_not_forwarded() {
     let other = gw
         .post_form(
             "/notify/alipay",
-            &alipay_fixture("rsa2_trade_success_2.form"),
+            &fixture("alipay", "rsa2_trade_success_2.form"),
         )
         .await;
     assert_eq!(other.status, 200);
@@ -191,7 +200,7 @@ async fn same_event_in_flight_gets_409_and_is_not_forwarded() {
     let gate = Arc::new(Notify::new());
     let up = Upstream::start(Behaviour::Hold(gate.clone())).await;
     let gw = Arc::new(gateway_with(&up, |_| {}).await);
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
 
     let first = {
         let (gw, body) = (gw.clone(), body.clone());
@@ -212,7 +221,7 @@ async fn twenty_concurrent_copies_reach_the_upstream_once() {
     let gate = Arc::new(Notify::new());
     let up = Upstream::start(Behaviour::Hold(gate.clone())).await;
     let gw = Arc::new(gateway_with(&up, |_| {}).await);
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for _ in 0..20 {
         let (gw, body, tx) = (gw.clone(), body.clone(), tx.clone());
@@ -242,7 +251,7 @@ async fn twenty_concurrent_copies_reach_the_upstream_once() {
 async fn twenty_concurrent_copies_racing_a_fast_upstream_reach_it_once() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let gw = Arc::new(gateway_with(&up, |_| {}).await);
-    let body = alipay_fixture("rsa2_trade_success_3.form");
+    let body = fixture("alipay", "rsa2_trade_success_3.form");
     let mut handles = Vec::new();
     for _ in 0..20 {
         let (gw, body) = (gw.clone(), body.clone());
@@ -264,7 +273,7 @@ async fn twenty_concurrent_copies_racing_a_fast_upstream_reach_it_once() {
 async fn failed_delivery_is_retried_and_then_remembered() {
     let up = Upstream::start(Behaviour::Reply(500, "oops")).await;
     let gw = gateway_with(&up, |_| {}).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
 
     let r = gw.post_form("/notify/alipay", &body).await;
     assert_eq!((r.status, r.text().as_str()), (502, "fail"));
@@ -286,7 +295,7 @@ async fn failed_delivery_is_retried_and_then_remembered() {
 async fn a_2xx_without_the_success_body_is_not_a_delivery() {
     let up = Upstream::start(Behaviour::Reply(200, "<html>Thank you!</html>")).await;
     let gw = gateway_with(&up, |_| {}).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     let r = gw.post_form("/notify/alipay", &body).await;
     assert_eq!((r.status, r.text().as_str()), (502, "fail"));
     // Not remembered: the retry is forwarded again.
@@ -301,7 +310,10 @@ async fn without_success_body_any_2xx_confirms() {
     let route = RouteSpec::alipay(&up).with(|r| r.success_body = None);
     let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
     let r = gw
-        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_trade_success.form"),
+        )
         .await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
 }
@@ -310,7 +322,7 @@ async fn without_success_body_any_2xx_confirms() {
 async fn upstream_timeout_is_504_and_the_retry_goes_through() {
     let up = Upstream::start(Behaviour::Hang).await;
     let gw = gateway_with(&up, |s| s.upstream_timeout = "300ms".into()).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     let r = gw.post_form("/notify/alipay", &body).await;
     assert_eq!((r.status, r.text().as_str()), (504, "fail"));
     assert_eq!(gw.requests("upstream_error").await, 1.0);
@@ -330,7 +342,10 @@ async fn upstream_down_is_502() {
     let route = RouteSpec::alipay(&up).with(|r| r.upstream = format!("http://127.0.0.1:{port}/n"));
     let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
     let r = gw
-        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_trade_success.form"),
+        )
         .await;
     assert_eq!((r.status, r.text().as_str()), (502, "fail"));
 }
@@ -339,7 +354,7 @@ async fn upstream_down_is_502() {
 async fn bad_and_missing_signatures_are_401_and_never_forwarded() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let gw = gateway_with(&up, |_| {}).await;
-    for fixture in [
+    for name in [
         "rsa2_tampered_amount.form",
         "rsa2_wrong_key.form",
         "rsa2_missing_sign.form",
@@ -347,9 +362,9 @@ async fn bad_and_missing_signatures_are_401_and_never_forwarded() {
         "rsa2_other_app.form",
     ] {
         let r = gw
-            .post_form("/notify/alipay", &alipay_fixture(fixture))
+            .post_form("/notify/alipay", &fixture("alipay", name))
             .await;
-        assert_eq!((r.status, r.text().as_str()), (401, "fail"), "{fixture}");
+        assert_eq!((r.status, r.text().as_str()), (401, "fail"), "{name}");
     }
     assert_eq!(up.count(), 0);
     assert_eq!(gw.requests("bad_signature").await, 5.0);
@@ -362,21 +377,21 @@ async fn real_alipay_production_notification_passes() {
         r.max_age = Some("200000h".into()); // signed in 2019
         r.keys = format!(
             "public_key = {:?}\napp_id = \"2019073166072302\"\n",
-            alipay_key("nodejs_sdk_real_public.pem")
+            fixture_path("alipay", "nodejs_sdk_real_public.pem")
         );
     });
     let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
     let r = gw
         .post_form(
             "/notify/alipay",
-            &alipay_fixture("nodejs_sdk_real_notify.form"),
+            &fixture("alipay", "nodejs_sdk_real_notify.form"),
         )
         .await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     let r = gw
         .post_form(
             "/notify/alipay",
-            &alipay_fixture("nodejs_sdk_real_notify_tampered.form"),
+            &fixture("alipay", "nodejs_sdk_real_notify_tampered.form"),
         )
         .await;
     assert_eq!(r.status, 401);
@@ -396,7 +411,7 @@ async fn real_world_shapes_verify_and_arrive_intact() {
             .push_str("sign_types = [\"RSA2\", \"RSA\"]\n")
     })
     .await;
-    let skipped = String::from_utf8(alipay_fixture("rsa2_empty_value_skipped.form")).unwrap();
+    let skipped = String::from_utf8(fixture("alipay", "rsa2_empty_value_skipped.form")).unwrap();
     let fixtures = [
         ("rsa2_gbk.form", None),
         ("rsa_sha1_trade_success.form", None),
@@ -414,7 +429,7 @@ async fn real_world_shapes_verify_and_arrive_intact() {
         ("rsa2_unsorted_decoding.form", None),
     ];
     for (i, (f, stripped)) in fixtures.iter().enumerate() {
-        let body = alipay_fixture(f);
+        let body = fixture("alipay", f);
         let r = gw.post_form("/notify/alipay", &body).await;
         assert_eq!((r.status, r.text().as_str()), (200, "success"), "{f}");
         let want = stripped.clone().map_or(body, String::into_bytes);
@@ -426,10 +441,13 @@ async fn real_world_shapes_verify_and_arrive_intact() {
 async fn malformed_bodies_are_400() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let gw = gateway_with(&up, |_| {}).await;
-    let good = alipay_fixture("rsa2_trade_success.form");
+    let good = fixture("alipay", "rsa2_trade_success.form");
 
     let r = gw
-        .post_form("/notify/alipay", &alipay_fixture("rsa2_duplicate_key.form"))
+        .post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_duplicate_key.form"),
+        )
         .await;
     assert_eq!((r.status, r.text().as_str()), (400, "fail"), "repeated key");
 
@@ -491,7 +509,7 @@ async fn bodies_over_the_limit_are_413_on_content_length_and_on_read() {
     assert_eq!((r.status, r.text().as_str()), (413, "fail"));
 
     // Chunked (no Content-Length) is refused before a byte of it is read
-    // (issue 8: hyper drops Content-Length when Transfer-Encoding is
+    // (hyper drops Content-Length when Transfer-Encoding is
     // present, so any Transfer-Encoding is 400; tests/hostile.rs).
     let raw = format!(
         "POST /notify/alipay HTTP/1.1\r\nHost: x\r\nContent-Type: {FORM}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{}\r\n0\r\n\r\n",
@@ -525,7 +543,7 @@ async fn method_path_and_address_checks() {
         nobody,
     ]))
     .await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
 
     let r = gw.send("GET", "/notify/alipay", &[], vec![]).await;
     assert_eq!((r.status, r.text().as_str()), (405, "fail"));
@@ -568,7 +586,7 @@ async fn method_path_and_address_checks() {
 async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let route = RouteSpec::alipay(&up).with(|r| r.allow = vec!["110.75.0.0/16".into()]);
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     let xff = [
         ("content-type", FORM),
         ("x-forwarded-for", "6.6.6.6, 110.75.3.4"),
@@ -596,7 +614,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         ("content-type", FORM),
         ("x-forwarded-for", "110.75.9.9, 127.0.0.1"),
     ];
-    let body3 = alipay_fixture("rsa2_trade_success_3.form");
+    let body3 = fixture("alipay", "rsa2_trade_success_3.form");
     assert_eq!(
         gw.send("POST", "/notify/alipay", &chain, body3)
             .await
@@ -610,7 +628,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         ("content-type", FORM),
         ("x-forwarded-for", "110.75.3.4, 6.6.6.6"),
     ];
-    let body2 = alipay_fixture("rsa2_trade_success_2.form");
+    let body2 = fixture("alipay", "rsa2_trade_success_2.form");
     assert_eq!(
         gw.send("POST", "/notify/alipay", &spoof, body2)
             .await
@@ -626,7 +644,10 @@ async fn stale_and_future_notifications_are_401() {
     let route = RouteSpec::alipay(&up).with(|r| r.max_age = Some("1s".into()));
     let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
     let r = gw
-        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_trade_success.form"),
+        )
         .await;
     assert_eq!(
         (r.status, r.text().as_str()),
@@ -634,7 +655,7 @@ async fn stale_and_future_notifications_are_401() {
         "signed 2026-11-22, max_age 1s"
     );
     let r = gw
-        .post_form("/notify/alipay", &alipay_fixture("rsa2_future.form"))
+        .post_form("/notify/alipay", &fixture("alipay", "rsa2_future.form"))
         .await;
     assert_eq!(r.status, 401, "signed for 2099");
     assert_eq!(up.count(), 0);
@@ -642,7 +663,7 @@ async fn stale_and_future_notifications_are_401() {
 
     let gw = gateway_with(&up, |_| {}).await;
     let r = gw
-        .post_form("/notify/alipay", &alipay_fixture("rsa2_future.form"))
+        .post_form("/notify/alipay", &fixture("alipay", "rsa2_future.form"))
         .await;
     assert_eq!(r.status, 401, "the future stays refused whatever max_age");
 }
@@ -653,7 +674,10 @@ async fn normalized_mode_sends_the_contract_json() {
     let route = RouteSpec::alipay(&up).with(|r| r.forward = "normalized".into());
     let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
     let r = gw
-        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_trade_success.form"),
+        )
         .await;
     assert_eq!(r.status, 200);
     let got = &up.received()[0];
@@ -729,7 +753,10 @@ async fn allow_mode_log_lets_denied_addresses_through_and_counts_them() {
     );
     let gw = TestGateway::start(spec).await;
     let r = gw
-        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_trade_success.form"),
+        )
         .await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     assert_eq!(up.count(), 1);
@@ -750,7 +777,7 @@ async fn allow_mode_log_lets_denied_addresses_through_and_counts_them() {
     let r = gw
         .post_form(
             "/notify/alipay",
-            &alipay_fixture("rsa2_tampered_amount.form"),
+            &fixture("alipay", "rsa2_tampered_amount.form"),
         )
         .await;
     assert_eq!(r.status, 401);
@@ -767,7 +794,7 @@ async fn refusals_are_counted_by_detailed_reason() {
         "rsa2_missing_sign.form",
         "rsa2_duplicate_key.form",
     ] {
-        gw.post_form("/notify/alipay", &alipay_fixture(f)).await;
+        gw.post_form("/notify/alipay", &fixture("alipay", f)).await;
     }
     gw.send("GET", "/notify/alipay", &[], vec![]).await;
     let text = gw.get_admin("/metrics").await.text();

@@ -15,11 +15,11 @@ const ROUTE: &str = "shop-legacy";
 const PROVIDER: &str = "alipay_md5";
 
 fn md5_fixture(name: &str) -> Vec<u8> {
-    fixture_in("alipay_md5", name)
+    fixture("alipay_md5", name)
 }
 
 fn cert_fixture(name: &str) -> Vec<u8> {
-    fixture_in("alipay_cert", name)
+    fixture("alipay_cert", name)
 }
 
 fn expected_md5() -> serde_json::Value {
@@ -530,7 +530,7 @@ async fn cert_mode_real_sandbox_notification_with_a_literal_plus() {
         r.max_age = Some("200000h".into()); // signed 2023-12-21
         r.keys = format!(
             "app_id = \"9021000122682882\"\nalipay_cert = {:?}\nalipay_root_cert = {:?}\napp_cert = {:?}\n",
-            alipay_key("yansongda_alipayPublicCert.crt"),
+            fixture_path("alipay", "yansongda_alipayPublicCert.crt"),
             fixture_path("alipay_cert", "fzlee_alipay_root_cert.crt"),
             fixture_path("alipay_cert", "yansongda_alipayAppPublicCert.crt"),
         );
@@ -539,14 +539,14 @@ async fn cert_mode_real_sandbox_notification_with_a_literal_plus() {
     let r = gw
         .post_form(
             "/notify/alipay",
-            &alipay_fixture("yansongda_sandbox_plus.form"),
+            &fixture("alipay", "yansongda_sandbox_plus.form"),
         )
         .await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     let r = gw
         .post_form(
             "/notify/alipay",
-            &alipay_fixture("yansongda_sandbox_plus_as_space.form"),
+            &fixture("alipay", "yansongda_sandbox_plus_as_space.form"),
         )
         .await;
     assert_eq!(r.status, 401);

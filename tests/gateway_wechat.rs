@@ -45,7 +45,7 @@ fn unb64(text: &str) -> Vec<u8> {
 
 /// The decrypted resource of a v3 fixture, as Python's encryptor saw it.
 fn v3_plain(name: &str) -> Vec<u8> {
-    wechat_expected()[name]["plain"]
+    expected("wechat")[name]["plain"]
         .as_str()
         .unwrap()
         .as_bytes()
@@ -54,7 +54,7 @@ fn v3_plain(name: &str) -> Vec<u8> {
 
 /// A fresh v3 request for a fixture body, signed by the platform certificate's key.
 fn v3_signed(name: &str, nonce: &str) -> (Vec<(String, String)>, Vec<u8>) {
-    let body = wechat_fixture(name);
+    let body = fixture("wechat", name);
     let headers = v3_headers(
         "platform_private.pem",
         WECHAT_PLATFORM_SERIAL,
@@ -76,7 +76,7 @@ fn v3_fail(reply: &Reply) -> bool {
 async fn v2_payment_is_forwarded_byte_for_byte_with_the_xml_ack() {
     let up = Upstream::start(Behaviour::Reply(200, "<xml>SUCCESS</xml>")).await;
     let gw = v2_gateway(&up).await;
-    let body = wechat_fixture("v2_md5_pay.xml");
+    let body = fixture("wechat", "v2_md5_pay.xml");
     let r = gw
         .send(
             "POST",
@@ -108,7 +108,7 @@ async fn v2_payment_is_forwarded_byte_for_byte_with_the_xml_ack() {
         "a payment has nothing decrypted, and the forged header is stripped"
     );
     check_callgate_hmac(g.headers["x-callgate-signature"].to_str().unwrap(), &body);
-    assert_eq!(gw.count(V2, "wechat_v2", "forwarded").await, 1.0);
+    assert_eq!(gw.requests_of(V2, "wechat_v2", "forwarded").await, 1.0);
 }
 
 #[tokio::test]
@@ -125,27 +125,27 @@ async fn v2_md5_hmac_and_real_world_shapes_verify() {
         "v2_pay_result_fail.xml",
     ];
     for (i, f) in fixtures.iter().enumerate() {
-        let body = wechat_fixture(f);
+        let body = fixture("wechat", f);
         let r = gw.post_xml(&body).await;
         assert_eq!((r.status, r.text().as_str()), (200, V2_OK), "{f}");
         assert_eq!(up.received()[i].body.as_ref(), body.as_slice(), "{f}");
     }
-    assert_eq!(gw.count(V2, "wechat_v2", "forwarded").await, 7.0);
+    assert_eq!(gw.requests_of(V2, "wechat_v2", "forwarded").await, 7.0);
 }
 
 #[tokio::test]
 async fn v2_duplicate_is_acked_and_not_forwarded() {
     let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
     let gw = v2_gateway(&up).await;
-    let body = wechat_fixture("v2_md5_pay.xml");
+    let body = fixture("wechat", "v2_md5_pay.xml");
     assert_eq!(gw.post_xml(&body).await.status, 200);
     let again = gw.post_xml(&body).await;
     assert_eq!((again.status, again.text().as_str()), (200, V2_OK));
     assert_eq!(up.count(), 1);
-    assert_eq!(gw.count(V2, "wechat_v2", "duplicate").await, 1.0);
+    assert_eq!(gw.requests_of(V2, "wechat_v2", "duplicate").await, 1.0);
     // Another payment is another event.
     assert_eq!(
-        gw.post_xml(&wechat_fixture("v2_md5_pay_2.xml"))
+        gw.post_xml(&fixture("wechat", "v2_md5_pay_2.xml"))
             .await
             .status,
         200
@@ -158,7 +158,7 @@ async fn v2_same_event_in_flight_is_409() {
     let gate = Arc::new(Notify::new());
     let up = Upstream::start(Behaviour::Hold(gate.clone())).await;
     let gw = Arc::new(v2_gateway(&up).await);
-    let body = wechat_fixture("v2_md5_pay.xml");
+    let body = fixture("wechat", "v2_md5_pay.xml");
     let first = {
         let (gw, body) = (gw.clone(), body.clone());
         tokio::spawn(async move { gw.post_xml(&body).await })
@@ -170,7 +170,7 @@ async fn v2_same_event_in_flight_is_409() {
     gate.notify_one();
     assert_eq!(first.await.unwrap().status, 200);
     assert_eq!(up.count(), 1);
-    assert_eq!(gw.count(V2, "wechat_v2", "in_flight").await, 1.0);
+    assert_eq!(gw.requests_of(V2, "wechat_v2", "in_flight").await, 1.0);
 }
 
 #[tokio::test]
@@ -189,12 +189,12 @@ async fn v2_bad_signatures_and_other_merchants_are_401() {
         "v2_refund_other_mch.xml",
     ];
     for f in fixtures {
-        let r = gw.post_xml(&wechat_fixture(f)).await;
+        let r = gw.post_xml(&fixture("wechat", f)).await;
         assert_eq!(r.status, 401, "{f}");
         assert!(is_v2_fail(&r.text()), "{f}: {}", r.text());
     }
     // No sign at all.
-    let text = String::from_utf8(wechat_fixture("v2_md5_pay_3.xml")).unwrap();
+    let text = String::from_utf8(fixture("wechat", "v2_md5_pay_3.xml")).unwrap();
     let unsigned: String = text
         .lines()
         .filter(|l| !l.starts_with("<sign>"))
@@ -202,7 +202,7 @@ async fn v2_bad_signatures_and_other_merchants_are_401() {
         .join("\n");
     assert_eq!(gw.post_xml(unsigned.as_bytes()).await.status, 401);
     assert_eq!(up.count(), 0);
-    assert_eq!(gw.count(V2, "wechat_v2", "bad_signature").await, 10.0);
+    assert_eq!(gw.requests_of(V2, "wechat_v2", "bad_signature").await, 10.0);
 }
 
 #[tokio::test]
@@ -214,11 +214,11 @@ async fn v2_doctype_repeats_nesting_and_bad_content_are_400() {
         "v2_duplicate_element.xml",
         "v2_nested.xml",
     ] {
-        let r = gw.post_xml(&wechat_fixture(f)).await;
+        let r = gw.post_xml(&fixture("wechat", f)).await;
         assert_eq!(r.status, 400, "{f}");
         assert!(is_v2_fail(&r.text()), "{f}");
     }
-    let good = wechat_fixture("v2_md5_pay.xml");
+    let good = fixture("wechat", "v2_md5_pay.xml");
     let r = gw
         .send(
             "POST",
@@ -237,18 +237,18 @@ async fn v2_doctype_repeats_nesting_and_bad_content_are_400() {
         "root must be <xml>"
     );
     assert_eq!(up.count(), 0);
-    assert_eq!(gw.count(V2, "wechat_v2", "malformed").await, 6.0);
+    assert_eq!(gw.requests_of(V2, "wechat_v2", "malformed").await, 6.0);
 }
 
 #[tokio::test]
 async fn v2_return_code_fail_is_acked_and_never_forwarded() {
     let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
     let gw = v2_gateway(&up).await;
-    let r = gw.post_xml(&wechat_fixture("v2_return_fail.xml")).await;
+    let r = gw.post_xml(&fixture("wechat", "v2_return_fail.xml")).await;
     assert_eq!((r.status, r.text().as_str()), (200, V2_OK));
     assert_eq!(up.count(), 0);
-    assert_eq!(gw.count(V2, "wechat_v2", "ignored").await, 1.0);
-    assert_eq!(gw.count(V2, "wechat_v2", "forwarded").await, 0.0);
+    assert_eq!(gw.requests_of(V2, "wechat_v2", "ignored").await, 1.0);
+    assert_eq!(gw.requests_of(V2, "wechat_v2", "forwarded").await, 0.0);
 }
 
 #[tokio::test]
@@ -256,20 +256,20 @@ async fn v2_stale_and_future_time_end_are_401() {
     let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
     let route = RouteSpec::wechat_v2(&up).with(|r| r.max_age = Some("1s".into()));
     let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
-    let r = gw.post_xml(&wechat_fixture("v2_md5_pay.xml")).await;
+    let r = gw.post_xml(&fixture("wechat", "v2_md5_pay.xml")).await;
     assert_eq!(r.status, 401, "time_end 2026-11-22, max_age 1s");
     assert!(is_v2_fail(&r.text()));
-    let r = gw.post_xml(&wechat_fixture("v2_future.xml")).await;
+    let r = gw.post_xml(&fixture("wechat", "v2_future.xml")).await;
     assert_eq!(r.status, 401, "time_end 2099");
     assert_eq!(up.count(), 0);
-    assert_eq!(gw.count(V2, "wechat_v2", "stale").await, 2.0);
+    assert_eq!(gw.requests_of(V2, "wechat_v2", "stale").await, 2.0);
 }
 
 #[tokio::test]
 async fn v2_refund_is_authenticated_by_decryption_and_its_req_info_is_shared() {
     let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
     let gw = v2_gateway(&up).await;
-    let body = wechat_fixture("v2_refund.xml");
+    let body = fixture("wechat", "v2_refund.xml");
     let r = gw.post_xml(&body).await;
     assert_eq!((r.status, r.text().as_str()), (200, V2_OK));
     let g = &up.received()[0];
@@ -288,7 +288,7 @@ async fn v2_refund_is_authenticated_by_decryption_and_its_req_info_is_shared() {
         .split("]]>")
         .next()
         .unwrap();
-    let key = String::from_utf8(wechat_fixture("v2_api.key")).unwrap();
+    let key = String::from_utf8(fixture("wechat", "v2_api.key")).unwrap();
     let aes_key = hex::encode(md5_hex(key.trim()).as_bytes());
     let plain = openssl_aes_ecb_decrypt(&aes_key, &unb64(req_info));
     assert!(plain.starts_with(b"<root>"));
@@ -307,7 +307,9 @@ async fn v2_refund_is_authenticated_by_decryption_and_its_req_info_is_shared() {
     assert_eq!(format!("t={t}"), sig_t, "both headers use the same t");
 
     // A refund that did not succeed has no success_time: still delivered.
-    let r = gw.post_xml(&wechat_fixture("v2_refund_closed.xml")).await;
+    let r = gw
+        .post_xml(&fixture("wechat", "v2_refund_closed.xml"))
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(up.count(), 2);
 }
@@ -319,11 +321,13 @@ async fn v2_wechatpy_real_refund_vector_passes() {
         r.max_age = Some("200000h".into()); // refunded in 2020
         r.keys = format!(
             "mch_id = \"12345678\"\nappid = \"wx4f4bc4dec97d474b\"\napi_key_file = {:?}\n",
-            wechat_path("v2_wechatpy_refund.key")
+            fixture_path("wechat", "v2_wechatpy_refund.key")
         );
     });
     let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
-    let r = gw.post_xml(&wechat_fixture("v2_wechatpy_refund.xml")).await;
+    let r = gw
+        .post_xml(&fixture("wechat", "v2_wechatpy_refund.xml"))
+        .await;
     assert_eq!((r.status, r.text().as_str()), (200, V2_OK));
     let g = &up.received()[0];
     assert_eq!(
@@ -344,11 +348,15 @@ async fn v2_normalized_payment_and_refund() {
     let route = RouteSpec::wechat_v2(&up).with(|r| r.forward = "normalized".into());
     let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
     assert_eq!(
-        gw.post_xml(&wechat_fixture("v2_md5_pay.xml")).await.status,
+        gw.post_xml(&fixture("wechat", "v2_md5_pay.xml"))
+            .await
+            .status,
         200
     );
     assert_eq!(
-        gw.post_xml(&wechat_fixture("v2_refund.xml")).await.status,
+        gw.post_xml(&fixture("wechat", "v2_refund.xml"))
+            .await
+            .status,
         200
     );
     let got = up.received();
@@ -415,7 +423,7 @@ async fn v3_original_body_and_decrypted_resource_reach_the_shop() {
         g.headers["x-callgate-resource-signature"].to_str().unwrap(),
         &plain,
     );
-    assert_eq!(gw.count(V3, "wechat_v3", "forwarded").await, 1.0);
+    assert_eq!(gw.requests_of(V3, "wechat_v3", "forwarded").await, 1.0);
 }
 
 #[tokio::test]
@@ -457,7 +465,7 @@ async fn v3_rotation_certificate_and_public_key_on_one_route() {
     let gw = v3_gateway(&up).await;
     let (h, b) = v3_signed("v3_pay.json", "nonce-rotation-cert");
     assert_eq!(gw.send_owned(V3_PATH, &h, &b).await.status, 200);
-    let body = wechat_fixture("v3_pay_2.json");
+    let body = fixture("wechat", "v3_pay_2.json");
     let h = v3_headers(
         "pubkey_private.pem",
         WECHAT_PUB_KEY_ID,
@@ -467,7 +475,7 @@ async fn v3_rotation_certificate_and_public_key_on_one_route() {
     );
     assert_eq!(gw.send_owned(V3_PATH, &h, &body).await.status, 200);
     // A public-key signature presented under the certificate's serial fails.
-    let body = wechat_fixture("v3_refund.json");
+    let body = fixture("wechat", "v3_refund.json");
     let h = v3_headers(
         "pubkey_private.pem",
         WECHAT_PLATFORM_SERIAL,
@@ -490,10 +498,10 @@ async fn v3_replayed_nonce_is_401_and_a_fresh_retry_is_a_duplicate() {
     let r = gw.send_owned(V3_PATH, &h, &b).await;
     assert_eq!(r.status, 401);
     assert!(v3_fail(&r), "{}", r.text());
-    assert_eq!(gw.count(V3, "wechat_v3", "replay").await, 1.0);
+    assert_eq!(gw.requests_of(V3, "wechat_v3", "replay").await, 1.0);
 
     // A replayed nonce on another (validly signed) body is refused too.
-    let other = wechat_fixture("v3_refund.json");
+    let other = fixture("wechat", "v3_refund.json");
     let h2 = v3_headers(
         "platform_private.pem",
         WECHAT_PLATFORM_SERIAL,
@@ -508,8 +516,8 @@ async fn v3_replayed_nonce_is_401_and_a_fresh_retry_is_a_duplicate() {
     let r = gw.send_owned(V3_PATH, &h3, &b3).await;
     assert_eq!((r.status, r.body.len()), (200, 0));
     assert_eq!(up.count(), 1);
-    assert_eq!(gw.count(V3, "wechat_v3", "duplicate").await, 1.0);
-    assert_eq!(gw.count(V3, "wechat_v3", "replay").await, 2.0);
+    assert_eq!(gw.requests_of(V3, "wechat_v3", "duplicate").await, 1.0);
+    assert_eq!(gw.requests_of(V3, "wechat_v3", "replay").await, 2.0);
 }
 
 #[tokio::test]
@@ -549,17 +557,17 @@ async fn v3_same_event_in_flight_is_409() {
     gate.notify_one();
     assert_eq!(first.await.unwrap().status, 200);
     assert_eq!(up.count(), 1);
-    assert_eq!(gw.count(V3, "wechat_v3", "in_flight").await, 1.0);
+    assert_eq!(gw.requests_of(V3, "wechat_v3", "in_flight").await, 1.0);
     // The in-flight copy's nonce was forgotten: its verbatim retry is a duplicate.
     assert_eq!(gw.send_owned(V3_PATH, &h, &b).await.status, 200);
-    assert_eq!(gw.count(V3, "wechat_v3", "duplicate").await, 1.0);
+    assert_eq!(gw.requests_of(V3, "wechat_v3", "duplicate").await, 1.0);
 }
 
 #[tokio::test]
 async fn v3_stale_and_future_timestamps_are_401() {
     let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
     let gw = v3_gateway(&up).await;
-    let body = wechat_fixture("v3_pay.json");
+    let body = fixture("wechat", "v3_pay.json");
     for (ts, nonce) in [
         (unix_now() - 600, "nonce-stale-past"),
         (unix_now() + 600, "nonce-stale-future"),
@@ -575,7 +583,7 @@ async fn v3_stale_and_future_timestamps_are_401() {
         assert_eq!(r.status, 401, "{nonce}");
         assert!(v3_fail(&r));
     }
-    assert_eq!(gw.count(V3, "wechat_v3", "stale").await, 2.0);
+    assert_eq!(gw.requests_of(V3, "wechat_v3", "stale").await, 2.0);
     assert_eq!(up.count(), 0);
 }
 
@@ -584,7 +592,7 @@ async fn v3_bad_keys_ciphertexts_and_signatures_are_401() {
     let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
     let gw = v3_gateway(&up).await;
     let now = unix_now();
-    let pay = wechat_fixture("v3_pay.json");
+    let pay = fixture("wechat", "v3_pay.json");
     let mut cases: Vec<(&str, Headers, Vec<u8>)> = vec![
         (
             "unknown serial",
@@ -664,7 +672,7 @@ async fn v3_bad_keys_ciphertexts_and_signatures_are_401() {
         assert!(v3_fail(&r), "{why}");
     }
     assert_eq!(up.count(), 0);
-    assert_eq!(gw.count(V3, "wechat_v3", "bad_signature").await, n);
+    assert_eq!(gw.requests_of(V3, "wechat_v3", "bad_signature").await, n);
     // Each is counted under its own reason; the probe never looks like an attack.
     let text = gw.get_admin("/metrics").await.text();
     let reason = |r: &str| {
@@ -714,7 +722,7 @@ async fn v3_malformed_bodies_are_400() {
     );
     assert_eq!(gw.send_owned(V3_PATH, &h, b"{").await.status, 400);
     assert_eq!(up.count(), 0);
-    assert_eq!(gw.count(V3, "wechat_v3", "malformed").await, 3.0);
+    assert_eq!(gw.requests_of(V3, "wechat_v3", "malformed").await, 3.0);
 }
 
 // === helpers ===

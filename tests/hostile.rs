@@ -1,4 +1,4 @@
-//! Hostile input (issue 8): XML bombs and oddities, abusive forms, and HTTP
+//! Hostile input: XML bombs and oddities, abusive forms, and HTTP
 //! shapes used for request smuggling. Each gets a clear 4xx with the
 //! provider's failure ack and is never forwarded. The HTTP shapes are
 //! written byte for byte on a raw `TcpStream`, since a well-behaved client
@@ -136,7 +136,7 @@ async fn form_gateway(up: &Upstream) -> TestGateway {
 async fn abusive_forms_are_4xx_and_never_forwarded() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let gw = form_gateway(&up).await;
-    let signed = alipay_fixture("rsa2_trade_success.form");
+    let signed = fixture("alipay", "rsa2_trade_success.form");
 
     // Thousands of distinct keys, within the body limit: parsed, then
     // refused by the signature check (the unsigned keys are covered by it).
@@ -217,7 +217,7 @@ async fn abusive_forms_are_4xx_and_never_forwarded() {
     // openssl over the bytes FF FE FF): 400, saying so. (GBK bytes on a
     // route and Content-Type that say utf-8 are delivered: see
     // gateway_alipay_legacy.rs.)
-    let undecodable = fixture_in("alipay_md5", "md5_undecodable.form");
+    let undecodable = fixture("alipay_md5", "md5_undecodable.form");
     let r = gw
         .send(
             "POST",
@@ -302,7 +302,7 @@ fn request(head: &str, body: &[u8]) -> Vec<u8> {
 async fn smuggling_shapes_are_400_and_never_forwarded() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let gw = http_gateway(&up).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     let n = body.len();
     let ct = "Content-Type: application/x-www-form-urlencoded";
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -401,7 +401,7 @@ async fn smuggling_shapes_are_400_and_never_forwarded() {
 async fn agreeing_duplicate_content_length_is_one_length() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let gw = http_gateway(&up).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     let n = body.len();
     let raw = request(
         &format!(
@@ -418,7 +418,7 @@ async fn agreeing_duplicate_content_length_is_one_length() {
 async fn huge_headers_are_431_and_never_forwarded() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let gw = http_gateway(&up).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     let head = |extra: &str| {
         format!(
             "POST /notify/alipay HTTP/1.1\nHost: x\nContent-Type: application/x-www-form-urlencoded\nContent-Length: {}\n{extra}",
@@ -453,7 +453,7 @@ async fn huge_headers_are_431_and_never_forwarded() {
 async fn http_1_0_is_served_once_and_closed() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let gw = http_gateway(&up).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     // A genuine notification over HTTP/1.0 is answered and the connection
     // closed (no keep-alive was asked for).
     let raw = request(
@@ -483,9 +483,9 @@ async fn http_1_0_is_served_once_and_closed() {
 async fn pipelined_requests_are_each_answered_and_forwarded_once() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let gw = http_gateway(&up).await;
-    let one = alipay_fixture("rsa2_trade_success.form");
-    let two = alipay_fixture("rsa2_trade_success_2.form");
-    let forged = alipay_fixture("rsa2_tampered_amount.form");
+    let one = fixture("alipay", "rsa2_trade_success.form");
+    let two = fixture("alipay", "rsa2_trade_success_2.form");
+    let forged = fixture("alipay", "rsa2_tampered_amount.form");
     let req = |body: &[u8], last: bool| {
         request(
             &format!(

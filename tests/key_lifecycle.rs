@@ -326,7 +326,7 @@ fn check_warns_about_every_kind_of_key_expiring_within_30_days() {
             "wechat_v3",
             &format!(
                 "mch_id = \"1900000109\"\napi_v3_key_file = {:?}\nplatform_keys = [\n  {{ serial = \"1234ABCD\", certificate = {:?} }},\n]",
-                wechat_path("v3_api_v3.key"),
+                fixture_path("wechat", "v3_api_v3.key"),
                 wx
             ),
         ),
@@ -509,7 +509,7 @@ async fn every_certificate_backed_key_is_a_gauge_and_follows_reloads() {
 
     let ali = |f: &str| fixture_path("alipay_cert", f);
     let up_f = |f: &str| fixture_path("unionpay", f);
-    let wx = |f: &str| wechat_path(f);
+    let wx = |f: &str| fixture_path("wechat", f);
     let expected: Vec<(&str, String, i64)> = vec![
         (
             "-",
@@ -615,13 +615,13 @@ async fn an_expired_entry_of_a_rotation_list_is_skipped_while_another_is_valid()
     // warning (and stays in the expiry gauge, so its alert fires), not a
     // failed load, while another is still valid.
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let expired_wx = wechat_path("expired_cert.pem");
+    let expired_wx = fixture_path("wechat", "expired_cert.pem");
     let expired_serial = openssl_serial(&expired_wx);
     let wx = RouteSpec::wechat_v3(&up).with(|r| {
         r.keys = format!(
             "mch_id = {WECHAT_MCH_ID:?}\napi_v3_key_file = {:?}\nplatform_keys = [\n  {{ serial = {expired_serial:?}, certificate = {expired_wx:?} }},\n  {{ serial = {WECHAT_PLATFORM_SERIAL:?}, certificate = {:?} }},\n]\n",
-            wechat_path("v3_api_v3.key"),
-            wechat_path("platform_cert.pem"),
+            fixture_path("wechat", "v3_api_v3.key"),
+            fixture_path("wechat", "platform_cert.pem"),
         )
     });
     let expired_up = fixture_path("unionpay", "expired.pem");
@@ -675,7 +675,7 @@ async fn an_expired_entry_of_a_rotation_list_is_skipped_while_another_is_valid()
         Some(openssl_not_after(&expired_up) as f64)
     );
     // The valid entries verify; the skipped one is not a key any more.
-    let body = wechat_fixture("v3_pay.json");
+    let body = fixture("wechat", "v3_pay.json");
     let now = unix_now();
     let good = v3_headers(
         "platform_private.pem",

@@ -86,7 +86,10 @@ impl Shop {
             .arg(dir.join("public"))
             .arg(dir.join("router.php"))
             .env("SHOP_DATA_DIR", self.data.path())
-            .env("SHOP_ALIPAY_PUBLIC_KEY", alipay_key("alipay_public.pem"))
+            .env(
+                "SHOP_ALIPAY_PUBLIC_KEY",
+                fixture_path("alipay", "alipay_public.pem"),
+            )
             .env(
                 "SHOP_ALIPAY_MD5_KEY",
                 fixture_path("alipay_md5", "md5_key.txt"),
@@ -242,26 +245,16 @@ async fn post_to_shop(shop: &Shop, path: &str, headers: &[(&str, &str)], body: &
 
 // === callgate in front of it ===
 
+/// A route to the shop, confirmed by its marker line (fixtures are signed
+/// at 2026-11-22: the default `max_age` lets them through for years, so a
+/// replay of one is judged by the replay store).
 fn route(name: &str, path: &str, provider: &str, upstream: String, keys: String) -> RouteSpec {
-    RouteSpec {
-        name: name.into(),
-        path: path.into(),
-        provider: provider.into(),
-        allow: vec![
-            "110.75.0.0/16".into(),
-            "127.0.0.1/32".into(),
-            "::1/128".into(),
-        ],
-        upstream,
-        forward: "original".into(),
-        // Fixtures are signed at 2026-11-22: let them through for years,
-        // so a replay of one is judged by the replay store.
-        max_age: Some("87600h".into()),
-        success_body: Some(MARKER.into()),
-        upstream_ca: None,
-        extra: String::new(),
-        keys,
-    }
+    RouteSpec::new(provider, path, keys).with(|r| {
+        r.name = name.into();
+        r.allow.insert(0, "110.75.0.0/16".into());
+        r.upstream = upstream;
+        r.success_body = Some(MARKER.into());
+    })
 }
 
 /// `/notify/alipay` (a new notify URL) → `respond.php?code=alipay`, where the
@@ -274,7 +267,7 @@ fn alipay_route(shop: &Shop) -> RouteSpec {
         shop.url("/respond.php?code=alipay"),
         format!(
             "public_key = {:?}\napp_id = \"2021000000000001\"\n",
-            alipay_key("alipay_public.pem")
+            fixture_path("alipay", "alipay_public.pem")
         ),
     )
 }
@@ -303,7 +296,7 @@ fn wechat_route(shop: &Shop) -> RouteSpec {
         shop.url("/callgate_notify.php"),
         format!(
             "mch_id = {WECHAT_MCH_ID:?}\nappid = {WECHAT_APPID:?}\napi_key_file = {:?}\n",
-            wechat_path("v2_api.key")
+            fixture_path("wechat", "v2_api.key")
         ),
     );
     r.forward = "normalized".into();
@@ -357,7 +350,10 @@ async fn a_paid_notification_pays_the_order_once_and_alipay_gets_exactly_success
     assert_eq!(shop.order("CG20261122000001"), "unpaid|0");
 
     let r = gw
-        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_trade_success.form"),
+        )
         .await;
     // The shop printed an HTML page; Alipay gets the 7 bytes it waits for.
     assert_eq!(ack(&r), ok());
@@ -388,7 +384,7 @@ async fn without_callgate_the_shop_prints_html_and_pays_every_copy() {
     // without callgate: the page is not "success" (so Alipay retries), and
     // each copy ships the order again.
     let shop = Shop::start().await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     for _ in 0..2 {
         let r = post_to_shop(&shop, "/respond.php?code=alipay", &[FORM], &body).await;
         assert_eq!(r.status, 200);
@@ -404,7 +400,7 @@ async fn without_callgate_the_shop_prints_html_and_pays_every_copy() {
         &shop,
         "/respond.php?code=alipay",
         &[FORM],
-        &alipay_fixture("rsa2_tampered_amount.form"),
+        &fixture("alipay", "rsa2_tampered_amount.form"),
     )
     .await;
     assert_eq!(r.status, 200, "legacy handlers answer 200 either way");
@@ -425,7 +421,7 @@ async fn a_200_page_without_the_marker_is_not_taken_for_an_ack() {
     // and Alipay would stop retrying.
     let shop = Shop::start().await;
     let gw = TestGateway::start(with_tls(vec![alipay_route(&shop)])).await;
-    let body = alipay_fixture("rsa2_unsorted_decoding.form");
+    let body = fixture("alipay", "rsa2_unsorted_decoding.form");
     for _ in 0..2 {
         let r = gw.post_form("/notify/alipay", &body).await;
         assert_eq!(ack(&r), fail(502));
@@ -460,7 +456,7 @@ async fn retries_after_a_lost_ack_and_a_replay_a_day_later_reach_the_shop_once()
     let shop = Shop::start().await;
     let spec = with_tls(vec![alipay_route(&shop)]);
     let gw = TestGateway::start(spec.clone()).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
 
     assert_eq!(ack(&gw.post_form("/notify/alipay", &body).await), ok());
     // The ack is lost on the way back: Alipay never saw it and retries,
@@ -504,7 +500,7 @@ async fn twenty_copies_at_once_reach_the_shop_once() {
     // is being forwarded and waits for PHP; the other nineteen are answered
     // 409 at once (Alipay retries them later).
     shop.signal("-STOP");
-    let body = alipay_fixture("rsa2_trade_success_2.form");
+    let body = fixture("alipay", "rsa2_trade_success_2.form");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for _ in 0..20 {
         let (gw, body, tx) = (gw.clone(), body.clone(), tx.clone());
@@ -526,7 +522,7 @@ async fn twenty_copies_at_once_reach_the_shop_once() {
 
     // And twenty copies racing a running shop: whichever arrive after the
     // delivery are duplicates, the rest 409; the shop sees one.
-    let body = alipay_fixture("rsa2_trade_success_3.form");
+    let body = fixture("alipay", "rsa2_trade_success_3.form");
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let (gw, body) = (gw.clone(), body.clone());
@@ -554,14 +550,14 @@ async fn twenty_copies_at_once_reach_the_shop_once() {
 async fn forged_tampered_and_foreign_notifications_never_reach_the_shop() {
     let shop = Shop::start().await;
     let gw = TestGateway::start(behind_nginx(vec![alipay_route(&shop)])).await;
-    let genuine = alipay_fixture("rsa2_trade_success.form");
+    let genuine = fixture("alipay", "rsa2_trade_success.form");
 
     // Signed with another key, from Alipay's range.
     let r = post_via(
         &gw,
         "/notify/alipay",
         Some(ALIPAY_IP),
-        &alipay_fixture("rsa2_wrong_key.form"),
+        &fixture("alipay", "rsa2_wrong_key.form"),
     )
     .await;
     assert_eq!(ack(&r), fail(401));
@@ -570,7 +566,7 @@ async fn forged_tampered_and_foreign_notifications_never_reach_the_shop() {
         &gw,
         "/notify/alipay",
         Some(ALIPAY_IP),
-        &alipay_fixture("rsa2_tampered_amount.form"),
+        &fixture("alipay", "rsa2_tampered_amount.form"),
     )
     .await;
     assert_eq!(ack(&r), fail(401));
@@ -613,7 +609,7 @@ async fn forged_tampered_and_foreign_notifications_never_reach_the_shop() {
 async fn the_shop_down_then_back_loses_nothing() {
     let mut shop = Shop::start().await;
     let gw = TestGateway::start(with_tls(vec![alipay_route(&shop)])).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
 
     shop.stop();
     let r = gw.post_form("/notify/alipay", &body).await;
@@ -844,7 +840,7 @@ async fn the_hmac_handler_takes_callgates_json_and_refuses_everything_sent_aroun
     let gw = TestGateway::start(with_tls(vec![wechat_route(&shop)])).await;
 
     // A WeChat Pay v2 notification, for a shop with no WeChat code at all.
-    let r = gw.post_xml(&wechat_fixture("v2_md5_pay.xml")).await;
+    let r = gw.post_xml(&fixture("wechat", "v2_md5_pay.xml")).await;
     assert_eq!(
         (r.status, r.text().as_str()),
         (
@@ -864,7 +860,7 @@ async fn the_hmac_handler_takes_callgates_json_and_refuses_everything_sent_aroun
         "{calls:?}"
     );
     // A WeChat retry is a duplicate.
-    let r = gw.post_xml(&wechat_fixture("v2_md5_pay.xml")).await;
+    let r = gw.post_xml(&fixture("wechat", "v2_md5_pay.xml")).await;
     assert_eq!(r.status, 200);
     assert_eq!(shop.order("CG20261122000001"), "paid|1");
 
@@ -930,7 +926,7 @@ async fn rolling_out_with_allow_mode_log_then_enforcing_it() {
         &gw,
         "/notify/alipay",
         Some(STRANGER_IP),
-        &alipay_fixture("rsa2_trade_success.form"),
+        &fixture("alipay", "rsa2_trade_success.form"),
     )
     .await;
     assert_eq!(ack(&r), ok());
@@ -949,7 +945,7 @@ async fn rolling_out_with_allow_mode_log_then_enforcing_it() {
         &gw,
         "/notify/alipay",
         Some(STRANGER_IP),
-        &alipay_fixture("rsa2_wrong_key.form"),
+        &fixture("alipay", "rsa2_wrong_key.form"),
     )
     .await;
     assert_eq!(ack(&r), fail(401));
@@ -963,7 +959,7 @@ async fn rolling_out_with_allow_mode_log_then_enforcing_it() {
         &gw,
         "/notify/alipay",
         Some(STRANGER_IP),
-        &alipay_fixture("rsa2_trade_success_2.form"),
+        &fixture("alipay", "rsa2_trade_success_2.form"),
     )
     .await;
     assert_eq!(ack(&r), fail(403));
@@ -972,7 +968,7 @@ async fn rolling_out_with_allow_mode_log_then_enforcing_it() {
         &gw,
         "/notify/alipay",
         Some(ALIPAY_IP),
-        &alipay_fixture("rsa2_trade_success_2.form"),
+        &fixture("alipay", "rsa2_trade_success_2.form"),
     )
     .await;
     assert_eq!(ack(&r), ok());

@@ -43,7 +43,10 @@ async fn stalled_headers_are_cut_off_while_others_are_served() {
         slow.push(s);
     }
     let r = gw
-        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_trade_success.form"),
+        )
         .await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     for mut s in slow {
@@ -78,7 +81,10 @@ async fn stalled_tls_handshakes_are_cut_off_while_others_are_served() {
     let mut junk = TcpStream::connect(gw.gateway.addr).await.unwrap();
     junk.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let r = gw
-        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_trade_success.form"),
+        )
         .await;
     assert_eq!(r.status, 200);
     until_closed(&mut junk).await;
@@ -91,7 +97,7 @@ async fn stalled_tls_handshakes_are_cut_off_while_others_are_served() {
 async fn a_trickled_body_times_out_and_is_not_forwarded() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let gw = gateway(false, &up).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     let mut s = TcpStream::connect(gw.gateway.addr).await.unwrap();
     let head = format!(
         "POST /notify/alipay HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
@@ -124,7 +130,10 @@ async fn a_client_that_resets_mid_request_does_no_harm() {
         drop(s);
     }
     let r = gw
-        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_trade_success.form"),
+        )
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(up.count(), 1);

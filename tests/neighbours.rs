@@ -1,4 +1,4 @@
-//! Broken neighbours (issue 8): an upstream that resets, hangs, answers
+//! Broken neighbours: an upstream that resets, hangs, answers
 //! garbage, answers slowly or closes mid-body, and a journal whose disk is
 //! full. Each time the platform gets its failure ack (so it retries), the
 //! metrics and the log line say why, nothing is remembered as delivered,
@@ -199,7 +199,7 @@ async fn rejections(gw: &TestGateway, reason: &str) -> f64 {
 async fn each_upstream_failure_is_a_failure_ack_and_the_retry_goes_through() {
     let logs = Logs::default();
     let _guard = logs.install();
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     for (fault, status, reason, logged) in [
         (
             Fault::Reset,
@@ -279,7 +279,10 @@ async fn a_slow_upstream_within_the_timeout_is_fine() {
     let gw = gateway(&up.url).await;
     up.set(Fault::SlowWithin);
     let r = gw
-        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_trade_success.form"),
+        )
         .await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     assert_eq!(gw.requests("forwarded").await, 1.0);
@@ -353,7 +356,7 @@ async fn a_full_journal_disk_fails_closed_and_recovers_when_space_returns() {
     let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
     spec.journal = format!("dir = {:?}\nfsync = \"always\"\n", disk.dir.path());
     let gw = TestGateway::start(spec).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
 
     let filler = disk.fill();
     let r = gw.post_form("/notify/alipay", &body).await;
@@ -401,7 +404,7 @@ async fn a_delivery_record_lost_to_a_redis_outage_is_written_once_redis_returns(
     let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
     spec.store = redis.url();
     let gw = TestGateway::start(spec).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
 
     let first = {
         let body = body.clone();

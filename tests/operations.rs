@@ -1,4 +1,4 @@
-//! Operating callgate while notifications flow (issue #6): several merchants
+//! Operating callgate while notifications flow: several merchants
 //! behind one route, named IP sets, and reloads from the file watcher that
 //! swap rules, keys and the TLS certificate at once without losing or
 //! misanswering a notification.
@@ -49,7 +49,7 @@ merchant_label = true
 {a}
 {b}"#,
         default = default_up.url,
-        a = alipay_merchant(APP_A, &alipay_key("alipay_public.pem"), None),
+        a = alipay_merchant(APP_A, &fixture_path("alipay", "alipay_public.pem"), None),
         b = alipay_merchant(APP_B, b_key, Some(b_up)),
     );
     std::fs::write(dir.join("rules/routes.toml"), rules).unwrap();
@@ -90,18 +90,23 @@ async fn several_merchants_behind_one_route_pick_their_own_keys_and_upstream() {
         dir.path(),
         &shop_a,
         &shop_b,
-        &alipay_key("alipay_public.pem"),
+        &fixture_path("alipay", "alipay_public.pem"),
     );
     let gw = start_file(dir.path(), &file).await;
 
     let r = post(
         &gw,
         "/notify/alipay",
-        alipay_fixture("rsa2_trade_success.form"),
+        fixture("alipay", "rsa2_trade_success.form"),
     )
     .await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
-    let r = post(&gw, "/notify/alipay", alipay_fixture("rsa2_other_app.form")).await;
+    let r = post(
+        &gw,
+        "/notify/alipay",
+        fixture("alipay", "rsa2_other_app.form"),
+    )
+    .await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     assert_eq!(
         (shop_a.count(), shop_b.count()),
@@ -113,7 +118,7 @@ async fn several_merchants_behind_one_route_pick_their_own_keys_and_upstream() {
     let r = post(
         &gw,
         "/notify/alipay",
-        alipay_fixture("nodejs_sdk_real_notify.form"),
+        fixture("alipay", "nodejs_sdk_real_notify.form"),
     )
     .await;
     assert_eq!((r.status, r.text().as_str()), (401, "fail"));
@@ -153,10 +158,15 @@ async fn a_merchant_is_verified_with_its_own_keys_only() {
         dir.path(),
         &shop_a,
         &shop_b,
-        &alipay_key("other_public.pem"),
+        &fixture_path("alipay", "other_public.pem"),
     );
     let gw = start_file(dir.path(), &file).await;
-    let r = post(&gw, "/notify/alipay", alipay_fixture("rsa2_other_app.form")).await;
+    let r = post(
+        &gw,
+        "/notify/alipay",
+        fixture("alipay", "rsa2_other_app.form"),
+    )
+    .await;
     assert_eq!(r.status, 401);
     assert_eq!(shop_a.count() + shop_b.count(), 0);
 }
@@ -166,7 +176,7 @@ fn merchant_tables_are_checked() {
     let dir = tempfile::tempdir().unwrap();
     let spec = GatewaySpec::new(vec![]);
     let file = spec.write(dir.path());
-    let key = alipay_key("alipay_public.pem");
+    let key = fixture_path("alipay", "alipay_public.pem");
     let head = "[[route]]\nname = \"m\"\npath = \"/m\"\nprovider = \"alipay\"\nallow = []\nupstream = \"http://127.0.0.1:1/x\"\nupstream_secret_file = \"../upstream.secret\"\n";
     let cases = [
         (
@@ -223,7 +233,7 @@ async fn named_ip_sets_are_usable_in_allow() {
     let r = post(
         &gw,
         "/notify/alipay",
-        alipay_fixture("rsa2_trade_success.form"),
+        fixture("alipay", "rsa2_trade_success.form"),
     )
     .await;
     assert_eq!(r.status, 200);
@@ -240,7 +250,7 @@ async fn named_ip_sets_are_usable_in_allow() {
     let r = post(
         &gw,
         "/notify/alipay",
-        alipay_fixture("rsa2_trade_success_2.form"),
+        fixture("alipay", "rsa2_trade_success_2.form"),
     )
     .await;
     assert_eq!(r.status, 403);
@@ -250,22 +260,20 @@ async fn named_ip_sets_are_usable_in_allow() {
 fn ip_set_problems_name_their_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let up_url = "http://127.0.0.1:1/x";
-    let mut route = RouteSpec {
-        name: "r".into(),
-        path: "/r".into(),
-        provider: "alipay".into(),
-        allow: vec!["@nope".into()],
-        upstream: up_url.into(),
-        forward: "original".into(),
-        max_age: None,
-        success_body: None,
-        upstream_ca: None,
-        extra: String::new(),
-        keys: format!(
+    let mut route = RouteSpec::new(
+        "alipay",
+        "/r",
+        format!(
             "app_id = \"1\"\npublic_key = {:?}\n",
-            alipay_key("alipay_public.pem")
+            fixture_path("alipay", "alipay_public.pem")
         ),
-    };
+    )
+    .with(|r| {
+        r.name = "r".into();
+        r.allow = vec!["@nope".into()];
+        r.upstream = up_url.into();
+        r.max_age = None;
+    });
     let file = GatewaySpec::new(vec![route.clone()]).write(dir.path());
     let err = callgate::config::load(&file).unwrap_err().to_string();
     assert!(
@@ -327,7 +335,7 @@ async fn a_new_rule_file_starts_answering_and_a_broken_one_keeps_the_old_rules()
     let r = post(
         &gw,
         "/notify/second",
-        alipay_fixture("rsa2_trade_success.form"),
+        fixture("alipay", "rsa2_trade_success.form"),
     )
     .await;
     assert_eq!(r.status, 200);
@@ -348,7 +356,7 @@ async fn a_new_rule_file_starts_answering_and_a_broken_one_keeps_the_old_rules()
     let r = post(
         &gw,
         "/notify/second",
-        alipay_fixture("rsa2_trade_success_2.form"),
+        fixture("alipay", "rsa2_trade_success_2.form"),
     )
     .await;
     assert_eq!(r.status, 200, "old rules still serve");
@@ -359,7 +367,7 @@ async fn a_rotated_key_is_accepted_after_the_reload_and_the_old_one_no_longer_is
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("alipay_public.pem");
-    std::fs::copy(alipay_key("alipay_public.pem"), &key).unwrap();
+    std::fs::copy(fixture_path("alipay", "alipay_public.pem"), &key).unwrap();
     let route = RouteSpec::alipay(&up).with(|r| {
         r.keys = format!("app_id = \"{APP_A}\"\npublic_key = {key:?}\n");
     });
@@ -370,36 +378,44 @@ async fn a_rotated_key_is_accepted_after_the_reload_and_the_old_one_no_longer_is
         post(
             &gw,
             "/notify/alipay",
-            alipay_fixture("rsa2_trade_success.form")
+            fixture("alipay", "rsa2_trade_success.form")
         )
         .await
         .status,
         200
     );
     assert_eq!(
-        post(&gw, "/notify/alipay", alipay_fixture("rsa2_wrong_key.form"))
-            .await
-            .status,
+        post(
+            &gw,
+            "/notify/alipay",
+            fixture("alipay", "rsa2_wrong_key.form")
+        )
+        .await
+        .status,
         401
     );
 
     // Alipay rotates its key: the operator replaces the file (write + rename).
     let tmp = dir.path().join("alipay_public.pem.new");
-    std::fs::copy(alipay_key("other_public.pem"), &tmp).unwrap();
+    std::fs::copy(fixture_path("alipay", "other_public.pem"), &tmp).unwrap();
     std::fs::rename(&tmp, &key).unwrap();
     next_reload(&mut reloads).await;
 
     assert_eq!(
-        post(&gw, "/notify/alipay", alipay_fixture("rsa2_wrong_key.form"))
-            .await
-            .status,
+        post(
+            &gw,
+            "/notify/alipay",
+            fixture("alipay", "rsa2_wrong_key.form")
+        )
+        .await
+        .status,
         200
     );
     assert_eq!(
         post(
             &gw,
             "/notify/alipay",
-            alipay_fixture("rsa2_trade_success_2.form")
+            fixture("alipay", "rsa2_trade_success_2.form")
         )
         .await
         .status,
@@ -562,14 +578,14 @@ async fn a_reload_that_needs_a_restart_is_refused_by_name_and_changes_nothing() 
     let r = post(
         &gw,
         "/notify/alipay",
-        alipay_fixture("rsa2_trade_success.form"),
+        fixture("alipay", "rsa2_trade_success.form"),
     )
     .await;
     assert_eq!(r.status, 200, "the running rules stay");
     let r = post(
         &gw,
         "/notify/moved",
-        alipay_fixture("rsa2_trade_success_2.form"),
+        fixture("alipay", "rsa2_trade_success_2.form"),
     )
     .await;
     assert_eq!(r.status, 404, "nothing of the refused reload applied");

@@ -1,5 +1,5 @@
 //! Property tests over every parser and verifier that sees untrusted bytes
-//! (issue 8, "bad input"):
+//! (bad input):
 //! * arbitrary bytes (and format-shaped noise) never panic the form, XML,
 //!   JSON and JD envelope parsers, the six verifiers behind them, the v3
 //!   headers, the key and certificate loaders, or the rule-file loader;
@@ -231,7 +231,7 @@ proptest! {
         }
         let _ = verify(r, &headers_for(r, &extra), &body);
         // The same headers over the real body reach the signature check.
-        let _ = verify(r, &headers_for(r, &extra), &wechat_fixture("v3_pay.json"));
+        let _ = verify(r, &headers_for(r, &extra), &fixture("wechat", "v3_pay.json"));
     }
 
     #[test]
@@ -434,7 +434,7 @@ fn samples() -> &'static [Sample] {
             headers: vec![],
             body: fixture(dir, name),
         };
-        let signed = &wechat_expected()["signed_samples"];
+        let signed = &expected("wechat")["signed_samples"];
         let v3 = |name: &str| {
             let s = &signed[name];
             let h = |k: &str| s[k].as_str().unwrap().to_owned();
@@ -446,7 +446,7 @@ fn samples() -> &'static [Sample] {
                     ("wechatpay-timestamp".into(), h("timestamp")),
                     ("wechatpay-nonce".into(), h("nonce")),
                 ],
-                body: wechat_fixture(name),
+                body: fixture("wechat", name),
             }
         };
         vec![

@@ -37,7 +37,7 @@ async fn two_instances_on_one_redis_forward_an_event_once() {
     let up = Upstream::start(Behaviour::Hold(gate.clone())).await;
     let a = Arc::new(TestGateway::start(redis_spec(vec![RouteSpec::alipay(&up)], &redis)).await);
     let b = TestGateway::start(redis_spec(vec![RouteSpec::alipay(&up)], &redis)).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
 
     let first = {
         let (a, body) = (a.clone(), body.clone());
@@ -101,7 +101,7 @@ async fn a_nonce_seen_by_one_store_is_a_replay_on_the_other() {
     let file = GatewaySpec::new(vec![RouteSpec::wechat_v3(&up)]).write(dir.path());
     let setup = callgate::config::load(&file).unwrap();
     let route = setup.snapshot.routes.get("/notify/wechat-v3").unwrap();
-    let body = wechat_fixture("v3_pay.json");
+    let body = fixture("wechat", "v3_pay.json");
     let signed = v3_headers(
         "platform_private.pem",
         WECHAT_PLATFORM_SERIAL,
@@ -133,15 +133,18 @@ async fn redis_down_fails_closed_and_the_gateway_recovers_by_itself() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let gw = TestGateway::start(redis_spec(vec![RouteSpec::alipay(&up)], &redis)).await;
     assert_eq!(
-        gw.post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
-            .await
-            .status,
+        gw.post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_trade_success.form")
+        )
+        .await
+        .status,
         200
     );
     assert_eq!(gw.get_admin("/readyz").await.status, 200);
 
     redis.kill();
-    let body = alipay_fixture("rsa2_trade_success_2.form");
+    let body = fixture("alipay", "rsa2_trade_success_2.form");
     let r = gw.post_form("/notify/alipay", &body).await;
     assert_eq!((r.status, r.text().as_str()), (503, "fail"));
     assert_eq!(gw.get_admin("/readyz").await.status, 503);
@@ -183,7 +186,10 @@ async fn a_route_may_choose_to_fail_open_and_check_says_so() {
     let gw = TestGateway::start(spec).await;
     redis.kill();
     let r = gw
-        .post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
+        .post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_trade_success.form"),
+        )
         .await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     assert_eq!(up.count(), 1);
@@ -197,9 +203,12 @@ async fn passwords_work_and_a_wrong_one_fails_closed_without_leaking() {
     good.store = format!("redis://:s3cret-pass@127.0.0.1:{}/0", redis.port);
     let gw = TestGateway::start(good).await;
     assert_eq!(
-        gw.post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
-            .await
-            .status,
+        gw.post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_trade_success.form")
+        )
+        .await
+        .status,
         200
     );
 
@@ -209,7 +218,7 @@ async fn passwords_work_and_a_wrong_one_fails_closed_without_leaking() {
     let r = gw
         .post_form(
             "/notify/alipay",
-            &alipay_fixture("rsa2_trade_success_2.form"),
+            &fixture("alipay", "rsa2_trade_success_2.form"),
         )
         .await;
     assert_eq!(r.status, 503);
@@ -241,7 +250,7 @@ async fn rediss_with_a_private_ca() {
     spec.store = format!("rediss://127.0.0.1:{}/0", redis.port);
     spec.replay_extra = format!("tls_ca = {crt:?}\n");
     let gw = TestGateway::start(spec).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 200);
     assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 200);
     assert_eq!(up.count(), 1);
@@ -258,7 +267,7 @@ async fn restart(gw: TestGateway, spec: GatewaySpec) -> TestGateway {
 #[tokio::test]
 async fn the_journal_warms_the_memory_store_after_a_restart() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     let spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
     let gw = TestGateway::start(spec.clone()).await;
     assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 200);
@@ -290,12 +299,12 @@ async fn redelivery_sends_what_the_shop_missed_exactly_once() {
     // The memory store lives in the gateway: redelivery goes through its
     // admin API.
     let gw = TestGateway::start_with_admin_token(spec.clone()).await;
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 502);
     assert_eq!(
         gw.post_form(
             "/notify/alipay",
-            &alipay_fixture("rsa2_trade_success_2.form")
+            &fixture("alipay", "rsa2_trade_success_2.form")
         )
         .await
         .status,
@@ -350,9 +359,12 @@ async fn a_tampered_journal_is_not_redelivered() {
     let gw =
         TestGateway::start_with_admin_token(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
     assert_eq!(
-        gw.post_form("/notify/alipay", &alipay_fixture("rsa2_trade_success.form"))
-            .await
-            .status,
+        gw.post_form(
+            "/notify/alipay",
+            &fixture("alipay", "rsa2_trade_success.form")
+        )
+        .await
+        .status,
         502
     );
     // Rewrite the amount inside the journaled body (Base64 of the form).

@@ -80,7 +80,7 @@ async fn only_allowlisted_headers_reach_the_shop_in_original_mode() {
         "content-type".to_owned(),
         "application/x-www-form-urlencoded; charset=utf-8".to_owned(),
     )];
-    let body = alipay_fixture("rsa2_trade_success.form");
+    let body = fixture("alipay", "rsa2_trade_success.form");
     let r = gw
         .send_owned("/notify/alipay", &with_hostile(&form), &body)
         .await;
@@ -109,7 +109,7 @@ async fn wechat_v3_signature_headers_travel_with_the_platform_body_only() {
         r.forward = "normalized".into();
     });
     let gw = TestGateway::start(GatewaySpec::new(vec![original, normalized])).await;
-    let body = wechat_fixture("v3_pay.json");
+    let body = fixture("wechat", "v3_pay.json");
     for (path, nonce) in [
         ("/notify/wechat-v3", "nonce-allowlist-original"),
         ("/notify/wechat-v3-json", "nonce-allowlist-normalized"),
@@ -159,7 +159,7 @@ async fn the_journal_keeps_what_redelivery_needs_and_nothing_the_shop_would_not_
     let up = Upstream::start(Behaviour::Reply(500, "down")).await;
     let route = RouteSpec::wechat_v3(&up).with(|r| r.forward = "normalized".into());
     let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
-    let body = wechat_fixture("v3_pay.json");
+    let body = fixture("wechat", "v3_pay.json");
     let signed = v3_headers(
         "platform_private.pem",
         WECHAT_PLATFORM_SERIAL,

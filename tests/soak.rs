@@ -1,4 +1,4 @@
-//! The soak (issue 8): the test plays the six platforms against one gateway
+//! The soak: the test plays the six platforms against one gateway
 //! on loopback, for a bounded time, while an upstream that fails, hangs
 //! and resets a fraction of its requests stands behind it, and (in the
 //! Redis variant) the replay store is killed and restarted.

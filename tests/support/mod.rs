@@ -1,8 +1,11 @@
-//! Test support: a recording upstream, a gateway started on 127.0.0.1:0
-//! from a temporary configuration, an HTTP(S) client and a metrics matcher.
+//! Test support, one module for every suite: fixtures, a recording
+//! upstream, a gateway started on 127.0.0.1:0 from a temporary
+//! configuration ([`GatewaySpec`], [`RouteSpec`]), an HTTP(S) client, a
+//! metrics matcher, the independent checks of callgate's own signatures
+//! (openssl), a real `redis-server`, and the `callgate` binary itself.
 //! Everything binds ephemeral loopback ports and keeps the bound listener,
 //! so tests can run in parallel without port races. Nothing sleeps: tests
-//! wait on channels.
+//! wait on channels, or poll the gateway's own report with a bound.
 //!
 //! Outside programs (openssl, redis-server, php, ...) are started only
 //! through [`tool`] (`tools.rs`), and starting an upstream or a gateway
@@ -12,6 +15,9 @@
 
 mod tools;
 pub use tools::*;
+
+#[allow(unused_imports)]
+pub use callgate::clock::unix_now;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -31,17 +37,33 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 
+// === fixtures ===
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-pub fn alipay_fixture(name: &str) -> Vec<u8> {
-    std::fs::read(root().join("tests/fixtures/alipay").join(name)).expect("fixture")
+/// A file of `tests/fixtures/<dir>/`: `alipay`, `alipay_cert`,
+/// `alipay_md5`, `wechat` (v2 and v3), `unionpay`, `jdpay`.
+pub fn fixture_path(dir: &str, name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(dir).join(name)
 }
 
-pub fn alipay_key(name: &str) -> PathBuf {
-    root().join("tests/fixtures/alipay").join(name)
+/// The bytes of a fixture file (see [`fixture_path`]).
+pub fn fixture(dir: &str, name: &str) -> Vec<u8> {
+    std::fs::read(fixture_path(dir, name)).expect("fixture")
 }
+
+/// A fixture folder's `expected.json`.
+pub fn expected(dir: &str) -> serde_json::Value {
+    serde_json::from_slice(&fixture(dir, "expected.json")).unwrap()
+}
+
+pub const WECHAT_MCH_ID: &str = "1900000109";
+pub const WECHAT_APPID: &str = "wx2421b1c4370ec43b";
+pub const WECHAT_PLATFORM_SERIAL: &str = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1";
+pub const WECHAT_PUB_KEY_ID: &str = "PUB_KEY_ID_0119000001092026112200000000000001";
+pub const WECHAT_FUTURE_SERIAL: &str = "7A1D0A0B0C0D0E0F101112131415161718191A1C";
 
 /// A genuine Alipay notification of `params` (`app_id`, `notify_id`, ...)
 /// over realistic defaults, signed RSA2 with the fixture key by `callgate
@@ -52,7 +74,7 @@ pub fn alipay_signed(params: &[(&str, &str)]) -> Vec<u8> {
     use callgate::sign::{AlipayArgs, SignArgs, SignProvider};
     let args = SignArgs {
         provider: SignProvider::Alipay(AlipayArgs {
-            private_key: alipay_key("alipay_private.pem"),
+            private_key: fixture_path("alipay", "alipay_private.pem"),
             params: params.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             sign_type: "RSA2".to_owned(),
             curl: None,
@@ -222,7 +244,7 @@ fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
-// === gateway ===
+// === routes ===
 
 /// One `[[route]]`, with the fields tests vary.
 #[derive(Clone)]
@@ -243,32 +265,177 @@ pub struct RouteSpec {
 }
 
 impl RouteSpec {
-    /// An alipay route on `/notify/alipay` using the fixture key, for
-    /// fixtures signed at 2026-11-22 (`max_age` generous enough for years).
-    pub fn alipay(upstream: &Upstream) -> RouteSpec {
+    /// A route of `provider` on `path`, its `[route.keys]` table body
+    /// `keys`, named `shop-<provider>` (`_` written `-`): loopback may call
+    /// it, it forwards the original body (to a port nobody listens on, until
+    /// [`RouteSpec::upstream`]), and its `max_age` takes the fixtures'
+    /// 2026-11-22 for years.
+    pub fn new(provider: &str, path: &str, keys: String) -> RouteSpec {
         RouteSpec {
-            name: "shop-alipay".into(),
-            path: "/notify/alipay".into(),
-            provider: "alipay".into(),
+            name: format!("shop-{}", provider.replace('_', "-")),
+            path: path.to_owned(),
+            provider: provider.to_owned(),
             allow: vec!["127.0.0.1/32".into(), "::1/128".into()],
-            upstream: upstream.url.clone(),
+            upstream: "http://127.0.0.1:9/".into(),
             forward: "original".into(),
             max_age: Some("87600h".into()),
-            success_body: Some("success".into()),
+            success_body: None,
             upstream_ca: None,
             extra: String::new(),
-            keys: format!(
-                "public_key = {:?}\napp_id = \"2021000000000001\"\n",
-                alipay_key("alipay_public.pem")
-            ),
+            keys,
         }
+    }
+
+    /// Forwards to `upstream`.
+    pub fn upstream(mut self, upstream: &Upstream) -> RouteSpec {
+        self.upstream = upstream.url.clone();
+        self
     }
 
     pub fn with(mut self, f: impl FnOnce(&mut RouteSpec)) -> RouteSpec {
         f(&mut self);
         self
     }
+
+    /// Confirmed by the shop's `success` only.
+    fn success(self) -> RouteSpec {
+        self.with(|r| r.success_body = Some("success".into()))
+    }
+
+    /// `alipay` on `/notify/alipay` with the fixture public key.
+    pub fn alipay(upstream: &Upstream) -> RouteSpec {
+        RouteSpec::new(
+            "alipay",
+            "/notify/alipay",
+            format!(
+                "public_key = {:?}\napp_id = \"2021000000000001\"\n",
+                fixture_path("alipay", "alipay_public.pem")
+            ),
+        )
+        .upstream(upstream)
+        .success()
+    }
+
+    /// `alipay` in certificate mode with the openssl-made chain of
+    /// tests/fixtures/alipay_cert.
+    pub fn alipay_cert(upstream: &Upstream) -> RouteSpec {
+        RouteSpec::alipay(upstream).with(|r| {
+            r.keys = format!(
+                "app_id = \"2021000000000001\"\nalipay_cert = {:?}\nalipay_root_cert = {:?}\napp_cert = {:?}\n",
+                fixture_path("alipay_cert", "alipayCertPublicKey_RSA2.crt"),
+                fixture_path("alipay_cert", "alipayRootCert.crt"),
+                fixture_path("alipay_cert", "appCertPublicKey_2021000000000001.crt"),
+            )
+        })
+    }
+
+    /// `alipay_md5` (`shop-legacy`) on `/notify/alipay_md5` with the
+    /// fixture partner and key.
+    pub fn alipay_md5(upstream: &Upstream) -> RouteSpec {
+        RouteSpec::new(
+            "alipay_md5",
+            "/notify/alipay_md5",
+            format!(
+                "partner = \"2088101122334455\"\nkey_file = {:?}\n",
+                fixture_path("alipay_md5", "md5_key.txt")
+            ),
+        )
+        .upstream(upstream)
+        .success()
+        .with(|r| r.name = "shop-legacy".into())
+    }
+
+    /// `wechat_v2` on `/notify/wechat` with the fixture API key.
+    pub fn wechat_v2(upstream: &Upstream) -> RouteSpec {
+        RouteSpec::new(
+            "wechat_v2",
+            "/notify/wechat",
+            format!(
+                "mch_id = {WECHAT_MCH_ID:?}\nappid = {WECHAT_APPID:?}\napi_key_file = {:?}\n",
+                fixture_path("wechat", "v2_api.key")
+            ),
+        )
+        .upstream(upstream)
+    }
+
+    /// `wechat_v3` on `/notify/wechat-v3` with the fixture APIv3 key, a
+    /// platform certificate, a public key and a not-yet-valid certificate;
+    /// the default `max_age` (the tests sign with a fresh timestamp).
+    pub fn wechat_v3(upstream: &Upstream) -> RouteSpec {
+        let f = |n: &str| fixture_path("wechat", n);
+        RouteSpec::new(
+            "wechat_v3",
+            "/notify/wechat-v3",
+            format!(
+                "mch_id = {WECHAT_MCH_ID:?}\napi_v3_key_file = {:?}\nplatform_keys = [\n  {{ serial = {WECHAT_PLATFORM_SERIAL:?}, certificate = {:?} }},\n  {{ serial = {WECHAT_PUB_KEY_ID:?}, public_key = {:?} }},\n  {{ serial = {WECHAT_FUTURE_SERIAL:?}, certificate = {:?} }},\n]\n",
+                f("v3_api_v3.key"),
+                f("platform_cert.pem"),
+                f("pubkey_public.pem"),
+                f("future_cert.pem"),
+            ),
+        )
+        .upstream(upstream)
+        .with(|r| r.max_age = None)
+    }
+
+    /// `unionpay` on `/notify/unionpay`, merId 777290058110097, trusting the
+    /// fixture chain (5.1.0) and `sign.pem` (5.0.0).
+    pub fn unionpay(upstream: &Upstream) -> RouteSpec {
+        let f = |n: &str| fixture_path("unionpay", n);
+        RouteSpec::new(
+            "unionpay",
+            "/notify/unionpay",
+            format!(
+                "mer_id = \"777290058110097\"\nroot_cert = {:?}\nmiddle_cert = {:?}\nverify_certs = [{:?}]\n",
+                f("root.pem"),
+                f("middle.pem"),
+                f("sign.pem")
+            ),
+        )
+        .upstream(upstream)
+        .success()
+    }
+
+    /// `jdpay` on `/notify/jdpay` for merchant 110000000001 with the fixture
+    /// DES key and "JD" public key.
+    pub fn jdpay(upstream: &Upstream) -> RouteSpec {
+        let f = |n: &str| fixture_path("jdpay", n);
+        RouteSpec::new(
+            "jdpay",
+            "/notify/jdpay",
+            format!(
+                "merchant = \"110000000001\"\ndes_key_file = {:?}\njd_public_key = {:?}\n",
+                f("des.key"),
+                f("jd_public.pem")
+            ),
+        )
+        .upstream(upstream)
+        .success()
+    }
 }
+
+pub fn route_toml(r: &RouteSpec) -> String {
+    let mut s = format!(
+        "[[route]]\nname = {:?}\npath = {:?}\nprovider = {:?}\nallow = {:?}\nupstream = {:?}\nupstream_secret_file = \"../upstream.secret\"\nforward = {:?}\n",
+        r.name, r.path, r.provider, r.allow, r.upstream, r.forward
+    );
+    if let Some(m) = &r.max_age {
+        s.push_str(&format!("max_age = {m:?}\n"));
+    }
+    if let Some(b) = &r.success_body {
+        s.push_str(&format!("success_body = {b:?}\n"));
+    }
+    if let Some(ca) = &r.upstream_ca {
+        s.push_str(&format!("upstream_ca = {ca:?}\n"));
+    }
+    s.push_str(&r.extra);
+    s.push_str("\n[route.keys]\n");
+    s.push_str(&r.keys);
+    s.push('\n');
+    s
+}
+
+// === gateway ===
 
 #[derive(Clone)]
 pub struct GatewaySpec {
@@ -371,29 +538,18 @@ drain_timeout = "10s"
     }
 }
 
-pub fn route_toml(r: &RouteSpec) -> String {
-    let mut s = format!(
-        "[[route]]\nname = {:?}\npath = {:?}\nprovider = {:?}\nallow = {:?}\nupstream = {:?}\nupstream_secret_file = \"../upstream.secret\"\nforward = {:?}\n",
-        r.name, r.path, r.provider, r.allow, r.upstream, r.forward
-    );
-    if let Some(m) = &r.max_age {
-        s.push_str(&format!("max_age = {m:?}\n"));
-    }
-    if let Some(b) = &r.success_body {
-        s.push_str(&format!("success_body = {b:?}\n"));
-    }
-    if let Some(ca) = &r.upstream_ca {
-        s.push_str(&format!("upstream_ca = {ca:?}\n"));
-    }
-    s.push_str(&r.extra);
-    s.push_str("\n[route.keys]\n");
-    s.push_str(&r.keys);
-    s.push('\n');
-    s
-}
-
 /// The upstream HMAC secret every test gateway uses.
 pub const SECRET: &str = "test-upstream-secret-0123456789\n";
+
+/// The admin API token tests configure (`admin.token_file`).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+/// Appends `line` to the `[limits]` table of a written gateway file (the
+/// last table `GatewaySpec::write` writes).
+pub fn add_limit(text: &mut String, line: &str) {
+    text.push_str(line);
+    text.push('\n');
+}
 
 pub struct TestGateway {
     pub dir: tempfile::TempDir,
@@ -410,12 +566,57 @@ impl TestGateway {
 
     /// Starts a gateway in an existing directory (a restart keeps its journal).
     pub async fn start_in(dir: tempfile::TempDir, spec: GatewaySpec) -> TestGateway {
-        require_tools();
+        Self::start_edited_in(dir, spec, |_| {}).await
+    }
+
+    /// Starts a gateway after `edit` has changed the written gateway file's
+    /// text (for settings `GatewaySpec` does not carry).
+    pub async fn start_edited(spec: GatewaySpec, edit: impl FnOnce(&mut String)) -> TestGateway {
+        Self::start_edited_in(tempfile::tempdir().unwrap(), spec, edit).await
+    }
+
+    pub async fn start_edited_in(
+        dir: tempfile::TempDir,
+        spec: GatewaySpec,
+        edit: impl FnOnce(&mut String),
+    ) -> TestGateway {
         let file = spec.write(dir.path());
-        let loaded =
-            callgate::config::load(&file).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
-        let gateway = callgate::server::start(loaded).await.unwrap();
-        let scheme = if spec.tls { "https" } else { "http" };
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        edit(&mut text);
+        std::fs::write(&file, text).unwrap();
+        Self::launch(dir, &file, spec.tls).await
+    }
+
+    /// Starts a gateway from `spec`'s gateway file with `rules` (written by
+    /// hand, for `[[route.merchant]]` tables) as its only rule file.
+    pub async fn start_rules(spec: GatewaySpec, rules: &str) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let file = spec.write(dir.path());
+        std::fs::write(dir.path().join("rules/routes.toml"), rules).unwrap();
+        Self::launch(dir, &file, spec.tls).await
+    }
+
+    /// Starts a gateway whose admin API is on (`admin.token_file`).
+    pub async fn start_with_admin_token(spec: GatewaySpec) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+        Self::start_edited_in(dir, spec, |t| {
+            *t = t.replacen(
+                "[admin]\naddr = \"127.0.0.1:0\"\n",
+                "[admin]\naddr = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n",
+                1,
+            )
+        })
+        .await
+    }
+
+    /// Loads `file` as the gateway does and starts it.
+    async fn launch(dir: tempfile::TempDir, file: &Path, tls: bool) -> TestGateway {
+        require_tools();
+        let setup =
+            callgate::config::load(file).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let gateway = callgate::server::start(setup).await.unwrap();
+        let scheme = if tls { "https" } else { "http" };
         let base = format!("{scheme}://127.0.0.1:{}", gateway.addr.port());
         let admin = format!("http://127.0.0.1:{}", gateway.admin_addr.unwrap().port());
         TestGateway {
@@ -427,15 +628,21 @@ impl TestGateway {
         }
     }
 
-    /// POSTs a form body to `path`.
-    pub async fn post_form(&self, path: &str, body: &[u8]) -> Reply {
-        self.send(
-            "POST",
-            path,
-            &[("content-type", "application/x-www-form-urlencoded")],
-            body.to_vec(),
-        )
-        .await
+    /// A copy of the gateway file naming the admin port actually bound, for
+    /// `callgate journal redeliver` (the gateway's own file says port 0).
+    pub fn cli_config(&self) -> PathBuf {
+        let file = self.dir.path().join("callgate.toml");
+        let text = std::fs::read_to_string(&file).unwrap().replacen(
+            "[admin]\naddr = \"127.0.0.1:0\"",
+            &format!(
+                "[admin]\naddr = \"127.0.0.1:{}\"",
+                self.gateway.admin_addr.unwrap().port()
+            ),
+            1,
+        );
+        let cli = self.dir.path().join("cli.toml");
+        std::fs::write(&cli, text).unwrap();
+        cli
     }
 
     pub async fn send(
@@ -450,11 +657,44 @@ impl TestGateway {
             .await
     }
 
+    /// POSTs a form body to `path`.
+    pub async fn post_form(&self, path: &str, body: &[u8]) -> Reply {
+        self.send(
+            "POST",
+            path,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            body.to_vec(),
+        )
+        .await
+    }
+
+    /// POSTs a WeChat v2 XML body to `/notify/wechat`.
+    pub async fn post_xml(&self, body: &[u8]) -> Reply {
+        self.send(
+            "POST",
+            "/notify/wechat",
+            &[("content-type", "text/xml")],
+            body.to_vec(),
+        )
+        .await
+    }
+
+    /// POSTs `body` with owned headers.
+    pub async fn send_owned(&self, path: &str, headers: &[(String, String)], body: &[u8]) -> Reply {
+        let h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.send("POST", path, &h, body.to_vec()).await
+    }
+
     pub async fn get_admin(&self, path: &str) -> Reply {
         self.client
             .send("GET", &format!("{}{}", self.admin, path), &[], vec![])
             .await
     }
+
+    // === what the gateway reports ===
 
     /// The current value of one series, `None` when absent.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -462,17 +702,53 @@ impl TestGateway {
         find_metric(&text, name, labels)
     }
 
+    /// `callgate_requests_total` of the `alipay` route (0 when absent).
     pub async fn requests(&self, outcome: &str) -> f64 {
+        self.requests_of("shop-alipay", "alipay", outcome).await
+    }
+
+    /// `callgate_requests_total` for a route, provider and outcome (0 when
+    /// absent).
+    pub async fn requests_of(&self, route: &str, provider: &str, outcome: &str) -> f64 {
         self.metric(
             "callgate_requests_total",
             &[
-                ("route", "shop-alipay"),
-                ("provider", "alipay"),
+                ("route", route),
+                ("provider", provider),
                 ("outcome", outcome),
             ],
         )
         .await
         .unwrap_or(0.0)
+    }
+
+    /// `callgate_rejections_total` for a route, provider and reason (0 when
+    /// absent).
+    pub async fn rejections(&self, route: &str, provider: &str, reason: &str) -> f64 {
+        self.metric(
+            "callgate_rejections_total",
+            &[("route", route), ("provider", provider), ("reason", reason)],
+        )
+        .await
+        .unwrap_or(0.0)
+    }
+
+    /// Polls a gauge or counter until `done` holds for it (bounded: 30 s).
+    /// Waits on the gateway's own report, never on a fixed delay.
+    pub async fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        done: impl Fn(f64) -> bool,
+    ) -> f64 {
+        for _ in 0..3000 {
+            let v = self.metric(name, labels).await.unwrap_or(0.0);
+            if done(v) {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{name} never reached the awaited value");
     }
 }
 
@@ -575,6 +851,8 @@ impl TestClient {
     }
 }
 
+// === callgate's own signatures, checked by openssl ===
+
 /// HMAC-SHA256 hex by the openssl CLI, to check X-Callgate-Signature
 /// independently of callgate's own code.
 pub fn openssl_hmac_hex(key: &str, data: &[u8]) -> String {
@@ -593,6 +871,79 @@ pub fn openssl_hmac_hex(key: &str, data: &[u8]) -> String {
         .next()
         .unwrap()
         .to_owned()
+}
+
+/// Checks `X-Callgate-Signature`-style `t=..,v1=..` over `t + "." + data`
+/// with openssl; returns t.
+pub fn check_callgate_hmac(header: &str, data: &[u8]) -> String {
+    let (t, v1) = header.split_once(",v1=").unwrap();
+    let t = t.strip_prefix("t=").unwrap();
+    let signed = [t.as_bytes(), b".", data].concat();
+    assert_eq!(v1, openssl_hmac_hex(SECRET.trim_end(), &signed));
+    t.to_owned()
+}
+
+/// Checks `X-Callgate-Resource-Signature`, `t=..,v1=..` over
+/// `"resource." + t + "." + data`, with openssl; returns t.
+pub fn check_callgate_resource_hmac(header: &str, data: &[u8]) -> String {
+    let (t, v1) = split_signature(header);
+    let signed = [b"resource.", t.as_bytes(), b".", data].concat();
+    assert_eq!(v1, openssl_hmac_hex(SECRET.trim_end(), &signed));
+    t
+}
+
+/// `t=...,v1=...` split into (t, v1).
+pub fn split_signature(header: &str) -> (String, String) {
+    let (t, v1) = header.split_once(",v1=").expect("t=...,v1=...");
+    (t.strip_prefix("t=").expect("t=").to_owned(), v1.to_owned())
+}
+
+/// SHA256withRSA by the openssl CLI, standard Base64: WeChat's signer in
+/// tests that need a fresh `Wechatpay-Timestamp`.
+pub fn openssl_sign_b64(key: &Path, data: &[u8]) -> String {
+    use base64::Engine as _;
+    use std::io::Write;
+    let mut child = tool("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl dgst -sign failed");
+    base64::engine::general_purpose::STANDARD.encode(out.stdout)
+}
+
+/// A v3 notification's headers: `body` signed by `key` (openssl) for
+/// `serial` at `timestamp` with `nonce`.
+pub fn v3_headers(
+    key: &str,
+    serial: &str,
+    timestamp: i64,
+    nonce: &str,
+    body: &[u8],
+) -> Vec<(String, String)> {
+    let message = [
+        timestamp.to_string().as_bytes(),
+        b"\n",
+        nonce.as_bytes(),
+        b"\n",
+        body,
+        b"\n",
+    ]
+    .concat();
+    vec![
+        ("content-type".into(), "application/json".into()),
+        ("wechatpay-timestamp".into(), timestamp.to_string()),
+        ("wechatpay-nonce".into(), nonce.into()),
+        ("wechatpay-serial".into(), serial.into()),
+        (
+            "wechatpay-signature".into(),
+            openssl_sign_b64(&fixture_path("wechat", key), &message),
+        ),
+    ]
 }
 
 // === redis ===
@@ -725,441 +1076,7 @@ pub async fn wait_ready(gw: &TestGateway, want: u16) {
     panic!("/readyz never answered {want}");
 }
 
-// === WeChat Pay ===
-
-pub fn wechat_path(name: &str) -> PathBuf {
-    root().join("tests/fixtures/wechat").join(name)
-}
-
-pub fn wechat_fixture(name: &str) -> Vec<u8> {
-    std::fs::read(wechat_path(name)).expect("fixture")
-}
-
-/// The fixtures' expected.json.
-pub fn wechat_expected() -> serde_json::Value {
-    serde_json::from_slice(&wechat_fixture("expected.json")).unwrap()
-}
-
-pub const WECHAT_MCH_ID: &str = "1900000109";
-pub const WECHAT_APPID: &str = "wx2421b1c4370ec43b";
-pub const WECHAT_PLATFORM_SERIAL: &str = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1";
-pub const WECHAT_PUB_KEY_ID: &str = "PUB_KEY_ID_0119000001092026112200000000000001";
-pub const WECHAT_FUTURE_SERIAL: &str = "7A1D0A0B0C0D0E0F101112131415161718191A1C";
-
-impl RouteSpec {
-    /// A wechat_v2 route on `/notify/wechat` with the fixture key, for
-    /// fixtures paid at 2026-11-22 (`max_age` generous enough for years).
-    pub fn wechat_v2(upstream: &Upstream) -> RouteSpec {
-        RouteSpec {
-            name: "shop-wechat-v2".into(),
-            path: "/notify/wechat".into(),
-            provider: "wechat_v2".into(),
-            allow: vec!["127.0.0.1/32".into(), "::1/128".into()],
-            upstream: upstream.url.clone(),
-            forward: "original".into(),
-            max_age: Some("87600h".into()),
-            success_body: None,
-            upstream_ca: None,
-            extra: String::new(),
-            keys: format!(
-                "mch_id = {WECHAT_MCH_ID:?}\nappid = {WECHAT_APPID:?}\napi_key_file = {:?}\n",
-                wechat_path("v2_api.key")
-            ),
-        }
-    }
-
-    /// A wechat_v3 route on `/notify/wechat-v3` with the fixture APIv3 key,
-    /// a platform certificate, a public key and a not-yet-valid certificate.
-    pub fn wechat_v3(upstream: &Upstream) -> RouteSpec {
-        RouteSpec {
-            name: "shop-wechat-v3".into(),
-            path: "/notify/wechat-v3".into(),
-            provider: "wechat_v3".into(),
-            allow: vec!["127.0.0.1/32".into(), "::1/128".into()],
-            upstream: upstream.url.clone(),
-            forward: "original".into(),
-            max_age: None,
-            success_body: None,
-            upstream_ca: None,
-            extra: String::new(),
-            keys: format!(
-                "mch_id = {WECHAT_MCH_ID:?}\napi_v3_key_file = {:?}\nplatform_keys = [\n  {{ serial = {WECHAT_PLATFORM_SERIAL:?}, certificate = {:?} }},\n  {{ serial = {WECHAT_PUB_KEY_ID:?}, public_key = {:?} }},\n  {{ serial = {WECHAT_FUTURE_SERIAL:?}, certificate = {:?} }},\n]\n",
-                wechat_path("v3_api_v3.key"),
-                wechat_path("platform_cert.pem"),
-                wechat_path("pubkey_public.pem"),
-                wechat_path("future_cert.pem"),
-            ),
-        }
-    }
-}
-
-/// SHA256withRSA by the openssl CLI, standard Base64: WeChat's signer in
-/// tests that need a fresh `Wechatpay-Timestamp`.
-pub fn openssl_sign_b64(key: &Path, data: &[u8]) -> String {
-    use base64::Engine as _;
-    use std::io::Write;
-    let mut child = tool("openssl")
-        .args(["dgst", "-sha256", "-sign"])
-        .arg(key)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("openssl");
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "openssl dgst -sign failed");
-    base64::engine::general_purpose::STANDARD.encode(out.stdout)
-}
-
-/// A v3 notification's headers: `body` signed by `key` (openssl) for
-/// `serial` at `timestamp` with `nonce`.
-pub fn v3_headers(
-    key: &str,
-    serial: &str,
-    timestamp: i64,
-    nonce: &str,
-    body: &[u8],
-) -> Vec<(String, String)> {
-    let message = [
-        timestamp.to_string().as_bytes(),
-        b"\n",
-        nonce.as_bytes(),
-        b"\n",
-        body,
-        b"\n",
-    ]
-    .concat();
-    vec![
-        ("content-type".into(), "application/json".into()),
-        ("wechatpay-timestamp".into(), timestamp.to_string()),
-        ("wechatpay-nonce".into(), nonce.into()),
-        ("wechatpay-serial".into(), serial.into()),
-        (
-            "wechatpay-signature".into(),
-            openssl_sign_b64(&wechat_path(key), &message),
-        ),
-    ]
-}
-
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-impl TestGateway {
-    /// POSTs `body` with owned headers.
-    pub async fn send_owned(&self, path: &str, headers: &[(String, String)], body: &[u8]) -> Reply {
-        let h: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        self.send("POST", path, &h, body.to_vec()).await
-    }
-
-    /// POSTs a WeChat v2 XML body to `/notify/wechat`.
-    pub async fn post_xml(&self, body: &[u8]) -> Reply {
-        self.send(
-            "POST",
-            "/notify/wechat",
-            &[("content-type", "text/xml")],
-            body.to_vec(),
-        )
-        .await
-    }
-
-    /// `callgate_requests_total` for a route and outcome (0 when absent).
-    pub async fn count(&self, route: &str, provider: &str, outcome: &str) -> f64 {
-        self.metric(
-            "callgate_requests_total",
-            &[
-                ("route", route),
-                ("provider", provider),
-                ("outcome", outcome),
-            ],
-        )
-        .await
-        .unwrap_or(0.0)
-    }
-}
-
-/// Checks `X-Callgate-Signature`-style `t=..,v1=..` over `t + "." + data`
-/// with openssl; returns t.
-pub fn check_callgate_hmac(header: &str, data: &[u8]) -> String {
-    let (t, v1) = header.split_once(",v1=").unwrap();
-    let t = t.strip_prefix("t=").unwrap();
-    let signed = [t.as_bytes(), b".", data].concat();
-    assert_eq!(v1, openssl_hmac_hex(SECRET.trim_end(), &signed));
-    t.to_owned()
-}
-
-/// Checks `X-Callgate-Resource-Signature`, `t=..,v1=..` over
-/// `"resource." + t + "." + data`, with openssl; returns t.
-pub fn check_callgate_resource_hmac(header: &str, data: &[u8]) -> String {
-    let (t, v1) = split_signature(header);
-    let signed = [b"resource.", t.as_bytes(), b".", data].concat();
-    assert_eq!(v1, openssl_hmac_hex(SECRET.trim_end(), &signed));
-    t
-}
-
-// === legacy Alipay (MD5) and Alipay certificate mode ===
-
-pub fn fixture_in(dir: &str, name: &str) -> Vec<u8> {
-    std::fs::read(root().join("tests/fixtures").join(dir).join(name)).expect("fixture")
-}
-
-pub fn fixture_path(dir: &str, name: &str) -> PathBuf {
-    root().join("tests/fixtures").join(dir).join(name)
-}
-
-impl RouteSpec {
-    /// An alipay_md5 route on `/notify/alipay_md5` with the fixture partner
-    /// and key (tests/fixtures/alipay_md5), for fixtures signed at 2026-11-22.
-    pub fn alipay_md5(upstream: &Upstream) -> RouteSpec {
-        RouteSpec {
-            name: "shop-legacy".into(),
-            path: "/notify/alipay_md5".into(),
-            provider: "alipay_md5".into(),
-            allow: vec!["127.0.0.1/32".into(), "::1/128".into()],
-            upstream: upstream.url.clone(),
-            forward: "original".into(),
-            max_age: Some("87600h".into()),
-            success_body: Some("success".into()),
-            upstream_ca: None,
-            extra: String::new(),
-            keys: format!(
-                "partner = \"2088101122334455\"\nkey_file = {:?}\n",
-                fixture_path("alipay_md5", "md5_key.txt")
-            ),
-        }
-    }
-
-    /// An alipay route in certificate mode with the openssl-made chain of
-    /// tests/fixtures/alipay_cert.
-    pub fn alipay_cert(upstream: &Upstream) -> RouteSpec {
-        RouteSpec::alipay(upstream).with(|r| {
-            r.keys = format!(
-                "app_id = \"2021000000000001\"\nalipay_cert = {:?}\nalipay_root_cert = {:?}\napp_cert = {:?}\n",
-                fixture_path("alipay_cert", "alipayCertPublicKey_RSA2.crt"),
-                fixture_path("alipay_cert", "alipayRootCert.crt"),
-                fixture_path("alipay_cert", "appCertPublicKey_2021000000000001.crt"),
-            )
-        })
-    }
-}
-
-impl TestGateway {
-    /// `callgate_requests_total` for any route and provider.
-    pub async fn requests_of(&self, route: &str, provider: &str, outcome: &str) -> f64 {
-        self.metric(
-            "callgate_requests_total",
-            &[
-                ("route", route),
-                ("provider", provider),
-                ("outcome", outcome),
-            ],
-        )
-        .await
-        .unwrap_or(0.0)
-    }
-}
-
-// === unionpay and jdpay ===
-
-/// A fixture file of `tests/fixtures/<provider>/`.
-pub fn fixture(provider: &str, name: &str) -> Vec<u8> {
-    std::fs::read(fixture_path(provider, name)).expect("fixture")
-}
-
-impl RouteSpec {
-    /// A unionpay route on `/notify/unionpay` trusting the fixture chain
-    /// (5.1.0) and `sign.pem` (5.0.0), merId 777290058110097; fixtures are
-    /// signed at 2026-11-22.
-    pub fn unionpay(upstream: &Upstream) -> RouteSpec {
-        let f = |n: &str| fixture_path("unionpay", n);
-        RouteSpec {
-            name: "shop-unionpay".into(),
-            path: "/notify/unionpay".into(),
-            provider: "unionpay".into(),
-            allow: vec!["127.0.0.1/32".into(), "::1/128".into()],
-            upstream: upstream.url.clone(),
-            forward: "original".into(),
-            max_age: Some("87600h".into()),
-            success_body: Some("success".into()),
-            upstream_ca: None,
-            extra: String::new(),
-            keys: format!(
-                "mer_id = \"777290058110097\"\nroot_cert = {:?}\nmiddle_cert = {:?}\nverify_certs = [{:?}]\n",
-                f("root.pem"),
-                f("middle.pem"),
-                f("sign.pem")
-            ),
-        }
-    }
-
-    /// A jdpay route on `/notify/jdpay` for merchant 110000000001 with the
-    /// fixture DES key and "JD" public key; fixtures are signed at 2026-11-22.
-    pub fn jdpay(upstream: &Upstream) -> RouteSpec {
-        let f = |n: &str| fixture_path("jdpay", n);
-        RouteSpec {
-            name: "shop-jdpay".into(),
-            path: "/notify/jdpay".into(),
-            provider: "jdpay".into(),
-            allow: vec!["127.0.0.1/32".into(), "::1/128".into()],
-            upstream: upstream.url.clone(),
-            forward: "original".into(),
-            max_age: Some("87600h".into()),
-            success_body: Some("success".into()),
-            upstream_ca: None,
-            extra: String::new(),
-            keys: format!(
-                "merchant = \"110000000001\"\ndes_key_file = {:?}\njd_public_key = {:?}\n",
-                f("des.key"),
-                f("jd_public.pem")
-            ),
-        }
-    }
-}
-
-/// `t=...,v1=...` split into (t, v1).
-pub fn split_signature(header: &str) -> (String, String) {
-    let (t, v1) = header.split_once(",v1=").expect("t=...,v1=...");
-    (t.strip_prefix("t=").expect("t=").to_owned(), v1.to_owned())
-}
-
-// === hardening (issue 8) ===
-
-impl TestGateway {
-    /// Starts a gateway after `edit` has changed the written gateway file's
-    /// text (for settings `GatewaySpec` does not carry).
-    pub async fn start_edited(spec: GatewaySpec, edit: impl FnOnce(&mut String)) -> TestGateway {
-        Self::start_edited_in(tempfile::tempdir().unwrap(), spec, edit).await
-    }
-
-    pub async fn start_edited_in(
-        dir: tempfile::TempDir,
-        spec: GatewaySpec,
-        edit: impl FnOnce(&mut String),
-    ) -> TestGateway {
-        require_tools();
-        let file = spec.write(dir.path());
-        let mut text = std::fs::read_to_string(&file).unwrap();
-        edit(&mut text);
-        std::fs::write(&file, text).unwrap();
-        let loaded =
-            callgate::config::load(&file).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
-        let gateway = callgate::server::start(loaded).await.unwrap();
-        let scheme = if spec.tls { "https" } else { "http" };
-        let base = format!("{scheme}://127.0.0.1:{}", gateway.addr.port());
-        let admin = format!("http://127.0.0.1:{}", gateway.admin_addr.unwrap().port());
-        TestGateway {
-            dir,
-            gateway,
-            base,
-            admin,
-            client: TestClient::new(),
-        }
-    }
-
-    /// Polls a gauge or counter until `done` holds for it (bounded: 30 s).
-    /// Waits on the gateway's own report, never on a fixed delay.
-    pub async fn wait_metric(
-        &self,
-        name: &str,
-        labels: &[(&str, &str)],
-        done: impl Fn(f64) -> bool,
-    ) -> f64 {
-        for _ in 0..3000 {
-            let v = self.metric(name, labels).await.unwrap_or(0.0);
-            if done(v) {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("{name} never reached the awaited value");
-    }
-}
-
-/// Appends `line` to the `[limits]` table of a written gateway file (the
-/// last table `GatewaySpec::write` writes).
-pub fn add_limit(text: &mut String, line: &str) {
-    text.push_str(line);
-    text.push('\n');
-}
-
-// === event identity ===
-
-impl TestGateway {
-    /// Starts a gateway from `spec`'s gateway file with `rules` (written by
-    /// hand, for `[[route.merchant]]` tables) as its only rule file.
-    pub async fn start_rules(spec: GatewaySpec, rules: &str) -> TestGateway {
-        let dir = tempfile::tempdir().unwrap();
-        let file = spec.write(dir.path());
-        std::fs::write(dir.path().join("rules/routes.toml"), rules).unwrap();
-        let loaded =
-            callgate::config::load(&file).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
-        let gateway = callgate::server::start(loaded).await.unwrap();
-        let base = format!("http://127.0.0.1:{}", gateway.addr.port());
-        let admin = format!("http://127.0.0.1:{}", gateway.admin_addr.unwrap().port());
-        TestGateway {
-            dir,
-            gateway,
-            base,
-            admin,
-            client: TestClient::new(),
-        }
-    }
-
-    /// `callgate_rejections_total` for a route, provider and reason (0 when
-    /// absent).
-    pub async fn rejections(&self, route: &str, provider: &str, reason: &str) -> f64 {
-        self.metric(
-            "callgate_rejections_total",
-            &[("route", route), ("provider", provider), ("reason", reason)],
-        )
-        .await
-        .unwrap_or(0.0)
-    }
-}
-
-// === exactly once under pressure (issue 14) ===
-
-/// The admin API token tests configure (`admin.token_file`).
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
-
-impl TestGateway {
-    /// Starts a gateway whose admin API is on (`admin.token_file`).
-    pub async fn start_with_admin_token(spec: GatewaySpec) -> TestGateway {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
-        Self::start_edited_in(dir, spec, |t| {
-            *t = t.replacen(
-                "[admin]\naddr = \"127.0.0.1:0\"\n",
-                "[admin]\naddr = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n",
-                1,
-            )
-        })
-        .await
-    }
-
-    /// A copy of the gateway file naming the admin port actually bound, for
-    /// `callgate journal redeliver` (the gateway's own file says port 0).
-    pub fn cli_config(&self) -> PathBuf {
-        let file = self.dir.path().join("callgate.toml");
-        let text = std::fs::read_to_string(&file).unwrap().replacen(
-            "[admin]\naddr = \"127.0.0.1:0\"",
-            &format!(
-                "[admin]\naddr = \"127.0.0.1:{}\"",
-                self.gateway.admin_addr.unwrap().port()
-            ),
-            1,
-        );
-        let cli = self.dir.path().join("cli.toml");
-        std::fs::write(&cli, text).unwrap();
-        cli
-    }
-}
+// === the binary ===
 
 /// `callgate ARGS -c CONFIG`: (exit code, stdout, stderr).
 pub fn callgate_cli(args: &[&str], config: &Path) -> (i32, String, String) {
