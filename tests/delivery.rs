@@ -425,15 +425,7 @@ async fn redelivery_goes_through_the_running_gateways_memory_store() {
 async fn redelivery_with_the_memory_store_refuses_to_run_on_its_own() {
     let up = Upstream::start(Behaviour::Reply(500, "down")).await;
     let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
-    assert_eq!(
-        gw.post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success.form")
-        )
-        .await
-        .status,
-        502
-    );
+    assert_eq!(gw.post_alipay("rsa2_trade_success.form").await.status, 502);
     up.set(Behaviour::Reply(200, "success"));
     let (code, out, err) = callgate_cli(
         &["journal", "redeliver", "--route", "shop-alipay"],
@@ -459,15 +451,7 @@ async fn the_admin_api_wants_the_token() {
     let up = Upstream::start(Behaviour::Reply(500, "down")).await;
     let gw =
         TestGateway::start_with_admin_token(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
-    assert_eq!(
-        gw.post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success.form")
-        )
-        .await
-        .status,
-        502
-    );
+    assert_eq!(gw.post_alipay("rsa2_trade_success.form").await.status, 502);
     let url = format!("{}/api/redeliver", gw.admin);
     let client = TestClient::new();
     let body = br#"{"route":"shop-alipay","dry_run":true}"#.to_vec();

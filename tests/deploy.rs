@@ -130,19 +130,9 @@ async fn real_scrape() -> Scrape {
             .status,
         401
     );
-    let ok = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success.form"),
-        )
-        .await;
+    let ok = gw.post_alipay("rsa2_trade_success.form").await;
     assert_eq!((ok.status, ok.text().as_str()), (200, "success"));
-    let forged = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_tampered_amount.form"),
-        )
-        .await;
+    let forged = gw.post_alipay("rsa2_tampered_amount.form").await;
     assert_eq!(forged.status, 401);
     let body = fixture("wechat", "v3_pay.json");
     let mut headers = v3_headers(
@@ -160,12 +150,7 @@ async fn real_scrape() -> Scrape {
     let probe = gw.send_owned("/notify/wechat-v3", &headers, &body).await;
     assert_eq!(probe.status, 401);
     up.set(Behaviour::Reply(500, "oops"));
-    let failed = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success_2.form"),
-        )
-        .await;
+    let failed = gw.post_alipay("rsa2_trade_success_2.form").await;
     assert_eq!(failed.status, 502);
     assert_eq!(gw.send("POST", "/nowhere", &[], vec![]).await.status, 404);
     Scrape::parse(&gw.get_admin("/metrics").await.text())

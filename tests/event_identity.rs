@@ -595,12 +595,7 @@ async fn a_gbk_notification_on_a_route_that_says_nothing_about_charset_is_delive
     let unionpay = RouteSpec::unionpay(&up).with(|r| r.forward = "normalized".into());
     let gw = TestGateway::start(GatewaySpec::new(vec![alipay, unionpay])).await;
 
-    let r = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_gbk_declared_utf8.form"),
-        )
-        .await;
+    let r = gw.post_alipay("rsa2_gbk_declared_utf8.form").await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     let v: serde_json::Value = serde_json::from_slice(&up.received()[0].body).unwrap();
     assert_eq!(v["fields"]["subject"], "测试商品 中文GBK");
@@ -626,12 +621,7 @@ async fn a_downgraded_signature_type_is_refused() {
     let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay(&up), hmac_only])).await;
     // A genuine SHA1withRSA notification by the route's own 2048-bit key:
     // the key implies RSA2, so SHA-1 is a downgrade.
-    let r = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa_sha1_trade_success.form"),
-        )
-        .await;
+    let r = gw.post_alipay("rsa_sha1_trade_success.form").await;
     assert_eq!((r.status, r.text().as_str()), (401, "fail"));
     assert_eq!(
         gw.rejections("shop-alipay", "alipay", "sign_type_not_allowed")

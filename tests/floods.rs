@@ -59,12 +59,7 @@ async fn connections_over_the_cap_are_closed_at_once_and_counted() {
     // Once the held ones go, their places are free again.
     drop(held);
     gw.wait_metric(OPEN, &[], |v| v == 0.0).await;
-    let r = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success.form"),
-        )
-        .await;
+    let r = gw.post_alipay("rsa2_trade_success.form").await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     assert_eq!(gw.metric(REFUSED, TOTAL).await, Some(1.0));
 }
@@ -94,9 +89,7 @@ async fn hundreds_of_slow_connections_do_not_starve_notifications() {
     ];
     for round in 0..10 {
         for name in events {
-            let r = gw
-                .post_form("/notify/alipay", &fixture("alipay", name))
-                .await;
+            let r = gw.post_alipay(name).await;
             assert_eq!(
                 (r.status, r.text().as_str()),
                 (200, "success"),
@@ -203,9 +196,7 @@ async fn platform_gets_through(gw: &TestGateway) {
         "rsa2_trade_success_2.form",
         "rsa2_trade_success_3.form",
     ] {
-        let r = gw
-            .post_form("/notify/alipay", &fixture("alipay", name))
-            .await;
+        let r = gw.post_alipay(name).await;
         assert_eq!((r.status, r.text().as_str()), (200, "success"), "{name}");
     }
 }

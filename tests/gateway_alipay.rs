@@ -109,12 +109,7 @@ async fn over_tls_too() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let gw = gateway_with(&up, |s| s.tls = true).await;
     assert!(gw.base.starts_with("https://"));
-    let reply = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success.form"),
-        )
-        .await;
+    let reply = gw.post_alipay("rsa2_trade_success.form").await;
     assert_eq!((reply.status, reply.text().as_str()), (200, "success"));
     assert_eq!(up.count(), 1);
 }
@@ -126,12 +121,7 @@ async fn https_upstream_with_its_own_ca() {
     let route =
         RouteSpec::alipay(&up).with(|r| r.upstream_ca = Some(root().join("certs/dev/server.crt")));
     let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
-    let reply = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success.form"),
-        )
-        .await;
+    let reply = gw.post_alipay("rsa2_trade_success.form").await;
     assert_eq!((reply.status, reply.text().as_str()), (200, "success"));
     assert_eq!(up.count(), 1);
 }
@@ -163,12 +153,7 @@ async fn https_upstream_not_trusted_is_an_upstream_error() {
     let route =
         RouteSpec::alipay(&up).with(|r| r.upstream_ca = Some(other_ca.path().to_path_buf()));
     let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
-    let reply = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success.form"),
-        )
-        .await;
+    let reply = gw.post_alipay("rsa2_trade_success.form").await;
     assert_eq!((reply.status, reply.text().as_str()), (502, "fail"));
     assert_eq!(up.count(), 0);
 }
@@ -185,12 +170,7 @@ async fn duplicate_after_delivery_is_acked_not_forwarded() {
     assert_eq!(gw.requests("forwarded").await, 1.0);
     assert_eq!(gw.requests("duplicate").await, 1.0);
     // A different notification is forwarded.
-    let other = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success_2.form"),
-        )
-        .await;
+    let other = gw.post_alipay("rsa2_trade_success_2.form").await;
     assert_eq!(other.status, 200);
     assert_eq!(up.count(), 2);
 }
@@ -309,12 +289,7 @@ async fn without_success_body_any_2xx_confirms() {
     let up = Upstream::start(Behaviour::Reply(204, "")).await;
     let route = RouteSpec::alipay(&up).with(|r| r.success_body = None);
     let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
-    let r = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success.form"),
-        )
-        .await;
+    let r = gw.post_alipay("rsa2_trade_success.form").await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
 }
 
@@ -341,12 +316,7 @@ async fn upstream_down_is_502() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let route = RouteSpec::alipay(&up).with(|r| r.upstream = format!("http://127.0.0.1:{port}/n"));
     let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
-    let r = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success.form"),
-        )
-        .await;
+    let r = gw.post_alipay("rsa2_trade_success.form").await;
     assert_eq!((r.status, r.text().as_str()), (502, "fail"));
 }
 
@@ -361,9 +331,7 @@ async fn bad_and_missing_signatures_are_401_and_never_forwarded() {
         "rsa2_sign_type_unknown.form",
         "rsa2_other_app.form",
     ] {
-        let r = gw
-            .post_form("/notify/alipay", &fixture("alipay", name))
-            .await;
+        let r = gw.post_alipay(name).await;
         assert_eq!((r.status, r.text().as_str()), (401, "fail"), "{name}");
     }
     assert_eq!(up.count(), 0);
@@ -381,19 +349,9 @@ async fn real_alipay_production_notification_passes() {
         );
     });
     let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
-    let r = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "nodejs_sdk_real_notify.form"),
-        )
-        .await;
+    let r = gw.post_alipay("nodejs_sdk_real_notify.form").await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
-    let r = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "nodejs_sdk_real_notify_tampered.form"),
-        )
-        .await;
+    let r = gw.post_alipay("nodejs_sdk_real_notify_tampered.form").await;
     assert_eq!(r.status, 401);
     assert_eq!(up.count(), 1);
 }
@@ -443,12 +401,7 @@ async fn malformed_bodies_are_400() {
     let gw = gateway_with(&up, |_| {}).await;
     let good = fixture("alipay", "rsa2_trade_success.form");
 
-    let r = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_duplicate_key.form"),
-        )
-        .await;
+    let r = gw.post_alipay("rsa2_duplicate_key.form").await;
     assert_eq!((r.status, r.text().as_str()), (400, "fail"), "repeated key");
 
     let r = gw
@@ -643,28 +596,19 @@ async fn stale_and_future_notifications_are_401() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let route = RouteSpec::alipay(&up).with(|r| r.max_age = Some("1s".into()));
     let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
-    let r = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success.form"),
-        )
-        .await;
+    let r = gw.post_alipay("rsa2_trade_success.form").await;
     assert_eq!(
         (r.status, r.text().as_str()),
         (401, "fail"),
         "signed 2026-11-22, max_age 1s"
     );
-    let r = gw
-        .post_form("/notify/alipay", &fixture("alipay", "rsa2_future.form"))
-        .await;
+    let r = gw.post_alipay("rsa2_future.form").await;
     assert_eq!(r.status, 401, "signed for 2099");
     assert_eq!(up.count(), 0);
     assert_eq!(gw.requests("stale").await, 2.0);
 
     let gw = gateway_with(&up, |_| {}).await;
-    let r = gw
-        .post_form("/notify/alipay", &fixture("alipay", "rsa2_future.form"))
-        .await;
+    let r = gw.post_alipay("rsa2_future.form").await;
     assert_eq!(r.status, 401, "the future stays refused whatever max_age");
 }
 
@@ -673,12 +617,7 @@ async fn normalized_mode_sends_the_contract_json() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let route = RouteSpec::alipay(&up).with(|r| r.forward = "normalized".into());
     let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
-    let r = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success.form"),
-        )
-        .await;
+    let r = gw.post_alipay("rsa2_trade_success.form").await;
     assert_eq!(r.status, 200);
     let got = &up.received()[0];
     assert_eq!(got.headers["content-type"], "application/json");
@@ -752,12 +691,7 @@ async fn allow_mode_log_lets_denied_addresses_through_and_counts_them() {
         loaded.warnings
     );
     let gw = TestGateway::start(spec).await;
-    let r = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success.form"),
-        )
-        .await;
+    let r = gw.post_alipay("rsa2_trade_success.form").await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     assert_eq!(up.count(), 1);
     assert_eq!(gw.requests("forwarded").await, 1.0);
@@ -774,12 +708,7 @@ async fn allow_mode_log_lets_denied_addresses_through_and_counts_them() {
         .await;
     assert_eq!(dry, Some(1.0));
     // Everything else is still enforced in log mode.
-    let r = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_tampered_amount.form"),
-        )
-        .await;
+    let r = gw.post_alipay("rsa2_tampered_amount.form").await;
     assert_eq!(r.status, 401);
 }
 
@@ -794,7 +723,7 @@ async fn refusals_are_counted_by_detailed_reason() {
         "rsa2_missing_sign.form",
         "rsa2_duplicate_key.form",
     ] {
-        gw.post_form("/notify/alipay", &fixture("alipay", f)).await;
+        gw.post_alipay(f).await;
     }
     gw.send("GET", "/notify/alipay", &[], vec![]).await;
     let text = gw.get_admin("/metrics").await.text();

@@ -536,19 +536,9 @@ async fn cert_mode_real_sandbox_notification_with_a_literal_plus() {
         );
     });
     let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
-    let r = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "yansongda_sandbox_plus.form"),
-        )
-        .await;
+    let r = gw.post_alipay("yansongda_sandbox_plus.form").await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
-    let r = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "yansongda_sandbox_plus_as_space.form"),
-        )
-        .await;
+    let r = gw.post_alipay("yansongda_sandbox_plus_as_space.form").await;
     assert_eq!(r.status, 401);
     assert_eq!(up.count(), 1);
 }

@@ -349,12 +349,7 @@ async fn a_paid_notification_pays_the_order_once_and_alipay_gets_exactly_success
     let gw = TestGateway::start(with_tls(vec![alipay_route(&shop)])).await;
     assert_eq!(shop.order("CG20261122000001"), "unpaid|0");
 
-    let r = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success.form"),
-        )
-        .await;
+    let r = gw.post_alipay("rsa2_trade_success.form").await;
     // The shop printed an HTML page; Alipay gets the 7 bytes it waits for.
     assert_eq!(ack(&r), ok());
 

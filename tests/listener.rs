@@ -42,12 +42,7 @@ async fn stalled_headers_are_cut_off_while_others_are_served() {
             .unwrap();
         slow.push(s);
     }
-    let r = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success.form"),
-        )
-        .await;
+    let r = gw.post_alipay("rsa2_trade_success.form").await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     for mut s in slow {
         let got = until_closed(&mut s).await;
@@ -80,12 +75,7 @@ async fn stalled_tls_handshakes_are_cut_off_while_others_are_served() {
     // Garbage instead of a ClientHello.
     let mut junk = TcpStream::connect(gw.gateway.addr).await.unwrap();
     junk.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-    let r = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success.form"),
-        )
-        .await;
+    let r = gw.post_alipay("rsa2_trade_success.form").await;
     assert_eq!(r.status, 200);
     until_closed(&mut junk).await;
     for mut s in stalled {
@@ -129,12 +119,7 @@ async fn a_client_that_resets_mid_request_does_no_harm() {
         s.set_zero_linger().unwrap();
         drop(s);
     }
-    let r = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success.form"),
-        )
-        .await;
+    let r = gw.post_alipay("rsa2_trade_success.form").await;
     assert_eq!(r.status, 200);
     assert_eq!(up.count(), 1);
 }

@@ -278,12 +278,7 @@ async fn a_slow_upstream_within_the_timeout_is_fine() {
     let up = RawUpstream::start().await;
     let gw = gateway(&up.url).await;
     up.set(Fault::SlowWithin);
-    let r = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success.form"),
-        )
-        .await;
+    let r = gw.post_alipay("rsa2_trade_success.form").await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     assert_eq!(gw.requests("forwarded").await, 1.0);
 }

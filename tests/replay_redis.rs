@@ -132,15 +132,7 @@ async fn redis_down_fails_closed_and_the_gateway_recovers_by_itself() {
     let mut redis = RedisServer::start();
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let gw = TestGateway::start(redis_spec(vec![RouteSpec::alipay(&up)], &redis)).await;
-    assert_eq!(
-        gw.post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success.form")
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(gw.post_alipay("rsa2_trade_success.form").await.status, 200);
     assert_eq!(gw.get_admin("/readyz").await.status, 200);
 
     redis.kill();
@@ -185,12 +177,7 @@ async fn a_route_may_choose_to_fail_open_and_check_says_so() {
 
     let gw = TestGateway::start(spec).await;
     redis.kill();
-    let r = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success.form"),
-        )
-        .await;
+    let r = gw.post_alipay("rsa2_trade_success.form").await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     assert_eq!(up.count(), 1);
 }
@@ -202,25 +189,12 @@ async fn passwords_work_and_a_wrong_one_fails_closed_without_leaking() {
     let mut good = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
     good.store = format!("redis://:s3cret-pass@127.0.0.1:{}/0", redis.port);
     let gw = TestGateway::start(good).await;
-    assert_eq!(
-        gw.post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success.form")
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(gw.post_alipay("rsa2_trade_success.form").await.status, 200);
 
     let mut bad = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
     bad.store = format!("redis://:wrong-pass@127.0.0.1:{}/0", redis.port);
     let gw = TestGateway::start(bad).await;
-    let r = gw
-        .post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success_2.form"),
-        )
-        .await;
+    let r = gw.post_alipay("rsa2_trade_success_2.form").await;
     assert_eq!(r.status, 503);
     assert_eq!(gw.get_admin("/readyz").await.status, 503);
     let m = gw.get_admin("/metrics").await.text();
@@ -302,12 +276,7 @@ async fn redelivery_sends_what_the_shop_missed_exactly_once() {
     let body = fixture("alipay", "rsa2_trade_success.form");
     assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 502);
     assert_eq!(
-        gw.post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success_2.form")
-        )
-        .await
-        .status,
+        gw.post_alipay("rsa2_trade_success_2.form").await.status,
         502
     );
     let config = gw.cli_config();
@@ -358,15 +327,7 @@ async fn a_tampered_journal_is_not_redelivered() {
     let up = Upstream::start(Behaviour::Reply(500, "down")).await;
     let gw =
         TestGateway::start_with_admin_token(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
-    assert_eq!(
-        gw.post_form(
-            "/notify/alipay",
-            &fixture("alipay", "rsa2_trade_success.form")
-        )
-        .await
-        .status,
-        502
-    );
+    assert_eq!(gw.post_alipay("rsa2_trade_success.form").await.status, 502);
     // Rewrite the amount inside the journaled body (Base64 of the form).
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;

@@ -668,6 +668,12 @@ impl TestGateway {
         .await
     }
 
+    /// POSTs the Alipay fixture `name` to the `alipay` route.
+    pub async fn post_alipay(&self, name: &str) -> Reply {
+        self.post_form("/notify/alipay", &fixture("alipay", name))
+            .await
+    }
+
     /// POSTs a WeChat v2 XML body to `/notify/wechat`.
     pub async fn post_xml(&self, body: &[u8]) -> Reply {
         self.send(
