@@ -650,7 +650,7 @@ fn compile_route(
             }
         };
 
-    let defaults = UpstreamRaw {
+    let defaults = UpstreamFields {
         upstream: raw.upstream.as_ref(),
         secret_file: raw.upstream_secret_file.as_ref(),
         ca: raw.upstream_ca.as_ref(),
@@ -708,7 +708,7 @@ fn compile_route(
 }
 
 /// The upstream settings of a route or of one of its merchants, as written.
-struct UpstreamRaw<'a> {
+struct UpstreamFields<'a> {
     upstream: Option<&'a Spanned<String>>,
     secret_file: Option<&'a Spanned<String>>,
     ca: Option<&'a Spanned<String>>,
@@ -719,8 +719,8 @@ struct UpstreamRaw<'a> {
 fn compile_upstream(
     settings: &Settings,
     ctx: &mut FileCtx<'_>,
-    route: &UpstreamRaw<'_>,
-    merchant: Option<&UpstreamRaw<'_>>,
+    route: &UpstreamFields<'_>,
+    merchant: Option<&UpstreamFields<'_>>,
     at: Range<usize>,
 ) -> Option<Upstream> {
     let url = merchant.and_then(|m| m.upstream).or(route.upstream);
@@ -820,7 +820,7 @@ fn compile_merchants(
     settings: &Settings,
     ctx: &mut FileCtx<'_>,
     kind: ProviderKind,
-    defaults: &UpstreamRaw<'_>,
+    defaults: &UpstreamFields<'_>,
     tables: Spanned<DeValue<'_>>,
 ) -> Option<Vec<Merchant>> {
     let span = tables.span();
@@ -845,7 +845,7 @@ fn compile_merchants(
             ok = false;
             continue;
         };
-        let own = UpstreamRaw {
+        let own = UpstreamFields {
             upstream: raw.upstream.as_ref(),
             secret_file: raw.upstream_secret_file.as_ref(),
             ca: raw.upstream_ca.as_ref(),

@@ -24,7 +24,7 @@
 //! * Expiry: never a reason to refuse here (the SDK does not refuse either),
 //!   the one exception to `expiry`'s rule that an expired key certificate
 //!   fails `check`. Every certificate on the two chains is returned in
-//!   [`Loaded::certificates`]; `alipay.rs` judges them with
+//!   [`CertMode::certificates`]; `alipay.rs` judges them with
 //!   `expiry::WhenExpired::Warn`: expired or expiring within 30 days is a
 //!   warning at load (`callgate check` and start-up print it), and each is
 //!   exported as `callgate_key_expiry_timestamp_seconds`. A certificate not
@@ -65,7 +65,7 @@ pub struct CertSns {
 /// SNs, the certificates on the chains (for expiry) and warnings to print
 /// (a certificate not yet valid).
 #[derive(Debug)]
-pub struct Loaded {
+pub struct CertMode {
     pub key: RsaKey,
     pub sns: CertSns,
     pub certificates: Vec<ChainCert>,
@@ -101,7 +101,7 @@ pub struct CertFiles<'a> {
 
 /// Loads and checks certificate mode at Unix time `now`, or returns the
 /// problems found (at most one per file).
-pub fn load(files: &CertFiles<'_>, now: i64) -> Result<Loaded, Vec<CertProblem>> {
+pub fn load(files: &CertFiles<'_>, now: i64) -> Result<CertMode, Vec<CertProblem>> {
     let problem = |field, reason| CertProblem { field, reason };
     let pub_ders = read_pem(files.alipay_cert).map_err(|r| problem("alipay_cert", r));
     let root_ders = read_pem(files.alipay_root_cert).map_err(|r| problem("alipay_root_cert", r));
@@ -210,7 +210,7 @@ pub fn load(files: &CertFiles<'_>, now: i64) -> Result<Loaded, Vec<CertProblem>>
         None => None,
     };
     match key {
-        Some(key) if problems.is_empty() => Ok(Loaded {
+        Some(key) if problems.is_empty() => Ok(CertMode {
             key,
             sns: CertSns {
                 alipay_cert_sn: cert_sn(leaf).into(),
@@ -440,7 +440,7 @@ fn signed_by(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
 }
 
 /// Warnings for certificates on `path` that are not valid yet (expiry is
-/// judged by `expiry`, from [`Loaded::certificates`]).
+/// judged by `expiry`, from [`CertMode::certificates`]).
 fn validity_warnings(field: &str, path: &[&X509Certificate<'_>], now: i64) -> Vec<String> {
     path.iter()
         .filter(|c| now < c.validity().not_before.timestamp())

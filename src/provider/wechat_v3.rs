@@ -220,7 +220,7 @@ impl Keys {
         }
         // A rotation list: load every entry, then skip the expired ones
         // while another is still valid.
-        let mut loaded: Vec<(&PlatformKeyFile, Loaded)> = Vec::new();
+        let mut loaded: Vec<(&PlatformKeyFile, PlatformEntry)> = Vec::new();
         for entry in raw.platform_keys.get_ref() {
             match load_entry(entry, ctx) {
                 Some(l) => loaded.push((entry, l)),
@@ -228,8 +228,8 @@ impl Keys {
             }
         }
         let any_valid = loaded.iter().any(|(_, l)| match l {
-            Loaded::PublicKey(_) => true,
-            Loaded::Certificate { cert, .. } => {
+            PlatformEntry::PublicKey(_) => true,
+            PlatformEntry::Certificate { cert, .. } => {
                 expiry::lifetime(cert.validity.1, now) != expiry::Lifetime::Expired
             }
         });
@@ -237,8 +237,8 @@ impl Keys {
         let mut skipped = Vec::new();
         for (entry, l) in loaded {
             let key = match l {
-                Loaded::PublicKey(k) => k,
-                Loaded::Certificate { cert, want, file } => {
+                PlatformEntry::PublicKey(k) => k,
+                PlatformEntry::Certificate { cert, want, file } => {
                     let (not_before, not_after) = cert.validity;
                     let key_cert = KeyCert {
                         field: "platform_keys",
@@ -610,7 +610,7 @@ fn load_api_v3_key(path: &Path) -> Result<LessSafeKey, String> {
 
 /// A `platform_keys` entry once its file is read, before its lifetime is
 /// judged.
-enum Loaded<'a> {
+enum PlatformEntry<'a> {
     PublicKey(PlatformKey),
     Certificate {
         cert: LoadedCertificate,
@@ -625,7 +625,7 @@ fn is_mch_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
-fn load_entry<'a>(entry: &'a PlatformKeyFile, ctx: &mut FileCtx<'_>) -> Option<Loaded<'a>> {
+fn load_entry<'a>(entry: &'a PlatformKeyFile, ctx: &mut FileCtx<'_>) -> Option<PlatformEntry<'a>> {
     let serial = entry.serial.get_ref().trim();
     let err = |ctx: &mut FileCtx<'_>, reason: String| {
         ctx.error(
@@ -650,7 +650,7 @@ fn load_entry<'a>(entry: &'a PlatformKeyFile, ctx: &mut FileCtx<'_>) -> Option<L
                 return None;
             }
             let key = super::load_rsa_key(ctx, "platform_keys.public_key", pk)?;
-            Some(Loaded::PublicKey(PlatformKey {
+            Some(PlatformEntry::PublicKey(PlatformKey {
                 serial: Serial::PublicKeyId(serial.to_owned()),
                 key,
                 validity: None,
@@ -691,7 +691,7 @@ fn load_entry<'a>(entry: &'a PlatformKeyFile, ctx: &mut FileCtx<'_>) -> Option<L
                 );
                 return None;
             }
-            Some(Loaded::Certificate {
+            Some(PlatformEntry::Certificate {
                 cert: loaded,
                 want,
                 file,
