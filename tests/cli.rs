@@ -511,17 +511,188 @@ fn decode_form(body: &str) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// A fixture's path as an argument.
+fn fx(provider: &str, name: &str) -> String {
+    fixture_path(provider, name).to_str().unwrap().to_owned()
+}
+
+/// A file of `certs/dev/` as an argument.
+fn dev(name: &str) -> String {
+    root()
+        .join("certs/dev")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `callgate sign ARGS`: (exit code, stdout, stderr).
+fn sign(args: &[&str]) -> (i32, String, String) {
+    output(callgate().arg("sign").args(args))
+}
+
+/// `callgate sign ARGS` succeeds; its stdout. `what` names the case.
+fn sign_ok(what: &str, args: &[&str]) -> String {
+    let (code, out, err) = sign(args);
+    assert_eq!(code, 0, "{what}: {err}");
+    out
+}
+
+/// The value of field `name` (which must be there).
+fn field<'a>(fields: &'a [(String, Vec<u8>)], name: &str) -> &'a [u8] {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
+        .unwrap_or_else(|| panic!("no `{name}` field"))
+}
+
+/// The platforms' string to sign, built here and not by callgate: the
+/// fields but `unsigned` ones (and empty ones unless `keep_empty`), sorted,
+/// joined as `k=v&k=v`.
+fn signed_content(fields: &[(String, Vec<u8>)], unsigned: &[&str], keep_empty: bool) -> Vec<u8> {
+    let mut fields: Vec<_> = fields
+        .iter()
+        .filter(|(k, v)| !unsigned.contains(&k.as_str()) && (keep_empty || !v.is_empty()))
+        .collect();
+    fields.sort();
+    fields
+        .iter()
+        .map(|(k, v)| [k.as_bytes(), b"=", v].concat())
+        .collect::<Vec<_>>()
+        .join(&b'&')
+}
+
+/// `openssl ARGS` with `input` on stdin, which must succeed: its stdout.
+fn openssl_out(args: &[&str], input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = tool("openssl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}");
+    out.stdout
+}
+
+/// `openssl dgst ARGS -r` over `input`: the digest as hex.
+fn openssl_hex(args: &[&str], input: &[u8]) -> String {
+    let out = openssl_out(&[&["dgst"], args, &["-r"]].concat(), input);
+    String::from_utf8(out)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// openssl verifies `signature_b64` over `data` with `public` (a PEM public
+/// key) by `openssl dgst ALG -verify`. `what` names the case.
+fn assert_openssl_verifies(
+    what: &str,
+    alg: &str,
+    public: &Path,
+    signature_b64: &[u8],
+    data: &[u8],
+) {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (sig, content) = (dir.path().join("sig"), dir.path().join("content"));
+    std::fs::write(
+        &sig,
+        base64::engine::general_purpose::STANDARD
+            .decode(signature_b64)
+            .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(&content, data).unwrap();
+    let verify = tool("openssl")
+        .args(["dgst", alg, "-verify"])
+        .arg(public)
+        .arg("-signature")
+        .arg(&sig)
+        .arg(&content)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&verify.stdout).trim(),
+        "Verified OK",
+        "{what}"
+    );
+}
+
+/// How a platform signs a form with RSA, as openssl checks it.
+struct RsaForm<'a> {
+    /// The field that carries the Base64 signature.
+    signature: &'a str,
+    /// Fields left out of the string to sign.
+    unsigned: &'a [&'a str],
+    /// Whether empty values stay in the string to sign.
+    keep_empty: bool,
+    /// openssl's digest option: `-sha256`, `-sha1`.
+    alg: &'a str,
+    /// Whether the RSA signature covers the hex digest of the string to
+    /// sign (UnionPay) rather than the string itself (Alipay).
+    over_hex_digest: bool,
+    /// The platform's PEM public key.
+    public: &'a Path,
+}
+
+/// The RSA-over-a-form family (Alipay RSA2/RSA, UnionPay 5.1.0/5.0.0):
+/// openssl verifies the signature `form` carries as `scheme` says. Returns
+/// the decoded fields for the case's own checks; `what` names the case.
+fn verify_rsa_form(what: &str, form: &str, scheme: &RsaForm) -> Vec<(String, Vec<u8>)> {
+    let fields = decode_form(form);
+    let sig = field(&fields, scheme.signature).to_vec();
+    let content = signed_content(&fields, scheme.unsigned, scheme.keep_empty);
+    let data = if scheme.over_hex_digest {
+        openssl_hex(&[scheme.alg], &content).into_bytes()
+    } else {
+        content
+    };
+    assert_openssl_verifies(what, scheme.alg, scheme.public, &sig, &data);
+    fields
+}
+
+/// The keyed-digest family (Alipay MD5, WeChat Pay v2): field `sign` of
+/// `fields` is the hex `openssl dgst ALG_ARGS` of the sorted non-empty join
+/// of the other fields (but `unsigned`) followed by `key_suffix`, in upper
+/// case if `upper_hex` (WeChat Pay) or lower (Alipay).
+fn verify_keyed_digest(
+    what: &str,
+    fields: &[(String, Vec<u8>)],
+    unsigned: &[&str],
+    key_suffix: &[u8],
+    alg_args: &[&str],
+    upper_hex: bool,
+) {
+    let content = [
+        signed_content(fields, unsigned, false).as_slice(),
+        key_suffix,
+    ]
+    .concat();
+    let mut want = openssl_hex(alg_args, &content);
+    if upper_hex {
+        want.make_ascii_uppercase();
+    }
+    let got = String::from_utf8(field(fields, "sign").to_vec()).unwrap();
+    assert_eq!(got, want, "{what}: sign against openssl's digest");
+}
+
 #[test]
-fn sign_output_verifies_with_openssl() {
-    for (sign_type, dgst) in [("RSA2", "-sha256"), ("RSA", "-sha1")] {
-        let (code, out, err) = output(
-            callgate().args([
-                "sign",
+fn sign_alipay_output_verifies_with_openssl() {
+    let key = fx("alipay", "alipay_private.pem");
+    let public = fixture_path("alipay", "alipay_public.pem");
+    for (sign_type, alg) in [("RSA2", "-sha256"), ("RSA", "-sha1")] {
+        let out = sign_ok(
+            sign_type,
+            &[
                 "alipay",
                 "--private-key",
-                fixture_path("alipay", "alipay_private.pem")
-                    .to_str()
-                    .unwrap(),
+                &key,
                 "--param",
                 "app_id=2021000000000001",
                 "--param",
@@ -530,84 +701,134 @@ fn sign_output_verifies_with_openssl() {
                 "total_amount=12.34",
                 "--sign-type",
                 sign_type,
-            ]),
-        );
-        assert_eq!(code, 0, "{err}");
-        assert!(!out.ends_with('\n'), "a piped body must be exact");
-        let mut params = decode_form(&out);
-        let sign = params.iter().find(|(k, _)| k == "sign").unwrap().1.clone();
-        assert!(
-            params
-                .iter()
-                .any(|(k, v)| k == "subject" && v == "测试 商品+1".as_bytes())
+            ],
         );
         assert!(
-            params
-                .iter()
-                .any(|(k, v)| k == "sign_type" && v == sign_type.as_bytes())
+            !out.ends_with('\n'),
+            "{sign_type}: a piped body must be exact"
         );
-        params.retain(|(k, v)| k != "sign" && k != "sign_type" && !v.is_empty());
-        params.sort();
-        let content: Vec<u8> = params
-            .iter()
-            .map(|(k, v)| [k.as_bytes(), b"=", v].concat())
-            .collect::<Vec<_>>()
-            .join(&b'&');
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("content"), &content).unwrap();
-        use base64::Engine as _;
-        std::fs::write(
-            dir.path().join("sig"),
-            base64::engine::general_purpose::STANDARD
-                .decode(&sign)
-                .unwrap(),
-        )
-        .unwrap();
-        let verify = tool("openssl")
-            .args(["dgst", dgst, "-verify"])
-            .arg(fixture_path("alipay", "alipay_public.pem"))
-            .arg("-signature")
-            .arg(dir.path().join("sig"))
-            .arg(dir.path().join("content"))
-            .output()
-            .unwrap();
+        let scheme = RsaForm {
+            signature: "sign",
+            unsigned: &["sign", "sign_type"],
+            keep_empty: false,
+            alg,
+            over_hex_digest: false,
+            public: &public,
+        };
+        let fields = verify_rsa_form(sign_type, &out, &scheme);
         assert_eq!(
-            String::from_utf8_lossy(&verify.stdout).trim(),
-            "Verified OK",
+            field(&fields, "subject"),
+            "测试 商品+1".as_bytes(),
             "{sign_type}"
         );
+        assert_eq!(field(&fields, "sign_type"), sign_type.as_bytes());
     }
 }
 
 #[test]
 fn sign_refuses_bad_input_clearly() {
-    let key = fixture_path("alipay", "alipay_private.pem");
-    let key = key.to_str().unwrap();
-    let (code, _, err) = output(callgate().args(["sign", "alipay", "--private-key", key]));
-    assert_eq!(code, 1);
-    assert!(err.contains("app_id"), "{err}");
-    let (code, _, err) = output(callgate().args([
-        "sign",
-        "alipay",
+    let alipay_key = fx("alipay", "alipay_private.pem");
+    let (unionpay_key, unionpay_cert) = (dev("unionpay_sign_key.pem"), dev("unionpay_sign.pem"));
+    let unionpay = [
+        "unionpay",
         "--private-key",
-        "/nope",
-        "--param",
-        "app_id=1",
-    ]));
-    assert_eq!(code, 1);
-    assert!(err.contains("/nope"), "{err}");
-    let (code, _, err) = output(callgate().args([
-        "sign",
-        "alipay",
-        "--private-key",
-        key,
-        "--param",
-        "app_id=1",
-        "--sign-type",
-        "MD5",
-    ]));
-    assert_eq!(code, 1);
-    assert!(err.contains("MD5"), "{err}");
+        &unionpay_key,
+        "--cert",
+        &unionpay_cert,
+    ];
+    let md5_key = fx("alipay_md5", "md5_key.txt");
+    let (dev_jd_private, dev_jd_public) = (dev("jdpay_private.pem"), dev("jdpay_public.pem"));
+    let wechat_key = fx("wechat", "v2_api.key");
+    let cases: Vec<(&str, Vec<&str>, Vec<&str>)> = vec![
+        (
+            "alipay without app_id",
+            vec!["alipay", "--private-key", &alipay_key],
+            vec!["app_id"],
+        ),
+        (
+            "alipay with an unreadable key",
+            vec!["alipay", "--private-key", "/nope", "--param", "app_id=1"],
+            vec!["/nope"],
+        ),
+        (
+            "alipay with sign type MD5",
+            vec![
+                "alipay",
+                "--private-key",
+                &alipay_key,
+                "--param",
+                "app_id=1",
+                "--sign-type",
+                "MD5",
+            ],
+            vec!["MD5"],
+        ),
+        ("unionpay without merId", unionpay.to_vec(), vec!["merId"]),
+        (
+            "unionpay version 6.0.0",
+            [
+                &unionpay[..],
+                &["--param", "merId=1", "--acp-version", "6.0.0"],
+            ]
+            .concat(),
+            vec!["6.0.0"],
+        ),
+        (
+            "jdpay with a PEM file as the DES key",
+            vec![
+                "jdpay",
+                "--private-key",
+                &dev_jd_private,
+                "--des-key-file",
+                &dev_jd_public,
+                "--param",
+                "merchant=1",
+            ],
+            vec!["jdpay_public.pem", "Base64"],
+        ),
+        (
+            "wechat_v2 without mch_id",
+            vec!["wechat_v2", "--api-key-file", &wechat_key],
+            vec!["mch_id"],
+        ),
+        (
+            "alipay_md5 without seller_id",
+            vec!["alipay_md5", "--key-file", &md5_key],
+            vec!["seller_id"],
+        ),
+        (
+            "alipay_md5 in big5",
+            vec![
+                "alipay_md5",
+                "--key-file",
+                &md5_key,
+                "--param",
+                "seller_id=2088101122334455",
+                "--charset",
+                "big5",
+            ],
+            vec!["big5"],
+        ),
+        (
+            "alipay_md5 with an unreadable key",
+            vec![
+                "alipay_md5",
+                "--key-file",
+                "/nope.key",
+                "--param",
+                "seller_id=2088101122334455",
+            ],
+            vec!["/nope.key"],
+        ),
+    ];
+    for (what, args, wants) in cases {
+        let (code, out, err) = sign(&args);
+        assert_eq!(code, 1, "{what}: {err}");
+        assert_eq!(out, "", "{what}: nothing to pipe");
+        for want in wants {
+            assert!(err.contains(want), "{what}: expected `{want}` in:\n{err}");
+        }
+    }
 }
 
 // === unionpay and jdpay ===
@@ -674,123 +895,67 @@ fn check_names_unionpay_and_jdpay_key_problems() {
     );
 }
 
-fn openssl_out(args: &[&str], input: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut child = tool("openssl")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}");
-    out.stdout
-}
-
 #[test]
 fn sign_unionpay_output_verifies_with_openssl() {
-    let dev = root().join("certs/dev");
     let dir = tempfile::tempdir().unwrap();
     let public = dir.path().join("pub.pem");
-    let pem = openssl_out(
-        &[
-            "x509",
-            "-pubkey",
-            "-noout",
-            "-in",
-            dev.join("unionpay_sign.pem").to_str().unwrap(),
-        ],
-        b"",
-    );
+    let cert = dev("unionpay_sign.pem");
+    let pem = openssl_out(&["x509", "-pubkey", "-noout", "-in", &cert], b"");
     std::fs::write(&public, pem).unwrap();
     for (version, alg) in [("5.1.0", "-sha256"), ("5.0.0", "-sha1")] {
-        let (code, out, err) = output(callgate().args([
-            "sign",
-            "unionpay",
-            "--private-key",
-            dev.join("unionpay_sign_key.pem").to_str().unwrap(),
-            "--cert",
-            dev.join("unionpay_sign.pem").to_str().unwrap(),
-            "--acp-version",
+        let out = sign_ok(
             version,
-            "--param",
-            "merId=777290058110097",
-            "--param",
-            "reqReserved=测试 1+1",
-        ]));
-        assert_eq!(code, 0, "{err}");
-        let mut params = decode_form(&out);
-        let sig = params
-            .iter()
-            .find(|(k, _)| k == "signature")
-            .unwrap()
-            .1
-            .clone();
-        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        assert_eq!(get("version").unwrap(), version.as_bytes());
+            &[
+                "unionpay",
+                "--private-key",
+                &dev("unionpay_sign_key.pem"),
+                "--cert",
+                &cert,
+                "--acp-version",
+                version,
+                "--param",
+                "merId=777290058110097",
+                "--param",
+                "reqReserved=测试 1+1",
+            ],
+        );
+        let scheme = RsaForm {
+            signature: "signature",
+            unsigned: &["signature"],
+            keep_empty: true,
+            alg,
+            over_hex_digest: true,
+            public: &public,
+        };
+        let fields = verify_rsa_form(version, &out, &scheme);
+        assert_eq!(field(&fields, "version"), version.as_bytes());
         if version == "5.1.0" {
-            let cert = get("signPubKeyCert").unwrap();
             assert!(
-                cert.starts_with(b"-----BEGIN CERTIFICATE-----\r\n"),
+                field(&fields, "signPubKeyCert").starts_with(b"-----BEGIN CERTIFICATE-----\r\n"),
                 "CRLF like UnionPay"
             );
         } else {
-            assert_eq!(get("certId").unwrap(), b"268435457");
+            assert_eq!(field(&fields, "certId"), b"268435457");
         }
-        params.retain(|(k, _)| k != "signature");
-        params.sort();
-        let content = params
-            .iter()
-            .map(|(k, v)| [k.as_bytes(), b"=", v].concat())
-            .collect::<Vec<_>>()
-            .join(&b'&');
-        let hex = openssl_out(&["dgst", alg, "-r"], &content);
-        let hex = hex.split(|b| *b == b' ').next().unwrap().to_vec();
-        use base64::Engine as _;
-        let sig_file = dir.path().join("sig");
-        std::fs::write(
-            &sig_file,
-            base64::engine::general_purpose::STANDARD
-                .decode(&sig)
-                .unwrap(),
-        )
-        .unwrap();
-        let verified = openssl_out(
-            &[
-                "dgst",
-                alg,
-                "-verify",
-                public.to_str().unwrap(),
-                "-signature",
-                sig_file.to_str().unwrap(),
-            ],
-            &hex,
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&verified).trim(),
-            "Verified OK",
-            "{version}"
-        );
     }
 }
 
 #[test]
 fn sign_jdpay_output_decrypts_and_verifies_with_openssl() {
-    let dev = root().join("certs/dev");
-    let (code, out, err) = output(callgate().args([
-        "sign",
+    let out = sign_ok(
         "jdpay",
-        "--private-key",
-        dev.join("jdpay_private.pem").to_str().unwrap(),
-        "--des-key-file",
-        dev.join("jdpay_des.key").to_str().unwrap(),
-        "--param",
-        "merchant=110000000001",
-        "--param",
-        "amount=8888",
-    ]));
-    assert_eq!(code, 0, "{err}");
+        &[
+            "jdpay",
+            "--private-key",
+            &dev("jdpay_private.pem"),
+            "--des-key-file",
+            &dev("jdpay_des.key"),
+            "--param",
+            "merchant=110000000001",
+            "--param",
+            "amount=8888",
+        ],
+    );
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
     let a = out.find("<encrypt>").unwrap() + 9;
@@ -798,7 +963,7 @@ fn sign_jdpay_output_decrypts_and_verifies_with_openssl() {
     let cipher = hex::decode(b64.decode(&out[a..b]).unwrap()).unwrap();
     let key = b64
         .decode(
-            std::fs::read_to_string(dev.join("jdpay_des.key"))
+            std::fs::read_to_string(dev("jdpay_des.key"))
                 .unwrap()
                 .trim(),
         )
@@ -813,8 +978,7 @@ fn sign_jdpay_output_decrypts_and_verifies_with_openssl() {
     assert!(xml.contains("<amount>8888</amount>"), "{xml}");
     let (s, e) = (xml.find("<sign>").unwrap(), xml.rfind("</sign>").unwrap());
     let signed = format!("{}{}", &xml[..s], &xml[e + 7..]);
-    let want = openssl_out(&["dgst", "-sha256", "-r"], signed.as_bytes());
-    let want = want.split(|b| *b == b' ').next().unwrap().to_vec();
+    let want = openssl_hex(&["-sha256"], signed.as_bytes()).into_bytes();
     let dir = tempfile::tempdir().unwrap();
     let sig = dir.path().join("sig");
     std::fs::write(&sig, b64.decode(&xml[s + 6..e]).unwrap()).unwrap();
@@ -824,7 +988,7 @@ fn sign_jdpay_output_decrypts_and_verifies_with_openssl() {
             "-verifyrecover",
             "-pubin",
             "-inkey",
-            dev.join("jdpay_public.pem").to_str().unwrap(),
+            &dev("jdpay_public.pem"),
             "-in",
             sig.to_str().unwrap(),
             "-pkeyopt",
@@ -833,51 +997,6 @@ fn sign_jdpay_output_decrypts_and_verifies_with_openssl() {
         b"",
     );
     assert_eq!(recovered, want);
-}
-
-#[test]
-fn sign_unionpay_and_jdpay_refuse_bad_input_clearly() {
-    let dev = root().join("certs/dev");
-    let p = |n: &str| dev.join(n).to_str().unwrap().to_owned();
-    let (code, _, err) = output(callgate().args([
-        "sign",
-        "unionpay",
-        "--private-key",
-        &p("unionpay_sign_key.pem"),
-        "--cert",
-        &p("unionpay_sign.pem"),
-    ]));
-    assert_eq!(code, 1);
-    assert!(err.contains("merId"), "{err}");
-    let (code, _, err) = output(callgate().args([
-        "sign",
-        "unionpay",
-        "--private-key",
-        &p("unionpay_sign_key.pem"),
-        "--cert",
-        &p("unionpay_sign.pem"),
-        "--param",
-        "merId=1",
-        "--acp-version",
-        "6.0.0",
-    ]));
-    assert_eq!(code, 1);
-    assert!(err.contains("6.0.0"), "{err}");
-    let (code, _, err) = output(callgate().args([
-        "sign",
-        "jdpay",
-        "--private-key",
-        &p("jdpay_private.pem"),
-        "--des-key-file",
-        &p("jdpay_public.pem"),
-        "--param",
-        "merchant=1",
-    ]));
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("jdpay_public.pem") && err.contains("Base64"),
-        "{err}"
-    );
 }
 
 // === run ===
@@ -1299,47 +1418,25 @@ fn check_names_wechat_key_problems() {
     expect_check_problems(cases);
 }
 
-/// `openssl dgst` over stdin, hex.
-fn openssl_digest(args: &[&str], data: &[u8]) -> String {
-    use std::io::Write;
-    let mut child = tool("openssl")
-        .arg("dgst")
-        .args(args)
-        .arg("-r")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_ascii_uppercase()
-}
-
 #[test]
 fn sign_wechat_v2_output_verifies_with_openssl() {
-    let key_file = fixture_path("wechat", "v2_api.key");
+    let key_file = fx("wechat", "v2_api.key");
     let key = std::fs::read_to_string(&key_file).unwrap();
-    for (sign_type, args) in [
+    let key = key.trim();
+    for (sign_type, alg) in [
         (None, vec!["-md5"]),
-        (Some("HMAC-SHA256"), vec!["-sha256", "-hmac", key.trim()]),
+        (Some("HMAC-SHA256"), vec!["-sha256", "-hmac", key]),
     ] {
-        let mut cmd = callgate();
-        cmd.args(["sign", "wechat_v2", "--api-key-file"])
-            .arg(&key_file)
-            .args(["--param", "mch_id=1900000109", "--param", "total_fee=8888"])
-            .args(["--param", "attach=a&b <c>"]);
+        let what = sign_type.unwrap_or("MD5 by default");
+        let mut args = vec!["wechat_v2", "--api-key-file", &key_file];
+        args.extend(["--param", "mch_id=1900000109", "--param", "total_fee=8888"]);
+        args.extend(["--param", "attach=a&b <c>"]);
         if let Some(t) = sign_type {
-            cmd.args(["--sign-type", t]);
+            args.extend(["--sign-type", t]);
         }
-        let (code, out, err) = output(&mut cmd);
-        assert_eq!(code, 0, "{err}");
+        let out = sign_ok(what, &args);
         // Read the fields back with a plain scan, not callgate's parser.
-        let mut fields: Vec<(String, String)> = out
+        let fields: Vec<(String, Vec<u8>)> = out
             .lines()
             .filter_map(|l| {
                 let l = l.strip_prefix('<')?;
@@ -1349,60 +1446,66 @@ fn sign_wechat_v2_output_verifies_with_openssl() {
                     .strip_prefix("<![CDATA[")
                     .and_then(|v| v.strip_suffix("]]>"))
                     .unwrap_or(value);
-                Some((name.to_owned(), value.to_owned()))
+                Some((name.to_owned(), value.as_bytes().to_vec()))
             })
             .collect();
-        fields.sort();
-        let sign = fields.iter().find(|(k, _)| k == "sign").unwrap().1.clone();
-        assert!(fields.iter().any(|(k, v)| k == "attach" && v == "a&b <c>"));
+        assert_eq!(field(&fields, "attach"), b"a&b <c>", "{what}");
         assert_eq!(
             fields.iter().any(|(k, _)| k == "sign_type"),
-            sign_type.is_some()
+            sign_type.is_some(),
+            "{what}: sign_type only when not MD5"
         );
-        let mut content: String = fields
-            .iter()
-            .filter(|(k, v)| k != "sign" && !v.is_empty())
-            .map(|(k, v)| format!("{k}={v}&"))
-            .collect();
-        content.push_str(&format!("key={}", key.trim()));
-        assert_eq!(
-            sign,
-            openssl_digest(&args, content.as_bytes()),
-            "{sign_type:?}"
-        );
+        let suffix = format!("&key={key}");
+        verify_keyed_digest(what, &fields, &["sign"], suffix.as_bytes(), &alg, true);
     }
-    let (code, _, err) = output(callgate().args([
-        "sign",
-        "wechat_v2",
-        "--api-key-file",
-        fixture_path("wechat", "v2_api.key").to_str().unwrap(),
-    ]));
-    assert_eq!(code, 1);
-    assert!(err.contains("mch_id"), "{err}");
+}
+
+/// `callgate sign wechat_v3` output, a `-H 'Name: value'` line then the
+/// body: (headers, body).
+fn split_curl_output(out: &str) -> (Vec<(String, String)>, &str) {
+    let (headers, body) = out.trim_end().split_once('\n').unwrap();
+    let headers = headers
+        .split("-H '")
+        .filter_map(|h| h.trim().strip_suffix('\''))
+        .filter_map(|h| h.split_once(": "))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    (headers, body)
+}
+
+/// `callgate sign wechat_v3` args for `resource` signed with `key` (a
+/// wechat fixture) as `serial`.
+fn sign_wechat_v3(key: &str, serial: &str, resource: &str) -> String {
+    sign_ok(
+        "wechat_v3",
+        &[
+            "wechat_v3",
+            "--private-key",
+            &fx("wechat", key),
+            "--serial",
+            serial,
+            "--api-v3-key-file",
+            &fx("wechat", "v3_api_v3.key"),
+            "--resource-json",
+            resource,
+        ],
+    )
 }
 
 #[test]
 fn sign_wechat_v3_output_verifies_with_openssl() {
-    let (code, out, err) = output(
-        callgate()
-            .args(["sign", "wechat_v3", "--private-key"])
-            .arg(fixture_path("wechat", "pubkey_private.pem"))
-            .args(["--serial", WECHAT_PUB_KEY_ID, "--api-v3-key-file"])
-            .arg(fixture_path("wechat", "v3_api_v3.key"))
-            .args([
-                "--resource-json",
-                r#"{"mchid":"1900000109","out_trade_no":"CG1","transaction_id":"42001","trade_state":"SUCCESS","amount":{"total":1}}"#,
-            ]),
+    let out = sign_wechat_v3(
+        "pubkey_private.pem",
+        WECHAT_PUB_KEY_ID,
+        r#"{"mchid":"1900000109","out_trade_no":"CG1","transaction_id":"42001","trade_state":"SUCCESS","amount":{"total":1}}"#,
     );
-    assert_eq!(code, 0, "{err}");
-    let (headers, body) = out.trim_end().split_once('\n').unwrap();
+    let (headers, body) = split_curl_output(&out);
     let header = |name: &str| {
         headers
-            .split("-H '")
-            .filter_map(|h| h.trim().strip_suffix('\''))
-            .find_map(|h| h.strip_prefix(&format!("{name}: ")))
-            .unwrap()
-            .to_owned()
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {name} in:\n{out}"))
     };
     assert_eq!(header("Wechatpay-Serial"), WECHAT_PUB_KEY_ID);
     let message = format!(
@@ -1410,27 +1513,12 @@ fn sign_wechat_v3_output_verifies_with_openssl() {
         header("Wechatpay-Timestamp"),
         header("Wechatpay-Nonce")
     );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("m"), &message).unwrap();
-    use base64::Engine as _;
-    std::fs::write(
-        dir.path().join("s"),
-        base64::engine::general_purpose::STANDARD
-            .decode(header("Wechatpay-Signature"))
-            .unwrap(),
-    )
-    .unwrap();
-    let verify = tool("openssl")
-        .args(["dgst", "-sha256", "-verify"])
-        .arg(fixture_path("wechat", "pubkey_public.pem"))
-        .arg("-signature")
-        .arg(dir.path().join("s"))
-        .arg(dir.path().join("m"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&verify.stdout).trim(),
-        "Verified OK"
+    assert_openssl_verifies(
+        "wechat_v3",
+        "-sha256",
+        &fixture_path("wechat", "pubkey_public.pem"),
+        header("Wechatpay-Signature").as_bytes(),
+        message.as_bytes(),
     );
     let v: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(v["event_type"], "TRANSACTION.SUCCESS");
@@ -1447,36 +1535,28 @@ async fn signed_wechat_samples_pass_the_gateway() {
         RouteSpec::wechat_v3(&up),
     ]))
     .await;
-    let (code, xml, err) = output(
-        callgate()
-            .args(["sign", "wechat_v2", "--api-key-file"])
-            .arg(fixture_path("wechat", "v2_api.key"))
-            .args(["--param", "mch_id=1900000109", "--param"])
-            .arg(format!("appid={WECHAT_APPID}")),
+    let appid = format!("appid={WECHAT_APPID}");
+    let xml = sign_ok(
+        "wechat_v2",
+        &[
+            "wechat_v2",
+            "--api-key-file",
+            &fx("wechat", "v2_api.key"),
+            "--param",
+            "mch_id=1900000109",
+            "--param",
+            &appid,
+        ],
     );
-    assert_eq!(code, 0, "{err}");
     assert_eq!(gw.post_xml(xml.as_bytes()).await.status, 200);
-    let (code, out, err) = output(
-        callgate()
-            .args(["sign", "wechat_v3", "--private-key"])
-            .arg(fixture_path("wechat", "platform_private.pem"))
-            .args(["--serial", WECHAT_PLATFORM_SERIAL, "--api-v3-key-file"])
-            .arg(fixture_path("wechat", "v3_api_v3.key"))
-            .args([
-                "--resource-json",
-                r#"{"mchid":"1900000109","out_refund_no":"R1","refund_id":"503","refund_status":"SUCCESS","amount":{"refund":5}}"#,
-            ]),
+    let out = sign_wechat_v3(
+        "platform_private.pem",
+        WECHAT_PLATFORM_SERIAL,
+        r#"{"mchid":"1900000109","out_refund_no":"R1","refund_id":"503","refund_status":"SUCCESS","amount":{"refund":5}}"#,
     );
-    assert_eq!(code, 0, "{err}");
-    let (headers, body) = out.trim_end().split_once('\n').unwrap();
-    let h: Vec<(String, String)> = headers
-        .split("-H '")
-        .filter_map(|h| h.trim().strip_suffix('\''))
-        .filter_map(|h| h.split_once(": "))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+    let (headers, body) = split_curl_output(&out);
     let r = gw
-        .send_owned("/notify/wechat-v3", &h, body.as_bytes())
+        .send_owned("/notify/wechat-v3", &headers, body.as_bytes())
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(up.count(), 2);
@@ -1730,103 +1810,45 @@ fn check_warns_about_an_expired_certificate_and_still_loads() {
     assert!(err.contains("expired_alipayCertPublicKey_RSA2.crt`: certificate 0A (`CN=Alipay Test Public Key-2088101117955611,OU=Alipay,O=Callgate Test,C=CN`) expired on 2021-01-01 00:00:00 UTC; Alipay's SDK still verifies notifications with it and so does callgate"), "{err}");
 }
 
-/// `openssl dgst -md5` over `content + key`, as lower-case hex.
-fn openssl_md5_hex(content: &[u8], key: &[u8]) -> String {
-    use std::io::Write;
-    let mut child = tool("openssl")
-        .args(["dgst", "-md5", "-r"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(content).unwrap();
-    stdin.write_all(key).unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
 #[test]
 fn sign_alipay_md5_output_verifies_with_openssl() {
-    let key_file = fixture_path("alipay_md5", "md5_key.txt");
+    let key_file = fx("alipay_md5", "md5_key.txt");
     let key = std::fs::read_to_string(&key_file).unwrap();
     for (charset, encoding) in [("utf-8", encoding_rs::UTF_8), ("gbk", encoding_rs::GBK)] {
-        let (code, out, err) = output(
-            callgate()
-                .args(["sign", "alipay_md5", "--key-file"])
-                .arg(&key_file)
-                .args([
-                    "--param",
-                    "seller_id=2088101122334455",
-                    "--param",
-                    "subject=测试 商品+1",
-                    "--param",
-                    "extra_common_param=",
-                    "--param",
-                    "total_fee=12.34",
-                    "--charset",
-                    charset,
-                ]),
+        let out = sign_ok(
+            charset,
+            &[
+                "alipay_md5",
+                "--key-file",
+                &key_file,
+                "--param",
+                "seller_id=2088101122334455",
+                "--param",
+                "subject=测试 商品+1",
+                "--param",
+                "extra_common_param=",
+                "--param",
+                "total_fee=12.34",
+                "--charset",
+                charset,
+            ],
         );
-        assert_eq!(code, 0, "{err}");
-        let mut params = decode_form(&out);
-        let sign = params.iter().find(|(k, _)| k == "sign").unwrap().1.clone();
-        assert!(
-            params
-                .iter()
-                .any(|(k, v)| k == "subject" && *v == encoding.encode("测试 商品+1").0.as_ref()),
-            "{charset}"
-        );
-        assert!(params.iter().any(|(k, v)| k == "sign_type" && v == b"MD5"));
-        params.retain(|(k, v)| k != "sign" && k != "sign_type" && !v.is_empty());
-        params.sort();
-        let content: Vec<u8> = params
-            .iter()
-            .map(|(k, v)| [k.as_bytes(), b"=", v].concat())
-            .collect::<Vec<_>>()
-            .join(&b'&');
+        let fields = decode_form(&out);
         assert_eq!(
-            String::from_utf8(sign).unwrap(),
-            openssl_md5_hex(&content, key.trim_end().as_bytes()),
+            field(&fields, "subject"),
+            encoding.encode("测试 商品+1").0.as_ref(),
             "{charset}"
+        );
+        assert_eq!(field(&fields, "sign_type"), b"MD5", "{charset}");
+        verify_keyed_digest(
+            charset,
+            &fields,
+            &["sign", "sign_type"],
+            key.trim_end().as_bytes(),
+            &["-md5"],
+            false,
         );
     }
-}
-
-#[test]
-fn sign_alipay_md5_refuses_bad_input_clearly() {
-    let key_file = fixture_path("alipay_md5", "md5_key.txt");
-    let (code, _, err) = output(
-        callgate()
-            .args(["sign", "alipay_md5", "--key-file"])
-            .arg(&key_file),
-    );
-    assert_eq!(code, 1);
-    assert!(err.contains("seller_id"), "{err}");
-    let (code, _, err) = output(
-        callgate()
-            .args(["sign", "alipay_md5", "--key-file"])
-            .arg(&key_file)
-            .args(["--param", "seller_id=2088101122334455", "--charset", "big5"]),
-    );
-    assert_eq!(code, 1);
-    assert!(err.contains("big5"), "{err}");
-    let (code, _, err) = output(callgate().args([
-        "sign",
-        "alipay_md5",
-        "--key-file",
-        "/nope.key",
-        "--param",
-        "seller_id=2088101122334455",
-    ]));
-    assert_eq!(code, 1);
-    assert!(err.contains("/nope.key"), "{err}");
 }
 
 // === event identity and merchant binding ===
