@@ -5,12 +5,9 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::mpsc;
-use std::time::Duration;
 
 use support::*;
 use tokio::sync::Notify;
@@ -1001,106 +998,72 @@ fn sign_jdpay_output_decrypts_and_verifies_with_openssl() {
 
 // === run ===
 
-/// A running `callgate run` with its stdout lines on a channel.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    addr: String,
-    admin: String,
+/// Starts `callgate run --log-format json` (a [`GatewayProcess`]) with one
+/// Alipay route to `up`; `watch` turns the rule file watcher on or off.
+/// The directory lives as long as the process needs it.
+fn start_alipay_process(up: &Upstream, watch: bool) -> (tempfile::TempDir, GatewayProcess) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(up)]);
+    spec.watch = watch;
+    let config = spec.write(dir.path());
+    let run = GatewayProcess::start(&config);
+    (dir, run)
 }
 
-impl Running {
-    fn start(config: &Path) -> Running {
-        let mut child = callgate()
-            .args(["run", "--log-format", "json", "-c"])
-            .arg(config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut r = Running {
-            child,
-            lines,
-            seen: vec![],
-            addr: String::new(),
-            admin: String::new(),
-        };
-        let serving = r.wait_for(|v| v["message"] == "callgate serving");
-        r.addr = serving["listen"].as_str().unwrap().to_owned();
-        r.admin = serving["admin"].as_str().unwrap().to_owned();
-        r
-    }
+/// POSTs the Alipay fixture `name` as a form to `path` on the process's
+/// listener, with `headers` besides the content type.
+async fn post_alipay_to(
+    run: &GatewayProcess,
+    path: &str,
+    name: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let url = format!("http://{}{path}", run.addr);
+    let headers = [
+        &[("content-type", "application/x-www-form-urlencoded")],
+        headers,
+    ]
+    .concat();
+    TestClient::new()
+        .send("POST", &url, &headers, fixture("alipay", name))
+        .await
+}
 
-    /// Waits (bounded) for a JSON log line matching `pred`.
-    fn wait_for(&mut self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("log line not seen; got:\n{}", self.seen.join("\n")));
-            self.seen.push(line.clone());
-            let v: serde_json::Value =
-                serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
-            if pred(&v) {
-                return v;
-            }
-        }
-    }
+/// The sample `name{labels}` from the process's `/metrics`.
+async fn process_metric(run: &GatewayProcess, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let url = format!("http://{}/metrics", run.admin);
+    let text = TestClient::new()
+        .send("GET", &url, &[], vec![])
+        .await
+        .text();
+    find_metric(&text, name, labels)
+}
 
-    fn signal(&self, sig: &str) {
-        let status = tool("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+/// Every line the process wrote so far is one JSON object.
+fn assert_json_logs(run: &GatewayProcess) {
+    for line in &run.seen {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v.is_object()),
+            "not a JSON log line: {line}"
+        );
     }
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The next `notification` log line.
+fn next_notification(run: &mut GatewayProcess) -> serde_json::Value {
+    run.wait_for(|v| v["message"] == "notification")
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn run_logs_one_json_line_per_notification_and_never_secrets() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = GatewaySpec::new(vec![RouteSpec::alipay(&up)]).write(dir.path());
-    let mut run = Running::start(&config);
-    let client = TestClient::new();
-    let url = format!("http://{}/notify/alipay", run.addr);
-    let form = [("content-type", "application/x-www-form-urlencoded")];
-    let body = fixture("alipay", "rsa2_trade_success.form");
-    assert_eq!(
-        client.send("POST", &url, &form, body.clone()).await.status,
-        200
-    );
-    assert_eq!(
-        client
-            .send(
-                "POST",
-                &url,
-                &form,
-                fixture("alipay", "rsa2_wrong_key.form")
-            )
-            .await
-            .status,
-        401
-    );
+    let (_dir, mut run) = start_alipay_process(&up, true);
+    let ok = post_alipay_to(&run, "/notify/alipay", "rsa2_trade_success.form", &[]).await;
+    assert_eq!(ok.status, 200);
+    let bad = post_alipay_to(&run, "/notify/alipay", "rsa2_wrong_key.form", &[]).await;
+    assert_eq!(bad.status, 401);
 
-    let line = run.wait_for(|v| v["message"] == "notification");
+    let line = next_notification(&mut run);
     assert_eq!(line["method"], "POST");
     assert_eq!(line["path"], "/notify/alipay");
     assert_eq!(line["route"], "shop-alipay");
@@ -1110,13 +1073,14 @@ async fn run_logs_one_json_line_per_notification_and_never_secrets() {
     assert_eq!(line["event_id"], "2026112200222000000000000000000001");
     assert!(line["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert!(line["duration_ms"].as_f64().unwrap() >= 0.0);
-    let bad = run.wait_for(|v| v["message"] == "notification");
+    let bad = next_notification(&mut run);
     assert_eq!(bad["outcome"], "bad_signature");
     assert_eq!(bad["level"], "WARN");
     assert!(bad["reason"].as_str().unwrap().contains("signature"));
 
+    assert_json_logs(&run);
     let all = run.seen.join("\n");
-    let text = String::from_utf8(body).unwrap();
+    let text = String::from_utf8(fixture("alipay", "rsa2_trade_success.form")).unwrap();
     let sign = text
         .split('&')
         .find_map(|p| p.strip_prefix("sign="))
@@ -1135,24 +1099,13 @@ async fn run_logs_one_json_line_per_notification_and_never_secrets() {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_log_line_names_method_path_and_a_request_id_the_shop_also_gets() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = GatewaySpec::new(vec![RouteSpec::alipay(&up)]).write(dir.path());
-    let mut run = Running::start(&config);
-    let client = TestClient::new();
-    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let (_dir, mut run) = start_alipay_process(&up, true);
 
     // A notify URL registered with a typo: the 404's line says which path.
-    let typo = format!("http://{}/notify/alipya?charset=utf-8", run.addr);
-    let r = client
-        .send(
-            "POST",
-            &typo,
-            &form,
-            fixture("alipay", "rsa2_trade_success.form"),
-        )
-        .await;
+    let typo = "/notify/alipya?charset=utf-8";
+    let r = post_alipay_to(&run, typo, "rsa2_trade_success.form", &[]).await;
     assert_eq!(r.status, 404);
-    let lost = run.wait_for(|v| v["message"] == "notification");
+    let lost = next_notification(&mut run);
     assert_eq!(lost["outcome"], "not_found");
     assert_eq!(lost["method"], "POST");
     assert_eq!(
@@ -1165,29 +1118,26 @@ async fn every_log_line_names_method_path_and_a_request_id_the_shop_also_gets() 
 
     // A GET where a POST belongs.
     let url = format!("http://{}/notify/alipay", run.addr);
-    assert_eq!(client.send("GET", &url, &[], vec![]).await.status, 405);
-    let get = run.wait_for(|v| v["message"] == "notification");
+    assert_eq!(
+        TestClient::new()
+            .send("GET", &url, &[], vec![])
+            .await
+            .status,
+        405
+    );
+    let get = next_notification(&mut run);
     assert_eq!(
         (get["method"].as_str(), get["path"].as_str()),
         (Some("GET"), Some("/notify/alipay"))
     );
 
     // A delivery: the shop gets the same id the log line carries.
-    let sent = client
-        .send(
-            "POST",
-            &url,
-            &[
-                ("content-type", "application/x-www-form-urlencoded"),
-                // A caller cannot choose the id.
-                ("x-callgate-request-id", "forged"),
-            ],
-            fixture("alipay", "rsa2_trade_success.form"),
-        )
-        .await;
+    // A caller cannot choose the id.
+    let forged = [("x-callgate-request-id", "forged")];
+    let sent = post_alipay_to(&run, "/notify/alipay", "rsa2_trade_success.form", &forged).await;
     assert_eq!(sent.status, 200);
     let got = up.next().await;
-    let line = run.wait_for(|v| v["message"] == "notification");
+    let line = next_notification(&mut run);
     assert_eq!(line["outcome"], "forwarded");
     let id = line["request_id"].as_str().unwrap();
     assert_eq!(
@@ -1197,23 +1147,15 @@ async fn every_log_line_names_method_path_and_a_request_id_the_shop_also_gets() 
     assert_eq!(got.headers["x-callgate-request-id"], id);
     assert_ne!(id, lost_id, "each request has its own id");
     assert_ne!(id, get["request_id"].as_str().unwrap());
+    assert_json_logs(&run);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads_and_a_broken_file_keeps_the_running_rules() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = {
-        // SIGHUP alone: the file watcher would also reload on these edits.
-        let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
-        spec.watch = false;
-        spec
-    }
-    .write(dir.path());
-    let mut run = Running::start(&config);
-    let client = TestClient::new();
-    let form = [("content-type", "application/x-www-form-urlencoded")];
-    let metrics = format!("http://{}/metrics", run.admin);
+    // SIGHUP alone: the file watcher would also reload on these edits.
+    let (dir, mut run) = start_alipay_process(&up, false);
+    let reloads = |result| [("result", result)];
 
     // Broken: the old route keeps working.
     let rules = dir.path().join("rules/routes.toml");
@@ -1236,66 +1178,42 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_rules() {
             .contains("routes.toml:5: unknown field `bogus`"),
         "{refused}"
     );
-    let m = client.send("GET", &metrics, &[], vec![]).await.text();
     assert_eq!(
-        find_metric(&m, "callgate_rules_reload_total", &[("result", "error")]),
+        process_metric(&run, "callgate_rules_reload_total", &reloads("error")).await,
         Some(1.0)
     );
     // Failing now, and for as long as the file stays broken.
     assert_eq!(
-        find_metric(&m, "callgate_rules_last_reload_successful", &[]),
+        process_metric(&run, "callgate_rules_last_reload_successful", &[]).await,
         Some(0.0)
     );
-    let r = client
-        .send(
-            "POST",
-            &format!("http://{}/notify/alipay", run.addr),
-            &form,
-            fixture("alipay", "rsa2_trade_success.form"),
-        )
-        .await;
+    let r = post_alipay_to(&run, "/notify/alipay", "rsa2_trade_success.form", &[]).await;
     assert_eq!(r.status, 200);
 
     // Fixed, with the route moved: the new path answers, the old one is gone.
     std::fs::write(&rules, good.replace("/notify/alipay", "/notify/v2/alipay")).unwrap();
     run.signal("-HUP");
     run.wait_for(|v| v["message"] == "rules reloaded");
-    let m = client.send("GET", &metrics, &[], vec![]).await.text();
     assert_eq!(
-        find_metric(&m, "callgate_rules_reload_total", &[("result", "ok")]),
+        process_metric(&run, "callgate_rules_reload_total", &reloads("ok")).await,
         Some(1.0)
     );
     assert_eq!(
-        find_metric(&m, "callgate_rules_last_reload_successful", &[]),
+        process_metric(&run, "callgate_rules_last_reload_successful", &[]).await,
         Some(1.0)
     );
-    let old = client
-        .send(
-            "POST",
-            &format!("http://{}/notify/alipay", run.addr),
-            &form,
-            fixture("alipay", "rsa2_trade_success_2.form"),
-        )
-        .await;
+    let old = post_alipay_to(&run, "/notify/alipay", "rsa2_trade_success_2.form", &[]).await;
     assert_eq!(old.status, 404);
-    let new = client
-        .send(
-            "POST",
-            &format!("http://{}/notify/v2/alipay", run.addr),
-            &form,
-            fixture("alipay", "rsa2_trade_success_2.form"),
-        )
-        .await;
+    let new = post_alipay_to(&run, "/notify/v2/alipay", "rsa2_trade_success_2.form", &[]).await;
     assert_eq!(new.status, 200);
+    assert_json_logs(&run);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_in_flight_notifications_then_exits_0() {
     let gate = Arc::new(Notify::new());
     let up = Upstream::start(Behaviour::Hold(gate.clone())).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = GatewaySpec::new(vec![RouteSpec::alipay(&up)]).write(dir.path());
-    let mut run = Running::start(&config);
+    let (_dir, mut run) = start_alipay_process(&up, true);
     let url = format!("http://{}/notify/alipay", run.addr);
     let admin = format!("http://{}/readyz", run.admin);
     let pending = tokio::spawn(async move {
@@ -1325,6 +1243,7 @@ async fn sigterm_finishes_in_flight_notifications_then_exits_0() {
     run.wait_for(|v| v["message"] == "callgate stopped");
     let status = run.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
+    assert_json_logs(&run);
 }
 
 // === WeChat Pay ===
