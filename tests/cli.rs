@@ -77,9 +77,10 @@ fn check_warns_about_a_demo_key_copied_under_another_name() {
 
 #[test]
 fn check_warns_about_allow_lists_open_to_everybody() {
-    let dir = config_with_rules(
-        &good_route("a", "/a").replace("\"110.75.0.0/16\"", "\"0.0.0.0/0\", \"2000::/3\""),
-    );
+    let dir = config_with_rules(&route_a_with(
+        "\"110.75.0.0/16\"",
+        "\"0.0.0.0/0\", \"2000::/3\"",
+    ));
     edit_gateway(
         dir.path(),
         "trusted_proxies = []",
@@ -275,22 +276,39 @@ fn expect_check_problems(cases: Vec<(&str, String, &str)>) {
     }
 }
 
-fn good_route(name: &str, path: &str) -> String {
+/// One `[[route]]` as an operator writes it: nine lines, then the
+/// `[route.keys]` body `keys` from line 10 on (the line numbers `check`
+/// reports). `allow` is the inside of the allow list.
+fn rule_text(name: &str, path: &str, provider: &str, allow: &str, keys: &str) -> String {
     format!(
         r#"[[route]]
 name = "{name}"
 path = "{path}"
-provider = "alipay"
-allow = ["110.75.0.0/16"]
+provider = "{provider}"
+allow = [{allow}]
 upstream = "http://127.0.0.1:8080/notify.php"
 upstream_secret_file = "../upstream.secret"
 
 [route.keys]
-public_key = {key:?}
-app_id = "2021000000000001"
-"#,
-        key = fixture_path("alipay", "alipay_public.pem")
+{keys}"#
     )
+}
+
+/// A valid Alipay route `name` at `path`, its keys on lines 10-11.
+fn good_route(name: &str, path: &str) -> String {
+    let keys = format!(
+        "public_key = {:?}\napp_id = \"2021000000000001\"\n",
+        fixture_path("alipay", "alipay_public.pem")
+    );
+    rule_text(name, path, "alipay", "\"110.75.0.0/16\"", &keys)
+}
+
+/// Route `a` at `/a` ([`good_route`]) with `from` (which must be there)
+/// replaced by `to`.
+fn route_a_with(from: &str, to: &str) -> String {
+    let route = good_route("a", "/a");
+    assert!(route.contains(from), "`{from}` not in:\n{route}");
+    route.replace(from, to)
 }
 
 #[test]
@@ -313,17 +331,17 @@ fn check_names_each_problem_with_file_and_line() {
         ),
         (
             "bad CIDR",
-            good_route("a", "/a").replace("110.75.0.0/16", "110.75.0.0/99"),
+            route_a_with("110.75.0.0/16", "110.75.0.0/99"),
             "r.toml:5: allow entry `110.75.0.0/99` is not a CIDR",
         ),
         (
             "unreadable key",
-            good_route("a", "/a").replace("alipay_public.pem", "no_such_key.pem"),
+            route_a_with("alipay_public.pem", "no_such_key.pem"),
             "r.toml:10: keys.public_key",
         ),
         (
             "non-PEM key",
-            good_route("a", "/a").replace(
+            route_a_with(
                 &format!("{:?}", fixture_path("alipay", "alipay_public.pem")),
                 "\"../not-a-key.txt\"",
             ),
@@ -331,17 +349,17 @@ fn check_names_each_problem_with_file_and_line() {
         ),
         (
             "missing upstream secret file",
-            good_route("a", "/a").replace("../upstream.secret", "../nope.secret"),
+            route_a_with("../upstream.secret", "../nope.secret"),
             "r.toml:7: upstream_secret_file `../nope.secret`: cannot read the secret file: no such file",
         ),
         (
             "no upstream secret at all",
-            good_route("a", "/a").replace("upstream_secret_file = \"../upstream.secret\"\n", ""),
+            route_a_with("upstream_secret_file = \"../upstream.secret\"\n", ""),
             "missing field `upstream_secret_file`",
         ),
         (
             "unknown key",
-            good_route("a", "/a").replace(
+            route_a_with(
                 "provider = \"alipay\"",
                 "provider = \"alipay\"\ncolour = \"blue\"",
             ),
@@ -349,7 +367,7 @@ fn check_names_each_problem_with_file_and_line() {
         ),
         (
             "bad duration",
-            good_route("a", "/a").replace(
+            route_a_with(
                 "provider = \"alipay\"",
                 "provider = \"alipay\"\nmax_age = \"soon\"",
             ),
@@ -357,12 +375,12 @@ fn check_names_each_problem_with_file_and_line() {
         ),
         (
             "bad upstream",
-            good_route("a", "/a").replace("http://127.0.0.1:8080/notify.php", "ftp://x/y"),
+            route_a_with("http://127.0.0.1:8080/notify.php", "ftp://x/y"),
             "r.toml:6: upstream `ftp://x/y`: must start with http:// or https://",
         ),
         (
             "unknown provider",
-            good_route("a", "/a").replace("\"alipay\"", "\"paypal\""),
+            route_a_with("\"alipay\"", "\"paypal\""),
             "r.toml:4: unknown variant `paypal`",
         ),
         (
@@ -382,7 +400,7 @@ fn check_names_each_problem_with_file_and_line() {
 fn check_reports_every_problem_at_once() {
     let rules = format!(
         "{}\n{}\n{}",
-        good_route("a", "/a").replace("110.75.0.0/16", "bogus"),
+        route_a_with("110.75.0.0/16", "bogus"),
         good_route("b", "/b").replace("alipay_public.pem", "missing.pem"),
         good_route("c", "/a"),
     );
@@ -835,8 +853,12 @@ fn check_names_unionpay_and_jdpay_key_problems() {
     let u = |n: &str| format!("{:?}", fixture_path("unionpay", n));
     let j = |n: &str| format!("{:?}", fixture_path("jdpay", n));
     let route = |name: &str, provider: &str, keys: String| {
-        format!(
-            "[[route]]\nname = \"{name}\"\npath = \"/{name}\"\nprovider = \"{provider}\"\nallow = []\nupstream = \"http://127.0.0.1:8080/n\"\nupstream_secret_file = \"../upstream.secret\"\n\n[route.keys]\n{keys}\n"
+        rule_text(
+            name,
+            &format!("/{name}"),
+            provider,
+            "",
+            &format!("{keys}\n"),
         )
     };
     let rules = [
@@ -1039,6 +1061,22 @@ async fn process_metric(run: &GatewayProcess, name: &str, labels: &[(&str, &str)
     find_metric(&text, name, labels)
 }
 
+/// One reload so far ended in `result`, and the last one's success gauge
+/// reads `last_successful`.
+async fn assert_one_reload(run: &GatewayProcess, result: &str, last_successful: f64) {
+    let total = "callgate_rules_reload_total";
+    assert_eq!(
+        process_metric(run, total, &[("result", result)]).await,
+        Some(1.0),
+        "{total}{{result={result}}}"
+    );
+    assert_eq!(
+        process_metric(run, "callgate_rules_last_reload_successful", &[]).await,
+        Some(last_successful),
+        "after a reload ending in {result}"
+    );
+}
+
 /// Every line the process wrote so far is one JSON object.
 fn assert_json_logs(run: &GatewayProcess) {
     for line in &run.seen {
@@ -1155,7 +1193,6 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_rules() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     // SIGHUP alone: the file watcher would also reload on these edits.
     let (dir, mut run) = start_alipay_process(&up, false);
-    let reloads = |result| [("result", result)];
 
     // Broken: the old route keeps working.
     let rules = dir.path().join("rules/routes.toml");
@@ -1178,15 +1215,8 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_rules() {
             .contains("routes.toml:5: unknown field `bogus`"),
         "{refused}"
     );
-    assert_eq!(
-        process_metric(&run, "callgate_rules_reload_total", &reloads("error")).await,
-        Some(1.0)
-    );
     // Failing now, and for as long as the file stays broken.
-    assert_eq!(
-        process_metric(&run, "callgate_rules_last_reload_successful", &[]).await,
-        Some(0.0)
-    );
+    assert_one_reload(&run, "error", 0.0).await;
     let r = post_alipay_to(&run, "/notify/alipay", "rsa2_trade_success.form", &[]).await;
     assert_eq!(r.status, 200);
 
@@ -1194,14 +1224,7 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_rules() {
     std::fs::write(&rules, good.replace("/notify/alipay", "/notify/v2/alipay")).unwrap();
     run.signal("-HUP");
     run.wait_for(|v| v["message"] == "rules reloaded");
-    assert_eq!(
-        process_metric(&run, "callgate_rules_reload_total", &reloads("ok")).await,
-        Some(1.0)
-    );
-    assert_eq!(
-        process_metric(&run, "callgate_rules_last_reload_successful", &[]).await,
-        Some(1.0)
-    );
+    assert_one_reload(&run, "ok", 1.0).await;
     let old = post_alipay_to(&run, "/notify/alipay", "rsa2_trade_success_2.form", &[]).await;
     assert_eq!(old.status, 404);
     let new = post_alipay_to(&run, "/notify/v2/alipay", "rsa2_trade_success_2.form", &[]).await;
@@ -1250,23 +1273,10 @@ async fn sigterm_finishes_in_flight_notifications_then_exits_0() {
 
 /// A wechat_v3 rule with the given `platform_keys` body and APIv3 key file.
 fn wechat_v3_rule(platform_keys: &str, api_v3_key: &Path) -> String {
-    format!(
-        r#"[[route]]
-name = "v3"
-path = "/v3"
-provider = "wechat_v3"
-allow = ["127.0.0.1/32"]
-upstream = "http://127.0.0.1:8080/notify.php"
-upstream_secret_file = "../upstream.secret"
-
-[route.keys]
-mch_id = "1900000109"
-api_v3_key_file = {api_v3_key:?}
-platform_keys = [
-{platform_keys}
-]
-"#
-    )
+    let keys = format!(
+        "mch_id = \"1900000109\"\napi_v3_key_file = {api_v3_key:?}\nplatform_keys = [\n{platform_keys}\n]\n"
+    );
+    rule_text("v3", "/v3", "wechat_v3", "\"127.0.0.1/32\"", &keys)
 }
 
 #[test]
@@ -1483,20 +1493,10 @@ async fn signed_wechat_samples_pass_the_gateway() {
 
 // === legacy Alipay (MD5) and Alipay certificate mode ===
 
-/// A route whose `[route.keys]` body (from line 10 on) is `keys`.
+/// Route `r1` at `/r1` of `provider` whose `[route.keys]` body (from line
+/// 10 on) is `keys`.
 fn route_with_keys(provider: &str, keys: &str) -> String {
-    format!(
-        r#"[[route]]
-name = "r1"
-path = "/r1"
-provider = "{provider}"
-allow = ["110.75.0.0/16"]
-upstream = "http://127.0.0.1:8080/notify.php"
-upstream_secret_file = "../upstream.secret"
-
-[route.keys]
-{keys}"#
-    )
+    rule_text("r1", "/r1", provider, "\"110.75.0.0/16\"", keys)
 }
 
 fn md5_keys(extra: &str) -> String {
