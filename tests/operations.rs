@@ -56,8 +56,25 @@ merchant_label = true
     file
 }
 
-async fn start_file(dir: &Path, file: &Path) -> callgate::server::Gateway {
-    let _ = dir;
+/// A gateway with the two-merchant route ([`two_merchants`]), merchant B
+/// verified with `b_key`: (shop A, shop B, the config dir, the gateway).
+async fn start_two_merchants(
+    b_key: &Path,
+) -> (
+    Upstream,
+    Upstream,
+    tempfile::TempDir,
+    callgate::server::Gateway,
+) {
+    let shop_a = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let shop_b = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = two_merchants(dir.path(), &shop_a, &shop_b, b_key);
+    let gw = start_file(&file).await;
+    (shop_a, shop_b, dir, gw)
+}
+
+async fn start_file(file: &Path) -> callgate::server::Gateway {
     let loaded = callgate::config::load(file).unwrap_or_else(|e| panic!("{e}"));
     callgate::server::start(loaded).await.unwrap()
 }
@@ -73,6 +90,11 @@ async fn post(gw: &callgate::server::Gateway, path: &str, body: Vec<u8>) -> Repl
         .await
 }
 
+/// POSTs the Alipay fixture `name` to `path`.
+async fn post_alipay(gw: &callgate::server::Gateway, path: &str, name: &str) -> Reply {
+    post(gw, path, fixture("alipay", name)).await
+}
+
 async fn metrics(gw: &callgate::server::Gateway) -> String {
     let url = format!("http://127.0.0.1:{}/metrics", gw.admin_addr.unwrap().port());
     TestClient::new()
@@ -83,30 +105,12 @@ async fn metrics(gw: &callgate::server::Gateway) -> String {
 
 #[tokio::test]
 async fn several_merchants_behind_one_route_pick_their_own_keys_and_upstream() {
-    let shop_a = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let shop_b = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = two_merchants(
-        dir.path(),
-        &shop_a,
-        &shop_b,
-        &fixture_path("alipay", "alipay_public.pem"),
-    );
-    let gw = start_file(dir.path(), &file).await;
+    let (shop_a, shop_b, _dir, gw) =
+        start_two_merchants(&fixture_path("alipay", "alipay_public.pem")).await;
 
-    let r = post(
-        &gw,
-        "/notify/alipay",
-        fixture("alipay", "rsa2_trade_success.form"),
-    )
-    .await;
+    let r = post_alipay(&gw, "/notify/alipay", "rsa2_trade_success.form").await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
-    let r = post(
-        &gw,
-        "/notify/alipay",
-        fixture("alipay", "rsa2_other_app.form"),
-    )
-    .await;
+    let r = post_alipay(&gw, "/notify/alipay", "rsa2_other_app.form").await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     assert_eq!(
         (shop_a.count(), shop_b.count()),
@@ -115,12 +119,7 @@ async fn several_merchants_behind_one_route_pick_their_own_keys_and_upstream() {
     );
 
     // A merchant the route does not list: 401, counted as unknown_merchant.
-    let r = post(
-        &gw,
-        "/notify/alipay",
-        fixture("alipay", "nodejs_sdk_real_notify.form"),
-    )
-    .await;
+    let r = post_alipay(&gw, "/notify/alipay", "nodejs_sdk_real_notify.form").await;
     assert_eq!((r.status, r.text().as_str()), (401, "fail"));
     let m = metrics(&gw).await;
     let reason = find_metric(
@@ -149,24 +148,11 @@ async fn several_merchants_behind_one_route_pick_their_own_keys_and_upstream() {
 
 #[tokio::test]
 async fn a_merchant_is_verified_with_its_own_keys_only() {
-    let shop_a = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let shop_b = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let dir = tempfile::tempdir().unwrap();
     // Merchant B's key is another one: its notification (signed with the
     // fixture key) must fail, though merchant A's key would verify it.
-    let file = two_merchants(
-        dir.path(),
-        &shop_a,
-        &shop_b,
-        &fixture_path("alipay", "other_public.pem"),
-    );
-    let gw = start_file(dir.path(), &file).await;
-    let r = post(
-        &gw,
-        "/notify/alipay",
-        fixture("alipay", "rsa2_other_app.form"),
-    )
-    .await;
+    let (shop_a, shop_b, _dir, gw) =
+        start_two_merchants(&fixture_path("alipay", "other_public.pem")).await;
+    let r = post_alipay(&gw, "/notify/alipay", "rsa2_other_app.form").await;
     assert_eq!(r.status, 401);
     assert_eq!(shop_a.count() + shop_b.count(), 0);
 }
@@ -229,13 +215,8 @@ async fn named_ip_sets_are_usable_in_allow() {
         "# this machine\ncidrs = [\"127.0.0.0/8\", \"::1\"]\n",
     )
     .unwrap();
-    let gw = start_file(dir.path(), &file).await;
-    let r = post(
-        &gw,
-        "/notify/alipay",
-        fixture("alipay", "rsa2_trade_success.form"),
-    )
-    .await;
+    let gw = start_file(&file).await;
+    let r = post_alipay(&gw, "/notify/alipay", "rsa2_trade_success.form").await;
     assert_eq!(r.status, 200);
 
     // A set that does not admit us.
@@ -247,12 +228,7 @@ async fn named_ip_sets_are_usable_in_allow() {
     let mut reloads = gw.reloads();
     gw.reload().unwrap();
     reloads.changed().await.unwrap();
-    let r = post(
-        &gw,
-        "/notify/alipay",
-        fixture("alipay", "rsa2_trade_success_2.form"),
-    )
-    .await;
+    let r = post_alipay(&gw, "/notify/alipay", "rsa2_trade_success_2.form").await;
     assert_eq!(r.status, 403);
 }
 
@@ -322,7 +298,7 @@ async fn a_new_rule_file_starts_answering_and_a_broken_one_keeps_the_old_rules()
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let dir = tempfile::tempdir().unwrap();
     let file = GatewaySpec::new(vec![RouteSpec::alipay(&up)]).write(dir.path());
-    let gw = start_file(dir.path(), &file).await;
+    let gw = start_file(&file).await;
     let mut reloads = gw.reloads();
 
     // A new rule file: picked up without a signal.
@@ -332,12 +308,7 @@ async fn a_new_rule_file_starts_answering_and_a_broken_one_keeps_the_old_rules()
     });
     std::fs::write(dir.path().join("rules/second.toml"), route_toml(&second)).unwrap();
     next_reload(&mut reloads).await;
-    let r = post(
-        &gw,
-        "/notify/second",
-        fixture("alipay", "rsa2_trade_success.form"),
-    )
-    .await;
+    let r = post_alipay(&gw, "/notify/second", "rsa2_trade_success.form").await;
     assert_eq!(r.status, 200);
 
     // A broken edit: the running rules stay, the failure is counted.
@@ -353,12 +324,7 @@ async fn a_new_rule_file_starts_answering_and_a_broken_one_keeps_the_old_rules()
         find_metric(&m, "callgate_rules_loaded_routes", &[]),
         Some(2.0)
     );
-    let r = post(
-        &gw,
-        "/notify/second",
-        fixture("alipay", "rsa2_trade_success_2.form"),
-    )
-    .await;
+    let r = post_alipay(&gw, "/notify/second", "rsa2_trade_success_2.form").await;
     assert_eq!(r.status, 200, "old rules still serve");
 }
 
@@ -372,26 +338,18 @@ async fn a_rotated_key_is_accepted_after_the_reload_and_the_old_one_no_longer_is
         r.keys = format!("app_id = \"{APP_A}\"\npublic_key = {key:?}\n");
     });
     let file = GatewaySpec::new(vec![route]).write(dir.path());
-    let gw = start_file(dir.path(), &file).await;
+    let gw = start_file(&file).await;
     let mut reloads = gw.reloads();
     assert_eq!(
-        post(
-            &gw,
-            "/notify/alipay",
-            fixture("alipay", "rsa2_trade_success.form")
-        )
-        .await
-        .status,
+        post_alipay(&gw, "/notify/alipay", "rsa2_trade_success.form")
+            .await
+            .status,
         200
     );
     assert_eq!(
-        post(
-            &gw,
-            "/notify/alipay",
-            fixture("alipay", "rsa2_wrong_key.form")
-        )
-        .await
-        .status,
+        post_alipay(&gw, "/notify/alipay", "rsa2_wrong_key.form")
+            .await
+            .status,
         401
     );
 
@@ -402,23 +360,15 @@ async fn a_rotated_key_is_accepted_after_the_reload_and_the_old_one_no_longer_is
     next_reload(&mut reloads).await;
 
     assert_eq!(
-        post(
-            &gw,
-            "/notify/alipay",
-            fixture("alipay", "rsa2_wrong_key.form")
-        )
-        .await
-        .status,
+        post_alipay(&gw, "/notify/alipay", "rsa2_wrong_key.form")
+            .await
+            .status,
         200
     );
     assert_eq!(
-        post(
-            &gw,
-            "/notify/alipay",
-            fixture("alipay", "rsa2_trade_success_2.form")
-        )
-        .await
-        .status,
+        post_alipay(&gw, "/notify/alipay", "rsa2_trade_success_2.form")
+            .await
+            .status,
         401
     );
 }
@@ -471,7 +421,7 @@ async fn the_tls_certificate_reloads_for_new_connections() {
             &format!("{key:?}"),
         );
     std::fs::write(&file, text).unwrap();
-    let gw = start_file(dir.path(), &file).await;
+    let gw = start_file(&file).await;
     let mut reloads = gw.reloads();
     handshake(gw.addr, &crt).await.unwrap();
 
@@ -525,7 +475,7 @@ async fn notifications_flowing_through_reloads_are_neither_lost_nor_misanswered(
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let dir = tempfile::tempdir().unwrap();
     let file = GatewaySpec::new(vec![RouteSpec::alipay(&up)]).write(dir.path());
-    let gw = Arc::new(start_file(dir.path(), &file).await);
+    let gw = Arc::new(start_file(&file).await);
     let bodies: Vec<Vec<u8>> = (0..EVENTS)
         .map(|i| alipay_signed(&[("app_id", APP_A), ("notify_id", &format!("reload{i:05}"))]))
         .collect();
@@ -559,7 +509,7 @@ async fn a_reload_that_needs_a_restart_is_refused_by_name_and_changes_nothing() 
     let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
     spec.watch = false;
     let file = spec.write(dir.path());
-    let gw = start_file(dir.path(), &file).await;
+    let gw = start_file(&file).await;
 
     // A rule change and a listen-address change together: all or nothing.
     let text = std::fs::read_to_string(&file).unwrap();
@@ -575,19 +525,9 @@ async fn a_reload_that_needs_a_restart_is_refused_by_name_and_changes_nothing() 
         err.contains("listen.addr cannot change while running; restart callgate"),
         "{err}"
     );
-    let r = post(
-        &gw,
-        "/notify/alipay",
-        fixture("alipay", "rsa2_trade_success.form"),
-    )
-    .await;
+    let r = post_alipay(&gw, "/notify/alipay", "rsa2_trade_success.form").await;
     assert_eq!(r.status, 200, "the running rules stay");
-    let r = post(
-        &gw,
-        "/notify/moved",
-        fixture("alipay", "rsa2_trade_success_2.form"),
-    )
-    .await;
+    let r = post_alipay(&gw, "/notify/moved", "rsa2_trade_success_2.form").await;
     assert_eq!(r.status, 404, "nothing of the refused reload applied");
     let m = metrics(&gw).await;
     assert_eq!(
