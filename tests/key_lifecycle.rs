@@ -12,26 +12,12 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use support::*;
 
-fn callgate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_callgate"))
-}
-
 /// `callgate check -c DIR/callgate.toml`: (exit code, stdout, stderr).
 fn check(dir: &Path) -> (i32, String, String) {
-    let out = callgate()
-        .args(["check", "-c"])
-        .arg(dir.join("callgate.toml"))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    callgate_cli(&["check"], &dir.join("callgate.toml"))
 }
 
 // === openssl ===
@@ -348,41 +334,59 @@ fn check_warns_about_every_kind_of_key_expiring_within_30_days() {
 
     let gateway = dir.path().join("callgate.toml");
     let r = dir.path().join("rules/r.toml");
-    let at = |file: &Path, needle: &str| {
-        format!("{}:{}: warning: ", file.display(), line_of(file, needle))
-    };
+    // (file, the line's needle, key, certificate, how the warning names
+    // it, when and what to do).
     let expect = [
-        format!(
-            "{}listen.tls_cert `{}`: certificate `CN=127.0.0.1` expires on {}, in 10 days; renew it before then",
-            at(&gateway, "tls_cert"),
-            tls.display(),
-            callgate::expiry::utc(openssl_not_after(&tls))
+        (
+            &gateway,
+            "tls_cert",
+            "listen.tls_cert",
+            &tls,
+            "`CN=127.0.0.1`",
+            "in 10 days; renew it before then",
         ),
-        format!(
-            "{}keys.alipay_cert `{}`: certificate 1002 (`CN=Alipay Lifecycle Leaf`) expires on {}, in 12 days; download the renewed certificate",
-            at(&r, "alipay_cert"),
-            ali_leaf.display(),
-            callgate::expiry::utc(openssl_not_after(&ali_leaf))
+        (
+            &r,
+            "alipay_cert",
+            "keys.alipay_cert",
+            &ali_leaf,
+            "1002 (`CN=Alipay Lifecycle Leaf`)",
+            "in 12 days; download the renewed certificate",
         ),
-        format!(
-            "{}keys.platform_keys `{}`: certificate 1234ABCD (`CN=Tenpay Lifecycle`) expires on {}, in 20 days; list the next platform certificate",
-            at(&r, "1234ABCD"),
-            wx.display(),
-            callgate::expiry::utc(openssl_not_after(&wx))
+        (
+            &r,
+            "1234ABCD",
+            "keys.platform_keys",
+            &wx,
+            "1234ABCD (`CN=Tenpay Lifecycle`)",
+            "in 20 days; list the next platform certificate",
         ),
-        format!(
-            "{}keys.middle_cert `{}`: certificate 8194 (`CN=UnionPay Lifecycle Middle`) expires on {}, in 25 days; install UnionPay's renewed certificate",
-            at(&r, "middle_cert"),
-            up_middle.display(),
-            callgate::expiry::utc(openssl_not_after(&up_middle))
+        (
+            &r,
+            "middle_cert",
+            "keys.middle_cert",
+            &up_middle,
+            "8194 (`CN=UnionPay Lifecycle Middle`)",
+            "in 25 days; install UnionPay's renewed certificate",
         ),
-        format!(
-            "{}keys.verify_certs `{}`: certificate 4242 (`CN=041@1@UnionPay@1`) expires on {}, in 5 days; install UnionPay's renewed certificate",
-            at(&r, "verify_certs"),
-            up_verify.display(),
-            callgate::expiry::utc(openssl_not_after(&up_verify))
+        (
+            &r,
+            "verify_certs",
+            "keys.verify_certs",
+            &up_verify,
+            "4242 (`CN=041@1@UnionPay@1`)",
+            "in 5 days; install UnionPay's renewed certificate",
         ),
-    ];
+    ]
+    .map(|(file, needle, key, cert, named, then)| {
+        format!(
+            "{}:{}: warning: {key} `{}`: certificate {named} expires on {}, {then}",
+            file.display(),
+            line_of(file, needle),
+            cert.display(),
+            callgate::expiry::utc(openssl_not_after(cert))
+        )
+    });
     for want in &expect {
         assert!(err.contains(want.as_str()), "missing:\n{want}\nin:\n{err}");
     }
