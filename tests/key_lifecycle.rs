@@ -101,16 +101,8 @@ impl Pki {
         self.path(name)
     }
 
-    /// A certificate issued by `issuer`, valid for `days` from now.
-    fn issued(
-        &self,
-        name: &str,
-        cn: &str,
-        issuer: &str,
-        days: u32,
-        serial: &str,
-        ca: bool,
-    ) -> PathBuf {
+    /// A fresh key `NAME.key` and a signing request `NAME.csr` for `/CN=cn`.
+    fn key_and_request(&self, name: &str, cn: &str) {
         self.key(name);
         self.run(&[
             "req",
@@ -122,6 +114,19 @@ impl Pki {
             "-out",
             &format!("{name}.csr"),
         ]);
+    }
+
+    /// A certificate issued by `issuer`, valid for `days` from now.
+    fn issued(
+        &self,
+        name: &str,
+        cn: &str,
+        issuer: &str,
+        days: u32,
+        serial: &str,
+        ca: bool,
+    ) -> PathBuf {
+        self.key_and_request(name, cn);
         self.run(&[
             "x509",
             "-req",
@@ -159,17 +164,7 @@ impl Pki {
              [v3]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n",
         )
         .unwrap();
-        self.key(name);
-        self.run(&[
-            "req",
-            "-new",
-            "-key",
-            &format!("{name}.key"),
-            "-subj",
-            &format!("/CN={cn}"),
-            "-out",
-            &format!("{name}.csr"),
-        ]);
+        self.key_and_request(name, cn);
         self.run(&[
             "ca",
             "-batch",
