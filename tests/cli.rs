@@ -6,7 +6,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
 use support::*;
@@ -578,32 +578,6 @@ fn signed_content(fields: &[(String, Vec<u8>)], unsigned: &[&str], keep_empty: b
         .join(&b'&')
 }
 
-/// `openssl ARGS` with `input` on stdin, which must succeed: its stdout.
-fn openssl_out(args: &[&str], input: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut child = tool("openssl")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}");
-    out.stdout
-}
-
-/// `openssl dgst ARGS -r` over `input`: the digest as hex.
-fn openssl_hex(args: &[&str], input: &[u8]) -> String {
-    let out = openssl_out(&[&["dgst"], args, &["-r"]].concat(), input);
-    String::from_utf8(out)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
 /// openssl verifies `signature_b64` over `data` with `public` (a PEM public
 /// key) by `openssl dgst ALG -verify`. `what` names the case.
 fn assert_openssl_verifies(
@@ -664,7 +638,7 @@ fn verify_rsa_form(what: &str, form: &str, scheme: &RsaForm) -> Vec<(String, Vec
     let sig = field(&fields, scheme.signature).to_vec();
     let content = signed_content(&fields, scheme.unsigned, scheme.keep_empty);
     let data = if scheme.over_hex_digest {
-        openssl_hex(&[scheme.alg], &content).into_bytes()
+        openssl_dgst_hex(&[scheme.alg], &content).into_bytes()
     } else {
         content
     };
@@ -689,7 +663,7 @@ fn verify_keyed_digest(
         key_suffix,
     ]
     .concat();
-    let mut want = openssl_hex(alg_args, &content);
+    let mut want = openssl_dgst_hex(alg_args, &content);
     if upper_hex {
         want.make_ascii_uppercase();
     }
@@ -919,7 +893,7 @@ fn sign_unionpay_output_verifies_with_openssl() {
     let dir = tempfile::tempdir().unwrap();
     let public = dir.path().join("pub.pem");
     let cert = dev("unionpay_sign.pem");
-    let pem = openssl_out(&["x509", "-pubkey", "-noout", "-in", &cert], b"");
+    let pem = openssl_pipe(&["x509", "-pubkey", "-noout", "-in", &cert], b"");
     std::fs::write(&public, pem).unwrap();
     for (version, alg) in [("5.1.0", "-sha256"), ("5.0.0", "-sha1")] {
         let out = sign_ok(
@@ -987,7 +961,7 @@ fn sign_jdpay_output_decrypts_and_verifies_with_openssl() {
                 .trim(),
         )
         .unwrap();
-    let plain = openssl_out(
+    let plain = openssl_pipe(
         &["enc", "-d", "-des-ede3", "-nopad", "-K", &hex::encode(key)],
         &cipher,
     );
@@ -997,11 +971,11 @@ fn sign_jdpay_output_decrypts_and_verifies_with_openssl() {
     assert!(xml.contains("<amount>8888</amount>"), "{xml}");
     let (s, e) = (xml.find("<sign>").unwrap(), xml.rfind("</sign>").unwrap());
     let signed = format!("{}{}", &xml[..s], &xml[e + 7..]);
-    let want = openssl_hex(&["-sha256"], signed.as_bytes()).into_bytes();
+    let want = openssl_dgst_hex(&["-sha256"], signed.as_bytes()).into_bytes();
     let dir = tempfile::tempdir().unwrap();
     let sig = dir.path().join("sig");
     std::fs::write(&sig, b64.decode(&xml[s + 6..e]).unwrap()).unwrap();
-    let recovered = openssl_out(
+    let recovered = openssl_pipe(
         &[
             "pkeyutl",
             "-verifyrecover",

@@ -32,7 +32,6 @@ async fn post_xml(gw: &TestGateway, path: &str, body: Vec<u8>) -> Reply {
 /// Decrypts a JD envelope's payload with the openssl CLI (independently of
 /// callgate): Base64 → hex → 3DES-ECB → length-prefixed XML.
 fn openssl_jd_decrypt(envelope: &[u8], des_key_file: &str) -> Vec<u8> {
-    use std::io::Write;
     let text = String::from_utf8(envelope.to_vec()).unwrap();
     let a = text.find("<encrypt>").unwrap() + "<encrypt>".len();
     let b = text.find("</encrypt>").unwrap();
@@ -41,14 +40,7 @@ fn openssl_jd_decrypt(envelope: &[u8], des_key_file: &str) -> Vec<u8> {
     let cipher = hex::decode(hex_text).unwrap();
     let key_text = std::fs::read_to_string(fixture_path("jdpay", des_key_file)).unwrap();
     let key = hex::encode(b64.decode(key_text.trim()).unwrap());
-    let mut child = tool("openssl")
-        .args(["enc", "-d", "-des-ede3", "-nopad", "-K", &key])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&cipher).unwrap();
-    let plain = child.wait_with_output().unwrap().stdout;
+    let plain = openssl_pipe(&["enc", "-d", "-des-ede3", "-nopad", "-K", &key], &cipher);
     let n = u32::from_be_bytes(plain[..4].try_into().unwrap()) as usize;
     plain[4..4 + n].to_vec()
 }

@@ -728,29 +728,9 @@ async fn v3_malformed_bodies_are_400() {
 // === helpers ===
 
 fn md5_hex(text: &str) -> String {
-    let out = tool("sh")
-        .arg("-c")
-        .arg(format!("printf %s '{text}' | openssl dgst -md5 -r"))
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
+    openssl_dgst_hex(&["-md5"], text.as_bytes())
 }
 
 fn openssl_aes_ecb_decrypt(key_hex: &str, data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut child = tool("openssl")
-        .args(["enc", "-d", "-aes-256-ecb", "-K", key_hex])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    out.stdout
+    openssl_pipe(&["enc", "-d", "-aes-256-ecb", "-K", key_hex], data)
 }

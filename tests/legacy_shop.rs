@@ -733,22 +733,7 @@ fn form_encode(value: &[u8]) -> Vec<u8> {
 }
 
 fn openssl_md5_hex(data: &[u8]) -> String {
-    use std::io::Write;
-    let mut child = tool("openssl")
-        .args(["dgst", "-md5", "-r"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("openssl");
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
+    openssl_dgst_hex(&["-md5"], data)
 }
 
 fn hex_upper(bytes: &[u8]) -> String {

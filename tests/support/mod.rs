@@ -859,24 +859,37 @@ impl TestClient {
 
 // === callgate's own signatures, checked by openssl ===
 
-/// HMAC-SHA256 hex by the openssl CLI, to check X-Callgate-Signature
-/// independently of callgate's own code.
-pub fn openssl_hmac_hex(key: &str, data: &[u8]) -> String {
+/// `openssl ARGS` with `input` on stdin, which must succeed: its stdout.
+/// The independent checker every suite shares.
+pub fn openssl_pipe(args: &[&str], input: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut child = tool("openssl")
-        .args(["dgst", "-sha256", "-hmac", key, "-r"])
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("openssl");
-    child.stdin.take().unwrap().write_all(data).unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
     let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout)
+    assert!(out.status.success(), "openssl {args:?} failed");
+    out.stdout
+}
+
+/// `openssl dgst ARGS -r` over `input`: the digest as lower-case hex.
+pub fn openssl_dgst_hex(args: &[&str], input: &[u8]) -> String {
+    let out = openssl_pipe(&[&["dgst"], args, &["-r"]].concat(), input);
+    String::from_utf8(out)
         .unwrap()
         .split_whitespace()
         .next()
         .unwrap()
         .to_owned()
+}
+
+/// HMAC-SHA256 hex by the openssl CLI, to check X-Callgate-Signature
+/// independently of callgate's own code.
+pub fn openssl_hmac_hex(key: &str, data: &[u8]) -> String {
+    openssl_dgst_hex(&["-sha256", "-hmac", key], data)
 }
 
 /// Checks `X-Callgate-Signature`-style `t=..,v1=..` over `t + "." + data`
@@ -908,18 +921,9 @@ pub fn split_signature(header: &str) -> (String, String) {
 /// tests that need a fresh `Wechatpay-Timestamp`.
 pub fn openssl_sign_b64(key: &Path, data: &[u8]) -> String {
     use base64::Engine as _;
-    use std::io::Write;
-    let mut child = tool("openssl")
-        .args(["dgst", "-sha256", "-sign"])
-        .arg(key)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("openssl");
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "openssl dgst -sign failed");
-    base64::engine::general_purpose::STANDARD.encode(out.stdout)
+    let key = key.to_str().expect("a UTF-8 key path");
+    let signature = openssl_pipe(&["dgst", "-sha256", "-sign", key], data);
+    base64::engine::general_purpose::STANDARD.encode(signature)
 }
 
 /// A v3 notification's headers: `body` signed by `key` (openssl) for
