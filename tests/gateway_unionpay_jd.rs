@@ -25,6 +25,20 @@ async fn gateway(routes: Vec<RouteSpec>) -> TestGateway {
     TestGateway::start(GatewaySpec::new(routes)).await
 }
 
+/// A gateway with one route (`route`'s defaults) holding the platform's
+/// published test `keys`, whose vectors are years old: (upstream, gateway).
+async fn published_vector_gateway(
+    route: fn(&Upstream) -> RouteSpec,
+    keys: String,
+) -> (Upstream, TestGateway) {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let route = route(&up).with(|r| {
+        r.max_age = Some("200000h".into());
+        r.keys = keys;
+    });
+    (up, gateway(vec![route]).await)
+}
+
 async fn post_xml(gw: &TestGateway, path: &str, body: Vec<u8>) -> Reply {
     gw.send("POST", path, &[("content-type", XML)], body).await
 }
@@ -148,16 +162,12 @@ async fn unionpay_real_sandbox_vector_is_refused_now_its_certificate_expired() {
     // Real UnionPay sandbox notification, with UnionPay's published test
     // chain: the signature is genuine, but the certificate expired on
     // 2025-07-31, and expired certificates are refused.
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let route = RouteSpec::unionpay(&up).with(|r| {
-        r.max_age = Some("200000h".into());
-        r.keys = format!(
-            "mer_id = \"777290058167151\"\nroot_cert = {:?}\nmiddle_cert = {:?}\n",
-            fixture_path("unionpay", "acp_test_root.pem"),
-            fixture_path("unionpay", "acp_test_middle.pem")
-        );
-    });
-    let gw = gateway(vec![route]).await;
+    let keys = format!(
+        "mer_id = \"777290058167151\"\nroot_cert = {:?}\nmiddle_cert = {:?}\n",
+        fixture_path("unionpay", "acp_test_root.pem"),
+        fixture_path("unionpay", "acp_test_middle.pem")
+    );
+    let (up, gw) = published_vector_gateway(RouteSpec::unionpay, keys).await;
     let reply = gw
         .post_form(
             "/notify/unionpay",
@@ -379,16 +389,12 @@ async fn jdpay_formatting_variants_and_content_types_are_accepted() {
 async fn jdpay_real_demo_vector_is_forwarded() {
     // JD's own demo notification (merchant 110148035005, signed with JD's
     // test key in 2016).
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let route = RouteSpec::jdpay(&up).with(|r| {
-        r.max_age = Some("200000h".into());
-        r.keys = format!(
-            "merchant = \"110148035005\"\ndes_key_file = {:?}\njd_public_key = {:?}\n",
-            fixture_path("jdpay", "jd_demo.des"),
-            fixture_path("jdpay", "jd_test_public.pem")
-        );
-    });
-    let gw = gateway(vec![route]).await;
+    let keys = format!(
+        "merchant = \"110148035005\"\ndes_key_file = {:?}\njd_public_key = {:?}\n",
+        fixture_path("jdpay", "jd_demo.des"),
+        fixture_path("jdpay", "jd_test_public.pem")
+    );
+    let (up, gw) = published_vector_gateway(RouteSpec::jdpay, keys).await;
     let body = jd_fixture("jd_demo_payment.xml");
     let reply = post_xml(&gw, "/notify/jdpay", body.clone()).await;
     assert_eq!((reply.status, reply.text().as_str()), (200, "success"));
