@@ -25,8 +25,7 @@ fn swap(body: &[u8], old: &str, new: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn alipay_reshaped_ids_never_reach_the_shop_again() {
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
+    let (up, gw) = start_one(RouteSpec::alipay).await;
     let genuine = fixture("alipay", "rsa2_trade_success.form");
     let nid = "2026112200222000000000000000000001";
     let r = gw.post_form("/notify/alipay", &genuine).await;
@@ -118,8 +117,7 @@ async fn alipay_blank_fields_added_to_a_genuine_notification_never_reach_the_sho
 
 #[tokio::test]
 async fn alipay_md5_reshaped_ids_never_reach_the_shop_again() {
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay_md5(&up)])).await;
+    let (up, gw) = start_one(RouteSpec::alipay_md5).await;
     let genuine = fixture("alipay_md5", "md5_trade_success.form");
     let nid = "a7f3c1e9b2d84f6e8c0b5a4d3e2f1c0001";
     let path = "/notify/alipay_md5";
@@ -351,8 +349,7 @@ async fn wechat_v3_reshaped_ids_never_reach_the_shop_again() {
 
 #[tokio::test]
 async fn unionpay_reshaped_ids_never_reach_the_shop_again() {
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::unionpay(&up)])).await;
+    let (up, gw) = start_one(RouteSpec::unionpay).await;
     let genuine = fixture("unionpay", "v510_payment.form");
     let qid = "782261122100000000001";
     let path = "/notify/unionpay";
@@ -385,8 +382,7 @@ async fn unionpay_reshaped_ids_never_reach_the_shop_again() {
 
 #[tokio::test]
 async fn jdpay_reshaped_ids_never_reach_the_shop_again() {
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::jdpay(&up)])).await;
+    let (up, gw) = start_one(RouteSpec::jdpay).await;
     let post = |name: &'static str| {
         let gw = &gw;
         async move {

@@ -437,8 +437,7 @@ async fn notify_verify_is_asked_once_per_event_after_signature_and_freshness() {
 
 #[tokio::test]
 async fn cert_mode_verifies_with_the_alipay_certificate() {
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay_cert(&up)])).await;
+    let (up, gw) = start_one(RouteSpec::alipay_cert).await;
     for f in ["cert_trade_success.form", "cert_with_sn.form"] {
         let body = cert_fixture(f);
         let r = gw.post_form("/notify/alipay", &body).await;
@@ -450,8 +449,7 @@ async fn cert_mode_verifies_with_the_alipay_certificate() {
 
 #[tokio::test]
 async fn cert_mode_wrong_certificate_and_sn_mismatch_are_401() {
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay_cert(&up)])).await;
+    let (up, gw) = start_one(RouteSpec::alipay_cert).await;
     for f in [
         "cert_wrong_key.form",
         "cert_sn_mismatch.form",
@@ -488,8 +486,7 @@ async fn cert_mode_wrong_certificate_and_sn_mismatch_are_401() {
 
 #[tokio::test]
 async fn cert_mode_duplicate_is_acked_once() {
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay_cert(&up)])).await;
+    let (up, gw) = start_one(RouteSpec::alipay_cert).await;
     let body = cert_fixture("cert_trade_success.form");
     assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 200);
     let r = gw.post_form("/notify/alipay", &body).await;

@@ -63,8 +63,7 @@ fn openssl_jd_decrypt(envelope: &[u8], des_key_file: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn unionpay_payment_is_forwarded_byte_for_byte_and_acked_ok() {
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let gw = gateway(vec![RouteSpec::unionpay(&up)]).await;
+    let (up, gw) = start_one(RouteSpec::unionpay).await;
     let body = up_fixture("v510_payment.form");
     let reply = gw
         .send(
@@ -108,8 +107,7 @@ async fn unionpay_payment_is_forwarded_byte_for_byte_and_acked_ok() {
 
 #[tokio::test]
 async fn unionpay_5_0_0_and_gbk_and_failure_notifications_are_forwarded() {
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let gw = gateway(vec![RouteSpec::unionpay(&up)]).await;
+    let (up, gw) = start_one(RouteSpec::unionpay).await;
     for name in [
         "v500_payment.form",
         "v510_gbk.form",
@@ -124,8 +122,7 @@ async fn unionpay_5_0_0_and_gbk_and_failure_notifications_are_forwarded() {
 
 #[tokio::test]
 async fn unionpay_forgeries_and_bad_certificates_get_401() {
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let gw = gateway(vec![RouteSpec::unionpay(&up)]).await;
+    let (up, gw) = start_one(RouteSpec::unionpay).await;
     let refused = [
         "v510_tampered_amount.form",
         "v510_attacker_selfsigned.form",
@@ -183,30 +180,21 @@ async fn unionpay_other_merchant_is_401() {
     // UnionPay signs every merchant's notifications with one certificate:
     // another merchant's genuine notification is refused by merId (and a
     // route cannot leave mer_id out: see tests/cli.rs).
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let gw = gateway(vec![RouteSpec::unionpay(&up)]).await;
+    let (up, gw) = start_one(RouteSpec::unionpay).await;
     let body = up_fixture("v510_other_merchant.form");
     let reply = gw.post_form("/notify/unionpay", &body).await;
     assert_eq!((reply.status, reply.text().as_str()), (401, "fail"));
     assert_eq!(up.count(), 0);
     assert_eq!(
-        gw.metric(
-            "callgate_rejections_total",
-            &[
-                ("route", "shop-unionpay"),
-                ("provider", "unionpay"),
-                ("reason", "merchant_mismatch")
-            ]
-        )
-        .await,
-        Some(1.0)
+        gw.rejections("shop-unionpay", "unionpay", "merchant_mismatch")
+            .await,
+        1.0
     );
 }
 
 #[tokio::test]
 async fn unionpay_duplicate_is_acked_not_forwarded_and_refund_is_its_own_event() {
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let gw = gateway(vec![RouteSpec::unionpay(&up)]).await;
+    let (up, gw) = start_one(RouteSpec::unionpay).await;
     let body = up_fixture("v510_payment.form");
     assert_eq!(gw.post_form("/notify/unionpay", &body).await.status, 200);
     let again = gw.post_form("/notify/unionpay", &body).await;
@@ -246,8 +234,7 @@ async fn unionpay_stale_txn_time_is_401() {
 
 #[tokio::test]
 async fn unionpay_malformed_bodies_get_400() {
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let gw = gateway(vec![RouteSpec::unionpay(&up)]).await;
+    let (up, gw) = start_one(RouteSpec::unionpay).await;
     let cases: [(&str, Vec<u8>); 4] = [
         (FORM, up_fixture("v510_duplicate_key.form")),
         (FORM, b"txnAmt=%zz".to_vec()),
@@ -321,8 +308,7 @@ async fn unionpay_normalized_payment_refund_and_failure() {
 
 #[tokio::test]
 async fn jdpay_payment_is_forwarded_with_the_decrypted_payload_and_acked_success() {
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let gw = gateway(vec![RouteSpec::jdpay(&up)]).await;
+    let (up, gw) = start_one(RouteSpec::jdpay).await;
     let body = jd_fixture("payment.xml");
     let reply = post_xml(&gw, "/notify/jdpay", body.clone()).await;
     assert_eq!((reply.status, reply.text().as_str()), (200, "success"));
@@ -364,8 +350,7 @@ async fn jdpay_payment_is_forwarded_with_the_decrypted_payload_and_acked_success
 
 #[tokio::test]
 async fn jdpay_formatting_variants_and_content_types_are_accepted() {
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let gw = gateway(vec![RouteSpec::jdpay(&up)]).await;
+    let (up, gw) = start_one(RouteSpec::jdpay).await;
     for (name, ct) in [
         ("payment_pretty.xml", Some(XML)),
         ("payment_decl_space.xml", Some("application/xml")),
@@ -408,8 +393,7 @@ async fn jdpay_real_demo_vector_is_forwarded() {
 
 #[tokio::test]
 async fn jdpay_forgeries_and_wrong_keys_get_401() {
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let gw = gateway(vec![RouteSpec::jdpay(&up)]).await;
+    let (up, gw) = start_one(RouteSpec::jdpay).await;
     let refused = [
         "tampered_amount.xml",
         "wrong_rsa_key.xml",
@@ -437,8 +421,7 @@ async fn jdpay_forgeries_and_wrong_keys_get_401() {
 
 #[tokio::test]
 async fn jdpay_other_merchant_is_401_in_the_envelope_and_in_the_payload() {
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let gw = gateway(vec![RouteSpec::jdpay(&up)]).await;
+    let (up, gw) = start_one(RouteSpec::jdpay).await;
     for name in ["other_merchant.xml", "inner_merchant_differs.xml"] {
         let reply = post_xml(&gw, "/notify/jdpay", jd_fixture(name)).await;
         assert_eq!(
@@ -452,8 +435,7 @@ async fn jdpay_other_merchant_is_401_in_the_envelope_and_in_the_payload() {
 
 #[tokio::test]
 async fn jdpay_duplicate_is_acked_not_forwarded() {
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let gw = gateway(vec![RouteSpec::jdpay(&up)]).await;
+    let (up, gw) = start_one(RouteSpec::jdpay).await;
     let body = jd_fixture("payment.xml");
     assert_eq!(
         post_xml(&gw, "/notify/jdpay", body.clone()).await.status,
@@ -484,8 +466,7 @@ async fn jdpay_stale_trade_time_is_401() {
 
 #[tokio::test]
 async fn jdpay_malformed_bodies_get_400() {
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let gw = gateway(vec![RouteSpec::jdpay(&up)]).await;
+    let (up, gw) = start_one(RouteSpec::jdpay).await;
     let mut cases: Vec<(&str, Vec<u8>)> = [
         "doctype.xml",
         "repeated_encrypt.xml",

@@ -189,28 +189,13 @@ async fn abusive_forms_are_4xx_and_never_forwarded() {
         );
     }
     assert_eq!(
-        gw.metric(
-            "callgate_rejections_total",
-            &[
-                ("route", "shop-alipay"),
-                ("provider", "alipay"),
-                ("reason", "duplicate_key")
-            ],
-        )
-        .await,
-        Some(2.0)
+        gw.rejections("shop-alipay", "alipay", "duplicate_key")
+            .await,
+        2.0
     );
     assert_eq!(
-        gw.metric(
-            "callgate_rejections_total",
-            &[
-                ("route", "shop-alipay"),
-                ("provider", "alipay"),
-                ("reason", "bad_form")
-            ],
-        )
-        .await,
-        Some(5.0)
+        gw.rejections("shop-alipay", "alipay", "bad_form").await,
+        5.0
     );
 
     // Values that are text in no charset, with a genuine signature (MD5 by
@@ -235,16 +220,9 @@ async fn abusive_forms_are_4xx_and_never_forwarded() {
         "values valid in neither UTF-8 nor GBK"
     );
     assert_eq!(
-        gw.metric(
-            "callgate_rejections_total",
-            &[
-                ("route", "shop-legacy"),
-                ("provider", "alipay_md5"),
-                ("reason", "charset_undecodable")
-            ],
-        )
-        .await,
-        Some(1.0)
+        gw.rejections("shop-legacy", "alipay_md5", "charset_undecodable")
+            .await,
+        1.0
     );
     // Raw invalid UTF-8 in a key.
     let r = gw.post_form("/notify/alipay", b"\xff\xfe=1&sign=x").await;

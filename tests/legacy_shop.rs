@@ -431,16 +431,9 @@ async fn a_200_page_without_the_marker_is_not_taken_for_an_ack() {
         2.0
     );
     assert_eq!(
-        gw.metric(
-            "callgate_rejections_total",
-            &[
-                ("route", "shop-alipay"),
-                ("provider", "alipay"),
-                ("reason", "upstream_unconfirmed"),
-            ],
-        )
-        .await,
-        Some(2.0)
+        gw.rejections("shop-alipay", "alipay", "upstream_unconfirmed")
+            .await,
+        2.0
     );
 }
 
@@ -629,16 +622,9 @@ async fn the_shop_down_then_back_loses_nothing() {
         1.0
     );
     assert_eq!(
-        gw.metric(
-            "callgate_rejections_total",
-            &[
-                ("route", "shop-alipay"),
-                ("provider", "alipay"),
-                ("reason", "upstream_unreachable"),
-            ],
-        )
-        .await,
-        Some(1.0)
+        gw.rejections("shop-alipay", "alipay", "upstream_unreachable")
+            .await,
+        1.0
     );
 }
 

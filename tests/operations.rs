@@ -540,8 +540,7 @@ async fn a_reload_that_needs_a_restart_is_refused_by_name_and_changes_nothing() 
 
 #[tokio::test]
 async fn metrics_say_which_build_runs_and_how_the_process_fares() {
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
+    let (_up, gw) = start_one(RouteSpec::alipay).await;
     let text = gw.get_admin("/metrics").await.text();
     let commit = env!("CALLGATE_GIT_COMMIT");
     assert_eq!(

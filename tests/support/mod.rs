@@ -551,6 +551,14 @@ pub fn add_limit(text: &mut String, line: &str) {
     text.push('\n');
 }
 
+/// An upstream that acks `success` and a gateway with one route, `route`'s
+/// defaults pointed at it: the start of most single-provider tests.
+pub async fn start_one(route: fn(&Upstream) -> RouteSpec) -> (Upstream, TestGateway) {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = TestGateway::start(GatewaySpec::new(vec![route(&up)])).await;
+    (up, gw)
+}
+
 pub struct TestGateway {
     pub dir: tempfile::TempDir,
     pub gateway: callgate::server::Gateway,
