@@ -121,16 +121,9 @@ async fn a_claim_that_lapsed_before_the_forward_is_not_forwarded_twice() {
     let m = gw.get_admin("/metrics").await.text();
     assert_eq!(lost(&m, "shop-legacy", "before_forward"), 1.0);
     assert_eq!(
-        find_metric(
-            &m,
-            "callgate_rejections_total",
-            &[
-                ("route", "shop-legacy"),
-                ("provider", "alipay_md5"),
-                ("reason", "claim_lost")
-            ]
-        ),
-        Some(1.0)
+        gw.rejections("shop-legacy", "alipay_md5", "claim_lost")
+            .await,
+        1.0
     );
     // The platform's next retry is a duplicate.
     let r = gw.post_form(MD5, &body).await;
@@ -208,16 +201,8 @@ async fn a_full_memory_store_refuses_new_events_per_route_and_forgets_nothing() 
         Some(1.0)
     );
     assert_eq!(
-        find_metric(
-            &m,
-            "callgate_rejections_total",
-            &[
-                ("route", "shop-alipay"),
-                ("provider", "alipay"),
-                ("reason", "store_full")
-            ]
-        ),
-        Some(1.0)
+        gw.rejections("shop-alipay", "alipay", "store_full").await,
+        1.0
     );
     let quota = |route| find_metric(&m, "callgate_replay_store_route_quota", &[("route", route)]);
     assert_eq!(quota("shop-alipay"), Some(2.0));
@@ -294,16 +279,9 @@ async fn an_evicting_policy_set_while_running_fails_closed_until_it_is_undone() 
         Some(1.0)
     );
     assert_eq!(
-        find_metric(
-            &m,
-            "callgate_rejections_total",
-            &[
-                ("route", "shop-alipay"),
-                ("provider", "alipay"),
-                ("reason", "store_evicting")
-            ]
-        ),
-        Some(1.0)
+        gw.rejections("shop-alipay", "alipay", "store_evicting")
+            .await,
+        1.0
     );
 
     redis_cli(&redis, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
