@@ -17,9 +17,8 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::Arc;
-use std::time::Duration;
 
 use support::*;
 
@@ -77,10 +76,9 @@ impl Shop {
 
     /// Starts php -S on `self.port`; false when it could not listen.
     async fn spawn(&mut self) -> bool {
-        use std::io::{BufRead, Write};
         let dir = shop_dir();
-        let mut child = tool("php")
-            .arg("-S")
+        let mut php = tool("php");
+        php.arg("-S")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("-t")
             .arg(dir.join("public"))
@@ -97,46 +95,15 @@ impl Shop {
             .env(
                 "SHOP_CALLGATE_SECRET",
                 self.data.path().join("callgate.secret"),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("php (apt-get install php-cli php-sqlite3)");
-        // php -S reports on stderr: "... Development Server (http://...) started"
-        // or "Failed to listen on ...". Every line also goes to server.log.
-        let stderr = child.stderr.take().unwrap();
-        let mut log = std::fs::OpenOptions::new()
+            );
+        // Every line PHP reports also goes to server.log.
+        let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.data.path().join("server.log"))
             .unwrap();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = writeln!(log, "{line}");
-                if line.contains("Development Server") && line.contains("started") {
-                    let _ = tx.send(true);
-                }
-                if line.contains("Failed to listen") {
-                    let _ = tx.send(false);
-                }
-            }
-            let _ = tx.send(false);
-        });
-        let ready = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(false);
-        self.child = Some(child);
-        if !ready {
-            self.stop();
-        }
-        ready
+        self.child = spawn_php_server(php, Some(log)).await;
+        self.child.is_some()
     }
 
     fn url(&self, path_and_query: &str) -> String {

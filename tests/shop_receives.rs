@@ -8,8 +8,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command};
 
 use base64::Engine as _;
 use support::*;
@@ -303,46 +302,13 @@ impl Drop for PhpShop {
 
 /// Starts `php -S 127.0.0.1:PORT -t DIR`; `None` when it could not listen.
 async fn spawn_php(dir: &Path, port: u16) -> Option<Child> {
-    use std::io::BufRead;
-    let mut child = Command::new("php")
-        .arg("-S")
+    let mut php = tool("php");
+    php.arg("-S")
         .arg(format!("127.0.0.1:{port}"))
         .arg("-t")
         .arg(dir)
-        .env("CALLGATE_SECRET_FILE", dir.join("secret"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("php (apt-get install php-cli)");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("Development Server") && line.contains("started") {
-                let _ = tx.send(true);
-            }
-            if line.contains("Failed to listen") {
-                let _ = tx.send(false);
-            }
-        }
-        let _ = tx.send(false);
-    });
-    let ready = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false);
-    if ready {
-        Some(child)
-    } else {
-        let _ = child.kill();
-        let _ = child.wait();
-        None
-    }
+        .env("CALLGATE_SECRET_FILE", dir.join("secret"));
+    spawn_php_server(php, None).await
 }
 
 /// A POST straight to PHP, around callgate.

@@ -1094,6 +1094,61 @@ pub async fn wait_ready(gw: &TestGateway, want: u16) {
     panic!("/readyz never answered {want}");
 }
 
+// === php -S ===
+
+/// Starts `php` (a [`tool`] command: `-S 127.0.0.1:PORT` and the rest
+/// already set) and waits (bounded: 30 s) for PHP's own word that the
+/// development server listens. Each stderr line also goes to `log` when
+/// given. `None` (the process reaped) when it could not listen, so the
+/// caller can try another port.
+pub async fn spawn_php_server(
+    mut php: std::process::Command,
+    log: Option<std::fs::File>,
+) -> Option<std::process::Child> {
+    use std::io::{BufRead, Write};
+    use std::process::Stdio;
+    let mut child = php
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("php (apt-get install php-cli php-sqlite3)");
+    // php -S reports on stderr: "... Development Server (http://...) started"
+    // or "Failed to listen on ...".
+    let stderr = child.stderr.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        let mut log = log;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(log) = log.as_mut() {
+                let _ = writeln!(log, "{line}");
+            }
+            if line.contains("Development Server") && line.contains("started") {
+                let _ = tx.send(true);
+            }
+            if line.contains("Failed to listen") {
+                let _ = tx.send(false);
+            }
+        }
+        let _ = tx.send(false);
+    });
+    let ready = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+    if ready {
+        Some(child)
+    } else {
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
 // === the binary ===
 
 /// `callgate ARGS -c CONFIG`: (exit code, stdout, stderr).
