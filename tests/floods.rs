@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -29,15 +29,6 @@ async fn slow_connection(gw: &TestGateway) -> TcpStream {
     s
 }
 
-async fn read_all(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
-        .await
-        .expect("the gateway did not close the connection")
-        .ok();
-    out
-}
-
 #[tokio::test]
 async fn connections_over_the_cap_are_closed_at_once_and_counted() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
@@ -52,7 +43,7 @@ async fn connections_over_the_cap_are_closed_at_once_and_counted() {
 
     // The fifth is closed before a byte is read: no answer, just EOF.
     let mut fifth = slow_connection(&gw).await;
-    assert!(read_all(&mut fifth).await.is_empty());
+    assert!(read_until_closed(&mut fifth).await.is_empty());
     assert_eq!(gw.metric(REFUSED, TOTAL).await, Some(1.0));
     assert_eq!(gw.metric(OPEN, &[]).await, Some(4.0));
 
@@ -128,7 +119,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_header_timeout() {
     s.write_all(&body).await.unwrap();
     // The whole exchange: the answer, then (after header_timeout of
     // silence on the kept-alive connection) the close.
-    let got = String::from_utf8(read_all(&mut s).await).unwrap();
+    let got = String::from_utf8(read_until_closed(&mut s).await).unwrap();
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     assert!(
         got.ends_with("success"),
@@ -304,7 +295,7 @@ async fn admin_get(gw: &TestGateway, path: &str) -> Option<String> {
     if s.write_all(req.as_bytes()).await.is_err() {
         return None;
     }
-    let got = read_all(&mut s).await;
+    let got = read_until_closed(&mut s).await;
     (!got.is_empty()).then(|| String::from_utf8_lossy(&got).into_owned())
 }
 

@@ -10,18 +10,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Reads until the server closes the connection; returns what it sent.
-/// The 30 s bound only stops a broken test; the timeouts under test are
-/// a few hundred milliseconds.
-async fn until_closed(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
-        .await
-        .expect("the server did not close the connection")
-        .ok();
-    out
-}
-
 async fn gateway(tls: bool, up: &Upstream) -> TestGateway {
     let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(up)]);
     spec.tls = tls;
@@ -45,7 +33,7 @@ async fn stalled_headers_are_cut_off_while_others_are_served() {
     let r = gw.post_alipay("rsa2_trade_success.form").await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     for mut s in slow {
-        let got = until_closed(&mut s).await;
+        let got = read_until_closed(&mut s).await;
         // hyper may answer 408 before closing; it never forwards.
         assert!(
             got.is_empty() || got.starts_with(b"HTTP/1.1 408"),
@@ -61,7 +49,7 @@ async fn silent_connections_do_not_stay_open() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let gw = gateway(false, &up).await;
     let mut s = TcpStream::connect(gw.gateway.addr).await.unwrap();
-    until_closed(&mut s).await;
+    read_until_closed(&mut s).await;
 }
 
 #[tokio::test]
@@ -77,9 +65,9 @@ async fn stalled_tls_handshakes_are_cut_off_while_others_are_served() {
     junk.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let r = gw.post_alipay("rsa2_trade_success.form").await;
     assert_eq!(r.status, 200);
-    until_closed(&mut junk).await;
+    read_until_closed(&mut junk).await;
     for mut s in stalled {
-        until_closed(&mut s).await;
+        read_until_closed(&mut s).await;
     }
 }
 

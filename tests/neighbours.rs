@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// How the raw upstream treats the next request.
@@ -76,33 +76,9 @@ impl RawUpstream {
     }
 }
 
-/// Reads one request (head and Content-Length body); `None` at EOF.
-async fn read_request(tcp: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                return Some(buf[end + 4..end + 4 + len].to_vec());
-            }
-        }
-        let n = tcp.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 async fn serve(mut tcp: TcpStream, fault: Arc<Mutex<Fault>>, seen: Seen) {
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nsuccess";
-    while let Some(body) = read_request(&mut tcp).await {
+    while let Some((_, body)) = read_http_request(&mut tcp).await {
         let f = *fault.lock().unwrap();
         seen.lock().unwrap().push((f, body));
         match f {

@@ -119,7 +119,7 @@ async fn faulty_upstream(ledger: Arc<Mutex<Ledger>>, seed: u64) -> String {
 }
 
 async fn upstream_connection(mut tcp: TcpStream, ledger: Arc<Mutex<Ledger>>, mut rng: Rng) {
-    while let Some((head, body)) = read_request(&mut tcp).await {
+    while let Some((head, body)) = read_http_request(&mut tcp).await {
         let header = |name: &str| {
             head.lines()
                 .find_map(|l| {
@@ -169,30 +169,6 @@ async fn upstream_connection(mut tcp: TcpStream, ledger: Arc<Mutex<Ledger>>, mut
                 *ledger.lock().unwrap().accepted.entry(key).or_default() += 1;
             }
         }
-    }
-}
-
-/// One request: (lower-cased head, Content-Length body); `None` at EOF.
-async fn read_request(tcp: &mut TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                return Some((head, buf[end + 4..end + 4 + len].to_vec()));
-            }
-        }
-        let n = tcp.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 

@@ -1094,6 +1094,48 @@ pub async fn wait_ready(gw: &TestGateway, want: u16) {
     panic!("/readyz never answered {want}");
 }
 
+// === raw sockets ===
+
+/// Reads until the peer closes the connection; returns what it sent. The
+/// 30 s bound only stops a broken test (the timeouts under test are far
+/// shorter).
+pub async fn read_until_closed(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
+        .await
+        .expect("the server did not close the connection")
+        .ok();
+    out
+}
+
+/// Reads one HTTP/1.1 request off a raw connection, as a hand-written shop
+/// or platform stub sees it: (lower-cased head, Content-Length body);
+/// `None` at EOF.
+pub async fn read_http_request(tcp: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return Some((head, buf[end + 4..end + 4 + len].to_vec()));
+            }
+        }
+        let n = tcp.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 // === php -S ===
 
 /// Starts `php` (a [`tool`] command: `-S 127.0.0.1:PORT` and the rest
