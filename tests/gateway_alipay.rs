@@ -131,25 +131,7 @@ async fn https_upstream_not_trusted_is_an_upstream_error() {
     let up = Upstream::start_tls(Behaviour::Reply(200, "success")).await;
     let other_ca = tempfile::NamedTempFile::new().unwrap();
     // A valid CA file that did not sign the upstream's certificate.
-    let out = tool("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=other",
-            "-keyout",
-            "/dev/null",
-            "-out",
-        ])
-        .arg(other_ca.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    openssl_self_signed("other", 1, &[], "/dev/null".as_ref(), other_ca.path());
     let route =
         RouteSpec::alipay(&up).with(|r| r.upstream_ca = Some(other_ca.path().to_path_buf()));
     let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;

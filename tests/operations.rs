@@ -428,32 +428,21 @@ async fn the_tls_certificate_reloads_for_new_connections() {
     // A new certificate (openssl), written aside, moved into place.
     let new_dir = tempfile::tempdir().unwrap();
     let (new_crt, new_key) = (new_dir.path().join("n.crt"), new_dir.path().join("n.key"));
-    let out = tool("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "30",
+    openssl_self_signed(
+        "rotated",
+        30,
+        &[
             "-sha256",
-            "-subj",
-            "/CN=rotated",
             "-addext",
             "subjectAltName=IP:127.0.0.1",
             "-addext",
             "basicConstraints=critical,CA:FALSE",
             "-addext",
             "extendedKeyUsage=serverAuth",
-            "-keyout",
-        ])
-        .arg(&new_key)
-        .arg("-out")
-        .arg(&new_crt)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+        ],
+        &new_key,
+        &new_crt,
+    );
     std::fs::copy(&new_key, dir.path().join("tls.key.new")).unwrap();
     std::fs::copy(&new_crt, dir.path().join("tls.crt.new")).unwrap();
     std::fs::rename(dir.path().join("tls.key.new"), &key).unwrap();

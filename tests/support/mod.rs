@@ -925,6 +925,31 @@ pub fn split_signature(header: &str) -> (String, String) {
     (t.strip_prefix("t=").expect("t=").to_owned(), v1.to_owned())
 }
 
+/// A fresh RSA key at `key_out` and a self-signed certificate for
+/// `/CN=cn`, valid `days` days, at `cert_out`, made by `openssl req -x509`
+/// with `extra` options (`-addext ...`).
+pub fn openssl_self_signed(cn: &str, days: u32, extra: &[&str], key_out: &Path, cert_out: &Path) {
+    let days = days.to_string();
+    let subject = format!("/CN={cn}");
+    let out = tool("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", &days,
+        ])
+        .args(["-subj", &subject])
+        .args(extra)
+        .arg("-keyout")
+        .arg(key_out)
+        .arg("-out")
+        .arg(cert_out)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl req -x509: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// SHA256withRSA by the openssl CLI, standard Base64: WeChat's signer in
 /// tests that need a fresh `Wechatpay-Timestamp`.
 pub fn openssl_sign_b64(key: &Path, data: &[u8]) -> String {
