@@ -39,6 +39,17 @@ async fn md5_gateway(route: RouteSpec) -> TestGateway {
     TestGateway::start(GatewaySpec::new(vec![route])).await
 }
 
+/// POSTs `body` to the MD5 route with `content_type`.
+async fn post_md5_as(gw: &TestGateway, content_type: &str, body: &[u8]) -> Reply {
+    gw.send(
+        "POST",
+        MD5,
+        &[("content-type", content_type)],
+        body.to_vec(),
+    )
+    .await
+}
+
 /// A notify_verify stand-in answering `body`, and a route that asks it.
 async fn with_atn(up: &Upstream, atn: &Upstream) -> RouteSpec {
     RouteSpec::alipay_md5(up).with(|r| {
@@ -89,17 +100,12 @@ async fn md5_gbk_verifies_and_reaches_the_upstream_as_sent() {
     let route = RouteSpec::alipay_md5(&up).with(|r| r.keys.push_str("charset = \"gbk\"\n"));
     let gw = md5_gateway(route).await;
     let body = md5_fixture("md5_gbk.form");
-    let r = gw
-        .send(
-            "POST",
-            MD5,
-            &[(
-                "content-type",
-                "application/x-www-form-urlencoded; text/html; charset=GBK",
-            )],
-            body.clone(),
-        )
-        .await;
+    let r = post_md5_as(
+        &gw,
+        "application/x-www-form-urlencoded; text/html; charset=GBK",
+        &body,
+    )
+    .await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     let got = &up.received()[0];
     assert_eq!(got.body.as_ref(), without_unsigned_empty(&body).as_slice());
@@ -128,17 +134,12 @@ async fn md5_gbk_verifies_and_reaches_the_upstream_as_sent() {
     let up3 = Upstream::start(Behaviour::Reply(200, "success")).await;
     let gw =
         md5_gateway(RouteSpec::alipay_md5(&up3).with(|r| r.forward = "normalized".into())).await;
-    let r = gw
-        .send(
-            "POST",
-            MD5,
-            &[(
-                "content-type",
-                "application/x-www-form-urlencoded; charset=utf-8",
-            )],
-            body.clone(),
-        )
-        .await;
+    let r = post_md5_as(
+        &gw,
+        "application/x-www-form-urlencoded; charset=utf-8",
+        &body,
+    )
+    .await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     let v: serde_json::Value = serde_json::from_slice(&up3.received()[0].body).unwrap();
     assert_eq!(v["fields"]["subject"], "测试商品 中文GBK");
