@@ -43,6 +43,26 @@ async fn post_xml(gw: &TestGateway, path: &str, body: Vec<u8>) -> Reply {
     gw.send("POST", path, &[("content-type", XML)], body).await
 }
 
+/// POSTs the UnionPay fixture `name` to the UnionPay route.
+async fn post_unionpay(gw: &TestGateway, name: &str) -> Reply {
+    gw.post_form("/notify/unionpay", &up_fixture(name)).await
+}
+
+/// POSTs the JD Pay fixture `name` to the JD Pay route.
+async fn post_jdpay(gw: &TestGateway, name: &str) -> Reply {
+    post_xml(gw, "/notify/jdpay", jd_fixture(name)).await
+}
+
+/// `callgate_requests_total` of the UnionPay route for `outcome`.
+async fn unionpay_requests(gw: &TestGateway, outcome: &str) -> f64 {
+    gw.requests_of("shop-unionpay", "unionpay", outcome).await
+}
+
+/// `callgate_requests_total` of the JD Pay route for `outcome`.
+async fn jdpay_requests(gw: &TestGateway, outcome: &str) -> f64 {
+    gw.requests_of("shop-jdpay", "jdpay", outcome).await
+}
+
 /// Decrypts a JD envelope's payload with the openssl CLI (independently of
 /// callgate): Base64 → hex → 3DES-ECB → length-prefixed XML.
 fn openssl_jd_decrypt(envelope: &[u8], des_key_file: &str) -> Vec<u8> {
@@ -98,11 +118,7 @@ async fn unionpay_payment_is_forwarded_byte_for_byte_and_acked_ok() {
     let (t, v1) = split_signature(h["x-callgate-signature"].to_str().unwrap());
     let signed = [t.as_bytes(), b".", &body].concat();
     assert_eq!(v1, openssl_hmac_hex(SECRET.trim_end(), &signed));
-    assert_eq!(
-        gw.requests_of("shop-unionpay", "unionpay", "forwarded")
-            .await,
-        1.0
-    );
+    assert_eq!(unionpay_requests(&gw, "forwarded").await, 1.0);
 }
 
 #[tokio::test]
@@ -148,8 +164,7 @@ async fn unionpay_forgeries_and_bad_certificates_get_401() {
     }
     assert_eq!(up.count(), 0);
     assert_eq!(
-        gw.requests_of("shop-unionpay", "unionpay", "bad_signature")
-            .await,
+        unionpay_requests(&gw, "bad_signature").await,
         refused.len() as f64
     );
 }
@@ -200,14 +215,8 @@ async fn unionpay_duplicate_is_acked_not_forwarded_and_refund_is_its_own_event()
     let again = gw.post_form("/notify/unionpay", &body).await;
     assert_eq!((again.status, again.text().as_str()), (200, "ok"));
     assert_eq!(up.count(), 1);
-    assert_eq!(
-        gw.requests_of("shop-unionpay", "unionpay", "duplicate")
-            .await,
-        1.0
-    );
-    let refund = gw
-        .post_form("/notify/unionpay", &up_fixture("v510_refund.form"))
-        .await;
+    assert_eq!(unionpay_requests(&gw, "duplicate").await, 1.0);
+    let refund = post_unionpay(&gw, "v510_refund.form").await;
     assert_eq!(refund.status, 200);
     assert_eq!(up.count(), 2);
     assert_eq!(
@@ -221,15 +230,10 @@ async fn unionpay_stale_txn_time_is_401() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let route = RouteSpec::unionpay(&up).with(|r| r.max_age = Some("25h".into()));
     let gw = gateway(vec![route]).await;
-    let reply = gw
-        .post_form("/notify/unionpay", &up_fixture("v510_old.form"))
-        .await;
+    let reply = post_unionpay(&gw, "v510_old.form").await;
     assert_eq!((reply.status, reply.text().as_str()), (401, "fail"));
     assert_eq!(up.count(), 0);
-    assert_eq!(
-        gw.requests_of("shop-unionpay", "unionpay", "stale").await,
-        1.0
-    );
+    assert_eq!(unionpay_requests(&gw, "stale").await, 1.0);
 }
 
 #[tokio::test]
@@ -248,11 +252,7 @@ async fn unionpay_malformed_bodies_get_400() {
         assert_eq!((reply.status, reply.text().as_str()), (400, "fail"));
     }
     assert_eq!(up.count(), 0);
-    assert_eq!(
-        gw.requests_of("shop-unionpay", "unionpay", "malformed")
-            .await,
-        4.0
-    );
+    assert_eq!(unionpay_requests(&gw, "malformed").await, 4.0);
 }
 
 #[tokio::test]
@@ -342,10 +342,7 @@ async fn jdpay_payment_is_forwarded_with_the_decrypted_payload_and_acked_success
         &resource,
     );
     assert_eq!(rt, t);
-    assert_eq!(
-        gw.requests_of("shop-jdpay", "jdpay", "forwarded").await,
-        1.0
-    );
+    assert_eq!(jdpay_requests(&gw, "forwarded").await, 1.0);
 }
 
 #[tokio::test]
@@ -414,7 +411,7 @@ async fn jdpay_forgeries_and_wrong_keys_get_401() {
     }
     assert_eq!(up.count(), 0);
     assert_eq!(
-        gw.requests_of("shop-jdpay", "jdpay", "bad_signature").await,
+        jdpay_requests(&gw, "bad_signature").await,
         refused.len() as f64
     );
 }
@@ -444,11 +441,8 @@ async fn jdpay_duplicate_is_acked_not_forwarded() {
     let again = post_xml(&gw, "/notify/jdpay", body).await;
     assert_eq!((again.status, again.text().as_str()), (200, "success"));
     assert_eq!(up.count(), 1);
-    assert_eq!(
-        gw.requests_of("shop-jdpay", "jdpay", "duplicate").await,
-        1.0
-    );
-    let refund = post_xml(&gw, "/notify/jdpay", jd_fixture("refund.xml")).await;
+    assert_eq!(jdpay_requests(&gw, "duplicate").await, 1.0);
+    let refund = post_jdpay(&gw, "refund.xml").await;
     assert_eq!(refund.status, 200);
     assert_eq!(up.count(), 2);
 }
@@ -458,10 +452,10 @@ async fn jdpay_stale_trade_time_is_401() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let route = RouteSpec::jdpay(&up).with(|r| r.max_age = Some("25h".into()));
     let gw = gateway(vec![route]).await;
-    let reply = post_xml(&gw, "/notify/jdpay", jd_fixture("stale.xml")).await;
+    let reply = post_jdpay(&gw, "stale.xml").await;
     assert_eq!((reply.status, reply.text().as_str()), (401, "fail"));
     assert_eq!(up.count(), 0);
-    assert_eq!(gw.requests_of("shop-jdpay", "jdpay", "stale").await, 1.0);
+    assert_eq!(jdpay_requests(&gw, "stale").await, 1.0);
 }
 
 #[tokio::test]
@@ -490,10 +484,7 @@ async fn jdpay_malformed_bodies_get_400() {
         assert_eq!((reply.status, reply.text().as_str()), (400, "fail"));
     }
     assert_eq!(up.count(), 0);
-    assert_eq!(
-        gw.requests_of("shop-jdpay", "jdpay", "malformed").await,
-        n as f64
-    );
+    assert_eq!(jdpay_requests(&gw, "malformed").await, n as f64);
 }
 
 #[tokio::test]
