@@ -59,7 +59,7 @@ async fn alipay_reshaped_ids_never_reach_the_shop_again() {
     ));
     for (what, body) in &reshaped {
         let r = gw.post_form("/notify/alipay", body).await;
-        assert_eq!((r.status, r.text().as_str()), (400, "fail"), "{what}");
+        r.assert_is(400, "fail", what);
     }
     assert_eq!(
         gw.rejections("shop-alipay", "alipay", "ambiguous_fields")
@@ -140,7 +140,7 @@ async fn alipay_md5_reshaped_ids_never_reach_the_shop_again() {
         ),
     ] {
         let r = gw.post_form(path, &body).await;
-        assert_eq!((r.status, r.text().as_str()), (400, "fail"), "{what}");
+        r.assert_is(400, "fail", what);
     }
     assert_eq!(
         gw.rejections("shop-legacy", "alipay_md5", "ambiguous_fields")
@@ -408,7 +408,7 @@ async fn jdpay_reshaped_ids_never_reach_the_shop_again() {
     // tradeNum: a missing id part is never defaulted.
     for name in ["payment_no_trade_type.xml", "payment_padded_trade_num.xml"] {
         let r = post(name).await;
-        assert_eq!((r.status, r.text().as_str()), (400, "fail"), "{name}");
+        r.assert_is(400, "fail", name);
     }
     assert_eq!(
         gw.rejections("shop-jdpay", "jdpay", "bad_event_id").await,
@@ -469,7 +469,7 @@ jd_public_key = {jd:?}
                 body.clone(),
             )
             .await;
-        assert_eq!((r.status, r.text().as_str()), (200, "success"), "{name}");
+        r.assert_is(200, "success", name);
         let got = shop.received();
         assert_eq!(got.len(), 1, "{name}");
         assert_eq!(

@@ -188,7 +188,7 @@ async fn platform_gets_through(gw: &TestGateway) {
         "rsa2_trade_success_3.form",
     ] {
         let r = gw.post_alipay(name).await;
-        assert_eq!((r.status, r.text().as_str()), (200, "success"), "{name}");
+        r.assert_is(200, "success", name);
     }
 }
 

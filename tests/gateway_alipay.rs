@@ -314,7 +314,7 @@ async fn bad_and_missing_signatures_are_401_and_never_forwarded() {
         "rsa2_other_app.form",
     ] {
         let r = gw.post_alipay(name).await;
-        assert_eq!((r.status, r.text().as_str()), (401, "fail"), "{name}");
+        r.assert_is(401, "fail", name);
     }
     assert_eq!(up.count(), 0);
     assert_eq!(gw.requests("bad_signature").await, 5.0);
@@ -371,7 +371,7 @@ async fn real_world_shapes_verify_and_arrive_intact() {
     for (i, (f, stripped)) in fixtures.iter().enumerate() {
         let body = fixture("alipay", f);
         let r = gw.post_form("/notify/alipay", &body).await;
-        assert_eq!((r.status, r.text().as_str()), (200, "success"), "{f}");
+        r.assert_is(200, "success", f);
         let want = stripped.clone().map_or(body, String::into_bytes);
         assert_eq!(up.received()[i].body.as_ref(), want.as_slice(), "{f}");
     }
@@ -491,7 +491,7 @@ async fn method_path_and_address_checks() {
 
     for path in ["/notify/denied", "/notify/nobody"] {
         let r = gw.post_form(path, &body).await;
-        assert_eq!((r.status, r.text().as_str()), (403, "fail"), "{path}");
+        r.assert_is(403, "fail", path);
     }
     assert_eq!(up.count(), 0);
     assert_eq!(gw.requests("method_not_allowed").await, 1.0);

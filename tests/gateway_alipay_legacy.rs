@@ -158,7 +158,7 @@ async fn md5_real_world_shapes_verify() {
     ] {
         let body = md5_fixture(f);
         let r = gw.post_form(MD5, &body).await;
-        assert_eq!((r.status, r.text().as_str()), (200, "success"), "{f}");
+        r.assert_is(200, "success", f);
         // Signed with its empty field, it is covered and stays.
         let want = if f == "md5_empty_included.form" {
             body
@@ -190,7 +190,7 @@ async fn md5_bad_signatures_and_wrong_merchant_are_401_and_never_forwarded() {
     ];
     for f in bad {
         let r = gw.post_form(MD5, &md5_fixture(f)).await;
-        assert_eq!((r.status, r.text().as_str()), (401, "fail"), "{f}");
+        r.assert_is(401, "fail", f);
     }
     assert_eq!(up.count(), 0);
     assert_eq!(
@@ -442,7 +442,7 @@ async fn cert_mode_verifies_with_the_alipay_certificate() {
     for f in ["cert_trade_success.form", "cert_with_sn.form"] {
         let body = cert_fixture(f);
         let r = gw.post_form("/notify/alipay", &body).await;
-        assert_eq!((r.status, r.text().as_str()), (200, "success"), "{f}");
+        r.assert_is(200, "success", f);
         assert_eq!(up.received().last().unwrap().body.as_ref(), body.as_slice());
     }
     assert_eq!(gw.requests("forwarded").await, 2.0);
@@ -457,7 +457,7 @@ async fn cert_mode_wrong_certificate_and_sn_mismatch_are_401() {
         "cert_tampered.form",
     ] {
         let r = gw.post_form("/notify/alipay", &cert_fixture(f)).await;
-        assert_eq!((r.status, r.text().as_str()), (401, "fail"), "{f}");
+        r.assert_is(401, "fail", f);
     }
     assert_eq!(up.count(), 0);
     assert_eq!(gw.requests("bad_signature").await, 3.0);

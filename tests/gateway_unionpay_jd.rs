@@ -131,7 +131,7 @@ async fn unionpay_5_0_0_and_gbk_and_failure_notifications_are_forwarded() {
         "v510_empty_value.form",
     ] {
         let reply = gw.post_form("/notify/unionpay", &up_fixture(name)).await;
-        assert_eq!((reply.status, reply.text().as_str()), (200, "ok"), "{name}");
+        reply.assert_is(200, "ok", name);
     }
     assert_eq!(up.count(), 4);
 }
@@ -156,11 +156,7 @@ async fn unionpay_forgeries_and_bad_certificates_get_401() {
     ];
     for name in refused {
         let reply = gw.post_form("/notify/unionpay", &up_fixture(name)).await;
-        assert_eq!(
-            (reply.status, reply.text().as_str()),
-            (401, "fail"),
-            "{name}"
-        );
+        reply.assert_is(401, "fail", name);
     }
     assert_eq!(up.count(), 0);
     assert_eq!(
@@ -358,11 +354,7 @@ async fn jdpay_formatting_variants_and_content_types_are_accepted() {
         let reply = gw
             .send("POST", "/notify/jdpay", &headers, jd_fixture(name))
             .await;
-        assert_eq!(
-            (reply.status, reply.text().as_str()),
-            (200, "success"),
-            "{name}"
-        );
+        reply.assert_is(200, "success", name);
     }
     assert_eq!(up.count(), 4);
 }
@@ -403,11 +395,7 @@ async fn jdpay_forgeries_and_wrong_keys_get_401() {
     ];
     for name in refused {
         let reply = post_xml(&gw, "/notify/jdpay", jd_fixture(name)).await;
-        assert_eq!(
-            (reply.status, reply.text().as_str()),
-            (401, "fail"),
-            "{name}"
-        );
+        reply.assert_is(401, "fail", name);
     }
     assert_eq!(up.count(), 0);
     assert_eq!(
@@ -421,11 +409,7 @@ async fn jdpay_other_merchant_is_401_in_the_envelope_and_in_the_payload() {
     let (up, gw) = start_one(RouteSpec::jdpay).await;
     for name in ["other_merchant.xml", "inner_merchant_differs.xml"] {
         let reply = post_xml(&gw, "/notify/jdpay", jd_fixture(name)).await;
-        assert_eq!(
-            (reply.status, reply.text().as_str()),
-            (401, "fail"),
-            "{name}"
-        );
+        reply.assert_is(401, "fail", name);
     }
     assert_eq!(up.count(), 0);
 }

@@ -809,6 +809,16 @@ impl Reply {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// Asserts the status and the ack body, naming the case `what` on
+    /// failure.
+    pub fn assert_is(&self, status: u16, body: &str, what: impl std::fmt::Display) {
+        assert_eq!(
+            (self.status, self.text().as_str()),
+            (status, body),
+            "{what}"
+        );
+    }
 }
 
 type Https = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
