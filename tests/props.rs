@@ -383,14 +383,7 @@ proptest! {
         noise in "[\\[\\]{}=\"a-z_ ,.0-9\n#/-]{0,300}",
     ) {
         let files = rule_files();
-        let spec = GatewaySpec::new(vec![]);
-        let dir = tempfile::tempdir().unwrap();
-        let file = spec.write(dir.path());
-        // The demo rule files name ../certs/dev/...: give them one.
-        std::os::unix::fs::symlink(root().join("certs"), dir.path().join("certs")).unwrap();
-        // ...and the named IP sets (`@wechatpay`) they use.
-        std::os::unix::fs::symlink(root().join("rules/ipsets"), dir.path().join("rules/ipsets"))
-            .unwrap();
+        let (dir, file) = harness_for_shipped_rules();
         let rules = dir.path().join("rules/routes.toml");
         std::fs::write(&rules, mutate(files[which % files.len()].clone(), &edits)).unwrap();
         let _ = callgate::config::load(&file);
@@ -399,16 +392,22 @@ proptest! {
     }
 }
 
+/// A gateway file with no routes of its own, in a directory where the
+/// shipped rule files resolve: their `../certs/dev/...` keys and the named
+/// IP sets (`@wechatpay`) they use. (dir, gateway file.)
+fn harness_for_shipped_rules() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = GatewaySpec::new(vec![]).write(dir.path());
+    std::os::unix::fs::symlink(root().join("certs"), dir.path().join("certs")).unwrap();
+    std::os::unix::fs::symlink(root().join("rules/ipsets"), dir.path().join("rules/ipsets"))
+        .unwrap();
+    (dir, file)
+}
+
 #[test]
 fn the_shipped_rule_files_load_in_the_property_harness() {
     // Otherwise the mutations above would only ever exercise the error path.
-    let spec = GatewaySpec::new(vec![]);
-    let dir = tempfile::tempdir().unwrap();
-    let file = spec.write(dir.path());
-    std::os::unix::fs::symlink(root().join("certs"), dir.path().join("certs")).unwrap();
-    // ...and the named IP sets (`@wechatpay`) they use.
-    std::os::unix::fs::symlink(root().join("rules/ipsets"), dir.path().join("rules/ipsets"))
-        .unwrap();
+    let (dir, file) = harness_for_shipped_rules();
     for (i, content) in rule_files().into_iter().enumerate() {
         std::fs::write(dir.path().join(format!("rules/r{i}.toml")), content).unwrap();
     }
