@@ -399,16 +399,22 @@ async fn redelivery_goes_through_the_running_gateways_memory_store() {
     assert_eq!(up.received()[1].headers["x-callgate-attempt"], "2");
 }
 
+/// `callgate journal redeliver --route shop-alipay` on `gw`'s files, run
+/// as its own process: (exit code, stdout, stderr).
+fn redeliver_alipay_route(gw: &TestGateway) -> (i32, String, String) {
+    callgate_cli(
+        &["journal", "redeliver", "--route", "shop-alipay"],
+        &gw.cli_config(),
+    )
+}
+
 #[tokio::test]
 async fn redelivery_with_the_memory_store_refuses_to_run_on_its_own() {
     let up = Upstream::start(Behaviour::Reply(500, "down")).await;
     let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
     assert_eq!(gw.post_alipay("rsa2_trade_success.form").await.status, 502);
     up.set(Behaviour::Reply(200, "success"));
-    let (code, out, err) = callgate_cli(
-        &["journal", "redeliver", "--route", "shop-alipay"],
-        &gw.cli_config(),
-    );
+    let (code, out, err) = redeliver_alipay_route(&gw);
     assert_eq!(code, 1, "{out}");
     assert!(err.contains("admin.token_file"), "{err}");
     assert_eq!(up.count(), 1, "nothing sent");
@@ -772,10 +778,7 @@ async fn redelivery_with_redis_and_no_token_runs_on_its_own() {
     assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 502);
     up.set(Behaviour::Reply(200, "success"));
     // Redis is shared: the command's own claims are the gateway's too.
-    let (code, out, err) = callgate_cli(
-        &["journal", "redeliver", "--route", "shop-alipay"],
-        &gw.cli_config(),
-    );
+    let (code, out, err) = redeliver_alipay_route(&gw);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(": forwarded"), "{out}");
     let r = gw.post_form("/notify/alipay", &body).await;
