@@ -1480,6 +1480,11 @@ fn cert_keys(alipay_cert: &str, root: &str, extra: &str) -> String {
     )
 }
 
+/// The `app_cert` key line for the alipay_cert fixture `name`.
+fn app_cert_key(name: &str) -> String {
+    format!("app_cert = {:?}\n", fixture_path("alipay_cert", name))
+}
+
 #[test]
 fn check_accepts_legacy_and_certificate_routes() {
     let rules = format!(
@@ -1495,10 +1500,7 @@ fn check_accepts_legacy_and_certificate_routes() {
             &cert_keys(
                 "alipayCertPublicKey_RSA2.crt",
                 "alipayRootCert.crt",
-                &format!(
-                    "app_cert = {:?}\n",
-                    fixture_path("alipay_cert", "appCertPublicKey_2021000000000001.crt")
-                )
+                &app_cert_key("appCertPublicKey_2021000000000001.crt")
             )
         )
         .replace("\"r1\"", "\"r2\"")
@@ -1664,10 +1666,7 @@ fn check_names_legacy_and_certificate_key_problems() {
                 &cert_keys(
                     "alipayCertPublicKey_RSA2.crt",
                     "alipayRootCert.crt",
-                    &format!(
-                        "app_cert = {:?}\n",
-                        fixture_path("alipay_cert", "untrusted_alipayCertPublicKey_RSA2.crt")
-                    ),
+                    &app_cert_key("untrusted_alipayCertPublicKey_RSA2.crt"),
                 ),
             ),
             "r.toml:13: keys.app_cert",

@@ -111,10 +111,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_header_timeout() {
     let gw = TestGateway::start(spec).await;
     let body = fixture("alipay", "rsa2_trade_success.form");
     let mut s = TcpStream::connect(gw.gateway.addr).await.unwrap();
-    let head = format!(
-        "POST /notify/alipay HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let head = alipay_post_head(body.len());
     s.write_all(head.as_bytes()).await.unwrap();
     s.write_all(&body).await.unwrap();
     // The whole exchange: the answer, then (after header_timeout of

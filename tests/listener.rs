@@ -77,10 +77,7 @@ async fn a_trickled_body_times_out_and_is_not_forwarded() {
     let gw = gateway(false, &up).await;
     let body = fixture("alipay", "rsa2_trade_success.form");
     let mut s = TcpStream::connect(gw.gateway.addr).await.unwrap();
-    let head = format!(
-        "POST /notify/alipay HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let head = alipay_post_head(body.len());
     s.write_all(head.as_bytes()).await.unwrap();
     s.write_all(&body[..10]).await.unwrap();
     let mut buf = vec![0u8; 4096];

@@ -1144,6 +1144,14 @@ pub async fn read_until_closed(s: &mut tokio::net::TcpStream) -> Vec<u8> {
     out
 }
 
+/// The head of a raw HTTP/1.1 form POST of `len` body bytes to the Alipay
+/// route, for tests that write (or trickle) the bytes themselves.
+pub fn alipay_post_head(len: usize) -> String {
+    format!(
+        "POST /notify/alipay HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {len}\r\n\r\n"
+    )
+}
+
 /// Reads one HTTP/1.1 request off a raw connection, as a hand-written shop
 /// or platform stub sees it: (lower-cased head, Content-Length body);
 /// `None` at EOF.
