@@ -292,6 +292,15 @@ impl Link {
         }
     }
 
+    /// Whether `key`'s cluster primary had a replica when last seen (a
+    /// single master's replicas are the store's to count).
+    pub(super) fn key_has_replica(&self, key: &str) -> Option<bool> {
+        match self {
+            Link::Cluster(c) => Some(c.has_replica(key)),
+            _ => None,
+        }
+    }
+
     /// Asks the deployment who its primaries and replicas are now (for
     /// `/readyz` and `/metrics`): the number of replicas connected to the
     /// master(s). A cluster's changed set of primaries counts a failover.
@@ -347,6 +356,8 @@ pub(super) struct ClusterLink {
     confirms: tokio::sync::OnceCell<ClusterConnection>,
     /// The primaries last seen (`CLUSTER NODES`), sorted.
     primaries: std::sync::Mutex<Vec<String>>,
+    /// Slot ranges whose primary had no connected replica when last seen.
+    replica_less: std::sync::Mutex<Vec<(u16, u16)>>,
     failovers: AtomicU64,
     last_failover: AtomicI64,
 }
@@ -377,6 +388,7 @@ impl ClusterLink {
             claims: tokio::sync::OnceCell::new(),
             confirms: tokio::sync::OnceCell::new(),
             primaries: std::sync::Mutex::new(Vec::new()),
+            replica_less: std::sync::Mutex::new(Vec::new()),
             failovers: AtomicU64::new(0),
             last_failover: AtomicI64::new(0),
         })
@@ -390,6 +402,16 @@ impl ClusterLink {
         cell.get_or_try_init(|| self.client.get_async_connection())
             .await
             .cloned()
+    }
+
+    /// Whether `key`'s primary had a connected replica when last seen
+    /// (unknown: yes).
+    fn has_replica(&self, key: &str) -> bool {
+        let slot = key_slot(key);
+        self.replica_less
+            .lock()
+            .map(|bare| !bare.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            .unwrap_or(true)
     }
 
     fn masters(&self) -> Option<String> {
@@ -408,9 +430,14 @@ impl ClusterLink {
                 .await?,
         )?;
         let (mut primaries, mut replicas) = (Vec::new(), 0u64);
+        // Primary id → its slot ranges; ids of primaries with a replica.
+        let mut ranges: Vec<(&str, Vec<(u16, u16)>)> = Vec::new();
+        let mut served: Vec<&str> = Vec::new();
         for line in nodes.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(addr), Some(flags), Some(link)) = (f.get(1), f.get(2), f.get(7)) else {
+            let (Some(id), Some(addr), Some(flags), Some(of), Some(link)) =
+                (f.first(), f.get(1), f.get(2), f.get(3), f.get(7))
+            else {
                 continue;
             };
             let flags: Vec<&str> = flags.split(',').collect();
@@ -419,12 +446,22 @@ impl ClusterLink {
             // or not: the set changes once per failover.
             if flags.contains(&"master") && f.len() > 8 {
                 primaries.push(addr);
+                ranges.push((id, f[8..].iter().filter_map(|r| slot_range(r)).collect()));
             } else if flags.contains(&"slave")
                 && !flags.contains(&"fail")
                 && (*link == "connected" || flags.contains(&"myself"))
             {
                 replicas += 1;
+                served.push(of);
             }
+        }
+        let bare: Vec<(u16, u16)> = ranges
+            .into_iter()
+            .filter(|(id, _)| !served.contains(id))
+            .flat_map(|(_, r)| r)
+            .collect();
+        if let Ok(mut b) = self.replica_less.lock() {
+            *b = bare;
         }
         primaries.sort();
         if let Ok(mut seen) = self.primaries.lock() {
@@ -436,5 +473,62 @@ impl ClusterLink {
             *seen = primaries;
         }
         Ok(replicas)
+    }
+}
+
+/// `a-b` or `a` of a `CLUSTER NODES` line (migrating `[...]` entries are
+/// skipped).
+fn slot_range(r: &str) -> Option<(u16, u16)> {
+    match r.split_once('-') {
+        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+        None => {
+            let s = r.parse().ok()?;
+            Some((s, s))
+        }
+    }
+}
+
+/// The cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the part in
+/// the first `{...}`, when not empty) or of the whole key, modulo 16384.
+pub(super) fn key_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|b| *b == b'{').and_then(|open| {
+        let rest = &bytes[open + 1..];
+        let close = rest.iter().position(|b| *b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    let mut crc: u16 = 0;
+    for b in tagged.unwrap_or(bytes) {
+        crc ^= u16::from(*b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_slots_match_redis_cluster_keyslot() {
+        // `CLUSTER KEYSLOT` of redis-server 7.0.15.
+        assert_eq!(key_slot("foo"), 12182);
+        assert_eq!(key_slot("callgate:{r:ev:abc}"), 231);
+        assert_eq!(key_slot("{user1000}.following"), 3443);
+        assert_eq!(key_slot("a{}b"), 13694);
+        assert_eq!(key_slot("callgate:{r:ev:abc}:at"), 231);
+    }
+
+    #[test]
+    fn slot_ranges_of_cluster_nodes() {
+        assert_eq!(slot_range("0-5460"), Some((0, 5460)));
+        assert_eq!(slot_range("5461"), Some((5461, 5461)));
+        assert_eq!(slot_range("[93->-abc]"), None);
     }
 }

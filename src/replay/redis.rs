@@ -198,6 +198,8 @@ pub struct RedisStore {
     reassert: Arc<Mutex<VecDeque<(String, u64)>>>,
     /// The failover count the store last acted on.
     failovers_seen: Arc<AtomicU64>,
+    /// When [`RedisStore::refresh_soon`] last ran, in ms since `epoch`.
+    topology_read: Arc<AtomicU64>,
 }
 
 impl RedisStore {
@@ -243,6 +245,7 @@ impl RedisStore {
             unreplicated: Arc::new(AtomicU64::new(0)),
             reassert: Arc::new(Mutex::new(VecDeque::new())),
             failovers_seen: Arc::new(AtomicU64::new(0)),
+            topology_read: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -415,6 +418,33 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Whether the primary holding `name` had a replica when last asked
+    /// (unknown: yes).
+    fn has_replica(&self, name: &str) -> bool {
+        self.link
+            .key_has_replica(name)
+            .unwrap_or_else(|| self.replicas.load(Ordering::Relaxed) != 0)
+    }
+
+    /// Reads the topology again in the background, at most once a second:
+    /// after a marker went unreplicated, to see replicas leave and return.
+    fn refresh_soon(&self) {
+        let now = millis(self.epoch.elapsed());
+        let last = self.topology_read.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < 1000
+            || self
+                .topology_read
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let _ = store.refresh_topology().await;
+        });
+    }
+
     /// What the store knows about its deployment now.
     pub fn topology(&self) -> Topology {
         let known = |v: i64| u64::try_from(v).ok();
@@ -543,6 +573,28 @@ impl RedisStore {
                     .await
             })
             .await?
+        } else if !self.has_replica(&name) {
+            // No replica to wait for: a WAIT would only block this lane
+            // for its whole timeout. Counted, kept for re-assertion, and
+            // the topology read again (at most once a second) to see one
+            // return.
+            let found = self
+                .run(Lane::Claims, |mut c| async move {
+                    scripts
+                        .confirm
+                        .key(&name)
+                        .key(attempts_key(&name))
+                        .arg(value)
+                        .arg(millis(ttl))
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await?;
+            self.replicas_acked.store(0, Ordering::Relaxed);
+            self.unreplicated.fetch_add(1, Ordering::Relaxed);
+            self.keep_for_reassert(self.name(key), millis(ttl));
+            self.refresh_soon();
+            found
         } else {
             let wait = self.wait;
             let marker = name.clone();
@@ -567,6 +619,7 @@ impl RedisStore {
             if acked < i64::from(wait.replicas) {
                 self.unreplicated.fetch_add(1, Ordering::Relaxed);
                 self.keep_for_reassert(name, millis(ttl));
+                self.refresh_soon();
             }
             found
         };
