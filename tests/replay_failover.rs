@@ -413,3 +413,86 @@ fn a_sentinel_and_a_cluster_deployment_load_from_the_gateway_file_alone() {
     );
     assert_eq!(errors, "");
 }
+
+// === WAIT and unreplicated markers ===
+
+fn online_replicas(master: u16) -> usize {
+    redis_topology::ask::<String>(master, &["INFO", "replication"])
+        .map_or(0, |i| i.matches("state=online").count())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_marker_no_replica_acknowledged_is_delivered_counted_and_still_a_duplicate() {
+    let master = RedisServer::start();
+    let port = master.port.to_string();
+    let mut replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+    redis_topology::poll_until("replica online", Duration::from_secs(20), || {
+        online_replicas(master.port) == 1
+    });
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    spec.store = master.url();
+    spec.replay_extra = "wait_replicas = 1\nwait_timeout = \"100ms\"\n".into();
+    let gw = TestGateway::start(spec).await;
+    wait_ready(&gw, 200).await;
+    let ready = gw.get_admin("/readyz").await.text();
+    assert!(
+        ready.contains("store: redis master=- replicas=1"),
+        "{ready}"
+    );
+    let event =
+        |id: &str| alipay_signed(&[("app_id", APP_ID), ("notify_id", id), ("out_trade_no", id)]);
+
+    // A replica acknowledges the marker.
+    assert_eq!(
+        gw.post_form("/notify/alipay", &event("w1")).await.status,
+        200
+    );
+    assert_eq!(
+        metric_of(&gw, "callgate_replay_store_replicas_acked").await,
+        1.0
+    );
+    assert_eq!(
+        metric_of(&gw, "callgate_replay_store_unreplicated_total").await,
+        0.0
+    );
+
+    // No replica left: the event is still answered as delivered (the shop
+    // has it), counted, and its copy is a duplicate.
+    replica.kill();
+    redis_topology::poll_until("replica gone", Duration::from_secs(20), || {
+        online_replicas(master.port) == 0
+    });
+    assert_eq!(
+        gw.post_form("/notify/alipay", &event("w2")).await.status,
+        200
+    );
+    assert_eq!(
+        metric_of(&gw, "callgate_replay_store_replicas_acked").await,
+        0.0
+    );
+    assert_eq!(
+        metric_of(&gw, "callgate_replay_store_unreplicated_total").await,
+        1.0
+    );
+    let again = gw.post_form("/notify/alipay", &event("w2")).await;
+    assert_eq!((again.status, again.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 2, "the copy was not forwarded");
+    // /readyz reads the topology again; the markers after it skip the WAIT
+    // and are counted without waiting.
+    wait_ready(&gw, 200).await;
+    assert!(
+        gw.get_admin("/readyz")
+            .await
+            .text()
+            .contains("replicas=0 replicas_acked=0 wait_replicas=1 unreplicated=1"),
+    );
+    assert_eq!(
+        gw.post_form("/notify/alipay", &event("w3")).await.status,
+        200
+    );
+    assert_eq!(
+        metric_of(&gw, "callgate_replay_store_unreplicated_total").await,
+        2.0
+    );
+}

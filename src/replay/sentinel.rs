@@ -416,3 +416,72 @@ async fn check_role(me: Weak<SentinelMaster>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn master() -> SentinelMaster {
+        let target = SentinelTarget {
+            sentinels: vec![("127.0.0.1".to_owned(), 1)],
+            master_name: "cg".to_owned(),
+            sentinel_auth: Default::default(),
+            sentinel_tls: false,
+            auth: Default::default(),
+            tls: false,
+        };
+        SentinelMaster::new(&target, Duration::from_millis(200), None).unwrap()
+    }
+
+    #[test]
+    fn events_about_other_masters_are_ignored() {
+        let words = |p: &'static str| p.split_whitespace().collect::<Vec<_>>();
+        assert!(names_master(
+            &words("master cg 10.0.0.1 6379 #quorum 2/2"),
+            "cg"
+        ));
+        assert!(names_master(
+            &words("slave 10.0.0.2:6379 10.0.0.2 6379 @ cg 10.0.0.1 6379"),
+            "cg"
+        ));
+        assert!(!names_master(&words("master other 10.0.0.1 6379"), "cg"));
+        assert!(!names_master(
+            &words("slave 10.0.0.2:6379 10.0.0.2 6379 @ cgx 10.0.0.1 6379"),
+            "cg"
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_failover_fences_until_switch_master_names_the_new_master() {
+        let m = master();
+        assert!(!m.is_fenced());
+        m.event("+try-failover", "master other 10.0.0.1 6379").await;
+        assert!(!m.is_fenced(), "another master's failover");
+        m.event("+try-failover", "master cg 10.0.0.1 6379").await;
+        assert!(m.is_fenced());
+        m.event("+switch-master", "other 10.0.0.1 6379 10.0.0.3 6379")
+            .await;
+        assert!(m.is_fenced(), "another master's switch");
+        m.event("+switch-master", "cg 10.0.0.1 6379 10.0.0.2 6380")
+            .await;
+        assert!(!m.is_fenced());
+        assert_eq!(
+            m.announced.lock().unwrap().clone(),
+            Some(("10.0.0.2".to_owned(), 6380))
+        );
+        // A master that recovers before any failover lifts the fence.
+        m.event("+odown", "master cg 10.0.0.2 6380 #quorum 2/2")
+            .await;
+        assert!(m.is_fenced());
+        m.event("-odown", "master cg 10.0.0.2 6380").await;
+        assert!(!m.is_fenced());
+    }
+
+    #[test]
+    fn a_fence_lapses_after_its_limit() {
+        let m = master();
+        *m.fenced.lock().unwrap() = Some(Instant::now() - FENCE_LIMIT);
+        assert!(!m.is_fenced());
+        assert!(m.fenced.lock().unwrap().is_none());
+    }
+}
