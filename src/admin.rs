@@ -63,9 +63,12 @@ where
             state
                 .metrics
                 .set_store_evicting(state.store.evicting().is_some());
-            if let Some(t) = state.store.topology() {
-                state.metrics.set_store_topology(&t);
-            }
+            state.metrics.set_store_topology(
+                &state
+                    .store
+                    .topology()
+                    .unwrap_or_else(crate::replay::Topology::memory),
+            );
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.render())));
             r.headers_mut().insert(
                 CONTENT_TYPE,

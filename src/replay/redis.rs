@@ -100,7 +100,7 @@ const REASSERT_MAX: usize = 100_000;
 /// What the store knows about its deployment (`/readyz`, `/metrics`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
-    /// `redis`, `sentinel` or `cluster`.
+    /// `redis`, `sentinel` or `cluster` (`memory` for the memory store).
     pub kind: &'static str,
     /// The master(s) in use (`host:port`, comma-separated for a cluster);
     /// empty when unknown or for a plain URL.
@@ -117,6 +117,22 @@ pub struct Topology {
     pub failovers: u64,
     /// Unix time of the last one (0: none).
     pub last_failover: i64,
+}
+
+impl Topology {
+    /// The memory store's: no master, no replicas.
+    pub fn memory() -> Topology {
+        Topology {
+            kind: "memory",
+            master: String::new(),
+            replicas: None,
+            replicas_acked: None,
+            wait_replicas: 0,
+            unreplicated: 0,
+            failovers: 0,
+            last_failover: 0,
+        }
+    }
 }
 
 /// The scripts, as sent to a plain server or to a cluster (`#!lua`: Redis
