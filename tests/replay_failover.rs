@@ -262,6 +262,23 @@ async fn cluster_failover_keeps_every_event_once_and_fails_closed_while_no_maste
     let ready = a.get_admin("/readyz").await.text();
     assert!(ready.contains("store: cluster master="), "{ready}");
 
+    // Every primary's maxmemory-policy counts: one that can evict is
+    // enough to refuse, and it is named.
+    let evicting = *redis.masters().last().unwrap();
+    let set_policy = |p: &str| {
+        redis_topology::ask::<String>(evicting, &["CONFIG", "SET", "maxmemory-policy", p])
+            .expect("CONFIG SET")
+    };
+    set_policy("allkeys-lru");
+    wait_ready(&a, 503).await;
+    let unsafe_ = a.get_admin("/readyz").await.text();
+    assert!(
+        unsafe_.contains("allkeys-lru") && unsafe_.contains(&format!("node 127.0.0.1:{evicting}")),
+        "{unsafe_}"
+    );
+    set_policy("noeviction");
+    wait_ready(&a, 200).await;
+
     let old = redis.master_of_slot_zero();
     let killer = redis
         .nodes
@@ -407,6 +424,22 @@ fn a_sentinel_and_a_cluster_deployment_load_from_the_gateway_file_alone() {
          username = \"callgate\"\npassword_file = \"redis.pass\"\nsentinel_password_file = \"redis.pass\"\n",
     );
     assert_eq!(errors, "");
+    // `callgate check --dump` shows the deployment, never the password.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("redis.pass"), "s3cret\n").unwrap();
+    let mut spec = GatewaySpec::new(vec![]);
+    spec.store = "sentinel".into();
+    spec.replay_extra =
+        "sentinels = [\"127.0.0.1:26379\"]\nmaster_name = \"cg\"\npassword_file = \"redis.pass\"\n"
+            .into();
+    let file = spec.write(dir.path());
+    let (code, out, _) = callgate_cli(&["check", "--dump"], &file);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("store = \"sentinel\""), "{out}");
+    assert!(out.contains("sentinels = [\"127.0.0.1:26379\"]"), "{out}");
+    assert!(out.contains("master_name = \"cg\""), "{out}");
+    assert!(out.contains("wait_replicas = 1"), "{out}");
+    assert!(!out.contains("s3cret"), "{out}");
     let (_, errors) = replay_errors(
         "cluster",
         "cluster = [\"redis://127.0.0.1:7000\"]\npassword_file = \"redis.pass\"\nwait_replicas = 0\n",

@@ -336,6 +336,20 @@ impl ClusterDeployment {
             .port
     }
 
+    /// The ports of the primaries owning slots now.
+    pub fn masters(&self) -> Vec<u16> {
+        let nodes: String = ask(self.live_port(), &["CLUSTER", "NODES"]).expect("CLUSTER NODES");
+        nodes
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2)?.contains("master") && f.len() > 8)
+                    .then(|| f[1].split('@').next()?.rsplit(':').next()?.parse().ok())
+                    .flatten()
+            })
+            .collect()
+    }
+
     /// The master owning slot 0, as `CLUSTER NODES` says.
     pub fn master_of_slot_zero(&self) -> u16 {
         let nodes: String = ask(self.live_port(), &["CLUSTER", "NODES"]).expect("CLUSTER NODES");
