@@ -393,7 +393,13 @@ impl ReplayStore {
             ReplayStore::Memory(_) => Ok(()),
             ReplayStore::Redis(r) => {
                 r.ping().await?;
-                r.refresh_topology().await?;
+                match r.refresh_topology().await {
+                    Ok(()) => {}
+                    // A plain URL may name a Redis-compatible server or
+                    // proxy without ROLE: its topology stays unknown.
+                    Err(_) if r.topology().kind == "redis" => {}
+                    Err(e) => return Err(e),
+                }
                 r.check_policy().await
             }
         }
