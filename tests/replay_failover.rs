@@ -529,3 +529,76 @@ async fn a_marker_no_replica_acknowledged_is_delivered_counted_and_still_a_dupli
         2.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_sentinel_master_that_can_evict_is_refused_without_a_readiness_probe() {
+    let mut redis = tokio::task::spawn_blocking(SentinelDeployment::start)
+        .await
+        .unwrap();
+    let old = redis.master_port().unwrap();
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    spec.store = "sentinel".into();
+    spec.replay_extra = format!(
+        "sentinels = {:?}\nmaster_name = \"{MASTER_NAME}\"\n",
+        redis.sentinel_addrs()
+    );
+    let gw = TestGateway::start(spec).await;
+    wait_ready(&gw, 200).await;
+    let event =
+        |id: &str| alipay_signed(&[("app_id", APP_ID), ("notify_id", id), ("out_trade_no", id)]);
+    assert_eq!(
+        gw.post_form("/notify/alipay", &event("p1")).await.status,
+        200
+    );
+
+    // Whichever replica is promoted can evict.
+    for r in redis.servers.iter().filter(|n| n.port != old) {
+        redis_topology::ask::<String>(
+            r.port,
+            &["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"],
+        )
+        .expect("CONFIG SET");
+    }
+    let kill = redis
+        .servers
+        .iter_mut()
+        .find(|n| n.port == old)
+        .unwrap()
+        .killer();
+    tokio::task::spawn_blocking(kill).await.unwrap();
+    let new = tokio::task::spawn_blocking(move || {
+        let new = redis.wait_new_master(old);
+        (new, redis)
+    })
+    .await
+    .unwrap();
+    // Notifications only (no /readyz in between): once the new master is
+    // found, its policy is read before the first claim on it.
+    let body = event("p2");
+    let mut answers = Vec::new();
+    for _ in 0..300 {
+        let r = gw.post_form("/notify/alipay", &body).await;
+        answers.push(r.status);
+        if gw
+            .rejections("shop-alipay", "alipay", "store_evicting")
+            .await
+            >= 1.0
+        {
+            break;
+        }
+        assert_ne!(
+            r.status, 200,
+            "delivered through an evicting master {}",
+            new.0
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        gw.rejections("shop-alipay", "alipay", "store_evicting")
+            .await
+            >= 1.0,
+        "never refused as evicting: {answers:?}"
+    );
+    assert_eq!(up.count(), 1);
+}

@@ -482,6 +482,12 @@ impl RedisStore {
         key: &Key,
         in_flight_ttl: Duration,
     ) -> Result<Claim, StoreError> {
+        // Find the master first: a new one's maxmemory-policy is read
+        // before it is trusted with a claim.
+        self.link
+            .conn(Lane::Claims)
+            .await
+            .map_err(|e| self.err(e))?;
         self.after_failover();
         let now = millis(self.epoch.elapsed());
         let read = self.policy_read.load(Ordering::Relaxed);
