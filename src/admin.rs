@@ -63,6 +63,12 @@ where
             state
                 .metrics
                 .set_store_evicting(state.store.evicting().is_some());
+            state.metrics.set_store_topology(
+                &state
+                    .store
+                    .topology()
+                    .unwrap_or_else(crate::replay::Topology::memory),
+            );
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.render())));
             r.headers_mut().insert(
                 CONTENT_TYPE,
@@ -82,8 +88,16 @@ where
             state
                 .metrics
                 .set_store_evicting(matches!(answer, Err(StoreError::Evicting { .. })));
+            if let Some(t) = state.store.topology() {
+                state.metrics.set_store_topology(&t);
+            }
             match answer {
-                Ok(()) => text(StatusCode::OK, "ready\n"),
+                Ok(()) => match state.store.topology() {
+                    Some(t) => {
+                        owned_text(StatusCode::OK, format!("ready\n{}\n", topology_line(&t)))
+                    }
+                    None => text(StatusCode::OK, "ready\n"),
+                },
                 Err(e @ StoreError::Evicting { .. }) => owned_text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("replay store unsafe: {e}\n"),
@@ -95,6 +109,23 @@ where
             }
         }
     }
+}
+
+/// The Redis deployment in one line of `/readyz`: kind, master(s),
+/// replicas, the last marker's acknowledgements, failovers.
+fn topology_line(t: &crate::replay::Topology) -> String {
+    let opt = |v: Option<u64>| v.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
+    format!(
+        "store: {} master={} replicas={} replicas_acked={} wait_replicas={} unreplicated={} failovers={} last_failover={}",
+        t.kind,
+        if t.master.is_empty() { "-" } else { &t.master },
+        opt(t.replicas),
+        opt(t.replicas_acked),
+        t.wait_replicas,
+        t.unreplicated,
+        t.failovers,
+        t.last_failover
+    )
 }
 
 /// `POST /api/redeliver`: a [`Selection`] as JSON in, a

@@ -26,6 +26,7 @@ use crate::allow::parse_net;
 use crate::load::{
     ConfigError, Dur, LoadErrors, Loader, Located, Warning, io_reason, line_of, pem_reason, resolve,
 };
+use crate::replay::{Auth, ClusterTarget, RedisTarget, SentinelTarget, WaitFor};
 use crate::rules::{self, Routes};
 
 // === raw file ===
@@ -99,6 +100,21 @@ struct ReplayFile {
     #[serde(default = "default_store_timeout")]
     timeout: Spanned<Dur>,
     tls_ca: Option<Spanned<String>>,
+    /// `store = "sentinel"`: the sentinels (`host:port`) and the master's name.
+    sentinels: Option<Spanned<Vec<String>>>,
+    master_name: Option<Spanned<String>>,
+    sentinel_username: Option<Spanned<String>>,
+    sentinel_password_file: Option<Spanned<String>>,
+    sentinel_tls: Option<Spanned<bool>>,
+    /// Towards the master and replicas (Sentinel) or every node (Cluster).
+    username: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    tls: Option<Spanned<bool>>,
+    /// `store = "cluster"`: seed node URLs.
+    cluster: Option<Spanned<Vec<String>>>,
+    /// `WAIT` after each delivered marker.
+    wait_replicas: Option<Spanned<u64>>,
+    wait_timeout: Option<Spanned<Dur>>,
 }
 
 impl Default for ReplayFile {
@@ -109,9 +125,23 @@ impl Default for ReplayFile {
             max_entries: default_max_entries(),
             timeout: default_store_timeout(),
             tls_ca: None,
+            sentinels: None,
+            master_name: None,
+            sentinel_username: None,
+            sentinel_password_file: None,
+            sentinel_tls: None,
+            username: None,
+            password_file: None,
+            tls: None,
+            cluster: None,
+            wait_replicas: None,
+            wait_timeout: None,
         }
     }
 }
+
+/// `replay.wait_timeout` when not set.
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_millis(100);
 
 fn default_store_timeout() -> Spanned<Dur> {
     Spanned::new(0..0, Dur(Duration::from_secs(1)))
@@ -311,20 +341,12 @@ pub struct AdminToken {
 /// Shortest admin token accepted, in bytes.
 pub const MIN_ADMIN_TOKEN: usize = 16;
 
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKind {
     Memory,
-    /// `redis://` or `rediss://` URL (may hold a password: never printed).
-    Redis(String),
-}
-
-impl fmt::Debug for StoreKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StoreKind::Memory => f.write_str("Memory"),
-            StoreKind::Redis(url) => write!(f, "Redis({})", crate::secret::redact_url(url)),
-        }
-    }
+    /// A `redis://` or `rediss://` URL (may hold a password: never
+    /// printed), a Sentinel deployment or a Redis Cluster.
+    Redis(RedisTarget),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,6 +360,8 @@ pub struct ReplayConfig {
     pub timeout: Duration,
     /// PEM CA bundle trusted for `rediss://` instead of the system roots.
     pub tls_ca: Option<Vec<u8>>,
+    /// `WAIT` after each delivered marker (Redis only).
+    pub wait: WaitFor,
 }
 
 /// Limits applied per connection and per request.
@@ -754,58 +778,343 @@ fn rules_dir(g: &mut GatewayCtx<'_>, raw: Option<&Spanned<String>>) -> PathBuf {
     dir
 }
 
-/// `[replay]`: the store (memory, or a Redis URL that parses), its CA
-/// bundle for `rediss://`, and the bounds.
+/// `[replay]`: the store (memory, a Redis URL that parses, a Sentinel
+/// deployment or a Redis Cluster), its credentials and CA bundle, the
+/// `WAIT` after each delivered marker, and the bounds.
 fn replay(g: &mut GatewayCtx<'_>, r: &ReplayFile) -> ReplayConfig {
     let store_value = r.store.get_ref();
-    let store = if store_value == "memory" {
-        StoreKind::Memory
-    } else if store_value.starts_with("redis://") || store_value.starts_with("rediss://") {
-        match redis::Client::open(store_value.as_str()) {
-            Ok(_) => StoreKind::Redis(store_value.clone()),
-            Err(e) => {
-                g.error(
-                    r.store.span(),
-                    ConfigError::StoreUrl {
-                        value: crate::secret::redact_url(store_value),
-                        reason: e.to_string(),
-                    },
-                );
-                StoreKind::Memory
+    let store = match store_value.as_str() {
+        "memory" => StoreKind::Memory,
+        "sentinel" => sentinel_target(g, r)
+            .map(RedisTarget::Sentinel)
+            .map_or(StoreKind::Memory, StoreKind::Redis),
+        "cluster" => cluster_target(g, r)
+            .map(RedisTarget::Cluster)
+            .map_or(StoreKind::Memory, StoreKind::Redis),
+        url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            match redis::Client::open(url) {
+                Ok(_) => StoreKind::Redis(RedisTarget::Url(url.to_owned())),
+                Err(e) => {
+                    g.error(
+                        r.store.span(),
+                        ConfigError::StoreUrl {
+                            value: crate::secret::redact_url(url),
+                            reason: e.to_string(),
+                        },
+                    );
+                    StoreKind::Memory
+                }
             }
         }
-    } else {
-        g.error(
-            r.store.span(),
-            ConfigError::Store {
-                value: crate::secret::redact_url(store_value),
-            },
-        );
-        StoreKind::Memory
+        _ => {
+            g.error(
+                r.store.span(),
+                ConfigError::Store {
+                    value: crate::secret::redact_url(store_value),
+                },
+            );
+            StoreKind::Memory
+        }
     };
-    let tls_ca = r
-        .tls_ca
-        .as_ref()
-        .and_then(|ca| store_ca(g, ca, store_value));
+    only_with(g, r);
+    let tls_ca = r.tls_ca.as_ref().and_then(|ca| store_ca(g, ca, r));
     g.positive("replay.ttl", r.ttl.get_ref().0.is_zero(), r.ttl.span());
     g.positive(
         "replay.max_entries",
         *r.max_entries.get_ref() == 0,
         r.max_entries.span(),
     );
+    let timeout = r.timeout.get_ref().0;
+    // Replicated deployments wait for one replica by default; a single
+    // server usually has none to wait for.
+    let replicated = matches!(store_value.as_str(), "sentinel" | "cluster");
+    let replicas = r
+        .wait_replicas
+        .as_ref()
+        .map_or(u64::from(replicated), |w| *w.get_ref());
+    let wait_timeout = r
+        .wait_timeout
+        .as_ref()
+        .map_or(DEFAULT_WAIT_TIMEOUT, |w| w.get_ref().0);
+    if replicas > 0 && wait_timeout >= timeout {
+        let span = r
+            .wait_timeout
+            .as_ref()
+            .map_or_else(|| r.timeout.span(), Spanned::span);
+        g.error(
+            span,
+            ConfigError::Replay {
+                field: "wait_timeout",
+                reason: format!(
+                    "{} is not below replay.timeout ({}): the WAIT would time out as a store error; \
+                     lower wait_timeout or raise timeout",
+                    humantime::format_duration(wait_timeout),
+                    humantime::format_duration(timeout)
+                ),
+            },
+        );
+    }
+    if let Some(w) = &r.wait_timeout {
+        g.positive("replay.wait_timeout", w.get_ref().0.is_zero(), w.span());
+    }
     ReplayConfig {
         store,
         ttl: r.ttl.get_ref().0,
         max_entries: *r.max_entries.get_ref(),
-        timeout: r.timeout.get_ref().0,
+        timeout,
         tls_ca,
+        wait: WaitFor {
+            replicas: u32::try_from(replicas).unwrap_or(u32::MAX),
+            timeout: wait_timeout,
+        },
     }
 }
 
-/// `replay.tls_ca`: a PEM bundle, only with a `rediss://` store.
-fn store_ca(g: &mut GatewayCtx<'_>, ca: &Spanned<String>, store: &str) -> Option<Vec<u8>> {
+/// The `[replay]` keys that belong to one kind of store, set with another.
+fn only_with(g: &mut GatewayCtx<'_>, r: &ReplayFile) {
+    let store = r.store.get_ref().as_str();
+    let sentinel = store == "sentinel";
+    let cluster = store == "cluster";
+    let redis = store != "memory";
+    let span = |o: Option<std::ops::Range<usize>>| o;
+    let checks: [(
+        &'static str,
+        Option<std::ops::Range<usize>>,
+        bool,
+        &'static str,
+    ); 11] = [
+        (
+            "sentinels",
+            span(r.sentinels.as_ref().map(Spanned::span)),
+            sentinel,
+            "store = \"sentinel\"",
+        ),
+        (
+            "master_name",
+            r.master_name.as_ref().map(Spanned::span),
+            sentinel,
+            "store = \"sentinel\"",
+        ),
+        (
+            "sentinel_username",
+            r.sentinel_username.as_ref().map(Spanned::span),
+            sentinel,
+            "store = \"sentinel\"",
+        ),
+        (
+            "sentinel_password_file",
+            r.sentinel_password_file.as_ref().map(Spanned::span),
+            sentinel,
+            "store = \"sentinel\"",
+        ),
+        (
+            "sentinel_tls",
+            r.sentinel_tls.as_ref().map(Spanned::span),
+            sentinel,
+            "store = \"sentinel\"",
+        ),
+        (
+            "tls",
+            r.tls.as_ref().map(Spanned::span),
+            sentinel,
+            "store = \"sentinel\" (a cluster's seeds say rediss://)",
+        ),
+        (
+            "cluster",
+            r.cluster.as_ref().map(Spanned::span),
+            cluster,
+            "store = \"cluster\"",
+        ),
+        (
+            "username",
+            r.username.as_ref().map(Spanned::span),
+            sentinel || cluster,
+            "store = \"sentinel\" or \"cluster\" (a URL carries its own user)",
+        ),
+        (
+            "password_file",
+            r.password_file.as_ref().map(Spanned::span),
+            sentinel || cluster,
+            "store = \"sentinel\" or \"cluster\" (a URL carries its own password)",
+        ),
+        (
+            "wait_replicas",
+            r.wait_replicas.as_ref().map(Spanned::span),
+            redis,
+            "a Redis store",
+        ),
+        (
+            "wait_timeout",
+            r.wait_timeout.as_ref().map(Spanned::span),
+            redis,
+            "a Redis store",
+        ),
+    ];
+    for (field, span, allowed, with) in checks {
+        if let (Some(span), false) = (span, allowed) {
+            g.error(
+                span,
+                ConfigError::Replay {
+                    field,
+                    reason: format!("only used with {with}"),
+                },
+            );
+        }
+    }
+}
+
+/// `store = "sentinel"`: at least one `host:port` sentinel and the master's
+/// name are required.
+fn sentinel_target(g: &mut GatewayCtx<'_>, r: &ReplayFile) -> Option<SentinelTarget> {
+    let mut sentinels = Vec::new();
+    match &r.sentinels {
+        Some(list) if !list.get_ref().is_empty() => {
+            for entry in list.get_ref() {
+                match entry
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                {
+                    Some((host, port)) if !host.is_empty() && port > 0 => {
+                        sentinels.push((host.trim_matches(['[', ']']).to_owned(), port));
+                    }
+                    _ => g.error(
+                        list.span(),
+                        ConfigError::Replay {
+                            field: "sentinels",
+                            reason: format!("`{entry}` is not host:port (e.g. \"10.0.0.5:26379\")"),
+                        },
+                    ),
+                }
+            }
+        }
+        _ => g.error(
+            r.sentinels
+                .as_ref()
+                .map_or_else(|| r.store.span(), Spanned::span),
+            ConfigError::Replay {
+                field: "sentinels",
+                reason: "store = \"sentinel\" needs the sentinels' addresses, e.g. sentinels = [\"10.0.0.5:26379\", \"10.0.0.6:26379\", \"10.0.0.7:26379\"]".to_owned(),
+            },
+        ),
+    }
+    let master_name = match &r.master_name {
+        Some(n) if !n.get_ref().trim().is_empty() => n.get_ref().clone(),
+        other => {
+            g.error(
+                other.as_ref().map_or_else(|| r.store.span(), Spanned::span),
+                ConfigError::Replay {
+                    field: "master_name",
+                    reason: "store = \"sentinel\" needs the name the sentinels monitor the master under (sentinel monitor <name> ...)".to_owned(),
+                },
+            );
+            String::new()
+        }
+    };
+    let target = SentinelTarget {
+        sentinels,
+        master_name,
+        sentinel_auth: Auth {
+            username: r.sentinel_username.as_ref().map(|u| u.get_ref().clone()),
+            password: r
+                .sentinel_password_file
+                .as_ref()
+                .and_then(|f| store_password(g, "sentinel_password_file", f)),
+        },
+        sentinel_tls: r.sentinel_tls.as_ref().is_some_and(|t| *t.get_ref()),
+        auth: store_auth(g, r),
+        tls: r.tls.as_ref().is_some_and(|t| *t.get_ref()),
+    };
+    (!target.sentinels.is_empty() && !target.master_name.is_empty()).then_some(target)
+}
+
+/// `store = "cluster"`: at least one seed URL.
+fn cluster_target(g: &mut GatewayCtx<'_>, r: &ReplayFile) -> Option<ClusterTarget> {
+    let Some(list) = r.cluster.as_ref().filter(|l| !l.get_ref().is_empty()) else {
+        g.error(
+            r.cluster
+                .as_ref()
+                .map_or_else(|| r.store.span(), Spanned::span),
+            ConfigError::Replay {
+                field: "cluster",
+                reason: "store = \"cluster\" needs seed node URLs, e.g. cluster = [\"redis://10.0.0.5:6379\", \"redis://10.0.0.6:6379\"]".to_owned(),
+            },
+        );
+        return None;
+    };
+    let mut seeds = Vec::new();
+    for seed in list.get_ref() {
+        let reason = if !(seed.starts_with("redis://") || seed.starts_with("rediss://")) {
+            Some("not a redis:// or rediss:// URL".to_owned())
+        } else {
+            redis::Client::open(seed.as_str())
+                .err()
+                .map(|e| e.to_string())
+        };
+        match reason {
+            None => seeds.push(seed.clone()),
+            Some(reason) => g.error(
+                list.span(),
+                ConfigError::Replay {
+                    field: "cluster",
+                    reason: format!("`{}`: {reason}", crate::secret::redact_url(seed)),
+                },
+            ),
+        }
+    }
+    let auth = store_auth(g, r);
+    (seeds.len() == list.get_ref().len()).then_some(ClusterTarget { seeds, auth })
+}
+
+fn store_auth(g: &mut GatewayCtx<'_>, r: &ReplayFile) -> Auth {
+    Auth {
+        username: r.username.as_ref().map(|u| u.get_ref().clone()),
+        password: r
+            .password_file
+            .as_ref()
+            .and_then(|f| store_password(g, "password_file", f)),
+    }
+}
+
+/// A Redis or Sentinel password from a secret file: UTF-8 (it travels in
+/// `AUTH`), never shown.
+fn store_password(
+    g: &mut GatewayCtx<'_>,
+    field: &'static str,
+    f: &Spanned<String>,
+) -> Option<crate::secret::Secret> {
+    let reason = match crate::secret::Secret::from_file(&g.resolve(f.get_ref())) {
+        Ok(pw) if std::str::from_utf8(pw.expose()).is_err() => {
+            "the password is not UTF-8 text".to_owned()
+        }
+        Ok(pw) => return Some(pw),
+        Err(e) => e.to_string(),
+    };
+    g.error(
+        f.span(),
+        ConfigError::ReplayFile {
+            field,
+            file: f.get_ref().clone(),
+            reason,
+        },
+    );
+    None
+}
+
+/// `replay.tls_ca`: a PEM bundle, only where TLS is used (a `rediss://`
+/// store or seed, `tls` or `sentinel_tls`).
+fn store_ca(g: &mut GatewayCtx<'_>, ca: &Spanned<String>, r: &ReplayFile) -> Option<Vec<u8>> {
+    let on = |b: &Option<Spanned<bool>>| b.as_ref().is_some_and(|b| *b.get_ref());
+    let uses_tls = r.store.get_ref().starts_with("rediss://")
+        || on(&r.tls)
+        || on(&r.sentinel_tls)
+        || r.cluster
+            .as_ref()
+            .is_some_and(|c| c.get_ref().iter().any(|s| s.starts_with("rediss://")));
     let reason = match std::fs::read(g.resolve(ca.get_ref())) {
-        Ok(_) if !store.starts_with("rediss://") => "only used with a rediss:// store".to_owned(),
+        Ok(_) if !uses_tls => {
+            "only used with TLS: a rediss:// store or cluster seed, tls = true or sentinel_tls = true"
+                .to_owned()
+        }
         Ok(pem) if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") => {
             "no -----BEGIN CERTIFICATE----- block in the file".to_owned()
         }

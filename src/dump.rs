@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::config::{Setup, StoreKind};
 use crate::journal::Fsync;
+use crate::replay::RedisTarget;
 use crate::rules::{AllowMode, OnStoreError};
 use crate::secret::redact_url;
 
@@ -50,14 +51,46 @@ pub fn render(setup: &Setup) -> String {
     }
     let store = match &c.replay.store {
         StoreKind::Memory => "memory".to_owned(),
-        StoreKind::Redis(url) => redact_url(url),
+        StoreKind::Redis(RedisTarget::Url(url)) => redact_url(url),
+        StoreKind::Redis(t) => t.kind().to_owned(),
     };
     let _ = writeln!(w, "\n[replay]\nstore = {}", quote(&store));
+    match &c.replay.store {
+        StoreKind::Redis(RedisTarget::Sentinel(s)) => {
+            let sentinels = s.sentinels.iter().map(|(h, p)| format!("{h}:{p}"));
+            let _ = writeln!(w, "sentinels = {}", list(sentinels));
+            let _ = writeln!(w, "master_name = {}", quote(&s.master_name));
+            let _ = writeln!(w, "sentinel_tls = {}\ntls = {}", s.sentinel_tls, s.tls);
+            for (what, auth) in [("sentinel_", &s.sentinel_auth), ("", &s.auth)] {
+                if let Some(u) = &auth.username {
+                    let _ = writeln!(w, "{what}username = {}", quote(u));
+                }
+                if auth.password.is_some() {
+                    let _ = writeln!(w, "# {what}password_file: a password is set");
+                }
+            }
+        }
+        StoreKind::Redis(RedisTarget::Cluster(cl)) => {
+            let seeds = cl.seeds.iter().map(|s| redact_url(s));
+            let _ = writeln!(w, "cluster = {}", list(seeds));
+            if let Some(u) = &cl.auth.username {
+                let _ = writeln!(w, "username = {}", quote(u));
+            }
+            if cl.auth.password.is_some() {
+                let _ = writeln!(w, "# password_file: a password is set");
+            }
+        }
+        _ => {}
+    }
+    if matches!(c.replay.store, StoreKind::Redis(_)) {
+        let _ = writeln!(w, "wait_replicas = {}", c.replay.wait.replicas);
+        let _ = writeln!(w, "wait_timeout = {}", dur(c.replay.wait.timeout));
+    }
     let _ = writeln!(w, "ttl = {}", dur(c.replay.ttl));
     let _ = writeln!(w, "max_entries = {}", c.replay.max_entries);
     let _ = writeln!(w, "timeout = {}", dur(c.replay.timeout));
     if c.replay.tls_ca.is_some() {
-        let _ = writeln!(w, "# tls_ca: a CA bundle is set for rediss://");
+        let _ = writeln!(w, "# tls_ca: a CA bundle is set for the store's TLS");
     }
     match &c.journal {
         Some(j) => {

@@ -146,12 +146,22 @@ pub enum ConfigError {
     },
     #[error("rules_dir `{dir}`: {reason}")]
     RulesDir { dir: String, reason: String },
-    #[error("replay.store `{value}` is neither \"memory\" nor a redis://host:port/db URL")]
+    #[error(
+        "replay.store `{value}` is neither \"memory\", \"sentinel\", \"cluster\" nor a redis://host:port/db URL"
+    )]
     Store { value: String },
     #[error("replay.store `{value}`: {reason}")]
     StoreUrl { value: String, reason: String },
     #[error("replay.tls_ca `{file}`: {reason}")]
     StoreCa { file: String, reason: String },
+    #[error("replay.{field}: {reason}")]
+    Replay { field: &'static str, reason: String },
+    #[error("replay.{field} `{file}`: {reason}")]
+    ReplayFile {
+        field: &'static str,
+        file: String,
+        reason: String,
+    },
     #[error("journal.dir `{dir}`: {reason}")]
     JournalDir { dir: String, reason: String },
     #[error("{field} must be greater than zero")]

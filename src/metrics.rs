@@ -49,6 +49,18 @@ pub struct Metrics {
     backlog_dropped: IntCounter,
     repeat_deliveries: IntCounterVec,
     requests_in_flight: IntGauge,
+    store: StoreTopologyFamilies,
+}
+
+/// The Redis deployment as the replay store sees it.
+#[derive(Clone)]
+struct StoreTopologyFamilies {
+    info: IntGaugeVec,
+    replicas: IntGauge,
+    replicas_acked: IntGauge,
+    unreplicated: IntCounter,
+    failovers: IntCounter,
+    last_failover: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -268,7 +280,35 @@ impl Metrics {
         for result in ["ok", "error"] {
             reloads.with_label_values(&[result]);
         }
+        let store = StoreTopologyFamilies {
+            info: f.gauges(
+                "callgate_replay_store_topology_info",
+                "1 for the Redis deployment in use: kind (redis, sentinel, cluster) and its master(s).",
+                &["kind", "master"],
+            )?,
+            replicas: f.gauge(
+                "callgate_replay_store_replicas",
+                "Replicas connected to the Redis master(s) when last asked (-1: unknown).",
+            )?,
+            replicas_acked: f.gauge(
+                "callgate_replay_store_replicas_acked",
+                "Replicas that acknowledged the last delivered marker (WAIT; -1: none yet).",
+            )?,
+            unreplicated: f.counter(
+                "callgate_replay_store_unreplicated_total",
+                "Delivered markers fewer replicas acknowledged than replay.wait_replicas asks.",
+            )?,
+            failovers: f.counter(
+                "callgate_replay_store_failovers_total",
+                "Redis failovers this gateway followed (a new master address).",
+            )?,
+            last_failover: f.gauge(
+                "callgate_replay_store_last_failover_timestamp_seconds",
+                "Unix time of the last Redis failover this gateway followed (0: none).",
+            )?,
+        };
         Ok(Metrics {
+            store,
             registry,
             requests,
             rejections,
@@ -456,6 +496,22 @@ impl Metrics {
     /// The gauge of running request tasks (`State::tasks` keeps it).
     pub fn requests_in_flight(&self) -> &IntGauge {
         &self.requests_in_flight
+    }
+
+    /// The Redis deployment as the store last saw it.
+    pub fn set_store_topology(&self, t: &crate::replay::Topology) {
+        let m = &self.store;
+        m.info.reset();
+        m.info.with_label_values(&[t.kind, &t.master]).set(1);
+        let known = |v: Option<u64>| v.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        m.replicas.set(known(t.replicas));
+        m.replicas_acked.set(known(t.replicas_acked));
+        // The store counts; the counters catch up at each scrape.
+        m.unreplicated
+            .inc_by(t.unreplicated.saturating_sub(m.unreplicated.get()));
+        m.failovers
+            .inc_by(t.failovers.saturating_sub(m.failovers.get()));
+        m.last_failover.set(t.last_failover);
     }
 
     pub fn set_store_entries(&self, n: u64) {

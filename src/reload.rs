@@ -169,7 +169,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Settings a reload cannot apply.
 fn fixed_changes(running: &Config, new: &Config) -> Vec<&'static str> {
-    let checks: [(&'static str, bool); 14] = [
+    let checks: [(&'static str, bool); 16] = [
         ("listen.addr", running.listen != new.listen),
         (
             "listen.tls_cert/tls_key (turning TLS on or off)",
@@ -190,6 +190,14 @@ fn fixed_changes(running: &Config, new: &Config) -> Vec<&'static str> {
         ),
         ("replay.store", running.replay.store != new.replay.store),
         ("replay.ttl", running.replay.ttl != new.replay.ttl),
+        (
+            "replay.wait_replicas",
+            running.replay.wait.replicas != new.replay.wait.replicas,
+        ),
+        (
+            "replay.wait_timeout",
+            running.replay.wait.timeout != new.replay.wait.timeout,
+        ),
         (
             "replay.max_entries",
             running.replay.max_entries != new.replay.max_entries,

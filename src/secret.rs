@@ -47,6 +47,16 @@ impl Secret {
     }
 }
 
+/// Equal bytes, compared in constant time (a changed secret file is a
+/// changed setting for `reload`).
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        ct_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Secret {}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret([redacted])")

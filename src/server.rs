@@ -266,11 +266,12 @@ pub fn build_state(
             m.set_attempts_ttl(config.replay.ttl);
             ReplayStore::Memory(m)
         }
-        config::StoreKind::Redis(url) => {
-            let r = crate::replay::RedisStore::new(
-                url,
+        config::StoreKind::Redis(target) => {
+            let r = crate::replay::RedisStore::for_target(
+                target,
                 config.replay.timeout,
                 config.replay.tls_ca.as_deref(),
+                config.replay.wait,
             )?;
             r.set_attempts_ttl(config.replay.ttl);
             ReplayStore::Redis(r)

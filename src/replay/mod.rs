@@ -36,16 +36,20 @@
 
 mod backlog;
 mod guard;
+mod link;
 mod memory;
 mod redis;
+mod sentinel;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use backlog::Backlog;
 pub use guard::ClaimGuard;
+pub use link::{Auth, ClusterTarget, RedisTarget, SentinelTarget};
 pub use memory::{MemoryStore, RouteUsage};
-pub use redis::{POLICY_RECHECK, RedisStore};
+pub use redis::{POLICY_RECHECK, RedisStore, Topology, WaitFor};
+pub use sentinel::FENCE_LIMIT;
 
 use crate::provider::Verified;
 
@@ -389,6 +393,13 @@ impl ReplayStore {
             ReplayStore::Memory(_) => Ok(()),
             ReplayStore::Redis(r) => {
                 r.ping().await?;
+                match r.refresh_topology().await {
+                    Ok(()) => {}
+                    // A plain URL may name a Redis-compatible server or
+                    // proxy without ROLE: its topology stays unknown.
+                    Err(_) if r.topology().kind == "redis" => {}
+                    Err(e) => return Err(e),
+                }
                 r.check_policy().await
             }
         }
@@ -433,6 +444,14 @@ impl ReplayStore {
         match self {
             ReplayStore::Memory(_) => None,
             ReplayStore::Redis(r) => r.evicting(),
+        }
+    }
+
+    /// The Redis deployment as last seen (memory store: none).
+    pub fn topology(&self) -> Option<Topology> {
+        match self {
+            ReplayStore::Memory(_) => None,
+            ReplayStore::Redis(r) => Some(r.topology()),
         }
     }
 

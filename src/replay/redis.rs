@@ -1,13 +1,18 @@
 //! The Redis replay store: several gateways share one Redis (or a
-//! Redis-compatible server), each claim an atomic Lua script. Redis must
-//! never evict callgate's keys (see [`RedisStore`]).
+//! Redis-compatible server, a Sentinel deployment or a Redis Cluster), each
+//! claim an atomic Lua script. Redis must never evict callgate's keys (see
+//! [`RedisStore`]). Where the commands go is `replay/link.rs`.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use redis::RedisResult;
+
+use super::link::{Lane, Link, RedisTarget, StoreConn};
 use super::{Claim, Confirmed, Key, StoreError, Token};
-use crate::secret::redact_url;
 
 /// Claim: returns the current value, or, after taking the key, the
 /// event's attempt number (counted in `KEYS[2]`, kept for `ARGV[3]` ms).
@@ -79,28 +84,117 @@ pub const POLICY_RECHECK: Duration = Duration::from_secs(30);
 const POLICY_UNCHECKED: u8 = u8::MAX;
 const POLICY_SAFE: u8 = u8::MAX - 1;
 
-/// A Redis (or Redis-compatible) store shared by several gateways. One
-/// multiplexed connection per gateway, reconnected in the background after
-/// a failure; every command is bounded by the configured timeout. Values:
+/// How the delivered marker is made to survive the loss of the master:
+/// `WAIT replicas timeout` after it, on a connection of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitFor {
+    /// Replicas that must acknowledge (0: no `WAIT`).
+    pub replicas: u32,
+    /// How long to wait for them; below the store's command timeout.
+    pub timeout: Duration,
+}
+
+/// Unreplicated delivered markers kept for re-assertion after a failover.
+const REASSERT_MAX: usize = 100_000;
+
+/// What the store knows about its deployment (`/readyz`, `/metrics`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// `redis`, `sentinel` or `cluster` (`memory` for the memory store).
+    pub kind: &'static str,
+    /// The master(s) in use (`host:port`, comma-separated for a cluster);
+    /// empty when unknown or for a plain URL.
+    pub master: String,
+    /// Replicas connected to the master(s) when last asked.
+    pub replicas: Option<u64>,
+    /// Replicas that acknowledged the last delivered marker (`WAIT`).
+    pub replicas_acked: Option<u64>,
+    /// Replicas each marker waits for (`replay.wait_replicas`).
+    pub wait_replicas: u32,
+    /// Delivered markers fewer replicas acknowledged than asked.
+    pub unreplicated: u64,
+    /// Failovers this gateway saw (a new master address).
+    pub failovers: u64,
+    /// Unix time of the last one (0: none).
+    pub last_failover: i64,
+}
+
+impl Topology {
+    /// The memory store's: no master, no replicas.
+    pub fn memory() -> Topology {
+        Topology {
+            kind: "memory",
+            master: String::new(),
+            replicas: None,
+            replicas_acked: None,
+            wait_replicas: 0,
+            unreplicated: 0,
+            failovers: 0,
+            last_failover: 0,
+        }
+    }
+}
+
+/// The scripts, as sent to a plain server or to a cluster (`#!lua`: Redis
+/// 7 then treats them as writes, so a demoted master answers MOVED instead
+/// of running them and failing with READONLY).
+struct Scripts {
+    claim: redis::Script,
+    renew: redis::Script,
+    confirm: redis::Script,
+    release: redis::Script,
+    forget: redis::Script,
+    /// The confirm's text, sent with `EVAL` in the confirm+`WAIT` pipeline
+    /// (no NOSCRIPT round trip on a newly promoted master).
+    confirm_text: String,
+}
+
+impl Scripts {
+    fn new(shebang: bool) -> Scripts {
+        let text = |body: &str| {
+            if shebang {
+                format!("#!lua\n{body}")
+            } else {
+                body.to_owned()
+            }
+        };
+        Scripts {
+            claim: redis::Script::new(&text(CLAIM)),
+            renew: redis::Script::new(&text(RENEW)),
+            confirm: redis::Script::new(&text(CONFIRM)),
+            release: redis::Script::new(&text(RELEASE)),
+            forget: redis::Script::new(&text(FORGET)),
+            confirm_text: text(CONFIRM),
+        }
+    }
+}
+
+/// A Redis (or Redis-compatible) store shared by several gateways: one
+/// server by URL, a Sentinel deployment or a Redis Cluster. Two connections
+/// per gateway ([`Lane`]), reconnected (or the master found again) after a
+/// failure; every command is bounded by the configured timeout. Values:
 /// `f:<instance>:<token>` while in flight, `d` once delivered, `n` for a
 /// nonce; `<event key>:at` counts an event's claims until it is delivered.
+/// On a cluster both keys carry one hash tag (`callgate:{<route>:ev:<hex>}`)
+/// so a script's keys share a slot; elsewhere the names are unchanged.
 ///
-/// Redis must never evict these keys: its `maxmemory-policy` is read
-/// (`INFO memory`) at start, on every `/readyz`, before the first claim and
-/// then at most every [`POLICY_RECHECK`] from the request path; while it is
-/// anything but `noeviction` every claim is refused
-/// ([`StoreError::Evicting`]).
+/// With [`WaitFor::replicas`] above 0 the delivered marker is followed by
+/// `WAIT`: a marker fewer replicas acknowledged is counted
+/// ([`Topology::unreplicated`]) and written again after the next failover.
+///
+/// Redis must never evict these keys: its `maxmemory-policy` (every
+/// primary's, on a cluster) is read (`INFO memory`) at start, on every
+/// `/readyz`, before the first claim, after a failover, and then at most
+/// every [`POLICY_RECHECK`] from the request path; while it is anything but
+/// `noeviction` every claim is refused ([`StoreError::Evicting`]).
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: redis::aio::ConnectionManager,
-    claim: Arc<redis::Script>,
-    renew: Arc<redis::Script>,
-    confirm: Arc<redis::Script>,
-    release: Arc<redis::Script>,
-    forget: Arc<redis::Script>,
+    link: Arc<Link>,
+    scripts: Arc<Scripts>,
+    kind: &'static str,
     instance: Arc<str>,
     next_token: Arc<AtomicU64>,
-    /// The URL without its password, for messages.
+    /// The deployment without passwords, for messages.
     shown: Arc<str>,
     /// The last `maxmemory-policy` read: an index into [`EVICTING`],
     /// [`POLICY_SAFE`] or [`POLICY_UNCHECKED`].
@@ -110,50 +204,64 @@ pub struct RedisStore {
     /// When the policy was last read, in milliseconds since `epoch`.
     policy_read: Arc<AtomicU64>,
     epoch: std::time::Instant,
+    wait: WaitFor,
+    /// Replicas that acknowledged the last marker (-1: none yet).
+    replicas_acked: Arc<AtomicI64>,
+    /// Replicas connected when last asked (-1: unknown).
+    replicas: Arc<AtomicI64>,
+    unreplicated: Arc<AtomicU64>,
+    /// Markers to write again after a failover: (key name, ttl ms).
+    reassert: Arc<Mutex<VecDeque<(String, u64)>>>,
+    /// The failover count the store last acted on.
+    failovers_seen: Arc<AtomicU64>,
+    /// When [`RedisStore::refresh_soon`] last ran, in ms since `epoch`.
+    topology_read: Arc<AtomicU64>,
 }
 
 impl RedisStore {
-    /// Prepares the store without connecting: a gateway starts (and fails
-    /// closed) while Redis is down, and recovers when it returns.
+    /// One server by URL, without `WAIT` (benches, tests).
     pub fn new(
         url: &str,
         timeout: Duration,
         tls_ca: Option<&[u8]>,
     ) -> Result<RedisStore, StoreError> {
-        let client = match tls_ca {
-            None => redis::Client::open(url),
-            Some(pem) => redis::Client::build_with_tls(
-                url,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.to_vec()),
-                },
-            ),
-        }
-        .map_err(|e| StoreError::Unavailable(format!("{}: {e}", redact_url(url))))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let no_wait = WaitFor {
+            replicas: 0,
+            timeout: Duration::ZERO,
+        };
+        Self::for_target(&RedisTarget::Url(url.to_owned()), timeout, tls_ca, no_wait)
+    }
+
+    /// Prepares the store without connecting: a gateway starts (and fails
+    /// closed) while Redis is down, and recovers when it returns.
+    pub fn for_target(
+        target: &RedisTarget,
+        timeout: Duration,
+        tls_ca: Option<&[u8]>,
+        wait: WaitFor,
+    ) -> Result<RedisStore, StoreError> {
+        let link = Link::new(target, timeout, tls_ca)
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", target.shown())))?;
         let mut id = [0u8; 6];
         let _ = aws_lc_rs::rand::fill(&mut id);
         Ok(RedisStore {
-            conn,
-            claim: Arc::new(redis::Script::new(CLAIM)),
-            renew: Arc::new(redis::Script::new(RENEW)),
-            confirm: Arc::new(redis::Script::new(CONFIRM)),
-            release: Arc::new(redis::Script::new(RELEASE)),
-            forget: Arc::new(redis::Script::new(FORGET)),
+            scripts: Arc::new(Scripts::new(link.is_cluster())),
+            link: Arc::new(link),
+            kind: target.kind(),
             instance: hex::encode(id).into(),
             next_token: Arc::new(AtomicU64::new(1)),
-            shown: redact_url(url).into(),
+            shown: target.shown().into(),
             policy: Arc::new(AtomicU8::new(POLICY_UNCHECKED)),
             attempts_ttl: Arc::new(AtomicU64::new(48 * 3600 * 1000)),
             policy_read: Arc::new(AtomicU64::new(0)),
             epoch: std::time::Instant::now(),
+            wait,
+            replicas_acked: Arc::new(AtomicI64::new(-1)),
+            replicas: Arc::new(AtomicI64::new(-1)),
+            unreplicated: Arc::new(AtomicU64::new(0)),
+            reassert: Arc::new(Mutex::new(VecDeque::new())),
+            failovers_seen: Arc::new(AtomicU64::new(0)),
+            topology_read: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -171,36 +279,132 @@ impl RedisStore {
         format!("f:{}:{}", self.instance, token.id)
     }
 
-    /// Reads `maxmemory-policy` and remembers it. `Err(Evicting)` when it
-    /// can evict; an unreachable Redis is `Err(Unavailable)` and leaves
-    /// what was known.
+    /// The Redis name of `key`: hash-tagged on a cluster.
+    fn name(&self, key: &Key) -> String {
+        let name = key.redis();
+        if !self.link.is_cluster() {
+            return name;
+        }
+        match name.split_once(':') {
+            Some((prefix, rest)) => format!("{prefix}:{{{rest}}}"),
+            None => format!("{{{name}}}"),
+        }
+    }
+
+    /// Runs `op` on a connection of `lane`; an error tells the link (a
+    /// Sentinel master is then found again).
+    async fn run<T, F, Fut>(&self, lane: Lane, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(StoreConn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let conn = self.link.conn(lane).await.map_err(|e| self.err(e))?;
+        match op(conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.link.failed(lane, &e).await;
+                Err(self.err(e))
+            }
+        }
+    }
+
+    /// Acts on a failover the link saw since the last call: the new
+    /// master's `maxmemory-policy` is read before the next claim, and the
+    /// markers no replica acknowledged are written to it again.
+    fn after_failover(&self) {
+        let (failovers, _) = self.link.failovers();
+        if self.failovers_seen.swap(failovers, Ordering::Relaxed) == failovers {
+            return;
+        }
+        self.policy.store(POLICY_UNCHECKED, Ordering::Relaxed);
+        let pending: Vec<(String, u64)> = match self.reassert.lock() {
+            Ok(mut list) => list.drain(..).collect(),
+            Err(_) => return,
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut failed = 0usize;
+            for (name, ttl) in &pending {
+                let mut pipe = redis::pipe();
+                pipe.cmd("SET")
+                    .arg(name)
+                    .arg("d")
+                    .arg("PX")
+                    .arg(*ttl)
+                    .ignore();
+                let done: Result<(), StoreError> = store
+                    .run(Lane::Claims, |mut c| async move {
+                        pipe.query_async(&mut c).await
+                    })
+                    .await;
+                if done.is_err() {
+                    failed += 1;
+                    store.keep_for_reassert(name.clone(), *ttl);
+                }
+            }
+            tracing::info!(
+                markers = pending.len(),
+                failed,
+                "replay store: unreplicated delivered markers written again after a failover"
+            );
+        });
+    }
+
+    fn keep_for_reassert(&self, name: String, ttl: u64) {
+        if let Ok(mut list) = self.reassert.lock() {
+            if list.len() >= REASSERT_MAX {
+                list.pop_front();
+            }
+            list.push_back((name, ttl));
+        }
+    }
+
+    /// Reads every primary's `maxmemory-policy` and remembers the worst.
+    /// `Err(Evicting)` when one can evict; an unreachable Redis is
+    /// `Err(Unavailable)` and leaves what was known.
     pub async fn check_policy(&self) -> Result<(), StoreError> {
         self.policy_read
             .store(millis(self.epoch.elapsed()), Ordering::Relaxed);
-        let mut conn = self.conn.clone();
-        let info: String = redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.err(e))?;
-        let policy = info
-            .lines()
-            .find_map(|l| l.strip_prefix("maxmemory_policy:"))
-            .map(str::trim);
-        let state = match policy {
-            Some("noeviction") => POLICY_SAFE,
-            Some(p) => EVICTING
-                .iter()
-                .position(|e| *e == p)
-                .unwrap_or(EVICTING.len() - 1) as u8,
-            // INFO without the field: not a Redis we can vouch for.
-            None => (EVICTING.len() - 1) as u8,
+        let infos = match self.link.info_memory().await {
+            Ok(infos) => infos,
+            Err(e) => {
+                self.link.failed(Lane::Claims, &e).await;
+                return Err(self.err(e));
+            }
         };
+        let mut state = POLICY_SAFE;
+        let mut culprit = String::new();
+        for (node, info) in &infos {
+            let policy = info
+                .lines()
+                .find_map(|l| l.strip_prefix("maxmemory_policy:"))
+                .map(str::trim);
+            let node_state = match policy {
+                Some("noeviction") => POLICY_SAFE,
+                Some(p) => EVICTING
+                    .iter()
+                    .position(|e| *e == p)
+                    .unwrap_or(EVICTING.len() - 1) as u8,
+                // INFO without the field: not a Redis we can vouch for.
+                None => (EVICTING.len() - 1) as u8,
+            };
+            if node_state != POLICY_SAFE && state == POLICY_SAFE {
+                state = node_state;
+                culprit = node.clone();
+            }
+        }
         self.policy.store(state, Ordering::Relaxed);
         match self.evicting() {
             None => Ok(()),
             Some(policy) => Err(StoreError::Evicting {
-                store: self.shown.to_string(),
+                store: if culprit.is_empty() || infos.len() < 2 {
+                    self.shown.to_string()
+                } else {
+                    format!("{} (node {culprit})", self.shown)
+                },
                 policy,
             }),
         }
@@ -212,16 +416,84 @@ impl RedisStore {
         EVICTING.get(usize::from(state)).map(|p| (*p).to_owned())
     }
 
+    /// Asks the deployment how many replicas its master(s) have (and, on a
+    /// cluster, which nodes are primaries now).
+    pub async fn refresh_topology(&self) -> Result<(), StoreError> {
+        let replicas = match self.link.replicas().await {
+            Ok(n) => n,
+            Err(e) => {
+                self.link.failed(Lane::Claims, &e).await;
+                return Err(self.err(e));
+            }
+        };
+        self.replicas.store(
+            i64::try_from(replicas).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+        self.after_failover();
+        Ok(())
+    }
+
+    /// Whether the primary holding `name` had a replica when last asked
+    /// (unknown: yes).
+    fn has_replica(&self, name: &str) -> bool {
+        self.link
+            .key_has_replica(name)
+            .unwrap_or_else(|| self.replicas.load(Ordering::Relaxed) != 0)
+    }
+
+    /// Reads the topology again in the background, at most once a second:
+    /// after a marker went unreplicated, to see replicas leave and return.
+    fn refresh_soon(&self) {
+        let now = millis(self.epoch.elapsed());
+        let last = self.topology_read.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < 1000
+            || self
+                .topology_read
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let _ = store.refresh_topology().await;
+        });
+    }
+
+    /// What the store knows about its deployment now.
+    pub fn topology(&self) -> Topology {
+        let known = |v: i64| u64::try_from(v).ok();
+        let (failovers, last_failover) = self.link.failovers();
+        Topology {
+            kind: self.kind,
+            master: self.link.master().unwrap_or_default(),
+            replicas: known(self.replicas.load(Ordering::Relaxed)),
+            replicas_acked: known(self.replicas_acked.load(Ordering::Relaxed)),
+            wait_replicas: self.wait.replicas,
+            unreplicated: self.unreplicated.load(Ordering::Relaxed),
+            failovers,
+            last_failover,
+        }
+    }
+
     pub(super) async fn claim(
         &self,
         key: &Key,
         in_flight_ttl: Duration,
     ) -> Result<Claim, StoreError> {
+        // Find the master first: a new one's maxmemory-policy is read
+        // before it is trusted with a claim.
+        self.link
+            .conn(Lane::Claims)
+            .await
+            .map_err(|e| self.err(e))?;
+        self.after_failover();
         let now = millis(self.epoch.elapsed());
         let read = self.policy_read.load(Ordering::Relaxed);
         if self.policy.load(Ordering::Relaxed) == POLICY_UNCHECKED {
-            // First contact (Redis was down at start): read the policy
-            // before trusting the store with anything.
+            // First contact (Redis was down at start), or a new master:
+            // read the policy before trusting the store with anything.
             self.check_policy().await?;
         } else if now.saturating_sub(read) >= millis(POLICY_RECHECK)
             && self
@@ -243,23 +515,28 @@ impl RedisStore {
             });
         }
         let token_id = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let mut conn = self.conn.clone();
-        let redis_key = key.redis();
+        let name = self.name(key);
+        let value = self.value(Token {
+            id: token_id,
+            attempt: 0,
+        });
+        let attempts_ttl = millis(Duration::from_millis(
+            self.attempts_ttl.load(Ordering::Relaxed),
+        ));
+        let scripts = self.scripts.clone();
         let answer: redis::Value = self
-            .claim
-            .key(&redis_key)
-            .key(attempts_key(&redis_key))
-            .arg(self.value(Token {
-                id: token_id,
-                attempt: 0,
-            }))
-            .arg(millis(in_flight_ttl))
-            .arg(millis(Duration::from_millis(
-                self.attempts_ttl.load(Ordering::Relaxed),
-            )))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.err(e))?;
+            .run(Lane::Claims, |mut c| async move {
+                scripts
+                    .claim
+                    .key(&name)
+                    .key(attempts_key(&name))
+                    .arg(value)
+                    .arg(millis(in_flight_ttl))
+                    .arg(attempts_ttl)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
         Ok(match answer {
             redis::Value::Int(n) => Claim::New(Token {
                 id: token_id,
@@ -278,35 +555,96 @@ impl RedisStore {
         token: Token,
         in_flight_ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
+        let (name, value, scripts) = (self.name(key), self.value(token), self.scripts.clone());
         let renewed: i64 = self
-            .renew
-            .key(key.redis())
-            .arg(self.value(token))
-            .arg(millis(in_flight_ttl))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.err(e))?;
+            .run(Lane::Claims, |mut c| async move {
+                scripts
+                    .renew
+                    .key(&name)
+                    .arg(value)
+                    .arg(millis(in_flight_ttl))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
         Ok(renewed == 1)
     }
 
+    /// Records the delivery; with [`WaitFor::replicas`] above 0, in one
+    /// round trip with `WAIT` on the confirm lane. A marker fewer replicas
+    /// acknowledged is still a delivery (the shop has the event: answering
+    /// the platform with a failure would only make it send the event
+    /// again); it is counted and written again after the next failover.
     pub(super) async fn confirm(
         &self,
         key: &Key,
         token: Token,
         ttl: Duration,
     ) -> Result<Confirmed, StoreError> {
-        let mut conn = self.conn.clone();
-        let redis_key = key.redis();
-        let found: i64 = self
-            .confirm
-            .key(&redis_key)
-            .key(attempts_key(&redis_key))
-            .arg(self.value(token))
-            .arg(millis(ttl))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.err(e))?;
+        self.after_failover();
+        let (name, value, scripts) = (self.name(key), self.value(token), self.scripts.clone());
+        let found: i64 = if self.wait.replicas == 0 {
+            self.run(Lane::Claims, |mut c| async move {
+                scripts
+                    .confirm
+                    .key(&name)
+                    .key(attempts_key(&name))
+                    .arg(value)
+                    .arg(millis(ttl))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?
+        } else if !self.has_replica(&name) {
+            // No replica to wait for: a WAIT would only block this lane
+            // for its whole timeout. Counted, kept for re-assertion, and
+            // the topology read again (at most once a second) to see one
+            // return.
+            let found = self
+                .run(Lane::Claims, |mut c| async move {
+                    scripts
+                        .confirm
+                        .key(&name)
+                        .key(attempts_key(&name))
+                        .arg(value)
+                        .arg(millis(ttl))
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await?;
+            self.replicas_acked.store(0, Ordering::Relaxed);
+            self.unreplicated.fetch_add(1, Ordering::Relaxed);
+            self.keep_for_reassert(self.name(key), millis(ttl));
+            self.refresh_soon();
+            found
+        } else {
+            let wait = self.wait;
+            let marker = name.clone();
+            let (found, acked): (i64, i64) = self
+                .run(Lane::Confirms, |mut c| async move {
+                    redis::pipe()
+                        .cmd("EVAL")
+                        .arg(&scripts.confirm_text)
+                        .arg(2)
+                        .arg(&marker)
+                        .arg(attempts_key(&marker))
+                        .arg(value)
+                        .arg(millis(ttl))
+                        .cmd("WAIT")
+                        .arg(wait.replicas)
+                        .arg(millis(wait.timeout))
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            self.replicas_acked.store(acked, Ordering::Relaxed);
+            if acked < i64::from(wait.replicas) {
+                self.unreplicated.fetch_add(1, Ordering::Relaxed);
+                self.keep_for_reassert(name, millis(ttl));
+                self.refresh_soon();
+            }
+            found
+        };
         Ok(match found {
             1 => Confirmed::Held,
             2 => Confirmed::Lapsed,
@@ -315,14 +653,17 @@ impl RedisStore {
     }
 
     pub(super) async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let (name, value, scripts) = (self.name(key), self.value(token), self.scripts.clone());
         let _: i64 = self
-            .release
-            .key(key.redis())
-            .arg(self.value(token))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.err(e))?;
+            .run(Lane::Claims, |mut c| async move {
+                scripts
+                    .release
+                    .key(&name)
+                    .arg(value)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
         Ok(())
     }
 
@@ -331,65 +672,67 @@ impl RedisStore {
         key: &Key,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let redis_key = key.redis();
-        let _: () = redis::pipe()
-            .atomic()
-            .cmd("SET")
-            .arg(&redis_key)
-            .arg("d")
-            .arg("PX")
-            .arg(millis(ttl))
-            .ignore()
-            .cmd("DEL")
-            .arg(attempts_key(&redis_key))
-            .ignore()
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        let name = self.name(key);
+        self.run(Lane::Claims, |mut c| async move {
+            redis::pipe()
+                .atomic()
+                .cmd("SET")
+                .arg(&name)
+                .arg("d")
+                .arg("PX")
+                .arg(millis(ttl))
+                .ignore()
+                .cmd("DEL")
+                .arg(attempts_key(&name))
+                .ignore()
+                .query_async(&mut c)
+                .await
+        })
+        .await
     }
 
     pub(super) async fn remember(&self, key: &Key, ttl: Duration) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        let set: Option<String> = redis::cmd("SET")
-            .arg(key.redis())
-            .arg("n")
-            .arg("NX")
-            .arg("PX")
-            .arg(millis(ttl))
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.err(e))?;
+        let name = self.name(key);
+        let set: Option<String> = self
+            .run(Lane::Claims, |mut c| async move {
+                redis::cmd("SET")
+                    .arg(&name)
+                    .arg("n")
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
         Ok(set.is_some())
     }
 
     pub(super) async fn forget(&self, key: &Key) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let (name, scripts) = (self.name(key), self.scripts.clone());
         let _: i64 = self
-            .forget
-            .key(key.redis())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.err(e))?;
+            .run(Lane::Claims, |mut c| async move {
+                scripts.forget.key(&name).invoke_async(&mut c).await
+            })
+            .await?;
         Ok(())
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let _: String = redis::cmd("PING")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.err(e))?;
+        let _: String = self
+            .run(Lane::Claims, |mut c| async move {
+                redis::cmd("PING").query_async(&mut c).await
+            })
+            .await?;
         Ok(())
     }
 
+    /// Keys held: the database's size (a cluster's, summed over primaries).
     pub(super) async fn entries(&self) -> Result<u64, StoreError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("DBSIZE")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.err(e))
+        self.run(Lane::Claims, |mut c| async move {
+            redis::cmd("DBSIZE").query_async(&mut c).await
+        })
+        .await
     }
 }
 

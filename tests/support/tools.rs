@@ -25,6 +25,8 @@ pub const TOOLS: &[(&str, &str)] = &[
     // The Redis replay store's tests run a real server and read it back.
     ("redis-server", "redis-server"),
     ("redis-cli", "redis-tools"),
+    // The failover tests' Sentinel deployment.
+    ("redis-sentinel", "redis-sentinel"),
     // The legacy PHP shop (PDO SQLite, checked below) and its database.
     ("php", "php-cli"),
     ("sqlite3", "sqlite3"),
