@@ -47,6 +47,7 @@ pub mod allow;
 pub mod body;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod demo_keys;
 pub mod dump;
 pub mod expiry;

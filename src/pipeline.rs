@@ -33,6 +33,7 @@ use http_body_util::Full;
 
 use crate::ack::{self, Outcome};
 use crate::config::Snapshot;
+use crate::console::ShopAnswer;
 use crate::forward::{self, Arrival, HttpClient, Target};
 use crate::journal::{self, Journal, OutcomeRecord, Record};
 use crate::metrics::Metrics;
@@ -64,6 +65,12 @@ pub struct State {
     /// The bearer token of the admin API (`admin.token_file`); without one
     /// the API does not exist.
     pub admin_token: Option<crate::secret::Secret>,
+    /// Whether the admin listener is bound to a loopback address (the
+    /// console is then readable without the token).
+    pub admin_loopback: bool,
+    /// Recent notifications and per-route counts for the console; kept
+    /// across reloads.
+    pub recent: crate::console::Recent,
 }
 
 impl State {
@@ -78,6 +85,8 @@ impl State {
         metrics.rules_loaded(&snapshot, crate::clock::unix_now());
         store.set_quotas(&snapshot.routes.quotas());
         let tasks = Tasks::new(metrics.requests_in_flight().clone());
+        let recent = crate::console::Recent::new();
+        recent.reloaded(crate::clock::unix_now(), true, snapshot.routes.len(), &[]);
         State {
             snapshot: ArcSwap::from_pointee(snapshot),
             store,
@@ -89,6 +98,8 @@ impl State {
             backlog: Arc::new(Backlog::default()),
             tasks,
             admin_token: None,
+            admin_loopback: true,
+            recent,
         }
     }
 
@@ -175,6 +186,10 @@ struct Ctx {
     dry_run: Option<String>,
     /// The merchant whose keys verified it (for `merchant_label` routes).
     merchant: Option<Box<str>>,
+    /// The merchant's order number, for the console's search.
+    order: Option<crate::console::Order>,
+    /// What the shop answered, when it was asked.
+    shop: Option<crate::console::ShopAnswer>,
 }
 
 /// The longest path a log line repeats; the rest is cut (`...`).
@@ -223,12 +238,14 @@ where
         label: None,
         dry_run: None,
         merchant: None,
+        order: None,
+        shop: None,
     };
     let outcome = match flow(&state, &snapshot, &mut ctx, req).await {
         Ok(o) | Err(o) => o,
     };
     let response = ack::respond(outcome, ctx.route.as_ref().map(|r| r.kind().ack()));
-    finish(&state, &ctx, outcome, started.elapsed());
+    finish(&state, ctx, outcome, started.elapsed());
     response
 }
 
@@ -259,6 +276,8 @@ where
     .map_err(|e| ctx.reject(e.outcome(), e.label(), e))?;
     let payload = body::parse(route.kind().format(), &parts.headers, &bytes)
         .map_err(|e| ctx.reject(Outcome::Malformed, e.label(), e))?;
+    ctx.order = provider::claimed_order(route.kind(), &payload)
+        .map(|o| crate::console::Order::new(o, false));
     let now = crate::clock::unix_now();
     let (merchant, verified) = verify(&route, ctx, &parts.headers, &bytes, &payload, now)?;
     replay::check_fresh(&verified, route.max_age, route.max_future, now)
@@ -302,8 +321,9 @@ where
         record_outcome(state, &arrival, &route, &verified, stop.outcome, false).await;
         return Err(stop.end(ctx));
     }
-    let forwarded =
+    let (shop, forwarded) =
         forward_and_settle(state, &route, merchant, &verified, &arrival, held, false).await;
+    ctx.shop = Some(shop);
     forwarded
         .map(|()| Outcome::Forwarded)
         .map_err(|e| ctx.reject(e.outcome(), e.label(), e))
@@ -385,6 +405,8 @@ fn verify<'r>(
         .map_err(|e| ctx.reject(e.outcome(), e.label(), e))?;
     ctx.merchant = Some(merchant.provider.merchant_id().into());
     ctx.event_id = Some(verified.event_id().to_owned());
+    ctx.order =
+        crate::normalize::order_number(&verified).map(|o| crate::console::Order::new(&o, true));
     Ok((merchant, verified))
 }
 
@@ -634,7 +656,8 @@ pub(crate) async fn claim(
 
 /// Forwards the verified notification, then settles what the request
 /// holds: the delivery recorded when the shop took it, the claim given
-/// back when it did not; and journals how it ended.
+/// back when it did not; and journals how it ended. Returns the shop's
+/// answer (for the console) with the result.
 pub(crate) async fn forward_and_settle(
     state: &State,
     route: &Route,
@@ -643,8 +666,8 @@ pub(crate) async fn forward_and_settle(
     arrival: &Arrival<'_>,
     held: Held,
     redelivery: bool,
-) -> Result<(), forward::ForwardError> {
-    let result = deliver(state, route, merchant, verified, arrival).await;
+) -> (ShopAnswer, Result<(), forward::ForwardError>) {
+    let (shop, result) = deliver(state, route, merchant, verified, arrival).await;
     let outcome = match &result {
         Ok(()) => {
             match held.claim {
@@ -659,7 +682,7 @@ pub(crate) async fn forward_and_settle(
         }
     };
     record_outcome(state, arrival, route, verified, outcome, redelivery).await;
-    result
+    (shop, result)
 }
 
 /// Forwards a verified notification and times the upstream.
@@ -669,7 +692,7 @@ async fn deliver(
     merchant: &Merchant,
     verified: &Verified,
     arrival: &Arrival<'_>,
-) -> Result<(), forward::ForwardError> {
+) -> (ShopAnswer, Result<(), forward::ForwardError>) {
     if arrival.attempt > 1 {
         state.metrics.repeat_delivery(&route.name);
         tracing::warn!(route = %route.name, event_id = verified.event_id(), attempt = arrival.attempt,
@@ -683,8 +706,16 @@ async fn deliver(
     };
     let sent = Instant::now();
     let result = forward::forward(&state.client, &target, verified, arrival).await;
-    state.metrics.upstream(&route.name, sent.elapsed());
-    result.map(|_| ())
+    let took = sent.elapsed();
+    state.metrics.upstream(&route.name, took);
+    let status = match &result {
+        Ok(status)
+        | Err(
+            forward::ForwardError::Status(status) | forward::ForwardError::NotConfirmed { status },
+        ) => Some(*status),
+        Err(_) => None,
+    };
+    (ShopAnswer { status, took }, result.map(|_| ()))
 }
 
 /// Counts a store refusal by its kind: unreachable, full, or Redis that
@@ -900,8 +931,9 @@ async fn record_outcome(
     }
 }
 
-/// Writes the request's one log line and records its metrics.
-fn finish(state: &State, ctx: &Ctx, outcome: Outcome, took: Duration) {
+/// Writes the request's one log line, records its metrics and hands it to
+/// the console.
+fn finish(state: &State, ctx: Ctx, outcome: Outcome, took: Duration) {
     let (route, provider) = match &ctx.route {
         Some(r) => (&*r.name, r.kind().as_str()),
         None => ("-", "-"),
@@ -950,4 +982,25 @@ fn finish(state: &State, ctx: &Ctx, outcome: Outcome, took: Duration) {
         }
         _ => line!(warn),
     }
+    let route = ctx
+        .route
+        .as_ref()
+        .map_or_else(|| Arc::from("-"), |r| r.name.clone());
+    state.recent.record(crate::console::Entry {
+        seq: 0,
+        unix: crate::clock::unix_now(),
+        request_id: ctx.request_id,
+        route,
+        provider,
+        outcome,
+        reason_label: ctx.label,
+        reason: ctx.reason,
+        peer: ctx.peer,
+        client: ctx.client,
+        merchant: ctx.merchant,
+        event_id: ctx.event_id,
+        order: ctx.order,
+        shop: ctx.shop,
+        took,
+    });
 }

@@ -305,6 +305,7 @@ pub fn build_state(
     let metrics = Metrics::new()?;
     let mut state = State::new(snapshot, store, client, metrics, config.replay.ttl, journal);
     state.admin_token = config.admin_token.as_ref().map(|t| t.token.clone());
+    state.admin_loopback = config.admin.is_none_or(|a| a.addr.ip().is_loopback());
     Ok(Arc::new(state))
 }
 
