@@ -318,7 +318,16 @@ where
     // good for a whole forward, before the shop sees anything.
     if let Err(stop) = held.hold_for_forward(state, &route).await {
         held.give_back(state, &route).await;
-        record_outcome(state, &arrival, &route, &verified, stop.outcome, false).await;
+        record_outcome(
+            state,
+            &arrival,
+            &route,
+            &verified,
+            stop.outcome,
+            false,
+            None,
+        )
+        .await;
         return Err(stop.end(ctx));
     }
     let (shop, forwarded) =
@@ -491,6 +500,7 @@ fn received_record(
             .collect(),
         body: base64::engine::general_purpose::STANDARD.encode(body),
         attempt: arrival.attempt,
+        order: crate::normalize::order_number(verified),
     }
 }
 
@@ -681,7 +691,16 @@ pub(crate) async fn forward_and_settle(
             e.outcome()
         }
     };
-    record_outcome(state, arrival, route, verified, outcome, redelivery).await;
+    record_outcome(
+        state,
+        arrival,
+        route,
+        verified,
+        outcome,
+        redelivery,
+        Some(shop),
+    )
+    .await;
     (shop, result)
 }
 
@@ -912,6 +931,7 @@ async fn record_outcome(
     verified: &Verified,
     outcome: Outcome,
     redelivery: bool,
+    shop: Option<ShopAnswer>,
 ) {
     let Some(j) = &state.journal else { return };
     let record = Record::Outcome(OutcomeRecord {
@@ -923,6 +943,8 @@ async fn record_outcome(
         outcome: outcome.as_str().to_owned(),
         status: outcome.status().as_u16(),
         redelivery,
+        shop_status: shop.and_then(|s| s.status),
+        shop_ms: shop.map(|s| crate::console::millis(s.took)),
     });
     // A redelivery's outcome is what keeps the next redelivery idempotent.
     if let Err(e) = j.append(&record, redelivery || j.outcomes_durable()).await {
@@ -995,6 +1017,7 @@ fn finish(state: &State, ctx: Ctx, outcome: Outcome, took: Duration) {
         outcome,
         reason_label: ctx.label,
         reason: ctx.reason,
+        path: ctx.path,
         peer: ctx.peer,
         client: ctx.client,
         merchant: ctx.merchant,

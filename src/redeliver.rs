@@ -203,6 +203,7 @@ pub async fn redeliver(state: &State, rec: &Received) -> Result<Outcome, Redeliv
             Some((_, words)) => format!("redelivery from the journal: {words}"),
             None => "redelivered from the journal".to_owned(),
         }),
+        path: String::new(),
         peer: SocketAddr::new(client, 0),
         client: Some(client),
         merchant: Some(merchant.provider.merchant_id().into()),

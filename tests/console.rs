@@ -157,6 +157,7 @@ async fn rejections_carry_the_reason_the_fix_and_the_peer() {
     );
     let unknown_path = &list[0];
     assert_eq!(unknown_path["route"], "-");
+    assert_eq!(unknown_path["path"], "/wp-login.php");
     assert_eq!(
         unknown_path["fix"].as_str().unwrap(),
         readme_fix("not_found")
@@ -250,6 +251,45 @@ async fn routes_store_and_reload_are_reported() {
     assert_eq!(store["health"], "up");
     assert_eq!(store["bound"], 100_000);
     assert!(store["entries"].as_u64().unwrap() >= 1, "{store:#}");
+}
+
+#[tokio::test]
+async fn after_a_restart_the_journal_still_answers_the_search() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    let gw = TestGateway::start(spec.clone()).await;
+    assert_eq!(gw.post_alipay("rsa2_trade_success.form").await.status, 200);
+    let before = json(&gw, &format!("/api/events?q={ORDER}")).await;
+    let TestGateway { dir, gateway, .. } = gw;
+    gateway.shutdown().await;
+    let gw = TestGateway::start_in(dir, spec).await;
+    let after = json(&gw, &format!("/api/events?q={ORDER}")).await;
+    let list = entries(&after);
+    assert_eq!(list.len(), 1, "{after:#}");
+    let e = &list[0];
+    let was = &entries(&before)[0];
+    for field in [
+        "request_id",
+        "route",
+        "provider",
+        "event_id",
+        "order_number",
+        "shop_status",
+        "outcome",
+        "merchant",
+    ] {
+        assert_eq!(e[field], was[field], "{field}");
+    }
+    assert_eq!(e["order_verified"], true);
+    assert_eq!(e["shop_status"], 200);
+    // The platform's retry after the restart is a duplicate, listed too.
+    assert_eq!(gw.post_alipay("rsa2_trade_success.form").await.status, 200);
+    let again = json(&gw, &format!("/api/events?q={ORDER}")).await;
+    let outcomes: Vec<&str> = entries(&again)
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["duplicate", "forwarded"]);
 }
 
 #[tokio::test]

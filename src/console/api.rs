@@ -182,6 +182,7 @@ pub fn entry_json(e: &Entry) -> Value {
         "request_id": e.request_id,
         "route": &*e.route,
         "provider": e.provider,
+        "path": (!e.path.is_empty()).then_some(e.path.as_str()),
         "outcome": e.outcome.as_str(),
         "status": e.outcome.status().as_u16(),
         "event_id": e.event_id,
@@ -191,16 +192,12 @@ pub fn entry_json(e: &Entry) -> Value {
         "peer": e.peer.to_string(),
         "client": e.client.map(|c| c.to_string()),
         "shop_status": e.shop.and_then(|s| s.status),
-        "shop_ms": e.shop.map(|s| millis(s.took)),
-        "duration_ms": millis(e.took),
+        "shop_ms": e.shop.map(|s| super::millis(s.took)),
+        "duration_ms": super::millis(e.took),
         "reason": label,
         "reason_text": e.reason,
         "fix": label.and_then(super::fix),
     })
-}
-
-fn millis(d: std::time::Duration) -> f64 {
-    (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
 /// `GET /api/events` (with `q`, refusals naming the order or event too)

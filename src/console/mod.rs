@@ -81,6 +81,9 @@ pub struct Entry {
     /// The reason in words (the log line's `reason`), cut to
     /// [`REASON_CHARS`].
     pub reason: Option<String>,
+    /// The request's path as sent (cut like the log line's); empty for
+    /// entries read back from the journal.
+    pub path: String,
     pub peer: SocketAddr,
     /// The source address callgate decided on.
     pub client: Option<IpAddr>,
@@ -412,6 +415,52 @@ impl Recent {
     }
 }
 
+/// A duration in milliseconds, to a tenth.
+pub fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+/// Keeps the deliveries the journal recorded before a restart (oldest
+/// first), so the console and its search see them; the route's provider
+/// comes from `routes` (`-` for a route no longer configured).
+pub fn warm(
+    recent: &Recent,
+    routes: &crate::rules::Routes,
+    arrivals: Vec<(crate::journal::Received, crate::journal::OutcomeRecord)>,
+) {
+    for (rec, out) in arrivals {
+        let outcome = Outcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == out.outcome && o.status().as_u16() == out.status)
+            .or_else(|| Outcome::ALL.into_iter().find(|o| o.as_str() == out.outcome));
+        let (Some(outcome), Ok(client)) = (outcome, rec.client.parse::<IpAddr>()) else {
+            continue;
+        };
+        let route = routes.named(&rec.route);
+        recent.record(Entry {
+            seq: 0,
+            unix: out.unix,
+            request_id: rec.rid,
+            route: route.map_or_else(|| Arc::from(rec.route.as_str()), |r| r.name.clone()),
+            provider: route.map_or("-", |r| r.kind().as_str()),
+            outcome,
+            reason_label: None,
+            reason: None,
+            path: String::new(),
+            peer: SocketAddr::new(client, 0),
+            client: Some(client),
+            merchant: (!rec.merchant.is_empty()).then(|| rec.merchant.into()),
+            event_id: Some(rec.event_id),
+            order: rec.order.map(|o| Order::new(&o, true)),
+            shop: out.shop_ms.map(|ms| ShopAnswer {
+                status: out.shop_status,
+                took: Duration::from_secs_f64(ms.max(0.0) / 1000.0),
+            }),
+            took: Duration::ZERO,
+        });
+    }
+}
+
 /// Days left until a notAfter (Unix seconds) at `now`, rounded down;
 /// negative once expired.
 pub fn days_left(not_after: i64, now: i64) -> i64 {
@@ -432,6 +481,7 @@ mod tests {
             outcome,
             reason_label: None,
             reason: None,
+            path: "/notify".into(),
             peer: "127.0.0.1:1".parse().unwrap(),
             client: client.then(|| "127.0.0.1".parse().unwrap()),
             merchant: None,

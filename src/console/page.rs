@@ -330,11 +330,16 @@ fn rejections_table(h: &mut String, entries: &[Entry]) {
             ),
             None => String::new(),
         };
+        // An unknown path or a wrong method: the path says what was called.
+        let route = if matches!(e.outcome, Outcome::NotFound | Outcome::MethodNotAllowed) {
+            format!("{}<br><code>{}</code>", escape(&e.route), escape(&e.path))
+        } else {
+            escape(&e.route)
+        };
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{order}</td><td>{reason}</td><td>{fix}</td></tr>",
+            "<tr><td>{}</td><td>{route}</td><td>{}</td><td>{}</td><td>{order}</td><td>{reason}</td><td>{fix}</td></tr>",
             escape(&rfc3339(e.unix)),
-            escape(&e.route),
             escape(&e.peer.to_string()),
             outcome_cell(e.outcome),
         );
