@@ -415,7 +415,7 @@ fn verify<'r>(
     ctx.merchant = Some(merchant.provider.merchant_id().into());
     ctx.event_id = Some(verified.event_id().to_owned());
     ctx.order =
-        crate::normalize::order_number(&verified).map(|o| crate::console::Order::new(&o, true));
+        crate::normalize::order_number(&verified).map(|o| crate::console::Order::new(o, true));
     Ok((merchant, verified))
 }
 

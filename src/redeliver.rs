@@ -209,7 +209,7 @@ pub async fn redeliver(state: &State, rec: &Received) -> Result<Outcome, Redeliv
         merchant: Some(merchant.provider.merchant_id().into()),
         event_id: Some(verified.event_id().to_owned()),
         order: crate::normalize::order_number(&verified)
-            .map(|o| crate::console::Order::new(&o, true)),
+            .map(|o| crate::console::Order::new(o, true)),
         shop: Some(shop),
         took: started.elapsed(),
     });

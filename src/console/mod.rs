@@ -107,11 +107,12 @@ pub struct Order {
 }
 
 impl Order {
-    pub fn new(number: &str, verified: bool) -> Order {
-        Order {
-            number: number.chars().take(ORDER_CHARS).collect(),
-            verified,
+    pub fn new(number: impl Into<String>, verified: bool) -> Order {
+        let mut number = number.into();
+        if let Some((end, _)) = number.char_indices().nth(ORDER_CHARS) {
+            number.truncate(end);
         }
+        Order { number, verified }
     }
 }
 
@@ -451,7 +452,7 @@ pub fn warm(
             client: Some(client),
             merchant: (!rec.merchant.is_empty()).then(|| rec.merchant.into()),
             event_id: Some(rec.event_id),
-            order: rec.order.map(|o| Order::new(&o, true)),
+            order: rec.order.map(|o| Order::new(o, true)),
             shop: out.shop_ms.map(|ms| ShopAnswer {
                 status: out.shop_status,
                 took: Duration::from_secs_f64(ms.max(0.0) / 1000.0),
@@ -596,10 +597,7 @@ mod tests {
         r.record(e);
         let got = r.list(Listing::Rejections, &all(1));
         assert_eq!(got[0].reason.as_ref().unwrap().len(), REASON_CHARS);
-        assert_eq!(
-            Order::new(&"9".repeat(500), false).number.len(),
-            ORDER_CHARS
-        );
+        assert_eq!(Order::new("9".repeat(500), false).number.len(), ORDER_CHARS);
     }
 
     #[test]
