@@ -5,7 +5,8 @@
 //! step a line; each step is a plain function whose error side is the
 //! [`Outcome`] that ends the request. [`handle`] turns the outcome into the
 //! platform's ack, and `finish` writes the one log line and the metrics
-//! before the response leaves. A request loads the configuration snapshot
+//! before the response leaves, and hands the request's record to the
+//! console (`console::Recent`). A request loads the configuration snapshot
 //! once and works with it to its end.
 //!
 //! From the claim on, the request holds a [`Held`]: the event's claim (a
