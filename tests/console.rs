@@ -189,6 +189,15 @@ async fn a_search_by_order_number_lists_every_record_of_the_order() {
     // By event id: the verified records.
     let by_event = json(&gw, &format!("/api/events?q={EVENT}")).await;
     assert_eq!(entries(&by_event).len(), 2);
+    // An order only ever refused says so, with the reason and the fix.
+    let page = gw.get_admin("/?q=CG20261122000007").await.text();
+    assert!(
+        page.contains(
+            "<span class=\"bad\">Not delivered</span>: refused before its signature checked out"
+        ) && page.contains("bad_digest")
+            && page.contains("fetch the key again"),
+        "{page}"
+    );
 
     // The page's search box gives the same list, with reasons and fixes.
     let page = gw.get_admin(&format!("/?q={ORDER}")).await;
@@ -200,6 +209,11 @@ async fn a_search_by_order_number_lists_every_record_of_the_order() {
         .and_then(|s| s.split("<h2").next())
         .expect("a search section");
     assert!(section.contains("(3 found)"), "{section}");
+    assert!(
+        section.contains("<span class=\"ok\">Delivered</span> to the shop at ")
+            && section.contains("the shop answered 200"),
+        "{section}"
+    );
     for want in [
         "forwarded",
         "duplicate",

@@ -82,9 +82,10 @@ pub async fn render(state: &State, search: Option<&str>, now: i64) -> String {
         let found = state.recent.list(Listing::All, &query);
         let _ = write!(
             h,
-            "<h2 id=\"search\">Every record of <code>{}</code> ({} found)</h2>",
+            "<h2 id=\"search\">Every record of <code>{}</code> ({} found)</h2><p>{}</p>",
             escape(q),
-            found.len()
+            found.len(),
+            verdict(&found),
         );
         entries_table(&mut h, &found, true);
     }
@@ -237,6 +238,44 @@ pub async fn render(state: &State, search: Option<&str>, now: i64) -> String {
     }
     h.push_str("<p class=\"meta\">JSON: <a href=\"/api/routes\">/api/routes</a> · <a href=\"/api/events\">/api/events</a> · <a href=\"/api/rejections\">/api/rejections</a> · <a href=\"/api/store\">/api/store</a></p></body></html>\n");
     h
+}
+
+/// One sentence answering "did the shop get it, and if not why": the
+/// latest delivery, else the latest outcome of a verified copy, else the
+/// latest refusal. `found` is newest first.
+fn verdict(found: &[Entry]) -> String {
+    if let Some(d) = found.iter().find(|e| e.outcome == Outcome::Forwarded) {
+        let answer = d
+            .shop
+            .and_then(|s| s.status)
+            .map(|s| format!(", the shop answered {s}"))
+            .unwrap_or_default();
+        return format!(
+            "<span class=\"ok\">Delivered</span> to the shop at {}{answer} (request <code>{}</code>).",
+            escape(&rfc3339(d.unix)),
+            escape(&d.request_id)
+        );
+    }
+    let last = found
+        .iter()
+        .find(|e| e.event_id.is_some())
+        .or_else(|| found.first());
+    match last {
+        None => "No record among the notifications this console keeps (see the journal: <code>callgate journal list</code>).".to_owned(),
+        Some(e) => {
+            let (reason, fix) = reason_and_fix(e);
+            let what = if e.event_id.is_some() {
+                "verified, but not delivered"
+            } else {
+                "refused before its signature checked out"
+            };
+            format!(
+                "<span class=\"bad\">Not delivered</span>: {what}; latest {} at {}. {reason} {fix}",
+                outcome_cell(e.outcome),
+                escape(&rfc3339(e.unix)),
+            )
+        }
+    }
 }
 
 fn outcome_cell(o: Outcome) -> String {
