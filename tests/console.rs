@@ -579,15 +579,17 @@ async fn chromium_renders_the_console_and_fetches_nothing_else() {
 
     let artefacts = root().join("target/console");
     std::fs::create_dir_all(&artefacts).unwrap();
+    // The screenshot shows a search: the operator's question answered.
+    let search = format!("{url}?q={ORDER}");
     let shot = artefacts.join("console.png");
     let _ = std::fs::remove_file(&shot);
     chromium(
         &profile,
         &[
             "--hide-scrollbars",
-            "--window-size=1100,1500",
+            "--window-size=1100,1900",
             &format!("--screenshot={}", shot.display()),
-            &url,
+            &search,
         ],
     )
     .await;
@@ -608,7 +610,12 @@ async fn chromium_renders_the_console_and_fetches_nothing_else() {
     // Each of the three loads made exactly one request, for the page
     // itself, and it reached the console: nothing else was asked for.
     let seen = relay.requests();
-    assert_eq!(seen, ["GET / HTTP/1.1"; 3], "{seen:?}");
+    let searched = format!("GET /?q={ORDER} HTTP/1.1");
+    assert_eq!(
+        seen,
+        ["GET / HTTP/1.1", searched.as_str(), "GET / HTTP/1.1"],
+        "{seen:?}"
+    );
 }
 
 /// Runs headless Chromium with everything that reaches out switched off and

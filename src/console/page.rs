@@ -31,6 +31,7 @@ h1{font-size:1.3em;margin:.6em 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em;bor
 .scroll{overflow-x:auto;-webkit-overflow-scrolling:touch}\
 table{border-collapse:collapse;min-width:100%;font-size:.9em}\
 th,td{text-align:left;padding:.25em .5em;border-bottom:1px solid #e2e2e2;vertical-align:top}\
+td{max-width:24em;overflow-wrap:break-word}code.id{word-break:break-all}\
 th{background:#eee;white-space:nowrap}td.n{text-align:right;white-space:nowrap}\
 code{font-family:'DejaVu Sans Mono',monospace;font-size:.92em;background:#eee;padding:0 .2em}\
 .ok{color:#176317}.bad{color:#a31515;font-weight:bold}.warn{color:#8a5a00;font-weight:bold}\
@@ -335,12 +336,15 @@ fn entries_table(h: &mut String, entries: &[Entry], with_reasons: bool) {
         };
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td class=\"n\">{:.1} ms</td>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{:.1} ms</td>",
             escape(&rfc3339(e.unix)),
             escape(&e.route),
             outcome_cell(e.outcome),
             order_cell(e),
-            escape(e.event_id.as_deref().unwrap_or("")),
+            e.event_id
+                .as_deref()
+                .map(|id| format!("<code class=\"id\">{}</code>", escape(id)))
+                .unwrap_or_default(),
             escape(&shop),
             e.took.as_secs_f64() * 1000.0,
         );
