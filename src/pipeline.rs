@@ -1008,7 +1008,7 @@ fn finish(state: &State, ctx: Ctx, outcome: Outcome, took: Duration) {
     let route = ctx
         .route
         .as_ref()
-        .map_or_else(|| Arc::from("-"), |r| r.name.clone());
+        .map_or_else(crate::console::no_route, |r| r.name.clone());
     state.recent.record(crate::console::Entry {
         seq: 0,
         unix: crate::clock::unix_now(),

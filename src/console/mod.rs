@@ -416,6 +416,12 @@ impl Recent {
     }
 }
 
+/// The route name of a request no route matched (`-`), shared.
+pub fn no_route() -> Arc<str> {
+    static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("-"));
+    NO_ROUTE.clone()
+}
+
 /// A duration in milliseconds, to a tenth.
 pub fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 10_000.0).round() / 10.0
