@@ -633,6 +633,8 @@ async fn chromium(profile: &tempfile::TempDir, args: &[&str]) -> String {
         "--disable-sync",
         "--disable-extensions",
         "--disable-default-apps",
+        // Small /dev/shm in containers (CI) crashes the renderer otherwise.
+        "--disable-dev-shm-usage",
         "--no-default-browser-check",
         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     ])
