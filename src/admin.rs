@@ -8,6 +8,22 @@
 //! `POST /api/redeliver` (`redeliver`), which needs `Authorization: Bearer
 //! <token>`, compared in constant time. Without a token it is 404, like any
 //! unknown path.
+//!
+//! The console (`console`): `GET /` (the page) and `GET /api/routes`,
+//! `/api/events`, `/api/rejections`, `/api/store` (JSON). Who may read it
+//! ([`read_access`]):
+//! * on a loopback admin address, anyone who reaches it, provided the
+//!   request's `Host` names loopback (`127.0.0.1`, `[::1]`, `localhost`):
+//!   a web page that rebinds its own DNS name to 127.0.0.1 cannot read it;
+//!   or anyone with the token;
+//! * on any other address, only with the token: `Authorization: Bearer
+//!   <token>`, or HTTP Basic with the token as the password (so a browser
+//!   can ask for it); without a configured token the console does not
+//!   exist there (404), and `callgate check` warns.
+//!
+//! Basic credentials are accepted for reading only: a browser resends them
+//! by itself, so `POST /api/redeliver` takes the Bearer header alone (a
+//! page elsewhere cannot make a browser add it).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +50,12 @@ where
     let path = req.uri().path();
     if path == "/api/redeliver" && state.admin_token.is_some() {
         return api_redeliver(state, req).await;
+    }
+    if matches!(
+        path,
+        "/" | "/api/routes" | "/api/events" | "/api/rejections" | "/api/store"
+    ) {
+        return console(&state, &req).await;
     }
     if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
         return text(StatusCode::NOT_FOUND, "not found\n");
@@ -189,20 +211,186 @@ where
     }
 }
 
-/// Whether the request carries the admin token. Both sides are hashed
-/// first, so the constant-time comparison does not even reveal the
-/// token's length.
+/// Whether the request carries the admin token as `Authorization: Bearer`.
 fn authorized(state: &State, headers: &http::HeaderMap) -> bool {
-    let Some(token) = &state.admin_token else {
-        return false;
-    };
     let presented = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
         .unwrap_or_default();
+    token_matches(state, presented)
+}
+
+/// Whether `presented` is the admin token. Both sides are hashed first,
+/// so the constant-time comparison does not even reveal the token's
+/// length. The only place the token is compared.
+fn token_matches(state: &State, presented: &[u8]) -> bool {
+    let Some(token) = &state.admin_token else {
+        return false;
+    };
     let digest = |b: &[u8]| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b);
     crate::secret::ct_eq(digest(presented).as_ref(), digest(token.expose()).as_ref())
         && !presented.is_empty()
+}
+
+/// Whether the request carries the token as Bearer, or as the password of
+/// HTTP Basic (any user name).
+fn carries_token(state: &State, headers: &http::HeaderMap) -> bool {
+    use base64::Engine as _;
+    let Some(value) = headers.get(AUTHORIZATION).map(|v| v.as_bytes()) else {
+        return false;
+    };
+    if let Some(token) = value.strip_prefix(b"Bearer ") {
+        return token_matches(state, token);
+    }
+    let Some(encoded) = value.strip_prefix(b"Basic ") else {
+        return false;
+    };
+    let Ok(pair) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
+        return false;
+    };
+    let zeroized = zeroize::Zeroizing::new(pair);
+    match zeroized.iter().position(|&b| b == b':') {
+        Some(i) => token_matches(state, &zeroized[i + 1..]),
+        None => false,
+    }
+}
+
+/// Who may read the console (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Granted,
+    /// Ask for the token.
+    Unauthorized,
+    /// A loopback console reached under a name that is not loopback.
+    ForeignHost,
+    /// Not on loopback and no token configured: the console does not exist.
+    Absent,
+}
+
+fn read_access(state: &State, headers: &http::HeaderMap) -> Access {
+    if carries_token(state, headers) {
+        return Access::Granted;
+    }
+    if state.admin_loopback {
+        return if loopback_host(headers) {
+            Access::Granted
+        } else {
+            Access::ForeignHost
+        };
+    }
+    if state.admin_token.is_some() {
+        Access::Unauthorized
+    } else {
+        Access::Absent
+    }
+}
+
+/// Whether the `Host` header names a loopback address or `localhost`.
+fn loopback_host(headers: &http::HeaderMap) -> bool {
+    let Some(host) = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `GET /` and the console's JSON endpoints.
+async fn console<B>(state: &State, req: &Request<B>) -> Response<Full<Bytes>> {
+    use crate::console::{Listing, api, page};
+    let path = req.uri().path();
+    let api_path = path != "/";
+    match read_access(state, req.headers()) {
+        Access::Granted => {}
+        Access::Absent => return text(StatusCode::NOT_FOUND, "not found\n"),
+        Access::ForeignHost => {
+            return text(
+                StatusCode::MISDIRECTED_REQUEST,
+                "the console answers to 127.0.0.1, [::1] or localhost only\n",
+            );
+        }
+        Access::Unauthorized => {
+            let mut r = json_error(StatusCode::UNAUTHORIZED, "the admin token is required");
+            r.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static(if api_path {
+                    "Bearer realm=\"callgate admin\""
+                } else {
+                    "Basic realm=\"callgate console\", charset=\"UTF-8\""
+                }),
+            );
+            return r;
+        }
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let now = crate::clock::unix_now();
+    let query = api::parse_query(req.uri().query(), now);
+    let value = match (path, query) {
+        (_, Err(e)) => return json_error(StatusCode::BAD_REQUEST, &e.to_string()),
+        ("/", Ok(q)) => {
+            let body = page::render(state, q.q.as_deref(), now).await;
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            let h = r.headers_mut();
+            h.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            if let Ok(csp) = HeaderValue::from_str(&page::content_security_policy()) {
+                h.insert(http::header::CONTENT_SECURITY_POLICY, csp);
+            }
+            no_store(h);
+            return r;
+        }
+        ("/api/routes", Ok(_)) => api::routes(state, now),
+        ("/api/events", Ok(q)) => api::listing(state, Listing::Events, &q),
+        ("/api/rejections", Ok(q)) => api::listing(state, Listing::Rejections, &q),
+        (_, Ok(_)) => api::store(state).await,
+    };
+    let mut r = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec_pretty(&value).unwrap_or_default(),
+    )));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    no_store(h);
+    r
+}
+
+/// Headers every console answer carries: not cached, not sniffed, no
+/// referrer, not framed.
+fn no_store(h: &mut http::HeaderMap) {
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        http::header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        http::header::X_FRAME_OPTIONS,
+        HeaderValue::from_static("DENY"),
+    );
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {

@@ -631,6 +631,19 @@ fn admin(g: &mut GatewayCtx<'_>, raw: Option<&AdminFile>) -> (Option<Admin>, Opt
             max_connections: usize::try_from(*a.max_connections.get_ref()).unwrap_or(usize::MAX),
         });
     let token = a.token_file.as_ref().and_then(|f| admin_token(g, f));
+    if let Some(addr) = admin.map(|a| a.addr)
+        && !addr.ip().is_loopback()
+        && a.token_file.is_none()
+    {
+        g.warn(
+            a.addr.span(),
+            format!(
+                "admin.addr {addr} is not a loopback address and admin.token_file is not set: \
+                 /metrics is readable by anyone who reaches it, and the console (/ and /api/*) is off; \
+                 set admin.token_file to serve the console behind the token, or bind 127.0.0.1"
+            ),
+        );
+    }
     (admin, token)
 }
 

@@ -96,6 +96,10 @@ pub struct Received {
     /// The `X-Callgate-Attempt` it was forwarded with.
     #[serde(default = "first_attempt")]
     pub attempt: u32,
+    /// The merchant's order number (`normalize::order_number`), for the
+    /// console's search after a restart; absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<String>,
 }
 
 fn first_attempt() -> u32 {
@@ -118,6 +122,12 @@ pub struct OutcomeRecord {
     /// Written by `callgate journal redeliver`.
     #[serde(default)]
     pub redelivery: bool,
+    /// The shop's HTTP status, when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shop_status: Option<u16>,
+    /// How long the shop took, in milliseconds, when it was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shop_ms: Option<f64>,
 }
 
 impl OutcomeRecord {
@@ -542,7 +552,14 @@ pub struct WarmUp {
     /// attempt). A forward cut short by a stop or a crash: the shop may or
     /// may not have it.
     pub unfinished: Vec<(String, String, u32)>,
+    /// The last [`RECENT_KEPT`] arrivals that have an outcome, oldest first,
+    /// without their bodies and headers: the console's deliveries after a
+    /// restart.
+    pub recent: Vec<(Received, OutcomeRecord)>,
 }
+
+/// Arrivals [`warm_up`] keeps for the console.
+pub const RECENT_KEPT: usize = 2048;
 
 /// Reads the journal in `dir` once for start-up (see [`WarmUp`]).
 pub fn warm_up(dir: &Path, ttl: Duration, now: i64) -> Result<WarmUp, JournalError> {
@@ -553,8 +570,31 @@ pub fn warm_up(dir: &Path, ttl: Duration, now: i64) -> Result<WarmUp, JournalErr
     // rid → (arrival order, route, event, attempt), until its outcome is read.
     let mut open: HashMap<String, (usize, String, String, u32)> = HashMap::new();
     let mut order = 0usize;
+    // rid → (arrival without body or headers, its outcome), newest last.
+    let mut recent: HashMap<String, (Received, Option<OutcomeRecord>)> = HashMap::new();
+    let mut recent_order: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     read_dir(dir, |r| match r {
         Record::Received(rec) => {
+            if recent_order.len() >= RECENT_KEPT
+                && let Some(old) = recent_order.pop_front()
+            {
+                recent.remove(&old);
+            }
+            let lite = Received {
+                rid: rec.rid.clone(),
+                unix: rec.unix,
+                route: rec.route.clone(),
+                provider: rec.provider.clone(),
+                merchant: rec.merchant.clone(),
+                event_id: rec.event_id.clone(),
+                client: rec.client.clone(),
+                headers: Vec::new(),
+                body: String::new(),
+                attempt: rec.attempt,
+                order: rec.order.clone(),
+            };
+            recent_order.push_back(rec.rid.clone());
+            recent.insert(rec.rid.clone(), (lite, None));
             order += 1;
             if now - rec.unix < ttl_secs {
                 let slot = attempted
@@ -573,6 +613,9 @@ pub fn warm_up(dir: &Path, ttl: Duration, now: i64) -> Result<WarmUp, JournalErr
         }
         Record::Outcome(o) => {
             open.remove(&o.rid);
+            if let Some(slot) = recent.get_mut(&o.rid) {
+                slot.1 = Some(o.clone());
+            }
             if o.delivered() && now - o.unix < ttl_secs {
                 let at = delivered
                     .entry(Event::of(o.route, o.merchant, o.event_id))
@@ -596,7 +639,15 @@ pub fn warm_up(dir: &Path, ttl: Duration, now: i64) -> Result<WarmUp, JournalErr
         .collect();
     let mut unfinished: Vec<(usize, String, String, u32)> = open.into_values().collect();
     unfinished.sort();
+    let recent = recent_order
+        .into_iter()
+        .filter_map(|rid| match recent.remove(&rid) {
+            Some((rec, Some(outcome))) => Some((rec, outcome)),
+            _ => None,
+        })
+        .collect();
     Ok(WarmUp {
+        recent,
         delivered,
         attempted,
         unfinished: unfinished
@@ -750,6 +801,7 @@ mod tests {
             )],
             body: "YT0x".into(),
             attempt: 1,
+            order: None,
         })
     }
 
@@ -763,6 +815,8 @@ mod tests {
             outcome: outcome.into(),
             status: 200,
             redelivery: false,
+            shop_status: None,
+            shop_ms: None,
         })
     }
 

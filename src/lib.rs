@@ -36,7 +36,8 @@
 //! upstream without passing a verifier. Configuration is loaded before any
 //! request by `config::load` (`load`, `config`, `rules`); `redeliver` sends
 //! journaled notifications again through the flow's own claim and forward
-//! steps.
+//! steps; `console` keeps what `finish` hands it for the admin listener's
+//! page and read-only API.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -47,6 +48,7 @@ pub mod allow;
 pub mod body;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod demo_keys;
 pub mod dump;
 pub mod expiry;

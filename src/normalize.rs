@@ -61,6 +61,43 @@ pub fn normalize(verified: &Verified) -> Vec<u8> {
     serde_json::to_vec(&value).unwrap_or_default()
 }
 
+/// The merchant's own order number of a verified notification, the
+/// `out_trade_no` of [`normalize`]: Alipay `out_trade_no`, WeChat
+/// `out_trade_no` (of the decrypted resource or refund), UnionPay
+/// `orderId`, JD Pay `tradeNum` (`oTradeNum` for a refund). For the
+/// console's search; not a secret, and no buyer's id.
+pub fn order_number(verified: &Verified) -> Option<String> {
+    let nonblank = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_owned);
+    match verified.fields() {
+        Fields::Form { form, encoding } => {
+            let field = match verified.kind() {
+                ProviderKind::Unionpay => "orderId",
+                _ => "out_trade_no",
+            };
+            let raw = form.get(field)?;
+            let (text, _) = encoding.decode_without_bom_handling(raw);
+            nonblank(Some(&text))
+        }
+        Fields::Xml { xml, refund } => nonblank(
+            refund
+                .as_ref()
+                .and_then(|r| r.get("out_trade_no"))
+                .or_else(|| xml.get("out_trade_no")),
+        ),
+        Fields::Json { resource, .. } => {
+            nonblank(resource.get("out_trade_no").and_then(Value::as_str))
+        }
+        Fields::Jdpay(d) => {
+            let root = d.root();
+            nonblank(
+                root.leaf("oTradeNum")
+                    .filter(|s| !s.is_empty())
+                    .or_else(|| root.leaf("tradeNum")),
+            )
+        }
+    }
+}
+
 /// Every field of a form but `skip`, decoded to UTF-8 from `encoding`.
 fn form_fields(
     form: &crate::body::Form,

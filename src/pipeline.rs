@@ -5,7 +5,8 @@
 //! step a line; each step is a plain function whose error side is the
 //! [`Outcome`] that ends the request. [`handle`] turns the outcome into the
 //! platform's ack, and `finish` writes the one log line and the metrics
-//! before the response leaves. A request loads the configuration snapshot
+//! before the response leaves, and hands the request's record to the
+//! console (`console::Recent`). A request loads the configuration snapshot
 //! once and works with it to its end.
 //!
 //! From the claim on, the request holds a [`Held`]: the event's claim (a
@@ -33,6 +34,7 @@ use http_body_util::Full;
 
 use crate::ack::{self, Outcome};
 use crate::config::Snapshot;
+use crate::console::ShopAnswer;
 use crate::forward::{self, Arrival, HttpClient, Target};
 use crate::journal::{self, Journal, OutcomeRecord, Record};
 use crate::metrics::Metrics;
@@ -64,6 +66,12 @@ pub struct State {
     /// The bearer token of the admin API (`admin.token_file`); without one
     /// the API does not exist.
     pub admin_token: Option<crate::secret::Secret>,
+    /// Whether the admin listener is bound to a loopback address (the
+    /// console is then readable without the token).
+    pub admin_loopback: bool,
+    /// Recent notifications and per-route counts for the console; kept
+    /// across reloads.
+    pub recent: crate::console::Recent,
 }
 
 impl State {
@@ -78,6 +86,8 @@ impl State {
         metrics.rules_loaded(&snapshot, crate::clock::unix_now());
         store.set_quotas(&snapshot.routes.quotas());
         let tasks = Tasks::new(metrics.requests_in_flight().clone());
+        let recent = crate::console::Recent::new();
+        recent.reloaded(crate::clock::unix_now(), true, snapshot.routes.len(), &[]);
         State {
             snapshot: ArcSwap::from_pointee(snapshot),
             store,
@@ -89,6 +99,8 @@ impl State {
             backlog: Arc::new(Backlog::default()),
             tasks,
             admin_token: None,
+            admin_loopback: true,
+            recent,
         }
     }
 
@@ -175,6 +187,10 @@ struct Ctx {
     dry_run: Option<String>,
     /// The merchant whose keys verified it (for `merchant_label` routes).
     merchant: Option<Box<str>>,
+    /// The merchant's order number, for the console's search.
+    order: Option<crate::console::Order>,
+    /// What the shop answered, when it was asked.
+    shop: Option<crate::console::ShopAnswer>,
 }
 
 /// The longest path a log line repeats; the rest is cut (`...`).
@@ -223,12 +239,14 @@ where
         label: None,
         dry_run: None,
         merchant: None,
+        order: None,
+        shop: None,
     };
     let outcome = match flow(&state, &snapshot, &mut ctx, req).await {
         Ok(o) | Err(o) => o,
     };
     let response = ack::respond(outcome, ctx.route.as_ref().map(|r| r.kind().ack()));
-    finish(&state, &ctx, outcome, started.elapsed());
+    finish(&state, ctx, outcome, started.elapsed());
     response
 }
 
@@ -259,6 +277,8 @@ where
     .map_err(|e| ctx.reject(e.outcome(), e.label(), e))?;
     let payload = body::parse(route.kind().format(), &parts.headers, &bytes)
         .map_err(|e| ctx.reject(Outcome::Malformed, e.label(), e))?;
+    ctx.order = provider::claimed_order(route.kind(), &payload)
+        .map(|o| crate::console::Order::new(o, false));
     let now = crate::clock::unix_now();
     let (merchant, verified) = verify(&route, ctx, &parts.headers, &bytes, &payload, now)?;
     replay::check_fresh(&verified, route.max_age, route.max_future, now)
@@ -299,11 +319,21 @@ where
     // good for a whole forward, before the shop sees anything.
     if let Err(stop) = held.hold_for_forward(state, &route).await {
         held.give_back(state, &route).await;
-        record_outcome(state, &arrival, &route, &verified, stop.outcome, false).await;
+        record_outcome(
+            state,
+            &arrival,
+            &route,
+            &verified,
+            stop.outcome,
+            false,
+            None,
+        )
+        .await;
         return Err(stop.end(ctx));
     }
-    let forwarded =
+    let (shop, forwarded) =
         forward_and_settle(state, &route, merchant, &verified, &arrival, held, false).await;
+    ctx.shop = Some(shop);
     forwarded
         .map(|()| Outcome::Forwarded)
         .map_err(|e| ctx.reject(e.outcome(), e.label(), e))
@@ -385,6 +415,8 @@ fn verify<'r>(
         .map_err(|e| ctx.reject(e.outcome(), e.label(), e))?;
     ctx.merchant = Some(merchant.provider.merchant_id().into());
     ctx.event_id = Some(verified.event_id().to_owned());
+    ctx.order =
+        crate::normalize::order_number(&verified).map(|o| crate::console::Order::new(o, true));
     Ok((merchant, verified))
 }
 
@@ -469,6 +501,7 @@ fn received_record(
             .collect(),
         body: base64::engine::general_purpose::STANDARD.encode(body),
         attempt: arrival.attempt,
+        order: crate::normalize::order_number(verified),
     }
 }
 
@@ -634,7 +667,8 @@ pub(crate) async fn claim(
 
 /// Forwards the verified notification, then settles what the request
 /// holds: the delivery recorded when the shop took it, the claim given
-/// back when it did not; and journals how it ended.
+/// back when it did not; and journals how it ended. Returns the shop's
+/// answer (for the console) with the result.
 pub(crate) async fn forward_and_settle(
     state: &State,
     route: &Route,
@@ -643,8 +677,8 @@ pub(crate) async fn forward_and_settle(
     arrival: &Arrival<'_>,
     held: Held,
     redelivery: bool,
-) -> Result<(), forward::ForwardError> {
-    let result = deliver(state, route, merchant, verified, arrival).await;
+) -> (ShopAnswer, Result<(), forward::ForwardError>) {
+    let (shop, result) = deliver(state, route, merchant, verified, arrival).await;
     let outcome = match &result {
         Ok(()) => {
             match held.claim {
@@ -658,8 +692,17 @@ pub(crate) async fn forward_and_settle(
             e.outcome()
         }
     };
-    record_outcome(state, arrival, route, verified, outcome, redelivery).await;
-    result
+    record_outcome(
+        state,
+        arrival,
+        route,
+        verified,
+        outcome,
+        redelivery,
+        Some(shop),
+    )
+    .await;
+    (shop, result)
 }
 
 /// Forwards a verified notification and times the upstream.
@@ -669,7 +712,7 @@ async fn deliver(
     merchant: &Merchant,
     verified: &Verified,
     arrival: &Arrival<'_>,
-) -> Result<(), forward::ForwardError> {
+) -> (ShopAnswer, Result<(), forward::ForwardError>) {
     if arrival.attempt > 1 {
         state.metrics.repeat_delivery(&route.name);
         tracing::warn!(route = %route.name, event_id = verified.event_id(), attempt = arrival.attempt,
@@ -683,8 +726,16 @@ async fn deliver(
     };
     let sent = Instant::now();
     let result = forward::forward(&state.client, &target, verified, arrival).await;
-    state.metrics.upstream(&route.name, sent.elapsed());
-    result.map(|_| ())
+    let took = sent.elapsed();
+    state.metrics.upstream(&route.name, took);
+    let status = match &result {
+        Ok(status)
+        | Err(
+            forward::ForwardError::Status(status) | forward::ForwardError::NotConfirmed { status },
+        ) => Some(*status),
+        Err(_) => None,
+    };
+    (ShopAnswer { status, took }, result.map(|_| ()))
 }
 
 /// Counts a store refusal by its kind: unreachable, full, or Redis that
@@ -881,6 +932,7 @@ async fn record_outcome(
     verified: &Verified,
     outcome: Outcome,
     redelivery: bool,
+    shop: Option<ShopAnswer>,
 ) {
     let Some(j) = &state.journal else { return };
     let record = Record::Outcome(OutcomeRecord {
@@ -892,6 +944,8 @@ async fn record_outcome(
         outcome: outcome.as_str().to_owned(),
         status: outcome.status().as_u16(),
         redelivery,
+        shop_status: shop.and_then(|s| s.status),
+        shop_ms: shop.map(|s| crate::console::millis(s.took)),
     });
     // A redelivery's outcome is what keeps the next redelivery idempotent.
     if let Err(e) = j.append(&record, redelivery || j.outcomes_durable()).await {
@@ -900,8 +954,9 @@ async fn record_outcome(
     }
 }
 
-/// Writes the request's one log line and records its metrics.
-fn finish(state: &State, ctx: &Ctx, outcome: Outcome, took: Duration) {
+/// Writes the request's one log line, records its metrics and hands it to
+/// the console.
+fn finish(state: &State, ctx: Ctx, outcome: Outcome, took: Duration) {
     let (route, provider) = match &ctx.route {
         Some(r) => (&*r.name, r.kind().as_str()),
         None => ("-", "-"),
@@ -950,4 +1005,26 @@ fn finish(state: &State, ctx: &Ctx, outcome: Outcome, took: Duration) {
         }
         _ => line!(warn),
     }
+    let route = ctx
+        .route
+        .as_ref()
+        .map_or_else(crate::console::no_route, |r| r.name.clone());
+    state.recent.record(crate::console::Entry {
+        seq: 0,
+        unix: crate::clock::unix_now(),
+        request_id: ctx.request_id,
+        route,
+        provider,
+        outcome,
+        reason_label: ctx.label,
+        reason: ctx.reason,
+        path: ctx.path,
+        peer: ctx.peer,
+        client: ctx.client,
+        merchant: ctx.merchant,
+        event_id: ctx.event_id,
+        order: ctx.order,
+        shop: ctx.shop,
+        took,
+    });
 }

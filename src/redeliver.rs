@@ -179,16 +179,41 @@ pub async fn redeliver(state: &State, rec: &Received) -> Result<Outcome, Redeliv
         now: crate::clock::unix_now(),
         attempt: held.attempt(),
     };
-    let forwarded =
+    let started = std::time::Instant::now();
+    let (shop, forwarded) =
         pipeline::forward_and_settle(state, &route, merchant, &verified, &arrival, held, true)
             .await;
-    Ok(match forwarded {
-        Ok(()) => Outcome::Forwarded,
+    let (outcome, why) = match &forwarded {
+        Ok(()) => (Outcome::Forwarded, None),
         Err(e) => {
             tracing::warn!(route = %route.name, event_id = %rec.event_id, error = %e, "redelivery failed");
-            e.outcome()
+            (e.outcome(), Some((e.label(), e.to_string())))
         }
-    })
+    };
+    // The console shows a redelivery among the event's records.
+    state.recent.record(crate::console::Entry {
+        seq: 0,
+        unix: crate::clock::unix_now(),
+        request_id,
+        route: route.name.clone(),
+        provider: route.kind().as_str(),
+        outcome,
+        reason_label: why.as_ref().map(|(l, _)| *l),
+        reason: Some(match why {
+            Some((_, words)) => format!("redelivery from the journal: {words}"),
+            None => "redelivered from the journal".to_owned(),
+        }),
+        path: String::new(),
+        peer: SocketAddr::new(client, 0),
+        client: Some(client),
+        merchant: Some(merchant.provider.merchant_id().into()),
+        event_id: Some(verified.event_id().to_owned()),
+        order: crate::normalize::order_number(&verified)
+            .map(|o| crate::console::Order::new(o, true)),
+        shop: Some(shop),
+        took: started.elapsed(),
+    });
+    Ok(outcome)
 }
 
 /// The latest journaled arrival of each selected event, oldest first, and

@@ -122,11 +122,26 @@ impl Live {
                 *running = config;
                 *lock(&self.files) = absolute(files);
                 metrics.reload(true);
+                self.state
+                    .recent
+                    .reloaded(crate::clock::unix_now(), true, n, &[]);
                 tracing::info!(routes = n, "rules reloaded");
                 Ok(n)
             }
             Err(e) => {
                 self.state.metrics.reload(false);
+                let problems: Vec<String> = match &e {
+                    ReloadError::Invalid(errors) => {
+                        errors.0.iter().map(ToString::to_string).collect()
+                    }
+                    ReloadError::Fixed { .. } => vec![e.to_string()],
+                };
+                self.state.recent.reloaded(
+                    crate::clock::unix_now(),
+                    false,
+                    self.state.snapshot.load().routes.len(),
+                    &problems,
+                );
                 match &e {
                     ReloadError::Invalid(errors) => {
                         for problem in &errors.0 {

@@ -277,6 +277,7 @@ pub fn build_state(
             ReplayStore::Redis(r)
         }
     };
+    let mut journaled = Vec::new();
     let journal = match &config.journal {
         None => None,
         Some(jc) => {
@@ -300,12 +301,16 @@ pub fn build_state(
             if journal_kind == "gateway" {
                 report_unfinished(&jc.dir, &warm.unfinished);
             }
+            journaled = warm.recent;
             Some(crate::journal::Journal::open(jc, journal_kind)?)
         }
     };
     let metrics = Metrics::new()?;
     let mut state = State::new(snapshot, store, client, metrics, config.replay.ttl, journal);
     state.admin_token = config.admin_token.as_ref().map(|t| t.token.clone());
+    state.admin_loopback = config.admin.is_none_or(|a| a.addr.ip().is_loopback());
+    // The console shows what the journal recorded before this start.
+    crate::console::warm(&state.recent, &state.snapshot.load().routes, journaled);
     Ok(Arc::new(state))
 }
 

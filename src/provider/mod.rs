@@ -391,6 +391,22 @@ pub fn addressee<'a>(
     })
 }
 
+/// The order number a notification's body names before its signature is
+/// checked (only what it claims): the field [`crate::normalize::order_number`]
+/// reads, where it is not encrypted (WeChat v3 and JD Pay encrypt it, a
+/// WeChat v2 refund too). For the console's search of refused notifications.
+pub fn claimed_order(kind: ProviderKind, payload: &Payload) -> Option<&str> {
+    let value = match (kind, payload) {
+        (ProviderKind::Unionpay, Payload::Form(f)) => f.get_str("orderId"),
+        (ProviderKind::Alipay | ProviderKind::AlipayMd5, Payload::Form(f)) => {
+            f.get_str("out_trade_no")
+        }
+        (ProviderKind::WechatV2, Payload::Xml(x)) => x.get("out_trade_no"),
+        _ => None,
+    };
+    value.filter(|s| !s.is_empty())
+}
+
 // === Verified ===
 
 /// A notification whose signature checked out. Only `provider/` builds one.

@@ -37,6 +37,8 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("kill", "procps"),
     // Building and unpacking the Debian package.
     ("dpkg-deb", "dpkg"),
+    // The console, rendered by a real browser (headless) in tests/console.rs.
+    ("chromium", "chromium"),
 ];
 
 /// The PHP extension the legacy shop needs, and its package.
