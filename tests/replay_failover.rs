@@ -465,7 +465,10 @@ async fn a_marker_no_replica_acknowledged_is_delivered_counted_and_still_a_dupli
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
     spec.store = master.url();
-    spec.replay_extra = "wait_replicas = 1\nwait_timeout = \"100ms\"\n".into();
+    // A bound long enough that a busy machine's replica still answers in
+    // time: the first event must be acknowledged by it.
+    spec.replay_timeout = "5s".into();
+    spec.replay_extra = "wait_replicas = 1\nwait_timeout = \"3s\"\n".into();
     let gw = TestGateway::start(spec).await;
     wait_ready(&gw, 200).await;
     let ready = gw.get_admin("/readyz").await.text();

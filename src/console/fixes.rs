@@ -185,7 +185,7 @@ const FIXES: &[(&str, &str)] = &[
     ),
     (
         "store_unavailable",
-        "bring Redis back (`CallgateReplayStoreDown`); the platforms retry",
+        "bring Redis back (`CallgateReplayStoreDown`); the platforms retry. During a failover nothing to do: callgate finds the new master (`CallgateReplayStoreFailover`); if it lasts, check that the sentinels (`SENTINEL CKQUORUM <name>`) or the cluster (`CLUSTER INFO`) can elect one",
     ),
     (
         "store_full",

@@ -448,6 +448,8 @@ pub struct GatewaySpec {
     pub upstream_timeout: String,
     /// `replay.store`.
     pub store: String,
+    /// `replay.timeout` (500ms unless a test needs Redis more time).
+    pub replay_timeout: String,
     /// Extra lines for `[replay]`.
     pub replay_extra: String,
     /// The `[journal]` table body (`enabled = false` turns it off).
@@ -467,6 +469,7 @@ impl GatewaySpec {
             body_timeout: "10s".into(),
             upstream_timeout: "10s".into(),
             store: "memory".into(),
+            replay_timeout: "500ms".into(),
             replay_extra: String::new(),
             journal: "dir = \"journal\"\n".into(),
             watch: true,
@@ -502,7 +505,7 @@ addr = "127.0.0.1:0"
 store = "{store}"
 ttl = "200100h"
 max_entries = 100000
-timeout = "500ms"
+timeout = "{replay_timeout}"
 {replay_extra}
 [journal]
 {journal}
@@ -523,6 +526,7 @@ drain_timeout = "10s"
             upstream = self.upstream_timeout,
             body = self.body_timeout,
             store = self.store,
+            replay_timeout = self.replay_timeout,
             replay_extra = self.replay_extra,
             journal = self.journal,
             watch = self.watch,
