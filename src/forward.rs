@@ -165,6 +165,12 @@ fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
 
 /// The shared client, trusting the system's root certificates.
 pub fn default_client() -> HttpClient {
+    client_with_roots(system_roots())
+}
+
+/// The system's root certificates (read once; each worker's client gets a
+/// copy).
+pub fn system_roots() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -173,10 +179,35 @@ pub fn default_client() -> HttpClient {
     if roots.is_empty() {
         tracing::warn!("no system root certificates found; https upstreams need upstream_ca");
     }
-    client_with_roots(roots)
+    roots
 }
 
-fn client_with_roots(roots: rustls::RootCertStore) -> HttpClient {
+thread_local! {
+    /// The upstream client of the worker thread this code runs on. Its
+    /// pooled connections are driven by this thread's runtime, so a forward
+    /// from this thread never hands its request to another thread.
+    static WORKER_CLIENT: std::cell::RefCell<Option<HttpClient>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Makes `client` the upstream client of requests served on this thread
+/// (a `server` worker, once, at its start).
+pub fn use_worker_client(client: HttpClient) {
+    WORKER_CLIENT.with(|c| *c.borrow_mut() = Some(client));
+}
+
+/// The client a forward from this thread goes through: its worker's own
+/// (see [`use_worker_client`]), or `shared` off the worker threads
+/// (redelivery, the admin API, benches).
+pub fn client_here(shared: &HttpClient) -> HttpClient {
+    WORKER_CLIENT
+        .with(|c| c.borrow().clone())
+        .unwrap_or_else(|| shared.clone())
+}
+
+/// A pooled client trusting `roots`; its connections are driven by the
+/// runtime that opens them.
+pub fn client_with_roots(roots: rustls::RootCertStore) -> HttpClient {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let tls = match rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
