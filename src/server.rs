@@ -296,9 +296,13 @@ impl Worker {
         let (started_tx, started) = oneshot::channel();
         let (served_tx, served) = oneshot::channel();
         let (ended_tx, ended) = oneshot::channel();
+        // Workers log where the thread that started the gateway logs (the
+        // global subscriber in `callgate run`; a test's own one).
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
         std::thread::Builder::new()
             .name(format!("callgate-worker-{index}"))
             .spawn(move || {
+                let _logs = tracing::dispatcher::set_default(&dispatch);
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
