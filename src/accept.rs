@@ -91,6 +91,9 @@ impl Refused {
 }
 
 /// The notification listener's connection limits (see the module doc).
+/// Clones share the counts: every worker thread admits against the same
+/// limits.
+#[derive(Clone)]
 pub struct Admission {
     total: Arc<Semaphore>,
     unlisted: Arc<Semaphore>,

@@ -71,6 +71,8 @@ struct ListenFile {
     addr: Spanned<String>,
     tls_cert: Option<Spanned<String>>,
     tls_key: Option<Spanned<String>>,
+    /// Worker threads serving notifications; absent: one per core.
+    workers: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -286,6 +288,9 @@ pub struct Config {
     /// Directory whose `*.toml` files are rule files.
     pub rules_dir: PathBuf,
     pub listen: SocketAddr,
+    /// Worker threads serving the notification listener, each with its own
+    /// runtime, listening socket and upstream connections (`server`).
+    pub workers: usize,
     /// TLS for the notification listener; `None` is plain HTTP.
     pub tls: Option<Tls>,
     /// Admin listener (`/metrics`, `/healthz`, `/readyz`); `None` disables it.
@@ -584,6 +589,7 @@ fn compile_gateway(file: &Path, loader: &mut Loader) -> Option<Config> {
         src: &src,
     };
     let listen = listen_addr(&mut g, &raw.listen.addr);
+    let workers = workers(&mut g, raw.listen.workers.as_ref());
     let (admin, admin_token) = admin(&mut g, raw.admin.as_ref());
     let trusted_proxies = trusted_proxies(&mut g, &raw.trusted_proxies);
     let tls = tls(&mut g, &raw.listen);
@@ -595,6 +601,7 @@ fn compile_gateway(file: &Path, loader: &mut Loader) -> Option<Config> {
         file: file.to_path_buf(),
         rules_dir,
         listen,
+        workers,
         tls,
         admin,
         admin_token,
@@ -611,6 +618,28 @@ fn listen_addr(g: &mut GatewayCtx<'_>, addr: &Spanned<String>) -> SocketAddr {
     parse_addr("listen.addr", addr)
         .map_err(|e| g.error(addr.span(), e))
         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// Most worker threads `listen.workers` may ask for.
+pub const MAX_WORKERS: u64 = 256;
+
+/// `listen.workers`: absent, one per core (`available_parallelism`).
+fn workers(g: &mut GatewayCtx<'_>, raw: Option<&Spanned<u64>>) -> usize {
+    let Some(w) = raw else {
+        return std::thread::available_parallelism().map_or(1, |n| n.get());
+    };
+    let n = *w.get_ref();
+    g.positive("listen.workers", n == 0, w.span());
+    if n > MAX_WORKERS {
+        g.error(
+            w.span(),
+            ConfigError::TooManyWorkers {
+                workers: n,
+                max: MAX_WORKERS,
+            },
+        );
+    }
+    usize::try_from(n.clamp(1, MAX_WORKERS)).unwrap_or(1)
 }
 
 /// `[admin]`: the listener, and the API's token when `token_file` is set.

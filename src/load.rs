@@ -173,6 +173,10 @@ pub enum ConfigError {
          set it lower, so that the platforms' own addresses keep room"
     )]
     UnlistedAboveTotal { unlisted: u64, total: u64 },
+    #[error(
+        "listen.workers = {workers}: at most {max}; more threads than cores only add hand-offs"
+    )]
+    TooManyWorkers { workers: u64, max: u64 },
 }
 
 /// What is wrong in a rule file.

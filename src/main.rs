@@ -369,7 +369,9 @@ fn args_is_curl(args: &callgate::sign::SignArgs) -> bool {
 }
 
 fn run(config: &std::path::Path, format: LogFormat) -> ExitCode {
-    let _log_guard = init_logging(format);
+    let Some(_log_guard) = init_logging(format) else {
+        return ExitCode::FAILURE;
+    };
     let loaded = match callgate::config::load(config) {
         Ok(l) => l,
         Err(errors) => {
@@ -439,13 +441,19 @@ impl Signals {
     }
 }
 
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+fn init_logging(format: LogFormat) -> Option<callgate::log_writer::LogGuard> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("CALLGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    // Not lossy: a full buffer slows logging down rather than dropping lines.
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::stdout());
+    // Batched by one writer thread (a request's line is a copy, not a
+    // wake-up of another thread); not lossy: a stalled stdout slows
+    // logging down rather than dropping lines.
+    let (writer, guard) = match callgate::log_writer::batched(std::io::stdout()) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("callgate: cannot start the log writer: {e}");
+            return None;
+        }
+    };
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -459,5 +467,5 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
             .init(),
         LogFormat::Text => builder.init(),
     }
-    guard
+    Some(guard)
 }

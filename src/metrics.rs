@@ -40,6 +40,7 @@ pub struct Metrics {
     last_reload_ok: IntGauge,
     connections_refused: IntCounterVec,
     write_timeouts: IntCounterVec,
+    worker_requests: IntCounterVec,
     claims_lost: IntCounterVec,
     store_full: IntCounterVec,
     route_entries: IntGaugeVec,
@@ -199,6 +200,11 @@ impl Metrics {
             "Connections closed because the peer read nothing for limits.write_timeout, by listener.",
             &["listener"],
         )?;
+        let worker_requests = f.counters(
+            "callgate_worker_requests_total",
+            "Notification requests read, by the worker thread (listen.workers) that served them.",
+            &["worker"],
+        )?;
         // A gauge, not the counter's increase: it stays 0 for as long as the
         // files on disk are broken, and returns to 1 with the next good reload.
         let last_reload_ok = f.gauge(
@@ -327,6 +333,7 @@ impl Metrics {
             connections_refused,
             last_reload_ok,
             write_timeouts,
+            worker_requests,
             claims_lost,
             store_full,
             route_entries,
@@ -443,6 +450,13 @@ impl Metrics {
     /// full (a fixed set, see `accept::Refused::label`).
     pub fn connection_refused(&self, limit: &'static str) {
         self.connections_refused.with_label_values(&[limit]).inc();
+    }
+
+    /// The request counter of worker thread `index`, for that worker to
+    /// count on without a label look-up per request.
+    pub fn worker_requests(&self, index: usize) -> IntCounter {
+        self.worker_requests
+            .with_label_values(&[index.to_string().as_str()])
     }
 
     /// The counter of connections closed because their peer stopped

@@ -50,7 +50,9 @@ pub struct State {
     /// snapshot to its end.
     pub snapshot: ArcSwap<Snapshot>,
     pub store: ReplayStore,
-    /// Shared upstream client (routes with `upstream_ca` have their own).
+    /// Upstream client off the worker threads (each `server` worker has its
+    /// own, [`forward::client_here`]; routes with `upstream_ca` have their
+    /// own).
     pub client: HttpClient,
     pub metrics: Metrics,
     /// How long a delivered event is remembered (`replay.ttl`).
@@ -295,8 +297,13 @@ where
     .await
     .map_err(|stop| stop.end(ctx))?;
     if let Some(endpoint) = merchant.provider.notify_verify()
-        && let Err(e) =
-            notify_verify::ask(&state.client, endpoint, &verified, limits.upstream_timeout).await
+        && let Err(e) = notify_verify::ask(
+            &forward::client_here(&state.client),
+            endpoint,
+            &verified,
+            limits.upstream_timeout,
+        )
+        .await
     {
         held.give_back(state, &route).await;
         return Err(ctx.reject(e.outcome(), e.label(), e));
@@ -725,7 +732,13 @@ async fn deliver(
         upstream: &merchant.upstream,
     };
     let sent = Instant::now();
-    let result = forward::forward(&state.client, &target, verified, arrival).await;
+    let result = forward::forward(
+        &forward::client_here(&state.client),
+        &target,
+        verified,
+        arrival,
+    )
+    .await;
     let took = sent.elapsed();
     state.metrics.upstream(&route.name, took);
     let status = match &result {

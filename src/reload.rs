@@ -184,8 +184,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Settings a reload cannot apply.
 fn fixed_changes(running: &Config, new: &Config) -> Vec<&'static str> {
-    let checks: [(&'static str, bool); 16] = [
+    let checks: [(&'static str, bool); 17] = [
         ("listen.addr", running.listen != new.listen),
+        ("listen.workers", running.workers != new.workers),
         (
             "listen.tls_cert/tls_key (turning TLS on or off)",
             running.tls.is_some() != new.tls.is_some(),

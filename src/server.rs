@@ -27,15 +27,28 @@
 //! The admin listener gets the same head bounds, header timeout and write
 //! timeout, and at most `admin.max_connections` connections.
 //!
+//! One core, one loop: `listen.workers` threads (one per core by default)
+//! each run a current-thread tokio runtime with its own listening socket on
+//! `listen.addr` (`SO_REUSEPORT`: the kernel spreads new connections over
+//! them) and its own pooled upstream connections
+//! ([`forward::use_worker_client`]). A notification is accepted, verified,
+//! remembered, journaled and forwarded on the thread that read it, with no
+//! hand-off to another thread. What must be one for the whole process is
+//! shared: the rule snapshot (one `ArcSwap`, so a reload reaches every
+//! worker at its next request), the TLS certificate, the connection counts
+//! of `accept::Admission`, the replay store, the journal and the metrics.
+//! The admin listener, reloads and signals run on the caller's runtime.
+//!
 //! Each request runs in its own task, so a platform that hangs up while its
 //! notification is being forwarded does not cancel the forward half-way:
 //! the upstream's answer is still recorded in the replay store.
 //!
-//! [`Gateway::shutdown`] drains: it stops accepting, turns `/readyz` to 503,
-//! lets in-flight connections finish, then waits for every request task
-//! still running (a forward whose platform connection closed runs on in its
-//! own task), all within `limits.drain_timeout`, then stops the admin
-//! listener and flushes the journal. [`Gateway::reload`] re-reads the gateway file
+//! [`Gateway::shutdown`] drains: it stops accepting on every worker, turns
+//! `/readyz` to 503, lets in-flight connections finish, then waits for every
+//! request task still running on any worker (a forward whose platform
+//! connection closed runs on in its own task), all within
+//! `limits.drain_timeout`, then ends the workers, stops the admin listener
+//! and flushes the journal. [`Gateway::reload`] re-reads the gateway file
 //! and every rule file and swaps the new rule set in whole; a reload that
 //! fails validation, or that changes a setting only a restart can apply,
 //! keeps the running rules.
@@ -54,8 +67,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::accept::{Admission, Peer, WriteDeadline};
 use tokio::task::JoinHandle;
@@ -93,6 +106,11 @@ pub enum StartError {
     Store(#[from] crate::replay::StoreError),
     #[error("{0}")]
     Journal(#[from] crate::journal::JournalError),
+    #[error("cannot start worker thread {index}: {source}")]
+    Worker {
+        index: usize,
+        source: std::io::Error,
+    },
 }
 
 /// A running gateway.
@@ -106,18 +124,15 @@ pub struct Gateway {
     watcher: Option<JoinHandle<()>>,
     stop_main: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
-    main_task: JoinHandle<()>,
+    workers: Vec<Worker>,
+    /// Ends the workers' runtimes once the drain is over.
+    end_workers: watch::Sender<bool>,
     admin_task: Option<JoinHandle<()>>,
     drain_timeout: Duration,
 }
 
 /// Binds the listeners and starts serving a loaded configuration.
 pub async fn start(setup: Setup) -> Result<Gateway, StartError> {
-    start_with_client(setup, forward::default_client()).await
-}
-
-/// Like [`start`], with a given shared upstream client.
-pub async fn start_with_client(setup: Setup, client: HttpClient) -> Result<Gateway, StartError> {
     let Setup {
         config,
         snapshot,
@@ -127,16 +142,7 @@ pub async fn start_with_client(setup: Setup, client: HttpClient) -> Result<Gatew
     for w in &warnings {
         tracing::warn!(warning = %w, "configuration");
     }
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.listen,
-        source,
-    })?;
+    let (listeners, addr) = bind_workers(config.listen, config.workers)?;
     let admin_listener = match config.admin {
         Some(a) => {
             let l = TcpListener::bind(a.addr)
@@ -157,27 +163,49 @@ pub async fn start_with_client(setup: Setup, client: HttpClient) -> Result<Gatew
         None => None,
     };
 
-    let state = build_state(&config, snapshot, client, "gateway")?;
+    let roots = forward::system_roots();
+    let state = build_state(
+        &config,
+        snapshot,
+        forward::client_with_roots(roots.clone()),
+        "gateway",
+    )?;
     check_store(&state).await?;
 
     let (stop_main, main_rx) = watch::channel(false);
     let (stop_admin, admin_rx) = watch::channel(false);
+    let (end_workers, end_rx) = watch::channel(false);
     let limits = config.limits;
     let tls_on = config.tls.is_some();
     let watch_files = config.watch;
     let live = Arc::new(Live::new(config, state.clone(), files));
-    let main_task = tokio::spawn(serve_notifications(
-        listener,
-        live.tls.clone(),
-        state.clone(),
-        limits,
-        main_rx,
-    ));
+    let admission = Admission::new(&limits);
+    let mut workers = Vec::with_capacity(listeners.len());
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let serve = Serve {
+            tls: live.tls.clone(),
+            state: state.clone(),
+            admission: admission.clone(),
+            limits,
+            stop: main_rx.clone(),
+        };
+        workers.push(Worker::spawn(
+            index,
+            listener,
+            serve,
+            roots.clone(),
+            end_rx.clone(),
+        )?);
+    }
+    for w in &mut workers {
+        w.started().await?;
+    }
     let admin_task = admin_listener
         .map(|(l, max)| tokio::spawn(serve_admin(l, max, state.clone(), limits, admin_rx)));
     tracing::info!(
         listen = %addr,
         tls = tls_on,
+        workers = workers.len(),
         admin = %admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         routes = state.snapshot.load().routes.len(),
         store = state.store.kind(),
@@ -196,10 +224,151 @@ pub async fn start_with_client(setup: Setup, client: HttpClient) -> Result<Gatew
         watcher,
         stop_main,
         stop_admin,
-        main_task,
+        workers,
+        end_workers,
         admin_task,
         drain_timeout: limits.drain_timeout,
     })
+}
+
+/// Binds one listening socket per worker on `addr`, all with
+/// `SO_REUSEPORT` when there are several: the first picks the port (when
+/// `addr`'s is 0), the others join it. Returns them with the bound address.
+fn bind_workers(
+    addr: SocketAddr,
+    workers: usize,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), StartError> {
+    let bind_error = |source| StartError::Bind { addr, source };
+    let mut listeners = Vec::with_capacity(workers);
+    let mut bound = addr;
+    for _ in 0..workers.max(1) {
+        let socket = match bound {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(bind_error)?;
+        socket.set_reuseaddr(true).map_err(bind_error)?;
+        if workers > 1 {
+            socket.set_reuseport(true).map_err(bind_error)?;
+        }
+        socket.bind(bound).map_err(bind_error)?;
+        let listener = socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
+        bound = listener.local_addr().map_err(bind_error)?;
+        // Leaves this runtime's reactor; the worker registers it with its own.
+        listeners.push(listener.into_std().map_err(bind_error)?);
+    }
+    Ok((listeners, bound))
+}
+
+/// Pending connections the kernel queues per listening socket (tokio's
+/// own default).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// What a worker's accept loop needs; all of it shared with the others.
+struct Serve {
+    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    state: Arc<State>,
+    admission: Admission,
+    limits: config::Limits,
+    stop: watch::Receiver<bool>,
+}
+
+/// One worker thread: a current-thread runtime serving its own listening
+/// socket, forwarding through its own upstream connections.
+struct Worker {
+    /// Says once the runtime runs (or why it could not start).
+    started: Option<oneshot::Receiver<std::io::Result<()>>>,
+    /// Fires when the accept loop has ended and its connections are closed.
+    served: Option<oneshot::Receiver<()>>,
+    /// Fires when the runtime is gone (its last tasks dropped).
+    ended: Option<oneshot::Receiver<()>>,
+    index: usize,
+}
+
+impl Worker {
+    fn spawn(
+        index: usize,
+        listener: std::net::TcpListener,
+        serve: Serve,
+        roots: rustls::RootCertStore,
+        mut end: watch::Receiver<bool>,
+    ) -> Result<Worker, StartError> {
+        let (started_tx, started) = oneshot::channel();
+        let (served_tx, served) = oneshot::channel();
+        let (ended_tx, ended) = oneshot::channel();
+        // Workers log where the thread that started the gateway logs (the
+        // global subscriber in `callgate run`; a test's own one).
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        std::thread::Builder::new()
+            .name(format!("callgate-worker-{index}"))
+            .spawn(move || {
+                let _logs = tracing::dispatcher::set_default(&dispatch);
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = started_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    forward::use_worker_client(forward::client_with_roots(roots));
+                    let _ = started_tx.send(Ok(()));
+                    serve_notifications(listener, serve, index).await;
+                    let _ = served_tx.send(());
+                    // Forwards whose platform hung up still run here; the
+                    // drain says when they are done (or given up).
+                    let _ = end.wait_for(|end| *end).await;
+                });
+                drop(runtime);
+                let _ = ended_tx.send(());
+            })
+            .map_err(|source| StartError::Worker { index, source })?;
+        Ok(Worker {
+            started: Some(started),
+            served: Some(served),
+            ended: Some(ended),
+            index,
+        })
+    }
+
+    async fn started(&mut self) -> Result<(), StartError> {
+        let index = self.index;
+        let Some(started) = self.started.take() else {
+            return Ok(());
+        };
+        match started.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(StartError::Worker { index, source }),
+            Err(_) => Err(StartError::Worker {
+                index,
+                source: std::io::Error::other("the worker thread ended at start"),
+            }),
+        }
+    }
+
+    /// Waits until the worker's accept loop has drained its connections.
+    async fn served(&mut self) {
+        if let Some(rx) = self.served.take() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Waits until the worker's runtime is gone.
+    async fn ended(&mut self) {
+        if let Some(rx) = self.ended.take() {
+            let _ = rx.await;
+        }
+    }
 }
 
 /// The replay keys a journaled event is remembered under. A record written
@@ -356,7 +525,10 @@ impl Gateway {
             w.abort();
         }
         let _ = self.stop_main.send(true);
-        let _ = self.main_task.await;
+        let mut workers = self.workers;
+        for w in &mut workers {
+            w.served().await;
+        }
         // Connections are closed; forwards whose platform hung up earlier
         // still run in their own tasks. Their outcome goes to the journal
         // and the store only if they are waited for.
@@ -377,6 +549,10 @@ impl Gateway {
                 );
             }
         }
+        let _ = self.end_workers.send(true);
+        for w in &mut workers {
+            w.ended().await;
+        }
         let _ = self.stop_admin.send(true);
         if let Some(t) = self.admin_task {
             let _ = t.await;
@@ -388,13 +564,16 @@ impl Gateway {
     }
 }
 
-async fn serve_notifications(
-    listener: TcpListener,
-    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
-    state: Arc<State>,
-    limits: config::Limits,
-    mut stop: watch::Receiver<bool>,
-) {
+/// A worker's accept loop: admits, wraps and serves each connection on
+/// this thread until `stop`, then drains the connections it holds.
+async fn serve_notifications(listener: TcpListener, serve: Serve, index: usize) {
+    let Serve {
+        tls,
+        state,
+        admission,
+        limits,
+        mut stop,
+    } = serve;
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -404,8 +583,8 @@ async fn serve_notifications(
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
     let builder = Arc::new(builder);
-    let admission = Admission::new(&limits);
     let write_timeouts = state.metrics.write_timeouts("notify");
+    let served = state.metrics.worker_requests(index);
     loop {
         let Some((tcp, peer)) = accept(&listener, &mut stop).await else {
             break;
@@ -428,10 +607,11 @@ async fn serve_notifications(
         let watcher = graceful.watcher();
         let state = state.clone();
         let builder = builder.clone();
+        let served = served.clone();
         match &tls {
             None => {
                 tokio::spawn(async move {
-                    connection(tcp, peer, state, builder, watcher).await;
+                    connection(tcp, peer, state, builder, watcher, served).await;
                     drop(open);
                 });
             }
@@ -442,7 +622,9 @@ async fn serve_notifications(
                 tokio::spawn(async move {
                     let _open = open;
                     match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => connection(stream, peer, state, builder, watcher).await,
+                        Ok(Ok(stream)) => {
+                            connection(stream, peer, state, builder, watcher, served).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -467,11 +649,13 @@ async fn connection<S>(
     state: Arc<State>,
     builder: Arc<http1::Builder>,
     watcher: Watcher,
+    served: prometheus::IntCounter,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req| {
         let state = state.clone();
+        served.inc();
         async move {
             // Own task: a hang-up cannot cancel a forward half-way; counted
             // until it ends, so a drain waits for it.

@@ -57,6 +57,10 @@ RELEASE = os.path.join(ROOT, "target", "release")
 CORPUS_DIR = os.path.join(ROOT, "target", "load-corpus")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CALLGATE = os.path.join(RELEASE, "callgate")
+# listen.workers for callgate; None: its default (one per core).
+WORKERS = None
+# callgate's replay store: "memory" or "redis" (--store).
+STORE = "memory"
 
 ALIPAY = ("/notify/alipay", "application/x-www-form-urlencoded; charset=utf-8", "alipay.txt")
 WECHAT = ("/notify/wechat", "text/xml", "wechat_v2.txt")
@@ -246,8 +250,20 @@ def start_nginx_proxy(work, upstream_port):
     )
 
 
-def start_callgate(work, upstream_port, json_logs=False, journal=True):
+def start_redis(work):
+    """A fresh redis-server for one run (no persistence, noeviction)."""
+    port = free_port()
+    d = os.path.join(work, "redis")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--maxmemory-policy", "noeviction", "--dir", d]
+    return Server("redis", argv, port, stdout=os.path.join(d, "redis.log"), cwd=d)
+
+
+def start_callgate(work, upstream_port, json_logs=False, journal=True, redis_port=None):
     port, admin = free_port(), free_port()
+    store = f"redis://127.0.0.1:{redis_port}/0" if redis_port else "memory"
     d = os.path.join(work, "callgate")
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(os.path.join(d, "rules"))
@@ -257,10 +273,11 @@ def start_callgate(work, upstream_port, json_logs=False, journal=True):
             f"""rules_dir = "rules"
 [listen]
 addr = "127.0.0.1:{port}"
+{f"workers = {WORKERS}" if WORKERS else "# workers: one per core (the default)"}
 [admin]
 addr = "127.0.0.1:{admin}"
 [replay]
-store = "memory"
+store = "{store}"
 ttl = "48h"
 max_entries = 1_000_000
 [journal]
@@ -415,8 +432,14 @@ def measure(name, work, args, fixed_rps=None):
             target = start_nginx_proxy(work, up.port)
             servers.append(target)
         else:
+            redis_port = None
+            if STORE == "redis":
+                redis = start_redis(work)
+                servers.append(redis)
+                redis_port = redis.port
             target = start_callgate(
-                work, up.port, json_logs="-json" in name, journal="-nojournal" not in name
+                work, up.port, json_logs="-json" in name, journal="-nojournal" not in name,
+                redis_port=redis_port,
             )
             servers.append(target)
         callgate = target if target.name == "callgate" else None
@@ -588,7 +611,15 @@ def main():
                          "(perf costs CPU: use a separate run for figures)")
     ap.add_argument("--perf-args", default="", help="extra `perf record` arguments, e.g. '--call-graph dwarf'")
     ap.add_argument("--callgate", help="the callgate binary to measure (default: target/release/callgate)")
+    ap.add_argument("--workers", type=int, help="callgate's listen.workers (default: one per core)")
+    ap.add_argument("--store", choices=("memory", "redis"), default="memory",
+                    help="callgate's replay store; redis: a fresh redis-server per run")
     args = ap.parse_args()
+    global STORE
+    STORE = args.store
+    if args.workers:
+        global WORKERS
+        WORKERS = args.workers
     if args.callgate:
         global CALLGATE
         CALLGATE = os.path.abspath(args.callgate)

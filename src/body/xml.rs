@@ -240,12 +240,18 @@ fn close(
     root: &mut Option<Element>,
     shape: &Shape,
 ) -> Result<(), XmlError> {
-    let shown_name = shown(open.name.as_bytes());
-    let mut text = String::from_utf8(open.text)
-        .map_err(|_| XmlError::Utf8(format!("element `{shown_name}`")))?;
+    // The name as an error shows it: made only when there is an error.
+    let shown_name = |name: &str| shown(name.as_bytes());
+    let mut text = match String::from_utf8(open.text) {
+        Ok(t) => t,
+        Err(_) => {
+            let name = shown_name(&open.name);
+            return Err(XmlError::Utf8(format!("element `{name}`")));
+        }
+    };
     if !open.children.is_empty() {
         if !xml_space(text.as_bytes()) {
-            return Err(XmlError::Nesting(shown_name));
+            return Err(XmlError::Nesting(shown_name(&open.name)));
         }
         text.clear();
     }
@@ -265,7 +271,7 @@ fn close(
                     .repeatable
                     .contains(&(parent.name.as_str(), element.name.as_str()))
             {
-                return Err(XmlError::Repeated(shown_name));
+                return Err(XmlError::Repeated(shown_name(&element.name)));
             }
             parent.children.push(element);
         }
@@ -283,6 +289,10 @@ fn xml_space(text: &[u8]) -> bool {
 /// Appends text with XML 1.0 line-end normalisation (CR LF and lone CR
 /// become LF), as every conforming parser reports it.
 fn push_normalized(value: &mut Vec<u8>, text: &[u8]) {
+    if !text.contains(&b'\r') {
+        value.extend_from_slice(text);
+        return;
+    }
     let mut i = 0;
     while i < text.len() {
         match text[i] {
