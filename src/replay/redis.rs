@@ -583,23 +583,8 @@ impl RedisStore {
     ) -> Result<Confirmed, StoreError> {
         self.after_failover();
         let (name, value, scripts) = (self.name(key), self.value(token), self.scripts.clone());
-        let found: i64 = if self.wait.replicas == 0 {
-            self.run(Lane::Claims, |mut c| async move {
-                scripts
-                    .confirm
-                    .key(&name)
-                    .key(attempts_key(&name))
-                    .arg(value)
-                    .arg(millis(ttl))
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?
-        } else if !self.has_replica(&name) {
-            // No replica to wait for: a WAIT would only block this lane
-            // for its whole timeout. Counted, kept for re-assertion, and
-            // the topology read again (at most once a second) to see one
-            // return.
+        let replicas = self.wait.replicas;
+        let found: i64 = if replicas == 0 || !self.has_replica(&name) {
             let found = self
                 .run(Lane::Claims, |mut c| async move {
                     scripts
@@ -612,10 +597,16 @@ impl RedisStore {
                         .await
                 })
                 .await?;
-            self.replicas_acked.store(0, Ordering::Relaxed);
-            self.unreplicated.fetch_add(1, Ordering::Relaxed);
-            self.keep_for_reassert(self.name(key), millis(ttl));
-            self.refresh_soon();
+            if replicas > 0 {
+                // No replica to wait for: a WAIT would only block this lane
+                // for its whole timeout. Counted, kept for re-assertion, and
+                // the topology read again (at most once a second) to see one
+                // return.
+                self.replicas_acked.store(0, Ordering::Relaxed);
+                self.unreplicated.fetch_add(1, Ordering::Relaxed);
+                self.keep_for_reassert(self.name(key), millis(ttl));
+                self.refresh_soon();
+            }
             found
         } else {
             let wait = self.wait;
@@ -640,7 +631,7 @@ impl RedisStore {
             self.replicas_acked.store(acked, Ordering::Relaxed);
             if acked < i64::from(wait.replicas) {
                 self.unreplicated.fetch_add(1, Ordering::Relaxed);
-                self.keep_for_reassert(name, millis(ttl));
+                self.keep_for_reassert(self.name(key), millis(ttl));
                 self.refresh_soon();
             }
             found
