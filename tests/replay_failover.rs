@@ -175,6 +175,17 @@ async fn stream(
     }
 }
 
+/// One Alipay route on `up`, its replay store the Sentinel deployment.
+fn sentinel_spec(redis: &SentinelDeployment, up: &Upstream) -> GatewaySpec {
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(up)]);
+    spec.store = "sentinel".into();
+    spec.replay_extra = format!(
+        "sentinels = {:?}\nmaster_name = \"{MASTER_NAME}\"\n",
+        redis.sentinel_addrs()
+    );
+    spec
+}
+
 async fn metric_of(gw: &TestGateway, name: &str) -> f64 {
     gw.metric(name, &[]).await.unwrap_or(-2.0)
 }
@@ -186,12 +197,7 @@ async fn sentinel_failover_keeps_every_event_once_and_fails_closed_while_no_mast
         .unwrap();
     let old = redis.master_port().unwrap();
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
-    spec.store = "sentinel".into();
-    spec.replay_extra = format!(
-        "sentinels = {:?}\nmaster_name = \"{MASTER_NAME}\"\n",
-        redis.sentinel_addrs()
-    );
+    let spec = sentinel_spec(&redis, &up);
     let a = Arc::new(TestGateway::start(spec.clone()).await);
     let b = Arc::new(TestGateway::start(spec).await);
     wait_ready(&a, 200).await;
@@ -540,12 +546,7 @@ async fn a_new_sentinel_master_that_can_evict_is_refused_without_a_readiness_pro
         .unwrap();
     let old = redis.master_port().unwrap();
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
-    spec.store = "sentinel".into();
-    spec.replay_extra = format!(
-        "sentinels = {:?}\nmaster_name = \"{MASTER_NAME}\"\n",
-        redis.sentinel_addrs()
-    );
+    let spec = sentinel_spec(&redis, &up);
     let gw = TestGateway::start(spec).await;
     wait_ready(&gw, 200).await;
     let event =
