@@ -78,18 +78,6 @@ impl SentinelMaster {
         timeout: Duration,
         tls_ca: Option<&[u8]>,
     ) -> RedisResult<SentinelMaster> {
-        let addr = |host: &str, port: u16, tls: bool| {
-            if tls {
-                ConnectionAddr::TcpTls {
-                    host: host.to_owned(),
-                    port,
-                    insecure: false,
-                    tls_params: None,
-                }
-            } else {
-                ConnectionAddr::Tcp(host.to_owned(), port)
-            }
-        };
         let mut b = SentinelClientBuilder::new(
             t.sentinels.iter().map(|(h, p)| addr(h, *p, t.sentinel_tls)),
             t.master_name.clone(),
@@ -227,16 +215,7 @@ impl SentinelMaster {
     }
 
     async fn connect_announced(&self, host: &str, port: u16) -> RedisResult<MultiplexedConnection> {
-        let addr = if self.tls {
-            ConnectionAddr::TcpTls {
-                host: host.to_owned(),
-                port,
-                insecure: false,
-                tls_params: None,
-            }
-        } else {
-            ConnectionAddr::Tcp(host.to_owned(), port)
-        };
+        let addr = addr(host, port, self.tls);
         let info = addr
             .into_connection_info()?
             .set_redis_settings(self.auth.clone());
@@ -414,6 +393,20 @@ async fn check_role(me: Weak<SentinelMaster>) {
         if !matches!(role, Ok(redis::Role::Primary { .. })) {
             me.drop_connections().await;
         }
+    }
+}
+
+/// A Redis or sentinel address, over TLS (certificates verified) or not.
+fn addr(host: &str, port: u16, tls: bool) -> ConnectionAddr {
+    if tls {
+        ConnectionAddr::TcpTls {
+            host: host.to_owned(),
+            port,
+            insecure: false,
+            tls_params: None,
+        }
+    } else {
+        ConnectionAddr::Tcp(host.to_owned(), port)
     }
 }
 
