@@ -250,6 +250,10 @@ pub fn select(
 /// Redelivers the selection from the journal in `dir` through `state`
 /// (its replay store, upstream client and journal).
 pub async fn run(state: &State, dir: &Path, selection: &Selection) -> Result<Report, SelectError> {
+    // Outcome records may still be queued for the journal thread.
+    if let Some(j) = &state.journal {
+        j.flush().await;
+    }
     let (events, delivered) = select(dir, selection, crate::clock::unix_now())?;
     let mut results = Vec::with_capacity(events.len());
     for r in &events {

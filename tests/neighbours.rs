@@ -309,6 +309,17 @@ impl Drop for Tmpfs {
 
 #[tokio::test]
 async fn a_full_journal_disk_fails_closed_and_recovers_when_space_returns() {
+    full_journal_disk("always").await;
+}
+
+/// Under `interval` the arrival is written by the request itself before the
+/// forward, so a full disk refuses it the same way.
+#[tokio::test]
+async fn a_full_journal_disk_fails_closed_with_interval_syncs_too() {
+    full_journal_disk("interval").await;
+}
+
+async fn full_journal_disk(fsync: &str) {
     let Some(disk) = Tmpfs::mount("256k") else {
         // CI runs as root and must run this test; say loudly when a
         // developer's machine cannot.
@@ -325,7 +336,7 @@ async fn a_full_journal_disk_fails_closed_and_recovers_when_space_returns() {
     let _guard = logs.install();
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
-    spec.journal = format!("dir = {:?}\nfsync = \"always\"\n", disk.dir.path());
+    spec.journal = format!("dir = {:?}\nfsync = \"{fsync}\"\n", disk.dir.path());
     let gw = TestGateway::start(spec).await;
     let body = fixture("alipay", "rsa2_trade_success.form");
 

@@ -280,6 +280,7 @@ async fn redelivery_sends_what_the_shop_missed_exactly_once() {
         502
     );
     let config = gw.cli_config();
+    gw.flush_journal().await;
 
     let (code, out, err) = callgate(&["journal", "list"], &config);
     assert_eq!(code, 0, "{err}");
@@ -331,6 +332,7 @@ async fn a_tampered_journal_is_not_redelivered() {
     // Rewrite the amount inside the journaled body (Base64 of the form).
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
+    gw.flush_journal().await;
     for file in callgate::journal::journal_files(&gw.dir.path().join("journal")) {
         let text = std::fs::read_to_string(&file).unwrap();
         let mut out = String::new();

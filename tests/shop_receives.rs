@@ -171,8 +171,7 @@ async fn the_journal_keeps_what_redelivery_needs_and_nothing_the_shop_would_not_
         .await;
     assert_eq!(r.status, 502);
 
-    let journal = gw.gateway.state.journal.as_ref().unwrap();
-    journal.flush().await;
+    gw.flush_journal().await;
     let mut received = Vec::new();
     callgate::journal::read_dir(&gw.dir.path().join("journal"), |rec| {
         if let callgate::journal::Record::Received(r) = rec {

@@ -572,6 +572,14 @@ pub struct TestGateway {
 }
 
 impl TestGateway {
+    /// Writes what the journal thread still holds (outcome records are
+    /// queued), for a test that reads the journal files next.
+    pub async fn flush_journal(&self) {
+        if let Some(j) = &self.gateway.state.journal {
+            j.flush().await;
+        }
+    }
+
     pub async fn start(spec: GatewaySpec) -> TestGateway {
         Self::start_in(tempfile::tempdir().unwrap(), spec).await
     }
