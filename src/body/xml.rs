@@ -26,6 +26,7 @@
 //! outer `<jdpay>` document.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use super::{ParseError, shown};
 
@@ -337,12 +338,16 @@ fn resolve_reference(r: &quick_xml::events::BytesRef<'_>) -> Result<char, XmlErr
 
 /// A flat XML document: the root element's name and its direct children,
 /// each name once, sorted by name. Names and values are UTF-8.
+///
+/// Shared, not copied: a `Verified` keeps the map its signature was checked
+/// over, and a clone (or [`XmlMap::without`] nothing to leave out) is a
+/// reference count, not a `String` per field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct XmlMap {
-    root: String,
+    root: Arc<str>,
     /// (name, value, where the element sits in the body), sorted by name
     /// bytes.
-    sorted: Vec<(String, String, Range<usize>)>,
+    sorted: Arc<[(String, String, Range<usize>)]>,
 }
 
 impl XmlMap {
@@ -378,8 +383,8 @@ impl XmlMap {
             .collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(XmlMap {
-            root: root.name,
-            sorted,
+            root: root.name.into(),
+            sorted: sorted.into(),
         })
     }
 
@@ -407,6 +412,9 @@ impl XmlMap {
 
     /// The same document without the elements named in `names`.
     pub fn without(&self, names: &[String]) -> XmlMap {
+        if names.is_empty() {
+            return self.clone();
+        }
         XmlMap {
             root: self.root.clone(),
             sorted: self
