@@ -114,8 +114,9 @@ pub struct Keys {
     appid: Option<Box<str>>,
     api_key: Secret,
     /// HMAC-SHA256 keyed with the API key, prepared once (preparing it per
-    /// notification cost about 5,000 instructions).
-    hmac_key: aws_lc_rs::hmac::Key,
+    /// notification cost about 5,000 instructions). Boxed: it is a kilobyte
+    /// of hash state, and `Provider` holds every provider's keys inline.
+    hmac_key: Box<aws_lc_rs::hmac::Key>,
     /// Lower-case hex MD5 of the API key: the refund `req_info` AES key.
     refund_key: Secret,
     /// Accepted algorithms: (MD5, HMAC-SHA256).
@@ -272,7 +273,10 @@ impl Keys {
     /// Keys from their parts (tests and benches).
     pub fn new(mch_id: &str, appid: Option<&str>, api_key: Secret) -> Keys {
         let refund_key = Secret::new(hex::encode(md5::Md5::digest(api_key.expose())).into_bytes());
-        let hmac_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, api_key.expose());
+        let hmac_key = Box::new(aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            api_key.expose(),
+        ));
         Keys {
             mch_id: mch_id.into(),
             appid: appid.map(Into::into),
