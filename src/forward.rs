@@ -390,6 +390,19 @@ pub async fn forward(
         .map_err(|_| ForwardError::Timeout(upstream.timeout))?
 }
 
+// The headers callgate sets, named once (a name given as `&str` is parsed
+// again at every insert).
+const X_CALLGATE_PROVIDER: HeaderName = HeaderName::from_static("x-callgate-provider");
+const X_CALLGATE_ROUTE: HeaderName = HeaderName::from_static("x-callgate-route");
+const X_CALLGATE_EVENT_ID: HeaderName = HeaderName::from_static("x-callgate-event-id");
+const X_CALLGATE_REQUEST_ID: HeaderName = HeaderName::from_static("x-callgate-request-id");
+const X_CALLGATE_ATTEMPT: HeaderName = HeaderName::from_static("x-callgate-attempt");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_CALLGATE_SIGNATURE: HeaderName = HeaderName::from_static("x-callgate-signature");
+const X_CALLGATE_RESOURCE: HeaderName = HeaderName::from_static("x-callgate-resource");
+const X_CALLGATE_RESOURCE_SIGNATURE: HeaderName =
+    HeaderName::from_static("x-callgate-resource-signature");
+
 fn build_request(
     upstream: &Upstream,
     d: Delivery<'_>,
@@ -411,26 +424,26 @@ fn build_request(
     if d.mode == ForwardMode::Normalized {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
-    headers.insert("x-callgate-provider", HeaderValue::from_static(d.provider));
-    headers.insert("x-callgate-route", header_value(d.route));
-    headers.insert("x-callgate-event-id", header_value(d.event_id));
-    headers.insert("x-callgate-request-id", header_value(d.request_id));
-    headers.insert("x-callgate-attempt", HeaderValue::from(d.attempt));
-    headers.insert("x-forwarded-for", header_value(&d.client_ip.to_string()));
+    headers.insert(X_CALLGATE_PROVIDER, HeaderValue::from_static(d.provider));
+    headers.insert(X_CALLGATE_ROUTE, header_value(d.route));
+    headers.insert(X_CALLGATE_EVENT_ID, header_value(d.event_id));
+    headers.insert(X_CALLGATE_REQUEST_ID, header_value(d.request_id));
+    headers.insert(X_CALLGATE_ATTEMPT, HeaderValue::from(d.attempt));
+    headers.insert(X_FORWARDED_FOR, header_value(&d.client_ip.to_string()));
     headers.insert(
-        "x-callgate-signature",
+        X_CALLGATE_SIGNATURE,
         header_value(&signed_with(&upstream.key, None, d.now, &d.body)),
     );
     if let Some(plain) = d.decrypted {
         use base64::Engine as _;
         let encoded = base64::engine::general_purpose::STANDARD.encode(plain);
         headers.insert(
-            "x-callgate-resource",
+            X_CALLGATE_RESOURCE,
             HeaderValue::from_str(&encoded)
                 .map_err(|e| ForwardError::Build(format!("resource header: {e}")))?,
         );
         headers.insert(
-            "x-callgate-resource-signature",
+            X_CALLGATE_RESOURCE_SIGNATURE,
             header_value(&signed_with(
                 &upstream.key,
                 Some(RESOURCE_LABEL),
@@ -469,15 +482,28 @@ fn signed(secret: &Secret, label: Option<&str>, t: i64, data: &[u8]) -> String {
 }
 
 fn signed_with(key: &aws_lc_rs::hmac::Key, label: Option<&str>, t: i64, data: &[u8]) -> String {
+    use std::fmt::Write as _;
+    // "t=UNIX,v1=" then the hex digest: the digits of `t` are written once
+    // and hashed from there.
+    let mut out = String::with_capacity(32 + 2 * 32);
+    let _ = write!(out, "t={t},v1=");
+    let digits = &out.as_bytes()[2..out.len() - 4];
     let mut ctx = aws_lc_rs::hmac::Context::with_key(key);
     if let Some(label) = label {
         ctx.update(label.as_bytes());
         ctx.update(b".");
     }
-    ctx.update(t.to_string().as_bytes());
+    ctx.update(digits);
     ctx.update(b".");
     ctx.update(data);
-    format!("t={t},v1={}", hex::encode(ctx.sign().as_ref()))
+    let tag = ctx.sign();
+    let mut hex = [0u8; 64];
+    let hex = match hex::encode_to_slice(tag.as_ref(), &mut hex) {
+        Ok(()) => std::str::from_utf8(&hex).unwrap_or_default(),
+        Err(_) => "",
+    };
+    out.push_str(hex);
+    out
 }
 
 // === impl ForwardHeaders ===

@@ -558,13 +558,25 @@ fn signature_with<'a>(
     content.extend_from_slice(b"key=");
     content.extend_from_slice(key);
     let digest = match algo {
-        SignAlgo::Md5 => hex::encode_upper(md5::Md5::digest(&content)),
-        SignAlgo::HmacSha256 => {
-            hex::encode_upper(aws_lc_rs::hmac::sign(hmac_key, &content).as_ref())
-        }
+        SignAlgo::Md5 => upper_hex(&md5::Md5::digest(&content)),
+        SignAlgo::HmacSha256 => upper_hex(aws_lc_rs::hmac::sign(hmac_key, &content).as_ref()),
     };
     zeroize::Zeroize::zeroize(&mut content);
     digest
+}
+
+/// Upper-case hex of a digest (at most 32 bytes), through a table rather
+/// than a `char` iterator.
+fn upper_hex(digest: &[u8]) -> String {
+    let mut buf = [0u8; 64];
+    let Some(out) = buf.get_mut(..2 * digest.len()) else {
+        return String::new();
+    };
+    if hex::encode_to_slice(digest, out).is_err() {
+        return String::new();
+    }
+    out.make_ascii_uppercase();
+    String::from_utf8_lossy(out).into_owned()
 }
 
 #[cfg(test)]
