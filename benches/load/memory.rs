@@ -9,6 +9,10 @@
 //! Defaults: N = 1,000,000, MAX_ENTRIES = N (the demo configuration's
 //! `replay.max_entries`), LIMIT_MB = 256 (the target).
 
+/// The `callgate` binary's allocator, so the footprint is the gateway's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
