@@ -1,20 +1,21 @@
 //! The request flow, top to bottom, in contract order:
 //! route → method → address → rate limit → size → parse → signature →
 //! freshness → nonce → claim → (legacy Alipay: notify_verify) → journal →
-//! claim renewed → forward → settle → ack. `flow` reads as that list, one
-//! step a line; each step is a plain function whose error side is the
-//! [`Outcome`] that ends the request. [`handle`] turns the outcome into the
-//! platform's ack, and `finish` writes the one log line and the metrics
-//! before the response leaves, and hands the request's record to the
-//! console (`console::Recent`). A request loads the configuration snapshot
-//! once and works with it to its end.
+//! claim held (renewed when needed) → forward → settle → ack. `flow` reads
+//! as that list, one step a line; each step is a plain function whose
+//! error side is the [`Outcome`] that ends the request. [`handle`] turns
+//! the outcome into the platform's ack, and `finish` writes the one log
+//! line and the metrics before the response leaves, and hands the
+//! request's record to the console (`console::Recent`). A request loads
+//! the configuration snapshot once and works with it to its end.
 //!
 //! From the claim on, the request holds a [`Held`]: the event's claim (a
 //! `replay::ClaimGuard`, released on drop unless settled) and the nonce it
 //! remembered. Every early end gives both back ([`Held::give_back`]); the
-//! claim is renewed right before the forward (a step before it may have
-//! outlasted the claim's life); [`forward_and_settle`] confirms it when the
-//! shop took the event, gives it back when not, and journals the outcome.
+//! claim is renewed right before the forward when a step before it may
+//! have outlasted the claim's life (one waited, or the claim is not
+//! fresh); [`forward_and_settle`] confirms it when the shop took the event,
+//! gives it back when not, and journals the outcome.
 //! `redeliver` runs the same claim and the same forward and settle for a
 //! journaled notification. A route that forwards while the store is down
 //! keeps what it delivered in [`State::backlog`] until the store can record
@@ -308,6 +309,9 @@ where
         held.give_back(state, &route).await;
         return Err(ctx.reject(e.outcome(), e.label(), e));
     }
+    // A call to the platform waits on the network: the claim may have
+    // lapsed meanwhile.
+    held.waited |= merchant.provider.notify_verify().is_some();
     let request_id = ctx.request_id.clone();
     let arrival = Arrival {
         request_id: &request_id,
@@ -321,10 +325,14 @@ where
         held.give_back(state, &route).await;
         return Err(ctx.reject(Outcome::StoreUnavailable, "journal_unavailable", e));
     }
-    // The steps above are not all bounded (a journal write waits for the
-    // disk under fsync = "always"): make sure the claim is still ours, and
-    // good for a whole forward, before the shop sees anything.
-    if let Err(stop) = held.hold_for_forward(state, &route).await {
+    // Under fsync = "always" the journal write waited for the disk.
+    held.waited |= state.journal.as_ref().is_some_and(|j| j.outcomes_durable());
+    // The steps above are not all bounded: make sure the claim is still
+    // ours, and good for a whole forward, before the shop sees anything.
+    if let Err(stop) = held
+        .hold_for_forward(state, &route, limits.upstream_timeout)
+        .await
+    {
         held.give_back(state, &route).await;
         record_outcome(
             state,
@@ -559,6 +567,9 @@ pub(crate) struct Held {
     key: Key,
     /// How long a claim lives: taken from the request's own snapshot.
     life: Duration,
+    /// Whether a step since the claim waited on the network or the disk
+    /// (the claim is then renewed before the forward, however young).
+    waited: bool,
 }
 
 impl Held {
@@ -574,15 +585,22 @@ impl Held {
         forget_nonce(state, route, self.nonce.as_ref()).await;
     }
 
-    /// Renews the claim for a whole forward. A claim found in other hands
+    /// Makes sure the claim is ours for a whole forward (bounded by
+    /// `forward`): renewed unless it is fresh and nothing waited since
+    /// ([`ClaimGuard::hold_for_forward`]). A claim found in other hands
     /// means a copy of the event was claimed after ours lapsed (or the
     /// store lost it): that copy forwards it, this one stops with 409. The
     /// claim is settled either way when this fails; the nonce is not.
-    async fn hold_for_forward(&mut self, state: &State, route: &Route) -> Result<(), Stop> {
+    async fn hold_for_forward(
+        &mut self,
+        state: &State,
+        route: &Route,
+        forward: Duration,
+    ) -> Result<(), Stop> {
         let Some(held) = self.claim.as_ref() else {
             return Ok(());
         };
-        match held.renew(self.life).await {
+        match held.hold_for_forward(self.life, forward, self.waited).await {
             Ok(true) => Ok(()),
             Ok(false) => {
                 if let Some(g) = self.claim.take() {
@@ -669,6 +687,7 @@ pub(crate) async fn claim(
         nonce,
         key,
         life,
+        waited: false,
     })
 }
 

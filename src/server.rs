@@ -30,10 +30,11 @@
 //! One core, one loop: `listen.workers` threads (one per core by default)
 //! each run a current-thread tokio runtime with its own listening socket on
 //! `listen.addr` (`SO_REUSEPORT`: the kernel spreads new connections over
-//! them) and its own pooled upstream connections
-//! ([`forward::use_worker_client`]). A notification is accepted, verified,
-//! remembered, journaled and forwarded on the thread that read it, with no
-//! hand-off to another thread. What must be one for the whole process is
+//! them), its own pooled upstream connections
+//! ([`forward::use_worker_client`]) and its own Redis connections
+//! ([`crate::replay::use_worker_connections`]). A notification is accepted,
+//! verified, remembered, journaled and forwarded on the thread that read
+//! it, with no hand-off to another thread. What must be one for the whole process is
 //! shared: the rule snapshot (one `ArcSwap`, so a reload reaches every
 //! worker at its next request), the TLS certificate, the connection counts
 //! of `accept::Admission`, the replay store, the journal and the metrics.
@@ -322,6 +323,9 @@ impl Worker {
                         }
                     };
                     forward::use_worker_client(forward::client_with_roots(roots));
+                    // Redis commands from this thread on its own connections
+                    // too, until the accept loop and the drain are over.
+                    let _redis = crate::replay::use_worker_connections();
                     let _ = started_tx.send(Ok(()));
                     serve_notifications(listener, serve, index).await;
                     let _ = served_tx.send(());

@@ -89,6 +89,32 @@ async fn two_instances_on_one_redis_forward_an_event_once() {
 }
 
 #[tokio::test]
+async fn a_worker_claims_on_its_own_redis_connection() {
+    let redis = RedisServer::start();
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    // Starting reads the maxmemory-policy (INFO) on the shared connection.
+    let gw = TestGateway::start(redis_spec(vec![RouteSpec::alipay(&up)], &redis)).await;
+    let r = gw.post_alipay("rsa2_trade_success.form").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    // The claim and the delivery record came from the worker thread that
+    // served the notification, on a connection of its own (driven by its
+    // runtime): not the shared one, whose last command is still INFO.
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "CLIENT", "LIST"])
+        .output()
+        .unwrap();
+    let clients = String::from_utf8(out.stdout).unwrap();
+    let last = |cmd: &str| {
+        clients
+            .lines()
+            .filter(|l| l.split_whitespace().any(|f| f == format!("cmd={cmd}")))
+            .count()
+    };
+    assert_eq!(last("info"), 1, "{clients}");
+    assert_eq!(last("evalsha") + last("eval"), 1, "{clients}");
+}
+
+#[tokio::test]
 async fn a_nonce_seen_by_one_store_is_a_replay_on_the_other() {
     use callgate::replay::{Key, RedisStore, ReplayStore};
     let redis = RedisServer::start();

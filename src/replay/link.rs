@@ -7,7 +7,19 @@
 //! the confirm with its `WAIT` on the other. `WAIT` blocks its connection
 //! on the server until the replicas answer or its timeout passes, so
 //! sharing one connection would queue every claim behind it.
+//!
+//! A connection's driver task runs on the runtime that opened it. The
+//! requests run on the `server` workers, one current-thread runtime each,
+//! so on a worker thread (marked by [`use_worker_connections`]) a URL's
+//! or a cluster's lanes are the worker's own, opened there on first use:
+//! a claim never hands its command to another thread and back. Off the
+//! workers (`/readyz`, `/metrics`, the admin API, redelivery, benches) the
+//! link's shared connections serve. A Sentinel master's connections stay
+//! shared: its failover fence and `ROLE` check act on them.
 
+use std::cell::RefCell;
+use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -177,12 +189,175 @@ impl ConnectionLike for StoreConn {
     }
 }
 
+impl Lane {
+    fn index(self) -> usize {
+        match self {
+            Lane::Claims => 0,
+            Lane::Confirms => 1,
+        }
+    }
+}
+
+// === a worker's own connections ===
+
+thread_local! {
+    /// The connections of the worker thread this code runs on: per link
+    /// (by [`PerWorker::id`]), one per lane, opened on first use, with the
+    /// link's [`PerWorker::lost`] count they were opened under. `None` off
+    /// the worker threads.
+    static WORKER_CONNS: RefCell<Option<WorkerLinks>> =
+        const { RefCell::new(None) };
+}
+
+/// A worker's connections: (link id, per lane: (lost count, connection)).
+type WorkerLinks = Vec<(u64, [Option<(u64, StoreConn)>; 2])>;
+
+/// Ids for [`PerWorker`]: one per link made in this process.
+static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
+
+/// A worker thread's own Redis connections, for as long as this lives:
+/// made by [`use_worker_connections`] inside the worker's runtime and
+/// dropped there, so the connections end with the runtime that drives them.
+pub struct WorkerConnections {
+    /// Tied to the worker's thread.
+    _thread: PhantomData<*const ()>,
+}
+
+/// Makes this thread a worker's: commands sent from it go through
+/// connections opened (and driven) on it (a `server` worker, at its start,
+/// inside its runtime).
+pub fn use_worker_connections() -> WorkerConnections {
+    WORKER_CONNS.with(|w| *w.borrow_mut() = Some(Vec::new()));
+    WorkerConnections {
+        _thread: PhantomData,
+    }
+}
+
+impl Drop for WorkerConnections {
+    fn drop(&mut self) {
+        // Taken out first: dropping a connection must not find the cell
+        // borrowed.
+        let conns = WORKER_CONNS.with(|w| w.borrow_mut().take());
+        drop(conns);
+    }
+}
+
+/// What a worker thread has for a link's lane.
+enum Here {
+    /// Not a worker thread: use the shared connection.
+    Shared,
+    Open(StoreConn),
+    /// A worker without one yet, or with one opened before the server was
+    /// last lost.
+    Missing,
+}
+
+/// A link's key to the worker threads' own connections, and how often one
+/// of its connections lost the server.
+pub(super) struct PerWorker {
+    id: u64,
+    /// Connection-level failures seen on any of the link's connections
+    /// (a worker's or a shared one): a worker's connection opened before
+    /// the last one is opened again. A connection manager that found Redis
+    /// gone fails the first command after Redis returns, so without this
+    /// every worker would fail one notification after an outage (the
+    /// shared connections are healed by the `/readyz` probe's `PING`).
+    lost: AtomicU64,
+}
+
+impl PerWorker {
+    fn new() -> PerWorker {
+        PerWorker {
+            id: NEXT_LINK.fetch_add(1, Ordering::Relaxed),
+            lost: AtomicU64::new(0),
+        }
+    }
+
+    fn here(&self, lane: Lane, lost: u64) -> Here {
+        WORKER_CONNS.with(|w| match w.borrow().as_ref() {
+            None => Here::Shared,
+            Some(links) => links
+                .iter()
+                .find(|(link, _)| *link == self.id)
+                .and_then(|(_, lanes)| lanes[lane.index()].as_ref())
+                .filter(|(opened, _)| *opened == lost)
+                .map_or(Here::Missing, |(_, c)| Here::Open(c.clone())),
+        })
+    }
+
+    /// This worker's connection of `lane`, opened by `open` on first use
+    /// (and again after the server was lost); `None` off the worker
+    /// threads. Two requests opening it at once both get the first one
+    /// kept.
+    async fn conn<F, Fut>(&self, lane: Lane, open: F) -> Option<RedisResult<StoreConn>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = RedisResult<StoreConn>>,
+    {
+        let lost = self.lost.load(Ordering::Relaxed);
+        match self.here(lane, lost) {
+            Here::Shared => return None,
+            Here::Open(c) => return Some(Ok(c)),
+            Here::Missing => {}
+        }
+        let opened = match open().await {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        let (kept, replaced) = WORKER_CONNS.with(|w| {
+            let mut w = w.borrow_mut();
+            let Some(links) = w.as_mut() else {
+                return (opened, None);
+            };
+            let at = match links.iter().position(|(link, _)| *link == self.id) {
+                Some(at) => at,
+                None => {
+                    links.push((self.id, [None, None]));
+                    links.len() - 1
+                }
+            };
+            let slot = &mut links[at].1[lane.index()];
+            match slot {
+                Some((was, c)) if *was == lost => (c.clone(), None),
+                _ => {
+                    let replaced = slot.replace((lost, opened.clone()));
+                    (opened, replaced)
+                }
+            }
+        });
+        // Dropped outside the borrow.
+        drop(replaced);
+        Some(Ok(kept))
+    }
+
+    /// After `e` on one of the link's connections: when it lost the server
+    /// (refused, dropped, timed out), every worker opens its connections
+    /// again at its next command.
+    fn failed(&self, e: &RedisError) {
+        if e.is_io_error()
+            || e.is_connection_refusal()
+            || e.is_connection_dropped()
+            || e.is_timeout()
+        {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One server by URL: a connection manager per lane (reconnects by
+/// itself), and per lane on each worker thread.
+pub(super) struct UrlLink {
+    workers: PerWorker,
+    client: redis::Client,
+    config: redis::aio::ConnectionManagerConfig,
+    /// Off the worker threads.
+    claims: ConnectionManager,
+    confirms: ConnectionManager,
+}
+
 /// The deployment's connections.
 pub(super) enum Link {
-    Url {
-        claims: ConnectionManager,
-        confirms: ConnectionManager,
-    },
+    Url(Box<UrlLink>),
     Sentinel(Arc<SentinelMaster>),
     Cluster(Arc<ClusterLink>),
 }
@@ -205,13 +380,19 @@ impl Link {
                     .set_response_timeout(Some(timeout))
                     .set_number_of_retries(2)
                     .set_max_delay(Duration::from_millis(500));
-                Ok(Link::Url {
+                Ok(Link::Url(Box::new(UrlLink {
+                    workers: PerWorker::new(),
                     claims: ConnectionManager::new_lazy_with_config(
                         client.clone(),
                         config.clone(),
                     )?,
-                    confirms: ConnectionManager::new_lazy_with_config(client, config)?,
-                })
+                    confirms: ConnectionManager::new_lazy_with_config(
+                        client.clone(),
+                        config.clone(),
+                    )?,
+                    client,
+                    config,
+                })))
             }
             RedisTarget::Sentinel(s) => Ok(Link::Sentinel(Arc::new(SentinelMaster::new(
                 s, timeout, tls_ca,
@@ -222,12 +403,23 @@ impl Link {
         }
     }
 
+    /// The connection of `lane`: this worker's own on a worker thread
+    /// (URL and cluster), else the shared one.
     pub(super) async fn conn(&self, lane: Lane) -> RedisResult<StoreConn> {
         match self {
-            Link::Url { claims, confirms } => Ok(StoreConn::Manager(match lane {
-                Lane::Claims => claims.clone(),
-                Lane::Confirms => confirms.clone(),
-            })),
+            Link::Url(u) => {
+                let open = || async {
+                    ConnectionManager::new_lazy_with_config(u.client.clone(), u.config.clone())
+                        .map(StoreConn::Manager)
+                };
+                if let Some(mine) = u.workers.conn(lane, open).await {
+                    return mine;
+                }
+                Ok(StoreConn::Manager(match lane {
+                    Lane::Claims => u.claims.clone(),
+                    Lane::Confirms => u.confirms.clone(),
+                }))
+            }
             Link::Sentinel(s) => s.conn(lane).await.map(StoreConn::Multiplexed),
             Link::Cluster(c) => c.conn(lane).await.map(StoreConn::Cluster),
         }
@@ -235,10 +427,14 @@ impl Link {
 
     /// A command on `lane` failed: a Sentinel master is found again (the
     /// error may mean it is no master any more); the URL's connection
-    /// manager and the cluster client reconnect by themselves.
+    /// manager and the cluster client reconnect by themselves, and the
+    /// workers' own connections are opened again after the server was lost
+    /// ([`PerWorker::failed`]).
     pub(super) async fn failed(&self, lane: Lane, e: &RedisError) {
-        if let Link::Sentinel(s) = self {
-            s.failed(lane, e).await;
+        match self {
+            Link::Sentinel(s) => s.failed(lane, e).await,
+            Link::Url(u) => u.workers.failed(e),
+            Link::Cluster(c) => c.workers.failed(e),
         }
     }
 
@@ -274,7 +470,7 @@ impl Link {
     /// The master now in use (`host:port`), as far as known.
     pub(super) fn master(&self) -> Option<String> {
         match self {
-            Link::Url { .. } => None,
+            Link::Url(_) => None,
             Link::Sentinel(s) => s.master(),
             Link::Cluster(c) => c.masters(),
         }
@@ -283,7 +479,7 @@ impl Link {
     /// How many failovers this gateway saw, and the last one's Unix time.
     pub(super) fn failovers(&self) -> (u64, i64) {
         match self {
-            Link::Url { .. } => (0, 0),
+            Link::Url(_) => (0, 0),
             Link::Sentinel(s) => s.failovers(),
             Link::Cluster(c) => (
                 c.failovers.load(Ordering::Relaxed),
@@ -349,8 +545,10 @@ fn per_node_texts(answer: Value) -> RedisResult<Vec<(String, String)>> {
 // === cluster ===
 
 /// A Redis Cluster: the crate follows MOVED answers and refreshes its slot
-/// map; callgate keeps one `ClusterConnection` per lane.
+/// map; callgate keeps one `ClusterConnection` per lane (and per worker
+/// thread).
 pub(super) struct ClusterLink {
+    workers: PerWorker,
     client: redis::cluster::ClusterClient,
     claims: tokio::sync::OnceCell<ClusterConnection>,
     confirms: tokio::sync::OnceCell<ClusterConnection>,
@@ -384,6 +582,7 @@ impl ClusterLink {
             b = b.certs(certificates(pem));
         }
         Ok(ClusterLink {
+            workers: PerWorker::new(),
             client: b.build()?,
             claims: tokio::sync::OnceCell::new(),
             confirms: tokio::sync::OnceCell::new(),
@@ -394,7 +593,24 @@ impl ClusterLink {
         })
     }
 
+    /// This worker's connection of `lane`, or the shared one.
     async fn conn(&self, lane: Lane) -> RedisResult<ClusterConnection> {
+        let open = || async {
+            self.client
+                .get_async_connection()
+                .await
+                .map(StoreConn::Cluster)
+        };
+        match self.workers.conn(lane, open).await {
+            Some(Ok(StoreConn::Cluster(c))) => return Ok(c),
+            Some(Err(e)) => return Err(e),
+            Some(Ok(_)) | None => {}
+        }
+        self.shared(lane).await
+    }
+
+    /// The connection of `lane` shared off the worker threads.
+    async fn shared(&self, lane: Lane) -> RedisResult<ClusterConnection> {
         let cell = match lane {
             Lane::Claims => &self.claims,
             Lane::Confirms => &self.confirms,

@@ -46,7 +46,9 @@ use std::time::Duration;
 
 pub use backlog::Backlog;
 pub use guard::ClaimGuard;
-pub use link::{Auth, ClusterTarget, RedisTarget, SentinelTarget};
+pub use link::{
+    Auth, ClusterTarget, RedisTarget, SentinelTarget, WorkerConnections, use_worker_connections,
+};
 pub use memory::{MemoryStore, RouteUsage};
 pub use redis::{POLICY_RECHECK, RedisStore, Topology, WaitFor};
 pub use sentinel::FENCE_LIMIT;
