@@ -485,17 +485,13 @@ async fn journal_arrival(
     let Some(j) = &state.journal else {
         return Ok(());
     };
-    let received = received_record(route, verified, arrival, body);
-    j.append(&Record::Received(received), true).await
+    let received = received_record(route, verified, arrival);
+    j.append_arrival(&Record::Received(received), body).await
 }
 
-fn received_record(
-    route: &Route,
-    verified: &Verified,
-    arrival: &Arrival<'_>,
-    body: &[u8],
-) -> journal::Received {
-    use base64::Engine as _;
+/// The arrival's record; its `body` is left empty for
+/// [`Journal::append_arrival`] to encode into the line.
+fn received_record(route: &Route, verified: &Verified, arrival: &Arrival<'_>) -> journal::Received {
     journal::Received {
         rid: arrival.request_id.to_owned(),
         unix: arrival.now,
@@ -514,7 +510,7 @@ fn received_record(
                 Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
             })
             .collect(),
-        body: base64::engine::general_purpose::STANDARD.encode(body),
+        body: String::new(),
         attempt: arrival.attempt,
         order: crate::normalize::order_number(verified),
     }
