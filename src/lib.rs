@@ -56,6 +56,7 @@ pub mod forward;
 pub mod journal;
 pub mod limit;
 pub mod load;
+pub mod log_format;
 pub mod log_writer;
 pub mod metrics;
 pub mod normalize;

@@ -465,11 +465,8 @@ fn init_logging(format: LogFormat) -> Option<callgate::log_writer::LogGuard> {
         .with_ansi(std::io::stdout().is_terminal())
         .with_writer(writer);
     match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init(),
+        // The JSON format's keys, written without its per-piece adaptor.
+        LogFormat::Json => builder.event_format(callgate::log_format::JsonLine).init(),
         LogFormat::Text => builder.init(),
     }
     Some(guard)

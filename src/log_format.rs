@@ -1,0 +1,264 @@
+//! The JSON log line (`--log-format json`): one object per line, the same
+//! keys and values as `tracing-subscriber`'s JSON format with the event's
+//! fields flattened (`timestamp`, `level`, the fields including `message`,
+//! `target`), written straight into one reused buffer.
+//!
+//! Why not that formatter itself: it streams the object through
+//! `serde_json` into an adaptor that turns every small `io::Write` call
+//! back into a `&str` (a UTF-8 check and a `fmt::write` per key, quote and
+//! value): about 32,000 instructions for a request's line, 11% of a
+//! forwarded notification under callgrind (docs/performance.md). This
+//! writes each piece once, escaping strings as JSON requires.
+//!
+//! Spans are not written: callgate opens none.
+
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The event formatter of `--log-format json`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonLine;
+
+thread_local! {
+    /// The line being built, reused by each thread's events.
+    static LINE: RefCell<String> = RefCell::new(String::with_capacity(1024));
+}
+
+impl<S, N> FormatEvent<S, N> for JsonLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let mut write = |line: &mut String| -> fmt::Result {
+            line.clear();
+            line.push_str("{\"timestamp\":\"");
+            SystemTime.format_time(&mut Writer::new(line))?;
+            line.push_str("\",\"level\":\"");
+            line.push_str(meta.level().as_str());
+            line.push('"');
+            let mut fields = Fields {
+                line,
+                result: Ok(()),
+            };
+            event.record(&mut fields);
+            fields.result?;
+            line.push_str(",\"target\":");
+            string(line, meta.target());
+            line.push_str("}\n");
+            writer.write_str(line)
+        };
+        // A formatter that logs would find the buffer taken: give it its own.
+        LINE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut line) => write(&mut line),
+            Err(_) => write(&mut String::new()),
+        })
+    }
+}
+
+/// Writes each field as `,"name":value`.
+struct Fields<'a> {
+    line: &'a mut String,
+    result: fmt::Result,
+}
+
+impl Fields<'_> {
+    fn key(&mut self, field: &Field) {
+        self.line.push_str(",\"");
+        self.line.push_str(field.name());
+        self.line.push_str("\":");
+    }
+}
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.key(field);
+        string(self.line, value);
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.key(field);
+        if self.result.is_ok() {
+            self.result = write!(self.line, "{value}");
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.key(field);
+        if self.result.is_ok() {
+            self.result = write!(self.line, "{value}");
+        }
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.key(field);
+        if !value.is_finite() {
+            // As serde_json: JSON has no NaN or infinity.
+            self.line.push_str("null");
+        } else if self.result.is_ok() {
+            self.result = write!(self.line, "{value:?}");
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.key(field);
+        self.line.push_str(if value { "true" } else { "false" });
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.key(field);
+        self.line.push('"');
+        if self.result.is_ok() {
+            self.result = write!(Escaping(self.line), "{value:?}");
+        }
+        self.line.push('"');
+    }
+}
+
+/// `s` as a JSON string.
+fn string(line: &mut String, s: &str) {
+    line.push('"');
+    escape(line, s);
+    line.push('"');
+}
+
+/// Appends `s` with what JSON requires escaped (RFC 8259: the quote, the
+/// backslash and the control characters), in runs between escapes.
+fn escape(line: &mut String, s: &str) {
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let short = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        line.push_str(&s[start..i]);
+        if short.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            line.push_str("\\u00");
+            line.push(char::from(HEX[usize::from(b >> 4)]));
+            line.push(char::from(HEX[usize::from(b & 0xf)]));
+        } else {
+            line.push_str(short);
+        }
+        start = i + 1;
+    }
+    line.push_str(&s[start..]);
+}
+
+/// A `fmt::Write` that escapes what it is given, for `Debug` values.
+struct Escaping<'a>(&'a mut String);
+
+impl fmt::Write for Escaping<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        escape(self.0, s);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn lines(&self) -> Vec<serde_json::Value> {
+            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+            assert!(text.ends_with('\n'), "{text:?}");
+            text.lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect()
+        }
+    }
+
+    fn events() {
+        let peer: std::net::SocketAddr = "127.0.0.1:4242".parse().unwrap();
+        let hostile = "quote \" backslash \\ newline \n tab \t bell \u{7} nul \0 bs \u{8} ff \u{c} é 中 \u{2028}";
+        tracing::info!(
+            target: "callgate::request",
+            request_id = "01JABC",
+            route = hostile,
+            status = 200u16,
+            delta = -3i64,
+            duration_ms = 1.234_567_f64,
+            nothing = f64::NAN,
+            dry_run = false,
+            peer = %peer,
+            debugged = ?hostile,
+            "notification"
+        );
+        tracing::warn!(
+            reason = hostile,
+            "a {} message with {:?}",
+            "formatted",
+            hostile
+        );
+        tracing::error!(error = "x");
+    }
+
+    /// Field for field what `tracing-subscriber`'s JSON format writes, the
+    /// timestamp aside (taken a moment apart; same clock format).
+    #[test]
+    fn lines_are_what_the_json_format_writes() {
+        let (ours, theirs) = (Captured::default(), Captured::default());
+        let o = ours.clone();
+        let sub = tracing_subscriber::fmt()
+            .event_format(JsonLine)
+            .with_writer(move || o.clone())
+            .finish();
+        tracing::subscriber::with_default(sub, events);
+        let t = theirs.clone();
+        let sub = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(move || t.clone())
+            .finish();
+        tracing::subscriber::with_default(sub, events);
+        let (mut ours, mut theirs) = (ours.lines(), theirs.lines());
+        assert_eq!(ours.len(), 3);
+        for (o, t) in ours.iter_mut().zip(theirs.iter_mut()) {
+            let (ot, tt) = (
+                o.as_object_mut().unwrap().remove("timestamp").unwrap(),
+                t.as_object_mut().unwrap().remove("timestamp").unwrap(),
+            );
+            let (ot, tt) = (ot.as_str().unwrap(), tt.as_str().unwrap());
+            assert_eq!(ot.len(), tt.len(), "{ot} / {tt}");
+            chrono::DateTime::parse_from_rfc3339(ot).unwrap();
+            assert_eq!(o, t);
+        }
+    }
+}
