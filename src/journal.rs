@@ -20,26 +20,29 @@
 //!   queued is written in one `write` and synced before the notifications
 //!   waiting on it are forwarded (a crash cannot lose an accepted record;
 //!   costs one fdatasync per batch);
-//! * `interval` (default): the request copies its record into a shared
-//!   batch and goes on; the journal thread writes the batch with one
-//!   `write` [`BATCH_DELAY`] after its first record (so one wake-up and one
-//!   system call carry every record of those moments) and syncs at least
-//!   once a second. No request ever waits on the file: a `write` that the
-//!   kernel holds while the file is synced or rotated (the load benchmark
-//!   measured 10-20 ms stalls at the 99th percentile when requests wrote
-//!   themselves) holds only the journal thread. A crash of the process can
-//!   lose the last few milliseconds of records, a power cut up to a second;
-//!   the platform's retries cover both, since nothing unconfirmed was
-//!   acknowledged;
+//! * `interval` (default): the arrival is written by the request itself,
+//!   before its forward (one `write` to the page cache under a mutex, no
+//!   hand-off to another thread: the load benchmark measured that hand-off
+//!   at 15-25 µs and two context switches per forward), so that a crash of
+//!   callgate (`kill -9`) leaves it in the file and the platform's retry is
+//!   marked as a repeat. The outcome is queued for the journal thread,
+//!   which writes what is queued with one `write` [`BATCH_DELAY`] after the
+//!   first record (the ack does not wait on the file; a crash in those
+//!   milliseconds loses an outcome, which only makes callgate mark a repeat
+//!   it need not have). A timer thread syncs every [`SYNC_EVERY`], outside
+//!   the mutex, files rotated away included: the kernel holds appends to a
+//!   file while it is synced, for as long as the sync takes, so each sync
+//!   is kept small (a power cut can lose up to that much of the records,
+//!   which the platform's retries cover, since nothing unconfirmed was
+//!   acknowledged);
 //! * `never`: written like `interval`, syncing left to the OS.
 //!
-//! A failed write (disk full) fails requests closed: under `always` the
-//! request whose record could not be written gets 503 and its failure ack;
-//! under `interval` and `never` the journal thread keeps the records it
-//! could not write and tries them again every [`RETRY_EVERY`], and until a
-//! write works every new notification is refused the same way (its claim
-//! released, 503, the platform retries). The few records queued in the
-//! moments before the failure was seen are written once space returns.
+//! A failed write (disk full) fails requests closed: the request whose
+//! arrival could not be written has its claim released and gets 503 and
+//! its failure ack, and the platform retries. Under `interval` and `never`
+//! an outcome the journal thread could not write is kept and tried again
+//! every [`RETRY_EVERY`], and queued appends are refused until a write
+//! works again.
 //!
 //! Rotation: a new file when the current one reaches `max_file_bytes` or
 //! `max_file_age`; only the newest `max_files` files are kept, so the journal
