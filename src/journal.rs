@@ -451,7 +451,7 @@ struct BatchThread {
 
 impl Drop for BatchThread {
     fn drop(&mut self) {
-        lock_queue(&self.queue.state).stopped = true;
+        lock(&self.queue.state).stopped = true;
         self.queue.ready.notify_one();
         self.queue.room.notify_all();
         let thread = match self.thread.get_mut() {
@@ -461,15 +461,6 @@ impl Drop for BatchThread {
         if let Some(t) = thread {
             let _ = t.join();
         }
-    }
-}
-
-fn lock_queue(m: &Mutex<Queued>) -> MutexGuard<'_, Queued> {
-    match m.lock() {
-        Ok(g) => g,
-        // A thread that panicked while appending left whole records or a
-        // torn one, which readers skip; the journal goes on.
-        Err(poisoned) => poisoned.into_inner(),
     }
 }
 
@@ -484,7 +475,7 @@ impl Queue {
     /// Queues one serialised record, unless the journal thread knows that
     /// writing fails.
     fn push(&self, line: &[u8]) -> Result<(), JournalError> {
-        let mut q = lock_queue(&self.state);
+        let mut q = lock(&self.state);
         while q.bytes.len() >= MAX_QUEUED && q.failed.is_none() && !q.stopped {
             q = wait_on(&self.room, q);
         }
@@ -504,7 +495,7 @@ impl Queue {
     }
 
     fn flush(&self, done: oneshot::Sender<Result<(), JournalError>>) {
-        let mut q = lock_queue(&self.state);
+        let mut q = lock(&self.state);
         let first = q.bytes.is_empty() && q.waiting.is_empty();
         q.waiting.push(done);
         drop(q);
@@ -523,7 +514,7 @@ fn write_batches(queue: &Queue, writer: &Mutex<Writer>) {
     let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut waiting = Vec::new();
     loop {
-        let mut q = lock_queue(&queue.state);
+        let mut q = lock(&queue.state);
         while q.bytes.is_empty() && q.waiting.is_empty() && !q.stopped {
             if batch.is_empty() {
                 q = wait_on(&queue.ready, q);
@@ -544,7 +535,7 @@ fn write_batches(queue: &Queue, writer: &Mutex<Writer>) {
         if !in_a_hurry && !q.bytes.is_empty() && batch.is_empty() {
             drop(q);
             std::thread::sleep(BATCH_DELAY);
-            q = lock_queue(&queue.state);
+            q = lock(&queue.state);
         }
         // A batch that failed stays first: records keep their order.
         batch.extend_from_slice(&q.bytes);
@@ -572,7 +563,7 @@ fn write_batches(queue: &Queue, writer: &Mutex<Writer>) {
                 w.sync_now();
             }
         }
-        let mut q = lock_queue(&queue.state);
+        let mut q = lock(&queue.state);
         match (&result, q.failed.is_some()) {
             (Err(e), false) => {
                 tracing::error!(error = %e, "journal write failed; notifications are refused until it works");
@@ -596,9 +587,10 @@ fn write_batches(queue: &Queue, writer: &Mutex<Writer>) {
     }
 }
 
-/// A writer whose holder panicked mid-write is still usable: a torn line
-/// is marked (`torn`) and readers skip it.
-fn lock(m: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
+/// The writer or the queue, whatever a thread that panicked while holding
+/// it left: whole records or a torn line, which is marked (`torn`) and
+/// skipped by readers; the journal goes on.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
