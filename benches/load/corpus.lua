@@ -1,7 +1,7 @@
 -- wrk script: walks a corpus of request bodies (one per line), so every
 -- request of a run is a distinct, genuinely signed notification.
 --
---   wrk -t2 -c64 -d10s -s corpus.lua URL -- CORPUS PATH CONTENT_TYPE FIRST COUNT THREADS
+--   wrk -t2 -c64 -d10s -s corpus.lua URL -- CORPUS PATH CONTENT_TYPE FIRST COUNT THREADS [READY]
 --
 -- Thread t of THREADS sends lines FIRST+t, FIRST+t+THREADS, ... of the
 -- COUNT lines from FIRST (COUNT 0: to the end), each request formatted once
@@ -9,6 +9,14 @@
 -- starts again at its first line (then some requests repeat: `done` prints
 -- how often that happened, and run.py refuses a forwarding run where it did).
 -- `done` prints one JSON line starting with `WRK_JSON `.
+--
+-- wrk runs each thread's `init` on its main thread, one after the other, and
+-- starts a thread as soon as its own `init` returns: thread 0 sends while the
+-- later threads are still reading the corpus (seconds for a large one), and
+-- those requests count in wrk's totals while its clock has not started. So
+-- the last thread's `init` creates the file READY when it is done; run.py
+-- waits for it and measures the server (CPU, its own request counters) from
+-- then on, when every thread is sending.
 
 local threads = {}
 local created = 0
@@ -41,6 +49,12 @@ function init(args)
   end
   n = 0
   wraps = 0
+  nreqs = #reqs
+  local ready = args[7]
+  if ready and ready ~= "" and tid == nthreads - 1 then
+    local f = assert(io.open(ready, "w"))
+    f:close()
+  end
 end
 
 function request()
@@ -57,7 +71,7 @@ function done(summary, latency, requests)
   local lines = 0
   for _, t in ipairs(threads) do
     wrapped = wrapped + (t:get("wraps") or 0)
-    lines = lines + #(t:get("reqs") or {})
+    lines = lines + (t:get("nreqs") or 0)
   end
   local e = summary.errors
   io.write(string.format(

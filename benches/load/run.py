@@ -228,6 +228,7 @@ def start_upstream(work):
         f"""    server {{
         listen 127.0.0.1:{port};
         location / {{ return 200 "success"; }}
+        location = {STATUS_PATH} {{ stub_status; }}
     }}""",
     )
 
@@ -246,6 +247,7 @@ def start_nginx_proxy(work, upstream_port):
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }}
+        location = {STATUS_PATH} {{ stub_status; }}
     }}""",
     )
 
@@ -330,6 +332,25 @@ api_key_file = "{certs}/wechat_v2_api.key"
     return s
 
 
+STATUS_PATH = "/__nginx_status"
+
+
+def nginx_requests(server):
+    """nginx's own count of requests served (stub_status), this read included."""
+    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    c.request("GET", STATUS_PATH)
+    lines = c.getresponse().read().decode().splitlines()
+    # "Active connections: N" / "server accepts handled requests" / " A H R"
+    return int(lines[2].split()[2])
+
+
+def server_requests(server):
+    """Requests the server under test has answered so far, by its own count."""
+    if server.name == "callgate":
+        return sum(callgate_counts(server).values())
+    return nginx_requests(server)
+
+
 def callgate_counts(server):
     """callgate_requests_total by outcome, summed over routes."""
     c = http.client.HTTPConnection("127.0.0.1", server.admin, timeout=10)
@@ -352,8 +373,12 @@ def corpus_lines(name):
         return sum(1 for _ in f)
 
 
-def wrk(port, kind, duration, first, count, threads=2, connections=64):
+def wrk(port, kind, duration, first, count, threads=2, connections=64, on_ready=None):
+    """Runs wrk over the corpus. `on_ready()` is called once every wrk thread
+    has read its share of the corpus and is sending (see corpus.lua); what it
+    returns is handed back as the second value."""
     path, ctype, corpus = kind
+    ready = tempfile.mktemp(prefix="wrk-ready-")
     argv = [
         "wrk",
         f"-t{threads}",
@@ -371,14 +396,33 @@ def wrk(port, kind, duration, first, count, threads=2, connections=64):
         str(first),
         str(count),
         str(threads),
+        ready,
     ]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 600)
-    for line in out.stdout.splitlines():
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started_procs.append(proc)
+    try:
+        mark = None
+        deadline = time.monotonic() + 600
+        while on_ready is not None and not os.path.exists(ready):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
+        if on_ready is not None and os.path.exists(ready):
+            mark = on_ready()
+        stdout, stderr = proc.communicate(timeout=duration + 600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        started_procs.remove(proc)
+        if os.path.exists(ready):
+            os.unlink(ready)
+    for line in stdout.splitlines():
         if line.startswith("WRK_JSON "):
             r = json.loads(line[len("WRK_JSON ") :])
             r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
-            return r
-    raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
+            return r, mark
+    raise RuntimeError(f"wrk failed: {stdout}\n{stderr}")
 
 
 def fixed_rate(port, kind, rate, duration, first, connections=64):
@@ -455,32 +499,57 @@ def measure(name, work, args, fixed_rps=None):
         else:
             wrk(target.port, kind, 1, total_lines - WARMUP_LINES, WARMUP_LINES)
             first, count = 0, (total_lines - WARMUP_LINES if forwarding else 50000)
-        before = callgate_counts(callgate) if callgate else None
-        cpu0 = cpu_seconds(target.pids())
-        cs0 = context_switches(target.pids())
-        ucpu0 = cpu_seconds(up.pids()) if target is not up else None
-        result["load1"] = loadavg()
         perf = None
-        if args.profile and fixed_rps is None and target.name == "callgate":
-            os.makedirs(args.profile, exist_ok=True)
-            data = os.path.join(args.profile, f"{name}.perf.data")
-            perf = subprocess.Popen(
-                ["perf", "record", "-e", "cpu-clock", "-F", "1999", *args.perf_args.split(),
-                 "-o", data, "-p", str(target.proc.pid)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
-            time.sleep(0.5)
+
+        def snapshot():
+            """The start of the measured window: every counter read here."""
+            nonlocal perf
+            mark = {
+                "counts": callgate_counts(callgate) if callgate else None,
+                "served": server_requests(target),
+                "cpu": cpu_seconds(target.pids()),
+                "cs": context_switches(target.pids()),
+                "ucpu": cpu_seconds(up.pids()) if target is not up else None,
+                "load1": loadavg(),
+            }
+            if args.profile and fixed_rps is None and target.name == "callgate":
+                os.makedirs(args.profile, exist_ok=True)
+                data = os.path.join(args.profile, f"{name}.perf.data")
+                perf = subprocess.Popen(
+                    ["perf", "record", "-e", "cpu-clock", "-F", "1999", *args.perf_args.split(),
+                     "-o", data, "-p", str(target.proc.pid)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )
+            return mark
+
         if fixed_rps is None:
-            r = wrk(target.port, kind, args.duration, first, count)
+            # The window opens when every wrk thread is sending (corpus.lua's
+            # ready file), not when wrk starts: reading a large corpus takes
+            # wrk seconds, one thread after the other, while the first thread
+            # already sends. Requests are the server's own count in the window.
+            r, mark = wrk(target.port, kind, args.duration, first, count, on_ready=snapshot)
+            if mark is None:
+                raise RuntimeError("wrk never reported all threads ready")
         else:
+            mark = snapshot()
             r = fixed_rate(target.port, kind, fixed_rps, args.duration, first)
             r["requests"] = r["completed"]
             r["rps"] = r["achieved_rps"]
+        before = mark["counts"]
+        cpu0, cs0, ucpu0 = mark["cpu"], mark["cs"], mark["ucpu"]
+        result["load1"] = mark["load1"]
         cpu1 = cpu_seconds(target.pids())
         cs1 = context_switches(target.pids())
+        if fixed_rps is None:
+            # The server's count, less this read's own request for nginx.
+            served = server_requests(target) - mark["served"] - (0 if callgate else 1)
+            r["wrk_requests"] = r["requests"]
+            r["requests"] = served
+            r["rps"] = served / (r["duration_us"] / 1e6)
         if perf:
             perf.send_signal(signal.SIGINT)
             perf.wait(timeout=120)
+            data = os.path.join(args.profile, f"{name}.perf.data")
             with open(os.path.join(args.profile, f"{name}.txt"), "w") as f:
                 subprocess.run(
                     ["perf", "report", "-i", data, "--no-children", "--sort", "dso,symbol",
@@ -499,10 +568,10 @@ def measure(name, work, args, fixed_rps=None):
             delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
             result["outcomes"] = {k: int(v) for k, v in delta.items() if v}
             want = "duplicate" if dup else "forwarded"
-            # wrk counts completed responses; the gateway may have finished a
-            # few more that wrk stopped waiting for.
+            # Every request the gateway answered in the window had the
+            # outcome the run is about.
             other = sum(v for k, v in delta.items() if k != want)
-            result["valid"] = other == 0 and delta.get(want, 0) >= r["requests"]
+            result["valid"] = other == 0 and delta.get(want, 0) >= r["requests"] > 0
             if forwarding and r.get("wraps", 0):
                 result["valid"] = False
             if "-json" in name:
