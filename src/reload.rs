@@ -260,11 +260,16 @@ pub const DEBOUNCE: Duration = Duration::from_millis(300);
 /// watch files: SIGHUP still works.
 pub fn watch(live: Arc<Live>) -> Option<tokio::task::JoinHandle<()>> {
     let (tx, rx) = mpsc::unbounded_channel();
+    // Filtered on the watcher's own thread: a watched directory may hold
+    // files written all the time (a log, a journal), and each write is an
+    // event; waking the runtime for each cost about 10,000 instructions.
+    let of = live.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(e) = event
             && !matches!(e.kind, notify::EventKind::Access(_))
+            && e.paths.iter().any(|p| relevant(p, &lock(&of.files)))
         {
-            let _ = tx.send(e.paths);
+            let _ = tx.send(());
         }
     });
     let mut watcher = match watcher {
@@ -283,14 +288,10 @@ async fn follow(
     live: Arc<Live>,
     mut watcher: notify::RecommendedWatcher,
     mut watched: HashSet<PathBuf>,
-    mut rx: mpsc::UnboundedReceiver<Vec<PathBuf>>,
+    mut rx: mpsc::UnboundedReceiver<()>,
 ) {
     loop {
-        let Some(paths) = rx.recv().await else { return };
-        let files: HashSet<PathBuf> = live.files().into_iter().collect();
-        if !paths.iter().any(|p| relevant(p, &files)) {
-            continue;
-        }
+        let Some(()) = rx.recv().await else { return };
         // Debounce: wait until the burst is over.
         loop {
             match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
@@ -307,10 +308,12 @@ async fn follow(
 
 /// A change to a file the configuration read, or to a `.toml` file in a
 /// watched directory (a new rule file or IP set).
-fn relevant(path: &Path, files: &HashSet<PathBuf>) -> bool {
-    files.contains(path)
+fn relevant(path: &Path, files: &[PathBuf]) -> bool {
+    files.iter().any(|f| f == path)
         || (path.extension().is_some_and(|x| x == "toml")
-            && path.parent().is_some_and(|dir| files.contains(dir)))
+            && path
+                .parent()
+                .is_some_and(|dir| files.iter().any(|f| f == dir)))
 }
 
 /// Watches the directory of every file (editors replace files by rename,
@@ -347,6 +350,39 @@ fn rewatch(
                     tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a configuration directory")
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_configuration_files_and_new_rule_files_are_relevant() {
+        let files = vec![
+            PathBuf::from("/etc/callgate/callgate.toml"),
+            PathBuf::from("/etc/callgate/rules"),
+            PathBuf::from("/etc/callgate/keys/alipay_public.pem"),
+        ];
+        for yes in [
+            "/etc/callgate/callgate.toml",
+            "/etc/callgate/rules/new-shop.toml",
+            "/etc/callgate/keys/alipay_public.pem",
+        ] {
+            assert!(relevant(Path::new(yes), &files), "{yes}");
+        }
+        // A log or journal written next to the configuration, an editor's
+        // swap file, a key nobody named: each write is an event, none a
+        // reason to wake the runtime.
+        for no in [
+            "/etc/callgate/callgate.log",
+            "/etc/callgate/journal/gateway-1.jsonl",
+            "/etc/callgate/rules/.new-shop.toml.swp",
+            "/etc/callgate/keys/other.pem",
+            "/etc/callgate/other.toml",
+        ] {
+            assert!(!relevant(Path::new(no), &files), "{no}");
         }
     }
 }
