@@ -24,6 +24,7 @@
 
 use super::{VerifyError, java_whitespace};
 use crate::secret::shown;
+use chrono::format::{Item, Numeric, Pad, Parsed};
 
 /// The syntax a platform gives an identity field.
 #[derive(Debug, Clone, Copy)]
@@ -300,17 +301,76 @@ pub fn beijing_time(
         return Err(bad());
     }
     let text = std::str::from_utf8(value).map_err(|_| bad())?;
-    let pattern = match format {
-        TimeFormat::Dashed => "%Y-%m-%d %H:%M:%S",
-        TimeFormat::Compact => "%Y%m%d%H%M%S",
+    let items = match format {
+        TimeFormat::Dashed => DASHED,
+        TimeFormat::Compact => COMPACT,
     };
-    let naive = chrono::NaiveDateTime::parse_from_str(text, pattern).map_err(|_| bad())?;
+    let mut parsed = Parsed::new();
+    chrono::format::parse(&mut parsed, text, items.iter()).map_err(|_| bad())?;
+    let naive = parsed.to_naive_datetime_with_offset(0).map_err(|_| bad())?;
     Ok(naive.and_utc().timestamp() - 8 * 3600)
 }
+
+/// `%Y-%m-%d %H:%M:%S` and `%Y%m%d%H%M%S` as chrono's parsed items, so that
+/// the pattern is not parsed again for every notification.
+const DASHED: &[Item<'static>] = &[
+    Item::Numeric(Numeric::Year, Pad::Zero),
+    Item::Literal("-"),
+    Item::Numeric(Numeric::Month, Pad::Zero),
+    Item::Literal("-"),
+    Item::Numeric(Numeric::Day, Pad::Zero),
+    Item::Literal(" "),
+    Item::Numeric(Numeric::Hour, Pad::Zero),
+    Item::Literal(":"),
+    Item::Numeric(Numeric::Minute, Pad::Zero),
+    Item::Literal(":"),
+    Item::Numeric(Numeric::Second, Pad::Zero),
+];
+const COMPACT: &[Item<'static>] = &[
+    Item::Numeric(Numeric::Year, Pad::Zero),
+    Item::Numeric(Numeric::Month, Pad::Zero),
+    Item::Numeric(Numeric::Day, Pad::Zero),
+    Item::Numeric(Numeric::Hour, Pad::Zero),
+    Item::Numeric(Numeric::Minute, Pad::Zero),
+    Item::Numeric(Numeric::Second, Pad::Zero),
+];
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prepared_time_patterns_read_as_their_strftime_text() {
+        for (format, pattern, values) in [
+            (
+                TimeFormat::Dashed,
+                "%Y-%m-%d %H:%M:%S",
+                &[
+                    "2026-12-03 16:20:00",
+                    "2024-02-29 23:59:59",
+                    "2026-02-30 10:00:00",
+                    "2026-12-03 24:00:00",
+                ][..],
+            ),
+            (
+                TimeFormat::Compact,
+                "%Y%m%d%H%M%S",
+                &[
+                    "20261203162000",
+                    "20240229235959",
+                    "20261301000000",
+                    "20261203126000",
+                ][..],
+            ),
+        ] {
+            for v in values {
+                let want = chrono::NaiveDateTime::parse_from_str(v, pattern)
+                    .ok()
+                    .map(|n| n.and_utc().timestamp() - 8 * 3600);
+                assert_eq!(beijing_time("t", v.as_bytes(), format).ok(), want, "{v}");
+            }
+        }
+    }
 
     #[test]
     fn tokens_are_exact() {
