@@ -15,6 +15,13 @@ Measures, each REPEAT times with fresh server processes, and reports medians:
                   default, used by every other run, journals each forward)
   alipay-json     as `alipay`, with info-level JSON logs written to a file
   wechat-json     as `wechat`, with info-level JSON logs written to a file
+  floor-wechat    the floor of any hyper-based gateway (benches/load/floor.rs,
+  floor-alipay    the `load_floor` example): thread per core, parse + verify
+                  with callgate's library, forward through a hyper-util legacy
+                  client per thread; no journal, logs, store or metrics
+  floor-conn-*    the same with a per-thread pool of hyper `client::conn::http1`
+                  connections instead of the legacy client
+  floor-noverify-wechat  the floor forwarding without parse or verify
 
 with `wrk -t2 -c64` and about 1 KB bodies (benches/load/corpus.lua walks a
 corpus of distinct, genuinely signed notifications, generated once by the
@@ -29,7 +36,10 @@ of the upstream, context switches per request (all threads), peak RSS
 (VmHWM) of the server, and the 1-minute load average when it started.
 `--profile DIR` also records a perf cpu-clock profile of each callgate run. Every forwarding run is checked against callgate's
 own /metrics: each request must have been forwarded (duplicates: answered as
-duplicate), or the run is reported as invalid.
+duplicate), or the run is reported as invalid. The floor has no /metrics: its
+requests are counted at the upstream (each 200 it answers was forwarded and
+confirmed), and a floor run is invalid if wrk saw an error or the upstream
+received fewer requests than wrk counted answers.
 
 Also: peak RSS with 1,000,000 remembered events (`store_memory` example).
 
@@ -332,6 +342,22 @@ api_key_file = "{certs}/wechat_v2_api.key"
     return s
 
 
+def start_floor(work, upstream_port, name):
+    """The `load_floor` example, options from the run's name."""
+    port = free_port()
+    d = os.path.join(work, "floor")
+    os.makedirs(d, exist_ok=True)
+    argv = [os.path.join(RELEASE, "examples", "load_floor"), str(port),
+            f"http://127.0.0.1:{upstream_port}/plus/notify.php"]
+    if WORKERS:
+        argv += ["--threads", str(WORKERS)]
+    if "-conn" in name:
+        argv += ["--client", "conn"]
+    if "-noverify" in name:
+        argv += ["--no-verify"]
+    return Server("floor", argv, port, stdout=os.path.join(d, "floor.log"), cwd=d)
+
+
 STATUS_PATH = "/__nginx_status"
 
 
@@ -475,6 +501,9 @@ def measure(name, work, args, fixed_rps=None):
         elif name == "nginx" or name.startswith("nginx-"):
             target = start_nginx_proxy(work, up.port)
             servers.append(target)
+        elif name.startswith("floor-"):
+            target = start_floor(work, up.port, name)
+            servers.append(target)
         else:
             redis_port = None
             if STORE == "redis":
@@ -488,7 +517,11 @@ def measure(name, work, args, fixed_rps=None):
             servers.append(target)
         callgate = target if target.name == "callgate" else None
         dup = name.startswith("dup-")
-        forwarding = callgate is not None and not dup
+        floor = target.name == "floor"
+        forwarding = (callgate is not None or floor) and not dup
+        # What counts the requests: the server itself, or for the floor (no
+        # /metrics) the upstream it forwards to.
+        counter = up if floor else target
 
         # Warm-up: connections, page cache, allocator. Forwarding runs use the
         # corpus's tail, so the measured lines are all new to the gateway.
@@ -506,13 +539,13 @@ def measure(name, work, args, fixed_rps=None):
             nonlocal perf
             mark = {
                 "counts": callgate_counts(callgate) if callgate else None,
-                "served": server_requests(target),
+                "served": server_requests(counter),
                 "cpu": cpu_seconds(target.pids()),
                 "cs": context_switches(target.pids()),
                 "ucpu": cpu_seconds(up.pids()) if target is not up else None,
                 "load1": loadavg(),
             }
-            if args.profile and fixed_rps is None and target.name == "callgate":
+            if args.profile and fixed_rps is None and target.name in ("callgate", "floor"):
                 os.makedirs(args.profile, exist_ok=True)
                 data = os.path.join(args.profile, f"{name}.perf.data")
                 perf = subprocess.Popen(
@@ -522,6 +555,7 @@ def measure(name, work, args, fixed_rps=None):
                 )
             return mark
 
+        up_before = nginx_requests(up) if floor else None
         if fixed_rps is None:
             # The window opens when every wrk thread is sending (corpus.lua's
             # ready file), not when wrk starts: reading a large corpus takes
@@ -542,7 +576,7 @@ def measure(name, work, args, fixed_rps=None):
         cs1 = context_switches(target.pids())
         if fixed_rps is None:
             # The server's count, less this read's own request for nginx.
-            served = server_requests(target) - mark["served"] - (0 if callgate else 1)
+            served = server_requests(counter) - mark["served"] - (0 if callgate else 1)
             r["wrk_requests"] = r["requests"]
             r["requests"] = served
             r["rps"] = served / (r["duration_us"] / 1e6)
@@ -576,6 +610,19 @@ def measure(name, work, args, fixed_rps=None):
                 result["valid"] = False
             if "-json" in name:
                 result["log_bytes"] = os.path.getsize(target.logfile)
+        elif floor:
+            # Every 200 the floor sent was confirmed by the upstream: wrk saw
+            # no other answer, and the upstream received at least as many
+            # requests over wrk's whole run (less run.py's three status reads).
+            # (load_fixed_rate: its completed answers, two status reads.)
+            reads = 3 if fixed_rps is None else 2
+            upstream_total = nginx_requests(up) - up_before - reads
+            result["upstream_total"] = upstream_total
+            answered = r.get("wrk_requests", r["requests"])
+            errors = sum(r.get(k, 0) for k in
+                         ("status_errors", "read_errors", "write_errors", "timeouts", "non_200", "errors"))
+            result["valid"] = (errors == 0 and r.get("wraps", 0) == 0
+                               and upstream_total >= answered > 0 and r["requests"] > 0)
         else:
             result["valid"] = r.get("status_errors", r.get("non_200", 0)) == 0
     finally:
@@ -676,7 +723,7 @@ def main():
     ap.add_argument("--quiet-wait", type=int, default=900, help="at most this many seconds")
     ap.add_argument("--json", help="also write every raw result here")
     ap.add_argument("--profile", metavar="DIR",
-                    help="record a perf cpu-clock profile of callgate in each callgate run into DIR "
+                    help="record a perf cpu-clock profile of callgate (and the floor) in each of its runs into DIR "
                          "(perf costs CPU: use a separate run for figures)")
     ap.add_argument("--perf-args", default="", help="extra `perf record` arguments, e.g. '--call-graph dwarf'")
     ap.add_argument("--callgate", help="the callgate binary to measure (default: target/release/callgate)")
@@ -699,7 +746,7 @@ def main():
     if not args.no_build:
         subprocess.run(
             ["cargo", "build", "--release", "--bin", "callgate", "--example", "load_corpus",
-             "--example", "load_fixed_rate", "--example", "store_memory"],
+             "--example", "load_fixed_rate", "--example", "store_memory", "--example", "load_floor"],
             cwd=ROOT,
             check=True,
         )
