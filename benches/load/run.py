@@ -30,6 +30,11 @@ half load: the `load_fixed_rate` example (open loop, latency from the
 intended send time, like wrk2) offers half of callgate's median maximum
 to callgate and to nginx alike.
 
+The measured window opens when every wrk thread has read its share of the
+corpus and sends (corpus.lua's ready file; wrk starts its threads one after
+the other) and closes when wrk ends; requests are the server's own count in
+that window (callgate's /metrics, nginx's stub_status).
+
 For each: requests/s, p50/p99 latency, CPU per request of the server under
 test (utime+stime from /proc/PID/stat, nginx master and workers summed) and
 of the upstream, context switches per request (all threads), peak RSS
