@@ -25,9 +25,10 @@
 //! `POST /notify/alipay` is verified as Alipay RSA2 (certs/dev, app id
 //! 2021000000000001), `POST /notify/wechat` as WeChat Pay v2 (mch_id
 //! 1900000109, appid wx2421b1c4370ec43b), both through `body::parse` +
-//! `Provider::verify` as the pipeline calls them. What does not verify gets
-//! 400; an upstream that fails or does not answer 2xx `success` gets 502;
-//! otherwise the platform's success ack, byte for byte callgate's.
+//! `Provider::verify` as the pipeline calls them. Every answer is built by
+//! callgate's own `ack::respond`: the platform's success ack once the shop
+//! answered 2xx `success`, its failure ack with 401 for what does not verify, 502 for an
+//! upstream that fails, 504 for one that does not answer in time.
 //! SIGTERM ends the process.
 
 use std::net::SocketAddr;
@@ -37,7 +38,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -46,6 +47,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
+use callgate::ack::{self, Ack, Outcome};
 use callgate::body;
 use callgate::forward::HttpClient;
 use callgate::provider::{Provider, alipay, wechat_v2};
@@ -53,12 +55,8 @@ use callgate::secret::Secret;
 
 const MAX_BODY: usize = 64 * 1024;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
-// The acks, as src/ack.rs writes them.
-const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
-const XML: HeaderValue = HeaderValue::from_static("text/xml; charset=utf-8");
-const ALIPAY_ACK: &[u8] = b"success";
-const WECHAT_ACK: &[u8] = b"<xml><return_code><![CDATA[SUCCESS]]></return_code>\
-<return_msg><![CDATA[OK]]></return_msg></xml>";
+/// What the shop's reply must contain (the load configuration's `success_body`).
+const SHOP_SUCCESS: &[u8] = b"success";
 
 /// What every thread shares (read only).
 struct Config {
@@ -211,35 +209,25 @@ async fn serve(listener: TcpListener, config: Arc<Config>, upstream: Arc<Upstrea
     }
 }
 
-fn answer(
-    status: StatusCode,
-    content_type: HeaderValue,
-    body: &'static [u8],
-) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, content_type);
-    r
-}
-
 async fn handle(
     req: Request<Incoming>,
     config: &Config,
     upstream: &Upstream,
 ) -> Response<Full<Bytes>> {
-    let bad = |status| answer(status, TEXT, b"");
-    let (provider, ack_type, ack) = match (req.method(), req.uri().path()) {
-        (&Method::POST, "/notify/alipay") => (&config.alipay, TEXT, ALIPAY_ACK),
-        (&Method::POST, "/notify/wechat") => (&config.wechat, XML, WECHAT_ACK),
-        _ => return bad(StatusCode::NOT_FOUND),
+    // The answers are callgate's own (`ack::respond`), byte for byte.
+    let (provider, ack) = match (req.method(), req.uri().path()) {
+        (&Method::POST, "/notify/alipay") => (&config.alipay, Ack::SuccessFail),
+        (&Method::POST, "/notify/wechat") => (&config.wechat, Ack::WechatXml),
+        _ => return ack::respond(Outcome::NotFound, None),
     };
+    let bad = |outcome| ack::respond(outcome, Some(ack));
     let (parts, incoming) = req.into_parts();
     let Ok(collected) = Limited::new(incoming, MAX_BODY).collect().await else {
-        return bad(StatusCode::BAD_REQUEST);
+        return bad(Outcome::Malformed);
     };
     let body = collected.to_bytes();
     if config.verify && !verifies(provider, &parts.headers, &body) {
-        return bad(StatusCode::BAD_REQUEST);
+        return bad(Outcome::BadSignature);
     }
     let content_type = parts.headers.get(CONTENT_TYPE).cloned();
     let forwarded = tokio::time::timeout(
@@ -248,8 +236,9 @@ async fn handle(
     )
     .await;
     match forwarded {
-        Ok(Ok(())) => answer(StatusCode::OK, ack_type, ack),
-        _ => bad(StatusCode::BAD_GATEWAY),
+        Ok(Ok(())) => ack::respond(Outcome::Forwarded, Some(ack)),
+        Ok(Err(_)) => bad(Outcome::UpstreamError),
+        Err(_) => bad(Outcome::UpstreamTimeout),
     }
 }
 
@@ -332,7 +321,7 @@ async fn confirmed(response: Response<Incoming>) -> Result<(), Failed> {
         .await
         .map_err(|_| Failed)?
         .to_bytes();
-    let success = reply.windows(ALIPAY_ACK.len()).any(|w| w == ALIPAY_ACK);
+    let success = reply.windows(SHOP_SUCCESS.len()).any(|w| w == SHOP_SUCCESS);
     if status.is_success() && success {
         Ok(())
     } else {
