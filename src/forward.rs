@@ -1,7 +1,9 @@
 //! Forwarding: the eighth step of the flow.
 //!
-//! Sends a verified notification to the route's upstream with a pooled
-//! hyper-util client (http and https), and decides whether the upstream
+//! Sends a verified notification to the route's upstream (http and https):
+//! on a `server` worker thread through the worker's own connections
+//! ([`crate::upstream_pool`]), elsewhere, and for routes with `upstream_ca`,
+//! with a pooled hyper-util client. Then decides whether the upstream
 //! confirmed it: a 2xx status, and, when the route sets `success_body`, a
 //! body containing those bytes. Only then is the event remembered as
 //! delivered. [`forward`] takes a `&Verified`, and what the shop receives
@@ -90,7 +92,11 @@ pub struct Upstream {
     /// `X-Callgate-Signature`; preparing it per request cost about 5,000
     /// instructions).
     key: aws_lc_rs::hmac::Key,
-    /// A client of its own when the route trusts a private CA.
+    /// Where the worker pool connects, and the request target and `Host`
+    /// it sends.
+    endpoint: crate::upstream_pool::Endpoint,
+    /// A client of its own when the route trusts a private CA (such routes
+    /// do not use the worker pool).
     client: Option<HttpClient>,
     success_body: Option<Box<[u8]>>,
     timeout: Duration,
@@ -124,6 +130,7 @@ impl Upstream {
         timeout: Duration,
     ) -> Result<Upstream, UpstreamError> {
         let uri = crate::load::http_url(url).map_err(UpstreamError::Uri)?;
+        let endpoint = crate::upstream_pool::Endpoint::new(&uri).map_err(UpstreamError::Uri)?;
         let client = match ca {
             Some(path) => Some(client_with_roots(
                 load_roots(path).map_err(UpstreamError::Ca)?,
@@ -135,6 +142,7 @@ impl Upstream {
             uri,
             secret,
             key,
+            endpoint,
             client,
             success_body,
             timeout,
@@ -214,6 +222,22 @@ pub fn client_here(shared: &HttpClient) -> HttpClient {
 /// A pooled client trusting `roots`; its connections are driven by the
 /// runtime that opens them.
 pub fn client_with_roots(roots: rustls::RootCertStore) -> HttpClient {
+    client_over(connector(roots))
+}
+
+/// The legacy pooled client over `connector`.
+pub fn client_over(connector: HttpsConnector<HttpConnector>) -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+/// How every upstream connection is opened: TCP (no Nagle, 5 s connect
+/// timeout), then TLS trusting `roots` for https, HTTP/1.1 only.
+pub fn connector(roots: rustls::RootCertStore) -> HttpsConnector<HttpConnector> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let tls = match rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -228,17 +252,11 @@ pub fn client_with_roots(roots: rustls::RootCertStore) -> HttpClient {
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(5)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(256)
-        .build(https)
+        .wrap_connector(http)
 }
 
 /// Why a forward did not end in a confirmed delivery.
@@ -361,18 +379,33 @@ pub async fn forward(
 ) -> Result<u16, ForwardError> {
     let upstream = target.upstream;
     let client = upstream.client.as_ref().unwrap_or(shared);
+    // On a worker thread, a route without a CA of its own forwards through
+    // the worker's pool of connections (crate::upstream_pool).
+    let pooled = upstream.client.is_none() && crate::upstream_pool::on_worker();
     let request = build_request(upstream, Delivery::of(target, verified, arrival))?;
     let exchange = async {
-        let response = client
-            .request(request)
-            .await
-            .map_err(|e| ForwardError::Request(error_chain(&e)))?;
-        let status = response.status();
-        let reply = Limited::new(response.into_body(), MAX_REPLY)
+        let (response, lease) = if pooled {
+            let (response, lease) = crate::upstream_pool::send(&upstream.endpoint, request).await?;
+            (response, Some(lease))
+        } else {
+            let response = client
+                .request(request)
+                .await
+                .map_err(|e| ForwardError::Request(error_chain(&e)))?;
+            (response, None)
+        };
+        let (reply_head, body) = response.into_parts();
+        let status = reply_head.status;
+        // An error or an oversized reply drops the lease: its connection
+        // is closed, never reused.
+        let reply = Limited::new(body, MAX_REPLY)
             .collect()
             .await
             .map_err(|e| ForwardError::Reply(e.to_string()))?
             .to_bytes();
+        if let Some(lease) = lease {
+            lease.give_back(&reply_head);
+        }
         if !status.is_success() {
             return Err(ForwardError::Status(status.as_u16()));
         }

@@ -70,6 +70,7 @@ pub mod rules;
 pub mod secret;
 pub mod server;
 pub mod sign;
+pub mod upstream_pool;
 
 /// The test suite's check for outside programs (openssl), shared with
 /// `tests/support`: unit tests that run one get it from here.

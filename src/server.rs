@@ -30,8 +30,8 @@
 //! One core, one loop: `listen.workers` threads (one per core by default)
 //! each run a current-thread tokio runtime with its own listening socket on
 //! `listen.addr` (`SO_REUSEPORT`: the kernel spreads new connections over
-//! them), its own pooled upstream connections
-//! ([`forward::use_worker_client`]) and its own Redis connections
+//! them), its own upstream connections
+//! ([`crate::upstream_pool::use_worker_pool`]) and its own Redis connections
 //! ([`crate::replay::use_worker_connections`]). A notification is accepted,
 //! verified, remembered, journaled and forwarded on the thread that read
 //! it, with no hand-off to another thread. What must be one for the whole process is
@@ -322,7 +322,13 @@ impl Worker {
                             return;
                         }
                     };
-                    forward::use_worker_client(forward::client_with_roots(roots));
+                    // Forwards from this thread go through its own pool of
+                    // connections (crate::upstream_pool), emptied when the
+                    // runtime is done; notify_verify and routes with
+                    // `upstream_ca` through legacy clients.
+                    let connector = forward::connector(roots);
+                    forward::use_worker_client(forward::client_over(connector.clone()));
+                    let _pool = crate::upstream_pool::use_worker_pool(connector);
                     // Redis commands from this thread on its own connections
                     // too, until the accept loop and the drain are over.
                     let _redis = crate::replay::use_worker_connections();
