@@ -2,8 +2,8 @@
 //!
 //! Sends a verified notification to the route's upstream (http and https):
 //! on a `server` worker thread through the worker's own connections
-//! ([`crate::upstream_pool`]), elsewhere, and for routes with `upstream_ca`,
-//! with a pooled hyper-util client. Then decides whether the upstream
+//! ([`crate::upstream_pool`]), elsewhere with a pooled hyper-util client
+//! (the route's own when it sets `upstream_ca`). Then decides whether the upstream
 //! confirmed it: a 2xx status, and, when the route sets `success_body`, a
 //! body containing those bytes. Only then is the event remembered as
 //! delivered. [`forward`] takes a `&Verified`, and what the shop receives
@@ -95,8 +95,8 @@ pub struct Upstream {
     /// Where the worker pool connects, and the request target and `Host`
     /// it sends.
     endpoint: crate::upstream_pool::Endpoint,
-    /// A client of its own when the route trusts a private CA (such routes
-    /// do not use the worker pool).
+    /// A client of its own when the route trusts a private CA (off the
+    /// worker threads; on them the pool uses the same connector).
     client: Option<HttpClient>,
     success_body: Option<Box<[u8]>>,
     timeout: Duration,
@@ -130,13 +130,13 @@ impl Upstream {
         timeout: Duration,
     ) -> Result<Upstream, UpstreamError> {
         let uri = crate::load::http_url(url).map_err(UpstreamError::Uri)?;
-        let endpoint = crate::upstream_pool::Endpoint::new(&uri).map_err(UpstreamError::Uri)?;
-        let client = match ca {
-            Some(path) => Some(client_with_roots(
-                load_roots(path).map_err(UpstreamError::Ca)?,
-            )),
+        let own = match ca {
+            Some(path) => Some(connector(load_roots(path).map_err(UpstreamError::Ca)?)),
             None => None,
         };
+        let client = own.clone().map(client_over);
+        let endpoint =
+            crate::upstream_pool::Endpoint::new(&uri, own).map_err(UpstreamError::Uri)?;
         let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.expose());
         Ok(Upstream {
             uri,
@@ -379,9 +379,9 @@ pub async fn forward(
 ) -> Result<u16, ForwardError> {
     let upstream = target.upstream;
     let client = upstream.client.as_ref().unwrap_or(shared);
-    // On a worker thread, a route without a CA of its own forwards through
-    // the worker's pool of connections (crate::upstream_pool).
-    let pooled = upstream.client.is_none() && crate::upstream_pool::on_worker();
+    // On a worker thread, forwards go through the worker's pool of
+    // connections (crate::upstream_pool).
+    let pooled = crate::upstream_pool::on_worker();
     let request = build_request(upstream, Delivery::of(target, verified, arrival))?;
     let exchange = async {
         let (response, lease) = if pooled {

@@ -324,8 +324,8 @@ impl Worker {
                     };
                     // Forwards from this thread go through its own pool of
                     // connections (crate::upstream_pool), emptied when the
-                    // runtime is done; notify_verify and routes with
-                    // `upstream_ca` through legacy clients.
+                    // runtime is done; notify_verify through the legacy
+                    // client.
                     let connector = forward::connector(roots);
                     forward::use_worker_client(forward::client_over(connector.clone()));
                     let _pool = crate::upstream_pool::use_worker_pool(connector);

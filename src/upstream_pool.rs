@@ -6,13 +6,16 @@
 //! this thread opens, uses and closes ([`use_worker_pool`], once per worker).
 //! It costs 10-15 µs less CPU per forward than hyper-util's legacy client
 //! (docs/performance.md, "Per-worker upstream pool"). Everything off the
-//! worker threads (redelivery, the admin API, benches, `notify_verify`) and
-//! routes with `upstream_ca` (their own legacy client, `Upstream::client`)
-//! keep the legacy client.
+//! worker threads (redelivery, the admin API, benches, `notify_verify`)
+//! keeps the legacy clients.
 //!
 //! * Keyed by the upstream's scheme, host and port ([`Endpoint`]); https
 //!   through the same hyper-rustls connector as the legacy client (system
-//!   roots, 5 s TCP connect timeout), http/1.1 only.
+//!   roots, 5 s TCP connect timeout), http/1.1 only. A route with
+//!   `upstream_ca` connects through its own connector (its CA only) and its
+//!   endpoint's key names that route's upstream alone, so its connections
+//!   are never shared with a route trusting other roots; after a reload
+//!   that rebuilt the route, its old connections idle out.
 //! * The request goes out in origin form (`/path?query`) with `Host` set
 //!   from the upstream URL (the port only when not the scheme's default),
 //!   as the legacy client wrote it.
@@ -74,12 +77,18 @@ pub struct Endpoint {
     origin: Uri,
     /// `Host`: the URL's host, with its port when not the scheme's default.
     host: HeaderValue,
+    /// The route's own connector (`upstream_ca`); the worker's otherwise.
+    connector: Option<HttpsConnector<HttpConnector>>,
 }
+
+/// Numbers the endpoints that have their own connector, to key them apart.
+static OWN_TRUST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Endpoint {
     /// `uri` is an upstream URL checked by `load::http_url` (scheme http or
-    /// https, a host).
-    pub fn new(uri: &Uri) -> Result<Endpoint, String> {
+    /// https, a host); `own` the route's connector when it sets
+    /// `upstream_ca`.
+    pub fn new(uri: &Uri, own: Option<HttpsConnector<HttpConnector>>) -> Result<Endpoint, String> {
         let scheme = uri.scheme_str().unwrap_or("http");
         let host = uri.host().filter(|h| !h.is_empty()).ok_or("has no host")?;
         let default_port = if scheme == "https" { 443 } else { 80 };
@@ -97,12 +106,18 @@ impl Endpoint {
             }
             _ => Uri::from_static("/"),
         };
+        let mut key = format!("{scheme}://{host}:{port}");
+        if own.is_some() {
+            let n = OWN_TRUST.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            key.push_str(&format!(" (upstream_ca #{n})"));
+        }
         Ok(Endpoint {
-            key: format!("{scheme}://{host}:{port}").into_boxed_str(),
+            key: key.into_boxed_str(),
             uri: uri.clone(),
             origin,
             host: HeaderValue::from_str(&host_header)
                 .map_err(|_| format!("`{host_header}` is not a Host header value"))?,
+            connector: own,
         })
     }
 
@@ -321,7 +336,10 @@ fn failed(endpoint: &Endpoint, step: &str, e: &dyn std::error::Error) -> Forward
 /// Opens a connection to `endpoint` (TCP, TLS for https, the HTTP/1.1
 /// handshake); the connection is driven by a task on this runtime.
 async fn connect(endpoint: &Endpoint) -> Result<Sender, ForwardError> {
-    let connector = WORKER_POOL.with(|p| p.borrow().as_ref().map(|p| p.connector.clone()));
+    let connector = match &endpoint.connector {
+        Some(own) => Some(own.clone()),
+        None => WORKER_POOL.with(|p| p.borrow().as_ref().map(|p| p.connector.clone())),
+    };
     let Some(mut connector) = connector else {
         return Err(ForwardError::Request(format!(
             "{} (connect): not on a worker thread",
@@ -351,7 +369,7 @@ mod tests {
     use super::*;
 
     fn endpoint(url: &str) -> Endpoint {
-        Endpoint::new(&url.parse().unwrap()).unwrap()
+        Endpoint::new(&url.parse().unwrap(), None).unwrap()
     }
 
     #[test]

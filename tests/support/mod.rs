@@ -114,6 +114,8 @@ pub struct Upstream {
     behaviour: Arc<Mutex<Behaviour>>,
     received: Arc<Mutex<Vec<Received>>>,
     arrivals: tokio::sync::Mutex<mpsc::UnboundedReceiver<Received>>,
+    /// Connections accepted so far.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Upstream {
@@ -135,11 +137,14 @@ impl Upstream {
         let received = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::unbounded_channel();
         let (b, r) = (behaviour.clone(), received.clone());
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (b, r, tx, tls) = (b.clone(), r.clone(), tx.clone(), tls.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
@@ -201,7 +206,13 @@ impl Upstream {
             behaviour,
             received,
             arrivals: tokio::sync::Mutex::new(rx),
+            accepted,
         }
+    }
+
+    /// How many connections the upstream accepted.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn set(&self, behaviour: Behaviour) {
