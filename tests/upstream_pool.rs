@@ -43,8 +43,9 @@ fn notification(id: &str) -> Vec<u8> {
 enum Act {
     /// `200 success`, connection kept open.
     Answer,
-    /// `200 success` without `Connection: close`, then the shop closes the
-    /// connection (an idle keep-alive connection closed by the shop).
+    /// `200 success` without `Connection: close`; the shop closes the
+    /// connection when the test says so ([`RawShop::close_idle`]): an idle
+    /// keep-alive connection closed by the shop.
     AnswerThenClose,
     /// `200 success` with `Connection: close`, then closes.
     AnswerConnectionClose,
@@ -61,6 +62,9 @@ struct RawShop {
     connections: Arc<AtomicUsize>,
     /// One message each time the shop closed a connection.
     closed: mpsc::UnboundedReceiver<()>,
+    /// Closes the connections waiting after `AnswerThenClose` (one permit
+    /// each).
+    close_idle: Arc<tokio::sync::Semaphore>,
 }
 
 impl RawShop {
@@ -74,14 +78,20 @@ impl RawShop {
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
         let (closed_tx, closed) = mpsc::unbounded_channel();
-        let (ev, conns) = (events.clone(), connections.clone());
+        let close_idle = Arc::new(tokio::sync::Semaphore::new(0));
+        let (ev, conns, close) = (events.clone(), connections.clone(), close_idle.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut tcp, _)) = listener.accept().await else {
                     continue;
                 };
                 conns.fetch_add(1, Ordering::SeqCst);
-                let (ev, requests, closed_tx) = (ev.clone(), requests.clone(), closed_tx.clone());
+                let (ev, requests, closed_tx, close) = (
+                    ev.clone(),
+                    requests.clone(),
+                    closed_tx.clone(),
+                    close.clone(),
+                );
                 tokio::spawn(async move {
                     while let Some((head, _body)) = read_http_request(&mut tcp).await {
                         let id = head
@@ -103,6 +113,11 @@ impl RawShop {
                         if tcp.write_all(reply).await.is_err() {
                             break;
                         }
+                        if act == Act::AnswerThenClose {
+                            // Idle in the gateway's pool until the test
+                            // says.
+                            let _ = close.acquire().await.map(|p| p.forget());
+                        }
                         if act != Act::Answer {
                             break;
                         }
@@ -118,6 +133,7 @@ impl RawShop {
             events,
             connections,
             closed,
+            close_idle,
         }
     }
 
@@ -189,8 +205,9 @@ async fn a_keep_alive_connection_the_shop_closed_while_idle_loses_and_doubles_no
     gw.post_form("/notify/alipay", &notification("idle0001"))
         .await
         .assert_is(200, "success", "first");
-    // The shop has closed the pooled connection before the next
-    // notification is even built.
+    // The connection is idle in the pool; the shop closes it, and has
+    // closed it before the next notification is even built.
+    shop.close_idle.add_permits(1);
     shop.wait_closed().await;
     gw.post_form("/notify/alipay", &notification("idle0002"))
         .await
