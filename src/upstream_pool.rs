@@ -390,4 +390,94 @@ mod tests {
         assert_eq!(e.key(), "http://shop.example:81");
         assert_eq!(e.host, "shop.example:81");
     }
+
+    /// A shop on 127.0.0.1 that answers nothing and reports each
+    /// connection the gateway closes.
+    async fn silent_shop() -> (Endpoint, tokio::sync::mpsc::UnboundedReceiver<()>) {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while tcp.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                    let _ = tx.send(());
+                });
+            }
+        });
+        (endpoint(&format!("http://{addr}/n")), rx)
+    }
+
+    /// Waits for the shop to see a connection closed (bounded, so a broken
+    /// test ends).
+    async fn closed_one(closed: &mut tokio::sync::mpsc::UnboundedReceiver<()>) {
+        tokio::time::timeout(Duration::from_secs(30), closed.recv())
+            .await
+            .expect("no connection was closed within 30s")
+            .unwrap();
+    }
+
+    fn put_idle(e: &Endpoint, sender: Sender, since: Instant) {
+        WORKER_POOL.with(|p| {
+            p.borrow_mut()
+                .as_mut()
+                .unwrap()
+                .idle
+                .entry(e.key.clone())
+                .or_default()
+                .push(Idle { sender, since })
+        });
+    }
+
+    #[tokio::test]
+    async fn idle_connections_past_the_timeout_are_closed_not_reused() {
+        let _pool = use_worker_pool(crate::forward::connector(rustls::RootCertStore::empty()));
+        let (e, mut closed) = silent_shop().await;
+        let expired = Instant::now()
+            .checked_sub(IDLE_TIMEOUT + Duration::from_secs(1))
+            .unwrap();
+
+        // Taken: an expired connection is closed, not handed out.
+        put_idle(&e, connect(&e).await.unwrap(), expired);
+        assert!(take_idle(e.key()).is_none());
+        assert_eq!(idle_count(&e), 0);
+        closed_one(&mut closed).await;
+
+        // Swept: the expired one closed, the fresh one kept.
+        put_idle(&e, connect(&e).await.unwrap(), expired);
+        put_idle(&e, connect(&e).await.unwrap(), Instant::now());
+        let gone = WORKER_POOL.with(|p| p.borrow_mut().as_mut().unwrap().sweep());
+        assert_eq!(gone.len(), 1);
+        drop(gone);
+        closed_one(&mut closed).await;
+        assert_eq!(idle_count(&e), 1);
+        assert!(take_idle(e.key()).is_some_and(|s| !s.is_closed()));
+    }
+
+    #[tokio::test]
+    async fn the_pool_keeps_at_most_its_cap_of_idle_connections() {
+        let _pool = use_worker_pool(crate::forward::connector(rustls::RootCertStore::empty()));
+        let (e, mut closed) = silent_shop().await;
+        let reply = http::Response::new(()).into_parts().0;
+        for _ in 0..MAX_IDLE_PER_ENDPOINT {
+            put_idle(&e, connect(&e).await.unwrap(), Instant::now());
+        }
+        let extra = lease(&e, connect(&e).await.unwrap());
+        extra.give_back(&reply);
+        assert_eq!(idle_count(&e), MAX_IDLE_PER_ENDPOINT);
+        closed_one(&mut closed).await;
+        // A reply saying `Connection: close` never returns its connection.
+        drop(take_idle(e.key()));
+        closed_one(&mut closed).await;
+        let mut close = http::Response::new(()).into_parts().0;
+        close
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        lease(&e, connect(&e).await.unwrap()).give_back(&close);
+        assert_eq!(idle_count(&e), MAX_IDLE_PER_ENDPOINT - 1);
+        closed_one(&mut closed).await;
+    }
 }
