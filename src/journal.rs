@@ -58,6 +58,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+mod line;
+pub use line::{ArrivalLine, Body, Headers};
+
 /// When the journal is synced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -289,26 +292,27 @@ impl Journal {
     /// crash can lose the last few milliseconds of such records, which
     /// only makes callgate mark a repeat it need not have marked).
     pub async fn append(&self, record: &Record, durable: bool) -> Result<(), JournalError> {
-        self.append_with_body(record, None, durable).await
+        match record {
+            Record::Received(r) => {
+                self.write(&Line::Arrival(ArrivalLine::of(r)), durable)
+                    .await
+            }
+            Record::Outcome(o) => self.write(&Line::Outcome(o), durable).await,
+        }
     }
 
-    /// [`Journal::append`] of an arrival whose `body` field is left empty:
-    /// `body` is Base64-encoded straight into the record's line (no
-    /// intermediate `String`, no JSON escaping of a text that needs none).
-    pub async fn append_arrival(&self, record: &Record, body: &[u8]) -> Result<(), JournalError> {
-        self.append_with_body(record, Some(body), true).await
+    /// Appends an arrival, durably (as [`Journal::append`]), written from
+    /// the request's own borrowed fields: its body is Base64-encoded
+    /// straight into the line.
+    pub async fn append_arrival(&self, arrival: &ArrivalLine<'_>) -> Result<(), JournalError> {
+        self.write(&Line::Arrival(*arrival), true).await
     }
 
-    async fn append_with_body(
-        &self,
-        record: &Record,
-        body: Option<&[u8]>,
-        durable: bool,
-    ) -> Result<(), JournalError> {
+    async fn write(&self, record: &Line<'_>, durable: bool) -> Result<(), JournalError> {
         match &self.sink {
             Sink::GroupCommit(tx) => {
                 let mut line = Vec::with_capacity(4096);
-                serialise(&mut line, record, body)?;
+                serialise(&mut line, record)?;
                 if !durable {
                     return tx
                         .send(Cmd::Write { line, done: None })
@@ -325,7 +329,7 @@ impl Journal {
                 wait.await.map_err(|_| JournalError::Stopped)?
             }
             Sink::Direct(batch) => LINE.with_borrow_mut(|line| {
-                serialise(line, record, body)?;
+                serialise(line, record)?;
                 if !durable {
                     return batch.queue.push(line);
                 }
@@ -364,37 +368,26 @@ impl Journal {
     }
 }
 
-/// One journal line: `record` as JSON and a line break; with `body`, its
-/// Base64 put into the record's empty `"body":""`.
-fn serialise(line: &mut Vec<u8>, record: &Record, body: Option<&[u8]>) -> Result<(), JournalError> {
-    use base64::Engine as _;
-    let failed = |reason: String| JournalError::Io {
-        path: "-".into(),
-        reason,
-    };
+/// A record about to be written: an arrival borrowed from the request,
+/// or an outcome.
+enum Line<'a> {
+    Arrival(ArrivalLine<'a>),
+    Outcome(&'a OutcomeRecord),
+}
+
+/// One journal line (the record as JSON and a line break) in `line`.
+fn serialise(line: &mut Vec<u8>, record: &Line<'_>) -> Result<(), JournalError> {
     line.clear();
-    serde_json::to_writer(&mut *line, record).map_err(|e| failed(e.to_string()))?;
-    if let Some(body) = body {
-        // The key itself: inside a JSON string every quote is escaped, so
-        // these bytes cannot come from a value. Searched from the end, as
-        // only `attempt` and `order` follow it.
-        const EMPTY_BODY: &[u8] = b"\"body\":\"\"";
-        let key = line
-            .windows(EMPTY_BODY.len())
-            .rposition(|w| w == EMPTY_BODY)
-            .ok_or_else(|| failed("an arrival with a body already set".into()))?;
-        let at = key + EMPTY_BODY.len() - 1;
-        let n = base64::encoded_len(body.len(), true)
-            .ok_or_else(|| failed("body too long to encode".into()))?;
-        let end = line.len();
-        line.resize(end + n, 0);
-        line.copy_within(at..end, at + n);
-        base64::engine::general_purpose::STANDARD
-            .encode_slice(body, &mut line[at..at + n])
-            .map_err(|e| failed(e.to_string()))?;
+    match record {
+        Line::Arrival(a) => line::arrival(line, a).map_err(|e| JournalError::Io {
+            path: "-".into(),
+            reason: format!("cannot encode the body: {e}"),
+        }),
+        Line::Outcome(o) => {
+            line::outcome(line, o);
+            Ok(())
+        }
     }
-    line.push(b'\n');
-    Ok(())
 }
 
 thread_local! {
@@ -1340,9 +1333,9 @@ mod tests {
             r.headers.push(("x-note".into(), "\"body\":\"\"".into()));
             r.order = Some("\"body\":\"\"".into());
             let body: Vec<u8> = (0..=255u8).cycle().take(1001).collect();
-            j.append_arrival(&Record::Received(r.clone()), &body)
-                .await
-                .unwrap();
+            let mut line = ArrivalLine::of(&r);
+            line.body = Body::Raw(&body);
+            j.append_arrival(&line).await.unwrap();
             j.flush().await;
         }
         let mut got = Vec::new();

@@ -485,35 +485,32 @@ async fn journal_arrival(
     let Some(j) = &state.journal else {
         return Ok(());
     };
-    let received = received_record(route, verified, arrival);
-    j.append_arrival(&Record::Received(received), body).await
-}
-
-/// The arrival's record; its `body` is left empty for
-/// [`Journal::append_arrival`] to encode into the line.
-fn received_record(route: &Route, verified: &Verified, arrival: &Arrival<'_>) -> journal::Received {
-    journal::Received {
-        rid: arrival.request_id.to_owned(),
+    // What a redelivery needs to verify and forward it again; nothing
+    // the shop would not get (no cookies, no credentials).
+    let headers: Vec<(&str, &str)> = arrival
+        .headers
+        .iter()
+        .filter(|(name, _)| route.forward_headers.journals(name))
+        .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+        .collect();
+    let (client, order) = (
+        arrival.client.to_string(),
+        crate::normalize::order_number(verified),
+    );
+    j.append_arrival(&journal::ArrivalLine {
+        rid: arrival.request_id,
         unix: arrival.now,
-        route: route.name.to_string(),
-        provider: route.kind().as_str().to_owned(),
-        merchant: verified.merchant().to_owned(),
-        event_id: verified.event_id().to_owned(),
-        client: arrival.client.to_string(),
-        // What a redelivery needs to verify and forward it again; nothing
-        // the shop would not get (no cookies, no credentials).
-        headers: arrival
-            .headers
-            .iter()
-            .filter(|(name, _)| route.forward_headers.journals(name))
-            .filter_map(|(name, value)| {
-                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
-            })
-            .collect(),
-        body: String::new(),
+        route: &route.name,
+        provider: route.kind().as_str(),
+        merchant: verified.merchant(),
+        event_id: verified.event_id(),
+        client: &client,
+        headers: journal::Headers::Borrowed(&headers),
+        body: journal::Body::Raw(body),
         attempt: arrival.attempt,
-        order: crate::normalize::order_number(verified),
-    }
+        order: order.as_deref(),
+    })
+    .await
 }
 
 // === from the claim to the outcome: the steps redelivery shares ===
