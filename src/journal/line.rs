@@ -69,7 +69,7 @@ pub fn arrival(line: &mut Vec<u8>, a: &ArrivalLine<'_>) -> Result<(), base64::En
     line.extend_from_slice(b"{\"type\":\"received\",\"rid\":");
     string(line, a.rid);
     line.extend_from_slice(b",\"unix\":");
-    signed(line, a.unix);
+    integer(line, a.unix);
     key_string(line, b",\"route\":", a.route);
     key_string(line, b",\"provider\":", a.provider);
     key_string(line, b",\"merchant\":", a.merchant);
@@ -96,7 +96,7 @@ pub fn arrival(line: &mut Vec<u8>, a: &ArrivalLine<'_>) -> Result<(), base64::En
         Body::Encoded(text) => string(line, text),
     }
     line.extend_from_slice(b",\"attempt\":");
-    unsigned(line, u64::from(a.attempt));
+    integer(line, a.attempt);
     if let Some(order) = a.order {
         key_string(line, b",\"order\":", order);
     }
@@ -109,13 +109,13 @@ pub fn outcome(line: &mut Vec<u8>, o: &OutcomeRecord) {
     line.extend_from_slice(b"{\"type\":\"outcome\",\"rid\":");
     string(line, &o.rid);
     line.extend_from_slice(b",\"unix\":");
-    signed(line, o.unix);
+    integer(line, o.unix);
     key_string(line, b",\"route\":", &o.route);
     key_string(line, b",\"merchant\":", &o.merchant);
     key_string(line, b",\"event_id\":", &o.event_id);
     key_string(line, b",\"outcome\":", &o.outcome);
     line.extend_from_slice(b",\"status\":");
-    unsigned(line, u64::from(o.status));
+    integer(line, o.status);
     line.extend_from_slice(if o.redelivery {
         b",\"redelivery\":true"
     } else {
@@ -123,7 +123,7 @@ pub fn outcome(line: &mut Vec<u8>, o: &OutcomeRecord) {
     });
     if let Some(s) = o.shop_status {
         line.extend_from_slice(b",\"shop_status\":");
-        unsigned(line, u64::from(s));
+        integer(line, s);
     }
     if let Some(ms) = o.shop_ms {
         line.extend_from_slice(b",\"shop_ms\":");
@@ -186,25 +186,10 @@ fn base64(line: &mut Vec<u8>, bytes: &[u8]) -> Result<(), base64::EncodeSliceErr
     Ok(())
 }
 
-fn unsigned(line: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    line.extend_from_slice(&digits[i..]);
-}
-
-fn signed(line: &mut Vec<u8>, n: i64) {
-    if n < 0 {
-        line.push(b'-');
-    }
-    unsigned(line, n.unsigned_abs());
+/// An integer in decimal, as `serde_json` writes it (with the same
+/// `itoa` crate).
+fn integer(line: &mut Vec<u8>, n: impl itoa::Integer) {
+    line.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// As `serde_json` writes an `f64` (its shortest round-trip form; `null`
@@ -348,12 +333,12 @@ mod tests {
             1_733_000_000,
         ] {
             let mut ours = Vec::new();
-            signed(&mut ours, n);
+            integer(&mut ours, n);
             assert_eq!(ours, serde_json::to_vec(&n).unwrap());
         }
         for n in [0, 7, 10, 65535, u64::from(u32::MAX), u64::MAX] {
             let mut ours = Vec::new();
-            unsigned(&mut ours, n);
+            integer(&mut ours, n);
             assert_eq!(ours, serde_json::to_vec(&n).unwrap());
         }
     }
