@@ -163,14 +163,11 @@ impl Drop for WorkerPool {
 /// pool that connects through `connector`, and starts its idle sweep on the
 /// current runtime.
 pub fn use_worker_pool(connector: HttpsConnector<HttpConnector>) -> WorkerPool {
-    WORKER_POOL.with(|p| {
-        *p.borrow_mut() = Some(Pool {
-            connector,
-            idle: HashMap::new(),
-        })
-    });
+    let pool = install_pool(connector);
     tokio::spawn(async {
-        let mut every = tokio::time::interval(SWEEP_EVERY);
+        // The first sweep one period on: the pool starts empty.
+        let mut every =
+            tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
@@ -181,6 +178,18 @@ pub fn use_worker_pool(connector: HttpsConnector<HttpConnector>) -> WorkerPool {
                 None => break,
             }
         }
+    });
+    pool
+}
+
+/// Gives this thread a pool, without the periodic sweep (the unit tests
+/// sweep by hand, so that no timer races their steps).
+fn install_pool(connector: HttpsConnector<HttpConnector>) -> WorkerPool {
+    WORKER_POOL.with(|p| {
+        *p.borrow_mut() = Some(Pool {
+            connector,
+            idle: HashMap::new(),
+        })
     });
     WorkerPool(())
 }
@@ -434,7 +443,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_connections_past_the_timeout_are_closed_not_reused() {
-        let _pool = use_worker_pool(crate::forward::connector(rustls::RootCertStore::empty()));
+        let _pool = install_pool(crate::forward::connector(rustls::RootCertStore::empty()));
         let (e, mut closed) = silent_shop().await;
         let expired = Instant::now()
             .checked_sub(IDLE_TIMEOUT + Duration::from_secs(1))
@@ -459,7 +468,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_pool_keeps_at_most_its_cap_of_idle_connections() {
-        let _pool = use_worker_pool(crate::forward::connector(rustls::RootCertStore::empty()));
+        let _pool = install_pool(crate::forward::connector(rustls::RootCertStore::empty()));
         let (e, mut closed) = silent_shop().await;
         let reply = http::Response::new(()).into_parts().0;
         for _ in 0..MAX_IDLE_PER_ENDPOINT {
