@@ -427,6 +427,11 @@ async fn two_instances_sharing_redis_deliver_every_event_exactly_once_under_load
                     match r.status {
                         200 => return,
                         409 => tokio::task::yield_now().await,
+                        // The store past its timeout on a loaded machine
+                        // (503 is only store_unavailable): the platform
+                        // retries it like any non-success; exactly-once is
+                        // what this test checks.
+                        503 => tokio::task::yield_now().await,
                         s => panic!("unexpected status {s}: {}", r.text()),
                     }
                 }
