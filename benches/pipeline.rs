@@ -32,6 +32,11 @@ use tokio::runtime::Runtime;
 
 use callgate::pipeline::{self, State};
 
+/// The allocator `callgate` itself runs on (`src/main.rs`), so that the
+/// figures are the ones a request costs in the server.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "load/signer.rs"]
 mod signer;
 

@@ -23,6 +23,11 @@ use callgate::body::{self, Form, Format, JsonBody, Payload, XmlMap};
 use callgate::provider::{Provider, bench, jdpay, unionpay, wechat_v2, wechat_v3};
 use callgate::secret::Secret;
 
+/// The allocator `callgate` itself runs on (`src/main.rs`), so that the
+/// figures are the ones a request costs in the server.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn dir(provider: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")

@@ -13,6 +13,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 
 use callgate::replay::{Claim, Key, RedisStore, ReplayStore};
 
+/// The allocator `callgate` itself runs on (`src/main.rs`), so that the
+/// figures are the ones a request costs in the server.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn run(c: &mut Criterion, name: &str, store: &ReplayStore, rt: &tokio::runtime::Runtime) {
     let route: Arc<str> = Arc::from("shop-alipay");
     let mut i = 0u64;
