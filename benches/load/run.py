@@ -500,6 +500,7 @@ def measure(name, work, args, fixed_rps=None):
     result = {"name": name, "load1": loadavg()}
     up = start_upstream(work)
     servers = [up]
+    store = None  # the run's redis-server, for its CPU per request
     try:
         if name == "upstream":
             target = up
@@ -512,9 +513,9 @@ def measure(name, work, args, fixed_rps=None):
         else:
             redis_port = None
             if STORE == "redis":
-                redis = start_redis(work)
-                servers.append(redis)
-                redis_port = redis.port
+                store = start_redis(work)
+                servers.append(store)
+                redis_port = store.port
             target = start_callgate(
                 work, up.port, json_logs="-json" in name, journal="-nojournal" not in name,
                 redis_port=redis_port,
@@ -548,6 +549,7 @@ def measure(name, work, args, fixed_rps=None):
                 "cpu": cpu_seconds(target.pids()),
                 "cs": context_switches(target.pids()),
                 "ucpu": cpu_seconds(up.pids()) if target is not up else None,
+                "scpu": cpu_seconds(store.pids()) if store else None,
                 "load1": loadavg(),
             }
             if args.profile and fixed_rps is None and target.name in ("callgate", "floor"):
@@ -601,6 +603,8 @@ def measure(name, work, args, fixed_rps=None):
         result["ctx_switches_per_req"] = (cs1 - cs0) / n
         if ucpu0 is not None:
             result["upstream_cpu_us_per_req"] = (cpu_seconds(up.pids()) - ucpu0) / n * 1e6
+        if mark["scpu"] is not None:
+            result["store_cpu_us_per_req"] = (cpu_seconds(store.pids()) - mark["scpu"]) / n * 1e6
         result["peak_rss_mb"] = peak_rss_kb(target.pids()) / 1024
         if callgate:
             after = callgate_counts(callgate)
@@ -671,6 +675,10 @@ def table(rows, nginx_rows):
         )
     out.append("")
     out.append(f"(nginx proxy: {ngx_rps:,.0f} req/s, {ngx_cpu:.1f} µs CPU/req; medians of {len(nginx_rows)})")
+    for name, rs in rows:
+        scpu = med(rs, "store_cpu_us_per_req")
+        if scpu == scpu:
+            out.append(f"({name}: redis-server {scpu:.1f} µs CPU/req)")
     return "\n".join(out)
 
 
