@@ -255,6 +255,16 @@ fn primitives(c: &mut Criterion) {
         let raw = read("wechat", "v2_hmac_pay.xml");
         b.iter(|| XmlMap::parse(black_box(&raw)).unwrap())
     });
+    // What an unsigned body may make the parser do before any signature
+    // is checked: the most distinct fields it accepts, each tiny.
+    let mut hostile = b"<xml>".to_vec();
+    for i in 0..body::xml::MAX_ELEMENTS - 1 {
+        hostile.extend_from_slice(format!("<f{i}>1</f{i}>").as_bytes());
+    }
+    hostile.extend_from_slice(b"</xml>");
+    c.bench_function("primitive/xml_parse_most_fields", |b| {
+        b.iter(|| XmlMap::parse(black_box(&hostile)).unwrap())
+    });
 }
 
 criterion_group!(
