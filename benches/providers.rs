@@ -265,6 +265,17 @@ fn primitives(c: &mut Criterion) {
     c.bench_function("primitive/xml_parse_most_fields", |b| {
         b.iter(|| XmlMap::parse(black_box(&hostile)).unwrap())
     });
+    // The same for a form: distinct keys up to the default body limit.
+    let mut form = Vec::new();
+    let mut i = 0;
+    while form.len() < 65_536 - 16 {
+        form.extend_from_slice(format!("k{i}=1&").as_bytes());
+        i += 1;
+    }
+    form.pop();
+    c.bench_function("primitive/form_parse_64k_of_fields", |b| {
+        b.iter(|| Form::parse(black_box(&form)).unwrap())
+    });
 }
 
 criterion_group!(
