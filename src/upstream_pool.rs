@@ -164,10 +164,15 @@ impl Drop for WorkerPool {
 /// current runtime.
 pub fn use_worker_pool(connector: HttpsConnector<HttpConnector>) -> WorkerPool {
     let pool = install_pool(connector);
-    tokio::spawn(async {
-        // The first sweep one period on: the pool starts empty.
-        let mut every =
-            tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
+    sweep_every(SWEEP_EVERY);
+    pool
+}
+
+/// Sweeps this thread's pool every `period`, the first time one period on
+/// (the pool starts empty), until the pool is dropped.
+fn sweep_every(period: Duration) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
@@ -179,7 +184,6 @@ pub fn use_worker_pool(connector: HttpsConnector<HttpConnector>) -> WorkerPool {
             }
         }
     });
-    pool
 }
 
 /// Gives this thread a pool, without the periodic sweep (the unit tests
@@ -461,6 +465,24 @@ mod tests {
         let gone = WORKER_POOL.with(|p| p.borrow_mut().as_mut().unwrap().sweep());
         assert_eq!(gone.len(), 1);
         drop(gone);
+        closed_one(&mut closed).await;
+        assert_eq!(idle_count(&e), 1);
+        assert!(take_idle(e.key()).is_some_and(|s| !s.is_closed()));
+    }
+
+    #[tokio::test]
+    async fn the_periodic_sweep_closes_expired_idle_connections_and_keeps_fresh_ones() {
+        let _pool = install_pool(crate::forward::connector(rustls::RootCertStore::empty()));
+        let (e, mut closed) = silent_shop().await;
+        let (old, fresh) = (connect(&e).await.unwrap(), connect(&e).await.unwrap());
+        let expired = Instant::now()
+            .checked_sub(IDLE_TIMEOUT + Duration::from_secs(1))
+            .unwrap();
+        put_idle(&e, old, expired);
+        put_idle(&e, fresh, Instant::now());
+        // A short period, so that the test waits for the sweep's close,
+        // not for a clock.
+        sweep_every(Duration::from_millis(10));
         closed_one(&mut closed).await;
         assert_eq!(idle_count(&e), 1);
         assert!(take_idle(e.key()).is_some_and(|s| !s.is_closed()));
