@@ -469,3 +469,67 @@ async fn two_instances_sharing_redis_deliver_every_event_exactly_once_under_load
         ids.len()
     );
 }
+
+/// How many times Redis ran `command` (`INFO commandstats`).
+fn redis_calls(redis: &RedisServer, command: &str) -> u64 {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "INFO", "commandstats"])
+        .output()
+        .expect("redis-cli");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let prefix = format!("cmdstat_{command}:calls=");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().expect("a call count"))
+}
+
+#[tokio::test]
+async fn copies_of_an_event_a_gateway_saw_delivered_are_answered_without_redis() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let one = TestGateway::start(redis_spec(vec![RouteSpec::alipay(&up)], &redis)).await;
+    let two = TestGateway::start(redis_spec(vec![RouteSpec::alipay(&up)], &redis)).await;
+    let body = fixture("alipay", "rsa2_trade_success.form");
+    // `one` delivers the event; the first copy at each gateway learns from
+    // Redis that it was.
+    let r = one.post_form("/notify/alipay", &body).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    let claims = redis_calls(&redis, "evalsha") + redis_calls(&redis, "eval");
+    for gw in [&one, &two] {
+        let r = gw.post_form("/notify/alipay", &body).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    }
+    assert_eq!(up.count(), 1);
+    let after_first_copies = redis_calls(&redis, "evalsha") + redis_calls(&redis, "eval");
+    assert_eq!(
+        after_first_copies,
+        claims + 2,
+        "each first copy was a claim"
+    );
+    let claims = after_first_copies;
+
+    // A flood of copies costs Redis no claim...
+    for _ in 0..5 {
+        for gw in [&one, &two] {
+            let r = gw.post_form("/notify/alipay", &body).await;
+            assert_eq!((r.status, r.text().as_str()), (200, "success"));
+        }
+    }
+    assert_eq!(
+        redis_calls(&redis, "evalsha") + redis_calls(&redis, "eval"),
+        claims,
+        "copies of a known delivery never reach Redis"
+    );
+    // ...and is answered while Redis is down, where a new event fails closed.
+    redis.kill();
+    for gw in [&one, &two] {
+        let r = gw.post_form("/notify/alipay", &body).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "success"));
+        let r = gw.post_alipay("rsa2_trade_success_2.form").await;
+        assert_eq!((r.status, r.text().as_str()), (503, "fail"));
+    }
+    assert_eq!(up.count(), 1, "the shop got the event once");
+    assert_eq!(one.requests("duplicate").await, 7.0);
+    assert_eq!(two.requests("duplicate").await, 7.0);
+}

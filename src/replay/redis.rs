@@ -97,6 +97,10 @@ pub struct WaitFor {
 /// Unreplicated delivered markers kept for re-assertion after a failover.
 const REASSERT_MAX: usize = 100_000;
 
+/// Delivered events each gateway also remembers itself (see
+/// [`RedisStore`], *Known deliveries*): about 7 MB at most.
+pub const KNOWN_DELIVERED_MAX: u64 = 32_768;
+
 /// What the store knows about its deployment (`/readyz`, `/metrics`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
@@ -182,13 +186,38 @@ impl Scripts {
 /// `WAIT`: a marker fewer replicas acknowledged is counted
 /// ([`Topology::unreplicated`]) and written again after the next failover.
 ///
+/// *Known deliveries*: a delivered marker never changes until its TTL ends
+/// (nothing deletes or overwrites `d`), so each gateway also remembers, in
+/// a bounded cache, the events whose claim found `d`, for `replay.ttl` from
+/// then. Later copies of those are answered as duplicates without a round
+/// trip to Redis: a replay flood of one captured notification costs Redis
+/// one claim per gateway, and the answer holds while Redis is unreachable.
+/// Remembering an event past its Redis TTL only keeps refusing a second
+/// delivery of it. A gateway's own confirms are not added: most events
+/// never come back, and the cache's insert would cost every forward (about
+/// 2 µs, measured) to spare the rare first copy one round trip.
+///
 /// Redis must never evict these keys: its `maxmemory-policy` (every
 /// primary's, on a cluster) is read (`INFO memory`) at start, on every
 /// `/readyz`, before the first claim, after a failover, and then at most
 /// every [`POLICY_RECHECK`] from the request path; while it is anything but
 /// `noeviction` every claim is refused ([`StoreError::Evicting`]).
+///
+/// A clone is one reference count: the claim guard of every request holds
+/// one.
 #[derive(Clone)]
-pub struct RedisStore {
+pub struct RedisStore(Arc<RedisShared>);
+
+impl std::ops::Deref for RedisStore {
+    type Target = RedisShared;
+
+    fn deref(&self) -> &RedisShared {
+        &self.0
+    }
+}
+
+/// What the clones of one [`RedisStore`] share.
+pub struct RedisShared {
     link: Arc<Link>,
     scripts: Arc<Scripts>,
     kind: &'static str,
@@ -216,6 +245,8 @@ pub struct RedisStore {
     failovers_seen: Arc<AtomicU64>,
     /// When [`RedisStore::refresh_soon`] last ran, in ms since `epoch`.
     topology_read: Arc<AtomicU64>,
+    /// Events known delivered: key digest → until when (ms since `epoch`).
+    known_delivered: moka::sync::Cache<u128, u64, DigestHash>,
 }
 
 impl RedisStore {
@@ -244,7 +275,7 @@ impl RedisStore {
             .map_err(|e| StoreError::Unavailable(format!("{}: {e}", target.shown())))?;
         let mut id = [0u8; 6];
         let _ = aws_lc_rs::rand::fill(&mut id);
-        Ok(RedisStore {
+        Ok(RedisStore(Arc::new(RedisShared {
             scripts: Arc::new(Scripts::new(link.is_cluster())),
             link: Arc::new(link),
             kind: target.kind(),
@@ -262,7 +293,25 @@ impl RedisStore {
             reassert: Arc::new(Mutex::new(VecDeque::new())),
             failovers_seen: Arc::new(AtomicU64::new(0)),
             topology_read: Arc::new(AtomicU64::new(0)),
-        })
+            known_delivered: moka::sync::Cache::builder()
+                .max_capacity(KNOWN_DELIVERED_MAX)
+                .build_with_hasher(DigestHash),
+        })))
+    }
+
+    /// Whether this gateway saw `key` delivered within its TTL.
+    fn known_delivered(&self, key: &Key) -> bool {
+        self.known_delivered
+            .get(&u128::from_ne_bytes(key.digest))
+            .is_some_and(|until| until > millis(self.epoch.elapsed()))
+    }
+
+    /// `key` is delivered (a claim found `d`, or a delivery made while the
+    /// store was down was recorded): remember it for `ttl`.
+    fn learn_delivered(&self, key: &Key, ttl: Duration) {
+        let until = millis(self.epoch.elapsed()).saturating_add(millis(ttl));
+        self.known_delivered
+            .insert(u128::from_ne_bytes(key.digest), until);
     }
 
     /// How long an undelivered event's attempt count is kept (the gateway
@@ -482,6 +531,9 @@ impl RedisStore {
         key: &Key,
         in_flight_ttl: Duration,
     ) -> Result<Claim, StoreError> {
+        if self.known_delivered(key) {
+            return Ok(Claim::Delivered);
+        }
         // Find the master first: a new one's maxmemory-policy is read
         // before it is trusted with a claim.
         self.link
@@ -537,7 +589,7 @@ impl RedisStore {
                     .await
             })
             .await?;
-        Ok(match answer {
+        let claim = match answer {
             redis::Value::Int(n) => Claim::New(Token {
                 id: token_id,
                 attempt: u32::try_from(n).unwrap_or(u32::MAX),
@@ -546,7 +598,13 @@ impl RedisStore {
             redis::Value::SimpleString(v) if v == "d" => Claim::Delivered,
             // In flight, or a nonce that happens to share the key: not ours.
             _ => Claim::InFlight,
-        })
+        };
+        if matches!(claim, Claim::Delivered) {
+            // Its remaining TTL is unknown: kept as long as a delivery of
+            // ours would be.
+            self.learn_delivered(key, Duration::from_millis(attempts_ttl));
+        }
+        Ok(claim)
     }
 
     pub(super) async fn renew(
@@ -664,22 +722,25 @@ impl RedisStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let name = self.name(key);
-        self.run(Lane::Claims, |mut c| async move {
-            redis::pipe()
-                .atomic()
-                .cmd("SET")
-                .arg(&name)
-                .arg("d")
-                .arg("PX")
-                .arg(millis(ttl))
-                .ignore()
-                .cmd("DEL")
-                .arg(attempts_key(&name))
-                .ignore()
-                .query_async(&mut c)
-                .await
-        })
-        .await
+        let () = self
+            .run(Lane::Claims, |mut c| async move {
+                redis::pipe()
+                    .atomic()
+                    .cmd("SET")
+                    .arg(&name)
+                    .arg("d")
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .ignore()
+                    .cmd("DEL")
+                    .arg(attempts_key(&name))
+                    .ignore()
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        self.learn_delivered(key, ttl);
+        Ok(())
     }
 
     pub(super) async fn remember(&self, key: &Key, ttl: Duration) -> Result<bool, StoreError> {
@@ -724,6 +785,39 @@ impl RedisStore {
             redis::cmd("DBSIZE").query_async(&mut c).await
         })
         .await
+    }
+}
+
+/// Hashes a key digest (already the leading bytes of a SHA-256) by
+/// folding it to 64 bits, where SipHash would cost more than the lookup.
+#[derive(Clone, Copy, Default)]
+pub struct DigestHash;
+
+impl std::hash::BuildHasher for DigestHash {
+    type Hasher = DigestHasher;
+
+    fn build_hasher(&self) -> DigestHasher {
+        DigestHasher(0)
+    }
+}
+
+/// See [`DigestHash`].
+pub struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 ^= (n as u64) ^ ((n >> 64) as u64);
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used for `u128` keys; any input still hashes.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
     }
 }
 
