@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Instructions per request: callgate's own cost, whatever else runs.
 
-    python3 benches/load/instructions.py [--runs wechat,alipay,dup-wechat] [--seconds 20] [--rate 100]
+    python3 benches/load/instructions.py [--runs wechat,alipay,dup-wechat] [--seconds 20] [--rate 100] [--store redis]
 
 Throughput and even CPU time per request move with what else the machine
 runs (other builds, the load generator's placement). Instructions do not:
@@ -27,8 +27,12 @@ not in them (callgrind counts user space only). Use them to compare two
 builds of callgate on the same scenario; use run.py on a quiet machine for
 time.
 
-Needs valgrind (`apt-get install -y valgrind`), wrk, nginx and the corpus
-(run.py generates it).
+`--store redis` runs each against a fresh redis-server (run.py's): the
+difference from the memory store is what the Redis client costs callgate
+itself, apart from what redis-server and the shared cores cost.
+
+Needs valgrind (`apt-get install -y valgrind`), wrk, nginx, redis-server
+for `--store redis`, and the corpus (run.py generates it).
 """
 
 import argparse
@@ -78,7 +82,7 @@ def requests(server):
     return sum(run.callgate_counts(server).values())
 
 
-def measure(name, work, callgate, seconds, rate, workers):
+def measure(name, work, callgate, seconds, rate, workers, store):
     kind = run.WECHAT if "wechat" in name else run.ALIPAY
     total_lines = run.corpus_lines(kind[2])
     out_dir = os.path.join(work, f"cg-{name}")
@@ -95,11 +99,16 @@ def measure(name, work, callgate, seconds, rate, workers):
     up = run.start_upstream(work)
     servers = [up]
     try:
+        redis = None
+        if store == "redis":
+            redis = run.start_redis(work)
+            servers.append(redis)
         # Under valgrind callgate starts slowly: allow for it.
         saved = run.wait_port
         run.wait_port = lambda port, timeout=20.0: saved(port, 120.0)
         try:
-            target = run.start_callgate(work, up.port, json_logs="-json" in name)
+            target = run.start_callgate(work, up.port, json_logs="-json" in name,
+                                        redis_port=redis.port if redis else None)
         finally:
             run.wait_port = saved
         servers.append(target)
@@ -137,19 +146,22 @@ def main():
     ap.add_argument("--rate", type=int, default=100, help="requests a second (dup runs: at most 2000 in all)")
     ap.add_argument("--callgate", default=run.CALLGATE, help="the callgate binary (default: target/release/callgate)")
     ap.add_argument("--workers", type=int, help="listen.workers (default: one per core)")
+    ap.add_argument("--store", choices=["memory", "redis"], default="memory",
+                    help="the replay store (redis: a fresh redis-server per run)")
     ap.add_argument("--keep", metavar="DIR", help="copy the callgrind dumps here (callgrind_annotate reads them)")
     args = ap.parse_args()
-    for tool in ("valgrind", "callgrind_control", "wrk", "nginx"):
+    for tool in ("valgrind", "callgrind_control", "wrk", "nginx") + (("redis-server",) if args.store == "redis" else ()):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found")
     callgate = os.path.abspath(args.callgate)
     work = tempfile.mkdtemp(prefix="callgate-instr-")
     try:
-        print(f"callgate {callgate}, {args.rate}/s for {args.seconds}s per run under callgrind\n")
+        print(f"callgate {callgate}, {args.rate}/s for {args.seconds}s per run under callgrind, "
+              f"{args.store} store\n")
         print("| run | requests | instructions / request | one-time RNG seeding left out |")
         print("|---|---:|---:|---:|")
         for name in args.runs.split(","):
-            r = measure(name, work, callgate, args.seconds, args.rate, args.workers)
+            r = measure(name, work, callgate, args.seconds, args.rate, args.workers, args.store)
             print(f"| {name} | {r['requests']:,} | {r['per_request']:,.0f} | {r['once_only']:,} |", flush=True)
             if args.keep:
                 os.makedirs(args.keep, exist_ok=True)
