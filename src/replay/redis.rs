@@ -98,7 +98,8 @@ pub struct WaitFor {
 const REASSERT_MAX: usize = 100_000;
 
 /// Delivered events each gateway also remembers itself (see
-/// [`RedisStore`], *Known deliveries*): about 7 MB at most.
+/// [`RedisStore`], *Known deliveries*): about 10 MB when full (10.3 MB of
+/// RSS for 32,768 digests in this cache, measured alone).
 pub const KNOWN_DELIVERED_MAX: u64 = 32_768;
 
 /// What the store knows about its deployment (`/readyz`, `/metrics`).
