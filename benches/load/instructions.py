@@ -15,7 +15,8 @@ below what callgate manages under valgrind (about 300/s), so each request
 is served on its own: a saturating client would let one wake-up serve
 several requests, and the count per request would move with the batching. The shop is nginx
 `return 200`, as in run.py; the configuration is run.py's (journal on,
-`fsync = "interval"`; `-json`: info-level JSON logs to a file).
+`fsync = "interval"`; `-json`: info-level JSON logs to a file;
+`-nojournal`: `[journal] enabled = false`).
 
 A one-off cost that falls inside the window (aws-lc seeds its random
 generator from CPU jitter the first time it is asked: 100 to 400 million
@@ -108,6 +109,7 @@ def measure(name, work, callgate, seconds, rate, workers, store):
         run.wait_port = lambda port, timeout=20.0: saved(port, 120.0)
         try:
             target = run.start_callgate(work, up.port, json_logs="-json" in name,
+                                        journal="-nojournal" not in name,
                                         redis_port=redis.port if redis else None)
         finally:
             run.wait_port = saved
