@@ -31,25 +31,14 @@ use tokio::sync::Semaphore;
 
 const MD5: &str = "/notify/alipay_md5";
 
-fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string()])
-        .args(args)
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 /// The event keys (not their attempt counters) of a route in Redis.
 fn event_keys(redis: &RedisServer, route: &str) -> Vec<String> {
-    redis_cli(
-        redis,
-        &["--scan", "--pattern", &format!("callgate:{route}:ev:*")],
-    )
-    .lines()
-    .filter(|k| !k.ends_with(":at"))
-    .map(str::to_owned)
-    .collect()
+    redis
+        .cli(&["--scan", "--pattern", &format!("callgate:{route}:ev:*")])
+        .lines()
+        .filter(|k| !k.ends_with(":at"))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A legacy Alipay route that asks `atn` (notify_verify) before forwarding.
@@ -109,7 +98,7 @@ async fn a_claim_that_lapsed_before_the_forward_is_not_forwarded_twice() {
     // ...longer than its claim lives: the claim lapses.
     let keys = event_keys(&redis, "shop-legacy");
     assert_eq!(keys.len(), 1, "{keys:?}");
-    redis_cli(&redis, &["DEL", &keys[0]]);
+    redis.cli(&["DEL", &keys[0]]);
     // A copy arrives and claims the event anew.
     let second = post(gw.clone(), body.clone());
     atn.next().await;
@@ -132,19 +121,6 @@ async fn a_claim_that_lapsed_before_the_forward_is_not_forwarded_twice() {
     assert_eq!(up.count(), 1);
 }
 
-/// Lua scripts Redis ran (`EVAL` and `EVALSHA` calls, `INFO commandstats`).
-fn scripts_run(redis: &RedisServer) -> u64 {
-    redis_cli(redis, &["INFO", "commandstats"])
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_eval:") || l.starts_with("cmdstat_evalsha:"))
-        .filter_map(|l| {
-            l.split([':', ','])
-                .find_map(|f| f.strip_prefix("calls="))
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fresh_claim_is_forwarded_without_a_renewal() {
     let redis = RedisServer::start();
@@ -156,14 +132,14 @@ async fn a_fresh_claim_is_forwarded_without_a_renewal() {
     // The first forward has Redis load the scripts.
     let r = gw.post_form("/notify/alipay", &bodies[0]).await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
-    let before = scripts_run(&redis);
+    let before = redis.scripts_run();
     let r = gw.post_form("/notify/alipay", &bodies[1]).await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     // The claim and the delivery record only: nothing between the claim
     // and the forward waited (no notify_verify, the journal does not wait
     // for the disk), so the claim, seconds old at most with 40 s to live,
     // is not renewed. (A step that waits: the test above renews.)
-    assert_eq!(scripts_run(&redis) - before, 2);
+    assert_eq!(redis.scripts_run() - before, 2);
     assert_eq!(up.count(), 2);
 }
 
@@ -183,7 +159,7 @@ async fn a_confirm_that_finds_its_claim_gone_is_counted_and_still_recorded() {
     up.next().await; // at the shop
     // The store loses the claim mid-forward.
     let keys = event_keys(&redis, "shop-alipay");
-    redis_cli(&redis, &["DEL", &keys[0]]);
+    redis.cli(&["DEL", &keys[0]]);
     permits.add_permits(1);
     let r = pending.await.unwrap();
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
@@ -191,7 +167,7 @@ async fn a_confirm_that_finds_its_claim_gone_is_counted_and_still_recorded() {
     assert_eq!(lost(&m, "shop-alipay", "confirm"), 1.0);
     assert_eq!(lost(&m, "shop-alipay", "before_forward"), 0.0);
     // Recorded all the same: the retry is a duplicate.
-    assert_eq!(redis_cli(&redis, &["GET", &keys[0]]), "d");
+    assert_eq!(redis.cli(&["GET", &keys[0]]), "d");
     permits.add_permits(1);
     let r = gw.post_form("/notify/alipay", &body).await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
@@ -300,10 +276,7 @@ async fn an_evicting_policy_set_while_running_fails_closed_until_it_is_undone() 
     let bodies = alipay_bodies(2, "policy");
     assert_eq!(gw.post_form("/notify/alipay", &bodies[0]).await.status, 200);
 
-    redis_cli(
-        &redis,
-        &["CONFIG", "SET", "maxmemory-policy", "allkeys-lfu"],
-    );
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lfu"]);
     let ready = gw.get_admin("/readyz").await;
     assert_eq!(ready.status, 503);
     assert!(ready.text().contains("allkeys-lfu"), "{}", ready.text());
@@ -320,7 +293,7 @@ async fn an_evicting_policy_set_while_running_fails_closed_until_it_is_undone() 
         1.0
     );
 
-    redis_cli(&redis, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
     assert_eq!(gw.get_admin("/readyz").await.status, 200);
     assert_eq!(gw.post_form("/notify/alipay", &bodies[1]).await.status, 200);
     assert_eq!(up.count(), 2);

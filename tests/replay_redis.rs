@@ -99,11 +99,7 @@ async fn a_worker_claims_on_its_own_redis_connection() {
     // The claim and the delivery record came from the worker thread that
     // served the notification, on a connection of its own (driven by its
     // runtime): not the shared one, whose last command is still INFO.
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string(), "CLIENT", "LIST"])
-        .output()
-        .unwrap();
-    let clients = String::from_utf8(out.stdout).unwrap();
+    let clients = redis.cli(&["CLIENT", "LIST"]);
     let last = |cmd: &str| {
         clients
             .lines()
@@ -470,20 +466,6 @@ async fn two_instances_sharing_redis_deliver_every_event_exactly_once_under_load
     );
 }
 
-/// How many times Redis ran `command` (`INFO commandstats`).
-fn redis_calls(redis: &RedisServer, command: &str) -> u64 {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string(), "INFO", "commandstats"])
-        .output()
-        .expect("redis-cli");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let prefix = format!("cmdstat_{command}:calls=");
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().expect("a call count"))
-}
-
 #[tokio::test]
 async fn copies_of_an_event_a_gateway_saw_delivered_are_answered_without_redis() {
     let mut redis = RedisServer::start();
@@ -495,13 +477,13 @@ async fn copies_of_an_event_a_gateway_saw_delivered_are_answered_without_redis()
     // Redis that it was.
     let r = one.post_form("/notify/alipay", &body).await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
-    let claims = redis_calls(&redis, "evalsha") + redis_calls(&redis, "eval");
+    let claims = redis.scripts_run();
     for gw in [&one, &two] {
         let r = gw.post_form("/notify/alipay", &body).await;
         assert_eq!((r.status, r.text().as_str()), (200, "success"));
     }
     assert_eq!(up.count(), 1);
-    let after_first_copies = redis_calls(&redis, "evalsha") + redis_calls(&redis, "eval");
+    let after_first_copies = redis.scripts_run();
     assert_eq!(
         after_first_copies,
         claims + 2,
@@ -517,7 +499,7 @@ async fn copies_of_an_event_a_gateway_saw_delivered_are_answered_without_redis()
         }
     }
     assert_eq!(
-        redis_calls(&redis, "evalsha") + redis_calls(&redis, "eval"),
+        redis.scripts_run(),
         claims,
         "copies of a known delivery never reach Redis"
     );
