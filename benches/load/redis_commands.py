@@ -3,7 +3,8 @@
 
     python3 benches/load/redis_commands.py [--groups 200000]
 
-Starts a redis-server of its own (127.0.0.1, a free port, no persistence),
+Starts a redis-server of its own (run.py's: 127.0.0.1, a free port, no
+persistence, `noeviction`),
 and for each variant below sends GROUPS command groups through
 `redis-cli --pipe` (many groups per read, as callgate's shared connection
 sends them under load), each group on a new event key, and reports the
@@ -27,11 +28,12 @@ import argparse
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run  # noqa: E402  (run.py: its redis-server)
 
 CLAIM = """local v = redis.call('GET', KEYS[1])
 if v then return v end
@@ -105,21 +107,10 @@ def main():
     for tool in ("redis-server", "redis-cli"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found: apt-get install -y redis-server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     work = tempfile.mkdtemp(prefix="callgate-redis-cmds-")
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", work],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    server = run.start_redis(work)
+    port = server.port
     try:
-        deadline = time.time() + 20
-        for line in server.stdout:
-            if b"Ready to accept connections" in line:
-                break
-            if time.time() > deadline:
-                sys.exit("redis-server did not start")
         for script in (CLAIM, CONFIRM):
             subprocess.run(["redis-cli", "-p", str(port), "SCRIPT", "LOAD", script],
                            check=True, capture_output=True)
@@ -135,15 +126,14 @@ def main():
         print("|---|---:|")
         for variant, base in plan:
             data = groups(variant, n, base)
-            before = cpu_ticks(server.pid)
+            before = cpu_ticks(server.proc.pid)
             pipe(port, data)
-            spent = cpu_ticks(server.pid) - before
+            spent = cpu_ticks(server.proc.pid) - before
             if variant != "deliver":
                 us = spent * 1e6 / os.sysconf("SC_CLK_TCK") / n
                 print(f"| {variant} | {us:.2f} |", flush=True)
     finally:
-        server.kill()
-        server.wait()
+        server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
