@@ -467,7 +467,7 @@ async fn two_instances_sharing_redis_deliver_every_event_exactly_once_under_load
 }
 
 #[tokio::test]
-async fn copies_of_an_event_a_gateway_saw_delivered_are_answered_without_redis() {
+async fn copies_of_an_event_a_gateway_found_delivered_are_answered_without_redis() {
     let mut redis = RedisServer::start();
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let one = TestGateway::start(redis_spec(vec![RouteSpec::alipay(&up)], &redis)).await;
