@@ -219,33 +219,33 @@ impl std::ops::Deref for RedisStore {
 
 /// What the clones of one [`RedisStore`] share.
 pub struct RedisShared {
-    link: Arc<Link>,
+    link: Link,
     scripts: Arc<Scripts>,
     kind: &'static str,
     instance: Arc<str>,
-    next_token: Arc<AtomicU64>,
+    next_token: AtomicU64,
     /// The deployment without passwords, for messages.
     shown: Arc<str>,
     /// The last `maxmemory-policy` read: an index into [`EVICTING`],
     /// [`POLICY_SAFE`] or [`POLICY_UNCHECKED`].
-    policy: Arc<AtomicU8>,
+    policy: AtomicU8,
     /// How long an event's attempt count is kept (`replay.ttl`).
-    attempts_ttl: Arc<AtomicU64>,
+    attempts_ttl: AtomicU64,
     /// When the policy was last read, in milliseconds since `epoch`.
-    policy_read: Arc<AtomicU64>,
+    policy_read: AtomicU64,
     epoch: std::time::Instant,
     wait: WaitFor,
     /// Replicas that acknowledged the last marker (-1: none yet).
-    replicas_acked: Arc<AtomicI64>,
+    replicas_acked: AtomicI64,
     /// Replicas connected when last asked (-1: unknown).
-    replicas: Arc<AtomicI64>,
-    unreplicated: Arc<AtomicU64>,
+    replicas: AtomicI64,
+    unreplicated: AtomicU64,
     /// Markers to write again after a failover: (key name, ttl ms).
-    reassert: Arc<Mutex<VecDeque<(String, u64)>>>,
+    reassert: Mutex<VecDeque<(String, u64)>>,
     /// The failover count the store last acted on.
-    failovers_seen: Arc<AtomicU64>,
+    failovers_seen: AtomicU64,
     /// When [`RedisStore::refresh_soon`] last ran, in ms since `epoch`.
-    topology_read: Arc<AtomicU64>,
+    topology_read: AtomicU64,
     /// Events known delivered: key digest → until when (ms since `epoch`).
     known_delivered: moka::sync::Cache<u128, u64, DigestHash>,
 }
@@ -278,22 +278,22 @@ impl RedisStore {
         let _ = aws_lc_rs::rand::fill(&mut id);
         Ok(RedisStore(Arc::new(RedisShared {
             scripts: Arc::new(Scripts::new(link.is_cluster())),
-            link: Arc::new(link),
+            link,
             kind: target.kind(),
             instance: hex::encode(id).into(),
-            next_token: Arc::new(AtomicU64::new(1)),
+            next_token: AtomicU64::new(1),
             shown: target.shown().into(),
-            policy: Arc::new(AtomicU8::new(POLICY_UNCHECKED)),
-            attempts_ttl: Arc::new(AtomicU64::new(48 * 3600 * 1000)),
-            policy_read: Arc::new(AtomicU64::new(0)),
+            policy: AtomicU8::new(POLICY_UNCHECKED),
+            attempts_ttl: AtomicU64::new(48 * 3600 * 1000),
+            policy_read: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
             wait,
-            replicas_acked: Arc::new(AtomicI64::new(-1)),
-            replicas: Arc::new(AtomicI64::new(-1)),
-            unreplicated: Arc::new(AtomicU64::new(0)),
-            reassert: Arc::new(Mutex::new(VecDeque::new())),
-            failovers_seen: Arc::new(AtomicU64::new(0)),
-            topology_read: Arc::new(AtomicU64::new(0)),
+            replicas_acked: AtomicI64::new(-1),
+            replicas: AtomicI64::new(-1),
+            unreplicated: AtomicU64::new(0),
+            reassert: Mutex::new(VecDeque::new()),
+            failovers_seen: AtomicU64::new(0),
+            topology_read: AtomicU64::new(0),
             known_delivered: moka::sync::Cache::builder()
                 .max_capacity(KNOWN_DELIVERED_MAX)
                 .build_with_hasher(DigestHash),
