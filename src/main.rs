@@ -374,9 +374,20 @@ fn args_is_curl(args: &callgate::sign::SignArgs) -> bool {
 }
 
 fn run(config: &std::path::Path, format: LogFormat) -> ExitCode {
+    // No transparent huge pages for this process, before anything else
+    // allocates much: mimalloc asks for them on its arenas (MADV_HUGEPAGE),
+    // and the kernel then zeroes each new 2 MiB page inside the page fault
+    // of whichever request first touches it. On a virtual machine that
+    // took 10-40 ms on a worker thread, the longest stalls of the p99 at
+    // half load (docs/performance.md, *Eighth round*); 4 KiB pages spread
+    // the same work out, and halve the resident memory of a fresh process.
+    let thp = rustix::thread::disable_transparent_huge_pages(true);
     let Some(_log_guard) = init_logging(format) else {
         return ExitCode::FAILURE;
     };
+    if let Err(e) = thp {
+        tracing::warn!(error = %e, "cannot turn transparent huge pages off (prctl PR_SET_THP_DISABLE); a request may stall while the kernel zeroes a 2 MiB page");
+    }
     let loaded = match callgate::config::load(config) {
         Ok(l) => l,
         Err(errors) => {

@@ -1100,6 +1100,22 @@ async fn run_logs_one_json_line_per_notification_and_never_secrets() {
     );
 }
 
+/// `callgate run` turns transparent huge pages off for itself (prctl
+/// `PR_SET_THP_DISABLE`, shown as `THP_enabled: 0` in /proc/PID/status):
+/// mimalloc madvises its arenas for them, and each new 2 MiB page was
+/// zeroed inside one request's page fault.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_turns_transparent_huge_pages_off_for_itself() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let (_dir, run) = start_alipay_process(&up, false);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", run.child.id())).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    assert_eq!(thp, Some("0"), "/proc/PID/status:\n{status}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_log_line_names_method_path_and_a_request_id_the_shop_also_gets() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
