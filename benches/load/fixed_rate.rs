@@ -12,6 +12,9 @@
 //! requests sent and completed, non-200 answers, errors, the achieved rate
 //! and latency percentiles in microseconds.
 //!
+//! With `FIXED_RATE_TIMELINE=FILE` it also writes each answered request's
+//! number and latency to FILE (where in the run a tail came from).
+//!
 //! One blocking thread per connection, sleeping until each send time
 //! (`std::thread::sleep`, about 60 µs of timer slack on Linux: that much
 //! can show up in every latency, for the proxy and for callgate alike).
@@ -55,6 +58,8 @@ fn args() -> Args {
 #[derive(Default)]
 struct ConnResult {
     latencies_us: Vec<u32>,
+    /// (request number, latency in µs), for `FIXED_RATE_TIMELINE`.
+    timeline: Vec<(u32, u32)>,
     non_200: u64,
     errors: u64,
     sent: u64,
@@ -98,6 +103,9 @@ fn main() {
         .map(|_| connect(&a.addr).expect("connect"))
         .collect();
     let start = Instant::now() + Duration::from_millis(50);
+    let start_unix_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() + 50_000);
     let threads: Vec<_> = conns
         .into_iter()
         .enumerate()
@@ -114,11 +122,26 @@ fn main() {
     for t in threads {
         let r = t.join().expect("connection thread");
         all.latencies_us.extend(r.latencies_us);
+        all.timeline.extend(r.timeline);
         all.non_200 += r.non_200;
         all.errors += r.errors;
         all.sent += r.sent;
     }
     let elapsed = start.elapsed().as_secs_f64();
+    if let Ok(path) = std::env::var("FIXED_RATE_TIMELINE") {
+        // After a `# start` line (request 0's intended send time), one
+        // line per answered request: its number (intended send time:
+        // start + number / RATE) and its latency in µs, in send order.
+        all.timeline.sort_unstable();
+        let mut out = String::with_capacity(all.timeline.len() * 16);
+        out.push_str(&format!(
+            "# start {start_unix_us} µs since the Unix epoch\n"
+        ));
+        for (k, us) in &all.timeline {
+            out.push_str(&format!("{k} {us}\n"));
+        }
+        std::fs::write(&path, out).expect("FIXED_RATE_TIMELINE");
+    }
     let mut l = all.latencies_us;
     l.sort_unstable();
     let pct = |p: f64| -> u32 {
@@ -174,8 +197,9 @@ fn run_connection(
         r.sent += 1;
         match exchange(&mut stream, &requests[k], &mut buf) {
             Ok(status) => {
-                let us = intended.elapsed().as_micros();
-                r.latencies_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+                let us = u32::try_from(intended.elapsed().as_micros()).unwrap_or(u32::MAX);
+                r.latencies_us.push(us);
+                r.timeline.push((u32::try_from(k).unwrap_or(u32::MAX), us));
                 if status != 200 {
                     r.non_200 += 1;
                 }

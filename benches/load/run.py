@@ -13,6 +13,8 @@ Measures, each REPEAT times with fresh server processes, and reports medians:
   dup-alipay      callgate answering Alipay RSA2 duplicates from the store
   *-nojournal     as above with `[journal] enabled = false` (callgate's
                   default, used by every other run, journals each forward)
+  *-nosync        as above with `[journal] fsync = "never"` (no sync while
+                  requests append: what the sync costs the p99)
   alipay-json     as `alipay`, with info-level JSON logs written to a file
   wechat-json     as `wechat`, with info-level JSON logs written to a file
   floor-wechat    the floor of any hyper-based gateway (benches/load/floor.rs,
@@ -278,7 +280,20 @@ def start_redis(work):
     return Server("redis", argv, port, stdout=os.path.join(d, "redis.log"), cwd=d)
 
 
-def start_callgate(work, upstream_port, json_logs=False, journal=True, redis_port=None):
+def redis_stats(store):
+    """redis-server's command and read() counts (INFO stats)."""
+    out = subprocess.run(["redis-cli", "-p", str(store.port), "INFO", "stats"],
+                         capture_output=True, text=True, check=True).stdout
+    keys = ("total_commands_processed", "total_reads_processed")
+    stats = {}
+    for line in out.splitlines():
+        k, _, v = line.strip().partition(":")
+        if k in keys:
+            stats[k] = int(v)
+    return stats
+
+
+def start_callgate(work, upstream_port, json_logs=False, journal=True, redis_port=None, fsync=None):
     port, admin = free_port(), free_port()
     store = f"redis://127.0.0.1:{redis_port}/0" if redis_port else "memory"
     d = os.path.join(work, "callgate")
@@ -299,6 +314,7 @@ ttl = "48h"
 max_entries = 1_000_000
 [journal]
 enabled = {"true" if journal else "false"}   # the default: on, fsync = "interval"
+{f'fsync = "{fsync}"' if fsync else ""}
 """
         )
     with open(os.path.join(d, "rules", "load.toml"), "w") as f:
@@ -456,7 +472,7 @@ def wrk(port, kind, duration, first, count, threads=2, connections=64, on_ready=
     raise RuntimeError(f"wrk failed: {stdout}\n{stderr}")
 
 
-def fixed_rate(port, kind, rate, duration, first, connections=64):
+def fixed_rate(port, kind, rate, duration, first, timeline=None, connections=64):
     path, ctype, corpus = kind
     argv = [
         os.path.join(RELEASE, "examples", "load_fixed_rate"),
@@ -469,7 +485,10 @@ def fixed_rate(port, kind, rate, duration, first, connections=64):
         str(duration),
         str(connections),
     ]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 600)
+    env = dict(os.environ)
+    if timeline:
+        env["FIXED_RATE_TIMELINE"] = timeline
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 600, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"load_fixed_rate failed: {out.stderr}")
     return json.loads(out.stdout)
@@ -518,6 +537,7 @@ def measure(name, work, args, fixed_rps=None):
                 redis_port = store.port
             target = start_callgate(
                 work, up.port, json_logs="-json" in name, journal="-nojournal" not in name,
+                fsync="never" if "-nosync" in name else None,
                 redis_port=redis_port,
             )
             servers.append(target)
@@ -550,6 +570,7 @@ def measure(name, work, args, fixed_rps=None):
                 "cs": context_switches(target.pids()),
                 "ucpu": cpu_seconds(up.pids()) if target is not up else None,
                 "scpu": cpu_seconds(store.pids()) if store else None,
+                "sstats": redis_stats(store) if store else None,
                 "load1": loadavg(),
             }
             if args.profile and fixed_rps is None and target.name in ("callgate", "floor"):
@@ -573,7 +594,11 @@ def measure(name, work, args, fixed_rps=None):
                 raise RuntimeError("wrk never reported all threads ready")
         else:
             mark = snapshot()
-            r = fixed_rate(target.port, kind, fixed_rps, args.duration, first)
+            timeline = None
+            if args.timeline:
+                os.makedirs(args.timeline, exist_ok=True)
+                timeline = os.path.join(args.timeline, f"{name}-{time.strftime('%H%M%S')}.txt")
+            r = fixed_rate(target.port, kind, fixed_rps, args.duration, first, timeline)
             r["requests"] = r["completed"]
             r["rps"] = r["achieved_rps"]
         before = mark["counts"]
@@ -605,6 +630,12 @@ def measure(name, work, args, fixed_rps=None):
             result["upstream_cpu_us_per_req"] = (cpu_seconds(up.pids()) - ucpu0) / n * 1e6
         if mark["scpu"] is not None:
             result["store_cpu_us_per_req"] = (cpu_seconds(store.pids()) - mark["scpu"]) / n * 1e6
+            after = redis_stats(store)
+            d = {k: after[k] - mark["sstats"][k] for k in after}
+            result["store_commands_per_req"] = d["total_commands_processed"] / n
+            # Commands per read(): how far the client's pipelining batches them.
+            result["store_commands_per_read"] = (
+                d["total_commands_processed"] / max(d["total_reads_processed"], 1))
         result["peak_rss_mb"] = peak_rss_kb(target.pids()) / 1024
         if callgate:
             after = callgate_counts(callgate)
@@ -678,7 +709,9 @@ def table(rows, nginx_rows):
     for name, rs in rows:
         scpu = med(rs, "store_cpu_us_per_req")
         if scpu == scpu:
-            out.append(f"({name}: redis-server {scpu:.1f} µs CPU/req)")
+            out.append(f"({name}: redis-server {scpu:.1f} µs CPU/req, "
+                       f"{med(rs, 'store_commands_per_req'):.2f} commands/req, "
+                       f"{med(rs, 'store_commands_per_read'):.2f} commands per read)")
     return "\n".join(out)
 
 
@@ -724,6 +757,8 @@ def main():
         "dup-wechat,dup-alipay,alipay-json,wechat-json",
     )
     ap.add_argument("--no-half-load", action="store_true")
+    ap.add_argument("--timeline", metavar="DIR",
+                    help="half-load runs: each request's latency, in send order, to DIR/NAME-TIME.txt")
     ap.add_argument("--half-load-rate", type=int, help="offer this rate instead of half the median maximum")
     ap.add_argument("--half-load-runs", default="alipay,wechat,alipay-nojournal,wechat-nojournal",
                     help="callgate runs whose median maximum is halved for the p99 measurement")
