@@ -57,9 +57,8 @@ fn args() -> Args {
 
 #[derive(Default)]
 struct ConnResult {
-    latencies_us: Vec<u32>,
-    /// (request number, latency in µs), for `FIXED_RATE_TIMELINE`.
-    timeline: Vec<(u32, u32)>,
+    /// (request number, latency in µs) of each answered request.
+    answered: Vec<(u32, u32)>,
     non_200: u64,
     errors: u64,
     sent: u64,
@@ -121,8 +120,7 @@ fn main() {
     let mut all = ConnResult::default();
     for t in threads {
         let r = t.join().expect("connection thread");
-        all.latencies_us.extend(r.latencies_us);
-        all.timeline.extend(r.timeline);
+        all.answered.extend(r.answered);
         all.non_200 += r.non_200;
         all.errors += r.errors;
         all.sent += r.sent;
@@ -132,17 +130,17 @@ fn main() {
         // After a `# start` line (request 0's intended send time), one
         // line per answered request: its number (intended send time:
         // start + number / RATE) and its latency in µs, in send order.
-        all.timeline.sort_unstable();
-        let mut out = String::with_capacity(all.timeline.len() * 16);
+        all.answered.sort_unstable();
+        let mut out = String::with_capacity(all.answered.len() * 16);
         out.push_str(&format!(
             "# start {start_unix_us} µs since the Unix epoch\n"
         ));
-        for (k, us) in &all.timeline {
+        for (k, us) in &all.answered {
             out.push_str(&format!("{k} {us}\n"));
         }
         std::fs::write(&path, out).expect("FIXED_RATE_TIMELINE");
     }
-    let mut l = all.latencies_us;
+    let mut l: Vec<u32> = all.answered.iter().map(|&(_, us)| us).collect();
     l.sort_unstable();
     let pct = |p: f64| -> u32 {
         if l.is_empty() {
@@ -198,8 +196,7 @@ fn run_connection(
         match exchange(&mut stream, &requests[k], &mut buf) {
             Ok(status) => {
                 let us = u32::try_from(intended.elapsed().as_micros()).unwrap_or(u32::MAX);
-                r.latencies_us.push(us);
-                r.timeline.push((u32::try_from(k).unwrap_or(u32::MAX), us));
+                r.answered.push((u32::try_from(k).unwrap_or(u32::MAX), us));
                 if status != 200 {
                     r.non_200 += 1;
                 }
