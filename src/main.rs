@@ -378,9 +378,9 @@ fn run(config: &std::path::Path, format: LogFormat) -> ExitCode {
     // allocates much: mimalloc asks for them on its arenas (MADV_HUGEPAGE),
     // and the kernel then zeroes each new 2 MiB page inside the page fault
     // of whichever request first touches it. On a virtual machine that
-    // took 10-40 ms on a worker thread, the longest stalls of the p99 at
-    // half load (docs/performance.md, *Eighth round*); 4 KiB pages spread
-    // the same work out, and halve the resident memory of a fresh process.
+    // took 10-40 ms on a worker thread, the longest stalls profiled in the
+    // p99 at half load (docs/performance.md, *Eighth round*); 4 KiB pages
+    // spread the same work out, and a fresh process holds a third less.
     let thp = rustix::thread::disable_transparent_huge_pages(true);
     let Some(_log_guard) = init_logging(format) else {
         return ExitCode::FAILURE;
