@@ -382,6 +382,12 @@ fn run(config: &std::path::Path, format: LogFormat) -> ExitCode {
     // p99 at half load (docs/performance.md, *Eighth round*); 4 KiB pages
     // spread the same work out, and a fresh process holds a third less.
     let thp = rustix::thread::disable_transparent_huge_pages(true);
+    // AWS-LC seeds its random generator from CPU jitter on the process's
+    // first call: 33-52 ms here (`cargo run --release --example
+    // first_random`), which landed on a worker thread inside the first
+    // request that drew a request id or the first TLS handshake. Pay it
+    // now; a thread's own first call after this costs microseconds.
+    let _ = aws_lc_rs::rand::fill(&mut [0u8; 8]);
     let Some(_log_guard) = init_logging(format) else {
         return ExitCode::FAILURE;
     };
