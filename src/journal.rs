@@ -21,9 +21,11 @@
 //!   waiting on it are forwarded (a crash cannot lose an accepted record;
 //!   costs one fdatasync per batch);
 //! * `interval` (default): the arrival is written by the request itself,
-//!   before its forward (one `write` to the page cache under a mutex, no
-//!   hand-off to another thread: the load benchmark measured that hand-off
-//!   at 15-25 µs and two context switches per forward), so that a crash of
+//!   before its forward (one `write` to the page cache, no hand-off to
+//!   another thread: the load benchmark measured that hand-off at 15-25 µs
+//!   and two context switches per forward; the mutex is held only to
+//!   count the line's bytes and take the file, not across the `write`,
+//!   which the kernel appends whole under `O_APPEND`), so that a crash of
 //!   callgate (`kill -9`) leaves it in the file and the platform's retry is
 //!   marked as a repeat. The outcome is queued for the journal thread,
 //!   which writes what is queued with one `write` [`BATCH_DELAY`] after the
@@ -52,6 +54,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -335,13 +338,47 @@ impl Journal {
                 }
                 // One `write` of a line to the page cache: short enough to
                 // run on the request's own thread (a hand-off to another
-                // thread measured 15-25 µs and two context switches).
-                let result = lock(&self.writer).write_lines(line).map_err(|(_, e)| e);
+                // thread measured 15-25 µs and two context switches). Not
+                // under the mutex: a thread preempted on its way out of the
+                // `write` held it for milliseconds while the other workers
+                // queued behind it (futex waits of up to 5 ms at 3,000
+                // requests a second, docs/performance.md, *Ninth round*).
+                let result = self.append_line(line);
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "journal write failed; notifications are refused until it works");
                 }
                 result
             }),
+        }
+    }
+
+    /// Appends one whole line with the mutex held only to make room for
+    /// it: the file is taken and the line's bytes counted under the lock,
+    /// then written outside it (`O_APPEND`: concurrent appends land whole,
+    /// one after the other). The line is marked for the sync timer once it
+    /// is in the file.
+    fn append_line(&self, line: &[u8]) -> Result<(), JournalError> {
+        let (current, path) = lock(&self.writer).reserve(line.len())?;
+        match (&current.file).write_all(line) {
+            Ok(()) => {
+                current.dirty.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                // Part of the line may be in the file: the next line starts
+                // on a new one. Concurrent appends that already followed it
+                // are cut off with it (only a full disk writes part of a
+                // line, and then they fail too).
+                current.dirty.store(true, Ordering::Release);
+                let mut w = lock(&self.writer);
+                if w.file.as_ref().is_some_and(|f| Arc::ptr_eq(f, &current)) {
+                    w.torn = true;
+                }
+                Err(JournalError::Io {
+                    path: path.display().to_string(),
+                    reason: crate::load::io_reason(&e),
+                })
+            }
         }
     }
 
@@ -404,13 +441,32 @@ fn sync_every(writer: &std::sync::Weak<Mutex<Writer>>, every: Duration) {
             break;
         };
         let pending = lock(&writer).take_dirty();
-        drop(writer);
-        for (file, path) in pending {
-            if let Err(e) = file.sync_data() {
+        let mut again = Vec::new();
+        for (current, path) in pending {
+            // A file rotated away that a request still holds may yet get
+            // that request's line: synced now and once more after it let go.
+            let in_flight = Arc::strong_count(&current) > 1;
+            if let Err(e) = current.file.sync_data() {
                 tracing::error!(file = %path.display(), error = %e, "journal sync failed");
             }
+            if in_flight && !writer_holds(&writer, &current) {
+                again.push((current, path));
+            }
         }
+        if !again.is_empty() {
+            lock(&writer).retired.extend(again);
+        }
+        drop(writer);
     }
+}
+
+/// Whether `current` is the writer's own current file (counted in its
+/// strong count, not a request's).
+fn writer_holds(writer: &Mutex<Writer>, current: &Arc<OpenFile>) -> bool {
+    lock(writer)
+        .file
+        .as_ref()
+        .is_some_and(|f| Arc::ptr_eq(f, current))
 }
 
 // === the queued records of `interval` and `never` ===
@@ -595,16 +651,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Writer {
     config: JournalConfig,
     kind: String,
-    file: Option<File>,
+    /// The file appends go to, shared with requests writing a line
+    /// outside the lock.
+    file: Option<Arc<OpenFile>>,
     path: PathBuf,
+    /// Bytes written to the current file, or handed out for writing.
     size: u64,
     opened: Instant,
-    dirty: bool,
     /// The last write failed part-way: start the next batch on a new line.
     torn: bool,
     seq: u32,
-    /// Files rotated away with unsynced writes, for the sync timer.
-    retired: Vec<(File, PathBuf)>,
+    /// Files rotated away, possibly with unsynced writes, for the sync
+    /// timer.
+    retired: Vec<(Arc<OpenFile>, PathBuf)>,
+}
+
+/// An open journal file and whether it has writes not yet synced.
+struct OpenFile {
+    file: File,
+    dirty: AtomicBool,
 }
 
 impl Writer {
@@ -620,7 +685,6 @@ impl Writer {
             path: PathBuf::new(),
             size: 0,
             opened: Instant::now(),
-            dirty: false,
             torn: false,
             seq: 0,
             retired: Vec::new(),
@@ -640,13 +704,12 @@ impl Writer {
         match self.config.fsync {
             Fsync::Always => self.sync_now(),
             // Synced by the timer, outside the lock requests write under.
+            // A request may still be writing its line to it: the timer
+            // syncs it until no request holds it.
             Fsync::Interval => {
-                if self.dirty
-                    && let Some(file) = self.file.take()
-                {
+                if let Some(file) = self.file.take() {
                     self.retired.push((file, self.path.clone()));
                 }
-                self.dirty = false;
             }
             Fsync::Never => {}
         }
@@ -671,7 +734,10 @@ impl Writer {
             reason: crate::load::io_reason(&e),
         })?;
         self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        self.file = Some(file);
+        self.file = Some(Arc::new(OpenFile {
+            file,
+            dirty: AtomicBool::new(false),
+        }));
         self.path = path;
         self.opened = Instant::now();
         self.prune();
@@ -696,31 +762,51 @@ impl Writer {
     /// The handles of the files with unsynced writes (the current one and
     /// any rotated away), marked clean: the caller syncs them without
     /// holding the writer.
-    fn take_dirty(&mut self) -> Vec<(File, PathBuf)> {
+    fn take_dirty(&mut self) -> Vec<(Arc<OpenFile>, PathBuf)> {
         let mut files = std::mem::take(&mut self.retired);
-        if self.dirty
-            && let Some(file) = self.file.as_ref().and_then(|f| f.try_clone().ok())
+        if let Some(current) = &self.file
+            && current.dirty.swap(false, Ordering::AcqRel)
         {
-            files.push((file, self.path.clone()));
-            self.dirty = false;
+            files.push((current.clone(), self.path.clone()));
         }
         files
     }
 
     fn sync_now(&mut self) {
-        for (file, path) in std::mem::take(&mut self.retired) {
-            if let Err(e) = file.sync_data() {
+        for (retired, path) in std::mem::take(&mut self.retired) {
+            if let Err(e) = retired.file.sync_data() {
                 tracing::error!(file = %path.display(), error = %e, "journal sync failed");
             }
         }
-        if self.dirty
-            && let Some(f) = &self.file
+        if let Some(current) = &self.file
+            && current.dirty.swap(false, Ordering::AcqRel)
+            && let Err(e) = current.file.sync_data()
         {
-            if let Err(e) = f.sync_data() {
-                tracing::error!(file = %self.path.display(), error = %e, "journal sync failed");
-            }
-            self.dirty = false;
+            tracing::error!(file = %self.path.display(), error = %e, "journal sync failed");
         }
+    }
+
+    /// Room for one line of `len` bytes, to be written by the caller
+    /// outside the lock: starts a new file if the current one is full or
+    /// old (as [`Writer::write_lines`]), ends a torn line, and counts the
+    /// bytes. Returns the file and its path.
+    fn reserve(&mut self, len: usize) -> Result<(Arc<OpenFile>, PathBuf), JournalError> {
+        if self.size >= self.config.max_file_bytes
+            || self.opened.elapsed() >= self.config.max_file_age
+            || self.file.is_none()
+        {
+            self.rotate()?;
+        }
+        let Some(current) = self.file.clone() else {
+            return Err(JournalError::Stopped);
+        };
+        if self.torn {
+            (&current.file).write_all(b"\n").map_err(|e| self.io(&e))?;
+            self.torn = false;
+            self.size += 1;
+        }
+        self.size += len as u64;
+        Ok((current, self.path.clone()))
     }
 
     /// One group commit (`fsync = "always"`): write the batch in one go,
@@ -787,19 +873,20 @@ impl Writer {
 
     /// Appends `buf` (whole lines) to the current file.
     fn write(&mut self, buf: &[u8]) -> Result<(), JournalError> {
-        let Some(file) = self.file.as_mut() else {
+        let Some(current) = self.file.clone() else {
             return Err(JournalError::Stopped);
         };
+        let mut file = &current.file;
         let result = (|| {
             if self.torn {
                 file.write_all(b"\n")?;
             }
             file.write_all(buf)
         })();
+        current.dirty.store(true, Ordering::Release);
         match result {
             Ok(()) => {
                 self.torn = false;
-                self.dirty = true;
                 self.size += buf.len() as u64;
                 Ok(())
             }
@@ -1421,6 +1508,44 @@ mod tests {
         })
         .unwrap();
         assert_eq!(rids, ["1", "3"]);
+    }
+
+    /// Arrivals are written outside the writer's lock: lines from threads
+    /// appending at once, across rotations, each land whole and once.
+    #[test]
+    fn concurrent_arrivals_land_whole_across_rotations() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), Fsync::Interval);
+        c.max_file_bytes = 4096;
+        c.max_files = 10_000;
+        let j = Journal::open(&c, "gateway").unwrap();
+        let (threads, each) = (4, 300);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let j = j.clone();
+                s.spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    for i in 0..each {
+                        let rid = format!("{t}-{i}");
+                        rt.block_on(j.append(&received(&rid, &rid), true)).unwrap();
+                    }
+                });
+            }
+        });
+        let mut rids = Vec::new();
+        let skipped = read_dir(dir.path(), |r| {
+            if let Record::Received(r) = r {
+                rids.push(r.rid)
+            }
+        })
+        .unwrap();
+        assert_eq!(skipped, 0, "a line was cut or interleaved");
+        let distinct: std::collections::HashSet<_> = rids.iter().collect();
+        assert_eq!(rids.len(), threads * each);
+        assert_eq!(distinct.len(), threads * each);
+        assert!(journal_files(dir.path()).len() > 10, "no rotation");
     }
 
     #[tokio::test]
