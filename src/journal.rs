@@ -358,7 +358,7 @@ impl Journal {
     /// one after the other). The line is marked for the sync timer once it
     /// is in the file.
     fn append_line(&self, line: &[u8]) -> Result<(), JournalError> {
-        let (current, path) = lock(&self.writer).reserve(line.len())?;
+        let current = lock(&self.writer).reserve(line.len())?;
         match (&current.file).write_all(line) {
             Ok(()) => {
                 current.dirty.store(true, Ordering::Release);
@@ -375,7 +375,7 @@ impl Journal {
                     w.torn = true;
                 }
                 Err(JournalError::Io {
-                    path: path.display().to_string(),
+                    path: current.path.display().to_string(),
                     reason: crate::load::io_reason(&e),
                 })
             }
@@ -669,6 +669,7 @@ struct Writer {
 /// An open journal file and whether it has writes not yet synced.
 struct OpenFile {
     file: File,
+    path: PathBuf,
     dirty: AtomicBool,
 }
 
@@ -736,6 +737,7 @@ impl Writer {
         self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
         self.file = Some(Arc::new(OpenFile {
             file,
+            path: path.clone(),
             dirty: AtomicBool::new(false),
         }));
         self.path = path;
@@ -789,8 +791,8 @@ impl Writer {
     /// Room for one line of `len` bytes, to be written by the caller
     /// outside the lock: starts a new file if the current one is full or
     /// old (as [`Writer::write_lines`]), ends a torn line, and counts the
-    /// bytes. Returns the file and its path.
-    fn reserve(&mut self, len: usize) -> Result<(Arc<OpenFile>, PathBuf), JournalError> {
+    /// bytes. Returns the file.
+    fn reserve(&mut self, len: usize) -> Result<Arc<OpenFile>, JournalError> {
         if self.size >= self.config.max_file_bytes
             || self.opened.elapsed() >= self.config.max_file_age
             || self.file.is_none()
@@ -806,7 +808,7 @@ impl Writer {
             self.size += 1;
         }
         self.size += len as u64;
-        Ok((current, self.path.clone()))
+        Ok(current)
     }
 
     /// One group commit (`fsync = "always"`): write the batch in one go,
