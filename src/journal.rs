@@ -440,33 +440,29 @@ fn sync_every(writer: &std::sync::Weak<Mutex<Writer>>, every: Duration) {
         let Some(writer) = writer.upgrade() else {
             break;
         };
-        let pending = lock(&writer).take_dirty();
+        let (retired, current) = lock(&writer).take_dirty();
         let mut again = Vec::new();
-        for (current, path) in pending {
+        for (file, path) in retired {
             // A file rotated away that a request still holds may yet get
             // that request's line: synced now and once more after it let go.
-            let in_flight = Arc::strong_count(&current) > 1;
-            if let Err(e) = current.file.sync_data() {
+            let in_flight = Arc::strong_count(&file) > 1;
+            if let Err(e) = file.file.sync_data() {
                 tracing::error!(file = %path.display(), error = %e, "journal sync failed");
             }
-            if in_flight && !writer_holds(&writer, &current) {
-                again.push((current, path));
+            if in_flight {
+                again.push((file, path));
             }
+        }
+        if let Some((file, path)) = current
+            && let Err(e) = file.file.sync_data()
+        {
+            tracing::error!(file = %path.display(), error = %e, "journal sync failed");
         }
         if !again.is_empty() {
             lock(&writer).retired.extend(again);
         }
         drop(writer);
     }
-}
-
-/// Whether `current` is the writer's own current file (counted in its
-/// strong count, not a request's).
-fn writer_holds(writer: &Mutex<Writer>, current: &Arc<OpenFile>) -> bool {
-    lock(writer)
-        .file
-        .as_ref()
-        .is_some_and(|f| Arc::ptr_eq(f, current))
 }
 
 // === the queued records of `interval` and `never` ===
@@ -663,8 +659,11 @@ struct Writer {
     seq: u32,
     /// Files rotated away, possibly with unsynced writes, for the sync
     /// timer.
-    retired: Vec<(Arc<OpenFile>, PathBuf)>,
+    retired: Vec<Synced>,
 }
+
+/// A file for the sync timer, with its path for the error message.
+type Synced = (Arc<OpenFile>, PathBuf);
 
 /// An open journal file and whether it has writes not yet synced.
 struct OpenFile {
@@ -761,17 +760,16 @@ impl Writer {
         }
     }
 
-    /// The handles of the files with unsynced writes (the current one and
-    /// any rotated away), marked clean: the caller syncs them without
-    /// holding the writer.
-    fn take_dirty(&mut self) -> Vec<(Arc<OpenFile>, PathBuf)> {
-        let mut files = std::mem::take(&mut self.retired);
-        if let Some(current) = &self.file
-            && current.dirty.swap(false, Ordering::AcqRel)
-        {
-            files.push((current.clone(), self.path.clone()));
-        }
-        files
+    /// The files rotated away, and the current one if it has unsynced
+    /// writes (marked clean): the caller syncs them without holding the
+    /// writer.
+    fn take_dirty(&mut self) -> (Vec<Synced>, Option<Synced>) {
+        let current = self
+            .file
+            .as_ref()
+            .filter(|f| f.dirty.swap(false, Ordering::AcqRel))
+            .map(|f| (f.clone(), self.path.clone()));
+        (std::mem::take(&mut self.retired), current)
     }
 
     fn sync_now(&mut self) {
