@@ -15,9 +15,14 @@
 //! With `FIXED_RATE_TIMELINE=FILE` it also writes each answered request's
 //! number and latency to FILE (where in the run a tail came from).
 //!
-//! One blocking thread per connection, sleeping until each send time
-//! (`std::thread::sleep`, about 60 µs of timer slack on Linux: that much
-//! can show up in every latency, for the proxy and for callgate alike).
+//! By default, one blocking thread per connection, sleeping until each
+//! send time (`std::thread::sleep`, about 60 µs of timer slack on Linux:
+//! that much can show up in every latency, for the proxy and for callgate
+//! alike). With `FIXED_RATE_THREADS=N` the connections are shared among N
+//! threads instead, each an `epoll` loop over non-blocking sockets that
+//! waits for the next send time with `epoll_pwait2` (nanosecond timeout):
+//! the same schedule and the same measurement, with N runnable threads
+//! beside the servers instead of one per connection.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -105,18 +110,43 @@ fn main() {
     let start_unix_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() + 50_000);
-    let threads: Vec<_> = conns
-        .into_iter()
-        .enumerate()
-        .map(|(c, stream)| {
-            let requests = requests.clone();
-            let addr = a.addr.clone();
-            let step = a.connections;
-            std::thread::spawn(move || {
-                run_connection(stream, &addr, &requests, c, step, start, interval)
+    // The same instant on CLOCK_MONOTONIC, the clock of `perf record -k mono`
+    // (benches/load/stalls.py lines the two up).
+    let mono = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let start_mono_ns = mono.tv_sec as i128 * 1_000_000_000 + mono.tv_nsec as i128 + 50_000_000;
+    let loops: usize = std::env::var("FIXED_RATE_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let step = a.connections;
+    let threads: Vec<_> = if loops > 0 {
+        let mut shares: Vec<Vec<(usize, TcpStream)>> = (0..loops).map(|_| Vec::new()).collect();
+        for (c, stream) in conns.into_iter().enumerate() {
+            shares[c % loops].push((c, stream));
+        }
+        shares
+            .into_iter()
+            .map(|share| {
+                let requests = requests.clone();
+                let addr = a.addr.clone();
+                std::thread::spawn(move || {
+                    event_loop::run(share, &addr, &requests, step, start, interval)
+                })
             })
-        })
-        .collect();
+            .collect()
+    } else {
+        conns
+            .into_iter()
+            .enumerate()
+            .map(|(c, stream)| {
+                let requests = requests.clone();
+                let addr = a.addr.clone();
+                std::thread::spawn(move || {
+                    run_connection(stream, &addr, &requests, c, step, start, interval)
+                })
+            })
+            .collect()
+    };
     let mut all = ConnResult::default();
     for t in threads {
         let r = t.join().expect("connection thread");
@@ -127,13 +157,15 @@ fn main() {
     }
     let elapsed = start.elapsed().as_secs_f64();
     if let Ok(path) = std::env::var("FIXED_RATE_TIMELINE") {
-        // After a `# start` line (request 0's intended send time), one
-        // line per answered request: its number (intended send time:
-        // start + number / RATE) and its latency in µs, in send order.
+        // After a `# start` line (request 0's intended send time) and a
+        // `# start_monotonic` line (the same on CLOCK_MONOTONIC), one line
+        // per answered request: its number (intended send time: start +
+        // number / RATE) and its latency in µs, in send order.
         all.answered.sort_unstable();
         let mut out = String::with_capacity(all.answered.len() * 16);
         out.push_str(&format!(
-            "# start {start_unix_us} µs since the Unix epoch\n"
+            "# start {start_unix_us} µs since the Unix epoch\n# start_monotonic {start_mono_ns} ns\n# rate {}\n",
+            a.rate
         ));
         for (k, us) in &all.answered {
             out.push_str(&format!("{k} {us}\n"));
@@ -150,10 +182,11 @@ fn main() {
         l[i.clamp(1, l.len()) - 1]
     };
     println!(
-        "{{\"rate\": {}, \"seconds\": {}, \"connections\": {}, \"sent\": {}, \"completed\": {}, \"non_200\": {}, \"errors\": {}, \"achieved_rps\": {:.1}, \"p50_us\": {}, \"p90_us\": {}, \"p99_us\": {}, \"p999_us\": {}, \"max_us\": {}}}",
+        "{{\"rate\": {}, \"seconds\": {}, \"connections\": {}, \"threads\": {}, \"sent\": {}, \"completed\": {}, \"non_200\": {}, \"errors\": {}, \"achieved_rps\": {:.1}, \"p50_us\": {}, \"p90_us\": {}, \"p99_us\": {}, \"p999_us\": {}, \"max_us\": {}}}",
         a.rate,
         a.seconds,
         a.connections,
+        if loops > 0 { loops } else { a.connections },
         all.sent,
         l.len(),
         all.non_200,
@@ -214,10 +247,13 @@ fn run_connection(
     r
 }
 
+fn bad(m: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned())
+}
+
 /// Writes one request and reads one response (Content-Length bodies only;
 /// both nginx and callgate send them). Returns the status code.
 fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> std::io::Result<u16> {
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
     stream.write_all(request)?;
     let mut have = 0;
     loop {
@@ -226,27 +262,13 @@ fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> std::io::
             return Err(bad("connection closed"));
         }
         have += n;
-        if let Some(end) = find(&buf[..have], b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buf[..end]).map_err(|_| bad("head"))?;
-            let status: u16 = head
-                .get(9..12)
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| bad("status"))?;
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .ok_or_else(|| bad("no Content-Length"))?;
-            let mut body = have - (end + 4);
-            while body < len {
+        if let Some((status, end)) = response_end(&buf[..have])? {
+            while have < end {
                 let n = stream.read(&mut buf[..])?;
                 if n == 0 {
                     return Err(bad("connection closed"));
                 }
-                body += n;
+                have += n;
             }
             return Ok(status);
         }
@@ -256,6 +278,247 @@ fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> std::io::
     }
 }
 
+/// Once `buf` holds a response's whole head: its status and the offset
+/// its body ends at (head + Content-Length). `None` while the head is
+/// incomplete.
+fn response_end(buf: &[u8]) -> std::io::Result<Option<(u16, usize)>> {
+    let Some(end) = find(buf, b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buf[..end]).map_err(|_| bad("head"))?;
+    let status: u16 = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("status"))?;
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .ok_or_else(|| bad("no Content-Length"))?;
+    Ok(Some((status, end + 4 + len)))
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `FIXED_RATE_THREADS` mode: one thread drives a share of the
+/// connections through `epoll`. Connection `c` still sends requests
+/// `c, c + step, c + 2 step, …`, each at its intended time or as soon as
+/// the connection's previous exchange ends, and each latency is measured
+/// from the intended time.
+mod event_loop {
+    use super::{ConnResult, bad, connect, response_end};
+    use rustix::event::epoll;
+    use rustix::time::Timespec;
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::TcpStream;
+    use std::os::fd::AsFd;
+    use std::time::{Duration, Instant};
+
+    struct Conn {
+        stream: TcpStream,
+        /// The request this connection sends next, or is exchanging.
+        k: usize,
+        /// Bytes of request `k` written so far; `None` while idle (not yet due).
+        written: Option<usize>,
+        /// Bytes of the response read so far.
+        have: usize,
+        buf: Vec<u8>,
+    }
+
+    pub(super) fn run(
+        share: Vec<(usize, TcpStream)>,
+        addr: &str,
+        requests: &[Vec<u8>],
+        step: usize,
+        start: Instant,
+        interval: Duration,
+    ) -> ConnResult {
+        let mut r = ConnResult::default();
+        let ep = match epoll::create(epoll::CreateFlags::CLOEXEC) {
+            Ok(ep) => ep,
+            Err(e) => {
+                eprintln!("epoll_create: {e}");
+                std::process::exit(1);
+            }
+        };
+        let mut conns: Vec<Conn> = Vec::with_capacity(share.len());
+        for (i, (c, stream)) in share.into_iter().enumerate() {
+            let conn = Conn {
+                stream,
+                k: c,
+                written: None,
+                have: 0,
+                buf: vec![0u8; 16 * 1024],
+            };
+            if let Err(e) = register(&ep, &conn.stream, i) {
+                eprintln!("epoll_ctl: {e}");
+                std::process::exit(1);
+            }
+            conns.push(conn);
+        }
+        let intended = |k: usize| start + interval * u32::try_from(k).unwrap_or(u32::MAX);
+        let mut events = Vec::with_capacity(conns.len().max(1));
+        loop {
+            // Start every exchange that is due; find the next one that is not.
+            let now = Instant::now();
+            let mut next_due: Option<Instant> = None;
+            let mut busy = false;
+            for i in 0..conns.len() {
+                let conn = &mut conns[i];
+                if conn.k >= requests.len() {
+                    continue;
+                }
+                busy = true;
+                if conn.written.is_some() {
+                    continue;
+                }
+                let due = intended(conn.k);
+                if due > now {
+                    next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                    continue;
+                }
+                conn.written = Some(0);
+                conn.have = 0;
+                r.sent += 1;
+                if let Err(()) = progress_write(conn, requests) {
+                    fail(&ep, conns.as_mut_slice(), i, addr, step, &mut r);
+                }
+            }
+            if !busy {
+                return r;
+            }
+            let timeout = next_due.map(|due| {
+                let d = due.saturating_duration_since(Instant::now());
+                Timespec {
+                    tv_sec: d.as_secs() as _,
+                    tv_nsec: d.subsec_nanos() as _,
+                }
+            });
+            events.clear();
+            match epoll::wait(
+                &ep,
+                rustix::buffer::spare_capacity(&mut events),
+                timeout.as_ref(),
+            ) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    eprintln!("epoll_wait: {e}");
+                    std::process::exit(1);
+                }
+            }
+            for ev in events.iter() {
+                let i = ev.data.u64() as usize;
+                let Some(conn) = conns.get_mut(i) else {
+                    continue;
+                };
+                let Some(written) = conn.written else {
+                    continue;
+                };
+                let outcome = if written < requests[conn.k].len() {
+                    progress_write(conn, requests).map(|()| None)
+                } else {
+                    progress_read(conn)
+                };
+                match outcome {
+                    Ok(None) => {}
+                    Ok(Some(status)) => {
+                        let us = u32::try_from(intended(conn.k).elapsed().as_micros())
+                            .unwrap_or(u32::MAX);
+                        r.answered
+                            .push((u32::try_from(conn.k).unwrap_or(u32::MAX), us));
+                        if status != 200 {
+                            r.non_200 += 1;
+                        }
+                        conn.written = None;
+                        conn.k += step;
+                    }
+                    Err(()) => fail(&ep, conns.as_mut_slice(), i, addr, step, &mut r),
+                }
+            }
+        }
+    }
+
+    fn register(ep: &impl AsFd, stream: &TcpStream, i: usize) -> std::io::Result<()> {
+        stream.set_nonblocking(true)?;
+        epoll::add(
+            ep,
+            stream,
+            epoll::EventData::new_u64(i as u64),
+            epoll::EventFlags::IN | epoll::EventFlags::OUT | epoll::EventFlags::ET,
+        )?;
+        Ok(())
+    }
+
+    /// Writes what the socket takes of the current request. Edge-triggered:
+    /// stops at `WouldBlock` and goes on at the next `EPOLLOUT`.
+    fn progress_write(conn: &mut Conn, requests: &[Vec<u8>]) -> Result<(), ()> {
+        let req = &requests[conn.k];
+        let mut w = conn.written.unwrap_or(0);
+        while w < req.len() {
+            match conn.stream.write(&req[w..]) {
+                Ok(0) => return Err(()),
+                Ok(n) => w += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Err(()),
+            }
+        }
+        conn.written = Some(w);
+        Ok(())
+    }
+
+    /// Reads what has arrived; `Some(status)` once the whole response is in.
+    fn progress_read(conn: &mut Conn) -> Result<Option<u16>, ()> {
+        loop {
+            if conn.have == conn.buf.len() {
+                // A response bigger than the buffer (16 KiB): neither
+                // nginx's nor callgate's answer here is.
+                return Err(());
+            }
+            match conn.stream.read(&mut conn.buf[conn.have..]) {
+                Ok(0) => return Err(()),
+                Ok(n) => conn.have += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return Err(()),
+            }
+            match response_end(&conn.buf[..conn.have]) {
+                Ok(Some((status, end))) if conn.have >= end => return Ok(Some(status)),
+                Ok(_) => {}
+                Err(_) => return Err(()),
+            }
+        }
+    }
+
+    /// The exchange failed: count it, reconnect, move on to the next request.
+    fn fail(
+        ep: &impl AsFd,
+        conns: &mut [Conn],
+        i: usize,
+        addr: &str,
+        step: usize,
+        r: &mut ConnResult,
+    ) {
+        r.errors += 1;
+        let conn = &mut conns[i];
+        let _ = epoll::delete(ep, &conn.stream);
+        let fresh = connect(addr).and_then(|s| register(ep, &s, i).map(|()| s));
+        match fresh {
+            Ok(s) => {
+                conn.stream = s;
+                conn.written = None;
+                conn.k += step;
+            }
+            Err(e) => {
+                eprintln!("reconnect: {e}: {}", bad("giving up on a connection"));
+                conn.k = usize::MAX;
+            }
+        }
+    }
 }

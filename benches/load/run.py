@@ -96,6 +96,14 @@ def loadavg():
         return float(f.read().split()[0])
 
 
+def steal_ms():
+    """CPU time the hypervisor took from this VM's CPUs so far (all CPUs, ms):
+    time a runnable thread here waited while no guest CPU ran at all."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return int(fields[8]) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -472,7 +480,7 @@ def wrk(port, kind, duration, first, count, threads=2, connections=64, on_ready=
     raise RuntimeError(f"wrk failed: {stdout}\n{stderr}")
 
 
-def fixed_rate(port, kind, rate, duration, first, timeline=None, connections=64):
+def fixed_rate(port, kind, rate, duration, first, timeline=None, connections=64, threads=0):
     path, ctype, corpus = kind
     argv = [
         os.path.join(RELEASE, "examples", "load_fixed_rate"),
@@ -488,6 +496,8 @@ def fixed_rate(port, kind, rate, duration, first, timeline=None, connections=64)
     env = dict(os.environ)
     if timeline:
         env["FIXED_RATE_TIMELINE"] = timeline
+    if threads:
+        env["FIXED_RATE_THREADS"] = str(threads)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 600, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"load_fixed_rate failed: {out.stderr}")
@@ -572,6 +582,7 @@ def measure(name, work, args, fixed_rps=None):
                 "scpu": cpu_seconds(store.pids()) if store else None,
                 "sstats": redis_stats(store) if store else None,
                 "load1": loadavg(),
+                "steal": steal_ms(),
             }
             if args.profile and fixed_rps is None and target.name in ("callgate", "floor"):
                 os.makedirs(args.profile, exist_ok=True)
@@ -598,12 +609,14 @@ def measure(name, work, args, fixed_rps=None):
             if args.timeline:
                 os.makedirs(args.timeline, exist_ok=True)
                 timeline = os.path.join(args.timeline, f"{name}-{time.strftime('%H%M%S')}.txt")
-            r = fixed_rate(target.port, kind, fixed_rps, args.duration, first, timeline)
+            r = fixed_rate(target.port, kind, fixed_rps, args.duration, first, timeline,
+                           threads=args.client_threads)
             r["requests"] = r["completed"]
             r["rps"] = r["achieved_rps"]
         before = mark["counts"]
         cpu0, cs0, ucpu0 = mark["cpu"], mark["cs"], mark["ucpu"]
         result["load1"] = mark["load1"]
+        result["steal_ms"] = steal_ms() - mark["steal"]
         cpu1 = cpu_seconds(target.pids())
         cs1 = context_switches(target.pids())
         if fixed_rps is None:
@@ -759,6 +772,9 @@ def main():
     ap.add_argument("--no-half-load", action="store_true")
     ap.add_argument("--timeline", metavar="DIR",
                     help="half-load runs: each request's latency, in send order, to DIR/NAME-TIME.txt")
+    ap.add_argument("--client-threads", type=int, default=0,
+                    help="half-load runs: drive the 64 connections from this many epoll threads "
+                         "(load_fixed_rate's FIXED_RATE_THREADS) instead of one blocking thread each")
     ap.add_argument("--half-load-rate", type=int, help="offer this rate instead of half the median maximum")
     ap.add_argument("--half-load-runs", default="alipay,wechat,alipay-nojournal,wechat-nojournal",
                     help="callgate runs whose median maximum is halved for the p99 measurement")
@@ -822,9 +838,10 @@ def main():
         print(table([(n, results[n]) for n in names], results.get("nginx", [])))
 
         if not args.no_half_load and "nginx" in results:
-            print(f"\n## p99 at half of callgate's maximum (load_fixed_rate, 64 connections, {args.duration}s, medians of {args.repeat})\n")
-            print("| offered load | target | achieved req/s | p50 ms | p99 ms | p99.9 ms | p99 x nginx | load1 | valid |")
-            print("|---|---|---:|---:|---:|---:|---:|---|---|")
+            client = f"{args.client_threads} epoll threads" if args.client_threads else "a thread each"
+            print(f"\n## p99 at half of callgate's maximum (load_fixed_rate, 64 connections, {client}, {args.duration}s, medians of {args.repeat})\n")
+            print("| offered load | target | achieved req/s | p50 ms | p99 ms | p99.9 ms | p99 x nginx | load1 | steal ms | valid |")
+            print("|---|---|---:|---:|---:|---:|---:|---|---|---|")
             for base in args.half_load_runs.split(","):
                 if base not in results:
                     continue
@@ -840,16 +857,18 @@ def main():
                         log(
                             f"[{rep + 1}/{args.repeat}] {name:12s} @ {rate}/s  p50 {r['p50_us'] / 1000:.2f} ms"
                             f"  p99 {r['p99_us'] / 1000:.2f} ms  p99.9 {r['p999_us'] / 1000:.2f} ms  load {r['load1']:.2f}"
+                            f"  steal {r['steal_ms']:.0f} ms"
                             f"{'' if r['valid'] else '  INVALID'}"
                         )
-                for label, rs in (("nginx proxy", ngx), (f"callgate {base}", cg)):
+                for label, rs in (("nginx proxy", ngx), (f"{'floor' if base.startswith('floor-') else 'callgate'} {base}", cg)):
                     ratio = med(rs, "p99_us") / med(ngx, "p99_us")
                     print(
-                        "| {:,}/s ({} / 2) | {} | {:,.0f} | {:.2f} | {:.2f} | {:.2f} | {} | {} | {} |".format(
+                        "| {:,}/s ({} / 2) | {} | {:,.0f} | {:.2f} | {:.2f} | {:.2f} | {} | {} | {} | {} |".format(
                             rate, base, label, med(rs, "rps"), med(rs, "p50_us") / 1000,
                             med(rs, "p99_us") / 1000, med(rs, "p999_us") / 1000,
                             "" if rs is ngx else f"{ratio:.2f}",
                             "/".join(f"{r['load1']:.1f}" for r in rs),
+                            "/".join(f"{r['steal_ms']:.0f}" for r in rs),
                             "yes" if all(r["valid"] for r in rs) else "NO",
                         )
                     )
