@@ -687,6 +687,13 @@ def measure(name, work, args, fixed_rps=None):
 # === reporting ===
 
 
+def target_label(base):
+    """What a half-load run named `base` measures."""
+    if base.startswith("floor-"):
+        return "floor"
+    return "nginx proxy (itself, at half its own maximum)" if base == "nginx" else "callgate"
+
+
 def med(results, key):
     vals = [r[key] for r in results if key in r]
     return statistics.median(vals) if vals else float("nan")
@@ -860,7 +867,7 @@ def main():
                             f"  steal {r['steal_ms']:.0f} ms"
                             f"{'' if r['valid'] else '  INVALID'}"
                         )
-                for label, rs in (("nginx proxy", ngx), (f"{'floor' if base.startswith('floor-') else 'callgate'} {base}", cg)):
+                for label, rs in (("nginx proxy", ngx), (f"{target_label(base)} {base}", cg)):
                     ratio = med(rs, "p99_us") / med(ngx, "p99_us")
                     print(
                         "| {:,}/s ({} / 2) | {} | {:,.0f} | {:.2f} | {:.2f} | {:.2f} | {} | {} | {} | {} |".format(
