@@ -76,6 +76,25 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 CALLGATE = os.path.join(RELEASE, "callgate")
 # listen.workers for callgate; None: its default (one per core).
 WORKERS = None
+# `--pin GW:REST`: CPU lists (taskset -c) for the server under test and for
+# everything else (the shop, redis-server, the load client).
+PIN = None
+
+
+def pinned(argv, role):
+    """`argv` run on the CPUs of `role` ("gateway" or "rest") under --pin."""
+    if PIN is None:
+        return argv
+    return ["taskset", "-c", PIN[role]] + argv
+
+
+def cpu_count(role):
+    """How many CPUs `role` has under --pin (taskset -c syntax: 0,1 or 0-1)."""
+    n = 0
+    for part in PIN[role].split(","):
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return n
 # callgate's replay store: "memory" or "redis" (--store).
 STORE = "memory"
 
@@ -217,13 +236,14 @@ class Server:
             started_procs.remove(self.proc)
 
 
-def nginx_conf(work, name, port, body):
+def nginx_conf(work, name, port, body, role):
     prefix = os.path.join(work, name)
+    workers = cpu_count(role) if PIN else "auto"
     os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
     conf = os.path.join(prefix, "nginx.conf")
     with open(conf, "w") as f:
         f.write(
-            f"""worker_processes auto;
+            f"""worker_processes {workers};
 pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log warn;
 events {{ worker_connections 4096; }}
@@ -241,7 +261,7 @@ http {{
 }}
 """
         )
-    return Server(name, ["nginx", "-p", prefix, "-c", conf, "-g", "daemon off;"], port)
+    return Server(name, pinned(["nginx", "-p", prefix, "-c", conf, "-g", "daemon off;"], role), port)
 
 
 def start_upstream(work):
@@ -255,6 +275,7 @@ def start_upstream(work):
         location / {{ return 200 "success"; }}
         location = {STATUS_PATH} {{ stub_status; }}
     }}""",
+        "rest",
     )
 
 
@@ -274,6 +295,7 @@ def start_nginx_proxy(work, upstream_port):
         }}
         location = {STATUS_PATH} {{ stub_status; }}
     }}""",
+        "gateway",
     )
 
 
@@ -285,7 +307,7 @@ def start_redis(work):
     os.makedirs(d)
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--maxmemory-policy", "noeviction", "--dir", d]
-    return Server("redis", argv, port, stdout=os.path.join(d, "redis.log"), cwd=d)
+    return Server("redis", pinned(argv, "rest"), port, stdout=os.path.join(d, "redis.log"), cwd=d)
 
 
 def redis_stats(store):
@@ -365,7 +387,7 @@ api_key_file = "{certs}/wechat_v2_api.key"
     else:
         env["CALLGATE_LOG"] = "warn"
     argv += ["run", "-c", os.path.join(d, "callgate.toml")]
-    s = Server("callgate", argv, port, env=env, stdout=os.path.join(d, "callgate.log"), cwd=d)
+    s = Server("callgate", pinned(argv, "gateway"), port, env=env, stdout=os.path.join(d, "callgate.log"), cwd=d)
     s.admin = admin
     s.logfile = os.path.join(d, "callgate.log")
     return s
@@ -384,7 +406,7 @@ def start_floor(work, upstream_port, name):
         argv += ["--client", "conn"]
     if "-noverify" in name:
         argv += ["--no-verify"]
-    return Server("floor", argv, port, stdout=os.path.join(d, "floor.log"), cwd=d)
+    return Server("floor", pinned(argv, "gateway"), port, stdout=os.path.join(d, "floor.log"), cwd=d)
 
 
 STATUS_PATH = "/__nginx_status"
@@ -453,7 +475,7 @@ def wrk(port, kind, duration, first, count, threads=2, connections=64, on_ready=
         str(threads),
         ready,
     ]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(pinned(argv, "rest"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     started_procs.append(proc)
     try:
         mark = None
@@ -498,7 +520,7 @@ def fixed_rate(port, kind, rate, duration, first, timeline=None, connections=64,
         env["FIXED_RATE_TIMELINE"] = timeline
     if threads:
         env["FIXED_RATE_THREADS"] = str(threads)
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 600, env=env)
+    out = subprocess.run(pinned(argv, "rest"), capture_output=True, text=True, timeout=duration + 600, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"load_fixed_rate failed: {out.stderr}")
     return json.loads(out.stdout)
@@ -798,6 +820,11 @@ def main():
                          "(perf costs CPU: use a separate run for figures)")
     ap.add_argument("--perf-args", default="", help="extra `perf record` arguments, e.g. '--call-graph dwarf'")
     ap.add_argument("--callgate", help="the callgate binary to measure (default: target/release/callgate)")
+    ap.add_argument("--pin", metavar="GW:REST",
+                    help="run the server under test (nginx proxy, callgate, the floor) on CPUs GW and "
+                         "everything else (the shop, redis-server, wrk, load_fixed_rate) on CPUs REST, "
+                         "taskset -c lists, e.g. 1:0; nginx gets one worker per CPU of its set, "
+                         "callgate and the floor one per CPU they may run on")
     ap.add_argument("--workers", type=int, help="callgate's listen.workers (default: one per core)")
     ap.add_argument("--store", choices=("memory", "redis"), default="memory",
                     help="callgate's replay store; redis: a fresh redis-server per run")
@@ -807,6 +834,12 @@ def main():
     if args.workers:
         global WORKERS
         WORKERS = args.workers
+    if args.pin:
+        global PIN
+        gw, _, rest = args.pin.partition(":")
+        if not gw or not rest:
+            ap.error("--pin takes GW:REST, two taskset -c CPU lists")
+        PIN = {"gateway": gw, "rest": rest}
     if args.callgate:
         global CALLGATE
         CALLGATE = os.path.abspath(args.callgate)
@@ -841,7 +874,8 @@ def main():
                     f"  cs {r['ctx_switches_per_req']:.2f}/req  rss {r['peak_rss_mb']:.1f} MB  load {r['load1']:.2f}"
                     f"  {r.get('outcomes', '')}{'' if r['valid'] else '  INVALID'}"
                 )
-        print(f"## Throughput (wrk -t2 -c64 -d{args.duration}s, ~1 KB bodies, medians of {args.repeat})\n")
+        pin = f"; server under test on CPUs {PIN['gateway']}, the rest on {PIN['rest']}" if PIN else ""
+        print(f"## Throughput (wrk -t2 -c64 -d{args.duration}s, ~1 KB bodies, medians of {args.repeat}{pin})\n")
         print(table([(n, results[n]) for n in names], results.get("nginx", [])))
 
         if not args.no_half_load and "nginx" in results:
