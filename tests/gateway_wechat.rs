@@ -240,6 +240,55 @@ async fn v2_doctype_repeats_nesting_and_bad_content_are_400() {
     assert_eq!(gw.requests_of(V2, "wechat_v2", "malformed").await, 6.0);
 }
 
+/// Characters XML 1.0 does not allow (C0 controls but tab, LF and CR, as
+/// literals or character references, and U+FFFE/U+FFFF) make a document
+/// that is not well-formed: the official SDKs' parsers (Java's DOM, PHP's
+/// libxml2) throw on it, so it never verifies there. Under the Java rule a
+/// control character at either end of a value is trimmed off, so without
+/// this check an attacker could append one to a non-identity field of a
+/// captured notification (here `out_trade_no`, `total_fee`) and have it
+/// verify and reach the shop; Python's expat refuses each body too.
+#[tokio::test]
+async fn v2_characters_xml_forbids_are_400_and_never_forwarded() {
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let gw = v2_gateway(&up).await;
+    let good = fixture("wechat", "v2_md5_pay.xml");
+    let text = String::from_utf8(good.clone()).unwrap();
+    let variants = [
+        (
+            "reference to U+0001 after a CDATA value",
+            text.replacen("]]></out_trade_no>", "]]>&#1;</out_trade_no>", 1),
+        ),
+        (
+            "hex reference to U+001F",
+            text.replacen("<total_fee>8888<", "<total_fee>8888&#x1F;<", 1),
+        ),
+        (
+            "literal U+0001 in a value",
+            text.replacen("<total_fee>8888<", "<total_fee>8888\u{1}<", 1),
+        ),
+        (
+            "literal U+001F inside CDATA",
+            text.replacen("CG20261122000001]]>", "CG20261122000001\u{1F}]]>", 1),
+        ),
+        (
+            "reference to U+FFFE",
+            text.replacen("]]></out_trade_no>", "]]>&#xFFFE;</out_trade_no>", 1),
+        ),
+    ];
+    for (what, body) in &variants {
+        assert_ne!(body.as_bytes(), good.as_slice(), "{what}: not changed");
+        let r = gw.post_xml(body.as_bytes()).await;
+        assert_eq!(r.status, 400, "{what}");
+        assert!(is_v2_fail(&r.text()), "{what}: {}", r.text());
+    }
+    assert_eq!(up.count(), 0);
+    // Tab, LF and CR are XML characters: the genuine document still passes.
+    let r = gw.post_xml(&good).await;
+    assert_eq!((r.status, r.text().as_str()), (200, V2_OK));
+    assert_eq!(up.count(), 1);
+}
+
 #[tokio::test]
 async fn v2_return_code_fail_is_acked_and_never_forwarded() {
     let up = Upstream::start(Behaviour::Reply(200, "ok")).await;

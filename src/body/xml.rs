@@ -11,6 +11,12 @@
 //! * comments, processing instructions, attributes, a declaration anywhere
 //!   but at the start, a declared encoding other than UTF-8, a name or
 //!   text that is not UTF-8;
+//! * a character XML 1.0 does not allow (a C0 control other than tab, LF
+//!   and CR, U+FFFE, U+FFFF), written as itself, in CDATA or as a
+//!   character reference: the SDKs' parsers (Java's DOM, PHP's libxml2)
+//!   refuse such a document, and the Java signers trim C0 controls off
+//!   values, so a control appended to a captured notification's value
+//!   would otherwise still verify;
 //! * an element with both text and child elements, text or content outside
 //!   the root, a second root, elements deeper than the shape allows, a
 //!   repeated sibling the shape does not allow, more than [`MAX_ELEMENTS`]
@@ -45,6 +51,8 @@ pub enum XmlError {
     Encoding(String),
     #[error("{0} is not UTF-8")]
     Utf8(String),
+    #[error("{0} holds a character XML does not allow")]
+    Character(String),
     #[error("element `{0}` has attributes")]
     Attributes(String),
     #[error("{0}")]
@@ -242,6 +250,9 @@ fn open(
 ) -> Result<Open, XmlError> {
     let name = String::from_utf8(e.name().as_ref().to_vec())
         .map_err(|_| XmlError::Utf8("an element name".to_owned()))?;
+    if !xml_chars(name.as_bytes()) {
+        return Err(XmlError::Character("an element name".to_owned()));
+    }
     if !e.attributes_raw().trim_ascii().is_empty() {
         return Err(XmlError::Attributes(shown(name.as_bytes())));
     }
@@ -280,6 +291,10 @@ fn close(
             return Err(XmlError::Utf8(format!("element `{name}`")));
         }
     };
+    if !xml_chars(text.as_bytes()) {
+        let name = shown_name(&open.name);
+        return Err(XmlError::Character(format!("element `{name}`")));
+    }
     if !open.children.is_empty() {
         if !xml_space(text.as_bytes()) {
             return Err(XmlError::Nesting(shown_name(&open.name)));
@@ -311,6 +326,15 @@ fn close(
         None => *root = Some(element),
     }
     Ok(())
+}
+
+/// Whether UTF-8 `text` holds only characters XML 1.0 allows (`Char`):
+/// no C0 control but tab, LF and CR, no U+FFFE or U+FFFF (surrogates
+/// cannot occur in UTF-8).
+fn xml_chars(text: &[u8]) -> bool {
+    let control = |b: &u8| *b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r');
+    let noncharacter = |w: &[u8]| w[0] == 0xEF && w[1] == 0xBF && (w[2] == 0xBE || w[2] == 0xBF);
+    !text.iter().any(control) && (!text.contains(&0xEF) || !text.windows(3).any(noncharacter))
 }
 
 /// XML's whitespace only: space, tab, CR, LF.
@@ -570,6 +594,28 @@ mod tests {
         // A CDATA section split in two, and text around it, concatenate.
         let x = XmlMap::parse(b"<xml><a>p<![CDATA[]]]]><![CDATA[>]]>q</a></xml>").unwrap();
         assert_eq!(x.get("a"), Some("p]]>q"));
+    }
+
+    #[test]
+    fn characters_xml_forbids_are_refused() {
+        for bad in [
+            &b"<xml><a>1&#1;</a></xml>"[..],
+            b"<xml><a>1&#x1F;</a></xml>",
+            b"<xml><a>1\x01</a></xml>",
+            b"<xml><a><![CDATA[1\x0B]]></a></xml>",
+            b"<xml><a>&#xFFFE;</a></xml>",
+            b"<xml><a>\xEF\xBF\xBF</a></xml>",
+            b"<xml><a\x01>1</a\x01></xml>",
+        ] {
+            assert!(
+                matches!(read(bad, &FLAT), Err(XmlError::Character(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Tab, LF and CR are XML characters, as themselves or referenced.
+        let x = XmlMap::parse(b"<xml><a>1\t2&#9;&#10;&#13;\xEF\xBF\xBD</a></xml>").unwrap();
+        assert_eq!(x.get("a"), Some("1\t2\t\n\r\u{FFFD}"));
     }
 
     /// A flat document of `n` distinct fields, then `extra` fields.
