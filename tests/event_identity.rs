@@ -519,6 +519,120 @@ async fn sub_merchant_notifications_are_bound_to_the_configured_sub_merchant() {
     assert_eq!(up.count(), 2);
 }
 
+/// An Alipay notification of `params` signed RSA2 by the openssl CLI with
+/// the fixture key, as the Java SDK's `rsaCheckV1` checks it (sorted,
+/// `sign`/`sign_type` left out), values percent-encoded.
+fn alipay_openssl(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut sorted = params.to_vec();
+    sorted.sort();
+    let content = sorted
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let sign = openssl_sign_b64(
+        &fixture_path("alipay", "alipay_private.pem"),
+        content.as_bytes(),
+    );
+    let enc = |v: &str| {
+        v.bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    sorted
+        .iter()
+        .map(|(k, v)| format!("{k}={}", enc(v)))
+        .chain(["sign_type=RSA2".to_owned(), format!("sign={}", enc(&sign))])
+        .collect::<Vec<_>>()
+        .join("&")
+        .into_bytes()
+}
+
+/// An ISV app's notification on behalf of another merchant (`auth_app_id`
+/// other than `app_id`) reaches the shop only when the route binds that
+/// merchant's `seller_id` (and the notification names it) or accepts any
+/// sub-merchant; the app's own notification (`auth_app_id` = `app_id`)
+/// needs neither.
+#[tokio::test]
+async fn alipay_isv_notifications_are_bound_to_the_configured_seller() {
+    const APP: &str = "2021000000000001";
+    const OTHER_APP: &str = "2021000000000077";
+    const SELLER: &str = "2088101122334455";
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let note = |id: &str, auth: &str, seller: Option<&str>| {
+        let mut p = vec![
+            ("app_id", APP),
+            ("auth_app_id", auth),
+            ("charset", "utf-8"),
+            ("notify_id", id),
+            ("notify_time", "2026-11-22 10:00:00"),
+            ("notify_type", "trade_status_sync"),
+            ("out_trade_no", id),
+            ("total_amount", "88.88"),
+            ("trade_no", "2026112222001400000000000001"),
+            ("trade_status", "TRADE_SUCCESS"),
+            ("version", "1.0"),
+        ];
+        if let Some(s) = seller {
+            p.push(("seller_id", s));
+        }
+        alipay_openssl(&p)
+    };
+
+    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
+    let r = gw
+        .post_form("/notify/alipay", &note("isv1", APP, Some(SELLER)))
+        .await;
+    r.assert_is(200, "success", "the app's own notification");
+    let r = gw
+        .post_form("/notify/alipay", &note("isv2", OTHER_APP, Some(SELLER)))
+        .await;
+    r.assert_is(401, "fail", "on behalf of an unbound merchant");
+    assert_eq!(
+        gw.rejections("shop-alipay", "alipay", "merchant_unbound")
+            .await,
+        1.0
+    );
+    assert_eq!(up.count(), 1);
+
+    // Bound to the seller: its notifications pass, another seller's (401)
+    // or one without seller_id (400) do not.
+    let bound =
+        RouteSpec::alipay(&up).with(|r| r.keys.push_str(&format!("seller_id = {SELLER:?}\n")));
+    let gw = TestGateway::start(GatewaySpec::new(vec![bound])).await;
+    let r = gw
+        .post_form("/notify/alipay", &note("isv3", OTHER_APP, Some(SELLER)))
+        .await;
+    r.assert_is(200, "success", "bound seller");
+    let r = gw
+        .post_form(
+            "/notify/alipay",
+            &note("isv4", OTHER_APP, Some("2088999999999999")),
+        )
+        .await;
+    r.assert_is(401, "fail", "another seller");
+    let r = gw
+        .post_form("/notify/alipay", &note("isv5", OTHER_APP, None))
+        .await;
+    // A signed field the check needs is missing: malformed, like any other.
+    r.assert_is(400, "fail", "no seller_id");
+    assert_eq!(up.count(), 2);
+
+    // The loud setting accepts any merchant.
+    let any = RouteSpec::alipay(&up).with(|r| r.keys.push_str("accept_any_sub_merchant = true\n"));
+    let gw = TestGateway::start(GatewaySpec::new(vec![any])).await;
+    let r = gw
+        .post_form("/notify/alipay", &note("isv6", OTHER_APP, None))
+        .await;
+    r.assert_is(200, "success", "accept_any_sub_merchant");
+    assert_eq!(up.count(), 3);
+}
+
 #[tokio::test]
 async fn wechat_v3_sub_merchants_sharing_a_platform_key_reach_their_own_shops() {
     // A service provider's sub-merchants share its platform keys and APIv3
