@@ -770,8 +770,15 @@ async fn v3_malformed_bodies_are_400() {
         b"{",
     );
     assert_eq!(gw.send_owned(V3_PATH, &h, b"{").await.status, 400);
+    // A repeated key inside the encrypted resource is as malformed as one
+    // in the body: with `amount` twice, a shop parsing first-wins and
+    // callgate parsing last-wins would read two amounts.
+    let (h, b) = v3_signed("v3_duplicate_resource_key.json", "n-dup-resource");
+    let r = gw.send_owned(V3_PATH, &h, &b).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(v3_fail(&r));
     assert_eq!(up.count(), 0);
-    assert_eq!(gw.requests_of(V3, "wechat_v3", "malformed").await, 3.0);
+    assert_eq!(gw.requests_of(V3, "wechat_v3", "malformed").await, 4.0);
 }
 
 // === helpers ===

@@ -38,6 +38,13 @@ impl JsonBody {
     }
 }
 
+/// Parses JSON that is not a body of its own (WeChat v3's decrypted
+/// resource) as strictly as a body: an object with a repeated key is an
+/// error, never resolved to one of its values.
+pub fn strict_value(text: &[u8]) -> Result<serde_json::Value, serde_json::Error> {
+    serde_json::from_slice::<StrictValue>(text).map(|strict| strict.0)
+}
+
 /// A `serde_json::Value` whose objects never repeat a key.
 struct StrictValue(serde_json::Value);
 

@@ -39,7 +39,7 @@ use crate::ack::Outcome;
 use crate::secret::shown;
 
 pub use form::{Form, strip_form_fields};
-pub use json::JsonBody;
+pub use json::{JsonBody, strict_value};
 pub use xml::{Envelope, XmlMap, strip_ranges};
 
 /// Why a body could not be read.

@@ -382,11 +382,13 @@ impl Keys {
             .filter(|r| r.is_object())
             .ok_or(VerifyError::MissingField("resource"))?;
         let plain = self.decrypt_resource(resource)?;
-        let decrypted: Value = serde_json::from_slice(&plain)
+        // As strict as the body: a repeated key would leave the shop and
+        // callgate free to read different values.
+        let decrypted: Value = crate::body::strict_value(&plain)
             .ok()
             .filter(Value::is_object)
             .ok_or(VerifyError::Content(
-                "the decrypted resource is not a JSON object",
+                "the decrypted resource is not a JSON object with unique keys",
             ))?;
         let merchant = self.bind(&decrypted)?;
         Ok(Verified::new(
