@@ -4,7 +4,7 @@
 //! neighbouring value, a fallback field removed) never reaches the shop
 //! again; two merchants of one route whose ids collide both reach their
 //! shops; a GBK notification on a route that says nothing about charset is
-//! delivered; a downgraded signature type is refused; sub-merchants are
+//! delivered; a signature type the route pins out is refused; sub-merchants are
 //! bound. Most reshaped bodies are derived from the committed fixtures
 //! (signed by openssl / python cryptography, tests/fixtures/*/make.py)
 //! without signing again: each keeps its genuine signature valid, which is
@@ -724,13 +724,14 @@ async fn a_gbk_notification_on_a_route_that_says_nothing_about_charset_is_delive
 }
 
 #[tokio::test]
-async fn a_downgraded_signature_type_is_refused() {
+async fn a_signature_type_the_route_pins_out_is_refused() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let hmac_only =
         RouteSpec::wechat_v2(&up).with(|r| r.keys.push_str("sign_types = [\"HMAC-SHA256\"]\n"));
-    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay(&up), hmac_only])).await;
-    // A genuine SHA1withRSA notification by the route's own 2048-bit key:
-    // the key implies RSA2, so SHA-1 is a downgrade.
+    let rsa2_only = RouteSpec::alipay(&up).with(|r| r.keys.push_str("sign_types = [\"RSA2\"]\n"));
+    let gw = TestGateway::start(GatewaySpec::new(vec![rsa2_only, hmac_only])).await;
+    // A genuine SHA1withRSA notification by the route's own 2048-bit key,
+    // on a route pinned to RSA2 (by default both are accepted).
     let r = gw.post_alipay("rsa_sha1_trade_success.form").await;
     assert_eq!((r.status, r.text().as_str()), (401, "fail"));
     assert_eq!(

@@ -18,11 +18,14 @@
 //! tried once (PROVIDERS.md §1.2).
 //!
 //! `sign_type` must be `RSA2` or `RSA`; anything else is refused rather than
-//! guessed. Which of the two a route accepts is pinned by `keys.sign_types`;
-//! by default, what the key implies: a key of 2048 bits or more is an RSA2
-//! app's key (`["RSA2"]`), a smaller one an RSA (SHA-1) app's (`["RSA"]`).
-//! A notification signed with the other is refused (`sign_type_not_allowed`),
-//! so it cannot downgrade an RSA2 merchant to SHA-1.
+//! guessed. Both are accepted by default, with the route's one key, as the
+//! SDKs verify with whichever type they are given: a signature under the
+//! other digest gives a forger nothing without Alipay's private key (the
+//! DigestInfo differs, so an RSA2 signature does not verify as RSA, and
+//! SHA-1 has no known second preimages), and Alipay never signs SHA-1 with
+//! an RSA2 app's key. `keys.sign_types` pins a route to one of them; a
+//! notification signed with the other is then refused
+//! (`sign_type_not_allowed`).
 //!
 //! Charset: the notification's `charset` field, then the Content-Type's
 //! charset, else UTF-8; when the values are not valid in that charset, the
@@ -87,8 +90,7 @@ pub struct KeysFile {
     alipay_root_cert: Option<Spanned<String>>,
     /// Certificate mode: the app's certificate.
     app_cert: Option<Spanned<String>>,
-    /// The signature types accepted: `RSA2`, `RSA` (default: what the key
-    /// implies, `RSA2` for 2048 bits and more).
+    /// The signature types accepted: `RSA2`, `RSA` (default: both).
     sign_types: Option<Spanned<Vec<String>>>,
     /// The seller (`2088...`) notifications must be for.
     seller_id: Option<Spanned<String>>,
@@ -123,13 +125,11 @@ pub struct SignTypes {
 }
 
 impl SignTypes {
-    /// What a key of `bits` implies: RSA2 apps have keys of 2048 bits.
-    pub fn implied(bits: usize) -> SignTypes {
-        SignTypes {
-            rsa2: bits >= 2048,
-            rsa: bits < 2048,
-        }
-    }
+    /// A route that does not say: both.
+    pub const BOTH: SignTypes = SignTypes {
+        rsa2: true,
+        rsa: true,
+    };
 
     fn allows(self, digest: RsaDigest) -> bool {
         match digest {
@@ -223,7 +223,7 @@ impl Keys {
         };
         let sign_types = match (&raw.sign_types, &key) {
             (Some(list), _) => compile_sign_types(list, ctx),
-            (None, Some(key)) => Some(SignTypes::implied(key.bits())),
+            (None, Some(_)) => Some(SignTypes::BOTH),
             (None, None) => None,
         };
         let seller_id = match &raw.seller_id {
@@ -286,7 +286,7 @@ impl Keys {
     }
 
     /// Keys built directly from a public-key file, for benches and fuzzing
-    /// (signature types implied by the key).
+    /// (both signature types accepted).
     pub fn for_bench(app_id: &str, public_key: &std::path::Path) -> Result<Keys, String> {
         Ok(Keys::with_key(app_id, RsaKey::from_file(public_key)?, None))
     }
@@ -294,7 +294,7 @@ impl Keys {
     fn with_key(app_id: &str, key: RsaKey, cert: Option<CertSns>) -> Keys {
         Keys {
             app_id: app_id.into(),
-            sign_types: SignTypes::implied(key.bits()),
+            sign_types: SignTypes::BOTH,
             key,
             cert,
             certs: Vec::new(),
@@ -770,13 +770,21 @@ mod tests {
 
     #[test]
     fn sign_types_pin_the_digest() {
-        // A 2048-bit key implies RSA2: a genuine SHA1withRSA notification by
-        // the same key is a downgrade, refused before its signature counts.
+        // By default both verify with the route's one (2048-bit) key.
         let key = || RsaKey::from_file(&fixtures().join("alipay_public.pem")).unwrap();
         let k = Keys::with_key("2021000000000001", key(), None);
-        assert_eq!(k.sign_types, SignTypes::implied(2048));
+        assert_eq!(k.sign_types, SignTypes::BOTH);
         assert!(k.verify(&form("rsa2_trade_success.form"), None).is_ok());
-        let err = k
+        assert!(k.verify(&form("rsa_sha1_trade_success.form"), None).is_ok());
+        // Pinned to RSA2, a genuine SHA1withRSA notification is refused
+        // before its signature counts.
+        let mut rsa2 = Keys::with_key("2021000000000001", key(), None);
+        rsa2.sign_types = SignTypes {
+            rsa2: true,
+            rsa: false,
+        };
+        assert!(rsa2.verify(&form("rsa2_trade_success.form"), None).is_ok());
+        let err = rsa2
             .verify(&form("rsa_sha1_trade_success.form"), None)
             .unwrap_err();
         assert!(
@@ -799,14 +807,6 @@ mod tests {
             rsa.verify(&form("rsa2_trade_success.form"), None),
             Err(VerifyError::SignTypeNotAllowed { .. })
         ));
-        // A 1024-bit key implies RSA.
-        assert_eq!(
-            SignTypes::implied(1024),
-            SignTypes {
-                rsa2: false,
-                rsa: true
-            }
-        );
     }
 
     #[test]
