@@ -758,3 +758,74 @@ async fn a_signature_type_the_route_pins_out_is_refused() {
     );
     assert_eq!(up.count(), 1);
 }
+
+/// A genuine Alipay partial-refund notification (what Alipay sends when
+/// part of a paid trade is refunded: `trade_status` stays TRADE_SUCCESS,
+/// `refund_fee`, `gmt_refund` and `out_biz_no` say it is a refund), signed
+/// RSA2 by the openssl CLI.
+fn alipay_partial_refund(notify_id: &str) -> Vec<u8> {
+    alipay_openssl(&[
+        ("app_id", "2021000000000001"),
+        ("buyer_pay_amount", "88.88"),
+        ("charset", "utf-8"),
+        ("gmt_create", "2026-11-22 09:59:00"),
+        ("gmt_payment", "2026-11-22 09:59:30"),
+        ("gmt_refund", "2026-11-22 10:00:00.123"),
+        ("notify_id", notify_id),
+        ("notify_time", "2026-11-22 10:00:01"),
+        ("notify_type", "trade_status_sync"),
+        ("out_biz_no", "R20261122000001"),
+        ("out_trade_no", "20261122000001"),
+        ("receipt_amount", "88.88"),
+        ("refund_fee", "10.00"),
+        ("total_amount", "88.88"),
+        ("trade_no", "2026112222001400000000000009"),
+        ("trade_status", "TRADE_SUCCESS"),
+        ("version", "1.0"),
+    ])
+}
+
+#[tokio::test]
+async fn alipay_refund_folded_into_neighbours_never_reaches_the_shop_as_a_payment() {
+    // Folding `&refund_fee=...`, `&gmt_refund=...` and `&out_biz_no=...`
+    // into the values that sort before them leaves the string Alipay signs
+    // byte for byte the same, and the body reads like a payment: same
+    // order, TRADE_SUCCESS, the full amount, nothing about a refund. None
+    // of those fields names the event, so the identity rule let it through
+    // as "paid". The fields that decide what the shop is told happened must
+    // be as fixed as the event id.
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let normalized = RouteSpec::alipay(&up).with(|r| {
+        r.name = "shop-alipay-json".into();
+        r.path = "/notify/alipay-json".into();
+        r.forward = "normalized".into();
+    });
+    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::alipay(&up), normalized])).await;
+    let fold = |body: &[u8]| {
+        let body = swap(
+            body,
+            "&gmt_refund=2026-11-22%2010%3A00%3A00.123",
+            "%26gmt_refund%3D2026-11-22%2010%3A00%3A00.123",
+        );
+        let body = swap(&body, "&out_biz_no=R", "%26out_biz_no%3DR");
+        swap(&body, "&refund_fee=10.00", "%26refund_fee%3D10.00")
+    };
+    for (path, nid) in [
+        ("/notify/alipay", "2026112200222000000000000000000071"),
+        ("/notify/alipay-json", "2026112200222000000000000000000072"),
+    ] {
+        let genuine = alipay_partial_refund(nid);
+        let r = gw.post_form(path, &fold(&genuine)).await;
+        r.assert_is(400, "fail", format!("{path}: refund folded away"));
+        let r = gw.post_form(path, &genuine).await;
+        r.assert_is(200, "success", format!("{path}: the genuine refund"));
+    }
+    let got = up.received();
+    assert_eq!(got.len(), 2, "only the genuine refunds reached the shop");
+    assert!(String::from_utf8_lossy(&got[0].body).contains("&refund_fee=10.00&"));
+    let v: serde_json::Value = serde_json::from_slice(&got[1].body).unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["amount_fen"].as_i64()),
+        (Some("refunded"), Some(1000))
+    );
+}

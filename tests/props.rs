@@ -665,6 +665,34 @@ proptest! {
                 "{}: {:?} verifies as {:?}, not {:?}",
                 s.path, how, (&reshaped.0, reshaped.1), (&original.0, original.1)
             );
+            // And it tells the shop the same thing happened: the same
+            // order, amount, status and time (a refund folded into its
+            // neighbours once read as a payment).
+            let (got, want) = (what_happened(&reshaped.2), what_happened(&original.2));
+            prop_assert!(
+                got == want,
+                "{}: {:?} tells the shop {}, not {}",
+                s.path, how, got, want
+            );
         }
     }
+}
+
+/// What a normalized notification tells the shop happened, without the
+/// verified fields themselves (those the platform leaves foldable, such as
+/// `subject` into `body`, may differ).
+fn what_happened(normalized: &[u8]) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_slice(normalized).unwrap();
+    let keys = [
+        "event_id",
+        "out_trade_no",
+        "provider_trade_no",
+        "amount_fen",
+        "currency",
+        "status",
+        "occurred_at",
+    ];
+    keys.iter()
+        .map(|k| (k.to_string(), v[*k].clone()))
+        .collect()
 }

@@ -42,9 +42,15 @@
 //! Identity (`provider::identity`): event id `notify_id` (letters and
 //! digits), signed time `notify_time` (exactly `yyyy-MM-dd HH:mm:ss`,
 //! Beijing time), merchant `app_id` (with `/auth_app_id` when it differs).
-//! None of `notify_id`, `notify_time`, `app_id`, `auth_app_id`, `seller_id`
-//! may appear as `&name=` inside another signed value, and no field name
-//! may hold `&` or `=`: the signed string then fixes all of them.
+//! None of `notify_id`, `notify_time`, `app_id`, `auth_app_id`, `seller_id`,
+//! nor the fields that say what happened (`out_trade_no`, `trade_no`,
+//! `out_biz_no`, `trade_status`, the amounts, `gmt_payment`, `gmt_refund`,
+//! `gmt_close`: [`PINNED`]) may appear as `&name=` inside another signed
+//! value or hold `&` themselves, and no field name may hold `&` or `=`: the
+//! signed string then fixes all of them. Without the second list, a genuine
+//! partial refund (TRADE_SUCCESS with `refund_fee` and `gmt_refund`) with
+//! those two folded into their neighbours verified as what reads as a
+//! payment, under the refund's own `notify_id`.
 //!
 //! Blank values: under the Java rule a field whose value is blank is not
 //! signed, so anyone can add `x=%20` to a genuine notification. Such fields
@@ -148,13 +154,28 @@ impl SignTypes {
     }
 }
 
-/// The fields that make a notification's identity (see the module doc).
-const IDENTITY: [&str; 5] = [
+/// The fields the signed string must fix exactly (see the module doc): the
+/// identity, then what the shop acts on.
+const PINNED: [&str; 19] = [
     "notify_id",
     "notify_time",
     "app_id",
     "auth_app_id",
     "seller_id",
+    "out_trade_no",
+    "trade_no",
+    "out_biz_no",
+    "trade_status",
+    "total_amount",
+    "receipt_amount",
+    "invoice_amount",
+    "buyer_pay_amount",
+    "point_amount",
+    "refund_fee",
+    "send_back_fee",
+    "gmt_payment",
+    "gmt_refund",
+    "gmt_close",
 ];
 
 impl Keys {
@@ -359,7 +380,7 @@ impl Keys {
         identity::check_unambiguous(
             form.iter()
                 .filter(|(k, _)| !unsigned.iter().any(|u| u == k)),
-            &IDENTITY,
+            &PINNED,
         )?;
         let merchant = self.bind(form)?;
         notification(ProviderKind::Alipay, form, encoding, merchant, unsigned)

@@ -55,8 +55,12 @@
 //! Identity (`provider::identity`): event id `notify_id` (letters and
 //! digits), signed time `notify_time` (exactly `yyyy-MM-dd HH:mm:ss`,
 //! Beijing time), merchant `seller_id`. None of `notify_id`, `notify_time`,
-//! `seller_id`, `seller_email` may appear as `&name=` inside another signed
-//! value, and no field name may hold `&` or `=`.
+//! `seller_id`, `seller_email`, nor the fields that say what happened
+//! (`out_trade_no`, `trade_no`, `trade_status`, `refund_status`, the
+//! amounts, `gmt_payment`, `gmt_refund`, `gmt_close`: [`PINNED`]) may
+//! appear as `&name=` inside another signed value or hold `&` themselves,
+//! and no field name may hold `&` or `=`: a refund folded into its
+//! neighbours would otherwise read as a payment.
 //!
 //! notify_verify (ATN): with `keys.notify_verify_url` set, the gateway asks
 //! Alipay whether the `notify_id` is genuine, the way the legacy demo does
@@ -114,8 +118,24 @@ pub struct Keys {
     notify_verify: Option<NotifyVerify>,
 }
 
-/// The fields that make a notification's identity (see the module doc).
-const IDENTITY: [&str; 4] = ["notify_id", "notify_time", "seller_id", "seller_email"];
+/// The fields the signed string must fix exactly (see the module doc): the
+/// identity, then what the shop acts on.
+const PINNED: [&str; 14] = [
+    "notify_id",
+    "notify_time",
+    "seller_id",
+    "seller_email",
+    "out_trade_no",
+    "trade_no",
+    "trade_status",
+    "refund_status",
+    "total_fee",
+    "price",
+    "refund_fee",
+    "gmt_payment",
+    "gmt_refund",
+    "gmt_close",
+];
 
 /// A partner id: `2088` and 12 more digits.
 fn is_partner_id(s: &str) -> bool {
@@ -310,7 +330,7 @@ impl Keys {
         super::identity::check_unambiguous(
             form.iter()
                 .filter(|(k, _)| !unsigned.iter().any(|u| u == k)),
-            &IDENTITY,
+            &PINNED,
         )?;
         expect_merchant(
             "seller_id",

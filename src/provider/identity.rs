@@ -10,11 +10,17 @@
 //! * [`token`]: present, not blank, no surrounding whitespace, and exactly
 //!   the platform's syntax ([`Syntax`]: an alphabet and a length), so a
 //!   padded or blank copy cannot pose as a new event;
-//! * [`check_unambiguous`]: no field name holds `&` or `=`, and no other
-//!   signed value holds `&<identity field>=`. Under either, the field could
-//!   have been moved into a neighbouring value (and replaced by a blank or
-//!   absent one) without changing the signed string. With both rules, the
-//!   signed string alone fixes every identity field;
+//! * [`check_unambiguous`]: no field name holds `&` or `=`, no other
+//!   signed value holds `&<pinned field>=`, and a pinned field's own value
+//!   holds no `&`. Under any of them, the field could have been moved into
+//!   a neighbouring value (and replaced by a blank or absent one), or have
+//!   taken the next one into its own, without changing the signed string.
+//!   With all three, the signed string alone fixes every pinned field. The
+//!   pinned fields are the identity fields and the ones that say what
+//!   happened (order, amounts, status, refund markers): folding Alipay's
+//!   `&refund_fee=` and `&gmt_refund=` into their neighbours turned a
+//!   genuine partial refund into what reads as a payment, under the
+//!   refund's own (new) event id;
 //! * [`beijing_time`]: exactly `yyyy-MM-dd HH:mm:ss` or `yyyyMMddHHmmss`,
 //!   no padding, no missing digit.
 //!
@@ -209,12 +215,15 @@ pub fn one_of(
         .ok_or_else(|| bad("is not one of the values the platform sends", value))
 }
 
-/// Refuses a signed form or XML whose identity fields could have been moved
-/// without changing the signed string: a field name holding `&` or `=`, or
-/// a value holding `&<identity field>=` (see the module doc).
+/// Refuses a signed form or XML whose pinned fields (`pinned`: the
+/// identity fields, and the fields that say what happened) could have been
+/// moved without changing the signed string: a field name holding `&` or
+/// `=`, a value holding `&<pinned field>=`, or a pinned field's own value
+/// holding `&` (it could have taken in the field after it). See the module
+/// doc.
 pub fn check_unambiguous<'a>(
     fields: impl Iterator<Item = (&'a str, &'a [u8])>,
-    identity: &[&str],
+    pinned: &[&str],
 ) -> Result<(), VerifyError> {
     for (key, value) in fields {
         if key.contains(['&', '=']) {
@@ -227,13 +236,19 @@ pub fn check_unambiguous<'a>(
         if !value.contains(&b'&') {
             continue;
         }
+        if pinned.contains(&key) {
+            return Err(VerifyError::Ambiguous {
+                field: shown(key.as_bytes()),
+                holds: "`&` in its value, where the platform never puts one".to_owned(),
+            });
+        }
         for at in value
             .iter()
             .enumerate()
             .filter_map(|(i, &b)| (b == b'&').then_some(i + 1))
         {
             let rest = &value[at..];
-            if let Some(id) = identity.iter().find(|id| {
+            if let Some(id) = pinned.iter().find(|id| {
                 rest.len() > id.len() && rest.starts_with(id.as_bytes()) && rest[id.len()] == b'='
             }) {
                 return Err(VerifyError::Ambiguous {
@@ -437,6 +452,9 @@ mod tests {
             ("body", b"&notify_time=2026-11-22 10:00:00"),
             ("a=b", b"1"),
             ("a&b", b"1"),
+            // A pinned field that took the next field into its value.
+            ("notify_id", b"1&subject=x"),
+            ("notify_id", b"1&"),
         ] {
             assert!(
                 matches!(

@@ -65,8 +65,10 @@
 //! never taken for its payment (`txnType=01`) whatever its `queryId`. Signed
 //! time: `txnTime`, exactly `yyyyMMddHHmmss`, Beijing time. Merchant:
 //! `merId`. Values are joined unescaped and may hold `&` and `=`, so none
-//! of `queryId`, `txnType`, `txnTime`, `merId` may appear as `&name=`
-//! inside another value, and no field name may hold `&` or `=`. A
+//! of `queryId`, `txnType`, `txnTime`, `merId`, nor the fields that say
+//! what happened (`orderId`, `origQryId`, `respCode`, the amounts and
+//! currency: [`PINNED`]) may appear as `&name=` inside another value or
+//! hold `&` themselves, and no field name may hold `&` or `=`. A
 //! notification whose `respCode` is not `00`/`A6` is still genuine and is
 //! forwarded, so the shop learns of the failure (`normalize` maps it to
 //! `closed` or `pending`).
@@ -95,8 +97,20 @@ use crate::secret::shown;
 /// (`041@<code>@中国银联股份有限公司@<n>`).
 pub const UNIONPAY_CN: &str = "中国银联股份有限公司";
 
-/// The fields that make a notification's identity (see the module doc).
-const IDENTITY: [&str; 4] = ["queryId", "txnType", "txnTime", "merId"];
+/// The fields the signed string must fix exactly (see the module doc): the
+/// identity, then what the shop acts on.
+const PINNED: [&str; 10] = [
+    "queryId",
+    "txnType",
+    "txnTime",
+    "merId",
+    "orderId",
+    "origQryId",
+    "respCode",
+    "txnAmt",
+    "settleAmt",
+    "currencyCode",
+];
 
 /// `[route.keys]` for `unionpay`, as written.
 #[derive(Debug, Deserialize)]
@@ -511,7 +525,7 @@ impl Keys {
             return Err(VerifyError::SignatureMismatch);
         }
 
-        identity::check_unambiguous(form.iter(), &IDENTITY)?;
+        identity::check_unambiguous(form.iter(), &PINNED)?;
         let query_id = identity::token(
             Role::Event,
             "queryId",

@@ -51,7 +51,8 @@
 //!   exactly `yyyyMMddHHmmss`, Beijing time. Merchant: `mch_id`, or
 //!   `mch_id/sub_mch_id`. Values are joined unescaped and trimmed (Java), so
 //!   these fields must be free of whitespace, and none of them (nor
-//!   `appid`) may appear as `&name=` inside another value.
+//!   `appid`, nor `out_trade_no` and the amounts: [`PINNED`]) may appear as
+//!   `&name=` inside another value or hold `&` themselves.
 //!
 //! Refund results (have `req_info`) carry **no signature**. `req_info` is
 //! Base64 of AES-256-ECB (PKCS#7) ciphertext under the lower-case hex MD5 of
@@ -127,14 +128,20 @@ pub struct Keys {
     merchant: Box<str>,
 }
 
-/// The fields that make a payment notification's identity.
-const IDENTITY: [&str; 6] = [
+/// The fields the signed string must fix exactly: a payment
+/// notification's identity, then what the shop acts on.
+const PINNED: [&str; 11] = [
     "transaction_id",
     "result_code",
     "time_end",
     "mch_id",
     "appid",
     "sub_mch_id",
+    "out_trade_no",
+    "total_fee",
+    "settlement_total_fee",
+    "cash_fee",
+    "fee_type",
 ];
 
 /// The two signature algorithms of API v2.
@@ -399,7 +406,7 @@ impl Keys {
             xml.iter()
                 .filter(|(k, _)| !unsigned.iter().any(|u| u == k))
                 .map(|(k, v)| (k, v.as_bytes())),
-            &IDENTITY,
+            &PINNED,
         )?;
         let merchant = self.bind(xml)?;
         let bytes = |field: &str| xml.get(field).map(str::as_bytes);
