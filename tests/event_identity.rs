@@ -829,3 +829,60 @@ async fn alipay_refund_folded_into_neighbours_never_reaches_the_shop_as_a_paymen
         (Some("refunded"), Some(1000))
     );
 }
+
+#[tokio::test]
+async fn wechat_v2_amounts_padded_or_taking_in_a_neighbour_never_reach_the_shop() {
+    // WeChat's Java signer trims values, and joins them unescaped: a padded
+    // `total_fee`, or one that took `&trade_type=JSAPI` into its value (the
+    // element itself dropped), leaves the signed string byte for byte the
+    // same. The shop would read an amount the signature never saw
+    // (normalized: none at all).
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let route = RouteSpec::wechat_v2(&up).with(|r| r.forward = "normalized".into());
+    let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
+    let genuine = fixture("wechat", "v2_md5_pay.xml");
+    let fee = "<total_fee>8888</total_fee>";
+    let reshaped = [
+        (
+            "padded",
+            swap(&genuine, fee, "<total_fee> 8888\n</total_fee>"),
+        ),
+        (
+            "took in trade_type",
+            swap(
+                &swap(
+                    &genuine,
+                    fee,
+                    "<total_fee><![CDATA[8888&trade_type=JSAPI]]></total_fee>",
+                ),
+                "<trade_type><![CDATA[JSAPI]]></trade_type>",
+                "",
+            ),
+        ),
+        (
+            "order number padded",
+            swap(
+                &genuine,
+                "<![CDATA[CG20261122000001]]>",
+                "<![CDATA[CG20261122000001 ]]>",
+            ),
+        ),
+    ];
+    for (what, body) in &reshaped {
+        let r = gw.post_xml(body).await;
+        assert_eq!(r.status, 400, "{what}: {}", r.text());
+    }
+    assert_eq!(
+        gw.rejections("shop-wechat-v2", "wechat_v2", "ambiguous_fields")
+            .await,
+        reshaped.len() as f64
+    );
+    assert_eq!(gw.post_xml(&genuine).await.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&up.received()[0].body).unwrap();
+    assert_eq!(v["amount_fen"], 8888);
+    assert_eq!(
+        up.count(),
+        1,
+        "only the genuine notification reached the shop"
+    );
+}

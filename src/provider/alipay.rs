@@ -43,11 +43,11 @@
 //! digits), signed time `notify_time` (exactly `yyyy-MM-dd HH:mm:ss`,
 //! Beijing time), merchant `app_id` (with `/auth_app_id` when it differs).
 //! None of `notify_id`, `notify_time`, `app_id`, `auth_app_id`, `seller_id`,
-//! nor the fields that say what happened (`out_trade_no`, `trade_no`,
-//! `out_biz_no`, `trade_status`, the amounts, `gmt_payment`, `gmt_refund`,
-//! `gmt_close`: [`PINNED`]) may appear as `&name=` inside another signed
-//! value or hold `&` themselves, and no field name may hold `&` or `=`: the
-//! signed string then fixes all of them. Without the second list, a genuine
+//! nor the fields that decide what happened (`out_biz_no`, `trade_status`,
+//! the amounts, `gmt_payment`, `gmt_refund`, `gmt_close`: [`PINNED`]) may
+//! appear as `&name=` inside another signed value or hold `&` themselves
+//! (nor may `out_trade_no` and `trade_no`), and no field name may hold `&`
+//! or `=`: the signed string then fixes all of them. Without the second list, a genuine
 //! partial refund (TRADE_SUCCESS with `refund_fee` and `gmt_refund`) with
 //! those two folded into their neighbours verified as what reads as a
 //! payment, under the refund's own `notify_id`.
@@ -154,29 +154,29 @@ impl SignTypes {
     }
 }
 
-/// The fields the signed string must fix exactly (see the module doc): the
-/// identity, then what the shop acts on.
-const PINNED: [&str; 19] = [
-    "notify_id",
-    "notify_time",
-    "app_id",
-    "auth_app_id",
-    "seller_id",
-    "out_trade_no",
-    "trade_no",
-    "out_biz_no",
-    "trade_status",
-    "total_amount",
-    "receipt_amount",
-    "invoice_amount",
-    "buyer_pay_amount",
-    "point_amount",
-    "refund_fee",
-    "send_back_fee",
-    "gmt_payment",
-    "gmt_refund",
-    "gmt_close",
-];
+/// The fields the signed string must fix exactly (see the module doc).
+const PINNED: identity::Pinned = identity::Pinned {
+    unfoldable: &[
+        "notify_id",
+        "notify_time",
+        "app_id",
+        "auth_app_id",
+        "seller_id",
+        "out_biz_no",
+        "trade_status",
+        "total_amount",
+        "receipt_amount",
+        "invoice_amount",
+        "buyer_pay_amount",
+        "point_amount",
+        "refund_fee",
+        "send_back_fee",
+        "gmt_payment",
+        "gmt_refund",
+        "gmt_close",
+    ],
+    whole: &["out_trade_no", "trade_no"],
+};
 
 impl Keys {
     /// The merchant these keys are for: `app_id`, or `app_id/seller_id`

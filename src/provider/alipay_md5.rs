@@ -55,12 +55,12 @@
 //! Identity (`provider::identity`): event id `notify_id` (letters and
 //! digits), signed time `notify_time` (exactly `yyyy-MM-dd HH:mm:ss`,
 //! Beijing time), merchant `seller_id`. None of `notify_id`, `notify_time`,
-//! `seller_id`, `seller_email`, nor the fields that say what happened
-//! (`out_trade_no`, `trade_no`, `trade_status`, `refund_status`, the
-//! amounts, `gmt_payment`, `gmt_refund`, `gmt_close`: [`PINNED`]) may
-//! appear as `&name=` inside another signed value or hold `&` themselves,
-//! and no field name may hold `&` or `=`: a refund folded into its
-//! neighbours would otherwise read as a payment.
+//! `seller_id`, `seller_email`, nor the fields that decide what happened
+//! (`trade_status`, `refund_status`, the amounts, `gmt_payment`,
+//! `gmt_refund`, `gmt_close`: [`PINNED`]) may appear as `&name=` inside
+//! another signed value or hold `&` themselves (nor may `out_trade_no` and
+//! `trade_no`), and no field name may hold `&` or `=`: a refund folded into
+//! its neighbours would otherwise read as a payment.
 //!
 //! notify_verify (ATN): with `keys.notify_verify_url` set, the gateway asks
 //! Alipay whether the `notify_id` is genuine, the way the legacy demo does
@@ -118,24 +118,24 @@ pub struct Keys {
     notify_verify: Option<NotifyVerify>,
 }
 
-/// The fields the signed string must fix exactly (see the module doc): the
-/// identity, then what the shop acts on.
-const PINNED: [&str; 14] = [
-    "notify_id",
-    "notify_time",
-    "seller_id",
-    "seller_email",
-    "out_trade_no",
-    "trade_no",
-    "trade_status",
-    "refund_status",
-    "total_fee",
-    "price",
-    "refund_fee",
-    "gmt_payment",
-    "gmt_refund",
-    "gmt_close",
-];
+/// The fields the signed string must fix exactly (see the module doc).
+const PINNED: super::identity::Pinned = super::identity::Pinned {
+    unfoldable: &[
+        "notify_id",
+        "notify_time",
+        "seller_id",
+        "seller_email",
+        "trade_status",
+        "refund_status",
+        "total_fee",
+        "price",
+        "refund_fee",
+        "gmt_payment",
+        "gmt_refund",
+        "gmt_close",
+    ],
+    whole: &["out_trade_no", "trade_no"],
+};
 
 /// A partner id: `2088` and 12 more digits.
 fn is_partner_id(s: &str) -> bool {

@@ -215,15 +215,32 @@ pub fn one_of(
         .ok_or_else(|| bad("is not one of the values the platform sends", value))
 }
 
-/// Refuses a signed form or XML whose pinned fields (`pinned`: the
-/// identity fields, and the fields that say what happened) could have been
-/// moved without changing the signed string: a field name holding `&` or
-/// `=`, a value holding `&<pinned field>=`, or a pinned field's own value
+/// The fields of a provider whose bytes the signed string must fix (see
+/// [`check_unambiguous`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Pinned {
+    /// Never folded into another value (no other value may hold
+    /// `&<name>=`) and never holding `&`: the identity fields, and the ones
+    /// that decide what the shop is told happened (status, amounts, refund
+    /// markers), which folding away could turn a refund into a payment.
+    pub unfoldable: &'static [&'static str],
+    /// Never holding `&` (they could have taken in the field after them),
+    /// though they may be missing: what the shop reads whose absence
+    /// misleads nobody into crediting (order numbers, amounts on a
+    /// platform where the status is an identity field). Free-text values
+    /// of the merchant's own (`attach`, `reqReserved`) may legitimately hold
+    /// `&name=`, which is why these are not refused there.
+    pub whole: &'static [&'static str],
+}
+
+/// Refuses a signed form or XML whose pinned fields could have been moved
+/// without changing the signed string: a field name holding `&` or `=`, a
+/// value holding `&<unfoldable field>=`, or a pinned field's own value
 /// holding `&` (it could have taken in the field after it). See the module
 /// doc.
 pub fn check_unambiguous<'a>(
     fields: impl Iterator<Item = (&'a str, &'a [u8])>,
-    pinned: &[&str],
+    pinned: &Pinned,
 ) -> Result<(), VerifyError> {
     for (key, value) in fields {
         if key.contains(['&', '=']) {
@@ -236,7 +253,7 @@ pub fn check_unambiguous<'a>(
         if !value.contains(&b'&') {
             continue;
         }
-        if pinned.contains(&key) {
+        if pinned.unfoldable.contains(&key) || pinned.whole.contains(&key) {
             return Err(VerifyError::Ambiguous {
                 field: shown(key.as_bytes()),
                 holds: "`&` in its value, where the platform never puts one".to_owned(),
@@ -248,7 +265,7 @@ pub fn check_unambiguous<'a>(
             .filter_map(|(i, &b)| (b == b'&').then_some(i + 1))
         {
             let rest = &value[at..];
-            if let Some(id) = pinned.iter().find(|id| {
+            if let Some(id) = pinned.unfoldable.iter().find(|id| {
                 rest.len() > id.len() && rest.starts_with(id.as_bytes()) && rest[id.len()] == b'='
             }) {
                 return Err(VerifyError::Ambiguous {
@@ -438,13 +455,17 @@ mod tests {
 
     #[test]
     fn folded_identity_fields_are_ambiguous() {
-        let id = ["notify_id", "notify_time"];
+        let id = Pinned {
+            unfoldable: &["notify_id", "notify_time"],
+            whole: &["out_trade_no"],
+        };
         let fine: Vec<(&str, &[u8])> = vec![
             ("body", b"a&b=c"),
             ("notify_id", b"1"),
             ("subject", b"notify_id=2"),
             ("x", b"&notify_idx=1"),
             ("y", b"&notify_id"),
+            ("attach", b"a=1&out_trade_no=2"),
         ];
         check_unambiguous(fine.into_iter(), &id).unwrap();
         for (key, value) in [
@@ -455,6 +476,7 @@ mod tests {
             // A pinned field that took the next field into its value.
             ("notify_id", b"1&subject=x"),
             ("notify_id", b"1&"),
+            ("out_trade_no", b"1&subject=x"),
         ] {
             assert!(
                 matches!(

@@ -65,10 +65,10 @@
 //! never taken for its payment (`txnType=01`) whatever its `queryId`. Signed
 //! time: `txnTime`, exactly `yyyyMMddHHmmss`, Beijing time. Merchant:
 //! `merId`. Values are joined unescaped and may hold `&` and `=`, so none
-//! of `queryId`, `txnType`, `txnTime`, `merId`, nor the fields that say
-//! what happened (`orderId`, `origQryId`, `respCode`, the amounts and
-//! currency: [`PINNED`]) may appear as `&name=` inside another value or
-//! hold `&` themselves, and no field name may hold `&` or `=`. A
+//! of `queryId`, `txnType`, `txnTime`, `merId`, `respCode`, the amounts
+//! and `currencyCode` ([`PINNED`]) may appear as `&name=` inside another
+//! value or hold `&` themselves (nor may `orderId` and `origQryId`), and no
+//! field name may hold `&` or `=`. A
 //! notification whose `respCode` is not `00`/`A6` is still genuine and is
 //! forwarded, so the shop learns of the failure (`normalize` maps it to
 //! `closed` or `pending`).
@@ -98,19 +98,22 @@ use crate::secret::shown;
 pub const UNIONPAY_CN: &str = "中国银联股份有限公司";
 
 /// The fields the signed string must fix exactly (see the module doc): the
-/// identity, then what the shop acts on.
-const PINNED: [&str; 10] = [
-    "queryId",
-    "txnType",
-    "txnTime",
-    "merId",
-    "orderId",
-    "origQryId",
-    "respCode",
-    "txnAmt",
-    "settleAmt",
-    "currencyCode",
-];
+/// identity, and what decides the status, amount and currency the shop is
+/// told. The order numbers are only kept whole: folded away, they leave the
+/// shop without one, never with another.
+const PINNED: identity::Pinned = identity::Pinned {
+    unfoldable: &[
+        "queryId",
+        "txnType",
+        "txnTime",
+        "merId",
+        "respCode",
+        "txnAmt",
+        "settleAmt",
+        "currencyCode",
+    ],
+    whole: &["orderId", "origQryId"],
+};
 
 /// `[route.keys]` for `unionpay`, as written.
 #[derive(Debug, Deserialize)]

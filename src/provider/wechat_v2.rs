@@ -51,8 +51,10 @@
 //!   exactly `yyyyMMddHHmmss`, Beijing time. Merchant: `mch_id`, or
 //!   `mch_id/sub_mch_id`. Values are joined unescaped and trimmed (Java), so
 //!   these fields must be free of whitespace, and none of them (nor
-//!   `appid`, nor `out_trade_no` and the amounts: [`PINNED`]) may appear as
-//!   `&name=` inside another value or hold `&` themselves.
+//!   `appid`, `fee_type`) may appear as `&name=` inside another value.
+//!   `out_trade_no` and the amounts ([`PINNED`]) may hold no `&`, and no
+//!   pinned field surrounding whitespace (the signer trims it, so the shop
+//!   would read a value the signature never saw).
 //!
 //! Refund results (have `req_info`) carry **no signature**. `req_info` is
 //! Base64 of AES-256-ECB (PKCS#7) ciphertext under the lower-case hex MD5 of
@@ -129,20 +131,29 @@ pub struct Keys {
 }
 
 /// The fields the signed string must fix exactly: a payment
-/// notification's identity, then what the shop acts on.
-const PINNED: [&str; 11] = [
-    "transaction_id",
-    "result_code",
-    "time_end",
-    "mch_id",
-    "appid",
-    "sub_mch_id",
-    "out_trade_no",
-    "total_fee",
-    "settlement_total_fee",
-    "cash_fee",
-    "fee_type",
-];
+/// notification's identity and `fee_type` (folded away, the shop would read
+/// CNY) may not be folded; what the shop reads besides may not take in its
+/// neighbour, nor (below) be padded. `attach`, the merchant's own text, may
+/// hold `&out_trade_no=`, so that is not refused there: folded away, it
+/// leaves the shop without an order number, never with another one
+/// (`total_fee` cannot be folded at all: `time_end` sorts before it).
+const PINNED: identity::Pinned = identity::Pinned {
+    unfoldable: &[
+        "transaction_id",
+        "result_code",
+        "time_end",
+        "mch_id",
+        "appid",
+        "sub_mch_id",
+        "fee_type",
+    ],
+    whole: &[
+        "out_trade_no",
+        "total_fee",
+        "settlement_total_fee",
+        "cash_fee",
+    ],
+};
 
 /// The two signature algorithms of API v2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -424,6 +435,21 @@ impl Keys {
         )?;
         let time_end = bytes("time_end").ok_or(VerifyError::MissingField("time_end"))?;
         let signed_at = identity::beijing_time("time_end", time_end, TimeFormat::Compact)?;
+        // The Java signer trims: a padded order number or amount verifies,
+        // and the shop would read a value the signature never saw.
+        if let Some(field) = PINNED
+            .unfoldable
+            .iter()
+            .chain(PINNED.whole)
+            .filter(|f| !unsigned.iter().any(|u| u == *f))
+            .find(|f| xml.get(f).is_some_and(|v| java_trim(v).len() != v.len()))
+        {
+            return Err(VerifyError::Ambiguous {
+                field: (*field).to_owned(),
+                holds: "surrounding whitespace, which the signed (trimmed) string does not fix"
+                    .to_owned(),
+            });
+        }
         Ok(Verified::new(
             ProviderKind::WechatV2,
             merchant,
