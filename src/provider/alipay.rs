@@ -65,7 +65,6 @@
 //! [`super::alipay_cert`]. A notification that carries `alipay_cert_sn` must
 //! name the configured certificate, else 401.
 
-use base64::Engine as _;
 use encoding_rs::Encoding;
 use serde::Deserialize;
 use toml::Spanned;
@@ -350,9 +349,7 @@ impl Keys {
         }
         let encoding = form_encoding(form, &["charset"], content_type, None)?;
         expect_merchant("app_id", form.get("app_id"), &self.app_id)?;
-        let signature = base64::engine::general_purpose::STANDARD
-            .decode(sign)
-            .map_err(|_| VerifyError::SignatureEncoding)?;
+        let signature = super::signature_base64(sign)?;
 
         let (content, blank) = canonical(form, encoding, false);
         let unsigned = if self.key.verify(digest, &content, &signature) {
@@ -723,6 +720,26 @@ mod tests {
         assert!(
             k.verify(&form("yansongda_sandbox_plus_as_space.form"), None)
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn a_sign_wrapped_in_lines_verifies_as_the_sdks_decode_it() {
+        // The Java SDK drops what is outside the Base64 alphabet and PHP's
+        // base64_decode skips it: line breaks and spaces inside `sign`
+        // verify there, and here. Other characters do not.
+        let k = keys("2021000000000001", "alipay_public.pem");
+        let body = std::fs::read(fixtures().join("rsa2_trade_success.form")).unwrap();
+        for insert in ["%0A", "%0D%0A", "%20", "%09"] {
+            let wrapped = crate::provider::wrap_form_value(&body, "sign", insert, 64);
+            assert_ne!(wrapped, body);
+            let f = Form::parse(&wrapped).unwrap();
+            assert!(k.verify(&f, None).is_ok(), "{insert}");
+        }
+        let junk = crate::provider::wrap_form_value(&body, "sign", "%21", 64);
+        assert_eq!(
+            k.verify(&Form::parse(&junk).unwrap(), None).unwrap_err(),
+            VerifyError::SignatureEncoding
         );
     }
 

@@ -763,6 +763,30 @@ impl VerifyError {
 
 // === what several providers check ===
 
+/// A form's Base64 signature (Alipay's `sign`, UnionPay's `signature`) as
+/// the official SDKs decode it: standard alphabet with its padding, ASCII
+/// whitespace inside ignored (Alipay's Java SDK drops every character
+/// outside the alphabet, UnionPay's uses commons-codec, the PHP SDKs
+/// `base64_decode`, all of which skip line breaks, so a signature wrapped
+/// in lines verifies there). The signature's bytes are not part of what is
+/// signed, so this cannot change the event; nothing else outside the
+/// alphabet is accepted.
+pub(crate) fn signature_base64(sign: &[u8]) -> Result<Vec<u8>, VerifyError> {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let decoded = if sign.iter().any(u8::is_ascii_whitespace) {
+        let compact: Vec<u8> = sign
+            .iter()
+            .copied()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect();
+        engine.decode(compact)
+    } else {
+        engine.decode(sign)
+    };
+    decoded.map_err(|_| VerifyError::SignatureEncoding)
+}
+
 /// The string most platforms sign: every field of `form` but the `skip`
 /// ones, sorted by name, as `key=value` joined by `&`, values exactly as
 /// received. A field `blank` calls blank is left out unless `keep_blank`;
@@ -794,6 +818,37 @@ pub(crate) fn sorted_join(
         out.extend_from_slice(value);
     }
     (out, blanks)
+}
+
+/// `body` (a form) with `insert` (already form-encoded) put into field
+/// `name`'s value after every `every` decoded characters, never inside a
+/// `%XX` escape: a signature wrapped in lines, as some senders wrap Base64.
+#[cfg(test)]
+pub(crate) fn wrap_form_value(body: &[u8], name: &str, insert: &str, every: usize) -> Vec<u8> {
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let prefix = format!("{name}=");
+    let parts: Vec<String> = text
+        .split('&')
+        .map(|part| {
+            let Some(value) = part.strip_prefix(&prefix) else {
+                return part.to_owned();
+            };
+            let mut out = prefix.clone();
+            let (mut i, mut decoded) = (0, 0);
+            let bytes = value.as_bytes();
+            while i < bytes.len() {
+                let len = if bytes[i] == b'%' { 3 } else { 1 };
+                out.push_str(&value[i..i + len]);
+                i += len;
+                decoded += 1;
+                if decoded % every == 0 && i < bytes.len() {
+                    out.push_str(insert);
+                }
+            }
+            out
+        })
+        .collect();
+    parts.join("&").into_bytes()
 }
 
 /// A merchant field that must be the route's own: present, and exactly

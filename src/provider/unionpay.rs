@@ -75,7 +75,6 @@
 
 use std::collections::HashMap;
 
-use base64::Engine as _;
 use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
@@ -480,9 +479,7 @@ impl Keys {
             .ok_or(VerifyError::MissingSignature)?;
         let encoding = form_encoding(form, &["encoding"], content_type, None)?;
         expect_merchant("merId", form.get("merId"), &self.mer_id)?;
-        let signature = base64::engine::general_purpose::STANDARD
-            .decode(signature)
-            .map_err(|_| VerifyError::SignatureEncoding)?;
+        let signature = super::signature_base64(signature)?;
         let content = canonical(form);
 
         let good = match scheme {
@@ -777,6 +774,30 @@ mod tests {
         assert!(reason("v510_impostor_middle.form").contains("does not verify"));
         assert!(reason("v510_expired_cert.form").contains("not valid now"));
         assert!(reason("v510_wrong_cn.form").contains("not UnionPay's"));
+    }
+
+    #[test]
+    fn a_signature_wrapped_in_lines_verifies_as_the_sdks_decode_it() {
+        // UnionPay's Java SDK decodes with commons-codec and its PHP SDK
+        // with base64_decode: both skip line breaks inside `signature`.
+        let k = keys();
+        for name in ["v510_payment.form", "v500_payment.form"] {
+            let body = std::fs::read(dir().join(name)).unwrap();
+            let wrapped = crate::provider::wrap_form_value(&body, "signature", "%0D%0A", 76);
+            assert_ne!(wrapped, body);
+            assert!(
+                k.verify_at(&Form::parse(&wrapped).unwrap(), None, NOW)
+                    .is_ok(),
+                "{name}"
+            );
+            let junk = crate::provider::wrap_form_value(&body, "signature", "%2A", 76);
+            assert_eq!(
+                k.verify_at(&Form::parse(&junk).unwrap(), None, NOW)
+                    .unwrap_err(),
+                VerifyError::SignatureEncoding,
+                "{name}"
+            );
+        }
     }
 
     #[test]
