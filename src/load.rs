@@ -477,7 +477,16 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
-/// Parses `300ms`, `5s`, `10m`, `25h` (and compounds like `1h30m`).
+/// The longest duration accepted anywhere: 100 years, far above any
+/// timeout, `max_age` or `replay.ttl` (the test configurations use about 23
+/// years), and far below what a clock or another duration can have added
+/// to it. Unbounded, `max_age = "18446744073709551615s"` made `check` panic
+/// and a SIGHUP reading it end the running gateway, and a `drain_timeout`
+/// that long panicked at SIGTERM.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Parses `300ms`, `5s`, `10m`, `25h` (and compounds like `1h30m`), at
+/// most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad =
         || format!("invalid duration `{s}`: write a number and a unit, like 300ms, 5s, 10m or 25h");
@@ -485,7 +494,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if t.is_empty() || !t.as_bytes()[0].is_ascii_digit() || t.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
-    humantime::parse_duration(t).map_err(|_| bad())
+    let d = humantime::parse_duration(t).map_err(|_| bad())?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "invalid duration `{s}`: longer than 876000h (100 years), the most callgate accepts"
+        ));
+    }
+    Ok(d)
 }
 
 // === URLs ===
@@ -538,6 +553,11 @@ mod tests {
         assert_eq!(parse_duration("25h").unwrap(), Duration::from_secs(90_000));
         for bad in ["", "5", "h", "5 parsecs", "-5s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_duration("876000h").unwrap(), MAX_DURATION);
+        for too_long in ["876001h", "18446744073709551615s"] {
+            let e = parse_duration(too_long).unwrap_err();
+            assert!(e.contains("longer than 876000h"), "{too_long}: {e}");
         }
     }
 

@@ -1214,6 +1214,76 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_rules() {
     assert_json_logs(&run);
 }
 
+/// Longer than any clock or timer can add: `u64::MAX` seconds.
+const OVERFLOWING: &str = "18446744073709551615s";
+
+/// A duration so long that adding it to a clock or to another duration
+/// overflows is a problem with its line: `check` used to panic on it in a
+/// rule (exit 101, no location), accept it in the gateway file (then
+/// `run` panicked at SIGTERM instead of draining), and a SIGHUP reading it
+/// killed the running gateway instead of keeping the running rules.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_duration_too_long_to_compute_with_is_a_problem_not_a_crash() {
+    let max_age = format!("provider = \"alipay\"\nmax_age = \"{OVERFLOWING}\"");
+    expect_check_problems(vec![(
+        "max_age",
+        good_route("a", "/notify/a").replace("provider = \"alipay\"", &max_age),
+        "r.toml:5: invalid duration",
+    )]);
+    let dir = config_with_rules(&good_route("a", "/notify/a"));
+    for key in ["drain_timeout", "upstream_timeout", "header_timeout"] {
+        let original = std::fs::read_to_string(dir.path().join("callgate.toml")).unwrap();
+        let edited = original
+            .lines()
+            .map(|l| match l.starts_with(&format!("{key} = ")) {
+                true => format!("{key} = \"{OVERFLOWING}\""),
+                false => l.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_ne!(edited, original, "{key} not in the gateway file");
+        std::fs::write(dir.path().join("callgate.toml"), &edited).unwrap();
+        let (code, out) = check(dir.path());
+        assert_eq!(code, 1, "{key}: {out}");
+        assert!(
+            out.contains("callgate.toml:") && out.contains("invalid duration"),
+            "{key}: {out}"
+        );
+        std::fs::write(dir.path().join("callgate.toml"), original).unwrap();
+    }
+
+    // A running gateway keeps its rules.
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let (dir, mut run) = start_alipay_process(&up, false);
+    let rules = dir.path().join("rules/routes.toml");
+    let good = std::fs::read_to_string(&rules).unwrap();
+    assert!(good.contains("max_age = "), "{good}");
+    let broken = good
+        .lines()
+        .map(|l| match l.starts_with("max_age = ") {
+            true => format!("max_age = \"{OVERFLOWING}\""),
+            false => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&rules, broken).unwrap();
+    run.signal("-HUP");
+    let refused = run.wait_for(|v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("reload refused"))
+    });
+    assert!(
+        refused["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("routes.toml:") && p.contains("invalid duration")),
+        "{refused}"
+    );
+    assert_one_reload(&run, "error", 0.0).await;
+    let r = post_alipay_to(&run, "/notify/alipay", "rsa2_trade_success.form", &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_in_flight_notifications_then_exits_0() {
     let gate = Arc::new(Notify::new());
