@@ -414,20 +414,190 @@ async fn a_delivery_record_lost_to_a_redis_outage_is_written_once_redis_returns(
 
     redis.restart();
     wait_ready(&gw, 200).await;
-    // The platform's next copy: a duplicate as soon as the retry has written
-    // the record (it backs off from 50 ms); without the retry it would be
-    // 409 until the claim lapsed (upstream_timeout + 30 s = 40 s here).
-    let mut answers = Vec::new();
+    // The retry writes the record (it backs off from 50 ms), where every
+    // instance sharing Redis finds it; without the retry the claim would
+    // hold other instances' copies at 409 until it lapsed (upstream_timeout
+    // + 30 s = 40 s here), then let them through.
+    let mut recorded = false;
     for _ in 0..100 {
-        let r = gw.post_form("/notify/alipay", &body).await;
-        answers.push(r.status);
-        if r.status != 409 {
-            assert_eq!((r.status, r.text().as_str()), (200, "success"));
+        let keys = redis.cli(&["KEYS", "*"]);
+        if keys.lines().any(|k| redis.cli(&["GET", k]) == "d") {
+            recorded = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(answers.last(), Some(&200), "{answers:?}");
+    assert!(recorded, "the delivery was never recorded in Redis");
+    // The platform's next copy is a duplicate (this instance also knows it
+    // delivered the event: a_copy_of_an_event_delivered_but_not_yet_recorded_is_never_forwarded).
+    let r = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
     assert_eq!(up.count(), 1, "delivered once");
     assert_eq!(gw.requests("duplicate").await, 1.0);
+}
+
+/// What [`RedisCut`] does to a command from the gateway.
+#[derive(Clone, Debug, PartialEq)]
+enum Cut {
+    /// Pass everything.
+    Pass,
+    /// Cut the connection at the next script call, and remember which
+    /// script it was (its SHA-1, from `EVALSHA`).
+    NextScript,
+    /// Cut the connection at every call of this script; pass the rest.
+    Script(String),
+}
+
+/// A TCP relay between the gateway and a real Redis that can cut the
+/// connection when one chosen Lua script is called: the replay store
+/// answers claims while the record of one delivery keeps failing.
+struct RedisCut {
+    port: u16,
+    mode: Arc<Mutex<Cut>>,
+    seen: Arc<Mutex<Option<String>>>,
+}
+
+impl RedisCut {
+    async fn start(redis_port: u16) -> RedisCut {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mode = Arc::new(Mutex::new(Cut::Pass));
+        let seen = Arc::new(Mutex::new(None));
+        let (m, s) = (mode.clone(), seen.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", redis_port)).await else {
+                    continue;
+                };
+                tokio::spawn(Self::relay(client, server, m.clone(), s.clone()));
+            }
+        });
+        RedisCut { port, mode, seen }
+    }
+
+    async fn relay(
+        client: TcpStream,
+        server: TcpStream,
+        mode: Arc<Mutex<Cut>>,
+        seen: Arc<Mutex<Option<String>>>,
+    ) {
+        use tokio::io::AsyncReadExt;
+        let (mut from_client, mut to_server) = (client.into_split(), server.into_split());
+        let back = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut to_server.0, &mut from_client.1).await;
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from_client.0.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let chunk = &buf[..n];
+            let sha = script_sha(chunk);
+            let cut = match (&*mode.lock().unwrap(), &sha) {
+                (Cut::Pass, _) | (Cut::NextScript, None) => false,
+                (Cut::NextScript, Some(sha)) => {
+                    *seen.lock().unwrap() = Some(sha.clone());
+                    true
+                }
+                (Cut::Script(blocked), Some(sha)) => blocked == sha,
+                (Cut::Script(_), None) => false,
+            };
+            if cut || to_server.1.write_all(chunk).await.is_err() {
+                break;
+            }
+        }
+        back.abort();
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn set(&self, mode: Cut) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    /// The script cut in [`Cut::NextScript`] mode, once it was.
+    fn cut_script(&self) -> Option<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// The SHA-1 of the script an `EVALSHA` in `chunk` (RESP) calls.
+fn script_sha(chunk: &[u8]) -> Option<String> {
+    const CALL: &[u8] = b"EVALSHA\r\n$40\r\n";
+    let at = chunk
+        .windows(CALL.len())
+        .position(|w| w.eq_ignore_ascii_case(CALL))?;
+    let sha = chunk.get(at + CALL.len()..at + CALL.len() + 40)?;
+    Some(String::from_utf8_lossy(sha).into_owned())
+}
+
+/// An instance that delivered an event but could not record it yet never
+/// forwards a copy of it. The claim of a delivered event lives only
+/// `upstream_timeout + 30s`, and Redis loses it with a failover (claims
+/// are not replicated synchronously) or lets it lapse during a longer
+/// outage; until the record retried in the background lands (its pause
+/// grows to 5 s), a copy used to find the event unclaimed, take it and
+/// reach the shop a second time. Here the record keeps failing (the relay
+/// cuts every call of the confirm script) and the claim is gone (FLUSHALL,
+/// what a failover to a replica that never had it leaves); before the fix
+/// the copy was forwarded, the shop received the event twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_of_an_event_delivered_but_not_yet_recorded_is_never_forwarded() {
+    let redis = RedisServer::start();
+    let cut = RedisCut::start(redis.port).await;
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let up = Upstream::start(Behaviour::Hold(gate.clone())).await;
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    spec.store = cut.url();
+    let gw = TestGateway::start(spec).await;
+    let body = fixture("alipay", "rsa2_trade_success.form");
+
+    let first = {
+        let (body, base) = (body.clone(), gw.base.clone());
+        tokio::spawn(async move {
+            TestClient::new()
+                .send(
+                    "POST",
+                    &format!("{base}/notify/alipay"),
+                    &[("content-type", "application/x-www-form-urlencoded")],
+                    body,
+                )
+                .await
+        })
+    };
+    up.next().await; // the shop has it; the claim is in Redis
+    cut.set(Cut::NextScript); // the confirm script's call is the next
+    up.set(Behaviour::Reply(200, "success"));
+    gate.notify_one();
+    let r = first.await.unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(
+        gw.metric("callgate_replay_store_errors_total", &[("op", "confirm")])
+            .await,
+        Some(1.0)
+    );
+    let confirm = cut.cut_script().expect("the confirm script was cut");
+    cut.set(Cut::Script(confirm)); // every retry of the record fails too
+    assert_eq!(redis.cli(&["FLUSHALL"]), "OK"); // the claim is lost
+
+    let copy = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!((copy.status, copy.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 1, "the shop got the event twice");
+    assert_eq!(gw.requests("duplicate").await, 1.0);
+
+    // Once Redis takes the record, it is there for every instance.
+    cut.set(Cut::Pass);
+    let mut recorded = false;
+    for _ in 0..200 {
+        let keys = redis.cli(&["KEYS", "*"]);
+        if keys.lines().any(|k| redis.cli(&["GET", k]) == "d") {
+            recorded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recorded, "the delivery was never recorded in Redis");
 }

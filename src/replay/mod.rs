@@ -353,7 +353,18 @@ impl ReplayStore {
     ) -> Result<Confirmed, StoreError> {
         match self {
             ReplayStore::Memory(m) => Ok(m.confirm(key, token, ttl)),
-            ReplayStore::Redis(r) => r.confirm(key, token, ttl).await,
+            ReplayStore::Redis(r) => {
+                let found = r.confirm(key, token, ttl).await;
+                if found.is_err() {
+                    // The shop has the event, and Redis may lose the claim
+                    // (it lapses, a failover drops it) before the record
+                    // retried in the background lands: until then a copy
+                    // would find the event unclaimed and reach the shop
+                    // again. This instance answers its copies itself.
+                    r.learn_delivered(key, ttl);
+                }
+                found
+            }
         }
     }
 

@@ -307,9 +307,10 @@ impl RedisStore {
             .is_some_and(|until| until > millis(self.epoch.elapsed()))
     }
 
-    /// `key` is delivered (a claim found `d`, or a delivery made while the
-    /// store was down was recorded): remember it for `ttl`.
-    fn learn_delivered(&self, key: &Key, ttl: Duration) {
+    /// `key` is delivered (a claim found `d`, a delivery made while the
+    /// store was down was recorded, or the shop took it and its record
+    /// failed): remember it for `ttl`.
+    pub(super) fn learn_delivered(&self, key: &Key, ttl: Duration) {
         let until = millis(self.epoch.elapsed()).saturating_add(millis(ttl));
         self.known_delivered
             .insert(u128::from_ne_bytes(key.digest), until);
