@@ -4,7 +4,8 @@
 //! and certificate exactly as `callgate check` does; when all of it is valid
 //! and nothing changed that only a restart can apply (listen and admin
 //! addresses, the admin token file, turning TLS on or off, the replay
-//! store, connection timeouts), it stores the new rule set (one `ArcSwap`,
+//! store and its connection settings, the journal, `reload.watch`,
+//! connection timeouts), it stores the new rule set (one `ArcSwap`,
 //! so a request keeps the snapshot it started with; the memory store's
 //! per-route quotas follow it) and the new TLS certificate. A reload that
 //! fails keeps everything running as it was, logs every problem as
@@ -184,7 +185,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Settings a reload cannot apply.
 fn fixed_changes(running: &Config, new: &Config) -> Vec<&'static str> {
-    let checks: [(&'static str, bool); 17] = [
+    let checks: [(&'static str, bool); 21] = [
         ("listen.addr", running.listen != new.listen),
         ("listen.workers", running.workers != new.workers),
         (
@@ -206,6 +207,16 @@ fn fixed_changes(running: &Config, new: &Config) -> Vec<&'static str> {
         ),
         ("replay.store", running.replay.store != new.replay.store),
         ("replay.ttl", running.replay.ttl != new.replay.ttl),
+        // Read once, when the store's connections are built.
+        (
+            "replay.timeout",
+            running.replay.timeout != new.replay.timeout,
+        ),
+        ("replay.tls_ca", running.replay.tls_ca != new.replay.tls_ca),
+        // The journal is opened once, at start.
+        ("journal", running.journal != new.journal),
+        // The watcher is started (or not) once, at start.
+        ("reload.watch", running.watch != new.watch),
         (
             "replay.wait_replicas",
             running.replay.wait.replicas != new.replay.wait.replicas,

@@ -525,6 +525,60 @@ async fn a_reload_that_needs_a_restart_is_refused_by_name_and_changes_nothing() 
     );
 }
 
+/// Settings the running process reads once at start (the journal it
+/// opened, the Redis command timeout, whether it watches the files) are
+/// refused on reload by name like the listen address. They used to be
+/// reloaded "ok" and silently ignored: an operator who turned
+/// `journal.fsync = "always"` on (or the journal off, or watching off)
+/// was told the reload succeeded while the process kept the old setting.
+#[tokio::test]
+async fn a_reload_cannot_half_apply_what_only_a_restart_changes() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    spec.watch = false;
+    let file = spec.write(dir.path());
+    let gw = start_file(&file).await;
+    let original = std::fs::read_to_string(&file).unwrap();
+    let cases = [
+        (
+            "dir = \"journal\"\n",
+            "dir = \"journal\"\nfsync = \"always\"\n",
+            "journal",
+        ),
+        ("dir = \"journal\"\n", "enabled = false\n", "journal"),
+        ("timeout = \"500ms\"", "timeout = \"2s\"", "replay.timeout"),
+        ("watch = false", "watch = true", "reload.watch"),
+    ];
+    for (n, (from, to, field)) in cases.into_iter().enumerate() {
+        assert!(
+            original.contains(from),
+            "{field}: `{from}` not in\n{original}"
+        );
+        std::fs::write(&file, original.replacen(from, to, 1)).unwrap();
+        let err = gw
+            .reload()
+            .map(|routes| format!("reloaded ({routes} routes)"))
+            .unwrap_or_else(|e| e.to_string());
+        assert!(
+            err.contains(&format!(
+                "{field} cannot change while running; restart callgate"
+            )),
+            "{field}: {err}"
+        );
+        let m = metrics(&gw).await;
+        assert_eq!(
+            find_metric(&m, "callgate_rules_reload_total", &[("result", "error")]),
+            Some((n + 1) as f64),
+            "{field}"
+        );
+    }
+    std::fs::write(&file, &original).unwrap();
+    assert_eq!(gw.reload().unwrap(), 1, "unchanged, it reloads");
+    let r = post_alipay(&gw, "/notify/alipay", "rsa2_trade_success.form").await;
+    assert_eq!(r.status, 200);
+}
+
 // === what the admin listener tells an operator about the process ===
 
 #[tokio::test]
