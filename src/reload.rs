@@ -197,9 +197,11 @@ fn fixed_changes(running: &Config, new: &Config) -> Vec<&'static str> {
             running.admin.map(|a| a.addr) != new.admin.map(|a| a.addr),
         ),
         (
+            // The file, or the token in it: the API checks the token read
+            // at start.
             "admin.token_file",
-            running.admin_token.as_ref().map(|t| &t.file)
-                != new.admin_token.as_ref().map(|t| &t.file),
+            running.admin_token.as_ref().map(|t| (&t.file, &t.token))
+                != new.admin_token.as_ref().map(|t| (&t.file, &t.token)),
         ),
         (
             "admin.max_connections",

@@ -480,6 +480,29 @@ async fn the_admin_api_wants_the_token() {
     assert_eq!(up.count(), 1, "a dry run sends nothing");
 }
 
+/// The API checks the token read at start, so a token rotated in
+/// `admin.token_file` (say, after a leak) and a SIGHUP used to be a reload
+/// counted ok while the old token still opened the API and the new one did
+/// not. The reload is refused by name now: the operator is told to restart.
+#[tokio::test]
+async fn a_rotated_admin_token_is_refused_on_reload_not_ignored() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw =
+        TestGateway::start_with_admin_token(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
+    let rotated = ADMIN_TOKEN.replace('0', "1");
+    assert_ne!(rotated, ADMIN_TOKEN);
+    std::fs::write(gw.dir.path().join("admin.token"), format!("{rotated}\n")).unwrap();
+    let answer = gw
+        .gateway
+        .reload()
+        .map(|routes| format!("reloaded ({routes} routes)"))
+        .unwrap_or_else(|e| e.to_string());
+    assert!(
+        answer.contains("admin.token_file cannot change while running; restart callgate"),
+        "{answer}"
+    );
+}
+
 // === drain ===
 
 /// A notification request, written by hand (the platform hangs up after
