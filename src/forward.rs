@@ -23,6 +23,8 @@
 //!   (`Cookie`, `Authorization`, `X-Original-URL`, `X-HTTP-Method-Override`,
 //!   `True-Client-IP`, ...) stays behind. A route cannot list hop-by-hop
 //!   headers, `X-Callgate-*`, the `X-Forwarded-*` family or credentials.
+//!   A header the caller names in `Connection` stays behind too, except
+//!   the body's `Content-Type` and `Wechatpay-*` in `original` mode.
 //! * Headers the gateway always sets: `X-Callgate-Provider`,
 //!   `X-Callgate-Route`, `X-Callgate-Event-Id`, `X-Callgate-Request-Id`
 //!   (the id of callgate's log line for the request, and of its journal
@@ -450,7 +452,15 @@ fn build_request(
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
     for (name, value) in d.incoming {
-        if d.pass.passes(name, d.mode) && !connection_named.contains(name) {
+        // A header the caller names in `Connection` is hop-by-hop and stays
+        // behind, except the ones that belong to the platform's body: its
+        // Content-Type and signature headers are what the shop needs to
+        // read and check it, and no platform lists them (a copy that did
+        // would reach the shop unreadable, and a shop answering 200 to it
+        // would have the event recorded as delivered).
+        if d.pass.passes(name, d.mode)
+            && (!connection_named.contains(name) || describes_body(name, d.mode))
+        {
             headers.append(name.clone(), value.clone());
         }
     }
@@ -659,18 +669,17 @@ impl ForwardHeaders {
         })
     }
 
-    /// Whether an incoming header reaches the shop in `mode`.
     /// The names the route added to the fixed allowlist (`forward_headers`).
     pub fn extra(&self) -> &[HeaderName] {
         &self.extra
     }
 
+    /// Whether an incoming header reaches the shop in `mode`.
     pub fn passes(&self, name: &HeaderName, mode: ForwardMode) -> bool {
         if PASSED.contains(name) || self.extra.contains(name) {
             return true;
         }
-        mode == ForwardMode::Original
-            && (*name == CONTENT_TYPE || name.as_str().starts_with(PLATFORM_SIGNATURE_PREFIX))
+        describes_body(name, mode)
     }
 
     /// Whether an incoming header is kept in the journal: what a redelivery
@@ -679,6 +688,13 @@ impl ForwardHeaders {
     pub fn journals(&self, name: &HeaderName) -> bool {
         self.passes(name, ForwardMode::Original)
     }
+}
+
+/// Whether an incoming header belongs with the body the shop gets: in
+/// `original` mode the platform's Content-Type and signature headers.
+fn describes_body(name: &HeaderName, mode: ForwardMode) -> bool {
+    mode == ForwardMode::Original
+        && (*name == CONTENT_TYPE || name.as_str().starts_with(PLATFORM_SIGNATURE_PREFIX))
 }
 
 /// A header value for text that came from a notification: kept as is when

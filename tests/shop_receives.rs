@@ -153,6 +153,88 @@ async fn wechat_v3_signature_headers_travel_with_the_platform_body_only() {
     assert_eq!(event["event_id"], "EV-2026112200000001");
 }
 
+/// A caller may name any header in `Connection` (RFC 9110 §7.6.1: the
+/// fields it lists are hop-by-hop, dropped by a proxy). Honoured for the
+/// body's Content-Type and the platform's signature headers, that let
+/// anyone holding a captured notification send a copy the shop cannot
+/// read or check (a PHP `$_POST` is empty without the form Content-Type;
+/// a shop checking WeChat Pay v3 itself has no signature), and a shop
+/// that answers 200 to what it could not read makes callgate record the
+/// event as delivered: the platform's own retry is then a duplicate and
+/// the payment is never credited. In `original` mode the shop gets the
+/// platform's body with its Content-Type and its signature headers
+/// (CONTRACT §5), whatever `Connection` says; before the fix both were
+/// stripped.
+#[tokio::test]
+async fn a_connection_header_cannot_strip_what_the_shop_needs_to_read_and_check_the_body() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = TestGateway::start(GatewaySpec::new(vec![
+        RouteSpec::alipay(&up),
+        RouteSpec::wechat_v3(&up),
+    ]))
+    .await;
+    let wechatpay = [
+        "wechatpay-timestamp",
+        "wechatpay-nonce",
+        "wechatpay-serial",
+        "wechatpay-signature",
+    ];
+
+    let form = fixture("alipay", "rsa2_trade_success.form");
+    let headers = [
+        (
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf-8",
+        ),
+        ("connection", "keep-alive, Content-Type, user-agent"),
+        ("user-agent", "Mozilla/4.0"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let r = gw.send_owned("/notify/alipay", &headers, &form).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+
+    let json = fixture("wechat", "v3_pay.json");
+    let mut headers = v3_headers(
+        "platform_private.pem",
+        WECHAT_PLATFORM_SERIAL,
+        unix_now(),
+        "nonce-connection-listed",
+        &json,
+    );
+    headers.push((
+        "connection".into(),
+        format!("content-type, {}", wechatpay.join(", ")),
+    ));
+    let r = gw.send_owned("/notify/wechat-v3", &headers, &json).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let got = up.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        got[0].headers.get("content-type").map(|v| v.as_bytes()),
+        Some(&b"application/x-www-form-urlencoded; charset=utf-8"[..])
+    );
+    assert_eq!(got[0].body.as_ref(), form.as_slice());
+    assert!(
+        !got[0].headers.contains_key("user-agent"),
+        "a header a route merely passes may still be hop-by-hop"
+    );
+    assert_eq!(
+        got[1].headers.get("content-type").map(|v| v.as_bytes()),
+        Some(&b"application/json"[..])
+    );
+    for (name, value) in &headers {
+        if name.starts_with("wechatpay-") {
+            assert_eq!(
+                got[1].headers.get(name.as_str()).map(|v| v.as_bytes()),
+                Some(value.as_bytes()),
+                "{name}"
+            );
+        }
+    }
+    assert_eq!(got[1].body.as_ref(), json.as_slice());
+}
+
 #[tokio::test]
 async fn the_journal_keeps_what_redelivery_needs_and_nothing_the_shop_would_not_get() {
     let up = Upstream::start(Behaviour::Reply(500, "down")).await;
