@@ -24,7 +24,8 @@
 //!   `True-Client-IP`, ...) stays behind. A route cannot list hop-by-hop
 //!   headers, `X-Callgate-*`, the `X-Forwarded-*` family or credentials.
 //!   A header the caller names in `Connection` stays behind too, except
-//!   the body's `Content-Type` and `Wechatpay-*` in `original` mode.
+//!   the body's `Content-Type` and `Wechatpay-*` in `original` mode; those
+//!   pass once, with the first value (the one callgate checked).
 //! * Headers the gateway always sets: `X-Callgate-Provider`,
 //!   `X-Callgate-Route`, `X-Callgate-Event-Id`, `X-Callgate-Request-Id`
 //!   (the id of callgate's log line for the request, and of its journal
@@ -458,11 +459,17 @@ fn build_request(
         // read and check it, and no platform lists them (a copy that did
         // would reach the shop unreadable, and a shop answering 200 to it
         // would have the event recorded as delivered).
-        if d.pass.passes(name, d.mode)
-            && (!connection_named.contains(name) || describes_body(name, d.mode))
-        {
-            headers.append(name.clone(), value.clone());
+        let body_field = describes_body(name, d.mode);
+        if !d.pass.passes(name, d.mode) || (connection_named.contains(name) && !body_field) {
+            continue;
         }
+        // The body's fields are one value each (RFC 9110 §5.3): the shop
+        // gets the first, the one callgate checked and verified, never a
+        // second a caller added to a captured notification.
+        if body_field && headers.contains_key(name) {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
     }
     if d.mode == ForwardMode::Normalized {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -235,6 +235,71 @@ async fn a_connection_header_cannot_strip_what_the_shop_needs_to_read_and_check_
     assert_eq!(got[1].body.as_ref(), json.as_slice());
 }
 
+/// Content-Type is one field (RFC 9110 §8.3), and callgate checks the
+/// first one a request carries; a copy of a captured notification with a
+/// second one (`multipart/form-data`) used to reach the shop with both, so
+/// a shop reading the last could not parse the body, and one answering 200
+/// anyway had the event recorded as delivered. Likewise a second
+/// `Wechatpay-Signature`: the shop gets the one callgate verified.
+#[tokio::test]
+async fn the_shop_gets_the_content_type_and_signature_callgate_checked_and_no_other() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = TestGateway::start(GatewaySpec::new(vec![
+        RouteSpec::alipay(&up),
+        RouteSpec::wechat_v3(&up),
+    ]))
+    .await;
+    let form = fixture("alipay", "rsa2_trade_success.form");
+    let headers = [
+        ("content-type", "application/x-www-form-urlencoded"),
+        ("content-type", "multipart/form-data; boundary=x"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let r = gw.send_owned("/notify/alipay", &headers, &form).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+
+    let json = fixture("wechat", "v3_pay.json");
+    let mut headers = v3_headers(
+        "platform_private.pem",
+        WECHAT_PLATFORM_SERIAL,
+        unix_now(),
+        "nonce-second-signature",
+        &json,
+    );
+    let signature = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("wechatpay-signature"))
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    headers.push(("wechatpay-signature".into(), "Zm9yZ2Vk".into()));
+    headers.push(("content-type".into(), "text/plain".into()));
+    let r = gw.send_owned("/notify/wechat-v3", &headers, &json).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let got = up.received();
+    assert_eq!(got.len(), 2);
+    let values = |i: usize, name: &str| -> Vec<Vec<u8>> {
+        got[i]
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect()
+    };
+    assert_eq!(
+        values(0, "content-type"),
+        vec![b"application/x-www-form-urlencoded".to_vec()]
+    );
+    assert_eq!(
+        values(1, "content-type"),
+        vec![b"application/json".to_vec()]
+    );
+    assert_eq!(
+        values(1, "wechatpay-signature"),
+        vec![signature.into_bytes()]
+    );
+}
+
 #[tokio::test]
 async fn the_journal_keeps_what_redelivery_needs_and_nothing_the_shop_would_not_get() {
     let up = Upstream::start(Behaviour::Reply(500, "down")).await;
