@@ -374,6 +374,55 @@ async fn real_world_shapes_verify_and_arrive_intact() {
 }
 
 #[tokio::test]
+async fn an_unsigned_field_cannot_switch_the_charset() {
+    // rsa2_trade_success.form says charset=utf-8 and is UTF-8, and its
+    // subject's bytes (测试 商品+1) happen to be valid GBK as well. `zz=%A1%A1`
+    // is not UTF-8; in GBK it is U+3000, Java whitespace: blank, so outside
+    // the signature. Falling back to GBK because of it would accept the
+    // added field (and drop it) where the Java SDK, reading the UTF-8 the
+    // notification names, signs it and refuses; and `normalized` fields
+    // would be the UTF-8 text read as GBK. The fallback rests on signed
+    // fields only: refused, 401, saying why.
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = gateway_with(&up, |_| {}).await;
+    let good = fixture("alipay", "rsa2_trade_success.form");
+    let added = [good.as_slice(), b"&zz=%A1%A1"].concat();
+    gw.post_form("/notify/alipay", &added).await.assert_is(
+        401,
+        "fail",
+        "unsigned field valid only in GBK",
+    );
+    assert_eq!(
+        gw.rejections("shop-alipay", "alipay", "charset_unsigned")
+            .await,
+        1.0
+    );
+    // The same on a genuine GBK notification that says utf-8: its GBK
+    // fields are signed, the added one is not.
+    let gbk = fixture("alipay", "rsa2_gbk_declared_utf8.form");
+    let added = [gbk.as_slice(), b"&zz=%A1%A1"].concat();
+    gw.post_form("/notify/alipay", &added).await.assert_is(
+        401,
+        "fail",
+        "GBK notification with an unsigned field",
+    );
+    assert_eq!(up.count(), 0);
+
+    // Neither field changes anything for the genuine notifications.
+    gw.post_form("/notify/alipay", &good)
+        .await
+        .assert_is(200, "success", "genuine UTF-8");
+    gw.post_form("/notify/alipay", &gbk).await.assert_is(
+        200,
+        "success",
+        "genuine GBK declared utf-8",
+    );
+    let got = up.received();
+    assert_eq!(got[0].body.as_ref(), good.as_slice());
+    assert_eq!(got[1].body.as_ref(), gbk.as_slice());
+}
+
+#[tokio::test]
 async fn malformed_bodies_are_400() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let gw = gateway_with(&up, |_| {}).await;

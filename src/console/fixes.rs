@@ -162,6 +162,10 @@ const FIXES: &[(&str, &str)] = &[
         "charset_undecodable",
         "send the raw body through unchanged; nothing to fix on callgate for a forgery",
     ),
+    (
+        "charset_unsigned",
+        "an attack (a field added to a genuine notification): nothing to fix",
+    ),
     ("platform_failure", "nothing"),
     (
         "stale",

@@ -31,7 +31,11 @@
 //! charset, else UTF-8; when the values are not valid in that charset, the
 //! other of GBK and UTF-8 (see `provider::form_encoding`). It decides only
 //! which values count as blank and how `normalized` fields are decoded: the
-//! signature covers the raw bytes.
+//! signature covers the raw bytes. A fallback must rest on signed fields: a
+//! field valid only in the other charset that the signature leaves out
+//! (`%A1%A1` is U+3000 in GBK, blank, so unsigned there) is refused, 401
+//! `charset_unsigned`, as the SDK reading the named charset would sign it
+//! and refuse.
 //!
 //! Merchant: `app_id` must be the route's. A notification on behalf of
 //! another merchant (an ISV app: `auth_app_id` differs from `app_id`) is
@@ -347,7 +351,8 @@ impl Keys {
                 allowed: self.sign_types.text(),
             });
         }
-        let encoding = form_encoding(form, &["charset"], content_type, None)?;
+        let charset = form_encoding(form, &["charset"], content_type, None)?;
+        let encoding = charset.encoding;
         expect_merchant("app_id", form.get("app_id"), &self.app_id)?;
         let signature = super::signature_base64(sign)?;
 
@@ -364,6 +369,7 @@ impl Keys {
         } else {
             return Err(VerifyError::SignatureMismatch);
         };
+        charset.covered(&["sign", "sign_type"], &unsigned)?;
         if let Some(sns) = &self.cert
             && let Some(got) = form.get("alipay_cert_sn").filter(|v| !v.is_empty())
             && got != sns.alipay_cert_sn.as_bytes()

@@ -34,8 +34,10 @@
 //! `_input_charset` or `charset` field (legacy notifications rarely carry
 //! one), the Content-Type's charset, the route's `keys.charset` (`utf-8`
 //! or `gbk`), else UTF-8; when the values are not valid text in it, the
-//! other of GBK and UTF-8. Only values valid in neither are refused (400
-//! `charset_undecodable`). In `original` mode the shop receives the body
+//! other of GBK and UTF-8, as long as the fields valid only there are
+//! signed (else 401 `charset_unsigned`; the demo leaves out only empty
+//! values, which are valid in both). Only values valid in neither are
+//! refused (400 `charset_undecodable`). In `original` mode the shop receives the body
 //! byte for byte.
 //!
 //! Empty values: the demo's string leaves them out, so an empty field can
@@ -326,7 +328,8 @@ impl Keys {
             &["_input_charset", "charset"],
             content_type,
             self.hint,
-        )?;
+        )?
+        .covered(&["sign", "sign_type"], &unsigned)?;
         super::identity::check_unambiguous(
             form.iter()
                 .filter(|(k, _)| !unsigned.iter().any(|u| u == k)),

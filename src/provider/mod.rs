@@ -611,6 +611,14 @@ pub enum VerifyError {
         named: &'static str,
         other: &'static str,
     },
+    #[error(
+        "field `{field}` is valid text only in {other}, not in the charset the notification names ({named}), and the signature does not cover it: an added field cannot decide the charset"
+    )]
+    UnsignedCharset {
+        field: String,
+        named: &'static str,
+        other: &'static str,
+    },
     #[error("{field} {problem} (`{value}`); an event id field must be {syntax}")]
     BadEventId {
         field: &'static str,
@@ -699,6 +707,7 @@ impl VerifyError {
             VerifyError::UnknownMerchant(_) => "unknown_merchant",
             VerifyError::MissingField(_) => "missing_field",
             VerifyError::Undecodable { .. } => "charset_undecodable",
+            VerifyError::UnsignedCharset { .. } => "charset_unsigned",
             VerifyError::BadEventId { .. } => "bad_event_id",
             VerifyError::BadMerchantId { .. } => "bad_merchant_id",
             VerifyError::Ambiguous { .. } => "ambiguous_fields",
@@ -744,6 +753,7 @@ impl VerifyError {
             | VerifyError::CertRejected(_)
             | VerifyError::SignTypeNotAllowed { .. }
             | VerifyError::MerchantUnbound { .. }
+            | VerifyError::UnsignedCharset { .. }
             | VerifyError::Decrypt(_) => Outcome::BadSignature,
             VerifyError::MissingField(_)
             | VerifyError::Undecodable { .. }
@@ -1073,19 +1083,63 @@ fn charset_name(encoding: &'static Encoding) -> &'static str {
     }
 }
 
+/// The charset a form's values are in, as [`form_encoding`] found it.
+#[derive(Debug)]
+pub(crate) struct FormCharset {
+    /// The charset the values are read in.
+    pub(crate) encoding: &'static Encoding,
+    /// The charset the hints named, when `encoding` is the other one.
+    named: &'static Encoding,
+    /// The fields not valid text in `named`: what made `encoding` the other
+    /// one (empty when it is the named one).
+    fallback_for: Vec<String>,
+}
+
+impl FormCharset {
+    /// `encoding`, once the signature is checked: a fallback to the other
+    /// charset must rest on fields the signature covers. `outside` names
+    /// the fields it does not (the signature itself, blank values left
+    /// out). A field added outside the signature whose bytes are valid only
+    /// in the other charset (Alipay: `%A1%A1`, U+3000 in GBK, Java
+    /// whitespace, so blank there and unsigned) would otherwise switch a
+    /// UTF-8 notification to GBK: accepted and dropped, where the SDK,
+    /// reading the charset the notification names, signs it and refuses;
+    /// and every `normalized` value then read in the wrong charset.
+    pub(crate) fn covered(
+        &self,
+        outside: &[&str],
+        unsigned: &[String],
+    ) -> Result<&'static Encoding, VerifyError> {
+        match self
+            .fallback_for
+            .iter()
+            .find(|f| outside.contains(&f.as_str()) || unsigned.contains(f))
+        {
+            None => Ok(self.encoding),
+            Some(field) => Err(VerifyError::UnsignedCharset {
+                field: field.clone(),
+                named: charset_name(self.named),
+                other: charset_name(self.encoding),
+            }),
+        }
+    }
+}
+
 /// The charset a form's values are in. The signature covers the raw bytes
 /// whatever it is, so a notification that verifies is never refused for
 /// it: the notification's own field (`charset`, `_input_charset`,
 /// `encoding`: the first of `own` present) is believed first, then the
 /// Content-Type's charset, then the route's `hint`, else UTF-8; if some
 /// value is not valid text in that charset, the other one (GBK or UTF-8)
-/// is tried. Only a form valid in neither is refused.
+/// is tried. Only a form valid in neither is refused. The caller then
+/// checks that the fields behind a fallback are signed
+/// ([`FormCharset::covered`]).
 pub(crate) fn form_encoding(
     form: &Form,
     own: &[&str],
     content_type: Option<&'static Encoding>,
     hint: Option<&'static Encoding>,
-) -> Result<&'static Encoding, VerifyError> {
+) -> Result<FormCharset, VerifyError> {
     let named = own
         .iter()
         .find_map(|f| form.get(f).and_then(charset_label))
@@ -1097,23 +1151,35 @@ pub(crate) fn form_encoding(
     } else {
         encoding_rs::UTF_8
     };
-    let Some(field) = undecodable(form, named) else {
-        return Ok(named);
-    };
-    if undecodable(form, other).is_none() {
-        return Ok(other);
+    let mut fallback_for: Vec<String> = undecodable(form, named).map(str::to_owned).collect();
+    if fallback_for.is_empty() {
+        return Ok(FormCharset {
+            encoding: named,
+            named,
+            fallback_for,
+        });
+    }
+    if undecodable(form, other).next().is_none() {
+        return Ok(FormCharset {
+            encoding: other,
+            named,
+            fallback_for,
+        });
     }
     Err(VerifyError::Undecodable {
-        field: field.to_owned(),
+        field: fallback_for.swap_remove(0),
         named: charset_name(named),
         other: charset_name(other),
     })
 }
 
-/// The first field whose value is not valid text in `encoding`.
-fn undecodable<'a>(form: &'a Form, encoding: &'static Encoding) -> Option<&'a str> {
+/// The fields whose value is not valid text in `encoding`.
+fn undecodable<'a>(
+    form: &'a Form,
+    encoding: &'static Encoding,
+) -> impl Iterator<Item = &'a str> + 'a {
     form.iter()
-        .find(|(_, value)| {
+        .filter(move |(_, value)| {
             !value.is_ascii()
                 && if encoding == encoding_rs::UTF_8 {
                     std::str::from_utf8(value).is_err()
@@ -1193,27 +1259,70 @@ mod tests {
         let gb = encoding_rs::GB18030;
         let u = encoding_rs::UTF_8;
         // The notification says utf-8, the bytes are GBK: GBK.
-        assert_eq!(form_encoding(&gbk, &["charset"], None, None).unwrap(), gb);
+        assert_eq!(
+            form_encoding(&gbk, &["charset"], None, None)
+                .unwrap()
+                .encoding,
+            gb
+        );
         // The notification says GBK, the bytes are UTF-8 and not GBK: UTF-8.
-        assert_eq!(form_encoding(&utf8, &["charset"], None, None).unwrap(), u);
+        assert_eq!(
+            form_encoding(&utf8, &["charset"], None, None)
+                .unwrap()
+                .encoding,
+            u
+        );
         // Nothing said: UTF-8 unless the bytes are not.
         let plain = form(b"subject=%B2%E2%CA%D4");
-        assert_eq!(form_encoding(&plain, &["charset"], None, None).unwrap(), gb);
         assert_eq!(
-            form_encoding(&plain, &["charset"], Some(u), Some(u)).unwrap(),
+            form_encoding(&plain, &["charset"], None, None)
+                .unwrap()
+                .encoding,
+            gb
+        );
+        assert_eq!(
+            form_encoding(&plain, &["charset"], Some(u), Some(u))
+                .unwrap()
+                .encoding,
             gb
         );
         // Bytes valid in both follow the first hint: field, Content-Type, route.
         let both = form(b"subject=%C3%A9");
         assert_eq!(
-            form_encoding(&both, &["charset"], Some(gb), Some(u)).unwrap(),
+            form_encoding(&both, &["charset"], Some(gb), Some(u))
+                .unwrap()
+                .encoding,
             gb
         );
         assert_eq!(
-            form_encoding(&both, &["charset"], None, Some(gb)).unwrap(),
+            form_encoding(&both, &["charset"], None, Some(gb))
+                .unwrap()
+                .encoding,
             gb
         );
-        assert_eq!(form_encoding(&both, &["charset"], None, None).unwrap(), u);
+        assert_eq!(
+            form_encoding(&both, &["charset"], None, None)
+                .unwrap()
+                .encoding,
+            u
+        );
+        // A fallback must rest on signed fields: `zz` (U+3000 in GBK, not
+        // UTF-8) is what makes this form GBK; unsigned, it cannot.
+        let added = form(b"subject=%E6%B5%8B%E8%AF%95&charset=utf-8&zz=%A1%A1");
+        let found = form_encoding(&added, &["charset"], None, None).unwrap();
+        assert_eq!(found.encoding, gb);
+        assert_eq!(found.covered(&["sign"], &[]).unwrap(), gb);
+        assert!(matches!(
+            found.covered(&["sign"], &["zz".to_owned()]),
+            Err(VerifyError::UnsignedCharset { ref field, .. }) if field == "zz"
+        ));
+        assert!(found.covered(&["zz"], &[]).is_err());
+        // Without a fallback, unsigned fields do not matter.
+        let named = form_encoding(&both, &["charset"], None, None).unwrap();
+        assert_eq!(
+            named.covered(&["sign"], &["subject".to_owned()]).unwrap(),
+            u
+        );
         // Valid in neither.
         let neither = form(b"subject=%FF%FF%FF");
         assert!(matches!(

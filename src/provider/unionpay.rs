@@ -8,7 +8,8 @@
 //!    signature covers the raw bytes (never transcoded). The `encoding`
 //!    field (`UTF-8` or `GBK`), then the Content-Type's charset, names the
 //!    charset the values are decoded in for `normalized` mode; when they are
-//!    not valid text in it, the other of GBK and UTF-8 is used. Only values
+//!    not valid text in it, the other of GBK and UTF-8 is used (every field
+//!    but `signature` is signed, so the fields behind that are). Only values
 //!    valid in neither are refused (400 `charset_undecodable`).
 //! 2. Canonical string (`coverMap2String` / `createLinkString($p, true,
 //!    false)`): every field except `signature`, sorted by key, joined
@@ -477,7 +478,7 @@ impl Keys {
             .get("signature")
             .filter(|s| !s.is_empty())
             .ok_or(VerifyError::MissingSignature)?;
-        let encoding = form_encoding(form, &["encoding"], content_type, None)?;
+        let charset = form_encoding(form, &["encoding"], content_type, None)?;
         expect_merchant("merId", form.get("merId"), &self.mer_id)?;
         let signature = super::signature_base64(signature)?;
         let content = canonical(form);
@@ -524,6 +525,8 @@ impl Keys {
         if !good {
             return Err(VerifyError::SignatureMismatch);
         }
+        // Every field but `signature` is signed, empty ones included.
+        let encoding = charset.covered(&["signature"], &[])?;
 
         identity::check_unambiguous(form.iter(), &PINNED)?;
         let query_id = identity::token(
