@@ -31,10 +31,10 @@
 //! charset, else UTF-8; when the values are not valid in that charset, the
 //! other of GBK and UTF-8 (see `provider::form_encoding`). It decides only
 //! which values count as blank and how `normalized` fields are decoded: the
-//! signature covers the raw bytes. A fallback must rest on signed fields: a
-//! field valid only in the other charset that the signature leaves out
-//! (`%A1%A1` is U+3000 in GBK, blank, so unsigned there) is refused, 401
-//! `charset_unsigned`, as the SDK reading the named charset would sign it
+//! signature covers the raw bytes. A fallback must rest on a signed field:
+//! one the signature leaves out (`%A1%A1` is U+3000 in GBK, blank, so
+//! unsigned there) cannot switch a UTF-8 notification to GBK (401
+//! `charset_unsigned`), as the SDK reading the named charset would sign it
 //! and refuse.
 //!
 //! Merchant: `app_id` must be the route's. A notification on behalf of

@@ -34,9 +34,9 @@
 //! `_input_charset` or `charset` field (legacy notifications rarely carry
 //! one), the Content-Type's charset, the route's `keys.charset` (`utf-8`
 //! or `gbk`), else UTF-8; when the values are not valid text in it, the
-//! other of GBK and UTF-8, as long as the fields valid only there are
-//! signed (else 401 `charset_unsigned`; the demo leaves out only empty
-//! values, which are valid in both). Only values valid in neither are
+//! other of GBK and UTF-8, as long as a signed field is valid only there
+//! (else 401 `charset_unsigned`; the demo leaves out only empty values,
+//! which are valid in both, so this cannot happen to a genuine MD5). Only values valid in neither are
 //! refused (400 `charset_undecodable`). In `original` mode the shop receives the body
 //! byte for byte.
 //!

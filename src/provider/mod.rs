@@ -612,7 +612,7 @@ pub enum VerifyError {
         other: &'static str,
     },
     #[error(
-        "field `{field}` is valid text only in {other}, not in the charset the notification names ({named}), and the signature does not cover it: an added field cannot decide the charset"
+        "field `{field}` is valid text only in {other}, not in the charset the notification names ({named}), and no field the signature covers is: a field added outside the signature cannot decide the charset"
     )]
     UnsignedCharset {
         field: String,
@@ -1097,30 +1097,32 @@ pub(crate) struct FormCharset {
 
 impl FormCharset {
     /// `encoding`, once the signature is checked: a fallback to the other
-    /// charset must rest on fields the signature covers. `outside` names
-    /// the fields it does not (the signature itself, blank values left
-    /// out). A field added outside the signature whose bytes are valid only
-    /// in the other charset (Alipay: `%A1%A1`, U+3000 in GBK, Java
-    /// whitespace, so blank there and unsigned) would otherwise switch a
-    /// UTF-8 notification to GBK: accepted and dropped, where the SDK,
-    /// reading the charset the notification names, signs it and refuses;
-    /// and every `normalized` value then read in the wrong charset.
+    /// charset must rest on a field the signature covers. `outside` names
+    /// the fields it never covers (the signature itself), `unsigned` those
+    /// it left out (blank values). A field added outside the signature
+    /// whose bytes are valid only in the other charset (Alipay: `%A1%A1`,
+    /// U+3000 in GBK, Java whitespace, so blank there and unsigned) would
+    /// otherwise switch a UTF-8 notification to GBK: accepted and dropped,
+    /// where the SDK, reading the charset the notification names, signs it
+    /// and refuses; and every `normalized` value would be read in the wrong
+    /// charset. When a signed field does need the other charset (GBK sent
+    /// under `charset=utf-8`, PROVIDERS.md §7 #4), that charset is the
+    /// notification's, and unsigned fields are left out as always.
     pub(crate) fn covered(
         &self,
         outside: &[&str],
         unsigned: &[String],
     ) -> Result<&'static Encoding, VerifyError> {
-        match self
-            .fallback_for
-            .iter()
-            .find(|f| outside.contains(&f.as_str()) || unsigned.contains(f))
-        {
-            None => Ok(self.encoding),
-            Some(field) => Err(VerifyError::UnsignedCharset {
-                field: field.clone(),
-                named: charset_name(self.named),
-                other: charset_name(self.encoding),
-            }),
+        let signed = |f: &&String| !outside.contains(&f.as_str()) && !unsigned.contains(f);
+        match self.fallback_for.first() {
+            Some(field) if !self.fallback_for.iter().any(|f| signed(&f)) => {
+                Err(VerifyError::UnsignedCharset {
+                    field: field.clone(),
+                    named: charset_name(self.named),
+                    other: charset_name(self.encoding),
+                })
+            }
+            _ => Ok(self.encoding),
         }
     }
 }
@@ -1132,7 +1134,7 @@ impl FormCharset {
 /// Content-Type's charset, then the route's `hint`, else UTF-8; if some
 /// value is not valid text in that charset, the other one (GBK or UTF-8)
 /// is tried. Only a form valid in neither is refused. The caller then
-/// checks that the fields behind a fallback are signed
+/// checks that a signed field is behind a fallback
 /// ([`FormCharset::covered`]).
 pub(crate) fn form_encoding(
     form: &Form,
@@ -1306,7 +1308,7 @@ mod tests {
                 .encoding,
             u
         );
-        // A fallback must rest on signed fields: `zz` (U+3000 in GBK, not
+        // A fallback must rest on a signed field: `zz` (U+3000 in GBK, not
         // UTF-8) is what makes this form GBK; unsigned, it cannot.
         let added = form(b"subject=%E6%B5%8B%E8%AF%95&charset=utf-8&zz=%A1%A1");
         let found = form_encoding(&added, &["charset"], None, None).unwrap();
@@ -1317,6 +1319,16 @@ mod tests {
             Err(VerifyError::UnsignedCharset { ref field, .. }) if field == "zz"
         ));
         assert!(found.covered(&["zz"], &[]).is_err());
+        // A signed GBK field decides it; an unsigned one beside it is
+        // simply outside the signature.
+        let genuine = form(b"subject=%B2%E2%CA%D4&charset=utf-8&zz=%A1%A1");
+        let found = form_encoding(&genuine, &["charset"], None, None).unwrap();
+        assert_eq!(found.covered(&["sign"], &["zz".to_owned()]).unwrap(), gb);
+        assert!(
+            found
+                .covered(&["sign"], &["zz".to_owned(), "subject".to_owned()])
+                .is_err()
+        );
         // Without a fallback, unsigned fields do not matter.
         let named = form_encoding(&both, &["charset"], None, None).unwrap();
         assert_eq!(

@@ -9,7 +9,7 @@
 //!    field (`UTF-8` or `GBK`), then the Content-Type's charset, names the
 //!    charset the values are decoded in for `normalized` mode; when they are
 //!    not valid text in it, the other of GBK and UTF-8 is used (every field
-//!    but `signature` is signed, so the fields behind that are). Only values
+//!    but `signature` is signed, so a signed field is behind that). Only values
 //!    valid in neither are refused (400 `charset_undecodable`).
 //! 2. Canonical string (`coverMap2String` / `createLinkString($p, true,
 //!    false)`): every field except `signature`, sorted by key, joined
