@@ -474,8 +474,9 @@ async fn remember_nonce(
 }
 
 /// Journals the arrival before the shop sees it (when the journal is on):
-/// what a redelivery needs to verify and forward it again.
-async fn journal_arrival(
+/// what a redelivery needs to verify and forward it again. A redelivery
+/// journals its own forward the same way.
+pub(crate) async fn journal_arrival(
     state: &State,
     route: &Route,
     verified: &Verified,

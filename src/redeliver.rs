@@ -21,7 +21,7 @@
 //! freshness (a redelivery comes after the platform gave up) and failing
 //! closed whatever the route's `on_store_error`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
@@ -127,7 +127,18 @@ pub enum RedeliverError {
 /// trusted on its own); freshness is not checked, since redelivery happens
 /// after the platform gave up. The replay store is claimed as usual, so an
 /// event already delivered is not sent twice.
-pub async fn redeliver(state: &State, rec: &Received) -> Result<Outcome, RedeliverError> {
+///
+/// `sent_before` is how many forwards of the event the journal holds: the
+/// redelivery's `X-Callgate-Attempt` is above it even when the replay store
+/// has forgotten the count (an event older than `replay.ttl`), and its
+/// arrival is journaled before the shop sees it, as the request flow does,
+/// so that a crash while the shop holds it is listed as unfinished and the
+/// next copy goes out with a higher attempt.
+pub async fn redeliver(
+    state: &State,
+    rec: &Received,
+    sent_before: u32,
+) -> Result<Outcome, RedeliverError> {
     use base64::Engine as _;
     let snapshot = state.snapshot.load_full();
     let route = snapshot
@@ -177,8 +188,15 @@ pub async fn redeliver(state: &State, rec: &Received) -> Result<Outcome, Redeliv
         client,
         headers: &headers,
         now: crate::clock::unix_now(),
-        attempt: held.attempt(),
+        attempt: held.attempt().max(sent_before.saturating_add(1)),
     };
+    if let Err(e) = pipeline::journal_arrival(state, &route, &verified, &arrival, &body).await {
+        state.metrics.journal_error();
+        tracing::error!(route = %route.name, event_id = %rec.event_id, error = %e,
+            "redelivery refused: its arrival could not be journaled");
+        held.give_back(state, &route).await;
+        return Ok(Outcome::StoreUnavailable);
+    }
     let started = std::time::Instant::now();
     let (shop, forwarded) =
         pipeline::forward_and_settle(state, &route, merchant, &verified, &arrival, held, true)
@@ -216,16 +234,29 @@ pub async fn redeliver(state: &State, rec: &Received) -> Result<Outcome, Redeliv
     Ok(outcome)
 }
 
-/// The latest journaled arrival of each selected event, oldest first, and
-/// the events the journal shows delivered.
-pub fn select(
-    dir: &Path,
-    selection: &Selection,
-    now: i64,
-) -> Result<(Vec<Received>, Events), SelectError> {
+/// What [`select`] found in the journal.
+#[derive(Debug, Default)]
+pub struct Selected {
+    /// The latest journaled arrival of each selected event, oldest first.
+    pub latest: Vec<Received>,
+    /// The events the journal shows delivered.
+    pub delivered: Events,
+    /// How many forwards of each event the journal holds (each arrival is
+    /// one; an arrival's attempt number covers those in files rotated
+    /// away).
+    pub sent: HashMap<journal::Event, u32>,
+}
+
+/// The events `selection` names, with what the journal says of them.
+pub fn select(dir: &Path, selection: &Selection, now: i64) -> Result<Selected, SelectError> {
     let filter = selection.filter(now)?;
     let (arrivals, redeliveries) = journal::arrivals(dir)?;
     let delivered = journal::delivered_events(&arrivals, &redeliveries);
+    let mut sent: HashMap<journal::Event, u32> = HashMap::new();
+    for a in &arrivals {
+        let n = sent.entry(a.received.event()).or_insert(0);
+        *n = n.saturating_add(1).max(a.received.attempt);
+    }
     let mut latest: Vec<Received> = Vec::new();
     for a in arrivals.iter().rev().filter(|a| filter.matches(a)) {
         let r = &a.received;
@@ -244,7 +275,11 @@ pub fn select(
     if latest.is_empty() {
         return Err(SelectError::NothingMatches);
     }
-    Ok((latest, delivered))
+    Ok(Selected {
+        latest,
+        delivered,
+        sent,
+    })
 }
 
 /// Redelivers the selection from the journal in `dir` through `state`
@@ -254,7 +289,11 @@ pub async fn run(state: &State, dir: &Path, selection: &Selection) -> Result<Rep
     if let Some(j) = &state.journal {
         j.flush().await;
     }
-    let (events, delivered) = select(dir, selection, crate::clock::unix_now())?;
+    let Selected {
+        latest: events,
+        delivered,
+        sent,
+    } = select(dir, selection, crate::clock::unix_now())?;
     let mut results = Vec::with_capacity(events.len());
     for r in &events {
         let line = |result: String, ok: bool| Line {
@@ -268,7 +307,8 @@ pub async fn run(state: &State, dir: &Path, selection: &Selection) -> Result<Rep
         } else if selection.dry_run {
             results.push(line("would redeliver".into(), true));
         } else {
-            results.push(match redeliver(state, r).await {
+            let before = sent.get(&r.event()).copied().unwrap_or(0);
+            results.push(match redeliver(state, r, before).await {
                 Ok(outcome) if outcome.is_success() => line(outcome.as_str().into(), true),
                 Ok(outcome) => line(format!("{} (not delivered)", outcome.as_str()), false),
                 Err(e) => line(e.to_string(), false),

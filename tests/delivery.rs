@@ -843,3 +843,176 @@ fn an_admin_token_must_be_long_and_visible_ascii() {
         assert!(!err.contains(token.trim()) || token.trim().is_empty());
     }
 }
+
+// === redelivery and the attempt count ===
+
+/// Turns the admin API on in the gateway file `config` (`admin.token_file`).
+fn enable_admin_token(config: &std::path::Path) {
+    let dir = config.parent().unwrap();
+    std::fs::write(dir.join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+    let text = std::fs::read_to_string(config).unwrap().replacen(
+        "[admin]\naddr = \"127.0.0.1:0\"\n",
+        "[admin]\naddr = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n",
+        1,
+    );
+    std::fs::write(config, text).unwrap();
+}
+
+/// `POST /api/redeliver` of one event at the admin listener `admin`
+/// (`127.0.0.1:PORT`).
+async fn api_redeliver(admin: &str, event_id: &str) -> Reply {
+    TestClient::new()
+        .send(
+            "POST",
+            &format!("http://{admin}/api/redeliver"),
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            format!("{{\"event_id\":\"{event_id}\"}}").into_bytes(),
+        )
+        .await
+}
+
+fn attempt_of(r: &Received) -> u32 {
+    r.headers["x-callgate-attempt"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A redelivery is a forward like any other: its arrival is journaled
+/// before the shop sees it. It was not: a `kill -9` while the shop held a
+/// redelivered event left no trace of that forward, so after the restart
+/// `journal list --outcome unfinished` did not name the event and the
+/// platform's retry went out with the very `X-Callgate-Attempt` the
+/// redelivery had used (2 twice), telling the shop nothing new.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivery_cut_short_by_kill_9_is_listed_and_counted_after_the_restart() {
+    let up = Upstream::start(Behaviour::Reply(500, "down")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = GatewaySpec::new(vec![RouteSpec::alipay(&up)]).write(dir.path());
+    enable_admin_token(&config);
+    let body = fixture("alipay", "rsa2_trade_success.form");
+    let id = "2026112200222000000000000000000001";
+    let post = |addr: String| {
+        let body = body.clone();
+        async move {
+            TestClient::new()
+                .send(
+                    "POST",
+                    &format!("http://{addr}/notify/alipay"),
+                    &[("content-type", "application/x-www-form-urlencoded")],
+                    body,
+                )
+                .await
+        }
+    };
+
+    let mut gateway = GatewayProcess::start(&config);
+    assert_eq!(post(gateway.addr.clone()).await.status, 502);
+    assert_eq!(attempt_of(&up.next().await), 1);
+    // The shop is back but holds the redelivered event; callgate dies.
+    up.set(Behaviour::Hang);
+    let admin = gateway.admin.clone();
+    let redelivery = tokio::spawn(async move { api_redeliver(&admin, id).await });
+    assert_eq!(attempt_of(&up.next().await), 2);
+    gateway.kill();
+    let _ = redelivery.await;
+
+    let gateway = GatewayProcess::start(&config);
+    let (code, out, err) = callgate_cli(
+        &["journal", "list", "--outcome", "unfinished", "--json"],
+        &config,
+    );
+    assert_eq!(code, 0, "{err}");
+    let unfinished: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        unfinished
+            .iter()
+            .any(|l| l["event_id"] == id && l["attempt"] == 2),
+        "the redelivery the shop may have is not listed as unfinished: {out}"
+    );
+    up.set(Behaviour::Reply(200, "success"));
+    let r = post(gateway.addr.clone()).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(
+        attempt_of(&up.next().await),
+        3,
+        "the copy after a redelivery the shop may have processed must say so"
+    );
+}
+
+/// `X-Callgate-Attempt: 1` promises the shop that callgate never sent the
+/// event. A redelivery of an event whose arrivals are older than
+/// `replay.ttl` (the shop down over a long weekend, the platform gave up
+/// after 25 h) used to say 1: the store had forgotten its attempt count and
+/// the journal's own record of the earlier forwards was not consulted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivery_counts_the_forwards_the_journal_holds_beyond_replay_ttl() {
+    use base64::Engine as _;
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let route = RouteSpec::alipay(&up).with(|r| r.max_age = Some("25h".into()));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+    // Three days ago the event was forwarded twice and the shop failed.
+    let id = "2026112200222000000000000000000001";
+    let then = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 72 * 3600;
+    let body = base64::engine::general_purpose::STANDARD
+        .encode(fixture("alipay", "rsa2_trade_success.form"));
+    let mut lines = String::new();
+    for (n, rid) in [(1, "00000000000000a1"), (2, "00000000000000a2")] {
+        let at = then + n * 600;
+        lines.push_str(
+            &serde_json::json!({
+                "type": "received", "rid": rid, "unix": at, "route": "shop-alipay",
+                "provider": "alipay", "merchant": "2021000000000001", "event_id": id,
+                "client": "127.0.0.1",
+                "headers": [["content-type", "application/x-www-form-urlencoded"]],
+                "body": body, "attempt": n,
+            })
+            .to_string(),
+        );
+        lines.push('\n');
+        lines.push_str(
+            &serde_json::json!({
+                "type": "outcome", "rid": rid, "unix": at + 10, "route": "shop-alipay",
+                "merchant": "2021000000000001", "event_id": id,
+                "outcome": "upstream_timeout", "status": 504,
+            })
+            .to_string(),
+        );
+        lines.push('\n');
+    }
+    std::fs::create_dir_all(dir.path().join("journal")).unwrap();
+    std::fs::write(
+        dir.path()
+            .join("journal/20000101T000000Z-gateway-1-1.jsonl"),
+        lines,
+    )
+    .unwrap();
+    let gw = TestGateway::start_edited_in(dir, GatewaySpec::new(vec![route]), |t| {
+        *t = t
+            .replacen("ttl = \"200100h\"", "ttl = \"48h\"", 1)
+            .replacen(
+                "[admin]\naddr = \"127.0.0.1:0\"\n",
+                "[admin]\naddr = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n",
+                1,
+            );
+    })
+    .await;
+    let admin = gw.admin.trim_start_matches("http://").to_owned();
+    let r = api_redeliver(&admin, id).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("\"forwarded\""), "{}", r.text());
+    assert_eq!(
+        attempt_of(&up.next().await),
+        3,
+        "the journal shows two earlier forwards"
+    );
+}

@@ -343,7 +343,7 @@ async fn the_journal_keeps_what_redelivery_needs_and_nothing_the_shop_would_not_
 
     // Enough to verify the notification again and deliver it.
     up.set(Behaviour::Reply(200, "ok"));
-    let outcome = callgate::redeliver::redeliver(&gw.gateway.state, &received[0])
+    let outcome = callgate::redeliver::redeliver(&gw.gateway.state, &received[0], 1)
         .await
         .unwrap();
     assert_eq!(outcome, callgate::ack::Outcome::Forwarded);
