@@ -1016,3 +1016,69 @@ async fn a_redelivery_counts_the_forwards_the_journal_holds_beyond_replay_ttl() 
         "the journal shows two earlier forwards"
     );
 }
+
+/// A redelivery and the platform's own retry of the same event at the same
+/// moment: whichever claims the event first forwards it, the other is
+/// refused as in flight (the platform's copy with 409 and its failure ack,
+/// the redelivery reported not delivered), and the shop sees the event once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivery_racing_the_platforms_retry_reaches_the_shop_once() {
+    let up = Upstream::start(Behaviour::Reply(500, "down")).await;
+    let gw =
+        TestGateway::start_with_admin_token(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
+    let admin = gw.admin.trim_start_matches("http://").to_owned();
+    let first = fixture("alipay", "rsa2_trade_success.form");
+    let second = fixture("alipay", "rsa2_trade_success_2.form");
+    let id = |body: &[u8]| {
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        text.split('&')
+            .find_map(|kv| kv.strip_prefix("notify_id="))
+            .unwrap()
+            .to_owned()
+    };
+    for body in [&first, &second] {
+        assert_eq!(gw.post_form("/notify/alipay", body).await.status, 502);
+        up.next().await;
+    }
+    let shop = Arc::new(Semaphore::new(0));
+    up.set(Behaviour::HoldReply(shop.clone(), 200, "success"));
+
+    // The redelivery holds the first event at the shop; the platform retries.
+    let (a, event) = (admin.clone(), id(&first));
+    let redelivery = tokio::spawn(async move { api_redeliver(&a, &event).await });
+    assert_eq!(attempt_of(&up.next().await), 2);
+    let r = gw.post_form("/notify/alipay", &first).await;
+    assert_eq!((r.status, r.text().as_str()), (409, "fail"));
+    shop.add_permits(1);
+    let report = redelivery.await.unwrap();
+    assert!(report.text().contains("\"forwarded\""), "{}", report.text());
+
+    // The platform's retry holds the second event at the shop; the operator
+    // redelivers it.
+    let gw_base = gw.base.clone();
+    let platform = tokio::spawn(async move {
+        TestClient::new()
+            .send(
+                "POST",
+                &format!("{gw_base}/notify/alipay"),
+                &[("content-type", "application/x-www-form-urlencoded")],
+                second,
+            )
+            .await
+    });
+    assert_eq!(attempt_of(&up.next().await), 2);
+    let report = api_redeliver(&admin, &id(&fixture("alipay", "rsa2_trade_success_2.form"))).await;
+    let report: serde_json::Value = serde_json::from_slice(&report.body).unwrap();
+    assert_eq!(report["results"][0]["ok"], false, "{report}");
+    assert_eq!(report["failed"], 1, "{report}");
+    shop.add_permits(1);
+    assert_eq!(platform.await.unwrap().status, 200);
+
+    // Both delivered once each; every later copy is a duplicate.
+    up.set(Behaviour::Reply(200, "success"));
+    for body in ["rsa2_trade_success.form", "rsa2_trade_success_2.form"] {
+        let r = gw.post_alipay(body).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    }
+    assert_eq!(up.count(), 4, "two failed forwards, then each event once");
+}
