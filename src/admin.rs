@@ -215,9 +215,20 @@ where
 fn authorized(state: &State, headers: &http::HeaderMap) -> bool {
     let presented = headers
         .get(AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .and_then(|v| credentials(v.as_bytes(), b"bearer"))
         .unwrap_or_default();
     token_matches(state, presented)
+}
+
+/// The credentials of an `Authorization` value in the scheme `scheme`
+/// (lowercase): the scheme is matched case-insensitively (RFC 9110 §11.1),
+/// then one space.
+fn credentials<'a>(value: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
+    let (name, rest) = value.split_at_checked(scheme.len())?;
+    if !name.eq_ignore_ascii_case(scheme) {
+        return None;
+    }
+    rest.strip_prefix(b" ")
 }
 
 /// Whether `presented` is the admin token. Both sides are hashed first,
@@ -239,10 +250,10 @@ fn carries_token(state: &State, headers: &http::HeaderMap) -> bool {
     let Some(value) = headers.get(AUTHORIZATION).map(|v| v.as_bytes()) else {
         return false;
     };
-    if let Some(token) = value.strip_prefix(b"Bearer ") {
+    if let Some(token) = credentials(value, b"bearer") {
         return token_matches(state, token);
     }
-    let Some(encoded) = value.strip_prefix(b"Basic ") else {
+    let Some(encoded) = credentials(value, b"basic") else {
         return false;
     };
     let Ok(pair) = base64::engine::general_purpose::STANDARD.decode(encoded) else {

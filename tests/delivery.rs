@@ -1082,3 +1082,29 @@ async fn a_redelivery_racing_the_platforms_retry_reaches_the_shop_once() {
     }
     assert_eq!(up.count(), 4, "two failed forwards, then each event once");
 }
+
+/// The authentication scheme is case-insensitive (RFC 9110 §11.1): a
+/// script that writes `bearer` is not refused, and the token itself still
+/// is compared exactly.
+#[tokio::test]
+async fn the_admin_api_takes_the_bearer_scheme_in_any_case() {
+    let up = Upstream::start(Behaviour::Reply(500, "down")).await;
+    let gw =
+        TestGateway::start_with_admin_token(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
+    assert_eq!(gw.post_alipay("rsa2_trade_success.form").await.status, 502);
+    let url = format!("{}/api/redeliver", gw.admin);
+    let body = br#"{"route":"shop-alipay","dry_run":true}"#.to_vec();
+    let client = TestClient::new();
+    for (auth, want) in [
+        (format!("bearer {ADMIN_TOKEN}"), 200),
+        (format!("BEARER {ADMIN_TOKEN}"), 200),
+        (format!("Bearer {}", ADMIN_TOKEN.to_uppercase()), 401),
+        (format!("Bearer  {ADMIN_TOKEN}"), 401),
+        (format!("Bearer{ADMIN_TOKEN}"), 401),
+    ] {
+        let r = client
+            .send("POST", &url, &[("authorization", &auth)], body.clone())
+            .await;
+        assert_eq!(r.status, want, "{auth}: {}", r.text());
+    }
+}
