@@ -1762,6 +1762,37 @@ fn check_names_legacy_and_certificate_key_problems() {
 }
 
 #[test]
+fn check_loads_alipay_production_certificates_without_their_intermediates() {
+    // Alipay's own production files (alipay-sdk-nodejs-all test fixtures):
+    // each the leaf alone, issued by `Class 2 R1` and `Class 1 R1`, which
+    // Alipay's production alipayRootCert.crt does not hold. The SDK uses
+    // them; `check` used to refuse the route. Now it loads, and says that
+    // the chain could not be checked.
+    let rules = route_with_keys(
+        "alipay",
+        &format!(
+            "app_id = \"2021001161683774\"\nalipay_cert = {:?}\nalipay_root_cert = {:?}\napp_cert = {:?}\n",
+            fixture_path("alipay_cert", "node_sdk_alipayCertPublicKey_RSA2.crt"),
+            fixture_path("alipay_cert", "yansongda_alipayRootCert.crt"),
+            fixture_path(
+                "alipay_cert",
+                "node_sdk_appCertPublicKey_2021001161683774.crt"
+            ),
+        ),
+    );
+    let dir = config_with_rules(&rules);
+    let err = expect_check_ok(dir.path(), 1);
+    assert!(
+        err.contains("r.toml:11: warning: keys.alipay_cert: cannot check that `CN=支付宝(中国)网络技术有限公司-2088831204659217,OU=Alipay,O=杭州焕旭信息技术有限公司,C=CN` chains to alipay_root_cert: its issuer `CN=Ant Financial Certification Authority Class 2 R1,OU=Certification Authority,O=Ant Financial,C=CN` is in neither file"),
+        "{err}"
+    );
+    assert!(
+        err.contains("r.toml:13: warning: keys.app_cert: cannot check that `CN=2088831204659217-2021001161683774,OU=Alipay,O=杭州焕旭信息技术有限公司,C=CN` chains to alipay_root_cert: its issuer `CN=Ant Financial Certification Authority Class 1 R1,OU=Certification Authority,O=Ant Financial,C=CN` is in neither file"),
+        "{err}"
+    );
+}
+
+#[test]
 fn check_warns_about_an_expired_certificate_and_still_loads() {
     let rules = route_with_keys(
         "alipay",

@@ -486,6 +486,33 @@ async fn cert_mode_wrong_certificate_and_sn_mismatch_are_401() {
 }
 
 #[tokio::test]
+async fn cert_mode_loads_certificates_shipped_without_their_intermediate() {
+    // Alipay ships alipayCertPublicKey_RSA2.crt and appCertPublicKey_*.crt
+    // as the leaf alone, and alipayRootCert.crt holds only roots (see the
+    // production copies from alipay-sdk-nodejs-all in the fixture README):
+    // the SDK verifies with the leaf's key all the same. Here both files are
+    // the openssl leaves alone, their intermediate in neither file.
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let route = RouteSpec::alipay_cert(&up).with(|r| {
+        r.keys = r
+            .keys
+            .replace("alipayCertPublicKey_RSA2.crt", "alipay_leaf.crt")
+            .replace("appCertPublicKey_2021000000000001.crt", "app_leaf.crt")
+    });
+    let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
+    let body = cert_fixture("cert_trade_success.form");
+    let r = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(up.received()[0].body.as_ref(), body.as_slice());
+    // The key is still the one that decides.
+    for f in ["cert_wrong_key.form", "cert_tampered.form"] {
+        let r = gw.post_form("/notify/alipay", &cert_fixture(f)).await;
+        r.assert_is(401, "fail", f);
+    }
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
 async fn cert_mode_duplicate_is_acked_once() {
     let (up, gw) = start_one(RouteSpec::alipay_cert).await;
     let body = cert_fixture("cert_trade_success.form");

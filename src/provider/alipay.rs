@@ -518,8 +518,12 @@ fn load_cert_mode(
     let now = crate::clock::unix_now();
     match alipay_cert::load(&files, now) {
         Ok(loaded) => {
-            for w in &loaded.warnings {
-                ctx.warn(cert.span(), w);
+            for (field, w) in &loaded.warnings {
+                let named = match *field {
+                    "app_cert" => raw.app_cert.as_ref().unwrap_or(cert),
+                    _ => cert,
+                };
+                ctx.warn(named.span(), w);
             }
             let mut certs = Vec::with_capacity(loaded.certificates.len());
             for c in &loaded.certificates {

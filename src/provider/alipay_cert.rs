@@ -15,10 +15,17 @@
 //! * Chain: the SDK checks a certificate against the root file
 //!   (`AntCertificationUtil.isTrusted`: issuer looked up by subject name,
 //!   signature checked, and expiry) only when it downloads a rotated Alipay
-//!   certificate, not for the configured file. callgate fails closed at
-//!   load instead: the Alipay certificate must chain, by signature, through
-//!   the other certificates of its own file to a certificate of the root
-//!   file, or the route does not load. Like the SDK (and unlike a TLS path
+//!   certificate, not for the configured file. callgate checks the chain
+//!   at load instead, by signature, through the other certificates of its
+//!   own file to a certificate of the root file. A chain that fails (a
+//!   certificate with the issuer's name whose key does not verify, a
+//!   self-issued certificate the root file lacks, an intermediate whose root
+//!   is missing) and the route does not load. But Alipay ships
+//!   `alipayCertPublicKey_RSA2.crt` and `appCertPublicKey_<appid>.crt` as
+//!   the leaf alone (production copies in tests/fixtures/alipay_cert), and
+//!   its `alipayRootCert.crt` holds only roots: a leaf whose issuer is in
+//!   neither file loads, with a warning that its chain could not be
+//!   checked, as the SDK would use it. Like the SDK (and unlike a TLS path
 //!   validator), CA flags and key usage are not required: Alipay's sandbox
 //!   intermediate carries neither.
 //! * Expiry: never a reason to refuse here (the SDK does not refuse either),
@@ -69,7 +76,8 @@ pub struct CertMode {
     pub key: RsaKey,
     pub sns: CertSns,
     pub certificates: Vec<ChainCert>,
-    pub warnings: Vec<String>,
+    /// (the keys field a warning is about, the warning).
+    pub warnings: Vec<(&'static str, String)>,
 }
 
 /// A certificate on the Alipay or the app certificate's chain.
@@ -178,17 +186,30 @@ pub fn load(files: &CertFiles<'_>, now: i64) -> Result<CertMode, Vec<CertProblem
             }
         }
     };
-    match chain(&pub_certs[0], &pub_certs[1..], &roots) {
-        Ok(path) => {
-            warnings.extend(validity_warnings("alipay_cert", &path, now));
-            note(&path, &[]);
-        }
+    let mut reached = |field: &'static str, reach: Reach<'_, '_>, app: &[X509Certificate<'_>]| {
+        let path = match reach {
+            Reach::Root(path) => path,
+            Reach::Unchecked(path, warning) => {
+                warnings.push((field, warning));
+                path
+            }
+        };
+        warnings.extend(
+            validity_warnings(field, &path, now)
+                .into_iter()
+                .map(|w| (field, w)),
+        );
+        note(&path, app);
+    };
+    match chain("alipay_cert", &pub_certs[0], &pub_certs[1..], &roots) {
+        Ok(reach) => reached("alipay_cert", reach, &[]),
         Err(reason) => problems.push(problem("alipay_cert", reason)),
     }
-    // An app certificate file usually holds the leaf alone: its intermediate
-    // is the one shipped in the Alipay certificate file.
+    // An app certificate file usually holds the leaf alone; in the sandbox
+    // its intermediate is the one shipped in the Alipay certificate file.
     let app_cert_sn = match &app_certs {
         Some(app) => match chain(
+            "app_cert",
             &app[0],
             &app[1..]
                 .iter()
@@ -197,9 +218,8 @@ pub fn load(files: &CertFiles<'_>, now: i64) -> Result<CertMode, Vec<CertProblem
                 .collect::<Vec<_>>(),
             &roots,
         ) {
-            Ok(path) => {
-                warnings.extend(validity_warnings("app_cert", &path, now));
-                note(&path, app);
+            Ok(reach) => {
+                reached("app_cert", reach, app);
                 Some(cert_sn(&app[0]).into_boxed_str())
             }
             Err(reason) => {
@@ -362,13 +382,29 @@ fn escape(value: &str) -> String {
 
 // === chain ===
 
+/// How far a certificate chains towards the root file.
+enum Reach<'c, 'a> {
+    /// To a certificate of the root file: the path, root last.
+    Root(Vec<&'c X509Certificate<'a>>),
+    /// The leaf alone, its issuer in neither file (Alipay ships its
+    /// certificates without their intermediate): the path, and the warning
+    /// for the operator.
+    Unchecked(Vec<&'c X509Certificate<'a>>, String),
+}
+
 /// Follows `leaf` up through `intermediates` to a certificate of `roots`,
-/// checking each signature. Returns the path, root last.
+/// checking each signature. A leaf whose issuer is in neither file (no
+/// certificate there has its name) is [`Reach::Unchecked`]; any other chain
+/// that does not reach the root file is refused: one that meets a
+/// certificate with the issuer's name whose key does not verify the
+/// signature, ends at a self-issued certificate the root file does not
+/// hold, or climbs through an intermediate to a root the file lacks.
 fn chain<'c, 'a>(
+    field: &str,
     leaf: &'c X509Certificate<'a>,
     intermediates: &'c [X509Certificate<'a>],
     roots: &'c [X509Certificate<'a>],
-) -> Result<Vec<&'c X509Certificate<'a>>, String> {
+) -> Result<Reach<'c, 'a>, String> {
     let mut path = vec![leaf];
     let mut used = vec![false; intermediates.len()];
     loop {
@@ -379,30 +415,49 @@ fn chain<'c, 'a>(
             .find(|r| name_key(r.subject()) == issuer && signed_by(current, r))
         {
             path.push(root);
-            return Ok(path);
+            return Ok(Reach::Root(path));
         }
         let next = intermediates
             .iter()
             .enumerate()
             .find(|(i, c)| !used[*i] && name_key(c.subject()) == issuer && signed_by(current, c));
-        match next {
-            Some((i, c)) => {
-                used[i] = true;
-                path.push(c);
-            }
-            None => {
-                let stop = if path.len() == 1 {
-                    String::new()
-                } else {
-                    format!(" (through `{}`)", rfc2253(current.subject()))
-                };
-                return Err(format!(
-                    "`{}`{stop} does not chain to alipay_root_cert: no certificate there or in this file is `{}` with a key that verifies the signature",
-                    rfc2253(leaf.subject()),
-                    rfc2253(current.issuer())
-                ));
-            }
+        if let Some((i, c)) = next {
+            used[i] = true;
+            path.push(c);
+            continue;
         }
+        let stop = if path.len() == 1 {
+            String::new()
+        } else {
+            format!(" (through `{}`)", rfc2253(current.subject()))
+        };
+        let named = |c: &X509Certificate<'_>| name_key(c.subject()) == issuer;
+        let self_issued = name_key(current.subject()) == issuer;
+        // A file that ships an intermediate ships the one below a root of
+        // the root file: past it, a missing issuer is the wrong root file
+        // (sandbox certificates with the production roots).
+        if path.len() > 1
+            || self_issued
+            || roots.iter().any(named)
+            || intermediates.iter().any(named)
+        {
+            return Err(format!(
+                "`{}`{stop} does not chain to alipay_root_cert: no certificate there or in this file is `{}` with a key that verifies the signature",
+                rfc2253(leaf.subject()),
+                rfc2253(current.issuer())
+            ));
+        }
+        let role = if field == "app_cert" {
+            "the app certificate is not used to verify notifications"
+        } else {
+            "notifications are verified with this certificate's key"
+        };
+        let warning = format!(
+            "keys.{field}: cannot check that `{}`{stop} chains to alipay_root_cert: its issuer `{}` is in neither file (Alipay's SDK does not check it either; {role}); put that intermediate certificate after it in the file to have the chain checked",
+            rfc2253(leaf.subject()),
+            rfc2253(current.issuer())
+        );
+        return Ok(Reach::Unchecked(path, warning));
     }
 }
 
@@ -603,7 +658,7 @@ mod tests {
             early
                 .warnings
                 .iter()
-                .any(|w| w.contains("is not valid until")),
+                .any(|(_, w)| w.contains("is not valid until")),
             "{:?}",
             early.warnings
         );
