@@ -886,3 +886,85 @@ async fn wechat_v2_amounts_padded_or_taking_in_a_neighbour_never_reach_the_shop(
         "only the genuine notification reached the shop"
     );
 }
+
+/// A WeChat v2 refund `req_info`, encrypted by the openssl CLI
+/// (AES-256-ECB, PKCS#7, key the lower-case hex MD5 of the API key).
+fn wechat_v2_req_info(plain: &str) -> String {
+    use base64::Engine as _;
+    let api_key = std::fs::read(fixture_path("wechat", "v2_api.key")).unwrap();
+    let aes_key = openssl_dgst_hex(&["-md5"], &api_key);
+    let ct = openssl_pipe(
+        &[
+            "enc",
+            "-aes-256-ecb",
+            "-K",
+            &hex::encode(aes_key.as_bytes()),
+        ],
+        plain.as_bytes(),
+    );
+    base64::engine::general_purpose::STANDARD.encode(ct)
+}
+
+#[tokio::test]
+async fn a_signed_payment_wrapped_around_a_refunds_req_info_reaches_no_shop_as_a_payment() {
+    // A refund is authenticated by its `req_info` alone: nothing covers
+    // the outer XML. Before, every outer element reached the shop, so a
+    // genuine payment notification (its `sign`, `result_code` SUCCESS,
+    // `out_trade_no`, `total_fee`, all still valid for a shop that checks
+    // WeChat's signature over the fields it knows) with any refund's
+    // `req_info` added went through under the refund's event id: the same
+    // payment under a second id. A refund that did not succeed has no time
+    // of its own, so an old REFUNDCLOSE `req_info` does (once the replay
+    // store has forgotten it), around a payment of any age. Now the shop
+    // gets only the elements a refund notification carries.
+    let plain = "<root><out_refund_no><![CDATA[RF0002]]></out_refund_no>\
+<out_trade_no><![CDATA[CG20261122000001]]></out_trade_no><refund_fee><![CDATA[1200]]></refund_fee>\
+<refund_id><![CDATA[50300002026112200000000000078]]></refund_id>\
+<refund_status><![CDATA[REFUNDCLOSE]]></refund_status><total_fee><![CDATA[8888]]></total_fee>\
+<transaction_id><![CDATA[4200002026112200000000000001]]></transaction_id></root>";
+    let req_info = wechat_v2_req_info(plain);
+    let payment = String::from_utf8(fixture("wechat", "v2_md5_pay.xml")).unwrap();
+    let wrapped = payment.replace(
+        "</xml>",
+        &format!("<req_info><![CDATA[{req_info}]]></req_info></xml>"),
+    );
+    for forward in ["original", "normalized"] {
+        let up = Upstream::start(Behaviour::Reply(200, "SUCCESS")).await;
+        let route = RouteSpec::wechat_v2(&up).with(|r| r.forward = forward.into());
+        let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
+        let r = gw.post_xml(wrapped.as_bytes()).await;
+        assert_eq!(r.status, 200, "{forward}: {}", r.text());
+        let got = up.received();
+        assert_eq!(got.len(), 1, "{forward}");
+        let body = String::from_utf8_lossy(&got[0].body).into_owned();
+        assert!(
+            body.contains(&req_info) || forward == "normalized",
+            "{body}"
+        );
+        for payment_only in [
+            "sign",
+            "result_code",
+            "time_end",
+            "openid",
+            "cash_fee",
+            "trade_type",
+        ] {
+            let shape = if forward == "original" {
+                format!("<{payment_only}>")
+            } else {
+                format!("\"{payment_only}\"")
+            };
+            assert!(
+                !body.contains(&shape),
+                "{forward}: the payment's `{payment_only}` reached the shop: {body}"
+            );
+        }
+        if forward == "original" {
+            assert!(!body.contains("<total_fee>"), "{body}");
+        } else {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["status"], "closed", "{body}");
+            assert_eq!(v["amount_fen"], 1200, "{body}");
+        }
+    }
+}

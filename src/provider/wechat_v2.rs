@@ -74,7 +74,11 @@
 //! none and is then treated as sent now, so it relies on the replay store
 //! alone (which is why `replay.ttl` may not be shorter than the window).
 //! The decrypted XML is what the shop gets in `X-Callgate-Resource`
-//! (original mode) or in `fields` (normalized mode).
+//! (original mode) or in `fields` (normalized mode). Of the outer XML the
+//! shop gets only the elements a refund notification carries
+//! ([`REFUND_OUTER`]): anything else, such as a genuine payment's `sign`,
+//! `result_code` and `total_fee` wrapped around a refund's `req_info`, is
+//! covered by nothing and left out, as blank payment fields are.
 
 use aws_lc_rs::cipher::{AES_256, DecryptionContext, PaddedBlockDecryptingKey, UnboundCipherKey};
 use base64::Engine as _;
@@ -154,6 +158,21 @@ const PINNED: identity::Pinned = identity::Pinned {
         "cash_fee",
     ],
 };
+
+/// The outer elements of a refund notification (WeChat's refund notify
+/// document; a service provider's adds `sub_appid` and `sub_mch_id`). No
+/// signature covers them, so any other element is left out of what the
+/// shop receives.
+const REFUND_OUTER: &[&str] = &[
+    "return_code",
+    "return_msg",
+    "appid",
+    "mch_id",
+    "sub_appid",
+    "sub_mch_id",
+    "nonce_str",
+    "req_info",
+];
 
 /// The two signature algorithms of API v2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -510,17 +529,28 @@ impl Keys {
             Some(t) => identity::beijing_time("success_time", t, TimeFormat::Dashed)?,
             None => now,
         };
+        // Nothing authenticates the outer XML: the shop gets only the
+        // elements a refund notification carries (`REFUND_OUTER`), never a
+        // payment's fields (`sign`, `result_code`, `total_fee`, ...) added
+        // around a refund's `req_info`.
+        let foreign: Vec<String> = xml
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| !REFUND_OUTER.contains(k))
+            .map(str::to_owned)
+            .collect();
         Ok(Verified::new(
             ProviderKind::WechatV2,
             merchant,
             event_id,
             signed_at,
             Fields::Xml {
-                xml: xml.clone(),
+                xml: xml.without(&foreign),
                 refund: Some(refund),
             },
         )
-        .with_decrypted(plain))
+        .with_decrypted(plain)
+        .with_unsigned_elements(foreign.iter().filter_map(|k| xml.span(k)).collect()))
     }
 
     /// Base64 → AES-256-ECB (PKCS#7) under the MD5-hex key.
