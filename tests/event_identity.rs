@@ -887,8 +887,19 @@ async fn wechat_v2_amounts_padded_or_taking_in_a_neighbour_never_reach_the_shop(
     );
 }
 
-/// A WeChat v2 refund `req_info`, encrypted by the openssl CLI
-/// (AES-256-ECB, PKCS#7, key the lower-case hex MD5 of the API key).
+/// A WeChat v2 refund notification for `sub_mch_id` (outer XML, as WeChat
+/// sends a service provider's), its `req_info` encrypted by the openssl
+/// CLI (AES-256-ECB, PKCS#7, key the lower-case hex MD5 of the API key).
+fn wechat_v2_sp_refund(req_info: &str, sub_mch_id: &str) -> Vec<u8> {
+    format!(
+        "<xml><return_code>SUCCESS</return_code><appid><![CDATA[{WECHAT_APPID}]]></appid>\
+<mch_id><![CDATA[{WECHAT_MCH_ID}]]></mch_id><sub_mch_id><![CDATA[{sub_mch_id}]]></sub_mch_id>\
+<nonce_str><![CDATA[9b5b1c0d2e4f6a8c]]></nonce_str><req_info><![CDATA[{req_info}]]></req_info></xml>"
+    )
+    .into_bytes()
+}
+
+/// A WeChat v2 refund `req_info`, encrypted by the openssl CLI.
 fn wechat_v2_req_info(plain: &str) -> String {
     use base64::Engine as _;
     let api_key = std::fs::read(fixture_path("wechat", "v2_api.key")).unwrap();
@@ -903,6 +914,71 @@ fn wechat_v2_req_info(plain: &str) -> String {
         plain.as_bytes(),
     );
     base64::engine::general_purpose::STANDARD.encode(ct)
+}
+
+#[tokio::test]
+async fn a_wechat_v2_refund_readdressed_to_another_sub_merchant_reaches_no_second_shop() {
+    // A v2 refund carries no signature, and the sub-merchant is named only
+    // in the outer XML: `req_info` (under the service provider's key, which
+    // every sub-merchant shares) does not hold it. So anyone who holds one
+    // refund notification, e.g. the sub-merchant's own shop, which receives
+    // it, can post it again naming another sub-merchant. Before, the replay
+    // state held `mch_id/sub_mch_id`, and the copy reached that other
+    // sub-merchant's shop as a refund of an order it may share the number
+    // of. The refund id is WeChat's, unique for the key that decrypts it.
+    let shop_a = Upstream::start(Behaviour::Reply(200, "SUCCESS")).await;
+    let shop_b = Upstream::start(Behaviour::Reply(200, "SUCCESS")).await;
+    let keys = RouteSpec::wechat_v2(&shop_a).keys;
+    let rules = format!(
+        r#"[[route]]
+name = "sp-v2"
+path = "/notify/wechat"
+provider = "wechat_v2"
+allow = ["127.0.0.1/32"]
+max_age = "87600h"
+upstream = {a:?}
+upstream_secret_file = "../upstream.secret"
+
+[[route.merchant]]
+[route.merchant.keys]
+{keys}sub_mch_id = "1900000999"
+
+[[route.merchant]]
+upstream = {b:?}
+[route.merchant.keys]
+{keys}sub_mch_id = "1900000119"
+"#,
+        a = shop_a.url,
+        b = shop_b.url,
+    );
+    let gw = TestGateway::start_rules(GatewaySpec::new(vec![]), &rules).await;
+    let plain = "<root><out_refund_no><![CDATA[RF0001]]></out_refund_no>\
+<out_trade_no><![CDATA[100023]]></out_trade_no><refund_fee><![CDATA[1200]]></refund_fee>\
+<refund_id><![CDATA[50300002026112200000000000077]]></refund_id>\
+<refund_status><![CDATA[SUCCESS]]></refund_status>\
+<success_time><![CDATA[2026-11-22 10:05:00]]></success_time>\
+<total_fee><![CDATA[8888]]></total_fee>\
+<transaction_id><![CDATA[4200002026112200000000000077]]></transaction_id></root>";
+    let req_info = wechat_v2_req_info(plain);
+    // Genuine: for sub-merchant 1900000119, shop B.
+    let r = gw
+        .post_xml(&wechat_v2_sp_refund(&req_info, "1900000119"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!((shop_a.count(), shop_b.count()), (0, 1));
+    // Readdressed to sub-merchant 1900000999: answered as the duplicate it
+    // is, never forwarded to shop A.
+    let r = gw
+        .post_xml(&wechat_v2_sp_refund(&req_info, "1900000999"))
+        .await;
+    assert!(r.text().contains("SUCCESS"), "{}", r.text());
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        (shop_a.count(), shop_b.count()),
+        (0, 1),
+        "the readdressed refund reached another sub-merchant's shop"
+    );
+    assert_eq!(gw.requests_of("sp-v2", "wechat_v2", "duplicate").await, 1.0);
 }
 
 #[tokio::test]

@@ -69,7 +69,14 @@
 //! its own records (or the refund query API) before acting on it.
 //! Event id: `refund_id:refund_status` (digits; `SUCCESS`, `CHANGE` or
 //! `REFUNDCLOSE`), so a refund that goes CHANGE, then SUCCESS is two
-//! events. Signed time: the decrypted `success_time` (exactly
+//! events. A service provider's refund names its sub-merchant
+//! (`sub_mch_id`, `sub_appid`) only in the outer XML, which nothing
+//! authenticates: `req_info` does not hold it, and every sub-merchant's
+//! refunds are encrypted under the provider's one key. So the outer
+//! `sub_mch_id` still picks the merchant table and must be bound as for a
+//! payment, but the replay merchant of a refund is `mch_id` alone (the key
+//! that decrypted it): a refund readdressed to another sub-merchant of the
+//! route is the duplicate of the first copy, never a second delivery. Signed time: the decrypted `success_time` (exactly
 //! `yyyy-MM-dd HH:mm:ss`, Beijing time); a refund that did not succeed has
 //! none and is then treated as sent now, so it relies on the replay store
 //! alone (which is why `replay.ttl` may not be shorter than the window).
@@ -348,8 +355,13 @@ impl Keys {
         self.check_merchant(xml)?;
         match xml.get("req_info") {
             Some(req_info) => {
-                let merchant = self.bind(xml)?;
-                self.verify_refund(xml, req_info, merchant, now)
+                // The outer `sub_mch_id` picks and must match the
+                // sub-merchant's table, but nothing authenticates it (the
+                // module doc): the refund's replay merchant is the one
+                // whose key decrypts it, so a copy readdressed to another
+                // sub-merchant is that refund's duplicate.
+                self.bind(xml)?;
+                self.verify_refund(xml, req_info, self.mch_id.to_string(), now)
             }
             None => self.verify_payment(xml),
         }
