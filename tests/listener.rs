@@ -130,3 +130,60 @@ async fn an_oversized_content_length_is_refused_before_the_body_arrives() {
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert_eq!(gw.requests("too_large").await, 1.0);
 }
+
+/// `openssl s_client` (an independent TLS client) against `addr` with
+/// `args`, stdin closed: whether the handshake completed, and its output.
+async fn s_client(addr: std::net::SocketAddr, args: &[&str]) -> (bool, String) {
+    let mut cmd = tool("openssl");
+    cmd.args([
+        "s_client",
+        "-connect",
+        &addr.to_string(),
+        "-servername",
+        "localhost",
+    ])
+    .args(args)
+    .stdin(std::process::Stdio::null());
+    // Blocking: off the runtime the gateway runs on.
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("openssl"))
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = out.status.success() && !text.contains("Cipher is (NONE)");
+    (done, text)
+}
+
+#[tokio::test]
+async fn tls_speaks_1_2_and_1_3_and_http_1_1_only() {
+    // The platforms' notifiers speak HTTP/1.1 over TLS 1.2 or 1.3. TLS 1.0
+    // and 1.1 are refused by the server (the client is told to allow
+    // anything, `@SECLEVEL=0`, so the refusal is the server's alert), and
+    // so is a client that offers only h2; one that offers h2 and http/1.1
+    // gets http/1.1.
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = gateway(true, &up).await;
+    let addr = gw.gateway.addr;
+    for v in ["-tls1", "-tls1_1"] {
+        let (ok, text) = s_client(addr, &[v, "-cipher", "ALL:@SECLEVEL=0"]).await;
+        assert!(!ok, "{v} was accepted: {text}");
+        assert!(
+            text.contains("alert"),
+            "{v}: not refused by the server: {text}"
+        );
+    }
+    for (v, name) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
+        let (ok, text) = s_client(addr, &[v]).await;
+        assert!(ok && text.contains(name), "{v}: {text}");
+    }
+    let (ok, text) = s_client(addr, &["-alpn", "h2"]).await;
+    assert!(!ok && text.contains("no application protocol"), "{text}");
+    let (ok, text) = s_client(addr, &["-alpn", "h2,http/1.1"]).await;
+    assert!(ok && text.contains("ALPN protocol: http/1.1"), "{text}");
+    // And the listener still serves.
+    let r = gw.post_alipay("rsa2_trade_success.form").await;
+    assert_eq!(r.status, 200);
+}

@@ -458,6 +458,78 @@ async fn the_tls_certificate_reloads_for_new_connections() {
     assert!(old.is_err(), "the old certificate is no longer served");
 }
 
+#[tokio::test]
+async fn a_tls_key_that_does_not_fit_its_certificate_is_refused_and_the_old_pair_serves_on() {
+    // A renewal half done (the new certificate in place, the key not yet,
+    // or the wrong one) must not take TLS down: the reload is refused, and
+    // new connections still get the running pair.
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    spec.tls = true;
+    let file = spec.write(dir.path());
+    let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::copy(root().join("certs/dev/server.crt"), &crt).unwrap();
+    std::fs::copy(root().join("certs/dev/server.key"), &key).unwrap();
+    let dev = root().join("certs/dev");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(
+            &format!("{:?}", dev.join("server.crt")),
+            &format!("{crt:?}"),
+        )
+        .replace(
+            &format!("{:?}", dev.join("server.key")),
+            &format!("{key:?}"),
+        );
+    std::fs::write(&file, text).unwrap();
+    let gw = start_file(&file).await;
+    let old = root().join("certs/dev/server.crt");
+    handshake(gw.addr, &old).await.unwrap();
+
+    let new_dir = tempfile::tempdir().unwrap();
+    let (new_crt, new_key) = (new_dir.path().join("n.crt"), new_dir.path().join("n.key"));
+    openssl_self_signed(
+        "rotated",
+        30,
+        &[
+            "-sha256",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-addext",
+            "extendedKeyUsage=serverAuth",
+        ],
+        &new_key,
+        &new_crt,
+    );
+    let (other_crt, other_key) = (new_dir.path().join("o.crt"), new_dir.path().join("o.key"));
+    openssl_self_signed("other", 30, &[], &other_key, &other_crt);
+    std::fs::copy(&new_crt, &crt).unwrap();
+    for (bad, what) in [
+        (
+            std::fs::read(&other_key).unwrap(),
+            "another certificate's key",
+        ),
+        (b"not a key\n".to_vec(), "no key at all"),
+    ] {
+        std::fs::write(&key, &bad).unwrap();
+        let err = gw.reload().unwrap_err().to_string();
+        assert!(err.contains("tls_key"), "{what}: {err}");
+        handshake(gw.addr, &old)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: the running pair no longer serves: {e}"));
+        assert!(handshake(gw.addr, &new_crt).await.is_err(), "{what}");
+    }
+    let m = metrics(&gw).await;
+    assert!(find_metric(&m, "callgate_rules_reload_total", &[("result", "error")]).unwrap() >= 2.0);
+    // The fitting key: the renewed pair serves.
+    std::fs::copy(&new_key, &key).unwrap();
+    gw.reload().unwrap();
+    handshake(gw.addr, &new_crt).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn notifications_flowing_through_reloads_are_neither_lost_nor_misanswered() {
     const EVENTS: usize = 300;
