@@ -79,7 +79,8 @@
 //! route is the duplicate of the first copy, never a second delivery. Signed time: the decrypted `success_time` (exactly
 //! `yyyy-MM-dd HH:mm:ss`, Beijing time); a refund that did not succeed has
 //! none and is then treated as sent now, so it relies on the replay store
-//! alone (which is why `replay.ttl` may not be shorter than the window).
+//! alone (which is why `replay.ttl` may not be shorter than the window); a
+//! copy of such a refund posted after `replay.ttl` is delivered again.
 //! The decrypted XML is what the shop gets in `X-Callgate-Resource`
 //! (original mode) or in `fields` (normalized mode). Of the outer XML the
 //! shop gets only the elements a refund notification carries
