@@ -24,10 +24,9 @@
 //! does hold an empty value is the plugins' string tried once: both need the
 //! partner key, so neither is weaker than the other.
 //!
-//! `sign_type` is `MD5` in any case, or absent (it is not signed, and the
-//! demo and the shop plugins never read it). The legacy `RSA` (Alipay's
-//! 1024-bit MAPI key) and `DSA` variants are refused with their own reason
-//! rather than verified: a route is configured with the partner key only.
+//! `sign_type` must be `MD5`. The legacy `RSA` (Alipay's 1024-bit MAPI key)
+//! and `DSA` variants are refused with their own reason rather than
+//! verified: a route is configured with the partner key only.
 //!
 //! Charset: the MD5 covers the raw bytes whatever the charset, so a
 //! notification that verifies is never refused for it. The charset used to
@@ -306,17 +305,13 @@ impl Keys {
             .get("sign")
             .filter(|s| !s.is_empty())
             .ok_or(VerifyError::MissingSignature)?;
-        // `sign_type` is not signed, and the official demo and the ECShop /
-        // DedeCMS handlers never read it (the demo takes the type from its
-        // own configuration): absent or in any case it is MD5. A legacy RSA
-        // or DSA label is refused with its own reason for the operator.
         match form.get("sign_type") {
-            None => {}
-            Some(t) if t.eq_ignore_ascii_case(b"MD5") => {}
+            Some(b"MD5") => {}
             Some(legacy @ (b"RSA" | b"DSA" | b"0001")) => {
                 return Err(VerifyError::LegacySignType(shown(legacy)));
             }
             Some(other) => return Err(VerifyError::UnsupportedSignType(shown(other))),
+            None => return Err(VerifyError::UnsupportedSignType(String::new())),
         }
         let (content, empty) = canonical(form, false);
         let unsigned = if matches(&self.key, &content, sign) {
@@ -552,31 +547,6 @@ mod tests {
             seen += 1;
         }
         assert_eq!(seen, 4);
-    }
-
-    #[test]
-    fn sign_type_is_md5_in_any_case_or_absent_as_the_demo_reads_it() {
-        let k = keys();
-        let body =
-            String::from_utf8(std::fs::read(fixtures().join("md5_trade_success.form")).unwrap())
-                .unwrap();
-        for shape in [
-            body.replacen("&sign_type=MD5&", "&sign_type=md5&", 1),
-            body.replacen("&sign_type=MD5&", "&", 1),
-        ] {
-            assert_ne!(shape, body);
-            assert!(
-                k.verify(&Form::parse(shape.as_bytes()).unwrap(), None)
-                    .is_ok(),
-                "{shape}"
-            );
-        }
-        let sha = body.replacen("&sign_type=MD5&", "&sign_type=SHA&", 1);
-        assert_eq!(
-            k.verify(&Form::parse(sha.as_bytes()).unwrap(), None)
-                .unwrap_err(),
-            VerifyError::UnsupportedSignType("SHA".into())
-        );
     }
 
     #[test]
