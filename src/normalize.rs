@@ -204,10 +204,13 @@ fn wechat_v2(verified: &Verified, xml: &XmlMap, refund: Option<&XmlMap>) -> Valu
 
 /// WeChat v3, from the decrypted resource. Payment (`trade_state`): SUCCESS
 /// `paid`, REFUND `refunded`, CLOSED / REVOKED `closed`, others `pending`;
-/// `amount.total`. Refund (`refund_status`): SUCCESS `refunded`, CLOSED
-/// `closed`, ABNORMAL / PROCESSING `pending`; `amount.refund`.
-/// `occurred_at`: `success_time`, else the body's `create_time`. `fields`
-/// is the decrypted resource; `event_type` is added at the top level.
+/// `amount.total`, except for REFUND: a transaction says that part or all
+/// of it was refunded, not how much (`amount.total` is the order's total),
+/// so its amount is `null`. Refund (`refund_status`): SUCCESS `refunded`,
+/// CLOSED `closed`, ABNORMAL / PROCESSING `pending`; `amount.refund`.
+/// `occurred_at`: `success_time` (for a transaction in REFUND that is when
+/// it was paid, so not used), else the body's `create_time`. `fields` is
+/// the decrypted resource; `event_type` is added at the top level.
 fn wechat_v3(verified: &Verified, body: &Value, resource: &Value) -> Value {
     let get = |k: &str| {
         resource
@@ -221,7 +224,7 @@ fn wechat_v3(verified: &Verified, body: &Value, resource: &Value) -> Value {
             .and_then(|a| a.get(k))
             .and_then(Value::as_i64)
     };
-    let (status, amount_fen) = match get("refund_status") {
+    let (status, amount_fen, time) = match get("refund_status") {
         Some(r) => (
             match r {
                 "SUCCESS" => "refunded",
@@ -229,15 +232,19 @@ fn wechat_v3(verified: &Verified, body: &Value, resource: &Value) -> Value {
                 _ => "pending",
             },
             amount("refund"),
+            get("success_time"),
         ),
+        // A transaction turned to refunds: neither the sum nor the time of
+        // the refund is in it.
+        None if get("trade_state") == Some("REFUND") => ("refunded", None, None),
         None => (
             match get("trade_state") {
                 Some("SUCCESS") => "paid",
-                Some("REFUND") => "refunded",
                 Some("CLOSED") | Some("REVOKED") => "closed",
                 _ => "pending",
             },
             amount("total"),
+            get("success_time"),
         ),
     };
     let currency = resource
@@ -245,7 +252,7 @@ fn wechat_v3(verified: &Verified, body: &Value, resource: &Value) -> Value {
         .and_then(|a| a.get("currency"))
         .and_then(Value::as_str)
         .unwrap_or("CNY");
-    let when = get("success_time").or_else(|| body.get("create_time").and_then(Value::as_str));
+    let when = time.or_else(|| body.get("create_time").and_then(Value::as_str));
     json!({
         "provider": "wechat_v3",
         "event_id": verified.event_id(),

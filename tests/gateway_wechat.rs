@@ -509,6 +509,54 @@ async fn v3_normalized_payment_and_refund() {
 }
 
 #[tokio::test]
+async fn v3_normalized_every_trade_state() {
+    // Every trade_state of the v3 Transaction model, as the shop is told
+    // it. REFUND says part or all of a paid trade went back, but not how
+    // much: `amount.total` is the order's total, and a shop that debits
+    // `amount_fen` on `refunded` would take a partial refund for the
+    // whole order. So its amount is null, as for any refund whose
+    // notification does not say the refunded sum; and its success_time is
+    // when the trade was paid, not when it was refunded, so the event's
+    // time is the notification's create_time.
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let route = RouteSpec::wechat_v3(&up).with(|r| r.forward = "normalized".into());
+    let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
+    let cases = [
+        ("refund", "refunded", None),
+        ("notpay", "pending", Some(8888)),
+        ("closed", "closed", Some(8888)),
+        ("revoked", "closed", Some(8888)),
+        ("userpaying", "pending", Some(8888)),
+        ("payerror", "pending", Some(8888)),
+    ];
+    for (state, status, amount) in cases {
+        let (h, b) = v3_signed(
+            &format!("v3_state_{state}.json"),
+            &format!("nonce-state-{state}"),
+        );
+        gw.send_owned(V3_PATH, &h, &b)
+            .await
+            .assert_is(200, "", state);
+        let got = up.received();
+        let v: serde_json::Value = serde_json::from_slice(&got.last().unwrap().body).unwrap();
+        assert_eq!(
+            (
+                v["status"].as_str(),
+                v["amount_fen"].as_i64(),
+                v["currency"].as_str()
+            ),
+            (Some(status), amount, Some("CNY")),
+            "{state}: {v}"
+        );
+        assert_eq!(v["fields"]["trade_state"], state.to_uppercase(), "{state}");
+        // None of these has the time of its own event: that is the
+        // body's create_time.
+        assert_eq!(v["occurred_at"], "2026-11-22T10:00:00+08:00", "{state}");
+    }
+    assert_eq!(up.count(), cases.len());
+}
+
+#[tokio::test]
 async fn v3_rotation_certificate_and_public_key_on_one_route() {
     let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
     let gw = v3_gateway(&up).await;
