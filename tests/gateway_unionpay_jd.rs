@@ -300,6 +300,37 @@ async fn unionpay_normalized_payment_refund_and_failure() {
     assert_eq!(gbk["fields"]["reqReserved"], "测试 GBK", "decoded from GBK");
 }
 
+#[tokio::test]
+async fn unionpay_normalized_pre_authorisation_and_its_revocations() {
+    // A pre-authorisation holds funds (pending), its completion takes them
+    // (paid); revoking the completion (txnType 33) gives them back, which
+    // the shop must hear as `refunded` like a 31 or 04, not `pending`
+    // (the order would stay paid after the money went back); revoking the
+    // authorisation (32) means nothing will be captured: `closed`.
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let route = RouteSpec::unionpay(&up).with(|r| r.forward = "normalized".into());
+    let gw = gateway(vec![route]).await;
+    let cases = [
+        ("v510_preauth.form", "02", "pending"),
+        ("v510_preauth_complete.form", "03", "paid"),
+        ("v510_preauth_complete_revoked.form", "33", "refunded"),
+        ("v510_preauth_revoked.form", "32", "closed"),
+    ];
+    for (name, txn_type, status) in cases {
+        let reply = gw.post_form("/notify/unionpay", &up_fixture(name)).await;
+        assert_eq!(reply.status, 200, "{name}");
+        let got = up.received();
+        let v: serde_json::Value = serde_json::from_slice(&got.last().unwrap().body).unwrap();
+        assert_eq!(v["fields"]["txnType"], txn_type, "{name}");
+        assert_eq!(
+            (v["status"].as_str(), v["amount_fen"].as_i64()),
+            (Some(status), Some(8888)),
+            "{name}: {v}"
+        );
+    }
+    assert_eq!(up.count(), cases.len());
+}
+
 // === jdpay ===
 
 #[tokio::test]
