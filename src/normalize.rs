@@ -137,7 +137,10 @@ fn alipay(verified: &Verified, fields: Map<String, Value>) -> Value {
         get("total_amount")
     }
     .and_then(yuan_to_fen);
-    alipay_event(verified, status, amount, get, &fields)
+    // A cross-border trade priced in another currency names it in
+    // `trans_currency` (标价币种), and `total_amount` is in it.
+    let currency = get("trans_currency").unwrap_or("CNY");
+    alipay_event(verified, status, amount, currency, get, &fields)
 }
 
 /// WeChat v2. Payment: `total_fee` (already fen), `result_code` SUCCESS is
@@ -320,7 +323,7 @@ fn alipay_md5(verified: &Verified, fields: Map<String, Value>) -> Value {
         _ => get("total_fee"),
     }
     .and_then(yuan_to_fen);
-    alipay_event(verified, status, amount, get, &fields)
+    alipay_event(verified, status, amount, "CNY", get, &fields)
 }
 
 /// The normalized event of an Alipay form (open platform or legacy): the
@@ -329,6 +332,7 @@ fn alipay_event<'a>(
     verified: &Verified,
     status: &str,
     amount: Option<i64>,
+    currency: &str,
     get: impl Fn(&str) -> Option<&'a str>,
     fields: &Map<String, Value>,
 ) -> Value {
@@ -338,7 +342,7 @@ fn alipay_event<'a>(
         "out_trade_no": get("out_trade_no"),
         "provider_trade_no": get("trade_no"),
         "amount_fen": amount,
-        "currency": "CNY",
+        "currency": currency,
         "status": status,
         "occurred_at": alipay_time(status, get),
         "fields": fields,

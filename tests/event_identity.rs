@@ -519,40 +519,6 @@ async fn sub_merchant_notifications_are_bound_to_the_configured_sub_merchant() {
     assert_eq!(up.count(), 2);
 }
 
-/// An Alipay notification of `params` signed RSA2 by the openssl CLI with
-/// the fixture key, as the Java SDK's `rsaCheckV1` checks it (sorted,
-/// `sign`/`sign_type` left out), values percent-encoded.
-fn alipay_openssl(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut sorted = params.to_vec();
-    sorted.sort();
-    let content = sorted
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
-    let sign = openssl_sign_b64(
-        &fixture_path("alipay", "alipay_private.pem"),
-        content.as_bytes(),
-    );
-    let enc = |v: &str| {
-        v.bytes()
-            .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    sorted
-        .iter()
-        .map(|(k, v)| format!("{k}={}", enc(v)))
-        .chain(["sign_type=RSA2".to_owned(), format!("sign={}", enc(&sign))])
-        .collect::<Vec<_>>()
-        .join("&")
-        .into_bytes()
-}
-
 /// An ISV app's notification on behalf of another merchant (`auth_app_id`
 /// other than `app_id`) reaches the shop only when the route binds that
 /// merchant's `seller_id` (and the notification names it) or accepts any

@@ -665,6 +665,163 @@ async fn normalized_mode_sends_the_contract_json() {
     assert_eq!(v1, openssl_hmac_hex(SECRET.trim_end(), &signed));
 }
 
+/// A genuine trade notification (openssl-signed) of order
+/// `CG20261122000050` in `status`, with `extra` fields on top.
+fn alipay_trade(notify_id: &str, status: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut params = vec![
+        ("app_id", "2021000000000001"),
+        ("charset", "utf-8"),
+        ("gmt_create", "2026-11-22 09:59:00"),
+        ("notify_id", notify_id),
+        ("notify_time", "2026-11-22 10:30:00"),
+        ("notify_type", "trade_status_sync"),
+        ("out_trade_no", "CG20261122000050"),
+        ("seller_id", "2088101122136241"),
+        ("subject", "order 50"),
+        ("total_amount", "88.88"),
+        ("trade_no", "2026112222001400000000000050"),
+        ("trade_status", status),
+        ("version", "1.0"),
+    ];
+    params.extend_from_slice(extra);
+    alipay_openssl(&params)
+}
+
+/// A case of `normalized_mode_tells_the_shop_every_trade_status`: what it
+/// is, the body, then the status, amount, currency and time the shop must
+/// be told.
+type TradeCase = (
+    &'static str,
+    Vec<u8>,
+    &'static str,
+    Option<i64>,
+    &'static str,
+    &'static str,
+);
+
+#[tokio::test]
+async fn normalized_mode_tells_the_shop_every_trade_status() {
+    // Every trade_status Alipay documents, and the refunds, as the shop is
+    // told them: status, amount in fen, currency, and the time of the
+    // event itself.
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let route = RouteSpec::alipay(&up).with(|r| r.forward = "normalized".into());
+    let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
+    let paid = ("gmt_payment", "2026-11-22 09:59:30");
+    let cases: Vec<TradeCase> = vec![
+        (
+            "paid",
+            alipay_trade(
+                "2026112200222000000000000000000051",
+                "TRADE_SUCCESS",
+                &[paid],
+            ),
+            "paid",
+            Some(8888),
+            "CNY",
+            "2026-11-22T09:59:30+08:00",
+        ),
+        (
+            "finished (no refunds any more)",
+            alipay_trade(
+                "2026112200222000000000000000000052",
+                "TRADE_FINISHED",
+                &[paid, ("gmt_close", "2026-11-22 10:20:00")],
+            ),
+            "paid",
+            Some(8888),
+            "CNY",
+            "2026-11-22T09:59:30+08:00",
+        ),
+        (
+            "closed unpaid",
+            alipay_trade(
+                "2026112200222000000000000000000053",
+                "TRADE_CLOSED",
+                &[("gmt_close", "2026-11-22 10:20:00")],
+            ),
+            "closed",
+            Some(8888),
+            "CNY",
+            "2026-11-22T10:20:00+08:00",
+        ),
+        (
+            "awaiting payment",
+            alipay_trade("2026112200222000000000000000000054", "WAIT_BUYER_PAY", &[]),
+            "pending",
+            Some(8888),
+            "CNY",
+            "2026-11-22T10:30:00+08:00",
+        ),
+        (
+            "partly refunded",
+            alipay_trade(
+                "2026112200222000000000000000000055",
+                "TRADE_SUCCESS",
+                &[
+                    paid,
+                    ("gmt_refund", "2026-11-22 10:10:00.250"),
+                    ("out_biz_no", "RF50A"),
+                    ("refund_fee", "10.00"),
+                ],
+            ),
+            "refunded",
+            Some(1000),
+            "CNY",
+            "2026-11-22T10:10:00.250+08:00",
+        ),
+        (
+            "fully refunded (closes the trade)",
+            alipay_trade(
+                "2026112200222000000000000000000056",
+                "TRADE_CLOSED",
+                &[
+                    paid,
+                    ("gmt_close", "2026-11-22 10:15:00"),
+                    ("gmt_refund", "2026-11-22 10:15:00.100"),
+                    ("out_biz_no", "RF50B"),
+                    ("refund_fee", "88.88"),
+                ],
+            ),
+            "refunded",
+            Some(8888),
+            "CNY",
+            "2026-11-22T10:15:00.100+08:00",
+        ),
+        (
+            "priced in another currency (cross-border)",
+            alipay_trade(
+                "2026112200222000000000000000000057",
+                "TRADE_SUCCESS",
+                &[paid, ("trans_currency", "USD")],
+            ),
+            "paid",
+            Some(8888),
+            "USD",
+            "2026-11-22T09:59:30+08:00",
+        ),
+    ];
+    for (what, body, status, amount, currency, when) in &cases {
+        gw.post_form("/notify/alipay", body)
+            .await
+            .assert_is(200, "success", what);
+        let got = up.received();
+        let v: serde_json::Value = serde_json::from_slice(&got.last().unwrap().body).unwrap();
+        assert_eq!(
+            (
+                v["status"].as_str(),
+                v["amount_fen"].as_i64(),
+                v["currency"].as_str(),
+                v["occurred_at"].as_str()
+            ),
+            (Some(*status), *amount, Some(*currency), Some(*when)),
+            "{what}: {v}"
+        );
+        assert_eq!(v["out_trade_no"], "CG20261122000050", "{what}");
+    }
+    assert_eq!(up.count(), cases.len());
+}
+
 #[tokio::test]
 async fn health_and_readiness() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;

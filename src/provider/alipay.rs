@@ -48,7 +48,7 @@
 //! Beijing time), merchant `app_id` (with `/auth_app_id` when it differs).
 //! None of `notify_id`, `notify_time`, `app_id`, `auth_app_id`, `seller_id`,
 //! nor the fields that decide what happened (`out_biz_no`, `trade_status`,
-//! the amounts, `gmt_payment`, `gmt_refund`, `gmt_close`: [`PINNED`]) may
+//! the amounts, `trans_currency`, `gmt_payment`, `gmt_refund`, `gmt_close`: [`PINNED`]) may
 //! appear as `&name=` inside another signed value or hold `&` themselves
 //! (nor may `out_trade_no` and `trade_no`), and no field name may hold `&`
 //! or `=`: the signed string then fixes all of them. Without the second list, a genuine
@@ -174,6 +174,7 @@ const PINNED: identity::Pinned = identity::Pinned {
         "point_amount",
         "refund_fee",
         "send_back_fee",
+        "trans_currency",
         "gmt_payment",
         "gmt_refund",
         "gmt_close",
