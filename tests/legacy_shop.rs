@@ -270,6 +270,22 @@ fn wechat_route(shop: &Shop) -> RouteSpec {
     r
 }
 
+/// Alipay, normalized, to the same handler that trusts only callgate.
+fn alipay_json_route(shop: &Shop) -> RouteSpec {
+    let mut r = route(
+        "shop-alipay-json",
+        "/notify/alipay-json",
+        "alipay",
+        shop.url("/callgate_notify.php"),
+        format!(
+            "public_key = {:?}\napp_id = \"2021000000000001\"\n",
+            fixture_path("alipay", "alipay_public.pem")
+        ),
+    );
+    r.forward = "normalized".into();
+    r
+}
+
 /// callgate terminating TLS itself (docs/deploy.md, step 2a).
 fn with_tls(routes: Vec<RouteSpec>) -> GatewaySpec {
     let mut spec = GatewaySpec::new(routes);
@@ -842,6 +858,71 @@ async fn the_hmac_handler_takes_callgates_json_and_refuses_everything_sent_aroun
     assert_eq!(r.status, 200);
     assert!(r.text().contains(MARKER));
     assert_eq!(shop.order("CG20261122000014"), "paid|1");
+}
+
+/// A genuine Alipay trade notification for `out_trade_no`, signed RSA2 by
+/// the openssl CLI.
+fn alipay_trade(notify_id: &str, out_trade_no: &str, status: &str, total: &str) -> Vec<u8> {
+    alipay_openssl(&[
+        ("app_id", "2021000000000001"),
+        ("charset", "utf-8"),
+        ("gmt_create", "2026-11-22 09:59:00"),
+        ("gmt_payment", "2026-11-22 09:59:30"),
+        ("notify_id", notify_id),
+        ("notify_time", "2026-11-22 10:00:00"),
+        ("notify_type", "trade_status_sync"),
+        ("out_trade_no", out_trade_no),
+        ("subject", "order"),
+        ("total_amount", total),
+        ("trade_no", "2026112222001400000000000061"),
+        ("trade_status", status),
+        ("version", "1.0"),
+    ])
+}
+
+#[tokio::test]
+async fn the_callgate_handler_ships_an_order_once_though_alipay_reports_it_paid_twice() {
+    // A trade that allows refunds is `paid` twice under two notify_ids:
+    // TRADE_SUCCESS when the buyer pays, TRADE_FINISHED when refunds are
+    // no longer possible. Both are genuine and both reach the shop; the
+    // handler written for callgate has to ship once, by order, not by
+    // event. And it credits only the order's own amount and currency.
+    let shop = Shop::start().await;
+    let gw = TestGateway::start(GatewaySpec::new(vec![alipay_json_route(&shop)])).await;
+    let path = "/notify/alipay-json";
+    let success = alipay_trade(
+        "2026112200222000000000000000000061",
+        "CG20261122000001",
+        "TRADE_SUCCESS",
+        "88.88",
+    );
+    assert_eq!(ack(&post_via(&gw, path, None, &success).await), ok());
+    assert_eq!(shop.order("CG20261122000001"), "paid|1");
+    let finished = alipay_trade(
+        "2026112200222000000000000000000062",
+        "CG20261122000001",
+        "TRADE_FINISHED",
+        "88.88",
+    );
+    assert_eq!(
+        ack(&post_via(&gw, path, None, &finished).await),
+        ok(),
+        "the shop has the order paid: callgate acknowledges"
+    );
+    assert_eq!(shop.order("CG20261122000001"), "paid|1", "shipped once");
+    assert_eq!(shop.payments("CG20261122000001").len(), 1);
+    assert_eq!(shop.calls("CG20261122000001").len(), 2, "both reached it");
+
+    // Order 13 is 19.90: a paid event for 0.01 of it is not its payment.
+    let short = alipay_trade(
+        "2026112200222000000000000000000063",
+        "CG20261122000013",
+        "TRADE_SUCCESS",
+        "0.01",
+    );
+    assert_eq!(ack(&post_via(&gw, path, None, &short).await), fail(502));
+    assert_eq!(shop.order("CG20261122000013"), "unpaid|0");
+    assert!(shop.payments("CG20261122000013").is_empty());
 }
 
 // === rolling out ===

@@ -24,14 +24,32 @@ if (!is_array($event) || shop_field($event, 'status') !== 'paid' || !isset($even
     shop_page(true, "event $event_id noted");
     exit;
 }
-if (!shop_order($out_trade_no)) {
+$order = shop_order($out_trade_no);
+if (!$order) {
     shop_log('callgate', "provider=$provider event_id=$event_id out_trade_no=$out_trade_no signature=ok order=unknown");
     shop_page(false, "订单不存在 / no order $out_trade_no");
     exit;
 }
+// Only the order's own amount and currency pay it (integers: fen, never floats).
 $fen = $event['amount_fen'];
+$amount = sprintf('%d.%02d', intdiv($fen, 100), $fen % 100);
+$currency = shop_field($event, 'currency');
+if ($fen < 0 || $currency !== 'CNY' || $amount !== $order['amount']) {
+    shop_log('callgate', "provider=$provider event_id=$event_id out_trade_no=$out_trade_no signature=ok amount=$currency:$amount refused");
+    shop_page(false, "金额不符 / amount differs for $out_trade_no");
+    exit;
+}
+// Credit once per order, not per event: one payment can be two events (Alipay
+// sends TRADE_SUCCESS, then TRADE_FINISHED under a new notify_id). Claiming the
+// unpaid order is one statement, so two events at once cannot both ship.
+$claim = shop_db()->prepare("UPDATE orders SET status = 'paid' WHERE out_trade_no = ? AND status = 'unpaid'");
+$claim->execute(array($out_trade_no));
+if ($claim->rowCount() !== 1) {
+    shop_log('callgate', "provider=$provider event_id=$event_id out_trade_no=$out_trade_no signature=ok already_paid");
+    shop_page(true, "订单 $out_trade_no 已付款 / order already paid");
+    exit;
+}
 $subject = isset($event['fields']['subject']) && is_string($event['fields']['subject']) ? $event['fields']['subject'] : '';
-$count = shop_mark_paid('callgate', $out_trade_no, shop_field($event, 'provider_trade_no'),
-    sprintf('%d.%02d', intdiv($fen, 100), $fen % 100), $subject);
+$count = shop_mark_paid('callgate', $out_trade_no, shop_field($event, 'provider_trade_no'), $amount, $subject);
 shop_log('callgate', "provider=$provider event_id=$event_id out_trade_no=$out_trade_no signature=ok paid_count=$count");
 shop_page(true, "订单 $out_trade_no 已付款 / order paid");
