@@ -440,6 +440,30 @@ async fn v2_normalized_payment_and_refund() {
     );
 }
 
+#[tokio::test]
+async fn v2_normalized_failures_are_never_paid_or_refunded() {
+    // A payment whose result_code is FAIL did not take the money; a refund
+    // in CHANGE failed and waits for the merchant; REFUNDCLOSE is closed.
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let route = RouteSpec::wechat_v2(&up).with(|r| r.forward = "normalized".into());
+    let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
+    let cases = [
+        ("v2_pay_result_fail.xml", "pending"),
+        ("v2_refund_change.xml", "pending"),
+        ("v2_refund_closed.xml", "closed"),
+    ];
+    for (name, status) in cases {
+        let r = gw.post_xml(&fixture("wechat", name)).await;
+        assert_eq!((r.status, r.text().as_str()), (200, V2_OK), "{name}");
+        let got = up.received();
+        let v: serde_json::Value = serde_json::from_slice(&got.last().unwrap().body).unwrap();
+        assert_eq!(v["status"], status, "{name}: {v}");
+        assert_eq!(v["currency"], "CNY", "{name}");
+        assert!(v["amount_fen"].is_i64(), "{name}: {v}");
+    }
+    assert_eq!(up.count(), cases.len());
+}
+
 // === wechat_v3 ===
 
 #[tokio::test]
