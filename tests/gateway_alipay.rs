@@ -820,6 +820,25 @@ async fn normalized_mode_tells_the_shop_every_trade_status() {
         assert_eq!(v["out_trade_no"], "CG20261122000050", "{what}");
     }
     assert_eq!(up.count(), cases.len());
+
+    // A blank trans_currency is not signed (the Java rule skips blank
+    // values): anyone can add one to a genuine notification, and it names
+    // no currency.
+    let mut body = alipay_trade(
+        "2026112200222000000000000000000058",
+        "TRADE_SUCCESS",
+        &[paid],
+    );
+    body.extend_from_slice(b"&trans_currency=%20");
+    gw.post_form("/notify/alipay", &body).await.assert_is(
+        200,
+        "success",
+        "blank trans_currency added",
+    );
+    let got = up.received();
+    let v: serde_json::Value = serde_json::from_slice(&got.last().unwrap().body).unwrap();
+    assert_eq!(v["currency"], "CNY", "{v}");
+    assert!(v["fields"].get("trans_currency").is_none(), "{v}");
 }
 
 #[tokio::test]
