@@ -460,6 +460,13 @@ pub struct Setup {
 pub fn load(gateway_file: &Path) -> Result<Setup, LoadErrors> {
     let mut loader = Loader::new();
     let Some(config) = compile_gateway(gateway_file, &mut loader) else {
+        // The gateway file did not parse, but `check` promises every
+        // problem at once: the rule files are still checked, in the
+        // directory the file names (if it is TOML at all), against
+        // settings that assume nothing of it.
+        if let Some(dir) = loose_rules_dir(gateway_file) {
+            rules::load_dir(&dir, &rules::Settings::unconstrained(), &mut loader);
+        }
         return Err(loader.fail());
     };
     loader.touch(gateway_file.to_path_buf());
@@ -490,6 +497,20 @@ pub fn load(gateway_file: &Path) -> Result<Setup, LoadErrors> {
         warnings: report.warnings,
         files: report.files,
     })
+}
+
+/// The rules directory a gateway file that failed to compile names: its
+/// `rules_dir` (or the default) when the file is at least TOML, relative to
+/// the file's directory. `None` when it is not TOML, or `rules_dir` is not
+/// a string (that problem is already reported).
+fn loose_rules_dir(gateway_file: &Path) -> Option<PathBuf> {
+    let src = std::fs::read_to_string(gateway_file).ok()?;
+    let table: toml::Table = toml::from_str(&src).ok()?;
+    let dir = match table.get("rules_dir") {
+        None => "rules",
+        Some(v) => v.as_str()?,
+    };
+    Some(resolve(gateway_file.parent().unwrap_or(Path::new("")), dir))
 }
 
 // === the gateway file, table by table ===

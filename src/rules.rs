@@ -303,6 +303,20 @@ pub struct Settings {
     pub upstream_timeout: Duration,
 }
 
+impl Settings {
+    /// Settings that constrain no route: for checking rule files when the
+    /// gateway file they belong to could not be read, so that what depends
+    /// on it (the freshness window against `replay.ttl`, the quotas against
+    /// `replay.max_entries`) is not reported against values it may not have.
+    pub fn unconstrained() -> Settings {
+        Settings {
+            replay_ttl: Duration::MAX,
+            replay_max_entries: u64::MAX,
+            upstream_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 // === loading ===
 
 /// An IP set file (`<rules_dir>/ipsets/NAME.toml`): a named list of CIDRs

@@ -437,6 +437,30 @@ fn check_reports_every_problem_at_once() {
 }
 
 #[test]
+fn check_still_reports_rule_file_problems_when_the_gateway_file_does_not_parse() {
+    // A typo in the gateway file (an unknown key, a duration that is not
+    // one) is a parse error; the rule files' own problems must be listed
+    // with it, not only after the operator fixed the first one.
+    let dir = config_with_rules(&route_a_with("110.75.0.0/16", "bogus"));
+    edit_gateway(dir.path(), "[limits]", "[limits]\nbogus_key = 1");
+    let (code, out) = check(dir.path());
+    assert_eq!(code, 1, "{out}");
+    for want in [
+        "callgate.toml:",
+        "unknown field `bogus_key`",
+        "r.toml:5: allow entry `bogus`",
+    ] {
+        assert!(out.contains(want), "no `{want}` in:\n{out}");
+    }
+    // A file that is not TOML at all names no rules directory it can be
+    // trusted for: its one problem is what is reported.
+    std::fs::write(dir.path().join("callgate.toml"), "rules_dir = [").unwrap();
+    let (code, out) = check(dir.path());
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+}
+
+#[test]
 fn check_flags_gateway_file_problems() {
     let dir = tempfile::tempdir().unwrap();
     GatewaySpec::new(vec![]).write(dir.path());
