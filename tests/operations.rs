@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -398,20 +398,27 @@ async fn handshake(addr: std::net::SocketAddr, ca: &Path) -> Result<(), String> 
         .map_err(|e| e.to_string())
 }
 
-#[tokio::test]
-async fn the_tls_certificate_reloads_for_new_connections() {
-    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+/// A TLS gateway serving a copy of the demo pair from its own directory
+/// (`tls.crt`, `tls.key`), so that a test can replace the files; the
+/// directory, the two paths and the gateway.
+async fn tls_gateway_on_its_own_pair(
+    up: &Upstream,
+) -> (
+    tempfile::TempDir,
+    PathBuf,
+    PathBuf,
+    callgate::server::Gateway,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(up)]);
     spec.tls = true;
     let file = spec.write(dir.path());
-    // Serve a copy of the demo pair, so the test can replace it.
     let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     std::fs::copy(root().join("certs/dev/server.crt"), &crt).unwrap();
     std::fs::copy(root().join("certs/dev/server.key"), &key).unwrap();
-    let text = std::fs::read_to_string(&file).unwrap();
     let dev = root().join("certs/dev");
-    let text = text
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
         .replace(
             &format!("{:?}", dev.join("server.crt")),
             &format!("{crt:?}"),
@@ -422,12 +429,13 @@ async fn the_tls_certificate_reloads_for_new_connections() {
         );
     std::fs::write(&file, text).unwrap();
     let gw = start_file(&file).await;
-    let mut reloads = gw.reloads();
-    handshake(gw.addr, &crt).await.unwrap();
+    (dir, crt, key, gw)
+}
 
-    // A new certificate (openssl), written aside, moved into place.
-    let new_dir = tempfile::tempdir().unwrap();
-    let (new_crt, new_key) = (new_dir.path().join("n.crt"), new_dir.path().join("n.key"));
+/// A renewed server pair for 127.0.0.1 made by openssl in `dir`:
+/// (certificate, key).
+fn rotated_server_pair(dir: &Path) -> (PathBuf, PathBuf) {
+    let (crt, key) = (dir.join("n.crt"), dir.join("n.key"));
     openssl_self_signed(
         "rotated",
         30,
@@ -440,9 +448,22 @@ async fn the_tls_certificate_reloads_for_new_connections() {
             "-addext",
             "extendedKeyUsage=serverAuth",
         ],
-        &new_key,
-        &new_crt,
+        &key,
+        &crt,
     );
+    (crt, key)
+}
+
+#[tokio::test]
+async fn the_tls_certificate_reloads_for_new_connections() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let (dir, crt, key, gw) = tls_gateway_on_its_own_pair(&up).await;
+    let mut reloads = gw.reloads();
+    handshake(gw.addr, &crt).await.unwrap();
+
+    // A new certificate (openssl), written aside, moved into place.
+    let new_dir = tempfile::tempdir().unwrap();
+    let (new_crt, new_key) = rotated_server_pair(new_dir.path());
     std::fs::copy(&new_key, dir.path().join("tls.key.new")).unwrap();
     std::fs::copy(&new_crt, dir.path().join("tls.crt.new")).unwrap();
     std::fs::rename(dir.path().join("tls.key.new"), &key).unwrap();
@@ -464,46 +485,12 @@ async fn a_tls_key_that_does_not_fit_its_certificate_is_refused_and_the_old_pair
     // or the wrong one) must not take TLS down: the reload is refused, and
     // new connections still get the running pair.
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
-    spec.tls = true;
-    let file = spec.write(dir.path());
-    let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::copy(root().join("certs/dev/server.crt"), &crt).unwrap();
-    std::fs::copy(root().join("certs/dev/server.key"), &key).unwrap();
-    let dev = root().join("certs/dev");
-    let text = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace(
-            &format!("{:?}", dev.join("server.crt")),
-            &format!("{crt:?}"),
-        )
-        .replace(
-            &format!("{:?}", dev.join("server.key")),
-            &format!("{key:?}"),
-        );
-    std::fs::write(&file, text).unwrap();
-    let gw = start_file(&file).await;
+    let (_dir, crt, key, gw) = tls_gateway_on_its_own_pair(&up).await;
     let old = root().join("certs/dev/server.crt");
     handshake(gw.addr, &old).await.unwrap();
 
     let new_dir = tempfile::tempdir().unwrap();
-    let (new_crt, new_key) = (new_dir.path().join("n.crt"), new_dir.path().join("n.key"));
-    openssl_self_signed(
-        "rotated",
-        30,
-        &[
-            "-sha256",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-            "-addext",
-            "extendedKeyUsage=serverAuth",
-        ],
-        &new_key,
-        &new_crt,
-    );
+    let (new_crt, new_key) = rotated_server_pair(new_dir.path());
     let (other_crt, other_key) = (new_dir.path().join("o.crt"), new_dir.path().join("o.key"));
     openssl_self_signed("other", 30, &[], &other_key, &other_crt);
     std::fs::copy(&new_crt, &crt).unwrap();
