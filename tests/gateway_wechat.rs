@@ -581,6 +581,65 @@ async fn v3_normalized_every_trade_state() {
 }
 
 #[tokio::test]
+async fn v3_normalized_refund_outcomes_and_a_neighbours_refund() {
+    // Every refund event_type as the shop is told it: only REFUND.SUCCESS
+    // is `refunded`. REFUND.ABNORMAL (the money did not reach the buyer)
+    // and REFUND.CLOSED name the refund's sum but never say it was paid
+    // back; neither has a success_time, so the event's time is the body's
+    // create_time. A neighbour merchant's refund is bound like its
+    // payments: 401, never forwarded.
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let route = RouteSpec::wechat_v3(&up).with(|r| r.forward = "normalized".into());
+    let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
+    let cases = [
+        ("v3_refund.json", "REFUND.SUCCESS", "refunded"),
+        ("v3_refund_abnormal.json", "REFUND.ABNORMAL", "pending"),
+        ("v3_refund_closed.json", "REFUND.CLOSED", "closed"),
+    ];
+    for (name, event_type, status) in cases {
+        let (h, b) = v3_signed(name, &format!("nonce-refund-{name}"));
+        gw.send_owned(V3_PATH, &h, &b)
+            .await
+            .assert_is(200, "", name);
+        let got = up.received();
+        let v: serde_json::Value = serde_json::from_slice(&got.last().unwrap().body).unwrap();
+        assert_eq!(v["event_type"], event_type, "{name}");
+        assert_eq!(
+            (v["status"].as_str(), v["amount_fen"].as_i64()),
+            (Some(status), Some(1200)),
+            "{name}: {v}"
+        );
+        assert_eq!(v["out_trade_no"], "CG20261122000001", "{name}");
+        assert_eq!(v["fields"]["mchid"], WECHAT_MCH_ID, "{name}");
+    }
+    let times: Vec<serde_json::Value> = up
+        .received()
+        .iter()
+        .map(|g| {
+            serde_json::from_slice::<serde_json::Value>(&g.body).unwrap()["occurred_at"].clone()
+        })
+        .collect();
+    assert_eq!(
+        times,
+        [
+            "2026-11-22T10:05:00+08:00",
+            "2026-11-22T10:00:00+08:00",
+            "2026-11-22T10:00:00+08:00"
+        ]
+    );
+
+    let (h, b) = v3_signed("v3_refund_other_mch.json", "nonce-refund-neighbour");
+    let r = gw.send_owned(V3_PATH, &h, &b).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(v3_fail(&r));
+    assert_eq!(up.count(), cases.len());
+    assert_eq!(
+        gw.rejections(V3, "wechat_v3", "merchant_mismatch").await,
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn v3_rotation_certificate_and_public_key_on_one_route() {
     let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
     let gw = v3_gateway(&up).await;
