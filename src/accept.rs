@@ -21,6 +21,13 @@
 //! that refused it. The admin listener has its own cap
 //! (`admin.max_connections`).
 //!
+//! These limits only work if they are reached before the process runs out
+//! of file descriptors: past its open-files limit (`RLIMIT_NOFILE`) accept
+//! fails for everyone, platforms included, and a forward cannot open its
+//! upstream connection. `callgate run` raises the soft limit to the hard
+//! one; when even that is too small, [`fit_to_descriptors`] lowers the
+//! three limits at start (keeping their proportions) so that they are.
+//!
 //! [`WriteDeadline`] wraps a connection's socket: a write or flush that
 //! makes no progress for `limits.write_timeout` fails, and hyper closes the
 //! connection (`callgate_write_timeouts_total{listener}`). Without it, a
@@ -178,6 +185,64 @@ impl Admission {
             sources: self.sources.clone(),
         })
     }
+}
+
+/// Descriptors one notification connection may need: its own socket and
+/// the upstream connection its forward opens.
+pub const DESCRIPTORS_PER_CONNECTION: u64 = 2;
+
+/// Descriptors kept for the process itself besides its connections: stdio,
+/// the listening sockets, each worker's runtime, the replay store's and
+/// the journal's files and sockets, key files read at a reload.
+const DESCRIPTORS_OWN: u64 = 64;
+
+/// ... and for each worker thread (its runtime's epoll and wake-up
+/// descriptors, its listening socket, its Redis connections).
+const DESCRIPTORS_PER_WORKER: u64 = 8;
+
+/// Descriptors the process needs for `limits.max_connections`
+/// notification connections, `admin_connections` admin ones and
+/// `workers` worker threads.
+pub fn descriptors_needed(limits: &Limits, admin_connections: usize, workers: usize) -> u64 {
+    kept_descriptors(admin_connections, workers)
+        .saturating_add(DESCRIPTORS_PER_CONNECTION.saturating_mul(limits.max_connections as u64))
+}
+
+fn kept_descriptors(admin_connections: usize, workers: usize) -> u64 {
+    DESCRIPTORS_OWN
+        .saturating_add(DESCRIPTORS_PER_WORKER.saturating_mul(workers as u64))
+        .saturating_add(admin_connections as u64)
+}
+
+/// The notification connection limits lowered to fit `open_files`
+/// descriptors (the soft `RLIMIT_NOFILE`), after `admin_connections` and
+/// what the process needs for itself: `None` when they fit as configured.
+/// Each limit is lowered in the proportion of `max_connections`, so the
+/// share kept for the platforms stays; none goes below 1.
+pub fn fit_to_descriptors(
+    limits: &Limits,
+    open_files: u64,
+    admin_connections: usize,
+    workers: usize,
+) -> Option<Limits> {
+    if open_files >= descriptors_needed(limits, admin_connections, workers) {
+        return None;
+    }
+    let room = open_files.saturating_sub(kept_descriptors(admin_connections, workers))
+        / DESCRIPTORS_PER_CONNECTION;
+    let total = limits.max_connections as u64;
+    let fitted = room.clamp(1, total.max(1));
+    let scale = |n: usize| -> usize {
+        let n = u64::try_from(n as u128 * u128::from(fitted) / u128::from(total.max(1)))
+            .unwrap_or(fitted);
+        usize::try_from(n.clamp(1, fitted)).unwrap_or(1)
+    };
+    Some(Limits {
+        max_connections: usize::try_from(fitted).unwrap_or(1),
+        max_connections_per_source: scale(limits.max_connections_per_source),
+        max_connections_unlisted: scale(limits.max_connections_unlisted),
+        ..*limits
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -390,6 +455,35 @@ mod tests {
             .map(|_| a.admit(ip("10.0.0.1"), Peer::TrustedProxy).unwrap())
             .collect();
         assert_eq!(held.len(), 10);
+    }
+
+    #[test]
+    fn limits_that_fit_the_descriptors_are_kept() {
+        let l = limits(1000, 500, 100);
+        // 64 + 2 workers x 8 + 64 admin = 144 kept, 2 per connection.
+        assert_eq!(fit_to_descriptors(&l, 2144, 64, 2), None);
+        assert_eq!(fit_to_descriptors(&l, 1 << 20, 64, 2), None);
+    }
+
+    #[test]
+    fn limits_past_the_descriptors_are_lowered_in_proportion() {
+        let l = limits(10_000, 5_000, 256);
+        // A default soft limit of 1024: (1024 - 144) / 2 = 440 places.
+        let fitted = fit_to_descriptors(&l, 1024, 64, 2).unwrap();
+        assert_eq!(fitted.max_connections, 440);
+        assert_eq!(fitted.max_connections_unlisted, 220);
+        assert_eq!(fitted.max_connections_per_source, 11);
+        assert_eq!(fitted.write_timeout, l.write_timeout);
+        // Nothing left: one place each, never zero.
+        let none = fit_to_descriptors(&l, 10, 64, 2).unwrap();
+        assert_eq!(
+            (
+                none.max_connections,
+                none.max_connections_unlisted,
+                none.max_connections_per_source
+            ),
+            (1, 1, 1)
+        );
     }
 
     #[tokio::test]

@@ -388,11 +388,25 @@ fn run(config: &std::path::Path, format: LogFormat) -> ExitCode {
     // request that drew a request id or the first TLS handshake. Pay it
     // now; a thread's own first call after this costs microseconds.
     let _ = aws_lc_rs::rand::fill(&mut [0u8; 8]);
+    let open_files = raise_open_files_limit();
     let Some(_log_guard) = init_logging(format) else {
         return ExitCode::FAILURE;
     };
     if let Err(e) = thp {
         tracing::warn!(error = %e, "cannot turn transparent huge pages off (prctl PR_SET_THP_DISABLE); a request may stall while the kernel zeroes a 2 MiB page");
+    }
+    match open_files {
+        Ok(Some((from, to))) => {
+            tracing::info!(
+                from,
+                to,
+                "open-files limit (RLIMIT_NOFILE) raised to its hard limit"
+            )
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-files limit (RLIMIT_NOFILE) to its hard limit")
+        }
     }
     let loaded = match callgate::config::load(config) {
         Ok(l) => l,
@@ -429,6 +443,32 @@ fn run(config: &std::path::Path, format: LogFormat) -> ExitCode {
         gateway.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// Raises the soft open-files limit (`RLIMIT_NOFILE`) to the hard one, as
+/// a server that holds many connections should: the usual soft default
+/// (1024) is far below `limits.max_connections`, and accept fails for
+/// every client, platforms included, once it is reached (the connection
+/// limits would never be). Returns the limit before and after, when it
+/// changed.
+fn raise_open_files_limit() -> std::io::Result<Option<(u64, u64)>> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // `None` is unlimited: nothing to raise, or nothing to raise it to.
+    let (Some(soft), Some(hard)) = (limit.current, limit.maximum) else {
+        return Ok(None);
+    };
+    if hard <= soft {
+        return Ok(None);
+    }
+    setrlimit(
+        Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        },
+    )?;
+    Ok(Some((soft, hard)))
 }
 
 /// SIGHUP, SIGTERM and SIGINT, caught from before the gateway starts.

@@ -7,7 +7,10 @@
 //!   `limits.max_connections_per_source` from one address, and
 //!   `limits.max_connections_unlisted` from addresses outside every route's
 //!   allow list, so the platforms' own addresses keep room. One more is
-//!   closed at once and counted in `callgate_connections_refused_total{limit}`;
+//!   closed at once and counted in `callgate_connections_refused_total{limit}`.
+//!   When the open-files limit cannot hold them, they are lowered at start
+//!   to fit it (`accept::fit_to_descriptors`), so that they, not the
+//!   descriptors, run out first;
 //! * the TLS handshake runs under `limits.tls_handshake_timeout`;
 //! * hyper closes a connection whose request headers do not arrive within
 //!   `limits.header_timeout`: the first request's, and every later one's on
@@ -177,10 +180,11 @@ pub async fn start(setup: Setup) -> Result<Gateway, StartError> {
     let (stop_admin, admin_rx) = watch::channel(false);
     let (end_workers, end_rx) = watch::channel(false);
     let limits = config.limits;
+    let admin_max = config.admin.map_or(0, |a| a.max_connections);
     let tls_on = config.tls.is_some();
     let watch_files = config.watch;
     let live = Arc::new(Live::new(config, state.clone(), files));
-    let admission = Admission::new(&limits);
+    let admission = Admission::new(&admission_limits(&limits, admin_max, listeners.len()));
     let mut workers = Vec::with_capacity(listeners.len());
     for (index, listener) in listeners.into_iter().enumerate() {
         let serve = Serve {
@@ -230,6 +234,40 @@ pub async fn start(setup: Setup) -> Result<Gateway, StartError> {
         admin_task,
         drain_timeout: limits.drain_timeout,
     })
+}
+
+/// The connection limits `accept::Admission` applies: the configured ones,
+/// or lower ones when the open-files limit (`RLIMIT_NOFILE`) cannot hold
+/// them (see `accept::fit_to_descriptors`), with a warning saying how far
+/// to raise it. Past that limit accept fails for platforms and strangers
+/// alike, and the share kept for the platforms would be no share at all.
+fn admission_limits(
+    limits: &config::Limits,
+    admin_connections: usize,
+    workers: usize,
+) -> config::Limits {
+    use rustix::process::{Resource, getrlimit};
+    // `None`: unlimited.
+    let Some(open_files) = getrlimit(Resource::Nofile).current else {
+        return *limits;
+    };
+    let Some(fitted) =
+        crate::accept::fit_to_descriptors(limits, open_files, admin_connections, workers)
+    else {
+        return *limits;
+    };
+    tracing::warn!(
+        open_files,
+        needed = crate::accept::descriptors_needed(limits, admin_connections, workers),
+        max_connections = fitted.max_connections,
+        max_connections_per_source = fitted.max_connections_per_source,
+        max_connections_unlisted = fitted.max_connections_unlisted,
+        "the open-files limit (RLIMIT_NOFILE) cannot hold limits.max_connections: \
+         the connection limits are lowered to fit it, so that they (and the room kept for \
+         the platforms) are reached before descriptors run out; raise LimitNOFILE \
+         (systemd) or ulimit -n to at least `needed`"
+    );
+    fitted
 }
 
 /// Binds one listening socket per worker on `addr`, all with

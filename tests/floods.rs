@@ -280,6 +280,110 @@ async fn strangers_from_many_addresses_cannot_take_the_platforms_room() {
     drop(held);
 }
 
+// === the open-files limit ===
+
+/// Strangers from four addresses no route lists open 400 connections to the
+/// real binary, started under `ulimit`, each holding half a request head;
+/// the limits allow 600 connections, 300 of them for strangers. Every
+/// stranger connection must be held or refused by a connection limit, and
+/// the platform's notifications answered: the limits, not the
+/// descriptors, must run out first.
+async fn strangers_leave_the_platform_room_under_an_open_files_limit(ulimit: &str) -> String {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    spec.header_timeout = "120s".into();
+    let dir = tempfile::tempdir().unwrap();
+    let config = spec.write(dir.path());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    add_limit(&mut text, "max_connections = 600");
+    add_limit(&mut text, "max_connections_per_source = 200");
+    add_limit(&mut text, "max_connections_unlisted = 300");
+    std::fs::write(&config, text).unwrap();
+    let mut gw = GatewayProcess::start_under_ulimit(&config, ulimit);
+    let addr: SocketAddr = gw.addr.parse().unwrap();
+    let mut held = Vec::new();
+    for i in 0..400 {
+        let mut s = connect_from(addr, &format!("127.0.0.{}", 2 + i % 4), false).await;
+        s.write_all(b"POST /notify/alipay HTTP/1.1\r\nHost: x\r\nContent-Ty")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    // Each admin request is bounded (60 s): a gateway out of descriptors
+    // cannot accept it either.
+    let client = TestClient::new();
+    let metrics = format!("http://{}/metrics", gw.admin);
+    let mut accounted = 0.0;
+    for _ in 0..3000 {
+        let text = client.send("GET", &metrics, &[], vec![]).await.text();
+        accounted = open_or_refused(&text);
+        if accounted >= 400.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        accounted >= 400.0,
+        "only {accounted} of 400 connections accounted for"
+    );
+    let url = format!("http://{}/notify/alipay", gw.addr);
+    for name in [
+        "rsa2_trade_success.form",
+        "rsa2_trade_success_2.form",
+        "rsa2_trade_success_3.form",
+    ] {
+        let r = client
+            .send(
+                "POST",
+                &url,
+                &[("content-type", "application/x-www-form-urlencoded")],
+                fixture("alipay", name),
+            )
+            .await;
+        r.assert_is(200, "success", name);
+    }
+    assert_eq!(up.count(), 3);
+    drop(held);
+    let warning = gw
+        .seen
+        .iter()
+        .find(|l| l.contains("RLIMIT_NOFILE"))
+        .cloned()
+        .unwrap_or_default();
+    gw.kill();
+    warning
+}
+
+/// Connections the gateway holds now or refused at accept, by its metrics.
+fn open_or_refused(text: &str) -> f64 {
+    let refused: f64 = [
+        "limits.max_connections",
+        "limits.max_connections_per_source",
+        "limits.max_connections_unlisted",
+    ]
+    .iter()
+    .map(|l| find_metric(text, REFUSED, &[("limit", l)]).unwrap_or(0.0))
+    .sum();
+    find_metric(text, OPEN, &[]).unwrap_or(0.0) + refused
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_low_soft_open_files_limit_is_raised_so_the_connection_limits_hold() {
+    // The usual soft default is 1024 under a far higher hard limit; 256
+    // here, under the test's own hard limit. Before, accept failed with
+    // EMFILE after about 240 strangers and the platform went unanswered.
+    let logged = strangers_leave_the_platform_room_under_an_open_files_limit("-Sn 256").await;
+    assert!(logged.contains("raised"), "{logged}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_low_hard_open_files_limit_lowers_the_connection_limits_to_fit() {
+    // Soft and hard 256: nothing to raise. The limits are lowered to fit,
+    // in proportion, and the warning says how far to raise it.
+    let logged = strangers_leave_the_platform_room_under_an_open_files_limit("-n 256").await;
+    assert!(logged.contains("lowered to fit"), "{logged}");
+}
+
 // === the admin listener ===
 
 /// A raw `GET path` on the admin listener: the answer, or `None` when the

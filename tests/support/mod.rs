@@ -1345,10 +1345,29 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     pub fn start(config: &Path) -> GatewayProcess {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_callgate"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_callgate"));
+        command
             .args(["run", "--log-format", "json", "-c"])
-            .arg(config)
+            .arg(config);
+        Self::spawn(command)
+    }
+
+    /// Starts it from a shell that first runs `ulimit ARGS` (say `-Sn 256`:
+    /// the open-files limit it starts with).
+    pub fn start_under_ulimit(config: &Path, ulimit: &str) -> GatewayProcess {
+        let mut command = std::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit {ulimit} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_callgate"))
+            .args(["run", "--log-format", "json", "-c"])
+            .arg(config);
+        Self::spawn(command)
+    }
+
+    fn spawn(mut command: std::process::Command) -> GatewayProcess {
+        use std::io::BufRead;
+        let mut child = command
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()
