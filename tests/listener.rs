@@ -1,6 +1,9 @@
-//! A slow or broken client never takes the listener down: stalled headers,
-//! stalled TLS handshakes and trickled bodies are cut off by their timeouts
-//! while other notifications keep succeeding.
+//! A slow or broken client never takes the listener down: stalled or
+//! trickled headers, stalled TLS handshakes and stalled or trickled bodies
+//! are cut off by their timeouts (each a deadline for the whole head or
+//! body, not a pause between bytes) while other notifications keep
+//! succeeding; an oversized upload announced with `Expect: 100-continue`
+//! is refused before it starts, and an HTTP/2 preface is closed.
 
 mod support;
 
@@ -90,6 +93,95 @@ async fn a_trickled_body_times_out_and_is_not_forwarded() {
     assert!(text.ends_with("fail"), "{text}");
     assert_eq!(up.count(), 0);
     assert_eq!(gw.requests("malformed").await, 1.0);
+}
+
+/// Writes `bytes` one at a time, a short pause between them, until the
+/// gateway closes the connection: whether it did before the last byte.
+async fn trickle(s: &mut TcpStream, bytes: &[u8]) -> bool {
+    for b in bytes {
+        if s.write_all(std::slice::from_ref(b)).await.is_err() {
+            return true;
+        }
+        // The pace of the attack, not a wait for the gateway.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_head_trickled_a_byte_at_a_time_is_cut_off_by_header_timeout_as_a_whole() {
+    // header_timeout is a deadline for the whole head, not a pause allowed
+    // between bytes: every byte arrives well within 300 ms of the last,
+    // and the head (2 KB, 20 s at this pace) is cut off all the same.
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = gateway(false, &up).await;
+    let body = fixture("alipay", "rsa2_trade_success.form");
+    let head = alipay_post_head(body.len()).replacen(
+        "Host: x\r\n",
+        &format!("Host: x\r\nX-Pad: {}\r\n", "a".repeat(2000)),
+        1,
+    );
+    let mut s = TcpStream::connect(gw.gateway.addr).await.unwrap();
+    assert!(
+        trickle(&mut s, head.as_bytes()).await,
+        "the whole head was taken in"
+    );
+    let r = gw.post_alipay("rsa2_trade_success.form").await;
+    r.assert_is(200, "success", "a notification after the trickle");
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn a_body_trickled_a_byte_at_a_time_is_cut_off_by_body_timeout_as_a_whole() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = gateway(false, &up).await;
+    let body = fixture("alipay", "rsa2_trade_success.form");
+    let mut s = TcpStream::connect(gw.gateway.addr).await.unwrap();
+    s.write_all(alipay_post_head(body.len()).as_bytes())
+        .await
+        .unwrap();
+    assert!(trickle(&mut s, &body).await, "the whole body was taken in");
+    assert_eq!(up.count(), 0);
+    assert_eq!(gw.requests("malformed").await, 1.0);
+    let r = gw.post_alipay("rsa2_trade_success.form").await;
+    r.assert_is(200, "success", "a notification after the trickle");
+}
+
+#[tokio::test]
+async fn an_oversized_body_announced_with_expect_100_continue_gets_413_and_no_100() {
+    // A client that asks before it uploads is told no at once: no
+    // `100 Continue` invites the body first.
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = gateway(false, &up).await;
+    let mut s = TcpStream::connect(gw.gateway.addr).await.unwrap();
+    s.write_all(
+        b"POST /notify/alipay HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nExpect: 100-continue\r\nContent-Length: 99999999999\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let got = String::from_utf8_lossy(&read_until_closed(&mut s).await).into_owned();
+    assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+    assert!(!got.contains("100 Continue"), "{got}");
+    assert_eq!(gw.requests("too_large").await, 1.0);
+}
+
+#[tokio::test]
+async fn an_http2_preface_on_the_plain_listener_is_closed_and_nothing_forwarded() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = gateway(false, &up).await;
+    let mut s = TcpStream::connect(gw.gateway.addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut s).await;
+    assert!(
+        !got.starts_with(b"HTTP/1.1 2"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let r = gw.post_alipay("rsa2_trade_success.form").await;
+    r.assert_is(200, "success", "a notification after the preface");
+    assert_eq!(up.count(), 1);
 }
 
 #[tokio::test]
