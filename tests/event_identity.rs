@@ -5,7 +5,7 @@
 //! again; two merchants of one route whose ids collide both reach their
 //! shops; a GBK notification on a route that says nothing about charset is
 //! delivered; a signature type the route pins out is refused; sub-merchants are
-//! bound. Most reshaped bodies are derived from the committed fixtures
+//! bound; a buyer's legacy Alipay return-URL copy is not a second event. Most reshaped bodies are derived from the committed fixtures
 //! (signed by openssl / python cryptography, tests/fixtures/*/make.py)
 //! without signing again: each keeps its genuine signature valid, which is
 //! the point. WeChat v3 variants are signed here by the openssl CLI.
@@ -148,6 +148,110 @@ async fn alipay_md5_reshaped_ids_never_reach_the_shop_again() {
         2.0
     );
     assert_eq!(gw.post_form(path, &genuine).await.status, 200);
+    assert_eq!(up.count(), 1);
+}
+
+/// A legacy Alipay (MAPI) payment signed with the fixture partner key by
+/// the openssl CLI the way the legacy demo checks it: sorted `k=v` joined
+/// by `&`, the key appended, MD5 in lower-case hex; values form-encoded.
+fn alipay_md5_openssl(params: &[(&str, &str)]) -> Vec<u8> {
+    let key = std::fs::read_to_string(fixture_path("alipay_md5", "md5_key.txt")).unwrap();
+    let mut sorted = params.to_vec();
+    sorted.sort();
+    let content = sorted
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let digest = openssl_pipe(
+        &["dgst", "-md5", "-r"],
+        format!("{content}{}", key.trim_end()).as_bytes(),
+    );
+    let sign = String::from_utf8(digest).unwrap()[..32].to_owned();
+    let enc = |v: &str| {
+        v.bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    sorted
+        .iter()
+        .map(|(k, v)| format!("{k}={}", enc(v)))
+        .chain(["sign_type=MD5".to_owned(), format!("sign={sign}")])
+        .collect::<Vec<_>>()
+        .join("&")
+        .into_bytes()
+}
+
+/// The buyer's browser comes back from a legacy Alipay payment to the
+/// shop's `return_url` with the payment's fields signed by the same
+/// partner key as the server notification, but under a `notify_id` of its
+/// own (`RqPnCoPT3K9%2F...`, the `%2F` part of the signed value: every
+/// real return URL in the wild has it, double-encoded in the URL). Posted
+/// to the notify URL, that copy verifies: were its id taken, the one
+/// payment would reach the shop a second time as a new event. The id's
+/// syntax (letters and digits) refuses it.
+#[tokio::test]
+async fn a_buyers_return_url_copy_of_a_legacy_alipay_payment_is_not_a_second_event() {
+    let (up, gw) = start_one(RouteSpec::alipay_md5).await;
+    let path = "/notify/alipay_md5";
+    let payment = |extra: &[(&'static str, &'static str)]| {
+        let mut p = vec![
+            ("buyer_email", "buyer@example.com"),
+            ("buyer_id", "2088102177846880"),
+            ("notify_time", "2026-11-22 10:00:00"),
+            ("notify_type", "trade_status_sync"),
+            ("out_trade_no", "CG20261122100077"),
+            ("payment_type", "1"),
+            ("seller_email", "shop@example.com"),
+            ("seller_id", "2088101122334455"),
+            ("subject", "callgate test order"),
+            ("total_fee", "88.88"),
+            ("trade_no", "2026112221001004880200000077"),
+            ("trade_status", "TRADE_SUCCESS"),
+        ];
+        p.extend_from_slice(extra);
+        p
+    };
+    // The server notification: delivered once.
+    let notify = alipay_md5_openssl(&payment(&[(
+        "notify_id",
+        "b5e0c2a7d4f84e1c9a3b6d8e0f2a4c0077",
+    )]));
+    gw.post_form(path, &notify)
+        .await
+        .assert_is(200, "success", "the server notification");
+
+    // The return URL's fields, as the shop's return handler reads them
+    // (one decode of `notify_id=RqPnCoPT3K9%252F...`), posted to the notify
+    // URL (encoded once more, so callgate decodes them back to the signed
+    // bytes).
+    let returned = [
+        ("exterface", "create_direct_pay_by_user"),
+        ("is_success", "T"),
+        (
+            "notify_id",
+            "RqPnCoPT3K9%2Fvwbh3InR8tGjRXYpexpaRGyeCWBjSZV1%2BqqtUD1W5T58ANYJw2sMq9G4",
+        ),
+    ];
+    gw.post_form(path, &alipay_md5_openssl(&payment(&returned)))
+        .await
+        .assert_is(400, "fail", "the return URL copy");
+    assert_eq!(
+        gw.rejections("shop-legacy", "alipay_md5", "bad_event_id")
+            .await,
+        1.0
+    );
+    // Decoded once more (an id of `/` and `+`), it no longer verifies.
+    let text = String::from_utf8(alipay_md5_openssl(&payment(&returned))).unwrap();
+    let decoded_again = text.replace("%252F", "%2F").replace("%252B", "%2B");
+    gw.post_form(path, decoded_again.as_bytes())
+        .await
+        .assert_is(401, "fail", "the return URL copy decoded twice");
     assert_eq!(up.count(), 1);
 }
 
