@@ -122,10 +122,6 @@ const FIXES: &[(&str, &str)] = &[
         "install UnionPay's current middle and root certificates (production vs test environment)",
     ),
     (
-        "cert_sn_mismatch",
-        "download the current `alipayCertPublicKey_RSA2.crt`",
-    ),
-    (
         "decrypt_failed",
         "copy the key again (exactly 32 bytes for APIv3) and reload",
     ),

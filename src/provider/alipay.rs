@@ -66,8 +66,14 @@
 //! instead of `public_key`): notifications are verified exactly as above
 //! with the key of Alipay's public-key certificate, as the SDK's
 //! `rsaCertCheckV1` does; loading, the chain check and the SNs are in
-//! [`super::alipay_cert`]. A notification that carries `alipay_cert_sn` must
-//! name the configured certificate, else 401.
+//! [`super::alipay_cert`]. `alipay_cert_sn` is just another signed field to
+//! the SDK, which never compares it with the configured certificate: a
+//! notification whose signature verifies with the configured key is
+//! accepted whatever SN it names. A different SN means Alipay renewed its
+//! certificate on the same key, so the first such notification after each
+//! load is logged as a warning, for the operator to install the new file.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use encoding_rs::Encoding;
 use serde::Deserialize;
@@ -124,6 +130,9 @@ pub struct Keys {
     any_sub_merchant: bool,
     /// `app_id`, or `app_id/seller_id` when bound to a seller.
     merchant: Box<str>,
+    /// Certificate mode: a verified notification named another
+    /// `alipay_cert_sn`, and this was logged (once per load).
+    sn_warned: AtomicBool,
 }
 
 /// Which of `RSA2` and `RSA` a route accepts.
@@ -296,6 +305,7 @@ impl Keys {
             seller_id,
             any_sub_merchant: raw.accept_any_sub_merchant,
             merchant,
+            sn_warned: AtomicBool::new(false),
         })
     }
 
@@ -326,6 +336,7 @@ impl Keys {
             seller_id: None,
             any_sub_merchant: false,
             merchant: app_id.into(),
+            sn_warned: AtomicBool::new(false),
         }
     }
 
@@ -374,11 +385,17 @@ impl Keys {
         if let Some(sns) = &self.cert
             && let Some(got) = form.get("alipay_cert_sn").filter(|v| !v.is_empty())
             && got != sns.alipay_cert_sn.as_bytes()
+            && !self.sn_warned.swap(true, Ordering::Relaxed)
         {
-            return Err(VerifyError::CertSnMismatch {
-                got: shown(got),
-                want: sns.alipay_cert_sn.to_string(),
-            });
+            tracing::warn!(
+                app_id = &*self.app_id,
+                alipay_cert_sn = %shown(got),
+                configured = &*sns.alipay_cert_sn,
+                "a notification that verifies names another alipay_cert_sn than the configured \
+                 alipay_cert: Alipay has renewed its certificate; download the current \
+                 alipayCertPublicKey_RSA2.crt (logged once per load; notifications keep verifying \
+                 with the configured key)"
+            );
         }
 
         identity::check_unambiguous(
@@ -916,13 +933,10 @@ mod tests {
                 .unwrap_err(),
             VerifyError::SignatureMismatch
         );
-        assert!(matches!(
-            k.verify(&cert_form("cert_sn_mismatch.form"), None)
-                .unwrap_err(),
-            VerifyError::CertSnMismatch { .. }
-        ));
-        // The other certificate verifies its own key's notification, and
-        // refuses the SN of the first.
+        // Another SN, signed with the configured key: the SDK never reads
+        // the field, so neither does the verdict (a renewal on the same key).
+        assert!(k.verify(&cert_form("cert_sn_mismatch.form"), None).is_ok());
+        // The other certificate verifies its own key's notification only.
         let other = cert_keys("other_alipayCertPublicKey_RSA2.crt");
         assert!(
             other

@@ -597,8 +597,6 @@ pub enum VerifyError {
         "sign_type `{0}` is refused: this alipay_md5 route verifies MD5 partner-key signatures only (legacy RSA/DSA notifications are not supported)"
     )]
     LegacySignType(String),
-    #[error("alipay_cert_sn `{got}` is not the SN of the configured alipay_cert ({want})")]
-    CertSnMismatch { got: String, want: String },
     #[error("{field} `{got}` is not this route's")]
     MerchantMismatch { field: &'static str, got: String },
     #[error("required field `{0}` is missing or empty")]
@@ -702,7 +700,6 @@ impl VerifyError {
             VerifyError::UnsupportedSignType(_) | VerifyError::LegacySignType(_) => {
                 "sign_type_unsupported"
             }
-            VerifyError::CertSnMismatch { .. } => "cert_sn_mismatch",
             VerifyError::MerchantMismatch { .. } => "merchant_mismatch",
             VerifyError::UnknownMerchant(_) => "unknown_merchant",
             VerifyError::MissingField(_) => "missing_field",
@@ -742,7 +739,6 @@ impl VerifyError {
             | VerifyError::UnsupportedSignType(_)
             | VerifyError::MerchantMismatch { .. }
             | VerifyError::LegacySignType(_)
-            | VerifyError::CertSnMismatch { .. }
             | VerifyError::MissingHeader(_)
             | VerifyError::BadHeader { .. }
             | VerifyError::KeySerialUnknown { .. }
