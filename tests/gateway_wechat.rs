@@ -668,6 +668,58 @@ async fn v3_rotation_certificate_and_public_key_on_one_route() {
 }
 
 #[tokio::test]
+async fn v3_a_signed_timestamp_that_is_not_unix_seconds_is_400_bad_time() {
+    // The contract's rule for every provider's signed time: blank, or
+    // holding what the platform never sends, is 400 naming the field. The
+    // signature (openssl, over the timestamp's bytes as sent) covers it,
+    // so the refusal is for the field, not the signature.
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let gw = v3_gateway(&up).await;
+    let body = fixture("wechat", "v3_pay.json");
+    let now = unix_now();
+    let signed_at = |ts: &str, nonce: &str| -> Vec<(String, String)> {
+        let message = [ts.as_bytes(), b"\n", nonce.as_bytes(), b"\n", &body, b"\n"].concat();
+        vec![
+            ("content-type".into(), "application/json".into()),
+            ("wechatpay-timestamp".into(), ts.into()),
+            ("wechatpay-nonce".into(), nonce.into()),
+            ("wechatpay-serial".into(), WECHAT_PLATFORM_SERIAL.into()),
+            (
+                "wechatpay-signature".into(),
+                openssl_sign_b64(&fixture_path("wechat", "platform_private.pem"), &message),
+            ),
+        ]
+    };
+    let odd = [
+        String::new(),
+        format!("0{now}"),
+        format!("{now}.0"),
+        format!("+{now}"),
+        "now".to_owned(),
+    ];
+    for (i, ts) in odd.iter().enumerate() {
+        let h = signed_at(ts, &format!("nonce-bad-time-{i}"));
+        let r = gw.send_owned(V3_PATH, &h, &body).await;
+        assert_eq!(r.status, 400, "timestamp {ts:?}: {}", r.text());
+        assert!(v3_fail(&r), "{}", r.text());
+    }
+    assert_eq!(
+        gw.rejections(V3, "wechat_v3", "bad_time").await,
+        odd.len() as f64
+    );
+    // The same odd value put in place of a signed good one: the signature
+    // no longer covers it, 401.
+    let mut h = signed_at(&now.to_string(), "nonce-bad-time-unsigned");
+    h[1].1 = format!("0{now}");
+    assert_eq!(gw.send_owned(V3_PATH, &h, &body).await.status, 401);
+    // No timestamp at all: the signature cannot be checked, 401.
+    let mut h = signed_at(&now.to_string(), "nonce-bad-time-absent");
+    h.remove(1);
+    assert_eq!(gw.send_owned(V3_PATH, &h, &body).await.status, 401);
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
 async fn v3_replayed_nonce_is_401_and_a_fresh_retry_is_a_duplicate() {
     let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
     let gw = v3_gateway(&up).await;

@@ -51,7 +51,10 @@
 //!    reason (`combined_payment_unsupported`): their resource is a list of
 //!    sub-orders, each of its own merchant, that callgate does not map.
 //!
-//! Freshness and replay: the signed time is `Wechatpay-Timestamp`, checked
+//! Freshness and replay: the signed time is `Wechatpay-Timestamp`, Unix
+//! seconds without sign or leading zero (one that is signed but blank or
+//! otherwise is 400 `bad_time`, as every provider's time field; absent, the
+//! signature cannot be checked: 401), checked
 //! against the route's window in both directions by `replay::check_fresh`
 //! (the SDKs allow five minutes), and `Wechatpay-Nonce` is returned in
 //! [`Verified::nonce`] so the pipeline can refuse a nonce seen within the
@@ -455,9 +458,14 @@ impl Keys {
             return Err(VerifyError::ProbeSignature);
         }
         let serial = header(headers, "wechatpay-serial")?;
-        let timestamp = header(headers, "wechatpay-timestamp")?;
+        // The signed time: its bytes go into the message as they are; a
+        // signed one that is blank or not Unix seconds is refused after the
+        // signature (400 `bad_time`, as every provider's time field).
+        let timestamp = headers
+            .get("wechatpay-timestamp")
+            .ok_or(VerifyError::MissingHeader("wechatpay-timestamp"))?
+            .as_bytes();
         let nonce = header(headers, "wechatpay-nonce")?;
-        let ts = parse_timestamp(timestamp)?;
 
         let key = self.key_for(serial)?;
         if let Some((not_before, not_after)) = key.validity
@@ -471,7 +479,7 @@ impl Keys {
             .decode(signature)
             .map_err(|_| VerifyError::SignatureEncoding)?;
         let mut message = Vec::with_capacity(timestamp.len() + nonce.len() + raw.len() + 3);
-        message.extend_from_slice(timestamp.as_bytes());
+        message.extend_from_slice(timestamp);
         message.push(b'\n');
         message.extend_from_slice(nonce.as_bytes());
         message.push(b'\n');
@@ -481,7 +489,7 @@ impl Keys {
             return Err(VerifyError::SignatureMismatch);
         }
         Ok(Signed {
-            timestamp: ts,
+            timestamp: parse_timestamp(timestamp)?,
             nonce: nonce.to_owned(),
         })
     }
@@ -566,17 +574,25 @@ fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, Ver
 }
 
 /// Unix seconds in decimal, without sign or leading zeros (so every SDK
-/// builds the same message from it).
-fn parse_timestamp(t: &str) -> Result<i64, VerifyError> {
-    let bad = VerifyError::BadHeader {
-        name: "wechatpay-timestamp",
-        reason: "not Unix seconds",
+/// builds the same message from it), as WeChat sends them.
+fn parse_timestamp(t: &[u8]) -> Result<i64, VerifyError> {
+    let bad = || VerifyError::BadTime {
+        field: "Wechatpay-Timestamp",
+        value: shown(t),
+        format: "Unix seconds",
     };
-    if t.len() > 12 || !t.bytes().all(|b| b.is_ascii_digit()) || (t.len() > 1 && t.starts_with('0'))
+    if t.is_empty()
+        || t.len() > 12
+        || !t.iter().all(u8::is_ascii_digit)
+        || (t.len() > 1 && t[0] == b'0')
     {
-        return Err(bad);
+        return Err(bad());
     }
-    t.parse().map_err(|_| bad)
+    t.iter()
+        .try_fold(0i64, |n, d| {
+            n.checked_mul(10)?.checked_add(i64::from(d - b'0'))
+        })
+        .ok_or_else(bad)
 }
 
 /// A certificate serial as upper-case hex without leading zeros; `None`
