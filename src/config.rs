@@ -21,10 +21,12 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 use crate::allow::parse_net;
 use crate::load::{
-    ConfigError, Dur, LoadErrors, Loader, Located, Warning, io_reason, line_of, pem_reason, resolve,
+    ConfigError, Dur, LoadErrors, Loader, Located, Warning, deserialize_each, io_reason, line_of,
+    pem_reason, resolve,
 };
 use crate::replay::{Auth, ClusterTarget, RedisTarget, SentinelTarget, WaitFor};
 use crate::rules::{self, Routes};
@@ -39,7 +41,10 @@ pub struct GatewayFile {
     rules_dir: Option<Spanned<String>>,
     #[serde(default)]
     trusted_proxies: Vec<Spanned<String>>,
-    listen: ListenFile,
+    /// Required, as is its `addr`: options so that a wrong `addr` leaves
+    /// the rest of the file checked; `compile_gateway` reports one left out
+    /// as serde would, "missing field".
+    listen: Option<Spanned<ListenFile>>,
     admin: Option<AdminFile>,
     #[serde(default)]
     replay: ReplayFile,
@@ -68,7 +73,8 @@ impl Default for ReloadFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListenFile {
-    addr: Spanned<String>,
+    /// Required (see [`GatewayFile::listen`]).
+    addr: Option<Spanned<String>>,
     tls_cert: Option<Spanned<String>>,
     tls_key: Option<Spanned<String>>,
     /// Worker threads serving notifications; absent: one per core.
@@ -459,7 +465,7 @@ pub struct Setup {
 /// whole configuration, or every problem found in every file.
 pub fn load(gateway_file: &Path) -> Result<Setup, LoadErrors> {
     let mut loader = Loader::new();
-    let Some(config) = compile_gateway(gateway_file, &mut loader) else {
+    let Some((config, rule_settings)) = compile_gateway(gateway_file, &mut loader) else {
         // The gateway file did not parse, but `check` promises every
         // problem at once: the rule files are still checked, in the
         // directory the file names (if it is TOML at all), against
@@ -475,7 +481,11 @@ pub fn load(gateway_file: &Path) -> Result<Setup, LoadErrors> {
         loader.touch(tls.cert.clone());
         loader.touch(tls.key.clone());
     }
-    let routes = rules::load_dir(&config.rules_dir, &config.rule_settings(), &mut loader);
+    // No rules directory to check when `rules_dir` itself was wrong.
+    let routes = match rule_settings {
+        Some(settings) => rules::load_dir(&config.rules_dir, &settings, &mut loader),
+        None => Routes::default(),
+    };
     if !loader.has_problems() {
         for warning in crate::demo_keys::warnings(&loader.files()) {
             loader.warn(warning);
@@ -569,10 +579,17 @@ impl GatewayCtx<'_> {
     }
 }
 
-/// Reads and compiles the gateway file. `None` only when it cannot be read
-/// or parsed; a setting that fails is reported, a placeholder stands in for
-/// it, and the rule files are still checked.
-fn compile_gateway(file: &Path, loader: &mut Loader) -> Option<Config> {
+/// Reads and compiles the gateway file, with the settings the rule files
+/// are to be checked against (`None`: `rules_dir` is wrong, there are none
+/// to check). `None` only when it cannot be read or is not TOML; a setting
+/// that fails is reported, a placeholder stands in for it, and the rule
+/// files are still checked. Every problem of the file is reported, each at
+/// its line (`load::deserialize_each`); a check that involves a value that
+/// was wrong is left out rather than made against its default (half a TLS
+/// pair, the store's other keys, `wait_timeout` against `timeout`), and the
+/// rule files are not held to a `replay.ttl` or `replay.max_entries` that
+/// was wrong.
+fn compile_gateway(file: &Path, loader: &mut Loader) -> Option<(Config, Option<rules::Settings>)> {
     let at_file = |line: Option<usize>, error: ConfigError| Located {
         file: file.to_path_buf(),
         line,
@@ -590,35 +607,79 @@ fn compile_gateway(file: &Path, loader: &mut Loader) -> Option<Config> {
             return None;
         }
     };
-    let raw: GatewayFile = match toml::from_str(&src) {
-        Ok(raw) => raw,
+    let syntax = |e: &toml::de::Error| {
+        at_file(
+            e.span().map(|s| line_of(&src, s.start)),
+            ConfigError::Syntax {
+                message: e.message().trim().to_owned(),
+            },
+        )
+    };
+    let doc = match DeTable::parse(&src) {
+        Ok(doc) => doc,
         Err(e) => {
-            let line = e.span().map(|s| line_of(&src, s.start));
-            loader.problem(at_file(
-                line,
-                ConfigError::Syntax {
-                    message: e.message().trim().to_owned(),
-                },
-            ));
+            loader.problem(syntax(&e));
             return None;
         }
     };
+    let span = doc.span();
+    let each = deserialize_each::<GatewayFile>(Spanned::new(
+        span.clone(),
+        DeValue::Table(doc.into_inner()),
+    ));
+    for e in &each.errors {
+        loader.problem(syntax(e));
+    }
+    let raw = each.value.as_ref()?;
     let mut g = GatewayCtx {
         loader,
         file,
         dir: file.parent().unwrap_or(Path::new("")).to_path_buf(),
         src: &src,
     };
-    let listen = listen_addr(&mut g, &raw.listen.addr);
-    let workers = workers(&mut g, raw.listen.workers.as_ref());
+    let missing = |field: &str| ConfigError::Syntax {
+        message: format!("missing field `{field}`"),
+    };
+    let listen_file = raw.listen.as_ref();
+    match listen_file {
+        // At the start of the file, as serde says it (even when empty).
+        None if !each.lost("listen") => {
+            g.problem(Some(line_of(&src, span.start)), missing("listen"))
+        }
+        Some(l) if l.get_ref().addr.is_none() && !each.lost("listen.addr") => {
+            g.error(l.span(), missing("addr"))
+        }
+        _ => {}
+    }
+    let listen_file = listen_file.map(Spanned::get_ref);
+    let listen = match listen_file.and_then(|l| l.addr.as_ref()) {
+        Some(addr) => listen_addr(&mut g, addr),
+        None => SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    let workers = workers(&mut g, listen_file.and_then(|l| l.workers.as_ref()));
     let (admin, admin_token) = admin(&mut g, raw.admin.as_ref());
     let trusted_proxies = trusted_proxies(&mut g, &raw.trusted_proxies);
-    let tls = tls(&mut g, &raw.listen);
-    let rules_dir = rules_dir(&mut g, raw.rules_dir.as_ref());
-    let replay = replay(&mut g, &raw.replay);
-    let journal = journal(&mut g, &raw.journal);
-    let limits = limits(&mut g, &raw.limits);
-    Some(Config {
+    // Half a TLS pair is judged only from what was written.
+    let tls = match listen_file {
+        Some(l) if !each.lost("listen.tls_cert") && !each.lost("listen.tls_key") => tls(&mut g, l),
+        _ => None,
+    };
+    let rules_dir_ok = !each.lost("rules_dir");
+    let rules_dir = if rules_dir_ok {
+        rules_dir(&mut g, raw.rules_dir.as_ref())
+    } else {
+        PathBuf::new()
+    };
+    let replay = replay(&mut g, &raw.replay, &|key| {
+        !each.lost(&format!("replay.{key}"))
+    });
+    let journal = if each.lost("journal.enabled") || each.lost("journal.dir") {
+        None
+    } else {
+        journal(&mut g, &raw.journal)
+    };
+    let limits = limits(&mut g, &raw.limits, !each.lost("limits.max_connections"));
+    let config = Config {
         file: file.to_path_buf(),
         rules_dir,
         listen,
@@ -631,7 +692,17 @@ fn compile_gateway(file: &Path, loader: &mut Loader) -> Option<Config> {
         watch: raw.reload.watch,
         limits,
         trusted_proxies,
-    })
+    };
+    // The rule files are not held to a bound that was not written.
+    let mut settings = config.rule_settings();
+    let loose = rules::Settings::unconstrained();
+    if each.lost("replay.ttl") {
+        settings.replay_ttl = loose.replay_ttl;
+    }
+    if each.lost("replay.max_entries") {
+        settings.replay_max_entries = loose.replay_max_entries;
+    }
+    Some((config, rules_dir_ok.then_some(settings)))
 }
 
 /// `listen.addr` (a placeholder when it is not an address).
@@ -843,10 +914,16 @@ fn rules_dir(g: &mut GatewayCtx<'_>, raw: Option<&Spanned<String>>) -> PathBuf {
 
 /// `[replay]`: the store (memory, a Redis URL that parses, a Sentinel
 /// deployment or a Redis Cluster), its credentials and CA bundle, the
-/// `WAIT` after each delivered marker, and the bounds.
-fn replay(g: &mut GatewayCtx<'_>, r: &ReplayFile) -> ReplayConfig {
+/// `WAIT` after each delivered marker, and the bounds. `known(key)`: the
+/// key is as written (its value was not wrong); a check that involves a
+/// key that is not is left out, as its default would mislead it.
+fn replay(g: &mut GatewayCtx<'_>, r: &ReplayFile, known: &dyn Fn(&str) -> bool) -> ReplayConfig {
+    let all = |keys: &[&str]| keys.iter().all(|k| known(k));
     let store_value = r.store.get_ref();
+    let target_known = all(&["sentinels", "master_name", "cluster"]);
     let store = match store_value.as_str() {
+        _ if !known("store") => StoreKind::Memory,
+        "sentinel" | "cluster" if !target_known => StoreKind::Memory,
         "memory" => StoreKind::Memory,
         "sentinel" => sentinel_target(g, r)
             .map(RedisTarget::Sentinel)
@@ -879,8 +956,14 @@ fn replay(g: &mut GatewayCtx<'_>, r: &ReplayFile) -> ReplayConfig {
             StoreKind::Memory
         }
     };
-    only_with(g, r);
-    let tls_ca = r.tls_ca.as_ref().and_then(|ca| store_ca(g, ca, r));
+    if known("store") {
+        only_with(g, r);
+    }
+    let tls_ca = r
+        .tls_ca
+        .as_ref()
+        .filter(|_| all(&["store", "tls", "sentinel_tls", "cluster"]))
+        .and_then(|ca| store_ca(g, ca, r));
     g.positive("replay.ttl", r.ttl.get_ref().0.is_zero(), r.ttl.span());
     g.positive(
         "replay.max_entries",
@@ -899,7 +982,10 @@ fn replay(g: &mut GatewayCtx<'_>, r: &ReplayFile) -> ReplayConfig {
         .wait_timeout
         .as_ref()
         .map_or(DEFAULT_WAIT_TIMEOUT, |w| w.get_ref().0);
-    if replicas > 0 && wait_timeout >= timeout {
+    if all(&["store", "timeout", "wait_replicas", "wait_timeout"])
+        && replicas > 0
+        && wait_timeout >= timeout
+    {
         let span = r
             .wait_timeout
             .as_ref()
@@ -1220,8 +1306,9 @@ fn journal(g: &mut GatewayCtx<'_>, j: &JournalFile) -> Option<crate::journal::Jo
 }
 
 /// `[limits]`: every bound positive, and the unlisted share within the
-/// total.
-fn limits(g: &mut GatewayCtx<'_>, l: &LimitsFile) -> Limits {
+/// total (unless `max_connections` was wrong: `total` says whether to judge
+/// it).
+fn limits(g: &mut GatewayCtx<'_>, l: &LimitsFile, total: bool) -> Limits {
     let count = |n: &Spanned<u64>| usize::try_from(*n.get_ref()).unwrap_or(usize::MAX);
     for (field, n) in [
         ("limits.max_connections", &l.max_connections),
@@ -1259,7 +1346,7 @@ fn limits(g: &mut GatewayCtx<'_>, l: &LimitsFile) -> Limits {
         None => (max_connections / 2).max(1),
         Some(u) => {
             let n = count(u);
-            if n > max_connections {
+            if total && n > max_connections {
                 g.error(
                     u.span(),
                     ConfigError::UnlistedAboveTotal {

@@ -3,7 +3,9 @@
 //! problem, warning and file the load finds; what a problem is and where
 //! ([`Located`]: `PATH:LINE: message`; the gateway file's [`ConfigError`]s
 //! and the rule files' [`RuleError`]s); [`FileCtx`], one rule file being
-//! compiled; the TOML duration type both kinds of file use; and the
+//! compiled; [`deserialize_each`], which finds every problem of a table
+//! where serde stops at the first; the TOML duration type both kinds of
+//! file use; and the
 //! operator-facing reasons for a file that cannot be read. It never prints
 //! file contents and never writes anything.
 //!
@@ -186,6 +188,9 @@ pub enum RuleError {
     Read { reason: String },
     #[error("{message}")]
     Syntax { message: String },
+    /// A required key of a `[[route]]` left out (serde's own words).
+    #[error("missing field `{field}`")]
+    MissingField { field: &'static str },
     #[error("unknown top-level key `{key}`: a rule file holds only [[route]] tables")]
     TopLevel { key: String },
     #[error("`route` must be an array of tables, written [[route]]")]
@@ -428,19 +433,36 @@ impl<'a> FileCtx<'a> {
         );
     }
 
-    /// Deserialises a spanned TOML value, recording the error if it fails.
+    /// Deserialises a spanned TOML table, recording every problem in it
+    /// ([`deserialize_each`]). `None` when one of its keys had a value
+    /// that is wrong: the code that compiles `T` would take the key as
+    /// left out and could report a false problem or use a default the
+    /// operator did not write. Keys `T` does not know are only reported.
     pub fn deserialize<T: for<'de> Deserialize<'de>>(
         &mut self,
         value: Spanned<DeValue<'_>>,
     ) -> Option<T> {
-        let span = value.span();
-        match T::deserialize(ValueDeserializer::from(value)) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.toml_error(span, &e);
-                None
-            }
+        let each = self.deserialize_each(value);
+        if each.holes.is_empty() {
+            each.value
+        } else {
+            None
         }
+    }
+
+    /// Deserialises a spanned TOML table, recording every problem in it,
+    /// and returns what is left ([`deserialize_each`]): the caller must
+    /// not judge a key in [`Each::holes`] as left out.
+    pub fn deserialize_each<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        value: Spanned<DeValue<'_>>,
+    ) -> Each<T> {
+        let span = value.span();
+        let each = deserialize_each::<T>(value);
+        for e in &each.errors {
+            self.toml_error(span.clone(), e);
+        }
+        each
     }
 
     /// Resolves a path named in this file against the file's directory, and
@@ -460,6 +482,193 @@ impl<'a> FileCtx<'a> {
     pub fn loader(&mut self) -> &mut Loader {
         self.loader
     }
+}
+
+// === every problem of a table ===
+
+/// What [`deserialize_each`] made of a table.
+#[derive(Debug)]
+pub struct Each<T> {
+    /// The table without the keys in `errors`; `None` when it cannot be
+    /// built without one of them (a required key whose value is wrong).
+    pub value: Option<T>,
+    /// Every problem found, in the order of the file.
+    pub errors: Vec<toml::de::Error>,
+    /// Dotted paths (`replay.ttl`, `platform_keys.1.serial`) of the keys
+    /// taken out because their value is wrong. Their default in `value`
+    /// is not what the operator wrote: nothing may be judged from it.
+    /// Keys `T` does not know are not holes: they change nothing.
+    pub holes: Vec<String>,
+}
+
+impl<T> Each<T> {
+    /// Whether the value at dotted `path` is not as written: it, a table
+    /// holding it or a key inside it was taken out.
+    pub fn lost(&self, path: &str) -> bool {
+        let under = |inner: &str, outer: &str| {
+            inner
+                .strip_prefix(outer)
+                .is_some_and(|rest| rest.starts_with('.'))
+        };
+        self.holes
+            .iter()
+            .any(|h| h == path || under(path, h) || under(h, path))
+    }
+}
+
+/// A step from a table or array to one of its values.
+#[derive(Debug, Clone)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// A key of the tree an error points at.
+struct Found {
+    /// From the root to the key.
+    path: Vec<Step>,
+    /// The span of the table holding it.
+    table: Range<usize>,
+}
+
+/// Deserialises a spanned TOML table (a whole gateway file, a `[[route]]`,
+/// a `[route.keys]`) and finds every problem in it, not only the first
+/// serde stops at: after each error, the innermost key whose name or value
+/// holds the error's span is taken out of the tree and the rest is tried
+/// again, once per key at most. A table that thereby lost a required key
+/// ("missing field" for a key taken out) is not a new problem: it is
+/// taken out of its parent in turn, silently, or ends the search when it
+/// is the root. An error no key holds ends the search too.
+pub fn deserialize_each<T: for<'de> Deserialize<'de>>(value: Spanned<DeValue<'_>>) -> Each<T> {
+    let mut tree = value;
+    let mut errors: Vec<toml::de::Error> = Vec::new();
+    let mut holes = Vec::new();
+    // (key, span of its table) of every key taken out.
+    let mut removed: Vec<(String, Range<usize>)> = Vec::new();
+    let mut result = None;
+    for _ in 0..=keys_in(&tree) {
+        let e = match T::deserialize(ValueDeserializer::from(tree.clone())) {
+            Ok(v) => {
+                result = Some(v);
+                break;
+            }
+            Err(e) => e,
+        };
+        let follows = removed.iter().any(|(key, table)| {
+            e.span().as_ref() == Some(table) && e.message() == format!("missing field `{key}`")
+        });
+        let Some(found) = e
+            .span()
+            .and_then(|at| innermost(&tree, &at, &mut Vec::new()))
+        else {
+            if !follows {
+                errors.push(e);
+            }
+            break;
+        };
+        let Some(key) = take(&mut tree, &found.path) else {
+            errors.push(e);
+            break;
+        };
+        if !e.message().starts_with("unknown field `") {
+            holes.push(dotted(&found.path));
+        }
+        removed.push((key, found.table));
+        if !follows {
+            errors.push(e);
+        }
+    }
+    errors.sort_by_key(|e| e.span().map_or(usize::MAX, |s| s.start));
+    Each {
+        value: result,
+        errors,
+        holes,
+    }
+}
+
+/// How many keys `value` holds, at every depth: how many times at most
+/// [`deserialize_each`] can take one out.
+fn keys_in(value: &Spanned<DeValue<'_>>) -> usize {
+    match value.get_ref() {
+        DeValue::Table(t) => t.values().map(|v| 1 + keys_in(v)).sum(),
+        DeValue::Array(a) => a.iter().map(keys_in).sum(),
+        _ => 0,
+    }
+}
+
+fn holds(outer: &Range<usize>, inner: &Range<usize>) -> bool {
+    outer.start <= inner.start && inner.end <= outer.end
+}
+
+/// The innermost key under `value` whose name or value holds `at`.
+fn innermost(
+    value: &Spanned<DeValue<'_>>,
+    at: &Range<usize>,
+    path: &mut Vec<Step>,
+) -> Option<Found> {
+    // An error about the table itself ("missing field") is about the key
+    // that holds it, not about one of its own keys: the root's span may be
+    // empty and would seem to be inside the first one's.
+    if value.span() == *at {
+        return None;
+    }
+    match value.get_ref() {
+        DeValue::Table(t) => {
+            for (k, v) in t.iter() {
+                path.push(Step::Key(k.get_ref().to_string()));
+                let found = innermost(v, at, path).or_else(|| {
+                    (holds(&k.span(), at) || holds(&v.span(), at)).then(|| Found {
+                        path: path.clone(),
+                        table: value.span(),
+                    })
+                });
+                path.pop();
+                if found.is_some() {
+                    return found;
+                }
+            }
+        }
+        DeValue::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                path.push(Step::Index(i));
+                let found = innermost(v, at, path);
+                path.pop();
+                if found.is_some() {
+                    return found;
+                }
+            }
+        }
+        _ => {}
+    }
+    None
+}
+
+/// Takes the key at `path` out of `tree`; its name.
+fn take(tree: &mut Spanned<DeValue<'_>>, path: &[Step]) -> Option<String> {
+    let (last, steps) = path.split_last()?;
+    let mut at = tree;
+    for step in steps {
+        at = match (at.get_mut(), step) {
+            (DeValue::Table(t), Step::Key(k)) => t.get_mut(k.as_str())?,
+            (DeValue::Array(a), Step::Index(i)) => a.get_mut(*i)?,
+            _ => return None,
+        };
+    }
+    match (at.get_mut(), last) {
+        (DeValue::Table(t), Step::Key(k)) => t.remove(k.as_str()).map(|_| k.clone()),
+        _ => None,
+    }
+}
+
+/// `replay.ttl`, `platform_keys.1.serial`.
+fn dotted(path: &[Step]) -> String {
+    path.iter()
+        .map(|s| match s {
+            Step::Key(k) => k.clone(),
+            Step::Index(i) => i.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 // === durations ===
@@ -577,5 +786,108 @@ mod tests {
         assert!(http_url("ftp://x/").is_err());
         assert!(http_url("/relative").is_err());
         assert!(http_url("not a url").is_err());
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Outer {
+        name: String,
+        #[serde(default)]
+        every: Option<Dur>,
+        inner: Option<Inner>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        addr: String,
+        #[serde(default)]
+        n: u64,
+    }
+
+    fn each_of(src: &str) -> (Each<Outer>, Vec<(usize, String)>) {
+        let doc = toml::de::DeTable::parse(src).unwrap();
+        let span = doc.span();
+        let each = deserialize_each::<Outer>(Spanned::new(span, DeValue::Table(doc.into_inner())));
+        let problems = each
+            .errors
+            .iter()
+            .map(|e| {
+                let line = e.span().map_or(0, |s| line_of(src, s.start));
+                (
+                    line,
+                    e.message().split(',').next().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        (each, problems)
+    }
+
+    #[test]
+    fn every_problem_of_a_table_in_file_order() {
+        let (each, problems) = each_of(
+            "zz = 1\nname = \"a\"\nevery = \"soon\"\naa = 2\n[inner]\naddr = \"x\"\nn = \"many\"\nbogus = 3\n",
+        );
+        assert_eq!(
+            problems,
+            [
+                (1, "unknown field `zz`".to_owned()),
+                (
+                    3,
+                    "invalid duration `soon`: write a number and a unit".to_owned()
+                ),
+                (4, "unknown field `aa`".to_owned()),
+                (7, "invalid type: string \"many\"".to_owned()),
+                (8, "unknown field `bogus`".to_owned()),
+            ]
+        );
+        let value = each.value.as_ref().expect("what is left deserialises");
+        assert_eq!((value.name.as_str(), value.every), ("a", None));
+        assert_eq!(
+            value.inner.as_ref().map(|i| (i.addr.as_str(), i.n)),
+            Some(("x", 0))
+        );
+        // Unknown keys change nothing; wrong values leave holes.
+        assert_eq!(each.holes, ["every", "inner.n"]);
+        assert!(each.lost("inner") && each.lost("inner.n") && !each.lost("inner.addr"));
+        assert!(!each.lost("name") && !each.lost("zz"));
+    }
+
+    #[test]
+    fn a_required_key_with_a_wrong_value_is_one_problem() {
+        // In a table: the table goes too, silently.
+        let (each, problems) = each_of("name = \"a\"\nevery = \"0\"\n[inner]\naddr = 5\n");
+        assert_eq!(
+            problems,
+            [
+                (
+                    2,
+                    "invalid duration `0`: write a number and a unit".to_owned()
+                ),
+                (4, "invalid type: integer `5`".to_owned()),
+            ]
+        );
+        assert!(each.value.as_ref().is_some_and(|v| v.inner.is_none()));
+        assert_eq!(each.holes, ["every", "inner.addr", "inner"]);
+        // At the top: nothing is left to build.
+        let (each, problems) = each_of("name = 5\nzz = 1\n");
+        assert_eq!(
+            problems,
+            [
+                (1, "invalid type: integer `5`".to_owned()),
+                (2, "unknown field `zz`".to_owned()),
+            ]
+        );
+        assert!(each.value.is_none());
+    }
+
+    #[test]
+    fn a_required_key_left_out_is_reported() {
+        let (each, problems) = each_of("name = \"a\"\n[inner]\nn = 1\n");
+        assert_eq!(problems, [(2, "missing field `addr`".to_owned())]);
+        assert!(each.value.as_ref().is_some_and(|v| v.inner.is_none()));
+        let (each, problems) = each_of("every = \"1s\"\n");
+        assert_eq!(problems, [(1, "missing field `name`".to_owned())]);
+        assert!(each.value.is_none());
     }
 }

@@ -5,9 +5,11 @@
 //! keys, durations.
 //!
 //! Each route is deserialised on its own, so one bad route does not hide the
-//! problems of the next; every problem keeps its file and line (recorded in
-//! the load's `load::Loader`). The compiled [`Routes`] go into the
-//! `config::Snapshot` a request works with, swapped in whole on reload.
+//! problems of the next, and with `load::deserialize_each`, so one bad key
+//! does not hide the other problems of its route; every problem keeps its
+//! file and line (recorded in the load's `load::Loader`). The compiled
+//! [`Routes`] go into the `config::Snapshot` a request works with, swapped
+//! in whole on reload.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -30,17 +32,23 @@ use crate::secret::Secret;
 
 /// One `[[route]]` table as written. `keys` is taken out before this is
 /// deserialised and handed to the provider, which knows its shape.
+///
+/// `name`, `path`, `provider` and `allow` are required; they are options
+/// here so that a route whose required value is wrong (`provider =
+/// "paypal"`) still has its other settings checked: `compile_route` reports
+/// one left out as serde would, "missing field".
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
-    /// Route name: metric label, log field and replay namespace.
-    pub name: Spanned<String>,
-    /// Exact request path, POST only.
-    pub path: Spanned<String>,
-    /// One of the contract's providers.
-    pub provider: Spanned<ProviderKind>,
+    /// Route name: metric label, log field and replay namespace. Required.
+    pub name: Option<Spanned<String>>,
+    /// Exact request path, POST only. Required.
+    pub path: Option<Spanned<String>>,
+    /// One of the contract's providers. Required.
+    pub provider: Option<Spanned<ProviderKind>>,
     /// CIDRs (or bare addresses) allowed to call; empty admits nobody.
-    pub allow: Vec<Spanned<String>>,
+    /// Required.
+    pub allow: Option<Vec<Spanned<String>>>,
     /// Where verified notifications go: http:// or https:// URL (a
     /// merchant may override it).
     pub upstream: Option<Spanned<String>>,
@@ -526,47 +534,69 @@ fn compile_route(
     };
     let keys = table.remove("keys");
     let merchant_tables = table.remove("merchant");
-    let raw: RouteFile = ctx.deserialize(Spanned::new(span.clone(), DeValue::Table(table)))?;
-
-    let name = raw.name.get_ref();
-    let name_ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if !name_ok {
-        ctx.error(raw.name.span(), RuleError::BadName { name: name.clone() });
-    } else if let Some(first) = seen.names.get(name) {
-        ctx.error(
-            raw.name.span(),
-            RuleError::DuplicateName {
-                name: name.clone(),
-                first: first.clone(),
-            },
-        );
-    } else {
-        seen.names.insert(name.clone(), ctx.here(raw.name.span()));
+    let each = ctx.deserialize_each::<RouteFile>(Spanned::new(span.clone(), DeValue::Table(table)));
+    let raw = each.value.as_ref()?;
+    // A key whose value was wrong is reported already, and nothing is
+    // judged from the default that stands in for it: only what is left.
+    for (field, given) in [
+        ("name", raw.name.is_some()),
+        ("path", raw.path.is_some()),
+        ("provider", raw.provider.is_some()),
+        ("allow", raw.allow.is_some()),
+    ] {
+        if !given && !each.lost(field) {
+            ctx.error(span.clone(), RuleError::MissingField { field });
+        }
     }
 
-    let path = raw.path.get_ref();
-    if !path.starts_with('/') || path.contains(['?', '#']) || path.contains(char::is_whitespace) {
-        ctx.error(raw.path.span(), RuleError::BadPath { path: path.clone() });
-    } else if let Some((other, first)) = seen.paths.get(path) {
-        ctx.error(
-            raw.path.span(),
-            RuleError::DuplicatePath {
-                path: path.clone(),
-                other: other.clone(),
-                first: first.clone(),
-            },
-        );
-    } else {
-        seen.paths
-            .insert(path.clone(), (name.clone(), ctx.here(raw.path.span())));
+    let name = raw.name.as_ref().map(|n| n.get_ref().as_str());
+    if let Some(n) = &raw.name {
+        let name = n.get_ref();
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !name_ok {
+            ctx.error(n.span(), RuleError::BadName { name: name.clone() });
+        } else if let Some(first) = seen.names.get(name) {
+            ctx.error(
+                n.span(),
+                RuleError::DuplicateName {
+                    name: name.clone(),
+                    first: first.clone(),
+                },
+            );
+        } else {
+            seen.names.insert(name.clone(), ctx.here(n.span()));
+        }
     }
 
-    let mut nets = Vec::with_capacity(raw.allow.len());
-    for entry in &raw.allow {
+    if let Some(p) = &raw.path {
+        let path = p.get_ref();
+        if !path.starts_with('/') || path.contains(['?', '#']) || path.contains(char::is_whitespace)
+        {
+            ctx.error(p.span(), RuleError::BadPath { path: path.clone() });
+        } else if let Some((other, first)) = seen.paths.get(path) {
+            ctx.error(
+                p.span(),
+                RuleError::DuplicatePath {
+                    path: path.clone(),
+                    other: other.clone(),
+                    first: first.clone(),
+                },
+            );
+        } else {
+            seen.paths.insert(
+                path.clone(),
+                (name.unwrap_or("-").to_owned(), ctx.here(p.span())),
+            );
+        }
+    }
+
+    let allow: &[Spanned<String>] = raw.allow.as_deref().unwrap_or_default();
+    let mut nets = Vec::with_capacity(allow.len());
+    for entry in allow {
         if let Some(set) = entry.get_ref().strip_prefix('@') {
             match seen.ipsets.get(set) {
                 Some(list) => nets.extend_from_slice(list),
@@ -597,35 +627,41 @@ fn compile_route(
         }
     }
 
-    let kind = *raw.provider.get_ref();
-    let max_age = match &raw.max_age {
-        Some(d) if d.get_ref().0.is_zero() => {
-            ctx.error(d.span(), RuleError::Zero { field: "max_age" });
-            kind.default_max_age()
-        }
-        Some(d) => d.get_ref().0,
-        None => kind.default_max_age(),
-    };
-    let max_future = kind.max_future(max_age);
+    let kind = raw.provider.as_ref().map(|p| *p.get_ref());
+    if let Some(d) = &raw.max_age
+        && d.get_ref().0.is_zero()
+    {
+        ctx.error(d.span(), RuleError::Zero { field: "max_age" });
+    }
+    // The freshness window needs the provider, and a max_age as written.
+    let window = kind.filter(|_| !each.lost("max_age")).map(|kind| {
+        let max_age = match &raw.max_age {
+            Some(d) if !d.get_ref().0.is_zero() => d.get_ref().0,
+            _ => kind.default_max_age(),
+        };
+        (max_age, kind.max_future(max_age))
+    });
     // A delivered event must be remembered for as long as a copy of it can
     // still pass freshness.
-    let window = max_age + max_future;
-    if settings.replay_ttl < window {
+    if let Some((max_age, max_future)) = window
+        && settings.replay_ttl < max_age + max_future
+    {
         let at = raw.max_age.as_ref().map_or(span.clone(), Spanned::span);
         ctx.error(
             at,
             RuleError::ReplayTtlTooShort {
                 ttl: humantime::format_duration(settings.replay_ttl).to_string(),
-                window: humantime::format_duration(window).to_string(),
+                window: humantime::format_duration(max_age + max_future).to_string(),
                 future: humantime::format_duration(max_future).to_string(),
             },
         );
     }
+    let shown = name.unwrap_or("-");
     if raw.allow_mode == AllowMode::Log {
         ctx.warn(
             span.clone(),
             format_args!(
-                "route `{name}` has allow_mode = \"log\": addresses outside its allow list are let through \
+                "route `{shown}` has allow_mode = \"log\": addresses outside its allow list are let through \
                  (logged and counted as ip_denied_dry_run)"
             ),
         );
@@ -634,7 +670,7 @@ fn compile_route(
         ctx.warn(
             span.clone(),
             format_args!(
-                "route `{name}` has on_store_error = \"open\": while the replay store is down it forwards \
+                "route `{shown}` has on_store_error = \"open\": while the replay store is down it forwards \
                  WITHOUT replay protection, so the shop may receive duplicates and replays"
             ),
         );
@@ -664,18 +700,33 @@ fn compile_route(
             }
         };
 
-    let defaults = UpstreamFields {
-        upstream: raw.upstream.as_ref(),
-        secret_file: raw.upstream_secret_file.as_ref(),
-        ca: raw.upstream_ca.as_ref(),
-        success_body: raw.success_body.as_ref(),
+    // A merchant falls back on these: when one of them was wrong, no
+    // upstream is judged (it would be "missing", or another's).
+    let defaults = UPSTREAM_KEYS
+        .iter()
+        .all(|k| !each.lost(k))
+        .then_some(UpstreamFields {
+            upstream: raw.upstream.as_ref(),
+            secret_file: raw.upstream_secret_file.as_ref(),
+            ca: raw.upstream_ca.as_ref(),
+            success_body: raw.success_body.as_ref(),
+        });
+    let upstream = |ctx: &mut FileCtx<'_>| {
+        defaults
+            .as_ref()
+            .and_then(|d| compile_upstream(settings, ctx, d, None, span.clone()))
     };
-    let merchants = match (keys, merchant_tables) {
-        (Some(_), Some(m)) => {
+    let merchants = match (keys, merchant_tables, kind) {
+        (Some(_), Some(m), _) => {
             ctx.error(m.span(), RuleError::KeysAndMerchants);
             None
         }
-        (None, None) => {
+        // The keys' shape is the provider's: without it, only the upstream.
+        (_, None, None) => {
+            upstream(ctx);
+            None
+        }
+        (None, None, Some(kind)) => {
             ctx.error(
                 span.clone(),
                 RuleError::MissingKeys {
@@ -683,25 +734,33 @@ fn compile_route(
                     needs: kind.keys_hint(),
                 },
             );
-            compile_upstream(settings, ctx, &defaults, None, span.clone());
+            upstream(ctx);
             None
         }
-        (Some(value), None) => {
+        (Some(value), None, Some(kind)) => {
             let provider = Provider::compile(kind, value, ctx);
-            let upstream = compile_upstream(settings, ctx, &defaults, None, span.clone());
+            let upstream = upstream(ctx);
             provider
                 .zip(upstream)
                 .map(|(provider, upstream)| vec![Merchant { provider, upstream }])
         }
-        (None, Some(tables)) => compile_merchants(settings, ctx, kind, &defaults, tables),
+        (None, Some(tables), Some(kind)) => {
+            compile_merchants(settings, ctx, kind, defaults.as_ref(), tables)
+        }
+        (None, Some(_), None) => None,
     };
 
     if ctx.failed() {
         return None;
     }
+    let (Some(name), Some(path), Some(kind), Some((max_age, max_future))) =
+        (name, &raw.path, kind, window)
+    else {
+        return None;
+    };
     Some(Route {
-        name: name.as_str().into(),
-        path: path.as_str().into(),
+        name: name.into(),
+        path: path.get_ref().as_str().into(),
         kind,
         merchants: merchants?.into_boxed_slice(),
         merchant_label: raw.merchant_label,
@@ -713,6 +772,7 @@ fn compile_route(
         rate_limit,
         replay_quota: raw
             .replay_quota
+            .as_ref()
             .map(|q| usize::try_from(*q.get_ref()).unwrap_or(usize::MAX)),
         max_age,
         max_future,
@@ -720,6 +780,14 @@ fn compile_route(
         line: line_of(ctx.src, span.start),
     })
 }
+
+/// The keys of a route a merchant's upstream falls back on.
+const UPSTREAM_KEYS: [&str; 4] = [
+    "upstream",
+    "upstream_secret_file",
+    "upstream_ca",
+    "success_body",
+];
 
 /// The upstream settings of a route or of one of its merchants, as written.
 struct UpstreamFields<'a> {
@@ -834,7 +902,7 @@ fn compile_merchants(
     settings: &Settings,
     ctx: &mut FileCtx<'_>,
     kind: ProviderKind,
-    defaults: &UpstreamFields<'_>,
+    defaults: Option<&UpstreamFields<'_>>,
     tables: Spanned<DeValue<'_>>,
 ) -> Option<Vec<Merchant>> {
     let span = tables.span();
@@ -878,7 +946,11 @@ fn compile_merchants(
                 None
             }
         };
-        let upstream = compile_upstream(settings, ctx, defaults, Some(&own), item_span.clone());
+        // Without the route's own settings (one was wrong), the merchant's
+        // upstream cannot be judged.
+        let upstream = defaults.and_then(|defaults| {
+            compile_upstream(settings, ctx, defaults, Some(&own), item_span.clone())
+        });
         let (Some(provider), Some(upstream)) = (provider, upstream) else {
             ok = false;
             continue;

@@ -418,7 +418,9 @@ fn check_reports_every_problem_at_once() {
     let (code, out) = check(dir.path());
     assert_eq!(code, 1);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 5, "{out}");
+    // second.toml's route has a wrong name and lacks every other required
+    // key: six problems of its own.
+    assert_eq!(lines.len(), 10, "{out}");
     assert!(
         lines[0].contains("callgate.toml:2: trusted_proxies entry `10.0.0.0/99`"),
         "{out}"
@@ -427,13 +429,164 @@ fn check_reports_every_problem_at_once() {
         "r.toml:5: allow entry `bogus`",
         "r.toml:22: keys.public_key `",
         "path `/a` is already routed by route `a`",
-        "second.toml:2:",
+        "second.toml:2: invalid type: integer `1`, expected a string",
+        "second.toml:1: missing field `path`",
+        "second.toml:1: missing field `provider`",
+        "second.toml:1: missing field `allow`",
+        "second.toml:1: missing field `upstream_secret_file`",
+        "second.toml:1: missing field `upstream`:",
     ] {
         assert!(
             lines.iter().any(|l| l.contains(want)),
             "no line with `{want}` in:\n{out}"
         );
     }
+}
+
+/// The 1-based line of the first line of `text` that contains `needle`.
+fn line_with(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("`{needle}` not in:\n{text}"))
+        + 1
+}
+
+/// `check` exits 1 and prints exactly `wants`, one line each, in any order.
+fn expect_exactly(dir: &Path, wants: &[String]) {
+    let (code, out) = check(dir);
+    assert_eq!(code, 1, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    for want in wants {
+        assert!(
+            lines.iter().any(|l| l.contains(want.as_str())),
+            "no line with `{want}` in:\n{out}"
+        );
+    }
+    assert_eq!(lines.len(), wants.len(), "{out}");
+}
+
+#[test]
+fn check_lists_every_problem_of_the_gateway_file() {
+    // Serde stops at the first problem of a document; `check` must not:
+    // an operator fixing one typo per run of `check` is what it avoids.
+    let dir = config_with_rules(&good_route("a", "/a"));
+    edit_gateway(dir.path(), "[admin]", "[admin]\nport = 1");
+    edit_gateway(dir.path(), "[reload]", "[reload]\ncolour = \"blue\"");
+    edit_gateway(
+        dir.path(),
+        "header_timeout = \"5s\"",
+        "header_timeout = \"soon\"",
+    );
+    let text = std::fs::read_to_string(dir.path().join("callgate.toml")).unwrap();
+    let at = |needle: &str| format!("callgate.toml:{}: ", line_with(&text, needle));
+    expect_exactly(
+        dir.path(),
+        &[
+            format!("{}unknown field `port`", at("port = 1")),
+            format!("{}unknown field `colour`", at("colour = ")),
+            format!("{}invalid duration `soon`", at("header_timeout")),
+        ],
+    );
+}
+
+#[test]
+fn check_judges_the_rest_of_the_gateway_file_as_written() {
+    // The rest of the file and the rule files are still checked, each
+    // value as written; a check that needs a value that was wrong is left
+    // out rather than run against its default (the rule files against
+    // replay.ttl, wait_timeout against timeout).
+    let dir = config_with_rules(&route_a_with("110.75.0.0/16", "110.75.0.0/99"));
+    edit_gateway(dir.path(), "ttl = \"200100h\"", "ttl = \"a day\"");
+    edit_gateway(
+        dir.path(),
+        "timeout = \"500ms\"",
+        "timeout = \"half a second\"\nwait_replicas = 1\nwait_timeout = \"2s\"",
+    );
+    edit_gateway(dir.path(), "max_entries = 100000", "max_entries = 0");
+    edit_gateway(
+        dir.path(),
+        "store = \"memory\"",
+        "store = \"redis://127.0.0.1:1/0\"",
+    );
+    edit_gateway(
+        dir.path(),
+        "trusted_proxies = []",
+        "trusted_proxies = [\"10.0.0.0/99\"]",
+    );
+    let text = std::fs::read_to_string(dir.path().join("callgate.toml")).unwrap();
+    let at = |needle: &str| format!("callgate.toml:{}: ", line_with(&text, needle));
+    expect_exactly(
+        dir.path(),
+        &[
+            format!(
+                "{}trusted_proxies entry `10.0.0.0/99`",
+                at("trusted_proxies")
+            ),
+            format!("{}invalid duration `a day`", at("ttl = ")),
+            format!(
+                "{}replay.max_entries must be greater than zero",
+                at("max_entries")
+            ),
+            format!("{}invalid duration `half a second`", at("timeout = ")),
+            "r.toml:5: allow entry `110.75.0.0/99`".to_owned(),
+        ],
+    );
+}
+
+#[test]
+fn check_lists_every_problem_of_a_route() {
+    // Two serde problems (an unknown key, a duration that is not one) and
+    // two the compiler finds (a CIDR, a key file): four lines.
+    let route = route_a_with(
+        "provider = \"alipay\"",
+        "provider = \"alipay\"\ncolour = \"blue\"\nmax_age = \"soon\"",
+    )
+    .replace("110.75.0.0/16", "110.75.0.0/99")
+    .replace("alipay_public.pem", "no_such_key.pem");
+    let dir = config_with_rules(&route);
+    expect_exactly(
+        dir.path(),
+        &[
+            "r.toml:5: unknown field `colour`".to_owned(),
+            "r.toml:6: invalid duration `soon`".to_owned(),
+            "r.toml:7: allow entry `110.75.0.0/99` is not a CIDR".to_owned(),
+            "r.toml:12: keys.public_key `".to_owned(),
+        ],
+    );
+}
+
+#[test]
+fn check_reports_a_wrong_required_value_once_and_checks_the_rest() {
+    // A wrong required value is one problem, not also a "missing field",
+    // and the route's other settings are still checked.
+    let dir = config_with_rules(
+        &route_a_with("\"alipay\"", "\"paypal\"").replace("110.75.0.0/16", "110.75.0.0/99"),
+    );
+    expect_exactly(
+        dir.path(),
+        &[
+            "r.toml:4: unknown variant `paypal`".to_owned(),
+            "r.toml:5: allow entry `110.75.0.0/99` is not a CIDR".to_owned(),
+        ],
+    );
+}
+
+#[test]
+fn check_lists_every_problem_of_a_keys_table() {
+    // Two unknown keys in [route.keys] next to a key file that is not there.
+    let dir = config_with_rules(
+        &good_route("a", "/a")
+            .replace("alipay_public.pem", "no_such_key.pem")
+            .replace("app_id = ", "colour = 1\nsize = 2\napp_id = "),
+    );
+    expect_exactly(
+        dir.path(),
+        &[
+            "r.toml:10: keys.public_key `".to_owned(),
+            "r.toml:11: unknown field `colour`".to_owned(),
+            "r.toml:12: unknown field `size`".to_owned(),
+        ],
+    );
 }
 
 #[test]
