@@ -288,12 +288,14 @@ pub fn compact_beijing_rfc3339(s: &str) -> Option<String> {
 /// Legacy Alipay (create_direct_pay_by_user and escrow): `total_fee` in
 /// yuan; TRADE_SUCCESS / TRADE_FINISHED, and the escrow states in which the
 /// buyer has paid (WAIT_SELLER_SEND_GOODS, WAIT_BUYER_CONFIRM_GOODS), are
-/// `paid`; TRADE_CLOSED is `closed`; a refund (`refund_status`
-/// REFUND_SUCCESS, a `gmt_refund`, or a `refund_fee` above zero) is
-/// `refunded`, with `refund_fee` as the amount when the notification has one,
-/// `total_fee` for a refund that closed the trade (a full refund), else
-/// `null` (a partial refund without `refund_fee` does not say how much);
-/// anything else (WAIT_BUYER_PAY) is `pending`.
+/// `paid`; TRADE_CLOSED is `closed`; anything else (WAIT_BUYER_PAY) is
+/// `pending`. A refund is `refunded`: `refund_status` REFUND_SUCCESS, or,
+/// without a `refund_status`, a `gmt_refund` or a `refund_fee` above zero;
+/// its amount is `refund_fee` when the notification has one, `total_fee`
+/// for a refund that closed the trade (a full refund), else `null` (a
+/// partial refund without `refund_fee` does not say how much). Any other
+/// `refund_status` is a refund not made (REFUND_CLOSED, an escrow refund
+/// still asked for) and leaves the trade's own status.
 fn alipay_md5(verified: &Verified, fields: Map<String, Value>) -> Value {
     let get = |k: &str| {
         fields
@@ -301,11 +303,19 @@ fn alipay_md5(verified: &Verified, fields: Map<String, Value>) -> Value {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
     };
-    let refunded = get("refund_status") == Some("REFUND_SUCCESS")
-        || get("gmt_refund").is_some()
-        || get("refund_fee")
-            .and_then(yuan_to_fen)
-            .is_some_and(|f| f > 0);
+    // A `refund_status` says how the refund stands: only REFUND_SUCCESS is
+    // money given back. REFUND_CLOSED (退款关闭) and the escrow steps
+    // before it (WAIT_SELLER_AGREE, SELLER_REFUSE_BUYER, ...) carry
+    // `gmt_refund` or `refund_fee` too, yet nothing was refunded.
+    let refunded = match get("refund_status") {
+        Some(r) => r == "REFUND_SUCCESS",
+        None => {
+            get("gmt_refund").is_some()
+                || get("refund_fee")
+                    .and_then(yuan_to_fen)
+                    .is_some_and(|f| f > 0)
+        }
+    };
     let status = match get("trade_status") {
         _ if refunded => "refunded",
         Some(

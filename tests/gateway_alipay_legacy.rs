@@ -314,7 +314,7 @@ async fn md5_normalized_mode_maps_every_status() {
         assert!(v["fields"].get("sign").is_none());
         n += 1;
     }
-    assert_eq!(n, 9);
+    assert_eq!(n, 11);
     let paid = serde_json::from_slice::<serde_json::Value>(&up.received()[0].body).unwrap();
     assert!(paid["provider_trade_no"].is_string());
 }
