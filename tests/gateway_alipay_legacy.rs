@@ -389,6 +389,43 @@ async fn notify_verify_down_is_502_and_the_retry_goes_through() {
 }
 
 #[tokio::test]
+async fn notify_verify_redirect_or_untrusted_tls_never_forwards_and_stays_retryable() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    // A redirect is not followed: its body is not Alipay's answer.
+    let atn = Upstream::start(Behaviour::Reply(302, "true")).await;
+    let gw = md5_gateway(with_atn(&up, &atn).await).await;
+    let body = md5_fixture("md5_trade_success.form");
+    let r = gw.post_form(MD5, &body).await;
+    assert_eq!((r.status, r.text().as_str()), (502, "fail"));
+    // `false` is a refusal, not a delivery: the retry asks again.
+    atn.set(Behaviour::Reply(200, "false"));
+    assert_eq!(gw.post_form(MD5, &body).await.status, 401);
+    assert_eq!(up.count(), 0);
+    atn.set(Behaviour::Reply(200, "true"));
+    let r = gw.post_form(MD5, &body).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!((atn.count(), up.count()), (3, 1));
+
+    // https with a certificate no system root vouches for: no answer, 502,
+    // and nothing is remembered (the retry is asked again, not a duplicate).
+    let tls_atn = Upstream::start_tls(Behaviour::Reply(200, "true")).await;
+    let up2 = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let route = RouteSpec::alipay_md5(&up2).with(|r| {
+        r.keys.push_str(&format!(
+            "notify_verify_url = \"https://127.0.0.1:{}/gateway.do\"\n",
+            tls_atn.addr.port()
+        ))
+    });
+    let gw = md5_gateway(route).await;
+    for _ in 0..2 {
+        let r = gw.post_form(MD5, &body).await;
+        assert_eq!((r.status, r.text().as_str()), (502, "fail"));
+    }
+    assert_eq!((tls_atn.count(), up2.count()), (0, 0));
+    assert_eq!(gw.requests_of(ROUTE, PROVIDER, "upstream_error").await, 2.0);
+}
+
+#[tokio::test]
 async fn notify_verify_unreachable_is_502() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
