@@ -359,10 +359,11 @@ fn alipay_event<'a>(
     })
 }
 
-/// UnionPay: `respCode` 00/A6 is success; then `txnType` 01 (消费) and 03
-/// (预授权完成) are `paid`; 04 (退货), 31 (消费撤销) and 33 (预授权完成撤销),
+/// UnionPay: `respCode` 00/A6 is success; then `txnType` 01 (消费), 03
+/// (预授权完成) and 11 (代收, the card debited to the merchant) are `paid`; 04 (退货), 31 (消费撤销) and 33 (预授权完成撤销),
 /// which give the money back, `refunded`; 32 (预授权撤销: nothing will be
-/// captured) `closed`; others (02 预授权, funds only held) `pending`. A
+/// captured) `closed`; others (02 预授权, funds only held; 12 代付, the
+/// merchant paying out) `pending`. A
 /// failure notification is `pending` for 03/04/05 (状态未明) and `closed`
 /// otherwise. `txnAmt` is already in fen.
 fn unionpay(verified: &Verified, fields: Map<String, Value>) -> Value {
@@ -373,7 +374,7 @@ fn unionpay(verified: &Verified, fields: Map<String, Value>) -> Value {
             .filter(|s| !s.is_empty())
     };
     let status = match (get("respCode"), get("txnType")) {
-        (Some("00" | "A6"), Some("01" | "03")) => "paid",
+        (Some("00" | "A6"), Some("01" | "03" | "11")) => "paid",
         (Some("00" | "A6"), Some("04" | "31" | "33")) => "refunded",
         (Some("00" | "A6"), Some("32")) => "closed",
         (Some("00" | "A6"), _) => "pending",

@@ -301,7 +301,7 @@ async fn unionpay_normalized_payment_refund_and_failure() {
 }
 
 #[tokio::test]
-async fn unionpay_normalized_pre_authorisation_and_its_revocations() {
+async fn unionpay_normalized_pre_authorisation_revocations_collection_and_payout() {
     // A pre-authorisation holds funds (pending), its completion takes them
     // (paid); revoking the completion (txnType 33) gives them back, which
     // the shop must hear as `refunded` like a 31 or 04, not `pending`
@@ -315,6 +315,10 @@ async fn unionpay_normalized_pre_authorisation_and_its_revocations() {
         ("v510_preauth_complete.form", "03", "paid"),
         ("v510_preauth_complete_revoked.form", "33", "refunded"),
         ("v510_preauth_revoked.form", "32", "closed"),
+        // 代收 debits the card to the merchant: paid. 代付 pays the
+        // merchant's money out: never paid.
+        ("v510_collection.form", "11", "paid"),
+        ("v510_payout.form", "12", "pending"),
     ];
     for (name, txn_type, status) in cases {
         let reply = gw.post_form("/notify/unionpay", &up_fixture(name)).await;
