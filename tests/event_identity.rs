@@ -156,35 +156,16 @@ async fn alipay_md5_reshaped_ids_never_reach_the_shop_again() {
 /// by `&`, the key appended, MD5 in lower-case hex; values form-encoded.
 fn alipay_md5_openssl(params: &[(&str, &str)]) -> Vec<u8> {
     let key = std::fs::read_to_string(fixture_path("alipay_md5", "md5_key.txt")).unwrap();
-    let mut sorted = params.to_vec();
-    sorted.sort();
-    let content = sorted
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
+    let (sorted, content) = sorted_content(params);
     let digest = openssl_pipe(
         &["dgst", "-md5", "-r"],
         format!("{content}{}", key.trim_end()).as_bytes(),
     );
     let sign = String::from_utf8(digest).unwrap()[..32].to_owned();
-    let enc = |v: &str| {
-        v.bytes()
-            .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    sorted
-        .iter()
-        .map(|(k, v)| format!("{k}={}", enc(v)))
-        .chain(["sign_type=MD5".to_owned(), format!("sign={sign}")])
-        .collect::<Vec<_>>()
-        .join("&")
-        .into_bytes()
+    form_body(
+        &sorted,
+        &["sign_type=MD5".to_owned(), format!("sign={sign}")],
+    )
 }
 
 /// The buyer's browser comes back from a legacy Alipay payment to the

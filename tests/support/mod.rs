@@ -83,10 +83,9 @@ pub fn alipay_signed(params: &[(&str, &str)]) -> Vec<u8> {
     callgate::sign::run(&args).unwrap().into_bytes()
 }
 
-/// An Alipay notification of `params` signed RSA2 by the openssl CLI with
-/// the fixture key, as the Java SDK's `rsaCheckV1` checks it (sorted,
-/// `sign`/`sign_type` left out), values percent-encoded.
-pub fn alipay_openssl(params: &[(&str, &str)]) -> Vec<u8> {
+/// `params` sorted, and the string Alipay's signers sign over them: `k=v`
+/// joined by `&`, values raw.
+pub fn sorted_content<'a>(params: &[(&'a str, &'a str)]) -> (Vec<(&'a str, &'a str)>, String) {
     let mut sorted = params.to_vec();
     sorted.sort();
     let content = sorted
@@ -94,27 +93,46 @@ pub fn alipay_openssl(params: &[(&str, &str)]) -> Vec<u8> {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join("&");
+    (sorted, content)
+}
+
+/// A form value percent-encoded (everything but letters, digits, `-_.`).
+pub fn percent_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A form body: `sorted` with values percent-encoded, then `tail` as is.
+pub fn form_body(sorted: &[(&str, &str)], tail: &[String]) -> Vec<u8> {
+    sorted
+        .iter()
+        .map(|(k, v)| format!("{k}={}", percent_encode(v)))
+        .chain(tail.iter().cloned())
+        .collect::<Vec<_>>()
+        .join("&")
+        .into_bytes()
+}
+
+/// An Alipay notification of `params` signed RSA2 by the openssl CLI with
+/// the fixture key, as the Java SDK's `rsaCheckV1` checks it (sorted,
+/// `sign`/`sign_type` left out), values percent-encoded.
+pub fn alipay_openssl(params: &[(&str, &str)]) -> Vec<u8> {
+    let (sorted, content) = sorted_content(params);
     let sign = openssl_sign_b64(
         &fixture_path("alipay", "alipay_private.pem"),
         content.as_bytes(),
     );
-    let enc = |v: &str| {
-        v.bytes()
-            .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    sorted
-        .iter()
-        .map(|(k, v)| format!("{k}={}", enc(v)))
-        .chain(["sign_type=RSA2".to_owned(), format!("sign={}", enc(&sign))])
-        .collect::<Vec<_>>()
-        .join("&")
-        .into_bytes()
+    form_body(
+        &sorted,
+        &[
+            "sign_type=RSA2".to_owned(),
+            format!("sign={}", percent_encode(&sign)),
+        ],
+    )
 }
 
 // === upstream ===
