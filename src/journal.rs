@@ -43,8 +43,9 @@
 //! arrival could not be written has its claim released and gets 503 and
 //! its failure ack, and the platform retries. Under `interval` and `never`
 //! an outcome the journal thread could not write is kept and tried again
-//! every [`RETRY_EVERY`], and queued appends are refused until a write
-//! works again.
+//! every [`RETRY_EVERY`], and so are the outcomes queued while it fails (up
+//! to [`MAX_QUEUED`] bytes, then refused): an outcome lost there would
+//! leave a delivery the shop took looking unfinished.
 //!
 //! Rotation: a new file when the current one reaches `max_file_bytes` or
 //! `max_file_age`; only the newest `max_files` files are kept, so the journal
@@ -257,6 +258,7 @@ impl Journal {
                         bytes: Vec::with_capacity(64 * 1024),
                         waiting: Vec::new(),
                         failed: None,
+                        retained: 0,
                         stopped: false,
                     }),
                     ready: Condvar::new(),
@@ -481,9 +483,13 @@ struct Queued {
     bytes: Vec<u8>,
     /// Flushes waiting for the next write and sync.
     waiting: Vec<oneshot::Sender<Result<(), JournalError>>>,
-    /// Why the journal thread's last write failed; queued appends are
-    /// refused until a write works again.
+    /// Why the journal thread's last write failed; until a write works
+    /// again, appends are queued only while the queue and what the thread
+    /// holds stay under [`MAX_QUEUED`].
     failed: Option<JournalError>,
+    /// Bytes the journal thread holds from a write that failed, to write
+    /// again.
+    retained: usize,
     stopped: bool,
 }
 
@@ -517,14 +523,20 @@ fn wait_on<'a>(c: &Condvar, g: MutexGuard<'a, Queued>) -> MutexGuard<'a, Queued>
 }
 
 impl Queue {
-    /// Queues one serialised record, unless the journal thread knows that
-    /// writing fails.
+    /// Queues one serialised record. While the journal thread's writes
+    /// fail (a full disk) the record is still queued, to be written with
+    /// the retry, unless that would hold more than [`MAX_QUEUED`]: an
+    /// outcome dropped here would leave a delivery the shop took looking
+    /// unfinished, for `journal redeliver --outcome unfinished` to send
+    /// again.
     fn push(&self, line: &[u8]) -> Result<(), JournalError> {
         let mut q = lock(&self.state);
         while q.bytes.len() >= MAX_QUEUED && q.failed.is_none() && !q.stopped {
             q = wait_on(&self.room, q);
         }
-        if let Some(e) = &q.failed {
+        if let Some(e) = &q.failed
+            && q.bytes.len() + q.retained + line.len() > MAX_QUEUED
+        {
             return Err(e.clone());
         }
         if q.stopped {
@@ -609,6 +621,7 @@ fn write_batches(queue: &Queue, writer: &Mutex<Writer>) {
             }
         }
         let mut q = lock(&queue.state);
+        q.retained = batch.len();
         match (&result, q.failed.is_some()) {
             (Err(e), false) => {
                 tracing::error!(error = %e, "journal write failed; notifications are refused until it works");
@@ -1472,8 +1485,11 @@ mod tests {
         }
     }
 
+    /// A record the journal thread could not write is kept and written
+    /// once it can, and so is one queued while it fails: an outcome lost
+    /// there would leave a delivery the shop took looking unfinished.
     #[tokio::test]
-    async fn a_queued_record_that_cannot_be_written_is_kept_and_refuses_the_next() {
+    async fn queued_records_that_cannot_be_written_are_kept_until_they_can() {
         let dir = tempfile::tempdir().unwrap();
         let jdir = dir.path().join("journal");
         let mut c = config(&jdir, Fsync::Interval);
@@ -1487,15 +1503,11 @@ mod tests {
             .await
             .unwrap();
         j.flush().await; // the journal thread tried, and failed
-        let refused = j
-            .append(&outcome("2", "e2", "forwarded", 1002), false)
-            .await;
-        assert!(
-            matches!(&refused, Err(JournalError::Io { .. })),
-            "{refused:?}"
-        );
+        j.append(&outcome("2", "e2", "forwarded", 1002), false)
+            .await
+            .unwrap();
         std::fs::create_dir_all(&jdir).unwrap();
-        j.flush().await; // the kept record is written now
+        j.flush().await; // the kept records are written now
         j.append(&outcome("3", "e3", "forwarded", 1003), false)
             .await
             .unwrap();
@@ -1507,7 +1519,37 @@ mod tests {
             }
         })
         .unwrap();
-        assert_eq!(rids, ["1", "3"]);
+        assert_eq!(rids, ["1", "2", "3"]);
+    }
+
+    /// While writes fail, what is kept for the retry is bounded: once it
+    /// holds [`MAX_QUEUED`] bytes, appends are refused with the write's
+    /// error rather than waiting for a disk that may not come back.
+    #[tokio::test]
+    async fn records_kept_while_writes_fail_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let jdir = dir.path().join("journal");
+        let mut c = config(&jdir, Fsync::Interval);
+        c.max_file_bytes = 1;
+        let j = Journal::open(&c, "gateway").unwrap();
+        std::fs::remove_dir_all(&jdir).unwrap();
+        j.append(&outcome("0", "e0", "forwarded", 1000), false)
+            .await
+            .unwrap();
+        j.flush().await; // the journal thread tried, and failed
+        let mut accepted = 0usize;
+        let refused = loop {
+            match j
+                .append(&outcome("1", "e1", "forwarded", 1001), false)
+                .await
+            {
+                Ok(()) => accepted += 1,
+                Err(e) => break e,
+            }
+            assert!(accepted <= MAX_QUEUED, "never refused");
+        };
+        assert!(matches!(refused, JournalError::Io { .. }), "{refused:?}");
+        assert!(accepted > 1000, "refused too early: {accepted}");
     }
 
     /// Arrivals are written outside the writer's lock: lines from threads

@@ -371,6 +371,94 @@ async fn full_journal_disk(fsync: &str) {
     gw.gateway.shutdown().await;
 }
 
+/// The disk fills while the shop holds two notifications: both arrivals
+/// are in the journal, neither outcome fits. The journal thread keeps the
+/// first outcome and writes it once there is room; the second, which comes
+/// while the first is still failing, must be kept the same way, not
+/// refused: a lost outcome leaves a delivered event `unfinished`, which
+/// `callgate journal redeliver --outcome unfinished` sends to the shop
+/// again. The real binary, a real tmpfs filled to ENOSPC.
+#[tokio::test(flavor = "multi_thread")]
+async fn outcomes_the_full_disk_refused_are_written_once_it_has_room() {
+    let Some(disk) = Tmpfs::mount("256k") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must be able to mount a tmpfs (run as root): the disk-full test cannot be skipped there"
+        );
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let permits = Arc::new(tokio::sync::Semaphore::new(0));
+    let up = Upstream::start(Behaviour::HoldReply(permits.clone(), 200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = disk.dir.path().join("journal");
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    spec.journal = format!("dir = {journal:?}\nfsync = \"interval\"\n");
+    let mut gateway = GatewayProcess::start(&spec.write(dir.path()));
+    let url = format!("http://{}/notify/alipay", gateway.addr);
+    let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    for name in ["rsa2_trade_success.form", "rsa2_trade_success_2.form"] {
+        let (tx, url, body) = (tx.clone(), url.clone(), fixture("alipay", name));
+        tokio::spawn(async move {
+            let form = [("content-type", "application/x-www-form-urlencoded")];
+            let r = TestClient::new().send("POST", &url, &form, body).await;
+            let _ = tx.send((r.status, r.text()));
+        });
+    }
+    // Both arrivals are journaled: the shop holds both notifications.
+    up.next().await;
+    up.next().await;
+
+    // The journal file ends on a page boundary (blank lines, which readers
+    // skip), so that on the full tmpfs its next append needs a page it
+    // cannot have.
+    let files = callgate::journal::journal_files(&journal);
+    let [file] = files.as_slice() else {
+        panic!("one journal file expected: {files:?}")
+    };
+    let len = std::fs::metadata(file).unwrap().len();
+    let pad = usize::try_from((4096 - len % 4096) % 4096).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(file)
+        .unwrap()
+        .write_all(&vec![b'\n'; pad])
+        .unwrap();
+    let filler = disk.fill();
+
+    // The shop takes the first; its outcome cannot be written.
+    permits.add_permits(1);
+    assert_eq!(answers.recv().await.unwrap(), (200, "success".to_owned()));
+    gateway.wait_for(|v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("journal write failed"))
+    });
+    // The shop takes the second while the journal still fails.
+    permits.add_permits(1);
+    assert_eq!(answers.recv().await.unwrap(), (200, "success".to_owned()));
+
+    // Room again; a clean stop writes what is waiting.
+    std::fs::remove_file(filler).unwrap();
+    gateway.signal("-TERM");
+    assert!(gateway.child.wait().unwrap().success());
+    let (arrivals, _) = callgate::journal::arrivals(&journal).unwrap();
+    let ended: Vec<(&str, &str)> = arrivals
+        .iter()
+        .map(|a| {
+            (
+                a.received.event_id.as_str(),
+                callgate::journal::outcome_label(a),
+            )
+        })
+        .collect();
+    assert_eq!(ended.len(), 2, "{ended:?}");
+    assert!(
+        ended.iter().all(|(_, outcome)| *outcome == "forwarded"),
+        "every delivery the shop took has its outcome in the journal: {ended:?}"
+    );
+}
+
 // === the replay store dies mid-delivery ===
 
 /// Redis dies while the shop is taking a notification, so the delivery
