@@ -13,7 +13,8 @@
 //! end-to-end headers (never `Authorization`/`Cookie`, never `X-Callgate-*`)
 //! and the body in Base64: exactly what is needed to verify the signature
 //! again and forward. An `outcome` record says how the delivery ended. No
-//! key, secret or MAC is ever written; the files are created mode 0600.
+//! key, secret or MAC is ever written; the files are created mode 0600,
+//! each new (`O_EXCL`: never a file or symlink that was already there).
 //!
 //! How records reach the disk depends on `journal.fsync`:
 //! * `always`: through one writer thread that group-commits: whatever is
@@ -726,27 +727,42 @@ impl Writer {
             }
             Fsync::Never => {}
         }
-        self.seq += 1;
-        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-        let name = format!(
-            "{stamp}-{}-{}-{}.jsonl",
-            self.kind,
-            std::process::id(),
-            self.seq
-        );
-        let path = self.config.dir.join(name);
+        // Only a file this journal creates (`O_EXCL`): one of the same name
+        // may be there already, left by a process of the same pid (a
+        // container's pid 1 restarted within the second) that was killed
+        // mid-line, which the first record would join; or a symlink. The
+        // next number is tried instead.
         let mut options = OpenOptions::new();
-        options.create(true).append(true);
+        options.create_new(true).append(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
-        let file = options.open(&path).map_err(|e| JournalError::Io {
-            path: path.display().to_string(),
-            reason: crate::load::io_reason(&e),
-        })?;
-        self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+        let mut tries = 0u32;
+        let (path, file) = loop {
+            self.seq = self.seq.wrapping_add(1);
+            tries += 1;
+            let name = format!(
+                "{stamp}-{}-{}-{}.jsonl",
+                self.kind,
+                std::process::id(),
+                self.seq
+            );
+            let path = self.config.dir.join(name);
+            match options.open(&path) {
+                Ok(file) => break (path, file),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 1000 => {}
+                Err(e) => {
+                    return Err(JournalError::Io {
+                        path: path.display().to_string(),
+                        reason: crate::load::io_reason(&e),
+                    });
+                }
+            }
+        };
+        self.size = 0;
         self.file = Some(Arc::new(OpenFile {
             file,
             path: path.clone(),
@@ -1483,6 +1499,42 @@ mod tests {
             );
             assert!(r < o, "outcome {i} before its arrival: {rids:?}");
         }
+    }
+
+    /// A file of the name a new journal would take can already be there: a
+    /// process of the same pid (a container's pid 1 restarted) that opened
+    /// it within the same second and was killed mid-line, or a symlink
+    /// planted in the directory. A journal only writes to files it created:
+    /// its first record neither joins the torn line nor goes through the
+    /// link.
+    #[tokio::test]
+    async fn a_journal_writes_only_to_files_it_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        let now = chrono::Utc::now();
+        // Every second the test could open its file in: a bounded range,
+        // wide enough for a slow machine.
+        for s in 0..30 {
+            let stamp = (now + chrono::Duration::seconds(s)).format("%Y%m%dT%H%M%SZ");
+            let name = |seq: u32| format!("{stamp}-gateway-{}-{seq}.jsonl", std::process::id());
+            std::fs::write(dir.path().join(name(1)), br#"{"type":"received","rid":"to"#).unwrap();
+            std::os::unix::fs::symlink(outside.path(), dir.path().join(name(2))).unwrap();
+        }
+        let mut c = config(dir.path(), Fsync::Interval);
+        c.max_files = 1000;
+        let j = Journal::open(&c, "gateway").unwrap();
+        j.append(&received("1", "e1"), true).await.unwrap();
+        j.flush().await;
+        let mut rids = Vec::new();
+        let skipped = read_dir(dir.path(), |r| {
+            if let Record::Received(r) = r {
+                rids.push(r.rid)
+            }
+        })
+        .unwrap();
+        assert_eq!(rids, ["1"]);
+        assert_eq!(skipped, 30, "the torn lines are skipped, and only they");
+        assert_eq!(std::fs::read(outside.path()).unwrap(), b"");
     }
 
     /// A record the journal thread could not write is kept and written
