@@ -1013,6 +1013,9 @@ pub struct WarmUp {
     /// without their bodies and headers: the console's deliveries after a
     /// restart.
     pub recent: Vec<(Received, OutcomeRecord)>,
+    /// Lines that did not parse (a write cut short by a crash or a full
+    /// disk, damage) and were skipped: start-up says how many.
+    pub skipped: usize,
 }
 
 /// Arrivals [`warm_up`] keeps for the console.
@@ -1030,7 +1033,7 @@ pub fn warm_up(dir: &Path, ttl: Duration, now: i64) -> Result<WarmUp, JournalErr
     // rid → (arrival without body or headers, its outcome), newest last.
     let mut recent: HashMap<String, (Received, Option<OutcomeRecord>)> = HashMap::new();
     let mut recent_order: std::collections::VecDeque<String> = std::collections::VecDeque::new();
-    read_dir(dir, |r| match r {
+    let skipped = read_dir(dir, |r| match r {
         Record::Received(rec) => {
             if recent_order.len() >= RECENT_KEPT
                 && let Some(old) = recent_order.pop_front()
@@ -1104,6 +1107,7 @@ pub fn warm_up(dir: &Path, ttl: Duration, now: i64) -> Result<WarmUp, JournalErr
         })
         .collect();
     Ok(WarmUp {
+        skipped,
         recent,
         delivered,
         attempted,

@@ -515,6 +515,10 @@ pub fn build_state(
                 }
                 tracing::info!(events = warm.delivered.len(), undelivered = warm.attempted.len(), dir = %jc.dir.display(), "replay store warmed from the journal");
             }
+            if warm.skipped > 0 {
+                tracing::warn!(lines = warm.skipped, dir = %jc.dir.display(),
+                    "journal lines that do not parse were skipped (a write cut short by a crash or a full disk, or damage): what they recorded is not known");
+            }
             if journal_kind == "gateway" {
                 report_unfinished(&jc.dir, &warm.unfinished);
             }

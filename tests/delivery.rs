@@ -22,6 +22,7 @@
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
+use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -1107,4 +1108,56 @@ async fn the_admin_api_takes_the_bearer_scheme_in_any_case() {
             .await;
         assert_eq!(r.status, want, "{auth}: {}", r.text());
     }
+}
+
+/// A journal damaged where a crash or a power cut stopped a write (a line
+/// cut short at the end of the file), or by the disk (a line of invalid
+/// UTF-8, garbage): a restart reads every whole record around them (the
+/// event delivered before is still a duplicate) and its log says how many
+/// lines it could not read, instead of dropping them silently: a skipped
+/// outcome makes a delivered event look unfinished.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_journal_is_read_around_and_the_start_says_so() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = GatewaySpec::new(vec![RouteSpec::alipay(&up)]).write(dir.path());
+    let body = fixture("alipay", "rsa2_trade_success.form");
+    let client = TestClient::new();
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+
+    let mut gateway = GatewayProcess::start(&config);
+    let url = format!("http://{}/notify/alipay", gateway.addr);
+    let r = client.send("POST", &url, &form, body.clone()).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    gateway.signal("-TERM");
+    assert!(gateway.child.wait().unwrap().success());
+
+    let files = callgate::journal::journal_files(&dir.path().join("journal"));
+    let [file] = files.as_slice() else {
+        panic!("one journal file expected: {files:?}")
+    };
+    let mut damage = std::fs::OpenOptions::new().append(true).open(file).unwrap();
+    damage
+        .write_all(b"{\"type\":\"received\",\"rid\":\"\xff\xfe\"}\n")
+        .unwrap();
+    damage.write_all(b"\x00\x00garbage\n").unwrap();
+    damage
+        .write_all(b"{\"type\":\"outcome\",\"rid\":\"0123")
+        .unwrap();
+    drop(damage);
+
+    let gateway = GatewayProcess::start(&config);
+    let warned: Vec<&String> = gateway
+        .seen
+        .iter()
+        .filter(|l| l.contains("journal lines"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{:#?}", gateway.seen);
+    let line: serde_json::Value = serde_json::from_str(warned[0]).unwrap();
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert_eq!(line["lines"], 3, "{line}");
+    let url = format!("http://{}/notify/alipay", gateway.addr);
+    let r = client.send("POST", &url, &form, body).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 1, "the delivered event is still known");
 }
