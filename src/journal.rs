@@ -46,7 +46,9 @@
 //! an outcome the journal thread could not write is kept and tried again
 //! every [`RETRY_EVERY`], and so are the outcomes queued while it fails (up
 //! to [`MAX_QUEUED`] bytes, then refused): an outcome lost there would
-//! leave a delivery the shop took looking unfinished.
+//! leave a delivery the shop took looking unfinished. Under `always` the
+//! writer keeps the outcomes a group commit could not write and writes
+//! them first with the next one.
 //!
 //! Rotation: a new file when the current one reaches `max_file_bytes` or
 //! `max_file_age`; only the newest `max_files` files are kept, so the journal
@@ -169,6 +171,9 @@ pub enum JournalError {
 enum Cmd {
     Write {
         line: Vec<u8>,
+        /// Kept and written with a later batch when this one fails (an
+        /// outcome; an arrival that failed was refused instead).
+        keep: bool,
         done: Option<oneshot::Sender<Result<(), JournalError>>>,
     },
     Flush(oneshot::Sender<()>),
@@ -319,15 +324,21 @@ impl Journal {
             Sink::GroupCommit(tx) => {
                 let mut line = Vec::with_capacity(4096);
                 serialise(&mut line, record)?;
+                let keep = matches!(record, Line::Outcome(_));
                 if !durable {
                     return tx
-                        .send(Cmd::Write { line, done: None })
+                        .send(Cmd::Write {
+                            line,
+                            keep,
+                            done: None,
+                        })
                         .await
                         .map_err(|_| JournalError::Stopped);
                 }
                 let (done, wait) = oneshot::channel();
                 tx.send(Cmd::Write {
                     line,
+                    keep,
                     done: Some(done),
                 })
                 .await
@@ -674,6 +685,9 @@ struct Writer {
     /// Files rotated away, possibly with unsynced writes, for the sync
     /// timer.
     retired: Vec<Synced>,
+    /// `fsync = "always"`: outcome records a failed group commit could not
+    /// write, written first with the next one.
+    kept: Vec<u8>,
 }
 
 /// A file for the sync timer, with its path for the error message.
@@ -702,6 +716,7 @@ impl Writer {
             torn: false,
             seq: 0,
             retired: Vec::new(),
+            kept: Vec::new(),
         };
         w.rotate()?;
         Ok(w)
@@ -840,14 +855,22 @@ impl Writer {
 
     /// One group commit (`fsync = "always"`): write the batch in one go,
     /// sync, then answer everyone waiting on it.
+    ///
+    /// Outcome records it cannot write (a full disk) are kept, up to
+    /// [`MAX_QUEUED`] bytes, and written first with the next batch or
+    /// flush: a lost outcome would leave a delivery the shop took looking
+    /// unfinished. The requests waiting on them are still told it failed.
     fn run(&mut self, batch: Vec<Cmd>) {
-        let mut buf = Vec::new();
+        let mut buf = std::mem::take(&mut self.kept);
+        // (end in `buf`, kept on failure) of each line after the kept ones.
+        let mut ends = vec![(buf.len(), true)];
         let mut waiting = Vec::new();
         let mut flushes = Vec::new();
         for cmd in batch {
             match cmd {
-                Cmd::Write { line, done } => {
+                Cmd::Write { line, keep, done } => {
                     buf.extend_from_slice(&line);
+                    ends.push((buf.len(), keep));
                     waiting.extend(done);
                 }
                 Cmd::Flush(done) => flushes.push(done),
@@ -856,7 +879,16 @@ impl Writer {
         let result = if buf.is_empty() {
             Ok(())
         } else {
-            self.write_lines(&buf).map_err(|(_, e)| e)
+            self.write_lines(&buf).map_err(|(written, e)| {
+                let mut start = 0;
+                for &(end, keep) in &ends {
+                    if end > written && keep && self.kept.len() + (end - start) <= MAX_QUEUED {
+                        self.kept.extend_from_slice(&buf[start.max(written)..end]);
+                    }
+                    start = end;
+                }
+                e
+            })
         };
         self.sync_now();
         if let Err(e) = &result {

@@ -459,6 +459,66 @@ async fn outcomes_the_full_disk_refused_are_written_once_it_has_room() {
     );
 }
 
+/// As above under `fsync = "always"`: the request waits for its outcome's
+/// write, which fails on the full disk; the record is kept by the writer
+/// and written with the next group commit (here the stop's), not dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outcome_the_full_disk_refused_under_fsync_always_is_written_once_it_has_room() {
+    let Some(disk) = Tmpfs::mount("256k") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must be able to mount a tmpfs (run as root): the disk-full test cannot be skipped there"
+        );
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let permits = Arc::new(tokio::sync::Semaphore::new(0));
+    let up = Upstream::start(Behaviour::HoldReply(permits.clone(), 200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = disk.dir.path().join("journal");
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    spec.journal = format!("dir = {journal:?}\nfsync = \"always\"\n");
+    let mut gateway = GatewayProcess::start(&spec.write(dir.path()));
+    let url = format!("http://{}/notify/alipay", gateway.addr);
+    let body = fixture("alipay", "rsa2_trade_success.form");
+    let answer = tokio::spawn(async move {
+        let form = [("content-type", "application/x-www-form-urlencoded")];
+        let r = TestClient::new().send("POST", &url, &form, body).await;
+        (r.status, r.text())
+    });
+    up.next().await; // journaled and synced; the shop holds it
+    let files = callgate::journal::journal_files(&journal);
+    let [file] = files.as_slice() else {
+        panic!("one journal file expected: {files:?}")
+    };
+    let len = std::fs::metadata(file).unwrap().len();
+    let pad = usize::try_from((4096 - len % 4096) % 4096).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(file)
+        .unwrap()
+        .write_all(&vec![b'\n'; pad])
+        .unwrap();
+    let filler = disk.fill();
+    permits.add_permits(1);
+    assert_eq!(answer.await.unwrap(), (200, "success".to_owned()));
+    gateway.wait_for(|v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("could not journal the outcome"))
+    });
+
+    std::fs::remove_file(filler).unwrap();
+    gateway.signal("-TERM");
+    assert!(gateway.child.wait().unwrap().success());
+    let (arrivals, _) = callgate::journal::arrivals(&journal).unwrap();
+    let ended: Vec<&str> = arrivals
+        .iter()
+        .map(callgate::journal::outcome_label)
+        .collect();
+    assert_eq!(ended, ["forwarded"]);
+}
+
 // === the replay store dies mid-delivery ===
 
 /// Redis dies while the shop is taking a notification, so the delivery
