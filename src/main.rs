@@ -472,16 +472,22 @@ fn raise_open_files_limit() -> std::io::Result<Option<(u64, u64)>> {
 }
 
 /// SIGHUP, SIGTERM and SIGINT, caught from before the gateway starts.
+/// SIGXFSZ is caught too, and ignored: a journal write past a file-size
+/// limit (`ulimit -f`, systemd `LimitFSIZE=`) then fails with EFBIG and
+/// the notification is refused with 503 (`journal_unavailable`), instead
+/// of the signal's default killing the process mid-request.
 struct Signals {
     hup: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    _xfsz: tokio::signal::unix::Signal,
 }
 
 impl Signals {
     fn install() -> std::io::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Signals {
+            _xfsz: signal(SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw()))?,
             hup: signal(SignalKind::hangup())?,
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,

@@ -1161,3 +1161,39 @@ async fn a_damaged_journal_is_read_around_and_the_start_says_so() {
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     assert_eq!(up.count(), 1, "the delivered event is still known");
 }
+
+/// A file-size limit (`ulimit -f`, systemd `LimitFSIZE=`) reached by a
+/// journal write: the kernel sends SIGXFSZ, whose default kills the
+/// process mid-request (the platform sees its connection closed, every
+/// other notification in flight with it). callgate refuses the
+/// notification it cannot journal with 503 and its failure ack instead, as
+/// for a full disk, and keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_size_limit_reached_by_the_journal_refuses_and_keeps_serving() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = GatewaySpec::new(vec![RouteSpec::alipay(&up)]).write(dir.path());
+    let mut gateway = GatewayProcess::start_under_ulimit(&config, "-f 16");
+    let url = format!("http://{}/notify/alipay", gateway.addr);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let mut answers = Vec::new();
+    // 16 KiB hold about ten notifications and their outcomes.
+    for body in alipay_bodies(60, "fsize") {
+        let answer = platform_send(&client, &url, &body).await;
+        let delivered = matches!(&answer, Some((200, _)));
+        answers.push(answer);
+        if !delivered {
+            break;
+        }
+    }
+    assert!(
+        matches!(answers.last(), Some(Some((503, b))) if b == b"fail"),
+        "{answers:?}"
+    );
+    assert!(
+        gateway.child.try_wait().unwrap().is_none(),
+        "the gateway died: {answers:?}"
+    );
+    assert_eq!(up.count(), answers.len() - 1);
+}
