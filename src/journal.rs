@@ -1065,6 +1065,9 @@ pub fn warm_up(dir: &Path, ttl: Duration, now: i64) -> Result<WarmUp, JournalErr
     // rid → (arrival without body or headers, its outcome), newest last.
     let mut recent: HashMap<String, (Received, Option<OutcomeRecord>)> = HashMap::new();
     let mut recent_order: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    // Outcomes read before their arrival (a clock stepped back between
+    // rotations sorts the newer file first).
+    let mut early: HashMap<String, OutcomeRecord> = HashMap::new();
     let skipped = read_dir(dir, |r| match r {
         Record::Received(rec) => {
             if recent_order.len() >= RECENT_KEPT
@@ -1085,8 +1088,10 @@ pub fn warm_up(dir: &Path, ttl: Duration, now: i64) -> Result<WarmUp, JournalErr
                 attempt: rec.attempt,
                 order: rec.order.clone(),
             };
+            let ended = early.remove(&rec.rid);
+            let finished = ended.is_some();
             recent_order.push_back(rec.rid.clone());
-            recent.insert(rec.rid.clone(), (lite, None));
+            recent.insert(rec.rid.clone(), (lite, ended));
             order += 1;
             if now - rec.unix < ttl_secs {
                 let slot = attempted
@@ -1101,10 +1106,14 @@ pub fn warm_up(dir: &Path, ttl: Duration, now: i64) -> Result<WarmUp, JournalErr
                 slot.0 = slot.0.saturating_add(1).max(rec.attempt);
                 slot.1 = slot.1.max(rec.unix);
             }
-            open.insert(rec.rid, (order, rec.route, rec.event_id, rec.attempt));
+            if !finished {
+                open.insert(rec.rid, (order, rec.route, rec.event_id, rec.attempt));
+            }
         }
         Record::Outcome(o) => {
-            open.remove(&o.rid);
+            if open.remove(&o.rid).is_none() && !recent.contains_key(&o.rid) {
+                early.insert(o.rid.clone(), o.clone());
+            }
             if let Some(slot) = recent.get_mut(&o.rid) {
                 slot.1 = Some(o.clone());
             }
@@ -1172,18 +1181,24 @@ pub struct Arrival {
 pub fn arrivals(dir: &Path) -> Result<(Vec<Arrival>, Vec<OutcomeRecord>), JournalError> {
     let mut list: Vec<Arrival> = Vec::new();
     let mut by_rid: HashMap<String, usize> = HashMap::new();
+    // Outcomes read before their arrival (a clock stepped back between
+    // rotations sorts the newer file first).
+    let mut early: HashMap<String, OutcomeRecord> = HashMap::new();
     let mut redeliveries = Vec::new();
     read_dir(dir, |r| match r {
         Record::Received(rec) => {
             by_rid.insert(rec.rid.clone(), list.len());
+            let outcome = early.remove(&rec.rid);
             list.push(Arrival {
                 received: rec,
-                outcome: None,
+                outcome,
             });
         }
         Record::Outcome(o) => {
             if let Some(&i) = by_rid.get(&o.rid) {
                 list[i].outcome = Some(o.clone());
+            } else {
+                early.insert(o.rid.clone(), o.clone());
             }
             if o.redelivery {
                 redeliveries.push(o);
@@ -1571,6 +1586,35 @@ mod tests {
         assert_eq!(rids, ["1"]);
         assert_eq!(skipped, 30, "the torn lines are skipped, and only they");
         assert_eq!(std::fs::read(outside.path()).unwrap(), b"");
+    }
+
+    /// File names sort by the wall clock at their opening: a clock stepped
+    /// back between two rotations puts the newer file first, so an
+    /// outcome can be read before its arrival. It still ends that arrival:
+    /// not listed `unfinished`, and the event counted delivered (which
+    /// keeps `journal redeliver` from sending it again).
+    #[test]
+    fn an_outcome_read_before_its_arrival_still_ends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |r: &Record| format!("{}\n", serde_json::to_string(r).unwrap());
+        std::fs::write(
+            dir.path().join("20260101T000000Z-gateway-7-2.jsonl"),
+            line(&outcome("1", "e1", "forwarded", 1001)),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("20260101T000005Z-gateway-7-1.jsonl"),
+            line(&received("1", "e1")),
+        )
+        .unwrap();
+        let (list, redeliveries) = arrivals(dir.path()).unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(outcome_label(&list[0]), "forwarded");
+        assert!(delivered_events(&list, &redeliveries).contains(&list[0].received.event()));
+        let warm = warm_up(dir.path(), Duration::from_secs(3600), 1002).unwrap();
+        assert_eq!(warm.unfinished, []);
+        assert_eq!(warm.delivered.len(), 1);
+        assert_eq!(warm.recent.len(), 1, "the console's deliveries");
     }
 
     /// A record the journal thread could not write is kept and written
