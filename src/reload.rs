@@ -112,6 +112,7 @@ impl Live {
                 for w in &warnings {
                     tracing::warn!(warning = %w, "configuration");
                 }
+                warn_renamed(&self.state.snapshot.load().routes, &snapshot.routes);
                 let n = snapshot.routes.len();
                 let metrics = &self.state.metrics;
                 metrics.rules_loaded(&snapshot, crate::clock::unix_now());
@@ -155,6 +156,23 @@ impl Live {
                 }
                 Err(e)
             }
+        }
+    }
+}
+
+/// Warns about every path a route of another name serves now. Replay
+/// state is keyed by route name, merchant and event id (CONTRACT), so the
+/// events the old name delivered within `replay.ttl` are not known under
+/// the new one: a platform's retry of one of them is forwarded again. The
+/// reload still applies (a rename is routine, and refusing it would not
+/// bring the old namespace back); the operator is told, once per path.
+fn warn_renamed(running: &crate::rules::Routes, new: &crate::rules::Routes) {
+    for old in running.iter() {
+        if let Some(now) = new.get(&old.path)
+            && now.name != old.name
+        {
+            tracing::warn!(path = %old.path, was = %old.name, route = %now.name,
+                "route renamed: the events it delivered are not known under the new name, so a platform's retry of one is forwarded again (replay state is keyed by route name); keep the old name to keep them");
         }
     }
 }

@@ -419,6 +419,27 @@ impl Worker {
     }
 }
 
+/// Says which route names the journal recorded deliveries under that no
+/// route has now (renamed, or removed, since): replay state is keyed by
+/// route name, so if another name now serves the same notifications, a
+/// platform's retry of one of those events is forwarded again.
+fn warn_unknown_routes(snapshot: &Snapshot, delivered: &[(crate::journal::Event, Duration)]) {
+    let names: std::collections::HashSet<&str> = snapshot.routes.iter().map(|r| &*r.name).collect();
+    let mut unknown: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (event, _) in delivered {
+        if !names.contains(event.route.as_str()) {
+            *unknown.entry(event.route.as_str()).or_default() += 1;
+        }
+    }
+    for (route, events) in unknown {
+        tracing::warn!(
+            route,
+            events,
+            "the journal holds deliveries of a route no longer configured: if it was renamed, a platform's retry of one is forwarded again (replay state is keyed by route name); keep the old name to keep them"
+        );
+    }
+}
+
 /// The replay keys a journaled event is remembered under. A record written
 /// before records carried the merchant is remembered under every merchant
 /// of its route (the route's own, when it has one): a replay of it is still
@@ -515,6 +536,7 @@ pub fn build_state(
                 }
                 tracing::info!(events = warm.delivered.len(), undelivered = warm.attempted.len(), dir = %jc.dir.display(), "replay store warmed from the journal");
             }
+            warn_unknown_routes(&snapshot, &warm.delivered);
             if warm.skipped > 0 {
                 tracing::warn!(lines = warm.skipped, dir = %jc.dir.display(),
                     "journal lines that do not parse were skipped (a write cut short by a crash or a full disk, or damage): what they recorded is not known");

@@ -1391,6 +1391,84 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_rules() {
     assert_json_logs(&run);
 }
 
+/// Replay state is keyed by route name: a reload that renames the route
+/// serving a path forgets the events it delivered, and a platform's retry
+/// of one is forwarded again. The reload still applies (refusing it would
+/// not bring the old namespace back), but it says so, naming both names,
+/// before "rules reloaded"; before, nothing was said.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_renames_a_route_warns_that_its_delivered_events_are_forgotten() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let (dir, mut run) = start_alipay_process(&up, false);
+    let r = post_alipay_to(&run, "/notify/alipay", "rsa2_trade_success.form", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(next_notification(&mut run)["outcome"], "forwarded");
+
+    let rules = dir.path().join("rules/routes.toml");
+    let good = std::fs::read_to_string(&rules).unwrap();
+    let renamed = good.replace("name = \"shop-alipay\"", "name = \"shop-alipay-v2\"");
+    assert_ne!(renamed, good);
+    std::fs::write(&rules, renamed).unwrap();
+    run.signal("-HUP");
+    let said = run.wait_for(|v| {
+        v["message"] == "rules reloaded"
+            || v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("route renamed"))
+    });
+    assert_eq!(said["level"], "WARN", "{said}");
+    assert_eq!(said["path"], "/notify/alipay", "{said}");
+    assert_eq!(said["was"], "shop-alipay", "{said}");
+    assert_eq!(said["route"], "shop-alipay-v2", "{said}");
+    run.wait_for(|v| v["message"] == "rules reloaded");
+
+    // What the warning is about: the retry is forwarded a second time.
+    let again = post_alipay_to(&run, "/notify/alipay", "rsa2_trade_success.form", &[]).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(next_notification(&mut run)["outcome"], "forwarded");
+
+    // An unchanged reload says nothing of the kind.
+    run.signal("-HUP");
+    let next = run.wait_for(|v| {
+        v["message"] == "rules reloaded"
+            || v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("route renamed"))
+    });
+    assert_eq!(next["message"], "rules reloaded", "{next}");
+    assert_json_logs(&run);
+
+    // A restart with the old name's deliveries in the journal says so too.
+    run.signal("-TERM");
+    let _ = run.child.wait();
+    let config = dir.path().join("callgate.toml");
+    let renamed_again = std::fs::read_to_string(&rules)
+        .unwrap()
+        .replace("name = \"shop-alipay-v2\"", "name = \"shop-alipay-v3\"");
+    std::fs::write(&rules, renamed_again).unwrap();
+    let restarted = GatewayProcess::start(&config);
+    let said: Vec<serde_json::Value> = restarted
+        .seen
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("the journal holds deliveries of a route no longer"))
+        })
+        .collect();
+    let named: Vec<(&str, u64)> = said
+        .iter()
+        .filter_map(|v| Some((v["route"].as_str()?, v["events"].as_u64()?)))
+        .collect();
+    assert_eq!(
+        named,
+        [("shop-alipay", 1), ("shop-alipay-v2", 1)],
+        "{}",
+        restarted.seen.join("\n")
+    );
+}
+
 /// Longer than any clock or timer can add: `u64::MAX` seconds.
 const OVERFLOWING: &str = "18446744073709551615s";
 
