@@ -17,6 +17,14 @@
 //! disappear: once [`MAX_PENDING`] bytes wait, logging threads wait for
 //! the writer, as with any blocking log. [`LogGuard`] writes what is
 //! pending when dropped (at exit).
+//!
+//! A write that fails (stdout redirected to a file on a full disk, past a
+//! file-size limit, `/dev/full`) drops that batch and never reaches a
+//! request: the writer says so once on its report stream (stderr), counts
+//! the lines it dropped, and says how many when writes work again. A batch
+//! cut short mid-line is ended with a newline before the next one, so the
+//! next line starts a line of its own instead of being glued to a torn one
+//! (one JSON object per line stays true of every whole line).
 
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -64,8 +72,12 @@ pub struct LogGuard {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Starts the writer thread for `out` (stdout in `callgate run`).
-pub fn batched<W: Write + Send + 'static>(out: W) -> io::Result<(BatchWriter, LogGuard)> {
+/// Starts the writer thread for `out` (stdout in `callgate run`); failed
+/// writes are reported on `report` (stderr).
+pub fn batched<W: Write + Send + 'static, R: Write + Send + 'static>(
+    out: W,
+    report: R,
+) -> io::Result<(BatchWriter, LogGuard)> {
     let shared = Arc::new(Shared {
         pending: Mutex::new(Pending {
             bytes: Vec::with_capacity(64 * 1024),
@@ -77,7 +89,7 @@ pub fn batched<W: Write + Send + 'static>(out: W) -> io::Result<(BatchWriter, Lo
     let writer = shared.clone();
     let thread = std::thread::Builder::new()
         .name("callgate-log".to_owned())
-        .spawn(move || write_batches(&writer, out))?;
+        .spawn(move || write_batches(&writer, Output::new(out, report)))?;
     Ok((
         BatchWriter {
             shared: shared.clone(),
@@ -89,9 +101,85 @@ pub fn batched<W: Write + Send + 'static>(out: W) -> io::Result<(BatchWriter, Lo
     ))
 }
 
+/// Where batches go, and what the writer knows of it after a failure.
+struct Output<W, R> {
+    out: W,
+    report: R,
+    /// The last write stopped inside a line.
+    torn: bool,
+    /// Lines dropped since writes started failing (0: they work).
+    dropped: u64,
+}
+
+impl<W: Write, R: Write> Output<W, R> {
+    fn new(out: W, report: R) -> Self {
+        Output {
+            out,
+            report,
+            torn: false,
+            dropped: 0,
+        }
+    }
+
+    /// Writes `batch` whole, or drops the lines it could not write and
+    /// says so; never fails.
+    fn write_batch(&mut self, batch: &[u8]) {
+        let mut done = 0;
+        let mut result = Ok(());
+        if self.torn {
+            result = write_all(&mut self.out, b"\n", &mut 0);
+            if result.is_ok() {
+                self.torn = false;
+            }
+        }
+        if result.is_ok() {
+            result = write_all(&mut self.out, batch, &mut done).and_then(|()| self.out.flush());
+        }
+        match result {
+            Ok(()) if self.dropped > 0 => {
+                let _ = writeln!(
+                    self.report,
+                    "callgate: log lines are written to stdout again; {} were dropped while it failed",
+                    self.dropped
+                );
+                self.dropped = 0;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if done > 0 && batch[done - 1] != b'\n' {
+                    self.torn = true;
+                }
+                let lost = batch[done..].iter().filter(|&&b| b == b'\n').count();
+                if self.dropped == 0 {
+                    let _ = writeln!(
+                        self.report,
+                        "callgate: cannot write log lines to stdout ({e}): they are dropped until it can (requests are served as before)"
+                    );
+                }
+                self.dropped = self
+                    .dropped
+                    .saturating_add(u64::try_from(lost).unwrap_or(u64::MAX).max(1));
+            }
+        }
+    }
+}
+
+/// `write_all` that counts in `done` what was written before a failure.
+fn write_all<W: Write>(out: &mut W, bytes: &[u8], done: &mut usize) -> io::Result<()> {
+    while *done < bytes.len() {
+        match out.write(&bytes[*done..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => *done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// The writer thread: waits for a first line, lets the batch gather,
 /// writes it; after the guard is dropped, writes what is left and ends.
-fn write_batches<W: Write>(shared: &Shared, mut out: W) {
+fn write_batches<W: Write, R: Write>(shared: &Shared, mut out: Output<W, R>) {
     let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
     loop {
         let mut pending = lock(&shared.pending);
@@ -110,8 +198,7 @@ fn write_batches<W: Write>(shared: &Shared, mut out: W) {
         std::mem::swap(&mut pending.bytes, &mut batch);
         drop(pending);
         shared.room.notify_all();
-        // Nowhere to report a failed log write but the log itself.
-        let _ = out.write_all(&batch).and_then(|()| out.flush());
+        out.write_batch(&batch);
         batch.clear();
         if stopped && lock(&shared.pending).bytes.is_empty() {
             return;
@@ -187,7 +274,7 @@ mod tests {
     #[test]
     fn every_line_from_every_thread_is_written_whole_and_once() {
         let out = Shared::default();
-        let (writer, guard) = batched(out.clone()).unwrap();
+        let (writer, guard) = batched(out.clone(), io::sink()).unwrap();
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let writer = writer.clone();
@@ -221,10 +308,63 @@ mod tests {
         }
     }
 
+    /// A disk of `room` bytes: a write takes what fits, then fails with
+    /// ENOSPC, as a file on a full file system does.
+    #[derive(Clone, Default)]
+    struct Disk {
+        written: Arc<Mutex<Vec<u8>>>,
+        room: Arc<Mutex<usize>>,
+    }
+
+    impl Write for Disk {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let mut room = self.room.lock().unwrap();
+            if *room == 0 {
+                return Err(io::Error::from_raw_os_error(28));
+            }
+            let n = b.len().min(*room);
+            *room -= n;
+            self.written.lock().unwrap().extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The disk fills mid-line, then has room again: before, the torn
+    /// line and the next line were glued into one unparseable line, the
+    /// dropped lines went unsaid, and nothing said when writes worked again.
+    #[test]
+    fn a_full_disk_drops_lines_says_so_and_never_glues_the_next_line_to_a_torn_one() {
+        let disk = Disk::default();
+        *disk.room.lock().unwrap() = 10;
+        let report = Shared::default();
+        let mut out = Output::new(disk.clone(), report.clone());
+        out.write_batch(b"{\"a\":1}\n{\"b\":2}\n");
+        out.write_batch(b"{\"c\":3}\n");
+        *disk.room.lock().unwrap() = 1000;
+        out.write_batch(b"{\"d\":4}\n");
+        let written = String::from_utf8(disk.written.lock().unwrap().clone()).unwrap();
+        assert_eq!(written, "{\"a\":1}\n{\"\n{\"d\":4}\n");
+        let report = String::from_utf8(report.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = report.lines().collect();
+        assert_eq!(lines.len(), 2, "{report}");
+        assert!(
+            lines[0].starts_with("callgate: cannot write log lines to stdout (")
+                && lines[0].contains("No space left on device"),
+            "{report}"
+        );
+        assert_eq!(
+            lines[1],
+            "callgate: log lines are written to stdout again; 2 were dropped while it failed"
+        );
+    }
+
     #[test]
     fn a_line_logged_before_the_guard_drops_is_written() {
         let out = Shared::default();
-        let (writer, guard) = batched(out.clone()).unwrap();
+        let (writer, guard) = batched(out.clone(), io::sink()).unwrap();
         (&writer).write_all(b"last words\n").unwrap();
         drop(guard);
         assert_eq!(*out.0.lock().unwrap(), b"last words\n");

@@ -514,8 +514,11 @@ fn init_logging(format: LogFormat) -> Option<callgate::log_writer::LogGuard> {
     let filter = EnvFilter::try_from_env("CALLGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     // Batched by one writer thread (a request's line is a copy, not a
     // wake-up of another thread); not lossy: a stalled stdout slows
-    // logging down rather than dropping lines.
-    let (writer, guard) = match callgate::log_writer::batched(std::io::stdout()) {
+    // logging down rather than dropping lines. A write that fails (a
+    // full disk) drops its lines and says so on stderr, never failing a
+    // request.
+    let (writer, guard) = match callgate::log_writer::batched(std::io::stdout(), std::io::stderr())
+    {
         Ok(w) => w,
         Err(e) => {
             eprintln!("callgate: cannot start the log writer: {e}");

@@ -1469,6 +1469,55 @@ async fn a_reload_that_renames_a_route_warns_that_its_delivered_events_are_forgo
     );
 }
 
+/// stdout on a device that is always full (`/dev/full`: every write fails
+/// with ENOSPC, as a log file on a full disk does): the lines are dropped,
+/// and stderr says so once. Before, the failure went unsaid.
+#[test]
+fn log_lines_stdout_refuses_are_dropped_and_said_on_stderr() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = GatewaySpec::new(vec![]);
+    spec.watch = false;
+    let config = spec.write(dir.path());
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .args(["run", "--log-format", "json", "-c"])
+        .arg(&config)
+        .stdout(full)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let said = loop {
+        let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(60)) else {
+            break None;
+        };
+        if line.starts_with("callgate: cannot write log lines to stdout") {
+            break Some(line);
+        }
+        seen.push(line);
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let said = said.unwrap_or_else(|| panic!("nothing said on stderr; got:\n{}", seen.join("\n")));
+    assert!(said.contains("No space left on device"), "{said}");
+}
+
 /// Longer than any clock or timer can add: `u64::MAX` seconds.
 const OVERFLOWING: &str = "18446744073709551615s";
 
