@@ -550,6 +550,50 @@ async fn notifications_flowing_through_reloads_are_neither_lost_nor_misanswered(
     assert!(reloads > 0);
 }
 
+/// A forward in flight when a reload removes its route finishes with the
+/// route it started with (its upstream, its ack), and its delivery is
+/// remembered under that route's key: once the route is back, the
+/// platform's retry is a duplicate, not a second delivery.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forward_in_flight_when_a_reload_removes_its_route_finishes_and_is_remembered() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let up = Upstream::start(Behaviour::Hold(release.clone())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    spec.watch = false;
+    let file = spec.write(dir.path());
+    let gw = Arc::new(start_file(&file).await);
+    let body = fixture("alipay", "rsa2_trade_success.form");
+    let sending = {
+        let (gw, body) = (gw.clone(), body.clone());
+        tokio::spawn(async move { post(&gw, "/notify/alipay", body).await })
+    };
+    up.next().await;
+
+    // The shop holds it; the route goes (its path and name with it).
+    let rules = dir.path().join("rules/routes.toml");
+    let good = std::fs::read_to_string(&rules).unwrap();
+    let gone = good
+        .replace("/notify/alipay", "/notify/elsewhere")
+        .replace("name = \"shop-alipay\"", "name = \"elsewhere\"");
+    assert!(gone.contains("name = \"elsewhere\""), "{good}");
+    std::fs::write(&rules, gone).unwrap();
+    gw.reload().unwrap();
+    assert_eq!(post(&gw, "/notify/alipay", body.clone()).await.status, 404);
+
+    up.set(Behaviour::Reply(200, "success"));
+    release.notify_one();
+    let r = sending.await.unwrap();
+    r.assert_is(200, "success", "the forward in flight");
+
+    // The route comes back: the retry is known.
+    std::fs::write(&rules, good).unwrap();
+    gw.reload().unwrap();
+    let again = post(&gw, "/notify/alipay", body).await;
+    again.assert_is(200, "success", "the retry");
+    assert_eq!(up.count(), 1, "the retry was forwarded again");
+}
+
 #[tokio::test]
 async fn a_reload_that_needs_a_restart_is_refused_by_name_and_changes_nothing() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
