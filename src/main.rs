@@ -475,9 +475,15 @@ fn raise_open_files_limit() -> std::io::Result<Option<(u64, u64)>> {
 /// SIGXFSZ is caught too, and ignored: a journal write past a file-size
 /// limit (`ulimit -f`, systemd `LimitFSIZE=`) then fails with EFBIG and
 /// the notification is refused with 503 (`journal_unavailable`), instead
-/// of the signal's default killing the process mid-request.
+/// of the signal's default killing the process mid-request. SIGUSR1 is
+/// caught and answered with a warning: it is the "reopen your log files"
+/// signal of nginx and others, so a logrotate `postrotate` copied from them
+/// sends it, and its default action killed callgate (every notification in
+/// flight cut off). callgate opens no log file to reopen: stdout is rotated
+/// with `copytruncate` (README, *Logs*).
 struct Signals {
     hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     _xfsz: tokio::signal::unix::Signal,
@@ -489,6 +495,7 @@ impl Signals {
         Ok(Signals {
             _xfsz: signal(SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw()))?,
             hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
         })
@@ -501,6 +508,9 @@ impl Signals {
                 _ = self.hup.recv() => {
                     tracing::info!("SIGHUP: reloading rules");
                     let _ = gateway.reload();
+                }
+                _ = self.usr1.recv() => {
+                    tracing::warn!("SIGUSR1 ignored: callgate opens no log file to reopen (it logs to stdout); rotate a stdout file with logrotate's copytruncate");
                 }
                 _ = self.term.recv() => { tracing::info!("SIGTERM: draining"); return; }
                 _ = self.int.recv() => { tracing::info!("SIGINT: draining"); return; }

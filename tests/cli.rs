@@ -1518,6 +1518,25 @@ fn log_lines_stdout_refuses_are_dropped_and_said_on_stderr() {
     assert!(said.contains("No space left on device"), "{said}");
 }
 
+/// SIGUSR1, which a logrotate `postrotate` copied from nginx sends to
+/// "reopen the logs", is answered with a warning and nothing else: the
+/// gateway keeps serving. Before, its default action killed the process.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigusr1_from_a_copied_logrotate_script_warns_and_keeps_serving() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let (_dir, mut run) = start_alipay_process(&up, false);
+    run.signal("-USR1");
+    let said = run.wait_for(|v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("SIGUSR1 ignored"))
+    });
+    assert_eq!(said["level"], "WARN", "{said}");
+    let r = post_alipay_to(&run, "/notify/alipay", "rsa2_trade_success.form", &[]).await;
+    r.assert_is(200, "success", "after SIGUSR1");
+    assert_eq!(next_notification(&mut run)["outcome"], "forwarded");
+}
+
 /// Longer than any clock or timer can add: `u64::MAX` seconds.
 const OVERFLOWING: &str = "18446744073709551615s";
 
