@@ -280,6 +280,42 @@ impl Tmpfs {
         ok.then_some(Tmpfs { dir })
     }
 
+    /// [`Tmpfs::mount`], or `None` where this process may not mount: CI
+    /// runs as root and must run every disk-full test, so there it fails
+    /// loudly; a developer's machine says the test was skipped.
+    fn mount_or_skip(size: &str) -> Option<Tmpfs> {
+        let disk = Tmpfs::mount(size);
+        if disk.is_none() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must be able to mount a tmpfs (run as root): the disk-full test cannot be skipped there"
+            );
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs here (needs root); the disk-full test did not run"
+            );
+        }
+        disk
+    }
+
+    /// Pads the one journal file under `journal` to a page boundary (blank
+    /// lines, which readers skip), so that on a full tmpfs its next append
+    /// needs a page it cannot have, then fills the file system.
+    fn fill_past_journal(&self, journal: &std::path::Path) -> std::path::PathBuf {
+        let files = callgate::journal::journal_files(journal);
+        let [file] = files.as_slice() else {
+            panic!("one journal file expected: {files:?}")
+        };
+        let len = std::fs::metadata(file).unwrap().len();
+        let pad = usize::try_from((4096 - len % 4096) % 4096).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(file)
+            .unwrap()
+            .write_all(&vec![b'\n'; pad])
+            .unwrap();
+        self.fill()
+    }
+
     /// Fills the file system with `filler` until writes fail with ENOSPC.
     fn fill(&self) -> std::path::PathBuf {
         let path = self.dir.path().join("filler");
@@ -307,6 +343,42 @@ impl Drop for Tmpfs {
     }
 }
 
+/// The real binary journaling to a 256 KiB tmpfs with `fsync`, in front
+/// of a shop that holds each notification until given a permit.
+struct HeldOnTmpfs {
+    disk: Tmpfs,
+    permits: Arc<tokio::sync::Semaphore>,
+    up: Upstream,
+    _config: tempfile::TempDir,
+    journal: std::path::PathBuf,
+    gateway: GatewayProcess,
+    /// The Alipay route's URL.
+    url: String,
+}
+
+impl HeldOnTmpfs {
+    async fn start(fsync: &str) -> Option<HeldOnTmpfs> {
+        let disk = Tmpfs::mount_or_skip("256k")?;
+        let permits = Arc::new(tokio::sync::Semaphore::new(0));
+        let up = Upstream::start(Behaviour::HoldReply(permits.clone(), 200, "success")).await;
+        let config = tempfile::tempdir().unwrap();
+        let journal = disk.dir.path().join("journal");
+        let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+        spec.journal = format!("dir = {journal:?}\nfsync = \"{fsync}\"\n");
+        let gateway = GatewayProcess::start(&spec.write(config.path()));
+        let url = format!("http://{}/notify/alipay", gateway.addr);
+        Some(HeldOnTmpfs {
+            disk,
+            permits,
+            up,
+            _config: config,
+            journal,
+            gateway,
+            url,
+        })
+    }
+}
+
 #[tokio::test]
 async fn a_full_journal_disk_fails_closed_and_recovers_when_space_returns() {
     full_journal_disk("always").await;
@@ -320,16 +392,7 @@ async fn a_full_journal_disk_fails_closed_with_interval_syncs_too() {
 }
 
 async fn full_journal_disk(fsync: &str) {
-    let Some(disk) = Tmpfs::mount("256k") else {
-        // CI runs as root and must run this test; say loudly when a
-        // developer's machine cannot.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must be able to mount a tmpfs (run as root): the disk-full test cannot be skipped there"
-        );
-        eprintln!(
-            "SKIPPED: cannot mount a tmpfs here (needs root); the disk-full test did not run"
-        );
+    let Some(disk) = Tmpfs::mount_or_skip("256k") else {
         return;
     };
     let logs = Logs::default();
@@ -380,22 +443,18 @@ async fn full_journal_disk(fsync: &str) {
 /// again. The real binary, a real tmpfs filled to ENOSPC.
 #[tokio::test(flavor = "multi_thread")]
 async fn outcomes_the_full_disk_refused_are_written_once_it_has_room() {
-    let Some(disk) = Tmpfs::mount("256k") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must be able to mount a tmpfs (run as root): the disk-full test cannot be skipped there"
-        );
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+    let Some(held) = HeldOnTmpfs::start("interval").await else {
         return;
     };
-    let permits = Arc::new(tokio::sync::Semaphore::new(0));
-    let up = Upstream::start(Behaviour::HoldReply(permits.clone(), 200, "success")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let journal = disk.dir.path().join("journal");
-    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
-    spec.journal = format!("dir = {journal:?}\nfsync = \"interval\"\n");
-    let mut gateway = GatewayProcess::start(&spec.write(dir.path()));
-    let url = format!("http://{}/notify/alipay", gateway.addr);
+    let HeldOnTmpfs {
+        disk,
+        permits,
+        up,
+        journal,
+        mut gateway,
+        url,
+        ..
+    } = held;
     let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
     for name in ["rsa2_trade_success.form", "rsa2_trade_success_2.form"] {
         let (tx, url, body) = (tx.clone(), url.clone(), fixture("alipay", name));
@@ -409,22 +468,7 @@ async fn outcomes_the_full_disk_refused_are_written_once_it_has_room() {
     up.next().await;
     up.next().await;
 
-    // The journal file ends on a page boundary (blank lines, which readers
-    // skip), so that on the full tmpfs its next append needs a page it
-    // cannot have.
-    let files = callgate::journal::journal_files(&journal);
-    let [file] = files.as_slice() else {
-        panic!("one journal file expected: {files:?}")
-    };
-    let len = std::fs::metadata(file).unwrap().len();
-    let pad = usize::try_from((4096 - len % 4096) % 4096).unwrap();
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(file)
-        .unwrap()
-        .write_all(&vec![b'\n'; pad])
-        .unwrap();
-    let filler = disk.fill();
+    let filler = disk.fill_past_journal(&journal);
 
     // The shop takes the first; its outcome cannot be written.
     permits.add_permits(1);
@@ -464,22 +508,18 @@ async fn outcomes_the_full_disk_refused_are_written_once_it_has_room() {
 /// and written with the next group commit (here the stop's), not dropped.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_outcome_the_full_disk_refused_under_fsync_always_is_written_once_it_has_room() {
-    let Some(disk) = Tmpfs::mount("256k") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must be able to mount a tmpfs (run as root): the disk-full test cannot be skipped there"
-        );
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+    let Some(held) = HeldOnTmpfs::start("always").await else {
         return;
     };
-    let permits = Arc::new(tokio::sync::Semaphore::new(0));
-    let up = Upstream::start(Behaviour::HoldReply(permits.clone(), 200, "success")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let journal = disk.dir.path().join("journal");
-    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
-    spec.journal = format!("dir = {journal:?}\nfsync = \"always\"\n");
-    let mut gateway = GatewayProcess::start(&spec.write(dir.path()));
-    let url = format!("http://{}/notify/alipay", gateway.addr);
+    let HeldOnTmpfs {
+        disk,
+        permits,
+        up,
+        journal,
+        mut gateway,
+        url,
+        ..
+    } = held;
     let body = fixture("alipay", "rsa2_trade_success.form");
     let answer = tokio::spawn(async move {
         let form = [("content-type", "application/x-www-form-urlencoded")];
@@ -487,19 +527,7 @@ async fn an_outcome_the_full_disk_refused_under_fsync_always_is_written_once_it_
         (r.status, r.text())
     });
     up.next().await; // journaled and synced; the shop holds it
-    let files = callgate::journal::journal_files(&journal);
-    let [file] = files.as_slice() else {
-        panic!("one journal file expected: {files:?}")
-    };
-    let len = std::fs::metadata(file).unwrap().len();
-    let pad = usize::try_from((4096 - len % 4096) % 4096).unwrap();
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(file)
-        .unwrap()
-        .write_all(&vec![b'\n'; pad])
-        .unwrap();
-    let filler = disk.fill();
+    let filler = disk.fill_past_journal(&journal);
     permits.add_permits(1);
     assert_eq!(answer.await.unwrap(), (200, "success".to_owned()));
     gateway.wait_for(|v| {
