@@ -443,21 +443,13 @@ async fn full_journal_disk(fsync: &str) {
 /// again. The real binary, a real tmpfs filled to ENOSPC.
 #[tokio::test(flavor = "multi_thread")]
 async fn outcomes_the_full_disk_refused_are_written_once_it_has_room() {
-    let Some(held) = HeldOnTmpfs::start("interval").await else {
+    let Some(mut held) = HeldOnTmpfs::start("interval").await else {
         return;
     };
-    let HeldOnTmpfs {
-        disk,
-        permits,
-        up,
-        journal,
-        mut gateway,
-        url,
-        ..
-    } = held;
+    let journal = held.journal.clone();
     let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
     for name in ["rsa2_trade_success.form", "rsa2_trade_success_2.form"] {
-        let (tx, url, body) = (tx.clone(), url.clone(), fixture("alipay", name));
+        let (tx, url, body) = (tx.clone(), held.url.clone(), fixture("alipay", name));
         tokio::spawn(async move {
             let form = [("content-type", "application/x-www-form-urlencoded")];
             let r = TestClient::new().send("POST", &url, &form, body).await;
@@ -465,27 +457,27 @@ async fn outcomes_the_full_disk_refused_are_written_once_it_has_room() {
         });
     }
     // Both arrivals are journaled: the shop holds both notifications.
-    up.next().await;
-    up.next().await;
+    held.up.next().await;
+    held.up.next().await;
 
-    let filler = disk.fill_past_journal(&journal);
+    let filler = held.disk.fill_past_journal(&journal);
 
     // The shop takes the first; its outcome cannot be written.
-    permits.add_permits(1);
+    held.permits.add_permits(1);
     assert_eq!(answers.recv().await.unwrap(), (200, "success".to_owned()));
-    gateway.wait_for(|v| {
+    held.gateway.wait_for(|v| {
         v["message"]
             .as_str()
             .is_some_and(|m| m.starts_with("journal write failed"))
     });
     // The shop takes the second while the journal still fails.
-    permits.add_permits(1);
+    held.permits.add_permits(1);
     assert_eq!(answers.recv().await.unwrap(), (200, "success".to_owned()));
 
     // Room again; a clean stop writes what is waiting.
     std::fs::remove_file(filler).unwrap();
-    gateway.signal("-TERM");
-    assert!(gateway.child.wait().unwrap().success());
+    held.gateway.signal("-TERM");
+    assert!(held.gateway.child.wait().unwrap().success());
     let (arrivals, _) = callgate::journal::arrivals(&journal).unwrap();
     let ended: Vec<(&str, &str)> = arrivals
         .iter()
@@ -508,37 +500,32 @@ async fn outcomes_the_full_disk_refused_are_written_once_it_has_room() {
 /// and written with the next group commit (here the stop's), not dropped.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_outcome_the_full_disk_refused_under_fsync_always_is_written_once_it_has_room() {
-    let Some(held) = HeldOnTmpfs::start("always").await else {
+    let Some(mut held) = HeldOnTmpfs::start("always").await else {
         return;
     };
-    let HeldOnTmpfs {
-        disk,
-        permits,
-        up,
-        journal,
-        mut gateway,
-        url,
-        ..
-    } = held;
-    let body = fixture("alipay", "rsa2_trade_success.form");
+    let journal = held.journal.clone();
+    let (url, body) = (
+        held.url.clone(),
+        fixture("alipay", "rsa2_trade_success.form"),
+    );
     let answer = tokio::spawn(async move {
         let form = [("content-type", "application/x-www-form-urlencoded")];
         let r = TestClient::new().send("POST", &url, &form, body).await;
         (r.status, r.text())
     });
-    up.next().await; // journaled and synced; the shop holds it
-    let filler = disk.fill_past_journal(&journal);
-    permits.add_permits(1);
+    held.up.next().await; // journaled and synced; the shop holds it
+    let filler = held.disk.fill_past_journal(&journal);
+    held.permits.add_permits(1);
     assert_eq!(answer.await.unwrap(), (200, "success".to_owned()));
-    gateway.wait_for(|v| {
+    held.gateway.wait_for(|v| {
         v["message"]
             .as_str()
             .is_some_and(|m| m.starts_with("could not journal the outcome"))
     });
 
     std::fs::remove_file(filler).unwrap();
-    gateway.signal("-TERM");
-    assert!(gateway.child.wait().unwrap().success());
+    held.gateway.signal("-TERM");
+    assert!(held.gateway.child.wait().unwrap().success());
     let (arrivals, _) = callgate::journal::arrivals(&journal).unwrap();
     let ended: Vec<&str> = arrivals
         .iter()
