@@ -92,44 +92,62 @@ fn info_field(port: u16, section: &str, field: &str) -> Option<String> {
 }
 
 /// Starts `redis-server` on a free port with `extra` arguments.
-fn server(dir: &std::path::Path, extra: &[String]) -> Node {
-    let port = free_port();
-    let child = tool("redis-server")
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--protected-mode",
-            "no",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--repl-diskless-sync-delay",
-            "0",
-            "--maxmemory-policy",
-            "noeviction",
-            "--port",
-            &port.to_string(),
-        ])
-        .arg("--dir")
-        .arg(dir)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    let node = Node {
-        port,
-        child: Some(child),
-    };
-    poll_until(
-        &format!("redis-server on {port}"),
-        Duration::from_secs(10),
-        || ask::<String>(port, &["PING"]).as_deref() == Some("PONG"),
-    );
-    node
+/// A `redis-server` on a free port with `extra()`'s arguments (called once
+/// per try: they may name ports of their own). A port is free when picked
+/// and taken again by the server later, so another process can bind it in
+/// between; a server that exits (its bind failed) is started again on
+/// new ports, a bounded number of times.
+fn server(dir: &std::path::Path, extra: impl Fn() -> Vec<String>) -> Node {
+    for _ in 0..5 {
+        let port = free_port();
+        let child = tool("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--protected-mode",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--repl-diskless-sync-delay",
+                "0",
+                "--maxmemory-policy",
+                "noeviction",
+                "--port",
+                &port.to_string(),
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .args(extra())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let mut node = Node {
+            port,
+            child: Some(child),
+        };
+        let mut exited = false;
+        poll_until(
+            &format!("redis-server on {port}"),
+            Duration::from_secs(10),
+            || {
+                exited = node
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+                exited || ask::<String>(port, &["PING"]).as_deref() == Some("PONG")
+            },
+        );
+        if !exited {
+            return node;
+        }
+        node.kill();
+    }
+    panic!("redis-server exited at start five times (ports taken?)");
 }
 
 // === Sentinel ===
@@ -145,7 +163,7 @@ pub struct SentinelDeployment {
 impl SentinelDeployment {
     pub fn start() -> SentinelDeployment {
         let dir = tempfile::tempdir().unwrap();
-        let master = server(dir.path(), &[]);
+        let master = server(dir.path(), Vec::new);
         let replica_of = vec![
             "--replicaof".to_owned(),
             "127.0.0.1".to_owned(),
@@ -153,8 +171,8 @@ impl SentinelDeployment {
         ];
         let servers = vec![
             master,
-            server(dir.path(), &replica_of),
-            server(dir.path(), &replica_of),
+            server(dir.path(), || replica_of.clone()),
+            server(dir.path(), || replica_of.clone()),
         ];
         let m = servers[0].port;
         let mut sentinels = Vec::new();
@@ -272,11 +290,10 @@ impl ClusterDeployment {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
         for _ in 0..6 {
-            let bus = free_port();
-            let conf = dir.path().join(format!("nodes-{bus}.conf"));
-            nodes.push(server(
-                dir.path(),
-                &[
+            nodes.push(server(dir.path(), || {
+                let bus = free_port();
+                let conf = dir.path().join(format!("nodes-{bus}.conf"));
+                vec![
                     "--cluster-enabled".to_owned(),
                     "yes".to_owned(),
                     "--cluster-config-file".to_owned(),
@@ -285,8 +302,8 @@ impl ClusterDeployment {
                     "1000".to_owned(),
                     "--cluster-port".to_owned(),
                     bus.to_string(),
-                ],
-            ));
+                ]
+            }));
         }
         let out = tool("redis-cli")
             .arg("--cluster")
