@@ -173,6 +173,7 @@ pub fn render(setup: &Setup) -> String {
         };
         let _ = writeln!(w, "on_store_error = {}", quote(on_store_error));
         let _ = writeln!(w, "merchant_label = {}", r.merchant_label);
+        let _ = writeln!(w, "replay_namespace = {}", quote(&r.replay_namespace));
         if let Some(quota) = r.replay_quota {
             let _ = writeln!(w, "replay_quota = {quota}");
         }

@@ -103,7 +103,13 @@ pub struct Received {
     pub rid: String,
     /// Unix seconds.
     pub unix: i64,
+    /// The route's name.
     pub route: String,
+    /// The route's replay namespace, written only when it is not the
+    /// route's name (so records of routes without `replay_namespace` are
+    /// as they always were): absent means the route's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     pub provider: String,
     /// The merchant the event belongs to (`Verified::merchant`); empty in
     /// records written before replay keys held the merchant.
@@ -134,6 +140,9 @@ pub struct OutcomeRecord {
     pub rid: String,
     pub unix: i64,
     pub route: String,
+    /// As in [`Received::namespace`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// As in [`Received::merchant`].
     #[serde(default)]
     pub merchant: String,
@@ -157,6 +166,26 @@ impl OutcomeRecord {
     pub fn delivered(&self) -> bool {
         self.outcome == "forwarded"
     }
+
+    /// The replay namespace the delivery was made in.
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or(&self.route)
+    }
+
+    /// The event this outcome is of.
+    pub fn event(&self) -> Event {
+        Event::of(
+            self.namespace().to_owned(),
+            self.merchant.clone(),
+            self.event_id.clone(),
+        )
+    }
+}
+
+/// What a record says of the replay namespace of `route`, whose namespace
+/// is `namespace`: nothing when it is the route's name.
+pub fn namespace_field(route: &str, namespace: &str) -> Option<String> {
+    (route != namespace).then(|| namespace.to_owned())
 }
 
 /// Why the journal could not be written or read.
@@ -1006,19 +1035,22 @@ pub fn read_dir(dir: &Path, mut each: impl FnMut(Record)) -> Result<usize, Journ
     Ok(skipped)
 }
 
-/// An event as the journal names it.
+/// An event as the journal names it: by the replay namespace it was
+/// delivered in (the route's name unless the route set
+/// `replay_namespace`), so that a route renamed with its old namespace, or
+/// two routes sharing one, see one event.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Event {
-    pub route: String,
+    pub namespace: String,
     /// Empty for records written before records carried the merchant.
     pub merchant: String,
     pub event_id: String,
 }
 
 impl Event {
-    fn of(route: String, merchant: String, event_id: String) -> Event {
+    fn of(namespace: String, merchant: String, event_id: String) -> Event {
         Event {
-            route,
+            namespace,
             merchant,
             event_id,
         }
@@ -1079,6 +1111,7 @@ pub fn warm_up(dir: &Path, ttl: Duration, now: i64) -> Result<WarmUp, JournalErr
                 rid: rec.rid.clone(),
                 unix: rec.unix,
                 route: rec.route.clone(),
+                namespace: rec.namespace.clone(),
                 provider: rec.provider.clone(),
                 merchant: rec.merchant.clone(),
                 event_id: rec.event_id.clone(),
@@ -1094,13 +1127,7 @@ pub fn warm_up(dir: &Path, ttl: Duration, now: i64) -> Result<WarmUp, JournalErr
             recent.insert(rec.rid.clone(), (lite, ended));
             order += 1;
             if now - rec.unix < ttl_secs {
-                let slot = attempted
-                    .entry(Event::of(
-                        rec.route.clone(),
-                        rec.merchant.clone(),
-                        rec.event_id.clone(),
-                    ))
-                    .or_insert((0, rec.unix));
+                let slot = attempted.entry(rec.event()).or_insert((0, rec.unix));
                 // Each arrival is a forward begun; its attempt number covers
                 // earlier ones in files rotated away.
                 slot.0 = slot.0.saturating_add(1).max(rec.attempt);
@@ -1118,9 +1145,7 @@ pub fn warm_up(dir: &Path, ttl: Duration, now: i64) -> Result<WarmUp, JournalErr
                 slot.1 = Some(o.clone());
             }
             if o.delivered() && now - o.unix < ttl_secs {
-                let at = delivered
-                    .entry(Event::of(o.route, o.merchant, o.event_id))
-                    .or_insert(o.unix);
+                let at = delivered.entry(o.event()).or_insert(o.unix);
                 *at = (*at).max(o.unix);
             }
         }
@@ -1247,15 +1272,20 @@ pub fn delivered_events(
         .filter_map(|a| a.outcome.as_ref())
         .chain(redeliveries.iter())
         .filter(|o| o.delivered())
-        .map(|o| Event::of(o.route.clone(), o.merchant.clone(), o.event_id.clone()))
+        .map(OutcomeRecord::event)
         .collect()
 }
 
 impl Received {
+    /// The replay namespace the arrival was claimed in.
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or(&self.route)
+    }
+
     /// The event this arrival is of.
     pub fn event(&self) -> Event {
         Event::of(
-            self.route.clone(),
+            self.namespace().to_owned(),
             self.merchant.clone(),
             self.event_id.clone(),
         )
@@ -1347,6 +1377,7 @@ mod tests {
             rid: rid.into(),
             unix: 1000,
             route: "r".into(),
+            namespace: None,
             provider: "alipay".into(),
             merchant: "m".into(),
             event_id: event.into(),
@@ -1366,6 +1397,7 @@ mod tests {
             rid: rid.into(),
             unix,
             route: "r".into(),
+            namespace: None,
             merchant: "m".into(),
             event_id: event.into(),
             outcome: outcome.into(),
@@ -1436,6 +1468,40 @@ mod tests {
         assert_eq!(
             (got[0].0.merchant.as_str(), got[0].0.event_id.as_str()),
             ("", "e")
+        );
+    }
+
+    /// An event is named by the replay namespace it was delivered in: a
+    /// record without `namespace` (every record of a route without
+    /// `replay_namespace`, and every record written before the key
+    /// existed) is in its route's name; a renamed route's record that
+    /// carries its old name as namespace is the same event.
+    #[test]
+    fn records_name_events_by_their_replay_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("20260101T000000Z-gateway-1-1.jsonl"),
+            concat!(
+                "{\"type\":\"outcome\",\"rid\":\"1\",\"unix\":990,\"route\":\"a\",\"merchant\":\"m\",\"event_id\":\"e\",\"outcome\":\"forwarded\",\"status\":200}\n",
+                "{\"type\":\"outcome\",\"rid\":\"2\",\"unix\":995,\"route\":\"b\",\"namespace\":\"a\",\"merchant\":\"m\",\"event_id\":\"e\",\"outcome\":\"forwarded\",\"status\":200}\n",
+                "{\"type\":\"outcome\",\"rid\":\"3\",\"unix\":995,\"route\":\"b\",\"namespace\":\"a\",\"merchant\":\"m\",\"event_id\":\"f\",\"outcome\":\"forwarded\",\"status\":200}\n",
+            ),
+        )
+        .unwrap();
+        let mut got = delivered_within(dir.path(), Duration::from_secs(100), 1000).unwrap();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    Event::of("a".into(), "m".into(), "e".into()),
+                    Duration::from_secs(95)
+                ),
+                (
+                    Event::of("a".into(), "m".into(), "f".into()),
+                    Duration::from_secs(95)
+                ),
+            ]
         );
     }
 

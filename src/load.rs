@@ -201,6 +201,10 @@ pub enum RuleError {
     DuplicateName { name: String, first: String },
     #[error("route name `{name}` must be 1-64 characters of letters, digits, `.`, `_` or `-`")]
     BadName { name: String },
+    #[error(
+        "replay_namespace {namespace:?} must not be empty and must hold no spaces or control characters; to keep a renamed route's delivered events, set it to the route's old name"
+    )]
+    BadNamespace { namespace: String },
     #[error("path `{path}` is already routed by route `{other}` at {first}")]
     DuplicatePath {
         path: String,

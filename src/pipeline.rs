@@ -444,7 +444,7 @@ async fn remember_nonce(
     ctx: &mut Ctx,
     verified: &Verified,
 ) -> Result<Option<Key>, Outcome> {
-    let Some(nonce) = Key::nonce(&route.name, verified) else {
+    let Some(nonce) = Key::nonce(&route.name, &route.replay_namespace, verified) else {
         return Ok(None);
     };
     match state
@@ -502,6 +502,7 @@ pub(crate) async fn journal_arrival(
         rid: arrival.request_id,
         unix: arrival.now,
         route: &route.name,
+        namespace: (route.replay_namespace != route.name).then_some(&*route.replay_namespace),
         provider: route.kind().as_str(),
         merchant: verified.merchant(),
         event_id: verified.event_id(),
@@ -646,7 +647,7 @@ pub(crate) async fn claim(
     life: Duration,
     on_store_error: OnStoreError,
 ) -> Result<Held, Stop> {
-    let key = Key::event(&route.name, verified);
+    let key = Key::event(&route.name, &route.replay_namespace, verified);
     let claim = match ClaimGuard::claim(&state.store, &key, life).await {
         Ok(Claim::New(guard)) => Some(guard),
         Ok(Claim::InFlight) => {
@@ -965,6 +966,7 @@ async fn record_outcome(
         rid: arrival.request_id.to_owned(),
         unix: crate::clock::unix_now(),
         route: route.name.to_string(),
+        namespace: crate::journal::namespace_field(&route.name, &route.replay_namespace),
         merchant: verified.merchant().to_owned(),
         event_id: verified.event_id().to_owned(),
         outcome: outcome.as_str().to_owned(),

@@ -12,7 +12,9 @@
 //! unless it can reach the gateway; with Redis (shared) it may also run on
 //! its own when no token is configured.
 //!
-//! Each selected event (the latest arrival of each route and event id) is
+//! Each selected event (the latest arrival of each event: replay namespace,
+//! merchant and event id, so that a route renamed with its old
+//! `replay_namespace` sees what it delivered under the old name) is
 //! skipped when the journal shows it delivered, else ([`redeliver`]) parsed
 //! and verified again with the route's current keys (a journal file is not
 //! trusted on its own), claimed in the replay store, forwarded with
@@ -108,7 +110,7 @@ impl Selection {
     }
 }
 
-/// Events (route, merchant, event id).
+/// Events (replay namespace, merchant, event id).
 pub type Events = HashSet<journal::Event>;
 
 /// Why a journaled notification could not be redelivered.

@@ -160,19 +160,31 @@ impl Live {
     }
 }
 
-/// Warns about every path a route of another name serves now. Replay
-/// state is keyed by route name, merchant and event id (CONTRACT), so the
-/// events the old name delivered within `replay.ttl` are not known under
-/// the new one: a platform's retry of one of them is forwarded again. The
-/// reload still applies (a rename is routine, and refusing it would not
-/// bring the old namespace back); the operator is told, once per path.
+/// Warns about every path whose route keeps its replay state in another
+/// namespace now. Replay state is keyed by the route's replay namespace
+/// (its name, unless it sets `replay_namespace`), merchant and event id, so
+/// the events delivered in the old namespace within `replay.ttl` are not
+/// known in the new one: a platform's retry of one of them is forwarded
+/// again. The reload still applies (a rename is routine, and refusing it
+/// would not bring the old namespace back); the operator is told, once per
+/// path, with the line that keeps them (`fix`). A rename that keeps the
+/// old namespace (`replay_namespace = "<old name>"`) says nothing.
 fn warn_renamed(running: &crate::rules::Routes, new: &crate::rules::Routes) {
     for old in running.iter() {
-        if let Some(now) = new.get(&old.path)
-            && now.name != old.name
-        {
-            tracing::warn!(path = %old.path, was = %old.name, route = %now.name,
-                "route renamed: the events it delivered are not known under the new name, so a platform's retry of one is forwarded again (replay state is keyed by route name); keep the old name to keep them");
+        let Some(now) = new.get(&old.path) else {
+            continue;
+        };
+        if now.replay_namespace == old.replay_namespace {
+            continue;
+        }
+        let fix = format!("replay_namespace = {:?}", &*old.replay_namespace);
+        if now.name != old.name {
+            tracing::warn!(path = %old.path, was = %old.name, route = %now.name, fix = fix.as_str(),
+                "route renamed: the events it delivered are not known under the new name, so a platform's retry of one is forwarded again; to keep them, set replay_namespace = \"<old name>\" on the route (`fix`)");
+        } else {
+            tracing::warn!(path = %old.path, route = %now.name, was_namespace = %old.replay_namespace,
+                namespace = %now.replay_namespace, fix = fix.as_str(),
+                "replay namespace changed: the events the route delivered are not known in the new one, so a platform's retry of one is forwarded again; to keep them, set back the old one (`fix`)");
         }
     }
 }

@@ -40,7 +40,8 @@ use crate::secret::Secret;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
-    /// Route name: metric label, log field and replay namespace. Required.
+    /// Route name: metric label, log field and (unless `replay_namespace`
+    /// says otherwise) replay namespace. Required.
     pub name: Option<Spanned<String>>,
     /// Exact request path, POST only. Required.
     pub path: Option<Spanned<String>>,
@@ -87,6 +88,13 @@ pub struct RouteFile {
     /// Most events and nonces this route may hold in the memory replay
     /// store; absent: an equal share of what the other routes leave.
     pub replay_quota: Option<Spanned<u64>>,
+    /// The name the route's replay state (memory store, Redis keys, the
+    /// journal's warm-up) is kept under; absent: the route's `name`. Set it
+    /// to the old name when renaming a route, so that a platform's retry of
+    /// an event delivered before is still a duplicate. Two routes with one
+    /// namespace share their events (one merchant at two paths: each event
+    /// is delivered once).
+    pub replay_namespace: Option<Spanned<String>>,
 }
 
 /// One `[[route.merchant]]` table of a route serving several merchants:
@@ -127,6 +135,9 @@ pub enum OnStoreError {
 #[derive(Debug)]
 pub struct Route {
     pub name: Arc<str>,
+    /// What its replay state is keyed by: `replay_namespace`, else `name`
+    /// (the same `Arc`).
+    pub replay_namespace: Arc<str>,
     pub path: Box<str>,
     kind: ProviderKind,
     /// One, or several chosen by the signed merchant field.
@@ -280,6 +291,16 @@ impl Routes {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
         self.0.values()
+    }
+
+    /// The routes whose replay state is kept under `namespace`, by name.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<&Arc<Route>> {
+        let mut routes: Vec<&Arc<Route>> = self
+            .iter()
+            .filter(|r| *r.replay_namespace == *namespace)
+            .collect();
+        routes.sort_by(|a, b| a.name.cmp(&b.name));
+        routes
     }
 
     pub fn len(&self) -> usize {
@@ -515,6 +536,8 @@ fn load_file(
 #[derive(Default)]
 struct Seen {
     names: HashMap<String, String>,
+    /// Replay namespaces in use: namespace → (route, `file:line`).
+    namespaces: HashMap<String, (String, String)>,
     paths: HashMap<String, (String, String)>,
     /// Named IP sets from `ipsets/`.
     ipsets: IpSets,
@@ -571,6 +594,8 @@ fn compile_route(
             seen.names.insert(name.clone(), ctx.here(n.span()));
         }
     }
+
+    let namespace = compile_namespace(raw, name, ctx, seen, &span);
 
     if let Some(p) = &raw.path {
         let path = p.get_ref();
@@ -758,8 +783,13 @@ fn compile_route(
     else {
         return None;
     };
+    let name: Arc<str> = name.into();
     Some(Route {
-        name: name.into(),
+        replay_namespace: match namespace {
+            Some(ns) if *ns != *name => ns.into(),
+            _ => name.clone(),
+        },
+        name,
         path: path.get_ref().as_str().into(),
         kind,
         merchants: merchants?.into_boxed_slice(),
@@ -779,6 +809,53 @@ fn compile_route(
         file: ctx.file.to_path_buf(),
         line: line_of(ctx.src, span.start),
     })
+}
+
+/// The route's replay namespace as written, or its name: `None` when
+/// neither is usable (reported). A blank namespace, or one with spaces or
+/// control characters, is refused (it would be mistyped as another, or
+/// break a log line); one another route uses too is allowed, with a
+/// warning saying that the two share their events.
+fn compile_namespace<'r>(
+    raw: &'r RouteFile,
+    name: Option<&'r str>,
+    ctx: &mut FileCtx<'_>,
+    seen: &mut Seen,
+    span: &std::ops::Range<usize>,
+) -> Option<&'r str> {
+    let (namespace, at) = match &raw.replay_namespace {
+        Some(ns) => {
+            let text = ns.get_ref().as_str();
+            if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                ctx.error(
+                    ns.span(),
+                    RuleError::BadNamespace {
+                        namespace: text.to_owned(),
+                    },
+                );
+                return None;
+            }
+            (text, ns.span())
+        }
+        None => (name?, span.clone()),
+    };
+    let shown = name.unwrap_or("-");
+    match seen.namespaces.get(namespace) {
+        Some((other, first)) => ctx.warn(
+            at,
+            format_args!(
+                "route `{shown}` shares replay namespace `{namespace}` with route `{other}` at {first}: \
+                 an event delivered by one is a duplicate on the other (one merchant at two paths); \
+                 if that is not meant, give one of them its own replay_namespace"
+            ),
+        ),
+        None => {
+            let here = ctx.here(at);
+            seen.namespaces
+                .insert(namespace.to_owned(), (shown.to_owned(), here));
+        }
+    }
+    Some(namespace)
 }
 
 /// The keys of a route a merchant's upstream falls back on.

@@ -419,49 +419,59 @@ impl Worker {
     }
 }
 
-/// Says which route names the journal recorded deliveries under that no
-/// route has now (renamed, or removed, since): replay state is keyed by
-/// route name, so if another name now serves the same notifications, a
+/// Says which replay namespaces the journal recorded deliveries in that no
+/// route keeps its state in now (a route renamed, or removed, since): a
+/// route's events are known under its namespace only (its name, unless it
+/// sets `replay_namespace`), so if a route of another name now serves the
+/// same notifications without `replay_namespace = "<old name>"`, a
 /// platform's retry of one of those events is forwarded again.
 fn warn_unknown_routes(snapshot: &Snapshot, delivered: &[(crate::journal::Event, Duration)]) {
-    let names: std::collections::HashSet<&str> = snapshot.routes.iter().map(|r| &*r.name).collect();
+    let namespaces: std::collections::HashSet<&str> = snapshot
+        .routes
+        .iter()
+        .map(|r| &*r.replay_namespace)
+        .collect();
     let mut unknown: std::collections::BTreeMap<&str, usize> = Default::default();
     for (event, _) in delivered {
-        if !names.contains(event.route.as_str()) {
-            *unknown.entry(event.route.as_str()).or_default() += 1;
+        if !namespaces.contains(event.namespace.as_str()) {
+            *unknown.entry(event.namespace.as_str()).or_default() += 1;
         }
     }
     for (route, events) in unknown {
+        let fix = format!("replay_namespace = {route:?}");
         tracing::warn!(
             route,
             events,
-            "the journal holds deliveries of a route no longer configured: if it was renamed, a platform's retry of one is forwarded again (replay state is keyed by route name); keep the old name to keep them"
+            fix = fix.as_str(),
+            "the journal holds deliveries of a route no longer configured: if it was renamed, a platform's retry of one is forwarded again; to keep them, set replay_namespace = \"<old name>\" on the renamed route (`fix`)"
         );
     }
 }
 
-/// The replay keys a journaled event is remembered under. A record written
-/// before records carried the merchant is remembered under every merchant
-/// of its route (the route's own, when it has one): a replay of it is still
-/// a duplicate, at the cost of a colliding id of another merchant of the
+/// The replay keys a journaled event is remembered under: in the namespace
+/// it was delivered in, counted against the share of the route that keeps
+/// its state there now (the namespace itself when none does). A record
+/// written before records carried the merchant is remembered under every
+/// merchant of the routes of its namespace: a replay of it is still a
+/// duplicate, at the cost of a colliding id of another merchant of the
 /// same route being taken for it until `replay.ttl` runs out (see
 /// docs/deploy.md, "Upgrading: replay keys now hold the merchant").
 fn event_keys(snapshot: &Snapshot, event: &crate::journal::Event) -> Vec<replay::Key> {
-    let route: Arc<str> = Arc::from(event.route.as_str());
-    let key = |merchant: &str| replay::Key::recorded(&route, merchant, &event.event_id);
+    let routes = snapshot.routes.in_namespace(&event.namespace);
+    let namespace: Arc<str> = Arc::from(event.namespace.as_str());
+    let route = routes
+        .first()
+        .map_or_else(|| namespace.clone(), |r| r.name.clone());
+    let key =
+        |merchant: &str| replay::Key::journaled(&route, &namespace, merchant, &event.event_id);
     if !event.merchant.is_empty() {
         return vec![key(&event.merchant)];
     }
-    snapshot
-        .routes
-        .named(&event.route)
-        .map(|r| {
-            r.merchants()
-                .iter()
-                .map(|m| key(m.provider.replay_merchant()))
-                .collect()
-        })
-        .unwrap_or_default()
+    routes
+        .iter()
+        .flat_map(|r| r.merchants().iter())
+        .map(|m| key(m.provider.replay_merchant()))
+        .collect()
 }
 
 /// Refuses to start on a Redis whose `maxmemory-policy` can evict what

@@ -1420,6 +1420,7 @@ async fn a_reload_that_renames_a_route_warns_that_its_delivered_events_are_forgo
     assert_eq!(said["path"], "/notify/alipay", "{said}");
     assert_eq!(said["was"], "shop-alipay", "{said}");
     assert_eq!(said["route"], "shop-alipay-v2", "{said}");
+    assert_eq!(said["fix"], "replay_namespace = \"shop-alipay\"", "{said}");
     run.wait_for(|v| v["message"] == "rules reloaded");
 
     // What the warning is about: the retry is forwarded a second time.
@@ -1467,6 +1468,215 @@ async fn a_reload_that_renames_a_route_warns_that_its_delivered_events_are_forgo
         "{}",
         restarted.seen.join("\n")
     );
+}
+
+/// The journal's records of the process's directory, parsed.
+fn journal_records(dir: &Path) -> Vec<serde_json::Value> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<serde_json::Value>>()
+        })
+        .collect()
+}
+
+/// Whether a log line is one of the warnings that a route's delivered
+/// events are forgotten (reload or start).
+fn forgets(v: &serde_json::Value) -> bool {
+    v["message"].as_str().is_some_and(|m| {
+        m.starts_with("route renamed")
+            || m.starts_with("replay namespace changed")
+            || m.starts_with("the journal holds deliveries of a route no longer")
+    })
+}
+
+/// A route renamed with `replay_namespace = "<old name>"` keeps what it
+/// delivered: the platform's retry of an event delivered before the rename
+/// is a duplicate (200 and the success ack, not forwarded) after SIGHUP
+/// and after a restart (the memory store warmed from the journal, which
+/// holds records from before and after the rename), and neither says the
+/// events are forgotten. Records of a route without the key carry no
+/// `namespace` (the journal format is as before); records of the renamed
+/// route carry it. Before, the retry was forwarded a second time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_renamed_with_its_old_replay_namespace_still_knows_what_it_delivered() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let (dir, mut run) = start_alipay_process(&up, false);
+    let r = post_alipay_to(&run, "/notify/alipay", "rsa2_trade_success.form", &[]).await;
+    r.assert_is(200, "success", "the first delivery");
+    assert_eq!(next_notification(&mut run)["outcome"], "forwarded");
+    assert_eq!(up.count(), 1);
+
+    let rules = dir.path().join("rules/routes.toml");
+    let good = std::fs::read_to_string(&rules).unwrap();
+    let renamed = good.replace(
+        "name = \"shop-alipay\"",
+        "name = \"shop-alipay-v2\"\nreplay_namespace = \"shop-alipay\"",
+    );
+    assert_ne!(renamed, good);
+    std::fs::write(&rules, renamed).unwrap();
+    run.signal("-HUP");
+    let said = run.wait_for(|v| v["message"] == "rules reloaded" || forgets(v));
+    assert_eq!(said["message"], "rules reloaded", "{said}");
+
+    let again = post_alipay_to(&run, "/notify/alipay", "rsa2_trade_success.form", &[]).await;
+    again.assert_is(200, "success", "the retry after the rename");
+    let line = next_notification(&mut run);
+    assert_eq!(line["outcome"], "duplicate", "{line}");
+    // Logs and metrics still name the route by its name.
+    assert_eq!(line["route"], "shop-alipay-v2", "{line}");
+    assert_eq!(up.count(), 1, "the retry reached the shop again");
+
+    // An event delivered after the rename, journaled with the namespace.
+    let second = post_alipay_to(&run, "/notify/alipay", "rsa2_trade_success_2.form", &[]).await;
+    second.assert_is(200, "success", "a new event after the rename");
+    assert_eq!(next_notification(&mut run)["outcome"], "forwarded");
+    assert_eq!(up.count(), 2);
+
+    run.signal("-TERM");
+    let _ = run.child.wait();
+    let records = journal_records(dir.path());
+    let of = |route: &str| -> Vec<&serde_json::Value> {
+        records.iter().filter(|r| r["route"] == route).collect()
+    };
+    let (before, after) = (of("shop-alipay"), of("shop-alipay-v2"));
+    assert_eq!((before.len(), after.len()), (2, 2), "{records:?}");
+    assert!(
+        before.iter().all(|r| r.get("namespace").is_none()),
+        "{before:?}"
+    );
+    assert!(
+        after.iter().all(|r| r["namespace"] == "shop-alipay"),
+        "{after:?}"
+    );
+
+    let restarted = GatewayProcess::start(&dir.path().join("callgate.toml"));
+    let warned: Vec<&String> = restarted
+        .seen
+        .iter()
+        .filter(|l| serde_json::from_str(l).is_ok_and(|v| forgets(&v)))
+        .collect();
+    assert!(warned.is_empty(), "{warned:?}");
+    let mut run = restarted;
+    for name in ["rsa2_trade_success.form", "rsa2_trade_success_2.form"] {
+        let r = post_alipay_to(&run, "/notify/alipay", name, &[]).await;
+        r.assert_is(200, "success", name);
+        let line = next_notification(&mut run);
+        assert_eq!(
+            line["outcome"], "duplicate",
+            "{name} after the restart: {line}"
+        );
+    }
+    assert_eq!(
+        up.count(),
+        2,
+        "a retry reached the shop again after the restart"
+    );
+    assert_json_logs(&run);
+}
+
+/// Two routes that share a replay namespace (one merchant served at two
+/// paths) deliver an event once: the copy posted to the other path is a
+/// duplicate. `check` accepts them and says, at the second route's line,
+/// that the two share replay state. Before, the key was refused, and each
+/// route delivered the event.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_routes_sharing_a_replay_namespace_deliver_an_event_once() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let other = RouteSpec::alipay(&up).with(|r| {
+        r.name = "shop-alipay-b".into();
+        r.path = "/notify/alipay-b".into();
+        r.extra = "replay_namespace = \"shop-alipay\"\n".into();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = GatewaySpec::new(vec![RouteSpec::alipay(&up), other]).write(dir.path());
+    let (code, out, err) = callgate_cli(&["check"], &config);
+    assert_eq!(code, 0, "{out}{err}");
+    let note = err
+        .lines()
+        .find(|l| l.contains("shares replay namespace `shop-alipay` with route `shop-alipay`"))
+        .unwrap_or_else(|| panic!("no note that the routes share replay state:\n{err}"));
+    let rules = std::fs::read_to_string(dir.path().join("rules/routes.toml")).unwrap();
+    let line = rules
+        .lines()
+        .position(|l| l.starts_with("replay_namespace"))
+        .unwrap()
+        + 1;
+    assert!(
+        note.contains(&format!(
+            "routes.toml:{line}: warning: route `shop-alipay-b`"
+        )),
+        "{note}"
+    );
+
+    let mut run = GatewayProcess::start(&config);
+    let first = post_alipay_to(&run, "/notify/alipay", "rsa2_trade_success.form", &[]).await;
+    first.assert_is(200, "success", "the event on the first path");
+    assert_eq!(next_notification(&mut run)["outcome"], "forwarded");
+    let copy = post_alipay_to(&run, "/notify/alipay-b", "rsa2_trade_success.form", &[]).await;
+    copy.assert_is(200, "success", "the same event on the second path");
+    let line = next_notification(&mut run);
+    assert_eq!(line["outcome"], "duplicate", "{line}");
+    assert_eq!(line["route"], "shop-alipay-b", "{line}");
+    assert_eq!(up.count(), 1, "the event reached the shop once per route");
+}
+
+/// `check` refuses a replay namespace that is empty, blank, holds a space
+/// or a control character, each at its own line, all at once.
+#[test]
+fn check_refuses_a_blank_replay_namespace_at_its_line() {
+    let up_url = "http://127.0.0.1:9/";
+    let dir = tempfile::tempdir().unwrap();
+    let bad = ["\"\"", "\"  \"", "\"shop alipay\"", "\"shop\\talipay\""];
+    let routes: Vec<RouteSpec> = bad
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            RouteSpec::new(
+                "alipay",
+                &format!("/notify/alipay-{i}"),
+                format!(
+                    "public_key = {:?}\napp_id = \"2021000000000001\"\n",
+                    fixture_path("alipay", "alipay_public.pem")
+                ),
+            )
+            .with(|r| {
+                r.name = format!("shop-{i}");
+                r.upstream = up_url.into();
+                r.extra = format!("replay_namespace = {ns}\n");
+            })
+        })
+        .collect();
+    let config = GatewaySpec::new(routes).write(dir.path());
+    let (code, out, err) = callgate_cli(&["check"], &config);
+    assert_eq!(code, 1, "{out}{err}");
+    let rules = std::fs::read_to_string(dir.path().join("rules/routes.toml")).unwrap();
+    let lines: Vec<usize> = rules
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("replay_namespace"))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(lines.len(), bad.len());
+    for line in lines {
+        assert!(
+            err.lines().any(
+                |l| l.contains(&format!("routes.toml:{line}: replay_namespace"))
+                    && l.contains("must not be empty")
+            ),
+            "line {line} not reported:\n{err}"
+        );
+    }
+    assert!(!err.contains('\t'), "a control character was echoed: {err}");
 }
 
 /// stdout on a device that is always full (`/dev/full`: every write fails

@@ -141,7 +141,7 @@ async fn a_nonce_seen_by_one_store_is_a_replay_on_the_other() {
     let body = bytes::Bytes::from(body);
     let payload = callgate::body::parse(route.kind().format(), &headers, &body).unwrap();
     let (_, verified) = route.verify(&headers, &body, &payload, unix_now()).unwrap();
-    let nonce = Key::nonce(&route.name, &verified).unwrap();
+    let nonce = Key::nonce(&route.name, &route.replay_namespace, &verified).unwrap();
     let window = std::time::Duration::from_secs(600);
     assert!(one.remember(&nonce, window).await.unwrap());
     assert!(!two.remember(&nonce, window).await.unwrap());
@@ -284,6 +284,90 @@ async fn the_journal_warms_the_memory_store_after_a_restart() {
     assert_eq!(up.count(), 2);
 }
 
+/// The event keys Redis holds under `callgate:<namespace>:ev:`.
+fn event_keys_in(redis: &RedisServer, namespace: &str) -> usize {
+    let out = tool("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "--scan",
+            "--pattern",
+            &format!("callgate:{namespace}:ev:*"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().lines().count()
+}
+
+/// With Redis (and no journal, so only Redis can remember), a route renamed
+/// with `replay_namespace = "<old name>"` finds what it delivered under the
+/// old name, after a reload and after a restart: the platform's retry is a
+/// duplicate, and Redis holds the event under the old namespace only. A
+/// route of another name without the key is the control: it forwards the
+/// retry. Before, the key was refused and a renamed route forwarded it.
+#[tokio::test]
+async fn with_redis_a_route_renamed_with_its_old_namespace_knows_its_deliveries() {
+    let redis = RedisServer::start();
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let body = fixture("alipay", "rsa2_trade_success.form");
+    let mut spec = redis_spec(vec![RouteSpec::alipay(&up)], &redis);
+    spec.journal = "enabled = false\n".into();
+    let gw = TestGateway::start(spec.clone()).await;
+    gw.post_form("/notify/alipay", &body)
+        .await
+        .assert_is(200, "success", "the first delivery");
+    assert_eq!(up.count(), 1);
+
+    let renamed = RouteSpec::alipay(&up).with(|r| {
+        r.name = "shop-alipay-v2".into();
+        r.extra = "replay_namespace = \"shop-alipay\"\n".into();
+    });
+    std::fs::write(
+        gw.dir.path().join("rules/routes.toml"),
+        route_toml(&renamed),
+    )
+    .unwrap();
+    assert_eq!(gw.gateway.reload().unwrap(), 1);
+    gw.post_form("/notify/alipay", &body).await.assert_is(
+        200,
+        "success",
+        "the retry after the reload",
+    );
+    assert_eq!(up.count(), 1, "the retry reached the shop after the reload");
+    assert_eq!(
+        gw.requests_of("shop-alipay-v2", "alipay", "duplicate")
+            .await,
+        1.0
+    );
+
+    let mut spec_renamed = spec.clone();
+    spec_renamed.routes = vec![renamed];
+    let gw = restart(gw, spec_renamed).await;
+    gw.post_form("/notify/alipay", &body).await.assert_is(
+        200,
+        "success",
+        "the retry after the restart",
+    );
+    assert_eq!(
+        up.count(),
+        1,
+        "the retry reached the shop after the restart"
+    );
+    assert_eq!(event_keys_in(&redis, "shop-alipay"), 1);
+    assert_eq!(event_keys_in(&redis, "shop-alipay-v2"), 0);
+
+    // The control: renamed without the key, the retry is a new event.
+    let mut spec_forgets = spec;
+    spec_forgets.routes = vec![RouteSpec::alipay(&up).with(|r| r.name = "shop-alipay-v3".into())];
+    let gw = restart(gw, spec_forgets).await;
+    gw.post_form("/notify/alipay", &body).await.assert_is(
+        200,
+        "success",
+        "the retry on a route renamed without the key",
+    );
+    assert_eq!(up.count(), 2);
+}
+
 fn callgate(args: &[&str], config: &std::path::Path) -> (i32, String, String) {
     callgate_cli(args, config)
 }
@@ -343,6 +427,53 @@ async fn redelivery_sends_what_the_shop_missed_exactly_once() {
     let gw = TestGateway::start_in(dir, spec).await;
     assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 200);
     assert_eq!(up.count(), 4);
+}
+
+/// `journal redeliver` judges "already delivered" by the replay namespace:
+/// an event whose forward failed on route `shop-alipay` and that the
+/// platform's retry delivered after the route was renamed with
+/// `replay_namespace = "shop-alipay"` is skipped as delivered, not sent
+/// again. Before, the journal's events were named by route, so the failed
+/// arrival looked undelivered and redelivery failed (its route no longer
+/// configured).
+#[tokio::test(flavor = "multi_thread")]
+async fn redelivery_knows_what_a_renamed_route_delivered_in_its_namespace() {
+    let up = Upstream::start(Behaviour::Reply(500, "down for maintenance")).await;
+    let gw =
+        TestGateway::start_with_admin_token(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
+    let body = fixture("alipay", "rsa2_trade_success.form");
+    assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 502);
+
+    let renamed = RouteSpec::alipay(&up).with(|r| {
+        r.name = "shop-alipay-v2".into();
+        r.extra = "replay_namespace = \"shop-alipay\"\n".into();
+    });
+    std::fs::write(
+        gw.dir.path().join("rules/routes.toml"),
+        route_toml(&renamed),
+    )
+    .unwrap();
+    assert_eq!(gw.gateway.reload().unwrap(), 1);
+    up.set(Behaviour::Reply(200, "success"));
+    gw.post_form("/notify/alipay", &body).await.assert_is(
+        200,
+        "success",
+        "the platform's retry after the rename",
+    );
+    assert_eq!(up.count(), 2);
+    gw.flush_journal().await;
+
+    let config = gw.cli_config();
+    let (code, out, err) = callgate(
+        &["journal", "redeliver", "--outcome", "upstream_error"],
+        &config,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("2026112200222000000000000000000001: already delivered, skipped"),
+        "{out}{err}"
+    );
+    assert_eq!(up.count(), 2, "redelivered an event the shop has");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -19,6 +19,8 @@ pub struct ArrivalLine<'a> {
     pub rid: &'a str,
     pub unix: i64,
     pub route: &'a str,
+    /// The route's replay namespace when it is not its name.
+    pub namespace: Option<&'a str>,
     pub provider: &'a str,
     pub merchant: &'a str,
     pub event_id: &'a str,
@@ -52,6 +54,7 @@ impl<'a> ArrivalLine<'a> {
             rid: &r.rid,
             unix: r.unix,
             route: &r.route,
+            namespace: r.namespace.as_deref(),
             provider: &r.provider,
             merchant: &r.merchant,
             event_id: &r.event_id,
@@ -71,6 +74,9 @@ pub fn arrival(line: &mut Vec<u8>, a: &ArrivalLine<'_>) -> Result<(), base64::En
     line.extend_from_slice(b",\"unix\":");
     integer(line, a.unix);
     key_string(line, b",\"route\":", a.route);
+    if let Some(namespace) = a.namespace {
+        key_string(line, b",\"namespace\":", namespace);
+    }
     key_string(line, b",\"provider\":", a.provider);
     key_string(line, b",\"merchant\":", a.merchant);
     key_string(line, b",\"event_id\":", a.event_id);
@@ -111,6 +117,9 @@ pub fn outcome(line: &mut Vec<u8>, o: &OutcomeRecord) {
     line.extend_from_slice(b",\"unix\":");
     integer(line, o.unix);
     key_string(line, b",\"route\":", &o.route);
+    if let Some(namespace) = &o.namespace {
+        key_string(line, b",\"namespace\":", namespace);
+    }
     key_string(line, b",\"merchant\":", &o.merchant);
     key_string(line, b",\"event_id\":", &o.event_id);
     key_string(line, b",\"outcome\":", &o.outcome);
@@ -238,6 +247,7 @@ mod tests {
                     rid: v.clone(),
                     unix,
                     route: w.clone(),
+                    namespace: order.clone(),
                     provider: v.clone(),
                     merchant: w.clone(),
                     event_id: v.clone(),
@@ -299,6 +309,7 @@ mod tests {
                     rid: v.clone(),
                     unix,
                     route: w.clone(),
+                    namespace: shop_ms.map(|_| v.clone()),
                     merchant: v.clone(),
                     event_id: w.clone(),
                     outcome: v.clone(),

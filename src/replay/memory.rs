@@ -344,8 +344,13 @@ impl MemoryStore {
                 Err(answer) => return Ok(answer),
             };
             if let Some(existing) = shard.map.get_mut(&key.digest) {
-                // Same key, same route: no new room needed.
-                *existing = slot;
+                // Same key: no new room needed. The slot stays counted
+                // against the route whose room it took (routes sharing a
+                // replay namespace share keys).
+                *existing = Slot {
+                    route: existing.route,
+                    ..slot
+                };
                 return Ok(answer);
             }
             match self.take_room(&route) {
@@ -373,7 +378,13 @@ impl MemoryStore {
             return;
         };
         match shard.map.get_mut(&key.digest) {
-            Some(existing) => *existing = slot,
+            // Counted against the route whose room it took, as above.
+            Some(existing) => {
+                *existing = Slot {
+                    route: existing.route,
+                    ..slot
+                }
+            }
             None => {
                 self.force_room(&route);
                 shard.map.insert(key.digest, slot);
@@ -603,6 +614,40 @@ mod tests {
     /// once a second).
     fn eager(max: u64) -> MemoryStore {
         MemoryStore::build(max, Duration::ZERO)
+    }
+
+    /// Two routes that share a replay namespace share keys: a slot one
+    /// took room for and the other overwrites (a claim after a failed
+    /// forward, a confirm) stays counted against the first, so dropping it
+    /// gives the room back where it was taken. Before, the slot took the
+    /// second route's index: the first route's count never came down, and
+    /// the second's wrapped below zero, so every new notification of that
+    /// route was refused as `store_full`.
+    #[test]
+    fn a_slot_shared_by_two_routes_gives_its_room_back_to_the_route_that_took_it() {
+        let m = eager(100);
+        let (a, b, ns) = (Arc::from("a"), Arc::from("b"), Arc::from("shared"));
+        let ka = Key::journaled(&a, &ns, "m", "1");
+        let kb = Key::journaled(&b, &ns, "m", "1");
+        let Ok(Claim::New(_)) = m.claim(&ka, Duration::ZERO) else {
+            panic!("first claim")
+        };
+        // The claim lapsed: the copy on the other route claims it again,
+        // and its confirm lapses at once too.
+        let Ok(Claim::New(t)) = m.claim(&kb, Duration::ZERO) else {
+            panic!("second claim")
+        };
+        assert_eq!(m.confirm(&kb, t, Duration::ZERO), Confirmed::Lapsed);
+        for _ in 0..SHARDS {
+            m.entries();
+        }
+        assert_eq!(m.entries(), 0);
+        let held: Vec<(String, usize)> = m
+            .route_usage()
+            .iter()
+            .map(|u| (u.route.to_string(), u.held))
+            .collect();
+        assert_eq!(held, [("a".to_owned(), 0), ("b".to_owned(), 0)]);
     }
 
     #[test]

@@ -19,11 +19,14 @@
 //! more for each earlier claim of the event that ended without a recorded
 //! delivery. The shop sees it as `X-Callgate-Attempt`.
 //!
-//! Keys are the first 16 bytes of SHA-256 over (route, kind, merchant, id):
-//! fixed size whatever the id, namespaced per route and per merchant, so two
-//! merchants of one route whose events share an id (JD's `tradeNum` is the
-//! merchant's own order number) never shadow each other. The flow builds
-//! them from a `Verified` only ([`Key`]).
+//! Keys are the first 16 bytes of SHA-256 over (replay namespace, kind,
+//! merchant, id): fixed size whatever the id, namespaced per route and per
+//! merchant, so two merchants of one route whose events share an id (JD's
+//! `tradeNum` is the merchant's own order number) never shadow each other.
+//! A route's replay namespace is its `replay_namespace`, by default its
+//! name: a route renamed with `replay_namespace = "<old name>"` keeps
+//! knowing what it delivered, and two routes that set one namespace share
+//! their events. The flow builds keys from a `Verified` only ([`Key`]).
 //!
 //! This file is the claim protocol and the dispatch over the two stores,
 //! one file each: the memory store ([`MemoryStore`], `replay/memory.rs`), a
@@ -121,28 +124,33 @@ impl KeyKind {
     }
 }
 
-/// A route-namespaced key. The digest (first 16 bytes of SHA-256 over
-/// route, kind, merchant and id, each delimited) has a fixed size whatever
-/// the id; the memory store keys on it alone, Redis on
-/// `callgate:<route>:<kind>:<digest>`.
+/// A namespaced key. The digest (first 16 bytes of SHA-256 over the
+/// route's replay namespace, kind, merchant and id, each delimited) has a
+/// fixed size whatever the id; the memory store keys on it alone, Redis on
+/// `callgate:<namespace>:<kind>:<digest>`. A route's namespace is its name
+/// unless it sets `replay_namespace`, so the digests and Redis names of a
+/// route without it are those of every earlier version. `route` (the
+/// route's name) only says whose share of the memory store the key takes.
 ///
 /// The flow's keys come from a [`Verified`] only ([`Key::event`],
 /// [`Key::nonce`]), so nothing unverified can be claimed or remembered.
-/// [`Key::recorded`] names an event the journal recorded: it was verified
-/// when it arrived, and start-up uses the key to mark it delivered (benches
-/// time the store with it).
+/// [`Key::recorded`] and [`Key::journaled`] name an event the journal
+/// recorded: it was verified when it arrived, and start-up uses the key to
+/// mark it delivered (benches time the store with it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key {
     route: Arc<str>,
+    namespace: Arc<str>,
     kind: KeyKind,
     digest: [u8; 16],
 }
 
 impl Key {
-    /// The key of `id` (an event id or a nonce) of `merchant` on `route`.
-    fn new(route: &Arc<str>, kind: KeyKind, merchant: &str, id: &str) -> Key {
+    /// The key of `id` (an event id or a nonce) of `merchant` in
+    /// `namespace`, counted against `route`'s share of the memory store.
+    fn new(route: &Arc<str>, namespace: &Arc<str>, kind: KeyKind, merchant: &str, id: &str) -> Key {
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        ctx.update(route.as_bytes());
+        ctx.update(namespace.as_bytes());
         ctx.update(&[0, kind as u8 + 1, 0]);
         // Length-prefixed, so no (merchant, id) pair reads as another.
         ctx.update(
@@ -157,15 +165,18 @@ impl Key {
         digest.copy_from_slice(&d.as_ref()[..16]);
         Key {
             route: route.clone(),
+            namespace: namespace.clone(),
             kind,
             digest,
         }
     }
 
-    /// The key of a verified event on a route.
-    pub fn event(route: &Arc<str>, verified: &Verified) -> Key {
+    /// The key of a verified event on the route named `route`, whose replay
+    /// namespace is `namespace`.
+    pub fn event(route: &Arc<str>, namespace: &Arc<str>, verified: &Verified) -> Key {
         Key::new(
             route,
+            namespace,
             KeyKind::Event,
             verified.merchant(),
             verified.event_id(),
@@ -173,16 +184,28 @@ impl Key {
     }
 
     /// The key of a verified notification's signed nonce (wechat_v3).
-    pub fn nonce(route: &Arc<str>, verified: &Verified) -> Option<Key> {
+    pub fn nonce(route: &Arc<str>, namespace: &Arc<str>, verified: &Verified) -> Option<Key> {
         verified
             .nonce()
-            .map(|n| Key::new(route, KeyKind::Nonce, verified.merchant(), n))
+            .map(|n| Key::new(route, namespace, KeyKind::Nonce, verified.merchant(), n))
     }
 
-    /// The key of event `event_id` of `merchant` on `route` as the journal
-    /// recorded it (see the type's doc).
+    /// The key of event `event_id` of `merchant` on a route whose replay
+    /// namespace is its name, `route` (see the type's doc).
     pub fn recorded(route: &Arc<str>, merchant: &str, event_id: &str) -> Key {
-        Key::new(route, KeyKind::Event, merchant, event_id)
+        Key::new(route, route, KeyKind::Event, merchant, event_id)
+    }
+
+    /// The key of event `event_id` of `merchant` as the journal recorded it
+    /// in `namespace`, counted against `route`'s share of the memory store
+    /// (see the type's doc).
+    pub fn journaled(
+        route: &Arc<str>,
+        namespace: &Arc<str>,
+        merchant: &str,
+        event_id: &str,
+    ) -> Key {
+        Key::new(route, namespace, KeyKind::Event, merchant, event_id)
     }
 
     pub fn hex(&self) -> String {
@@ -196,9 +219,9 @@ impl Key {
         // 16 bytes are always 32 digits.
         let _ = hex::encode_to_slice(self.digest, &mut digits);
         let tag = self.kind.tag();
-        let mut name = String::with_capacity(11 + self.route.len() + tag.len() + digits.len());
+        let mut name = String::with_capacity(11 + self.namespace.len() + tag.len() + digits.len());
         name.push_str("callgate:");
-        name.push_str(&self.route);
+        name.push_str(&self.namespace);
         name.push(':');
         name.push_str(tag);
         name.push(':');
@@ -522,7 +545,7 @@ mod tests {
     }
 
     fn key(id: &str) -> Key {
-        Key::new(&route("route"), KeyKind::Event, "m", id)
+        Key::new(&route("route"), &route("route"), KeyKind::Event, "m", id)
     }
 
     #[tokio::test]
@@ -545,18 +568,18 @@ mod tests {
             s.claim(&key("b"), IN_FLIGHT).await.unwrap(),
             Claim::New(_)
         ));
-        let other_route = Key::new(&route("other"), KeyKind::Event, "m", "a");
+        let other_route = Key::new(&route("other"), &route("other"), KeyKind::Event, "m", "a");
         assert!(matches!(
             s.claim(&other_route, IN_FLIGHT).await.unwrap(),
             Claim::New(_)
         ));
         // Another merchant's event with the same id on the same route.
-        let other_merchant = Key::new(&route("route"), KeyKind::Event, "n", "a");
+        let other_merchant = Key::new(&route("route"), &route("route"), KeyKind::Event, "n", "a");
         assert!(matches!(
             s.claim(&other_merchant, IN_FLIGHT).await.unwrap(),
             Claim::New(_)
         ));
-        let other_route = Key::new(&route("other"), KeyKind::Event, "m", "b");
+        let other_route = Key::new(&route("other"), &route("other"), KeyKind::Event, "m", "b");
         assert!(matches!(
             s.claim(&other_route, IN_FLIGHT).await.unwrap(),
             Claim::New(_)
@@ -615,7 +638,7 @@ mod tests {
     #[tokio::test]
     async fn nonces_are_remembered_once_until_forgotten() {
         let s = ReplayStore::memory(100);
-        let n = Key::new(&route("route"), KeyKind::Nonce, "m", "abc");
+        let n = Key::new(&route("route"), &route("route"), KeyKind::Nonce, "m", "abc");
         assert!(s.remember(&n, TTL).await.unwrap());
         assert!(!s.remember(&n, TTL).await.unwrap());
         s.forget(&n).await.unwrap();
@@ -645,7 +668,13 @@ mod tests {
         let refused = (0..20_000)
             .filter(|i| {
                 m.remember(
-                    &Key::new(&route("r"), KeyKind::Nonce, "m", &i.to_string()),
+                    &Key::new(
+                        &route("r"),
+                        &route("r"),
+                        KeyKind::Nonce,
+                        "m",
+                        &i.to_string(),
+                    ),
                     TTL,
                 )
                 .is_err()
@@ -658,19 +687,71 @@ mod tests {
     #[test]
     fn keys_are_namespaced() {
         let (a, b, ab) = (route("a"), route("b"), route("ab"));
-        let d = |r: &Arc<str>, k, id| Key::new(r, k, "m", id).digest;
+        let d = |r: &Arc<str>, k, id| Key::new(r, r, k, "m", id).digest;
         assert_ne!(d(&a, KeyKind::Event, "1"), d(&a, KeyKind::Nonce, "1"));
         assert_ne!(d(&a, KeyKind::Event, "1"), d(&b, KeyKind::Event, "1"));
         assert_ne!(d(&ab, KeyKind::Event, "c"), d(&a, KeyKind::Event, "bc"));
         // Merchants are namespaces too, and a merchant never runs into its id.
-        let m = |merchant, id| Key::new(&a, KeyKind::Event, merchant, id).digest;
+        let m = |merchant, id| Key::new(&a, &a, KeyKind::Event, merchant, id).digest;
         assert_ne!(m("m1", "1"), m("m2", "1"));
         assert_ne!(m("m1", "23"), m("m12", "3"));
         assert_ne!(m("", "m1"), m("m1", ""));
-        let k = Key::new(&a, KeyKind::Event, "m", "1");
+        let k = Key::new(&a, &a, KeyKind::Event, "m", "1");
         assert_eq!(k.redis(), format!("callgate:a:ev:{}", k.hex()));
-        let n = Key::new(&route("shop-wechat"), KeyKind::Nonce, "m", "1");
+        let n = Key::new(
+            &route("shop-wechat"),
+            &route("shop-wechat"),
+            KeyKind::Nonce,
+            "m",
+            "1",
+        );
         assert_eq!(n.redis(), format!("callgate:shop-wechat:nc:{}", n.hex()));
         assert_eq!(n.redis().len(), "callgate:shop-wechat:nc:".len() + 32);
+    }
+
+    /// A route without `replay_namespace` keys exactly as every earlier
+    /// version did, so an upgrade forgets nothing: the digest below is
+    /// Python's `hashlib.sha256(b"shop-alipay" + b"\0\1\0" +
+    /// struct.pack(">Q", 16) + b"2088101568358171" +
+    /// b"2026112200222000000000000000000001").hexdigest()[:32]`.
+    #[test]
+    fn a_route_without_a_namespace_keys_as_before() {
+        let name = route("shop-alipay");
+        let k = Key::recorded(
+            &name,
+            "2088101568358171",
+            "2026112200222000000000000000000001",
+        );
+        assert_eq!(k.hex(), "6e6693c3a8f4b888c6bd882d954c3311");
+        assert_eq!(
+            k.redis(),
+            "callgate:shop-alipay:ev:6e6693c3a8f4b888c6bd882d954c3311"
+        );
+        let same = Key::journaled(
+            &name,
+            &name,
+            "2088101568358171",
+            "2026112200222000000000000000000001",
+        );
+        assert_eq!(same, k);
+    }
+
+    /// The namespace, not the route's name, is the event's identity: a
+    /// renamed route that keeps its old namespace finds what it delivered,
+    /// in the memory store and under the same Redis name.
+    #[tokio::test]
+    async fn the_namespace_not_the_name_is_the_identity() {
+        let (old, new) = (route("shop-alipay"), route("shop-alipay-v2"));
+        let before = Key::recorded(&old, "m", "1");
+        let after = Key::journaled(&new, &old, "m", "1");
+        assert_eq!(after.digest, before.digest);
+        assert_eq!(after.redis(), before.redis());
+        assert_ne!(Key::recorded(&new, "m", "1").digest, before.digest);
+        let s = ReplayStore::memory(100);
+        let Claim::New(t) = s.claim(&before, IN_FLIGHT).await.unwrap() else {
+            panic!("first claim must be new")
+        };
+        s.confirm(&before, t, TTL).await.unwrap();
+        assert_eq!(s.claim(&after, IN_FLIGHT).await.unwrap(), Claim::Delivered);
     }
 }
