@@ -202,7 +202,7 @@ pub enum RuleError {
     #[error("route name `{name}` must be 1-64 characters of letters, digits, `.`, `_` or `-`")]
     BadName { name: String },
     #[error(
-        "replay_namespace {namespace:?} must not be empty and must hold no spaces or control characters; to keep a renamed route's delivered events, set it to the route's old name"
+        "replay_namespace {namespace:?} must not be empty and must hold no spaces, control characters or braces (a brace would move the Redis Cluster hash tag of its keys); to keep a renamed route's delivered events, set it to the route's old name"
     )]
     BadNamespace { namespace: String },
     #[error("path `{path}` is already routed by route `{other}` at {first}")]

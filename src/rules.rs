@@ -814,8 +814,11 @@ fn compile_route(
 /// The route's replay namespace as written, or its name: `None` when
 /// neither is usable (reported). A blank namespace, or one with spaces or
 /// control characters, is refused (it would be mistyped as another, or
-/// break a log line); one another route uses too is allowed, with a
-/// warning saying that the two share their events.
+/// break a log line), and so is one with a brace: on a Redis Cluster a key
+/// is `callgate:{<namespace>:ev:<hex>}`, and a namespace starting with `}`
+/// would leave the hash tag empty, putting an event's two keys in two
+/// slots (every claim refused). One another route uses too is allowed,
+/// with a warning saying that the two share their events.
 fn compile_namespace<'r>(
     raw: &'r RouteFile,
     name: Option<&'r str>,
@@ -826,7 +829,11 @@ fn compile_namespace<'r>(
     let (namespace, at) = match &raw.replay_namespace {
         Some(ns) => {
             let text = ns.get_ref().as_str();
-            if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if text.is_empty()
+                || text
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '{' | '}'))
+            {
                 ctx.error(
                     ns.span(),
                     RuleError::BadNamespace {

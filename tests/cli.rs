@@ -1630,13 +1630,20 @@ async fn two_routes_sharing_a_replay_namespace_deliver_an_event_once() {
     assert_eq!(up.count(), 1, "the event reached the shop once per route");
 }
 
-/// `check` refuses a replay namespace that is empty, blank, holds a space
-/// or a control character, each at its own line, all at once.
+/// `check` refuses a replay namespace that is empty, blank, holds a space,
+/// a control character or a brace (a Redis Cluster hash tag), each at its
+/// own line, all at once.
 #[test]
 fn check_refuses_a_blank_replay_namespace_at_its_line() {
     let up_url = "http://127.0.0.1:9/";
     let dir = tempfile::tempdir().unwrap();
-    let bad = ["\"\"", "\"  \"", "\"shop alipay\"", "\"shop\\talipay\""];
+    let bad = [
+        "\"\"",
+        "\"  \"",
+        "\"shop alipay\"",
+        "\"shop\\talipay\"",
+        "\"}shop\"",
+    ];
     let routes: Vec<RouteSpec> = bad
         .iter()
         .enumerate()
