@@ -16,7 +16,8 @@
 //! merchant and event id, so that a route renamed with its old
 //! `replay_namespace` sees what it delivered under the old name) is
 //! skipped when the journal shows it delivered, else ([`redeliver`]) parsed
-//! and verified again with the route's current keys (a journal file is not
+//! and verified again with the current keys of its route (the route of its
+//! name, else the one route of its replay namespace) (a journal file is not
 //! trusted on its own), claimed in the replay store, forwarded with
 //! `X-Callgate-Attempt`, and its outcome journaled: the request flow's own
 //! steps (`pipeline::claim`, `pipeline::forward_and_settle`), without
@@ -143,9 +144,15 @@ pub async fn redeliver(
 ) -> Result<Outcome, RedeliverError> {
     use base64::Engine as _;
     let snapshot = state.snapshot.load_full();
+    // A route renamed since keeps its events when it kept the old name as
+    // its replay namespace: the one route of that namespace takes them.
     let route = snapshot
         .routes
         .named(&rec.route)
+        .or_else(|| match snapshot.routes.in_namespace(rec.namespace())[..] {
+            [only] => Some(only),
+            _ => None,
+        })
         .cloned()
         .ok_or_else(|| RedeliverError::NoRoute(rec.route.clone()))?;
     let mut headers = http::HeaderMap::new();

@@ -474,6 +474,40 @@ async fn redelivery_knows_what_a_renamed_route_delivered_in_its_namespace() {
         "{out}{err}"
     );
     assert_eq!(up.count(), 2, "redelivered an event the shop has");
+
+    // An event the shop missed before the rename, and the platform gave up
+    // on: the renamed route, which kept the old namespace, redelivers it.
+    // Before, its route was "no longer configured".
+    up.set(Behaviour::Reply(500, "down for maintenance"));
+    let renamed_back = RouteSpec::alipay(&up);
+    std::fs::write(
+        gw.dir.path().join("rules/routes.toml"),
+        route_toml(&renamed_back),
+    )
+    .unwrap();
+    assert_eq!(gw.gateway.reload().unwrap(), 1);
+    assert_eq!(
+        gw.post_alipay("rsa2_trade_success_2.form").await.status,
+        502
+    );
+    std::fs::write(
+        gw.dir.path().join("rules/routes.toml"),
+        route_toml(&renamed),
+    )
+    .unwrap();
+    assert_eq!(gw.gateway.reload().unwrap(), 1);
+    up.set(Behaviour::Reply(200, "success"));
+    gw.flush_journal().await;
+    let id = "2026112200222000000000000000000013";
+    let (code, out, err) = callgate(&["journal", "redeliver", "--event-id", id], &config);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("shop-alipay {id}: forwarded")),
+        "{out}{err}"
+    );
+    assert_eq!(up.count(), 4, "the missed event reached the shop");
+    let last = up.received().pop().unwrap();
+    assert_eq!(last.headers["x-callgate-event-id"], id);
 }
 
 #[tokio::test(flavor = "multi_thread")]
