@@ -51,8 +51,14 @@
 //! them first with the next one.
 //!
 //! Rotation: a new file when the current one reaches `max_file_bytes` or
-//! `max_file_age`; only the newest `max_files` files are kept, so the journal
-//! never exceeds about `max_files × max_file_bytes`.
+//! `max_file_age` (and at each start); only the newest `max_files` files are
+//! kept, so the journal never exceeds about `max_files × max_file_bytes`.
+//! A file deleted while its last write (its newest record) is younger than
+//! `replay.ttl` takes with it deliveries the memory store is warmed from at
+//! start: each such deletion is logged (WARN) and counted
+//! (`callgate_journal_pruned_within_ttl_total`), and the time of the newest
+//! record deleted is kept in [`PRUNED_MARK`], so that the next start can say
+//! which deliveries it no longer remembers ([`WarmUp::forgotten_through`]).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -87,6 +93,25 @@ pub struct JournalConfig {
     pub max_files: usize,
     pub max_file_age: Duration,
 }
+
+/// What the journal's files are kept for: at start the memory replay store
+/// is warmed with the deliveries they hold that are younger than
+/// `replay.ttl`. Pruning tells when it deletes a file that young.
+#[derive(Clone)]
+pub struct Retention {
+    /// `replay.ttl`.
+    pub ttl: Duration,
+    /// The replay store keeps delivered events itself (Redis): a file
+    /// pruned early shortens only `journal list` and `journal redeliver`.
+    pub store_remembers: bool,
+    /// `callgate_journal_pruned_within_ttl_total`.
+    pub pruned_within_ttl: prometheus::IntCounter,
+}
+
+/// The file in `journal.dir` that holds the Unix time of the newest record
+/// pruned while younger than `replay.ttl` (not a `.jsonl` file: readers pass
+/// it by).
+pub const PRUNED_MARK: &str = ".pruned-within-ttl";
 
 /// One line of the journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -250,9 +275,14 @@ enum Sink {
 
 impl Journal {
     /// Opens a new journal file in `config.dir` and starts the writer.
-    /// `kind` names the writer in the file name (`gateway`, `redeliver`).
-    pub fn open(config: &JournalConfig, kind: &str) -> Result<Journal, JournalError> {
-        let writer = Arc::new(Mutex::new(Writer::new(config.clone(), kind)?));
+    /// `kind` names the writer in the file name (`gateway`, `redeliver`);
+    /// `retention` says which files are still young enough to matter.
+    pub fn open(
+        config: &JournalConfig,
+        kind: &str,
+        retention: Retention,
+    ) -> Result<Journal, JournalError> {
+        let writer = Arc::new(Mutex::new(Writer::new(config.clone(), kind, retention)?));
         let fsync = config.fsync;
         let thread_error = |what: &str, e: std::io::Error| JournalError::Io {
             path: config.dir.display().to_string(),
@@ -701,6 +731,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Writer {
     config: JournalConfig,
     kind: String,
+    retention: Retention,
     /// The file appends go to, shared with requests writing a line
     /// outside the lock.
     file: Option<Arc<OpenFile>>,
@@ -730,7 +761,11 @@ struct OpenFile {
 }
 
 impl Writer {
-    fn new(config: JournalConfig, kind: &str) -> Result<Writer, JournalError> {
+    fn new(
+        config: JournalConfig,
+        kind: &str,
+        retention: Retention,
+    ) -> Result<Writer, JournalError> {
         std::fs::create_dir_all(&config.dir).map_err(|e| JournalError::Io {
             path: config.dir.display().to_string(),
             reason: crate::load::io_reason(&e),
@@ -738,6 +773,7 @@ impl Writer {
         let mut w = Writer {
             config,
             kind: kind.to_owned(),
+            retention,
             file: None,
             path: PathBuf::new(),
             size: 0,
@@ -819,6 +855,13 @@ impl Writer {
     }
 
     /// Deletes the oldest files beyond `max_files` (never the current one).
+    ///
+    /// A file whose last write (its newest record) is younger than
+    /// `replay.ttl` may hold deliveries the memory store is warmed from at
+    /// start: each such deletion is logged and counted, and the newest
+    /// record deleted is marked in [`PRUNED_MARK`] for the next start. A
+    /// file whose time cannot be read counts as young (it cannot be shown
+    /// old).
     fn prune(&self) {
         let mut files = journal_files(&self.config.dir);
         if files.len() <= self.config.max_files {
@@ -826,10 +869,76 @@ impl Writer {
         }
         files.sort();
         let excess = files.len() - self.config.max_files;
+        let now = std::time::SystemTime::now();
+        let mut newest_young: Option<std::time::SystemTime> = None;
         for old in files.into_iter().filter(|f| *f != self.path).take(excess) {
+            let written = std::fs::symlink_metadata(&old)
+                .and_then(|m| m.modified())
+                .unwrap_or(now);
             if let Err(e) = std::fs::remove_file(&old) {
                 tracing::warn!(file = %old.display(), error = %e, "cannot delete an old journal file");
+                continue;
             }
+            let age = now.duration_since(written).unwrap_or_default();
+            if age < self.retention.ttl {
+                self.pruned_young(&old, age);
+                newest_young = Some(newest_young.map_or(written, |n| n.max(written)));
+            }
+        }
+        if let Some(at) = newest_young {
+            self.mark_pruned(at);
+        }
+    }
+
+    /// Says that `file`, deleted, held records younger than `replay.ttl`,
+    /// what that costs with this replay store, and what to change.
+    fn pruned_young(&self, file: &Path, age: Duration) {
+        self.retention.pruned_within_ttl.inc();
+        let age = humantime::format_duration(Duration::from_secs(age.as_secs()));
+        let ttl = humantime::format_duration(self.retention.ttl);
+        let (max_files, max_file_bytes) = (self.config.max_files, self.config.max_file_bytes);
+        if self.retention.store_remembers {
+            tracing::warn!(file = %file.display(), newest_record_age = %age, ttl = %ttl, store = "redis", max_files, max_file_bytes,
+                "a journal file younger than replay.ttl was deleted to keep journal.max_files: the Redis replay store still knows its deliveries, but journal list and journal redeliver no longer show them; raise journal.max_files or journal.max_file_bytes so that the journal holds replay.ttl of traffic");
+        } else {
+            tracing::warn!(file = %file.display(), newest_record_age = %age, ttl = %ttl, store = "memory", max_files, max_file_bytes,
+                "a journal file younger than replay.ttl was deleted to keep journal.max_files: after a restart the memory replay store no longer knows the deliveries it recorded, and a platform's retry of one of them is forwarded again; raise journal.max_files or journal.max_file_bytes so that the journal holds replay.ttl of traffic, or use replay.store = \"redis\"");
+        }
+    }
+
+    /// Keeps in [`PRUNED_MARK`] the time of the newest record deleted
+    /// while younger than `replay.ttl` (the later of `at` and what it held).
+    /// Written aside and renamed over it: never half a time, never through
+    /// a link. A failure is logged; the WARN of the deletion stands.
+    fn mark_pruned(&self, at: std::time::SystemTime) {
+        let unix = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let mark = self.config.dir.join(PRUNED_MARK);
+        let unix = read_pruned_mark(&self.config.dir).map_or(unix, |t| t.max(unix));
+        let aside = self.config.dir.join(format!("{PRUNED_MARK}.new"));
+        let written = (|| {
+            // One left by a process killed mid-write; a link is removed,
+            // not followed.
+            match std::fs::remove_file(&aside) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            let mut options = OpenOptions::new();
+            options.create_new(true).write(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            options
+                .open(&aside)?
+                .write_all(format!("{unix}\n").as_bytes())?;
+            std::fs::rename(&aside, &mark)
+        })();
+        if let Err(e) = written {
+            tracing::warn!(file = %mark.display(), error = %e,
+                "cannot record that journal files younger than replay.ttl were deleted: the next start cannot say so");
         }
     }
 
@@ -1080,6 +1189,19 @@ pub struct WarmUp {
     /// Lines that did not parse (a write cut short by a crash or a full
     /// disk, damage) and were skipped: start-up says how many.
     pub skipped: usize,
+    /// When files younger than `ttl` were pruned ([`PRUNED_MARK`]): the
+    /// Unix time of the newest record deleted, if still within `ttl`.
+    /// Deliveries journaled up to then may be missing from `delivered`.
+    pub forgotten_through: Option<i64>,
+}
+
+/// The time [`PRUNED_MARK`] in `dir` holds, if it holds one.
+fn read_pruned_mark(dir: &Path) -> Option<i64> {
+    std::fs::read_to_string(dir.join(PRUNED_MARK))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Arrivals [`warm_up`] keeps for the console.
@@ -1172,8 +1294,10 @@ pub fn warm_up(dir: &Path, ttl: Duration, now: i64) -> Result<WarmUp, JournalErr
             _ => None,
         })
         .collect();
+    let forgotten_through = read_pruned_mark(dir).filter(|&t| now - t < ttl_secs);
     Ok(WarmUp {
         skipped,
+        forgotten_through,
         recent,
         delivered,
         attempted,
@@ -1372,6 +1496,16 @@ mod tests {
         }
     }
 
+    /// A `replay.ttl` of zero: no file is younger, so tests that do not
+    /// look at pruning stay silent.
+    fn retention() -> Retention {
+        Retention {
+            ttl: Duration::ZERO,
+            store_remembers: false,
+            pruned_within_ttl: prometheus::IntCounter::new("t", "t").unwrap(),
+        }
+    }
+
     fn received(rid: &str, event: &str) -> Record {
         Record::Received(Received {
             rid: rid.into(),
@@ -1411,7 +1545,7 @@ mod tests {
     #[tokio::test]
     async fn records_round_trip_and_join() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(&config(dir.path(), Fsync::Always), "gateway").unwrap();
+        let j = Journal::open(&config(dir.path(), Fsync::Always), "gateway", retention()).unwrap();
         j.append(&received("1", "e1"), true).await.unwrap();
         j.append(&outcome("1", "e1", "upstream_error", 1001), true)
             .await
@@ -1435,7 +1569,7 @@ mod tests {
     #[tokio::test]
     async fn warm_up_keeps_only_delivered_within_ttl() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(&config(dir.path(), Fsync::Always), "gateway").unwrap();
+        let j = Journal::open(&config(dir.path(), Fsync::Always), "gateway", retention()).unwrap();
         j.append(&outcome("1", "old", "forwarded", 100), true)
             .await
             .unwrap();
@@ -1508,7 +1642,7 @@ mod tests {
     #[tokio::test]
     async fn attempts_count_forwards_of_events_never_delivered() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(&config(dir.path(), Fsync::Always), "gateway").unwrap();
+        let j = Journal::open(&config(dir.path(), Fsync::Always), "gateway", retention()).unwrap();
         // e1: failed once, then cut short by a crash (no outcome).
         j.append(&received("1", "e1"), true).await.unwrap();
         j.append(&outcome("1", "e1", "upstream_error", 1001), true)
@@ -1557,7 +1691,7 @@ mod tests {
         use base64::Engine as _;
         let dir = tempfile::tempdir().unwrap();
         for fsync in [Fsync::Always, Fsync::Interval] {
-            let j = Journal::open(&config(dir.path(), fsync), "gateway").unwrap();
+            let j = Journal::open(&config(dir.path(), fsync), "gateway", retention()).unwrap();
             let Record::Received(mut r) = received("1", "e1") else {
                 unreachable!()
             };
@@ -1591,7 +1725,8 @@ mod tests {
     #[tokio::test]
     async fn queued_records_are_written_in_order_behind_direct_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(&config(dir.path(), Fsync::Interval), "gateway").unwrap();
+        let j =
+            Journal::open(&config(dir.path(), Fsync::Interval), "gateway", retention()).unwrap();
         for i in 0..50 {
             let (rid, event) = (i.to_string(), format!("e{i}"));
             j.append(&received(&rid, &event), true).await.unwrap();
@@ -1639,7 +1774,7 @@ mod tests {
         }
         let mut c = config(dir.path(), Fsync::Interval);
         c.max_files = 1000;
-        let j = Journal::open(&c, "gateway").unwrap();
+        let j = Journal::open(&c, "gateway", retention()).unwrap();
         j.append(&received("1", "e1"), true).await.unwrap();
         j.flush().await;
         let mut rids = Vec::new();
@@ -1694,7 +1829,7 @@ mod tests {
         // Every write opens a new file: a missing directory fails it.
         c.max_file_bytes = 1;
         c.max_files = 1000;
-        let j = Journal::open(&c, "gateway").unwrap();
+        let j = Journal::open(&c, "gateway", retention()).unwrap();
         j.append(&received("1", "e1"), true).await.unwrap();
         std::fs::remove_dir_all(&jdir).unwrap();
         j.append(&outcome("1", "e1", "forwarded", 1001), false)
@@ -1729,7 +1864,7 @@ mod tests {
         let jdir = dir.path().join("journal");
         let mut c = config(&jdir, Fsync::Interval);
         c.max_file_bytes = 1;
-        let j = Journal::open(&c, "gateway").unwrap();
+        let j = Journal::open(&c, "gateway", retention()).unwrap();
         std::fs::remove_dir_all(&jdir).unwrap();
         j.append(&outcome("0", "e0", "forwarded", 1000), false)
             .await
@@ -1758,7 +1893,7 @@ mod tests {
         let mut c = config(dir.path(), Fsync::Interval);
         c.max_file_bytes = 4096;
         c.max_files = 10_000;
-        let j = Journal::open(&c, "gateway").unwrap();
+        let j = Journal::open(&c, "gateway", retention()).unwrap();
         let (threads, each) = (4, 300);
         std::thread::scope(|s| {
             for t in 0..threads {
@@ -1794,7 +1929,7 @@ mod tests {
         let mut c = config(dir.path(), Fsync::Never);
         c.max_file_bytes = 300;
         c.max_files = 3;
-        let j = Journal::open(&c, "gateway").unwrap();
+        let j = Journal::open(&c, "gateway", retention()).unwrap();
         for i in 0..60 {
             j.append(&received(&i.to_string(), "e"), true)
                 .await
@@ -1807,6 +1942,150 @@ mod tests {
             .map(|f| std::fs::metadata(f).unwrap().len())
             .sum();
         assert!(total <= 3 * (300 + 400), "{total}");
+    }
+
+    /// What `tracing` logged on this thread while installed.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            lock(&self.0).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logs {
+        fn install(&self) -> tracing::subscriber::DefaultGuard {
+            let logs = self.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_writer(move || logs.clone())
+                .with_max_level(tracing::Level::INFO)
+                .finish();
+            tracing::subscriber::set_default(subscriber)
+        }
+
+        /// The lines at WARN and above that mention `what`.
+        fn warnings(&self, what: &str) -> Vec<serde_json::Value> {
+            String::from_utf8_lossy(&lock(&self.0))
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["level"] != "INFO" && v.to_string().contains(what))
+                .collect()
+        }
+    }
+
+    const TWO_DAYS: Duration = Duration::from_secs(48 * 3600);
+
+    /// Heavy traffic on a small journal: files still younger than
+    /// `replay.ttl` are deleted to keep `max_files`. With the memory store
+    /// the next start no longer knows the deliveries they held, and a
+    /// platform's retry of one is forwarded again: each deletion says so
+    /// (what it costs with this store, and the fix), is counted, and is
+    /// marked for the next start's warm-up. Before, they went silently.
+    #[tokio::test]
+    async fn pruning_a_file_younger_than_replay_ttl_warns_counts_and_marks_it() {
+        for store_remembers in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut c = config(dir.path(), Fsync::Never);
+            // Every line after the first opens a new file.
+            c.max_file_bytes = 1;
+            c.max_files = 2;
+            let counter = prometheus::IntCounter::new("t", "t").unwrap();
+            let logs = Logs::default();
+            let _logging = logs.install();
+            let retention = Retention {
+                ttl: TWO_DAYS,
+                store_remembers,
+                pruned_within_ttl: counter.clone(),
+            };
+            let j = Journal::open(&c, "gateway", retention).unwrap();
+            for i in 0..4 {
+                let (rid, event) = (i.to_string(), format!("e{i}"));
+                j.append(&received(&rid, &event), true).await.unwrap();
+            }
+            j.flush().await;
+            // Four files were opened, two kept: two young ones deleted.
+            assert_eq!(journal_files(dir.path()).len(), 2);
+            let warned = logs.warnings("younger than replay.ttl was deleted");
+            assert_eq!(warned.len(), 2, "{warned:#?}");
+            let store = if store_remembers { "redis" } else { "memory" };
+            for w in &warned {
+                assert_eq!(w["level"], "WARN", "{w}");
+                assert_eq!(w["store"], store, "{w}");
+                assert_eq!(w["ttl"], "2days", "{w}");
+                assert!(w["newest_record_age"].is_string(), "{w}");
+                assert!(w["file"].as_str().unwrap().ends_with(".jsonl"), "{w}");
+                let message = w["message"].as_str().unwrap();
+                assert!(message.contains("raise journal.max_files"), "{w}");
+                let cost = if store_remembers {
+                    "the Redis replay store still knows its deliveries"
+                } else {
+                    "a platform's retry of one of them is forwarded again"
+                };
+                assert!(message.contains(cost), "{w}");
+            }
+            assert_eq!(counter.get(), 2);
+            // The next start knows, for as long as what went is within ttl.
+            let now = crate::clock::unix_now();
+            let warm = warm_up(dir.path(), TWO_DAYS, now).unwrap();
+            let through = warm.forgotten_through.expect("marked");
+            assert!((now - 60..=now).contains(&through), "{through} {now}");
+            let later = now + 48 * 3600 + 60;
+            assert_eq!(
+                warm_up(dir.path(), TWO_DAYS, later)
+                    .unwrap()
+                    .forgotten_through,
+                None
+            );
+        }
+    }
+
+    /// Files whose newest record is older than `replay.ttl` hold nothing
+    /// the warm-up would read: deleting them is the journal working as
+    /// sized, and says nothing.
+    #[tokio::test]
+    async fn pruning_files_older_than_replay_ttl_is_silent() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = format!(
+            "{}\n",
+            serde_json::to_string(&outcome("1", "e1", "forwarded", 1001)).unwrap()
+        );
+        // Written three days ago, as far as the file system knows.
+        let then = std::time::SystemTime::now() - Duration::from_secs(72 * 3600);
+        for n in 1..=3 {
+            let path = dir
+                .path()
+                .join(format!("20000101T00000{n}Z-gateway-1-1.jsonl"));
+            std::fs::write(&path, &line).unwrap();
+            let file = File::options().write(true).open(&path).unwrap();
+            file.set_modified(then).unwrap();
+        }
+        let mut c = config(dir.path(), Fsync::Never);
+        c.max_files = 2;
+        let counter = prometheus::IntCounter::new("t", "t").unwrap();
+        let logs = Logs::default();
+        let _logging = logs.install();
+        let retention = Retention {
+            ttl: TWO_DAYS,
+            store_remembers: false,
+            pruned_within_ttl: counter.clone(),
+        };
+        let j = Journal::open(&c, "gateway", retention).unwrap();
+        j.append(&received("2", "e2"), true).await.unwrap();
+        j.flush().await;
+        // Its own file and the newest old one are kept.
+        assert_eq!(journal_files(dir.path()).len(), 2);
+        assert_eq!(logs.warnings("journal").len(), 0);
+        assert_eq!(counter.get(), 0);
+        assert!(!dir.path().join(PRUNED_MARK).exists());
+        let warm = warm_up(dir.path(), TWO_DAYS, crate::clock::unix_now()).unwrap();
+        assert_eq!(warm.forgotten_through, None);
     }
 
     #[test]

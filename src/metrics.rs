@@ -33,6 +33,7 @@ pub struct Metrics {
     store_entries: IntGauge,
     store_errors: IntCounterVec,
     journal_errors: IntCounter,
+    journal_pruned_within_ttl: IntCounter,
     last_reload: IntGauge,
     key_expiry: IntGaugeVec,
     store_up: IntGauge,
@@ -172,6 +173,10 @@ impl Metrics {
         let journal_errors = f.counter(
             "callgate_journal_write_errors_total",
             "Journal writes that failed (the notification was refused with 503).",
+        )?;
+        let journal_pruned_within_ttl = f.counter(
+            "callgate_journal_pruned_within_ttl_total",
+            "Journal files deleted (journal.max_files) while their newest record was younger than replay.ttl: with the memory store, a restart forgets the deliveries they held.",
         )?;
         let last_reload = f.gauge(
             "callgate_rules_last_reload_success_timestamp_seconds",
@@ -326,6 +331,7 @@ impl Metrics {
             store_entries,
             store_errors,
             journal_errors,
+            journal_pruned_within_ttl,
             last_reload,
             key_expiry,
             store_up,
@@ -433,6 +439,12 @@ impl Metrics {
 
     pub fn journal_error(&self) {
         self.journal_errors.inc();
+    }
+
+    /// The counter the journal bumps when it deletes a file younger than
+    /// `replay.ttl` (shared: the journal holds a clone).
+    pub fn journal_pruned_within_ttl(&self) -> IntCounter {
+        self.journal_pruned_within_ttl.clone()
     }
 
     /// Whether the replay store answered when `/metrics` was scraped.

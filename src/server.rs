@@ -525,6 +525,7 @@ pub fn build_state(
             ReplayStore::Redis(r)
         }
     };
+    let metrics = Metrics::new()?;
     let mut journaled = Vec::new();
     let journal = match &config.journal {
         None => None,
@@ -554,11 +555,20 @@ pub fn build_state(
             if journal_kind == "gateway" {
                 report_unfinished(&jc.dir, &warm.unfinished);
             }
+            if let Some(through) = warm.forgotten_through
+                && matches!(store, ReplayStore::Memory(_))
+            {
+                report_forgotten(&jc.dir, through, config.replay.ttl);
+            }
             journaled = warm.recent;
-            Some(crate::journal::Journal::open(jc, journal_kind)?)
+            let retention = crate::journal::Retention {
+                ttl: config.replay.ttl,
+                store_remembers: !matches!(store, ReplayStore::Memory(_)),
+                pruned_within_ttl: metrics.journal_pruned_within_ttl(),
+            };
+            Some(crate::journal::Journal::open(jc, journal_kind, retention)?)
         }
     };
-    let metrics = Metrics::new()?;
     let mut state = State::new(snapshot, store, client, metrics, config.replay.ttl, journal);
     state.admin_token = config.admin_token.as_ref().map(|t| t.token.clone());
     state.admin_loopback = config.admin.is_none_or(|a| a.addr.ip().is_loopback());
@@ -584,6 +594,21 @@ fn report_unfinished(dir: &std::path::Path, unfinished: &[(String, String, u32)]
         forwards = unfinished.len(),
         dir = %dir.display(),
         "forwards whose outcome is unknown: the shop may or may not have them; their next copy is sent with X-Callgate-Attempt above 1 (callgate journal list --outcome unfinished)"
+    );
+}
+
+/// Says, at start with the memory store, that journal files younger than
+/// `replay.ttl` were deleted to keep `journal.max_files`: the deliveries
+/// journaled up to `through` (Unix seconds) may not be remembered, so a
+/// platform's retry of one of them is forwarded again.
+fn report_forgotten(dir: &std::path::Path, through: i64, ttl: Duration) {
+    let through = chrono::DateTime::from_timestamp(through, 0)
+        .map_or_else(|| through.to_string(), |t| t.to_rfc3339());
+    tracing::warn!(
+        forgotten_through = %through,
+        ttl = %humantime::format_duration(ttl),
+        dir = %dir.display(),
+        "journal files younger than replay.ttl were deleted to keep journal.max_files: deliveries journaled up to forgotten_through are not remembered, and a platform's retry of one of them is forwarded again; raise journal.max_files or journal.max_file_bytes so that the journal holds replay.ttl of traffic, or use replay.store = \"redis\""
     );
 }
 

@@ -1197,3 +1197,92 @@ async fn a_file_size_limit_reached_by_the_journal_refuses_and_keeps_serving() {
     );
     assert_eq!(up.count(), answers.len() - 1);
 }
+
+/// A genuine Alipay trade notification `notify_id`, signed RSA2 by the
+/// openssl CLI.
+fn alipay_openssl_trade(notify_id: &str) -> Vec<u8> {
+    alipay_openssl(&[
+        ("app_id", "2021000000000001"),
+        ("charset", "utf-8"),
+        ("gmt_create", "2026-11-22 09:59:00"),
+        ("notify_id", notify_id),
+        ("notify_time", "2026-11-22 10:00:00"),
+        ("notify_type", "trade_status_sync"),
+        ("out_trade_no", &format!("CG-{notify_id}")),
+        ("subject", "order"),
+        ("total_amount", "10.00"),
+        ("trade_no", &format!("20261122220014{notify_id}")),
+        ("trade_status", "TRADE_SUCCESS"),
+        ("version", "1.0"),
+    ])
+}
+
+/// A journal too small for `replay.ttl` of traffic (`max_files ×
+/// max_file_bytes`): files still younger than `replay.ttl` are deleted, and
+/// with the memory store a restart no longer knows the deliveries they
+/// held, so a platform's retry of one reaches the shop again. Before,
+/// nothing said so: now each deletion logs a WARN and counts
+/// `callgate_journal_pruned_within_ttl_total`, and the next start says up
+/// to when deliveries are not remembered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_journal_pruned_within_replay_ttl_says_so_then_and_at_the_next_start() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    // Every record opens a new file; two are kept.
+    spec.journal = "dir = \"journal\"\nmax_file_bytes = 1\nmax_files = 2\n".into();
+    let config = spec.write(dir.path());
+    let bodies: Vec<Vec<u8>> = (1..=3)
+        .map(|i| alipay_openssl_trade(&format!("pruned{i:04}")))
+        .collect();
+    let client = TestClient::new();
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+
+    let mut gateway = GatewayProcess::start(&config);
+    let url = format!("http://{}/notify/alipay", gateway.addr);
+    for body in &bodies {
+        let r = client.send("POST", &url, &form, body.clone()).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    }
+    let warned = gateway.wait_for(|v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("younger than replay.ttl was deleted"))
+    });
+    assert_eq!(warned["level"], "WARN", "{warned}");
+    assert_eq!(warned["store"], "memory", "{warned}");
+    let message = warned["message"].as_str().unwrap();
+    assert!(message.contains("forwarded again"), "{warned}");
+    assert!(message.contains("raise journal.max_files"), "{warned}");
+    let metrics = client
+        .send(
+            "GET",
+            &format!("http://{}/metrics", gateway.admin),
+            &[],
+            vec![],
+        )
+        .await
+        .text();
+    let pruned = find_metric(&metrics, "callgate_journal_pruned_within_ttl_total", &[]);
+    assert!(pruned.is_some_and(|n| n >= 1.0), "{pruned:?}");
+    gateway.signal("-TERM");
+    assert!(gateway.child.wait().unwrap().success());
+
+    let gateway = GatewayProcess::start(&config);
+    let forgotten: Vec<serde_json::Value> = gateway
+        .seen
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["forgotten_through"].is_string())
+        .collect();
+    assert_eq!(forgotten.len(), 1, "{:#?}", gateway.seen);
+    assert_eq!(forgotten[0]["level"], "WARN", "{}", forgotten[0]);
+    let through = forgotten[0]["forgotten_through"].as_str().unwrap();
+    chrono::DateTime::parse_from_rfc3339(through).unwrap();
+    // What the warnings said: the first event's delivery was in a file
+    // deleted, and its retry reaches the shop again.
+    let url = format!("http://{}/notify/alipay", gateway.addr);
+    let r = client.send("POST", &url, &form, bodies[0].clone()).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 4);
+}
