@@ -468,6 +468,7 @@ async fn dashboard_and_alerts_use_only_what_the_gateway_exports() {
         "CallgateNoDeliveries",
         "CallgateClockSkew",
         "CallgateReplayStoreNearlyFull",
+        "CallgateJournalTooSmall",
     ] {
         assert!(yaml.contains(&format!("- alert: {alert}\n")), "{alert}");
     }
