@@ -678,6 +678,14 @@ fn compile_gateway(file: &Path, loader: &mut Loader) -> Option<(Config, Option<r
     } else {
         journal(&mut g, &raw.journal)
     };
+    if let Some(j) = &journal
+        && replay.store == StoreKind::Memory
+        && !["replay.ttl", "journal.max_files", "journal.max_file_age"]
+            .iter()
+            .any(|k| each.lost(k))
+    {
+        journal_span(&mut g, &raw.journal, j, replay.ttl);
+    }
     let limits = limits(&mut g, &raw.limits, !each.lost("limits.max_connections"));
     let config = Config {
         file: file.to_path_buf(),
@@ -1303,6 +1311,41 @@ fn journal(g: &mut GatewayCtx<'_>, j: &JournalFile) -> Option<crate::journal::Jo
         max_files: usize::try_from(*j.max_files.get_ref()).unwrap_or(usize::MAX),
         max_file_age: j.max_file_age.get_ref().0,
     })
+}
+
+/// With the memory store, a warning when `[journal]` cannot hold
+/// `replay.ttl` of steady traffic whatever its volume: a file takes records
+/// for at most `max_file_age`, so the newest `max_files` files (the newest
+/// may have just begun) span at most `(max_files - 1) × max_file_age`.
+/// Files younger than `replay.ttl` would be deleted, and a restart forget
+/// the deliveries they held.
+fn journal_span(
+    g: &mut GatewayCtx<'_>,
+    j: &JournalFile,
+    config: &crate::journal::JournalConfig,
+    ttl: Duration,
+) {
+    let full = u32::try_from(config.max_files.saturating_sub(1)).unwrap_or(u32::MAX);
+    let span = config.max_file_age.saturating_mul(full);
+    if span >= ttl {
+        return;
+    }
+    // The line of whichever of the two was written.
+    let at = [j.max_file_age.span(), j.max_files.span()]
+        .into_iter()
+        .find(|s| !(s.is_empty() && s.start == 0));
+    let message = format!(
+        "journal.max_files = {} files of at most journal.max_file_age = {} each hold {} of steady traffic (the newest may have just begun), less than replay.ttl = {}: files younger than replay.ttl are deleted, and a restart forgets the deliveries they held; raise journal.max_files or journal.max_file_age",
+        config.max_files,
+        humantime::format_duration(config.max_file_age),
+        humantime::format_duration(span),
+        humantime::format_duration(ttl),
+    );
+    g.loader.warn(Located {
+        file: g.file.to_path_buf(),
+        line: at.map(|s| line_of(g.src, s.start)),
+        error: Warning(message),
+    });
 }
 
 /// `[limits]`: every bound positive, and the unlisted share within the

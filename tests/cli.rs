@@ -99,6 +99,57 @@ fn check_warns_about_allow_lists_open_to_everybody() {
     expect_check_quiet(config_with_rules(&good_route("a", "/a")).path(), 1);
 }
 
+/// With the memory store the journal is all a restart remembers of what
+/// was delivered: files that rotate too often for `max_files` of them to
+/// hold `replay.ttl` get deleted while still needed, whatever the traffic.
+/// `check` says so (before, it was silent and the first sign was a
+/// delivery made twice after a restart); with Redis, or files that hold
+/// the ttl, it says nothing.
+#[test]
+fn check_warns_about_a_journal_that_cannot_hold_replay_ttl() {
+    let dir = config_with_rules(&good_route("a", "/a"));
+    let file = dir.path().join("callgate.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let ttl_line = text.lines().find(|l| l.starts_with("ttl = ")).unwrap();
+    let journal_line = text
+        .lines()
+        .find(|l| l.starts_with("max_file_age = "))
+        .unwrap();
+    let edited = text
+        .replace(ttl_line, "ttl = \"48h\"")
+        .replace(journal_line, "max_file_age = \"2h\"");
+    std::fs::write(&file, &edited).unwrap();
+    let line = edited
+        .lines()
+        .position(|l| l.starts_with("max_file_age = "))
+        .unwrap()
+        + 1;
+    expect_check_warnings(
+        dir.path(),
+        1,
+        &[&format!(
+            "callgate.toml:{line}: warning: journal.max_files = 16 files of at most journal.max_file_age = 2h each hold 1day 6h of steady traffic (the newest may have just begun), less than replay.ttl = 2days: files younger than replay.ttl are deleted, and a restart forgets the deliveries they held; raise journal.max_files or journal.max_file_age"
+        )],
+    );
+    // Enough files of that age.
+    std::fs::write(
+        &file,
+        edited.replace(
+            "max_file_age = \"2h\"",
+            "max_file_age = \"2h\"\nmax_files = 25",
+        ),
+    )
+    .unwrap();
+    expect_check_quiet(dir.path(), 1);
+    // Redis keeps what was delivered itself.
+    std::fs::write(
+        &file,
+        edited.replace("store = \"memory\"", "store = \"redis://127.0.0.1:1/0\""),
+    )
+    .unwrap();
+    expect_check_quiet(dir.path(), 1);
+}
+
 /// Every path under `dir`, for comparing a tree before and after.
 fn tree(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
