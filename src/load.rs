@@ -21,7 +21,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
-use toml::de::{DeValue, ValueDeserializer};
+use toml::de::{DeArray, DeValue, ValueDeserializer};
 
 // === where ===
 
@@ -537,13 +537,19 @@ struct Found {
 
 /// Deserialises a spanned TOML table (a whole gateway file, a `[[route]]`,
 /// a `[route.keys]`) and finds every problem in it, not only the first
-/// serde stops at: after each error, the innermost key whose name or value
-/// holds the error's span is taken out of the tree and the rest is tried
-/// again, once per key at most. A table that thereby lost a required key
-/// ("missing field" for a key taken out) is not a new problem: it is
-/// taken out of its parent in turn, silently, or ends the search when it
-/// is the root. An error no key holds ends the search too.
+/// serde stops at: after each error, the innermost key or array element
+/// whose name or value holds the error's span is taken out of the tree and
+/// the rest is tried again, once per key or element at most. A wrong
+/// entry of a list (`allow = ["10.0.0.0/8", 5, "bad"]`, one bad table of
+/// `platform_keys`) thus takes only itself out, and the other entries are
+/// still checked. A table that thereby lost a required key ("missing
+/// field" for a key taken out) is not a new problem: it is taken out of
+/// its parent in turn, silently, or ends the search when it is the root.
+/// An error no key holds ends the search too.
 pub fn deserialize_each<T: for<'de> Deserialize<'de>>(value: Spanned<DeValue<'_>>) -> Each<T> {
+    // Holes are named by their place as written: taking an element out
+    // of an array renumbers the ones after it in `tree`.
+    let written = value.clone();
     let mut tree = value;
     let mut errors: Vec<toml::de::Error> = Vec::new();
     let mut holes = Vec::new();
@@ -561,9 +567,11 @@ pub fn deserialize_each<T: for<'de> Deserialize<'de>>(value: Spanned<DeValue<'_>
         let follows = removed.iter().any(|(key, table)| {
             e.span().as_ref() == Some(table) && e.message() == format!("missing field `{key}`")
         });
+        // "missing field" is about the table that lacks it.
+        let about_table = e.message().starts_with("missing field `");
         let Some(found) = e
             .span()
-            .and_then(|at| innermost(&tree, &at, &mut Vec::new()))
+            .and_then(|at| innermost(&tree, &at, about_table, &mut Vec::new()))
         else {
             if !follows {
                 errors.push(e);
@@ -575,7 +583,10 @@ pub fn deserialize_each<T: for<'de> Deserialize<'de>>(value: Spanned<DeValue<'_>
             break;
         };
         if !e.message().starts_with("unknown field `") {
-            holes.push(dotted(&found.path));
+            let at = e.span().unwrap_or_default();
+            let path = innermost(&written, &at, about_table, &mut Vec::new())
+                .map_or(found.path, |w| w.path);
+            holes.push(dotted(&path));
         }
         removed.push((key, found.table));
         if !follows {
@@ -590,12 +601,12 @@ pub fn deserialize_each<T: for<'de> Deserialize<'de>>(value: Spanned<DeValue<'_>
     }
 }
 
-/// How many keys `value` holds, at every depth: how many times at most
-/// [`deserialize_each`] can take one out.
+/// How many keys and array elements `value` holds, at every depth: how
+/// many times at most [`deserialize_each`] can take one out.
 fn keys_in(value: &Spanned<DeValue<'_>>) -> usize {
     match value.get_ref() {
         DeValue::Table(t) => t.values().map(|v| 1 + keys_in(v)).sum(),
-        DeValue::Array(a) => a.iter().map(keys_in).sum(),
+        DeValue::Array(a) => a.iter().map(|v| 1 + keys_in(v)).sum(),
         _ => 0,
     }
 }
@@ -604,23 +615,28 @@ fn holds(outer: &Range<usize>, inner: &Range<usize>) -> bool {
     outer.start <= inner.start && inner.end <= outer.end
 }
 
-/// The innermost key under `value` whose name or value holds `at`.
+/// The innermost key or array element under `value` whose name or value
+/// holds `at`.
 fn innermost(
     value: &Spanned<DeValue<'_>>,
     at: &Range<usize>,
+    about_table: bool,
     path: &mut Vec<Step>,
 ) -> Option<Found> {
     // An error about the table itself ("missing field") is about the key
     // that holds it, not about one of its own keys: the root's span may be
-    // empty and would seem to be inside the first one's.
-    if value.span() == *at {
+    // empty and would seem to be inside the first one's. An array of
+    // tables (`[[x]]`) has the span of its first table, so there such an
+    // error is about that table, one of its elements.
+    let of_first_table = matches!(value.get_ref(), DeValue::Array(_)) && about_table;
+    if value.span() == *at && !of_first_table {
         return None;
     }
     match value.get_ref() {
         DeValue::Table(t) => {
             for (k, v) in t.iter() {
                 path.push(Step::Key(k.get_ref().to_string()));
-                let found = innermost(v, at, path).or_else(|| {
+                let found = innermost(v, at, about_table, path).or_else(|| {
                     (holds(&k.span(), at) || holds(&v.span(), at)).then(|| Found {
                         path: path.clone(),
                         table: value.span(),
@@ -635,7 +651,12 @@ fn innermost(
         DeValue::Array(a) => {
             for (i, v) in a.iter().enumerate() {
                 path.push(Step::Index(i));
-                let found = innermost(v, at, path);
+                let found = innermost(v, at, about_table, path).or_else(|| {
+                    holds(&v.span(), at).then(|| Found {
+                        path: path.clone(),
+                        table: value.span(),
+                    })
+                });
                 path.pop();
                 if found.is_some() {
                     return found;
@@ -647,7 +668,8 @@ fn innermost(
     None
 }
 
-/// Takes the key at `path` out of `tree`; its name.
+/// Takes the key or array element at `path` out of `tree`; its name
+/// (an element's: its index).
 fn take(tree: &mut Spanned<DeValue<'_>>, path: &[Step]) -> Option<String> {
     let (last, steps) = path.split_last()?;
     let mut at = tree;
@@ -660,6 +682,16 @@ fn take(tree: &mut Spanned<DeValue<'_>>, path: &[Step]) -> Option<String> {
     }
     match (at.get_mut(), last) {
         (DeValue::Table(t), Step::Key(k)) => t.remove(k.as_str()).map(|_| k.clone()),
+        (DeValue::Array(a), Step::Index(i)) if *i < a.len() => {
+            // (`DeArray` has no `remove`.)
+            let items = std::mem::replace(a, DeArray::new());
+            *a = items
+                .into_iter()
+                .enumerate()
+                .filter_map(|(j, v)| (j != *i).then_some(v))
+                .collect();
+            Some(i.to_string())
+        }
         _ => None,
     }
 }
@@ -799,6 +831,10 @@ mod tests {
         #[serde(default)]
         every: Option<Dur>,
         inner: Option<Inner>,
+        #[serde(default)]
+        list: Vec<String>,
+        #[serde(default)]
+        items: Vec<Inner>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -883,6 +919,41 @@ mod tests {
             ]
         );
         assert!(each.value.is_none());
+    }
+
+    #[test]
+    fn a_wrong_entry_of_a_list_takes_only_itself_out() {
+        let (each, problems) = each_of(
+            "name = \"a\"\nlist = [\"x\", 5, \"y\", 6]\n[[items]]\naddr = 1\n[[items]]\naddr = \"b\"\nn = \"many\"\n",
+        );
+        assert_eq!(
+            problems,
+            [
+                (2, "invalid type: integer `5`".to_owned()),
+                (2, "invalid type: integer `6`".to_owned()),
+                (4, "invalid type: integer `1`".to_owned()),
+                (7, "invalid type: string \"many\"".to_owned()),
+            ]
+        );
+        let value = each.value.as_ref().expect("the other entries deserialise");
+        assert_eq!(value.list, ["x", "y"]);
+        assert_eq!(
+            value
+                .items
+                .iter()
+                .map(|i| i.addr.as_str())
+                .collect::<Vec<_>>(),
+            ["b"]
+        );
+        // Each hole by its place as written, though the ones before it
+        // were taken out.
+        let mut holes = each.holes.clone();
+        holes.sort();
+        assert_eq!(
+            holes,
+            ["items.0", "items.0.addr", "items.1.n", "list.1", "list.3"]
+        );
+        assert!(each.lost("list") && each.lost("items") && !each.lost("name"));
     }
 
     #[test]

@@ -641,6 +641,24 @@ fn check_lists_every_problem_of_a_keys_table() {
 }
 
 #[test]
+fn check_lists_every_entry_of_a_list_that_holds_one_of_the_wrong_type() {
+    // A number among the allow entries is one problem; the entries around
+    // it are still checked.
+    let dir = config_with_rules(&route_a_with(
+        "\"110.75.0.0/16\"",
+        "\"10.0.0.0/99\", 5, \"bad\", \"110.75.0.0/16\"",
+    ));
+    expect_exactly(
+        dir.path(),
+        &[
+            "r.toml:5: invalid type: integer `5`, expected a string".to_owned(),
+            "r.toml:5: allow entry `10.0.0.0/99` is not a CIDR".to_owned(),
+            "r.toml:5: allow entry `bad` is not a CIDR".to_owned(),
+        ],
+    );
+}
+
+#[test]
 fn check_still_reports_rule_file_problems_when_the_gateway_file_does_not_parse() {
     // A typo in the gateway file (an unknown key, a duration that is not
     // one) is a parse error; the rule files' own problems must be listed
