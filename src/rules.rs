@@ -361,8 +361,9 @@ pub struct IpSetFile {
 /// What to do about an allow entry that admits (nearly) everybody.
 const ALLOW_ADVICE: &str = "anyone who learns the notify URL can reach the signature check; list the platform's published notification addresses (README, per platform)";
 
-/// Named IP sets, by name.
-type IpSets = HashMap<String, Vec<IpNet>>;
+/// Named IP sets, by name; `None` for a file that had a problem (reported
+/// there: a route naming it is not loaded, and says nothing more about it).
+type IpSets = HashMap<String, Option<Vec<IpNet>>>;
 
 /// The `*.toml` files of `dir`, in name order (none when it cannot be
 /// read: the gateway file's check reports that).
@@ -401,13 +402,14 @@ fn load_ipsets(rules_dir: &Path, loader: &mut Loader) -> IpSets {
     loader.touch(dir.clone());
     let mut sets = IpSets::new();
     for file in toml_files(&dir) {
-        let Some(src) = read(&file, loader) else {
-            continue;
-        };
         let name = file
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let Some(src) = read(&file, loader) else {
+            sets.insert(name, None);
+            continue;
+        };
         loader.touch(file.clone());
         let mut ctx = loader.file(&file, &src);
         if name.is_empty()
@@ -418,15 +420,23 @@ fn load_ipsets(rules_dir: &Path, loader: &mut Loader) -> IpSets {
             ctx.error(0..0, RuleError::BadIpSetName { name });
             continue;
         }
-        let raw: IpSetFile = match toml::from_str(&src) {
-            Ok(r) => r,
-            Err(e) => {
-                ctx.toml_error(0..0, &e);
-                continue;
+        let (doc, errors) = DeTable::parse_recoverable(&src);
+        if !errors.is_empty() {
+            for e in &errors {
+                ctx.toml_error(0..0, e);
             }
-        };
-        let mut nets = Vec::with_capacity(raw.cidrs.len());
-        for entry in &raw.cidrs {
+            sets.insert(name, None);
+            continue;
+        }
+        // Every problem of the file, each entry's too (not only serde's
+        // first): a wrong entry is taken out and the others are checked.
+        let each = ctx.deserialize_each::<IpSetFile>(Spanned::new(
+            doc.span(),
+            DeValue::Table(doc.into_inner()),
+        ));
+        let cidrs = each.value.as_ref().map_or(&[][..], |r| &r.cidrs[..]);
+        let mut nets = Vec::with_capacity(cidrs.len());
+        for entry in cidrs {
             match parse_net(entry.get_ref()) {
                 Ok(n) => {
                     if let Some(why) = crate::allow::too_wide(&n) {
@@ -443,9 +453,8 @@ fn load_ipsets(rules_dir: &Path, loader: &mut Loader) -> IpSets {
                 ),
             }
         }
-        if !ctx.failed() {
-            sets.insert(name, nets);
-        }
+        let set = (!ctx.failed()).then_some(nets);
+        sets.insert(name, set);
     }
     sets
 }
@@ -621,10 +630,12 @@ fn compile_route(
 
     let allow: &[Spanned<String>] = raw.allow.as_deref().unwrap_or_default();
     let mut nets = Vec::with_capacity(allow.len());
+    let mut broken_set = false;
     for entry in allow {
         if let Some(set) = entry.get_ref().strip_prefix('@') {
             match seen.ipsets.get(set) {
-                Some(list) => nets.extend_from_slice(list),
+                Some(Some(list)) => nets.extend_from_slice(list),
+                Some(None) => broken_set = true,
                 None => ctx.error(
                     entry.span(),
                     RuleError::UnknownIpSet {
@@ -775,7 +786,7 @@ fn compile_route(
         (None, Some(_), None) => None,
     };
 
-    if ctx.failed() {
+    if ctx.failed() || broken_set {
         return None;
     }
     let (Some(name), Some(path), Some(kind), Some((max_age, max_future))) =

@@ -659,6 +659,37 @@ fn check_lists_every_entry_of_a_list_that_holds_one_of_the_wrong_type() {
 }
 
 #[test]
+fn check_lists_every_problem_of_an_ip_set_file() {
+    // An unknown key, an entry of the wrong type and two that are no CIDR:
+    // four lines, each at its own; the route naming the set is not told it
+    // does not exist.
+    let dir = config_with_rules(&route_a_with(
+        "\"110.75.0.0/16\"",
+        "\"@corp\", \"110.75.0.0/16\"",
+    ));
+    std::fs::create_dir_all(dir.path().join("rules/ipsets")).unwrap();
+    std::fs::write(
+        dir.path().join("rules/ipsets/corp.toml"),
+        "# copied from the corporate list\ncidrs = [\n  \"10.0.0.0/99\",\n  5,\n  \"bogus\",\n  \"110.76.0.0/16\",\n]\ncolour = \"blue\"\n",
+    )
+    .unwrap();
+    expect_exactly(
+        dir.path(),
+        &[
+            "corp.toml:3: cidrs entry `10.0.0.0/99` is not a CIDR".to_owned(),
+            "corp.toml:4: invalid type: integer `5`, expected a string".to_owned(),
+            "corp.toml:5: cidrs entry `bogus` is not a CIDR".to_owned(),
+            "corp.toml:8: unknown field `colour`".to_owned(),
+        ],
+    );
+    // A set file that does not parse is reported there, once.
+    std::fs::write(dir.path().join("rules/ipsets/corp.toml"), "cidrs = [").unwrap();
+    let (code, out) = check(dir.path());
+    assert_eq!((code, out.lines().count()), (1, 1), "{out}");
+    assert!(out.contains("corp.toml:"), "{out}");
+}
+
+#[test]
 fn check_still_reports_rule_file_problems_when_the_gateway_file_does_not_parse() {
     // A typo in the gateway file (an unknown key, a duration that is not
     // one) is a parse error; the rule files' own problems must be listed
