@@ -606,3 +606,27 @@ async fn a_new_sentinel_master_that_can_evict_is_refused_without_a_readiness_pro
     );
     assert_eq!(up.count(), 1);
 }
+
+#[test]
+fn a_sentinel_whose_port_is_taken_before_it_binds_starts_again_on_another() {
+    // The race forced: the first port picked for the sentinel is bound by
+    // another socket before the sentinel binds it, as another test's
+    // server can. It must come up on a new port, not leave the deployment
+    // waiting out its bound for a sentinel that exited.
+    let dir = tempfile::tempdir().unwrap();
+    let thief = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = thief.local_addr().unwrap().port();
+    let mut first = Some(taken);
+    let picked = std::cell::Cell::new(0);
+    let node = redis_topology::sentinel(dir.path(), 1, || {
+        picked.set(picked.get() + 1);
+        first.take().unwrap_or_else(redis_topology::free_port)
+    });
+    assert_ne!(node.port, taken);
+    assert_eq!(picked.get(), 2, "one more try than the port taken");
+    assert_eq!(
+        redis_topology::ask::<String>(node.port, &["PING"]).as_deref(),
+        Some("PONG")
+    );
+    drop(thief);
+}

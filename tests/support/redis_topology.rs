@@ -53,7 +53,7 @@ impl Drop for Node {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -91,55 +91,41 @@ fn info_field(port: u16, section: &str, field: &str) -> Option<String> {
         .map(|v| v.trim().to_owned())
 }
 
-/// Starts `redis-server` on a free port with `extra` arguments.
-/// A `redis-server` on a free port with `extra()`'s arguments (called once
-/// per try: they may name ports of their own). A port is free when picked
-/// and taken again by the server later, so another process can bind it in
-/// between; a server that exits (its bind failed) is started again on
-/// new ports, a bounded number of times.
-fn server(dir: &std::path::Path, extra: impl Fn() -> Vec<String>) -> Node {
+/// A child started by `command(port)` on a port `pick` chooses
+/// ([`free_port`] but in the harness's own test). A port is free when
+/// picked and bound again by the child later, so another process can take
+/// it in between; a child that exits (its bind failed) is started again on
+/// a new port, a bounded number of times. Ready when the port answers
+/// with the child's own process id (`INFO server`, which `redis-server`
+/// and `redis-sentinel` both serve): the process that took the port may
+/// be another test's Redis, which answers PING as well.
+fn start_node(
+    what: &str,
+    mut pick: impl FnMut() -> u16,
+    command: impl Fn(u16) -> std::process::Command,
+) -> Node {
     for _ in 0..5 {
-        let port = free_port();
-        let child = tool("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--protected-mode",
-                "no",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--repl-diskless-sync-delay",
-                "0",
-                "--maxmemory-policy",
-                "noeviction",
-                "--port",
-                &port.to_string(),
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .args(extra())
+        let port = pick();
+        let child = command(port)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server");
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let pid = child.id().to_string();
         let mut node = Node {
             port,
             child: Some(child),
         };
         let mut exited = false;
         poll_until(
-            &format!("redis-server on {port}"),
+            &format!("{what} on {port}"),
             Duration::from_secs(10),
             || {
                 exited = node
                     .child
                     .as_mut()
                     .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
-                exited || ask::<String>(port, &["PING"]).as_deref() == Some("PONG")
+                exited || info_field(port, "server", "process_id").as_deref() == Some(pid.as_str())
             },
         );
         if !exited {
@@ -147,7 +133,63 @@ fn server(dir: &std::path::Path, extra: impl Fn() -> Vec<String>) -> Node {
         }
         node.kill();
     }
-    panic!("redis-server exited at start five times (ports taken?)");
+    panic!("{what} exited at start five times (ports taken?)");
+}
+
+/// A `redis-server` on a free port with `extra()`'s arguments (called once
+/// per try: they may name ports of their own), started again on new ports
+/// when its port was taken ([`start_node`]).
+fn server(dir: &std::path::Path, extra: impl Fn() -> Vec<String>) -> Node {
+    start_node("redis-server", free_port, |port| {
+        let mut cmd = tool("redis-server");
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--repl-diskless-sync-delay",
+            "0",
+            "--maxmemory-policy",
+            "noeviction",
+            "--port",
+            &port.to_string(),
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra());
+        cmd
+    })
+}
+
+/// A `redis-sentinel` monitoring the master on `master` as
+/// [`MASTER_NAME`], on a port `pick` chooses, started again on another
+/// when that one was taken ([`start_node`]). Its configuration file (a
+/// sentinel rewrites its own) is `dir/sentinel-PORT.conf`.
+pub fn sentinel(dir: &std::path::Path, master: u16, pick: impl FnMut() -> u16) -> Node {
+    start_node("redis-sentinel", pick, |port| {
+        let conf = dir.join(format!("sentinel-{port}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\ndir {dir}\n\
+                 sentinel monitor {MASTER_NAME} 127.0.0.1 {master} 2\n\
+                 sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                 sentinel failover-timeout {MASTER_NAME} 5000\n\
+                 sentinel parallel-syncs {MASTER_NAME} 2\n",
+                dir = dir.display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = tool("redis-sentinel");
+        cmd.arg(&conf);
+        cmd
+    })
 }
 
 // === Sentinel ===
@@ -175,33 +217,7 @@ impl SentinelDeployment {
             server(dir.path(), || replica_of.clone()),
         ];
         let m = servers[0].port;
-        let mut sentinels = Vec::new();
-        for _ in 0..3 {
-            let port = free_port();
-            let conf = dir.path().join(format!("sentinel-{port}.conf"));
-            std::fs::write(
-                &conf,
-                format!(
-                    "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\ndir {dir}\n\
-                     sentinel monitor {MASTER_NAME} 127.0.0.1 {m} 2\n\
-                     sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
-                     sentinel failover-timeout {MASTER_NAME} 5000\n\
-                     sentinel parallel-syncs {MASTER_NAME} 2\n",
-                    dir = dir.path().display()
-                ),
-            )
-            .unwrap();
-            let child = tool("redis-sentinel")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-sentinel");
-            sentinels.push(Node {
-                port,
-                child: Some(child),
-            });
-        }
+        let sentinels = (0..3).map(|_| sentinel(dir.path(), m, free_port)).collect();
         let d = SentinelDeployment {
             servers,
             sentinels,
