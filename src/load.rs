@@ -437,23 +437,6 @@ impl<'a> FileCtx<'a> {
         );
     }
 
-    /// Deserialises a spanned TOML table, recording every problem in it
-    /// ([`deserialize_each`]). `None` when one of its keys had a value
-    /// that is wrong: the code that compiles `T` would take the key as
-    /// left out and could report a false problem or use a default the
-    /// operator did not write. Keys `T` does not know are only reported.
-    pub fn deserialize<T: for<'de> Deserialize<'de>>(
-        &mut self,
-        value: Spanned<DeValue<'_>>,
-    ) -> Option<T> {
-        let each = self.deserialize_each(value);
-        if each.holes.is_empty() {
-            each.value
-        } else {
-            None
-        }
-    }
-
     /// Deserialises a spanned TOML table, recording every problem in it,
     /// and returns what is left ([`deserialize_each`]): the caller must
     /// not judge a key in [`Each::holes`] as left out.
@@ -467,6 +450,24 @@ impl<'a> FileCtx<'a> {
             self.toml_error(span.clone(), e);
         }
         each
+    }
+
+    /// A required key of a table read with [`FileCtx::deserialize_each`]
+    /// (an option there, so that a table whose required value is wrong
+    /// still has its other keys checked): its value, or `None`, reported
+    /// as serde reports a key left out, at the table, unless its value was
+    /// wrong (reported already).
+    pub fn required<'v, T, V>(
+        &mut self,
+        each: &Each<T>,
+        table: Range<usize>,
+        field: &'static str,
+        value: Option<&'v V>,
+    ) -> Option<&'v V> {
+        if value.is_none() && !each.lost(field) {
+            self.error(table, RuleError::MissingField { field });
+        }
+        value
     }
 
     /// Resolves a path named in this file against the file's directory, and
@@ -517,6 +518,27 @@ impl<T> Each<T> {
         self.holes
             .iter()
             .any(|h| h == path || under(path, h) || under(h, path))
+    }
+}
+
+impl<T> Each<T> {
+    /// The dotted paths, as written, of the `len` elements left in the
+    /// array at `path` (`platform_keys.0`, `platform_keys.2` when the
+    /// second was taken out), in order: for asking [`Each::lost`] about
+    /// each.
+    pub fn left(&self, path: &str, len: usize) -> Vec<String> {
+        let mut out = Vec::with_capacity(len);
+        // Bounded: at most one index per element left or taken out.
+        for i in 0..len + self.holes.len() {
+            if out.len() == len {
+                break;
+            }
+            let at = format!("{path}.{i}");
+            if !self.holes.contains(&at) {
+                out.push(at);
+            }
+        }
+        out
     }
 }
 
@@ -954,6 +976,9 @@ mod tests {
             ["items.0", "items.0.addr", "items.1.n", "list.1", "list.3"]
         );
         assert!(each.lost("list") && each.lost("items") && !each.lost("name"));
+        // The table left in `items` is the second as written, and lost `n`.
+        assert_eq!(each.left("items", 1), ["items.1"]);
+        assert!(each.lost("items.1"));
     }
 
     #[test]

@@ -1016,9 +1016,11 @@ fn compile_merchants(
             continue;
         };
         let keys = table.remove("keys");
-        let Some(raw) =
-            ctx.deserialize::<MerchantFile>(Spanned::new(item_span.clone(), DeValue::Table(table)))
-        else {
+        let each = ctx.deserialize_each::<MerchantFile>(Spanned::new(
+            item_span.clone(),
+            DeValue::Table(table),
+        ));
+        let Some(raw) = each.value.as_ref() else {
             ok = false;
             continue;
         };
@@ -1041,11 +1043,13 @@ fn compile_merchants(
                 None
             }
         };
-        // Without the route's own settings (one was wrong), the merchant's
-        // upstream cannot be judged.
-        let upstream = defaults.and_then(|defaults| {
-            compile_upstream(settings, ctx, defaults, Some(&own), item_span.clone())
-        });
+        // Without the route's own settings or its own (one was wrong), the
+        // merchant's upstream cannot be judged; its keys still are.
+        let upstream = defaults
+            .filter(|_| each.holes.is_empty())
+            .and_then(|defaults| {
+                compile_upstream(settings, ctx, defaults, Some(&own), item_span.clone())
+            });
         let (Some(provider), Some(upstream)) = (provider, upstream) else {
             ok = false;
             continue;

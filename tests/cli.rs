@@ -641,6 +641,87 @@ fn check_lists_every_problem_of_a_keys_table() {
 }
 
 #[test]
+fn check_still_loads_the_key_files_of_a_keys_table_with_a_wrong_value() {
+    // A wrong value in [route.keys] (or in a merchant's table) is one
+    // problem; the key files its other keys name are still read, so a
+    // missing one is listed in the same run, and nothing that needs the
+    // wrong value is judged (no "missing field" for it, no entry of
+    // platform_keys judged without its own wrong key).
+    let alipay = route_a_with("app_id = \"2021000000000001\"", "app_id = 5")
+        .replace("alipay_public.pem", "no_such_key.pem");
+    let public = fixture_path("wechat", "pubkey_public.pem");
+    let wechat = wechat_v3_rule(
+        &format!(
+            "  {{ serial = 7, public_key = {public:?} }},\n  {{ serial = \"PUB_KEY_ID_0114\", public_key = 9 }},\n  {{ serial = \"PUB_KEY_ID_0115\", public_key = \"missing.pem\" }},"
+        ),
+        &fixture_path("wechat", "v3_api_v3.key"),
+    )
+    .replace("mch_id = \"1900000109\"", "mch_id = 5");
+    let jdpay = route_with_keys(
+        "jdpay",
+        "merchant = 5\ndes_key_file = \"nope.key\"\njd_public_key = \"nope.pem\"\n",
+    );
+    let merchant = format!(
+        "{}[[route.merchant]]\nsuccess_body = 5\n[route.merchant.keys]\napp_id = \"2021000000000001\"\npublic_key = \"no_such_key.pem\"\n",
+        good_route("a", "/a").split("[route.keys]").next().unwrap()
+    );
+    let unionpay = route_with_keys("unionpay", "mer_id = 5\nverify_certs = [\"nope.cer\", 5]\n");
+    let alipay_mode = route_a_with(
+        &format!("{:?}", fixture_path("alipay", "alipay_public.pem")),
+        "5",
+    );
+    for (rules, wants) in [
+        (
+            alipay_mode,
+            vec!["r.toml:10: invalid type: integer `5`, expected a string"],
+        ),
+        (
+            unionpay,
+            vec![
+                "r.toml:10: invalid type: integer `5`, expected a string",
+                "r.toml:11: invalid type: integer `5`, expected a string",
+                "r.toml:11: keys.verify_certs `nope.cer`: cannot read",
+            ],
+        ),
+        (
+            alipay,
+            vec![
+                "r.toml:11: invalid type: integer `5`, expected a string",
+                "r.toml:10: keys.public_key `",
+            ],
+        ),
+        (
+            wechat,
+            vec![
+                "r.toml:10: invalid type: integer `5`, expected a string",
+                "r.toml:13: invalid type: integer `7`, expected a string",
+                "r.toml:14: invalid type: integer `9`, expected a string",
+                "r.toml:15: keys.platform_keys.public_key `missing.pem`: cannot read",
+            ],
+        ),
+        (
+            jdpay,
+            vec![
+                "r.toml:10: invalid type: integer `5`, expected a string",
+                "r.toml:11: keys.des_key_file `nope.key`: cannot read",
+                "r.toml:12: keys.jd_public_key `nope.pem`: cannot read",
+            ],
+        ),
+        (
+            merchant,
+            vec![
+                "r.toml:10: invalid type: integer `5`, expected a string",
+                "r.toml:13: keys.public_key `no_such_key.pem`: cannot read",
+            ],
+        ),
+    ] {
+        let dir = config_with_rules(&rules);
+        let wants: Vec<String> = wants.into_iter().map(str::to_owned).collect();
+        expect_exactly(dir.path(), &wants);
+    }
+}
+
+#[test]
 fn check_lists_every_entry_of_a_list_that_holds_one_of_the_wrong_type() {
     // A number among the allow entries is one problem; the entries around
     // it are still checked.

@@ -96,7 +96,9 @@ use crate::secret::shown;
 #[serde(deny_unknown_fields)]
 pub struct KeysFile {
     /// The app's id on the open platform; notifications must carry it.
-    app_id: Spanned<String>,
+    /// Required (an option so that a wrong value does not hide the other
+    /// keys' problems: `FileCtx::required`).
+    app_id: Option<Spanned<String>>,
     /// Alipay's public key (PEM, or the bare Base64 from the console).
     public_key: Option<Spanned<String>>,
     /// Certificate mode: Alipay's public-key certificate.
@@ -210,12 +212,16 @@ impl Keys {
 
     pub(super) fn compile(value: Spanned<DeValue<'_>>, ctx: &mut FileCtx<'_>) -> Option<Keys> {
         let span = value.span();
-        let raw: KeysFile = ctx.deserialize(value)?;
-        let mut ok = true;
-        if raw.app_id.get_ref().trim().is_empty() {
+        let each = ctx.deserialize_each::<KeysFile>(value);
+        let raw = each.value.as_ref()?;
+        let app_id = ctx.required(&each, span.clone(), "app_id", raw.app_id.as_ref());
+        let mut ok = each.holes.is_empty();
+        if let Some(app_id) = app_id
+            && app_id.get_ref().trim().is_empty()
+        {
             ok = false;
             ctx.error(
-                raw.app_id.span(),
+                app_id.span(),
                 RuleError::KeyValue {
                     field: "app_id".to_owned(),
                     reason: "must not be empty".to_owned(),
@@ -224,6 +230,8 @@ impl Keys {
         }
         let cert_mode =
             raw.alipay_cert.is_some() || raw.alipay_root_cert.is_some() || raw.app_cert.is_some();
+        // Which mode the keys are in is not judged from a key whose value
+        // was wrong: only the files that are there are loaded.
         let (key, cert) = match (&raw.public_key, cert_mode) {
             (Some(pk), false) => (super::load_rsa_key(ctx, "public_key", pk), None),
             (Some(pk), true) => {
@@ -236,10 +244,20 @@ impl Keys {
                 );
                 (None, None)
             }
-            (None, true) => match load_cert_mode(&raw, span.clone(), ctx) {
+            (None, true) if each.lost("alipay_cert") || each.lost("alipay_root_cert") => {
+                (None, None)
+            }
+            (None, true) => match load_cert_mode(raw, span.clone(), ctx) {
                 Some((key, sns, certs)) => (Some(key), Some((sns, certs))),
                 None => (None, None),
             },
+            (None, false)
+                if ["public_key", "alipay_cert", "alipay_root_cert", "app_cert"]
+                    .iter()
+                    .any(|k| each.lost(k)) =>
+            {
+                (None, None)
+            }
             (None, false) => {
                 ctx.error(
                     span.clone(),
@@ -256,6 +274,8 @@ impl Keys {
             None => (None, Vec::new()),
         };
         let sign_types = match (&raw.sign_types, &key) {
+            // A list an entry was taken out of is not judged as a whole.
+            (Some(_), _) if each.lost("sign_types") => None,
             (Some(list), _) => compile_sign_types(list, ctx),
             (None, Some(_)) => Some(SignTypes::BOTH),
             (None, None) => None,
@@ -278,20 +298,22 @@ impl Keys {
             Some(s) => Some(s.get_ref().as_str().into()),
             None => None,
         };
-        if raw.accept_any_sub_merchant {
+        if let Some(app_id) = app_id
+            && raw.accept_any_sub_merchant
+        {
             ctx.warn(
                 span,
                 format_args!(
                     "alipay app `{}` has accept_any_sub_merchant = true: what it receives on behalf of ANY merchant (auth_app_id) reaches this shop; bind each merchant with keys.seller_id instead",
-                    raw.app_id.get_ref()
+                    app_id.get_ref()
                 ),
             );
         }
-        let (key, sign_types) = (key?, sign_types?);
+        let (key, sign_types, app_id) = (key?, sign_types?, app_id?);
         if !ok {
             return None;
         }
-        let app_id: Box<str> = raw.app_id.into_inner().into_boxed_str();
+        let app_id: Box<str> = app_id.get_ref().as_str().into();
         let merchant = match &seller_id {
             Some(s) => format!("{app_id}/{s}").into_boxed_str(),
             None => app_id.clone(),

@@ -94,10 +94,12 @@ use crate::secret::{Secret, ct_eq};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysFile {
-    /// The merchant's partner id (`2088` + 12 digits).
-    partner: Spanned<String>,
+    /// The merchant's partner id (`2088` + 12 digits). Required, like
+    /// `key_file` (options so that one wrong value does not hide the
+    /// others' problems: `FileCtx::required`).
+    partner: Option<Spanned<String>>,
     /// File holding the 32-character MD5 key (安全校验码).
-    key_file: Spanned<String>,
+    key_file: Option<Spanned<String>>,
     /// The seller's Alipay user id when it is not the partner itself.
     seller_id: Option<Spanned<String>>,
     /// The seller's Alipay account e-mail; checked when set.
@@ -151,8 +153,12 @@ impl Keys {
     }
 
     pub(super) fn compile(value: Spanned<DeValue<'_>>, ctx: &mut FileCtx<'_>) -> Option<Keys> {
-        let raw: KeysFile = ctx.deserialize(value)?;
-        let mut ok = true;
+        let span = value.span();
+        let each = ctx.deserialize_each::<KeysFile>(value);
+        let raw = each.value.as_ref()?;
+        let partner = ctx.required(&each, span.clone(), "partner", raw.partner.as_ref());
+        let key_file = ctx.required(&each, span, "key_file", raw.key_file.as_ref());
+        let mut ok = each.holes.is_empty();
         let mut bad = |ctx: &mut FileCtx<'_>, span, field: &str, reason: String| {
             ok = false;
             ctx.error(
@@ -164,15 +170,20 @@ impl Keys {
             );
         };
 
-        let partner = raw.partner.get_ref().trim();
-        if !is_partner_id(partner) {
+        let partner = partner.map(|p| (p.span(), p.get_ref().trim()));
+        if let Some((at, partner)) = partner.clone()
+            && !is_partner_id(partner)
+        {
             bad(
                 ctx,
-                raw.partner.span(),
+                at,
                 "partner",
                 format!("`{partner}` is not a partner id (2088 and 12 more digits)"),
             );
         }
+        // What the seller defaults to and the notify_verify service asks
+        // with; without it, the keys are checked but not built.
+        let partner = partner.map(|(_, p)| p);
         let seller_id = match &raw.seller_id {
             Some(s) if !is_partner_id(s.get_ref().trim()) => {
                 bad(
@@ -187,7 +198,7 @@ impl Keys {
                 String::new()
             }
             Some(s) => s.get_ref().trim().to_owned(),
-            None => partner.to_owned(),
+            None => partner.unwrap_or_default().to_owned(),
         };
         let seller_email = match &raw.seller_email {
             Some(e) if e.get_ref().trim().is_empty() => {
@@ -219,7 +230,7 @@ impl Keys {
         };
         let notify_verify = match &raw.notify_verify_url {
             None => None,
-            Some(u) => match NotifyVerify::new(u.get_ref(), partner) {
+            Some(u) => match NotifyVerify::new(u.get_ref(), partner.unwrap_or_default()) {
                 Ok(n) => Some(n),
                 Err(reason) => {
                     bad(ctx, u.span(), "notify_verify_url", reason);
@@ -228,12 +239,13 @@ impl Keys {
             },
         };
 
-        let file = raw.key_file.get_ref();
+        let key_file = key_file?;
+        let file = key_file.get_ref();
         let key = match Secret::from_file(&ctx.resolve(file)) {
             Ok(k) if is_md5_key(k.expose()) => Some(k),
             Ok(k) => {
                 ctx.error(
-                    raw.key_file.span(),
+                    key_file.span(),
                     RuleError::KeyFile {
                         field: "key_file".to_owned(),
                         file: file.clone(),
@@ -252,7 +264,7 @@ impl Keys {
             }
             Err(reason) => {
                 ctx.error(
-                    raw.key_file.span(),
+                    key_file.span(),
                     RuleError::KeyFile {
                         field: "key_file".to_owned(),
                         file: file.clone(),
@@ -262,7 +274,7 @@ impl Keys {
                 None
             }
         }?;
-        if !ok {
+        if !ok || partner.is_none() {
             return None;
         }
         Some(Keys {

@@ -100,12 +100,14 @@ const PAYLOAD: Shape = Shape {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysFile {
-    /// The merchant number (`merchant`) notifications must carry.
-    merchant: Spanned<String>,
+    /// The merchant number (`merchant`) notifications must carry. Required,
+    /// like the other two (options so that one wrong value does not hide
+    /// the others' problems: `FileCtx::required`).
+    merchant: Option<Spanned<String>>,
     /// File holding the merchant's 3DES key, Base64, as JD issues it.
-    des_key_file: Spanned<String>,
+    des_key_file: Option<Spanned<String>>,
     /// JD's RSA public key (PEM, or the bare Base64 JD hands out).
-    jd_public_key: Spanned<String>,
+    jd_public_key: Option<Spanned<String>>,
 }
 
 /// Compiled keys of a `jdpay` route.
@@ -171,12 +173,21 @@ impl Keys {
     }
 
     pub(super) fn compile(value: Spanned<DeValue<'_>>, ctx: &mut FileCtx<'_>) -> Option<Keys> {
-        let raw: KeysFile = ctx.deserialize(value)?;
-        let merchant = raw.merchant.get_ref().trim();
-        let merchant_ok = !merchant.is_empty();
-        if !merchant_ok {
+        let span = value.span();
+        let each = ctx.deserialize_each::<KeysFile>(value);
+        let raw = each.value.as_ref()?;
+        let merchant = ctx.required(&each, span.clone(), "merchant", raw.merchant.as_ref());
+        let des_key_file = ctx.required(
+            &each,
+            span.clone(),
+            "des_key_file",
+            raw.des_key_file.as_ref(),
+        );
+        let jd_public_key = ctx.required(&each, span, "jd_public_key", raw.jd_public_key.as_ref());
+        let merchant = merchant.map(|m| (m, m.get_ref().trim()));
+        if let Some((m, "")) = merchant {
             ctx.error(
-                raw.merchant.span(),
+                m.span(),
                 RuleError::KeyValue {
                     field: "merchant".to_owned(),
                     reason: "must not be empty".to_owned(),
@@ -193,28 +204,24 @@ impl Keys {
                 },
             );
         };
-        let des_key = Secret::from_file(&ctx.resolve(raw.des_key_file.get_ref()))
-            .map_err(|e| e.to_string())
-            .and_then(|s| des_key_from(&s));
-        let des_key = match des_key {
-            Ok(k) => Some(k),
-            Err(reason) => {
-                file_error(ctx, &raw.des_key_file, "des_key_file", reason);
-                None
-            }
-        };
-        let public = match public_key_from_file(&ctx.resolve(raw.jd_public_key.get_ref())) {
-            Ok(k) => Some(k),
-            Err(reason) => {
-                file_error(ctx, &raw.jd_public_key, "jd_public_key", reason);
-                None
-            }
-        };
-        if !merchant_ok {
+        let des_key = des_key_file.and_then(|file| {
+            let key = Secret::from_file(&ctx.resolve(file.get_ref()))
+                .map_err(|e| e.to_string())
+                .and_then(|s| des_key_from(&s));
+            key.map_err(|reason| file_error(ctx, file, "des_key_file", reason))
+                .ok()
+        });
+        let public = jd_public_key.and_then(|file| {
+            public_key_from_file(&ctx.resolve(file.get_ref()))
+                .map_err(|reason| file_error(ctx, file, "jd_public_key", reason))
+                .ok()
+        });
+        let merchant = merchant.map(|(_, m)| m).filter(|m| !m.is_empty());
+        if !each.holes.is_empty() {
             return None;
         }
         Some(Keys {
-            merchant: merchant.into(),
+            merchant: merchant?.into(),
             des_key: des_key?,
             public: public?,
         })

@@ -252,8 +252,9 @@ impl Keys {
 
     pub(super) fn compile(value: Spanned<DeValue<'_>>, ctx: &mut FileCtx<'_>) -> Option<Keys> {
         let span = value.span();
-        let raw: KeysFile = ctx.deserialize(value)?;
-        let mut ok = true;
+        let each = ctx.deserialize_each::<KeysFile>(value);
+        let raw = each.value.as_ref()?;
+        let mut ok = each.holes.is_empty();
         let now = crate::clock::unix_now();
         let mut certs = Vec::new();
         let fail = |ctx: &mut FileCtx<'_>, span, field: &str, file: &str, reason: String| {
@@ -279,6 +280,7 @@ impl Keys {
                 );
             }
             Some(_) => {}
+            None if each.lost("mer_id") => {}
             None => {
                 ok = false;
                 ctx.error(
@@ -331,6 +333,9 @@ impl Keys {
                     }
                 }
             }
+            // The other one's value was wrong (reported already).
+            (Some(_), None) | (None, Some(_))
+                if each.lost("root_cert") || each.lost("middle_cert") => {}
             (Some(one), None) | (None, Some(one)) => {
                 ok = false;
                 ctx.error(
@@ -368,9 +373,12 @@ impl Keys {
                 }
             }
         }
-        let any_valid = loaded_certs.iter().any(|(_, (_, _, _, not_after))| {
-            expiry::lifetime(*not_after, now) != expiry::Lifetime::Expired
-        });
+        // An entry taken out (its value was wrong) may have been the one
+        // still valid: the list is then not judged as a whole.
+        let any_valid = each.lost("verify_certs")
+            || loaded_certs.iter().any(|(_, (_, _, _, not_after))| {
+                expiry::lifetime(*not_after, now) != expiry::Lifetime::Expired
+            });
         let mut verify_certs = HashMap::new();
         let mut serials = std::collections::HashSet::new();
         for (file, (serial, key, der, _)) in loaded_certs {
@@ -405,7 +413,7 @@ impl Keys {
             return None;
         }
         Some(Keys {
-            mer_id: raw.mer_id?.into_inner().into_boxed_str(),
+            mer_id: raw.mer_id.as_ref()?.get_ref().as_str().into(),
             chain,
             verify_certs,
             certs,

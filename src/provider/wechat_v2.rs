@@ -107,9 +107,11 @@ use crate::secret::{Secret, ct_eq};
 #[serde(deny_unknown_fields)]
 pub struct KeysFile {
     /// The merchant id (商户号); notifications must carry it as `mch_id`.
-    mch_id: Spanned<String>,
+    /// Required, like `api_key_file` (options so that one wrong value does
+    /// not hide the others' problems: `FileCtx::required`).
+    mch_id: Option<Spanned<String>>,
     /// File holding the API v2 key (商户平台 → API安全 → API密钥).
-    api_key_file: Spanned<String>,
+    api_key_file: Option<Spanned<String>>,
     /// When set, notifications must carry it as `appid`.
     appid: Option<Spanned<String>>,
     /// The signature types accepted: `MD5`, `HMAC-SHA256` (default: both).
@@ -216,9 +218,13 @@ impl Keys {
     }
 
     pub(super) fn compile(value: Spanned<DeValue<'_>>, ctx: &mut FileCtx<'_>) -> Option<Keys> {
-        let raw: KeysFile = ctx.deserialize(value)?;
-        let mut ok = true;
-        for (field, v) in [("mch_id", Some(&raw.mch_id)), ("appid", raw.appid.as_ref())] {
+        let span = value.span();
+        let each = ctx.deserialize_each::<KeysFile>(value);
+        let raw = each.value.as_ref()?;
+        let mch_id = ctx.required(&each, span.clone(), "mch_id", raw.mch_id.as_ref());
+        let api_key_file = ctx.required(&each, span, "api_key_file", raw.api_key_file.as_ref());
+        let mut ok = each.holes.is_empty();
+        for (field, v) in [("mch_id", mch_id), ("appid", raw.appid.as_ref())] {
             if let Some(v) = v
                 && v.get_ref().trim().is_empty()
             {
@@ -232,23 +238,26 @@ impl Keys {
                 ok = false;
             }
         }
-        let file = raw.api_key_file.get_ref();
-        let api_key = match Secret::from_file(&ctx.resolve(file)) {
-            Ok(k) => k,
-            Err(e) => {
-                ctx.error(
-                    raw.api_key_file.span(),
-                    RuleError::KeyFile {
-                        field: "api_key_file".to_owned(),
-                        file: file.clone(),
-                        reason: e.to_string(),
-                    },
-                );
-                return None;
-            }
-        };
+        let api_key =
+            api_key_file.and_then(
+                |file| match Secret::from_file(&ctx.resolve(file.get_ref())) {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        ctx.error(
+                            file.span(),
+                            RuleError::KeyFile {
+                                field: "api_key_file".to_owned(),
+                                file: file.get_ref().clone(),
+                                reason: e.to_string(),
+                            },
+                        );
+                        None
+                    }
+                },
+            );
         let mut sign_types = (true, true);
-        if let Some(list) = &raw.sign_types {
+        // A list an entry was taken out of is not judged as a whole.
+        if let Some(list) = raw.sign_types.as_ref().filter(|_| !each.lost("sign_types")) {
             sign_types = (false, false);
             for t in list.get_ref() {
                 match t.as_str() {
@@ -289,20 +298,22 @@ impl Keys {
                 },
             );
         }
-        if raw.accept_any_sub_merchant {
+        if let Some(mch_id) = mch_id
+            && raw.accept_any_sub_merchant
+        {
             ctx.warn(
-                raw.mch_id.span(),
+                mch_id.span(),
                 format_args!(
                     "wechat_v2 merchant `{}` has accept_any_sub_merchant = true: notifications for ANY of its sub-merchants reach this shop; bind one with keys.sub_mch_id instead",
-                    raw.mch_id.get_ref()
+                    mch_id.get_ref()
                 ),
             );
         }
-        if !ok {
+        let (Some(mch_id), Some(api_key), true) = (mch_id, api_key, ok) else {
             return None;
-        }
+        };
         let mut keys = Keys::new(
-            raw.mch_id.get_ref(),
+            mch_id.get_ref(),
             raw.appid.as_ref().map(|a| a.get_ref().as_str()),
             api_key,
         );

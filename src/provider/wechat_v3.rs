@@ -87,12 +87,14 @@ use crate::secret::shown;
 #[serde(deny_unknown_fields)]
 pub struct KeysFile {
     /// The merchant id (商户号); the decrypted resource must carry it.
-    mch_id: Spanned<String>,
+    /// Required, like the next two (options so that one wrong value does
+    /// not hide the others' problems: `FileCtx::required`).
+    mch_id: Option<Spanned<String>>,
     /// File holding the 32-byte APIv3 key (商户平台 → API安全 → APIv3密钥).
-    api_v3_key_file: Spanned<String>,
+    api_v3_key_file: Option<Spanned<String>>,
     /// WeChat Pay's verification keys, any mix of certificate and
     /// public-key entries.
-    platform_keys: Spanned<Vec<PlatformKeyFile>>,
+    platform_keys: Option<Spanned<Vec<PlatformKeyFile>>>,
     /// Service provider mode: the sub-merchant (`sub_mchid`) notifications
     /// must be for.
     sub_mch_id: Option<Spanned<String>>,
@@ -181,12 +183,24 @@ impl Keys {
     }
 
     pub(super) fn compile(value: Spanned<DeValue<'_>>, ctx: &mut FileCtx<'_>) -> Option<Keys> {
-        let raw: KeysFile = ctx.deserialize(value)?;
+        let span = value.span();
+        let each = ctx.deserialize_each::<KeysFile>(value);
+        let raw = each.value.as_ref()?;
+        let mch_id = ctx.required(&each, span.clone(), "mch_id", raw.mch_id.as_ref());
+        let key_file = ctx.required(
+            &each,
+            span.clone(),
+            "api_v3_key_file",
+            raw.api_v3_key_file.as_ref(),
+        );
+        let platform_keys = ctx.required(&each, span, "platform_keys", raw.platform_keys.as_ref());
         let now = crate::clock::unix_now();
-        let mut ok = true;
-        if raw.mch_id.get_ref().trim().is_empty() {
+        let mut ok = each.holes.is_empty();
+        if let Some(mch_id) = mch_id
+            && mch_id.get_ref().trim().is_empty()
+        {
             ctx.error(
-                raw.mch_id.span(),
+                mch_id.span(),
                 RuleError::KeyValue {
                     field: "mch_id".to_owned(),
                     reason: "must not be empty".to_owned(),
@@ -194,24 +208,30 @@ impl Keys {
             );
             ok = false;
         }
-        let key_file = raw.api_v3_key_file.get_ref();
-        let aead = match load_api_v3_key(&ctx.resolve(key_file)) {
+        let aead = key_file.and_then(|file| match load_api_v3_key(&ctx.resolve(file.get_ref())) {
             Ok(k) => Some(k),
             Err(reason) => {
                 ctx.error(
-                    raw.api_v3_key_file.span(),
+                    file.span(),
                     RuleError::KeyFile {
                         field: "api_v3_key_file".to_owned(),
-                        file: key_file.clone(),
+                        file: file.get_ref().clone(),
                         reason,
                     },
                 );
                 None
             }
-        };
-        if raw.platform_keys.get_ref().is_empty() {
+        });
+        // An entry taken out (its value was wrong) may have been the one
+        // still valid: the list is then not judged as a whole.
+        let complete = !each.lost("platform_keys");
+        let entries: &[PlatformKeyFile] = platform_keys.map_or(&[], |p| p.get_ref());
+        if let Some(list) = platform_keys
+            && complete
+            && entries.is_empty()
+        {
             ctx.error(
-                raw.platform_keys.span(),
+                list.span(),
                 RuleError::KeyValue {
                     field: "platform_keys".to_owned(),
                     reason:
@@ -224,18 +244,24 @@ impl Keys {
         // A rotation list: load every entry, then skip the expired ones
         // while another is still valid.
         let mut loaded: Vec<(&PlatformKeyFile, PlatformEntry)> = Vec::new();
-        for entry in raw.platform_keys.get_ref() {
+        let written = each.left("platform_keys", entries.len());
+        for (entry, at) in entries.iter().zip(&written) {
+            // One of its own keys was wrong: it is not judged without it.
+            if each.lost(at) {
+                continue;
+            }
             match load_entry(entry, ctx) {
                 Some(l) => loaded.push((entry, l)),
                 None => ok = false,
             }
         }
-        let any_valid = loaded.iter().any(|(_, l)| match l {
-            PlatformEntry::PublicKey(_) => true,
-            PlatformEntry::Certificate { cert, .. } => {
-                expiry::lifetime(cert.validity.1, now) != expiry::Lifetime::Expired
-            }
-        });
+        let any_valid = !complete
+            || loaded.iter().any(|(_, l)| match l {
+                PlatformEntry::PublicKey(_) => true,
+                PlatformEntry::Certificate { cert, .. } => {
+                    expiry::lifetime(cert.validity.1, now) != expiry::Lifetime::Expired
+                }
+            });
         let mut platform: Vec<PlatformKey> = Vec::new();
         let mut skipped = Vec::new();
         for (entry, l) in loaded {
@@ -308,19 +334,21 @@ impl Keys {
             Some(s) => Some(s.get_ref().as_str().into()),
             None => None,
         };
-        if raw.accept_any_sub_merchant {
+        if let Some(mch_id) = mch_id
+            && raw.accept_any_sub_merchant
+        {
             ctx.warn(
-                raw.mch_id.span(),
+                mch_id.span(),
                 format_args!(
                     "wechat_v3 merchant `{}` has accept_any_sub_merchant = true: notifications for ANY of its sub-merchants reach this shop; bind one with keys.sub_mch_id instead",
-                    raw.mch_id.get_ref()
+                    mch_id.get_ref()
                 ),
             );
         }
-        if !ok {
+        let (Some(mch_id), Some(_), true) = (mch_id, platform_keys, ok) else {
             return None;
-        }
-        let mch_id = raw.mch_id.into_inner().into_boxed_str();
+        };
+        let mch_id: Box<str> = mch_id.get_ref().as_str().into();
         let merchant = match &sub_mch_id {
             Some(sub) => format!("{mch_id}/{sub}").into_boxed_str(),
             None => mch_id.clone(),
