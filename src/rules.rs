@@ -723,18 +723,26 @@ fn compile_route(
             },
         );
     }
-    let forward_headers =
+    // Each name on its own, so that every one refused is listed, not the
+    // first.
+    let mut headers_ok = true;
+    for n in &raw.forward_headers {
+        if let Err((_, reason)) = ForwardHeaders::new([n.get_ref().as_str()]) {
+            ctx.error(n.span(), RuleError::ForwardHeader { reason });
+            headers_ok = false;
+        }
+    }
+    let forward_headers = if headers_ok {
         match ForwardHeaders::new(raw.forward_headers.iter().map(|n| n.get_ref().as_str())) {
             Ok(h) => h,
-            Err((i, reason)) => {
-                let at = raw
-                    .forward_headers
-                    .get(i)
-                    .map_or(span.clone(), |n| n.span());
-                ctx.error(at, RuleError::ForwardHeader { reason });
+            Err((_, reason)) => {
+                ctx.error(span.clone(), RuleError::ForwardHeader { reason });
                 ForwardHeaders::default()
             }
-        };
+        }
+    } else {
+        ForwardHeaders::default()
+    };
 
     // A merchant falls back on these: when one of them was wrong, no
     // upstream is judged (it would be "missing", or another's).

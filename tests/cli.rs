@@ -740,6 +740,22 @@ fn check_lists_every_entry_of_a_list_that_holds_one_of_the_wrong_type() {
 }
 
 #[test]
+fn check_lists_every_forward_header_it_refuses() {
+    let dir = config_with_rules(&route_a_with(
+        "provider = \"alipay\"",
+        "provider = \"alipay\"\nforward_headers = [\"Cookie\", \"bad name\", \"X-Request-Id\", \"Authorization\"]",
+    ));
+    expect_exactly(
+        dir.path(),
+        &[
+            "r.toml:5: forward_headers: `Cookie` is never passed to the shop".to_owned(),
+            "r.toml:5: forward_headers: `bad name` is not a header name".to_owned(),
+            "r.toml:5: forward_headers: `Authorization` is never passed to the shop".to_owned(),
+        ],
+    );
+}
+
+#[test]
 fn check_lists_every_problem_of_an_ip_set_file() {
     // An unknown key, an entry of the wrong type and two that are no CIDR:
     // four lines, each at its own; the route naming the set is not told it
