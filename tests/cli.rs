@@ -756,6 +756,21 @@ fn check_lists_every_forward_header_it_refuses() {
 }
 
 #[test]
+fn check_names_every_alipay_sign_type_it_does_not_know() {
+    let dir = config_with_rules(&route_a_with(
+        "app_id = \"2021000000000001\"",
+        "app_id = \"2021000000000001\"\nsign_types = [\"RSA3\", \"RSA2\", \"SHA1\"]",
+    ));
+    expect_exactly(
+        dir.path(),
+        &[
+            "r.toml:12: keys.sign_types: `RSA3` is not \"RSA2\" or \"RSA\"".to_owned(),
+            "r.toml:12: keys.sign_types: `SHA1` is not \"RSA2\" or \"RSA\"".to_owned(),
+        ],
+    );
+}
+
+#[test]
 fn check_lists_every_problem_of_an_ip_set_file() {
     // An unknown key, an entry of the wrong type and two that are no CIDR:
     // four lines, each at its own; the route naming the set is not told it

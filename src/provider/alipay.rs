@@ -485,30 +485,29 @@ fn compile_sign_types(list: &Spanned<Vec<String>>, ctx: &mut FileCtx<'_>) -> Opt
         rsa2: false,
         rsa: false,
     };
-    let mut problem = None;
+    // Every name that is not a type, not only the last.
+    let mut problems = Vec::new();
     for t in list.get_ref() {
         match t.as_str() {
             "RSA2" => types.rsa2 = true,
             "RSA" => types.rsa = true,
-            other => problem = Some(format!("`{other}` is not \"RSA2\" or \"RSA\"")),
+            other => problems.push(format!("`{other}` is not \"RSA2\" or \"RSA\"")),
         }
     }
-    if problem.is_none() && !types.rsa2 && !types.rsa {
-        problem = Some("name at least one of \"RSA2\" and \"RSA\"".to_owned());
+    if problems.is_empty() && !types.rsa2 && !types.rsa {
+        problems.push("name at least one of \"RSA2\" and \"RSA\"".to_owned());
     }
-    match problem {
-        None => Some(types),
-        Some(reason) => {
-            ctx.error(
-                list.span(),
-                RuleError::KeyValue {
-                    field: "sign_types".to_owned(),
-                    reason,
-                },
-            );
-            None
-        }
+    let ok = problems.is_empty();
+    for reason in problems {
+        ctx.error(
+            list.span(),
+            RuleError::KeyValue {
+                field: "sign_types".to_owned(),
+                reason,
+            },
+        );
     }
+    ok.then_some(types)
 }
 
 /// An Alipay user id: `2088` and 12 more digits.
