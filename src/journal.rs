@@ -1119,14 +1119,24 @@ pub fn journal_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Reads every record in `dir`, oldest file first. Lines that do not parse
-/// (a write cut short by a crash or a full disk) are skipped and counted.
+/// (a write cut short by a crash or a full disk) are skipped and counted; a
+/// file deleted between the listing and its reading is passed by.
 pub fn read_dir(dir: &Path, mut each: impl FnMut(Record)) -> Result<usize, JournalError> {
     let mut skipped = 0;
     for path in journal_files(dir) {
-        let file = File::open(&path).map_err(|e| JournalError::Io {
-            path: path.display().to_string(),
-            reason: crate::load::io_reason(&e),
-        })?;
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            // Pruned since it was listed (a rotation in the gateway, or a
+            // `journal redeliver` of its own): what it held is gone for
+            // every reader alike, and the others are still to be read.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(JournalError::Io {
+                    path: path.display().to_string(),
+                    reason: crate::load::io_reason(&e),
+                });
+            }
+        };
         for line in BufReader::new(file).split(b'\n') {
             let Ok(line) = line else {
                 skipped += 1;
@@ -1671,6 +1681,36 @@ mod tests {
         assert_eq!(counts, vec![("e1", 2), ("e3", 3)]);
         let unfinished: Vec<&str> = warm.unfinished.iter().map(|(_, e, _)| e.as_str()).collect();
         assert_eq!(unfinished, vec!["e1", "e3"]);
+    }
+
+    /// A file pruned between the listing of the directory and its reading
+    /// (a rotation of the running gateway while `journal list` or
+    /// `/api/redeliver` reads) is passed by: the files after it are still
+    /// read. Before, the whole read failed with `No such file`.
+    #[test]
+    fn a_file_deleted_while_the_journal_is_read_is_passed_by() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |r: &Record| format!("{}\n", serde_json::to_string(r).unwrap());
+        let name = |n: u32| {
+            dir.path()
+                .join(format!("20260101T00000{n}Z-gateway-7-1.jsonl"))
+        };
+        for n in 1..=3 {
+            std::fs::write(name(n), line(&received(&n.to_string(), "e"))).unwrap();
+        }
+        let mut rids = Vec::new();
+        let skipped = read_dir(dir.path(), |r| {
+            if let Record::Received(r) = r {
+                if r.rid == "1" {
+                    // Listed already; deleted before it is opened.
+                    std::fs::remove_file(name(2)).unwrap();
+                }
+                rids.push(r.rid);
+            }
+        })
+        .unwrap();
+        assert_eq!(rids, ["1", "3"]);
+        assert_eq!(skipped, 0);
     }
 
     #[tokio::test]
