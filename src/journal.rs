@@ -8,7 +8,8 @@
 //!   the day the shop was down longer than the platform kept retrying.
 //!
 //! Format: JSON lines in `journal.dir`, one file at a time, named
-//! `<UTC time>-<kind>-<pid>-<n>.jsonl` so names sort by age. A `received`
+//! `<UTC time>-<kind>-<pid>-<n>.jsonl` (`n` ten digits) so names sort by
+//! age. A `received`
 //! record holds the route, provider, event id, source address, the request's
 //! end-to-end headers (never `Authorization`/`Cookie`, never `X-Callgate-*`)
 //! and the body in Base64: exactly what is needed to verify the signature
@@ -728,6 +729,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 // === writer ===
 
+/// How a journal file's name starts: the UTC time it was opened at.
+const STAMP: &str = "%Y%m%dT%H%M%SZ";
+
+/// A journal file's name: `<UTC time>-<kind>-<pid>-<n>.jsonl`, `n` the
+/// writer's count of its files, ten digits (all a `u32` takes), so that
+/// the files one writer opens within one second sort in the order it
+/// opened them (unpadded, its tenth file sorted before its ninth).
+fn file_name(stamp: &str, kind: &str, pid: u32, seq: u32) -> String {
+    format!("{stamp}-{kind}-{pid}-{seq:010}.jsonl")
+}
+
 struct Writer {
     config: JournalConfig,
     kind: String,
@@ -819,17 +831,12 @@ impl Writer {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
-        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+        let stamp = chrono::Utc::now().format(STAMP).to_string();
         let mut tries = 0u32;
         let (path, file) = loop {
             self.seq = self.seq.wrapping_add(1);
             tries += 1;
-            let name = format!(
-                "{stamp}-{}-{}-{}.jsonl",
-                self.kind,
-                std::process::id(),
-                self.seq
-            );
+            let name = file_name(&stamp, &self.kind, std::process::id(), self.seq);
             let path = self.config.dir.join(name);
             match options.open(&path) {
                 Ok(file) => break (path, file),
@@ -1808,7 +1815,7 @@ mod tests {
         // wide enough for a slow machine.
         for s in 0..30 {
             let stamp = (now + chrono::Duration::seconds(s)).format("%Y%m%dT%H%M%SZ");
-            let name = |seq: u32| format!("{stamp}-gateway-{}-{seq}.jsonl", std::process::id());
+            let name = |seq: u32| file_name(&stamp.to_string(), "gateway", std::process::id(), seq);
             std::fs::write(dir.path().join(name(1)), br#"{"type":"received","rid":"to"#).unwrap();
             std::os::unix::fs::symlink(outside.path(), dir.path().join(name(2))).unwrap();
         }
@@ -1961,6 +1968,40 @@ mod tests {
         assert_eq!(rids.len(), threads * each);
         assert_eq!(distinct.len(), threads * each);
         assert!(journal_files(dir.path()).len() > 10, "no rotation");
+    }
+
+    /// A writer that rotates ten times or more within one second (small
+    /// `max_file_bytes`, a burst) names its files in the order it opened
+    /// them: before, the counter was not padded and `-10` sorted before
+    /// `-9`, so readers read the newer file first and pruning deleted it
+    /// before the older one.
+    #[tokio::test]
+    async fn files_opened_within_one_second_sort_in_the_order_they_were_opened() {
+        let stamp = "20260101T000000Z";
+        let names: Vec<String> = (1..=12)
+            .map(|n| file_name(stamp, "gateway", 7, n))
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(sorted, names);
+        // And as written: each record in a file of its own, read in order.
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), Fsync::Never);
+        c.max_file_bytes = 1;
+        c.max_files = 100;
+        let j = Journal::open(&c, "gateway", retention()).unwrap();
+        let written: Vec<String> = (1..=12).map(|n| n.to_string()).collect();
+        for rid in &written {
+            j.append(&received(rid, "e"), true).await.unwrap();
+        }
+        let mut read = Vec::new();
+        read_dir(dir.path(), |r| {
+            if let Record::Received(r) = r {
+                read.push(r.rid)
+            }
+        })
+        .unwrap();
+        assert_eq!(read, written);
     }
 
     #[tokio::test]
