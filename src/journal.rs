@@ -9,7 +9,8 @@
 //!
 //! Format: JSON lines in `journal.dir`, one file at a time, named
 //! `<UTC time>-<kind>-<pid>-<n>.jsonl` (`n` ten digits) so names sort by
-//! age. A `received`
+//! age; a new file is never named before a file already there (a clock
+//! stepped back names it one second after the latest). A `received`
 //! record holds the route, provider, event id, source address, the request's
 //! end-to-end headers (never `Authorization`/`Cookie`, never `X-Callgate-*`)
 //! and the body in Base64: exactly what is needed to verify the signature
@@ -819,11 +820,11 @@ impl Writer {
             }
             Fsync::Never => {}
         }
-        // Only a file this journal creates (`O_EXCL`): one of the same name
-        // may be there already, left by a process of the same pid (a
-        // container's pid 1 restarted within the second) that was killed
-        // mid-line, which the first record would join; or a symlink. The
-        // next number is tried instead.
+        // Only a file this journal creates (`O_EXCL`): the name is after
+        // every name listed, but one of the same name may have appeared
+        // since, created by a process of the same pid (another container's
+        // pid 1 on the same directory), which the first record would join;
+        // or a symlink. The next number is tried instead.
         let mut options = OpenOptions::new();
         options.create_new(true).append(true);
         #[cfg(unix)]
@@ -831,7 +832,7 @@ impl Writer {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
-        let stamp = chrono::Utc::now().format(STAMP).to_string();
+        let stamp = self.next_stamp();
         let mut tries = 0u32;
         let (path, file) = loop {
             self.seq = self.seq.wrapping_add(1);
@@ -859,6 +860,37 @@ impl Writer {
         self.opened = Instant::now();
         self.prune();
         Ok(())
+    }
+
+    /// The time a new file's name starts with: now, unless a file in the
+    /// directory is named as late (the wall clock stepped back since it
+    /// was opened: an NTP step, a VM restored; or a process of a larger
+    /// pid opened one within this second): then one second after the
+    /// latest of them. A new file sorts after every file there, so readers
+    /// read it last and pruning, which deletes the first names, keeps it
+    /// longest. Names other than a journal file's are passed by.
+    fn next_stamp(&self) -> String {
+        let now = chrono::Utc::now().format(STAMP).to_string();
+        let latest = journal_files(&self.config.dir).iter().rev().find_map(|p| {
+            let name = p.file_name()?.to_str()?;
+            let at = chrono::NaiveDateTime::parse_from_str(name.get(..16)?, STAMP).ok()?;
+            Some((name.to_owned(), at))
+        });
+        let Some((name, at)) = latest else {
+            return now;
+        };
+        let first_try = file_name(
+            &now,
+            &self.kind,
+            std::process::id(),
+            self.seq.wrapping_add(1),
+        );
+        if first_try > name {
+            return now;
+        }
+        (at + chrono::Duration::seconds(1))
+            .format(STAMP)
+            .to_string()
     }
 
     /// Deletes the oldest files beyond `max_files` (never the current one).
@@ -1800,12 +1832,12 @@ mod tests {
         }
     }
 
-    /// A file of the name a new journal would take can already be there: a
-    /// process of the same pid (a container's pid 1 restarted) that opened
-    /// it within the same second and was killed mid-line, or a symlink
-    /// planted in the directory. A journal only writes to files it created:
-    /// its first record neither joins the torn line nor goes through the
-    /// link.
+    /// Files of the names a new journal would take (before its names were
+    /// chosen after every name in the directory) are there: a process of
+    /// the same pid (a container's pid 1 restarted) that opened one within
+    /// the same second and was killed mid-line, or a symlink planted in the
+    /// directory. A journal only writes to files it created: its first
+    /// record neither joins the torn line nor goes through the link.
     #[tokio::test]
     async fn a_journal_writes_only_to_files_it_created() {
         let dir = tempfile::tempdir().unwrap();
@@ -2002,6 +2034,43 @@ mod tests {
         })
         .unwrap();
         assert_eq!(read, written);
+    }
+
+    /// The wall clock stepped back (an NTP step, a VM restored from a
+    /// snapshot) below the time files in the directory were named with.
+    /// A new file is still named after every file there: read last, and
+    /// pruned last. Before, it was named with the earlier time, sorted
+    /// first, and the next rotation's pruning deleted it — the newest
+    /// deliveries, forgotten at the next start, instead of the oldest.
+    #[tokio::test]
+    async fn a_clock_stepped_back_still_names_new_files_after_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |r: &Record| format!("{}\n", serde_json::to_string(r).unwrap());
+        // Opened an hour "later", before the clock stepped back.
+        let ahead = chrono::Utc::now() + chrono::Duration::hours(1);
+        for (s, rid) in [(0, "f1"), (1, "f2")] {
+            let stamp = (ahead + chrono::Duration::seconds(s)).format(STAMP);
+            let path = dir
+                .path()
+                .join(file_name(&stamp.to_string(), "gateway", 1, 1));
+            std::fs::write(path, line(&received(rid, "e"))).unwrap();
+        }
+        let mut c = config(dir.path(), Fsync::Never);
+        c.max_files = 2;
+        // Two starts, one record each: each opens a file and prunes.
+        for rid in ["1", "2"] {
+            let j = Journal::open(&c, "gateway", retention()).unwrap();
+            j.append(&received(rid, "e"), true).await.unwrap();
+            j.flush().await;
+        }
+        let mut read = Vec::new();
+        read_dir(dir.path(), |r| {
+            if let Record::Received(r) = r {
+                read.push(r.rid)
+            }
+        })
+        .unwrap();
+        assert_eq!(read, ["1", "2"], "the two newest files are kept, in order");
     }
 
     #[tokio::test]
