@@ -850,6 +850,15 @@ impl Writer {
                 }
             }
         };
+        // Held for as long as the file is open here (released by the
+        // kernel when it is closed, or the process ends however it ends):
+        // no other writer's pruning deletes it meanwhile. A file system
+        // without locks leaves it unprotected, as before locks were taken.
+        if let Err(e) =
+            rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        {
+            tracing::debug!(file = %path.display(), error = %e, "cannot lock the journal file");
+        }
         self.size = 0;
         self.file = Some(Arc::new(OpenFile {
             file,
@@ -893,7 +902,8 @@ impl Writer {
             .to_string()
     }
 
-    /// Deletes the oldest files beyond `max_files` (never the current one).
+    /// Deletes the oldest files beyond `max_files` (never the current one,
+    /// nor a file another writer still has open: see [`held_open`]).
     ///
     /// A file whose last write (its newest record) is younger than
     /// `replay.ttl` may hold deliveries the memory store is warmed from at
@@ -911,6 +921,10 @@ impl Writer {
         let now = std::time::SystemTime::now();
         let mut newest_young: Option<std::time::SystemTime> = None;
         for old in files.into_iter().filter(|f| *f != self.path).take(excess) {
+            if held_open(&old) {
+                tracing::debug!(file = %old.display(), "an old journal file is kept: a writer still has it open");
+                continue;
+            }
             let written = std::fs::symlink_metadata(&old)
                 .and_then(|m| m.modified())
                 .unwrap_or(now);
@@ -1140,6 +1154,35 @@ impl Drop for Writer {
     fn drop(&mut self) {
         self.sync_now();
     }
+}
+
+/// Whether a journal writer still has `file` open to write to: this
+/// process (a file just rotated away that a request is still writing a
+/// line to) or another one on the same directory (the running gateway's
+/// current file, seen from a `journal redeliver` of its own, and the
+/// reverse). Each writer holds a lock (`flock`) on the files it has open,
+/// which the kernel releases when the last descriptor closes, however the
+/// process ends. Deleting such a file would lose every record written to
+/// it afterwards (appended to a file no longer in the directory). A file
+/// that cannot be opened or locked otherwise (a symlink, a file system
+/// without locks) counts as not held, as before locks were taken.
+fn held_open(file: &Path) -> bool {
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Never through a link, and never blocking on a FIFO.
+        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+        options.custom_flags(i32::try_from(flags.bits()).unwrap_or(0));
+    }
+    let Ok(f) = options.open(file) else {
+        return false;
+    };
+    matches!(
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK
+    )
 }
 
 // === reading ===
@@ -2071,6 +2114,43 @@ mod tests {
         })
         .unwrap();
         assert_eq!(read, ["1", "2"], "the two newest files are kept, in order");
+    }
+
+    /// With Redis and no admin API, `callgate journal redeliver` runs on
+    /// its own and writes to the gateway's journal directory: each run
+    /// opens a file and prunes. The running gateway's current file is
+    /// never deleted under it (nor the reverse): before, once enough runs
+    /// had opened files (a script redelivering event by event), one pruned
+    /// it, and every record the gateway wrote afterwards went to a file no
+    /// longer in the directory, lost for the next start, `journal list`
+    /// and `redeliver`.
+    #[tokio::test]
+    async fn pruning_never_deletes_a_file_another_writer_has_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), Fsync::Never);
+        c.max_files = 2;
+        let gateway = Journal::open(&c, "gateway", retention()).unwrap();
+        gateway.append(&received("g1", "e"), true).await.unwrap();
+        for rid in ["r1", "r2", "r3"] {
+            let redeliver = Journal::open(&c, "redeliver", retention()).unwrap();
+            redeliver.append(&received(rid, "e"), true).await.unwrap();
+            redeliver.flush().await;
+        }
+        gateway.append(&received("g2", "e"), true).await.unwrap();
+        gateway.flush().await;
+        let mut read = Vec::new();
+        read_dir(dir.path(), |r| {
+            if let Record::Received(r) = r {
+                read.push(r.rid)
+            }
+        })
+        .unwrap();
+        assert!(
+            read.starts_with(&["g1".to_owned(), "g2".to_owned()]),
+            "{read:?}"
+        );
+        // The files no writer holds are pruned as before.
+        assert_eq!(read[2..], ["r2", "r3"]);
     }
 
     #[tokio::test]
