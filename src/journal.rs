@@ -808,6 +808,12 @@ impl Writer {
     }
 
     fn rotate(&mut self) -> Result<(), JournalError> {
+        // The file rotated away is this writer's to prune from now on, as
+        // any old file: its lock protects only the file written to. (A
+        // request may still be writing its line to it.)
+        if let Some(current) = &self.file {
+            let _ = rustix::fs::flock(&current.file, rustix::fs::FlockOperation::Unlock);
+        }
         match self.config.fsync {
             Fsync::Always => self.sync_now(),
             // Synced by the timer, outside the lock requests write under.
@@ -850,9 +856,9 @@ impl Writer {
                 }
             }
         };
-        // Held for as long as the file is open here (released by the
-        // kernel when it is closed, or the process ends however it ends):
-        // no other writer's pruning deletes it meanwhile. A file system
+        // Held for as long as this is the current file (released at the
+        // next rotation, or by the kernel when it is closed, the process
+        // ends however it ends): no other writer's pruning deletes it. A file system
         // without locks leaves it unprotected, as before locks were taken.
         if let Err(e) =
             rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
@@ -1156,13 +1162,12 @@ impl Drop for Writer {
     }
 }
 
-/// Whether a journal writer still has `file` open to write to: this
-/// process (a file just rotated away that a request is still writing a
-/// line to) or another one on the same directory (the running gateway's
-/// current file, seen from a `journal redeliver` of its own, and the
-/// reverse). Each writer holds a lock (`flock`) on the files it has open,
-/// which the kernel releases when the last descriptor closes, however the
-/// process ends. Deleting such a file would lose every record written to
+/// Whether a journal writer still has `file` open as its current file:
+/// another one on the same directory (the running gateway's current file,
+/// seen from a `journal redeliver` of its own, and the reverse). Each
+/// writer holds a lock (`flock`) on its current file until it rotates
+/// away from it; the kernel releases it when the file is closed, however
+/// the process ends. Deleting such a file would lose every record written to
 /// it afterwards (appended to a file no longer in the directory). A file
 /// that cannot be opened or locked otherwise (a symlink, a file system
 /// without locks) counts as not held, as before locks were taken.
