@@ -1315,17 +1315,19 @@ fn journal(g: &mut GatewayCtx<'_>, j: &JournalFile) -> Option<crate::journal::Jo
 
 /// With the memory store, a warning when `[journal]` cannot hold
 /// `replay.ttl` of steady traffic whatever its volume: a file takes records
-/// for at most `max_file_age`, so the newest `max_files` files (the newest
-/// may have just begun) span at most `(max_files - 1) × max_file_age`.
-/// Files younger than `replay.ttl` would be deleted, and a restart forget
-/// the deliveries they held.
+/// for at most `max_file_age`, and the journal keeps at most
+/// `journal::files_kept_at_most(max_files)` files (the newest may have just
+/// begun), which span at most one fewer times `max_file_age`. Files younger
+/// than `replay.ttl` would be deleted, and a restart forget the deliveries
+/// they held.
 fn journal_span(
     g: &mut GatewayCtx<'_>,
     j: &JournalFile,
     config: &crate::journal::JournalConfig,
     ttl: Duration,
 ) {
-    let full = u32::try_from(config.max_files.saturating_sub(1)).unwrap_or(u32::MAX);
+    let most = crate::journal::files_kept_at_most(config.max_files);
+    let full = u32::try_from(most.saturating_sub(1)).unwrap_or(u32::MAX);
     let span = config.max_file_age.saturating_mul(full);
     if span >= ttl {
         return;
@@ -1335,9 +1337,10 @@ fn journal_span(
         .into_iter()
         .find(|s| !(s.is_empty() && s.start == 0));
     let message = format!(
-        "journal.max_files = {} files of at most journal.max_file_age = {} each hold {} of steady traffic (the newest may have just begun), less than replay.ttl = {}: files younger than replay.ttl are deleted, and a restart forgets the deliveries they held; raise journal.max_files or journal.max_file_age",
-        config.max_files,
+        "journal.max_file_age = {} starts a new file that often, and the journal keeps at most {} files (journal.max_files, or {} while younger than replay.ttl): they hold {} of steady traffic (the newest may have just begun), less than replay.ttl = {}: files younger than replay.ttl are deleted, and a restart forgets the deliveries they held; raise journal.max_file_age or journal.max_files",
         humantime::format_duration(config.max_file_age),
+        most,
+        crate::journal::MAX_FILES_WITHIN_TTL,
         humantime::format_duration(span),
         humantime::format_duration(ttl),
     );

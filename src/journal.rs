@@ -53,8 +53,12 @@
 //! them first with the next one.
 //!
 //! Rotation: a new file when the current one reaches `max_file_bytes` or
-//! `max_file_age` (and at each start); only the newest `max_files` files are
-//! kept, so the journal never exceeds about `max_files × max_file_bytes`.
+//! `max_file_age` (and at each start); the newest `max_files` files are
+//! kept, and older ones whose last write is younger than `replay.ttl` while
+//! the journal stays within `max_files × max_file_bytes` bytes and
+//! [`files_kept_at_most`] files (starts within `replay.ttl` hold little),
+//! so the journal never exceeds about `max_files × max_file_bytes`. A file
+//! another writer has open is never deleted ([`held_open`]).
 //! A file deleted while its last write (its newest record) is younger than
 //! `replay.ttl` takes with it deliveries the memory store is warmed from at
 //! start: each such deletion is logged (WARN) and counted
@@ -913,39 +917,74 @@ impl Writer {
     ///
     /// A file whose last write (its newest record) is younger than
     /// `replay.ttl` may hold deliveries the memory store is warmed from at
-    /// start: each such deletion is logged and counted, and the newest
-    /// record deleted is marked in [`PRUNED_MARK`] for the next start. A
-    /// file whose time cannot be read counts as young (it cannot be shown
-    /// old).
+    /// start, so it is deleted only to keep the journal's bounds: its
+    /// bytes within `max_files × max_file_bytes`, its files within
+    /// [`files_kept_at_most`]. Otherwise a few files holding little (one
+    /// opened at each start: frequent deploys, a crash loop) would push
+    /// out deliveries the disk bound had room for. Files older than
+    /// `replay.ttl` go first; young ones oldest first, and only while a
+    /// bound is passed. Each young deletion is logged and counted, and the
+    /// newest record deleted is marked in [`PRUNED_MARK`] for the next
+    /// start. A file whose time cannot be read counts as young (it cannot
+    /// be shown old).
     fn prune(&self) {
-        let mut files = journal_files(&self.config.dir);
+        let files = journal_files(&self.config.dir);
         if files.len() <= self.config.max_files {
             return;
         }
-        files.sort();
+        let size = |f: &Path| std::fs::symlink_metadata(f).map_or(0, |m| m.len());
+        let mut bytes: u64 = files.iter().map(|f| size(f)).sum();
+        let mut count = files.len();
         let excess = files.len() - self.config.max_files;
         let now = std::time::SystemTime::now();
-        let mut newest_young: Option<std::time::SystemTime> = None;
+        // Oldest first: (file, last write, bytes).
+        let mut young = Vec::new();
         for old in files.into_iter().filter(|f| *f != self.path).take(excess) {
             if held_open(&old) {
                 tracing::debug!(file = %old.display(), "an old journal file is kept: a writer still has it open");
                 continue;
             }
-            let written = std::fs::symlink_metadata(&old)
-                .and_then(|m| m.modified())
-                .unwrap_or(now);
-            if let Err(e) = std::fs::remove_file(&old) {
-                tracing::warn!(file = %old.display(), error = %e, "cannot delete an old journal file");
-                continue;
+            let meta = std::fs::symlink_metadata(&old);
+            let len = meta.as_ref().map_or(0, std::fs::Metadata::len);
+            let written = meta.and_then(|m| m.modified()).unwrap_or(now);
+            if now.duration_since(written).unwrap_or_default() < self.retention.ttl {
+                young.push((old, written, len));
+            } else if self.delete(&old) {
+                bytes = bytes.saturating_sub(len);
+                count -= 1;
             }
-            let age = now.duration_since(written).unwrap_or_default();
-            if age < self.retention.ttl {
+        }
+        let budget = self
+            .config
+            .max_file_bytes
+            .saturating_mul(u64::try_from(self.config.max_files).unwrap_or(u64::MAX));
+        let most = files_kept_at_most(self.config.max_files);
+        let mut newest_young: Option<std::time::SystemTime> = None;
+        for (old, written, len) in young {
+            if bytes <= budget && count <= most {
+                break;
+            }
+            if self.delete(&old) {
+                bytes = bytes.saturating_sub(len);
+                count -= 1;
+                let age = now.duration_since(written).unwrap_or_default();
                 self.pruned_young(&old, age);
                 newest_young = Some(newest_young.map_or(written, |n| n.max(written)));
             }
         }
         if let Some(at) = newest_young {
             self.mark_pruned(at);
+        }
+    }
+
+    /// Deletes an old journal file; says why not when it cannot.
+    fn delete(&self, old: &Path) -> bool {
+        match std::fs::remove_file(old) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(file = %old.display(), error = %e, "cannot delete an old journal file");
+                false
+            }
         }
     }
 
@@ -958,10 +997,10 @@ impl Writer {
         let (max_files, max_file_bytes) = (self.config.max_files, self.config.max_file_bytes);
         if self.retention.store_remembers {
             tracing::warn!(file = %file.display(), newest_record_age = %age, ttl = %ttl, store = "redis", max_files, max_file_bytes,
-                "a journal file younger than replay.ttl was deleted to keep journal.max_files: the Redis replay store still knows its deliveries, but journal list and journal redeliver no longer show them; raise journal.max_files or journal.max_file_bytes so that the journal holds replay.ttl of traffic");
+                "a journal file younger than replay.ttl was deleted to keep the journal within journal.max_files × journal.max_file_bytes (and 1024 files): the Redis replay store still knows its deliveries, but journal list and journal redeliver no longer show them; raise journal.max_files or journal.max_file_bytes so that the journal holds replay.ttl of traffic");
         } else {
             tracing::warn!(file = %file.display(), newest_record_age = %age, ttl = %ttl, store = "memory", max_files, max_file_bytes,
-                "a journal file younger than replay.ttl was deleted to keep journal.max_files: after a restart the memory replay store no longer knows the deliveries it recorded, and a platform's retry of one of them is forwarded again; raise journal.max_files or journal.max_file_bytes so that the journal holds replay.ttl of traffic, or use replay.store = \"redis\"");
+                "a journal file younger than replay.ttl was deleted to keep the journal within journal.max_files × journal.max_file_bytes (and 1024 files): after a restart the memory replay store no longer knows the deliveries it recorded, and a platform's retry of one of them is forwarded again; raise journal.max_files or journal.max_file_bytes so that the journal holds replay.ttl of traffic, or use replay.store = \"redis\"");
         }
     }
 
@@ -1161,6 +1200,17 @@ impl Drop for Writer {
         self.sync_now();
     }
 }
+
+/// Files the journal keeps at most: beyond `max_files`, files younger than
+/// `replay.ttl` are kept (within the byte bound) up to this many, so that a
+/// crash loop opening a file at each start cannot fill the directory.
+pub fn files_kept_at_most(max_files: usize) -> usize {
+    max_files.max(MAX_FILES_WITHIN_TTL)
+}
+
+/// [`files_kept_at_most`] for the usual `max_files`: a start every three
+/// minutes for two days.
+pub const MAX_FILES_WITHIN_TTL: usize = 1024;
 
 /// Whether a journal writer still has `file` open as its current file:
 /// another one on the same directory (the running gateway's current file,
@@ -2279,6 +2329,76 @@ mod tests {
                 None
             );
         }
+    }
+
+    /// Starts within `replay.ttl` (frequent deploys, a crash loop) each
+    /// open a file that holds little: beyond `max_files`, files younger
+    /// than `replay.ttl` are kept while the journal is within its byte
+    /// bound (`max_files × max_file_bytes`), so the deliveries they hold
+    /// are still warmed at the next start. Before, `max_files` starts
+    /// deleted them, and a platform's retry of one was forwarded again.
+    #[tokio::test]
+    async fn starts_within_replay_ttl_keep_files_the_byte_bound_has_room_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), Fsync::Never);
+        c.max_files = 2;
+        let counter = prometheus::IntCounter::new("t", "t").unwrap();
+        let logs = Logs::default();
+        let _logging = logs.install();
+        let now = crate::clock::unix_now();
+        for n in 0..5 {
+            let retention = Retention {
+                ttl: TWO_DAYS,
+                store_remembers: false,
+                pruned_within_ttl: counter.clone(),
+            };
+            let j = Journal::open(&c, "gateway", retention).unwrap();
+            let (rid, event) = (n.to_string(), format!("e{n}"));
+            j.append(&received(&rid, &event), true).await.unwrap();
+            j.append(&outcome(&rid, &event, "forwarded", now), true)
+                .await
+                .unwrap();
+            j.flush().await;
+        }
+        assert_eq!(journal_files(dir.path()).len(), 5);
+        let warm = warm_up(dir.path(), TWO_DAYS, now).unwrap();
+        assert_eq!(warm.delivered.len(), 5, "every delivery is remembered");
+        assert_eq!(warm.forgotten_through, None);
+        assert_eq!(logs.warnings("journal").len(), 0);
+        assert_eq!(counter.get(), 0);
+    }
+
+    /// Young files kept beyond `max_files` are bounded in number too: a
+    /// crash loop cannot fill the directory with files. Beyond
+    /// [`MAX_FILES_WITHIN_TTL`] the oldest go, each said as for the byte
+    /// bound.
+    #[tokio::test]
+    async fn young_files_kept_beyond_max_files_are_bounded_in_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = format!("{}\n", serde_json::to_string(&received("1", "e")).unwrap());
+        let planted = MAX_FILES_WITHIN_TTL + 50;
+        for n in 0..planted {
+            let n = u32::try_from(n).unwrap();
+            let path = dir
+                .path()
+                .join(file_name("20000101T000000Z", "gateway", 1, n));
+            std::fs::write(path, &line).unwrap();
+        }
+        let mut c = config(dir.path(), Fsync::Never);
+        c.max_files = 2;
+        let counter = prometheus::IntCounter::new("t", "t").unwrap();
+        let retention = Retention {
+            ttl: TWO_DAYS,
+            store_remembers: false,
+            pruned_within_ttl: counter.clone(),
+        };
+        let _j = Journal::open(&c, "gateway", retention).unwrap();
+        let files = journal_files(dir.path());
+        assert_eq!(files.len(), MAX_FILES_WITHIN_TTL);
+        assert_eq!(counter.get(), 51);
+        // The oldest went.
+        let first = file_name("20000101T000000Z", "gateway", 1, 51);
+        assert!(files[0].ends_with(first), "{:?}", files[0]);
     }
 
     /// Files whose newest record is older than `replay.ttl` hold nothing

@@ -608,7 +608,7 @@ fn report_forgotten(dir: &std::path::Path, through: i64, ttl: Duration) {
         forgotten_through = %through,
         ttl = %humantime::format_duration(ttl),
         dir = %dir.display(),
-        "journal files younger than replay.ttl were deleted to keep journal.max_files: deliveries journaled up to forgotten_through are not remembered, and a platform's retry of one of them is forwarded again; raise journal.max_files or journal.max_file_bytes so that the journal holds replay.ttl of traffic, or use replay.store = \"redis\""
+        "journal files younger than replay.ttl were deleted to keep the journal within journal.max_files × journal.max_file_bytes (and 1024 files): deliveries journaled up to forgotten_through are not remembered, and a platform's retry of one of them is forwarded again; raise journal.max_files or journal.max_file_bytes so that the journal holds replay.ttl of traffic, or use replay.store = \"redis\""
     );
 }
 

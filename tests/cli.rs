@@ -100,8 +100,9 @@ fn check_warns_about_allow_lists_open_to_everybody() {
 }
 
 /// With the memory store the journal is all a restart remembers of what
-/// was delivered: files that rotate too often for `max_files` of them to
-/// hold `replay.ttl` get deleted while still needed, whatever the traffic.
+/// was delivered: files that rotate too often for the most it keeps
+/// (`max_files`, or 1024 while younger than `replay.ttl`) to hold
+/// `replay.ttl` get deleted while still needed, whatever the traffic.
 /// `check` says so (before, it was silent and the first sign was a
 /// delivery made twice after a restart); with Redis, or files that hold
 /// the ttl, it says nothing.
@@ -117,7 +118,7 @@ fn check_warns_about_a_journal_that_cannot_hold_replay_ttl() {
         .unwrap();
     let edited = text
         .replace(ttl_line, "ttl = \"48h\"")
-        .replace(journal_line, "max_file_age = \"2h\"");
+        .replace(journal_line, "max_file_age = \"2m\"");
     std::fs::write(&file, &edited).unwrap();
     let line = edited
         .lines()
@@ -128,15 +129,15 @@ fn check_warns_about_a_journal_that_cannot_hold_replay_ttl() {
         dir.path(),
         1,
         &[&format!(
-            "callgate.toml:{line}: warning: journal.max_files = 16 files of at most journal.max_file_age = 2h each hold 1day 6h of steady traffic (the newest may have just begun), less than replay.ttl = 2days: files younger than replay.ttl are deleted, and a restart forgets the deliveries they held; raise journal.max_files or journal.max_file_age"
+            "callgate.toml:{line}: warning: journal.max_file_age = 2m starts a new file that often, and the journal keeps at most 1024 files (journal.max_files, or 1024 while younger than replay.ttl): they hold 1day 10h 6m of steady traffic (the newest may have just begun), less than replay.ttl = 2days: files younger than replay.ttl are deleted, and a restart forgets the deliveries they held; raise journal.max_file_age or journal.max_files"
         )],
     );
     // Enough files of that age.
     std::fs::write(
         &file,
         edited.replace(
-            "max_file_age = \"2h\"",
-            "max_file_age = \"2h\"\nmax_files = 25",
+            "max_file_age = \"2m\"",
+            "max_file_age = \"2m\"\nmax_files = 1441",
         ),
     )
     .unwrap();

@@ -1286,3 +1286,56 @@ async fn a_journal_pruned_within_replay_ttl_says_so_then_and_at_the_next_start()
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     assert_eq!(up.count(), 4);
 }
+
+/// Starts within `replay.ttl` (frequent deploys, a crash loop) each open a
+/// journal file that holds little. Before, `max_files` of them deleted the
+/// file holding a delivery while it was younger than `replay.ttl`, and the
+/// platform's retry after the next start reached the shop again. Files the
+/// byte bound (`max_files × max_file_bytes`) has room for are now kept
+/// while younger than `replay.ttl`: the retry is a duplicate.
+#[tokio::test(flavor = "multi_thread")]
+async fn starts_within_replay_ttl_do_not_forget_what_was_delivered() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    spec.journal = "dir = \"journal\"\nmax_files = 2\n".into();
+    let config = spec.write(dir.path());
+    let body = alipay_openssl_trade("restarts0001");
+    let client = TestClient::new();
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+
+    let mut gateway = GatewayProcess::start(&config);
+    let url = format!("http://{}/notify/alipay", gateway.addr);
+    let r = client.send("POST", &url, &form, body.clone()).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 1);
+    gateway.signal("-TERM");
+    assert!(gateway.child.wait().unwrap().success());
+    // Three more starts, each opening a file: four files, two over max_files.
+    for _ in 0..3 {
+        let mut gateway = GatewayProcess::start(&config);
+        gateway.signal("-TERM");
+        assert!(gateway.child.wait().unwrap().success());
+    }
+
+    let gateway = GatewayProcess::start(&config);
+    let url = format!("http://{}/notify/alipay", gateway.addr);
+    let r = client.send("POST", &url, &form, body).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(
+        up.count(),
+        1,
+        "the retry is a duplicate, not delivered again"
+    );
+    let files = std::fs::read_dir(dir.path().join("journal"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "jsonl")
+        })
+        .count();
+    assert_eq!(files, 5, "one per start, none deleted");
+}
