@@ -819,6 +819,46 @@ async fn redelivery_with_redis_and_no_token_runs_on_its_own() {
     assert_eq!(up.count(), 2);
 }
 
+/// With Redis and no admin API, `journal redeliver` runs on its own and
+/// writes to the running gateway's journal directory: it opens a file and
+/// prunes. It never deletes the file the gateway writes to (each writer
+/// holds a `flock` on it). Before, a run whose pruning reached that file
+/// deleted it, and every record the gateway wrote afterwards went to a
+/// file no longer in the directory: here the next delivery was missing
+/// from `journal list` (and, with the memory store, from the next start).
+#[tokio::test(flavor = "multi_thread")]
+async fn redelivery_on_its_own_never_deletes_the_gateways_journal_file() {
+    let redis = RedisServer::start();
+    let up = Upstream::start(Behaviour::Reply(500, "down")).await;
+    let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    spec.store = redis.url();
+    spec.journal = "dir = \"journal\"\nmax_files = 1\n".into();
+    let gw = TestGateway::start(spec).await;
+    assert_eq!(gw.post_alipay("rsa2_trade_success.form").await.status, 502);
+    up.set(Behaviour::Reply(200, "success"));
+    // The command's own file holds one record each: its pruning deletes
+    // every file over the bounds that it may.
+    let cli = gw.cli_config();
+    let text = std::fs::read_to_string(&cli).unwrap().replacen(
+        "max_files = 1\n",
+        "max_files = 1\nmax_file_bytes = 1\n",
+        1,
+    );
+    std::fs::write(&cli, text).unwrap();
+    let (code, out, err) = callgate_cli(&["journal", "redeliver", "--route", "shop-alipay"], &cli);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(": forwarded"), "{out}");
+    // The gateway goes on journaling to its file.
+    assert_eq!(
+        gw.post_alipay("rsa2_trade_success_2.form").await.status,
+        200
+    );
+    gw.flush_journal().await;
+    let (code, out, err) = callgate_cli(&["journal", "list"], &cli);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2026112200222000000000000000000013"), "{out}");
+}
+
 #[test]
 fn an_admin_token_must_be_long_and_visible_ascii() {
     for (token, want) in [
