@@ -862,8 +862,9 @@ impl Writer {
         };
         // Held for as long as this is the current file (released at the
         // next rotation, or by the kernel when it is closed, the process
-        // ends however it ends): no other writer's pruning deletes it. A file system
-        // without locks leaves it unprotected, as before locks were taken.
+        // ends however it ends): no other writer's pruning deletes it. A
+        // file system without locks leaves it unprotected, as before locks
+        // were taken.
         if let Err(e) =
             rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
         {
@@ -1217,8 +1218,8 @@ pub const MAX_FILES_WITHIN_TTL: usize = 1024;
 /// seen from a `journal redeliver` of its own, and the reverse). Each
 /// writer holds a lock (`flock`) on its current file until it rotates
 /// away from it; the kernel releases it when the file is closed, however
-/// the process ends. Deleting such a file would lose every record written to
-/// it afterwards (appended to a file no longer in the directory). A file
+/// the process ends. Deleting such a file would lose every record written
+/// to it afterwards (appended to a file no longer in the directory). A file
 /// that cannot be opened or locked otherwise (a symlink, a file system
 /// without locks) counts as not held, as before locks were taken.
 fn held_open(file: &Path) -> bool {
