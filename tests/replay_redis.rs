@@ -299,6 +299,22 @@ fn event_keys_in(redis: &RedisServer, namespace: &str) -> usize {
     String::from_utf8(out.stdout).unwrap().lines().count()
 }
 
+/// Renames the Alipay route `shop-alipay` to `shop-alipay-v2`, keeping
+/// its replay namespace, and reloads; returns the renamed route.
+fn rename_keeping_namespace(gw: &TestGateway, up: &Upstream) -> RouteSpec {
+    let renamed = RouteSpec::alipay(up).with(|r| {
+        r.name = "shop-alipay-v2".into();
+        r.extra = "replay_namespace = \"shop-alipay\"\n".into();
+    });
+    std::fs::write(
+        gw.dir.path().join("rules/routes.toml"),
+        route_toml(&renamed),
+    )
+    .unwrap();
+    assert_eq!(gw.gateway.reload().unwrap(), 1);
+    renamed
+}
+
 /// With Redis (and no journal, so only Redis can remember), a route renamed
 /// with `replay_namespace = "<old name>"` finds what it delivered under the
 /// old name, after a reload and after a restart: the platform's retry is a
@@ -318,16 +334,7 @@ async fn with_redis_a_route_renamed_with_its_old_namespace_knows_its_deliveries(
         .assert_is(200, "success", "the first delivery");
     assert_eq!(up.count(), 1);
 
-    let renamed = RouteSpec::alipay(&up).with(|r| {
-        r.name = "shop-alipay-v2".into();
-        r.extra = "replay_namespace = \"shop-alipay\"\n".into();
-    });
-    std::fs::write(
-        gw.dir.path().join("rules/routes.toml"),
-        route_toml(&renamed),
-    )
-    .unwrap();
-    assert_eq!(gw.gateway.reload().unwrap(), 1);
+    let renamed = rename_keeping_namespace(&gw, &up);
     gw.post_form("/notify/alipay", &body).await.assert_is(
         200,
         "success",
@@ -444,16 +451,7 @@ async fn redelivery_knows_what_a_renamed_route_delivered_in_its_namespace() {
     let body = fixture("alipay", "rsa2_trade_success.form");
     assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 502);
 
-    let renamed = RouteSpec::alipay(&up).with(|r| {
-        r.name = "shop-alipay-v2".into();
-        r.extra = "replay_namespace = \"shop-alipay\"\n".into();
-    });
-    std::fs::write(
-        gw.dir.path().join("rules/routes.toml"),
-        route_toml(&renamed),
-    )
-    .unwrap();
-    assert_eq!(gw.gateway.reload().unwrap(), 1);
+    let renamed = rename_keeping_namespace(&gw, &up);
     up.set(Behaviour::Reply(200, "success"));
     gw.post_form("/notify/alipay", &body).await.assert_is(
         200,
