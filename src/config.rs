@@ -627,8 +627,14 @@ fn compile_gateway(file: &Path, loader: &mut Loader) -> Option<(Config, Option<r
         span.clone(),
         DeValue::Table(doc.into_inner()),
     ));
+    // A wrong value's problem names its key: `limits.upstream_timeout: ...`.
     for e in &each.errors {
-        loader.problem(syntax(e));
+        loader.problem(at_file(
+            e.error.span().map(|s| line_of(&src, s.start)),
+            ConfigError::Syntax {
+                message: e.message(""),
+            },
+        ));
     }
     let raw = each.value.as_ref()?;
     let mut g = GatewayCtx {

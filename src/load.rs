@@ -349,6 +349,8 @@ impl Loader {
             dir: file.parent().unwrap_or(Path::new("")).to_path_buf(),
             src,
             failed: false,
+            route: None,
+            table: "",
         }
     }
 
@@ -391,6 +393,12 @@ pub struct FileCtx<'a> {
     pub src: &'a str,
     /// A problem was recorded since [`FileCtx::start_table`].
     failed: bool,
+    /// The name of the route being read, to name it in a wrong value's
+    /// problem ([`FileCtx::in_route`]).
+    route: Option<String>,
+    /// The dotted key, within its route, of the table being read (`keys`,
+    /// `merchant`), to name a wrong value's key ([`FileCtx::within`]).
+    table: &'static str,
 }
 
 impl<'a> FileCtx<'a> {
@@ -439,7 +447,10 @@ impl<'a> FileCtx<'a> {
 
     /// Deserialises a spanned TOML table, recording every problem in it,
     /// and returns what is left ([`deserialize_each`]): the caller must
-    /// not judge a key in [`Each::holes`] as left out.
+    /// not judge a key in [`Each::holes`] as left out. A wrong value's
+    /// problem names its key, after the route's name and the table's key
+    /// when there are ones (`route `shop`: keys.public_key: invalid type:
+    /// ...`).
     pub fn deserialize_each<T: for<'de> Deserialize<'de>>(
         &mut self,
         value: Spanned<DeValue<'_>>,
@@ -447,9 +458,33 @@ impl<'a> FileCtx<'a> {
         let span = value.span();
         let each = deserialize_each::<T>(value);
         for e in &each.errors {
-            self.toml_error(span.clone(), e);
+            let message = match (&e.key, &self.route) {
+                (Some(_), Some(route)) => format!("route `{route}`: {}", e.message(self.table)),
+                _ => e.message(self.table),
+            };
+            self.error(
+                e.error.span().unwrap_or(span.clone()),
+                RuleError::Syntax { message },
+            );
         }
         each
+    }
+
+    /// Names the route whose tables are read next in its wrong values'
+    /// problems; `None` when it has no name that can be printed as it is
+    /// (none, or not a valid one: that has its own problem).
+    pub fn in_route(&mut self, name: Option<&str>) {
+        self.route = name.map(str::to_owned);
+    }
+
+    /// Runs `read` with the tables it reads named `table` (`keys`,
+    /// `merchant`, `merchant.keys`) in their wrong values' problems:
+    /// `keys.public_key`, not `public_key`.
+    pub fn within<R>(&mut self, table: &'static str, read: impl FnOnce(&mut Self) -> R) -> R {
+        let outer = std::mem::replace(&mut self.table, table);
+        let r = read(self);
+        self.table = outer;
+        r
     }
 
     /// A required key of a table read with [`FileCtx::deserialize_each`]
@@ -498,7 +533,7 @@ pub struct Each<T> {
     /// built without one of them (a required key whose value is wrong).
     pub value: Option<T>,
     /// Every problem found, in the order of the file.
-    pub errors: Vec<toml::de::Error>,
+    pub errors: Vec<KeyedError>,
     /// Dotted paths (`replay.ttl`, `platform_keys.1.serial`) of the keys
     /// taken out because their value is wrong. Their default in `value`
     /// is not what the operator wrote: nothing may be judged from it.
@@ -542,6 +577,32 @@ impl<T> Each<T> {
     }
 }
 
+/// A problem [`deserialize_each`] found, with the key it is about.
+#[derive(Debug)]
+pub struct KeyedError {
+    /// The dotted key, from the table read, whose value is wrong
+    /// (`limits.upstream_timeout`; an entry of a list or of an array of
+    /// tables by the list's key: `allow`, `platform_keys.serial`). `None`
+    /// when serde's message names the key itself ("unknown field", "missing
+    /// field") or when no key holds the problem.
+    pub key: Option<String>,
+    pub error: toml::de::Error,
+}
+
+impl KeyedError {
+    /// serde's message, after the key when there is one, the key after
+    /// `table` (the dotted key of the table read, or empty):
+    /// `keys.public_key: invalid type: ...`.
+    pub fn message(&self, table: &str) -> String {
+        let message = self.error.message().trim();
+        match &self.key {
+            Some(key) if table.is_empty() => format!("{key}: {message}"),
+            Some(key) => format!("{table}.{key}: {message}"),
+            None => message.to_owned(),
+        }
+    }
+}
+
 /// A step from a table or array to one of its values.
 #[derive(Debug, Clone)]
 enum Step {
@@ -573,11 +634,12 @@ pub fn deserialize_each<T: for<'de> Deserialize<'de>>(value: Spanned<DeValue<'_>
     // of an array renumbers the ones after it in `tree`.
     let written = value.clone();
     let mut tree = value;
-    let mut errors: Vec<toml::de::Error> = Vec::new();
+    let mut errors: Vec<KeyedError> = Vec::new();
     let mut holes = Vec::new();
     // (key, span of its table) of every key taken out.
     let mut removed: Vec<(String, Range<usize>)> = Vec::new();
     let mut result = None;
+    let unkeyed = |error| KeyedError { key: None, error };
     for _ in 0..=keys_in(&tree) {
         let e = match T::deserialize(ValueDeserializer::from(tree.clone())) {
             Ok(v) => {
@@ -596,31 +658,49 @@ pub fn deserialize_each<T: for<'de> Deserialize<'de>>(value: Spanned<DeValue<'_>
             .and_then(|at| innermost(&tree, &at, about_table, &mut Vec::new()))
         else {
             if !follows {
-                errors.push(e);
+                errors.push(unkeyed(e));
             }
             break;
         };
         let Some(key) = take(&mut tree, &found.path) else {
-            errors.push(e);
+            errors.push(unkeyed(e));
             break;
         };
+        // serde names the key of an unknown or missing field itself.
+        let named = about_table || e.message().starts_with("unknown field `");
+        let mut wrong = None;
         if !e.message().starts_with("unknown field `") {
             let at = e.span().unwrap_or_default();
             let path = innermost(&written, &at, about_table, &mut Vec::new())
                 .map_or(found.path, |w| w.path);
             holes.push(dotted(&path));
+            wrong = Some(path);
         }
         removed.push((key, found.table));
         if !follows {
-            errors.push(e);
+            let key = wrong.filter(|_| !named).and_then(|p| named_key(&p));
+            errors.push(KeyedError { key, error: e });
         }
     }
-    errors.sort_by_key(|e| e.span().map_or(usize::MAX, |s| s.start));
+    errors.sort_by_key(|e| e.error.span().map_or(usize::MAX, |s| s.start));
     Each {
         value: result,
         errors,
         holes,
     }
+}
+
+/// The key at `path` as an operator names it: its keys, without the
+/// array indices a file does not write (`platform_keys.serial`).
+fn named_key(path: &[Step]) -> Option<String> {
+    let keys: Vec<&str> = path
+        .iter()
+        .filter_map(|s| match s {
+            Step::Key(k) => Some(k.as_str()),
+            Step::Index(_) => None,
+        })
+        .collect();
+    (!keys.is_empty()).then(|| keys.join("."))
 }
 
 /// How many keys and array elements `value` holds, at every depth: how
@@ -875,10 +955,14 @@ mod tests {
             .errors
             .iter()
             .map(|e| {
-                let line = e.span().map_or(0, |s| line_of(src, s.start));
+                let line = e.error.span().map_or(0, |s| line_of(src, s.start));
                 (
                     line,
-                    e.message().split(',').next().unwrap_or_default().to_owned(),
+                    e.message("")
+                        .split(',')
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
                 )
             })
             .collect();
@@ -896,10 +980,10 @@ mod tests {
                 (1, "unknown field `zz`".to_owned()),
                 (
                     3,
-                    "invalid duration `soon`: write a number and a unit".to_owned()
+                    "every: invalid duration `soon`: write a number and a unit".to_owned()
                 ),
                 (4, "unknown field `aa`".to_owned()),
-                (7, "invalid type: string \"many\"".to_owned()),
+                (7, "inner.n: invalid type: string \"many\"".to_owned()),
                 (8, "unknown field `bogus`".to_owned()),
             ]
         );
@@ -908,6 +992,15 @@ mod tests {
         assert_eq!(
             value.inner.as_ref().map(|i| (i.addr.as_str(), i.n)),
             Some(("x", 0))
+        );
+        // Within a table read on its own, a key is named from there.
+        assert_eq!(
+            each.errors[3].message("route.keys"),
+            "route.keys.inner.n: invalid type: string \"many\", expected u64"
+        );
+        assert_eq!(
+            each.errors[2].message("keys"),
+            "unknown field `aa`, expected one of `name`, `every`, `inner`, `list`, `items`"
         );
         // Unknown keys change nothing; wrong values leave holes.
         assert_eq!(each.holes, ["every", "inner.n"]);
@@ -924,9 +1017,9 @@ mod tests {
             [
                 (
                     2,
-                    "invalid duration `0`: write a number and a unit".to_owned()
+                    "every: invalid duration `0`: write a number and a unit".to_owned()
                 ),
-                (4, "invalid type: integer `5`".to_owned()),
+                (4, "inner.addr: invalid type: integer `5`".to_owned()),
             ]
         );
         assert!(each.value.as_ref().is_some_and(|v| v.inner.is_none()));
@@ -936,7 +1029,7 @@ mod tests {
         assert_eq!(
             problems,
             [
-                (1, "invalid type: integer `5`".to_owned()),
+                (1, "name: invalid type: integer `5`".to_owned()),
                 (2, "unknown field `zz`".to_owned()),
             ]
         );
@@ -951,10 +1044,12 @@ mod tests {
         assert_eq!(
             problems,
             [
-                (2, "invalid type: integer `5`".to_owned()),
-                (2, "invalid type: integer `6`".to_owned()),
-                (4, "invalid type: integer `1`".to_owned()),
-                (7, "invalid type: string \"many\"".to_owned()),
+                // An entry by its list's key, without the index the file
+                // does not write.
+                (2, "list: invalid type: integer `5`".to_owned()),
+                (2, "list: invalid type: integer `6`".to_owned()),
+                (4, "items.addr: invalid type: integer `1`".to_owned()),
+                (7, "items.n: invalid type: string \"many\"".to_owned()),
             ]
         );
         let value = each.value.as_ref().expect("the other entries deserialise");

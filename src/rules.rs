@@ -541,6 +541,15 @@ fn load_file(
     }
 }
 
+/// A route name: 1-64 letters, digits, `.`, `_` or `-`.
+fn name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// Names and paths already taken, with where (`file:line`) and by whom.
 #[derive(Default)]
 struct Seen {
@@ -566,6 +575,12 @@ fn compile_route(
     };
     let keys = table.remove("keys");
     let merchant_tables = table.remove("merchant");
+    // A wrong value's problem names the route, when its name is one.
+    let named = table.get("name").and_then(|n| match n.get_ref() {
+        DeValue::String(n) if name_ok(n) => Some(n.to_string()),
+        _ => None,
+    });
+    ctx.in_route(named.as_deref());
     let each = ctx.deserialize_each::<RouteFile>(Spanned::new(span.clone(), DeValue::Table(table)));
     let raw = each.value.as_ref()?;
     // A key whose value was wrong is reported already, and nothing is
@@ -584,12 +599,7 @@ fn compile_route(
     let name = raw.name.as_ref().map(|n| n.get_ref().as_str());
     if let Some(n) = &raw.name {
         let name = n.get_ref();
-        let name_ok = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if !name_ok {
+        if !name_ok(name) {
             ctx.error(n.span(), RuleError::BadName { name: name.clone() });
         } else if let Some(first) = seen.names.get(name) {
             ctx.error(
@@ -782,7 +792,7 @@ fn compile_route(
             None
         }
         (Some(value), None, Some(kind)) => {
-            let provider = Provider::compile(kind, value, ctx);
+            let provider = ctx.within("keys", |ctx| Provider::compile(kind, value, ctx));
             let upstream = upstream(ctx);
             provider
                 .zip(upstream)
@@ -1024,10 +1034,12 @@ fn compile_merchants(
             continue;
         };
         let keys = table.remove("keys");
-        let each = ctx.deserialize_each::<MerchantFile>(Spanned::new(
-            item_span.clone(),
-            DeValue::Table(table),
-        ));
+        let each = ctx.within("merchant", |ctx| {
+            ctx.deserialize_each::<MerchantFile>(Spanned::new(
+                item_span.clone(),
+                DeValue::Table(table),
+            ))
+        });
         let Some(raw) = each.value.as_ref() else {
             ok = false;
             continue;
@@ -1039,7 +1051,7 @@ fn compile_merchants(
             success_body: raw.success_body.as_ref(),
         };
         let provider = match keys {
-            Some(k) => Provider::compile(kind, k, ctx),
+            Some(k) => ctx.within("merchant.keys", |ctx| Provider::compile(kind, k, ctx)),
             None => {
                 ctx.error(
                     item_span.clone(),

@@ -423,7 +423,7 @@ fn check_names_each_problem_with_file_and_line() {
                 "provider = \"alipay\"",
                 "provider = \"alipay\"\nmax_age = \"soon\"",
             ),
-            "r.toml:5: invalid duration `soon`",
+            "r.toml:5: route `a`: max_age: invalid duration `soon`",
         ),
         (
             "bad upstream",
@@ -433,7 +433,7 @@ fn check_names_each_problem_with_file_and_line() {
         (
             "unknown provider",
             route_a_with("\"alipay\"", "\"paypal\""),
-            "r.toml:4: unknown variant `paypal`",
+            "r.toml:4: route `a`: provider: unknown variant `paypal`",
         ),
         (
             "no keys table",
@@ -481,7 +481,7 @@ fn check_reports_every_problem_at_once() {
         "r.toml:5: allow entry `bogus`",
         "r.toml:22: keys.public_key `",
         "path `/a` is already routed by route `a`",
-        "second.toml:2: invalid type: integer `1`, expected a string",
+        "second.toml:2: name: invalid type: integer `1`, expected a string",
         "second.toml:1: missing field `path`",
         "second.toml:1: missing field `provider`",
         "second.toml:1: missing field `allow`",
@@ -536,7 +536,74 @@ fn check_lists_every_problem_of_the_gateway_file() {
         &[
             format!("{}unknown field `port`", at("port = 1")),
             format!("{}unknown field `colour`", at("colour = ")),
-            format!("{}invalid duration `soon`", at("header_timeout")),
+            format!(
+                "{}limits.header_timeout: invalid duration `soon`",
+                at("header_timeout")
+            ),
+        ],
+    );
+}
+
+/// A value of the wrong type or form is reported with its key, as
+/// callgate's own checks are (`allow entry ...`): serde's own words
+/// ("invalid duration `5`", "unknown variant `x`") do not say which key of
+/// the line's table they are about, nor which route. The key is dotted
+/// from the file's top (the gateway file), or from the route (a rule file:
+/// `keys.app_id`, never `route.0.max_age`); an IP set file's by its key.
+#[test]
+fn check_names_the_key_of_every_wrong_value() {
+    let route_a = route_a_with(
+        "provider = \"alipay\"",
+        "provider = \"alipay\"\nmax_age = \"25\"\nallow_mode = \"x\"",
+    )
+    .replace("app_id = \"2021000000000001\"", "app_id = 5");
+    let rules = format!(
+        "{route_a}\n{}[[route.merchant]]\nsuccess_body = 5\n[route.merchant.keys]\napp_id = 7\npublic_key = {:?}\n",
+        good_route("b", "/b").split("[route.keys]").next().unwrap(),
+        fixture_path("alipay", "alipay_public.pem"),
+    );
+    let dir = config_with_rules(&rules);
+    edit_gateway(
+        dir.path(),
+        "upstream_timeout = \"10s\"",
+        "upstream_timeout = \"5\"",
+    );
+    std::fs::create_dir_all(dir.path().join("rules/ipsets")).unwrap();
+    std::fs::write(
+        dir.path().join("rules/ipsets/corp.toml"),
+        "cidrs = [\"10.0.0.0/8\", 5]\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(dir.path().join("callgate.toml")).unwrap();
+    let at = line_with(&text, "upstream_timeout");
+    let r = |needle: &str| line_with(&rules, needle);
+    expect_exactly(
+        dir.path(),
+        &[
+            format!(
+                "callgate.toml:{at}: limits.upstream_timeout: invalid duration `5`: write a number"
+            ),
+            format!(
+                "r.toml:{}: route `a`: max_age: invalid duration `25`: write a number",
+                r("max_age")
+            ),
+            format!(
+                "r.toml:{}: route `a`: allow_mode: unknown variant `x`, expected `enforce` or `log`",
+                r("allow_mode")
+            ),
+            format!(
+                "r.toml:{}: route `a`: keys.app_id: invalid type: integer `5`, expected a string",
+                r("app_id = 5")
+            ),
+            format!(
+                "r.toml:{}: route `b`: merchant.success_body: invalid type: integer `5`",
+                r("success_body")
+            ),
+            format!(
+                "r.toml:{}: route `b`: merchant.keys.app_id: invalid type: integer `7`",
+                r("app_id = 7")
+            ),
+            "corp.toml:1: cidrs: invalid type: integer `5`, expected a string".to_owned(),
         ],
     );
 }
@@ -574,12 +641,15 @@ fn check_judges_the_rest_of_the_gateway_file_as_written() {
                 "{}trusted_proxies entry `10.0.0.0/99`",
                 at("trusted_proxies")
             ),
-            format!("{}invalid duration `a day`", at("ttl = ")),
+            format!("{}replay.ttl: invalid duration `a day`", at("ttl = ")),
             format!(
                 "{}replay.max_entries must be greater than zero",
                 at("max_entries")
             ),
-            format!("{}invalid duration `half a second`", at("timeout = ")),
+            format!(
+                "{}replay.timeout: invalid duration `half a second`",
+                at("timeout = ")
+            ),
             "r.toml:5: allow entry `110.75.0.0/99`".to_owned(),
         ],
     );
@@ -600,7 +670,7 @@ fn check_lists_every_problem_of_a_route() {
         dir.path(),
         &[
             "r.toml:5: unknown field `colour`".to_owned(),
-            "r.toml:6: invalid duration `soon`".to_owned(),
+            "r.toml:6: route `a`: max_age: invalid duration `soon`".to_owned(),
             "r.toml:7: allow entry `110.75.0.0/99` is not a CIDR".to_owned(),
             "r.toml:12: keys.public_key `".to_owned(),
         ],
@@ -617,7 +687,7 @@ fn check_reports_a_wrong_required_value_once_and_checks_the_rest() {
     expect_exactly(
         dir.path(),
         &[
-            "r.toml:4: unknown variant `paypal`".to_owned(),
+            "r.toml:4: route `a`: provider: unknown variant `paypal`".to_owned(),
             "r.toml:5: allow entry `110.75.0.0/99` is not a CIDR".to_owned(),
         ],
     );
@@ -674,36 +744,38 @@ fn check_still_loads_the_key_files_of_a_keys_table_with_a_wrong_value() {
     for (rules, wants) in [
         (
             alipay_mode,
-            vec!["r.toml:10: invalid type: integer `5`, expected a string"],
+            vec![
+                "r.toml:10: route `a`: keys.public_key: invalid type: integer `5`, expected a string",
+            ],
         ),
         (
             unionpay,
             vec![
-                "r.toml:10: invalid type: integer `5`, expected a string",
-                "r.toml:11: invalid type: integer `5`, expected a string",
+                "r.toml:10: route `r1`: keys.mer_id: invalid type: integer `5`, expected a string",
+                "r.toml:11: route `r1`: keys.verify_certs: invalid type: integer `5`, expected a string",
                 "r.toml:11: keys.verify_certs `nope.cer`: cannot read",
             ],
         ),
         (
             alipay,
             vec![
-                "r.toml:11: invalid type: integer `5`, expected a string",
+                "r.toml:11: route `a`: keys.app_id: invalid type: integer `5`, expected a string",
                 "r.toml:10: keys.public_key `",
             ],
         ),
         (
             wechat,
             vec![
-                "r.toml:10: invalid type: integer `5`, expected a string",
-                "r.toml:13: invalid type: integer `7`, expected a string",
-                "r.toml:14: invalid type: integer `9`, expected a string",
+                "r.toml:10: route `v3`: keys.mch_id: invalid type: integer `5`, expected a string",
+                "r.toml:13: route `v3`: keys.platform_keys.serial: invalid type: integer `7`, expected a string",
+                "r.toml:14: route `v3`: keys.platform_keys.public_key: invalid type: integer `9`, expected a string",
                 "r.toml:15: keys.platform_keys.public_key `missing.pem`: cannot read",
             ],
         ),
         (
             jdpay,
             vec![
-                "r.toml:10: invalid type: integer `5`, expected a string",
+                "r.toml:10: route `r1`: keys.merchant: invalid type: integer `5`, expected a string",
                 "r.toml:11: keys.des_key_file `nope.key`: cannot read",
                 "r.toml:12: keys.jd_public_key `nope.pem`: cannot read",
             ],
@@ -711,7 +783,7 @@ fn check_still_loads_the_key_files_of_a_keys_table_with_a_wrong_value() {
         (
             merchant,
             vec![
-                "r.toml:10: invalid type: integer `5`, expected a string",
+                "r.toml:10: route `a`: merchant.success_body: invalid type: integer `5`, expected a string",
                 "r.toml:13: keys.public_key `no_such_key.pem`: cannot read",
             ],
         ),
@@ -733,7 +805,7 @@ fn check_lists_every_entry_of_a_list_that_holds_one_of_the_wrong_type() {
     expect_exactly(
         dir.path(),
         &[
-            "r.toml:5: invalid type: integer `5`, expected a string".to_owned(),
+            "r.toml:5: route `a`: allow: invalid type: integer `5`, expected a string".to_owned(),
             "r.toml:5: allow entry `10.0.0.0/99` is not a CIDR".to_owned(),
             "r.toml:5: allow entry `bad` is not a CIDR".to_owned(),
         ],
@@ -790,7 +862,7 @@ fn check_lists_every_problem_of_an_ip_set_file() {
         dir.path(),
         &[
             "corp.toml:3: cidrs entry `10.0.0.0/99` is not a CIDR".to_owned(),
-            "corp.toml:4: invalid type: integer `5`, expected a string".to_owned(),
+            "corp.toml:4: cidrs: invalid type: integer `5`, expected a string".to_owned(),
             "corp.toml:5: cidrs entry `bogus` is not a CIDR".to_owned(),
             "corp.toml:8: unknown field `colour`".to_owned(),
         ],
@@ -1981,7 +2053,7 @@ async fn a_duration_too_long_to_compute_with_is_a_problem_not_a_crash() {
     expect_check_problems(vec![(
         "max_age",
         good_route("a", "/notify/a").replace("provider = \"alipay\"", &max_age),
-        "r.toml:5: invalid duration",
+        "r.toml:5: route `a`: max_age: invalid duration",
     )]);
     let dir = config_with_rules(&good_route("a", "/notify/a"));
     for key in ["drain_timeout", "upstream_timeout", "header_timeout"] {
