@@ -1869,6 +1869,62 @@ async fn a_route_renamed_with_its_old_replay_namespace_still_knows_what_it_deliv
     assert_json_logs(&run);
 }
 
+/// Rewrites the process's rule file with `edit` of what it holds, sends
+/// SIGHUP and returns the first line that is a warning that delivered
+/// events are forgotten or "rules reloaded", whichever comes first.
+fn reload_with(
+    run: &mut GatewayProcess,
+    rules: &Path,
+    edit: impl FnOnce(&str) -> String,
+) -> serde_json::Value {
+    let text = std::fs::read_to_string(rules).unwrap();
+    let edited = edit(&text);
+    assert_ne!(edited, text, "the edit changed nothing");
+    std::fs::write(rules, edited).unwrap();
+    run.signal("-HUP");
+    run.wait_for(|v| v["message"] == "rules reloaded" || forgets(v))
+}
+
+/// A reload that keeps a route's name and path but changes its
+/// `replay_namespace` forgets what the route delivered just as a rename
+/// does, and says so, with both namespaces and the line that keeps them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_changes_a_routes_replay_namespace_warns() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let (dir, mut run) = start_alipay_process(&up, false);
+    let r = post_alipay_to(&run, "/notify/alipay", "rsa2_trade_success.form", &[]).await;
+    r.assert_is(200, "success", "the first delivery");
+    assert_eq!(next_notification(&mut run)["outcome"], "forwarded");
+
+    let rules = dir.path().join("rules/routes.toml");
+    let said = reload_with(&mut run, &rules, |t| {
+        t.replace(
+            "name = \"shop-alipay\"",
+            "name = \"shop-alipay\"\nreplay_namespace = \"shop-alipay-2\"",
+        )
+    });
+    assert_eq!(said["level"], "WARN", "{said}");
+    assert!(
+        said["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("replay namespace changed")),
+        "{said}"
+    );
+    assert_eq!(said["path"], "/notify/alipay", "{said}");
+    assert_eq!(said["route"], "shop-alipay", "{said}");
+    assert_eq!(said["was_namespace"], "shop-alipay", "{said}");
+    assert_eq!(said["namespace"], "shop-alipay-2", "{said}");
+    assert_eq!(said["fix"], "replay_namespace = \"shop-alipay\"", "{said}");
+    run.wait_for(|v| v["message"] == "rules reloaded");
+
+    // What the warning is about: the retry is forwarded a second time.
+    let again = post_alipay_to(&run, "/notify/alipay", "rsa2_trade_success.form", &[]).await;
+    again.assert_is(200, "success", "the retry");
+    assert_eq!(next_notification(&mut run)["outcome"], "forwarded");
+    assert_eq!(up.count(), 2);
+    assert_json_logs(&run);
+}
+
 /// Two routes that share a replay namespace (one merchant served at two
 /// paths) deliver an event once: the copy posted to the other path is a
 /// duplicate. `check` accepts them and says, at the second route's line,
