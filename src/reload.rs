@@ -169,7 +169,19 @@ impl Live {
 /// would not bring the old namespace back); the operator is told, once per
 /// path, with the line that keeps them (`fix`). A rename that keeps the
 /// old namespace (`replay_namespace = "<old name>"`) says nothing.
+///
+/// A route renamed and moved to another path in the same reload is found
+/// by its merchant instead: a route whose path and namespace are both gone
+/// is paired with a route on a new path in a new namespace that verifies
+/// for the same provider and merchant (the merchant part of its replay
+/// keys), as that is the same shop's replay state. Adding a route (no
+/// namespace gone) or removing one (none new) says nothing.
 fn warn_renamed(running: &crate::rules::Routes, new: &crate::rules::Routes) {
+    warn_renamed_in_place(running, new);
+    warn_renamed_and_moved(running, new);
+}
+
+fn warn_renamed_in_place(running: &crate::rules::Routes, new: &crate::rules::Routes) {
     for old in running.iter() {
         let Some(now) = new.get(&old.path) else {
             continue;
@@ -186,6 +198,37 @@ fn warn_renamed(running: &crate::rules::Routes, new: &crate::rules::Routes) {
                 namespace = %now.replay_namespace, fix = fix.as_str(),
                 "replay namespace changed: the events the route delivered are not known in the new one, so a platform's retry of one is forwarded again; to keep them, set back the old one (`fix`)");
         }
+    }
+}
+
+fn warn_renamed_and_moved(running: &crate::rules::Routes, new: &crate::rules::Routes) {
+    use crate::rules::Route;
+    // The same provider, and a merchant in common by the merchant part of
+    // their replay keys.
+    let serves = |a: &Route, b: &Route| {
+        a.kind() == b.kind()
+            && a.merchants().iter().any(|m| {
+                b.merchants()
+                    .iter()
+                    .any(|n| m.provider.replay_merchant() == n.provider.replay_merchant())
+            })
+    };
+    let gone = running.iter().filter(|old| {
+        new.get(&old.path).is_none() && new.in_namespace(&old.replay_namespace).is_empty()
+    });
+    for old in gone {
+        let moved = new.iter().find(|now| {
+            running.get(&now.path).is_none()
+                && running.in_namespace(&now.replay_namespace).is_empty()
+                && serves(old, now)
+        });
+        let Some(now) = moved else {
+            continue;
+        };
+        let fix = format!("replay_namespace = {:?}", &*old.replay_namespace);
+        tracing::warn!(path = %now.path, was_path = %old.path, was = %old.name, route = %now.name,
+            was_namespace = %old.replay_namespace, namespace = %now.replay_namespace, fix = fix.as_str(),
+            "route renamed and moved: the events the same merchant's route delivered are not known under the new name, so a platform's retry of one is forwarded again; to keep them, set replay_namespace = \"<old namespace>\" on the route (`fix`)");
     }
 }
 

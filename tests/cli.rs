@@ -1925,6 +1925,67 @@ async fn a_reload_that_changes_a_routes_replay_namespace_warns() {
     assert_json_logs(&run);
 }
 
+/// A route renamed and moved to another path in one reload cannot be
+/// paired by its path: it is paired by its provider and merchant, as its
+/// replay state is that merchant's. The reload warns as for a rename, with
+/// both names and paths and the line that keeps the events; adding a
+/// route for the same merchant, or removing one, says nothing. Before,
+/// the rename and move said nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_renames_and_moves_a_route_warns_by_its_merchant() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let (dir, mut run) = start_alipay_process(&up, false);
+    let r = post_alipay_to(&run, "/notify/alipay", "rsa2_trade_success.form", &[]).await;
+    r.assert_is(200, "success", "the first delivery");
+    assert_eq!(next_notification(&mut run)["outcome"], "forwarded");
+
+    let rules = dir.path().join("rules/routes.toml");
+    let moved = |t: &str, name: &str, path: &str| {
+        t.replace("name = \"shop-alipay\"", &format!("name = \"{name}\""))
+            .replace("path = \"/notify/alipay\"", &format!("path = \"{path}\""))
+    };
+    let said = reload_with(&mut run, &rules, |t| {
+        moved(t, "shop-alipay-v2", "/notify/v2/alipay")
+    });
+    assert_eq!(said["level"], "WARN", "{said}");
+    assert!(
+        said["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("route renamed and moved")),
+        "{said}"
+    );
+    assert_eq!(said["was"], "shop-alipay", "{said}");
+    assert_eq!(said["was_path"], "/notify/alipay", "{said}");
+    assert_eq!(said["route"], "shop-alipay-v2", "{said}");
+    assert_eq!(said["path"], "/notify/v2/alipay", "{said}");
+    assert_eq!(said["fix"], "replay_namespace = \"shop-alipay\"", "{said}");
+    run.wait_for(|v| v["message"] == "rules reloaded");
+
+    // What the warning is about: the retry at the new path is forwarded
+    // a second time.
+    let again = post_alipay_to(&run, "/notify/v2/alipay", "rsa2_trade_success.form", &[]).await;
+    again.assert_is(200, "success", "the retry at the new path");
+    assert_eq!(next_notification(&mut run)["outcome"], "forwarded");
+
+    // Another route for the same merchant beside it: nothing is forgotten.
+    let said = reload_with(&mut run, &rules, |t| {
+        let v2 = t.to_owned();
+        let extra = v2
+            .replace("name = \"shop-alipay-v2\"", "name = \"shop-alipay-extra\"")
+            .replace("path = \"/notify/v2/alipay\"", "path = \"/notify/extra\"");
+        format!("{v2}\n{extra}")
+    });
+    assert_eq!(said["message"], "rules reloaded", "{said}");
+    // The first of the two removed: what it delivered is gone with it, and
+    // no other route takes its place.
+    let said = reload_with(&mut run, &rules, |t| {
+        let at = t.rfind("[[route]]").unwrap();
+        t[at..].to_owned()
+    });
+    assert_eq!(said["message"], "rules reloaded", "{said}");
+    assert_json_logs(&run);
+}
+
 /// Two routes that share a replay namespace (one merchant served at two
 /// paths) deliver an event once: the copy posted to the other path is a
 /// duplicate. `check` accepts them and says, at the second route's line,
