@@ -31,6 +31,7 @@
 //! children that a WeChat notification is, and [`Envelope`], JD Pay's
 //! outer `<jdpay>` document.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::Arc;
@@ -111,11 +112,99 @@ impl Element {
     }
 }
 
+/// An element as read: its name and text borrowed from the body where
+/// they are one piece of it, as a flat document's always are (a value
+/// copied only when references, line ends or several pieces make it).
+struct Node<'a> {
+    name: Cow<'a, str>,
+    text: Cow<'a, str>,
+    children: Vec<Node<'a>>,
+    span: Range<usize>,
+}
+
+impl Node<'_> {
+    fn into_element(self) -> Element {
+        Element {
+            name: self.name.into_owned(),
+            text: self.text.into_owned(),
+            children: self.children.into_iter().map(Node::into_element).collect(),
+            span: self.span,
+        }
+    }
+}
+
+/// The text of an element being read: one piece of the body, or the
+/// pieces joined.
+enum Text<'a> {
+    Piece(&'a [u8]),
+    Joined(Vec<u8>),
+}
+
+impl<'a> Text<'a> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Text::Piece(p) => p,
+            Text::Joined(v) => v,
+        }
+    }
+
+    /// Appends character data or CDATA, line ends normalised.
+    fn push(&mut self, piece: Cow<'a, [u8]>) {
+        if let (Text::Piece(p), Cow::Borrowed(b)) = (&*self, &piece)
+            && p.is_empty()
+            && !b.contains(&b'\r')
+        {
+            *self = Text::Piece(b);
+            return;
+        }
+        push_normalized(self.joined(), &piece);
+    }
+
+    fn joined(&mut self) -> &mut Vec<u8> {
+        if let Text::Piece(p) = self {
+            *self = Text::Joined(p.to_vec());
+        }
+        match self {
+            Text::Joined(v) => v,
+            Text::Piece(_) => unreachable!("made joined above"),
+        }
+    }
+}
+
+/// The document being read.
+struct Body<'a> {
+    bytes: &'a [u8],
+    /// `bytes`, when the whole document is UTF-8 (checked once).
+    utf8: Option<&'a str>,
+}
+
+impl<'a> Body<'a> {
+    /// `piece` as UTF-8, or `None`. A piece of a UTF-8 document (a name or
+    /// text, cut at ASCII delimiters) is looked up in it instead of
+    /// checked again.
+    fn str(&self, piece: &'a [u8]) -> Option<&'a str> {
+        if let Some(whole) = self.utf8 {
+            let at = piece
+                .as_ptr()
+                .addr()
+                .wrapping_sub(self.bytes.as_ptr().addr());
+            // The same bytes of the same document, when it holds them.
+            if let Some(there) = at
+                .checked_add(piece.len())
+                .and_then(|end| whole.get(at..end))
+            {
+                return Some(there);
+            }
+        }
+        std::str::from_utf8(piece).ok()
+    }
+}
+
 /// An element being read.
-struct Open {
-    name: String,
-    text: Vec<u8>,
-    children: Vec<Element>,
+struct Open<'a> {
+    name: Cow<'a, str>,
+    text: Text<'a>,
+    children: Vec<Node<'a>>,
     start: usize,
     /// The children's names, once there are [`SCAN_CHILDREN`] of them.
     names: Option<HashSet<Box<str>>>,
@@ -127,7 +216,7 @@ struct Open {
 /// `primitive/xml_parse_most_fields`) before its signature is looked at.
 const SCAN_CHILDREN: usize = 32;
 
-impl Open {
+impl<'a> Open<'a> {
     /// Whether a child called `name` was already read.
     fn has_child(&mut self, name: &str) -> bool {
         if self.names.is_none() && self.children.len() < SCAN_CHILDREN {
@@ -135,23 +224,45 @@ impl Open {
         }
         let children = &self.children;
         self.names
-            .get_or_insert_with(|| children.iter().map(|c| c.name.as_str().into()).collect())
+            .get_or_insert_with(|| children.iter().map(|c| (*c.name).into()).collect())
             .contains(name)
     }
 
-    fn push_child(&mut self, child: Element) {
+    /// Adds a child, once the text so far was found to be XML space. That
+    /// text is left behind, as is later space: an element with children
+    /// has no text, and text other than space is still kept to be refused
+    /// (a leading space changes nothing its checks find).
+    fn push_child(&mut self, child: Node<'a>) {
         if let Some(names) = &mut self.names {
-            names.insert(child.name.as_str().into());
+            names.insert((*child.name).into());
         }
         self.children.push(child);
+        self.text = Text::Piece(&[]);
+    }
+
+    /// Appends character data or CDATA.
+    fn push_text(&mut self, piece: Cow<'a, [u8]>) {
+        if !self.children.is_empty() && self.text.bytes().is_empty() && xml_space(&piece) {
+            return;
+        }
+        self.text.push(piece);
     }
 }
 
 /// Reads `xml` into its root element (see the module doc for what is
 /// refused).
 pub fn read(xml: &[u8], shape: &Shape) -> Result<Element, XmlError> {
+    read_nodes(xml, shape).map(Node::into_element)
+}
+
+/// [`read`], names and text borrowed from `xml` where they can be.
+fn read_nodes<'a>(xml: &'a [u8], shape: &Shape) -> Result<Node<'a>, XmlError> {
     use quick_xml::events::Event;
 
+    let body = Body {
+        bytes: xml,
+        utf8: std::str::from_utf8(xml).ok(),
+    };
     let mut reader = quick_xml::Reader::from_reader(xml);
     let config = reader.config_mut();
     config.check_end_names = true;
@@ -159,8 +270,8 @@ pub fn read(xml: &[u8], shape: &Shape) -> Result<Element, XmlError> {
     config.allow_unmatched_ends = false;
     config.trim_text(false);
 
-    let mut stack: Vec<Open> = Vec::new();
-    let mut root: Option<Element> = None;
+    let mut stack: Vec<Open<'a>> = Vec::new();
+    let mut root: Option<Node<'a>> = None;
     let mut count = 0usize;
     let mut first = true;
     loop {
@@ -191,31 +302,28 @@ pub fn read(xml: &[u8], shape: &Shape) -> Result<Element, XmlError> {
                 return Err(XmlError::Unexpected("second root element"));
             }
             Event::Start(e) => {
-                let open = open(&e, before, &stack, shape, &mut count)?;
+                let open = open(&body, &e, before, &stack, shape, &mut count)?;
                 stack.push(open);
             }
             Event::Empty(e) => {
-                let open = open(&e, before, &stack, shape, &mut count)?;
-                close(open, position(&reader), &mut stack, &mut root, shape)?;
+                let open = open(&body, &e, before, &stack, shape, &mut count)?;
+                close(&body, open, position(&reader), &mut stack, &mut root, shape)?;
             }
             Event::End(_) => {
                 let open = stack
                     .pop()
                     .ok_or(XmlError::Unexpected("end tag that closes nothing"))?;
-                close(open, position(&reader), &mut stack, &mut root, shape)?;
+                close(&body, open, position(&reader), &mut stack, &mut root, shape)?;
             }
             Event::Text(t) => match stack.last_mut() {
-                Some(open) => push_normalized(&mut open.text, &t),
+                Some(open) => open.push_text(t.into_inner()),
                 None if xml_space(&t) => {}
                 None => return Err(XmlError::Unexpected("text outside the root element")),
             },
-            Event::CData(t) => push_normalized(
-                &mut stack
-                    .last_mut()
-                    .ok_or(XmlError::Unexpected("CDATA outside the root element"))?
-                    .text,
-                &t,
-            ),
+            Event::CData(t) => stack
+                .last_mut()
+                .ok_or(XmlError::Unexpected("CDATA outside the root element"))?
+                .push_text(t.into_inner()),
             Event::GeneralRef(r) => {
                 let open = stack
                     .last_mut()
@@ -223,6 +331,7 @@ pub fn read(xml: &[u8], shape: &Shape) -> Result<Element, XmlError> {
                 let c = resolve_reference(&r)?;
                 let mut utf8 = [0u8; 4];
                 open.text
+                    .joined()
                     .extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
             }
         }
@@ -241,15 +350,21 @@ fn position(reader: &quick_xml::Reader<&[u8]>) -> usize {
 }
 
 /// An element starts at `at`: checked against the shape and counted.
-fn open(
+fn open<'a>(
+    body: &Body<'a>,
     e: &quick_xml::events::BytesStart<'_>,
     at: usize,
-    stack: &[Open],
+    stack: &[Open<'a>],
     shape: &Shape,
     count: &mut usize,
-) -> Result<Open, XmlError> {
-    let name = String::from_utf8(e.name().as_ref().to_vec())
-        .map_err(|_| XmlError::Utf8("an element name".to_owned()))?;
+) -> Result<Open<'a>, XmlError> {
+    let utf8 = || XmlError::Utf8("an element name".to_owned());
+    let read = e.name().into_inner();
+    // The name as it sits in the body, right after the `<` at `at`.
+    let name = match body.bytes.get(at + 1..at + 1 + read.len()) {
+        Some(there) if there == read => Cow::Borrowed(body.str(there).ok_or_else(utf8)?),
+        _ => Cow::Owned(String::from_utf8(read.to_vec()).map_err(|_| utf8())?),
+    };
     if !xml_chars(name.as_bytes()) {
         return Err(XmlError::Character("an element name".to_owned()));
     }
@@ -267,7 +382,7 @@ fn open(
     }
     Ok(Open {
         name,
-        text: Vec::new(),
+        text: Text::Piece(&[]),
         children: Vec::new(),
         start: at,
         names: None,
@@ -275,21 +390,23 @@ fn open(
 }
 
 /// An element ends at `end`: it joins its parent, or becomes the root.
-fn close(
-    open: Open,
+fn close<'a>(
+    body: &Body<'a>,
+    open: Open<'a>,
     end: usize,
-    stack: &mut [Open],
-    root: &mut Option<Element>,
+    stack: &mut [Open<'a>],
+    root: &mut Option<Node<'a>>,
     shape: &Shape,
 ) -> Result<(), XmlError> {
     // The name as an error shows it: made only when there is an error.
     let shown_name = |name: &str| shown(name.as_bytes());
-    let mut text = match String::from_utf8(open.text) {
-        Ok(t) => t,
-        Err(_) => {
-            let name = shown_name(&open.name);
-            return Err(XmlError::Utf8(format!("element `{name}`")));
-        }
+    let text = match open.text {
+        Text::Piece(p) => body.str(p).map(Cow::Borrowed),
+        Text::Joined(v) => String::from_utf8(v).map(Cow::Owned).ok(),
+    };
+    let Some(mut text) = text else {
+        let name = shown_name(&open.name);
+        return Err(XmlError::Utf8(format!("element `{name}`")));
     };
     if !xml_chars(text.as_bytes()) {
         let name = shown_name(&open.name);
@@ -299,9 +416,9 @@ fn close(
         if !xml_space(text.as_bytes()) {
             return Err(XmlError::Nesting(shown_name(&open.name)));
         }
-        text.clear();
+        text = Cow::Borrowed("");
     }
-    let element = Element {
+    let element = Node {
         name: open.name,
         text,
         children: open.children,
@@ -309,14 +426,12 @@ fn close(
     };
     match stack.last_mut() {
         Some(parent) => {
-            if !xml_space(&parent.text) {
+            if !xml_space(parent.text.bytes()) {
                 return Err(XmlError::Nesting(shown(parent.name.as_bytes())));
             }
             // The shape's few pairs first: a repeatable child is never
             // looked for.
-            if !shape
-                .repeatable
-                .contains(&(parent.name.as_str(), element.name.as_str()))
+            if !shape.repeatable.contains(&(&*parent.name, &*element.name))
                 && parent.has_child(&element.name)
             {
                 return Err(XmlError::Repeated(shown_name(&element.name)));
@@ -412,7 +527,7 @@ impl XmlMap {
         if body.trim_ascii().is_empty() {
             return Err(ParseError::Empty);
         }
-        let root = read(body, &FLAT).map_err(|e| match e {
+        let root = read_nodes(body, &FLAT).map_err(|e| match e {
             XmlError::Doctype => ParseError::Doctype,
             XmlError::Repeated(key) => ParseError::DuplicateKey { key },
             XmlError::Nesting(element) => ParseError::XmlNesting { element },
@@ -435,11 +550,11 @@ impl XmlMap {
         let mut sorted: Vec<(String, String, Range<usize>)> = root
             .children
             .into_iter()
-            .map(|c| (c.name, c.text, c.span))
+            .map(|c| (c.name.into_owned(), c.text.into_owned(), c.span))
             .collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(XmlMap {
-            root: root.name.into(),
+            root: (*root.name).into(),
             sorted: sorted.into(),
         })
     }
@@ -449,21 +564,23 @@ impl XmlMap {
         &self.root
     }
 
-    /// The value of field `name`.
-    pub fn get(&self, name: &str) -> Option<&str> {
+    /// The field called `name`.
+    fn find(&self, name: &str) -> Option<&(String, String, Range<usize>)> {
         self.sorted
             .binary_search_by(|(k, ..)| k.as_str().cmp(name))
             .ok()
-            .map(|i| self.sorted[i].1.as_str())
+            .and_then(|i| self.sorted.get(i))
+    }
+
+    /// The value of field `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.find(name).map(|(_, v, _)| v.as_str())
     }
 
     /// The bytes of the body where element `name` sits, from its `<` to the
     /// end of its closing tag.
     pub fn span(&self, name: &str) -> Option<Range<usize>> {
-        self.sorted
-            .binary_search_by(|(k, ..)| k.as_str().cmp(name))
-            .ok()
-            .map(|i| self.sorted[i].2.clone())
+        self.find(name).map(|(.., span)| span.clone())
     }
 
     /// The same document without the elements named in `names`.
@@ -715,6 +832,43 @@ mod tests {
                 element: "a".into()
             }
         );
+    }
+
+    /// Names and text are borrowed from the body, space after a child is
+    /// let go, and a UTF-8 body is checked once: none of it changes what
+    /// is refused, or why.
+    #[test]
+    fn borrowed_text_is_refused_as_copied_text_was() {
+        let utf8 = |e: XmlError| matches!(e, XmlError::Utf8(_));
+        let nesting = |e: XmlError| matches!(e, XmlError::Nesting(n) if n == "xml");
+        type Want<'a> = &'a dyn Fn(XmlError) -> bool;
+        let cases: &[(&[u8], Want)] = &[
+            // A character split by a space after the last child.
+            (b"<xml><a>1</a>\xE4\xB8<![CDATA[ ]]>\xAD</xml>", &utf8),
+            (b"<xml><a>1</a> \xE4\xB8\xAD</xml>", &nesting),
+            (b"<xml><a>1</a> x<b>2</b></xml>", &nesting),
+            (b"<xml><a>1</a><![CDATA[ ]]>&amp;</xml>", &nesting),
+            (b"<xml><a>\xE4\xB8</a></xml>", &utf8),
+            (b"<xml><a\xFF>1</a\xFF></xml>", &utf8),
+            (b"<xml x=\"\xFF\"><a>1</a></xml>", &|e| {
+                matches!(e, XmlError::Attributes(_))
+            }),
+        ];
+        for (doc, want) in cases {
+            let got = read(doc, &FLAT).unwrap_err();
+            assert!(
+                want(got.clone()),
+                "{}: {got:?}",
+                String::from_utf8_lossy(doc)
+            );
+        }
+        // Space, as itself, in CDATA or referenced, after the children.
+        let x =
+            XmlMap::parse(b"<xml>\n<a> 1\r\n</a>\n<![CDATA[ ]]>&#32;&#10;<b>2</b> </xml>").unwrap();
+        assert_eq!((x.get("a"), x.get("b")), (Some(" 1\n"), Some("2")));
+        // Text in pieces is joined.
+        let x = read(b"<xml><a>p&amp;<![CDATA[q]]>r</a></xml>", &FLAT).unwrap();
+        assert_eq!(x.leaf("a"), Some("p&qr"));
     }
 
     #[test]
