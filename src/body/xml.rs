@@ -220,7 +220,7 @@ impl<'a> Open<'a> {
     /// Whether a child called `name` was already read.
     fn has_child(&mut self, name: &str) -> bool {
         if self.names.is_none() && self.children.len() < SCAN_CHILDREN {
-            return self.children.iter().any(|c| c.name == name);
+            return self.children.iter().any(|c| same_name(&c.name, name));
         }
         let children = &self.children;
         self.names
@@ -247,6 +247,13 @@ impl<'a> Open<'a> {
         }
         self.text.push(piece);
     }
+}
+
+/// `a == b`, the length and the last byte looked at before the bytes are
+/// compared (a call to `memcmp`): a flat document's names mostly differ
+/// there, and each new child is compared with every earlier one.
+fn same_name(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.as_bytes().last() == b.as_bytes().last() && a == b
 }
 
 /// Reads `xml` into its root element (see the module doc for what is
@@ -552,7 +559,7 @@ impl XmlMap {
             .into_iter()
             .map(|c| (c.name.into_owned(), c.text.into_owned(), c.span))
             .collect();
-        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        sorted.sort_unstable_by(|a, b| name_cmp(&a.0, &b.0));
         Ok(XmlMap {
             root: (*root.name).into(),
             sorted: sorted.into(),
@@ -567,7 +574,7 @@ impl XmlMap {
     /// The field called `name`.
     fn find(&self, name: &str) -> Option<&(String, String, Range<usize>)> {
         self.sorted
-            .binary_search_by(|(k, ..)| k.as_str().cmp(name))
+            .binary_search_by(|(k, ..)| name_cmp(k, name))
             .ok()
             .and_then(|i| self.sorted.get(i))
     }
@@ -611,6 +618,14 @@ impl XmlMap {
     pub fn is_empty(&self) -> bool {
         self.sorted.is_empty()
     }
+}
+
+/// Names in byte order (`str`'s `Ord`), the first bytes compared first:
+/// most names differ there, and a call to `memcmp` costs more than that
+/// comparison.
+fn name_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let first = |s: &str| s.as_bytes().first().copied();
+    first(a).cmp(&first(b)).then_with(|| a.cmp(b))
 }
 
 /// `body` without the byte ranges `cut` (sorted, not overlapping).
