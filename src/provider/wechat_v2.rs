@@ -594,7 +594,6 @@ impl Keys {
     }
 }
 
-/// `java.lang.String.trim`: strips code points up to U+0020 at both ends.
 /// The fields (but `sign`) whose value is blank by `blank`: outside the
 /// signature.
 fn blank_fields(xml: &XmlMap, blank: impl Fn(&str) -> bool) -> Vec<String> {
@@ -604,8 +603,17 @@ fn blank_fields(xml: &XmlMap, blank: impl Fn(&str) -> bool) -> Vec<String> {
         .collect()
 }
 
+/// `java.lang.String.trim`: strips code points up to U+0020 at both ends.
+/// Every code point it strips is one ASCII byte, so it is done on bytes,
+/// without decoding the characters around them.
 fn java_trim(s: &str) -> &str {
-    s.trim_matches(|c: char| c <= ' ')
+    let kept = |b: &u8| *b > b' ';
+    let bytes = s.as_bytes();
+    let Some(start) = bytes.iter().position(kept) else {
+        return "";
+    };
+    let end = bytes.iter().rposition(kept).map_or(start, |i| i + 1);
+    s.get(start..end).unwrap_or_default()
 }
 
 /// The upper-case hex signature of `fields` (sorted by name; `sign` is

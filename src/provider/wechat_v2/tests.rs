@@ -259,3 +259,26 @@ fn secrets_stay_out_of_debug() {
     let text = format!("{:?}", keys());
     assert!(!text.contains("8934e7d1"), "{text}");
 }
+
+#[test]
+fn java_trim_strips_what_string_trim_strips() {
+    for s in [
+        "",
+        " ",
+        "\u{0}\t\n\r \u{1F}",
+        "abc",
+        " abc ",
+        "\u{0}a b\u{1F}",
+        " 主店 ",
+        "\u{3000}a\u{3000}",
+        "\u{85}a\u{A0}",
+        "a\u{7F}",
+        "\u{20}\u{21}\u{20}",
+    ] {
+        assert_eq!(
+            super::java_trim(s),
+            s.trim_matches(|c: char| c <= ' '),
+            "{s:?}"
+        );
+    }
+}
