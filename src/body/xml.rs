@@ -431,8 +431,14 @@ fn close<'a>(
         children: open.children,
         span: open.start..end,
     };
+    let depth = stack.len();
     match stack.last_mut() {
         Some(parent) => {
+            // Room for a notification's fields at once, not four
+            // doublings; for the root only, one per document.
+            if depth == 1 && parent.children.capacity() == 0 {
+                parent.children.reserve_exact(SCAN_CHILDREN);
+            }
             if !xml_space(parent.text.bytes()) {
                 return Err(XmlError::Nesting(shown(parent.name.as_bytes())));
             }
