@@ -368,7 +368,8 @@ fn open<'a>(
     let utf8 = || XmlError::Utf8("an element name".to_owned());
     let read = e.name().into_inner();
     // The name as it sits in the body, right after the `<` at `at`.
-    let name = match body.bytes.get(at + 1..at + 1 + read.len()) {
+    let from = at.saturating_add(1);
+    let name = match body.bytes.get(from..from.saturating_add(read.len())) {
         Some(there) if there == read => Cow::Borrowed(body.str(there).ok_or_else(utf8)?),
         _ => Cow::Owned(String::from_utf8(read.to_vec()).map_err(|_| utf8())?),
     };
