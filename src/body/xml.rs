@@ -133,41 +133,32 @@ impl Node<'_> {
     }
 }
 
-/// The text of an element being read: one piece of the body, or the
-/// pieces joined.
-enum Text<'a> {
-    Piece(&'a [u8]),
-    Joined(Vec<u8>),
-}
+/// The text of an element being read: one piece of the body (borrowed),
+/// or the pieces joined (owned).
+struct Text<'a>(Cow<'a, [u8]>);
 
 impl<'a> Text<'a> {
+    const EMPTY: Text<'static> = Text(Cow::Borrowed(&[]));
+
     fn bytes(&self) -> &[u8] {
-        match self {
-            Text::Piece(p) => p,
-            Text::Joined(v) => v,
-        }
+        &self.0
     }
 
     /// Appends character data or CDATA, line ends normalised.
     fn push(&mut self, piece: Cow<'a, [u8]>) {
-        if let (Text::Piece(p), Cow::Borrowed(b)) = (&*self, &piece)
-            && p.is_empty()
+        if let Cow::Borrowed(b) = piece
+            && self.0.is_empty()
             && !b.contains(&b'\r')
         {
-            *self = Text::Piece(b);
+            self.0 = Cow::Borrowed(b);
             return;
         }
         push_normalized(self.joined(), &piece);
     }
 
+    /// The text, to be appended to (copied out of the body first).
     fn joined(&mut self) -> &mut Vec<u8> {
-        if let Text::Piece(p) = self {
-            *self = Text::Joined(p.to_vec());
-        }
-        match self {
-            Text::Joined(v) => v,
-            Text::Piece(_) => unreachable!("made joined above"),
-        }
+        self.0.to_mut()
     }
 }
 
@@ -237,7 +228,7 @@ impl<'a> Open<'a> {
             names.insert((*child.name).into());
         }
         self.children.push(child);
-        self.text = Text::Piece(&[]);
+        self.text = Text::EMPTY;
     }
 
     /// Appends character data or CDATA.
@@ -390,7 +381,7 @@ fn open<'a>(
     }
     Ok(Open {
         name,
-        text: Text::Piece(&[]),
+        text: Text::EMPTY,
         children: Vec::new(),
         start: at,
         names: None,
@@ -408,9 +399,9 @@ fn close<'a>(
 ) -> Result<(), XmlError> {
     // The name as an error shows it: made only when there is an error.
     let shown_name = |name: &str| shown(name.as_bytes());
-    let text = match open.text {
-        Text::Piece(p) => body.str(p).map(Cow::Borrowed),
-        Text::Joined(v) => String::from_utf8(v).map(Cow::Owned).ok(),
+    let text = match open.text.0 {
+        Cow::Borrowed(p) => body.str(p).map(Cow::Borrowed),
+        Cow::Owned(v) => String::from_utf8(v).map(Cow::Owned).ok(),
     };
     let Some(mut text) = text else {
         let name = shown_name(&open.name);
