@@ -891,12 +891,18 @@ impl Writer {
     /// longest. Names other than a journal file's are passed by.
     fn next_stamp(&self) -> String {
         let now = chrono::Utc::now().format(STAMP).to_string();
+        // (name, one second after its time) of the latest name a new
+        // name can follow: a name of the year 9999's last second (a stray
+        // file, a clock once set that far) cannot be followed in four
+        // digits (the year 10000 is written `+10000`, which sorts before
+        // every name), so it is passed by as other names are.
         let latest = journal_files(&self.config.dir).iter().rev().find_map(|p| {
             let name = p.file_name()?.to_str()?;
             let at = chrono::NaiveDateTime::parse_from_str(name.get(..16)?, STAMP).ok()?;
-            Some((name.to_owned(), at))
+            let next = at.checked_add_signed(chrono::Duration::seconds(1))?;
+            (chrono::Datelike::year(&next) <= 9999).then(|| (name.to_owned(), next))
         });
-        let Some((name, at)) = latest else {
+        let Some((name, next)) = latest else {
             return now;
         };
         let first_try = file_name(
@@ -908,9 +914,7 @@ impl Writer {
         if first_try > name {
             return now;
         }
-        (at + chrono::Duration::seconds(1))
-            .format(STAMP)
-            .to_string()
+        next.format(STAMP).to_string()
     }
 
     /// Deletes the oldest files beyond `max_files` (never the current one,
@@ -2170,6 +2174,40 @@ mod tests {
         })
         .unwrap();
         assert_eq!(read, ["1", "2"], "the two newest files are kept, in order");
+    }
+
+    /// A file named in the last second four digits of a year hold (a
+    /// stray copy, a clock once set that far) cannot be followed: new files
+    /// are named by the clock, and still sort after the files before them.
+    /// Before, they were named one second later, in the year `+10000`,
+    /// which sorts before every name: read first, and pruned first (the
+    /// newest deliveries deleted while older files stayed).
+    #[tokio::test]
+    async fn a_file_named_in_the_year_9999_does_not_put_new_files_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |r: &Record| format!("{}\n", serde_json::to_string(r).unwrap());
+        let hour_ago = (chrono::Utc::now() - chrono::Duration::hours(1)).format(STAMP);
+        for (stamp, rid) in [
+            (hour_ago.to_string(), "old"),
+            ("99991231T235959Z".to_owned(), "stray"),
+        ] {
+            let path = dir.path().join(file_name(&stamp, "gateway", 1, 1));
+            std::fs::write(path, line(&received(rid, "e"))).unwrap();
+        }
+        let c = config(dir.path(), Fsync::Never);
+        for rid in ["1", "2"] {
+            let j = Journal::open(&c, "gateway", retention()).unwrap();
+            j.append(&received(rid, "e"), true).await.unwrap();
+            j.flush().await;
+        }
+        let mut read = Vec::new();
+        read_dir(dir.path(), |r| {
+            if let Record::Received(r) = r {
+                read.push(r.rid)
+            }
+        })
+        .unwrap();
+        assert_eq!(read, ["old", "1", "2", "stray"]);
     }
 
     /// With Redis and no admin API, `callgate journal redeliver` runs on
