@@ -1347,13 +1347,27 @@ pub struct WarmUp {
     pub forgotten_through: Option<i64>,
 }
 
-/// The time [`PRUNED_MARK`] in `dir` holds, if it holds one.
+/// The time [`PRUNED_MARK`] in `dir` holds, if it holds one. Only its
+/// first bytes are read, never through a link and never blocking (it is
+/// written aside and renamed: anything else there is not ours, and a FIFO
+/// or a link to `/dev/zero` would hold up every start and rotation).
 fn read_pruned_mark(dir: &Path) -> Option<i64> {
-    std::fs::read_to_string(dir.join(PRUNED_MARK))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    use std::io::Read;
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+        options.custom_flags(i32::try_from(flags.bits()).unwrap_or(0));
+    }
+    let file = options.open(dir.join(PRUNED_MARK)).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(64).read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
 }
 
 /// Arrivals [`warm_up`] keeps for the console.
@@ -1400,7 +1414,7 @@ pub fn warm_up(dir: &Path, ttl: Duration, now: i64) -> Result<WarmUp, JournalErr
             recent_order.push_back(rec.rid.clone());
             recent.insert(rec.rid.clone(), (lite, ended));
             order += 1;
-            if now - rec.unix < ttl_secs {
+            if now.saturating_sub(rec.unix) < ttl_secs {
                 let slot = attempted.entry(rec.event()).or_insert((0, rec.unix));
                 // Each arrival is a forward begun; its attempt number covers
                 // earlier ones in files rotated away.
@@ -1418,14 +1432,14 @@ pub fn warm_up(dir: &Path, ttl: Duration, now: i64) -> Result<WarmUp, JournalErr
             if let Some(slot) = recent.get_mut(&o.rid) {
                 slot.1 = Some(o.clone());
             }
-            if o.delivered() && now - o.unix < ttl_secs {
+            if o.delivered() && now.saturating_sub(o.unix) < ttl_secs {
                 let at = delivered.entry(o.event()).or_insert(o.unix);
                 *at = (*at).max(o.unix);
             }
         }
     })?;
     let left = |at: i64| {
-        let left = ttl_secs - (now - at);
+        let left = ttl_secs.saturating_sub(now.saturating_sub(at));
         (left > 0).then(|| Duration::from_secs(left.unsigned_abs()))
     };
     let attempted = attempted
@@ -1446,7 +1460,7 @@ pub fn warm_up(dir: &Path, ttl: Duration, now: i64) -> Result<WarmUp, JournalErr
             _ => None,
         })
         .collect();
-    let forgotten_through = read_pruned_mark(dir).filter(|&t| now - t < ttl_secs);
+    let forgotten_through = read_pruned_mark(dir).filter(|&t| now.saturating_sub(t) < ttl_secs);
     Ok(WarmUp {
         skipped,
         forgotten_through,
@@ -2208,6 +2222,42 @@ mod tests {
         })
         .unwrap();
         assert_eq!(read, ["old", "1", "2", "stray"]);
+    }
+
+    /// A damaged `.pruned-within-ttl` or journal line holding a time as
+    /// far back as an `i64` goes is read as long past, and a mark that is
+    /// a link (not one this journal wrote: it renames a file over it) is
+    /// passed by. Before, `now - t` overflowed: a panic at start (debug
+    /// builds), or in release a wrapped time warned as "forgotten" and a
+    /// record taken as within `replay.ttl`; and the mark was read through
+    /// the link, to its end whatever its size.
+    #[test]
+    fn damaged_times_in_the_mark_and_the_journal_are_read_as_long_past() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = crate::clock::unix_now();
+        std::fs::write(dir.path().join(PRUNED_MARK), format!("{}\n", i64::MIN)).unwrap();
+        let mut text = String::new();
+        for (rid, event, unix) in [("r1", "e1", i64::MIN), ("r2", "e2", now)] {
+            text += &serde_json::to_string(&outcome(rid, event, "forwarded", unix)).unwrap();
+            text.push('\n');
+        }
+        std::fs::write(
+            dir.path()
+                .join(file_name("20260101T000000Z", "gateway", 1, 1)),
+            text,
+        )
+        .unwrap();
+        let warm = warm_up(dir.path(), Duration::from_secs(3600), now).unwrap();
+        assert_eq!(warm.forgotten_through, None);
+        let delivered: Vec<_> = warm.delivered.iter().map(|(e, _)| &e.event_id).collect();
+        assert_eq!(delivered, ["e2"]);
+        // A link to a time within ttl: not ours, passed by.
+        std::fs::remove_file(dir.path().join(PRUNED_MARK)).unwrap();
+        let elsewhere = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(elsewhere.path(), format!("{now}\n")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join(PRUNED_MARK)).unwrap();
+        let warm = warm_up(dir.path(), Duration::from_secs(3600), now).unwrap();
+        assert_eq!(warm.forgotten_through, None);
     }
 
     /// With Redis and no admin API, `callgate journal redeliver` runs on
