@@ -1672,6 +1672,28 @@ mod tests {
         }
     }
 
+    /// A `replay.ttl` of two days, counting young deletions in `counter`.
+    fn two_days(store_remembers: bool, counter: &prometheus::IntCounter) -> Retention {
+        Retention {
+            ttl: TWO_DAYS,
+            store_remembers,
+            pruned_within_ttl: counter.clone(),
+        }
+    }
+
+    /// The `rid` of every arrival in `dir`, in the order the journal reads
+    /// them.
+    fn arrival_rids(dir: &Path) -> Vec<String> {
+        let mut read = Vec::new();
+        read_dir(dir, |r| {
+            if let Record::Received(r) = r {
+                read.push(r.rid)
+            }
+        })
+        .unwrap();
+        read
+    }
+
     fn received(rid: &str, event: &str) -> Record {
         Record::Received(Received {
             rid: rid.into(),
@@ -2143,13 +2165,7 @@ mod tests {
         for rid in &written {
             j.append(&received(rid, "e"), true).await.unwrap();
         }
-        let mut read = Vec::new();
-        read_dir(dir.path(), |r| {
-            if let Record::Received(r) = r {
-                read.push(r.rid)
-            }
-        })
-        .unwrap();
+        let read = arrival_rids(dir.path());
         assert_eq!(read, written);
     }
 
@@ -2180,13 +2196,7 @@ mod tests {
             j.append(&received(rid, "e"), true).await.unwrap();
             j.flush().await;
         }
-        let mut read = Vec::new();
-        read_dir(dir.path(), |r| {
-            if let Record::Received(r) = r {
-                read.push(r.rid)
-            }
-        })
-        .unwrap();
+        let read = arrival_rids(dir.path());
         assert_eq!(read, ["1", "2"], "the two newest files are kept, in order");
     }
 
@@ -2214,13 +2224,7 @@ mod tests {
             j.append(&received(rid, "e"), true).await.unwrap();
             j.flush().await;
         }
-        let mut read = Vec::new();
-        read_dir(dir.path(), |r| {
-            if let Record::Received(r) = r {
-                read.push(r.rid)
-            }
-        })
-        .unwrap();
+        let read = arrival_rids(dir.path());
         assert_eq!(read, ["old", "1", "2", "stray"]);
     }
 
@@ -2282,13 +2286,7 @@ mod tests {
         }
         gateway.append(&received("g2", "e"), true).await.unwrap();
         gateway.flush().await;
-        let mut read = Vec::new();
-        read_dir(dir.path(), |r| {
-            if let Record::Received(r) = r {
-                read.push(r.rid)
-            }
-        })
-        .unwrap();
+        let read = arrival_rids(dir.path());
         assert!(
             read.starts_with(&["g1".to_owned(), "g2".to_owned()]),
             "{read:?}"
@@ -2373,11 +2371,7 @@ mod tests {
             let counter = prometheus::IntCounter::new("t", "t").unwrap();
             let logs = Logs::default();
             let _logging = logs.install();
-            let retention = Retention {
-                ttl: TWO_DAYS,
-                store_remembers,
-                pruned_within_ttl: counter.clone(),
-            };
+            let retention = two_days(store_remembers, &counter);
             let j = Journal::open(&c, "gateway", retention).unwrap();
             for i in 0..4 {
                 let (rid, event) = (i.to_string(), format!("e{i}"));
@@ -2436,11 +2430,7 @@ mod tests {
         let _logging = logs.install();
         let now = crate::clock::unix_now();
         for n in 0..5 {
-            let retention = Retention {
-                ttl: TWO_DAYS,
-                store_remembers: false,
-                pruned_within_ttl: counter.clone(),
-            };
+            let retention = two_days(false, &counter);
             let j = Journal::open(&c, "gateway", retention).unwrap();
             let (rid, event) = (n.to_string(), format!("e{n}"));
             j.append(&received(&rid, &event), true).await.unwrap();
@@ -2476,11 +2466,7 @@ mod tests {
         let mut c = config(dir.path(), Fsync::Never);
         c.max_files = 2;
         let counter = prometheus::IntCounter::new("t", "t").unwrap();
-        let retention = Retention {
-            ttl: TWO_DAYS,
-            store_remembers: false,
-            pruned_within_ttl: counter.clone(),
-        };
+        let retention = two_days(false, &counter);
         let _j = Journal::open(&c, "gateway", retention).unwrap();
         let files = journal_files(dir.path());
         assert_eq!(files.len(), MAX_FILES_WITHIN_TTL);
@@ -2515,11 +2501,7 @@ mod tests {
         let counter = prometheus::IntCounter::new("t", "t").unwrap();
         let logs = Logs::default();
         let _logging = logs.install();
-        let retention = Retention {
-            ttl: TWO_DAYS,
-            store_remembers: false,
-            pruned_within_ttl: counter.clone(),
-        };
+        let retention = two_days(false, &counter);
         let j = Journal::open(&c, "gateway", retention).unwrap();
         j.append(&received("2", "e2"), true).await.unwrap();
         j.flush().await;
