@@ -24,13 +24,16 @@
 //!   waiting on it are forwarded (a crash cannot lose an accepted record;
 //!   costs one fdatasync per batch);
 //! * `interval` (default): the arrival is written by the request itself,
-//!   before its forward (one `write` to the page cache, no hand-off to
+//!   before its forward (a `write` to the page cache, no hand-off to
 //!   another thread: the load benchmark measured that hand-off at 15-25 µs
 //!   and two context switches per forward; the mutex is held only to
-//!   count the line's bytes and take the file, not across the `write`,
-//!   which the kernel appends whole under `O_APPEND`), so that a crash of
-//!   callgate (`kill -9`) leaves it in the file and the platform's retry is
-//!   marked as a repeat. The outcome is queued for the journal thread,
+//!   count the bytes and take the file, not across the `write`, which the
+//!   kernel appends whole under `O_APPEND`), so that a crash of callgate
+//!   (`kill -9`) leaves it in the file and the platform's retry is marked
+//!   as a repeat. Arrivals that a worker thread's requests reach together
+//!   share that `write` ([`Gather`]): the first lets the thread's other
+//!   ready tasks run once, then writes every line they added, and none of
+//!   them is forwarded before the `write` returned. The outcome is queued for the journal thread,
 //!   which writes what is queued with one `write` [`BATCH_DELAY`] after the
 //!   first record (the ack does not wait on the file; a crash in those
 //!   milliseconds loses an outcome, which only makes callgate mark a repeat
@@ -343,6 +346,9 @@ impl Journal {
                 Sink::Direct(Arc::new(BatchThread {
                     queue,
                     thread: Mutex::new(Some(thread)),
+                    gathers: (0..GATHERS).map(|_| Gather::default()).collect(),
+                    #[cfg(test)]
+                    arrival_writes: Default::default(),
                 }))
             }
         };
@@ -410,24 +416,31 @@ impl Journal {
                 .map_err(|_| JournalError::Stopped)?;
                 wait.await.map_err(|_| JournalError::Stopped)?
             }
-            Sink::Direct(batch) => LINE.with_borrow_mut(|line| {
-                serialise(line, record)?;
-                if !durable {
-                    return batch.queue.push(line);
+            Sink::Direct(batch) => {
+                let gather = &batch.gathers[thread_slot() % GATHERS];
+                let lead = LINE.with_borrow_mut(|line| {
+                    serialise(line, record)?;
+                    if !durable {
+                        return batch.queue.push(line).map(|()| None);
+                    }
+                    Ok(Some(gather.join(line)))
+                })?;
+                match lead {
+                    None => Ok(()),
+                    Some(Joined::Follow(done)) => done.await.map_err(|_| JournalError::Stopped)?,
+                    Some(Joined::Lead) => {
+                        let mut lead = Lead {
+                            journal: self,
+                            gather,
+                            done: false,
+                        };
+                        // Lets the tasks this thread has ready run first:
+                        // their arrivals join this `write`.
+                        tokio::task::yield_now().await;
+                        lead.write()
+                    }
                 }
-                // One `write` of a line to the page cache: short enough to
-                // run on the request's own thread (a hand-off to another
-                // thread measured 15-25 µs and two context switches). Not
-                // under the mutex: a thread preempted on its way out of the
-                // `write` held it for milliseconds while the other workers
-                // queued behind it (futex waits of up to 5 ms at 3,000
-                // requests a second, docs/performance.md, *Ninth round*).
-                let result = self.append_line(line);
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, "journal write failed; notifications are refused until it works");
-                }
-                result
-            }),
+            }
         }
     }
 
@@ -575,6 +588,132 @@ struct Queued {
 struct BatchThread {
     queue: Arc<Queue>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Arrivals gathering for one `write`, one set per thread slot.
+    gathers: Box<[Gather]>,
+    /// The `write`s of gathered arrivals so far.
+    #[cfg(test)]
+    arrival_writes: std::sync::atomic::AtomicUsize,
+}
+
+// === arrivals written together: one `write` per worker and turn ===
+
+/// How many sets of gathering arrivals a journal keeps; a thread uses the
+/// one of its slot ([`thread_slot`]). More threads than sets share one,
+/// which is as correct, only less often alone in it.
+const GATHERS: usize = 16;
+
+/// The arrivals one thread's requests have serialised while the first of
+/// them lets the thread's other ready tasks run: that first one (the
+/// leader) then writes them all with one `write` and tells the others how
+/// it went. A `write` costs the same few microseconds in the kernel
+/// whether it carries one 2 KB line or several (docs/performance.md,
+/// *Fourteenth round*), so arrivals that come together on a busy worker
+/// share that cost, and each is still in the file before its forward.
+#[derive(Default)]
+struct Gather {
+    state: Mutex<Gathered>,
+}
+
+#[derive(Default)]
+struct Gathered {
+    bytes: Vec<u8>,
+    /// The arrivals after the leader's, waiting for its `write`.
+    waiting: Vec<oneshot::Sender<Result<(), JournalError>>>,
+    /// A leader has the batch and will write it.
+    led: bool,
+    /// The last batch's buffer, kept for the next one.
+    spare: Vec<u8>,
+}
+
+/// What an arrival that joined a batch does next.
+enum Joined {
+    /// Write the batch.
+    Lead,
+    /// Wait for the leader's word.
+    Follow(oneshot::Receiver<Result<(), JournalError>>),
+}
+
+impl Gather {
+    fn join(&self, line: &[u8]) -> Joined {
+        let mut g = lock(&self.state);
+        g.bytes.extend_from_slice(line);
+        if g.led {
+            let (done, wait) = oneshot::channel();
+            g.waiting.push(done);
+            Joined::Follow(wait)
+        } else {
+            g.led = true;
+            Joined::Lead
+        }
+    }
+}
+
+/// The leader of a batch. Writes it when told, or when dropped before
+/// (its request's task ended while it waited its turn): the arrivals that
+/// joined it are never left waiting.
+struct Lead<'a> {
+    journal: &'a Journal,
+    gather: &'a Gather,
+    done: bool,
+}
+
+impl Lead<'_> {
+    /// Writes the batch with one `write` (as [`Journal::append_line`]) and
+    /// tells every arrival in it how it went.
+    fn write(&mut self) -> Result<(), JournalError> {
+        self.done = true;
+        let (mut bytes, waiting) = {
+            let mut g = lock(&self.gather.state);
+            g.led = false;
+            let spare = std::mem::take(&mut g.spare);
+            (
+                std::mem::replace(&mut g.bytes, spare),
+                std::mem::take(&mut g.waiting),
+            )
+        };
+        // One `write` to the page cache, on the request's own thread (a
+        // hand-off to another thread measured 15-25 µs and two context
+        // switches), and not under the writer's mutex (a thread preempted
+        // on its way out of the `write` held it for milliseconds while the
+        // other workers queued behind it, docs/performance.md, *Ninth
+        // round*).
+        let result = self.journal.append_line(&bytes);
+        #[cfg(test)]
+        if let Sink::Direct(b) = &self.journal.sink {
+            b.arrival_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Err(e) = &result {
+            tracing::error!(error = %e, arrivals = waiting.len() + 1, "journal write failed; notifications are refused until it works");
+        }
+        for w in waiting {
+            let _ = w.send(result.clone());
+        }
+        bytes.clear();
+        let mut g = lock(&self.gather.state);
+        if g.spare.capacity() < bytes.capacity() {
+            g.spare = bytes;
+        }
+        result
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.write();
+        }
+    }
+}
+
+/// A small number for each thread, different for each of the first
+/// [`GATHERS`] threads that append: picks the thread's [`Gather`].
+fn thread_slot() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    SLOT.with(|s| *s)
 }
 
 impl Drop for BatchThread {
@@ -1969,6 +2108,69 @@ mod tests {
             );
             assert!(r < o, "outcome {i} before its arrival: {rids:?}");
         }
+    }
+
+    fn arrival_writes(j: &Journal) -> usize {
+        match &j.sink {
+            Sink::Direct(b) => b.arrival_writes.load(Ordering::Relaxed),
+            Sink::GroupCommit(_) => unreachable!(),
+        }
+    }
+
+    /// Arrivals whose requests are ready at the same time on one worker
+    /// thread go to the file in one `write`, each written before its
+    /// append returns.
+    #[tokio::test]
+    async fn arrivals_ready_together_on_one_thread_share_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let j =
+            Journal::open(&config(dir.path(), Fsync::Interval), "gateway", retention()).unwrap();
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                let j = j.clone();
+                tokio::spawn(async move {
+                    j.append(&received(&i.to_string(), &format!("e{i}")), true)
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(arrival_writes(&j), 1);
+        let mut rids = arrival_rids(dir.path());
+        rids.sort_by_key(|r| r.parse::<u32>().unwrap());
+        assert_eq!(rids, (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
+        // One after the other: a write each.
+        for i in 10..13 {
+            j.append(&received(&i.to_string(), "e"), true)
+                .await
+                .unwrap();
+        }
+        assert_eq!(arrival_writes(&j), 4);
+    }
+
+    /// The request whose arrival leads a batch ends before the batch's turn
+    /// (its task dropped): the arrivals that joined it are written all the
+    /// same, and their appends told so, never left waiting.
+    #[tokio::test]
+    async fn a_leader_dropped_before_its_turn_still_writes_the_arrivals_that_joined_it() {
+        use std::future::Future as _;
+        use std::task::{Context, Poll, Waker};
+        let dir = tempfile::tempdir().unwrap();
+        let j =
+            Journal::open(&config(dir.path(), Fsync::Interval), "gateway", retention()).unwrap();
+        let mut cx = Context::from_waker(Waker::noop());
+        let (first, second) = (received("1", "e1"), received("2", "e2"));
+        let mut lead = Box::pin(j.append(&first, true));
+        assert!(lead.as_mut().poll(&mut cx).is_pending());
+        let mut follow = Box::pin(j.append(&second, true));
+        assert!(follow.as_mut().poll(&mut cx).is_pending());
+        assert!(arrival_rids(dir.path()).is_empty());
+        drop(lead);
+        assert!(matches!(follow.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(arrival_rids(dir.path()), ["1", "2"]);
+        assert_eq!(arrival_writes(&j), 1);
     }
 
     /// Files of the names a new journal would take (before its names were
