@@ -1011,8 +1011,8 @@ fn replay(g: &mut GatewayCtx<'_>, r: &ReplayFile, known: &dyn Fn(&str) -> bool) 
                 reason: format!(
                     "{} is not below replay.timeout ({}): the WAIT would time out as a store error; \
                      lower wait_timeout or raise timeout",
-                    humantime::format_duration(wait_timeout),
-                    humantime::format_duration(timeout)
+                    crate::load::format_duration(wait_timeout),
+                    crate::load::format_duration(timeout)
                 ),
             },
         );
@@ -1344,11 +1344,11 @@ fn journal_span(
         .find(|s| !(s.is_empty() && s.start == 0));
     let message = format!(
         "journal.max_file_age = {} starts a new file that often, and the journal keeps at most {} files (journal.max_files, or {} while younger than replay.ttl): they hold {} of steady traffic (the newest may have just begun), less than replay.ttl = {}: files younger than replay.ttl are deleted, and a restart forgets the deliveries they held; raise journal.max_file_age or journal.max_files",
-        humantime::format_duration(config.max_file_age),
+        crate::load::format_duration(config.max_file_age),
         most,
         crate::journal::MAX_FILES_WITHIN_TTL,
-        humantime::format_duration(span),
-        humantime::format_duration(ttl),
+        crate::load::format_duration(span),
+        crate::load::format_duration(ttl),
     );
     g.loader.warn(Located {
         file: g.file.to_path_buf(),

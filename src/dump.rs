@@ -249,17 +249,7 @@ fn list<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
 
 /// A duration the way the files write it: `25h`, `10m`, `5s`, `300ms`.
 fn dur(d: Duration) -> String {
-    let ms = d.as_millis();
-    let s = if ms.is_multiple_of(3_600_000) && ms > 0 {
-        format!("{}h", ms / 3_600_000)
-    } else if ms.is_multiple_of(60_000) && ms > 0 {
-        format!("{}m", ms / 60_000)
-    } else if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    };
-    quote(&s)
+    quote(&crate::load::format_duration(d))
 }
 
 #[cfg(test)]
@@ -273,7 +263,7 @@ mod tests {
             (Duration::from_secs(300), "\"5m\""),
             (Duration::from_secs(5), "\"5s\""),
             (Duration::from_millis(300), "\"300ms\""),
-            (Duration::from_millis(1500), "\"1500ms\""),
+            (Duration::from_millis(1500), "\"1s500ms\""),
         ] {
             assert_eq!(dur(d), want);
             let back = crate::load::parse_duration(want.trim_matches('"')).unwrap();

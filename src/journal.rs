@@ -1136,8 +1136,8 @@ impl Writer {
     /// what that costs with this replay store, and what to change.
     fn pruned_young(&self, file: &Path, age: Duration) {
         self.retention.pruned_within_ttl.inc();
-        let age = humantime::format_duration(Duration::from_secs(age.as_secs()));
-        let ttl = humantime::format_duration(self.retention.ttl);
+        let age = crate::load::format_duration(Duration::from_secs(age.as_secs()));
+        let ttl = crate::load::format_duration(self.retention.ttl);
         let (max_files, max_file_bytes) = (self.config.max_files, self.config.max_file_bytes);
         if self.retention.store_remembers {
             tracing::warn!(file = %file.display(), newest_record_age = %age, ttl = %ttl, store = "redis", max_files, max_file_bytes,
@@ -2588,7 +2588,7 @@ mod tests {
             for w in &warned {
                 assert_eq!(w["level"], "WARN", "{w}");
                 assert_eq!(w["store"], store, "{w}");
-                assert_eq!(w["ttl"], "2days", "{w}");
+                assert_eq!(w["ttl"], "48h", "{w}");
                 assert!(w["newest_record_age"].is_string(), "{w}");
                 assert!(w["file"].as_str().unwrap().ends_with(".jsonl"), "{w}");
                 let message = w["message"].as_str().unwrap();

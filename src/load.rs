@@ -833,12 +833,15 @@ impl<'de> Deserialize<'de> for Dur {
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Parses `300ms`, `5s`, `10m`, `25h` (and compounds like `1h30m`), at
-/// most [`MAX_DURATION`].
+/// most [`MAX_DURATION`]: whole numbers, each followed by `ms`, `s`, `m` or
+/// `h`, nothing between them. humantime alone would also take `1.5h`,
+/// `5 s`, `5sec`, `2days` or `10y`, forms the documentation never
+/// promised; refusing them keeps every duration readable the one way.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad =
         || format!("invalid duration `{s}`: write a number and a unit, like 300ms, 5s, 10m or 25h");
     let t = s.trim();
-    if t.is_empty() || !t.as_bytes()[0].is_ascii_digit() || t.bytes().all(|b| b.is_ascii_digit()) {
+    if !written_as_documented(t) {
         return Err(bad());
     }
     let d = humantime::parse_duration(t).map_err(|_| bad())?;
@@ -848,6 +851,53 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
+}
+
+/// A duration the way the files write it, largest unit first: `25h`,
+/// `72h5m`, `5s`, `1s500ms` (`0s` for less than a millisecond). Every
+/// message that shows a duration writes it so: what it says can be copied
+/// into a file as it is.
+pub fn format_duration(d: Duration) -> String {
+    use std::fmt::Write as _;
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    let mut out = String::new();
+    for (n, unit) in [
+        (ms / 3_600_000, "h"),
+        (ms / 60_000 % 60, "m"),
+        (ms / 1000 % 60, "s"),
+        (ms % 1000, "ms"),
+    ] {
+        if n > 0 {
+            let _ = write!(out, "{n}{unit}");
+        }
+    }
+    out
+}
+
+/// `t` is one or more of a whole number and its unit (`ms`, `s`, `m`,
+/// `h`), with nothing else.
+fn written_as_documented(t: &str) -> bool {
+    let mut rest = t.as_bytes();
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 {
+            return false;
+        }
+        rest = &rest[digits..];
+        let unit = match rest {
+            [b'm', b's', ..] => 2,
+            [b's' | b'm' | b'h', ..] => 1,
+            _ => return false,
+        };
+        rest = &rest[unit..];
+    }
+    true
 }
 
 // === URLs ===
@@ -898,13 +948,56 @@ mod tests {
         assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
         assert_eq!(parse_duration("25h").unwrap(), Duration::from_secs(90_000));
-        for bad in ["", "5", "h", "5 parsecs", "-5s"] {
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            parse_duration("1m500ms").unwrap(),
+            Duration::from_millis(60_500)
+        );
+        for bad in [
+            "",
+            "5",
+            "h",
+            "5 parsecs",
+            "-5s",
+            "5 s",
+            "5sec",
+            "1.5h",
+            "2days",
+            "1d",
+            "10y",
+            "5s ms",
+            "5us",
+            "1h30",
+            "s5",
+            "5S",
+            "５s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_duration("876000h").unwrap(), MAX_DURATION);
         for too_long in ["876001h", "18446744073709551615s"] {
             let e = parse_duration(too_long).unwrap_err();
             assert!(e.contains("longer than 876000h"), "{too_long}: {e}");
+        }
+    }
+
+    #[test]
+    fn durations_are_shown_as_they_are_written() {
+        for (d, want) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_micros(999), "0s"),
+            (Duration::from_millis(300), "300ms"),
+            (Duration::from_millis(1500), "1s500ms"),
+            (Duration::from_secs(5), "5s"),
+            (Duration::from_secs(600), "10m"),
+            (Duration::from_secs(90_000), "25h"),
+            (Duration::from_secs(72 * 3600 + 300), "72h5m"),
+            (MAX_DURATION, "876000h"),
+        ] {
+            assert_eq!(format_duration(d), want);
+            if !d.is_zero() && d.subsec_micros() % 1000 == 0 {
+                assert_eq!(parse_duration(want).unwrap(), d, "{want}");
+            }
         }
     }
 

@@ -696,9 +696,9 @@ fn compile_route(
         ctx.error(
             at,
             RuleError::ReplayTtlTooShort {
-                ttl: humantime::format_duration(settings.replay_ttl).to_string(),
-                window: humantime::format_duration(max_age + max_future).to_string(),
-                future: humantime::format_duration(max_future).to_string(),
+                ttl: crate::load::format_duration(settings.replay_ttl).to_string(),
+                window: crate::load::format_duration(max_age + max_future).to_string(),
+                future: crate::load::format_duration(max_future).to_string(),
             },
         );
     }

@@ -606,7 +606,7 @@ fn report_forgotten(dir: &std::path::Path, through: i64, ttl: Duration) {
         .map_or_else(|| through.to_string(), |t| t.to_rfc3339());
     tracing::warn!(
         forgotten_through = %through,
-        ttl = %humantime::format_duration(ttl),
+        ttl = %crate::load::format_duration(ttl),
         dir = %dir.display(),
         "journal files younger than replay.ttl were deleted to keep the journal within journal.max_files × journal.max_file_bytes (and 1024 files): deliveries journaled up to forgotten_through are not remembered, and a platform's retry of one of them is forwarded again; raise journal.max_files or journal.max_file_bytes so that the journal holds replay.ttl of traffic, or use replay.store = \"redis\""
     );

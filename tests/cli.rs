@@ -129,7 +129,7 @@ fn check_warns_about_a_journal_that_cannot_hold_replay_ttl() {
         dir.path(),
         1,
         &[&format!(
-            "callgate.toml:{line}: warning: journal.max_file_age = 2m starts a new file that often, and the journal keeps at most 1024 files (journal.max_files, or 1024 while younger than replay.ttl): they hold 1day 10h 6m of steady traffic (the newest may have just begun), less than replay.ttl = 2days: files younger than replay.ttl are deleted, and a restart forgets the deliveries they held; raise journal.max_file_age or journal.max_files"
+            "callgate.toml:{line}: warning: journal.max_file_age = 2m starts a new file that often, and the journal keeps at most 1024 files (journal.max_files, or 1024 while younger than replay.ttl): they hold 34h6m of steady traffic (the newest may have just begun), less than replay.ttl = 48h: files younger than replay.ttl are deleted, and a restart forgets the deliveries they held; raise journal.max_file_age or journal.max_files"
         )],
     );
     // Enough files of that age.
@@ -2840,12 +2840,12 @@ fn check_refuses_a_replay_ttl_shorter_than_a_routes_freshness_window() {
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(
-            "r.toml:5: replay.ttl 2days is shorter than this route's freshness window (3days 5m"
+            "r.toml:5: replay.ttl 48h is shorter than this route's freshness window (72h5m"
         ),
         "{out}"
     );
     // Exactly the window is enough.
-    std::fs::write(&file, text.replace(ttl_line, "ttl = \"72h 5m\"")).unwrap();
+    std::fs::write(&file, text.replace(ttl_line, "ttl = \"72h5m\"")).unwrap();
     expect_check_quiet(dir.path(), 1);
 }
 

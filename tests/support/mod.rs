@@ -536,7 +536,7 @@ impl GatewaySpec {
             replay_extra: String::new(),
             // Files that hold the suite's replay.ttl of 200100h between
             // them (`callgate check` warns of a journal that cannot).
-            journal: "dir = \"journal\"\nmax_file_age = \"9000d\"\n".into(),
+            journal: "dir = \"journal\"\nmax_file_age = \"216000h\"\n".into(),
             watch: true,
         }
     }
