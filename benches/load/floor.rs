@@ -6,7 +6,7 @@
 //! stack", has the figures.
 //!
 //!     cargo run --release --example load_floor -- \
-//!         PORT UPSTREAM_URL [--threads N] [--client legacy|conn] [--no-verify]
+//!         PORT UPSTREAM_URL [--threads N] [--client legacy|conn] [--no-verify] [--duties DIR]
 //!
 //! - PORT: 127.0.0.1 port to listen on (0: any free one). Prints
 //!   `listening 127.0.0.1:PORT` on stdout once every thread accepts.
@@ -21,6 +21,15 @@
 //!   read; a new one when none is idle; dropped on error).
 //! - `--no-verify`: forward without parsing or verifying (the pure
 //!   forwarding floor).
+//! - `--duties DIR`: what callgate's default configuration adds to every
+//!   forward, done with callgate's own parts and nothing else of it: each
+//!   verified notification's arrival is written to a journal in DIR
+//!   (`journal::Journal`, `fsync = "interval"`) before its forward and its
+//!   outcome after, and each request logs one info JSON line (callgate's
+//!   `log_format::JsonLine` through its batched `log_writer`, to stdout).
+//!   So `floor-*-duties` against `floor-*` is what those duties cost, and
+//!   callgate against `floor-*-duties` what the rest of callgate costs
+//!   (rules, allow list, limits, metrics, the replay store).
 //!
 //! `POST /notify/alipay` is verified as Alipay RSA2 (certs/dev, app id
 //! 2021000000000001), `POST /notify/wechat` as WeChat Pay v2 (mch_id
@@ -32,9 +41,9 @@
 //! SIGTERM ends the process.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST, HeaderValue};
@@ -50,6 +59,10 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use callgate::ack::{self, Ack, Outcome};
 use callgate::body;
 use callgate::forward::HttpClient;
+use callgate::journal::{
+    ArrivalLine, Body as JournalBody, Fsync, Headers, Journal, JournalConfig, OutcomeRecord,
+    Record, Retention,
+};
 use callgate::provider::{Provider, alipay, wechat_v2};
 use callgate::secret::Secret;
 
@@ -63,6 +76,8 @@ struct Config {
     alipay: Provider,
     wechat: Provider,
     verify: bool,
+    /// `--duties`: the journal each forward is written to.
+    journal: Option<Journal>,
     upstream: Uri,
     upstream_addr: SocketAddr,
     host: HeaderValue,
@@ -78,8 +93,8 @@ enum Upstream {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage =
-        "usage: load_floor PORT UPSTREAM_URL [--threads N] [--client legacy|conn] [--no-verify]";
-    let (mut threads, mut conn, mut verify) = (None, false, true);
+        "usage: load_floor PORT UPSTREAM_URL [--threads N] [--client legacy|conn] [--no-verify] [--duties DIR]";
+    let (mut threads, mut conn, mut verify, mut duties) = (None, false, true, None);
     let mut rest = args.iter().skip(2);
     while let Some(a) = rest.next() {
         match a.as_str() {
@@ -90,6 +105,7 @@ fn main() {
                 _ => panic!("{usage}"),
             },
             "--no-verify" => verify = false,
+            "--duties" => duties = Some(PathBuf::from(rest.next().expect(usage))),
             _ => panic!("{usage}"),
         }
     }
@@ -114,10 +130,37 @@ fn main() {
         .expect("alipay_public.pem");
     let api_key = Secret::from_file(&certs.join("wechat_v2_api.key")).expect("wechat_v2_api.key");
     let wechat = wechat_v2::Keys::new("1900000109", Some("wx2421b1c4370ec43b"), api_key);
+    // Kept to the end of main: it writes the last batch of log lines.
+    let _log = duties.as_ref().map(|_| {
+        let (writer, guard) = callgate::log_writer::batched(std::io::stdout(), std::io::stderr())
+            .expect("log writer");
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_writer(writer)
+            .event_format(callgate::log_format::JsonLine)
+            .init();
+        guard
+    });
+    let journal = duties.map(|dir| {
+        let config = JournalConfig {
+            dir,
+            fsync: Fsync::Interval,
+            max_file_bytes: 64 * 1024 * 1024,
+            max_files: 16,
+            max_file_age: Duration::from_secs(3600),
+        };
+        let retention = Retention {
+            ttl: Duration::ZERO,
+            store_remembers: false,
+            pruned_within_ttl: prometheus::IntCounter::new("pruned", "pruned").expect("counter"),
+        };
+        Journal::open(&config, "gateway", retention).expect("journal")
+    });
     let config = Arc::new(Config {
         alipay: Provider::Alipay(alipay),
         wechat: Provider::WechatV2(wechat),
         verify,
+        journal,
         host: HeaderValue::from_str(authority.as_str()).expect("UPSTREAM_URL: host"),
         path: upstream
             .path_and_query()
@@ -202,17 +245,74 @@ async fn serve(listener: TcpListener, config: Arc<Config>, upstream: Arc<Upstrea
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let (config, upstream) = (config.clone(), upstream.clone());
-                async move { Ok::<_, std::convert::Infallible>(handle(req, &config, &upstream).await) }
+                async move {
+                    let response = match &config.journal {
+                        None => handle(req, &config, &upstream, None).await,
+                        Some(journal) => with_duties(req, &config, &upstream, journal).await,
+                    };
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
             let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
         });
     }
 }
 
+/// `--duties`: the request as [`handle`] serves it, its arrival journaled
+/// before the forward, its outcome after, and its log line.
+async fn with_duties(
+    req: Request<Incoming>,
+    config: &Config,
+    upstream: &Upstream,
+    journal: &Journal,
+) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let rid = callgate::journal::new_rid();
+    let path = req.uri().path().to_owned();
+    let mut outcome = Outcome::NotFound;
+    let response = handle(
+        req,
+        config,
+        upstream,
+        Some(Duties {
+            journal,
+            rid: &rid,
+            outcome: &mut outcome,
+        }),
+    )
+    .await;
+    tracing::info!(
+        target: "callgate::request",
+        request_id = rid.as_str(),
+        method = "POST",
+        path = path.as_str(),
+        route = "floor",
+        provider = "floor",
+        outcome = outcome.as_str(),
+        status = response.status().as_u16(),
+        event_id = rid.as_str(),
+        peer = "127.0.0.1:1",
+        client = "127.0.0.1",
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        reason = "",
+        dry_run = "",
+        "notification"
+    );
+    response
+}
+
+/// What `--duties` needs of a request on its way.
+struct Duties<'a> {
+    journal: &'a Journal,
+    rid: &'a str,
+    outcome: &'a mut Outcome,
+}
+
 async fn handle(
     req: Request<Incoming>,
     config: &Config,
     upstream: &Upstream,
+    mut duties: Option<Duties<'_>>,
 ) -> Response<Full<Bytes>> {
     // The answers are callgate's own (`ack::respond`), byte for byte.
     let (provider, ack) = match (req.method(), req.uri().path()) {
@@ -230,16 +330,61 @@ async fn handle(
         return bad(Outcome::BadSignature);
     }
     let content_type = parts.headers.get(CONTENT_TYPE).cloned();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    if let Some(d) = &duties {
+        let headers: Vec<(&str, &str)> = parts
+            .headers
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)))
+            .collect();
+        let arrival = ArrivalLine {
+            rid: d.rid,
+            unix: now,
+            route: "floor",
+            namespace: None,
+            provider: provider.kind().as_str(),
+            merchant: "floor",
+            event_id: d.rid,
+            client: "127.0.0.1",
+            headers: Headers::Borrowed(&headers),
+            body: JournalBody::Raw(&body),
+            attempt: 1,
+            order: None,
+        };
+        if d.journal.append_arrival(&arrival).await.is_err() {
+            return bad(Outcome::StoreUnavailable);
+        }
+    }
     let forwarded = tokio::time::timeout(
         UPSTREAM_TIMEOUT,
         forward(config, upstream, content_type, body),
     )
     .await;
-    match forwarded {
-        Ok(Ok(())) => ack::respond(Outcome::Forwarded, Some(ack)),
-        Ok(Err(_)) => bad(Outcome::UpstreamError),
-        Err(_) => bad(Outcome::UpstreamTimeout),
+    let outcome = match forwarded {
+        Ok(Ok(())) => Outcome::Forwarded,
+        Ok(Err(_)) => Outcome::UpstreamError,
+        Err(_) => Outcome::UpstreamTimeout,
+    };
+    if let Some(d) = &mut duties {
+        *d.outcome = outcome;
+        let record = Record::Outcome(OutcomeRecord {
+            rid: d.rid.to_owned(),
+            unix: now,
+            route: "floor".to_owned(),
+            namespace: None,
+            merchant: "floor".to_owned(),
+            event_id: d.rid.to_owned(),
+            outcome: outcome.as_str().to_owned(),
+            status: outcome.status().as_u16(),
+            redelivery: false,
+            shop_status: Some(200),
+            shop_ms: Some(0.1),
+        });
+        let _ = d.journal.append(&record, false).await;
     }
+    ack::respond(outcome, Some(ack))
 }
 
 fn verifies(provider: &Provider, headers: &HeaderMap, body: &Bytes) -> bool {
