@@ -52,7 +52,6 @@
 //!
 //! Outcomes: `UpstreamTimeout` (504), `UpstreamError` (502).
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +67,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 
 use crate::ack::Outcome;
+use crate::addr::AddrText;
 use crate::normalize;
 use crate::provider::Verified;
 use crate::secret::Secret;
@@ -318,8 +318,10 @@ pub struct Arrival<'a> {
     /// `X-Callgate-Request-Id`: the id of callgate's log line and journal
     /// records for the request.
     pub request_id: &'a str,
-    /// `X-Forwarded-For`: the source address callgate decided on.
-    pub client: IpAddr,
+    /// `X-Forwarded-For`: the source address callgate decided on, as
+    /// text (formatted once per request: the journal and log line have it
+    /// too).
+    pub client: AddrText,
     /// The platform's request headers; the route's allowlist picks.
     pub headers: &'a HeaderMap,
     /// The `t` of `X-Callgate-Signature`, Unix seconds.
@@ -337,7 +339,7 @@ struct Delivery<'a> {
     route: &'a str,
     event_id: &'a str,
     request_id: &'a str,
-    client_ip: IpAddr,
+    client_ip: AddrText,
     incoming: &'a HeaderMap,
     pass: &'a ForwardHeaders,
     /// `original` keeps the incoming Content-Type; `normalized` sends JSON.
@@ -479,7 +481,7 @@ fn build_request(
     headers.insert(X_CALLGATE_EVENT_ID, header_value(d.event_id));
     headers.insert(X_CALLGATE_REQUEST_ID, header_value(d.request_id));
     headers.insert(X_CALLGATE_ATTEMPT, HeaderValue::from(d.attempt));
-    headers.insert(X_FORWARDED_FOR, header_value(&d.client_ip.to_string()));
+    headers.insert(X_FORWARDED_FOR, header_value(d.client_ip.as_str()));
     headers.insert(
         X_CALLGATE_SIGNATURE,
         header_value(&signed_with(&upstream.key, None, d.now, &d.body)),
@@ -775,7 +777,7 @@ mod tests {
             route: "r",
             event_id: "id-1",
             request_id: "0123456789abcdef",
-            client_ip: "127.0.0.1".parse().unwrap(),
+            client_ip: AddrText::ip("127.0.0.1".parse().unwrap()),
             incoming,
             pass,
             mode: ForwardMode::Original,
@@ -832,7 +834,7 @@ mod tests {
         let req = build_request(
             &up,
             Delivery {
-                client_ip: "110.75.1.1".parse().unwrap(),
+                client_ip: AddrText::ip("110.75.1.1".parse().unwrap()),
                 body: Bytes::from_static(b"a=1"),
                 now: 5,
                 attempt: 2,

@@ -43,6 +43,7 @@
 
 pub mod accept;
 pub mod ack;
+pub mod addr;
 pub mod admin;
 pub mod allow;
 pub mod body;

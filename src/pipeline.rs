@@ -34,6 +34,7 @@ use http::{Method, Request, Response};
 use http_body_util::Full;
 
 use crate::ack::{self, Outcome};
+use crate::addr::AddrText;
 use crate::config::Snapshot;
 use crate::console::ShopAnswer;
 use crate::forward::{self, Arrival, HttpClient, Target};
@@ -181,6 +182,9 @@ struct Ctx {
     peer: SocketAddr,
     route: Option<Arc<Route>>,
     client: Option<IpAddr>,
+    /// `client` as text, formatted once for the log line, the journal and
+    /// `X-Forwarded-For` (set with it by [`Ctx::set_client`]).
+    client_text: Option<AddrText>,
     event_id: Option<String>,
     /// Why it was refused, for the operator (never sent to the platform).
     reason: Option<String>,
@@ -208,6 +212,14 @@ fn logged_path(path: &str) -> String {
 }
 
 impl Ctx {
+    /// The source address callgate decided on.
+    fn set_client(&mut self, ip: IpAddr) -> AddrText {
+        let text = AddrText::ip(ip);
+        self.client = Some(ip);
+        self.client_text = Some(text);
+        text
+    }
+
     /// Records why the request ends and returns the outcome it ends with.
     fn reject(&mut self, outcome: Outcome, label: &'static str, why: impl Display) -> Outcome {
         self.reason = Some(why.to_string());
@@ -237,6 +249,7 @@ where
         peer,
         route: None,
         client: None,
+        client_text: None,
         event_id: None,
         reason: None,
         label: None,
@@ -382,7 +395,7 @@ fn admit(
     route: &Route,
     ctx: &mut Ctx,
     headers: &http::HeaderMap,
-) -> Result<IpAddr, Outcome> {
+) -> Result<AddrText, Outcome> {
     let client = match allow::client_ip(ctx.peer, headers, &snapshot.trusted_proxies)
         .and_then(|ip| route.allow.check(ip).map(|()| ip))
     {
@@ -400,15 +413,15 @@ fn admit(
         }
         Err(denied) => {
             if let allow::Denied::NotAllowed(ip) = denied {
-                ctx.client = Some(ip);
+                ctx.set_client(ip);
             }
             return Err(ctx.reject(Outcome::IpDenied, denied.label(), denied));
         }
     };
-    ctx.client = Some(client);
+    let text = ctx.set_client(client);
     limit::check(route.rate_limit.as_ref(), client)
         .map_err(|e| ctx.reject(Outcome::RateLimited, "rate_limited", e))?;
-    Ok(client)
+    Ok(text)
 }
 
 /// The signature, with the keys of the merchant the notification is
@@ -494,10 +507,7 @@ pub(crate) async fn journal_arrival(
         .filter(|(name, _)| route.forward_headers.journals(name))
         .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
         .collect();
-    let (client, order) = (
-        arrival.client.to_string(),
-        crate::normalize::order_number(verified),
-    );
+    let order = crate::normalize::order_number(verified);
     j.append_arrival(&journal::ArrivalLine {
         rid: arrival.request_id,
         unix: arrival.now,
@@ -506,7 +516,7 @@ pub(crate) async fn journal_arrival(
         provider: route.kind().as_str(),
         merchant: verified.merchant(),
         event_id: verified.event_id(),
-        client: &client,
+        client: arrival.client.as_str(),
         headers: journal::Headers::Borrowed(&headers),
         body: journal::Body::Raw(body),
         attempt: arrival.attempt,
@@ -1003,7 +1013,7 @@ fn finish(state: &State, ctx: Ctx, outcome: Outcome, took: Duration) {
         };
         state.metrics.rejection(route, provider, label);
     }
-    let client = ctx.client.map(|c| c.to_string());
+    let client = ctx.client_text.as_ref().map_or("-", AddrText::as_str);
     macro_rules! line {
         ($level:ident) => {
             tracing::$level!(
@@ -1016,8 +1026,8 @@ fn finish(state: &State, ctx: Ctx, outcome: Outcome, took: Duration) {
                 outcome = outcome.as_str(),
                 status = outcome.status().as_u16(),
                 event_id = ctx.event_id.as_deref().unwrap_or("-"),
-                peer = %ctx.peer,
-                client = client.as_deref().unwrap_or("-"),
+                peer = %AddrText::socket(ctx.peer),
+                client,
                 duration_ms = took.as_secs_f64() * 1000.0,
                 reason = ctx.reason.as_deref().unwrap_or(""),
                 dry_run = ctx.dry_run.as_deref().unwrap_or(""),

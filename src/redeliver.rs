@@ -194,7 +194,7 @@ pub async fn redeliver(
     let request_id = journal::new_rid();
     let arrival = Arrival {
         request_id: &request_id,
-        client,
+        client: crate::addr::AddrText::ip(client),
         headers: &headers,
         now: crate::clock::unix_now(),
         attempt: held.attempt().max(sent_before.saturating_add(1)),
