@@ -135,16 +135,12 @@ impl Visit for Fields<'_> {
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.key(field);
-        if self.result.is_ok() {
-            self.result = write!(self.line, "{value}");
-        }
+        self.line.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.key(field);
-        if self.result.is_ok() {
-            self.result = write!(self.line, "{value}");
-        }
+        self.line.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
@@ -153,7 +149,7 @@ impl Visit for Fields<'_> {
             // As serde_json: JSON has no NaN or infinity.
             self.line.push_str("null");
         } else if self.result.is_ok() {
-            self.result = write!(self.line, "{value:?}");
+            float(self.line, value, &mut self.result);
         }
     }
 
@@ -172,6 +168,27 @@ impl Visit for Fields<'_> {
     }
 }
 
+/// A finite `value` as its `Debug` writes it (`1.234567`, `3.0`, `1e-7`,
+/// `1e16`): the shortest digits that read back as the same number, the
+/// closest of them to it. `ryu` writes the same between 1e-4 and 1e4, a
+/// fraction of `core::fmt`'s cost; outside that it may not:
+/// - below 1e-4 and from 1e16 `Debug` writes an exponent, ryu a decimal
+///   from 1e-5 on (`1e-5` against `0.00001`);
+/// - when two shortest candidates are exactly as close (a tie: the value is
+///   `(2n+1)·5^k / 2^(k+1)` and its spacing is at least 10^-k), `Debug`
+///   rounds up and ryu to even (`…797.3` against `…797.2` for
+///   -1149636667324797.25). A tie needs both, which puts it at 29,802 or
+///   more (the least over `k` of `max(2^52 / 10^k, (5/2)^k / 2)`).
+///
+/// A request's `duration_ms` is within 1e4 unless it took over 10 seconds.
+fn float(line: &mut String, value: f64, result: &mut fmt::Result) {
+    if (1e-4..1e4).contains(&value.abs()) {
+        line.push_str(ryu::Buffer::new().format_finite(value));
+    } else {
+        *result = write!(line, "{value:?}");
+    }
+}
+
 /// `s` as a JSON string.
 fn string(line: &mut String, s: &str) {
     line.push('"');
@@ -180,10 +197,17 @@ fn string(line: &mut String, s: &str) {
 }
 
 /// Appends `s` with what JSON requires escaped (RFC 8259: the quote, the
-/// backslash and the control characters), in runs between escapes.
+/// backslash and the control characters), in runs between escapes. The
+/// run before the first escape is found eight bytes at a time: a log
+/// line's strings (ids, names, addresses) seldom have any.
 fn escape(line: &mut String, s: &str) {
+    let clean = clean_prefix(s.as_bytes());
+    if clean == s.len() {
+        line.push_str(s);
+        return;
+    }
     let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
+    for (i, b) in s.bytes().enumerate().skip(clean) {
         let short = match b {
             b'"' => "\\\"",
             b'\\' => "\\\\",
@@ -207,6 +231,44 @@ fn escape(line: &mut String, s: &str) {
         start = i + 1;
     }
     line.push_str(&s[start..]);
+}
+
+/// How many of `bytes`' first bytes need no escape: all of them, or a
+/// multiple of eight at or before the first escape. Eight bytes are
+/// checked at a time, the last eight too (overlapping the chunk before
+/// them), so that a clean string of eight bytes or more is never read a
+/// byte at a time.
+fn clean_prefix(bytes: &[u8]) -> usize {
+    let mut clean = 0;
+    for chunk in bytes.chunks_exact(8) {
+        if needs_escape(chunk) {
+            return clean;
+        }
+        clean += 8;
+    }
+    if clean == bytes.len() || (clean > 0 && !needs_escape(&bytes[bytes.len() - 8..])) {
+        bytes.len()
+    } else {
+        clean
+    }
+}
+
+/// Whether one of eight bytes is below 0x20, a quote or a backslash: the
+/// classic "has a zero byte" test (`(x - 0x01..) & !x & 0x80..`, exact as
+/// a yes or no) on the chunk, on it XOR '"' and on it XOR '\\' (and with
+/// 0x20.. for "below 0x20"); a byte of 0x80 or more (UTF-8) never sets it.
+/// Not eight bytes: yes.
+fn needs_escape(chunk: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let Ok(eight) = <[u8; 8]>::try_from(chunk) else {
+        return true;
+    };
+    let x = u64::from_le_bytes(eight);
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH != 0;
+    below(x, 0x20)
+        || below(x ^ (ONES * u64::from(b'"')), 1)
+        || below(x ^ (ONES * u64::from(b'\\')), 1)
 }
 
 /// A `fmt::Write` that escapes what it is given, for `Debug` values.
@@ -263,6 +325,18 @@ mod tests {
             peer = %peer,
             debugged = ?hostile,
             "notification"
+        );
+        tracing::info!(
+            small = 0u64,
+            big = u64::MAX,
+            low = i64::MIN,
+            high = i64::MAX,
+            zero = 0.0f64,
+            whole = 3.0f64,
+            tiny = 0.000_123_f64,
+            huge = 9_999_999_999_999_998.0f64,
+            negative = -12.5f64,
+            "numbers"
         );
         tracing::warn!(
             reason = hostile,
@@ -334,8 +408,21 @@ mod tests {
             .with_writer(move || t.clone())
             .finish();
         tracing::subscriber::with_default(sub, events);
+        // Byte for byte, once the timestamps (taken a moment apart) are
+        // cut out.
+        let text = |c: &Captured| String::from_utf8(c.0.lock().unwrap().clone()).unwrap();
+        let untimed = |t: String| -> Vec<String> {
+            t.lines()
+                .map(|l| {
+                    let rest = l.strip_prefix("{\"timestamp\":\"").unwrap();
+                    let end = rest.find('"').unwrap();
+                    rest[end..].to_owned()
+                })
+                .collect()
+        };
+        assert_eq!(untimed(text(&ours)), untimed(text(&theirs)));
         let (mut ours, mut theirs) = (ours.lines(), theirs.lines());
-        assert_eq!(ours.len(), 3);
+        assert_eq!(ours.len(), 4);
         for (o, t) in ours.iter_mut().zip(theirs.iter_mut()) {
             let (ot, tt) = (
                 o.as_object_mut().unwrap().remove("timestamp").unwrap(),
@@ -345,6 +432,110 @@ mod tests {
             assert_eq!(ot.len(), tt.len(), "{ot} / {tt}");
             chrono::DateTime::parse_from_rfc3339(ot).unwrap();
             assert_eq!(o, t);
+        }
+    }
+
+    /// `duration_ms` and any other float: what `{:?}` wrote before, byte
+    /// for byte, inside ryu's range and out of it, at its edges, over
+    /// every duration a request can take (nanoseconds to hours) and over
+    /// random bit patterns.
+    #[test]
+    fn floats_are_what_debug_writes() {
+        let check = |v: f64| {
+            let mut ours = String::new();
+            let mut result = Ok(());
+            float(&mut ours, v, &mut result);
+            result.unwrap();
+            assert_eq!(ours, format!("{v:?}"), "{}", v.to_bits());
+        };
+        let edges = [
+            0.0,
+            -0.0,
+            1e-4,
+            1e-5,
+            1e16,
+            1e15,
+            0.1,
+            0.3,
+            1.0,
+            123.0,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            f64::MIN,
+            f64::EPSILON,
+            5e-324,
+        ];
+        for v in edges {
+            for w in [v, f64::from_bits(v.to_bits() + 1), -v] {
+                check(w);
+                if v.to_bits() > 0 {
+                    check(f64::from_bits(v.to_bits() - 1));
+                }
+            }
+        }
+        // Ties, every k: (2n+1)·5^k / 2^(k+1), small and large n.
+        for k in 1..=22i32 {
+            let five = 5f64.powi(k);
+            for n in (0u64..2_000).chain((0..2_000).map(|i| (1u64 << 40) / (i + 1))) {
+                let v = (2 * n + 1) as f64 * five / 2f64.powi(k + 1);
+                check(v);
+                check(-v);
+            }
+        }
+        // A tie ryu writes otherwise: -1149636667324797.25.
+        check(f64::from_bits(14_055_829_384_065_246_709));
+        for n in (0u64..200_000).chain((0..200_000).map(|i| i * 7_919 + 999_000_000)) {
+            check(std::time::Duration::from_nanos(n).as_secs_f64() * 1000.0);
+        }
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..300_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = f64::from_bits(x);
+            if v.is_finite() {
+                check(v);
+            }
+            // And as many in the range ryu writes.
+            check((x >> 11) as f64 / (1u64 << 53) as f64 * 10f64.powi((x % 10) as i32 - 4));
+        }
+    }
+
+    /// Strings escaped as serde_json escapes them (the JSON format's own
+    /// writer), with every escape at every offset of the eight-byte chunks,
+    /// after and before multi-byte characters.
+    #[test]
+    fn strings_are_what_serde_json_writes() {
+        let specials: Vec<char> = (0u8..0x20)
+            .map(char::from)
+            .chain([
+                '"', '\\', '\u{7f}', 'é', '中', '\u{2028}', '😀', 'A', '!', ']', '}',
+            ])
+            .collect();
+        for len in 0..20 {
+            for at in 0..=len {
+                for &c in &specials {
+                    let mut s: String = "abcdefghijklmnopqrstuvwxyz".chars().take(len).collect();
+                    s.insert(at, c);
+                    let mut ours = String::new();
+                    string(&mut ours, &s);
+                    assert_eq!(ours, serde_json::to_string(&s).unwrap(), "{s:?}");
+                }
+            }
+        }
+        // Bytes that sit next to the flagged values: 0x1f/0x20, 0x21-0x23,
+        // 0x5b-0x5d, and chunks full of non-ASCII.
+        for s in [
+            "\u{1f}\u{20}",
+            "!\"#",
+            "[\\]",
+            "ééééééééé\"",
+            "        \u{0}",
+            "中文中文中文中文",
+        ] {
+            let mut ours = String::new();
+            string(&mut ours, s);
+            assert_eq!(ours, serde_json::to_string(s).unwrap(), "{s:?}");
         }
     }
 }
