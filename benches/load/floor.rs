@@ -6,7 +6,8 @@
 //! stack", has the figures.
 //!
 //!     cargo run --release --example load_floor -- \
-//!         PORT UPSTREAM_URL [--threads N] [--client legacy|conn] [--no-verify] [--duties DIR]
+//!         PORT UPSTREAM_URL [--threads N] [--client legacy|conn] [--no-verify] \
+//!         [--journal DIR] [--log] [--duties DIR]
 //!
 //! - PORT: 127.0.0.1 port to listen on (0: any free one). Prints
 //!   `listening 127.0.0.1:PORT` on stdout once every thread accepts.
@@ -30,6 +31,7 @@
 //!   So `floor-*-duties` against `floor-*` is what those duties cost, and
 //!   callgate against `floor-*-duties` what the rest of callgate costs
 //!   (rules, allow list, limits, metrics, the replay store).
+//!   `--journal DIR` and `--log` do one duty each (`--duties DIR` is both).
 //!
 //! `POST /notify/alipay` is verified as Alipay RSA2 (certs/dev, app id
 //! 2021000000000001), `POST /notify/wechat` as WeChat Pay v2 (mch_id
@@ -76,8 +78,10 @@ struct Config {
     alipay: Provider,
     wechat: Provider,
     verify: bool,
-    /// `--duties`: the journal each forward is written to.
+    /// `--journal`: the journal each forward is written to.
     journal: Option<Journal>,
+    /// `--log`: a log line a request.
+    log: bool,
     upstream: Uri,
     upstream_addr: SocketAddr,
     host: HeaderValue,
@@ -92,9 +96,9 @@ enum Upstream {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage =
-        "usage: load_floor PORT UPSTREAM_URL [--threads N] [--client legacy|conn] [--no-verify] [--duties DIR]";
-    let (mut threads, mut conn, mut verify, mut duties) = (None, false, true, None);
+    let usage = "usage: load_floor PORT UPSTREAM_URL [--threads N] [--client legacy|conn] [--no-verify] [--journal DIR] [--log] [--duties DIR]";
+    let (mut threads, mut conn, mut verify) = (None, false, true);
+    let (mut journal_dir, mut log) = (None, false);
     let mut rest = args.iter().skip(2);
     while let Some(a) = rest.next() {
         match a.as_str() {
@@ -105,7 +109,12 @@ fn main() {
                 _ => panic!("{usage}"),
             },
             "--no-verify" => verify = false,
-            "--duties" => duties = Some(PathBuf::from(rest.next().expect(usage))),
+            "--journal" => journal_dir = Some(PathBuf::from(rest.next().expect(usage))),
+            "--log" => log = true,
+            "--duties" => {
+                journal_dir = Some(PathBuf::from(rest.next().expect(usage)));
+                log = true;
+            }
             _ => panic!("{usage}"),
         }
     }
@@ -131,7 +140,7 @@ fn main() {
     let api_key = Secret::from_file(&certs.join("wechat_v2_api.key")).expect("wechat_v2_api.key");
     let wechat = wechat_v2::Keys::new("1900000109", Some("wx2421b1c4370ec43b"), api_key);
     // Kept to the end of main: it writes the last batch of log lines.
-    let _log = duties.as_ref().map(|_| {
+    let _log = log.then(|| {
         let (writer, guard) = callgate::log_writer::batched(std::io::stdout(), std::io::stderr())
             .expect("log writer");
         tracing_subscriber::fmt()
@@ -141,7 +150,7 @@ fn main() {
             .init();
         guard
     });
-    let journal = duties.map(|dir| {
+    let journal = journal_dir.map(|dir| {
         let config = JournalConfig {
             dir,
             fsync: Fsync::Interval,
@@ -161,6 +170,7 @@ fn main() {
         wechat: Provider::WechatV2(wechat),
         verify,
         journal,
+        log,
         host: HeaderValue::from_str(authority.as_str()).expect("UPSTREAM_URL: host"),
         path: upstream
             .path_and_query()
@@ -246,9 +256,10 @@ async fn serve(listener: TcpListener, config: Arc<Config>, upstream: Arc<Upstrea
             let service = service_fn(move |req| {
                 let (config, upstream) = (config.clone(), upstream.clone());
                 async move {
-                    let response = match &config.journal {
-                        None => handle(req, &config, &upstream, None).await,
-                        Some(journal) => with_duties(req, &config, &upstream, journal).await,
+                    let response = if config.journal.is_some() || config.log {
+                        with_duties(req, &config, &upstream).await
+                    } else {
+                        handle(req, &config, &upstream, None).await
                     };
                     Ok::<_, std::convert::Infallible>(response)
                 }
@@ -258,13 +269,12 @@ async fn serve(listener: TcpListener, config: Arc<Config>, upstream: Arc<Upstrea
     }
 }
 
-/// `--duties`: the request as [`handle`] serves it, its arrival journaled
-/// before the forward, its outcome after, and its log line.
+/// `--journal`, `--log`: the request as [`handle`] serves it, its arrival
+/// journaled before the forward and its outcome after, and its log line.
 async fn with_duties(
     req: Request<Incoming>,
     config: &Config,
     upstream: &Upstream,
-    journal: &Journal,
 ) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let rid = callgate::journal::new_rid();
@@ -275,12 +285,15 @@ async fn with_duties(
         config,
         upstream,
         Some(Duties {
-            journal,
+            journal: config.journal.as_ref(),
             rid: &rid,
             outcome: &mut outcome,
         }),
     )
     .await;
+    if !config.log {
+        return response;
+    }
     tracing::info!(
         target: "callgate::request",
         request_id = rid.as_str(),
@@ -303,7 +316,7 @@ async fn with_duties(
 
 /// What `--duties` needs of a request on its way.
 struct Duties<'a> {
-    journal: &'a Journal,
+    journal: Option<&'a Journal>,
     rid: &'a str,
     outcome: &'a mut Outcome,
 }
@@ -333,7 +346,9 @@ async fn handle(
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    if let Some(d) = &duties {
+    if let Some(d) = &duties
+        && let Some(journal) = d.journal
+    {
         let headers: Vec<(&str, &str)> = parts
             .headers
             .iter()
@@ -353,7 +368,7 @@ async fn handle(
             attempt: 1,
             order: None,
         };
-        if d.journal.append_arrival(&arrival).await.is_err() {
+        if journal.append_arrival(&arrival).await.is_err() {
             return bad(Outcome::StoreUnavailable);
         }
     }
@@ -369,6 +384,10 @@ async fn handle(
     };
     if let Some(d) = &mut duties {
         *d.outcome = outcome;
+    }
+    if let Some(d) = &duties
+        && let Some(journal) = d.journal
+    {
         let record = Record::Outcome(OutcomeRecord {
             rid: d.rid.to_owned(),
             unix: now,
@@ -382,7 +401,7 @@ async fn handle(
             shop_status: Some(200),
             shop_ms: Some(0.1),
         });
-        let _ = d.journal.append(&record, false).await;
+        let _ = journal.append(&record, false).await;
     }
     ack::respond(outcome, Some(ack))
 }

@@ -24,6 +24,11 @@ Measures, each REPEAT times with fresh server processes, and reports medians:
   floor-conn-*    the same with a per-thread pool of hyper `client::conn::http1`
                   connections instead of the legacy client
   floor-noverify-wechat  the floor forwarding without parse or verify
+  floor-*-duties  the floor with what callgate's default configuration adds
+                  to a forward, done by callgate's own journal and log
+                  writer: the arrival journaled before the forward, the
+                  outcome after, an info JSON log line (`--duties`);
+                  `floor-*-journal` and `floor-*-log` do one of the two
 
 with `wrk -t2 -c64` and about 1 KB bodies (benches/load/corpus.lua walks a
 corpus of distinct, genuinely signed notifications, generated once by the
@@ -406,6 +411,10 @@ def start_floor(work, upstream_port, name):
         argv += ["--client", "conn"]
     if "-noverify" in name:
         argv += ["--no-verify"]
+    if "-duties" in name or "-journal" in name:
+        argv += ["--journal", os.path.join(d, "journal")]
+    if "-duties" in name or "-log" in name:
+        argv += ["--log"]
     return Server("floor", pinned(argv, "gateway"), port, stdout=os.path.join(d, "floor.log"), cwd=d)
 
 
