@@ -15,7 +15,7 @@ below what callgate manages under valgrind (about 300/s), so each request
 is served on its own: a saturating client would let one wake-up serve
 several requests, and the count per request would move with the batching. The shop is nginx
 `return 200`, as in run.py; the configuration is run.py's (journal on,
-`fsync = "interval"`; `-json`: info-level JSON logs to a file;
+`fsync = "interval"`; `-json`: info-level JSON logs to a file; `-text`: info-level text logs;
 `-nojournal`: `[journal] enabled = false`).
 
 A one-off cost that falls inside the window (aws-lc seeds its random
@@ -109,6 +109,7 @@ def measure(name, work, callgate, seconds, rate, workers, store):
         run.wait_port = lambda port, timeout=20.0: saved(port, 120.0)
         try:
             target = run.start_callgate(work, up.port, json_logs="-json" in name,
+                                        text_logs="-text" in name,
                                         journal="-nojournal" not in name,
                                         redis_port=redis.port if redis else None)
         finally:

@@ -17,6 +17,8 @@ Measures, each REPEAT times with fresh server processes, and reports medians:
                   requests append: what the sync costs the p99)
   alipay-json     as `alipay`, with info-level JSON logs written to a file
   wechat-json     as `wechat`, with info-level JSON logs written to a file
+  alipay-text     as `alipay`, with info-level logs in the default text format
+  wechat-text     as `wechat`, with info-level logs in the default text format
   floor-wechat    the floor of any hyper-based gateway (benches/load/floor.rs,
   floor-alipay    the `load_floor` example): thread per core, parse + verify
                   with callgate's library, forward through a hyper-util legacy
@@ -328,7 +330,8 @@ def redis_stats(store):
     return stats
 
 
-def start_callgate(work, upstream_port, json_logs=False, journal=True, redis_port=None, fsync=None):
+def start_callgate(work, upstream_port, json_logs=False, journal=True, redis_port=None, fsync=None,
+                   text_logs=False):
     port, admin = free_port(), free_port()
     store = f"redis://127.0.0.1:{redis_port}/0" if redis_port else "memory"
     d = os.path.join(work, "callgate")
@@ -389,6 +392,9 @@ api_key_file = "{certs}/wechat_v2_api.key"
     if json_logs:
         env["CALLGATE_LOG"] = "info"
         argv += ["--log-format", "json"]
+    elif text_logs:
+        # The default format (text), at info.
+        env["CALLGATE_LOG"] = "info"
     else:
         env["CALLGATE_LOG"] = "warn"
     argv += ["run", "-c", os.path.join(d, "callgate.toml")]
@@ -578,6 +584,7 @@ def measure(name, work, args, fixed_rps=None):
                 redis_port = store.port
             target = start_callgate(
                 work, up.port, json_logs="-json" in name, journal="-nojournal" not in name,
+                text_logs="-text" in name,
                 fsync="never" if "-nosync" in name else None,
                 redis_port=redis_port,
             )
