@@ -690,7 +690,7 @@ fn compile_gateway(file: &Path, loader: &mut Loader) -> Option<(Config, Option<r
             .iter()
             .any(|k| each.lost(k))
     {
-        journal_span(&mut g, &raw.journal, j, replay.ttl);
+        journal_span(&mut g, &raw.journal, j, replay.ttl, workers);
     }
     let limits = limits(&mut g, &raw.limits, !each.lost("limits.max_connections"));
     let config = Config {
@@ -1323,17 +1323,20 @@ fn journal(g: &mut GatewayCtx<'_>, j: &JournalFile) -> Option<crate::journal::Jo
 /// `replay.ttl` of steady traffic whatever its volume: a file takes records
 /// for at most `max_file_age`, and the journal keeps at most
 /// `journal::files_kept_at_most(max_files)` files (the newest may have just
-/// begun), which span at most one fewer times `max_file_age`. Files younger
-/// than `replay.ttl` would be deleted, and a restart forget the deliveries
-/// they held.
+/// begun), which span at most one fewer times `max_file_age`; each of the
+/// `workers` writes a file of its own, so they share that many. Files
+/// younger than `replay.ttl` would be deleted, and a restart forget the
+/// deliveries they held.
 fn journal_span(
     g: &mut GatewayCtx<'_>,
     j: &JournalFile,
     config: &crate::journal::JournalConfig,
     ttl: Duration,
+    workers: usize,
 ) {
     let most = crate::journal::files_kept_at_most(config.max_files);
-    let full = u32::try_from(most.saturating_sub(1)).unwrap_or(u32::MAX);
+    let each = most / workers.max(1);
+    let full = u32::try_from(each.saturating_sub(1)).unwrap_or(u32::MAX);
     let span = config.max_file_age.saturating_mul(full);
     if span >= ttl {
         return;
@@ -1342,8 +1345,13 @@ fn journal_span(
     let at = [j.max_file_age.span(), j.max_files.span()]
         .into_iter()
         .find(|s| !(s.is_empty() && s.start == 0));
+    let shared = if workers > 1 {
+        format!(", a file per worker (listen.workers = {workers})")
+    } else {
+        String::new()
+    };
     let message = format!(
-        "journal.max_file_age = {} starts a new file that often, and the journal keeps at most {} files (journal.max_files, or {} while younger than replay.ttl): they hold {} of steady traffic (the newest may have just begun), less than replay.ttl = {}: files younger than replay.ttl are deleted, and a restart forgets the deliveries they held; raise journal.max_file_age or journal.max_files",
+        "journal.max_file_age = {} starts a new file that often, and the journal keeps at most {} files (journal.max_files, or {} while younger than replay.ttl){shared}: they hold {} of steady traffic (the newest may have just begun), less than replay.ttl = {}: files younger than replay.ttl are deleted, and a restart forgets the deliveries they held; raise journal.max_file_age or journal.max_files",
         crate::load::format_duration(config.max_file_age),
         most,
         crate::journal::MAX_FILES_WITHIN_TTL,

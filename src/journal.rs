@@ -7,9 +7,10 @@
 //! * `callgate journal redeliver` re-sends verified events to the shop, for
 //!   the day the shop was down longer than the platform kept retrying.
 //!
-//! Format: JSON lines in `journal.dir`, one file at a time, named
-//! `<UTC time>-<kind>-<pid>-<n>.jsonl` (`n` ten digits) so names sort by
-//! age; a new file is never named before a file already there (a clock
+//! Format: JSON lines in `journal.dir`, one file at a time per writer (a
+//! gateway has one writer, a [`Lane`], per worker thread, each with its own
+//! file), named `<UTC time>-<kind>-<pid>-<n>.jsonl` (`n` ten digits, counted
+//! across the lanes) so names sort by age; a new file is never named before a file already there (a clock
 //! stepped back names it one second after the latest). A `received`
 //! record holds the route, provider, event id, source address, the request's
 //! end-to-end headers (never `Authorization`/`Cookie`, never `X-Callgate-*`)
@@ -267,9 +268,31 @@ pub const MAX_QUEUED: usize = 16 * 1024 * 1024;
 pub struct Journal {
     /// The journal directory (`journal.dir`).
     dir: PathBuf,
+    /// One writer per worker thread ([`use_lane`]), each with a file of its
+    /// own; one under `fsync = "always"`.
+    lanes: Arc<[Lane]>,
+    fsync: Fsync,
+}
+
+/// A writer with its current file and its way of writing. Worker threads
+/// each write their own lane: two threads appending to one file contend in
+/// the kernel for the file's locks (on this machine two threads appending
+/// 2.6 KB lines to one file spent 4.2-4.9 µs of CPU a `write`, to a file
+/// each 2.1-2.3 µs), and the files are read back as one journal.
+struct Lane {
     writer: Arc<Mutex<Writer>>,
     sink: Sink,
-    fsync: Fsync,
+}
+
+thread_local! {
+    /// The lane this thread writes ([`use_lane`]); otherwise its slot's.
+    static LANE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes this thread write lane `index` (modulo the lanes a journal has)
+/// of every journal: each gateway worker its own.
+pub fn use_lane(index: usize) {
+    LANE.with(|l| l.set(Some(index)));
 }
 
 /// Where an appended record goes.
@@ -291,7 +314,54 @@ impl Journal {
         kind: &str,
         retention: Retention,
     ) -> Result<Journal, JournalError> {
-        let writer = Arc::new(Mutex::new(Writer::new(config.clone(), kind, retention)?));
+        Journal::open_lanes(config, kind, retention, 1)
+    }
+
+    /// As [`Journal::open`], with a file for each of `lanes` writers (at
+    /// least one; one under `fsync = "always"`, whose one thread writes
+    /// every record): a gateway opens one per worker.
+    pub fn open_lanes(
+        config: &JournalConfig,
+        kind: &str,
+        retention: Retention,
+        lanes: usize,
+    ) -> Result<Journal, JournalError> {
+        let lanes = if config.fsync == Fsync::Always {
+            1
+        } else {
+            lanes.max(1)
+        };
+        let shared = Shared::default();
+        let lanes = (0..lanes)
+            .map(|_| Lane::open(config, kind, retention.clone(), &shared))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Journal {
+            dir: config.dir.clone(),
+            lanes: lanes.into(),
+            fsync: config.fsync,
+        })
+    }
+
+    /// The lane this thread writes.
+    fn lane(&self) -> &Lane {
+        let i = LANE.with(|l| l.get()).unwrap_or_else(thread_slot);
+        &self.lanes[i % self.lanes.len()]
+    }
+}
+
+impl Lane {
+    fn open(
+        config: &JournalConfig,
+        kind: &str,
+        retention: Retention,
+        shared: &Shared,
+    ) -> Result<Lane, JournalError> {
+        let writer = Arc::new(Mutex::new(Writer::new(
+            config.clone(),
+            kind,
+            retention,
+            shared.clone(),
+        )?));
         let fsync = config.fsync;
         let thread_error = |what: &str, e: std::io::Error| JournalError::Io {
             path: config.dir.display().to_string(),
@@ -352,14 +422,11 @@ impl Journal {
                 }))
             }
         };
-        Ok(Journal {
-            dir: config.dir.clone(),
-            writer,
-            sink,
-            fsync,
-        })
+        Ok(Lane { writer, sink })
     }
+}
 
+impl Journal {
     /// The directory the journal is written to.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -391,7 +458,8 @@ impl Journal {
     }
 
     async fn write(&self, record: &Line<'_>, durable: bool) -> Result<(), JournalError> {
-        match &self.sink {
+        let lane = self.lane();
+        match &lane.sink {
             Sink::GroupCommit(tx) => {
                 let mut line = Vec::with_capacity(4096);
                 serialise(&mut line, record)?;
@@ -430,7 +498,7 @@ impl Journal {
                     Some(Joined::Follow(done)) => done.await.map_err(|_| JournalError::Stopped)?,
                     Some(Joined::Lead) => {
                         let mut lead = Lead {
-                            journal: self,
+                            lane,
                             gather,
                             done: false,
                         };
@@ -444,6 +512,20 @@ impl Journal {
         }
     }
 
+    /// Writes and syncs everything written or queued so far; for shutdown.
+    pub async fn flush(&self) {
+        for lane in self.lanes.iter() {
+            lane.flush().await;
+        }
+    }
+
+    /// Whether outcome records are waited for too (`fsync = "always"`).
+    pub fn outcomes_durable(&self) -> bool {
+        self.fsync == Fsync::Always
+    }
+}
+
+impl Lane {
     /// Appends one whole line with the mutex held only to make room for
     /// it: the file is taken and the line's bytes counted under the lock,
     /// then written outside it (`O_APPEND`: concurrent appends land whole,
@@ -474,8 +556,8 @@ impl Journal {
         }
     }
 
-    /// Writes and syncs everything written or queued so far; for shutdown.
-    pub async fn flush(&self) {
+    /// Writes and syncs everything written or queued so far.
+    async fn flush(&self) {
         match &self.sink {
             Sink::GroupCommit(tx) => {
                 let (done, wait) = oneshot::channel();
@@ -489,11 +571,6 @@ impl Journal {
                 let _ = wait.await;
             }
         }
-    }
-
-    /// Whether outcome records are waited for too (`fsync = "always"`).
-    pub fn outcomes_durable(&self) -> bool {
-        self.fsync == Fsync::Always
     }
 }
 
@@ -652,7 +729,7 @@ impl Gather {
 /// (its request's task ended while it waited its turn): the arrivals that
 /// joined it are never left waiting.
 struct Lead<'a> {
-    journal: &'a Journal,
+    lane: &'a Lane,
     gather: &'a Gather,
     done: bool,
 }
@@ -677,9 +754,9 @@ impl Lead<'_> {
         // on its way out of the `write` held it for milliseconds while the
         // other workers queued behind it, docs/performance.md, *Ninth
         // round*).
-        let result = self.journal.append_line(&bytes);
+        let result = self.lane.append_line(&bytes);
         #[cfg(test)]
-        if let Sink::Direct(b) = &self.journal.sink {
+        if let Sink::Direct(b) = &self.lane.sink {
             b.arrival_writes.fetch_add(1, Ordering::Relaxed);
         }
         if let Err(e) = &result {
@@ -897,7 +974,8 @@ struct Writer {
     opened: Instant,
     /// The last write failed part-way: start the next batch on a new line.
     torn: bool,
-    seq: u32,
+    /// What the lanes of one journal share.
+    shared: Shared,
     /// Files rotated away, possibly with unsynced writes, for the sync
     /// timer.
     retired: Vec<Synced>,
@@ -916,11 +994,22 @@ struct OpenFile {
     dirty: AtomicBool,
 }
 
+/// What the lanes of one journal share: the number in their files' names
+/// (so that each new name sorts after the others' and none is tried
+/// twice), and turns at pruning the directory (so that two lanes do not
+/// delete the same file, or write the prune mark, at once).
+#[derive(Clone, Default)]
+struct Shared {
+    seq: Arc<std::sync::atomic::AtomicU32>,
+    pruning: Arc<Mutex<()>>,
+}
+
 impl Writer {
     fn new(
         config: JournalConfig,
         kind: &str,
         retention: Retention,
+        shared: Shared,
     ) -> Result<Writer, JournalError> {
         std::fs::create_dir_all(&config.dir).map_err(|e| JournalError::Io {
             path: config.dir.display().to_string(),
@@ -935,7 +1024,7 @@ impl Writer {
             size: 0,
             opened: Instant::now(),
             torn: false,
-            seq: 0,
+            shared,
             retired: Vec::new(),
             kept: Vec::new(),
         };
@@ -984,9 +1073,13 @@ impl Writer {
         let stamp = self.next_stamp();
         let mut tries = 0u32;
         let (path, file) = loop {
-            self.seq = self.seq.wrapping_add(1);
+            let seq = self
+                .shared
+                .seq
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_add(1);
             tries += 1;
-            let name = file_name(&stamp, &self.kind, std::process::id(), self.seq);
+            let name = file_name(&stamp, &self.kind, std::process::id(), seq);
             let path = self.config.dir.join(name);
             match options.open(&path) {
                 Ok(file) => break (path, file),
@@ -1048,7 +1141,7 @@ impl Writer {
             &now,
             &self.kind,
             std::process::id(),
-            self.seq.wrapping_add(1),
+            self.shared.seq.load(Ordering::Relaxed).wrapping_add(1),
         );
         if first_try > name {
             return now;
@@ -1072,6 +1165,7 @@ impl Writer {
     /// start. A file whose time cannot be read counts as young (it cannot
     /// be shown old).
     fn prune(&self) {
+        let _turn = lock(&self.shared.pruning);
         let files = journal_files(&self.config.dir);
         if files.len() <= self.config.max_files {
             return;
@@ -1125,6 +1219,8 @@ impl Writer {
     fn delete(&self, old: &Path) -> bool {
         match std::fs::remove_file(old) {
             Ok(()) => true,
+            // Deleted meanwhile by another process's journal.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => {
                 tracing::warn!(file = %old.display(), error = %e, "cannot delete an old journal file");
                 false
@@ -2111,7 +2207,7 @@ mod tests {
     }
 
     fn arrival_writes(j: &Journal) -> usize {
-        match &j.sink {
+        match &j.lanes[0].sink {
             Sink::Direct(b) => b.arrival_writes.load(Ordering::Relaxed),
             Sink::GroupCommit(_) => unreachable!(),
         }
@@ -2148,6 +2244,74 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(arrival_writes(&j), 4);
+    }
+
+    /// A gateway's workers each write a file of their own (two threads
+    /// appending to one file contend in the kernel), and the files read
+    /// back as one journal: every arrival with its outcome.
+    #[test]
+    fn each_worker_thread_writes_a_file_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open_lanes(
+            &config(dir.path(), Fsync::Interval),
+            "gateway",
+            retention(),
+            2,
+        )
+        .unwrap();
+        assert_eq!(journal_files(dir.path()).len(), 2);
+        let workers: Vec<_> = (0..2)
+            .map(|lane| {
+                let j = j.clone();
+                std::thread::spawn(move || {
+                    use_lane(lane);
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    rt.block_on(async {
+                        for i in 0..5 {
+                            let rid = format!("{lane}-{i}");
+                            j.append(&received(&rid, &rid), true).await.unwrap();
+                            j.append(&outcome(&rid, &rid, "forwarded", 1000), false)
+                                .await
+                                .unwrap();
+                        }
+                    });
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(j.flush());
+        let files = journal_files(dir.path());
+        assert_eq!(files.len(), 2);
+        let mut lanes_seen = Vec::new();
+        for f in &files {
+            let text = std::fs::read_to_string(f).unwrap();
+            let rids: Vec<String> = text
+                .lines()
+                .map(|l| match serde_json::from_str::<Record>(l).unwrap() {
+                    Record::Received(r) => r.rid,
+                    Record::Outcome(o) => o.rid,
+                })
+                .collect();
+            assert_eq!(rids.len(), 10, "{text}");
+            let lane = rids[0].split('-').next().unwrap().to_owned();
+            assert!(
+                rids.iter().all(|r| r.starts_with(&format!("{lane}-"))),
+                "{rids:?}"
+            );
+            lanes_seen.push(lane);
+        }
+        lanes_seen.sort();
+        assert_eq!(lanes_seen, ["0", "1"]);
+        let (all, _) = arrivals(dir.path()).unwrap();
+        assert_eq!(all.len(), 10);
+        assert!(all.iter().all(|a| a.outcome.is_some()));
     }
 
     /// The request whose arrival leads a batch ends before the batch's turn

@@ -342,6 +342,7 @@ impl Worker {
             .name(format!("callgate-worker-{index}"))
             .spawn(move || {
                 let _logs = tracing::dispatcher::set_default(&dispatch);
+                crate::journal::use_lane(index);
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -566,7 +567,19 @@ pub fn build_state(
                 store_remembers: !matches!(store, ReplayStore::Memory(_)),
                 pruned_within_ttl: metrics.journal_pruned_within_ttl(),
             };
-            Some(crate::journal::Journal::open(jc, journal_kind, retention)?)
+            // A file per gateway worker: workers appending to one file
+            // contend for its locks in the kernel.
+            let lanes = if journal_kind == "gateway" {
+                config.workers
+            } else {
+                1
+            };
+            Some(crate::journal::Journal::open_lanes(
+                jc,
+                journal_kind,
+                retention,
+                lanes,
+            )?)
         }
     };
     let mut state = State::new(snapshot, store, client, metrics, config.replay.ttl, journal);

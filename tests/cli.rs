@@ -118,7 +118,8 @@ fn check_warns_about_a_journal_that_cannot_hold_replay_ttl() {
         .unwrap();
     let edited = text
         .replace(ttl_line, "ttl = \"48h\"")
-        .replace(journal_line, "max_file_age = \"2m\"");
+        .replace(journal_line, "max_file_age = \"2m\"")
+        .replace("[listen]\n", "[listen]\nworkers = 1\n");
     std::fs::write(&file, &edited).unwrap();
     let line = edited
         .lines()
@@ -132,12 +133,30 @@ fn check_warns_about_a_journal_that_cannot_hold_replay_ttl() {
             "callgate.toml:{line}: warning: journal.max_file_age = 2m starts a new file that often, and the journal keeps at most 1024 files (journal.max_files, or 1024 while younger than replay.ttl): they hold 34h6m of steady traffic (the newest may have just begun), less than replay.ttl = 48h: files younger than replay.ttl are deleted, and a restart forgets the deliveries they held; raise journal.max_file_age or journal.max_files"
         )],
     );
+    // Each worker writes a file of its own: two share the files.
+    std::fs::write(&file, edited.replace("workers = 1", "workers = 2")).unwrap();
+    expect_check_warnings(
+        dir.path(),
+        1,
+        &[&format!(
+            "callgate.toml:{line}: warning: journal.max_file_age = 2m starts a new file that often, and the journal keeps at most 1024 files (journal.max_files, or 1024 while younger than replay.ttl), a file per worker (listen.workers = 2): they hold 17h2m of steady traffic"
+        )],
+    );
     // Enough files of that age.
     std::fs::write(
         &file,
         edited.replace(
             "max_file_age = \"2m\"",
             "max_file_age = \"2m\"\nmax_files = 1441",
+        ),
+    )
+    .unwrap();
+    expect_check_quiet(dir.path(), 1);
+    std::fs::write(
+        &file,
+        edited.replace("workers = 1", "workers = 2").replace(
+            "max_file_age = \"2m\"",
+            "max_file_age = \"2m\"\nmax_files = 2882",
         ),
     )
     .unwrap();

@@ -297,22 +297,23 @@ impl Tmpfs {
         disk
     }
 
-    /// Pads the one journal file under `journal` to a page boundary (blank
-    /// lines, which readers skip), so that on a full tmpfs its next append
-    /// needs a page it cannot have, then fills the file system.
+    /// Pads each journal file under `journal` (one per worker) to a page
+    /// boundary (blank lines, which readers skip), so that on a full tmpfs
+    /// its next append needs a page it cannot have, then fills the file
+    /// system.
     fn fill_past_journal(&self, journal: &std::path::Path) -> std::path::PathBuf {
         let files = callgate::journal::journal_files(journal);
-        let [file] = files.as_slice() else {
-            panic!("one journal file expected: {files:?}")
-        };
-        let len = std::fs::metadata(file).unwrap().len();
-        let pad = usize::try_from((4096 - len % 4096) % 4096).unwrap();
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(file)
-            .unwrap()
-            .write_all(&vec![b'\n'; pad])
-            .unwrap();
+        assert!(!files.is_empty(), "no journal file in {journal:?}");
+        for file in &files {
+            let len = std::fs::metadata(file).unwrap().len();
+            let pad = usize::try_from((4096 - len % 4096) % 4096).unwrap();
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(file)
+                .unwrap()
+                .write_all(&vec![b'\n'; pad])
+                .unwrap();
+        }
         self.fill()
     }
 
