@@ -163,7 +163,8 @@ fn main() {
             store_remembers: false,
             pruned_within_ttl: prometheus::IntCounter::new("pruned", "pruned").expect("counter"),
         };
-        Journal::open(&config, "gateway", retention).expect("journal")
+        // A file per thread, as callgate's workers write.
+        Journal::open_lanes(&config, "gateway", retention, threads).expect("journal")
     });
     let config = Arc::new(Config {
         alipay: Provider::Alipay(alipay),
@@ -210,6 +211,7 @@ fn main() {
             std::thread::Builder::new()
                 .name(format!("floor-{index}"))
                 .spawn(move || {
+                    callgate::journal::use_lane(index);
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
