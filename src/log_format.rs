@@ -11,6 +11,11 @@
 //! writes each piece once, escaping strings as JSON requires.
 //!
 //! Spans are not written: callgate opens none.
+//!
+//! The text line (`--log-format text`, the default), [`TextLine`]: the
+//! bytes of `tracing-subscriber`'s default format without colours, for
+//! the same reason (its `core::fmt` of each piece cost about 16,000
+//! instructions of a forwarded notification's 254,000).
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
@@ -111,6 +116,275 @@ where
             Err(_) => write(&mut String::new()),
         })
     }
+}
+
+/// The event formatter of `--log-format text` (the default): the bytes
+/// `tracing-subscriber`'s default (`Full`) format writes without ANSI
+/// colours, built in one reused buffer.
+///
+/// ```text
+/// 2026-12-03T19:02:24.123456Z  INFO callgate::request: request_id="01J…" status=200 duration_ms=1.25 peer=127.0.0.1:4242 notification
+/// ```
+///
+/// The timestamp (`SystemTime`, cached per second as the JSON line's),
+/// the level padded to five, the target and `: `, then the fields with a
+/// space between them: the message as it is (its ESC, BEL, BS, FF, DEL
+/// and C1 controls escaped, as that format sanitizes it), any other field
+/// as `name=` and its `Debug` (a `&str` quoted and escaped, a number's
+/// digits). The stock formatter writes each piece through `core::fmt`
+/// (with a `Debug` of every `&str` and number); this pushes clean strings
+/// and numbers as they are.
+///
+/// What this does not write itself is left to the stock formatter, which
+/// it holds: lines with ANSI colours (a terminal), events inside a span
+/// (callgate opens none), events carrying `log.` fields (`log` records
+/// bridged by `tracing-log`, whose target is a field) and `Error` values
+/// recorded as such (their sources list).
+#[derive(Debug, Clone, Default)]
+pub struct TextLine {
+    stock: tracing_subscriber::fmt::format::Format,
+}
+
+impl<S, N> FormatEvent<S, N> for TextLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        if writer.has_ansi_escapes() || ctx.event_scope().is_some() {
+            return self.stock.format_event(ctx, writer, event);
+        }
+        let sanitize = writer.sanitizes_ansi_escapes();
+        // A formatter that logs would find the buffer taken: give it its own.
+        let written = LINE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut line) => text_line(&mut line, event, sanitize, &mut writer),
+            Err(_) => text_line(&mut String::new(), event, sanitize, &mut writer),
+        })?;
+        if written {
+            Ok(())
+        } else {
+            self.stock.format_event(ctx, writer, event)
+        }
+    }
+}
+
+/// Builds `event`'s text line in `line` and writes it to `writer`; false,
+/// writing nothing, when the stock formatter is to write it.
+fn text_line(
+    line: &mut String,
+    event: &Event<'_>,
+    sanitize: bool,
+    writer: &mut Writer<'_>,
+) -> Result<bool, fmt::Error> {
+    let meta = event.metadata();
+    line.clear();
+    if timestamp(line, std::time::SystemTime::now()).is_err() {
+        // As the stock formatter: say so, don't fail the line.
+        line.push_str("<unknown time>");
+    }
+    line.push_str(match *meta.level() {
+        tracing::Level::TRACE => " TRACE ",
+        tracing::Level::DEBUG => " DEBUG ",
+        tracing::Level::INFO => "  INFO ",
+        tracing::Level::WARN => "  WARN ",
+        tracing::Level::ERROR => " ERROR ",
+    });
+    line.push_str(meta.target());
+    line.push_str(": ");
+    let mut fields = TextFields {
+        line,
+        first: true,
+        sanitize,
+        result: Ok(()),
+        stock: false,
+    };
+    event.record(&mut fields);
+    if fields.stock {
+        return Ok(false);
+    }
+    fields.result?;
+    line.push('\n');
+    writer.write_str(line)?;
+    Ok(true)
+}
+
+/// Writes the fields of a text line, a space between two.
+struct TextFields<'a> {
+    line: &'a mut String,
+    first: bool,
+    /// Whether the message's terminal controls are escaped.
+    sanitize: bool,
+    result: fmt::Result,
+    /// A field this does not write as the stock formatter does was seen.
+    stock: bool,
+}
+
+impl TextFields<'_> {
+    /// Starts `field`: the space before it and, but for the message, its
+    /// name and `=`. False when it is not to be written here.
+    fn start(&mut self, field: &Field) -> bool {
+        if self.result.is_err() || self.stock {
+            return false;
+        }
+        let name = field.name();
+        if name.starts_with("log.") {
+            self.stock = true;
+            return false;
+        }
+        if self.first {
+            self.first = false;
+        } else {
+            self.line.push(' ');
+        }
+        if name != "message" {
+            self.line.push_str(name.strip_prefix("r#").unwrap_or(name));
+            self.line.push('=');
+        }
+        true
+    }
+}
+
+impl Visit for TextFields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if !self.start(field) {
+            return;
+        }
+        if field.name() == "message" {
+            // Its text, not a quoted string.
+            if self.sanitize {
+                self.result = Sanitizing(self.line).write_str(value);
+            } else {
+                self.line.push_str(value);
+            }
+        } else {
+            debug_str(self.line, value);
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.start(field) {
+            self.line.push_str(itoa::Buffer::new().format(value));
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if self.start(field) {
+            self.line.push_str(itoa::Buffer::new().format(value));
+        }
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if self.start(field) {
+            float(self.line, value, &mut self.result);
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if self.start(field) {
+            self.line.push_str(if value { "true" } else { "false" });
+        }
+    }
+
+    fn record_error(&mut self, _field: &Field, _value: &(dyn std::error::Error + 'static)) {
+        self.stock = true;
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if !self.start(field) {
+            return;
+        }
+        self.result = if field.name() == "message" {
+            message(self.line, self.sanitize, value)
+        } else {
+            write!(self.line, "{value:?}")
+        };
+    }
+}
+
+/// The message: its `Debug` (a message's is its text), with the
+/// characters a terminal would act on escaped when `sanitize`.
+fn message(line: &mut String, sanitize: bool, value: &dyn fmt::Debug) -> fmt::Result {
+    if sanitize {
+        write!(Sanitizing(line), "{value:?}")
+    } else {
+        write!(line, "{value:?}")
+    }
+}
+
+/// A `fmt::Write` that escapes ESC, BEL, BS, FF, DEL (`\x1b`) and the C1
+/// controls (`\u{9b}`), as `tracing-subscriber` sanitizes a message.
+struct Sanitizing<'a>(&'a mut String);
+
+impl fmt::Write for Sanitizing<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if s.bytes()
+            .all(|b| b != 0x7f && b != 0xc2 && !matches!(b, 7 | 8 | 0x0c | 0x1b))
+        {
+            // No such character: C1 controls are 0xc2 0x80..=0x9f in UTF-8.
+            self.0.push_str(s);
+            return Ok(());
+        }
+        for c in s.chars() {
+            match c {
+                '\u{1b}' => self.0.push_str("\\x1b"),
+                '\u{7}' => self.0.push_str("\\x07"),
+                '\u{8}' => self.0.push_str("\\x08"),
+                '\u{c}' => self.0.push_str("\\x0c"),
+                '\u{7f}' => self.0.push_str("\\x7f"),
+                '\u{80}'..='\u{9f}' => write!(self.0, "\\u{{{:x}}}", u32::from(c))?,
+                c => self.0.push(c),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `s` as its `Debug` writes it: quoted, and with escapes when it has a
+/// quote, a backslash or a character other than printable ASCII (then
+/// `Debug` itself writes it: its rules for Unicode are its own).
+fn debug_str(line: &mut String, s: &str) {
+    if debug_clean(s.as_bytes()) {
+        line.push('"');
+        line.push_str(s);
+        line.push('"');
+    } else {
+        // Writing to a String fails only if Debug does, and str's does not.
+        let _ = write!(line, "{s:?}");
+    }
+}
+
+/// Whether every byte is printable ASCII (0x20 to 0x7e) other than the
+/// quote and the backslash: what `Debug` of a `&str` writes as it is.
+/// Eight bytes at a time (the has-a-zero-byte test of `needs_escape`, and
+/// any high bit for 0x80 and up), then the rest one by one.
+fn debug_clean(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let Ok(eight) = <[u8; 8]>::try_from(chunk) else {
+            return false;
+        };
+        let x = u64::from_le_bytes(eight);
+        let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH != 0;
+        if x & HIGH != 0
+            || below(x, 0x20)
+            || below(x ^ (ONES * 0x7f), 1)
+            || below(x ^ (ONES * u64::from(b'"')), 1)
+            || below(x ^ (ONES * u64::from(b'\\')), 1)
+        {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
 /// Writes each field as `,"name":value`.
@@ -536,6 +810,228 @@ mod tests {
             let mut ours = String::new();
             string(&mut ours, s);
             assert_eq!(ours, serde_json::to_string(s).unwrap(), "{s:?}");
+        }
+    }
+
+    /// Each write on its own: the formatter writes one line per event.
+    #[derive(Clone, Default)]
+    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl io::Write for Writes {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().push(b.to_vec());
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Strings for the text line's escapes: every ASCII byte, what `Debug`
+    /// escapes beyond ASCII (controls, unassigned and private-use code
+    /// points, separators, grapheme extenders first and after a letter),
+    /// what it writes as it is, and what the message's sanitizing escapes.
+    fn awkward() -> Vec<String> {
+        let mut all: Vec<String> = (0u8..0x80).map(|b| char::from(b).to_string()).collect();
+        for c in [
+            '\u{80}',
+            '\u{9b}',
+            '\u{9f}',
+            '\u{a0}',
+            '\u{ad}',
+            'é',
+            '中',
+            '😀',
+            '\u{200b}',
+            '\u{200d}',
+            '\u{2028}',
+            '\u{2029}',
+            '\u{feff}',
+            '\u{fffd}',
+            '\u{ffff}',
+            '\u{e000}',
+            '\u{378}',
+            '\u{10ffff}',
+            '\u{301}',
+            '\u{20e3}',
+            '\u{1f3fb}',
+            '\u{e0100}',
+            '\'',
+        ] {
+            all.push(c.to_string());
+            all.push(format!("{c}{c}"));
+            all.push(format!("e{c}x"));
+            all.push(format!("abcdefgh{c}ijklmnopq"));
+        }
+        all.extend(
+            [
+                "",
+                " ",
+                "plain-ascii_0123456789",
+                "exactly8",
+                "sixteen-bytes-ok",
+                "quote \" backslash \\ newline \n tab \t cr \r nul \0 esc \u{1b}[31m red",
+                "\u{1b}]0;title\u{7}",
+                "e\u{301}\u{301} a\u{20e3}",
+                "\u{301}leading extender",
+                "中文商户 订单",
+                "/notify/wechat?x=\"1\"&y='2'",
+            ]
+            .map(String::from),
+        );
+        all
+    }
+
+    fn text_events() {
+        let peer: std::net::SocketAddr = "127.0.0.1:4242".parse().unwrap();
+        // The request line as `pipeline::finish` writes it, at each level.
+        for (i, s) in awkward().iter().enumerate() {
+            let s = s.as_str();
+            macro_rules! line {
+                ($level:ident) => {
+                    tracing::$level!(
+                        target: "callgate::request",
+                        request_id = "01JABCDEFGHJKMNPQRSTVWXYZ",
+                        method = "POST",
+                        path = s,
+                        route = "wechat",
+                        provider = "wechat_v3",
+                        outcome = "forwarded",
+                        status = 200u16,
+                        event_id = s,
+                        peer = %peer,
+                        client = "-",
+                        duration_ms = (i as f64) * 0.123_456_7,
+                        reason = "",
+                        dry_run = s,
+                        "notification"
+                    )
+                };
+            }
+            match i % 5 {
+                0 => line!(info),
+                1 => line!(warn),
+                2 => line!(error),
+                3 => line!(debug),
+                _ => line!(trace),
+            }
+            // The string as the message, formatted and as it is.
+            tracing::info!("{}", s);
+            tracing::warn!(field = s, "{s} and {s:?}");
+            tracing::info!(message = s);
+            tracing::info!(message = s, after = s);
+            tracing::error!(shown = %s, debugged = ?s);
+        }
+        tracing::info!(
+            small = 0u64,
+            big = u64::MAX,
+            low = i64::MIN,
+            high = i64::MAX,
+            wide = u128::MAX,
+            narrow = i128::MIN,
+            zero = 0.0f64,
+            negative_zero = -0.0f64,
+            whole = 3.0f64,
+            tiny = 0.000_123_f64,
+            tinier = 1e-7f64,
+            huge = 9_999_999_999_999_998.0f64,
+            max = f64::MAX,
+            min = f64::MIN_POSITIVE,
+            sub = 5e-324f64,
+            nan = f64::NAN,
+            inf = f64::INFINITY,
+            minus_inf = f64::NEG_INFINITY,
+            negative = -12.5f64,
+            yes = true,
+            no = false,
+            bytes = &b"\x00\xffab"[..],
+            unit = ?(),
+            list = ?["a", "b\n"],
+            "numbers"
+        );
+        // Numbers and a Display value as the message; no message at all;
+        // raw names; `log.` fields (a bridged `log` record's).
+        tracing::info!(message = 42u64, other = 1i64);
+        tracing::info!(message = -1.5f64);
+        tracing::info!(message = %"displayed \u{1b} message");
+        tracing::warn!(only = "field");
+        tracing::error!(r#type = "raw", r#mod = 1u64);
+        tracing::info!(log.target = "hyper", log.line = 7u64, kept = "x", "bridged");
+        tracing::info!(target: "log", kept = 1u64, log.module_path = "rustls", "from log");
+        let e = std::io::Error::other("disk \u{1b} full");
+        tracing::error!(
+            error = &e as &(dyn std::error::Error + 'static),
+            "write failed"
+        );
+        // Inside a span: the stock formatter writes it.
+        let span = tracing::info_span!("outer", id = 7u64);
+        span.in_scope(|| tracing::info!(inside = true, "in a span"));
+        tracing::info!("SIGUSR1 ignored: callgate opens no log file to reopen");
+    }
+
+    fn lines(ansi: bool, sanitize: bool, ours: bool) -> Vec<Vec<u8>> {
+        let w = Writes::default();
+        let writes = w.clone();
+        let builder = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(ansi)
+            .with_ansi_sanitization(sanitize)
+            .with_writer(move || writes.clone());
+        if ours {
+            let sub = builder.event_format(TextLine::default()).finish();
+            tracing::subscriber::with_default(sub, text_events);
+        } else {
+            tracing::subscriber::with_default(builder.finish(), text_events);
+        }
+        w.0.lock().unwrap().clone()
+    }
+
+    /// Byte for byte what `tracing-subscriber`'s default text format
+    /// writes (the timestamps, taken a moment apart, cut out and checked
+    /// for their shape), with its sanitizing of messages and without, and
+    /// with ANSI colours (there the stock formatter writes).
+    #[test]
+    fn text_lines_are_what_the_default_format_writes() {
+        for (ansi, sanitize) in [(false, true), (false, false), (true, true)] {
+            let (ours, theirs) = (lines(ansi, sanitize, true), lines(ansi, sanitize, false));
+            assert!(ours.len() > 1000, "{}", ours.len());
+            assert_eq!(ours.len(), theirs.len());
+            let untimed = |line: &[u8]| -> Vec<u8> {
+                let text = std::str::from_utf8(line).unwrap();
+                // `YYYY-`, after the colour's escape when there is one.
+                let start = text.find('-').unwrap() - 4;
+                let stamp = &text[start..start + 27];
+                assert!(stamp.ends_with('Z'), "{text:?}");
+                chrono::DateTime::parse_from_rfc3339(stamp).unwrap();
+                let mut rest = line[..start].to_vec();
+                rest.extend_from_slice(&line[start + 27..]);
+                rest
+            };
+            for (o, t) in ours.iter().zip(&theirs) {
+                assert_eq!(
+                    String::from_utf8_lossy(&untimed(o)),
+                    String::from_utf8_lossy(&untimed(t)),
+                    "ansi {ansi} sanitize {sanitize}"
+                );
+                assert_eq!(untimed(o), untimed(t));
+            }
+        }
+    }
+
+    /// The clean test against `Debug` itself, every escape at every offset
+    /// of the eight-byte chunks.
+    #[test]
+    fn debug_strings_are_what_debug_writes() {
+        for s in awkward() {
+            for len in 0..20 {
+                for at in 0..=len {
+                    let mut v: String = "abcdefghijklmnopqrstuvwxyz".chars().take(len).collect();
+                    v.insert_str(at, &s);
+                    let mut ours = String::new();
+                    debug_str(&mut ours, &v);
+                    assert_eq!(ours, format!("{v:?}"));
+                }
+            }
         }
     }
 }

@@ -543,7 +543,10 @@ fn init_logging(format: LogFormat) -> Option<callgate::log_writer::LogGuard> {
     match format {
         // The JSON format's keys, written without its per-piece adaptor.
         LogFormat::Json => builder.event_format(callgate::log_format::JsonLine).init(),
-        LogFormat::Text => builder.init(),
+        // The default format's text line, written without `core::fmt` per piece.
+        LogFormat::Text => builder
+            .event_format(callgate::log_format::TextLine::default())
+            .init(),
     }
     Some(guard)
 }
