@@ -515,15 +515,51 @@ fn resolve_reference(r: &quick_xml::events::BytesRef<'_>) -> Result<char, XmlErr
 /// A flat XML document: the root element's name and its direct children,
 /// each name once, sorted by name. Names and values are UTF-8.
 ///
-/// Shared, not copied: a `Verified` keeps the map its signature was checked
-/// over, and a clone (or [`XmlMap::without`] nothing to leave out) is a
-/// reference count, not a `String` per field.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One buffer, shared, not copied: the root's name, then every field's
+/// name and value in name order, sit back to back in `text`, and `fields`
+/// indexes it (as `body::Form` does). A `Verified` keeps the map its
+/// signature was checked over: a clone is two reference counts. A parse
+/// allocates the text and the index, not a `String` per name and value.
+///
+/// Two maps are equal when their roots and their fields (name, value and
+/// where the element sits in the body) are.
+#[derive(Clone)]
 pub struct XmlMap {
-    root: Arc<str>,
-    /// (name, value, where the element sits in the body), sorted by name
-    /// bytes.
-    sorted: Arc<[(String, String, Range<usize>)]>,
+    /// The root's name, then each field's name and value, in the order of
+    /// `fields`, with nothing between them.
+    text: Arc<str>,
+    /// Where the root's name ends in `text` (it starts at 0).
+    root: usize,
+    /// The fields, sorted by name bytes.
+    fields: Arc<[Field]>,
+}
+
+/// One field of an [`XmlMap`]: where its name and value sit in the map's
+/// text, and its element in the body.
+#[derive(Debug, Clone)]
+struct Field {
+    /// The name's first 8 bytes ([`key`]): most lookups are told apart by
+    /// it, without reading the text.
+    key: u64,
+    name: Range<usize>,
+    /// The value runs from `name.end` to here.
+    value_end: usize,
+    span: Range<usize>,
+}
+
+/// The first 8 bytes of `name` as a big-endian number, zeros after a
+/// shorter one: two names whose keys differ are in the order of their
+/// keys (bytes compared in turn, the shorter name first when it is a
+/// prefix), so only equal keys need the names themselves compared.
+fn key(name: &[u8]) -> u64 {
+    match name.first_chunk::<8>() {
+        Some(first) => u64::from_be_bytes(*first),
+        None => {
+            let k = name.iter().fold(0, |k, &b| (k << 8) | u64::from(b));
+            // `name` is shorter than 8 bytes: the shift is 8 to 64 bits.
+            k.checked_shl(8 * (8 - name.len() as u32)).unwrap_or(0)
+        }
+    }
 }
 
 impl XmlMap {
@@ -552,77 +588,169 @@ impl XmlMap {
                 reason: "text outside the fields".to_owned(),
             });
         }
-        let mut sorted: Vec<(String, String, Range<usize>)> = root
-            .children
-            .into_iter()
-            .map(|c| (c.name.into_owned(), c.text.into_owned(), c.span))
+        let mut children = root.children;
+        children.sort_unstable_by(|a, b| name_cmp(a.name.as_bytes(), b.name.as_bytes()));
+        Ok(XmlMap::build(
+            &root.name,
+            children
+                .iter()
+                .map(|c| (&*c.name, &*c.text, c.span.clone())),
+        ))
+    }
+
+    /// The map of `root` and `fields` (sorted by name, each name once):
+    /// the text laid out, one allocation for it and one for the index.
+    fn build<'a, I>(root: &str, fields: I) -> XmlMap
+    where
+        I: Iterator<Item = (&'a str, &'a str, Range<usize>)> + Clone,
+    {
+        let size = fields.clone().fold(root.len(), |n, (name, value, _)| {
+            n + name.len() + value.len()
+        });
+        let mut text = String::with_capacity(size);
+        text.push_str(root);
+        // One allocation when `fields` knows its length (a slice's does).
+        let fields: Arc<[Field]> = fields
+            .map(|(name, value, span)| {
+                let at = text.len();
+                text.push_str(name);
+                let name_end = text.len();
+                text.push_str(value);
+                Field {
+                    key: key(name.as_bytes()),
+                    name: at..name_end,
+                    value_end: text.len(),
+                    span,
+                }
+            })
             .collect();
-        sorted.sort_unstable_by(|a, b| name_cmp(&a.0, &b.0));
-        Ok(XmlMap {
-            root: (*root.name).into(),
-            sorted: sorted.into(),
-        })
+        XmlMap {
+            text: text.into(),
+            root: root.len(),
+            fields,
+        }
+    }
+
+    /// The piece `range` of the text: a name or a value, cut where it was
+    /// put (so always a `str` boundary).
+    fn str(&self, range: Range<usize>) -> &str {
+        self.text.get(range).unwrap_or_default()
     }
 
     /// The root element's name.
     pub fn root(&self) -> &str {
-        &self.root
+        self.str(0..self.root)
     }
 
-    /// The field called `name`.
-    fn find(&self, name: &str) -> Option<&(String, String, Range<usize>)> {
-        self.sorted
-            .binary_search_by(|(k, ..)| name_cmp(k, name))
+    /// The field called `name`: its key compared first, then, when the keys
+    /// are equal, the lengths of two names the keys hold whole, or else
+    /// the names (as bytes: the order `str` has, and a byte cut is not
+    /// looked at for a boundary).
+    fn find(&self, name: &str) -> Option<&Field> {
+        let (text, name) = (self.text.as_bytes(), name.as_bytes());
+        let want = key(name);
+        self.fields
+            .binary_search_by(|f| {
+                f.key.cmp(&want).then_with(|| {
+                    if f.name.len() <= 8 && name.len() <= 8 {
+                        // The longer one goes on with zeros: it is after.
+                        f.name.len().cmp(&name.len())
+                    } else {
+                        text.get(f.name.clone()).unwrap_or_default().cmp(name)
+                    }
+                })
+            })
             .ok()
-            .and_then(|i| self.sorted.get(i))
+            .and_then(|i| self.fields.get(i))
     }
 
     /// The value of field `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.find(name).map(|(_, v, _)| v.as_str())
+        self.find(name).map(|f| self.str(f.name.end..f.value_end))
     }
 
     /// The bytes of the body where element `name` sits, from its `<` to the
     /// end of its closing tag.
     pub fn span(&self, name: &str) -> Option<Range<usize>> {
-        self.find(name).map(|(.., span)| span.clone())
+        self.find(name).map(|f| f.span.clone())
     }
 
-    /// The same document without the elements named in `names`.
+    /// The same document without the elements named in `names` (its text
+    /// laid out again: the rest of the map reads it in one walk).
     pub fn without(&self, names: &[String]) -> XmlMap {
         if names.is_empty() {
             return self.clone();
         }
-        XmlMap {
-            root: self.root.clone(),
-            sorted: self
-                .sorted
-                .iter()
-                .filter(|(k, ..)| !names.contains(k))
-                .cloned()
-                .collect(),
-        }
+        let kept: Vec<_> = self
+            .entries()
+            .filter(|(name, ..)| !names.iter().any(|n| n == name))
+            .map(|(name, value, span)| (name, value, span.clone()))
+            .collect();
+        XmlMap::build(self.root(), kept.iter().cloned())
     }
 
-    /// (name, value) pairs sorted by name bytes.
+    /// (name, value) pairs sorted by name bytes: the text walked once,
+    /// each piece cut off its front.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.sorted.iter().map(|(k, v, _)| (k.as_str(), v.as_str()))
+        let mut rest = self.text.get(self.root..).unwrap_or_default();
+        self.fields.iter().map(move |f| {
+            let (name, after) = rest.split_at_checked(f.name.len()).unwrap_or_default();
+            let (value, after) = after
+                .split_at_checked(f.value_end.saturating_sub(f.name.end))
+                .unwrap_or_default();
+            rest = after;
+            (name, value)
+        })
+    }
+
+    /// (name, value, span) of each field, sorted by name bytes.
+    fn entries(&self) -> impl Iterator<Item = (&str, &str, &Range<usize>)> + '_ {
+        self.iter()
+            .zip(self.fields.iter())
+            .map(|((name, value), f)| (name, value, &f.span))
     }
 
     pub fn len(&self) -> usize {
-        self.sorted.len()
+        self.fields.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sorted.is_empty()
+        self.fields.is_empty()
+    }
+}
+
+impl PartialEq for XmlMap {
+    fn eq(&self, other: &XmlMap) -> bool {
+        self.root() == other.root()
+            && self.len() == other.len()
+            && self.entries().eq(other.entries())
+    }
+}
+
+impl Eq for XmlMap {}
+
+/// The root and the fields as (name, value, span): what the map holds, not
+/// how its text is laid out.
+impl std::fmt::Debug for XmlMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        struct Entries<'a>(&'a XmlMap);
+        impl std::fmt::Debug for Entries<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_list().entries(self.0.entries()).finish()
+            }
+        }
+        f.debug_struct("XmlMap")
+            .field("root", &self.root())
+            .field("fields", &Entries(self))
+            .finish()
     }
 }
 
 /// Names in byte order (`str`'s `Ord`), the first bytes compared first:
 /// most names differ there, and a call to `memcmp` costs more than that
 /// comparison.
-fn name_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    let first = |s: &str| s.as_bytes().first().copied();
+fn name_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let first = |s: &[u8]| s.first().copied();
     first(a).cmp(&first(b)).then_with(|| a.cmp(b))
 }
 
@@ -724,6 +852,108 @@ mod tests {
         // A CDATA section split in two, and text around it, concatenate.
         let x = XmlMap::parse(b"<xml><a>p<![CDATA[]]]]><![CDATA[>]]>q</a></xml>").unwrap();
         assert_eq!(x.get("a"), Some("p]]>q"));
+    }
+
+    /// Names and values share one text: each is cut where it was put,
+    /// whatever sits around it (a prefix of another name, a value decoded
+    /// longer or shorter than the body holds it, an empty one), `without`
+    /// keeps the others' places, and equality looks at fields, not text.
+    #[test]
+    fn names_and_values_are_cut_where_they_were_put() {
+        let body = "<xml><abc>3</abc><ab><![CDATA[x<y]]></ab><a>&amp;&#x4E3B;</a>\
+                    <b/><abcd>l1\r\nl2</abcd><c>\u{5E97}</c></xml>";
+        let x = XmlMap::parse(body.as_bytes()).unwrap();
+        let want = [
+            ("a", "&\u{4E3B}"),
+            ("ab", "x<y"),
+            ("abc", "3"),
+            ("abcd", "l1\nl2"),
+            ("b", ""),
+            ("c", "\u{5E97}"),
+        ];
+        assert_eq!(x.iter().collect::<Vec<_>>(), want);
+        assert_eq!((x.root(), x.len()), ("xml", 6));
+        for (name, value) in want {
+            assert_eq!(x.get(name), Some(value), "{name}");
+            let element = &body[x.span(name).unwrap()];
+            assert!(element.starts_with(&format!("<{name}")), "{element}");
+            assert!(element.ends_with(&format!("</{name}>")) || element.ends_with("/>"));
+        }
+        assert_eq!((x.get("abcde"), x.get("x"), x.get("")), (None, None, None));
+
+        let cut = x.without(&["ab".to_owned(), "b".to_owned(), "nope".to_owned()]);
+        assert_eq!(
+            cut.iter().collect::<Vec<_>>(),
+            [want[0], want[2], want[3], want[5]]
+        );
+        assert_eq!(
+            (cut.get("ab"), cut.get("b"), cut.span("ab")),
+            (None, None, None)
+        );
+        assert_eq!(cut.get("abcd"), Some("l1\nl2"));
+        assert_eq!(cut.span("c"), x.span("c"));
+        assert_eq!(cut.root(), "xml");
+        assert_ne!(cut, x);
+        assert_eq!(x.without(&[]), x);
+        let again = XmlMap::parse(body.as_bytes()).unwrap();
+        assert_eq!(again, x);
+        assert_eq!(format!("{again:?}"), format!("{x:?}"));
+
+        // The same text, "xmlabc", and the same spans, cut in other places.
+        let ab = XmlMap::parse(b"<xml><ab>c</ab></xml>").unwrap();
+        let a = XmlMap::parse(b"<xml><a>bc</a ></xml>").unwrap();
+        assert_eq!((ab.span("ab"), a.span("a")), (Some(5..15), Some(5..15)));
+        assert_ne!(ab, a);
+        // The same fields under another root, and elsewhere in the body.
+        let lmx = XmlMap::parse(b"<lmx><ab>c</ab></lmx>").unwrap();
+        assert_eq!(lmx.iter().collect::<Vec<_>>(), [("ab", "c")]);
+        assert_ne!(lmx, ab);
+        let moved = XmlMap::parse(b"<xml> <ab>c</ab></xml>").unwrap();
+        assert_eq!(moved.iter().collect::<Vec<_>>(), [("ab", "c")]);
+        assert_ne!(moved, ab);
+        assert_eq!(ab, XmlMap::parse(b"<xml><ab>c</ab>\n</xml>").unwrap());
+
+        // Names alike in their first 8 bytes, or shorter than 8.
+        let names = [
+            "out_trade",
+            "out_trade_no",
+            "out_trade_no2",
+            "out_trad",
+            "out_tra",
+            "out_trb",
+            "out_trade_nn",
+            "o",
+            "p",
+        ];
+        let body: String = names.iter().map(|n| format!("<{n}>={n}</{n}>")).collect();
+        let x = XmlMap::parse(format!("<xml>{body}</xml>").as_bytes()).unwrap();
+        let mut sorted = names;
+        sorted.sort_unstable();
+        let got: Vec<_> = x.iter().map(|(k, _)| k).collect();
+        assert_eq!(got, sorted);
+        for name in names {
+            assert_eq!(x.get(name), Some(format!("={name}").as_str()), "{name}");
+        }
+        for absent in [
+            "out_trade_n",
+            "out_trade_no1",
+            "out_trade_no3",
+            "out_tr",
+            "out_trc",
+            "n",
+            "q",
+            "o\0",
+            "out_tra\0",
+            "out_trad\0",
+            "",
+        ] {
+            assert_eq!(x.get(absent), None, "{absent}");
+        }
+        let cut = x.without(&["out_trade_no".to_owned(), "o".to_owned()]);
+        assert_eq!(cut.len(), names.len() - 2);
+        assert_eq!(cut.get("out_trade_no"), None);
+        assert_eq!(cut.get("out_trade_no2"), Some("=out_trade_no2"));
+        assert_eq!(cut.get("out_trade_nn"), Some("=out_trade_nn"));
     }
 
     #[test]
