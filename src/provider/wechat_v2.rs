@@ -626,6 +626,8 @@ pub fn signature<'a>(
 ) -> String {
     let hmac_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
     signature_with(fields, key, &hmac_key, algo, java)
+        .as_str()
+        .to_owned()
 }
 
 /// [`signature`] with the HMAC-SHA256 key prepared from `key` beforehand.
@@ -635,7 +637,7 @@ fn signature_with<'a>(
     hmac_key: &aws_lc_rs::hmac::Key,
     algo: SignAlgo,
     java: bool,
-) -> String {
+) -> UpperHex {
     let mut content = Vec::with_capacity(1024);
     for (k, v) in fields {
         if k == "sign" {
@@ -660,18 +662,39 @@ fn signature_with<'a>(
     digest
 }
 
-/// Upper-case hex of a digest (at most 32 bytes), through a table rather
-/// than a `char` iterator.
-fn upper_hex(digest: &[u8]) -> String {
-    let mut buf = [0u8; 64];
-    let Some(out) = buf.get_mut(..2 * digest.len()) else {
-        return String::new();
+/// The upper-case hex of a digest of at most 32 bytes, kept inline: a
+/// notification's expected signature is compared, never kept.
+struct UpperHex {
+    digits: [u8; 64],
+    len: usize,
+}
+
+impl UpperHex {
+    fn as_bytes(&self) -> &[u8] {
+        self.digits.get(..self.len).unwrap_or_default()
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+/// Upper-case hex of a digest (at most 32 bytes; empty if longer), through
+/// a table rather than a `char` iterator.
+fn upper_hex(digest: &[u8]) -> UpperHex {
+    let mut hex = UpperHex {
+        digits: [0u8; 64],
+        len: 0,
+    };
+    let Some(out) = hex.digits.get_mut(..2 * digest.len()) else {
+        return hex;
     };
     if hex::encode_to_slice(digest, out).is_err() {
-        return String::new();
+        return hex;
     }
     out.make_ascii_uppercase();
-    String::from_utf8_lossy(out).into_owned()
+    hex.len = out.len();
+    hex
 }
 
 #[cfg(test)]
