@@ -441,7 +441,11 @@ fn verify<'r>(
     let (merchant, verified) = route
         .verify(headers, body, payload, now)
         .map_err(|e| ctx.reject(e.outcome(), e.label(), e))?;
-    ctx.merchant = Some(merchant.provider.merchant_id().into());
+    // Mostly the label already set: not copied again.
+    let id = merchant.provider.merchant_id();
+    if ctx.merchant.as_deref() != Some(id) {
+        ctx.merchant = Some(id.into());
+    }
     ctx.event_id = Some(verified.event_id().to_owned());
     ctx.order =
         crate::normalize::order_number(&verified).map(|o| crate::console::Order::new(o, true));
