@@ -484,7 +484,7 @@ fn build_request(
     headers.insert(X_FORWARDED_FOR, header_value(d.client_ip.as_str()));
     headers.insert(
         X_CALLGATE_SIGNATURE,
-        header_value(&signed_with(&upstream.key, None, d.now, &d.body)),
+        header_value(signed_with(&upstream.key, None, d.now, &d.body).as_str()),
     );
     if let Some(plain) = d.decrypted {
         use base64::Engine as _;
@@ -496,12 +496,7 @@ fn build_request(
         );
         headers.insert(
             X_CALLGATE_RESOURCE_SIGNATURE,
-            header_value(&signed_with(
-                &upstream.key,
-                Some(RESOURCE_LABEL),
-                d.now,
-                plain,
-            )),
+            header_value(signed_with(&upstream.key, Some(RESOURCE_LABEL), d.now, plain).as_str()),
         );
     }
 
@@ -530,32 +525,49 @@ pub const RESOURCE_LABEL: &str = "resource";
 
 fn signed(secret: &Secret, label: Option<&str>, t: i64, data: &[u8]) -> String {
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.expose());
-    signed_with(&key, label, t, data)
+    signed_with(&key, label, t, data).as_str().to_owned()
 }
 
-fn signed_with(key: &aws_lc_rs::hmac::Key, label: Option<&str>, t: i64, data: &[u8]) -> String {
-    use std::fmt::Write as _;
+fn signed_with(key: &aws_lc_rs::hmac::Key, label: Option<&str>, t: i64, data: &[u8]) -> Signed {
+    use std::io::Write as _;
     // "t=UNIX,v1=" then the hex digest: the digits of `t` are written once
     // and hashed from there.
-    let mut out = String::with_capacity(32 + 2 * 32);
-    let _ = write!(out, "t={t},v1=");
-    let digits = &out.as_bytes()[2..out.len() - 4];
+    let mut text = [0u8; SIGNED_MAX];
+    let mut free = &mut text[..];
+    let _ = write!(free, "t={t},v1=");
+    let mut len = SIGNED_MAX - free.len();
     let mut ctx = aws_lc_rs::hmac::Context::with_key(key);
     if let Some(label) = label {
         ctx.update(label.as_bytes());
         ctx.update(b".");
     }
-    ctx.update(digits);
+    ctx.update(text.get(2..len.saturating_sub(4)).unwrap_or_default());
     ctx.update(b".");
     ctx.update(data);
     let tag = ctx.sign();
-    let mut hex = [0u8; 64];
-    let hex = match hex::encode_to_slice(tag.as_ref(), &mut hex) {
-        Ok(()) => std::str::from_utf8(&hex).unwrap_or_default(),
-        Err(_) => "",
-    };
-    out.push_str(hex);
-    out
+    if let Some(hex) = text.get_mut(len..len + 2 * tag.as_ref().len())
+        && hex::encode_to_slice(tag.as_ref(), hex).is_ok()
+    {
+        len += hex.len();
+    }
+    Signed { text, len }
+}
+
+/// The most a signature header holds: `t=` and an `i64` (20), `,v1=`, 64
+/// hex digits.
+const SIGNED_MAX: usize = 2 + 20 + 4 + 64;
+
+/// A signature header's text, kept inline: a forward copies it into its
+/// header, and nothing else keeps it.
+struct Signed {
+    text: [u8; SIGNED_MAX],
+    len: usize,
+}
+
+impl Signed {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.text.get(..self.len).unwrap_or_default()).unwrap_or_default()
+    }
 }
 
 // === impl ForwardHeaders ===
@@ -793,6 +805,17 @@ mod tests {
         let s = signature(&Secret::new(b"topsecret".to_vec()), 1_700_000_000, b"a=1");
         let hex = openssl_hmac("topsecret", b"1700000000.a=1");
         assert_eq!(s, format!("t=1700000000,v1={hex}"));
+    }
+
+    /// The header is written on the stack: the longest `t` fits, and the
+    /// digits hashed are the ones written.
+    #[test]
+    fn signature_of_any_time_matches_openssl() {
+        for t in [0, -1, 9, i64::MIN, i64::MAX] {
+            let s = signature(&Secret::new(b"topsecret".to_vec()), t, b"a=1");
+            let hex = openssl_hmac("topsecret", format!("{t}.a=1").as_bytes());
+            assert_eq!(s, format!("t={t},v1={hex}"));
+        }
     }
 
     #[test]
