@@ -182,6 +182,17 @@ pub fn respond(outcome: Outcome, ack: Option<Ack>) -> Response<Full<Bytes>> {
     response
 }
 
+/// A WeChat Pay v2 acknowledgement.
+fn wechat_xml(code: &str, msg: &str) -> String {
+    format!(
+        "<xml><return_code><![CDATA[{code}]]></return_code>\
+         <return_msg><![CDATA[{msg}]]></return_msg></xml>"
+    )
+}
+
+/// [`wechat_xml`] of `SUCCESS`, `OK`.
+const WECHAT_XML_SUCCESS: &str = "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>";
+
 /// The acknowledgement of an outcome in format `ack` (content type, body).
 fn ack_body(ack: Ack, outcome: Outcome) -> (&'static str, Bytes) {
     let ok = outcome.is_success();
@@ -191,18 +202,13 @@ fn ack_body(ack: Ack, outcome: Outcome) -> (&'static str, Bytes) {
             Bytes::from_static(if ok { b"success" } else { b"fail" }),
         ),
         Ack::OkFail => (TEXT, Bytes::from_static(if ok { b"ok" } else { b"fail" })),
-        Ack::WechatXml => {
-            let (code, msg) = if ok {
-                ("SUCCESS", "OK")
-            } else {
-                ("FAIL", outcome.public_message())
-            };
-            let xml = format!(
-                "<xml><return_code><![CDATA[{code}]]></return_code>\
-                 <return_msg><![CDATA[{msg}]]></return_msg></xml>"
-            );
-            (XML, Bytes::from(xml))
-        }
+        // The success ack, every delivered or duplicate notification's, is
+        // one constant; a failure's names its phrase.
+        Ack::WechatXml if ok => (XML, Bytes::from_static(WECHAT_XML_SUCCESS.as_bytes())),
+        Ack::WechatXml => (
+            XML,
+            Bytes::from(wechat_xml("FAIL", outcome.public_message())),
+        ),
         Ack::WechatJson => {
             if ok {
                 ("", Bytes::new())
@@ -250,6 +256,21 @@ mod tests {
             String::from_utf8(b)
                 .unwrap()
                 .contains("<![CDATA[SUCCESS]]>")
+        );
+        // The success ack is a constant: the same text as the failures'.
+        for outcome in [Outcome::Forwarded, Outcome::Duplicate, Outcome::Ignored] {
+            let (_, b) = body_of(respond(outcome, Some(Ack::WechatXml))).await;
+            assert_eq!(b, wechat_xml("SUCCESS", "OK").as_bytes());
+        }
+        let (s, b) = body_of(respond(Outcome::Replay, Some(Ack::WechatXml))).await;
+        assert_eq!(
+            (s.as_u16(), String::from_utf8(b).unwrap()),
+            (
+                401,
+                "<xml><return_code><![CDATA[FAIL]]></return_code>\
+                 <return_msg><![CDATA[replayed]]></return_msg></xml>"
+                    .to_owned()
+            )
         );
     }
 
