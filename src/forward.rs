@@ -480,7 +480,14 @@ fn build_request(
     headers.insert(X_CALLGATE_ROUTE, header_value(d.route));
     headers.insert(X_CALLGATE_EVENT_ID, header_value(d.event_id));
     headers.insert(X_CALLGATE_REQUEST_ID, header_value(d.request_id));
-    headers.insert(X_CALLGATE_ATTEMPT, HeaderValue::from(d.attempt));
+    // Mostly the first: a constant, not a number written out.
+    headers.insert(
+        X_CALLGATE_ATTEMPT,
+        match d.attempt {
+            1 => HeaderValue::from_static("1"),
+            n => HeaderValue::from(n),
+        },
+    );
     headers.insert(X_FORWARDED_FOR, header_value(d.client_ip.as_str()));
     headers.insert(
         X_CALLGATE_SIGNATURE,
@@ -826,6 +833,19 @@ mod tests {
         assert_eq!(s, format!("t=1700000000,v1={hex}"));
         // The same bytes posted as a body carry a different signature.
         assert_ne!(s, signature(&secret, 1_700_000_000, b"{\"a\":1}"));
+    }
+
+    #[test]
+    fn the_attempt_header_counts_from_one() {
+        let (incoming, none, up) = (HeaderMap::new(), ForwardHeaders::default(), upstream());
+        for (attempt, want) in [(1, "1"), (2, "2"), (10, "10"), (u32::MAX, "4294967295")] {
+            let d = Delivery {
+                attempt,
+                ..delivery("alipay", &incoming, &none)
+            };
+            let req = build_request(&up, d).unwrap();
+            assert_eq!(req.headers()["x-callgate-attempt"], want);
+        }
     }
 
     #[test]
