@@ -1356,18 +1356,7 @@ async fn starts_within_replay_ttl_do_not_forget_what_was_delivered() {
     assert_eq!(up.count(), 1);
     gateway.signal("-TERM");
     assert!(gateway.child.wait().unwrap().success());
-    let jsonl = || {
-        std::fs::read_dir(dir.path().join("journal"))
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .path()
-                    .extension()
-                    .is_some_and(|x| x == "jsonl")
-            })
-            .count()
-    };
+    let jsonl = || callgate::journal::journal_files(&dir.path().join("journal")).len();
     // A file per worker.
     let per_start = jsonl();
     assert!(per_start >= 1);
