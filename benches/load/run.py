@@ -31,6 +31,11 @@ Measures, each REPEAT times with fresh server processes, and reports medians:
                   writer: the arrival journaled before the forward, the
                   outcome after, an info JSON log line (`--duties`);
                   `floor-*-journal` and `floor-*-log` do one of the two
+  floor-*-minduties  the same duties done as cheaply as this architecture
+                  allows, with none of callgate's code (`--min-duties`):
+                  raw records appended to a file per thread, batched,
+                  before the forward and after, a text log line formatted
+                  by hand; the least those duties can cost
 
 with `wrk -t2 -c64` and about 1 KB bodies (benches/load/corpus.lua walks a
 corpus of distinct, genuinely signed notifications, generated once by the
@@ -421,6 +426,8 @@ def start_floor(work, upstream_port, name):
         argv += ["--journal", os.path.join(d, "journal")]
     if "-duties" in name or "-log" in name:
         argv += ["--log"]
+    if "-minduties" in name:
+        argv += ["--min-duties", os.path.join(d, "min")]
     return Server("floor", pinned(argv, "gateway"), port, stdout=os.path.join(d, "floor.log"), cwd=d)
 
 
