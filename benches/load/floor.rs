@@ -1,13 +1,14 @@
 //! The floor of a hyper-based gateway: what verifying and forwarding a
 //! notification costs on this machine with nothing of callgate's own around
 //! it (no journal, no logs, no replay store, no metrics, no admission, no
-//! upstream signature). `benches/load/run.py` measures it next to nginx and
-//! callgate (the `floor-*` runs); docs/performance.md, "The floor of the
-//! stack", has the figures.
+//! upstream signature; the options below add some of it back).
+//! `benches/load/run.py` measures it next to nginx and callgate (the
+//! `floor-*` runs, and `dup-floor-*` for duplicates); docs/performance.md,
+//! "The floor of the stack", has the figures.
 //!
 //!     cargo run --release --example load_floor -- \
 //!         PORT UPSTREAM_URL [--threads N] [--client legacy|conn] [--no-verify] \
-//!         [--journal DIR] [--log] [--duties DIR | --min-duties DIR]
+//!         [--journal DIR] [--log] [--duties DIR | --min-duties DIR] [--dup]
 //!
 //! - PORT: 127.0.0.1 port to listen on (0: any free one). Prints
 //!   `listening 127.0.0.1:PORT` on stdout once every thread accepts.
@@ -46,19 +47,37 @@
 //!   thread, no `tracing`. So `floor-*-minduties` against `floor-*` is the
 //!   least those duties can cost here, and `floor-*-duties` against it what
 //!   callgate's duty code could still save.
+//! - `--dup`: a replay store, the least one: ONE map shared by every worker
+//!   thread (a `Mutex<HashMap>`, as callgate's store is shared by its
+//!   workers), keyed by the verified notification's provider, merchant and
+//!   event id. A verified notification whose event is not in it claims it
+//!   (in flight), is forwarded, and marks it delivered once the shop
+//!   confirmed it (a failure gives the claim back); one whose event is
+//!   delivered is answered as callgate answers a duplicate
+//!   (`ack::respond(Outcome::Duplicate, ..)`: 200 and the platform's success
+//!   ack) without a forward, and one whose event is in flight as callgate
+//!   answers it (409). As in callgate (src/pipeline.rs: the claim comes
+//!   before the journal), a duplicate writes no arrival and no outcome
+//!   record; with `--min-duties` it still logs its line (outcome
+//!   `duplicate`). `GET /__floor_count` answers the number of duplicates
+//!   answered so far (run.py's `dup-floor-*` runs check every request of
+//!   their window against it). Needs verification (no `--no-verify`).
 //!
 //! `POST /notify/alipay` is verified as Alipay RSA2 (certs/dev, app id
 //! 2021000000000001), `POST /notify/wechat` as WeChat Pay v2 (mch_id
 //! 1900000109, appid wx2421b1c4370ec43b), both through `body::parse` +
 //! `Provider::verify` as the pipeline calls them. Every answer is built by
 //! callgate's own `ack::respond`: the platform's success ack once the shop
-//! answered 2xx `success`, its failure ack with 401 for what does not verify, 502 for an
-//! upstream that fails, 504 for one that does not answer in time.
+//! answered 2xx `success` (and, `--dup`, to a duplicate), its failure ack
+//! with 401 for what does not verify, 502 for an upstream that fails, 504
+//! for one that does not answer in time.
 //! SIGTERM ends the process.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -86,6 +105,8 @@ const MAX_BODY: usize = 64 * 1024;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the shop's reply must contain (the load configuration's `success_body`).
 const SHOP_SUCCESS: &[u8] = b"success";
+/// `--dup`: answers the number of duplicates answered so far.
+const COUNT_PATH: &str = "/__floor_count";
 
 /// What every thread shares (read only).
 struct Config {
@@ -98,10 +119,66 @@ struct Config {
     log: bool,
     /// `--min-duties`: the directory of each thread's files (module `min`).
     min: Option<PathBuf>,
+    /// `--dup`: the events seen, shared by every thread.
+    dup: Option<Dup>,
     upstream: Uri,
     upstream_addr: SocketAddr,
     host: HeaderValue,
     path: Uri,
+}
+
+/// `--dup`: the least replay store, one map for every worker thread.
+#[derive(Default)]
+struct Dup {
+    /// Each event's key: `false` while it is forwarded (claimed), `true`
+    /// once the shop confirmed it (delivered).
+    events: Mutex<HashMap<String, bool>>,
+    /// Duplicates answered.
+    answered: AtomicU64,
+}
+
+/// What the map says of a verified notification's event.
+enum Claim {
+    /// Not seen: claimed now under this key.
+    New(String),
+    InFlight,
+    Delivered,
+}
+
+impl Dup {
+    fn claim(&self, provider: &Provider, verified: &Verified) -> Claim {
+        let (kind, merchant, id) = (
+            provider.kind().as_str(),
+            verified.merchant(),
+            verified.event_id(),
+        );
+        let mut key = String::with_capacity(kind.len() + merchant.len() + id.len() + 2);
+        for (i, part) in [kind, merchant, id].into_iter().enumerate() {
+            if i > 0 {
+                key.push('\0');
+            }
+            key.push_str(part);
+        }
+        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        match events.get(&key) {
+            Some(true) => Claim::Delivered,
+            Some(false) => Claim::InFlight,
+            None => {
+                events.insert(key.clone(), false);
+                Claim::New(key)
+            }
+        }
+    }
+
+    /// Marks a claimed event delivered, or gives its claim back.
+    fn settle(&self, key: String, delivered: bool) {
+        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        if delivered {
+            events.insert(key, true);
+        } else {
+            events.remove(&key);
+        }
+    }
 }
 
 /// One thread's way to the upstream.
@@ -112,8 +189,8 @@ enum Upstream {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: load_floor PORT UPSTREAM_URL [--threads N] [--client legacy|conn] [--no-verify] [--journal DIR] [--log] [--duties DIR | --min-duties DIR]";
-    let (mut threads, mut conn, mut verify) = (None, false, true);
+    let usage = "usage: load_floor PORT UPSTREAM_URL [--threads N] [--client legacy|conn] [--no-verify] [--journal DIR] [--log] [--duties DIR | --min-duties DIR] [--dup]";
+    let (mut threads, mut conn, mut verify, mut dup) = (None, false, true, false);
     let (mut journal_dir, mut log, mut min) = (None, false, None);
     let mut rest = args.iter().skip(2);
     while let Some(a) = rest.next() {
@@ -132,11 +209,14 @@ fn main() {
                 log = true;
             }
             "--min-duties" => min = Some(PathBuf::from(rest.next().expect(usage))),
+            "--dup" => dup = true,
             _ => panic!("{usage}"),
         }
     }
     // Either callgate's duty code or the minimal one, not both.
     assert!(min.is_none() || (journal_dir.is_none() && !log), "{usage}");
+    // A duplicate is known by its verified event id.
+    assert!(verify || !dup, "--dup needs verification: {usage}");
     let port: u16 = args.first().expect(usage).parse().expect(usage);
     let upstream: Uri = args.get(1).expect(usage).parse().expect(usage);
     let authority = upstream.authority().expect("UPSTREAM_URL: no host").clone();
@@ -192,6 +272,7 @@ fn main() {
         journal,
         log,
         min,
+        dup: dup.then(Dup::default),
         host: HeaderValue::from_str(authority.as_str()).expect("UPSTREAM_URL: host"),
         path: upstream
             .path_and_query()
@@ -291,7 +372,12 @@ async fn serve(listener: TcpListener, config: Arc<Config>, upstream: Arc<Upstrea
             let service = service_fn(move |req| {
                 let (config, upstream, peer) = (config.clone(), upstream.clone(), peer.clone());
                 async move {
-                    let response = if let Some(peer) = &peer {
+                    let response = if let Some(dup) = &config.dup
+                        && req.uri().path() == COUNT_PATH
+                    {
+                        let answered = dup.answered.load(Ordering::Relaxed);
+                        Response::new(Full::new(Bytes::from(answered.to_string())))
+                    } else if let Some(peer) = &peer {
                         with_min_duties(req, &config, &upstream, peer).await
                     } else if config.journal.is_some() || config.log {
                         with_duties(req, &config, &upstream).await
@@ -423,14 +509,38 @@ async fn handle(
         return bad(Outcome::Malformed);
     };
     let body = collected.to_bytes();
+    // `--dup`: the key of the event this request claimed.
+    let mut claimed = None;
     if config.verify {
         let Some(verified) = verified(provider, &parts.headers, &body) else {
             return bad(Outcome::BadSignature);
         };
+        // Claimed before anything is journaled, as callgate claims.
+        let claim = config.dup.as_ref().map(|d| d.claim(provider, &verified));
         if let Some(d) = &mut duties {
             *d.verified = Some(verified);
         }
+        match claim {
+            Some(Claim::New(key)) => claimed = Some(key),
+            Some(Claim::InFlight) => return bad(Outcome::InFlight),
+            Some(Claim::Delivered) => {
+                if let Some(dup) = &config.dup {
+                    dup.answered.fetch_add(1, Ordering::Relaxed);
+                }
+                return (
+                    ack::respond(Outcome::Duplicate, Some(ack)),
+                    Outcome::Duplicate,
+                );
+            }
+            None => {}
+        }
     }
+    // Settles the claim, if any: delivered, or given back.
+    let settle = |claimed: Option<String>, delivered: bool| {
+        if let (Some(dup), Some(key)) = (&config.dup, claimed) {
+            dup.settle(key, delivered);
+        }
+    };
     let content_type = parts.headers.get(CONTENT_TYPE).cloned();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -458,6 +568,7 @@ async fn handle(
             order: None,
         };
         if journal.append_arrival(&arrival).await.is_err() {
+            settle(claimed, false);
             return bad(Outcome::StoreUnavailable);
         }
     }
@@ -476,6 +587,7 @@ async fn handle(
             body: &body,
         };
         if min::arrival(&arrival).await.is_err() {
+            settle(claimed, false);
             return bad(Outcome::StoreUnavailable);
         }
     }
@@ -489,6 +601,7 @@ async fn handle(
         Ok(Err(_)) => Outcome::UpstreamError,
         Err(_) => Outcome::UpstreamTimeout,
     };
+    settle(claimed, outcome == Outcome::Forwarded);
     if let Some(d) = &duties
         && let Some(journal) = d.journal
     {

@@ -36,6 +36,15 @@ Measures, each REPEAT times with fresh server processes, and reports medians:
                   raw records appended to a file per thread, batched,
                   before the forward and after, a text log line formatted
                   by hand; the least those duties can cost
+  dup-floor-*     the floor answering duplicates (`--dup`): warmed up and
+                  measured as `dup-wechat`/`dup-alipay`, each verified
+                  notification's event looked up in one map shared by the
+                  worker threads, delivered ones answered with the success
+                  ack and not forwarded, e.g. `dup-floor-conn-wechat`,
+                  `dup-floor-conn-alipay`; `dup-floor-*-minduties` also
+                  writes each duplicate's log line as `--min-duties` does
+                  (no journal records: callgate journals no duplicate); the
+                  least a duplicate can cost
 
 with `wrk -t2 -c64` and about 1 KB bodies (benches/load/corpus.lua walks a
 corpus of distinct, genuinely signed notifications, generated once by the
@@ -58,7 +67,10 @@ own /metrics: each request must have been forwarded (duplicates: answered as
 duplicate), or the run is reported as invalid. The floor has no /metrics: its
 requests are counted at the upstream (each 200 it answers was forwarded and
 confirmed), and a floor run is invalid if wrk saw an error or the upstream
-received fewer requests than wrk counted answers.
+received fewer requests than wrk counted answers. A `dup-floor-*` run counts
+the floor's duplicates (its `GET /__floor_count`) and is invalid if wrk saw
+an error, the floor answered fewer duplicates than wrk counted answers, or
+the upstream received any request while wrk ran.
 
 Also: peak RSS with 1,000,000 remembered events (`store_memory` example).
 
@@ -428,6 +440,8 @@ def start_floor(work, upstream_port, name):
         argv += ["--log"]
     if "-minduties" in name:
         argv += ["--min-duties", os.path.join(d, "min")]
+    if name.startswith("dup-"):
+        argv += ["--dup"]
     return Server("floor", pinned(argv, "gateway"), port, stdout=os.path.join(d, "floor.log"), cwd=d)
 
 
@@ -444,10 +458,20 @@ def nginx_requests(server):
 
 
 def server_requests(server):
-    """Requests the server under test has answered so far, by its own count."""
+    """Requests the server under test has answered so far, by its own count
+    (the floor's: the duplicates it answered, `--dup` only)."""
     if server.name == "callgate":
         return sum(callgate_counts(server).values())
+    if server.name == "floor":
+        return floor_duplicates(server)
     return nginx_requests(server)
+
+
+def floor_duplicates(server):
+    """The duplicates the floor (`load_floor --dup`) has answered so far."""
+    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    c.request("GET", "/__floor_count")
+    return int(c.getresponse().read().decode())
 
 
 def callgate_counts(server):
@@ -580,7 +604,7 @@ def measure(name, work, args, fixed_rps=None):
         elif name == "nginx" or name.startswith("nginx-"):
             target = start_nginx_proxy(work, up.port)
             servers.append(target)
-        elif name.startswith("floor-"):
+        elif name.startswith(("floor-", "dup-floor-")):
             target = start_floor(work, up.port, name)
             servers.append(target)
         else:
@@ -601,8 +625,9 @@ def measure(name, work, args, fixed_rps=None):
         floor = target.name == "floor"
         forwarding = (callgate is not None or floor) and not dup
         # What counts the requests: the server itself, or for the floor (no
-        # /metrics) the upstream it forwards to.
-        counter = up if floor else target
+        # /metrics) the upstream it forwards to; for the floor's duplicates
+        # (never forwarded) its own count of them.
+        counter = up if floor and not dup else target
 
         # Warm-up: connections, page cache, allocator. Forwarding runs use the
         # corpus's tail, so the measured lines are all new to the gateway.
@@ -640,6 +665,7 @@ def measure(name, work, args, fixed_rps=None):
             return mark
 
         up_before = nginx_requests(up) if floor else None
+        dup_before = floor_duplicates(target) if floor and dup else None
         if fixed_rps is None:
             # The window opens when every wrk thread is sending (corpus.lua's
             # ready file), not when wrk starts: reading a large corpus takes
@@ -666,7 +692,8 @@ def measure(name, work, args, fixed_rps=None):
         cs1 = context_switches(target.pids())
         if fixed_rps is None:
             # The server's count, less this read's own request for nginx.
-            served = server_requests(counter) - mark["served"] - (0 if callgate else 1)
+            own = callgate is not None or counter is target and floor
+            served = server_requests(counter) - mark["served"] - (0 if own else 1)
             r["wrk_requests"] = r["requests"]
             r["requests"] = served
             r["rps"] = served / (r["duration_us"] / 1e6)
@@ -708,6 +735,22 @@ def measure(name, work, args, fixed_rps=None):
                 result["valid"] = False
             if "-json" in name:
                 result["log_bytes"] = os.path.getsize(target.logfile)
+        elif floor and dup:
+            # Every answer wrk saw was a 200 (an event in flight is a 409),
+            # the upstream received nothing while wrk ran (this read and
+            # up_before's are its only requests), so every 200 was a
+            # duplicate; and the floor counted at least as many duplicates
+            # as wrk counted answers. Both counts (and `outcomes`) cover wrk's
+            # whole run, the window included.
+            upstream_total = nginx_requests(up) - up_before - 1
+            duplicates = floor_duplicates(target) - dup_before
+            result["upstream_total"] = upstream_total
+            result["outcomes"] = {"duplicate": duplicates, "forwarded": upstream_total}
+            answered = r.get("wrk_requests", r["requests"])
+            errors = sum(r.get(k, 0) for k in
+                         ("status_errors", "read_errors", "write_errors", "timeouts", "non_200", "errors"))
+            result["valid"] = (errors == 0 and upstream_total == 0
+                               and duplicates >= answered > 0 and r["requests"] > 0)
         elif floor:
             # Every 200 the floor sent was confirmed by the upstream: wrk saw
             # no other answer, and the upstream received at least as many
@@ -734,7 +777,7 @@ def measure(name, work, args, fixed_rps=None):
 
 def target_label(base):
     """What a half-load run named `base` measures."""
-    if base.startswith("floor-"):
+    if base.startswith(("floor-", "dup-floor-")):
         return "floor"
     return "nginx proxy (itself, at half its own maximum)" if base == "nginx" else "callgate"
 
