@@ -286,7 +286,7 @@ impl Keys {
             .or_else(|| root.leaf("tradeTime"))
             .ok_or(VerifyError::MissingField("tradeTime"))?;
         let signed_at = identity::beijing_time("tradeTime", time.as_bytes(), TimeFormat::Compact)?;
-        let event_id = format!("{trade_num}:{trade_type}:{status}");
+        let event_id = identity::event_id(&[trade_num, trade_type, status]);
         let time = time.to_owned();
         Ok(Verified::new(
             ProviderKind::Jdpay,

@@ -556,7 +556,7 @@ impl Keys {
         Ok(Verified::new(
             ProviderKind::Unionpay,
             self.mer_id.to_string(),
-            format!("{query_id}:{txn_type}"),
+            identity::event_id(&[query_id, txn_type]),
             signed_at,
             Fields::Form {
                 form: form.clone(),

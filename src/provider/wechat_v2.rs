@@ -496,7 +496,7 @@ impl Keys {
         Ok(Verified::new(
             ProviderKind::WechatV2,
             merchant,
-            format!("{id}:{result}"),
+            identity::event_id(&[id, result]),
             signed_at,
             Fields::Xml {
                 xml: xml.without(&unsigned),
@@ -546,7 +546,7 @@ impl Keys {
             &["SUCCESS", "CHANGE", "REFUNDCLOSE"],
             "SUCCESS, CHANGE or REFUNDCLOSE",
         )?;
-        let event_id = format!("{refund_id}:{status}");
+        let event_id = identity::event_id(&[refund_id, status]);
         // Only a refund that succeeded has a time; one that did not is
         // taken as sent now and relies on the replay store alone.
         let signed_at = match bytes("success_time").filter(|s| !s.is_empty()) {
