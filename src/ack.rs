@@ -74,6 +74,11 @@ impl Outcome {
         Outcome::Ignored,
     ];
 
+    /// Its position in [`Outcome::ALL`] (the declaration order).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The `outcome` label of `callgate_requests_total`. An upstream timeout
     /// is an `upstream_error` there; its 504 status tells them apart.
     pub fn as_str(self) -> &'static str {
@@ -224,6 +229,13 @@ fn ack_body(ack: Ack, outcome: Outcome) -> (&'static str, Bytes) {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[test]
+    fn an_outcome_index_is_its_position_in_all() {
+        for (i, o) in Outcome::ALL.into_iter().enumerate() {
+            assert_eq!(o.index(), i, "{o:?}");
+        }
+    }
 
     async fn body_of(r: Response<Full<Bytes>>) -> (StatusCode, Vec<u8>) {
         let status = r.status();

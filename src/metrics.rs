@@ -9,19 +9,24 @@
 //! TLS certificate, under route `-`), so it is bounded by the configuration. Every request is recorded together with its log line, before
 //! its response is written, so a scrape right after a response sees it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::ack::Outcome;
 use crate::config::Snapshot;
+use crate::rules::Route;
 
 /// Every `callgate_*` family.
 #[derive(Clone)]
 pub struct Metrics {
+    /// Tells this registry's [`RouteSeries`] from another gateway's (in a
+    /// test process); unique per [`Metrics::new`], shared by clones.
+    id: u64,
     registry: Registry,
     requests: IntCounterVec,
     rejections: IntCounterVec,
@@ -318,7 +323,9 @@ impl Metrics {
                 "Unix time of the last Redis failover this gateway followed (0: none).",
             )?,
         };
+        static IDS: AtomicU64 = AtomicU64::new(0);
         Ok(Metrics {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             store,
             registry,
             requests,
@@ -359,15 +366,21 @@ impl Metrics {
         self.last_reload.set(now);
         self.last_reload_ok.set(1);
         for route in snapshot.routes.iter() {
-            for outcome in Outcome::ALL {
-                self.requests.with_label_values(&[
-                    &route.name,
-                    route.kind().as_str(),
-                    outcome.as_str(),
-                ]);
-            }
-            self.request_duration.with_label_values(&[&route.name]);
-            self.upstream_duration.with_label_values(&[&route.name]);
+            let series = RouteSeries {
+                owner: self.id,
+                requests: Outcome::ALL.map(|outcome| {
+                    self.requests.with_label_values(&[
+                        &route.name,
+                        route.kind().as_str(),
+                        outcome.as_str(),
+                    ])
+                }),
+                request_duration: self.request_duration.with_label_values(&[&route.name]),
+                upstream_duration: self.upstream_duration.with_label_values(&[&route.name]),
+            };
+            // A route already holding its series (loaded before) keeps them:
+            // the families never drop a route's series, so they are the same.
+            let _ = route.series.set(series);
             for step in ["before_forward", "confirm"] {
                 self.claims_lost.with_label_values(&[&route.name, step]);
             }
@@ -412,6 +425,25 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// Records one finished request of `route`, through the series
+    /// [`Metrics::rules_loaded`] looked up for it (the same series as
+    /// [`Metrics::request`] with its name and provider, without a label
+    /// look-up per request).
+    pub fn route_request(&self, route: &Route, outcome: Outcome, took: Duration) {
+        match self.series(route) {
+            Some(s) => {
+                s.requests[outcome.index()].inc();
+                s.request_duration.observe(took.as_secs_f64());
+            }
+            None => self.request(&route.name, route.kind().as_str(), outcome, took),
+        }
+    }
+
+    /// The series of `route` in this registry, once its rules were loaded.
+    fn series<'r>(&self, route: &'r Route) -> Option<&'r RouteSeries> {
+        route.series.get().filter(|s| s.owner == self.id)
+    }
+
     /// Counts a notification under its merchant (opt-in per route).
     pub fn merchant_request(&self, route: &str, merchant: &str, outcome: Outcome) {
         self.merchant_requests
@@ -426,10 +458,14 @@ impl Metrics {
             .inc();
     }
 
-    pub fn upstream(&self, route: &str, took: Duration) {
-        self.upstream_duration
-            .with_label_values(&[route])
-            .observe(took.as_secs_f64());
+    pub fn upstream(&self, route: &Route, took: Duration) {
+        match self.series(route) {
+            Some(s) => s.upstream_duration.observe(took.as_secs_f64()),
+            None => self
+                .upstream_duration
+                .with_label_values(&[&route.name])
+                .observe(took.as_secs_f64()),
+        }
     }
 
     /// Counts a failed replay store operation (`op` from a fixed set).
@@ -549,6 +585,26 @@ impl Metrics {
         let mut out = Vec::with_capacity(16 * 1024);
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+/// A route's series of `callgate_requests_total` (one per outcome, by
+/// [`Outcome::index`]) and of the duration histograms, looked up by label
+/// once when its rules are loaded rather than on every request. Kept in the
+/// compiled route ([`Route::series`]), so a reload's new routes get their own.
+pub struct RouteSeries {
+    /// The [`Metrics`] (registry) they belong to.
+    owner: u64,
+    requests: [IntCounter; Outcome::ALL.len()],
+    request_duration: Histogram,
+    upstream_duration: Histogram,
+}
+
+impl std::fmt::Debug for RouteSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteSeries")
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
     }
 }
 

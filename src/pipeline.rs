@@ -768,7 +768,7 @@ async fn deliver(
     )
     .await;
     let took = sent.elapsed();
-    state.metrics.upstream(&route.name, took);
+    state.metrics.upstream(route, took);
     let status = match &result {
         Ok(status)
         | Err(
@@ -1003,7 +1003,10 @@ fn finish(state: &State, ctx: Ctx, outcome: Outcome, took: Duration) {
         Some(r) => (&*r.name, r.kind().as_str()),
         None => ("-", "-"),
     };
-    state.metrics.request(route, provider, outcome, took);
+    match &ctx.route {
+        Some(r) => state.metrics.route_request(r, outcome, took),
+        None => state.metrics.request(route, provider, outcome, took),
+    }
     if let (Some(r), Some(m)) = (&ctx.route, &ctx.merchant)
         && r.merchant_label
     {

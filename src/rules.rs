@@ -161,6 +161,8 @@ pub struct Route {
     /// Where the route is defined, for messages.
     pub file: PathBuf,
     pub line: usize,
+    /// Its metric series, set by `Metrics::rules_loaded`.
+    pub series: std::sync::OnceLock<crate::metrics::RouteSeries>,
 }
 
 /// One merchant of a route: the keys its notifications are verified with
@@ -837,6 +839,7 @@ fn compile_route(
         max_future,
         file: ctx.file.to_path_buf(),
         line: line_of(ctx.src, span.start),
+        series: std::sync::OnceLock::new(),
     })
 }
 

@@ -300,6 +300,8 @@ async fn a_new_rule_file_starts_answering_and_a_broken_one_keeps_the_old_rules()
     let file = GatewaySpec::new(vec![RouteSpec::alipay(&up)]).write(dir.path());
     let gw = start_file(&file).await;
     let mut reloads = gw.reloads();
+    let r = post_alipay(&gw, "/notify/alipay", "rsa2_trade_success_3.form").await;
+    assert_eq!(r.status, 200);
 
     // A new rule file: picked up without a signal.
     let second = RouteSpec::alipay(&up).with(|r| {
@@ -310,6 +312,50 @@ async fn a_new_rule_file_starts_answering_and_a_broken_one_keeps_the_old_rules()
     next_reload(&mut reloads).await;
     let r = post_alipay(&gw, "/notify/second", "rsa2_trade_success.form").await;
     assert_eq!(r.status, 200);
+    // The reloaded (recompiled) first route counts on its series from
+    // before the reload; the new route has its own.
+    let r = post_alipay(&gw, "/notify/alipay", "rsa2_trade_success_3.form").await;
+    assert_eq!(r.status, 200, "a duplicate after the reload");
+    let r = post_alipay(&gw, "/notify/alipay", "rsa2_trade_success_2.form").await;
+    assert_eq!(r.status, 200);
+    let m = metrics(&gw).await;
+    for (route, outcome, n) in [
+        ("shop-alipay", "forwarded", 2.0),
+        ("shop-alipay", "duplicate", 1.0),
+        ("second", "forwarded", 1.0),
+        ("second", "duplicate", 0.0),
+    ] {
+        let labels = [
+            ("route", route),
+            ("provider", "alipay"),
+            ("outcome", outcome),
+        ];
+        assert_eq!(
+            find_metric(&m, "callgate_requests_total", &labels),
+            Some(n),
+            "{route} {outcome}\n{m}"
+        );
+    }
+    for (family, route, n) in [
+        (
+            "callgate_request_duration_seconds_count",
+            "shop-alipay",
+            3.0,
+        ),
+        (
+            "callgate_upstream_duration_seconds_count",
+            "shop-alipay",
+            2.0,
+        ),
+        ("callgate_request_duration_seconds_count", "second", 1.0),
+        ("callgate_upstream_duration_seconds_count", "second", 1.0),
+    ] {
+        assert_eq!(
+            find_metric(&m, family, &[("route", route)]),
+            Some(n),
+            "{family} {route}"
+        );
+    }
 
     // A broken edit: the running rules stay, the failure is counted.
     std::fs::write(
