@@ -214,6 +214,14 @@ impl Route {
         payload: &crate::body::Payload,
         now: i64,
     ) -> Result<(&Merchant, Verified), VerifyError> {
+        // One merchant (most routes): its verifier decides, and reports a
+        // mismatch precisely; no candidate list to build.
+        if let [only] = &*self.merchants {
+            return only
+                .provider
+                .verify(headers, body, payload, now)
+                .map(|v| (only, v));
+        }
         let to = crate::provider::addressee(self.kind, headers, payload);
         let candidates = self.candidates(&to);
         let mut refusal = None;
@@ -252,6 +260,9 @@ impl Route {
     /// The merchant a notification addressed to `to` is counted under in
     /// `callgate_merchant_requests_total` before it is verified.
     pub fn merchant_label(&self, to: &Addressee<'_>) -> Option<&str> {
+        if let [only] = &*self.merchants {
+            return Some(only.provider.merchant_id());
+        }
         self.candidates(to)
             .first()
             .map(|m| m.provider.merchant_id())
