@@ -137,6 +137,36 @@ impl KeyKind {
 /// [`Key::recorded`] and [`Key::journaled`] name an event the journal
 /// recorded: it was verified when it arrived, and start-up uses the key to
 /// mark it delivered (benches time the store with it).
+/// Most bytes a key's pieces are joined into on the stack before hashing.
+const JOINED: usize = 192;
+
+/// SHA-256 of `pieces` one after another. Joined first when they fit in
+/// [`JOINED`] bytes, as a key's do: each `update` goes through aws-lc's
+/// EVP layer, and five of them cost about 2,500 instructions of a
+/// request's 5,400 for its key; one costs a fifth of that. The same bytes
+/// are hashed either way.
+fn sha256_of(pieces: &[&[u8]]) -> aws_lc_rs::digest::Digest {
+    let mut joined = [0u8; JOINED];
+    let mut len = 0;
+    for piece in pieces {
+        let Some(to) = joined.get_mut(len..len + piece.len()) else {
+            return sha256_in_pieces(pieces);
+        };
+        to.copy_from_slice(piece);
+        len += piece.len();
+    }
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &joined[..len])
+}
+
+/// SHA-256 of `pieces`, each handed to the digest as it is.
+fn sha256_in_pieces(pieces: &[&[u8]]) -> aws_lc_rs::digest::Digest {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for piece in pieces {
+        ctx.update(piece);
+    }
+    ctx.finish()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key {
     route: Arc<str>,
@@ -149,18 +179,18 @@ impl Key {
     /// The key of `id` (an event id or a nonce) of `merchant` in
     /// `namespace`, counted against `route`'s share of the memory store.
     fn new(route: &Arc<str>, namespace: &Arc<str>, kind: KeyKind, merchant: &str, id: &str) -> Key {
-        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        ctx.update(namespace.as_bytes());
-        ctx.update(&[0, kind as u8 + 1, 0]);
         // Length-prefixed, so no (merchant, id) pair reads as another.
-        ctx.update(
-            &u64::try_from(merchant.len())
-                .unwrap_or(u64::MAX)
-                .to_be_bytes(),
-        );
-        ctx.update(merchant.as_bytes());
-        ctx.update(id.as_bytes());
-        let d = ctx.finish();
+        let merchant_len = u64::try_from(merchant.len())
+            .unwrap_or(u64::MAX)
+            .to_be_bytes();
+        let pieces: [&[u8]; 5] = [
+            namespace.as_bytes(),
+            &[0, kind as u8 + 1, 0],
+            &merchant_len,
+            merchant.as_bytes(),
+            id.as_bytes(),
+        ];
+        let d = sha256_of(&pieces);
         let mut digest = [0u8; 16];
         digest.copy_from_slice(&d.as_ref()[..16]);
         Key {
@@ -707,6 +737,34 @@ mod tests {
         );
         assert_eq!(n.redis(), format!("callgate:shop-wechat:nc:{}", n.hex()));
         assert_eq!(n.redis().len(), "callgate:shop-wechat:nc:".len() + 32);
+    }
+
+    /// An id too long to be joined on the stack is hashed piece by piece,
+    /// to the same digest: Python's `hashlib.sha256(b"shop-alipay" +
+    /// b"\0\1\0" + struct.pack(">Q", 16) + b"2088101568358171" +
+    /// b"9" * 300).hexdigest()[:32]`; and at the edge of the buffer both
+    /// ways agree.
+    #[test]
+    fn a_long_id_keys_as_a_short_one_would() {
+        let name = route("shop-alipay");
+        let k = Key::recorded(&name, "2088101568358171", &"9".repeat(300));
+        assert_eq!(k.hex(), "391655f057d979b52fab0f63a085a450");
+        let fixed = "shop-alipay".len() + 3 + 8 + "2088101568358171".len();
+        for id_len in [JOINED - fixed - 1, JOINED - fixed, JOINED - fixed + 1] {
+            let id = "7".repeat(id_len);
+            let pieces: [&[u8]; 5] = [
+                b"shop-alipay",
+                &[0, 1, 0],
+                &16u64.to_be_bytes(),
+                b"2088101568358171",
+                id.as_bytes(),
+            ];
+            assert_eq!(
+                sha256_of(&pieces).as_ref(),
+                sha256_in_pieces(&pieces).as_ref(),
+                "{id_len}"
+            );
+        }
     }
 
     /// A route without `replay_namespace` keys exactly as every earlier
