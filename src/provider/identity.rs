@@ -346,6 +346,9 @@ pub fn beijing_time(
     if !format.shaped(value) {
         return Err(bad());
     }
+    if let Some(t) = plain_time(value, format) {
+        return Ok(t);
+    }
     let text = std::str::from_utf8(value).map_err(|_| bad())?;
     let items = match format {
         TimeFormat::Dashed => DASHED,
@@ -355,6 +358,38 @@ pub fn beijing_time(
     chrono::format::parse(&mut parsed, text, items.iter()).map_err(|_| bad())?;
     let naive = parsed.to_naive_datetime_with_offset(0).map_err(|_| bad())?;
     Ok(naive.and_utc().timestamp() - 8 * 3600)
+}
+
+/// A shaped `value` that names an ordinary second (a real date, hour below
+/// 24, minute and second below 60) read from its digits, in Unix seconds;
+/// `None` for anything else, which chrono's parser then judges. A
+/// notification's time is always ordinary, and chrono's `parse` of it
+/// cost about 700 instructions of the 1,300 its check took.
+fn plain_time(value: &[u8], format: TimeFormat) -> Option<i64> {
+    // Where year, month, day, hour, minute and second start.
+    let at: [usize; 6] = match format {
+        TimeFormat::Compact => [0, 4, 6, 8, 10, 12],
+        TimeFormat::Dashed => [0, 5, 8, 11, 14, 17],
+    };
+    let number = |from: usize, len: usize| -> Option<u32> {
+        value.get(from..from + len)?.iter().try_fold(0u32, |n, &b| {
+            b.is_ascii_digit().then(|| n * 10 + u32::from(b - b'0'))
+        })
+    };
+    let year = i32::try_from(number(at[0], 4)?).ok()?;
+    let [month, day, hour, minute, second] = [
+        number(at[1], 2)?,
+        number(at[2], 2)?,
+        number(at[3], 2)?,
+        number(at[4], 2)?,
+        number(at[5], 2)?,
+    ];
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let naive =
+        chrono::NaiveDate::from_ymd_opt(year, month, day)?.and_hms_opt(hour, minute, second)?;
+    Some(naive.and_utc().timestamp() - 8 * 3600)
 }
 
 /// `%Y-%m-%d %H:%M:%S` and `%Y%m%d%H%M%S` as chrono's parsed items, so that
@@ -427,6 +462,52 @@ mod tests {
                 assert_eq!(beijing_time("t", v.as_bytes(), format).ok(), want, "{v}");
             }
         }
+    }
+
+    /// The digits read directly give what chrono's parser gives, over a
+    /// sweep of every field's edges (a day or month of 0, the 29th to 31st
+    /// of February, hour 24, minute and second 60, years 0000 and 9999).
+    #[test]
+    fn the_plain_reading_agrees_with_chrono() {
+        let mut checked = 0;
+        for year in ["0000", "1969", "1970", "2024", "2026", "2100", "9999"] {
+            for month in ["00", "01", "02", "04", "12", "13"] {
+                for day in ["00", "01", "28", "29", "30", "31", "32"] {
+                    for (hour, minute, second) in [
+                        ("00", "00", "00"),
+                        ("23", "59", "59"),
+                        ("24", "00", "00"),
+                        ("12", "60", "00"),
+                        ("12", "30", "60"),
+                        ("07", "08", "09"),
+                    ] {
+                        for (format, pattern, v) in [
+                            (
+                                TimeFormat::Compact,
+                                "%Y%m%d%H%M%S",
+                                format!("{year}{month}{day}{hour}{minute}{second}"),
+                            ),
+                            (
+                                TimeFormat::Dashed,
+                                "%Y-%m-%d %H:%M:%S",
+                                format!("{year}-{month}-{day} {hour}:{minute}:{second}"),
+                            ),
+                        ] {
+                            let want = chrono::NaiveDateTime::parse_from_str(&v, pattern)
+                                .ok()
+                                .map(|n| n.and_utc().timestamp() - 8 * 3600);
+                            assert_eq!(beijing_time("t", v.as_bytes(), format).ok(), want, "{v}");
+                            if let Some(plain) = plain_time(v.as_bytes(), format) {
+                                assert_eq!(Some(plain), want, "{v}");
+                                checked += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // The plain reading did take most of them.
+        assert!(checked > 600, "{checked}");
     }
 
     #[test]
