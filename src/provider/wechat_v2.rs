@@ -658,8 +658,17 @@ fn signature_with<'a>(
         SignAlgo::Md5 => upper_hex(&md5::Md5::digest(&content)),
         SignAlgo::HmacSha256 => upper_hex(aws_lc_rs::hmac::sign(hmac_key, &content).as_ref()),
     };
-    zeroize::Zeroize::zeroize(&mut content);
+    wipe(&mut content);
     digest
+}
+
+/// Zeroes the bytes written to `content` (the key among them). Its spare
+/// capacity never held any (a `Vec` that grows copies only its length),
+/// and `Vec`'s own `zeroize` wiped all 1,024 reserved bytes too, one
+/// volatile byte at a time: about 670 instructions a notification more.
+fn wipe(content: &mut Vec<u8>) {
+    zeroize::Zeroize::zeroize(content.as_mut_slice());
+    content.clear();
 }
 
 /// The upper-case hex of a digest of at most 32 bytes, kept inline: a
