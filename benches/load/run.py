@@ -970,8 +970,8 @@ def main():
                 for label, rs in (("nginx proxy", ngx), (f"{target_label(base)} {base}", cg)):
                     ratio = med(rs, "p99_us") / med(ngx, "p99_us")
                     print(
-                        "| {:,}/s ({} / 2) | {} | {:,.0f} | {:.2f} | {:.2f} | {:.2f} | {} | {} | {} | {} |".format(
-                            rate, base, label, med(rs, "rps"), med(rs, "p50_us") / 1000,
+                        "| {:,}/s ({}) | {} | {:,.0f} | {:.2f} | {:.2f} | {:.2f} | {} | {} | {} | {} |".format(
+                            rate, "--half-load-rate" if args.half_load_rate else f"{base} / 2", label, med(rs, "rps"), med(rs, "p50_us") / 1000,
                             med(rs, "p99_us") / 1000, med(rs, "p999_us") / 1000,
                             "" if rs is ngx else f"{ratio:.2f}",
                             "/".join(f"{r['load1']:.1f}" for r in rs),
