@@ -1276,6 +1276,13 @@ async fn a_journal_pruned_within_replay_ttl_says_so_then_and_at_the_next_start()
     let mut spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
     // Every record opens a new file; two are kept.
     spec.journal = "dir = \"journal\"\nmax_file_bytes = 1\nmax_files = 2\n".into();
+    // One worker, so one journal file is written at a time. With two, each
+    // worker holds its own current file open, and pruning passes over a
+    // file held open: when the first notification's connection went to
+    // the worker that served nothing after it, its records were still in
+    // that worker's current file, and the retry after the restart was a
+    // duplicate (seen under a loaded `cargo test`, 2 runs in 32).
+    spec.workers = Some(1);
     let config = spec.write(dir.path());
     let bodies: Vec<Vec<u8>> = (1..=3)
         .map(|i| alipay_openssl_trade(&format!("pruned{i:04}")))

@@ -519,6 +519,8 @@ pub struct GatewaySpec {
     pub journal: String,
     /// `reload.watch`.
     pub watch: bool,
+    /// `listen.workers` (unset: one per core).
+    pub workers: Option<u32>,
 }
 
 impl GatewaySpec {
@@ -538,6 +540,7 @@ impl GatewaySpec {
             // them (`callgate check` warns of a journal that cannot).
             journal: "dir = \"journal\"\nmax_file_age = \"216000h\"\n".into(),
             watch: true,
+            workers: None,
         }
     }
 
@@ -556,13 +559,16 @@ impl GatewaySpec {
         } else {
             String::new()
         };
+        let workers = self
+            .workers
+            .map_or(String::new(), |n| format!("workers = {n}\n"));
         let gateway = format!(
             r#"rules_dir = "rules"
 trusted_proxies = {trusted:?}
 
 [listen]
 addr = "127.0.0.1:0"
-{tls}
+{workers}{tls}
 [admin]
 addr = "127.0.0.1:0"
 
