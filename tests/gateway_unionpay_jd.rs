@@ -377,6 +377,53 @@ async fn jdpay_payment_is_forwarded_with_the_decrypted_payload_and_acked_success
 }
 
 #[tokio::test]
+async fn jdpay_envelope_edits_never_reach_the_shop() {
+    // A genuine failed payment (signed result 999999, status 3) whose
+    // unsigned envelope says 000000 and carries a status, a trade number
+    // and an amount of its own: the shop gets the envelope without them,
+    // and the signature it checks covers what it got.
+    let (up, gw) = start_one(RouteSpec::jdpay).await;
+    let body = jd_fixture("payment_failed_envelope_edited.xml");
+    let reply = post_xml(&gw, "/notify/jdpay", body.clone()).await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "success"));
+    let mut want = String::from_utf8(body.clone()).unwrap();
+    for cut in [
+        "<result>\n    <code>000000</code>\n    <desc>success</desc>\n  </result>",
+        "<status>2</status>",
+        "<tradeNum>ORDER-VICTIM</tradeNum>",
+        "<amount>100000</amount>",
+    ] {
+        assert!(want.contains(cut), "{cut}");
+        want = want.replacen(cut, "", 1);
+    }
+    let got = up.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(String::from_utf8_lossy(&got[0].body), want);
+    let h = &got[0].headers;
+    assert_eq!(h["x-callgate-event-id"], "CG20261122000015:0:3");
+    let (t, v1) = split_signature(h["x-callgate-signature"].to_str().unwrap());
+    assert_eq!(
+        v1,
+        openssl_hmac_hex(
+            SECRET.trim_end(),
+            &[t.as_bytes(), b".", want.as_bytes()].concat()
+        )
+    );
+    // The payload the shop is given says what JD signed.
+    let resource = base64::engine::general_purpose::STANDARD
+        .decode(h["x-callgate-resource"].as_bytes())
+        .unwrap();
+    assert_eq!(resource, openssl_jd_decrypt(&body, "des.key"));
+    assert!(String::from_utf8_lossy(&resource).contains("<code>999999</code>"));
+
+    // The same event with its genuine envelope is a duplicate.
+    let reply = post_jdpay(&gw, "payment_failed.xml").await;
+    reply.assert_is(200, "success", "the unedited copy");
+    assert_eq!(up.count(), 1);
+    assert_eq!(jdpay_requests(&gw, "duplicate").await, 1.0);
+}
+
+#[tokio::test]
 async fn jdpay_formatting_variants_and_content_types_are_accepted() {
     let (up, gw) = start_one(RouteSpec::jdpay).await;
     for (name, ct) in [

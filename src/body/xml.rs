@@ -811,10 +811,35 @@ const ENVELOPE: Shape = Shape {
 pub struct Envelope {
     pub version: String,
     pub merchant: String,
-    /// `result/code`, when present (`000000` is success).
-    pub code: Option<String>,
+    /// `result`, when present: `code` (`000000` is success) and `desc`.
+    pub result: Option<EnvelopeResult>,
     pub encrypt: String,
+    /// Where in the body the root's other children sit. JD sends none; no
+    /// signature covers them, so they never reach the shop.
+    pub others: Vec<Range<usize>>,
 }
+
+/// The envelope's `result`: its leaves as written, and where it sits in the
+/// body (JD repeats the signed payload's `result` there; an envelope's
+/// that differs is left out of what the shop receives).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvelopeResult {
+    pub leaves: Vec<(String, String)>,
+    pub span: Range<usize>,
+}
+
+impl EnvelopeResult {
+    /// The text of leaf `name`, trimmed.
+    pub fn leaf(&self, name: &str) -> Option<&str> {
+        self.leaves
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.trim())
+    }
+}
+
+/// The children of `<jdpay>` a JD notification carries.
+const ENVELOPE_CHILDREN: [&str; 4] = ["version", "merchant", "result", "encrypt"];
 
 impl Envelope {
     /// Parses the envelope: one `jdpay` root whose children are text
@@ -842,6 +867,7 @@ impl Envelope {
         {
             return Err(XmlError::Nesting(shown(c.name.as_bytes())));
         }
+        let in_body = |span: &Range<usize>| span.start + start..span.end + start;
         let leaf = |name: &'static str| {
             root.leaf(name)
                 .map(|t| t.trim().to_owned())
@@ -850,11 +876,21 @@ impl Envelope {
         Ok(Envelope {
             version: leaf("version")?,
             merchant: leaf("merchant")?,
-            code: root
-                .child("result")
-                .and_then(|r| r.leaf("code"))
-                .map(|c| c.trim().to_owned()),
+            result: root.child("result").map(|r| EnvelopeResult {
+                leaves: r
+                    .children
+                    .iter()
+                    .map(|c| (c.name.clone(), c.text.clone()))
+                    .collect(),
+                span: in_body(&r.span),
+            }),
             encrypt: leaf("encrypt")?,
+            others: root
+                .children
+                .iter()
+                .filter(|c| !ENVELOPE_CHILDREN.contains(&c.name.as_str()))
+                .map(|c| in_body(&c.span))
+                .collect(),
         })
     }
 }
@@ -1182,9 +1218,13 @@ mod tests {
         let ok = b"<jdpay><version>V2.0</version><merchant>1</merchant><result><code>000000</code><desc>x</desc></result><encrypt>QQ==</encrypt></jdpay>";
         let e = Envelope::parse(ok).unwrap();
         assert_eq!(
-            (e.version.as_str(), e.code.as_deref()),
+            (
+                e.version.as_str(),
+                e.result.as_ref().and_then(|r| r.leaf("code"))
+            ),
             ("V2.0", Some("000000"))
         );
+        assert!(e.others.is_empty());
         for (bad, why) in [
             (&b"<!DOCTYPE x [<!ENTITY a \"b\">]><jdpay/>"[..], "doctype"),
             (b"<jdpay><version>&a;</version></jdpay>", "entity"),

@@ -55,6 +55,14 @@
 //!
 //! The decrypted `merchant` must be the route's too.
 //!
+//! What the shop gets of the envelope (original mode): `version`,
+//! `merchant` and `encrypt`, and `result` when it repeats the signed
+//! payload's `result` leaf for leaf, as JD's envelopes do (JD's demo
+//! payment and genkin-he's refund vector). Any other child of `<jdpay>`,
+//! and a `result` that says anything else, is covered by no signature and
+//! left out: a captured failed payment with `000000` written into its
+//! envelope must not read as a success to a shop that looks there.
+//!
 //! Identity (`provider::identity`): event id `tradeNum:tradeType:status`,
 //! each required (no default for a missing `tradeType`) and exactly the
 //! platform's syntax: `tradeNum` letters, digits, `-` and `_`; `tradeType`
@@ -288,6 +296,7 @@ impl Keys {
         let signed_at = identity::beijing_time("tradeTime", time.as_bytes(), TimeFormat::Compact)?;
         let event_id = identity::event_id(&[trade_num, trade_type, status]);
         let time = time.to_owned();
+        let unsigned = unsigned_spans(envelope, &root);
         Ok(Verified::new(
             ProviderKind::Jdpay,
             self.merchant.to_string(),
@@ -298,7 +307,8 @@ impl Keys {
                 root,
                 time,
             }),
-        ))
+        )
+        .with_unsigned_elements(unsigned))
     }
 
     /// Steps 1 to 5 of the module doc: returns the decrypted XML and the
@@ -368,6 +378,28 @@ impl Keys {
         key.iter_mut().for_each(|b| *b = 0);
         unpack(&plain)
     }
+}
+
+/// What of the envelope no signature covers and the shop must not be
+/// shown: any child of `<jdpay>` but `version`, `merchant`, `result` and
+/// `encrypt` (JD sends no other), and a `result` that is not the signed
+/// payload's own (JD repeats it there: an edited copy could tell a shop
+/// reading the envelope that a failed payment succeeded). `version` and
+/// `merchant` were checked against the route; `encrypt` is what was
+/// verified.
+fn unsigned_spans(envelope: &Envelope, signed: &Element) -> Vec<std::ops::Range<usize>> {
+    let mut spans = envelope.others.clone();
+    if let Some(outer) = &envelope.result {
+        let repeats_signed = signed.child("result").is_some_and(|inner| {
+            outer.leaves.iter().all(|(name, text)| {
+                matches!(name.as_str(), "code" | "desc") && inner.leaf(name) == Some(text.as_str())
+            })
+        });
+        if !repeats_signed {
+            spans.push(outer.span.clone());
+        }
+    }
+    spans
 }
 
 /// Steps 2 (length prefix) on decrypted bytes.
@@ -526,6 +558,87 @@ mod tests {
         };
         assert_eq!(d.time(), "20170510162925");
         assert_eq!(d.root().leaf("oTradeNum"), Some("asd784374823472389"));
+    }
+
+    /// What the shop gets of `name` verified with `k` (original mode).
+    fn shop_body(k: &Keys, name: &str) -> Vec<u8> {
+        let body = read(name);
+        let v = k.verify(&envelope(name)).unwrap();
+        v.received(bytes::Bytes::from(body))
+            .original_body()
+            .to_vec()
+    }
+
+    #[test]
+    fn an_envelope_repeating_the_signed_result_reaches_the_shop_byte_for_byte() {
+        for (k, name) in [
+            (ours(), "payment.xml"),
+            (ours(), "payment_failed.xml"),
+            (ours(), "refund.xml"),
+            (
+                keys("110148035005", "jd_demo.des", "jd_test_public.pem"),
+                "jd_demo_payment.xml",
+            ),
+            (
+                keys("22294531", "genkin.des", "jd_test_public.pem"),
+                "genkin_refund_notify.xml",
+            ),
+        ] {
+            assert_eq!(shop_body(&k, name), read(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn an_edited_envelope_never_reaches_the_shop() {
+        // A genuine failed payment (signed result 999999, status 3) whose
+        // unsigned envelope was edited to say 000000 and to carry a status,
+        // a trade number and an amount of its own.
+        let edited = String::from_utf8(read("payment_failed_envelope_edited.xml")).unwrap();
+        let v = ours()
+            .verify(&envelope("payment_failed_envelope_edited.xml"))
+            .unwrap();
+        assert_eq!(v.event_id(), "CG20261122000015:0:3");
+        let Fields::Jdpay(d) = v.fields() else {
+            panic!()
+        };
+        assert_eq!(
+            d.root().child("result").and_then(|r| r.leaf("code")),
+            Some("999999")
+        );
+        let mut want = edited.clone();
+        for cut in [
+            "<result>\n    <code>000000</code>\n    <desc>success</desc>\n  </result>",
+            "<status>2</status>",
+            "<tradeNum>ORDER-VICTIM</tradeNum>",
+            "<amount>100000</amount>",
+        ] {
+            assert!(want.contains(cut), "{cut}");
+            want = want.replacen(cut, "", 1);
+        }
+        let got = shop_body(&ours(), "payment_failed_envelope_edited.xml");
+        assert_eq!(String::from_utf8(got).unwrap(), want);
+
+        // One leaf edited is enough; an extra leaf in `result` too.
+        let genuine = String::from_utf8(read("payment_failed.xml")).unwrap();
+        for (from, to) in [
+            ("<code>999999</code>", "<code>000000</code>"),
+            ("<desc>交易失败</desc>", "<desc>success</desc>"),
+            (
+                "<desc>交易失败</desc>",
+                "<desc>交易失败</desc><status>2</status>",
+            ),
+        ] {
+            let body = genuine.replacen(from, to, 1);
+            let env = Envelope::parse(body.as_bytes()).unwrap();
+            let v = ours().verify(&env).unwrap();
+            let got = v.received(bytes::Bytes::from(body.clone())).original_body();
+            let got = String::from_utf8(got.to_vec()).unwrap();
+            assert!(!got.contains("<result>"), "{to}: {got}");
+            assert!(
+                got.contains("<encrypt>") && got.contains("<merchant>"),
+                "{to}"
+            );
+        }
     }
 
     #[test]
