@@ -361,6 +361,16 @@ async fn v2_refund_is_authenticated_by_decryption_and_its_req_info_is_shared() {
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(up.count(), 2);
+
+    // One that succeeded always has it: without it (a genuine old refund
+    // with the ECB blocks holding it cut out) it is refused, not taken as
+    // sent now.
+    let r = gw
+        .post_xml(&fixture("wechat", "v2_refund_success_no_time.xml"))
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(is_v2_fail(&r.text()), "{}", r.text());
+    assert_eq!(up.count(), 2);
 }
 
 #[tokio::test]

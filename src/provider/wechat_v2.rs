@@ -547,10 +547,15 @@ impl Keys {
             "SUCCESS, CHANGE or REFUNDCLOSE",
         )?;
         let event_id = identity::event_id(&[refund_id, status]);
-        // Only a refund that succeeded has a time; one that did not is
-        // taken as sent now and relies on the replay store alone.
+        // Only a refund that succeeded has a time, and it always has one; one
+        // that did not is taken as sent now and relies on the replay store
+        // alone. A success without its time is refused: `req_info` is
+        // AES-ECB with no integrity, so the blocks holding `success_time`
+        // can be cut from a genuine old refund, which would then pass as
+        // sent now.
         let signed_at = match bytes("success_time").filter(|s| !s.is_empty()) {
             Some(t) => identity::beijing_time("success_time", t, TimeFormat::Dashed)?,
+            None if status == "SUCCESS" => return Err(VerifyError::MissingField("success_time")),
             None => now,
         };
         // Nothing authenticates the outer XML: the shop gets only the

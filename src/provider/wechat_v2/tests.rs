@@ -220,6 +220,14 @@ fn refunds_decrypt_and_expose_req_info() {
     // No success_time: treated as sent now.
     let closed = keys().verify(&xml("v2_refund_closed.xml"), 42).unwrap();
     assert_eq!(closed.signed_at(), 42);
+    // ... unless it says it succeeded: a success always has its time, and
+    // one without could be a genuine old refund with the ECB blocks that
+    // held it cut out.
+    let e = keys()
+        .verify(&xml("v2_refund_success_no_time.xml"), 42)
+        .unwrap_err();
+    assert_eq!(e, VerifyError::MissingField("success_time"));
+    assert_eq!(e.outcome(), Outcome::Malformed);
 }
 
 #[test]
