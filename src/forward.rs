@@ -16,7 +16,8 @@
 //!   `normalized` mode: the JSON of `normalize`, as `application/json`.
 //! * Of the platform's request headers, only an allowlist
 //!   ([`ForwardHeaders`]): `Content-Type`, `User-Agent`, `Accept` and the
-//!   platform's own signature headers (`Wechatpay-*`), plus the names the
+//!   platform's own signature headers (`Wechatpay-*`, on WeChat Pay v3
+//!   routes: elsewhere they are a caller's), plus the names the
 //!   route lists in `forward_headers`. In `normalized` mode the body is
 //!   callgate's, so the incoming `Content-Type` and `Wechatpay-*` (which sign
 //!   the platform's body) are not passed. Everything else the caller sent
@@ -69,7 +70,7 @@ use serde::Deserialize;
 use crate::ack::Outcome;
 use crate::addr::AddrText;
 use crate::normalize;
-use crate::provider::Verified;
+use crate::provider::{ProviderKind, Verified};
 use crate::secret::Secret;
 
 /// How a route forwards: the platform's bytes, or callgate's JSON.
@@ -461,7 +462,7 @@ fn build_request(
         // read and check it, and no platform lists them (a copy that did
         // would reach the shop unreadable, and a shop answering 200 to it
         // would have the event recorded as delivered).
-        let body_field = describes_body(name, d.mode);
+        let body_field = d.pass.describes_body(name, d.mode);
         if !d.pass.passes(name, d.mode) || (connection_named.contains(name) && !body_field) {
             continue;
         }
@@ -586,6 +587,10 @@ impl Signed {
 pub struct ForwardHeaders {
     /// The route's `forward_headers`, checked by [`ForwardHeaders::new`].
     extra: Box<[HeaderName]>,
+    /// The route's platform signs with `Wechatpay-*` headers (WeChat Pay
+    /// v3): they pass with its body. On any other route they are not the
+    /// platform's, only a caller's, and stay behind.
+    platform_signature: bool,
 }
 
 /// Passed in both modes.
@@ -694,7 +699,15 @@ impl ForwardHeaders {
         }
         Ok(ForwardHeaders {
             extra: extra.into_boxed_slice(),
+            platform_signature: false,
         })
+    }
+
+    /// For a route of `provider`: its platform's signature headers pass in
+    /// `original` mode when it has any (`Wechatpay-*`, WeChat Pay v3).
+    pub fn for_provider(mut self, provider: ProviderKind) -> ForwardHeaders {
+        self.platform_signature = provider == ProviderKind::WechatV3;
+        self
     }
 
     /// The names the route added to the fixed allowlist (`forward_headers`).
@@ -707,7 +720,17 @@ impl ForwardHeaders {
         if PASSED.contains(name) || self.extra.contains(name) {
             return true;
         }
-        describes_body(name, mode)
+        self.describes_body(name, mode)
+    }
+
+    /// Whether an incoming header belongs with the body the shop gets: in
+    /// `original` mode the platform's Content-Type and, for a platform
+    /// that has them, its signature headers.
+    fn describes_body(&self, name: &HeaderName, mode: ForwardMode) -> bool {
+        mode == ForwardMode::Original
+            && (*name == CONTENT_TYPE
+                || (self.platform_signature
+                    && name.as_str().starts_with(PLATFORM_SIGNATURE_PREFIX)))
     }
 
     /// Whether an incoming header is kept in the journal: what a redelivery
@@ -716,13 +739,6 @@ impl ForwardHeaders {
     pub fn journals(&self, name: &HeaderName) -> bool {
         self.passes(name, ForwardMode::Original)
     }
-}
-
-/// Whether an incoming header belongs with the body the shop gets: in
-/// `original` mode the platform's Content-Type and signature headers.
-fn describes_body(name: &HeaderName, mode: ForwardMode) -> bool {
-    mode == ForwardMode::Original
-        && (*name == CONTENT_TYPE || name.as_str().starts_with(PLATFORM_SIGNATURE_PREFIX))
 }
 
 /// A header value for text that came from a notification: kept as is when
@@ -893,7 +909,8 @@ mod tests {
         );
         assert_eq!(h["user-agent"], "Mozilla/4.0");
         assert_eq!(h["accept"], "*/*");
-        assert_eq!(h["wechatpay-serial"], "5157F09E");
+        // Not the platform's on an Alipay route: a caller's, left behind.
+        assert!(h.get("wechatpay-serial").is_none());
         for never in [
             "cookie",
             "authorization",
@@ -965,7 +982,9 @@ mod tests {
         incoming.insert("user-agent", "Mozilla/4.0".parse().unwrap());
         incoming.insert("x-shop-trace", "t-1".parse().unwrap());
         incoming.insert("x-other", "o".parse().unwrap());
-        let pass = ForwardHeaders::new(["X-Shop-Trace"]).unwrap();
+        let pass = ForwardHeaders::new(["X-Shop-Trace"])
+            .unwrap()
+            .for_provider(ProviderKind::WechatV3);
         let up = upstream();
         let req = build_request(
             &up,
@@ -988,6 +1007,43 @@ mod tests {
         assert!(pass.journals(&CONTENT_TYPE));
         assert!(pass.journals(&HeaderName::from_static("x-shop-trace")));
         assert!(!pass.journals(&http::header::COOKIE));
+        // Another platform's route keeps no Wechatpay-* header.
+        let alipay = ForwardHeaders::new(["X-Shop-Trace"])
+            .unwrap()
+            .for_provider(ProviderKind::Alipay);
+        assert!(!alipay.journals(&HeaderName::from_static("wechatpay-signature")));
+        assert!(alipay.journals(&CONTENT_TYPE));
+    }
+
+    #[test]
+    fn wechatpay_headers_pass_with_the_body_on_wechat_v3_routes_only() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert("content-type", "application/json".parse().unwrap());
+        incoming.insert("wechatpay-serial", "5157F09E".parse().unwrap());
+        incoming.insert("wechatpay-signature", "c2ln".parse().unwrap());
+        let up = upstream();
+        for (kind, passes) in [
+            (ProviderKind::WechatV3, true),
+            (ProviderKind::WechatV2, false),
+            (ProviderKind::Alipay, false),
+            (ProviderKind::AlipayMd5, false),
+            (ProviderKind::Unionpay, false),
+            (ProviderKind::Jdpay, false),
+        ] {
+            let pass = ForwardHeaders::default().for_provider(kind);
+            let req = build_request(
+                &up,
+                Delivery {
+                    body: Bytes::from_static(b"{}"),
+                    ..delivery(kind.as_str(), &incoming, &pass)
+                },
+            )
+            .unwrap();
+            let h = req.headers();
+            assert_eq!(h.get("wechatpay-serial").is_some(), passes, "{kind:?}");
+            assert_eq!(h.get("wechatpay-signature").is_some(), passes, "{kind:?}");
+            assert_eq!(h["content-type"], "application/json", "{kind:?}");
+        }
     }
 
     #[test]

@@ -757,7 +757,10 @@ fn compile_route(
     }
     let forward_headers = if headers_ok {
         match ForwardHeaders::new(raw.forward_headers.iter().map(|n| n.get_ref().as_str())) {
-            Ok(h) => h,
+            Ok(h) => match kind {
+                Some(kind) => h.for_provider(kind),
+                None => h,
+            },
             Err((_, reason)) => {
                 ctx.error(span.clone(), RuleError::ForwardHeader { reason });
                 ForwardHeaders::default()

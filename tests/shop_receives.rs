@@ -80,9 +80,19 @@ async fn only_allowlisted_headers_reach_the_shop_in_original_mode() {
         "application/x-www-form-urlencoded; charset=utf-8".to_owned(),
     )];
     let body = fixture("alipay", "rsa2_trade_success.form");
-    let r = gw
-        .send_owned("/notify/alipay", &with_hostile(&form), &body)
-        .await;
+    // WeChat Pay v3's signature headers are not Alipay's: on this route
+    // they are only a caller's.
+    let mut headers = with_hostile(&form);
+    for (k, v) in [
+        (
+            "wechatpay-serial",
+            "PUB_KEY_ID_0000000000000024101100397200000006",
+        ),
+        ("wechatpay-signature", "Zm9yZ2Vk"),
+    ] {
+        headers.push((k.to_owned(), v.to_owned()));
+    }
+    let r = gw.send_owned("/notify/alipay", &headers, &body).await;
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     let got = &up.received()[0];
     let mut want = set(ALWAYS);
