@@ -82,6 +82,59 @@ async fn alipay_reshaped_ids_never_reach_the_shop_again() {
     assert_eq!(up.count(), 1, "no reshaped copy reached the shop");
 }
 
+/// An order number folded into the value before it (and dropped) leaves
+/// the signed string as it was, and the shop without an order number: a
+/// shop that answers `success` to an order it cannot find would have the
+/// event recorded as delivered, and the platform's own copy would then be
+/// answered as a duplicate, never reaching it.
+#[tokio::test]
+async fn an_order_number_folded_away_never_reaches_the_shop() {
+    let (up, gw) = start_one(RouteSpec::alipay).await;
+    let genuine = fixture("alipay", "rsa2_trade_success.form");
+    let order = "out_trade_no=CG20261122000001&";
+    // `notify_type` sorts just before `out_trade_no`.
+    let folded = swap(
+        &swap(&genuine, order, ""),
+        "notify_type=trade_status_sync&",
+        "notify_type=trade_status_sync%26out_trade_no%3DCG20261122000001&",
+    );
+    let r = gw.post_form("/notify/alipay", &folded).await;
+    r.assert_is(400, "fail", "alipay: out_trade_no folded away");
+    assert_eq!(
+        gw.rejections("shop-alipay", "alipay", "ambiguous_fields")
+            .await,
+        1.0
+    );
+    assert_eq!(up.count(), 0);
+    // The platform's own copy is then delivered, order number and all.
+    let r = gw.post_form("/notify/alipay", &genuine).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert!(String::from_utf8_lossy(&up.received()[0].body).contains(order));
+
+    // WeChat v2: `openid` sorts just before `out_trade_no`.
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let gw = TestGateway::start(GatewaySpec::new(vec![RouteSpec::wechat_v2(&up)])).await;
+    let genuine = fixture("wechat", "v2_md5_pay.xml");
+    let folded = swap(
+        &swap(
+            &genuine,
+            "<out_trade_no><![CDATA[CG20261122000001]]></out_trade_no>",
+            "",
+        ),
+        "<openid><![CDATA[oUpF8uMEb4qRXf22hE3X68TekukE]]></openid>",
+        "<openid><![CDATA[oUpF8uMEb4qRXf22hE3X68TekukE&out_trade_no=CG20261122000001]]></openid>",
+    );
+    let r = gw.post_xml(&folded).await;
+    assert_eq!(r.status, 400, "wechat_v2: {}", r.text());
+    assert_eq!(
+        gw.rejections("shop-wechat-v2", "wechat_v2", "ambiguous_fields")
+            .await,
+        1.0
+    );
+    assert_eq!(gw.post_xml(&genuine).await.status, 200);
+    assert_eq!(up.count(), 1);
+}
+
 #[tokio::test]
 async fn alipay_blank_fields_added_to_a_genuine_notification_never_reach_the_shop() {
     // Under the Java rule a blank value is not signed, so anyone can add

@@ -11,8 +11,9 @@
 //!   the platform's syntax ([`Syntax`]: an alphabet and a length), so a
 //!   padded or blank copy cannot pose as a new event;
 //! * [`check_unambiguous`]: no field name holds `&` or `=`, no other
-//!   signed value holds `&<pinned field>=`, and a pinned field's own value
-//!   holds no `&`. Under any of them, the field could have been moved into
+//!   signed value holds `&<unfoldable field>=` (nor `&<whole field>=`
+//!   while that field is missing), and a pinned field's own value holds no
+//!   `&`. Under any of them, the field could have been moved into
 //!   a neighbouring value (and replaced by a blank or absent one), or have
 //!   taken the next one into its own, without changing the signed string.
 //!   With all three, the signed string alone fixes every pinned field. The
@@ -239,11 +240,15 @@ pub struct Pinned {
     /// markers), which folding away could turn a refund into a payment.
     pub unfoldable: &'static [&'static str],
     /// Never holding `&` (they could have taken in the field after them),
-    /// though they may be missing: what the shop reads whose absence
-    /// misleads nobody into crediting (order numbers, amounts on a
-    /// platform where the status is an identity field). Free-text values
-    /// of the merchant's own (`attach`, `reqReserved`) may legitimately hold
-    /// `&name=`, which is why these are not refused there.
+    /// and never missing while another value holds `&<name>=` (they could
+    /// have been folded away into it): what the shop reads (order numbers,
+    /// amounts on a platform where the status is an identity field).
+    /// Free-text values of the merchant's own (`attach`, `reqReserved`)
+    /// may legitimately hold `&name=`, which is why that alone is not
+    /// refused. Folded away, an order number left the shop without one: a
+    /// shop that answers `success` to an order it cannot find would have
+    /// had the event recorded as delivered, and the platform's genuine
+    /// copy then answered as a duplicate, never reaching it.
     pub whole: &'static [&'static str],
 }
 
@@ -253,10 +258,13 @@ pub struct Pinned {
 /// holding `&` (it could have taken in the field after it). See the module
 /// doc.
 pub fn check_unambiguous<'a>(
-    fields: impl Iterator<Item = (&'a str, &'a [u8])>,
+    fields: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
     pinned: &Pinned,
 ) -> Result<(), VerifyError> {
-    for (key, value) in fields {
+    // A value holding `&<whole field>=`: fine while that field is there
+    // (the merchant's own text may say so), not when it is missing.
+    let mut folded_whole: Option<(&str, &str)> = None;
+    for (key, value) in fields.clone() {
         // Bytes, not chars: `&` and `=` are never part of another
         // character's UTF-8, and a char pattern decoded each name's
         // characters one by one (about 1,000 instructions of a WeChat body).
@@ -290,7 +298,25 @@ pub fn check_unambiguous<'a>(
                     holds: format!("`&{id}=` in its value"),
                 });
             }
+            if folded_whole.is_none()
+                && let Some(whole) = pinned.whole.iter().find(|w| {
+                    rest.len() > w.len() && rest.starts_with(w.as_bytes()) && rest[w.len()] == b'='
+                })
+            {
+                folded_whole = Some((key, whole));
+            }
         }
+    }
+    // Rare (a value holding `&<whole field>=`): look for the field itself.
+    if let Some((key, whole)) = folded_whole
+        && !fields.clone().any(|(k, _)| k == whole)
+    {
+        return Err(VerifyError::Ambiguous {
+            field: shown(key.as_bytes()),
+            holds: format!(
+                "`&{whole}=` in its value while `{whole}` is missing: it could have been folded away"
+            ),
+        });
     }
     Ok(())
 }
@@ -575,9 +601,17 @@ mod tests {
             ("x", b"&notify_idx=1"),
             ("y", b"&notify_id"),
             ("attach", b"a=1&out_trade_no=2"),
+            ("out_trade_no", b"2"),
             ("n\u{e9}\u{2261}\u{ff06}", b"1"),
         ];
         check_unambiguous(fine.into_iter(), &id).unwrap();
+        // The same text with the order number itself missing: it could
+        // have been folded away into that value.
+        let folded: Vec<(&str, &[u8])> = vec![("attach", b"a=1&out_trade_no=2"), ("body", b"x")];
+        assert!(matches!(
+            check_unambiguous(folded.into_iter(), &id),
+            Err(VerifyError::Ambiguous { .. })
+        ));
         for (key, value) in [
             ("body", &b"x&notify_id=1"[..]),
             ("body", b"&notify_time=2026-11-22 10:00:00"),

@@ -99,8 +99,9 @@ pub const UNIONPAY_CN: &str = "中国银联股份有限公司";
 
 /// The fields the signed string must fix exactly (see the module doc): the
 /// identity, and what decides the status, amount and currency the shop is
-/// told. The order numbers are only kept whole: folded away, they leave the
-/// shop without one, never with another.
+/// told. The order numbers are only kept whole (`reqReserved`, the
+/// merchant's own text, may hold `&orderId=`): refused only when missing
+/// while another value holds `&<name>=` (see `identity::Pinned::whole`).
 const PINNED: identity::Pinned = identity::Pinned {
     unfoldable: &[
         "queryId",

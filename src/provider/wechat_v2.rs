@@ -148,8 +148,8 @@ pub struct Keys {
 /// notification's identity and `fee_type` (folded away, the shop would read
 /// CNY) may not be folded; what the shop reads besides may not take in its
 /// neighbour, nor (below) be padded. `attach`, the merchant's own text, may
-/// hold `&out_trade_no=`, so that is not refused there: folded away, it
-/// leaves the shop without an order number, never with another one
+/// hold `&out_trade_no=`, so that is refused only while `out_trade_no`
+/// itself is missing (folded away into it: see `identity::Pinned::whole`)
 /// (`total_fee` cannot be folded at all: `time_end` sorts before it).
 const PINNED: identity::Pinned = identity::Pinned {
     unfoldable: &[
