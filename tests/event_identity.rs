@@ -100,10 +100,15 @@ async fn an_order_number_folded_away_never_reaches_the_shop() {
     );
     let r = gw.post_form("/notify/alipay", &folded).await;
     r.assert_is(400, "fail", "alipay: out_trade_no folded away");
+    // A blank one put back is outside the signature (and never reaches the
+    // shop): the order number is still missing.
+    let blank = [folded.as_slice(), b"&out_trade_no="].concat();
+    let r = gw.post_form("/notify/alipay", &blank).await;
+    r.assert_is(400, "fail", "alipay: folded away, a blank one added");
     assert_eq!(
         gw.rejections("shop-alipay", "alipay", "ambiguous_fields")
             .await,
-        1.0
+        2.0
     );
     assert_eq!(up.count(), 0);
     // The platform's own copy is then delivered, order number and all.

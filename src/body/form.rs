@@ -83,7 +83,7 @@ impl Form {
     }
 
     /// (key, value) pairs sorted by key bytes. Keys are valid UTF-8.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + Clone + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
         self.sorted.iter().map(|(k, v)| {
             // Keys were checked to be UTF-8 in `parse`.
             let key = std::str::from_utf8(&self.buf[range(k)]).unwrap_or_default();

@@ -720,7 +720,7 @@ impl XmlMap {
 
     /// (name, value) pairs sorted by name bytes: the text walked once,
     /// each piece cut off its front.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + Clone + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
         let mut rest = self.text.get(self.root..).unwrap_or_default();
         self.fields.iter().map(move |f| {
             let (name, after) = rest.split_at_checked(f.name.len()).unwrap_or_default();

@@ -424,6 +424,7 @@ impl Keys {
             form.iter()
                 .filter(|(k, _)| !unsigned.iter().any(|u| u == k)),
             &PINNED,
+            |name| form.get(name).is_some() && !unsigned.iter().any(|u| u == name),
         )?;
         let merchant = self.bind(form)?;
         notification(ProviderKind::Alipay, form, encoding, merchant, unsigned)

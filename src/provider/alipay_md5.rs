@@ -346,6 +346,7 @@ impl Keys {
             form.iter()
                 .filter(|(k, _)| !unsigned.iter().any(|u| u == k)),
             &PINNED,
+            |name| form.get(name).is_some() && !unsigned.iter().any(|u| u == name),
         )?;
         expect_merchant(
             "seller_id",

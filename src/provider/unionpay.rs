@@ -537,7 +537,7 @@ impl Keys {
         // Every field but `signature` is signed, empty ones included.
         let encoding = charset.covered(&["signature"], &[])?;
 
-        identity::check_unambiguous(form.iter(), &PINNED)?;
+        identity::check_unambiguous(form.iter(), &PINNED, |name| form.get(name).is_some())?;
         let query_id = identity::token(
             Role::Event,
             "queryId",

@@ -461,6 +461,7 @@ impl Keys {
                 .filter(|(k, _)| !unsigned.iter().any(|u| u == k))
                 .map(|(k, v)| (k, v.as_bytes())),
             &PINNED,
+            |name| xml.get(name).is_some() && !unsigned.iter().any(|u| u == name),
         )?;
         let merchant = self.bind(xml)?;
         let bytes = |field: &str| xml.get(field).map(str::as_bytes);
