@@ -33,7 +33,8 @@
 //! One core, one loop: `listen.workers` threads (one per core by default)
 //! each run a current-thread tokio runtime with its own listening socket on
 //! `listen.addr` (`SO_REUSEPORT`: the kernel spreads new connections over
-//! them), its own upstream connections
+//! them; a port another process already listens on is refused first, see
+//! `nobody_listens_on`), its own upstream connections
 //! ([`crate::upstream_pool::use_worker_pool`]) and its own Redis connections
 //! ([`crate::replay::use_worker_connections`]). A notification is accepted,
 //! verified, remembered, journaled and forwarded on the thread that read
@@ -104,6 +105,10 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "cannot listen on {addr}: another process already listens there. With several workers callgate's threads share the port, and a second gateway joining them would keep a replay store of its own and could forward an event twice: stop the other process, or give this one another listen.addr"
+    )]
+    Taken { addr: SocketAddr },
     #[error("cannot build metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("{0}")]
@@ -278,6 +283,9 @@ fn bind_workers(
     workers: usize,
 ) -> Result<(Vec<std::net::TcpListener>, SocketAddr), StartError> {
     let bind_error = |source| StartError::Bind { addr, source };
+    if workers > 1 {
+        nobody_listens_on(addr)?;
+    }
     let mut listeners = Vec::with_capacity(workers);
     let mut bound = addr;
     for _ in 0..workers.max(1) {
@@ -297,6 +305,32 @@ fn bind_workers(
         listeners.push(listener.into_std().map_err(bind_error)?);
     }
     Ok((listeners, bound))
+}
+
+/// Refuses a port another process listens on. The workers' sockets share
+/// it (`SO_REUSEPORT`), and the kernel lets any process of the same user
+/// join such a group: a second gateway started by mistake would take half
+/// the connections with a memory replay store of its own, and forward a
+/// retry of an event the first one delivered. A bind without
+/// `SO_REUSEPORT` fails while anyone listens there; this one is closed at
+/// once, before the workers bind. (Port 0: the first worker picks a free
+/// one.)
+fn nobody_listens_on(addr: SocketAddr) -> Result<(), StartError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let bind_error = |source| StartError::Bind { addr, source };
+    let probe = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(bind_error)?;
+    probe.set_reuseaddr(true).map_err(bind_error)?;
+    match probe.bind(addr) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(StartError::Taken { addr }),
+        Err(e) => Err(bind_error(e)),
+    }
 }
 
 /// Pending connections the kernel queues per listening socket (tokio's

@@ -248,3 +248,60 @@ async fn a_reload_cannot_change_the_worker_count() {
         "{err}"
     );
 }
+
+/// A gateway whose `workers` share a fixed port: any process could join
+/// their `SO_REUSEPORT` group, and a second gateway there (started by
+/// mistake, a second unit) would answer half the connections from a replay
+/// store of its own, forwarding again what the first delivered. The second
+/// one is refused at start, and the first goes on serving.
+#[tokio::test]
+async fn a_second_gateway_cannot_join_the_port_the_workers_share() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let spec = GatewaySpec::new(vec![RouteSpec::alipay(&up)]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let on_port = |dir: &std::path::Path| {
+        let (file, _) = with_workers(dir, &spec, &WORKERS.to_string());
+        let text = std::fs::read_to_string(&file).unwrap().replacen(
+            "addr = \"127.0.0.1:0\"",
+            &format!("addr = \"127.0.0.1:{port}\""),
+            1,
+        );
+        assert!(text.contains(&format!(
+            "[listen]\nworkers = {WORKERS}\naddr = \"127.0.0.1:{port}\""
+        )));
+        std::fs::write(&file, text).unwrap();
+        callgate::config::load(&file).unwrap()
+    };
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = callgate::server::start(on_port(first_dir.path()))
+        .await
+        .expect("the first gateway takes the free port");
+    assert_eq!(first.addr.port(), port);
+    let err = match callgate::server::start(on_port(second_dir.path())).await {
+        Ok(_) => panic!("a second gateway joined port {port}"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains(&format!(
+            "cannot listen on 127.0.0.1:{port}: another process already listens there"
+        )),
+        "{err}"
+    );
+
+    // The first one still takes notifications.
+    let client = TestClient::new();
+    let r = client
+        .send(
+            "POST",
+            &format!("http://127.0.0.1:{port}/notify/alipay"),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            fixture("alipay", "rsa2_trade_success.form"),
+        )
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 1);
+}
