@@ -384,12 +384,22 @@ fn toml_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+                .filter(|p| p.extension().is_some_and(|x| x == "toml") && rule_file(p))
                 .collect()
         })
         .unwrap_or_default();
     files.sort();
     files
+}
+
+/// Whether a `.toml` entry of the rules directory is a file to load: a
+/// file, or one that cannot even be looked at (a symlink to nothing or to
+/// itself, no permission), which [`read`] then reports: a deploy that
+/// left a dangling link must not drop its routes without a word. A
+/// directory or a FIFO named `.toml` is not a rule file (reading a FIFO
+/// would wait forever).
+fn rule_file(path: &Path) -> bool {
+    std::fs::metadata(path).map_or(true, |m| m.is_file())
 }
 
 /// Reads a rule or IP set file, recording why when it cannot be read.

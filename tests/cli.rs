@@ -382,6 +382,35 @@ fn route_a_with(from: &str, to: &str) -> String {
     route.replace(from, to)
 }
 
+/// A rule file replaced by a link to nothing (a deploy that has not put
+/// the target in place yet) or to itself is a problem with its path, not
+/// a file silently left out with its routes.
+#[test]
+fn check_reports_a_rule_file_that_links_to_nothing() {
+    let dir = config_with_rules(&good_route("a", "/a"));
+    let rules = dir.path().join("rules");
+    std::os::unix::fs::symlink(
+        rules.join("missing/shared.toml"),
+        rules.join("dangling.toml"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(rules.join("loop.toml"), rules.join("loop.toml")).unwrap();
+    let (code, all) = check(dir.path());
+    assert_eq!(code, 1, "{all}");
+    for file in ["dangling.toml", "loop.toml"] {
+        assert!(
+            all.lines()
+                .any(|l| l.contains(file) && l.contains("cannot read the rule file")),
+            "{file}: {all}"
+        );
+    }
+    // A directory named like a rule file is not one.
+    std::fs::remove_file(rules.join("dangling.toml")).unwrap();
+    std::fs::remove_file(rules.join("loop.toml")).unwrap();
+    std::fs::create_dir(rules.join("old.toml")).unwrap();
+    expect_check_ok(dir.path(), 1);
+}
+
 #[test]
 fn check_counts_routes() {
     let dir = config_with_rules(&format!(
