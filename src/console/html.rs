@@ -5,9 +5,12 @@
 
 use std::fmt::Write as _;
 
-/// `s` with `& < > " '` replaced by character references, and control
-/// characters (other than tab and newline) by U+FFFD, so no value can
-/// open a tag, leave an attribute or hide text.
+/// `s` with `& < > " '` replaced by character references, control
+/// characters (other than tab and newline) by U+FFFD, and the invisible
+/// characters that reorder or hide text (bidi overrides and isolates,
+/// zero-width ones, the BOM) written out as `\u{202e}`, as the text log
+/// writes them, so no value can open a tag, leave an attribute, hide text
+/// or make a claimed order number read as another.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 8);
     push_escaped(&mut out, s);
@@ -25,9 +28,27 @@ pub fn push_escaped(out: &mut String, s: &str) {
             '\'' => out.push_str("&#39;"),
             '\t' | '\n' => out.push(c),
             c if c.is_control() => out.push('\u{FFFD}'),
+            c if reorders_or_hides(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
             c => out.push(c),
         }
     }
+}
+
+/// Unicode format characters that change the order text is shown in, or
+/// take no room: U+202E turns `ORD…gnp.exe` around the marker after it,
+/// U+200B makes two order numbers look the same.
+fn reorders_or_hides(c: char) -> bool {
+    matches!(
+        c,
+        '\u{61c}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}'
+    )
 }
 
 /// Escapes `s` and turns each pair of backticks (README's `code`) into
@@ -104,6 +125,16 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn text_that_reorders_or_hides_itself_is_written_out() {
+        assert_eq!(
+            escape("ORD\u{202e}gnp.exe\u{202c}\u{200b}\u{feff}\u{2066}x\u{2069}"),
+            "ORD\\u{202e}gnp.exe\\u{202c}\\u{200b}\\u{feff}\\u{2066}x\\u{2069}"
+        );
+        // Ordinary text of every script stays as it is.
+        assert_eq!(escape("测试 商品 ÄÖ ١٢٣ שלום"), "测试 商品 ÄÖ ١٢٣ שלום");
     }
 
     #[test]
