@@ -197,8 +197,7 @@ where
             let mut r = Response::new(Full::new(Bytes::from(
                 serde_json::to_vec(&report).unwrap_or_default(),
             )));
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            json_headers(r.headers_mut());
             r
         }
         Err(e @ (SelectError::NoSelector | SelectError::Since(_))) => {
@@ -373,18 +372,23 @@ async fn console<B>(state: &State, req: &Request<B>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(
         serde_json::to_vec_pretty(&value).unwrap_or_default(),
     )));
-    let h = r.headers_mut();
+    json_headers(r.headers_mut());
+    r
+}
+
+/// The headers of a JSON answer: its type, a policy that loads nothing,
+/// and [`no_store`]'s.
+fn json_headers(h: &mut http::HeaderMap) {
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(
         http::header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
     );
     no_store(h);
-    r
 }
 
-/// Headers every console answer carries: not cached, not sniffed, no
-/// referrer, not framed.
+/// Headers every admin answer carries (errors, health and metrics
+/// included): not cached, not sniffed, no referrer, not framed.
 fn no_store(h: &mut http::HeaderMap) {
     h.insert(
         http::header::CACHE_CONTROL,
@@ -408,8 +412,7 @@ fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({ "error": message }).to_string();
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    json_headers(r.headers_mut());
     r
 }
 
@@ -420,9 +423,11 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 fn owned_text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(
+    let h = r.headers_mut();
+    h.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    no_store(h);
     r
 }

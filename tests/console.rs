@@ -117,6 +117,22 @@ async fn events_show_the_delivery_and_its_duplicate_with_the_shops_answer() {
     assert_eq!(bad.status, 400, "{}", bad.text());
     let unknown = gw.get_admin("/api/events?sort=asc").await;
     assert_eq!(unknown.status, 400, "{}", unknown.text());
+    // A mistyped outcome is refused, not answered with nothing.
+    let typo = gw.get_admin("/api/events?outcome=forwrded").await;
+    assert_eq!(typo.status, 400, "{}", typo.text());
+    assert!(
+        typo.text().contains("not an outcome label"),
+        "{}",
+        typo.text()
+    );
+    // Errors carry the headers every console answer does.
+    for bad in [&bad, &unknown, &typo] {
+        assert_eq!(bad.headers["cache-control"], "no-store");
+        assert_eq!(bad.headers["x-content-type-options"], "nosniff");
+        assert_eq!(bad.headers["referrer-policy"], "no-referrer");
+        assert_eq!(bad.headers["x-frame-options"], "DENY");
+        assert_eq!(bad.headers["content-type"], "application/json");
+    }
 }
 
 #[tokio::test]

@@ -45,7 +45,19 @@ pub fn parse_query(query: Option<&str>, now: i64) -> Result<Query, QueryError> {
         }
         match key.as_str() {
             "route" => q.route = Some(value),
-            "outcome" => q.outcome = Some(value),
+            "outcome" => {
+                // A typo must not read as "nothing happened".
+                if !crate::ack::Outcome::ALL.iter().any(|o| o.as_str() == value) {
+                    return Err(QueryError::Bad(
+                        "outcome",
+                        format!(
+                            "`{}` is not an outcome label (forwarded, duplicate, bad_signature, ...)",
+                            crate::secret::shown(value.as_bytes())
+                        ),
+                    ));
+                }
+                q.outcome = Some(value);
+            }
             "q" => q.q = Some(value.trim().to_owned()),
             "since" => {
                 q.since = Some(
@@ -271,6 +283,14 @@ mod tests {
             parse_query(Some("since=yesterday"), 0),
             Err(QueryError::Bad("since", _))
         ));
+        assert!(matches!(
+            parse_query(Some("outcome=bogus"), 0),
+            Err(QueryError::Bad("outcome", _))
+        ));
+        for o in crate::ack::Outcome::ALL {
+            let q = parse_query(Some(&format!("outcome={}", o.as_str())), 0).unwrap();
+            assert_eq!(q.outcome.as_deref(), Some(o.as_str()));
+        }
     }
 
     #[test]
