@@ -110,6 +110,9 @@ where
             state
                 .metrics
                 .set_store_evicting(matches!(answer, Err(StoreError::Evicting { .. })));
+            if let Err(StoreError::Unavailable(_)) = answer {
+                state.metrics.store_error("ping");
+            }
             if let Some(t) = state.store.topology() {
                 state.metrics.set_store_topology(&t);
             }

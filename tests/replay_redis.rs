@@ -167,6 +167,13 @@ async fn redis_down_fails_closed_and_the_gateway_recovers_by_itself() {
     assert!(
         find_metric(&m, "callgate_replay_store_errors_total", &[("op", "claim")]).unwrap() >= 1.0
     );
+    // `/readyz` asked it once above, and once more here.
+    assert_eq!(gw.get_admin("/readyz").await.status, 503);
+    let m = gw.get_admin("/metrics").await.text();
+    assert_eq!(
+        find_metric(&m, "callgate_replay_store_errors_total", &[("op", "ping")]),
+        Some(2.0)
+    );
     assert_eq!(up.count(), 1, "nothing forwarded while the store is down");
 
     redis.restart();
