@@ -480,10 +480,13 @@ fn raise_open_files_limit() -> std::io::Result<Option<(u64, u64)>> {
 /// signal of nginx and others, so a logrotate `postrotate` copied from them
 /// sends it, and its default action killed callgate (every notification in
 /// flight cut off). callgate opens no log file to reopen: stdout is rotated
-/// with `copytruncate` (README, *Logs*).
+/// with `copytruncate` (README, *Logs*). SIGUSR2 likewise: nginx's
+/// "upgrade the binary" signal, which callgate has no use for; its default
+/// action killed callgate without a drain.
 struct Signals {
     hup: tokio::signal::unix::Signal,
     usr1: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     _xfsz: tokio::signal::unix::Signal,
@@ -496,6 +499,7 @@ impl Signals {
             _xfsz: signal(SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw()))?,
             hup: signal(SignalKind::hangup())?,
             usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
         })
@@ -511,6 +515,9 @@ impl Signals {
                 }
                 _ = self.usr1.recv() => {
                     tracing::warn!("SIGUSR1 ignored: callgate opens no log file to reopen (it logs to stdout); rotate a stdout file with logrotate's copytruncate");
+                }
+                _ = self.usr2.recv() => {
+                    tracing::warn!("SIGUSR2 ignored: callgate has no binary upgrade; to run a new binary, start it after SIGTERM has drained this one");
                 }
                 _ = self.term.recv() => { tracing::info!("SIGTERM: draining"); return; }
                 _ = self.int.recv() => { tracing::info!("SIGINT: draining"); return; }

@@ -2202,6 +2202,18 @@ async fn sigusr1_from_a_copied_logrotate_script_warns_and_keeps_serving() {
     let r = post_alipay_to(&run, "/notify/alipay", "rsa2_trade_success.form", &[]).await;
     r.assert_is(200, "success", "after SIGUSR1");
     assert_eq!(next_notification(&mut run)["outcome"], "forwarded");
+    // SIGUSR2, nginx's binary upgrade, the same: its default action killed
+    // the process without a drain.
+    run.signal("-USR2");
+    let said = run.wait_for(|v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("SIGUSR2 ignored"))
+    });
+    assert_eq!(said["level"], "WARN", "{said}");
+    let r = post_alipay_to(&run, "/notify/alipay", "rsa2_trade_success_2.form", &[]).await;
+    r.assert_is(200, "success", "after SIGUSR2");
+    assert_eq!(next_notification(&mut run)["outcome"], "forwarded");
 }
 
 /// Longer than any clock or timer can add: `u64::MAX` seconds.
