@@ -1755,6 +1755,10 @@ pub fn arrivals(dir: &Path) -> Result<(Vec<Arrival>, Vec<OutcomeRecord>), Journa
             }
         }
     })?;
+    // Each worker writes a file of its own, and files are read one after
+    // the other: their arrivals interleave in time. A stable sort keeps
+    // file-then-line order among arrivals of the same second.
+    list.sort_by_key(|a| a.received.unix);
     Ok((list, redeliveries))
 }
 
@@ -2400,6 +2404,35 @@ mod tests {
         assert_eq!(warm.unfinished, []);
         assert_eq!(warm.delivered.len(), 1);
         assert_eq!(warm.recent.len(), 1, "the console's deliveries");
+    }
+
+    /// With `listen.workers` above one, each worker writes a file of its
+    /// own, so arrivals interleave in time across files. `journal list`
+    /// and `redeliver` still go oldest first: by time, and within one
+    /// second in file, then line, order.
+    #[test]
+    fn arrivals_from_files_written_side_by_side_are_listed_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |rid: &str, unix: i64| {
+            let Record::Received(mut r) = received(rid, rid) else {
+                unreachable!()
+            };
+            r.unix = unix;
+            format!("{}\n", serde_json::to_string(&Record::Received(r)).unwrap())
+        };
+        let file = |pid: u32, lines: &[String]| {
+            std::fs::write(
+                dir.path()
+                    .join(file_name("20260101T000000Z", "gateway", pid, 1)),
+                lines.concat(),
+            )
+            .unwrap()
+        };
+        file(7, &[at("a1", 100), at("a2", 300), at("a3", 500)]);
+        file(8, &[at("b1", 200), at("b2", 400), at("b3", 500)]);
+        let (list, _) = arrivals(dir.path()).unwrap();
+        let rids: Vec<&str> = list.iter().map(|a| a.received.rid.as_str()).collect();
+        assert_eq!(rids, ["a1", "b1", "a2", "b2", "a3", "b3"]);
     }
 
     /// A record the journal thread could not write is kept and written
