@@ -300,16 +300,21 @@ fn redeliver(
         if let (Some(admin), Some(token)) = (config.admin, &config.admin_token) {
             match redeliver::via_admin(admin.addr, &token.token, selection).await {
                 Ok(report) => return print_report(&report),
+                Err(ApiError::NothingMatches) => return nothing_to_redeliver(),
                 Err(e @ ApiError::Unreachable { .. }) if !memory => {
                     eprintln!("callgate journal redeliver: {e}; redelivering here through the shared Redis store");
                 }
+                Err(e @ ApiError::Unreachable { .. }) => {
+                    // Only when nothing answered: a gateway that answered
+                    // is running, and starting it is not the remedy.
+                    eprintln!("callgate journal redeliver: {e}");
+                    eprintln!(
+                        "callgate journal redeliver: with replay.store = \"memory\" only the running gateway knows what was delivered: start it, then run this again"
+                    );
+                    return ExitCode::FAILURE;
+                }
                 Err(e) => {
                     eprintln!("callgate journal redeliver: {e}");
-                    if memory {
-                        eprintln!(
-                            "callgate journal redeliver: with replay.store = \"memory\" only the running gateway knows what was delivered: start it, then run this again"
-                        );
-                    }
                     return ExitCode::FAILURE;
                 }
             }
@@ -336,6 +341,7 @@ fn redeliver(
         };
         let report = match redeliver::run(&state, dir, selection).await {
             Ok(r) => r,
+            Err(callgate::redeliver::SelectError::NothingMatches) => return nothing_to_redeliver(),
             Err(e) => {
                 eprintln!("callgate journal redeliver: {e}");
                 return ExitCode::FAILURE;
@@ -346,6 +352,14 @@ fn redeliver(
         }
         print_report(&report)
     })
+}
+
+/// No journaled arrival matches the selection: nothing is undelivered
+/// there, which is not a failure (the README's exit 1 is for an event that
+/// could not be delivered), e.g. `--outcome unfinished` run from cron.
+fn nothing_to_redeliver() -> ExitCode {
+    eprintln!("callgate journal redeliver: no journaled arrival matches: nothing to redeliver");
+    ExitCode::SUCCESS
 }
 
 /// The tokio runtime `run` and `journal redeliver` work in; `None` (and a

@@ -336,6 +336,10 @@ pub enum ApiError {
     Unreachable { addr: SocketAddr, reason: String },
     #[error("the admin API answered {status}: {message}")]
     Refused { status: u16, message: String },
+    /// The gateway answered that no journaled arrival matches the
+    /// selection: nothing to redeliver, not a failure.
+    #[error("{}", SelectError::NothingMatches)]
+    NothingMatches,
 }
 
 /// Asks the running gateway at `admin` to redeliver `selection`.
@@ -387,6 +391,11 @@ pub async fn via_admin(
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_owned))
         .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
+    // The API's 404 for an empty selection, told from its 404 for a path
+    // it does not serve (no token on the gateway's side) by its message.
+    if status == http::StatusCode::NOT_FOUND && message == SelectError::NothingMatches.to_string() {
+        return Err(ApiError::NothingMatches);
+    }
     Err(ApiError::Refused {
         status: status.as_u16(),
         message,

@@ -418,6 +418,61 @@ fn redeliver_alipay_route(gw: &TestGateway) -> (i32, String, String) {
     )
 }
 
+/// `journal redeliver` with the gateway running and nothing in the journal
+/// that matches: there is nothing to do, and it says so (exit 0). It used
+/// to exit 1 with "start it, then run this again", about a gateway that
+/// had just answered. An answer that refuses (a token the gateway does not
+/// hold) is an error, still without that hint.
+#[tokio::test(flavor = "multi_thread")]
+async fn redelivering_when_nothing_matches_says_so_and_succeeds() {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw =
+        TestGateway::start_with_admin_token(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
+    assert_eq!(gw.post_alipay("rsa2_trade_success.form").await.status, 200);
+    let cli = gw.cli_config();
+    let (code, out, err) = callgate_cli(&["journal", "redeliver", "--outcome", "unfinished"], &cli);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("nothing to redeliver"), "{err}");
+    assert!(!err.contains("start it"), "{err}");
+    assert_eq!(up.count(), 1, "nothing sent again");
+
+    std::fs::write(
+        gw.dir.path().join("admin.token"),
+        format!("{}\n", ADMIN_TOKEN.replace('0', "1")),
+    )
+    .unwrap();
+    let (code, out, err) = callgate_cli(&["journal", "redeliver", "--outcome", "unfinished"], &cli);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("the admin API answered 401"), "{err}");
+    assert!(!err.contains("start it"), "{err}");
+}
+
+/// With the memory store and no gateway answering on the admin address,
+/// `journal redeliver` says to start it: only it knows what was delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn redelivering_with_the_memory_store_and_no_gateway_says_to_start_it() {
+    let up = Upstream::start(Behaviour::Reply(500, "down")).await;
+    let gw =
+        TestGateway::start_with_admin_token(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
+    assert_eq!(gw.post_alipay("rsa2_trade_success.form").await.status, 502);
+    let cli = gw.cli_config();
+    // An admin address nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let running = format!("127.0.0.1:{}", gw.gateway.admin_addr.unwrap().port());
+    let text = std::fs::read_to_string(&cli).unwrap();
+    assert!(text.contains(&running), "{text}");
+    std::fs::write(&cli, text.replace(&running, &format!("127.0.0.1:{closed}"))).unwrap();
+    let (code, out, err) = callgate_cli(&["journal", "redeliver", "--route", "shop-alipay"], &cli);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("cannot reach the running gateway"), "{err}");
+    assert!(err.contains("start it, then run this again"), "{err}");
+    assert_eq!(up.count(), 1, "nothing sent");
+}
+
 #[tokio::test]
 async fn redelivery_with_the_memory_store_refuses_to_run_on_its_own() {
     let up = Upstream::start(Behaviour::Reply(500, "down")).await;
