@@ -311,6 +311,48 @@ pub struct Config {
     pub watch: bool,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Arc<[IpNet]>,
+    /// Where each setting was written, for problems found after compiling
+    /// (a reload refused for a change only a restart applies).
+    pub lines: KeyLines,
+}
+
+/// The line of each table and key of the gateway file, two levels deep
+/// (`listen`, `listen.workers`): the spans are gone once the file is
+/// compiled, and a problem is still reported as `PATH:LINE`.
+#[derive(Debug, Clone, Default)]
+pub struct KeyLines(Arc<std::collections::HashMap<String, usize>>);
+
+impl KeyLines {
+    pub(crate) fn of(doc: &DeTable<'_>, src: &str) -> KeyLines {
+        let mut lines = std::collections::HashMap::new();
+        for (table, value) in doc.iter() {
+            lines.insert(
+                table.get_ref().to_string(),
+                line_of(src, table.span().start),
+            );
+            if let DeValue::Table(keys) = value.get_ref() {
+                for (key, _) in keys.iter() {
+                    lines.insert(
+                        format!("{}.{}", table.get_ref(), key.get_ref()),
+                        line_of(src, key.span().start),
+                    );
+                }
+            }
+        }
+        KeyLines(Arc::new(lines))
+    }
+
+    /// The line of the first of `keys` (`table.key`) written, or else of
+    /// the first one's table: a key left out (back to its default) is
+    /// pointed at the table it would go in. `None` when neither is written.
+    pub fn line(&self, keys: &[&str]) -> Option<usize> {
+        let first = keys.first()?;
+        let table = first.split_once('.').map_or(*first, |(t, _)| t);
+        keys.iter()
+            .find_map(|k| self.0.get(*k))
+            .or_else(|| self.0.get(table))
+            .copied()
+    }
 }
 
 /// The admin listener.
@@ -623,6 +665,7 @@ fn compile_gateway(file: &Path, loader: &mut Loader) -> Option<(Config, Option<r
         }
     };
     let span = doc.span();
+    let lines = KeyLines::of(doc.get_ref(), &src);
     let each = deserialize_each::<GatewayFile>(Spanned::new(
         span.clone(),
         DeValue::Table(doc.into_inner()),
@@ -706,6 +749,7 @@ fn compile_gateway(file: &Path, loader: &mut Loader) -> Option<(Config, Option<r
         watch: raw.reload.watch,
         limits,
         trusted_proxies,
+        lines,
     };
     // The rule files are not held to a bound that was not written.
     let mut settings = config.rule_settings();

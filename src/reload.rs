@@ -26,7 +26,7 @@ use notify::Watcher as _;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{self, Config, Setup};
-use crate::load::LoadErrors;
+use crate::load::{LoadErrors, Located};
 use crate::pipeline::State;
 
 /// Why a reload was refused; the running configuration stays.
@@ -34,11 +34,23 @@ use crate::pipeline::State;
 pub enum ReloadError {
     #[error("{0}")]
     Invalid(LoadErrors),
-    #[error("{}: {} cannot change while running; restart callgate to apply it", file.display(), fields.join(", "))]
-    Fixed {
-        file: PathBuf,
-        fields: Vec<&'static str>,
-    },
+    /// One problem per setting, each at the line of its key in the new
+    /// file (when written there).
+    #[error("{}", one_per_line(.0))]
+    Fixed(Vec<Located<RestartOnly>>),
+}
+
+/// A setting that changed but only a restart applies.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} cannot change while running; restart callgate to apply it")]
+pub struct RestartOnly(pub &'static str);
+
+fn one_per_line(problems: &[Located<RestartOnly>]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// What a reload swaps, shared by the gateway, SIGHUP and the watcher.
@@ -95,10 +107,11 @@ impl Live {
                 if fields.is_empty() {
                     Ok(loaded)
                 } else {
-                    Err(ReloadError::Fixed {
-                        file: running.file.clone(),
+                    Err(ReloadError::Fixed(located(
+                        &running.file,
+                        &loaded.config.lines,
                         fields,
-                    })
+                    )))
                 }
             }
         };
@@ -136,7 +149,7 @@ impl Live {
                     ReloadError::Invalid(errors) => {
                         errors.0.iter().map(ToString::to_string).collect()
                     }
-                    ReloadError::Fixed { .. } => vec![e.to_string()],
+                    ReloadError::Fixed(fixed) => fixed.iter().map(ToString::to_string).collect(),
                 };
                 self.state.recent.reloaded(
                     crate::clock::unix_now(),
@@ -144,15 +157,8 @@ impl Live {
                     self.state.snapshot.load().routes.len(),
                     &problems,
                 );
-                match &e {
-                    ReloadError::Invalid(errors) => {
-                        for problem in &errors.0 {
-                            tracing::error!(problem = %problem, "reload refused; the running rules stay");
-                        }
-                    }
-                    ReloadError::Fixed { .. } => {
-                        tracing::error!(problem = %e, "reload refused; the running rules stay");
-                    }
+                for problem in &problems {
+                    tracing::error!(problem = %problem, "reload refused; the running rules stay");
                 }
                 Err(e)
             }
@@ -257,14 +263,42 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Settings a reload cannot apply.
+/// [`fixed_changes`]' names of two settings that combine keys.
+const TLS_ON_OFF: &str = "listen.tls_cert/tls_key (turning TLS on or off)";
+const PER_SOURCE: &str = "limits.max_connections_per_source / max_connections_unlisted";
+
+/// Each restart-only change in `file`, at the line of its key there.
+fn located(
+    file: &Path,
+    lines: &config::KeyLines,
+    fields: Vec<&'static str>,
+) -> Vec<Located<RestartOnly>> {
+    fields
+        .into_iter()
+        .map(|field| {
+            // Two settings are named by what they combine; the rest by their key.
+            let keys: &[&str] = match field {
+                TLS_ON_OFF => &["listen.tls_cert", "listen.tls_key"],
+                PER_SOURCE => &[
+                    "limits.max_connections_per_source",
+                    "limits.max_connections_unlisted",
+                ],
+                _ => std::slice::from_ref(&field),
+            };
+            Located {
+                file: file.to_path_buf(),
+                line: lines.line(keys),
+                error: RestartOnly(field),
+            }
+        })
+        .collect()
+}
+
 fn fixed_changes(running: &Config, new: &Config) -> Vec<&'static str> {
     let checks: [(&'static str, bool); 21] = [
         ("listen.addr", running.listen != new.listen),
         ("listen.workers", running.workers != new.workers),
-        (
-            "listen.tls_cert/tls_key (turning TLS on or off)",
-            running.tls.is_some() != new.tls.is_some(),
-        ),
+        (TLS_ON_OFF, running.tls.is_some() != new.tls.is_some()),
         (
             "admin.addr",
             running.admin.map(|a| a.addr) != new.admin.map(|a| a.addr),
@@ -321,7 +355,7 @@ fn fixed_changes(running: &Config, new: &Config) -> Vec<&'static str> {
             running.limits.max_connections != new.limits.max_connections,
         ),
         (
-            "limits.max_connections_per_source / max_connections_unlisted",
+            PER_SOURCE,
             running.limits.max_connections_per_source != new.limits.max_connections_per_source
                 || running.limits.max_connections_unlisted != new.limits.max_connections_unlisted,
         ),
@@ -474,6 +508,41 @@ fn rewatch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A restart-only change is reported at its key in the new file, at
+    /// its table when the key was left out (back to its default), at the
+    /// first written key of a setting that combines two, and without a
+    /// line only when neither key nor table is written.
+    #[test]
+    fn restart_only_changes_are_reported_at_their_line() {
+        let src = "[listen]\naddr = \"127.0.0.1:0\"\ntls_key = \"k.pem\"\nworkers = 2\n\n[journal]\ndir = \"j\"\n";
+        let doc = toml::de::DeTable::parse(src).unwrap();
+        let lines = config::KeyLines::of(doc.get_ref(), src);
+        let fields = vec![
+            "listen.workers",
+            TLS_ON_OFF,
+            "journal",
+            "admin.addr",
+            "listen.addr",
+            "replay.ttl",
+        ];
+        let got: Vec<String> = located(Path::new("gw.toml"), &lines, fields)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let then = "cannot change while running; restart callgate to apply it";
+        assert_eq!(
+            got,
+            [
+                format!("gw.toml:4: listen.workers {then}"),
+                format!("gw.toml:3: {TLS_ON_OFF} {then}"),
+                format!("gw.toml:6: journal {then}"),
+                format!("gw.toml: admin.addr {then}"),
+                format!("gw.toml:2: listen.addr {then}"),
+                format!("gw.toml: replay.ttl {then}"),
+            ]
+        );
+    }
 
     #[test]
     fn only_the_configuration_files_and_new_rule_files_are_relevant() {

@@ -236,15 +236,21 @@ async fn a_reload_cannot_change_the_worker_count() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let gw = gateway(GatewaySpec::new(vec![RouteSpec::alipay(&up)])).await;
     let file = gw.dir.path().join("callgate.toml");
-    let text = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(
-        &file,
-        text.replace(&format!("workers = {WORKERS}"), "workers = 1"),
-    )
-    .unwrap();
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(&format!("workers = {WORKERS}"), "workers = 1");
+    std::fs::write(&file, &text).unwrap();
     let err = gw.gateway.reload().unwrap_err().to_string();
+    // Every problem a reload logs is `PATH:LINE: message`, this one at the
+    // key in the new file.
+    let line = 1 + text
+        .lines()
+        .position(|l| l == "workers = 1")
+        .expect("the edited key");
     assert!(
-        err.contains("listen.workers cannot change while running"),
+        err.contains(&format!(
+            "callgate.toml:{line}: listen.workers cannot change while running"
+        )),
         "{err}"
     );
 }
