@@ -73,7 +73,10 @@ async fn two_instances_on_one_redis_forward_an_event_once() {
         .output()
         .unwrap();
     let keys = String::from_utf8(keys.stdout).unwrap();
-    let key = keys.lines().next().expect("an event key in Redis");
+    let key = keys
+        .lines()
+        .find(|k| !k.ends_with(":at"))
+        .expect("an event key in Redis");
     let ttl = tool("redis-cli")
         .args(["-p", &redis.port.to_string(), "PTTL", key])
         .output()
@@ -303,7 +306,13 @@ fn event_keys_in(redis: &RedisServer, namespace: &str) -> usize {
         ])
         .output()
         .unwrap();
-    String::from_utf8(out.stdout).unwrap().lines().count()
+    // `<event key>:at` (an attempt count, or a confirm's receipt) is no
+    // event of its own.
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|k| !k.ends_with(":at"))
+        .count()
 }
 
 /// Renames the Alipay route `shop-alipay` to `shop-alipay-v2`, keeping
@@ -684,4 +693,146 @@ async fn copies_of_an_event_a_gateway_found_delivered_are_answered_without_redis
     assert_eq!(up.count(), 1, "the shop got the event once");
     assert_eq!(one.requests("duplicate").await, 7.0);
     assert_eq!(two.requests("duplicate").await, 7.0);
+}
+
+/// Polls `done` (bounded: 15 s, far below a claim's 40 s life) on what the
+/// test reads from Redis; never a fixed delay.
+async fn wait_redis(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..1500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{what}: never seen in Redis within 15 s");
+}
+
+/// The event keys of `namespace` and their `:at` keys, with their values.
+fn event_values(redis: &RedisServer, namespace: &str) -> Vec<(String, String)> {
+    let names = redis.cli(&["--raw", "KEYS", &format!("callgate:{namespace}:ev:*")]);
+    names
+        .lines()
+        .filter(|n| !n.is_empty())
+        .map(|n| (n.to_owned(), redis.cli(&["--raw", "GET", n])))
+        .collect()
+}
+
+/// A claim that timed out while Redis was stalled reaches Redis when it
+/// resumes: it must not then hold the event in flight for a claim's life
+/// (40 s here), nor count an attempt that was never forwarded.
+#[tokio::test]
+async fn a_claim_that_timed_out_does_not_hold_its_event_once_redis_resumes() {
+    let redis = RedisServer::start();
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let mut spec = redis_spec(vec![RouteSpec::alipay(&up)], &redis);
+    // One worker: its connection, opened by the first request, carries
+    // the stalled claim (a new one would time out opening instead).
+    spec.workers = Some(1);
+    let gw = TestGateway::start(spec).await;
+    // Connections open and the policy read: the stalled claim is the CLAIM.
+    assert_eq!(gw.post_alipay("rsa2_trade_success.form").await.status, 200);
+    let before = redis.scripts_run();
+
+    redis.signal("-STOP");
+    let body = fixture("alipay", "rsa2_trade_success_2.form");
+    let r = gw.post_form("/notify/alipay", &body).await;
+    redis.signal("-CONT");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (503, "fail"),
+        "claim timed out"
+    );
+    // The stalled CLAIM runs once Redis resumes...
+    wait_redis("the late claim", || redis.scripts_run() > before).await;
+    // ...and is undone: nothing of it is left in flight, nor counted.
+    // (A delivered event's `:at` holds its confirm's receipt, `<token>=1`.)
+    wait_redis("the late claim undone", || {
+        event_values(&redis, "shop-alipay")
+            .iter()
+            .all(|(n, v)| v == "d" || (n.ends_with(":at") && v.contains('=')))
+    })
+    .await;
+
+    let r = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "success"),
+        "the platform's retry goes through"
+    );
+    assert_eq!(up.count(), 2);
+    assert_eq!(
+        up.received()[1].headers["x-callgate-attempt"],
+        "1",
+        "callgate never sent this event before"
+    );
+    assert_eq!(
+        gw.metric(
+            "callgate_repeat_deliveries_total",
+            &[("route", "shop-alipay")]
+        )
+        .await
+        .unwrap_or(0.0),
+        0.0
+    );
+}
+
+/// The shop took the event, but the confirm's answer never came (Redis
+/// stalled): the confirm retried in the background finds the marker its
+/// own first attempt wrote once Redis resumed, and that is no lost claim.
+#[tokio::test]
+async fn a_confirm_retried_after_its_answer_was_lost_raises_no_false_alarm() {
+    let redis = RedisServer::start();
+    let gate = Arc::new(Notify::new());
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let gw = Arc::new(TestGateway::start(redis_spec(vec![RouteSpec::alipay(&up)], &redis)).await);
+    // A delivery first: Redis knows the confirm script (a stalled EVALSHA
+    // of an unknown script would only be refused).
+    assert_eq!(
+        gw.post_alipay("rsa2_trade_success_2.form").await.status,
+        200
+    );
+    up.next().await;
+    up.set(Behaviour::Hold(gate.clone()));
+    let body = fixture("alipay", "rsa2_trade_success.form");
+    let sent = {
+        let (gw, body) = (gw.clone(), body.clone());
+        tokio::spawn(async move { gw.post_form("/notify/alipay", &body).await })
+    };
+    up.next().await; // claimed, at the shop
+    let before = redis.scripts_run();
+    redis.signal("-STOP");
+    gate.notify_one();
+    // The platform's answer leaves once the confirm failed (timed out); its
+    // retry waits 50 ms first, so it reaches a running Redis. (Not a metric
+    // scrape here: /metrics asks the stalled Redis for DBSIZE.)
+    let r = sent.await.unwrap();
+    redis.signal("-CONT");
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(
+        gw.metric("callgate_replay_store_errors_total", &[("op", "confirm")])
+            .await,
+        Some(1.0),
+        "the first confirm timed out"
+    );
+    // The first confirm, run late, and the retry that succeeds.
+    wait_redis("the late confirm and its retry", || {
+        redis.scripts_run() >= before + 2
+    })
+    .await;
+    // The retry counts what it found as soon as its answer arrives; the
+    // duplicate (answered from this gateway's own memory) only spaces the
+    // read from it. With the fix the count stays 0 whatever the timing.
+    let r = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    assert_eq!(up.count(), 2, "the shop got the event once");
+    assert_eq!(
+        gw.metric(
+            "callgate_claims_lost_total",
+            &[("route", "shop-alipay"), ("step", "confirm")]
+        )
+        .await
+        .unwrap_or(0.0),
+        0.0,
+        "no false alarm"
+    );
 }

@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,14 +36,26 @@ return 0
 ";
 
 /// Confirm: the event becomes delivered whatever held it; 1 when that was
-/// our claim, 2 when the key was gone, 3 when someone else held it.
+/// our claim, 2 when the key was gone, 3 when someone else held it. What
+/// it found is left as a receipt in `KEYS[2]` (`<token>=<answer>`, for
+/// `ARGV[3]` ms, no longer than the marker) instead of the attempt count:
+/// a confirm retried because the first one's answer never came finds `d`
+/// with its own receipt, and answers what the first one found rather than
+/// taking its own marker for another copy's delivery.
 const CONFIRM: &str = r"
 local v = redis.call('GET', KEYS[1])
+local mine = ARGV[1] .. '='
+if v == 'd' then
+  local r = redis.call('GET', KEYS[2])
+  if r and string.sub(r, 1, #mine) == mine then
+    return tonumber(string.sub(r, #mine + 1))
+  end
+end
 redis.call('SET', KEYS[1], 'd', 'PX', ARGV[2])
-redis.call('DEL', KEYS[2])
-if v == ARGV[1] then return 1 end
-if v == false then return 2 end
-return 3
+local found = 3
+if v == ARGV[1] then found = 1 elseif v == false then found = 2 end
+redis.call('SET', KEYS[2], mine .. found, 'PX', ARGV[3])
+return found
 ";
 
 /// Release: delete only our own in-flight value (the attempt count stays).
@@ -52,6 +64,25 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+";
+
+/// Undo a claim whose answer never came (it timed out, so the request
+/// ended without it): 1 when our in-flight value was there and is gone,
+/// with the attempt it counted given back (nothing was forwarded under
+/// it); 2 when the event is delivered (a late claim is then a no-op); 0
+/// when neither, the claim not run yet or never to run.
+const UNDO_CLAIM: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v == 'd' then return 2 end
+if v ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+local n = tonumber(redis.call('GET', KEYS[2]))
+if n and n > 1 then
+  redis.call('DECR', KEYS[2])
+else
+  redis.call('DEL', KEYS[2])
+end
+return 1
 ";
 
 /// Forget: delete only a nonce.
@@ -93,6 +124,14 @@ pub struct WaitFor {
     /// How long to wait for them; below the store's command timeout.
     pub timeout: Duration,
 }
+
+/// Claims whose answer never came undone at once at most (see
+/// [`RedisStore::undo_claim_later`]); a few hundred bytes each.
+const UNDOING_MAX: usize = 10_000;
+
+/// Answers that found a timed-out claim neither applied nor overtaken
+/// before it is taken as never to run.
+const UNDO_POLLS: u32 = 3;
 
 /// Unreplicated delivered markers kept for re-assertion after a failover.
 const REASSERT_MAX: usize = 100_000;
@@ -149,6 +188,7 @@ struct Scripts {
     confirm: redis::Script,
     release: redis::Script,
     forget: redis::Script,
+    undo_claim: redis::Script,
     /// The confirm's text, sent with `EVAL` in the confirm+`WAIT` pipeline
     /// (no NOSCRIPT round trip on a newly promoted master).
     confirm_text: String,
@@ -169,6 +209,7 @@ impl Scripts {
             confirm: redis::Script::new(&text(CONFIRM)),
             release: redis::Script::new(&text(RELEASE)),
             forget: redis::Script::new(&text(FORGET)),
+            undo_claim: redis::Script::new(&text(UNDO_CLAIM)),
             confirm_text: text(CONFIRM),
         }
     }
@@ -179,7 +220,10 @@ impl Scripts {
 /// per gateway ([`Lane`]), reconnected (or the master found again) after a
 /// failure; every command is bounded by the configured timeout. Values:
 /// `f:<instance>:<token>` while in flight, `d` once delivered, `n` for a
-/// nonce; `<event key>:at` counts an event's claims until it is delivered.
+/// nonce; `<event key>:at` counts an event's claims until it is delivered,
+/// and then holds the confirm's receipt for up to a minute (see `CONFIRM`).
+/// A claim that timed out is undone when Redis runs it late
+/// (`RedisStore::undo_claim_later`).
 /// On a cluster both keys carry one hash tag (`callgate:{<route>:ev:<hex>}`)
 /// so a script's keys share a slot; elsewhere the names are unchanged.
 ///
@@ -248,6 +292,8 @@ pub struct RedisShared {
     topology_read: AtomicU64,
     /// Events known delivered: key digest → until when (ms since `epoch`).
     known_delivered: moka::sync::Cache<u128, u64, DigestHash>,
+    /// Claims whose answer never came being undone now.
+    undoing: AtomicUsize,
 }
 
 impl RedisStore {
@@ -297,6 +343,7 @@ impl RedisStore {
             known_delivered: moka::sync::Cache::builder()
                 .max_capacity(KNOWN_DELIVERED_MAX)
                 .build_with_hasher(DigestHash),
+            undoing: AtomicUsize::new(0),
         })))
     }
 
@@ -357,6 +404,80 @@ impl RedisStore {
                 Err(self.err(e))
             }
         }
+    }
+
+    /// [`RedisStore::run`], and whether a failure may have left the
+    /// command to run on the server later (it timed out, or the connection
+    /// dropped, after it was sent).
+    async fn run_unanswered<T, F, Fut>(&self, lane: Lane, op: F) -> Result<T, (StoreError, bool)>
+    where
+        F: FnOnce(StoreConn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let conn = self
+            .link
+            .conn(lane)
+            .await
+            .map_err(|e| (self.err(e), false))?;
+        match op(conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let unanswered =
+                    e.is_timeout() || (e.is_connection_dropped() && !e.is_connection_refusal());
+                self.link.failed(lane, &e).await;
+                Err((self.err(e), unanswered))
+            }
+        }
+    }
+
+    /// A claim timed out: the request ended (503) without it, but Redis
+    /// may still run it (a stalled server runs what it had queued when it
+    /// resumes), holding the event in flight for a whole claim life and
+    /// counting an attempt that never led to a forward. Undone in the
+    /// background: polled until our value is found and removed, the event
+    /// is found delivered, [`UNDO_POLLS`] answers found neither (a command
+    /// queued before them has run by then), or the claim would have lapsed
+    /// anyway. At most [`UNDOING_MAX`] at once; beyond, claims lapse.
+    fn undo_claim_later(&self, name: String, value: String, life: Duration) {
+        if self.undoing.fetch_add(1, Ordering::Relaxed) >= UNDOING_MAX {
+            self.undoing.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let deadline = std::time::Instant::now() + life;
+            let (mut pause, mut answers) = (Duration::from_millis(50), 0);
+            while std::time::Instant::now() + pause < deadline && answers < UNDO_POLLS {
+                tokio::time::sleep(pause).await;
+                match store.undo_claim(&name, &value).await {
+                    Ok(1) => {
+                        tracing::info!(
+                            "replay store: a claim that timed out was applied late; released"
+                        );
+                        break;
+                    }
+                    Ok(2) => break,
+                    Ok(_) => answers += 1,
+                    Err(_) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            store.undoing.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    async fn undo_claim(&self, name: &str, value: &str) -> Result<i64, StoreError> {
+        let scripts = self.scripts.clone();
+        self.run(Lane::Claims, |mut c| async move {
+            scripts
+                .undo_claim
+                .key(name)
+                .key(attempts_key(name))
+                .arg(value)
+                .invoke_async(&mut c)
+                .await
+        })
+        .await
     }
 
     /// Acts on a failover the link saw since the last call: the new
@@ -578,8 +699,9 @@ impl RedisStore {
             self.attempts_ttl.load(Ordering::Relaxed),
         ));
         let scripts = self.scripts.clone();
-        let answer: redis::Value = self
-            .run(Lane::Claims, |mut c| async move {
+        let (sent_name, sent_value) = (name.clone(), value.clone());
+        let answer: redis::Value = match self
+            .run_unanswered(Lane::Claims, |mut c| async move {
                 scripts
                     .claim
                     .key(&name)
@@ -590,7 +712,16 @@ impl RedisStore {
                     .invoke_async(&mut c)
                     .await
             })
-            .await?;
+            .await
+        {
+            Ok(answer) => answer,
+            Err((e, unanswered)) => {
+                if unanswered {
+                    self.undo_claim_later(sent_name, sent_value, in_flight_ttl);
+                }
+                return Err(e);
+            }
+        };
         let claim = match answer {
             redis::Value::Int(n) => Claim::New(Token {
                 id: token_id,
@@ -653,6 +784,7 @@ impl RedisStore {
                         .key(attempts_key(&name))
                         .arg(value)
                         .arg(millis(ttl))
+                        .arg(receipt_ms(ttl))
                         .invoke_async(&mut c)
                         .await
                 })
@@ -681,6 +813,7 @@ impl RedisStore {
                         .arg(attempts_key(&marker))
                         .arg(value)
                         .arg(millis(ttl))
+                        .arg(receipt_ms(ttl))
                         .cmd("WAIT")
                         .arg(wait.replicas)
                         .arg(millis(wait.timeout))
@@ -821,6 +954,14 @@ impl std::hash::Hasher for DigestHasher {
             self.0 = self.0.rotate_left(8) ^ u64::from(*b);
         }
     }
+}
+
+/// How long a confirm's receipt is kept: outlasts the retries of a confirm
+/// whose answer never came (they pause at most 5 s, and the first one
+/// after the server answers again finds the receipt), never the marker
+/// (a claim would count attempts on it).
+fn receipt_ms(ttl: Duration) -> u64 {
+    millis(ttl).min(60_000)
 }
 
 /// Where an event's attempt count lives next to its key.

@@ -1199,6 +1199,17 @@ impl RedisServer {
             .sum()
     }
 
+    /// Sends `sig` (`-STOP`, `-CONT`) to the server: a stopped Redis
+    /// accepts and queues what it is sent, and runs it once continued.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        let done = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(done.success(), "kill {sig} {pid}");
+    }
+
     /// Stops the server at once (SIGKILL).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
