@@ -266,7 +266,6 @@ pub fn check_unambiguous<'a>(
     pinned: &Pinned,
     present: impl Fn(&str) -> bool,
 ) -> Result<(), VerifyError> {
-    let mut folded_whole: Option<(&str, &'static str)> = None;
     for (key, value) in fields {
         // Bytes, not chars: `&` and `=` are never part of another
         // character's UTF-8, and a char pattern decoded each name's
@@ -281,28 +280,21 @@ pub fn check_unambiguous<'a>(
         if !value.contains(&b'&') {
             continue;
         }
-        if let Some(whole) = ampersands(key, value, pinned)?
-            && folded_whole.is_none()
-        {
-            folded_whole = Some((key, whole));
-        }
+        ampersands(key, value, pinned, &present)?;
     }
-    match folded_whole {
-        Some((key, whole)) if !present(whole) => Err(folded_away(key, whole)),
-        _ => Ok(()),
-    }
+    Ok(())
 }
 
 /// [`check_unambiguous`] of a value holding `&` (seldom: kept out of the
-/// loop every field goes through). Returns the whole field it names as
-/// `&<field>=`, if any.
+/// loop every field goes through).
 #[cold]
 #[inline(never)]
 fn ampersands(
     key: &str,
     value: &[u8],
     pinned: &Pinned,
-) -> Result<Option<&'static str>, VerifyError> {
+    present: &dyn Fn(&str) -> bool,
+) -> Result<(), VerifyError> {
     if pinned.unfoldable.contains(&key) || pinned.whole.contains(&key) {
         return Err(VerifyError::Ambiguous {
             field: shown(key.as_bytes()),
@@ -314,7 +306,6 @@ fn ampersands(
             rest.len() > id.len() && rest.starts_with(id.as_bytes()) && rest[id.len()] == b'='
         })
     };
-    let mut whole = None;
     for at in value
         .iter()
         .enumerate()
@@ -327,9 +318,14 @@ fn ampersands(
                 holds: format!("`&{id}=` in its value"),
             });
         }
-        whole = whole.or_else(|| names(pinned.whole, rest));
+        // The merchant's own text may name an order number that is there.
+        if let Some(whole) = names(pinned.whole, rest)
+            && !present(whole)
+        {
+            return Err(folded_away(key, whole));
+        }
     }
-    Ok(whole)
+    Ok(())
 }
 
 /// A value (of field `key`) holds `&<whole>=` while `whole` is missing.
@@ -633,6 +629,21 @@ mod tests {
         // The same text with the order number itself missing: it could
         // have been folded away into that value.
         let folded: Vec<(&str, &[u8])> = vec![("attach", b"a=1&out_trade_no=2"), ("body", b"x")];
+        // Every such name counts, not only the first one found.
+        let two = Pinned {
+            unfoldable: &[],
+            whole: &["out_trade_no", "trade_no"],
+        };
+        let second: Vec<(&str, &[u8])> = vec![
+            ("attach", b"a=1&out_trade_no=2&trade_no=3"),
+            ("out_trade_no", b"2"),
+        ];
+        assert!(matches!(
+            check_unambiguous(second.clone().into_iter(), &two, |n| second
+                .iter()
+                .any(|(k, _)| *k == n)),
+            Err(VerifyError::Ambiguous { .. })
+        ));
         assert!(matches!(
             check_unambiguous(folded.clone().into_iter(), &id, |n| folded
                 .iter()
