@@ -374,6 +374,31 @@ async fn real_world_shapes_verify_and_arrive_intact() {
 }
 
 #[tokio::test]
+async fn a_1024_bit_alipay_key_verifies_sign_type_rsa() {
+    // Apps on Alipay's older RSA (SHA1withRSA) keys verify with a 1024-bit
+    // Alipay public key; the fixture is signed with one by openssl.
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let route = RouteSpec::alipay(&up).with(|r| {
+        r.keys = format!(
+            "public_key = {:?}\napp_id = \"2021000000000001\"\n",
+            fixture_path("alipay", "rsa1024_public.pem")
+        )
+    });
+    let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
+    let body = fixture("alipay", "rsa_sha1_1024_trade_success.form");
+    gw.post_form("/notify/alipay", &body)
+        .await
+        .assert_is(200, "success", "1024-bit key");
+    assert_eq!(up.received()[0].body.as_ref(), body.as_slice());
+    // The 2048-bit key's notification does not verify under it.
+    let other = fixture("alipay", "rsa_sha1_trade_success.form");
+    gw.post_form("/notify/alipay", &other)
+        .await
+        .assert_is(401, "fail", "another key");
+    assert_eq!(up.received().len(), 1);
+}
+
+#[tokio::test]
 async fn an_unsigned_field_cannot_switch_the_charset() {
     // rsa2_trade_success.form says charset=utf-8 and is UTF-8, and its
     // subject's bytes (测试 商品+1) happen to be valid GBK as well. `zz=%A1%A1`

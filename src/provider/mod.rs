@@ -934,26 +934,25 @@ pub enum RsaDigest {
 
 impl RsaKey {
     /// Parses DER (SubjectPublicKeyInfo or PKCS#1 RSAPublicKey).
+    ///
+    /// The size is read from the key's own modulus: aws-lc-rs's
+    /// `PublicEncryptingKey`, which reports it, refuses keys under 2048
+    /// bits, and Alipay's older RSA (SHA1) public keys are 1024.
     pub fn from_der(der: &[u8]) -> Result<RsaKey, String> {
-        let probe = aws_lc_rs::rsa::PublicEncryptingKey::from_der(der)
-            .or_else(|_| {
-                // PKCS#1 RSAPublicKey: let the verifier parse it, then ask its size.
-                ParsedPublicKey::new(&RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY, der)
-                    .map_err(|_| ())
-                    .and_then(|k| {
-                        aws_lc_rs::rsa::PublicEncryptingKey::from_der(k.as_ref()).map_err(|_| ())
-                    })
-            })
-            .map_err(|_| "not an RSA public key".to_owned())?;
-        let bits = probe.key_size_bits();
+        use aws_lc_rs::encoding::AsDer;
+        let sha256 = ParsedPublicKey::new(&RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY, der)
+            .map_err(|e| format!("not an RSA public key: {e}"))?;
+        let bits = sha256
+            .as_der()
+            .ok()
+            .and_then(|spki| modulus_bits(spki.as_ref()))
+            .ok_or_else(|| "not an RSA public key".to_owned())?;
         if !(1024..=8192).contains(&bits) {
             return Err(format!(
                 "RSA key of {bits} bits; 1024 to 8192 are supported"
             ));
         }
         let sha1 = ParsedPublicKey::new(&RSA_PKCS1_1024_8192_SHA1_FOR_LEGACY_USE_ONLY, der)
-            .map_err(|e| format!("not an RSA public key: {e}"))?;
-        let sha256 = ParsedPublicKey::new(&RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY, der)
             .map_err(|e| format!("not an RSA public key: {e}"))?;
         Ok(RsaKey { sha1, sha256, bits })
     }
@@ -981,6 +980,21 @@ impl RsaKey {
         };
         key.verify_sig(message, signature).is_ok()
     }
+}
+
+/// The size in bits of the modulus of an RSA SubjectPublicKeyInfo, or
+/// `None` when it is not one.
+fn modulus_bits(spki: &[u8]) -> Option<usize> {
+    use x509_parser::prelude::FromDer;
+    use x509_parser::public_key::PublicKey;
+    let (_, info) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki).ok()?;
+    let PublicKey::RSA(rsa) = info.parsed().ok()? else {
+        return None;
+    };
+    // DER integers carry a leading zero byte when the top bit is set.
+    let start = rsa.modulus.iter().position(|&b| b != 0)?;
+    let n = &rsa.modulus[start..];
+    Some(n.len() * 8 - n[0].leading_zeros() as usize)
 }
 
 /// Extracts public-key DER from a PEM file or bare Base64 text.
@@ -1347,6 +1361,14 @@ mod tests {
         assert_eq!(pem.bits(), 2048);
         let bare = RsaKey::from_file(&fixtures.join("alipay_public.b64")).unwrap();
         assert_eq!(bare.bits(), 2048);
+        // Alipay's older RSA (SHA1) keys are 1024 bits: the partner key its
+        // legacy demos publish, and one made by openssl.
+        let partner = RsaKey::from_file(&fixtures.join("alipay_partner_rsa1024_public.b64"));
+        assert_eq!(partner.unwrap().bits(), 1024);
+        let small = RsaKey::from_file(&fixtures.join("rsa1024_public.pem")).unwrap();
+        assert_eq!(small.bits(), 1024);
+        let err = RsaKey::from_file(&fixtures.join("rsa512_public.pem")).unwrap_err();
+        assert!(err.contains("512 bits; 1024 to 8192"), "{err}");
         let err = RsaKey::from_file(&fixtures.join("alipay_private.pem")).unwrap_err();
         assert!(err.contains("private key"), "{err}");
         let junk = dir.path().join("junk.pem");
