@@ -597,8 +597,16 @@ pub struct ForwardHeaders {
 const PASSED: [HeaderName; 2] = [http::header::USER_AGENT, http::header::ACCEPT];
 
 /// The platform's own signature headers (WeChat Pay v3), passed with the
-/// platform's body in `original` mode.
-const PLATFORM_SIGNATURE_PREFIX: &str = "wechatpay-";
+/// platform's body in `original` mode: the five WeChat Pay sends, by name.
+/// Any other `Wechatpay-*` a caller adds is not the platform's and stays
+/// behind (a shop may read a `Wechatpay-` header as WeChat's word).
+const PLATFORM_SIGNATURE: [HeaderName; 5] = [
+    HeaderName::from_static("wechatpay-timestamp"),
+    HeaderName::from_static("wechatpay-nonce"),
+    HeaderName::from_static("wechatpay-serial"),
+    HeaderName::from_static("wechatpay-signature"),
+    HeaderName::from_static("wechatpay-signature-type"),
+];
 
 /// Headers a route may not list in `forward_headers`, and why.
 const NEVER_PASSED: &[(&str, &str)] = &[
@@ -729,8 +737,7 @@ impl ForwardHeaders {
     fn describes_body(&self, name: &HeaderName, mode: ForwardMode) -> bool {
         mode == ForwardMode::Original
             && (*name == CONTENT_TYPE
-                || (self.platform_signature
-                    && name.as_str().starts_with(PLATFORM_SIGNATURE_PREFIX)))
+                || (self.platform_signature && PLATFORM_SIGNATURE.contains(name)))
     }
 
     /// Whether an incoming header is kept in the journal: what a redelivery
@@ -1021,6 +1028,14 @@ mod tests {
         incoming.insert("content-type", "application/json".parse().unwrap());
         incoming.insert("wechatpay-serial", "5157F09E".parse().unwrap());
         incoming.insert("wechatpay-signature", "c2ln".parse().unwrap());
+        incoming.insert("wechatpay-timestamp", "1764902400".parse().unwrap());
+        incoming.insert("wechatpay-nonce", "n0nce".parse().unwrap());
+        incoming.insert(
+            "wechatpay-signature-type",
+            "WECHATPAY2-SHA256-RSA2048".parse().unwrap(),
+        );
+        // Not one WeChat Pay sends: a caller's, on every route.
+        incoming.insert("wechatpay-callback-url", "http://evil/".parse().unwrap());
         let up = upstream();
         for (kind, passes) in [
             (ProviderKind::WechatV3, true),
@@ -1042,6 +1057,14 @@ mod tests {
             let h = req.headers();
             assert_eq!(h.get("wechatpay-serial").is_some(), passes, "{kind:?}");
             assert_eq!(h.get("wechatpay-signature").is_some(), passes, "{kind:?}");
+            for name in [
+                "wechatpay-timestamp",
+                "wechatpay-nonce",
+                "wechatpay-signature-type",
+            ] {
+                assert_eq!(h.get(name).is_some(), passes, "{kind:?} {name}");
+            }
+            assert!(h.get("wechatpay-callback-url").is_none(), "{kind:?}");
             assert_eq!(h["content-type"], "application/json", "{kind:?}");
         }
     }
