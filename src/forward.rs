@@ -416,7 +416,7 @@ pub async fn forward(
             return Err(ForwardError::Status(status.as_u16()));
         }
         if let Some(want) = &upstream.success_body
-            && !contains(&reply, want)
+            && !confirms(&reply, want)
         {
             return Err(ForwardError::NotConfirmed {
                 status: status.as_u16(),
@@ -759,8 +759,29 @@ fn header_value(text: &str) -> HeaderValue {
     })
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+/// Whether the shop's `reply` holds `want` (the route's `success_body`) as
+/// a word: where `want` begins or ends with a letter, digit or `_`, the
+/// reply's byte next to it is none of those. `success` confirms
+/// `<html>success</html>` and `success\n`, never `unsuccessful` or
+/// `success_false`: a shop's error text that happens to contain the word
+/// would otherwise record a payment as delivered that the shop did not
+/// record, and the platform's retries would be answered as duplicates.
+fn confirms(reply: &[u8], want: &[u8]) -> bool {
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let (Some(&first), Some(&last)) = (want.first(), want.last()) else {
+        return true;
+    };
+    reply
+        .windows(want.len())
+        .enumerate()
+        .filter(|(_, w)| *w == want)
+        .any(|(at, _)| {
+            let before = at.checked_sub(1).and_then(|i| reply.get(i));
+            let after = reply.get(at + want.len());
+            let glued_before = word(first) && before.is_some_and(|&b| word(b));
+            let glued_after = word(last) && after.is_some_and(|&b| word(b));
+            !glued_before && !glued_after
+        })
 }
 
 /// The error and its sources, for the log line (an outbound request that
@@ -1020,6 +1041,35 @@ mod tests {
             .for_provider(ProviderKind::Alipay);
         assert!(!alipay.journals(&HeaderName::from_static("wechatpay-signature")));
         assert!(alipay.journals(&CONTENT_TYPE));
+    }
+
+    #[test]
+    fn the_success_body_confirms_as_a_word() {
+        for reply in [
+            &b"success"[..],
+            b"<html>success</html>",
+            b"success\n",
+            b"  success  ",
+            b"\xe6\x88\x90\xe5\x8a\x9fsuccess",
+            // One occurrence as a word is enough.
+            b"unsuccessful? no: success",
+        ] {
+            assert!(confirms(reply, b"success"), "{reply:?}");
+        }
+        for reply in [
+            &b"unsuccessful"[..],
+            b"successfully failed",
+            b"success_false",
+            b"SUCCESS",
+            b"succes",
+            b"",
+        ] {
+            assert!(!confirms(reply, b"success"), "{reply:?}");
+        }
+        // A success_body that is not a word at its ends is matched as bytes.
+        assert!(confirms(b"x<!-- notify-ok -->y", b"<!-- notify-ok -->"));
+        assert!(confirms(b"ok:1", b":1"));
+        assert!(!confirms(b"ok:12", b":1"));
     }
 
     #[test]

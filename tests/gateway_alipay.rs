@@ -267,6 +267,20 @@ async fn a_2xx_without_the_success_body_is_not_a_delivery() {
 }
 
 #[tokio::test]
+async fn a_shop_error_text_holding_the_success_body_is_not_a_delivery() {
+    // `success_body = "success"`: a PHP handler that failed and said
+    // "Payment unsuccessful" with 200 did not record the payment.
+    let up = Upstream::start(Behaviour::Reply(200, "Payment unsuccessful")).await;
+    let gw = gateway_with(&up, |_| {}).await;
+    let body = fixture("alipay", "rsa2_trade_success.form");
+    let r = gw.post_form("/notify/alipay", &body).await;
+    assert_eq!((r.status, r.text().as_str()), (502, "fail"));
+    up.set(Behaviour::Reply(200, "success"));
+    assert_eq!(gw.post_form("/notify/alipay", &body).await.status, 200);
+    assert_eq!(up.count(), 2, "the retry reached the shop");
+}
+
+#[tokio::test]
 async fn without_success_body_any_2xx_confirms() {
     let up = Upstream::start(Behaviour::Reply(204, "")).await;
     let route = RouteSpec::alipay(&up).with(|r| r.success_body = None);
