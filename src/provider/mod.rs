@@ -942,10 +942,13 @@ impl RsaKey {
         use aws_lc_rs::encoding::AsDer;
         let sha256 = ParsedPublicKey::new(&RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY, der)
             .map_err(|e| format!("not an RSA public key: {e}"))?;
-        let bits = sha256
-            .as_der()
-            .ok()
-            .and_then(|spki| modulus_bits(spki.as_ref()))
+        // SubjectPublicKeyInfo as given (a certificate's key, on UnionPay's
+        // request path), else re-encoded as one (a PKCS#1 key).
+        let bits = modulus_bits(der)
+            .or_else(|| {
+                let spki = sha256.as_der().ok()?;
+                modulus_bits(spki.as_ref())
+            })
             .ok_or_else(|| "not an RSA public key".to_owned())?;
         if !(1024..=8192).contains(&bits) {
             return Err(format!(
