@@ -144,16 +144,21 @@ fn alipay(verified: &Verified, fields: Map<String, Value>) -> Value {
 }
 
 /// WeChat v2. Payment: `total_fee` (already fen), `result_code` SUCCESS is
-/// `paid`, anything else `pending` (the payment did not complete),
-/// `time_end`. Refund: the decrypted `req_info` fields, `refund_fee`,
-/// `refund_status` SUCCESS `refunded`, REFUNDCLOSE `closed`, CHANGE (the
-/// refund failed and needs the merchant) `pending`, `success_time`.
-/// `fields` holds every field but `sign` (and, for a refund, the decrypted
-/// fields in place of `req_info`).
+/// `paid` unless a withholding result's `trade_state` says otherwise
+/// ([`wechat_v2_payment`]), anything else `pending` (the payment did not
+/// complete), `time_end`. Refund: the decrypted `req_info` fields,
+/// `refund_fee`, `refund_status` SUCCESS `refunded`, REFUNDCLOSE `closed`,
+/// CHANGE (the refund failed and needs the merchant) `pending`,
+/// `success_time`, else (not succeeded) the time callgate took it as sent.
+/// `fields` holds every field but `sign`; for a refund, the decrypted
+/// fields and the outer ones callgate checked ([`REFUND_CHECKED_OUTER`]).
 fn wechat_v2(verified: &Verified, xml: &XmlMap, refund: Option<&XmlMap>) -> Value {
     let mut fields = Map::new();
     for (k, v) in xml.iter() {
-        if k == "sign" || k == "req_info" {
+        // A refund's outer XML is signed by nothing: only what callgate
+        // checked against the route is a verified field.
+        let verified_outer = refund.is_none() || REFUND_CHECKED_OUTER.contains(&k);
+        if k == "sign" || k == "req_info" || !verified_outer {
             continue;
         }
         fields.insert(k.to_owned(), Value::String(v.to_owned()));
@@ -175,22 +180,24 @@ fn wechat_v2(verified: &Verified, xml: &XmlMap, refund: Option<&XmlMap>) -> Valu
                 get("transaction_id"),
                 get("refund_fee").and_then(fen),
                 status,
-                get("success_time").and_then(beijing_rfc3339),
-                outer("refund_fee_type").or(outer("fee_type")),
+                // A refund that did not succeed has no time of its own.
+                get("success_time")
+                    .and_then(beijing_rfc3339)
+                    .or_else(|| unix_beijing_rfc3339(verified.signed_at())),
+                get("refund_fee_type").or(get("fee_type")),
             )
         }
-        None => (
-            outer("out_trade_no"),
-            outer("transaction_id"),
-            outer("total_fee").and_then(fen),
-            if outer("result_code") == Some("SUCCESS") {
-                "paid"
-            } else {
-                "pending"
-            },
-            outer("time_end").and_then(compact_beijing_rfc3339),
-            outer("fee_type"),
-        ),
+        None => {
+            let (status, amount) = wechat_v2_payment(outer("result_code"), outer("trade_state"));
+            (
+                outer("out_trade_no"),
+                outer("transaction_id"),
+                amount.then(|| outer("total_fee").and_then(fen)).flatten(),
+                status,
+                outer("time_end").and_then(compact_beijing_rfc3339),
+                outer("fee_type"),
+            )
+        }
     };
     json!({
         "provider": "wechat_v2",
@@ -203,6 +210,37 @@ fn wechat_v2(verified: &Verified, xml: &XmlMap, refund: Option<&XmlMap>) -> Valu
         "occurred_at": when,
         "fields": fields,
     })
+}
+
+/// The outer elements of a WeChat v2 refund that callgate checked (against
+/// the route, or as the only value it takes): the normalized `fields` keep
+/// these and the decrypted `req_info`, never the rest of the unsigned
+/// envelope (`return_msg`, `nonce_str`, `sub_appid`, ...).
+const REFUND_CHECKED_OUTER: [&str; 3] = ["return_code", "appid", "mch_id"];
+
+/// A WeChat v2 payment's status, and whether `total_fee` is its amount.
+/// `result_code` SUCCESS is a payment unless a `trade_state` (withholding
+/// debit results) says otherwise, read as v3 reads it: SUCCESS `paid`,
+/// REFUND `refunded` (a transaction turned to refunds: `total_fee` is the
+/// order's, not the refund's, so no amount), CLOSED / REVOKED `closed`,
+/// anything else (ACCEPT, PAY_FAIL, NOTPAY, ...) `pending`.
+fn wechat_v2_payment(result_code: Option<&str>, trade_state: Option<&str>) -> (&'static str, bool) {
+    match (result_code, trade_state) {
+        (Some("SUCCESS"), None | Some("SUCCESS")) => ("paid", true),
+        (Some("SUCCESS"), Some("REFUND")) => ("refunded", false),
+        (Some("SUCCESS"), Some("CLOSED" | "REVOKED")) => ("closed", true),
+        _ => ("pending", true),
+    }
+}
+
+/// Unix seconds → RFC 3339 in Beijing time.
+fn unix_beijing_rfc3339(secs: i64) -> Option<String> {
+    let tz = FixedOffset::east_opt(8 * 3600)?;
+    Some(
+        chrono::DateTime::from_timestamp(secs, 0)?
+            .with_timezone(&tz)
+            .to_rfc3339(),
+    )
 }
 
 /// WeChat v3, from the decrypted resource. Payment (`trade_state`): SUCCESS

@@ -440,6 +440,10 @@ async fn v2_normalized_payment_and_refund() {
         "50300002026112200000000000001"
     );
     assert!(refund["fields"].get("req_info").is_none());
+    // The refund's outer XML is signed by nothing: only what callgate
+    // checked of it is a verified field.
+    assert_eq!(refund["fields"]["mch_id"], "1900000109");
+    assert!(refund["fields"].get("nonce_str").is_none(), "{refund}");
     assert!(
         got[1].headers.get("x-callgate-resource").is_none(),
         "normalized mode carries the decrypted fields in the body"
@@ -470,8 +474,40 @@ async fn v2_normalized_failures_are_never_paid_or_refunded() {
         assert_eq!(v["status"], status, "{name}: {v}");
         assert_eq!(v["currency"], "CNY", "{name}");
         assert!(v["amount_fen"].is_i64(), "{name}: {v}");
+        // RFC 3339 even for a refund that has no time of its own.
+        assert!(v["occurred_at"].is_string(), "{name}: {v}");
     }
     assert_eq!(up.count(), cases.len());
+}
+
+#[tokio::test]
+async fn v2_withholding_debits_are_paid_only_when_the_money_moved() {
+    // A withholding debit result says result_code SUCCESS when WeChat took
+    // the request; its trade_state says whether the debit succeeded. Each
+    // state of one debit is an event of its own: a failure after the
+    // acceptance is not a duplicate of it.
+    let up = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let route = RouteSpec::wechat_v2(&up).with(|r| r.forward = "normalized".into());
+    let gw = TestGateway::start(GatewaySpec::new(vec![route])).await;
+    let cases = [
+        ("v2_papay_accept.xml", "ACCEPT", "pending"),
+        ("v2_papay_pay_fail.xml", "PAY_FAIL", "pending"),
+        ("v2_papay_success.xml", "SUCCESS", "paid"),
+    ];
+    for (i, (name, state, status)) in cases.into_iter().enumerate() {
+        let r = gw.post_xml(&fixture("wechat", name)).await;
+        assert_eq!((r.status, r.text().as_str()), (200, V2_OK), "{name}");
+        let got = up.received();
+        assert_eq!(got.len(), i + 1, "{name} forwarded");
+        let v: serde_json::Value = serde_json::from_slice(&got[i].body).unwrap();
+        assert_eq!(v["status"], status, "{name}: {v}");
+        assert_eq!(
+            v["event_id"],
+            format!("4200002026112200000000000017:SUCCESS:{state}"),
+            "{name}"
+        );
+        assert_eq!(v["fields"]["trade_state"], state, "{name}");
+    }
 }
 
 // === wechat_v3 ===

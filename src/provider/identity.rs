@@ -67,6 +67,18 @@ fn alnum_dash(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }
 
+fn upper_underscore(b: u8) -> bool {
+    b.is_ascii_uppercase() || b == b'_'
+}
+
+/// WeChat Pay state words (`trade_state`: `SUCCESS`, `PAY_FAIL`, ...).
+pub const STATE: Syntax = Syntax::of(
+    upper_underscore,
+    1,
+    32,
+    "1 to 32 ASCII capital letters and `_`",
+);
+
 /// Alipay `notify_id`: 34 digits today, letters and digits in older
 /// notifications (`91722adff935e8cfa58b3aabf4dead6ibe`).
 pub const NOTIFY_ID: Syntax = Syntax::of(alnum, 1, 64, "1 to 64 ASCII letters and digits");

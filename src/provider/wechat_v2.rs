@@ -155,6 +155,7 @@ const PINNED: identity::Pinned = identity::Pinned {
     unfoldable: &[
         "transaction_id",
         "result_code",
+        "trade_state",
         "time_end",
         "mch_id",
         "appid",
@@ -477,6 +478,18 @@ impl Keys {
             &["SUCCESS", "FAIL"],
             "SUCCESS or FAIL",
         )?;
+        // A withholding (papay) debit result carries `trade_state` besides:
+        // `result_code` SUCCESS only says WeChat took the request, the state
+        // says whether the money moved (SUCCESS, or ACCEPT, PAY_FAIL, ...).
+        // It is part of the event, so a debit's later state is not answered
+        // as a duplicate of its first. A blank one outside the signature is
+        // someone else's addition, as if absent.
+        let state = identity::optional_token(
+            Role::Event,
+            "trade_state",
+            bytes("trade_state").filter(|_| !unsigned.iter().any(|u| u == "trade_state")),
+            &identity::STATE,
+        )?;
         let time_end = bytes("time_end").ok_or(VerifyError::MissingField("time_end"))?;
         let signed_at = identity::beijing_time("time_end", time_end, TimeFormat::Compact)?;
         // The Java signer trims: a padded order number or amount verifies,
@@ -497,7 +510,10 @@ impl Keys {
         Ok(Verified::new(
             ProviderKind::WechatV2,
             merchant,
-            identity::event_id(&[id, result]),
+            match state {
+                Some(state) => identity::event_id(&[id, result, state]),
+                None => identity::event_id(&[id, result]),
+            },
             signed_at,
             Fields::Xml {
                 xml: xml.without(&unsigned),
