@@ -52,6 +52,12 @@ fn notification(
     let sha1 = sha1(sign_type)?;
     let (time, stamp) = beijing_now();
     let rand = random_digits(12);
+    // What the buyer paid and the merchant received follow a given total,
+    // as in a real notification without discounts.
+    let total = params
+        .get("total_amount")
+        .cloned()
+        .unwrap_or_else(|| "0.01".to_owned());
     fill(
         &mut params,
         [
@@ -64,9 +70,9 @@ fn notification(
             ("trade_no", format!("{}2200{rand}", &stamp[..8])),
             ("out_trade_no", format!("CG{stamp}{}", &rand[..6])),
             ("trade_status", "TRADE_SUCCESS".to_owned()),
-            ("total_amount", "0.01".to_owned()),
-            ("receipt_amount", "0.01".to_owned()),
-            ("buyer_pay_amount", "0.01".to_owned()),
+            ("total_amount", total.clone()),
+            ("receipt_amount", total.clone()),
+            ("buyer_pay_amount", total),
             ("subject", "callgate test order".to_owned()),
             ("gmt_create", time.clone()),
             ("gmt_payment", time),
@@ -145,6 +151,23 @@ mod tests {
             let body = notification(&key, &given, "RSA2", None).unwrap();
             let form = crate::body::Form::parse(body.as_bytes()).unwrap();
             assert!(keys.verify(&form, None).is_ok(), "{charset}: {body}");
+        }
+    }
+
+    /// A given total is what the buyer paid and the merchant received too.
+    #[test]
+    fn the_amounts_follow_a_given_total() {
+        let key = fixtures::path("alipay", "alipay_private.pem");
+        let given = BTreeMap::from([
+            ("app_id".to_owned(), "2021000000000001".to_owned()),
+            ("total_amount".to_owned(), "88.88".to_owned()),
+        ]);
+        let body = notification(&key, &given, "RSA2", None).unwrap();
+        for amount in ["total_amount", "receipt_amount", "buyer_pay_amount"] {
+            assert!(
+                body.contains(&format!("{amount}=88.88")),
+                "{amount}: {body}"
+            );
         }
     }
 }

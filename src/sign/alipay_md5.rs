@@ -42,6 +42,11 @@ pub(super) fn run(args: &AlipayMd5Args) -> Result<String, SignError> {
     let key = read_secret(&args.key_file)?;
     let (time, stamp) = beijing_now();
     let rand = random_digits(12);
+    // One item at the given total, as a real notification of one item.
+    let total = params
+        .get("total_fee")
+        .cloned()
+        .unwrap_or_else(|| "0.01".to_owned());
     fill(
         &mut params,
         [
@@ -51,8 +56,8 @@ pub(super) fn run(args: &AlipayMd5Args) -> Result<String, SignError> {
             ("trade_no", format!("{}2100100{rand}", &stamp[..8])),
             ("out_trade_no", format!("CG{stamp}{}", &rand[..6])),
             ("trade_status", "TRADE_SUCCESS".to_owned()),
-            ("total_fee", "0.01".to_owned()),
-            ("price", "0.01".to_owned()),
+            ("total_fee", total.clone()),
+            ("price", total),
             ("quantity", "1".to_owned()),
             ("payment_type", "1".to_owned()),
             ("subject", "callgate test order".to_owned()),

@@ -117,7 +117,8 @@ pub(super) fn run(args: &JdpayArgs) -> Result<String, SignError> {
     Ok(match &args.curl {
         None => body,
         Some(url) => format!(
-            "curl -sS -k -X POST -H 'Content-Type: text/xml; charset=UTF-8' --data-binary '{}' '{}'",
+            "{} -X POST -H 'Content-Type: text/xml; charset=UTF-8' --data-binary '{}' '{}'",
+            super::curl(url),
             body.replace('\'', "&apos;"),
             url.replace('\'', "%27")
         ),

@@ -276,10 +276,30 @@ fn form_output(
     }
 }
 
+/// The start of a `--curl` command for `url`: `curl -sS`, with `-k`
+/// (accept any certificate) only for a gateway on this machine, such as the
+/// demo with its self-signed pair. A deployment's URL is tested as the
+/// platform will reach it: an expired, self-signed or wrong-name
+/// certificate makes curl fail there, as it makes the platform's delivery
+/// fail.
+pub(crate) fn curl(url: &str) -> &'static str {
+    let host = url.parse::<http::Uri>().ok().and_then(|u| {
+        u.host()
+            .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
+    });
+    let local = host.is_some_and(|h| {
+        h == "localhost"
+            || h.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    if local { "curl -sS -k" } else { "curl -sS" }
+}
+
 /// A curl command that POSTs a form body.
 fn curl_form(body: &str, charset: &str, url: &str) -> String {
     format!(
-        "curl -sS -k -X POST -H 'Content-Type: application/x-www-form-urlencoded; charset={}' --data-binary '{}' '{}'",
+        "{} -X POST -H 'Content-Type: application/x-www-form-urlencoded; charset={}' --data-binary '{}' '{}'",
+        curl(url),
         charset.replace('\'', ""),
         body,
         url.replace('\'', "%27")
@@ -443,5 +463,31 @@ mod fixtures {
         form.iter()
             .map(|(k, v)| (k.to_owned(), encoding.decode(v).0.into_owned()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod curl_tests {
+    use super::curl;
+
+    #[test]
+    fn only_a_gateway_on_this_machine_gets_curl_k() {
+        for url in [
+            "https://127.0.0.1:8443/notify/alipay",
+            "https://localhost/notify",
+            "https://LOCALHOST:8443/n",
+            "https://[::1]:8443/notify",
+            "http://127.0.0.2/notify",
+        ] {
+            assert_eq!(curl(url), "curl -sS -k", "{url}");
+        }
+        for url in [
+            "https://pay.example.com/notify/alipay",
+            "https://10.0.0.5/notify",
+            "https://127.0.0.1.example.com/notify",
+            "not a url",
+        ] {
+            assert_eq!(curl(url), "curl -sS", "{url}");
+        }
     }
 }

@@ -80,7 +80,8 @@ pub(super) fn run(args: &WechatV2Args) -> Result<String, SignError> {
     Ok(match &args.curl {
         None => xml,
         Some(url) => format!(
-            "curl -sS -k -X POST -H 'Content-Type: text/xml' --data-binary {} {}",
+            "{} -X POST -H 'Content-Type: text/xml' --data-binary {} {}",
+            super::curl(url),
             shell_quote(&xml),
             shell_quote(url)
         ),

@@ -127,7 +127,8 @@ pub(super) fn run(args: &WechatV3Args) -> Result<String, SignError> {
     Ok(match &args.curl {
         None => format!("{headers}\n{body}"),
         Some(url) => format!(
-            "curl -sS -k -X POST {headers} --data-binary {} {}",
+            "{} -X POST {headers} --data-binary {} {}",
+            super::curl(url),
             shell_quote(&body),
             shell_quote(url)
         ),
