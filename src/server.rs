@@ -100,9 +100,11 @@ pub const MAX_HEADERS: usize = 64;
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} ({setting}): {source}")]
     Bind {
         addr: SocketAddr,
+        /// `listen.addr` or `admin.addr`: which one to change.
+        setting: &'static str,
         source: std::io::Error,
     },
     #[error(
@@ -158,18 +160,20 @@ pub async fn start(setup: Setup) -> Result<Gateway, StartError> {
                 .await
                 .map_err(|source| StartError::Bind {
                     addr: a.addr,
+                    setting: "admin.addr",
                     source,
                 })?;
             Some((l, a.max_connections))
         }
         None => None,
     };
-    let admin_addr = match &admin_listener {
-        Some((l, _)) => Some(l.local_addr().map_err(|source| StartError::Bind {
-            addr: config.listen,
+    let admin_addr = match (&admin_listener, config.admin) {
+        (Some((l, _)), Some(a)) => Some(l.local_addr().map_err(|source| StartError::Bind {
+            addr: a.addr,
+            setting: "admin.addr",
             source,
         })?),
-        None => None,
+        _ => None,
     };
 
     let roots = forward::system_roots();
@@ -282,7 +286,11 @@ fn bind_workers(
     addr: SocketAddr,
     workers: usize,
 ) -> Result<(Vec<std::net::TcpListener>, SocketAddr), StartError> {
-    let bind_error = |source| StartError::Bind { addr, source };
+    let bind_error = |source| StartError::Bind {
+        addr,
+        setting: "listen.addr",
+        source,
+    };
     if workers > 1 {
         nobody_listens_on(addr)?;
     }
@@ -319,7 +327,11 @@ fn nobody_listens_on(addr: SocketAddr) -> Result<(), StartError> {
     if addr.port() == 0 {
         return Ok(());
     }
-    let bind_error = |source| StartError::Bind { addr, source };
+    let bind_error = |source| StartError::Bind {
+        addr,
+        setting: "listen.addr",
+        source,
+    };
     let probe = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),

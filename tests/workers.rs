@@ -311,3 +311,27 @@ async fn a_second_gateway_cannot_join_the_port_the_workers_share() {
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     assert_eq!(up.count(), 1);
 }
+
+#[tokio::test]
+async fn a_taken_admin_port_is_named_as_the_admin_listener() {
+    // Prometheus's own default port is 9090, the demo's admin port: the
+    // error must say which setting to change.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = GatewaySpec::new(vec![RouteSpec::alipay(&up)]).write(dir.path());
+    let text = std::fs::read_to_string(&file).unwrap();
+    let admin = "[admin]\naddr = \"127.0.0.1:0\"";
+    assert!(text.contains(admin));
+    let text = text.replacen(admin, &format!("[admin]\naddr = \"127.0.0.1:{port}\""), 1);
+    std::fs::write(&file, text).unwrap();
+    let err = match callgate::server::start(callgate::config::load(&file).unwrap()).await {
+        Ok(_) => panic!("the admin listener took a port another socket holds"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.starts_with(&format!("cannot listen on 127.0.0.1:{port} (admin.addr): ")),
+        "{err}"
+    );
+}
