@@ -259,11 +259,14 @@ fn wechat_v3(verified: &Verified, body: &Value, resource: &Value) -> Value {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
     };
+    // Fen, never negative: anything else is no amount (`null`), as the
+    // other providers' decimals are.
     let amount = |k: &str| {
         resource
             .get("amount")
             .and_then(|a| a.get(k))
             .and_then(Value::as_i64)
+            .filter(|fen| *fen >= 0)
     };
     let (status, amount_fen, time) = match get("refund_status") {
         Some(r) => (
@@ -371,7 +374,10 @@ fn alipay_md5(verified: &Verified, fields: Map<String, Value>) -> Value {
         _ => get("total_fee"),
     }
     .and_then(yuan_to_fen);
-    alipay_event(verified, status, amount, "CNY", get, &fields)
+    // A cross-border (forex) trade names its currency, and `total_fee` is
+    // in it; the rest are yuan.
+    let currency = get("currency").unwrap_or("CNY");
+    alipay_event(verified, status, amount, currency, get, &fields)
 }
 
 /// The normalized event of an Alipay form (open platform or legacy): the

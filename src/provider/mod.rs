@@ -1388,3 +1388,48 @@ mod tests {
         );
     }
 }
+
+/// What `normalize` makes of shapes no fixture has (its inputs are built
+/// here, where a `Verified` can be).
+#[cfg(test)]
+mod normalized_edges {
+    use super::*;
+
+    fn normalized(kind: ProviderKind, fields: Fields) -> serde_json::Value {
+        let v = Verified::new(kind, "m".into(), "e".into(), 1_764_900_000, fields);
+        serde_json::from_slice(&crate::normalize::normalize(&v)).unwrap()
+    }
+
+    #[test]
+    fn a_negative_v3_amount_is_no_amount() {
+        let resource = serde_json::json!({
+            "out_trade_no": "CG1", "transaction_id": "4200001", "trade_state": "SUCCESS",
+            "amount": {"total": -5, "currency": "CNY"}
+        });
+        let body = serde_json::json!({"create_time": "2026-12-05T10:00:00+08:00"});
+        let v = normalized(ProviderKind::WechatV3, Fields::Json { body, resource });
+        assert!(v["amount_fen"].is_null(), "{v}");
+        assert_eq!(v["status"], "paid");
+    }
+
+    #[test]
+    fn a_legacy_alipay_forex_trade_keeps_its_currency() {
+        let form = |body: &[u8]| Fields::Form {
+            form: crate::body::Form::parse(body).unwrap(),
+            encoding: encoding_rs::UTF_8,
+        };
+        let usd = normalized(
+            ProviderKind::AlipayMd5,
+            form(b"trade_status=TRADE_FINISHED&total_fee=10.00&currency=USD&out_trade_no=F1"),
+        );
+        assert_eq!(
+            (&usd["currency"], &usd["amount_fen"]),
+            (&"USD".into(), &1000.into())
+        );
+        let cny = normalized(
+            ProviderKind::AlipayMd5,
+            form(b"trade_status=TRADE_FINISHED&total_fee=10.00&out_trade_no=F2"),
+        );
+        assert_eq!(cny["currency"], "CNY");
+    }
+}
