@@ -522,9 +522,10 @@ fn event_keys(snapshot: &Snapshot, event: &crate::journal::Event) -> Vec<replay:
 }
 
 /// Refuses to start on a Redis whose `maxmemory-policy` can evict what
-/// callgate stores. A Redis that does not answer yet is no reason not to
-/// start (notifications fail closed until it does, and its policy is read
-/// at first contact).
+/// callgate stores, and warns about a primary that keeps no append-only
+/// file. A Redis that does not answer yet is no reason not to start
+/// (notifications fail closed until it does, and both are read at first
+/// contact).
 async fn check_store(state: &State) -> Result<(), StartError> {
     let ReplayStore::Redis(redis) = &state.store else {
         return Ok(());
@@ -532,6 +533,7 @@ async fn check_store(state: &State) -> Result<(), StartError> {
     match redis.check_policy().await {
         Ok(()) => {
             state.metrics.set_store_evicting(false);
+            redis.check_persistence().await;
             Ok(())
         }
         Err(e @ replay::StoreError::Evicting { .. }) => {

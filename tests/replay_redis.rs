@@ -836,3 +836,71 @@ async fn a_confirm_retried_after_its_answer_was_lost_raises_no_false_alarm() {
         "no false alarm"
     );
 }
+
+/// The `callgate run` log lines about `redis` keeping no append-only file,
+/// from start to stop, with one notification served in between.
+async fn no_aof_warnings(redis: &RedisServer, password: &str) -> Vec<serde_json::Value> {
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = redis_spec(vec![RouteSpec::alipay(&up)], redis);
+    spec.store = format!("redis://:{password}@127.0.0.1:{}/0", redis.port);
+    let mut run = GatewayProcess::start(&spec.write(dir.path()));
+    let r = TestClient::new()
+        .send(
+            "POST",
+            &format!("http://{}/notify/alipay", run.addr),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            fixture("alipay", "rsa2_trade_success.form"),
+        )
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    run.signal("-TERM");
+    run.wait_for(|v| v["message"] == "callgate stopped");
+    assert!(!run.seen.join("\n").contains(password), "{:#?}", run.seen);
+    run.seen
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("append-only file"))
+        })
+        .collect()
+}
+
+/// A Redis without an append-only file forgets the delivered markers when
+/// it restarts, and the platforms' retries of those events reach the shop
+/// again: `callgate run` says so once at start (the store shown without
+/// its password), and says nothing about a Redis that keeps one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_without_an_append_only_file_is_warned_about_once_at_start() {
+    let bare = RedisServer::start_with(&["--requirepass", "s3cret-pass"]);
+    let warned = no_aof_warnings(&bare, "s3cret-pass").await;
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    assert_eq!(warned[0]["level"], "WARN", "{}", warned[0]);
+    let store = format!("redis://:***@127.0.0.1:{}/0", bare.port);
+    assert_eq!(warned[0]["store"], store.as_str(), "{}", warned[0]);
+    assert_eq!(
+        warned[0]["message"],
+        format!(
+            "replay store {store} keeps no append-only file (aof_enabled:0): a Redis restart forgets the deliveries made since its last snapshot (every one, with no save points), and the platforms' retries of those reach the shop again as X-Callgate-Attempt: 1; set appendonly yes"
+        ),
+        "{}",
+        warned[0]
+    );
+
+    let kept = RedisServer::start_with(&["--requirepass", "s3cret-pass", "--appendonly", "yes"]);
+    assert_eq!(
+        kept.cli(&[
+            "-a",
+            "s3cret-pass",
+            "--no-auth-warning",
+            "CONFIG",
+            "GET",
+            "appendonly"
+        ]),
+        "appendonly\nyes"
+    );
+    let warned = no_aof_warnings(&kept, "s3cret-pass").await;
+    assert!(warned.is_empty(), "{warned:#?}");
+}

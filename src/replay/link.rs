@@ -443,11 +443,11 @@ impl Link {
         matches!(self, Link::Cluster(_))
     }
 
-    /// `INFO memory` of every primary: one for a URL or Sentinel, one per
-    /// master of a cluster.
-    pub(super) async fn info_memory(&self) -> RedisResult<Vec<(String, String)>> {
+    /// `INFO <section>` (`memory`, `persistence`) of every primary: one
+    /// for a URL or Sentinel, one per master of a cluster.
+    pub(super) async fn info(&self, section: &str) -> RedisResult<Vec<(String, String)>> {
         let mut cmd = redis::cmd("INFO");
-        cmd.arg("memory");
+        cmd.arg(section);
         match self {
             Link::Cluster(c) => {
                 let mut conn = c.conn(Lane::Claims).await?;

@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -246,7 +246,11 @@ impl Scripts {
 /// primary's, on a cluster) is read (`INFO memory`) at start, on every
 /// `/readyz`, before the first claim, after a failover, and then at most
 /// every [`POLICY_RECHECK`] from the request path; while it is anything but
-/// `noeviction` every claim is refused ([`StoreError::Evicting`]).
+/// `noeviction` every claim is refused ([`StoreError::Evicting`]). The
+/// same reads (not `/readyz`'s) also read `INFO persistence`, in the
+/// background from the request path: a primary without an append-only
+/// file is warned about at start, and again only after a read found none
+/// ([`RedisStore::check_persistence`]).
 ///
 /// A clone is one reference count: the claim guard of every request holds
 /// one.
@@ -277,6 +281,9 @@ pub struct RedisShared {
     attempts_ttl: AtomicU64,
     /// When the policy was last read, in milliseconds since `epoch`.
     policy_read: AtomicU64,
+    /// Whether the last `INFO persistence` read found a primary without an
+    /// append-only file (and that was logged).
+    aof_off: AtomicBool,
     epoch: std::time::Instant,
     wait: WaitFor,
     /// Replicas that acknowledged the last marker (-1: none yet).
@@ -332,6 +339,7 @@ impl RedisStore {
             policy: AtomicU8::new(POLICY_UNCHECKED),
             attempts_ttl: AtomicU64::new(48 * 3600 * 1000),
             policy_read: AtomicU64::new(0),
+            aof_off: AtomicBool::new(false),
             epoch: std::time::Instant::now(),
             wait,
             replicas_acked: AtomicI64::new(-1),
@@ -540,7 +548,7 @@ impl RedisStore {
     pub async fn check_policy(&self) -> Result<(), StoreError> {
         self.policy_read
             .store(millis(self.epoch.elapsed()), Ordering::Relaxed);
-        let infos = match self.link.info_memory().await {
+        let infos = match self.link.info("memory").await {
             Ok(infos) => infos,
             Err(e) => {
                 self.link.failed(Lane::Claims, &e).await;
@@ -580,6 +588,64 @@ impl RedisStore {
                 policy,
             }),
         }
+    }
+
+    /// Reads every primary's `INFO persistence` and warns, once per node,
+    /// about each that keeps no append-only file (`aof_enabled:0`): a
+    /// restart of it forgets the delivered markers written since its last
+    /// snapshot, and the platforms' retries of those events reach the shop
+    /// again. Logged when a read finds such a node after one that found
+    /// none (or none yet), never again while it stays so: the request
+    /// path's recheck reads it every [`POLICY_RECHECK`]. A server that does
+    /// not answer, refuses `INFO` or has no `aof_enabled` field is not
+    /// warned about: nothing is known.
+    pub async fn check_persistence(&self) {
+        let Ok(infos) = self.link.info("persistence").await else {
+            return;
+        };
+        for store in self.newly_without_aof(&infos) {
+            tracing::warn!(
+                store = store.as_str(),
+                "{}",
+                no_aof_warning(&store, self.wait.replicas > 0)
+            );
+        }
+    }
+
+    /// The primaries of `infos` (`INFO persistence` per node) to warn
+    /// about, as shown in messages: those without an append-only file,
+    /// unless the last read found one already.
+    fn newly_without_aof(&self, infos: &[(String, String)]) -> Vec<String> {
+        let mut bare: Vec<&str> = infos
+            .iter()
+            .filter(|(_, info)| aof_disabled(info))
+            .map(|(node, _)| node.as_str())
+            .collect();
+        // A cluster's answer comes in no particular order.
+        bare.sort_unstable();
+        if bare.is_empty() {
+            self.aof_off.store(false, Ordering::Relaxed);
+            return Vec::new();
+        }
+        if self.aof_off.swap(true, Ordering::Relaxed) {
+            return Vec::new();
+        }
+        bare.into_iter()
+            .map(|node| {
+                if node.is_empty() {
+                    self.shown.to_string()
+                } else {
+                    format!("{} (node {node})", self.shown)
+                }
+            })
+            .collect()
+    }
+
+    /// [`RedisStore::check_persistence`] in the background: the request
+    /// that rechecked the policy does not wait for it.
+    fn check_persistence_later(&self) {
+        let store = self.clone();
+        tokio::spawn(async move { store.check_persistence().await });
     }
 
     /// The evicting policy last read, if any.
@@ -670,6 +736,7 @@ impl RedisStore {
             // First contact (Redis was down at start), or a new master:
             // read the policy before trusting the store with anything.
             self.check_policy().await?;
+            self.check_persistence_later();
         } else if now.saturating_sub(read) >= millis(POLICY_RECHECK)
             && self
                 .policy_read
@@ -679,7 +746,7 @@ impl RedisStore {
             // One request in 30 s reads it again; an unreachable Redis
             // fails the claim below anyway.
             match self.check_policy().await {
-                Ok(()) | Err(StoreError::Evicting { .. }) => {}
+                Ok(()) | Err(StoreError::Evicting { .. }) => self.check_persistence_later(),
                 Err(e) => return Err(e),
             }
         }
@@ -964,6 +1031,30 @@ fn receipt_ms(ttl: Duration) -> u64 {
     millis(ttl).min(60_000)
 }
 
+/// Whether an `INFO persistence` answer says the append-only file is off
+/// (a server without the field says nothing).
+fn aof_disabled(info: &str) -> bool {
+    info.lines()
+        .find_map(|l| l.strip_prefix("aof_enabled:"))
+        .is_some_and(|v| v.trim() == "0")
+}
+
+/// The start-up warning about `store` keeping no append-only file. With
+/// `WAIT` for replicas the markers survive the node's loss when a replica
+/// takes over, not its restart: a master that comes back empty before a
+/// failover is copied by its replicas (Redis's replication docs, "master
+/// with persistence turned off").
+fn no_aof_warning(store: &str, waits_for_replicas: bool) -> String {
+    let restart = if waits_for_replicas {
+        "a replica that takes over from it keeps the deliveries, but a restart of it before a failover (its replicas then copy what it comes back with), or of every node, forgets"
+    } else {
+        "a Redis restart forgets"
+    };
+    format!(
+        "replay store {store} keeps no append-only file (aof_enabled:0): {restart} the deliveries made since its last snapshot (every one, with no save points), and the platforms' retries of those reach the shop again as X-Callgate-Attempt: 1; set appendonly yes"
+    )
+}
+
 /// Where an event's attempt count lives next to its key.
 fn attempts_key(event_key: &str) -> String {
     format!("{event_key}:at")
@@ -971,4 +1062,69 @@ fn attempts_key(event_key: &str) -> String {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_aof_enabled_of_0_is_no_append_only_file() {
+        let info = "# Persistence\r\nloading:0\r\naof_enabled:0\r\naof_rewrite_in_progress:0\r\n";
+        assert!(aof_disabled(info));
+        assert!(!aof_disabled(
+            &info.replace("aof_enabled:0", "aof_enabled:1")
+        ));
+        // A Redis-compatible server without the field: nothing known.
+        assert!(!aof_disabled("# Persistence\r\nloading:0\r\n"));
+    }
+
+    #[tokio::test]
+    async fn a_node_without_aof_is_warned_about_once_per_change() {
+        let store = RedisStore::new(
+            "redis://:pw@127.0.0.1:1/0",
+            Duration::from_millis(100),
+            None,
+        )
+        .unwrap();
+        let info = |aof: u8| format!("# Persistence\r\naof_enabled:{aof}\r\n");
+        let one = |aof: u8| vec![(String::new(), info(aof))];
+        let shown = "redis://:***@127.0.0.1:1/0";
+        assert_eq!(store.newly_without_aof(&one(0)), [shown]);
+        // The 30 s rechecks that find it unchanged say nothing.
+        assert!(store.newly_without_aof(&one(0)).is_empty());
+        assert!(store.newly_without_aof(&one(1)).is_empty());
+        assert_eq!(store.newly_without_aof(&one(0)), [shown]);
+        // A server that cannot say is nothing to warn about.
+        assert!(
+            store
+                .newly_without_aof(&[(String::new(), String::new())])
+                .is_empty()
+        );
+        // A cluster: each primary without one, by address.
+        let nodes = vec![
+            ("10.0.0.7:6379".to_owned(), info(0)),
+            ("10.0.0.6:6379".to_owned(), info(1)),
+            ("10.0.0.5:6379".to_owned(), info(0)),
+        ];
+        assert_eq!(
+            store.newly_without_aof(&nodes),
+            [
+                format!("{shown} (node 10.0.0.5:6379)"),
+                format!("{shown} (node 10.0.0.7:6379)")
+            ]
+        );
+    }
+
+    #[test]
+    fn the_warning_names_the_store_and_the_fix() {
+        let plain = no_aof_warning("redis://127.0.0.1:6379/0", false);
+        assert_eq!(
+            plain,
+            "replay store redis://127.0.0.1:6379/0 keeps no append-only file (aof_enabled:0): a Redis restart forgets the deliveries made since its last snapshot (every one, with no save points), and the platforms' retries of those reach the shop again as X-Callgate-Attempt: 1; set appendonly yes"
+        );
+        let waits = no_aof_warning("sentinel master `m` via a:1 (node b:2)", true);
+        assert!(waits.contains("before a failover"), "{waits}");
+        assert!(waits.ends_with("; set appendonly yes"), "{waits}");
+    }
 }
