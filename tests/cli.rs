@@ -1436,6 +1436,31 @@ fn sign_unionpay_output_verifies_with_openssl() {
 }
 
 #[test]
+fn sign_unionpay_refuses_a_certificate_of_another_key() {
+    // Signed with one key under another key's certificate, every sample
+    // would be refused by the gateway (401) for a reason of the tool's.
+    let cert = dev("unionpay_sign.pem");
+    for version in ["5.1.0", "5.0.0"] {
+        let (code, out, err) = sign(&[
+            "unionpay",
+            "--private-key",
+            &dev("alipay_private.pem"),
+            "--cert",
+            &cert,
+            "--acp-version",
+            version,
+            "--param",
+            "merId=777290058110097",
+        ]);
+        assert_eq!((code, out.as_str()), (1, ""), "{version}: {err}");
+        assert!(
+            err.contains("unionpay_sign.pem: its public key is not the one of --private-key"),
+            "{version}: {err}"
+        );
+    }
+}
+
+#[test]
 fn sign_jdpay_output_decrypts_and_verifies_with_openssl() {
     let out = sign_ok(
         "jdpay",

@@ -75,13 +75,14 @@ pub(super) fn run(args: &UnionpayArgs) -> Result<String, SignError> {
     params.insert("signMethod".to_owned(), "01".to_owned());
     params.remove("signature");
     let (pem, der) = read_cert_pem(&args.cert)?;
+    let cert = x509_parser::parse_x509_certificate(&der)
+        .map_err(|_| SignError::Key {
+            file: args.cert.display().to_string(),
+            reason: "not an X.509 certificate".to_owned(),
+        })?
+        .1;
+    key_matches(&args.private_key, &args.cert, &cert)?;
     if sha1 {
-        let cert = x509_parser::parse_x509_certificate(&der)
-            .map_err(|_| SignError::Key {
-                file: args.cert.display().to_string(),
-                reason: "not an X.509 certificate".to_owned(),
-            })?
-            .1;
         params.insert("certId".to_owned(), cert.tbs_certificate.serial.to_string());
         params.remove("signPubKeyCert");
     } else {
@@ -102,6 +103,29 @@ pub(super) fn run(args: &UnionpayArgs) -> Result<String, SignError> {
         label,
         args.curl.as_ref(),
     ))
+}
+
+/// The certificate a sample names (`signPubKeyCert`, `certId`) must hold
+/// the signing key's public half: otherwise the gateway refuses every
+/// sample signed here (401), which says nothing of the deployment.
+fn key_matches(
+    private_key: &Path,
+    cert_file: &Path,
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+) -> Result<(), SignError> {
+    use rsa::pkcs8::DecodePublicKey;
+    let public = super::rsa_private_key(private_key)?.to_public_key();
+    let certified = rsa::RsaPublicKey::from_public_key_der(cert.public_key().raw).ok();
+    if certified.as_ref() == Some(&public) {
+        return Ok(());
+    }
+    Err(SignError::Key {
+        file: cert_file.display().to_string(),
+        reason: format!(
+            "its public key is not the one of --private-key {}: give the certificate of that key",
+            private_key.display()
+        ),
+    })
 }
 
 /// `signature`: RSA over the hex digest of the signed string.
