@@ -709,3 +709,18 @@ async fn an_expired_entry_of_a_rotation_list_is_skipped_while_another_is_valid()
     assert_eq!(r.status, 200);
     assert_eq!(up.count(), 2);
 }
+
+#[tokio::test]
+async fn check_says_when_a_listed_v3_certificate_becomes_valid() {
+    // Listed ahead of a rotation, as it should be; until its start every
+    // notification signed with it is refused, which check says.
+    let up = Upstream::start(Behaviour::Reply(200, "success")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = GatewaySpec::new(vec![RouteSpec::wechat_v3(&up)]).write(dir.path());
+    let (code, out, err) = callgate_cli(&["check"], &file);
+    assert_eq!((code, out.trim()), (0, "ok: 1 routes"), "{err}");
+    let want = format!(
+        "warning: platform_keys: certificate `{WECHAT_FUTURE_SERIAL}` is not valid until 2099-"
+    );
+    assert!(err.contains(&want), "{err}");
+}

@@ -299,6 +299,22 @@ impl Keys {
                         }
                         continue;
                     }
+                    // Listed ahead of a rotation, as it should be: said, so
+                    // that a 401 `bad_signature` before then is not a
+                    // surprise.
+                    if now < not_before {
+                        ctx.warn(
+                            entry
+                                .certificate
+                                .as_ref()
+                                .map_or(entry.serial.span(), Spanned::span),
+                            format!(
+                                "platform_keys: certificate `{}` is not valid until {}: notifications signed with it are refused until then",
+                                entry.serial.get_ref(),
+                                crate::expiry::utc(not_before)
+                            ),
+                        );
+                    }
                     PlatformKey {
                         serial: Serial::Certificate(want),
                         key: cert.key,
