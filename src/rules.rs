@@ -190,6 +190,20 @@ impl Route {
         if let [only] = &*self.merchants {
             return vec![only];
         }
+        if let Addressee::Serial(_) = to {
+            // A WeChat Pay v3 key serial names no sub-merchant: that is
+            // inside the encrypted resource. The tables bound to one are
+            // tried first (each refuses another's notification once it has
+            // decrypted it), a table that takes any sub-merchant after
+            // them, so a catch-all listed first cannot take a bound
+            // sub-merchant's payment.
+            let (bound, any): (Vec<_>, Vec<_>) = self
+                .merchants
+                .iter()
+                .filter(|m| m.provider.serves(to, true))
+                .partition(|m| m.provider.bound_to_sub_merchant());
+            return bound.into_iter().chain(any).collect();
+        }
         let exact = self
             .merchants
             .iter()

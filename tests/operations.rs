@@ -760,3 +760,74 @@ async fn metrics_say_which_build_runs_and_how_the_process_fares() {
         Some(1.0)
     );
 }
+
+#[tokio::test]
+async fn a_v3_catch_all_listed_first_never_takes_a_bound_sub_merchants_payment() {
+    // A service provider's route: a table for any sub-merchant (the
+    // platform's own shop) listed before one bound to sub-merchant
+    // 1900000119 with its own shop. The key serial names no sub-merchant,
+    // so the bound table must be tried first whatever the file's order.
+    let any_shop = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let sub_shop = Upstream::start(Behaviour::Reply(200, "ok")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = GatewaySpec::new(vec![]).write(dir.path());
+    let f = |n: &str| fixture_path("wechat", n);
+    let keys = format!(
+        "mch_id = {WECHAT_MCH_ID:?}\napi_v3_key_file = {:?}\nplatform_keys = [{{ serial = {WECHAT_PLATFORM_SERIAL:?}, certificate = {:?} }}]\n",
+        f("v3_api_v3.key"),
+        f("platform_cert.pem"),
+    );
+    let rules = format!(
+        r#"[[route]]
+name = "provider"
+path = "/notify/wechat-v3"
+provider = "wechat_v3"
+allow = ["127.0.0.1/32"]
+upstream = {any:?}
+upstream_secret_file = "../upstream.secret"
+
+[[route.merchant]]
+[route.merchant.keys]
+{keys}accept_any_sub_merchant = true
+
+[[route.merchant]]
+upstream = {sub:?}
+[route.merchant.keys]
+{keys}sub_mch_id = "1900000119"
+"#,
+        any = any_shop.url,
+        sub = sub_shop.url,
+    );
+    std::fs::write(dir.path().join("rules/routes.toml"), rules).unwrap();
+    let gw = start_file(&file).await;
+    let url = format!("http://127.0.0.1:{}/notify/wechat-v3", gw.addr.port());
+    let send = |name: &'static str, nonce: &'static str| {
+        let url = url.clone();
+        async move {
+            let body = fixture("wechat", name);
+            let headers = v3_headers(
+                "platform_private.pem",
+                WECHAT_PLATFORM_SERIAL,
+                unix_now(),
+                nonce,
+                &body,
+            );
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            TestClient::new().send("POST", &url, &headers, body).await
+        }
+    };
+    let r = send("v3_sp_pay.json", "sub-merchant-payment-0001").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        (sub_shop.count(), any_shop.count()),
+        (1, 0),
+        "the bound sub-merchant's shop"
+    );
+    // The provider's own payment still reaches the catch-all.
+    let r = send("v3_pay.json", "direct-payment-0001").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!((sub_shop.count(), any_shop.count()), (1, 1));
+}

@@ -225,6 +225,15 @@ impl Provider {
         }
     }
 
+    /// Whether this merchant table is bound to one sub-merchant (an
+    /// Alipay `seller_id`, a WeChat `sub_mch_id`).
+    pub fn bound_to_sub_merchant(&self) -> bool {
+        match self {
+            Provider::WechatV3(k) => k.sub_mch_id().is_some(),
+            _ => self.binding().1.is_some(),
+        }
+    }
+
     /// (merchant, sub-merchant this merchant table is bound to).
     fn binding(&self) -> (&str, Option<&str>) {
         match self {

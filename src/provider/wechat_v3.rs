@@ -177,6 +177,11 @@ impl Keys {
         &self.mch_id
     }
 
+    /// The sub-merchant these keys are bound to (`keys.sub_mch_id`), if any.
+    pub fn sub_mch_id(&self) -> Option<&str> {
+        self.sub_mch_id.as_deref()
+    }
+
     /// Whether one of this merchant's platform keys has `serial`.
     pub fn knows_serial(&self, serial: &str) -> bool {
         self.key_for(serial).is_ok()
