@@ -961,6 +961,21 @@ fn compile_upstream(
 ) -> Option<Upstream> {
     let url = merchant.and_then(|m| m.upstream).or(route.upstream);
     let secret_file = merchant.and_then(|m| m.secret_file).or(route.secret_file);
+    // A shop holds the secret it checks X-Callgate-Signature with, so it can
+    // make one: a merchant's own shop signing with the route's secret could
+    // send the route's shop any body under a valid signature.
+    if let Some(m) = merchant
+        && let (Some(own), None, Some(_)) = (m.upstream, m.secret_file, route.secret_file)
+        && route.upstream.is_none_or(|r| r.get_ref() != own.get_ref())
+    {
+        ctx.warn(
+            own.span(),
+            format!(
+                "merchant upstream `{}` is signed with the route's upstream_secret_file, which every other shop of the route holds too: each of them could sign a body for the others; give this merchant its own upstream_secret_file",
+                own.get_ref()
+            ),
+        );
+    }
     let ca = merchant.and_then(|m| m.ca).or(route.ca);
     let success_body = merchant.and_then(|m| m.success_body).or(route.success_body);
 

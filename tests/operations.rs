@@ -831,3 +831,48 @@ upstream = {sub:?}
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!((sub_shop.count(), any_shop.count()), (1, 1));
 }
+
+#[tokio::test]
+async fn check_warns_when_a_merchants_own_shop_shares_the_routes_secret() {
+    let (a, b) = (
+        Upstream::start(Behaviour::Reply(200, "success")).await,
+        Upstream::start(Behaviour::Reply(200, "success")).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = two_merchants(
+        dir.path(),
+        &a,
+        &b,
+        &fixture_path("alipay", "other_public.pem"),
+    );
+    let rules = dir.path().join("rules/routes.toml");
+    let text = std::fs::read_to_string(&rules).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l == format!("upstream = {:?}", b.url))
+        .unwrap()
+        + 1;
+    let (code, out, err) = callgate_cli(&["check"], &file);
+    assert_eq!((code, out.trim()), (0, "ok: 1 routes"), "{err}");
+    let want = format!(
+        "{}:{line}: warning: merchant upstream `{}` is signed with the route's upstream_secret_file",
+        rules.display(),
+        b.url
+    );
+    assert!(err.contains(&want), "{want}\n{err}");
+
+    // Its own secret: nothing to say.
+    std::fs::write(dir.path().join("b.secret"), "another secret\n").unwrap();
+    let own = text.replacen(
+        &format!("upstream = {:?}\n", b.url),
+        &format!(
+            "upstream = {:?}\nupstream_secret_file = \"../b.secret\"\n",
+            b.url
+        ),
+        1,
+    );
+    std::fs::write(&rules, own).unwrap();
+    let (code, _, err) = callgate_cli(&["check"], &file);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("merchant upstream"), "{err}");
+}
