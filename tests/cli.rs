@@ -2217,28 +2217,24 @@ fn log_lines_stdout_refuses_are_dropped_and_said_on_stderr() {
 async fn sigusr1_from_a_copied_logrotate_script_warns_and_keeps_serving() {
     let up = Upstream::start(Behaviour::Reply(200, "success")).await;
     let (_dir, mut run) = start_alipay_process(&up, false);
-    run.signal("-USR1");
-    let said = run.wait_for(|v| {
-        v["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("SIGUSR1 ignored"))
-    });
-    assert_eq!(said["level"], "WARN", "{said}");
-    let r = post_alipay_to(&run, "/notify/alipay", "rsa2_trade_success.form", &[]).await;
-    r.assert_is(200, "success", "after SIGUSR1");
-    assert_eq!(next_notification(&mut run)["outcome"], "forwarded");
     // SIGUSR2, nginx's binary upgrade, the same: its default action killed
     // the process without a drain.
-    run.signal("-USR2");
-    let said = run.wait_for(|v| {
-        v["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("SIGUSR2 ignored"))
-    });
-    assert_eq!(said["level"], "WARN", "{said}");
-    let r = post_alipay_to(&run, "/notify/alipay", "rsa2_trade_success_2.form", &[]).await;
-    r.assert_is(200, "success", "after SIGUSR2");
-    assert_eq!(next_notification(&mut run)["outcome"], "forwarded");
+    for (signal, fixture) in [
+        ("USR1", "rsa2_trade_success.form"),
+        ("USR2", "rsa2_trade_success_2.form"),
+    ] {
+        run.signal(&format!("-{signal}"));
+        let ignored = format!("SIG{signal} ignored");
+        let said = run.wait_for(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(&ignored))
+        });
+        assert_eq!(said["level"], "WARN", "{said}");
+        let r = post_alipay_to(&run, "/notify/alipay", fixture, &[]).await;
+        r.assert_is(200, "success", format!("after SIG{signal}"));
+        assert_eq!(next_notification(&mut run)["outcome"], "forwarded");
+    }
 }
 
 /// Longer than any clock or timer can add: `u64::MAX` seconds.

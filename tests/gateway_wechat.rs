@@ -52,19 +52,6 @@ fn v3_plain(name: &str) -> Vec<u8> {
         .to_vec()
 }
 
-/// A fresh v3 request for a fixture body, signed by the platform certificate's key.
-fn v3_signed(name: &str, nonce: &str) -> (Vec<(String, String)>, Vec<u8>) {
-    let body = fixture("wechat", name);
-    let headers = v3_headers(
-        "platform_private.pem",
-        WECHAT_PLATFORM_SERIAL,
-        unix_now(),
-        nonce,
-        &body,
-    );
-    (headers, body)
-}
-
 fn v3_fail(reply: &Reply) -> bool {
     let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
     v["code"] == "FAIL" && v["message"].is_string()

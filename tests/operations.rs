@@ -771,12 +771,7 @@ async fn a_v3_catch_all_listed_first_never_takes_a_bound_sub_merchants_payment()
     let sub_shop = Upstream::start(Behaviour::Reply(200, "ok")).await;
     let dir = tempfile::tempdir().unwrap();
     let file = GatewaySpec::new(vec![]).write(dir.path());
-    let f = |n: &str| fixture_path("wechat", n);
-    let keys = format!(
-        "mch_id = {WECHAT_MCH_ID:?}\napi_v3_key_file = {:?}\nplatform_keys = [{{ serial = {WECHAT_PLATFORM_SERIAL:?}, certificate = {:?} }}]\n",
-        f("v3_api_v3.key"),
-        f("platform_cert.pem"),
-    );
+    let keys = RouteSpec::wechat_v3(&any_shop).keys;
     let rules = format!(
         r#"[[route]]
 name = "provider"
@@ -804,14 +799,7 @@ upstream = {sub:?}
     let send = |name: &'static str, nonce: &'static str| {
         let url = url.clone();
         async move {
-            let body = fixture("wechat", name);
-            let headers = v3_headers(
-                "platform_private.pem",
-                WECHAT_PLATFORM_SERIAL,
-                unix_now(),
-                nonce,
-                &body,
-            );
+            let (headers, body) = v3_signed(name, nonce);
             let headers: Vec<(&str, &str)> = headers
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))

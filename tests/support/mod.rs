@@ -1052,6 +1052,19 @@ pub fn openssl_sign_b64(key: &Path, data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(signature)
 }
 
+/// A fresh v3 request for a fixture body, signed by the platform certificate's key.
+pub fn v3_signed(name: &str, nonce: &str) -> (Vec<(String, String)>, Vec<u8>) {
+    let body = fixture("wechat", name);
+    let headers = v3_headers(
+        "platform_private.pem",
+        WECHAT_PLATFORM_SERIAL,
+        unix_now(),
+        nonce,
+        &body,
+    );
+    (headers, body)
+}
+
 /// A v3 notification's headers: `body` signed by `key` (openssl) for
 /// `serial` at `timestamp` with `nonce`.
 pub fn v3_headers(
